@@ -1,0 +1,80 @@
+"""Cross-thread wake-ups for in-process backends (memory broker and result store).
+
+A waiter is registered while the caller still holds its data lock, so a notification that
+happens between "checked, nothing there" and "started waiting" is never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+__all__ = ["Waiters"]
+
+
+def _wake(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class Waiters:
+    """A set of one-shot waiters (asyncio futures on any loop, or threading events)."""
+
+    __slots__ = ("_futures", "_events", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._events: list[threading.Event] = []
+
+    def register_async(self) -> asyncio.Future[None]:
+        """A future resolved by the next :meth:`notify_all` (call with the data lock held)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            self._futures.append((loop, fut))
+        return fut
+
+    def register_thread(self) -> threading.Event:
+        """A threading event set by the next :meth:`notify_all`."""
+        event = threading.Event()
+        with self._lock:
+            self._events.append(event)
+        return event
+
+    def discard(self, waiter: asyncio.Future[None] | threading.Event) -> None:
+        """Forget a waiter that timed out."""
+        with self._lock:
+            if isinstance(waiter, threading.Event):
+                if waiter in self._events:
+                    self._events.remove(waiter)
+            else:
+                self._futures = [(lp, f) for lp, f in self._futures if f is not waiter]
+
+    def notify_all(self) -> None:
+        """Wake every registered waiter, from any thread."""
+        if not self._futures and not self._events:
+            return
+        with self._lock:
+            futures, self._futures = self._futures, []
+            events, self._events = self._events, []
+        running = asyncio._get_running_loop()
+        for loop, fut in futures:
+            if loop is running:
+                _wake(fut)
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(_wake, fut)
+        for event in events:
+            event.set()
+
+
+async def wait_future(fut: asyncio.Future[None], timeout: float | None) -> bool:
+    """Wait for ``fut`` up to ``timeout`` seconds; True if it fired."""
+    if fut.done():
+        return True
+    try:
+        await asyncio.wait_for(fut, timeout)
+    except TimeoutError:
+        return False
+    return True

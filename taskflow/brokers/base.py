@@ -1,0 +1,197 @@
+"""The broker interface: a small transport over bytes, with ack on the delivery.
+
+A broker moves opaque message bodies between producers and workers. It never decodes
+payloads. Every broker must pass ``tests/contract/test_broker_contract.py``.
+
+Semantics every broker implements:
+
+* ``publish`` is all-or-nothing for one call; a bounded queue that would overflow raises
+  :class:`~taskflow.errors.QueueFull` and publishes nothing.
+* Within a queue, higher ``priority`` (0-9) is delivered first, FIFO among equals.
+* A message with ``eta`` in the future is held by the broker and delivered when due.
+* ``fetch`` returns at most ``max_messages`` deliveries, waiting up to ``timeout`` seconds
+  for the first one (push-based: it wakes as soon as something is published).
+* A delivery is leased: if neither acked, nacked, retried nor dead-lettered before its lease
+  runs out, the broker delivers it again (``delivery_count`` + 1). Once ``delivery_count``
+  would exceed ``max_deliveries`` the message is dead-lettered with reason ``worker_lost``.
+* ``ack``/``nack``/``retry``/``dead_letter`` are fenced: after the lease was lost and the
+  message redelivered, the old delivery's calls do nothing and return ``False``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+__all__ = [
+    "Broker",
+    "BrokerAdmin",
+    "Capabilities",
+    "DeadLetter",
+    "Delivery",
+    "Message",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """An outgoing message. ``eta`` is epoch seconds (None: deliver now)."""
+
+    id: str
+    queue: str
+    body: bytes
+    priority: int = 0
+    eta: float | None = None
+    max_deliveries: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a broker can do, as data (never probed with ``hasattr``)."""
+
+    delays: bool = True
+    """The broker holds ``eta`` messages itself."""
+    priorities: bool = True
+    """Strict 0-9 priority within a queue."""
+    leases: bool = True
+    """Unacked deliveries come back after their lease; ``touch`` renews."""
+    dead_letter: bool = True
+    """``dead_letter`` keeps the message in a per-queue dead-letter list."""
+    blocking_publish: bool = False
+    """``publish_blocking`` is thread-safe and needs no event loop."""
+    control: bool = True
+    """``send_control``/``control_messages`` reach every worker of the app."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A dead-lettered message with why and when."""
+
+    id: str
+    queue: str
+    body: bytes
+    reason: str
+    error: str | None = None
+    failed_at: float = 0.0
+    delivery_count: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Delivery(abc.ABC):
+    """One received message, leased to the receiver until settled."""
+
+    __slots__ = ("body", "delivery_count", "id", "priority", "queue")
+
+    def __init__(
+        self, id: str, queue: str, body: bytes, priority: int, delivery_count: int
+    ) -> None:
+        self.id = id
+        self.queue = queue
+        self.body = body
+        self.priority = priority
+        self.delivery_count = delivery_count
+
+    @property
+    @abc.abstractmethod
+    def lease(self) -> float | None:
+        """Seconds a lease lasts (None: no leases); renew with :meth:`touch` before then."""
+
+    @abc.abstractmethod
+    async def ack(self) -> bool:
+        """Done: remove the message. False if the lease was lost."""
+
+    @abc.abstractmethod
+    async def nack(self, *, requeue: bool = True) -> bool:
+        """Hand back an unstarted message (no delivery is counted) or drop it."""
+
+    @abc.abstractmethod
+    async def retry(self, body: bytes, delay: float, *, max_deliveries: int = 1) -> bool:
+        """Atomically replace this message with ``body``, delivered after ``delay`` s.
+
+        The replacement starts a fresh delivery count bounded by ``max_deliveries``.
+        """
+
+    @abc.abstractmethod
+    async def touch(self) -> bool:
+        """Renew the lease. False if it was already lost."""
+
+    @abc.abstractmethod
+    async def dead_letter(self, reason: str, error: str | None = None) -> bool:
+        """Move the message to its queue's dead-letter list."""
+
+
+class Broker(abc.ABC):
+    """Transport for task messages. Construct cheaply; connect lazily in :meth:`connect`."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    url: str = ""
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Open connections; raise :class:`~taskflow.errors.BrokerError` within a bound."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release every connection and background task. Idempotent."""
+
+    async def declare(self, queue: str, *, max_length: int | None = None) -> None:  # noqa: B027
+        """Make sure ``queue`` exists; ``max_length`` bounds it (None: unbounded)."""
+
+    @abc.abstractmethod
+    async def publish(self, messages: Sequence[Message]) -> None:
+        """Publish all of ``messages`` or none (raising QueueFull / BrokerError)."""
+
+    def publish_blocking(self, messages: Sequence[Message]) -> None:
+        """Thread-safe synchronous publish (only if ``capabilities.blocking_publish``)."""
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    async def fetch(
+        self, queues: Sequence[str], max_messages: int, timeout: float
+    ) -> list[Delivery]:
+        """Receive up to ``max_messages``, taking queues in the given order."""
+
+    async def cancel(self, message_id: str, queue: str) -> bool:
+        """Remove a queued or scheduled message if the broker can; True if removed."""
+        return False
+
+    async def send_control(self, command: dict[str, Any]) -> None:  # noqa: B027
+        """Broadcast a control command (e.g. cancel a running task) to all workers."""
+
+    async def control_messages(self, timeout: float) -> list[dict[str, Any]]:
+        """Control commands received since the last call, waiting up to ``timeout``."""
+        return []
+
+
+class BrokerAdmin(abc.ABC):
+    """Operator actions, separate from the hot path."""
+
+    @abc.abstractmethod
+    async def depth(self, queue: str) -> dict[str, int]:
+        """Counts: ``ready``, ``scheduled``, ``inflight``, ``dead``."""
+
+    @abc.abstractmethod
+    async def peek(self, queue: str, limit: int = 10) -> list[bytes]:
+        """Bodies of the next ``limit`` ready messages, in delivery order, not removed."""
+
+    @abc.abstractmethod
+    async def purge(self, queue: str) -> int:
+        """Drop every ready and scheduled message of ``queue``; returns how many."""
+
+    @abc.abstractmethod
+    async def pause(self, queue: str) -> None:
+        """Stop delivering from ``queue`` (publishing still works)."""
+
+    @abc.abstractmethod
+    async def resume(self, queue: str) -> None:
+        """Deliver from ``queue`` again."""
+
+    @abc.abstractmethod
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        """The dead-letter list of ``queue``, oldest first."""
+
+    @abc.abstractmethod
+    async def replay(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Publish dead letters again (all, or those with ``ids``); returns how many."""

@@ -1,0 +1,57 @@
+"""The running task's context (``bind=True`` and :func:`current_task`)."""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import Retry
+
+__all__ = ["TaskContext", "current_task"]
+
+_current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
+    "taskflow_current_task", default=None
+)
+
+
+@dataclass(slots=True, eq=False)
+class TaskContext:
+    """What a running task knows about itself.
+
+    ``attempt`` is 1 on the first run; ``retries`` the maximum number of retries;
+    ``deadline`` the epoch time the attempt must finish by (None: no timeout);
+    ``cancelled`` is set when the task is cancelled or times out.
+    """
+
+    id: str
+    name: str
+    attempt: int = 1
+    retries: int = 0
+    queue: str = "default"
+    priority: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    deadline: float | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    _call: Any = field(default=None, repr=False)
+
+    def retry(self, countdown: float | None = None, exc: BaseException | None = None) -> Retry:
+        """Ask for a retry: raises :class:`~taskflow.errors.Retry` (typed as returning it
+        so that ``raise ctx.retry()`` also reads well)."""
+        raise Retry(countdown=countdown, exc=exc)
+
+
+def current_task() -> TaskContext | None:
+    """The context of the task running in this thread/coroutine, or None."""
+    return _current.get()
+
+
+def set_current(ctx: TaskContext | None) -> contextvars.Token[TaskContext | None]:
+    """Bind ``ctx`` as the current task (used by the worker)."""
+    return _current.set(ctx)
+
+
+def reset_current(token: contextvars.Token[TaskContext | None]) -> None:
+    """Undo :func:`set_current`."""
+    _current.reset(token)

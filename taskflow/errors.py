@@ -1,0 +1,176 @@
+"""The taskflow exception tree.
+
+Every exception taskflow raises on purpose derives from :class:`TaskflowError`::
+
+    TaskflowError
+    ├── ConfigError            bad URL, unknown scheme, invalid option (also a ValueError)
+    ├── NotRegistered          a task name nobody registered (also a KeyError)
+    ├── DuplicateTask          two functions registered under one name
+    ├── NotFound               no record for a task / group / chain id (also a KeyError)
+    ├── PayloadError           arguments or results that do not fit their annotations
+    │                          (also a TypeError)
+    ├── IdempotencyConflict    one idempotency key, different arguments
+    ├── QueueFull              a bounded queue is at its limit; nothing was enqueued
+    ├── BrokerError            connection / protocol problems (URL with password masked)
+    ├── TaskFailed             the task ran and failed; carries the remote error
+    ├── TaskCancelled          the task was cancelled before or while running
+    ├── TaskTimeout            an attempt overran its deadline (also a TimeoutError)
+    ├── ResultTimeout          waiting for a result took too long (also a TimeoutError)
+    └── ControlFlow            signals raised *by task code* to steer the worker
+        ├── Retry              retry this task (optional countdown)
+        └── Reject             dead-letter this task at once, no retry
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = [
+    "BrokerError",
+    "ConfigError",
+    "ControlFlow",
+    "DuplicateTask",
+    "IdempotencyConflict",
+    "NotFound",
+    "NotRegistered",
+    "PayloadError",
+    "QueueFull",
+    "Reject",
+    "ResultTimeout",
+    "Retry",
+    "TaskCancelled",
+    "TaskFailed",
+    "TaskTimeout",
+    "TaskflowError",
+    "mask_url",
+]
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***`` (safe for messages and logs)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = f"{user}:***@{host}" + (f":{port}" if port is not None else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class TaskflowError(Exception):
+    """Base class of every error taskflow raises on purpose."""
+
+
+class ConfigError(TaskflowError, ValueError):
+    """Invalid configuration: unknown URL scheme, malformed URL, bad option value."""
+
+
+class NotRegistered(TaskflowError, KeyError):
+    """No task is registered under this name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"task {self.name!r} is not registered"
+
+
+class DuplicateTask(TaskflowError):
+    """Two different functions were registered under the same task name."""
+
+
+class NotFound(TaskflowError, KeyError):
+    """No record exists for the given id."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "not found"
+
+
+class PayloadError(TaskflowError, TypeError):
+    """A value does not fit its annotation (at enqueue, in the worker, or in ``get()``)."""
+
+
+class IdempotencyConflict(TaskflowError):
+    """An idempotency key was reused with different task or arguments."""
+
+
+class QueueFull(TaskflowError):
+    """A bounded queue is full; nothing was enqueued."""
+
+
+class BrokerError(TaskflowError):
+    """A broker or result store could not be reached or answered wrongly."""
+
+
+class TaskFailed(TaskflowError):
+    """The task ran and failed. Carries the remote exception type, message and traceback."""
+
+    def __init__(
+        self, task_id: str, exc_type: str, message: str, traceback: str | None = None
+    ) -> None:
+        super().__init__(task_id, exc_type, message)
+        self.task_id = task_id
+        self.exc_type = exc_type
+        self.message = message
+        self.traceback = traceback or ""
+
+    def __str__(self) -> str:
+        return f"task {self.task_id} failed: {self.exc_type}: {self.message}"
+
+
+class TaskCancelled(TaskflowError):
+    """The task was cancelled (before it started, or while it ran)."""
+
+    def __init__(self, task_id: str, message: str = "cancelled") -> None:
+        super().__init__(task_id, message)
+        self.task_id = task_id
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"task {self.task_id} {self.message}"
+
+
+class TaskTimeout(TaskflowError, TimeoutError):
+    """An attempt ran past its deadline."""
+
+
+class ResultTimeout(TaskflowError, TimeoutError):
+    """``AsyncResult.get()`` gave up waiting."""
+
+
+class ControlFlow(TaskflowError):
+    """Base of the signals task code raises to steer the worker (not failures)."""
+
+
+class Retry(ControlFlow):
+    """Raise from a task to retry it; ``countdown`` overrides the backoff delay."""
+
+    def __init__(
+        self, countdown: float | None = None, exc: BaseException | None = None
+    ) -> None:
+        super().__init__(countdown, exc)
+        self.countdown = countdown
+        self.exc = exc
+
+    def __str__(self) -> str:
+        reason = f": {self.exc!r}" if self.exc is not None else ""
+        when = f" in {self.countdown}s" if self.countdown is not None else ""
+        return f"retry requested{when}{reason}"
+
+
+class Reject(ControlFlow):
+    """Raise from a task to dead-letter it at once, without retrying."""
+
+    def __init__(self, reason: str = "rejected") -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -1,0 +1,81 @@
+"""The envelope: the frozen, versioned unit that travels through brokers.
+
+The wire format is specified in ``docs/protocol.md``. Nothing mutates an envelope: a retry
+publishes a copy made with :meth:`Envelope.next_attempt`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["PROTOCOL_VERSION", "TERMINAL_STATUSES", "Envelope", "TaskStatus"]
+
+PROTOCOL_VERSION = 1
+
+
+class TaskStatus(str, enum.Enum):
+    """Where a task is in its life. Terminal statuses never change again."""
+
+    PENDING = "pending"
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+    @property
+    def terminal(self) -> bool:
+        """True for succeeded, failed, cancelled and expired."""
+        return self in TERMINAL_STATUSES
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TERMINAL_STATUSES = frozenset(
+    {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One task message. Times are float epoch seconds (UTC); durations float seconds.
+
+    ``args``/``kwargs`` hold the payload already encoded to JSON-safe values by the task's
+    payload schema; brokers never look inside them.
+    """
+
+    id: str
+    task: str
+    queue: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    created_at: float = 0.0
+    eta: float | None = None
+    expires: float | None = None
+    attempt: int = 1
+    max_retries: int = 0
+    timeout: float | None = None
+    idempotency_key: str | None = None
+    correlation_id: str | None = None
+    parent_id: str | None = None
+    root_id: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    canvas: dict[str, Any] | None = None
+    content_type: str = "application/json"
+    v: int = PROTOCOL_VERSION
+
+    def next_attempt(self, eta: float | None) -> Envelope:
+        """A copy for the next attempt, due at ``eta`` (None: now)."""
+        return dataclasses.replace(self, attempt=self.attempt + 1, eta=eta)
+
+    def replace(self, **changes: Any) -> Envelope:
+        """A copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,160 @@
+"""Task options, their validation, and precedence (app < task < call)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "RateLimit",
+    "TaskOptions",
+    "check_priority",
+    "check_timeout",
+    "parse_rate_limit",
+    "TASK_OPTION_NAMES",
+]
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
+_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
+          "h": 3600.0, "hour": 3600.0}
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A token-bucket limit: ``rate`` tokens per second, bucket size ``burst``."""
+
+    rate: float
+    count: float
+    burst: int | None = None
+
+
+def parse_rate_limit(value: str | float | int, task: str) -> RateLimit:
+    """Parse ``"N/s"``, ``"N/m"``, ``"N/h"`` or a positive number per second."""
+    if isinstance(value, bool):
+        raise ValueError(f"{task}: rate_limit must be 'N/s', 'N/m', 'N/h' or a number, not bool")
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{task}: rate_limit must be positive, got {value!r}")
+        return RateLimit(rate=float(value), count=float(value))
+    if isinstance(value, str):
+        match = _RATE.match(value)
+        if match and float(match.group(1)) > 0:
+            count = float(match.group(1))
+            return RateLimit(rate=count / _UNITS[match.group(2)], count=count)
+    raise ValueError(
+        f"{task}: malformed rate_limit {value!r}: expected 'N/s', 'N/m', 'N/h' or a number"
+    )
+
+
+def check_priority(value: Any, task: str) -> int:
+    """Validate a 0-9 integer priority."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 9:
+        raise ValueError(f"{task}: priority must be an integer 0-9, got {value!r}")
+    return value
+
+
+def check_timeout(value: Any, task: str, option: str = "timeout") -> float | None:
+    """Validate a positive, finite duration in seconds (or None)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{task}: {option} must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{task}: {option} must be positive, got {value!r}")
+    return float(value)
+
+
+def _check_retries(value: Any, task: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{task}: retries must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _check_nonneg(value: Any, task: str, option: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"{task}: {option} must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+HookFn = Callable[[Any], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """Everything ``@app.task(...)`` accepts besides the function. ``None``: app default."""
+
+    queue: str | None = None
+    priority: int = 0
+    retries: int | None = None
+    retry_backoff: float = 1.0
+    retry_backoff_max: float = 600.0
+    retry_jitter: bool = True
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    timeout: float | None = None
+    rate_limit: RateLimit | None = None
+    store_result: bool = True
+    bind: bool = False
+    on_success: HookFn | None = None
+    on_failure: HookFn | None = None
+    on_retry: HookFn | None = None
+    on_start: HookFn | None = None
+
+    @classmethod
+    def build(cls, task: str, raw: dict[str, Any]) -> TaskOptions:
+        """Validate ``raw`` decorator keywords; errors name the task and option."""
+        unknown = sorted(set(raw) - TASK_OPTION_NAMES)
+        if unknown:
+            raise ValueError(f"{task}: unknown task option(s): {', '.join(unknown)}")
+        opts: dict[str, Any] = dict(raw)
+        opts.pop("rate_burst", None)
+        if "priority" in raw:
+            check_priority(raw["priority"], task)
+        if raw.get("retries") is not None:
+            _check_retries(raw["retries"], task)
+        if "timeout" in raw:
+            opts["timeout"] = check_timeout(raw["timeout"], task)
+        for name in ("retry_backoff", "retry_backoff_max"):
+            if name in raw:
+                opts[name] = _check_nonneg(raw[name], task, name)
+        if "queue" in raw and raw["queue"] is not None:
+            _check_queue(raw["queue"], task)
+        if "retry_on" in raw:
+            opts["retry_on"] = _check_retry_on(raw["retry_on"], task)
+        if raw.get("rate_limit") is not None:
+            limit = parse_rate_limit(raw["rate_limit"], task)
+            burst = raw.get("rate_burst")
+            if burst is not None and (not isinstance(burst, int) or burst < 1):
+                raise ValueError(f"{task}: rate_burst must be a positive integer, got {burst!r}")
+            opts["rate_limit"] = RateLimit(limit.rate, limit.count, burst)
+        for name in ("on_success", "on_failure", "on_retry", "on_start"):
+            if raw.get(name) is not None and not callable(raw[name]):
+                raise ValueError(f"{task}: {name} must be callable")
+        return cls(**opts)
+
+
+def _check_queue(value: Any, task: str) -> str:
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+        raise ValueError(f"{task}: queue must be a non-empty name without spaces, got {value!r}")
+    return value
+
+
+def _check_retry_on(value: Any, task: str) -> tuple[type[BaseException], ...]:
+    items = value if isinstance(value, tuple | list) else (value,)
+    for item in items:
+        if not (isinstance(item, type) and issubclass(item, BaseException)):
+            raise ValueError(f"{task}: retry_on must hold exception classes, got {item!r}")
+    return tuple(items)
+
+
+TASK_OPTION_NAMES = frozenset(
+    {
+        "queue", "priority", "retries", "retry_backoff", "retry_backoff_max", "retry_jitter",
+        "retry_on", "timeout", "rate_limit", "rate_burst", "store_result", "bind",
+        "on_success", "on_failure", "on_retry", "on_start",
+    }
+)
+
+check_queue = _check_queue

@@ -1,0 +1,64 @@
+"""The App's task registry: names to tasks, duplicates refused."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from .errors import DuplicateTask, NotRegistered
+
+if TYPE_CHECKING:
+    from .task import Task
+
+__all__ = ["TaskRegistry"]
+
+
+class TaskRegistry:
+    """Holds an App's tasks by name. Registering never touches the network."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, Task[Any, Any]] = {}
+
+    def add(self, task: Task[Any, Any]) -> None:
+        """Register ``task``; the same function twice is fine, another one is not."""
+        existing = self._tasks.get(task.name)
+        if existing is not None and not _same_function(existing.fn, task.fn):
+            raise DuplicateTask(
+                f"task name {task.name!r} is already registered to "
+                f"{existing.fn.__module__}.{existing.fn.__qualname__}"
+            )
+        self._tasks[task.name] = task
+
+    def get(self, name: str) -> Task[Any, Any] | None:
+        """The task, or None."""
+        return self._tasks.get(name)
+
+    def __getitem__(self, name: str) -> Task[Any, Any]:
+        try:
+            return self._tasks[name]
+        except KeyError:
+            raise NotRegistered(name) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tasks
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._tasks))
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+
+def _same_function(a: Any, b: Any) -> bool:
+    # A module imported twice (e.g. as __main__ and by name) yields distinct but equal
+    # functions: same qualified name and same code location.
+    if a is b:
+        return True
+    code_a, code_b = getattr(a, "__code__", None), getattr(b, "__code__", None)
+    return (
+        getattr(a, "__qualname__", None) == getattr(b, "__qualname__", None)
+        and code_a is not None
+        and code_b is not None
+        and code_a.co_filename == code_b.co_filename
+        and code_a.co_firstlineno == code_b.co_firstlineno
+    )

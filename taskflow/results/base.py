@@ -1,0 +1,141 @@
+"""The result-store interface: task records plus a few atomic primitives.
+
+Records are flat dicts of JSON-safe values (see :class:`TaskInfo` for the fields). The one
+rule every store enforces atomically: **a terminal record never changes again**
+(:meth:`ResultStore.update` returns ``None`` and writes nothing). Group/chord counters,
+idempotency keys and waiting are written once, on top of these primitives.
+Every store must pass ``tests/contract/test_results_contract.py``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from ..message import TERMINAL_STATUSES, TaskStatus
+
+__all__ = ["ResultStore", "StoreCapabilities", "TaskInfo", "TERMINAL_VALUES", "is_terminal"]
+
+TERMINAL_VALUES = frozenset(s.value for s in TERMINAL_STATUSES)
+
+
+def is_terminal(record: Mapping[str, Any] | None) -> bool:
+    """True if ``record`` has a terminal status."""
+    return record is not None and record.get("status") in TERMINAL_VALUES
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCapabilities:
+    """What a result store can do."""
+
+    events: bool = False
+    """``publish_event`` reaches ``subscribe_events`` in other processes."""
+
+
+def _ts(value: Any) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(float(value), tz=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """A snapshot of one task's record, as returned by ``AsyncResult.info()``."""
+
+    id: str
+    name: str
+    status: TaskStatus
+    queue: str
+    priority: int
+    attempts: int
+    result: Any
+    error: dict[str, str] | None
+    created_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    worker: str | None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], result: Any = None) -> TaskInfo:
+        """Build from a stored record; ``result`` is the decoded result value."""
+        return cls(
+            id=str(record["id"]),
+            name=str(record.get("name", "")),
+            status=TaskStatus(record.get("status", "pending")),
+            queue=str(record.get("queue", "")),
+            priority=int(record.get("priority", 0)),
+            attempts=int(record.get("attempts", 0)),
+            result=result,
+            error=record.get("error"),
+            created_at=_ts(record.get("created_at")),
+            started_at=_ts(record.get("started_at")),
+            finished_at=_ts(record.get("finished_at")),
+            worker=record.get("worker"),
+        )
+
+
+class ResultStore(abc.ABC):
+    """Where task records, counters and small keys live."""
+
+    capabilities: ClassVar[StoreCapabilities] = StoreCapabilities()
+    url: str = ""
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Open connections (bounded time; BrokerError if unreachable)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release resources. Idempotent."""
+
+    @abc.abstractmethod
+    async def get(self, task_id: str) -> dict[str, Any] | None:
+        """The record, or None."""
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        """Records for ``task_ids`` in order (stores override to batch)."""
+        return [await self.get(tid) for tid in task_ids]
+
+    @abc.abstractmethod
+    async def update(
+        self, task_id: str, changes: Mapping[str, Any], ttl: float | None
+    ) -> dict[str, Any] | None:
+        """Atomically merge ``changes`` into the record (creating it if absent).
+
+        Returns the merged record, or ``None`` without writing if the stored record is
+        already terminal. ``ttl`` (seconds, None: keep) applies to the whole record.
+        """
+
+    async def update_many(
+        self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None
+    ) -> list[dict[str, Any] | None]:
+        """:meth:`update` for many records (stores override to batch)."""
+        return [await self.update(tid, changes, ttl) for tid, changes in items]
+
+    @abc.abstractmethod
+    async def delete(self, task_id: str) -> bool:
+        """Forget a record; True if there was one."""
+
+    @abc.abstractmethod
+    async def wait(self, task_id: str, timeout: float | None) -> dict[str, Any] | None:
+        """Wait (push-based) until the record is terminal; None if ``timeout`` ran out."""
+
+    @abc.abstractmethod
+    async def set_nx(self, key: str, value: str, ttl: float | None) -> str | None:
+        """Set ``key`` if absent and return None; else return the existing value."""
+
+    @abc.abstractmethod
+    async def get_value(self, key: str) -> str | None:
+        """The value of a key set with :meth:`set_nx`, or None."""
+
+    @abc.abstractmethod
+    async def delete_value(self, key: str) -> None:
+        """Delete a key."""
+
+    @abc.abstractmethod
+    async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        """Atomically add ``amount`` to an integer counter and return the new value."""
+
+    async def publish_event(self, event: Mapping[str, Any]) -> None:  # noqa: B027
+        """Publish a task event to other processes (if ``capabilities.events``)."""

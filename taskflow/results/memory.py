@@ -1,0 +1,185 @@
+"""In-memory result store: the reference implementation of the result-store contract."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from .._waiters import Waiters, wait_future
+from ..clock import SYSTEM_CLOCK, Clock
+from .base import ResultStore, StoreCapabilities, is_terminal
+
+__all__ = ["MemoryResultStore"]
+
+
+class MemoryResultStore(ResultStore):
+    """Records in a dict with TTLs and an optional bound on the number of records.
+
+    ``max_entries``: when more records exist, the oldest *terminal* ones are dropped.
+    """
+
+    capabilities: ClassVar[StoreCapabilities] = StoreCapabilities(events=False)
+
+    def __init__(self, *, max_entries: int | None = None, clock: Clock | None = None) -> None:
+        self.url = "memory://"
+        self.clock: Clock = clock or SYSTEM_CLOCK
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self._records: OrderedDict[str, tuple[dict[str, Any], float | None]] = OrderedDict()
+        self._values: dict[str, tuple[Any, float | None]] = {}
+        self._waiters: dict[str, Waiters] = {}
+        self._writes = 0
+
+    async def connect(self) -> None:
+        """Nothing to connect."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    def _live(self, task_id: str, now: float) -> dict[str, Any] | None:
+        entry = self._records.get(task_id)
+        if entry is None:
+            return None
+        record, expires = entry
+        if expires is not None and expires <= now:
+            del self._records[task_id]
+            return None
+        return record
+
+    async def get(self, task_id: str) -> dict[str, Any] | None:
+        """A copy of the record."""
+        return self.get_blocking(task_id)
+
+    def get_blocking(self, task_id: str) -> dict[str, Any] | None:
+        """Thread-safe synchronous :meth:`get`."""
+        with self._lock:
+            record = self._live(task_id, self.clock.time())
+            return dict(record) if record is not None else None
+
+    async def update(
+        self, task_id: str, changes: Mapping[str, Any], ttl: float | None
+    ) -> dict[str, Any] | None:
+        """Merge unless terminal."""
+        return self.update_blocking(task_id, changes, ttl)
+
+    def update_blocking(
+        self, task_id: str, changes: Mapping[str, Any], ttl: float | None
+    ) -> dict[str, Any] | None:
+        """Thread-safe synchronous :meth:`update`."""
+        with self._lock:
+            now = self.clock.time()
+            record = self._live(task_id, now)
+            if record is None:
+                record = {"id": task_id}
+            elif is_terminal(record):
+                return None
+            record.update(changes)
+            self._records[task_id] = (record, None if ttl is None else now + ttl)
+            self._records.move_to_end(task_id)
+            terminal = is_terminal(record)
+            waiters = self._waiters.pop(task_id, None) if terminal else None
+            self._writes += 1
+            if self.max_entries is not None and len(self._records) > self.max_entries:
+                self._evict(now)
+            result = dict(record)
+        if waiters is not None:
+            waiters.notify_all()
+        return result
+
+    def _evict(self, now: float) -> None:
+        assert self.max_entries is not None
+        excess = len(self._records) - self.max_entries
+        for task_id in list(self._records):
+            if excess <= 0:
+                break
+            record, expires = self._records[task_id]
+            if is_terminal(record) or (expires is not None and expires <= now):
+                del self._records[task_id]
+                excess -= 1
+
+    async def delete(self, task_id: str) -> bool:
+        """Forget a record."""
+        with self._lock:
+            return self._records.pop(task_id, None) is not None
+
+    async def wait(self, task_id: str, timeout: float | None) -> dict[str, Any] | None:
+        """Wait for a terminal record without polling."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            with self._lock:
+                record = self._live(task_id, self.clock.time())
+                if is_terminal(record):
+                    return dict(record) if record is not None else None
+                fut = self._waiters.setdefault(task_id, Waiters()).register_async()
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return None
+            if not await wait_future(fut, remaining):
+                self._discard(task_id, fut)
+                return None
+
+    def wait_blocking(self, task_id: str, timeout: float | None) -> dict[str, Any] | None:
+        """Thread-safe synchronous :meth:`wait`."""
+        with self._lock:
+            record = self._live(task_id, self.clock.time())
+            if is_terminal(record):
+                return dict(record) if record is not None else None
+            event = self._waiters.setdefault(task_id, Waiters()).register_thread()
+        if not event.wait(timeout):
+            self._discard(task_id, event)
+            return None
+        with self._lock:
+            record = self._live(task_id, self.clock.time())
+            return dict(record) if is_terminal(record) and record is not None else None
+
+    def _discard(self, task_id: str, waiter: Any) -> None:
+        with self._lock:
+            waiters = self._waiters.get(task_id)
+            if waiters is not None:
+                waiters.discard(waiter)
+
+    async def set_nx(self, key: str, value: str, ttl: float | None) -> str | None:
+        """Set if absent; else return the existing value."""
+        with self._lock:
+            now = self.clock.time()
+            current = self._value(key, now)
+            if current is not None:
+                return str(current)
+            self._values[key] = (value, None if ttl is None else now + ttl)
+            return None
+
+    def _value(self, key: str, now: float) -> Any:
+        entry = self._values.get(key)
+        if entry is None:
+            return None
+        if entry[1] is not None and entry[1] <= now:
+            del self._values[key]
+            return None
+        return entry[0]
+
+    async def get_value(self, key: str) -> str | None:
+        """The value, or None."""
+        with self._lock:
+            value = self._value(key, self.clock.time())
+            return None if value is None else str(value)
+
+    async def delete_value(self, key: str) -> None:
+        """Delete a key."""
+        with self._lock:
+            self._values.pop(key, None)
+
+    async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        """Atomic counter."""
+        with self._lock:
+            now = self.clock.time()
+            value = int(self._value(key, now) or 0) + amount
+            self._values[key] = (value, None if ttl is None else now + ttl)
+            return value
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._records)

@@ -1,0 +1,117 @@
+"""Fan-out of terminal task events to subscribers with bounded buffers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+
+from ..middleware import TaskEvent
+
+__all__ = ["EventBus", "Subscription"]
+
+
+class Subscription:
+    """A bounded buffer of events for one subscriber.
+
+    A full buffer loses the incoming event (``drop="newest"``) or the oldest buffered one
+    (``drop="oldest"``); :attr:`dropped` counts the losses. Publishing never blocks.
+    """
+
+    def __init__(self, bus: EventBus, buffer: int, drop: str) -> None:
+        if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
+            raise ValueError(f"subscribe: buffer must be a positive integer, got {buffer!r}")
+        if drop not in ("newest", "oldest"):
+            raise ValueError(f"subscribe: drop must be 'newest' or 'oldest', got {drop!r}")
+        self._bus = bus
+        self._buffer: deque[TaskEvent] = deque()
+        self._size = buffer
+        self._drop_oldest = drop == "oldest"
+        self._cond = threading.Condition()
+        self._closed = False
+        self.dropped = 0
+
+    def _offer(self, event: TaskEvent) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            if len(self._buffer) >= self._size:
+                self.dropped += 1
+                if not self._drop_oldest:
+                    return
+                self._buffer.popleft()
+            self._buffer.append(event)
+            self._cond.notify()
+
+    def get(self, timeout: float | None = None) -> TaskEvent:
+        """The next event; raises ``TimeoutError`` after ``timeout`` s or once closed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._buffer:
+                if self._closed:
+                    raise TimeoutError("subscription closed")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError("no event within the timeout")
+                self._cond.wait(remaining)
+            return self._buffer.popleft()
+
+    def __iter__(self) -> Iterator[TaskEvent]:
+        while True:
+            try:
+                yield self.get()
+            except TimeoutError:
+                return
+
+    def close(self) -> None:
+        """Stop receiving; iteration ends once the buffer is drained."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._bus._remove(self)
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close` or when the worker stopped."""
+        return self._closed
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EventBus:
+    """Delivers each published event to every open subscription."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subs: tuple[Subscription, ...] = ()
+
+    def subscribe(self, buffer: int = 100, drop: str = "newest") -> Subscription:
+        """A new subscription."""
+        sub = Subscription(self, buffer, drop)
+        with self._lock:
+            self._subs = (*self._subs, sub)
+        return sub
+
+    def _remove(self, sub: Subscription) -> None:
+        with self._lock:
+            self._subs = tuple(s for s in self._subs if s is not sub)
+
+    @property
+    def active(self) -> bool:
+        """True if anyone listens."""
+        return bool(self._subs)
+
+    def publish(self, event: TaskEvent) -> None:
+        """Offer ``event`` to every subscriber (never blocks)."""
+        for sub in self._subs:
+            sub._offer(event)
+
+    def close_all(self) -> None:
+        """Close every subscription (the worker stopped)."""
+        for sub in self._subs:
+            sub.close()

@@ -1,0 +1,122 @@
+"""Running one attempt: coroutines on the loop, sync functions on a thread pool.
+
+Deadlines: a coroutine is cancelled at its deadline; a sync function sees
+``ctx.cancelled`` set and gets :class:`~taskflow.errors.TaskTimeout` raised inside its
+thread (an asynchronous exception: it lands at the next Python bytecode, so a call blocked
+in C returns first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ctypes
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ..context import TaskContext, reset_current, set_current
+from ..errors import TaskTimeout
+
+__all__ = ["Interrupted", "run_async", "run_sync"]
+
+# How long a sync task gets to unwind after it was interrupted before the worker reports
+# the outcome anyway (the slot stays busy until the thread really returns).
+UNWIND_GRACE = 2.0
+
+
+class Interrupted(BaseException):
+    """Raised inside a sync task's thread when the task is cancelled."""
+
+
+class _Thread:
+    __slots__ = ("done", "ident", "lock")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ident: int | None = None
+        self.done = False
+
+    def interrupt(self, exc: type[BaseException]) -> None:
+        with self.lock:
+            if self.ident is not None and not self.done:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(self.ident), ctypes.py_object(exc)
+                )
+
+    def finish(self) -> None:
+        with self.lock:
+            self.done = True
+            if self.ident is not None:
+                # Clear an interrupt that arrived too late to land inside the task.
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.ident), None)
+
+
+def _in_thread(thread: _Thread, fn: Callable[..., Any], args: tuple[Any, ...],
+               kwargs: dict[str, Any], ctx: TaskContext) -> Any:
+    thread.ident = threading.get_ident()
+    token = set_current(ctx)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        try:
+            thread.finish()
+        finally:
+            reset_current(token)
+
+
+async def run_sync(pool: concurrent.futures.Executor, fn: Callable[..., Any],
+                   args: tuple[Any, ...], kwargs: dict[str, Any], ctx: TaskContext,
+                   timeout: float | None) -> Any:
+    """Run ``fn`` in ``pool`` with a deadline; cancellation interrupts the thread."""
+    thread = _Thread()
+    cfut = pool.submit(_in_thread, thread, fn, args, kwargs, ctx)
+    deadline = asyncio.timeout(timeout)
+    try:
+        async with deadline:
+            return await asyncio.wrap_future(cfut)
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # the task's own TimeoutError
+        if cfut.done() and not cfut.cancelled() and cfut.exception() is None:
+            return cfut.result()
+        ctx.cancelled.set()
+        thread.interrupt(TaskTimeout)
+        await _unwind(cfut)
+        raise TaskTimeout(f"{ctx.name}[{ctx.id}] exceeded its {timeout}s timeout") from None
+    except asyncio.CancelledError:
+        ctx.cancelled.set()
+        thread.interrupt(Interrupted)
+        await _unwind(cfut)
+        raise
+
+
+async def _unwind(cfut: concurrent.futures.Future[Any]) -> None:
+    if cfut.cancel():
+        return
+    waiter = asyncio.wrap_future(cfut)
+    done, _ = await asyncio.wait({waiter}, timeout=UNWIND_GRACE)
+    if waiter in done and not waiter.cancelled():
+        waiter.exception()  # retrieved: the outcome is reported by the caller
+    elif not done:
+        waiter.cancel()
+
+
+async def run_async(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                    ctx: TaskContext, timeout: float | None) -> Any:
+    """Await the coroutine function with a deadline."""
+    token = set_current(ctx)
+    deadline = asyncio.timeout(timeout)
+    try:
+        async with deadline:
+            return await fn(*args, **kwargs)
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        ctx.cancelled.set()
+        raise TaskTimeout(f"{ctx.name}[{ctx.id}] exceeded its {timeout}s timeout") from None
+    except asyncio.CancelledError:
+        ctx.cancelled.set()
+        raise
+    finally:
+        reset_current(token)

@@ -1,0 +1,154 @@
+"""The worker's local scheduler: priority heaps per queue, weighted fair share across
+queues (smooth weighted round robin), and the rate-limit gate."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..clock import Clock
+from .ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    from ..brokers.base import Delivery
+    from ..message import Envelope
+    from ..task import Task
+
+__all__ = ["Job", "Scheduler"]
+
+
+class Job:
+    """One received task on its way through the worker."""
+
+    __slots__ = ("attempt", "cancel_reason", "ctx", "delivery", "envelope", "handle", "task")
+
+    def __init__(self, envelope: Envelope, delivery: Delivery, task: Task[Any, Any]) -> None:
+        self.envelope = envelope
+        self.delivery = delivery
+        self.task = task
+        # Each delivery counts as an attempt: a redelivery after a lost worker is one.
+        self.attempt = envelope.attempt + max(delivery.delivery_count, 1) - 1
+        self.cancel_reason: str | None = None
+        self.ctx: Any = None
+        self.handle: Any = None  # the asyncio task while running
+
+
+class Scheduler:
+    """Chooses the next job: fair across queues by weight, strict priority then FIFO
+    within a queue, holding back jobs whose task is over its rate limit."""
+
+    def __init__(self, queues: Sequence[str], weights: Mapping[str, int], clock: Clock,
+                 concurrency: int) -> None:
+        self.queues = list(queues)
+        self._heaps: dict[str, list[tuple[int, int, Job]]] = {q: [] for q in self.queues}
+        self._weights = {q: max(1, int(weights.get(q, 1))) for q in self.queues}
+        self._credit = dict.fromkeys(self.queues, 0)
+        self._seq = itertools.count()
+        self._clock = clock
+        self._concurrency = concurrency
+        self._buckets: dict[str, TokenBucket | None] = {}
+        self._throttled: list[tuple[float, int, Job]] = []
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def push(self, job: Job) -> None:
+        """Add a received job."""
+        heap = self._heaps.get(job.envelope.queue)
+        if heap is None:  # a queue we were not asked for (e.g. a broker that routes widely)
+            heap = self._heaps[job.envelope.queue] = []
+            self.queues.append(job.envelope.queue)
+            self._weights[job.envelope.queue] = 1
+            self._credit[job.envelope.queue] = 0
+        heapq.heappush(heap, (-job.envelope.priority, next(self._seq), job))
+        self._size += 1
+
+    def _pick(self, candidates: Sequence[str]) -> str | None:
+        # Smooth weighted round robin: the same interleaving nginx uses, deterministic.
+        if not candidates:
+            return None
+        if len(candidates) == 1:
+            return candidates[0]
+        total = 0
+        best: str | None = None
+        for q in candidates:
+            self._credit[q] += self._weights[q]
+            total += self._weights[q]
+            if best is None or self._credit[q] > self._credit[best]:
+                best = q
+        assert best is not None
+        self._credit[best] -= total
+        return best
+
+    def pop(self) -> Job | None:
+        """The next job allowed to run now, or None."""
+        self._release()
+        while True:
+            queue = self._pick([q for q in self.queues if self._heaps[q]])
+            if queue is None:
+                return None
+            _, _, job = heapq.heappop(self._heaps[queue])
+            wait = self._gate(job)
+            if wait > 0:
+                heapq.heappush(self._throttled,
+                               (self._clock.monotonic() + wait, next(self._seq), job))
+                continue
+            self._size -= 1
+            return job
+
+    def _gate(self, job: Job) -> float:
+        name = job.task.name
+        bucket = self._buckets.get(name, False)
+        if bucket is False:
+            limit = job.task.options.rate_limit
+            bucket = None
+            if limit is not None:
+                burst = limit.burst or max(1, min(self._concurrency, int(limit.count)))
+                bucket = TokenBucket(limit.rate, burst, self._clock)
+            self._buckets[name] = bucket
+        return 0.0 if bucket is None else bucket.acquire()
+
+    def _release(self) -> None:
+        now = self._clock.monotonic()
+        while self._throttled and self._throttled[0][0] <= now:
+            _, seq, job = heapq.heappop(self._throttled)
+            heapq.heappush(self._heaps[job.envelope.queue], (-job.envelope.priority, seq, job))
+
+    def next_release(self) -> float | None:
+        """Seconds until a throttled job may run (None: none is throttled)."""
+        if not self._throttled:
+            return None
+        return max(0.0, self._throttled[0][0] - self._clock.monotonic())
+
+    def ready_count(self) -> int:
+        """Jobs not held back by a rate limit."""
+        return self._size - len(self._throttled)
+
+    def fetch_order(self) -> list[str]:
+        """Queue order for the next fetch: heaviest first, rotated fairly by weight."""
+        if len(self.queues) <= 1:
+            return list(self.queues)
+        first = self._pick(self.queues)
+        rest = sorted((q for q in self.queues if q != first), key=lambda q: -self._weights[q])
+        return [first, *rest] if first is not None else rest
+
+    def remove(self, task_id: str) -> Job | None:
+        """Take a job out by task id (cancellation)."""
+        for heap in [*self._heaps.values(), self._throttled]:
+            for i, entry in enumerate(heap):
+                if entry[2].envelope.id == task_id:
+                    heap.pop(i)
+                    heapq.heapify(heap)
+                    self._size -= 1
+                    return entry[2]
+        return None
+
+    def drain(self) -> Iterator[Job]:
+        """Remove and yield every job (shutdown hands them back)."""
+        for heap in [*self._heaps.values(), self._throttled]:
+            while heap:
+                self._size -= 1
+                yield heap.pop()[2]

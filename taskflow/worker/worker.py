@@ -1,0 +1,527 @@
+"""The worker: fetcher -> scheduler -> executor, with a scripted shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import random
+import socket
+import threading
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .. import codec
+from ..brokers.base import Delivery
+from ..clock import Clock
+from ..context import TaskContext
+from ..errors import NotRegistered, PayloadError, Reject, Retry, TaskflowError, TaskTimeout
+from ..message import Envelope, TaskStatus
+from ..middleware import TaskEvent, chain_execute
+from .events import EventBus, Subscription
+from .executor import run_async, run_sync
+from .retry import backoff_delay
+from .scheduler import Job, Scheduler
+from .settle import Settler
+
+if TYPE_CHECKING:
+    from ..app import App
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("taskflow.worker")
+
+
+class Worker:
+    """Runs an app's tasks from ``queues`` with up to ``concurrency`` at once.
+
+    ``prefetch_buffer``: messages held beyond free slots (default ``concurrency // 2``,
+    at least 1); ``poll_interval``: the longest a fetch blocks before re-checking state.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        queues: Sequence[str] | None = None,
+        concurrency: int = 8,
+        *,
+        prefetch_buffer: int | None = None,
+        name: str | None = None,
+        poll_interval: float = 1.0,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"worker concurrency must be a positive integer, got {concurrency!r}")
+        if prefetch_buffer is not None and (not isinstance(prefetch_buffer, int)
+                                            or prefetch_buffer < 0):
+            raise ValueError("worker prefetch_buffer must be a non-negative integer")
+        self.app = app
+        self.queues = list(queues or [app.default_queue])
+        if not self.queues or not all(isinstance(q, str) and q for q in self.queues):
+            raise ValueError(f"worker queues must be non-empty names, got {queues!r}")
+        self.concurrency = concurrency
+        self.prefetch_buffer = max(1, concurrency // 2) if prefetch_buffer is None \
+            else prefetch_buffer
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.poll_interval = poll_interval
+        self.clock = clock or app.clock
+        self.rng = rng or random.Random()
+        self.bus = EventBus()
+        self.settle = Settler(self)
+        self._state_lock = threading.Lock()
+        self._state = "new"  # new -> running -> stopping -> stopped
+        self._stopped = threading.Event()
+        self._grace = 30.0
+        self._hard = False
+        self._stop_event: asyncio.Event | None = None
+        self._escalate: asyncio.Event | None = None
+        self._room: asyncio.Event | None = None
+        self._main: concurrent.futures.Future[None] | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._sched = Scheduler(self.queues, app.queue_weights, self.clock, concurrency)
+        self._running: dict[str, Job] = {}
+        self._held: dict[str, Job] = {}
+        self._cancelled: dict[str, None] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._exec = chain_execute(app.middleware, self._invoke)
+        self.counts = dict.fromkeys(
+            ("processed", "succeeded", "failed", "retried", "cancelled", "expired",
+             "dead_lettered", "requeued"), 0)
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.name} queues={self.queues} concurrency={self.concurrency}>"
+
+    # -- public, thread-safe ---------------------------------------------------------
+    def start(self) -> Worker:
+        """Start in the background on the app's loop; returns once it is consuming."""
+        with self._state_lock:
+            if self._state != "new":
+                raise TaskflowError(f"worker {self.name} was already started")
+            self._state = "running"
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._main = self.app._runtime.submit(self._run(ready))
+        self.app._workers.append(self)
+        try:
+            ready.result()
+        except BaseException:
+            self._finish_state()
+            raise
+        return self
+
+    def __enter__(self) -> Worker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def run(self) -> None:
+        """Start and block until stopped (SIGTERM/SIGINT handling is the caller's)."""
+        self.start()
+        self._stopped.wait()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Graceful stop; idempotent and safe from any thread, any number of times.
+
+        The sequence: (1) stop fetching; (2) hand every received but unstarted message
+        back to the broker (``nack(requeue=True)``, no attempt spent); (3) let running
+        tasks finish for up to ``timeout`` seconds; (4) cancel what still runs and hand
+        it back too, so an at-least-once broker redelivers it; (5) close the thread pool
+        and subscriptions. Returns when the worker has stopped (or at once when called
+        from the worker's own loop).
+        """
+        self._request(timeout, hard=False)
+
+    def stop_now(self) -> None:
+        """Hard stop: cancel running work now (it is handed back for redelivery)."""
+        self._request(0.0, hard=True)
+
+    def _request(self, timeout: float, hard: bool) -> None:
+        with self._state_lock:
+            if self._state == "new":
+                self._state = "stopped"
+                self._stopped.set()
+                return
+            if self._state == "stopped":
+                return
+            self._state = "stopping"
+            loop = self.app._runtime.loop
+        loop.call_soon_threadsafe(self._on_stop_request, timeout, hard)
+        if not self.app._runtime.in_loop_thread():
+            self._stopped.wait()
+
+    def _on_stop_request(self, timeout: float, hard: bool) -> None:
+        self._grace = min(self._grace, max(0.0, timeout))
+        if hard:
+            self._hard = True
+            if self._escalate is not None:
+                self._escalate.set()
+        if self._stop_event is not None:
+            self._stop_event.set()
+
+    def subscribe(self, buffer: int = 100, drop: str = "newest") -> Subscription:
+        """Terminal events (``kind == "finish"``) of this worker's tasks."""
+        return self.bus.subscribe(buffer, drop)
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a queued or running task (same as ``AsyncResult.cancel``)."""
+        return bool(self.app._call(self.app._cancel(task_id)))
+
+    def cancel_all(self) -> int:
+        """Cancel everything this worker holds (running and prefetched)."""
+        return self.app._call(self._cancel_all())
+
+    async def _cancel_all(self) -> int:
+        ids = list(self._held)
+        for tid in ids:
+            await self.app._cancel(tid)
+            await self._cancel_local(tid)
+        return len(ids)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters, what runs now and each queue's depth (where the broker tells)."""
+        return self.app._call(self._stats())
+
+    async def _stats(self) -> dict[str, Any]:
+        depth: dict[str, Any] = {}
+        admin = getattr(self.app.broker, "depth", None)
+        if admin is not None:
+            for q in self.queues:
+                depth[q] = await admin(q)
+        return {
+            **self.counts, "running": len(self._running),
+            "buffered": len(self._held) - len(self._running), "concurrency": self.concurrency,
+            "state": self._state, "queues": depth, "name": self.name,
+        }
+
+    def run_until_idle(self) -> int:
+        """Test seam: process everything due now, then return how many tasks ran.
+
+        Does not wait for delayed messages; with a FakeClock, advance it and call again.
+        """
+        with self._state_lock:
+            if self._state != "new":
+                raise TaskflowError("run_until_idle() is for a worker that was not started")
+        before = self.counts["processed"]
+        self.app._call(self._drain())
+        return self.counts["processed"] - before
+
+    # -- lifecycle on the loop -------------------------------------------------------
+    async def _setup(self) -> None:
+        await self.app._connect()
+        for q in self.queues:
+            await self.app._declare(q)
+        self._room = asyncio.Event()
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            self.concurrency, thread_name_prefix=f"taskflow-{self.app.name}"
+        )
+
+    async def _run(self, ready: concurrent.futures.Future[None]) -> None:
+        self._stop_event = asyncio.Event()
+        self._escalate = asyncio.Event()
+        if self._state == "stopping":
+            self._stop_event.set()
+        try:
+            await self._setup()
+        except BaseException as exc:
+            ready.set_exception(exc)
+            await self._teardown()
+            return
+        helpers = [asyncio.create_task(self._fetch_loop(), name="taskflow-fetch")]
+        if self.app.broker.capabilities.control:
+            helpers.append(asyncio.create_task(self._control_loop(), name="taskflow-control"))
+        if self.app.broker.capabilities.leases:
+            helpers.append(asyncio.create_task(self._lease_loop(), name="taskflow-lease"))
+        ready.set_result(None)
+        log.info("worker %s consuming %s (concurrency %d)", self.name, ",".join(self.queues),
+                 self.concurrency)
+        try:
+            await self._stop_event.wait()
+        finally:
+            await self._shutdown(helpers)
+
+    async def _shutdown(self, helpers: list[asyncio.Task[None]]) -> None:
+        helpers[0].cancel()
+        await asyncio.gather(helpers[0], return_exceptions=True)
+        await self._hand_back_buffered()
+        pending = {job.handle for job in self._running.values() if job.handle is not None}
+        if pending and not self._hard and self._grace > 0:
+            assert self._escalate is not None
+            loop = asyncio.get_running_loop()
+            escalation = asyncio.create_task(self._escalate.wait())
+            deadline = loop.time() + self._grace
+            while pending and not escalation.done() and loop.time() < deadline:
+                done, _ = await asyncio.wait({*pending, escalation},
+                                             timeout=deadline - loop.time(),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                pending -= done
+            escalation.cancel()
+            await asyncio.gather(escalation, return_exceptions=True)
+        await self._cancel_running("shutdown")
+        for helper in helpers[1:]:
+            helper.cancel()
+        await asyncio.gather(*helpers[1:], return_exceptions=True)
+        await self._teardown()
+
+    async def _cancel_running(self, reason: str) -> None:
+        handles = []
+        for job in list(self._running.values()):
+            if job.handle is not None and not job.handle.done():
+                job.cancel_reason = job.cancel_reason or reason
+                job.handle.cancel()
+                handles.append(job.handle)
+        if handles:
+            await asyncio.wait(handles, timeout=10.0)
+
+    async def _teardown(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+            threads = list(getattr(pool, "_threads", ()))
+            for _ in range(400):
+                if not any(t.is_alive() for t in threads):
+                    break
+                await asyncio.sleep(0.005)
+        forget = getattr(self.app.broker, "forget_control_reader", None)
+        if forget is not None:
+            forget()
+        self.bus.close_all()
+        self._finish_state()
+        log.info("worker %s stopped", self.name)
+
+    def _finish_state(self) -> None:
+        with self._state_lock:
+            self._state = "stopped"
+        if self in self.app._workers:
+            self.app._workers.remove(self)
+        self._stopped.set()
+
+    async def _hand_back_buffered(self) -> None:
+        for job in list(self._sched.drain()):
+            self._held.pop(job.envelope.id, None)
+            await self.settle.requeue(job)
+
+    async def _drain(self) -> None:
+        await self._setup()
+        try:
+            while True:
+                credits = self.concurrency + self.prefetch_buffer - len(self._held)
+                got: list[Delivery] = []
+                if credits > 0:
+                    got = await self.app.broker.fetch(self._sched.fetch_order(), credits, 0)
+                    for delivery in got:
+                        await self._admit(delivery)
+                self._dispatch()
+                handles = {j.handle for j in self._running.values() if j.handle is not None}
+                if handles:
+                    await asyncio.wait(handles, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                if got:
+                    continue
+                wait = self._sched.next_release()
+                if wait is None or self.clock.is_fake:
+                    break
+                await asyncio.sleep(wait)
+        finally:
+            await self._hand_back_buffered()
+            await self._cancel_running("shutdown")
+            await self._teardown()
+            with self._state_lock:
+                self._state = "new"
+            self._stopped.clear()
+
+    # -- fetcher ---------------------------------------------------------------------
+    async def _fetch_loop(self) -> None:
+        assert self._room is not None
+        backoff = 0.05
+        while True:
+            credits = self.concurrency + self.prefetch_buffer - len(self._held)
+            if credits <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                got = await self.app.broker.fetch(
+                    self._sched.fetch_order(), credits, self.poll_interval
+                )
+                backoff = 0.05
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("worker %s: fetch failed (%s); retrying in %.2fs", self.name, exc,
+                            backoff)
+                await asyncio.sleep(backoff * (0.5 + self.rng.random()))
+                backoff = min(backoff * 2, 5.0)
+                continue
+            for delivery in got:
+                await self._admit(delivery)
+            self._dispatch()
+
+    async def _admit(self, delivery: Delivery) -> None:
+        try:
+            env = codec.decode_envelope(delivery.body)
+        except PayloadError as exc:
+            await self.settle.reject_undecodable(delivery, exc)
+            return
+        task = self.app.registry.get(env.task)
+        if task is None:
+            await self.settle.reject_unknown(delivery, env, NotRegistered(env.task))
+            return
+        job = Job(env, delivery, task)
+        if env.id in self._cancelled:
+            await self.settle.cancelled(job, started=False)
+            return
+        if env.expires is not None and env.expires <= self.clock.time():
+            await self.settle.expired(job)
+            return
+        self._held[env.id] = job
+        self._sched.push(job)
+
+    def _dispatch(self) -> None:
+        while len(self._running) < self.concurrency:
+            job = self._sched.pop()
+            if job is None:
+                break
+            self._running[job.envelope.id] = job
+            job.handle = asyncio.get_running_loop().create_task(self._execute(job))
+        wait = self._sched.next_release()
+        if wait is not None and self._timer is None and len(self._running) < self.concurrency:
+            self._timer = asyncio.get_running_loop().call_later(wait, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
+
+    def _release(self, job: Job) -> None:
+        self._running.pop(job.envelope.id, None)
+        self._held.pop(job.envelope.id, None)
+        if self._room is not None:
+            self._room.set()
+        if self._state == "running" or self._stop_event is None:
+            self._dispatch()
+
+    # -- executor --------------------------------------------------------------------
+    async def _execute(self, job: Job) -> None:
+        try:
+            await self._attempt(job)
+        except asyncio.CancelledError:
+            await self._after_cancel(job)
+        except Exception:
+            log.exception("worker %s: internal error settling %s", self.name, job.envelope.id)
+        finally:
+            self.counts["processed"] += 1
+            self._release(job)
+
+    async def _after_cancel(self, job: Job) -> None:
+        if job.cancel_reason == "cancelled":
+            await self.settle.cancelled(job, started=True)
+        else:
+            await self.settle.requeue(job, started=True)
+
+    async def _attempt(self, job: Job) -> None:
+        env, task = job.envelope, job.task
+        if not await self.settle.started(job):
+            return
+        ctx = TaskContext(
+            id=env.id, name=env.task, attempt=job.attempt, retries=env.max_retries,
+            queue=env.queue, priority=env.priority, headers=env.headers,
+            deadline=None if env.timeout is None else self.clock.time() + env.timeout,
+        )
+        job.ctx = ctx
+        t0 = self.clock.monotonic()
+        try:
+            args, kwargs = task.schema.decode_args(env.args, env.kwargs)
+        except PayloadError as exc:
+            await self.settle.failed(job, exc, 0.0, reason="payload")
+            return
+        ctx._call = (args, kwargs, job)
+        try:
+            value = await self._exec(ctx)
+        except (Retry, Reject, Exception) as exc:
+            await self._on_error(job, exc, self.clock.monotonic() - t0)
+            return
+        await self.settle.succeeded(job, value, self.clock.monotonic() - t0)
+
+    async def _invoke(self, ctx: TaskContext) -> Any:
+        args, kwargs, job = ctx._call
+        task = job.task
+        if task.options.bind:
+            args = (ctx, *args)
+        if task.is_async:
+            return await run_async(task.fn, args, kwargs, ctx, job.envelope.timeout)
+        assert self._pool is not None
+        return await run_sync(self._pool, task.fn, args, kwargs, ctx, job.envelope.timeout)
+
+    async def _on_error(self, job: Job, exc: BaseException, duration: float) -> None:
+        if isinstance(exc, Reject):
+            await self.settle.failed(job, exc, duration, reason="rejected")
+            return
+        opts = job.task.options
+        env = job.envelope
+        can_retry = job.attempt <= env.max_retries
+        if isinstance(exc, Retry):
+            cause: BaseException = exc.exc or exc
+            if can_retry:
+                delay = exc.countdown if exc.countdown is not None else self._backoff(job)
+                await self.settle.retry(job, cause, delay, duration)
+                return
+            await self.settle.failed(job, cause, duration)
+            return
+        retriable = isinstance(exc, opts.retry_on) or isinstance(exc, TaskTimeout)
+        if can_retry and retriable and not isinstance(exc, PayloadError):
+            await self.settle.retry(job, exc, self._backoff(job), duration)
+            return
+        await self.settle.failed(job, exc, duration)
+
+    def _backoff(self, job: Job) -> float:
+        opts = job.task.options
+        return backoff_delay(job.attempt, opts.retry_backoff, opts.retry_backoff_max,
+                             opts.retry_jitter, self.rng)
+
+    # -- cancellation, control and leases ---------------------------------------------
+    async def _cancel_local(self, task_id: str) -> bool:
+        job = self._running.get(task_id)
+        if job is not None:
+            job.cancel_reason = "cancelled"
+            if job.ctx is not None:
+                job.ctx.cancelled.set()
+            if job.handle is not None:
+                job.handle.cancel()
+            return True
+        job = self._sched.remove(task_id)
+        if job is not None:
+            self._held.pop(task_id, None)
+            await self.settle.cancelled(job, started=False)
+            return True
+        self._cancelled[task_id] = None
+        while len(self._cancelled) > 10_000:
+            self._cancelled.pop(next(iter(self._cancelled)))
+        return False
+
+    async def _control_loop(self) -> None:
+        while True:
+            try:
+                commands = await self.app.broker.control_messages(self.poll_interval)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("worker %s: control channel failed (%s)", self.name, exc)
+                await asyncio.sleep(1.0)
+                continue
+            for command in commands:
+                if command.get("cmd") == "cancel" and isinstance(command.get("id"), str):
+                    await self._cancel_local(command["id"])
+
+    async def _lease_loop(self) -> None:
+        while True:
+            leases = [j.delivery.lease for j in self._held.values() if j.delivery.lease]
+            period = min(leases) / 3 if leases else 1.0
+            await asyncio.sleep(max(0.05, min(period, 10.0)))
+            for job in list(self._held.values()):
+                with contextlib.suppress(Exception):
+                    await job.delivery.touch()

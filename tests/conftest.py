@@ -1,0 +1,66 @@
+"""Shared fixtures: a memory app that is always closed, a fake clock, and a guard that
+fails any test which leaks threads."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from taskflow import App, FakeClock
+
+IN_CI = os.environ.get("CI") == "true"
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves threads running (after a short grace to unwind)."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 3.0
+    leaked: list[threading.Thread] = []
+    while time.monotonic() < deadline:
+        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not leaked:
+            return
+        time.sleep(0.01)
+    pytest.fail(f"test leaked threads: {[t.name for t in leaked]}")
+
+
+@pytest.fixture
+def app() -> Iterator[App]:
+    """An in-memory app, closed after the test."""
+    application = App("test")
+    yield application
+    application.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A clock that moves only when the test says so."""
+    return FakeClock()
+
+
+@pytest.fixture
+def fake_app(clock: FakeClock) -> Iterator[App]:
+    """An in-memory app on a fake clock, closed after the test."""
+    application = App("fake", clock=clock)
+    yield application
+    application.close()
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    """Skip loudly when a real service is down, but fail in CI where it must be up."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return
+    except OSError:
+        message = f"{name} is not reachable at {host}:{port} (start it with ../shared/services.sh)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
