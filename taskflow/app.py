@@ -230,9 +230,10 @@ class App:
     def _prepare(self, name: str, task: Task[Any, Any] | None, args: Sequence[Any],
                  kwargs: Mapping[str, Any], opts: Mapping[str, Any]) -> _Prepared:
         topts = task.options if task is not None else TaskOptions()
-        queue = opts.get("queue") or topts.queue or self.default_queue
-        if "queue" in opts:
-            check_queue(queue, name)
+        if opts.get("queue") is not None:
+            queue = check_queue(opts["queue"], name)  # an empty name is an error, not a default
+        else:
+            queue = topts.queue or self.default_queue
         priority = check_priority(opts["priority"], name) if "priority" in opts \
             else topts.priority
         if "retries" in opts:
@@ -437,8 +438,10 @@ class _TaskDecorator:
     def __init__(self, app: App, name: str | None, options: dict[str, Any]) -> None:
         self._app = app
         self._name = name
-        # Validate eagerly so that a bad option fails at the decorator line.
-        TaskOptions.build(name or "<task>", options)
+        # A named task validates at once; an unnamed one when it is applied (still the
+        # decorator line), so that the error can name the task.
+        if name is not None:
+            TaskOptions.build(name, options)
         self._options = options
 
     @overload
@@ -538,11 +541,13 @@ def _headers(name: str, value: Any) -> dict[str, str]:
 
 def _queued_record(env: Envelope) -> dict[str, Any]:
     status = TaskStatus.SCHEDULED if env.eta is not None else TaskStatus.QUEUED
-    return {
+    record = {
         "id": env.id, "name": env.task, "status": status.value, "queue": env.queue,
         "priority": env.priority, "attempts": 0, "created_at": env.created_at,
-        "eta": env.eta,
     }
+    if env.eta is not None:
+        record["eta"] = env.eta
+    return record
 
 
 def _message(env: Envelope) -> Message:

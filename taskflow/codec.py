@@ -43,7 +43,7 @@ def loads(data: bytes | str) -> Any:
 
 
 def encode_envelope(env: Envelope) -> bytes:
-    """Encode an envelope to its JSON wire form; ``None`` optional fields are omitted."""
+    """Encode an envelope to its JSON wire form; optional fields at their default are omitted."""
     doc: dict[str, Any] = {
         "v": env.v,
         "id": env.id,
@@ -51,11 +51,15 @@ def encode_envelope(env: Envelope) -> bytes:
         "queue": env.queue,
         "args": env.args,
         "kwargs": env.kwargs,
-        "priority": env.priority,
         "created_at": env.created_at,
-        "attempt": env.attempt,
-        "max_retries": env.max_retries,
     }
+    # Fields at their default value are left out (the decoder restores them).
+    if env.priority:
+        doc["priority"] = env.priority
+    if env.attempt != 1:
+        doc["attempt"] = env.attempt
+    if env.max_retries:
+        doc["max_retries"] = env.max_retries
     if env.headers:
         doc["headers"] = env.headers
     if env.content_type != "application/json":

@@ -9,7 +9,50 @@ from typing import Any
 
 from .errors import Retry
 
-__all__ = ["TaskContext", "current_task"]
+__all__ = ["CancelEvent", "TaskContext", "current_task"]
+
+
+class CancelEvent:
+    """Set when a task is cancelled or times out: ``is_set()``, ``wait(timeout)``, ``set()``.
+
+    Behaves like :class:`threading.Event` but costs nothing until somebody waits on it
+    (one is made for every task run).
+    """
+
+    __slots__ = ("_event", "_flag")
+
+    _guard = threading.Lock()
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._event: threading.Event | None = None
+
+    def is_set(self) -> bool:
+        """True once set."""
+        return self._flag
+
+    def set(self) -> None:
+        """Set the flag and wake waiters."""
+        self._flag = True
+        with CancelEvent._guard:
+            event = self._event
+        if event is not None:
+            event.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until set (or ``timeout``); returns the flag."""
+        if self._flag:
+            return True
+        with CancelEvent._guard:
+            if self._event is None:
+                self._event = threading.Event()
+                if self._flag:
+                    self._event.set()
+            event = self._event
+        return event.wait(timeout)
+
+    def __bool__(self) -> bool:
+        return self._flag
 
 _current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
     "taskflow_current_task", default=None
@@ -33,7 +76,7 @@ class TaskContext:
     priority: int = 0
     headers: dict[str, str] = field(default_factory=dict)
     deadline: float | None = None
-    cancelled: threading.Event = field(default_factory=threading.Event)
+    cancelled: CancelEvent = field(default_factory=CancelEvent)
     _call: Any = field(default=None, repr=False)
 
     def retry(self, countdown: float | None = None, exc: BaseException | None = None) -> Retry:

@@ -5,9 +5,9 @@ signature once, at decoration time, and compiles a tree of small codec objects. 
 :meth:`PayloadSchema.encode_args` checks that the call binds to the signature and turns every
 argument into a JSON-safe value; in the worker :meth:`PayloadSchema.decode_args` turns those
 values back into the annotated types. Results use the return annotation the same way. No
-``typing.get_type_hints`` or ``inspect.signature`` runs per call, and values whose exact type
-is ``int``/``str``/``bool``/``None`` (and, when decoding, ``float``) pass through ``int``,
-``str``, ``float``, ``bool``, ``None`` and un-annotated parameters after one set lookup.
+``typing.get_type_hints`` or ``inspect.signature`` runs per call. For parameters annotated
+``int``, ``str``, ``bool`` or ``None``, or not annotated at all, a value of the matching exact
+type passes through after a single set lookup (``float`` takes one extra finiteness check).
 
 Supported annotations and their wire form:
 
@@ -59,11 +59,14 @@ from __future__ import annotations
 import base64
 import binascii
 import collections.abc as cabc
+import contextlib
 import dataclasses
 import enum
+import functools
 import importlib
 import inspect
 import math
+import operator
 import reprlib
 import sys
 import types
@@ -145,9 +148,14 @@ def _segment(key: object, field: bool) -> str:
     return f"[{key!r}]"
 
 
+def _class_name(cls: type) -> str:
+    # Qualified name without the "f.<locals>." noise of classes defined inside functions.
+    return cls.__qualname__.rpartition("<locals>.")[2]
+
+
 def _annotation_text(tp: Any) -> str:
     if isinstance(tp, type) and not isinstance(tp, types.GenericAlias):
-        return tp.__qualname__
+        return _class_name(tp)
     return repr(tp).replace("typing.", "")
 
 
@@ -176,6 +184,11 @@ class _Codec:
 
     def fill(self, builder: _Builder) -> None:
         """Build child codecs; split from ``__init__`` so recursive types can refer back."""
+
+
+def _instance(value: Any, kinds: tuple[type, ...]) -> bool:
+    # isinstance() without narrowing: the callers keep ``value`` typed as Any.
+    return isinstance(value, kinds)
 
 
 def _enc_in(codec: _Codec, value: Any, key: object, field: bool = False) -> Any:
@@ -276,7 +289,7 @@ _ANY_ENCODERS: dict[type, Callable[[Any], Any]] = {
 _ANY_BASES: tuple[type, ...] = (
     str, int, float, datetime, date, time, timedelta, UUID, Decimal, bytes, bytearray,
     list, tuple, dict, set, frozenset,
-)  # fmt: skip
+)
 
 
 def _optional_attr(module: str, name: str) -> Any:
@@ -311,7 +324,7 @@ def _encode_any_other(value: Any) -> Any:
     message_base = _optional_attr("google.protobuf.message", "Message")
     if message_base is not None and isinstance(value, message_base):
         return _protobuf_wire(value)
-    raise _Mismatch(f"{type(value).__qualname__} object is not JSON-serializable")
+    raise _Mismatch(f"{_class_name(type(value))} object is not JSON-serializable")
 
 
 def _decode_any(value: Any) -> Any:
@@ -594,7 +607,7 @@ class _EnumCodec(_Codec):
 
     def __init__(self, cls: type[enum.Enum], args: tuple[Any, ...]) -> None:
         self.cls = cls
-        self.name = cls.__qualname__
+        self.name = _class_name(cls)
         self.exact = (cls,)
         self.is_flag = issubclass(cls, enum.Flag)
         self.by_wire: dict[tuple[type, Any], enum.Enum] = {}
@@ -608,8 +621,7 @@ class _EnumCodec(_Codec):
                 self.unhashable.append((wire, member))
             else:
                 self.by_wire[type(wire), wire] = member
-        self.wire = frozenset(type(w) for w in (*self.by_wire.values(), *self.unhashable))
-        self.wire = frozenset(key[0] for key in self.by_wire) | {
+        self.wire = frozenset(kind for kind, _ in self.by_wire) | {
             type(w) for w, _ in self.unhashable
         }
 
@@ -711,7 +723,8 @@ class _UnionCodec(_Codec):
 
     def _first(self, value: Any, preferred: list[_Codec], *, encode: bool) -> Any:
         first_error: _Mismatch | None = None
-        for member in (*preferred, *self.members):
+        rest = [m for m in self.members if m not in preferred]
+        for member in (*preferred, *rest):
             try:
                 return member.encode(value) if encode else member.decode(value)
             except _Mismatch as exc:
@@ -745,7 +758,7 @@ class _SeqCodec(_Codec):
         self.sort = sort
 
     def encode(self, value: Any) -> Any:
-        if not isinstance(value, self.exact) or isinstance(value, _NOT_SEQUENCES):
+        if not _instance(value, self.exact) or isinstance(value, _NOT_SEQUENCES):
             raise _expected(self.name, value)
         item = self.item
         values = _ordered(value) if self.sort else value
@@ -837,7 +850,7 @@ class _DictCodec(_Codec):
         self.exact = (accept,)
 
     def encode(self, value: Any) -> Any:
-        if not isinstance(value, self.exact):
+        if not _instance(value, self.exact):
             raise _expected(self.name, value)
         to_wire, item = self.key.to_wire, self.item
         return {to_wire(k): _enc_in(item, v, k) for k, v in value.items()}
@@ -867,7 +880,7 @@ def _field_codec(builder: _Builder, owner: type, name: str, hint: Any) -> _Codec
     try:
         return builder.build(hint)
     except _Unsupported as exc:
-        raise _Unsupported(f"{exc.what} (field {owner.__qualname__}.{name})", exc.reason) from None
+        raise _Unsupported(f"{exc.what} (field {_class_name(owner)}.{name})", exc.reason) from None
 
 
 class _DataclassCodec(_Codec):
@@ -878,7 +891,7 @@ class _DataclassCodec(_Codec):
     def __init__(self, cls: type, args: tuple[Any, ...]) -> None:
         self.cls = cls
         self.args = args
-        self.name = cls.__qualname__
+        self.name = _class_name(cls)
         self.exact = (cls,)
         self.fields: dict[str, _Codec] = {}
         self.required: tuple[str, ...] = ()
@@ -924,7 +937,7 @@ class _TypedDictCodec(_Codec):
     def __init__(self, cls: type, args: tuple[Any, ...]) -> None:
         self.cls = cls
         self.args = args
-        self.name = cls.__qualname__
+        self.name = _class_name(cls)
         self.fields: dict[str, _Codec] = {}
         self.required: frozenset[str] = getattr(cls, "__required_keys__", frozenset())
 
@@ -953,7 +966,7 @@ class _NamedTupleCodec(_Codec):
 
     def __init__(self, cls: type, args: tuple[Any, ...]) -> None:
         self.cls = cls
-        self.name = cls.__qualname__
+        self.name = _class_name(cls)
         self.exact = (cls,)
         self.fields: tuple[tuple[str, _Codec], ...] = ()
         self.min_len = 0
@@ -968,7 +981,7 @@ class _NamedTupleCodec(_Codec):
         self.min_len = sum(1 for n in names if n not in defaults)
 
     def encode(self, value: Any) -> Any:
-        if not isinstance(value, self.cls):
+        if not _instance(value, self.exact):
             raise _expected(self.name, value)
         return [_enc_in(c, x, n, True) for (n, c), x in zip(self.fields, value, strict=True)]
 
@@ -996,7 +1009,7 @@ class _PydanticCodec(_Codec):
 
     def __init__(self, cls: type, args: tuple[Any, ...]) -> None:
         self.cls: Any = cls
-        self.name = cls.__qualname__
+        self.name = _class_name(cls)
         self.exact = (cls,)
         # Safe: a BaseModel subclass exists, so pydantic is already imported.
         self.error: Any = importlib.import_module("pydantic").ValidationError
@@ -1026,7 +1039,7 @@ class _ProtobufCodec(_Codec):
     def __init__(self, cls: type, args: tuple[Any, ...]) -> None:
         descriptor = getattr(cls, "DESCRIPTOR", None)
         if descriptor is None:
-            raise _Unsupported(cls.__qualname__, "annotate with a concrete protobuf message")
+            raise _Unsupported(_class_name(cls), "annotate with a concrete protobuf message")
         self.cls: Any = cls
         self.full_name: str = descriptor.full_name
         self.name = self.full_name
@@ -1076,7 +1089,7 @@ def _class_hints(cls: type) -> dict[str, Any]:
     except Exception:  # one bad forward reference must not lose the resolvable fields
         hints: dict[str, Any] = {}
         for base in reversed(cls.__mro__):
-            own = base.__dict__.get("__annotations__", {})
+            own = inspect.get_annotations(base)
             globalns, localns = _globals_of(base), dict(vars(cls))
             hints.update({k: _resolve_one(v, globalns, localns) for k, v in own.items()})
         return hints
@@ -1133,7 +1146,7 @@ def _typevar_target(var: typing.TypeVar) -> Any:
     if var.__bound__ is not None:
         return var.__bound__
     if var.__constraints__:
-        return typing.Union[var.__constraints__]  # noqa: UP007 - built from a runtime tuple
+        return functools.reduce(operator.or_, var.__constraints__)
     return Any
 
 
@@ -1196,7 +1209,9 @@ def _is_namedtuple(cls: type) -> bool:
     return issubclass(cls, tuple) and hasattr(cls, "_fields")
 
 
-_CLASS_KINDS: tuple[tuple[Callable[[type], bool], Callable[[Any, tuple[Any, ...]], _Codec]], ...] = (
+_ClassTest = Callable[[type], bool]
+_ClassFactory = Callable[[Any, tuple[Any, ...]], _Codec]
+_CLASS_KINDS: tuple[tuple[_ClassTest, _ClassFactory], ...] = (
     (lambda cls: issubclass(cls, enum.Enum), _EnumCodec),
     (_is_pydantic_model, _PydanticCodec),
     (_is_protobuf_message, _ProtobufCodec),
@@ -1231,8 +1246,8 @@ class _Builder:
             return _LiteralCodec(args)
         if origin is tuple and args and (len(args) != 2 or args[1] is not Ellipsis):
             return _FixedTupleCodec([self.build(a) for a in args])
-        if origin is tuple and not args and tp is not typing.Tuple:
-            return _FixedTupleCodec([])  # tuple[()]
+        if origin is tuple and not args and hasattr(tp, "__args__"):
+            return _FixedTupleCodec([])  # tuple[()]; bare typing.Tuple has no __args__
         if origin in _SEQUENCE_KINDS:
             return self._build_sequence(origin, args)
         if origin in _MAPPING_KINDS:
@@ -1271,7 +1286,7 @@ class _Builder:
 
     def _build_class(self, cls: type, args: tuple[Any, ...], generic: bool = False) -> _Codec:
         key = (cls, args)
-        cached = self._memo.get(key)
+        cached: _Codec | None = _lookup(self._memo, key)
         if cached is not None:
             return cached
         factory = next((make for test, make in _CLASS_KINDS if test(cls)), None)
@@ -1280,7 +1295,8 @@ class _Builder:
             raise _Unsupported(what, "not a supported generic" if generic else _UNSUPPORTED_CLASS)
         codec = factory(cls, args)
         # Remember before filling so a self-referencing type finds this codec.
-        self._memo[key] = codec
+        with contextlib.suppress(TypeError):  # unhashable type arguments: just do not memoise
+            self._memo[key] = codec
         codec.fill(self)
         return codec
 
@@ -1339,7 +1355,9 @@ class PayloadSchema:
 
     def bind_check(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Raise :class:`PayloadError` unless ``args``/``kwargs`` bind to the signature."""
-        count = len(args)
+        self._bind(len(args), kwargs)
+
+    def _bind(self, count: int, kwargs: Mapping[str, Any]) -> None:
         if count > self._max_pos:
             given = "was" if count == 1 else "were"
             raise self._call_error(
@@ -1348,6 +1366,10 @@ class PayloadSchema:
             )
         if kwargs:
             self._check_keywords(count, kwargs)
+        if count < self._n_required or self._kwonly_required:
+            self._check_missing(count, kwargs)
+
+    def _check_missing(self, count: int, kwargs: Mapping[str, Any]) -> None:
         missing = [
             name
             for index, name in enumerate(self._pos_names[count : self._n_required], count)
@@ -1395,7 +1417,7 @@ class PayloadSchema:
             raise self._call_error(
                 f"malformed payload: args {type(args).__name__}, kwargs {type(kwargs).__name__}"
             )
-        self.bind_check(tuple(args), kwargs)
+        self._bind(len(args), kwargs)
         return tuple(self._positional(args, decode=True)), self._keywords(kwargs, decode=True)
 
     def encode_result(self, value: Any) -> Any:
@@ -1411,12 +1433,18 @@ class PayloadSchema:
         limit = len(codecs)
         out: list[Any] = []
         for index, value in enumerate(args):
-            if index < limit:
-                out.append(self._convert(codecs[index], value, self._pos_names[index], decode))
+            codec = codecs[index] if index < limit else self._var_pos
+            # Inline fast path: exact JSON scalars for scalar/Any parameters pass as they are.
+            if type(value) in (codec.dec_fast if decode else codec.enc_fast):
+                out.append(value)
             else:
-                label = f"{self._var_pos_name}[{index - limit}]"
-                out.append(self._convert(self._var_pos, value, label, decode))
+                out.append(self._convert(codec, value, self._pos_label(index), decode))
         return out
+
+    def _pos_label(self, index: int) -> str:
+        if index < len(self._pos_names):
+            return self._pos_names[index]
+        return f"{self._var_pos_name}[{index - len(self._pos_names)}]"
 
     def _keywords(self, kwargs: Mapping[str, Any], *, decode: bool) -> dict[str, Any]:
         codecs = self._kw_codecs
@@ -1424,7 +1452,10 @@ class PayloadSchema:
         for name, value in kwargs.items():
             # bind_check guarantees a **kwargs codec exists for names not in codecs.
             codec = codecs.get(name) or self._var_kw or _ANY
-            out[name] = self._convert(codec, value, name, decode)
+            if type(value) in (codec.dec_fast if decode else codec.enc_fast):
+                out[name] = value
+            else:
+                out[name] = self._convert(codec, value, name, decode)
         return out
 
     def _convert(self, codec: _Codec, value: Any, label: str, decode: bool) -> Any:
@@ -1477,6 +1508,8 @@ def build_schema(
     params = _payload_params(signature, task_name, skip_first)
     hints = _function_hints(fn, signature)
     builder = _Builder()
-    codecs = {p.name: _build_codec(builder, task_name, p.name, hints.get(p.name, Any)) for p in params}
+    codecs = {
+        p.name: _build_codec(builder, task_name, p.name, hints.get(p.name, Any)) for p in params
+    }
     result = _build_codec(builder, task_name, "return", hints.get("return", Any))
     return PayloadSchema(task_name, params, codecs, result)

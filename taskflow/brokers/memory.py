@@ -145,7 +145,10 @@ class MemoryBroker(Broker, BrokerAdmin):
             self._check_room(messages)
             now = self.clock.time()
             for msg in messages:
-                stored = _Stored(msg.id, msg.queue, msg.body, msg.priority, msg.max_deliveries)
+                # An exact-size copy: JSON encoders over-allocate, and a long-lived body would
+                # pin (and fragment) its whole scratch buffer.
+                body = bytes(memoryview(msg.body))
+                stored = _Stored(msg.id, msg.queue, body, msg.priority, msg.max_deliveries)
                 old = self._messages.get(msg.id)
                 if old is not None and old.state != "inflight":
                     self._queue(old.queue).size -= 1

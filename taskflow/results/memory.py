@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -28,7 +27,10 @@ class MemoryResultStore(ResultStore):
         self.clock: Clock = clock or SYSTEM_CLOCK
         self.max_entries = max_entries
         self._lock = threading.Lock()
-        self._records: OrderedDict[str, tuple[dict[str, Any], float | None]] = OrderedDict()
+        # Plain dicts keep insertion order (oldest first) at a lower cost per entry than an
+        # OrderedDict; expiry times live apart since most records never have one.
+        self._records: dict[str, dict[str, Any]] = {}
+        self._expiry: dict[str, float] = {}
         self._values: dict[str, tuple[Any, float | None]] = {}
         self._waiters: dict[str, Waiters] = {}
         self._writes = 0
@@ -40,12 +42,13 @@ class MemoryResultStore(ResultStore):
         """Nothing to release."""
 
     def _live(self, task_id: str, now: float) -> dict[str, Any] | None:
-        entry = self._records.get(task_id)
-        if entry is None:
+        record = self._records.get(task_id)
+        if record is None:
             return None
-        record, expires = entry
+        expires = self._expiry.get(task_id)
         if expires is not None and expires <= now:
             del self._records[task_id]
+            del self._expiry[task_id]
             return None
         return record
 
@@ -76,9 +79,14 @@ class MemoryResultStore(ResultStore):
                 record = {"id": task_id}
             elif is_terminal(record):
                 return None
+            else:
+                del self._records[task_id]  # re-inserted below: newest last
             record.update(changes)
-            self._records[task_id] = (record, None if ttl is None else now + ttl)
-            self._records.move_to_end(task_id)
+            self._records[task_id] = record
+            if ttl is None:
+                self._expiry.pop(task_id, None)
+            else:
+                self._expiry[task_id] = now + ttl
             terminal = is_terminal(record)
             waiters = self._waiters.pop(task_id, None) if terminal else None
             self._writes += 1
@@ -95,14 +103,17 @@ class MemoryResultStore(ResultStore):
         for task_id in list(self._records):
             if excess <= 0:
                 break
-            record, expires = self._records[task_id]
+            record = self._records[task_id]
+            expires = self._expiry.get(task_id)
             if is_terminal(record) or (expires is not None and expires <= now):
                 del self._records[task_id]
+                self._expiry.pop(task_id, None)
                 excess -= 1
 
     async def delete(self, task_id: str) -> bool:
         """Forget a record."""
         with self._lock:
+            self._expiry.pop(task_id, None)
             return self._records.pop(task_id, None) is not None
 
     async def wait(self, task_id: str, timeout: float | None) -> dict[str, Any] | None:

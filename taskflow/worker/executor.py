@@ -103,9 +103,17 @@ async def _unwind(cfut: concurrent.futures.Future[Any]) -> None:
 
 
 async def run_async(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                    ctx: TaskContext, timeout: float | None) -> Any:
-    """Await the coroutine function with a deadline."""
+                    ctx: TaskContext, timeout: float | None = None) -> Any:
+    """Await the coroutine function (with a deadline, unless the caller watches it)."""
     token = set_current(ctx)
+    if timeout is None:
+        try:
+            return await fn(*args, **kwargs)
+        except asyncio.CancelledError:
+            ctx.cancelled.set()
+            raise
+        finally:
+            reset_current(token)
     deadline = asyncio.timeout(timeout)
     try:
         async with deadline:

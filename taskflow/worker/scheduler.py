@@ -22,7 +22,8 @@ __all__ = ["Job", "Scheduler"]
 class Job:
     """One received task on its way through the worker."""
 
-    __slots__ = ("attempt", "cancel_reason", "ctx", "delivery", "envelope", "handle", "task")
+    __slots__ = ("attempt", "cancel_reason", "ctx", "delivery", "envelope", "handle",
+                 "in_user_code", "task")
 
     def __init__(self, envelope: Envelope, delivery: Delivery, task: Task[Any, Any]) -> None:
         self.envelope = envelope
@@ -33,6 +34,7 @@ class Job:
         self.cancel_reason: str | None = None
         self.ctx: Any = None
         self.handle: Any = None  # the asyncio task while running
+        self.in_user_code = False  # True only while the task's own code runs
 
 
 class Scheduler:

@@ -78,7 +78,7 @@ class Settler:
                     await self.app._run_hooks("finish", finish, None)
                 self.w.bus.publish(finish)
         if log.isEnabledFor(logging.INFO):
-            took = "" if duration is None else f" in {duration * 1000:.1f}ms"
+            took = "" if duration is None else f" after {duration * 1000:.1f}ms"
             why = f": {error['type']}: {error['message'][:200]}" if error else ""
             log.info("%s[%s] %s%s (attempt %d)%s", env.task, env.id, status.value, took,
                      job.attempt, why)

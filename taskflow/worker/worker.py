@@ -26,6 +26,7 @@ from .executor import run_async, run_sync
 from .retry import backoff_delay
 from .scheduler import Job, Scheduler
 from .settle import Settler
+from .watchdog import Watchdog
 
 if TYPE_CHECKING:
     from ..app import App
@@ -88,6 +89,7 @@ class Worker:
         self._cancelled: dict[str, None] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._exec = chain_execute(app.middleware, self._invoke)
+        self._watchdog = Watchdog(concurrency)
         self.counts = dict.fromkeys(
             ("processed", "succeeded", "failed", "retried", "cancelled", "expired",
              "dead_lettered", "requeued"), 0)
@@ -277,6 +279,7 @@ class Worker:
             await asyncio.wait(handles, timeout=10.0)
 
     async def _teardown(self) -> None:
+        self._watchdog.close()
         if self._timer is not None:
             self._timer.cancel()
         pool, self._pool = self._pool, None
@@ -418,7 +421,15 @@ class Worker:
             self._release(job)
 
     async def _after_cancel(self, job: Job) -> None:
-        if job.cancel_reason == "cancelled":
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # handled here: later awaits in this task must not see it
+        if job.cancel_reason == "timeout":
+            timeout = job.envelope.timeout
+            exc = TaskTimeout(f"{job.envelope.task}[{job.envelope.id}] exceeded its "
+                              f"{timeout}s timeout")
+            await self._on_error(job, exc, float(timeout or 0.0))
+        elif job.cancel_reason == "cancelled":
             await self.settle.cancelled(job, started=True)
         else:
             await self.settle.requeue(job, started=True)
@@ -440,10 +451,18 @@ class Worker:
             await self.settle.failed(job, exc, 0.0, reason="payload")
             return
         ctx._call = (args, kwargs, job)
+        if job.cancel_reason is not None:
+            raise asyncio.CancelledError
+        error: BaseException | None = None
+        job.in_user_code = True
         try:
             value = await self._exec(ctx)
         except (Retry, Reject, Exception) as exc:
-            await self._on_error(job, exc, self.clock.monotonic() - t0)
+            error = exc
+        finally:
+            job.in_user_code = False
+        if error is not None:
+            await self._on_error(job, error, self.clock.monotonic() - t0)
             return
         await self.settle.succeeded(job, value, self.clock.monotonic() - t0)
 
@@ -452,10 +471,13 @@ class Worker:
         task = job.task
         if task.options.bind:
             args = (ctx, *args)
+        timeout = job.envelope.timeout
         if task.is_async:
-            return await run_async(task.fn, args, kwargs, ctx, job.envelope.timeout)
+            if timeout is not None:
+                self._watchdog.watch(job, timeout)
+            return await run_async(task.fn, args, kwargs, ctx)
         assert self._pool is not None
-        return await run_sync(self._pool, task.fn, args, kwargs, ctx, job.envelope.timeout)
+        return await run_sync(self._pool, task.fn, args, kwargs, ctx, timeout)
 
     async def _on_error(self, job: Job, exc: BaseException, duration: float) -> None:
         if isinstance(exc, Reject):
@@ -490,7 +512,9 @@ class Worker:
             job.cancel_reason = "cancelled"
             if job.ctx is not None:
                 job.ctx.cancelled.set()
-            if job.handle is not None:
+            # Only interrupt the task's own code; a job already settling finishes its
+            # bookkeeping (the record was made terminal by whoever cancelled).
+            if job.handle is not None and job.in_user_code:
                 job.handle.cancel()
             return True
         job = self._sched.remove(task_id)
