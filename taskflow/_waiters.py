@@ -21,7 +21,7 @@ def _wake(fut: asyncio.Future[Any]) -> None:
 class Waiters:
     """A set of one-shot waiters (asyncio futures on any loop, or threading events)."""
 
-    __slots__ = ("_futures", "_events", "_lock")
+    __slots__ = ("_events", "_futures", "_lock")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -42,6 +42,10 @@ class Waiters:
         with self._lock:
             self._events.append(event)
         return event
+
+    def __len__(self) -> int:
+        """How many waiters are registered."""
+        return len(self._futures) + len(self._events)
 
     def discard(self, waiter: asyncio.Future[None] | threading.Event) -> None:
         """Forget a waiter that timed out."""

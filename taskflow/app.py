@@ -78,14 +78,19 @@ class App:
         self.default_queue = check_queue(default_queue, f"App({name!r})")
         self.queue_weights = _check_weights(queue_weights, name)
         self.default_timeout = check_timeout(default_timeout, f"App({name!r})", "default_timeout")
-        if isinstance(default_retries, bool) or not isinstance(default_retries, int) \
-                or default_retries < 0:
+        if (
+            isinstance(default_retries, bool)
+            or not isinstance(default_retries, int)
+            or default_retries < 0
+        ):
             raise ConfigError(f"App({name!r}): default_retries must be a non-negative integer")
         self.default_retries = default_retries
         self.result_ttl = check_timeout(result_ttl, f"App({name!r})", "result_ttl")
         self.max_queued = _check_limit(max_queued, name, "max_queued")
-        self.queue_limits = {q: _check_limit(n, name, f"queue_limits[{q!r}]") or 0
-                             for q, n in (queue_limits or {}).items()}
+        self.queue_limits = {
+            q: _check_limit(n, name, f"queue_limits[{q!r}]") or 0
+            for q, n in (queue_limits or {}).items()
+        }
         self.broker = self._make_broker(broker)
         self.results = self._make_results(results, broker)
         self.registry = TaskRegistry()
@@ -110,8 +115,9 @@ class App:
             raise ConfigError(f"App({self.name!r}): broker must be a URL or a Broker")
         return broker_from_url(url, clock=self.clock)
 
-    def _make_results(self, results: str | ResultStore | None,
-                      broker: str | Broker | None) -> ResultStore:
+    def _make_results(
+        self, results: str | ResultStore | None, broker: str | Broker | None
+    ) -> ResultStore:
         if isinstance(results, ResultStore):
             return results
         url = results or os.environ.get("TASKFLOW_RESULTS_URL")
@@ -142,7 +148,11 @@ class App:
     ) -> _TaskDecorator: ...
 
     def task(
-        self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
         **options: Any,
     ) -> Any:
         """Register a function as a task (bare ``@app.task`` or ``@app.task(...)``)."""
@@ -150,8 +160,9 @@ class App:
             return _TaskDecorator(self, name, options)
         return self._register(fn, name, options)
 
-    def _register(self, fn: Callable[..., Any], name: str | None,
-                  options: dict[str, Any]) -> Task[Any, Any]:
+    def _register(
+        self, fn: Callable[..., Any], name: str | None, options: dict[str, Any]
+    ) -> Task[Any, Any]:
         if not callable(fn):
             raise TypeError(f"@app.task needs a function, got {fn!r}")
         task_name = name or f"{fn.__module__}.{fn.__qualname__}"
@@ -227,15 +238,20 @@ class App:
         self.close()
 
     # -- sending ---------------------------------------------------------------------
-    def _prepare(self, name: str, task: Task[Any, Any] | None, args: Sequence[Any],
-                 kwargs: Mapping[str, Any], opts: Mapping[str, Any]) -> _Prepared:
+    def _prepare(
+        self,
+        name: str,
+        task: Task[Any, Any] | None,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        opts: Mapping[str, Any],
+    ) -> _Prepared:
         topts = task.options if task is not None else TaskOptions()
         if opts.get("queue") is not None:
             queue = check_queue(opts["queue"], name)  # an empty name is an error, not a default
         else:
             queue = topts.queue or self.default_queue
-        priority = check_priority(opts["priority"], name) if "priority" in opts \
-            else topts.priority
+        priority = check_priority(opts["priority"], name) if "priority" in opts else topts.priority
         if "retries" in opts:
             retries = TaskOptions.build(name, {"retries": opts["retries"]}).retries
         else:
@@ -271,20 +287,35 @@ class App:
         store = topts.store_result if task is not None else True
         return _Prepared(env, store, digest)
 
-    def _send(self, task: Task[Any, Any], args: Sequence[Any], kwargs: Mapping[str, Any],
-              opts: Mapping[str, Any]) -> AsyncResult[Any]:
+    def _send(
+        self,
+        task: Task[Any, Any],
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        opts: Mapping[str, Any],
+    ) -> AsyncResult[Any]:
         prepared = self._prepare(task.name, task, args, kwargs, opts)
         ids = self._call(self._enqueue([prepared]))
         return AsyncResult(self, ids[0], task.name)
 
-    async def _asend(self, task: Task[Any, Any], args: Sequence[Any],
-                     kwargs: Mapping[str, Any], opts: Mapping[str, Any]) -> AsyncResult[Any]:
+    async def _asend(
+        self,
+        task: Task[Any, Any],
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        opts: Mapping[str, Any],
+    ) -> AsyncResult[Any]:
         prepared = self._prepare(task.name, task, args, kwargs, opts)
         ids = await self._acall(self._enqueue([prepared]))
         return AsyncResult(self, ids[0], task.name)
 
-    def send_task(self, name: str, args: Sequence[Any] | None = None,
-                  kwargs: Mapping[str, Any] | None = None, **options: Any) -> AsyncResult[Any]:
+    def send_task(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
         """Send a task by name (the function need not be importable here)."""
         _check_call_options(name, options)
         task = self.registry.get(name)
@@ -296,15 +327,17 @@ class App:
         """Send many signatures in as few broker round trips as the broker allows."""
         prepared = self._prepare_many(signatures)
         ids = self._call(self._enqueue(prepared)) if prepared else []
-        return [AsyncResult(self, tid, p.envelope.task) for tid, p in zip(ids, prepared,
-                                                                           strict=True)]
+        return [
+            AsyncResult(self, tid, p.envelope.task) for tid, p in zip(ids, prepared, strict=True)
+        ]
 
     async def aenqueue_many(self, signatures: Iterable[Signature]) -> list[AsyncResult[Any]]:
         """``enqueue_many`` for async producers."""
         prepared = self._prepare_many(signatures)
         ids = await self._acall(self._enqueue(prepared)) if prepared else []
-        return [AsyncResult(self, tid, p.envelope.task) for tid, p in zip(ids, prepared,
-                                                                           strict=True)]
+        return [
+            AsyncResult(self, tid, p.envelope.task) for tid, p in zip(ids, prepared, strict=True)
+        ]
 
     def _prepare_many(self, signatures: Iterable[Signature]) -> list[_Prepared]:
         out = []
@@ -312,8 +345,11 @@ class App:
             if not isinstance(sig, Signature):
                 raise TypeError(f"enqueue_many takes signatures (task.s(...)), got {sig!r}")
             _check_call_options(sig.name, sig.options)
-            out.append(self._prepare(sig.name, self.registry.get(sig.name), sig.args,
-                                     sig.kwargs, sig.options))
+            out.append(
+                self._prepare(
+                    sig.name, self.registry.get(sig.name), sig.args, sig.kwargs, sig.options
+                )
+            )
         return out
 
     async def _enqueue(self, prepared: list[_Prepared]) -> list[str]:
@@ -325,8 +361,7 @@ class App:
         ids, fresh = await self._resolve_idempotency(prepared, envs)
         if not fresh:
             return ids
-        records = [(envs[i].id, _queued_record(envs[i])) for i in fresh
-                   if prepared[i].store_result]
+        records = [(envs[i].id, _queued_record(envs[i])) for i in fresh if prepared[i].store_result]
         if records:
             await self.results.update_many(records, None)
         messages = [_message(envs[i]) for i in fresh]
@@ -340,8 +375,9 @@ class App:
                 await self._run_hooks("queued", _queued_event(envs[i]), None)
         return ids
 
-    async def _resolve_idempotency(self, prepared: list[_Prepared],
-                                   envs: list[Envelope]) -> tuple[list[str], list[int]]:
+    async def _resolve_idempotency(
+        self, prepared: list[_Prepared], envs: list[Envelope]
+    ) -> tuple[list[str], list[int]]:
         ids = [env.id for env in envs]
         fresh: list[int] = []
         for i, (p, env) in enumerate(zip(prepared, envs, strict=True)):
@@ -363,8 +399,9 @@ class App:
             ids[i] = str(known["id"])
         return ids, fresh
 
-    async def _undo_enqueue(self, envs: list[Envelope],
-                            records: list[tuple[str, dict[str, Any]]]) -> None:
+    async def _undo_enqueue(
+        self, envs: list[Envelope], records: list[tuple[str, dict[str, Any]]]
+    ) -> None:
         for tid, _ in records:
             await self.results.delete(tid)
         for env in envs:
@@ -417,19 +454,26 @@ class App:
                 if asyncio.iscoroutine(out):
                     await out
             except Exception:
-                log.exception("%s hook %r failed for task %s[%s]; ignored", kind,
-                              getattr(hook, "__qualname__", hook), event.task_name, event.task_id)
+                log.exception(
+                    "%s hook %r failed for task %s[%s]; ignored",
+                    kind,
+                    getattr(hook, "__qualname__", hook),
+                    event.task_name,
+                    event.task_id,
+                )
 
     # -- workers ---------------------------------------------------------------------
-    def worker(self, queues: Sequence[str] | None = None, concurrency: int = 8,
-               **options: Any) -> Worker:
+    def worker(
+        self, queues: Sequence[str] | None = None, concurrency: int = 8, **options: Any
+    ) -> Worker:
         """A worker for this app (call ``start()`` or use it as a context manager)."""
         from .worker import Worker
 
         return Worker(self, queues=queues, concurrency=concurrency, **options)
 
-    def run_worker(self, queues: Sequence[str] | None = None, concurrency: int = 8,
-                   **options: Any) -> None:
+    def run_worker(
+        self, queues: Sequence[str] | None = None, concurrency: int = 8, **options: Any
+    ) -> None:
         """Run a worker in the foreground until SIGTERM/SIGINT (what the CLI calls)."""
         self.worker(queues=queues, concurrency=concurrency, **options).run()
 
@@ -483,8 +527,9 @@ def _check_call_options(name: str, options: Mapping[str, Any]) -> None:
         raise ValueError(f"{name}: unknown option(s): {', '.join(sorted(unknown))}")
 
 
-def _encode_untyped(name: str, args: Sequence[Any],
-                    kwargs: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+def _encode_untyped(
+    name: str, args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> tuple[list[Any], dict[str, Any]]:
     try:
         return [encode_any(a) for a in args], {k: encode_any(v) for k, v in kwargs.items()}
     except PayloadError as exc:
@@ -496,8 +541,7 @@ def _eta(name: str, opts: Mapping[str, Any], now: float) -> float | None:
     if countdown is not None and eta is not None:
         raise ValueError(f"{name}: give countdown or eta, not both")
     if countdown is not None:
-        if isinstance(countdown, bool) or not isinstance(countdown, int | float) \
-                or countdown < 0:
+        if isinstance(countdown, bool) or not isinstance(countdown, int | float) or countdown < 0:
             raise ValueError(f"{name}: countdown must be a non-negative number of seconds")
         return now + float(countdown) if countdown > 0 else None
     if eta is not None:
@@ -542,8 +586,13 @@ def _headers(name: str, value: Any) -> dict[str, str]:
 def _queued_record(env: Envelope) -> dict[str, Any]:
     status = TaskStatus.SCHEDULED if env.eta is not None else TaskStatus.QUEUED
     record = {
-        "id": env.id, "name": env.task, "status": status.value, "queue": env.queue,
-        "priority": env.priority, "attempts": 0, "created_at": env.created_at,
+        "id": env.id,
+        "name": env.task,
+        "status": status.value,
+        "queue": env.queue,
+        "priority": env.priority,
+        "attempts": 0,
+        "created_at": env.created_at,
     }
     if env.eta is not None:
         record["eta"] = env.eta
@@ -552,15 +601,20 @@ def _queued_record(env: Envelope) -> dict[str, Any]:
 
 def _message(env: Envelope) -> Message:
     return Message(
-        id=env.id, queue=env.queue, body=codec.encode_envelope(env), priority=env.priority,
-        eta=env.eta, max_deliveries=max(1, env.max_retries + 2 - env.attempt),
+        id=env.id,
+        queue=env.queue,
+        body=codec.encode_envelope(env),
+        priority=env.priority,
+        eta=env.eta,
+        max_deliveries=max(1, env.max_retries + 2 - env.attempt),
     )
 
 
 def _queued_event(env: Envelope) -> TaskEvent:
     status = TaskStatus.SCHEDULED if env.eta is not None else TaskStatus.QUEUED
-    return TaskEvent("queued", env.id, env.task, env.queue, status.value, env.attempt,
-                     timestamp=env.created_at)
+    return TaskEvent(
+        "queued", env.id, env.task, env.queue, status.value, env.attempt, timestamp=env.created_at
+    )
 
 
 def message_for(env: Envelope) -> Message:

@@ -13,7 +13,7 @@ import orjson
 from .errors import PayloadError
 from .message import PROTOCOL_VERSION, Envelope
 
-__all__ = ["EnvelopeError", "decode_envelope", "encode_envelope", "dumps", "loads"]
+__all__ = ["EnvelopeError", "decode_envelope", "dumps", "encode_envelope", "loads"]
 
 
 class EnvelopeError(PayloadError):

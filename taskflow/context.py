@@ -54,6 +54,7 @@ class CancelEvent:
     def __bool__(self) -> bool:
         return self._flag
 
+
 _current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
     "taskflow_current_task", default=None
 )

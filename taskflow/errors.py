@@ -155,9 +155,7 @@ class ControlFlow(TaskflowError):
 class Retry(ControlFlow):
     """Raise from a task to retry it; ``countdown`` overrides the backoff delay."""
 
-    def __init__(
-        self, countdown: float | None = None, exc: BaseException | None = None
-    ) -> None:
+    def __init__(self, countdown: float | None = None, exc: BaseException | None = None) -> None:
         super().__init__(countdown, exc)
         self.countdown = countdown
         self.exc = exc

@@ -16,7 +16,7 @@ __all__ = ["PROTOCOL_VERSION", "TERMINAL_STATUSES", "Envelope", "TaskStatus"]
 PROTOCOL_VERSION = 1
 
 
-class TaskStatus(str, enum.Enum):
+class TaskStatus(enum.StrEnum):
     """Where a task is in its life. Terminal statuses never change again."""
 
     PENDING = "pending"
@@ -33,9 +33,6 @@ class TaskStatus(str, enum.Enum):
     def terminal(self) -> bool:
         """True for succeeded, failed, cancelled and expired."""
         return self in TERMINAL_STATUSES
-
-    def __str__(self) -> str:
-        return self.value
 
 
 TERMINAL_STATUSES = frozenset(

@@ -16,7 +16,7 @@ from .message import Envelope
 if TYPE_CHECKING:
     from .context import TaskContext
 
-__all__ = ["HOOK_KINDS", "Middleware", "TaskEvent", "EnqueueNext", "ExecuteNext"]
+__all__ = ["HOOK_KINDS", "EnqueueNext", "ExecuteNext", "Middleware", "TaskEvent"]
 
 log = logging.getLogger("taskflow.middleware")
 

@@ -9,17 +9,25 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "TASK_OPTION_NAMES",
     "RateLimit",
     "TaskOptions",
     "check_priority",
     "check_timeout",
     "parse_rate_limit",
-    "TASK_OPTION_NAMES",
 ]
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
-_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
-          "h": 3600.0, "hour": 3600.0}
+_UNITS = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,29 +118,36 @@ class TaskOptions:
             raise ValueError(f"{task}: unknown task option(s): {', '.join(unknown)}")
         opts: dict[str, Any] = dict(raw)
         opts.pop("rate_burst", None)
-        if "priority" in raw:
-            check_priority(raw["priority"], task)
-        if raw.get("retries") is not None:
-            _check_retries(raw["retries"], task)
-        if "timeout" in raw:
-            opts["timeout"] = check_timeout(raw["timeout"], task)
-        for name in ("retry_backoff", "retry_backoff_max"):
-            if name in raw:
-                opts[name] = _check_nonneg(raw[name], task, name)
-        if "queue" in raw and raw["queue"] is not None:
-            _check_queue(raw["queue"], task)
-        if "retry_on" in raw:
-            opts["retry_on"] = _check_retry_on(raw["retry_on"], task)
+        _check_scalars(task, raw, opts)
         if raw.get("rate_limit") is not None:
-            limit = parse_rate_limit(raw["rate_limit"], task)
-            burst = raw.get("rate_burst")
-            if burst is not None and (not isinstance(burst, int) or burst < 1):
-                raise ValueError(f"{task}: rate_burst must be a positive integer, got {burst!r}")
-            opts["rate_limit"] = RateLimit(limit.rate, limit.count, burst)
+            opts["rate_limit"] = _rate_limit(task, raw["rate_limit"], raw.get("rate_burst"))
         for name in ("on_success", "on_failure", "on_retry", "on_start"):
             if raw.get(name) is not None and not callable(raw[name]):
                 raise ValueError(f"{task}: {name} must be callable")
         return cls(**opts)
+
+
+def _check_scalars(task: str, raw: dict[str, Any], opts: dict[str, Any]) -> None:
+    if "priority" in raw:
+        check_priority(raw["priority"], task)
+    if raw.get("retries") is not None:
+        _check_retries(raw["retries"], task)
+    if "timeout" in raw:
+        opts["timeout"] = check_timeout(raw["timeout"], task)
+    for name in ("retry_backoff", "retry_backoff_max"):
+        if name in raw:
+            opts[name] = _check_nonneg(raw[name], task, name)
+    if raw.get("queue") is not None:
+        _check_queue(raw["queue"], task)
+    if "retry_on" in raw:
+        opts["retry_on"] = _check_retry_on(raw["retry_on"], task)
+
+
+def _rate_limit(task: str, value: Any, burst: Any) -> RateLimit:
+    limit = parse_rate_limit(value, task)
+    if burst is not None and (isinstance(burst, bool) or not isinstance(burst, int) or burst < 1):
+        raise ValueError(f"{task}: rate_burst must be a positive integer, got {burst!r}")
+    return RateLimit(limit.rate, limit.count, burst)
 
 
 def _check_queue(value: Any, task: str) -> str:
@@ -151,9 +166,22 @@ def _check_retry_on(value: Any, task: str) -> tuple[type[BaseException], ...]:
 
 TASK_OPTION_NAMES = frozenset(
     {
-        "queue", "priority", "retries", "retry_backoff", "retry_backoff_max", "retry_jitter",
-        "retry_on", "timeout", "rate_limit", "rate_burst", "store_result", "bind",
-        "on_success", "on_failure", "on_retry", "on_start",
+        "queue",
+        "priority",
+        "retries",
+        "retry_backoff",
+        "retry_backoff_max",
+        "retry_jitter",
+        "retry_on",
+        "timeout",
+        "rate_limit",
+        "rate_burst",
+        "store_result",
+        "bind",
+        "on_success",
+        "on_failure",
+        "on_retry",
+        "on_start",
     }
 )
 

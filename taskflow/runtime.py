@@ -45,7 +45,9 @@ class Runtime:
                 ready = threading.Event()
                 loop = asyncio.new_event_loop()
                 self._thread = threading.Thread(
-                    target=self._run, args=(loop, ready), name=f"taskflow-{self._name}",
+                    target=self._run,
+                    args=(loop, ready),
+                    name=f"taskflow-{self._name}",
                     daemon=True,
                 )
                 self._thread.start()

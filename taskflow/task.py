@@ -21,8 +21,16 @@ R = TypeVar("R")
 
 CALL_OPTIONS = frozenset(
     {
-        "queue", "priority", "countdown", "eta", "expires", "task_id", "idempotency_key",
-        "retries", "timeout", "headers",
+        "queue",
+        "priority",
+        "countdown",
+        "eta",
+        "expires",
+        "task_id",
+        "idempotency_key",
+        "retries",
+        "timeout",
+        "headers",
     }
 )
 
@@ -30,9 +38,7 @@ CALL_OPTIONS = frozenset(
 class Task(Generic[P, R]):
     """A task: call it to run inline, ``delay()`` it to run on a worker."""
 
-    def __init__(
-        self, app: App, fn: Callable[..., Any], name: str, options: TaskOptions
-    ) -> None:
+    def __init__(self, app: App, fn: Callable[..., Any], name: str, options: TaskOptions) -> None:
         self.app = app
         self.fn = fn
         self.name = name
@@ -85,9 +91,18 @@ class Task(Generic[P, R]):
     ) -> AsyncResult[R]:
         """Enqueue with per-call options (they win over the task's and the app's)."""
         opts = _collect(
-            self.name, unknown, queue=queue, priority=priority, countdown=countdown, eta=eta,
-            expires=expires, task_id=task_id, idempotency_key=idempotency_key,
-            retries=retries, timeout=timeout, headers=headers,
+            self.name,
+            unknown,
+            queue=queue,
+            priority=priority,
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+            task_id=task_id,
+            idempotency_key=idempotency_key,
+            retries=retries,
+            timeout=timeout,
+            headers=headers,
         )
         return self.app._send(self, tuple(args or ()), dict(kwargs or {}), opts)
 
@@ -114,9 +129,18 @@ class Task(Generic[P, R]):
     ) -> AsyncResult[R]:
         """``apply_async`` for async producers."""
         opts = _collect(
-            self.name, unknown, queue=queue, priority=priority, countdown=countdown, eta=eta,
-            expires=expires, task_id=task_id, idempotency_key=idempotency_key,
-            retries=retries, timeout=timeout, headers=headers,
+            self.name,
+            unknown,
+            queue=queue,
+            priority=priority,
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+            task_id=task_id,
+            idempotency_key=idempotency_key,
+            retries=retries,
+            timeout=timeout,
+            headers=headers,
         )
         return await self.app._asend(self, tuple(args or ()), dict(kwargs or {}), opts)
 
@@ -163,7 +187,11 @@ class Signature:
         if unknown:
             raise ValueError(f"{self.name}: unknown option(s): {', '.join(sorted(unknown))}")
         return Signature(
-            self.app, self.name, self.args, self.kwargs, {**self.options, **options},
+            self.app,
+            self.name,
+            self.args,
+            self.kwargs,
+            {**self.options, **options},
             immutable=self.immutable,
         )
 
@@ -181,8 +209,14 @@ class Signature:
 
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult[Any]:
         """Send it with extra arguments."""
-        sig = Signature(self.app, self.name, (*self.args, *args), {**self.kwargs, **kwargs},
-                        self.options, immutable=self.immutable)
+        sig = Signature(
+            self.app,
+            self.name,
+            (*self.args, *args),
+            {**self.kwargs, **kwargs},
+            self.options,
+            immutable=self.immutable,
+        )
         return sig.apply_async()
 
     def __repr__(self) -> str:
@@ -193,7 +227,11 @@ class Signature:
         if not isinstance(other, Signature):
             return NotImplemented
         return (self.name, self.args, self.kwargs, self.options, self.immutable) == (
-            other.name, other.args, other.kwargs, other.options, other.immutable
+            other.name,
+            other.args,
+            other.kwargs,
+            other.options,
+            other.immutable,
         )
 
     __hash__ = None  # type: ignore[assignment]

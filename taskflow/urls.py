@@ -106,6 +106,7 @@ def reject_unknown(url: BackendURL, known: set[str]) -> None:
     """Unknown query options are an error, not silently ignored."""
     unknown = sorted(set(url.options) - known)
     if unknown:
+        known_list = ", ".join(sorted(known))
         raise ConfigError(
-            f"{url.masked}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            f"{url.masked}: unknown option(s) {', '.join(unknown)}; known: {known_list}"
         )

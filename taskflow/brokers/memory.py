@@ -31,6 +31,7 @@ class _Stored:
     priority: int
     max_deliveries: int
     deliveries: int = 0
+    seq: int = 0  # heap entry that stands for this message; older entries are stale
     token: int = 0  # current lease token; 0 = not leased
     deadline: float = 0.0  # lease deadline while inflight
     state: str = "ready"  # ready | scheduled | inflight
@@ -142,20 +143,23 @@ class MemoryBroker(Broker, BrokerAdmin):
     def publish_blocking(self, messages: Sequence[Message]) -> None:
         """Thread-safe synchronous publish."""
         with self._lock:
-            self._check_room(messages)
-            now = self.clock.time()
-            for msg in messages:
-                # An exact-size copy: JSON encoders over-allocate, and a long-lived body would
-                # pin (and fragment) its whole scratch buffer.
-                body = bytes(memoryview(msg.body))
-                stored = _Stored(msg.id, msg.queue, body, msg.priority, msg.max_deliveries)
-                old = self._messages.get(msg.id)
-                if old is not None and old.state != "inflight":
-                    self._queue(old.queue).size -= 1
-                self._messages[msg.id] = stored
-                self._queue(msg.queue).size += 1
-                self._place(stored, msg.eta, now)
+            self._publish_locked(messages)
         self._waiters.notify_all()
+
+    def _publish_locked(self, messages: Sequence[Message]) -> None:
+        self._check_room(messages)
+        now = self.clock.time()
+        for msg in messages:
+            # An exact-size copy: JSON encoders over-allocate, and a long-lived body would
+            # pin (and fragment) its whole scratch buffer.
+            body = bytes(memoryview(msg.body))
+            stored = _Stored(msg.id, msg.queue, body, msg.priority, msg.max_deliveries)
+            old = self._messages.get(msg.id)
+            if old is not None and old.state != "inflight":
+                self._queue(old.queue).size -= 1
+            self._messages[msg.id] = stored
+            self._queue(msg.queue).size += 1
+            self._place(stored, msg.eta, now)
 
     def _check_room(self, messages: Sequence[Message]) -> None:
         wanted: dict[str, int] = {}
@@ -169,14 +173,15 @@ class MemoryBroker(Broker, BrokerAdmin):
                 )
 
     def _place(self, stored: _Stored, eta: float | None, now: float) -> None:
+        # Heap entries are removed lazily, so a cancelled-then-republished id can leave an
+        # older entry behind; stamping the live entry's seq lets pops recognise the stale one.
+        stored.seq = seq = next(self._seq)
         if eta is not None and eta > now:
             stored.state = "scheduled"
-            heapq.heappush(self._scheduled, (eta, next(self._seq), stored.id))
+            heapq.heappush(self._scheduled, (eta, seq, stored.id))
         else:
             stored.state = "ready"
-            heapq.heappush(
-                self._queue(stored.queue).heap, (-stored.priority, next(self._seq), stored.id)
-            )
+            heapq.heappush(self._queue(stored.queue).heap, (-stored.priority, seq, stored.id))
 
     # -- consuming -------------------------------------------------------------------
     async def fetch(
@@ -223,9 +228,9 @@ class MemoryBroker(Broker, BrokerAdmin):
             if q is None or q.paused:
                 continue
             while q.heap and len(out) < limit:
-                _, _, mid = heapq.heappop(q.heap)
+                _, seq, mid = heapq.heappop(q.heap)
                 stored = self._messages.get(mid)
-                if stored is None or stored.state != "ready" or stored.queue != name:
+                if stored is None or stored.seq != seq or stored.state != "ready":
                     continue  # cancelled, purged or superseded: lazily skipped
                 out.append(self._lease_out(stored, now))
             if len(out) >= limit:
@@ -243,9 +248,9 @@ class MemoryBroker(Broker, BrokerAdmin):
 
     def _promote(self, now: float) -> None:
         while self._scheduled and self._scheduled[0][0] <= now:
-            _, _, mid = heapq.heappop(self._scheduled)
+            _, seq, mid = heapq.heappop(self._scheduled)
             stored = self._messages.get(mid)
-            if stored is not None and stored.state == "scheduled":
+            if stored is not None and stored.seq == seq and stored.state == "scheduled":
                 self._place(stored, None, now)
 
     def _reclaim(self, now: float) -> None:
@@ -295,15 +300,23 @@ class MemoryBroker(Broker, BrokerAdmin):
     def _bury(self, stored: _Stored, reason: str, error: str | None, now: float) -> None:
         self._messages.pop(stored.id, None)
         self._dead.setdefault(stored.queue, []).append(
-            DeadLetter(stored.id, stored.queue, stored.body, reason, error, now, stored.deliveries,
-                       {"priority": stored.priority, "max_deliveries": stored.max_deliveries})
+            DeadLetter(
+                stored.id,
+                stored.queue,
+                stored.body,
+                reason,
+                error,
+                now,
+                stored.deliveries,
+                {"priority": stored.priority, "max_deliveries": stored.max_deliveries},
+            )
         )
 
     async def cancel(self, message_id: str, queue: str) -> bool:
         """Remove a ready or scheduled message."""
         with self._lock:
             stored = self._messages.get(message_id)
-            if stored is None or stored.state == "inflight":
+            if stored is None or stored.state == "inflight" or stored.queue != queue:
                 return False
             del self._messages[message_id]
             self._queue(stored.queue).size -= 1
@@ -316,8 +329,9 @@ class MemoryBroker(Broker, BrokerAdmin):
             self._control.append(command)
             if len(self._control) > 10_000:
                 del self._control[:5_000]
-                self._control_cursors = {k: max(0, v - 5_000)
-                                         for k, v in self._control_cursors.items()}
+                self._control_cursors = {
+                    k: max(0, v - 5_000) for k, v in self._control_cursors.items()
+                }
         self._control_waiters.notify_all()
 
     async def control_messages(self, timeout: float) -> list[dict[str, Any]]:
@@ -344,7 +358,7 @@ class MemoryBroker(Broker, BrokerAdmin):
     async def depth(self, queue: str) -> dict[str, int]:
         """Counts by state."""
         with self._lock:
-            self._promote(self.clock.time())
+            self._catch_up()
             counts = {"ready": 0, "scheduled": 0, "inflight": 0}
             for stored in self._messages.values():
                 if stored.queue == queue:
@@ -355,24 +369,34 @@ class MemoryBroker(Broker, BrokerAdmin):
     async def peek(self, queue: str, limit: int = 10) -> list[bytes]:
         """Next ready bodies in delivery order."""
         with self._lock:
+            self._catch_up()
             q = self._queues.get(queue)
             if q is None:
                 return []
-            live = [e for e in sorted(q.heap) if self._is_ready(e[2], queue)]
+            live = [e for e in sorted(q.heap) if self._is_live(e[2], e[1])]
             return [self._messages[e[2]].body for e in live[:limit]]
 
-    def _is_ready(self, mid: str, queue: str) -> bool:
+    def _is_live(self, mid: str, seq: int) -> bool:
         stored = self._messages.get(mid)
-        return stored is not None and stored.state == "ready" and stored.queue == queue
+        return stored is not None and stored.seq == seq and stored.state == "ready"
+
+    def _catch_up(self) -> None:
+        """Release due messages and reclaim lost leases, as the next fetch would."""
+        now = self.clock.time()
+        self._promote(now)
+        self._reclaim(now)
 
     async def purge(self, queue: str) -> int:
         """Drop ready and scheduled messages."""
         with self._lock:
-            doomed = [m for m in self._messages.values()
-                      if m.queue == queue and m.state != "inflight"]
+            doomed = [
+                m for m in self._messages.values() if m.queue == queue and m.state != "inflight"
+            ]
             for stored in doomed:
                 del self._messages[stored.id]
-            self._queue(queue).size -= len(doomed)
+            q = self._queue(queue)
+            q.size -= len(doomed)
+            q.heap.clear()  # only ready entries of this queue live there, all now dropped
             return len(doomed)
 
     async def pause(self, queue: str) -> None:
@@ -397,10 +421,21 @@ class MemoryBroker(Broker, BrokerAdmin):
             dead = self._dead.get(queue, [])
             wanted = set(ids) if ids is not None else None
             chosen = [d for d in dead if wanted is None or d.id in wanted]
-            self._dead[queue] = [d for d in dead if d not in chosen]
-        await self.publish([
-            Message(d.id, d.queue, d.body, int(d.extra.get("priority", 0)), None,
-                    int(d.extra.get("max_deliveries", 1)))
-            for d in chosen
-        ])
+            # Publish before forgetting: a full queue raises and keeps every dead letter.
+            self._publish_locked(
+                [
+                    Message(
+                        d.id,
+                        d.queue,
+                        d.body,
+                        int(d.extra.get("priority", 0)),
+                        None,
+                        int(d.extra.get("max_deliveries", 1)),
+                    )
+                    for d in chosen
+                ]
+            )
+            picked = {id(d) for d in chosen}
+            self._dead[queue] = [d for d in dead if id(d) not in picked]
+        self._waiters.notify_all()
         return len(chosen)

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from ..message import TERMINAL_STATUSES, TaskStatus
 
-__all__ = ["ResultStore", "StoreCapabilities", "TaskInfo", "TERMINAL_VALUES", "is_terminal"]
+__all__ = ["TERMINAL_VALUES", "ResultStore", "StoreCapabilities", "TaskInfo", "is_terminal"]
 
 TERMINAL_VALUES = frozenset(s.value for s in TERMINAL_STATUSES)
 

@@ -84,8 +84,9 @@ class AsyncResult(Generic[R]):
         record = await self._app._acall(self._app.results.wait(self.id, timeout))
         return self._outcome(record, timeout, propagate)
 
-    def _outcome(self, record: Mapping[str, Any] | None, timeout: float | None,
-                 propagate: bool) -> R:
+    def _outcome(
+        self, record: Mapping[str, Any] | None, timeout: float | None, propagate: bool
+    ) -> R:
         if record is None:
             raise ResultTimeout(f"task {self.id} did not finish within {timeout}s")
         return outcome(self, record, propagate)  # type: ignore[no-any-return]

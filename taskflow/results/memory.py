@@ -100,15 +100,18 @@ class MemoryResultStore(ResultStore):
     def _evict(self, now: float) -> None:
         assert self.max_entries is not None
         excess = len(self._records) - self.max_entries
-        for task_id in list(self._records):
-            if excess <= 0:
+        # Scan from the oldest and stop early: copying every key on each write would make a
+        # full store cost O(records) per update.
+        doomed: list[str] = []
+        for task_id, record in self._records.items():
+            if len(doomed) >= excess:
                 break
-            record = self._records[task_id]
             expires = self._expiry.get(task_id)
             if is_terminal(record) or (expires is not None and expires <= now):
-                del self._records[task_id]
-                self._expiry.pop(task_id, None)
-                excess -= 1
+                doomed.append(task_id)
+        for task_id in doomed:
+            del self._records[task_id]
+            self._expiry.pop(task_id, None)
 
     async def delete(self, task_id: str) -> bool:
         """Forget a record."""
@@ -125,11 +128,16 @@ class MemoryResultStore(ResultStore):
                 record = self._live(task_id, self.clock.time())
                 if is_terminal(record):
                     return dict(record) if record is not None else None
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    return None
                 fut = self._waiters.setdefault(task_id, Waiters()).register_async()
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
-                return None
-            if not await wait_future(fut, remaining):
+            try:
+                fired = await wait_future(fut, remaining)
+            except asyncio.CancelledError:
+                self._discard(task_id, fut)
+                raise
+            if not fired:
                 self._discard(task_id, fut)
                 return None
 
@@ -152,6 +160,8 @@ class MemoryResultStore(ResultStore):
             waiters = self._waiters.get(task_id)
             if waiters is not None:
                 waiters.discard(waiter)
+                if not len(waiters):  # a task nobody waits for any more leaves no entry
+                    del self._waiters[task_id]
 
     async def set_nx(self, key: str, value: str, ttl: float | None) -> str | None:
         """Set if absent; else return the existing value."""

@@ -44,7 +44,7 @@ class Scheduler:
     def __init__(self, queues: Sequence[str], weights: Mapping[str, int], clock: Clock,
                  concurrency: int) -> None:
         self.queues = list(queues)
-        self._heaps: dict[str, list[tuple[int, int, Job]]] = {q: [] for q in self.queues}
+        self._heaps: dict[str, list[tuple[float, int, Job]]] = {q: [] for q in self.queues}
         self._weights = {q: max(1, int(weights.get(q, 1))) for q in self.queues}
         self._credit = dict.fromkeys(self.queues, 0)
         self._seq = itertools.count()
@@ -103,14 +103,14 @@ class Scheduler:
 
     def _gate(self, job: Job) -> float:
         name = job.task.name
-        bucket = self._buckets.get(name, False)
-        if bucket is False:
+        if name not in self._buckets:
             limit = job.task.options.rate_limit
             bucket = None
             if limit is not None:
                 burst = limit.burst or max(1, min(self._concurrency, int(limit.count)))
                 bucket = TokenBucket(limit.rate, burst, self._clock)
             self._buckets[name] = bucket
+        bucket = self._buckets[name]
         return 0.0 if bucket is None else bucket.acquire()
 
     def _release(self) -> None:
@@ -139,7 +139,8 @@ class Scheduler:
 
     def remove(self, task_id: str) -> Job | None:
         """Take a job out by task id (cancellation)."""
-        for heap in [*self._heaps.values(), self._throttled]:
+        heaps: list[list[tuple[float, int, Job]]] = [*self._heaps.values(), self._throttled]
+        for heap in heaps:
             for i, entry in enumerate(heap):
                 if entry[2].envelope.id == task_id:
                     heap.pop(i)
@@ -150,7 +151,8 @@ class Scheduler:
 
     def drain(self) -> Iterator[Job]:
         """Remove and yield every job (shutdown hands them back)."""
-        for heap in [*self._heaps.values(), self._throttled]:
+        heaps: list[list[tuple[float, int, Job]]] = [*self._heaps.values(), self._throttled]
+        for heap in heaps:
             while heap:
                 self._size -= 1
                 yield heap.pop()[2]
