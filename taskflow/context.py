@@ -19,20 +19,23 @@ class CancelEvent:
     (one is made for every task run).
     """
 
-    __slots__ = ("_event", "_flag")
+    __slots__ = ("_event", "_flag", "reason")
 
     _guard = threading.Lock()
 
     def __init__(self) -> None:
         self._flag = False
         self._event: threading.Event | None = None
+        self.reason: str | None = None  # "cancelled" or "timeout" once set
 
     def is_set(self) -> bool:
         """True once set."""
         return self._flag
 
-    def set(self) -> None:
-        """Set the flag and wake waiters."""
+    def set(self, reason: str = "cancelled") -> None:
+        """Set the flag (keeping the first ``reason``) and wake waiters."""
+        if self.reason is None:
+            self.reason = reason
         self._flag = True
         with CancelEvent._guard:
             event = self._event

@@ -52,8 +52,13 @@ class _Thread:
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.ident), None)
 
 
-def _in_thread(thread: _Thread, fn: Callable[..., Any], args: tuple[Any, ...],
-               kwargs: dict[str, Any], ctx: TaskContext) -> Any:
+def _in_thread(
+    thread: _Thread,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    ctx: TaskContext,
+) -> Any:
     thread.ident = threading.get_ident()
     token = set_current(ctx)
     try:
@@ -65,28 +70,25 @@ def _in_thread(thread: _Thread, fn: Callable[..., Any], args: tuple[Any, ...],
             reset_current(token)
 
 
-async def run_sync(pool: concurrent.futures.Executor, fn: Callable[..., Any],
-                   args: tuple[Any, ...], kwargs: dict[str, Any], ctx: TaskContext,
-                   timeout: float | None) -> Any:
-    """Run ``fn`` in ``pool`` with a deadline; cancellation interrupts the thread."""
+async def run_sync(
+    pool: concurrent.futures.Executor,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    ctx: TaskContext,
+) -> Any:
+    """Run ``fn`` in ``pool``; cancelling the awaiting task interrupts the thread.
+
+    The deadline is the caller's (the worker's watchdog cancels at it, after setting
+    ``ctx.cancelled`` with reason ``"timeout"``, so the thread gets :class:`TaskTimeout`).
+    """
     thread = _Thread()
     cfut = pool.submit(_in_thread, thread, fn, args, kwargs, ctx)
-    deadline = asyncio.timeout(timeout)
     try:
-        async with deadline:
-            return await asyncio.wrap_future(cfut)
-    except TimeoutError:
-        if not deadline.expired():
-            raise  # the task's own TimeoutError
-        if cfut.done() and not cfut.cancelled() and cfut.exception() is None:
-            return cfut.result()
-        ctx.cancelled.set()
-        thread.interrupt(TaskTimeout)
-        await _unwind(cfut)
-        raise TaskTimeout(f"{ctx.name}[{ctx.id}] exceeded its {timeout}s timeout") from None
+        return await asyncio.wrap_future(cfut)
     except asyncio.CancelledError:
         ctx.cancelled.set()
-        thread.interrupt(Interrupted)
+        thread.interrupt(TaskTimeout if ctx.cancelled.reason == "timeout" else Interrupted)
         await _unwind(cfut)
         raise
 
@@ -102,8 +104,13 @@ async def _unwind(cfut: concurrent.futures.Future[Any]) -> None:
         waiter.cancel()
 
 
-async def run_async(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                    ctx: TaskContext, timeout: float | None = None) -> Any:
+async def run_async(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    ctx: TaskContext,
+    timeout: float | None = None,
+) -> Any:
     """Await the coroutine function (with a deadline, unless the caller watches it)."""
     token = set_current(ctx)
     if timeout is None:

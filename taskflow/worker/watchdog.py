@@ -1,4 +1,4 @@
-"""Deadlines for coroutine tasks, with one timer for all of them.
+"""Task deadlines, with one timer for all of them.
 
 An ``asyncio.timeout`` per task costs a timer handle per run; the watchdog keeps running
 jobs in one deque per timeout value (deadlines within a deque are in start order), so
@@ -20,7 +20,7 @@ _MAX_NAP = 1.0  # finished jobs are swept from the heads at least this often
 
 
 class Watchdog:
-    """Cancels coroutine jobs still in their own code when their deadline passes."""
+    """Cancels jobs still in their own code when their deadline passes."""
 
     def __init__(self, concurrency: int) -> None:
         self._lanes: dict[float, deque[tuple[float, Job]]] = {}
@@ -79,5 +79,5 @@ def _expire(job: Job) -> None:
         return
     job.cancel_reason = "timeout"
     if job.ctx is not None:
-        job.ctx.cancelled.set()
+        job.ctx.cancelled.set("timeout")
     job.handle.cancel()

@@ -278,7 +278,7 @@ class Worker:
         if handles:
             await asyncio.wait(handles, timeout=10.0)
 
-    async def _teardown(self) -> None:
+    async def _teardown(self, *, final: bool = True) -> None:
         self._watchdog.close()
         if self._timer is not None:
             self._timer.cancel()
@@ -293,7 +293,8 @@ class Worker:
         forget = getattr(self.app.broker, "forget_control_reader", None)
         if forget is not None:
             forget()
-        self.bus.close_all()
+        if final:  # run_until_idle() may be called again: its subscribers stay open
+            self.bus.close_all()
         self._finish_state()
         log.info("worker %s stopped", self.name)
 
@@ -333,7 +334,7 @@ class Worker:
         finally:
             await self._hand_back_buffered()
             await self._cancel_running("shutdown")
-            await self._teardown()
+            await self._teardown(final=False)
             with self._state_lock:
                 self._state = "new"
             self._stopped.clear()
@@ -471,13 +472,12 @@ class Worker:
         task = job.task
         if task.options.bind:
             args = (ctx, *args)
-        timeout = job.envelope.timeout
+        if job.envelope.timeout is not None:
+            self._watchdog.watch(job, job.envelope.timeout)
         if task.is_async:
-            if timeout is not None:
-                self._watchdog.watch(job, timeout)
             return await run_async(task.fn, args, kwargs, ctx)
         assert self._pool is not None
-        return await run_sync(self._pool, task.fn, args, kwargs, ctx, timeout)
+        return await run_sync(self._pool, task.fn, args, kwargs, ctx)
 
     async def _on_error(self, job: Job, exc: BaseException, duration: float) -> None:
         if isinstance(exc, Reject):
