@@ -15,6 +15,7 @@ Every exception taskflow raises on purpose derives from :class:`TaskflowError`::
     ├── TaskFailed             the task ran and failed; carries the remote error
     ├── TaskCancelled          the task was cancelled before or while running
     ├── TaskTimeout            an attempt overran its deadline (also a TimeoutError)
+    ├── WorkerLost             workers died running the task on every allowed delivery
     ├── ResultTimeout          waiting for a result took too long (also a TimeoutError)
     └── ControlFlow            signals raised *by task code* to steer the worker
         ├── Retry              retry this task (optional countdown)
@@ -42,6 +43,7 @@ __all__ = [
     "TaskFailed",
     "TaskTimeout",
     "TaskflowError",
+    "WorkerLost",
     "mask_url",
 ]
 
@@ -142,6 +144,10 @@ class TaskCancelled(TaskflowError):
 
 class TaskTimeout(TaskflowError, TimeoutError):
     """An attempt ran past its deadline."""
+
+
+class WorkerLost(TaskflowError):
+    """The worker running the task died (lease lost) on each delivery the task allowed."""
 
 
 class ResultTimeout(TaskflowError, TimeoutError):

@@ -153,6 +153,11 @@ class Broker(abc.ABC):
     ) -> list[Delivery]:
         """Receive up to ``max_messages``, taking queues in the given order."""
 
+    def take_lost(self) -> list[DeadLetter]:
+        """Messages this instance dead-lettered as ``worker_lost`` (while fetching) since
+        the last call, so that the worker can record their failure."""
+        return []
+
     async def cancel(self, message_id: str, queue: str) -> bool:
         """Remove a queued or scheduled message if the broker can; True if removed."""
         return False

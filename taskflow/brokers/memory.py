@@ -11,6 +11,7 @@ import asyncio
 import heapq
 import itertools
 import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -45,6 +46,13 @@ class _Queue:
         self.paused = False
         self.max_length: int | None = None
         self.size = 0  # ready + scheduled messages that belong to this queue
+
+
+def _current_task() -> asyncio.Task[Any]:
+    task = asyncio.current_task()
+    if task is None:
+        raise RuntimeError("control messages are read from inside an asyncio task")
+    return task
 
 
 class MemoryDelivery(Delivery):
@@ -106,10 +114,14 @@ class MemoryBroker(Broker, BrokerAdmin):
         self._scheduled: list[tuple[float, int, str]] = []
         self._leases: list[tuple[float, int, str]] = []  # (deadline, token, id)
         self._dead: dict[str, list[DeadLetter]] = {}
+        self._lost: list[DeadLetter] = []
         self._waiters = Waiters()
         self._control: list[dict[str, Any]] = []
         self._control_waiters = Waiters()
-        self._control_cursors: dict[int, int] = {}
+        # Weak keys: a finished reader's cursor goes with its task (no recycled id()s).
+        self._control_cursors: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = (
+            weakref.WeakKeyDictionary()
+        )
         self._unsubscribe = None
         if self.clock.is_fake:
             on_advance = getattr(self.clock, "on_advance", None)
@@ -264,6 +276,7 @@ class MemoryBroker(Broker, BrokerAdmin):
             stored.token = 0
             if stored.deliveries >= stored.max_deliveries:
                 self._bury(stored, "worker_lost", "lease expired", now)
+                self._lost.append(self._dead[stored.queue][-1])
             else:
                 self._queue(stored.queue).size += 1
                 self._place(stored, None, now)
@@ -312,6 +325,12 @@ class MemoryBroker(Broker, BrokerAdmin):
             )
         )
 
+    def take_lost(self) -> list[DeadLetter]:
+        """Messages dead-lettered as ``worker_lost`` since the last call."""
+        with self._lock:
+            lost, self._lost = self._lost, []
+        return lost
+
     async def cancel(self, message_id: str, queue: str) -> bool:
         """Remove a ready or scheduled message."""
         with self._lock:
@@ -329,14 +348,13 @@ class MemoryBroker(Broker, BrokerAdmin):
             self._control.append(command)
             if len(self._control) > 10_000:
                 del self._control[:5_000]
-                self._control_cursors = {
-                    k: max(0, v - 5_000) for k, v in self._control_cursors.items()
-                }
+                for reader, cursor in list(self._control_cursors.items()):
+                    self._control_cursors[reader] = max(0, cursor - 5_000)
         self._control_waiters.notify_all()
 
     async def control_messages(self, timeout: float) -> list[dict[str, Any]]:
         """Commands sent since this task's previous call."""
-        key = id(asyncio.current_task())
+        key = _current_task()
         with self._lock:
             cursor = self._control_cursors.setdefault(key, len(self._control))
             if cursor < len(self._control) or timeout <= 0:
@@ -352,7 +370,7 @@ class MemoryBroker(Broker, BrokerAdmin):
     def forget_control_reader(self) -> None:
         """Drop the current task's control cursor (called when a worker stops)."""
         with self._lock:
-            self._control_cursors.pop(id(asyncio.current_task()), None)
+            self._control_cursors.pop(_current_task(), None)
 
     # -- admin -----------------------------------------------------------------------
     async def depth(self, queue: str) -> dict[str, int]:

@@ -320,6 +320,7 @@ class Worker:
                     got = await self.app.broker.fetch(self._sched.fetch_order(), credits, 0)
                     for delivery in got:
                         await self._admit(delivery)
+                    await self._record_lost()
                 self._dispatch()
                 handles = {j.handle for j in self._running.values() if j.handle is not None}
                 if handles:
@@ -364,7 +365,15 @@ class Worker:
                 continue
             for delivery in got:
                 await self._admit(delivery)
+            await self._record_lost()
             self._dispatch()
+
+    async def _record_lost(self) -> None:
+        for dead in self.app.broker.take_lost():
+            try:
+                await self.settle.lost(dead)
+            except Exception:
+                log.exception("worker %s: could not record lost task %s", self.name, dead.id)
 
     async def _admit(self, delivery: Delivery) -> None:
         try:

@@ -1,0 +1,85 @@
+-- Operator actions on one queue. ARGV: prefix, now, action, queue, then extras.
+-- depth -> {ready, scheduled, inflight, dead}; cancel id -> 0/1; purge -> count;
+-- replay [ids...] -> count (all dead letters when no ids are given).
+local action, q = ARGV[3], ARGV[4]
+
+local function promote()
+  local sched = qkey(q, 'sched')
+  local ids = redis.call('ZRANGEBYSCORE', sched, '-inf', NOW, 'LIMIT', 0, 1000)
+  for _, id in ipairs(ids) do
+    redis.call('ZREM', sched, id)
+    local pri = redis.call('HGET', mkey(id), 'p')
+    if pri then
+      make_ready(id, q, pri)
+    end
+  end
+end
+
+local function replay_one(id)
+  local key = mkey(id)
+  local m = redis.call('HMGET', key, 'st', 'q', 'p')
+  if m[1] ~= 'd' or m[2] ~= q then
+    return 0
+  end
+  redis.call('HDEL', key, 'rs', 'er', 'ft')
+  redis.call('HSET', key, 'dc', 0)
+  make_ready(id, q, m[3])
+  return 1
+end
+
+if action == 'depth' then
+  promote()
+  return {redis.call('ZCARD', qkey(q, 'ready')), redis.call('ZCARD', qkey(q, 'sched')),
+    redis.call('ZCARD', qkey(q, 'inflight')), redis.call('LLEN', qkey(q, 'dead'))}
+elseif action == 'cancel' then
+  local id = ARGV[5]
+  local m = redis.call('HMGET', mkey(id), 'st', 'q')
+  if m[1] ~= 'r' and m[1] ~= 's' then
+    return 0
+  end
+  redis.call('ZREM', qkey(m[2], 'ready'), id)
+  redis.call('ZREM', qkey(m[2], 'sched'), id)
+  redis.call('DEL', mkey(id))
+  return 1
+elseif action == 'purge' then
+  local count = 0
+  for _, kind in ipairs({'ready', 'sched'}) do
+    local key = qkey(q, kind)
+    for _, id in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+      redis.call('DEL', mkey(id))
+      count = count + 1
+    end
+    redis.call('DEL', key)
+  end
+  redis.call('DEL', qkey(q, 'notify'))
+  return count
+elseif action == 'replay' then
+  local dead = qkey(q, 'dead')
+  local ids = {}
+  if #ARGV > 4 then
+    for i = 5, #ARGV do
+      ids[#ids + 1] = ARGV[i]
+    end
+  else
+    ids = redis.call('LRANGE', dead, 0, -1)
+  end
+  local count = 0
+  for _, id in ipairs(ids) do
+    local done = replay_one(id)
+    if done == 1 then
+      redis.call('LREM', dead, 1, id)
+      count = count + 1
+    end
+  end
+  if count > 0 then
+    wake(q, count)
+  end
+  return count
+elseif action == 'resume' then
+  redis.call('SREM', P .. ':paused', q)
+  if redis.call('ZCARD', qkey(q, 'ready')) > 0 then
+    wake(q, 16)
+  end
+  return 1
+end
+return redis.error_reply('unknown admin action ' .. action)

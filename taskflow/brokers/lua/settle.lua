@@ -1,0 +1,53 @@
+-- Settle deliveries, fenced by their token. ARGV: prefix, now, lease, count, then per
+-- item: action, id, token, a1, a2, a3. Actions: touch, ack, requeue, retry (a1 body,
+-- a2 delay, a3 max_deliveries), dead (a1 reason, a2 error). Returns 1/0 per item.
+local lease = tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
+local results = {}
+local woken = {}
+
+local function settle(action, id, token, a1, a2, a3)
+  local key = mkey(id)
+  local m = redis.call('HMGET', key, 'st', 'tk', 'q', 'p', 'dc')
+  if m[1] ~= 'i' or m[2] ~= token then
+    return 0
+  end
+  local q = m[3]
+  local inflight = qkey(q, 'inflight')
+  if action == 'touch' then
+    redis.call('ZADD', inflight, NOW + lease, id)
+    return 1
+  end
+  redis.call('ZREM', inflight, id)
+  if action == 'ack' then
+    redis.call('DEL', key)
+  elseif action == 'requeue' then
+    -- An unstarted message goes back without spending a delivery.
+    redis.call('HSET', key, 'dc', math.max(0, tonumber(m[5]) - 1))
+    make_ready(id, q, m[4])
+    woken[q] = true
+  elseif action == 'retry' then
+    redis.call('HSET', key, 'b', a1, 'dc', 0, 'md', math.max(1, tonumber(a3)), 'tk', '')
+    local delay = tonumber(a2)
+    if delay > 0 then
+      redis.call('HSET', key, 'st', 's')
+      redis.call('ZADD', qkey(q, 'sched'), NOW + delay, id)
+    else
+      make_ready(id, q, m[4])
+      woken[q] = true
+    end
+  else
+    bury(id, q, a1, a2)
+  end
+  return 1
+end
+
+for i = 0, n - 1 do
+  local b = 5 + i * 6
+  results[#results + 1] = settle(ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3],
+    ARGV[b + 4], ARGV[b + 5])
+end
+for q, _ in pairs(woken) do
+  wake(q, 1)
+end
+return results

@@ -1,0 +1,561 @@
+"""The Redis broker: atomic Lua scripts, strict priorities, broker-side delays and leases.
+
+Keys (``P`` is ``{prefix}``; the braces are a hash tag, so one app's keys share a Redis
+Cluster slot):
+
+* ``P:q:<queue>:ready``    ZSET, score ``(9 - priority) * 2**40 + seq``: priority, then FIFO
+* ``P:q:<queue>:sched``    ZSET of delayed messages scored by due time (eta, retry backoff)
+* ``P:q:<queue>:inflight`` ZSET of leased messages scored by lease deadline
+* ``P:q:<queue>:dead``     LIST of dead-lettered ids, oldest first, capped
+* ``P:q:<queue>:notify``   LIST of wake-up tokens an idle ``fetch`` blocks on (short TTL)
+* ``P:m:<id>``             HASH: body, queue, priority, delivery count, lease token, state
+* ``P:seq``, ``P:limits``, ``P:paused``, ``P:control`` (pub/sub channel)
+
+A message hash is owned by the sets that reference it: ack, cancel and purge delete it,
+and the dead-letter list deletes the oldest ones when it is trimmed. Every state change is
+one Lua script, so a crash between two commands cannot lose or duplicate a message.
+Time comes from the broker's :class:`~taskflow.clock.Clock` (passed to the scripts), so
+tests can drive schedules and leases with a ``FakeClock``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any, ClassVar
+
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+
+from ..clock import SYSTEM_CLOCK, Clock
+from ..errors import BrokerError, ConfigError, QueueFull
+from ..urls import BackendURL, option_float, parse_url, reject_unknown
+from .base import Broker, BrokerAdmin, Capabilities, DeadLetter, Delivery, Message
+
+__all__ = ["URL_OPTIONS", "RedisBroker", "RedisDelivery", "load_script", "redis_client"]
+
+# Query options understood on a redis:// URL. The result store shares the URL (it is
+# derived from the broker's by default), so both accept the same set.
+URL_OPTIONS = frozenset({"prefix", "lease", "connect_timeout"})
+
+_BLOCK_CHUNK = 5.0  # longest single BLPOP; the blocking socket's timeout is above it
+
+
+def load_script(name: str) -> str:
+    """The text of a bundled Lua script (broker scripts get the shared helpers first)."""
+    folder = resources.files("taskflow.brokers").joinpath("lua")
+    text = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    if name.startswith("result_"):
+        return text
+    return folder.joinpath("common.lua").read_text(encoding="utf-8") + "\n" + text
+
+
+def check_prefix(prefix: str, where: str) -> str:
+    """A key prefix: non-empty, without braces (they would break the hash tag)."""
+    if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
+        raise ConfigError(f"{where}: prefix must be a non-empty string without braces")
+    return prefix
+
+
+def redis_client(
+    url: str, connect_timeout: float, socket_timeout: float | None, max_connections: int = 64
+) -> aioredis.Redis:
+    """An asyncio client that rides out a short outage (a server restart, a failover).
+
+    A command on a broken connection is retried on a fresh one with backoff for about
+    2.5 s in all, so a settle or a result write made while the server restarts still lands
+    before the lease runs out; a server that stays down then fails with an error.
+    Repeating a script is safe: publish replaces by id, settles are fenced by tokens,
+    result updates are merges.
+    The pool blocks (up to ``connect_timeout``) for a free connection instead of failing,
+    so a burst of concurrent calls queues up rather than erroring.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=connect_timeout,
+        socket_connect_timeout=connect_timeout,
+        socket_timeout=socket_timeout,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 6),
+        socket_keepalive=True,
+    )
+    return aioredis.Redis.from_pool(pool)
+
+
+def broker_error(masked: str, exc: BaseException) -> BrokerError:
+    """A BrokerError naming the (masked) URL, never a bare client traceback."""
+    what = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+    return BrokerError(f"redis at {masked}: {what}")
+
+
+class RedisDelivery(Delivery):
+    """A leased delivery; every settle call is fenced by the lease token."""
+
+    __slots__ = ("_broker", "_token")
+
+    def __init__(self, broker: RedisBroker, row: Sequence[bytes]) -> None:
+        """From one ``fetch`` reply row: id, queue, body, priority, delivery count, token."""
+        mid, queue, body, priority, count, token = row
+        super().__init__(mid.decode(), queue.decode(), body, int(priority), int(count))
+        self._broker = broker
+        self._token = token.decode()
+
+    @property
+    def lease(self) -> float | None:
+        """The broker's lease length."""
+        return self._broker.lease
+
+    async def ack(self) -> bool:
+        """Remove the message."""
+        return await self._broker._settle(("ack", self.id, self._token, "", "", ""))
+
+    async def nack(self, *, requeue: bool = True) -> bool:
+        """Hand the message back uncounted, or drop it."""
+        action = "requeue" if requeue else "ack"
+        return await self._broker._settle((action, self.id, self._token, "", "", ""))
+
+    async def retry(self, body: bytes, delay: float, *, max_deliveries: int = 1) -> bool:
+        """Replace the message with ``body``, due in ``delay`` seconds (held in Redis)."""
+        item = (
+            "retry",
+            self.id,
+            self._token,
+            body,
+            repr(max(0.0, float(delay))),
+            str(max(1, int(max_deliveries))),
+        )
+        return await self._broker._settle(item)
+
+    async def touch(self) -> bool:
+        """Renew the lease."""
+        return await self._broker._settle(("touch", self.id, self._token, "", "", ""))
+
+    async def dead_letter(self, reason: str, error: str | None = None) -> bool:
+        """Move the message to its queue's dead-letter list."""
+        return await self._broker._settle(("dead", self.id, self._token, reason, error or "", ""))
+
+
+SettleItem = tuple[str, str, str, bytes | str, str, str]
+
+
+class RedisBroker(Broker, BrokerAdmin):
+    """Broker on Redis (``redis://`` or ``rediss://``).
+
+    ``prefix``: key namespace (one per app); ``lease``: seconds a delivery stays leased
+    before it is redelivered; ``connect_timeout``: bound on connecting (BrokerError after).
+    """
+
+    capabilities: ClassVar[Capabilities] = Capabilities(blocking_publish=False)
+
+    def __init__(
+        self,
+        url: str = "redis://localhost:6379/0",
+        *,
+        prefix: str = "taskflow",
+        lease: float = 30.0,
+        connect_timeout: float = 5.0,
+        clock: Clock | None = None,
+    ) -> None:
+        parsed = parse_url(url, "broker")
+        if parsed.scheme not in ("redis", "rediss"):
+            raise ConfigError(
+                f"RedisBroker needs a redis:// or rediss:// URL, got {parsed.masked!r}"
+            )
+        if not lease > 0 or not connect_timeout > 0:
+            raise ConfigError(f"{parsed.masked}: lease and connect_timeout must be positive")
+        self.url = url
+        self.prefix = check_prefix(prefix, parsed.masked)
+        self.lease = float(lease)
+        self.connect_timeout = float(connect_timeout)
+        self.clock: Clock = clock or SYSTEM_CLOCK
+        self._masked = parsed.masked
+        self._client_url = parsed.without_query()
+        self._p = "{" + self.prefix + "}"
+        self._r: aioredis.Redis | None = None
+        self._blocker: aioredis.Redis | None = None
+        self._scripts: dict[str, Any] = {}
+        self._pending: list[tuple[SettleItem, asyncio.Future[bool]]] = []
+        self._flushing = False
+        self._control: _ControlReader | None = None
+        self._lost: list[DeadLetter] = []
+
+    @classmethod
+    def from_url(cls, url: str, *, clock: Clock | None = None) -> RedisBroker:
+        """Build from a URL; query options ``prefix``, ``lease``, ``connect_timeout``."""
+        parsed = parse_url(url, "broker")
+        reject_unknown(parsed, set(URL_OPTIONS))
+        return cls(url, **_url_kwargs(parsed), clock=clock)
+
+    def __repr__(self) -> str:
+        return f"<RedisBroker {self._masked} prefix={self.prefix!r}>"
+
+    def key(self, *parts: str) -> str:
+        """A key in this broker's namespace (``{prefix}:a:b``)."""
+        return ":".join((self._p, *parts))
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def connect(self) -> None:
+        """Open the connection pool and check the server answers within the timeout."""
+        if self._r is not None:
+            return
+        client = redis_client(self._client_url, self.connect_timeout, None)
+        try:
+            await asyncio.wait_for(client.ping(), self.connect_timeout)
+        except (RedisError, OSError, TimeoutError) as exc:
+            await client.aclose()
+            raise broker_error(self._masked, exc) from None
+        self._r = client
+        self._blocker = redis_client(
+            self._client_url,
+            self.connect_timeout,
+            _BLOCK_CHUNK + self.connect_timeout,
+            max_connections=4,
+        )
+        self._scripts = {
+            name: client.register_script(load_script(name))
+            for name in ("publish", "fetch", "settle", "admin")
+        }
+
+    async def close(self) -> None:
+        """Close connections and the control subscription. Idempotent."""
+        control, self._control = self._control, None
+        if control is not None:
+            await control.close()
+        for client in (self._r, self._blocker):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+        self._r = self._blocker = None
+
+    def _client(self) -> aioredis.Redis:
+        if self._r is None:
+            raise BrokerError(f"redis broker {self._masked} is not connected (call connect())")
+        return self._r
+
+    async def _run(self, script: str, args: Sequence[Any]) -> Any:
+        self._client()
+        try:
+            return await self._scripts[script](args=[self._p, repr(self.clock.time()), *args])
+        except (RedisError, OSError) as exc:
+            raise broker_error(self._masked, exc) from None
+
+    async def declare(self, queue: str, *, max_length: int | None = None) -> None:
+        """Record ``max_length`` for ``queue`` (None removes the bound)."""
+        r = self._client()
+        try:
+            if max_length is None:
+                await r.hdel(self.key("limits"), queue)
+            else:
+                await r.hset(self.key("limits"), queue, str(int(max_length)))
+        except (RedisError, OSError) as exc:
+            raise broker_error(self._masked, exc) from None
+
+    # -- publishing ------------------------------------------------------------------
+    async def publish(self, messages: Sequence[Message]) -> None:
+        """Publish all of ``messages`` in one script call, or none (QueueFull)."""
+        if not messages:
+            return
+        args: list[Any] = [len(messages)]
+        for m in messages:
+            eta = "" if m.eta is None else repr(float(m.eta))
+            args += [m.id, m.queue, m.body, m.priority, eta, max(1, m.max_deliveries)]
+        reply = await self._run("publish", args)
+        if reply:
+            queue, size, limit = (x.decode() for x in reply[1:4])
+            raise QueueFull(f"queue {queue!r} is full ({size}/{limit}); nothing was enqueued")
+
+    # -- consuming -------------------------------------------------------------------
+    async def fetch(
+        self, queues: Sequence[str], max_messages: int, timeout: float
+    ) -> list[Delivery]:
+        """Lease up to ``max_messages``; block (push-based) up to ``timeout`` for the first."""
+        if max_messages <= 0 or not queues:
+            return []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        notify = [self.key("q", q, "notify") for q in queues]
+        while True:
+            got, next_due = await self._fetch_once(queues, max_messages)
+            remaining = deadline - loop.time()
+            if got or remaining <= 0:
+                return got
+            wait = min(remaining, _BLOCK_CHUNK)
+            if next_due is not None:
+                wait = min(wait, max(0.0, next_due - self.clock.time()) + 0.001)
+            if self.clock.is_fake:
+                wait = min(wait, 0.02)  # fake time moves without Redis knowing
+            if wait >= 0.001:
+                await self._block(notify, wait)
+
+    async def _fetch_once(
+        self, queues: Sequence[str], limit: int
+    ) -> tuple[list[Delivery], float | None]:
+        reply = await self._run("fetch", [repr(self.lease), limit, len(queues), *queues])
+        next_due = float(reply[0]) if reply[0] else None
+        start = 2 + 3 * int(reply[1])
+        now = self.clock.time()
+        for i in range(2, start, 3):
+            mid, queue = reply[i].decode(), reply[i + 1].decode()
+            self._lost.append(
+                DeadLetter(mid, queue, reply[i + 2], "worker_lost", "lease expired", now)
+            )
+        out: list[Delivery] = []
+        for i in range(start, len(reply), 6):
+            out.append(RedisDelivery(self, reply[i : i + 6]))
+        return out, next_due
+
+    def take_lost(self) -> list[DeadLetter]:
+        """Messages this instance's fetches dead-lettered as ``worker_lost`` since the last
+        call (the worker records their failure)."""
+        lost, self._lost = self._lost, []
+        return lost
+
+    async def _block(self, keys: list[str], wait: float) -> None:
+        """Wait for a wake-up token on a dedicated connection (cancellation-safe)."""
+        blocker = self._blocker
+        if blocker is None:
+            raise BrokerError(f"redis broker {self._masked} is not connected (call connect())")
+        try:
+            await blocker.blpop(keys, timeout=round(wait, 3))
+        except asyncio.CancelledError:
+            # A cancelled BLPOP would leave a reply in flight: drop that connection.
+            await blocker.connection_pool.disconnect(inuse_connections=True)
+            raise
+        except (RedisError, OSError) as exc:
+            raise broker_error(self._masked, exc) from None
+
+    # -- settling --------------------------------------------------------------------
+    async def _settle(self, item: SettleItem) -> bool:
+        """Queue one settle; concurrent settles go to Redis together in one script call."""
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, fut))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(self._start_flush)
+        return await fut
+
+    def _start_flush(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._flush())
+        task.add_done_callback(_consume)
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[:500], self._pending[500:]
+                args: list[Any] = [repr(self.lease), len(batch)]
+                for item, _ in batch:
+                    args += item
+                try:
+                    reply = await self._run("settle", args)
+                except BaseException as exc:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                for (_, fut), ok in zip(batch, reply, strict=True):
+                    if not fut.done():
+                        fut.set_result(bool(ok))
+        finally:
+            self._flushing = False
+
+    async def cancel(self, message_id: str, queue: str) -> bool:
+        """Remove a ready or scheduled message; True if it was removed."""
+        return bool(await self._run("admin", ["cancel", queue, message_id]))
+
+    # -- control channel -------------------------------------------------------------
+    async def send_control(self, command: dict[str, Any]) -> None:
+        """Broadcast ``command`` to every worker of this prefix (Redis pub/sub)."""
+        try:
+            await self._client().publish(self.key("control"), orjson.dumps(command))
+        except (RedisError, OSError) as exc:
+            raise broker_error(self._masked, exc) from None
+
+    async def control_messages(self, timeout: float) -> list[dict[str, Any]]:
+        """Commands received since this task's previous call, waiting up to ``timeout``."""
+        if self._control is None:
+            self._control = _ControlReader(self._client(), self.key("control"), self._masked)
+        return await self._control.read(timeout)
+
+    def forget_control_reader(self) -> None:
+        """Drop the current task's control cursor (a stopping worker calls this)."""
+        if self._control is not None:
+            self._control.forget()
+
+    # -- admin -----------------------------------------------------------------------
+    async def depth(self, queue: str) -> dict[str, int]:
+        """Counts of ``ready``, ``scheduled``, ``inflight`` and ``dead`` messages."""
+        ready, sched, inflight, dead = await self._run("admin", ["depth", queue])
+        return {"ready": ready, "scheduled": sched, "inflight": inflight, "dead": dead}
+
+    async def peek(self, queue: str, limit: int = 10) -> list[bytes]:
+        """Bodies of the next ready messages, in delivery order."""
+        r = self._client()
+        try:
+            ids: list[Any] = await r.zrange(self.key("q", queue, "ready"), 0, max(0, limit - 1))
+            async with r.pipeline(transaction=False) as pipe:
+                for i in ids:
+                    pipe.hget(self.key("m", i.decode()), "b")
+                bodies: list[bytes | None] = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise broker_error(self._masked, exc) from None
+        return [b for b in bodies if b is not None]
+
+    async def purge(self, queue: str) -> int:
+        """Drop every ready and scheduled message of ``queue``."""
+        return int(await self._run("admin", ["purge", queue]))
+
+    async def pause(self, queue: str) -> None:
+        """Stop delivering from ``queue``; publishing still works."""
+        try:
+            await self._client().sadd(self.key("paused"), queue)
+        except (RedisError, OSError) as exc:
+            raise broker_error(self._masked, exc) from None
+
+    async def resume(self, queue: str) -> None:
+        """Deliver from ``queue`` again (and wake idle consumers)."""
+        await self._run("admin", ["resume", queue])
+
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        """The dead-letter list of ``queue``, oldest first."""
+        r = self._client()
+        fields = ("b", "rs", "er", "ft", "dc", "p", "md", "st")
+        try:
+            ids: list[Any] = await r.lrange(self.key("q", queue, "dead"), 0, max(0, limit - 1))
+            async with r.pipeline(transaction=False) as pipe:
+                for i in ids:
+                    pipe.hmget(self.key("m", i.decode()), fields)
+                rows = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise broker_error(self._masked, exc) from None
+        return [
+            _dead_letter(i.decode(), queue, row)
+            for i, row in zip(ids, rows, strict=True)
+            if row[7] == b"d"
+        ]
+
+    async def replay(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Make dead letters ready again with a fresh delivery budget."""
+        return int(await self._run("admin", ["replay", queue, *(ids or ())]))
+
+
+def _dead_letter(mid: str, queue: str, row: list[bytes | None]) -> DeadLetter:
+    body, reason, error, failed_at, dc, pri, maxd, _ = row
+    return DeadLetter(
+        id=mid,
+        queue=queue,
+        body=body or b"",
+        reason=(reason or b"").decode(),
+        error=(error or b"").decode() or None,
+        failed_at=float(failed_at or 0),
+        delivery_count=int(dc or 0),
+        extra={"priority": int(pri or 0), "max_deliveries": int(maxd or 1)},
+    )
+
+
+def _consume(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _url_kwargs(parsed: BackendURL) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    if "prefix" in parsed.options:
+        kwargs["prefix"] = check_prefix(parsed.options["prefix"], parsed.masked)
+    if "lease" in parsed.options:
+        kwargs["lease"] = option_float(parsed, "lease", 30.0)
+    if "connect_timeout" in parsed.options:
+        kwargs["connect_timeout"] = option_float(parsed, "connect_timeout", 5.0)
+    return kwargs
+
+
+class _ControlReader:
+    """One pub/sub subscription feeding per-task cursors (like the memory broker's)."""
+
+    def __init__(self, client: aioredis.Redis, channel: str, masked: str) -> None:
+        self._client = client
+        self._channel = channel
+        self._masked = masked
+        self._log: list[dict[str, Any]] = []
+        self._base = 0  # absolute index of self._log[0]
+        self._cursors: dict[int, int] = {}
+        self._changed = asyncio.Event()
+        self._pubsub: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def _ensure(self) -> None:
+        if self._task is not None and not self._task.done():
+            return
+        async with self._lock:  # concurrent first readers share one subscription
+            if self._task is None or self._task.done():
+                await self._subscribe()
+
+    async def _subscribe(self) -> None:
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+        pubsub: Any = self._client.pubsub()
+        try:
+            await pubsub.subscribe(self._channel)
+            # Wait for the confirmation so a command sent after we return is not missed.
+            async with asyncio.timeout(10.0):
+                while True:
+                    msg = await pubsub.get_message(timeout=1.0)
+                    if msg is not None and msg.get("type") == "subscribe":
+                        break
+        except (RedisError, OSError, TimeoutError) as exc:
+            await pubsub.aclose()
+            raise broker_error(self._masked, exc) from None
+        self._pubsub = pubsub
+        self._task = asyncio.get_running_loop().create_task(self._listen(pubsub))
+
+    async def _listen(self, pubsub: Any) -> None:
+        try:
+            async for msg in pubsub.listen():
+                if msg.get("type") != "message":
+                    continue
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    command = orjson.loads(msg["data"])
+                    if isinstance(command, dict):
+                        self._append(command)
+        except (RedisError, OSError):
+            self._changed.set()  # readers return; the next read resubscribes
+
+    def _append(self, command: dict[str, Any]) -> None:
+        self._log.append(command)
+        if len(self._log) > 10_000:
+            del self._log[:5_000]
+            self._base += 5_000
+        self._changed.set()
+
+    async def read(self, timeout: float) -> list[dict[str, Any]]:
+        await self._ensure()
+        key = id(asyncio.current_task())
+        end = self._base + len(self._log)
+        cursor = max(self._cursors.setdefault(key, end), self._base)
+        if cursor == end and timeout > 0:
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
+        end = self._base + len(self._log)
+        self._cursors[key] = end
+        return self._log[cursor - self._base :]
+
+    def forget(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self._cursors.pop(id(asyncio.current_task()), None)
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+            self._pubsub = None

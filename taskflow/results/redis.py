@@ -1,0 +1,414 @@
+"""The Redis result store: task records as hashes, a Lua-enforced terminal rule, and
+push-based waiting over pub/sub.
+
+Keys (``P`` is ``{prefix}``, the same hash tag the broker uses):
+
+* ``P:r:<task id>``  HASH, one field per record field, each value JSON text. ``_x`` holds
+  the logical expiry (epoch seconds) next to the Redis TTL, so a test clock and Redis agree.
+* ``P:v:<key>``      HASH ``{v, x}`` for ``set_nx``/``get_value``/``incr`` values.
+* ``P:done:<id>``    pub/sub channel the terminal update publishes on; ``P:events`` too.
+
+The update script refuses to touch a terminal record, so two workers racing to finish the
+same task cannot overwrite each other. Waiters share one pub/sub connection per store: a
+thousand concurrent ``get()`` calls cost a thousand subscriptions, not a thousand sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, RedisError
+
+from ..brokers.redis import (
+    URL_OPTIONS,
+    broker_error,
+    check_prefix,
+    load_script,
+    redis_client,
+)
+from ..clock import SYSTEM_CLOCK, Clock
+from ..errors import ConfigError
+from ..urls import option_float, parse_url, reject_unknown
+from .base import ResultStore, StoreCapabilities, is_terminal
+
+__all__ = ["RedisResultStore"]
+
+_RECHECK = 10.0  # a waiter re-reads its record this often, in case a notice was lost
+
+
+class RedisResultStore(ResultStore):
+    """Result store on Redis. ``prefix`` must match the broker's to share a namespace."""
+
+    capabilities: ClassVar[StoreCapabilities] = StoreCapabilities(events=True)
+
+    def __init__(
+        self,
+        url: str = "redis://localhost:6379/0",
+        *,
+        prefix: str = "taskflow",
+        connect_timeout: float = 5.0,
+        clock: Clock | None = None,
+    ) -> None:
+        parsed = parse_url(url, "results")
+        if parsed.scheme not in ("redis", "rediss"):
+            raise ConfigError(f"RedisResultStore needs a redis:// URL, got {parsed.masked!r}")
+        if not connect_timeout > 0:
+            raise ConfigError(f"{parsed.masked}: connect_timeout must be positive")
+        self.url = url
+        self.prefix = check_prefix(prefix, parsed.masked)
+        self.connect_timeout = float(connect_timeout)
+        self.clock: Clock = clock or SYSTEM_CLOCK
+        self._masked = parsed.masked
+        self._client_url = parsed.without_query()
+        self._p = "{" + self.prefix + "}"
+        self._r: aioredis.Redis | None = None
+        self._scripts: dict[str, Any] = {}
+        self._listener: _DoneListener | None = None
+        self._pending: list[tuple[list[Any], asyncio.Future[dict[str, Any] | None]]] = []
+        self._flushing = False
+
+    @classmethod
+    def from_url(cls, url: str, *, clock: Clock | None = None) -> RedisResultStore:
+        """Build from a URL (accepts the broker's options too: they share the URL)."""
+        parsed = parse_url(url, "results")
+        reject_unknown(parsed, set(URL_OPTIONS))
+        kwargs: dict[str, Any] = {}
+        if "prefix" in parsed.options:
+            kwargs["prefix"] = parsed.options["prefix"]
+        if "connect_timeout" in parsed.options:
+            kwargs["connect_timeout"] = option_float(parsed, "connect_timeout", 5.0)
+        return cls(url, **kwargs, clock=clock)
+
+    def __repr__(self) -> str:
+        return f"<RedisResultStore {self._masked} prefix={self.prefix!r}>"
+
+    def key(self, *parts: str) -> str:
+        """A key in this store's namespace."""
+        return ":".join((self._p, *parts))
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def connect(self) -> None:
+        """Open the pool and check the server answers within the connect timeout."""
+        if self._r is not None:
+            return
+        client = redis_client(self._client_url, self.connect_timeout, None)
+        try:
+            await asyncio.wait_for(client.ping(), self.connect_timeout)
+        except (RedisError, OSError, TimeoutError) as exc:
+            await client.aclose()
+            raise broker_error(self._masked, exc) from None
+        self._r = client
+        self._scripts = {
+            name: client.register_script(load_script(name))
+            for name in ("result_update", "result_value")
+        }
+
+    async def close(self) -> None:
+        """Close the pool and the waiters' subscription. Idempotent."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.close()
+        client, self._r = self._r, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    def _client(self) -> aioredis.Redis:
+        if self._r is None:
+            raise broker_error(self._masked, RuntimeError("result store is not connected"))
+        return self._r
+
+    async def _call(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except (RedisError, OSError) as exc:
+            raise broker_error(self._masked, exc) from None
+
+    # -- records ---------------------------------------------------------------------
+    def _decode(self, raw: Any) -> dict[str, Any] | None:
+        if not raw:
+            return None
+        if isinstance(raw, list):
+            raw = dict(zip(raw[::2], raw[1::2], strict=True))
+        expires = raw.pop(b"_x", None)
+        if expires is not None and float(expires) <= self.clock.time():
+            return None
+        return {k.decode(): orjson.loads(v) for k, v in raw.items()}
+
+    async def get(self, task_id: str) -> dict[str, Any] | None:
+        """The record, or None."""
+        return self._decode(await self._call(self._client().hgetall(self.key("r", task_id))))
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        """Records for ``task_ids`` in one round trip."""
+        r = self._client()
+        async with r.pipeline(transaction=False) as pipe:
+            for tid in task_ids:
+                pipe.hgetall(self.key("r", tid))
+            rows = await self._call(pipe.execute())
+        return [self._decode(row) for row in rows]
+
+    def _update_args(
+        self, task_id: str, changes: Mapping[str, Any], ttl: float | None
+    ) -> list[Any]:
+        args: list[Any] = [
+            self.key("r", task_id),
+            repr(self.clock.time()),
+            "" if ttl is None else repr(float(ttl)),
+            self.key("done", task_id),
+            orjson.dumps(task_id),
+            len(changes),
+        ]
+        for field, value in changes.items():
+            args += [field, orjson.dumps(value)]
+        return args
+
+    async def update(
+        self, task_id: str, changes: Mapping[str, Any], ttl: float | None
+    ) -> dict[str, Any] | None:
+        """Merge ``changes`` atomically; None (nothing written) if the record is terminal.
+
+        Updates made concurrently (a worker's slots finishing together) are coalesced
+        into one pipelined round trip; each stays its own atomic script call.
+        """
+        self._client()
+        fut: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        self._pending.append((self._update_args(task_id, changes, ttl), fut))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(self._start_flush)
+        return await fut
+
+    def _start_flush(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._flush())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[:500], self._pending[500:]
+                try:
+                    rows = await self._eval_many([args for args, _ in batch])
+                except BaseException as exc:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                for (_, fut), row in zip(batch, rows, strict=True):
+                    if not fut.done():
+                        fut.set_result(self._decode(row))
+        finally:
+            self._flushing = False
+
+    async def _eval_many(self, calls: Sequence[list[Any]]) -> list[Any]:
+        r = self._client()
+        script = self._scripts["result_update"]
+        if len(calls) == 1:
+            return [await self._call(script(args=calls[0]))]
+        for attempt in range(2):
+            # Plain EVALSHA in the pipeline: redis-py's pipelined Script objects would
+            # add a SCRIPT EXISTS round trip to every call.
+            async with r.pipeline(transaction=False) as pipe:
+                for args in calls:
+                    pipe.evalsha(script.sha, 0, *args)
+                try:
+                    return list(await pipe.execute())
+                except NoScriptError as exc:  # flushed by a restart: load and go again
+                    if attempt:
+                        raise broker_error(self._masked, exc) from None
+                    await self._call(r.script_load(load_script("result_update")))
+                except (RedisError, OSError) as exc:
+                    raise broker_error(self._masked, exc) from None
+        raise AssertionError("unreachable")
+
+    async def update_many(
+        self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None
+    ) -> list[dict[str, Any] | None]:
+        """Many updates in one pipelined round trip (each one still atomic)."""
+        self._client()
+        rows = await self._eval_many([self._update_args(t, c, ttl) for t, c in items])
+        return [self._decode(row) for row in rows]
+
+    async def delete(self, task_id: str) -> bool:
+        """Forget a record."""
+        record = await self.get(task_id)
+        deleted = await self._call(self._client().delete(self.key("r", task_id)))
+        return bool(deleted) and record is not None
+
+    async def wait(self, task_id: str, timeout: float | None) -> dict[str, Any] | None:
+        """Wait for a terminal record, woken by the terminal update's pub/sub notice."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        if self._listener is None:
+            self._listener = _DoneListener(self._client(), self._masked)
+        channel = self.key("done", task_id).encode()
+        while True:
+            fut = await self._listener.watch(channel)
+            try:
+                record = await self.get(task_id)
+                if is_terminal(record):
+                    return record
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    return None
+                wait = _RECHECK if remaining is None else min(remaining, _RECHECK)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(fut), wait)
+            finally:
+                await self._listener.unwatch(channel, fut)
+
+    # -- small values ----------------------------------------------------------------
+    async def _value(self, key: str, action: str, arg: str, ttl: float | None) -> Any:
+        self._client()
+        args = [
+            self.key("v", key),
+            repr(self.clock.time()),
+            action,
+            arg,
+            "" if ttl is None else repr(float(ttl)),
+        ]
+        return await self._call(self._scripts["result_value"](args=args))
+
+    async def set_nx(self, key: str, value: str, ttl: float | None) -> str | None:
+        """Set ``key`` if absent (returns None), else return the existing value."""
+        current = await self._value(key, "set_nx", value, ttl)
+        return None if current is None else bytes(current).decode()
+
+    async def get_value(self, key: str) -> str | None:
+        """The value of ``key``, or None."""
+        current = await self._value(key, "get", "", None)
+        return None if current is None else bytes(current).decode()
+
+    async def delete_value(self, key: str) -> None:
+        """Delete ``key``."""
+        await self._call(self._client().delete(self.key("v", key)))
+
+    async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        """Atomically add ``amount``; ``ttl`` (None: no expiry) restarts on every call."""
+        return int(await self._value(key, "incr", str(int(amount)), ttl))
+
+    # -- events ----------------------------------------------------------------------
+    async def publish_event(self, event: Mapping[str, Any]) -> None:
+        """Publish a task event to every ``subscribe_events`` reader of this prefix."""
+        payload = orjson.dumps(dict(event), default=str)
+        await self._call(self._client().publish(self.key("events"), payload))
+
+    async def subscribe_events(self) -> AsyncIterator[dict[str, Any]]:
+        """Events published by any process on this prefix, until the caller stops."""
+        pubsub: Any = self._client().pubsub(ignore_subscribe_messages=True)
+        try:
+            await self._call(pubsub.subscribe(self.key("events")))
+            async for msg in pubsub.listen():
+                if msg.get("type") == "message":
+                    yield orjson.loads(msg["data"])
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+
+class _DoneListener:
+    """One pub/sub connection shared by every waiter of a store."""
+
+    def __init__(self, client: aioredis.Redis, masked: str) -> None:
+        self._client = client
+        self._masked = masked
+        self._pubsub: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._waiters: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._confirm: dict[bytes, asyncio.Future[None]] = {}
+
+    async def watch(self, channel: bytes) -> asyncio.Future[None]:
+        """A future resolved by the next notice on ``channel`` (subscribed on return)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.get(channel)
+        if waiters is not None:
+            waiters.append(fut)
+            confirm = self._confirm.get(channel)
+            if confirm is not None:
+                await asyncio.shield(confirm)
+            return fut
+        self._waiters[channel] = [fut]
+        confirm = self._confirm[channel] = asyncio.get_running_loop().create_future()
+        try:
+            await self._subscribe(channel)
+            await asyncio.wait_for(asyncio.shield(confirm), 10.0)
+        except BaseException:
+            await self.unwatch(channel, fut)
+            raise
+        return fut
+
+    async def _subscribe(self, channel: bytes) -> None:
+        try:
+            if self._pubsub is None:
+                self._pubsub = self._client.pubsub()
+            await self._pubsub.subscribe(channel)
+        except (RedisError, OSError) as exc:
+            raise broker_error(self._masked, exc) from None
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._listen(self._pubsub))
+
+    async def unwatch(self, channel: bytes, fut: asyncio.Future[None]) -> None:
+        """Forget ``fut``; the last waiter of a channel unsubscribes."""
+        waiters = self._waiters.get(channel)
+        if waiters is None or fut not in waiters:
+            return
+        waiters.remove(fut)
+        if not waiters:
+            del self._waiters[channel]
+            self._confirm.pop(channel, None)
+            if self._pubsub is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._pubsub.unsubscribe(channel)
+
+    async def _listen(self, pubsub: Any) -> None:
+        try:
+            while pubsub.subscribed or self._waiters:
+                msg = await pubsub.get_message(timeout=1.0)
+                if msg is not None:
+                    self._dispatch(msg)
+        except (RedisError, OSError):
+            # Wake everybody: each waiter re-reads its record and subscribes again.
+            self._pubsub = None
+            self._fail_all()
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        channel = msg.get("channel")
+        if not isinstance(channel, bytes):
+            return
+        if msg.get("type") == "subscribe":
+            confirm = self._confirm.pop(channel, None)
+            if confirm is not None and not confirm.done():
+                confirm.set_result(None)
+        elif msg.get("type") == "message":
+            for fut in self._waiters.get(channel, ()):
+                if not fut.done():
+                    fut.set_result(None)
+
+    def _fail_all(self) -> None:
+        for channel, waiters in list(self._waiters.items()):
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            confirm = self._confirm.pop(channel, None)
+            if confirm is not None and not confirm.done():
+                confirm.set_result(None)
+        self._waiters.clear()
+
+    async def close(self) -> None:
+        """Stop the reader and close the connection."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._fail_all()
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+            self._pubsub = None

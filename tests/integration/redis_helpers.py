@@ -1,0 +1,149 @@
+"""Helpers for the Redis integration tests: worker subprocesses and private servers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.conftest import require_service
+
+ROOT = Path(__file__).resolve().parents[2]
+APP_SPEC = "tests.integration.redis_worker_app:app"
+
+
+def shared_url(lease: float) -> tuple[str, str]:
+    """A URL on the shared server with a fresh prefix, and that prefix."""
+    require_service("redis", "127.0.0.1", 6379)
+    prefix = f"tfit{uuid.uuid4().hex[:10]}"
+    return f"redis://127.0.0.1:6379/0?prefix={prefix}&lease={lease}", prefix
+
+
+def drop_prefix(url: str, prefix: str) -> None:
+    """Delete every key the test created."""
+    client = redis.Redis.from_url(url.split("?", 1)[0])
+    try:
+        for pattern in (f"{{{prefix}}}:*", f"{prefix}:*"):
+            for key in client.scan_iter(match=pattern, count=1000):
+                client.delete(key)
+    finally:
+        client.close()
+
+
+def runs(url: str, prefix: str, task_id: str) -> list[int]:
+    """Pids of the processes that ran ``task_id`` (in order)."""
+    client = redis.Redis.from_url(url.split("?", 1)[0])
+    try:
+        return [int(x) for x in client.lrange(f"{prefix}:runs:{task_id}", 0, -1)]
+    finally:
+        client.close()
+
+
+def start_worker(url: str, concurrency: int = 2) -> subprocess.Popen[bytes]:
+    """``taskflow worker`` for the integration app, in its own process."""
+    env = {**os.environ, "TASKFLOW_BROKER_URL": url, "PYTHONPATH": str(ROOT)}
+    command = [
+        sys.executable,
+        "-m",
+        "taskflow.cli.main",
+        "worker",
+        "-A",
+        APP_SPEC,
+        "-c",
+        str(concurrency),
+        "--loglevel",
+        "warning",
+    ]
+    return subprocess.Popen(command, cwd=ROOT, env=env)
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Stop a worker process (SIGKILL if it does not go within 20 s)."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def wait_until(predicate: object, timeout: float, what: str) -> None:
+    """Poll ``predicate`` (a callable) every 50 ms until true; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def private_redis(data_dir: Path) -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
+    """A redis-server of our own (so we may restart it); yields (port, [process])."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    procs = [start_redis(port, data_dir)]
+    try:
+        yield port, procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+
+
+def start_redis(port: int, data_dir: Path) -> subprocess.Popen[bytes]:
+    """Start redis-server on ``port`` with an fsync-always AOF in ``data_dir`` (so a
+    restart keeps the data) and wait until it answers."""
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            str(data_dir),
+            "--bind",
+            "127.0.0.1",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    try:
+        wait_until(lambda: _pings(client), 10, f"redis-server on port {port}")
+    finally:
+        client.close()
+    return proc
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False

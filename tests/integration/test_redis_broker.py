@@ -1,0 +1,123 @@
+"""The Redis broker and result store under a real App (in-process worker, real server)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from taskflow import App
+from taskflow.brokers.redis import RedisBroker
+from taskflow.errors import BrokerError, ConfigError, QueueFull
+from taskflow.results.redis import RedisResultStore
+from tests.integration.redis_helpers import drop_prefix, free_port, shared_url
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    address, prefix = shared_url(lease=5)
+    yield address
+    drop_prefix(address, prefix)
+
+
+def test_a_task_round_trips_through_redis_with_its_result(url: str) -> None:
+    with App("rt", broker=url) as app:
+
+        @app.task
+        def add(x: int, y: int) -> int:
+            return x + y
+
+        with app.worker(concurrency=4):
+            assert add.delay(2, 3).get(timeout=10) == 5
+            results = app.enqueue_many([add.s(i, i) for i in range(50)])
+            assert [r.get(timeout=10) for r in results] == [i * 2 for i in range(50)]
+            assert results[0].info().attempts == 1
+
+
+def test_an_idle_worker_picks_up_a_task_within_milliseconds(url: str) -> None:
+    with App("idle", broker=url) as app:
+
+        @app.task
+        async def stamp() -> float:
+            return time.time()
+
+        with app.worker(concurrency=2):
+            stamp.delay().get(timeout=10)  # warm up
+            latencies = []
+            for _ in range(20):
+                time.sleep(0.05)  # let the worker go idle (blocked in its fetch)
+                sent = time.time()
+                latencies.append(stamp.delay().get(timeout=10) - sent)
+    latencies.sort()
+    assert latencies[len(latencies) // 2] < 0.02, latencies
+
+
+def test_a_two_hour_countdown_sits_in_the_redis_schedule_not_in_a_worker(url: str) -> None:
+    with App("later", broker=url) as app:
+
+        @app.task
+        def later() -> None: ...
+
+        with app.worker(concurrency=1) as worker:
+            result = later.apply_async(countdown=7200)
+            broker = app.broker
+            assert isinstance(broker, RedisBroker)
+            client = redis.Redis.from_url(url.split("?", 1)[0])
+            try:
+                score = client.zscore(broker.key("q", "default", "sched"), result.id)
+            finally:
+                client.close()
+            assert score is not None and score > time.time() + 7000
+            assert worker.stats()["buffered"] == 0
+            assert result.status.value == "scheduled"
+
+
+def test_a_full_bounded_queue_refuses_the_whole_batch(url: str) -> None:
+    with App("full", broker=url, max_queued=3) as app:
+
+        @app.task
+        def noop() -> None: ...
+
+        app.enqueue_many([noop.s(), noop.s()])
+        with pytest.raises(QueueFull):
+            app.enqueue_many([noop.s(), noop.s()])
+        broker = app.broker
+        assert isinstance(broker, RedisBroker)
+        assert app._call(broker.depth("default"))["ready"] == 2
+
+
+def test_an_unreachable_server_raises_broker_error_naming_the_masked_url() -> None:
+    port = free_port()
+    url = f"redis://user:secret@127.0.0.1:{port}/0?connect_timeout=1"
+    with App("down", broker=url) as app:
+
+        @app.task
+        def noop() -> None: ...
+
+        started = time.monotonic()
+        with pytest.raises(BrokerError) as info:
+            noop.delay()
+    assert time.monotonic() - started < 3
+    assert "***" in str(info.value) and "secret" not in str(info.value)
+    assert f"127.0.0.1:{port}" in str(info.value)
+
+
+def test_url_options_configure_both_backends_and_unknown_ones_are_rejected() -> None:
+    broker = RedisBroker.from_url("redis://localhost:6379/0?lease=7&prefix=shop")
+    assert (broker.lease, broker.prefix) == (7.0, "shop")
+    store = RedisResultStore.from_url("redis://localhost:6379/0?lease=7&prefix=shop")
+    assert store.prefix == "shop"
+    with pytest.raises(ConfigError) as info:
+        RedisBroker.from_url("redis://:pw@localhost:6379/0?leese=7")
+    assert "leese" in str(info.value) and "pw" not in str(info.value)
+    with pytest.raises(ConfigError):
+        RedisBroker.from_url("redis://localhost:6379/0?prefix=a{b}")
+    app = App("derived", broker="redis://localhost:6379/0?prefix=shop")
+    try:
+        assert isinstance(app.results, RedisResultStore) and app.results.prefix == "shop"
+    finally:
+        app.close()
