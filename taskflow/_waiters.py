@@ -77,8 +77,11 @@ async def wait_future(fut: asyncio.Future[None], timeout: float | None) -> bool:
     """Wait for ``fut`` up to ``timeout`` seconds; True if it fired."""
     if fut.done():
         return True
+    # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that arrives
+    # just as ``fut`` resolves, and the cancelled caller (a worker's fetch) runs on forever.
     try:
-        await asyncio.wait_for(fut, timeout)
+        async with asyncio.timeout(timeout):
+            await fut
     except TimeoutError:
         return False
     return True

@@ -33,6 +33,9 @@ class StoreCapabilities:
 
     events: bool = False
     """``publish_event`` reaches ``subscribe_events`` in other processes."""
+    atomic_create: bool = False
+    """``create_many`` is atomic per record, so enqueue may write records and publish at
+    the same time (a worker's later update can never be overwritten by the queued one)."""
 
 
 def _ts(value: Any) -> datetime | None:
@@ -112,6 +115,22 @@ class ResultStore(abc.ABC):
     ) -> list[dict[str, Any] | None]:
         """:meth:`update` for many records (stores override to batch)."""
         return [await self.update(tid, changes, ttl) for tid, changes in items]
+
+    async def create_many(
+        self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None
+    ) -> list[bool]:
+        """Write each record only where none exists yet; True where written.
+
+        The default (get, then update) is not atomic; stores that override it atomically
+        declare ``capabilities.atomic_create``.
+        """
+        written = []
+        for task_id, record in items:
+            fresh = await self.get(task_id) is None
+            if fresh:
+                await self.update(task_id, record, ttl)
+            written.append(fresh)
+        return written
 
     @abc.abstractmethod
     async def delete(self, task_id: str) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from .._waiters import Waiters, wait_future
@@ -20,7 +20,7 @@ class MemoryResultStore(ResultStore):
     ``max_entries``: when more records exist, the oldest *terminal* ones are dropped.
     """
 
-    capabilities: ClassVar[StoreCapabilities] = StoreCapabilities(events=False)
+    capabilities: ClassVar[StoreCapabilities] = StoreCapabilities(atomic_create=True)
 
     def __init__(self, *, max_entries: int | None = None, clock: Clock | None = None) -> None:
         self.url = "memory://"
@@ -96,6 +96,24 @@ class MemoryResultStore(ResultStore):
         if waiters is not None:
             waiters.notify_all()
         return result
+
+    async def create_many(
+        self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None
+    ) -> list[bool]:
+        """Write records that do not exist yet, atomically."""
+        out = []
+        with self._lock:
+            now = self.clock.time()
+            for task_id, record in items:
+                fresh = self._live(task_id, now) is None
+                if fresh:
+                    self._records[task_id] = {"id": task_id, **record}
+                    if ttl is not None:
+                        self._expiry[task_id] = now + ttl
+                out.append(fresh)
+            if self.max_entries is not None and len(self._records) > self.max_entries:
+                self._evict(now)
+        return out
 
     def _evict(self, now: float) -> None:
         assert self.max_entries is not None

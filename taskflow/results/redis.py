@@ -44,7 +44,7 @@ _RECHECK = 10.0  # a waiter re-reads its record this often, in case a notice was
 class RedisResultStore(ResultStore):
     """Result store on Redis. ``prefix`` must match the broker's to share a namespace."""
 
-    capabilities: ClassVar[StoreCapabilities] = StoreCapabilities(events=True)
+    capabilities: ClassVar[StoreCapabilities] = StoreCapabilities(events=True, atomic_create=True)
 
     def __init__(
         self,
@@ -105,7 +105,7 @@ class RedisResultStore(ResultStore):
         self._r = client
         self._scripts = {
             name: client.register_script(load_script(name))
-            for name in ("result_update", "result_value")
+            for name in ("result_update", "result_value", "result_create")
         }
 
     async def close(self) -> None:
@@ -225,6 +225,32 @@ class RedisResultStore(ResultStore):
                 except (RedisError, OSError) as exc:
                     raise broker_error(self._masked, exc) from None
         raise AssertionError("unreachable")
+
+    async def create_many(
+        self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None
+    ) -> list[bool]:
+        """Write records that do not exist yet: one script call for the whole batch."""
+        self._client()
+        if not items:
+            return []
+        args: list[Any] = [len(items)]
+        for task_id, record in items:
+            fields = {"id": task_id, **record}
+            if ttl is not None:
+                fields["_x"] = self.clock.time() + ttl
+            args += [self.key("r", task_id), len(fields)]
+            for field, value in fields.items():
+                args += [field, orjson.dumps(value)]
+        written = await self._call(self._scripts["result_create"](args=args))
+        if ttl is not None:
+            await self._call(self._expire_many([t for t, _ in items], ttl))
+        return [bool(w) for w in written]
+
+    async def _expire_many(self, task_ids: list[str], ttl: float) -> Any:
+        async with self._client().pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.pexpire(self.key("r", task_id), max(1, int(ttl * 1000)))
+            return await pipe.execute()
 
     async def update_many(
         self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None

@@ -1,0 +1,224 @@
+"""Benchmark of the NATS JetStream backend: enqueue rate, drain rate and pickup latency.
+
+Run from the project root (as a module)::
+
+    python -m bench.nats [--tasks 20000] [--url nats://127.0.0.1:4222]
+                         [--prefix taskflow-bench] [--samples 200] [--slots 8]
+
+The same workload as ``bench/redis.py``: no-op tasks, results in JetStream KV (stored) or
+not (fire and forget).
+
+* enqueue rate with a ``delay()`` loop and with ``enqueue_many`` (batches of 1,000);
+* drain rate with 1 worker process x ``--slots`` and with 2 processes: the queue is paused,
+  filled, then resumed, and the clock runs until every message was acked;
+* pickup latency p50/p99: the time from sending to the task body starting, on an idle
+  worker (the body publishes its start time on a core NATS subject).
+
+Workers are real ``taskflow worker`` processes started by this script. The prefix's
+streams and buckets are deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+
+from taskflow import App
+
+URL = os.environ.get("BENCH_URL", "nats://127.0.0.1:4222?prefix=taskflow-bench")
+ROOT = Path(__file__).resolve().parents[1]
+STAMPS = "bench.stamps"
+
+app = App("bench", broker=URL)
+_nc: Client | None = None
+
+
+@app.task(name="bench.noop")
+async def noop() -> None:
+    """Does nothing (result stored)."""
+
+
+@app.task(name="bench.noop_fire", store_result=False)
+async def noop_fire() -> None:
+    """Does nothing (fire and forget)."""
+
+
+@app.task(name="bench.stamp", store_result=False)
+async def stamp(subject: str) -> None:
+    """Publish the time the body started, for the latency measurement."""
+    global _nc
+    started = time.time()
+    if _nc is None:
+        _nc = await nats.connect(URL.split("?", 1)[0])
+    await _nc.publish(subject, repr(started).encode())
+    await _nc.flush()
+
+
+def _worker(url: str, slots: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "BENCH_URL": url, "PYTHONPATH": str(ROOT)}
+    command = [
+        sys.executable, "-m", "taskflow.cli.main", "worker", "-A", "bench.nats:app",
+        "-c", str(slots), "--loglevel", "warning",
+    ]  # fmt: skip
+    return subprocess.Popen(command, cwd=ROOT, env=env)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        proc.wait(30)
+
+
+def _depth(bench: App) -> dict[str, int]:
+    return bench._call(bench.broker.depth("default"))  # type: ignore[attr-defined]
+
+
+def _warm(bench: App, processes: int) -> None:
+    """Wait until the workers run tasks (one round trip per process, then a margin)."""
+    for _ in range(processes):
+        bench.send_task("bench.noop").get(timeout=30)
+    time.sleep(1.0)
+
+
+def enqueue_rates(bench: App, tasks: int) -> list[tuple[str, float]]:
+    """Tasks per second with a delay() loop and with enqueue_many, stored or not."""
+    rows = []
+    for label, name in (("stored", "bench.noop"), ("no result", "bench.noop_fire")):
+        task: Any = bench.registry.get(name)
+        started = time.perf_counter()
+        for _ in range(tasks):
+            task.delay()
+        rows.append((f"enqueue delay() loop ({label})", tasks / (time.perf_counter() - started)))
+        bench._call(bench.broker.purge("default"))  # type: ignore[attr-defined]
+        started = time.perf_counter()
+        for _ in range(0, tasks, 1000):
+            bench.enqueue_many([task.s() for _ in range(1000)])
+        rows.append((f"enqueue_many ({label})", tasks / (time.perf_counter() - started)))
+        bench._call(bench.broker.purge("default"))  # type: ignore[attr-defined]
+    return rows
+
+
+def drain_rate(bench: App, url: str, tasks: int, processes: int, slots: int, task: Any) -> float:
+    """Tasks per second drained by ``processes`` worker processes."""
+    procs = [_worker(url, slots) for _ in range(processes)]
+    try:
+        _warm(bench, processes)
+        bench._call(bench.broker.pause("default"))  # type: ignore[attr-defined]
+        for _ in range(0, tasks, 1000):
+            bench.enqueue_many([task.s() for _ in range(1000)])
+        started = time.perf_counter()
+        bench._call(bench.broker.resume("default"))  # type: ignore[attr-defined]
+        while True:
+            depth = _depth(bench)
+            if depth["ready"] + depth["inflight"] + depth["scheduled"] == 0:
+                break
+            time.sleep(0.005)
+        return tasks / (time.perf_counter() - started)
+    finally:
+        _stop(procs)
+
+
+async def _collect(server: str, subject: str, box: asyncio.Queue[float]) -> Client:
+    nc = await nats.connect(server)
+
+    async def on_stamp(msg: Any) -> None:
+        box.put_nowait(float(msg.data))
+
+    await nc.subscribe(subject, cb=on_stamp)
+    await nc.flush()
+    return nc
+
+
+def pickup_latency(bench: App, url: str, samples: int, slots: int) -> tuple[float, float]:
+    """p50 and p99 seconds from delay() to the body starting on an idle worker."""
+    procs = [_worker(url, slots)]
+    box: asyncio.Queue[float] = asyncio.Queue()
+    nc = bench._call(_collect(url.split("?", 1)[0], STAMPS, box))
+    latencies = []
+    try:
+        _warm(bench, 1)
+        for i in range(samples + 10):
+            time.sleep(0.01)  # idle: the worker is blocked in its fetch
+            sent = time.time()
+            bench.send_task("bench.stamp", args=(STAMPS,))
+            started = bench._call(asyncio.wait_for(box.get(), 10))
+            if i >= 10:  # the first few warm the worker up
+                latencies.append(started - sent)
+    finally:
+        _stop(procs)
+        bench._call(nc.close())
+    latencies.sort()
+    return statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1]
+
+
+async def _drop(server: str, prefix: str) -> None:
+    nc = await nats.connect(server)
+    js = nc.jetstream()
+    for name in ("WORK", "DELAY", "DLQ"):
+        with contextlib.suppress(Exception):
+            await js.delete_stream(f"TF_{prefix}_{name}")
+    for bucket in ("STATE", "RESULTS"):
+        with contextlib.suppress(Exception):
+            await js.delete_stream(f"KV_TF_{prefix}_{bucket}")
+    await nc.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--url", default="nats://127.0.0.1:4222")
+    parser.add_argument("--prefix", default="taskflow-bench")
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--slots", type=int, default=8)
+    args = parser.parse_args()
+    url = f"{args.url}?prefix={args.prefix}"
+    global app, URL
+    URL = url
+    app = App("bench", broker=url)
+    for t in (noop, noop_fire, stamp):
+        app.registry.add(type(t)(app, t.fn, t.name, t.options))
+    rows: list[tuple[str, str]] = []
+    app._call(app._connect())
+    try:
+        for label, rate in enqueue_rates(app, args.tasks):
+            rows.append((label, f"{rate:,.0f} tasks/s"))
+        for label, name in (("stored", "bench.noop"), ("no result", "bench.noop_fire")):
+            for processes in (1, 2):
+                task = app.registry.get(name)
+                rate = drain_rate(app, url, args.tasks, processes, args.slots, task)
+                rows.append(
+                    (
+                        f"drain {processes} proc x {args.slots} slots ({label})",
+                        f"{rate:,.0f} tasks/s",
+                    )
+                )
+        p50, p99 = pickup_latency(app, url, args.samples, args.slots)
+        rows.append(
+            ("pickup latency p50 / p99 (delay)", f"{p50 * 1000:.2f} ms / {p99 * 1000:.2f} ms")
+        )
+    finally:
+        app.close()
+        asyncio.run(_drop(args.url, args.prefix))
+    width = max(len(label) for label, _ in rows)
+    print(f"taskflow nats benchmark: {args.tasks:,} no-op tasks, {args.url}")
+    for label, value in rows:
+        print(f"  {label:<{width}}  {value}")
+    _ = json
+
+
+if __name__ == "__main__":
+    main()

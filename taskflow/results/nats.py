@@ -1,0 +1,324 @@
+"""Result store on a JetStream key-value bucket (``nats://host:4222?prefix=shop``).
+
+One bucket, ``TF_<prefix>_RESULTS`` (history 1), holds task records under ``r.<id>`` and
+the small values of ``set_nx``/``incr`` under ``v.<key>``. Every write is a
+compare-and-set on the key's revision (``create`` when absent), which is how ``update``
+enforces "a terminal record never changes" and how ``incr`` stays atomic.
+
+TTLs: nats-server 2.9 only expires whole buckets (``max_age``), not single keys, while
+``result_ttl`` applies to terminal records only (queued and running ones are kept). So each
+stored value carries its own expiry time and is treated as absent once it passed (exact
+semantics on every read and CAS). Physical clean-up is the bucket's ``max_age``, set by the
+``max_age`` option (seconds; default none): choose it at least as long as the longest
+``result_ttl`` plus the longest time a task may wait in a queue, since it also drops old
+non-terminal records. nats-server 2.11 has per-message TTLs (``Nats-TTL``), which would
+make both exact and physical.
+
+``wait`` watches the record's key (a server-side push of every revision, no polling);
+``publish_event`` is a core NATS publish on ``<prefix>.events``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+from nats.aio.client import Client
+from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
+
+from ..brokers.nats import connect_nats, stream_name, subject_token
+from ..clock import SYSTEM_CLOCK, Clock
+from ..errors import BrokerError, ConfigError
+from ..urls import option_float, parse_url, reject_unknown
+from .base import ResultStore, StoreCapabilities, is_terminal
+
+__all__ = ["NatsResultStore"]
+
+_KEY = re.compile(r"[-_=A-Za-z0-9]+")
+_TIMEOUT = 5.0
+URL_OPTIONS = ("prefix", "lease", "connect_timeout", "max_age")
+
+
+def _key(kind: str, name: str) -> str:
+    """A valid KV key: plain names kept, others hex-encoded under their own kind."""
+    return f"{kind}.{name}" if _KEY.fullmatch(name) else f"{kind}x.{name.encode().hex()}"
+
+
+class NatsResultStore(ResultStore):
+    """Task records, counters and keys in JetStream KV; events over core NATS."""
+
+    capabilities: ClassVar[StoreCapabilities] = StoreCapabilities(events=True, atomic_create=True)
+
+    def __init__(
+        self,
+        url: str = "nats://127.0.0.1:4222",
+        *,
+        prefix: str = "taskflow",
+        connect_timeout: float = 5.0,
+        max_age: float | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        parsed = parse_url(url, "results")
+        if parsed.scheme != "nats":
+            raise ConfigError(f"NatsResultStore needs a nats:// URL, got {parsed.masked!r}")
+        if not prefix:
+            raise ConfigError(f"{parsed.masked}: prefix must not be empty")
+        self.url = url
+        self.prefix = prefix
+        self.connect_timeout = float(connect_timeout)
+        self.max_age = max_age
+        self.clock: Clock = clock or SYSTEM_CLOCK
+        self.bucket = f"TF_{stream_name(prefix)}_RESULTS"
+        self.events_subject = f"{subject_token(prefix)}.events"
+        self._masked = parsed.masked
+        self._server = parsed.without_query()
+        self._nc: Client | None = None
+        self._kv: KeyValue | None = None
+
+    @classmethod
+    def from_url(cls, url: str, *, clock: Clock | None = None) -> NatsResultStore:
+        """Build from a URL (accepts the broker's options too: they share the URL)."""
+        parsed = parse_url(url, "results")
+        reject_unknown(parsed, set(URL_OPTIONS))
+        max_age = option_float(parsed, "max_age", 0.0) or None
+        return cls(
+            url,
+            prefix=parsed.options.get("prefix", "taskflow"),
+            connect_timeout=option_float(parsed, "connect_timeout", 5.0),
+            max_age=max_age,
+            clock=clock,
+        )
+
+    def __repr__(self) -> str:
+        return f"<NatsResultStore {self._masked} prefix={self.prefix!r}>"
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def connect(self) -> None:
+        """Connect and create the bucket if missing (BrokerError within a bound)."""
+        if self._nc is not None:
+            return
+        self._nc = await connect_nats(self._server, self._masked, self.connect_timeout)
+        js = self._nc.jetstream()
+        try:
+            try:
+                self._kv = await self._call(js.key_value(self.bucket))
+            except (BrokerError, NotFoundError):
+                self._kv = await self._call(
+                    js.create_key_value(bucket=self.bucket, history=1, ttl=self.max_age)
+                )
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Close the connection. Idempotent."""
+        nc, self._nc, self._kv = self._nc, None, None
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), 5.0)
+
+    def _bucket(self) -> KeyValue:
+        if self._kv is None:
+            raise BrokerError(f"NATS result store {self._masked} is not connected")
+        return self._kv
+
+    async def _call(self, coro: Any) -> Any:
+        try:
+            return await asyncio.wait_for(coro, _TIMEOUT)
+        except (BrokerError, NotFoundError, KeyWrongLastSequenceError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise BrokerError(f"NATS {self._masked}: {type(exc).__name__}: {exc}") from exc
+
+    # -- stored values with their own expiry -----------------------------------------
+    async def _read(self, key: str) -> tuple[Any, int | None]:
+        """(value, revision): value None when absent or expired; revision None if absent."""
+        try:
+            entry = await self._call(self._bucket().get(key))
+        except NotFoundError:
+            return None, None
+        if not entry.value:
+            return None, entry.revision
+        stored = json.loads(entry.value)
+        expires = stored.get("x")
+        if expires is not None and expires <= self.clock.time():
+            return None, entry.revision
+        return stored.get("v"), entry.revision
+
+    async def _write(self, key: str, value: Any, ttl: float | None, revision: int | None) -> bool:
+        """Compare-and-set; False if someone else wrote first."""
+        expires = None if ttl is None else self.clock.time() + ttl
+        data = json.dumps({"v": value, "x": expires}, separators=(",", ":")).encode()
+        kv = self._bucket()
+        try:
+            if revision is None:
+                await self._call(kv.create(key, data))
+            else:
+                await self._call(kv.update(key, data, last=revision))
+        except (KeyWrongLastSequenceError, NotFoundError):
+            return False
+        except BrokerError as exc:
+            if "wrong last sequence" in str(exc):
+                return False
+            raise
+        return True
+
+    # -- records ---------------------------------------------------------------------
+    async def get(self, task_id: str) -> dict[str, Any] | None:
+        """The record, or None."""
+        value, _ = await self._read(_key("r", task_id))
+        return dict(value) if value is not None else None
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        """Records for ``task_ids``, read concurrently."""
+        return list(await asyncio.gather(*(self.get(tid) for tid in task_ids)))
+
+    async def update(
+        self, task_id: str, changes: Mapping[str, Any], ttl: float | None
+    ) -> dict[str, Any] | None:
+        """Merge with compare-and-set; None (nothing written) once the record is terminal."""
+        key = _key("r", task_id)
+        while True:
+            current, revision = await self._read(key)
+            if is_terminal(current):
+                return None
+            record = {"id": task_id} if current is None else dict(current)
+            record.update(changes)
+            if await self._write(key, record, ttl, revision):
+                return record
+
+    async def update_many(
+        self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None
+    ) -> list[dict[str, Any] | None]:
+        """:meth:`update` for many records, concurrently; new records cost one round trip."""
+        return list(await asyncio.gather(*(self._create_or_update(t, c, ttl) for t, c in items)))
+
+    async def create_many(
+        self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None
+    ) -> list[bool]:
+        """Write each record only where none exists (KV create: atomic per record)."""
+        return list(await asyncio.gather(*(self._create(t, r, ttl) for t, r in items)))
+
+    async def _create(self, task_id: str, record: Mapping[str, Any], ttl: float | None) -> bool:
+        key = _key("r", task_id)
+        while True:
+            if await self._write(key, {"id": task_id, **record}, ttl, None):
+                return True
+            current, revision = await self._read(key)
+            if current is not None:
+                return False
+            # Present only as an expired value or a delete marker: replace it by revision.
+            if await self._write(key, {"id": task_id, **record}, ttl, revision):
+                return True
+
+    async def _create_or_update(
+        self, task_id: str, changes: Mapping[str, Any], ttl: float | None
+    ) -> dict[str, Any] | None:
+        # Batches are mostly fresh records (enqueue): try a create before read + CAS.
+        record = {"id": task_id, **changes}
+        if await self._write(_key("r", task_id), record, ttl, None):
+            return record
+        return await self.update(task_id, changes, ttl)
+
+    async def delete(self, task_id: str) -> bool:
+        """Forget a record; True if there was one."""
+        key = _key("r", task_id)
+        value, revision = await self._read(key)
+        if revision is None:
+            return False
+        await self._call(self._bucket().purge(key))
+        return value is not None
+
+    async def wait(self, task_id: str, timeout: float | None) -> dict[str, Any] | None:
+        """Watch the record's key until it is terminal (pushed by the server)."""
+        record = await self.get(task_id)
+        if is_terminal(record):
+            return record
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        watcher = await self._call(self._bucket().watch(_key("r", task_id)))
+        try:
+            while True:
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    return None
+                try:
+                    entry = await watcher.updates(timeout=remaining)
+                except TimeoutError:
+                    return None
+                record = self._decode_record(entry)
+                if is_terminal(record):
+                    return record
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
+
+    def _decode_record(self, entry: Any) -> dict[str, Any] | None:
+        if entry is None or not entry.value:
+            return None
+        stored = json.loads(entry.value)
+        expires = stored.get("x")
+        if expires is not None and expires <= self.clock.time():
+            return None
+        value = stored.get("v")
+        return dict(value) if isinstance(value, dict) else None
+
+    # -- small values ----------------------------------------------------------------
+    async def set_nx(self, key: str, value: str, ttl: float | None) -> str | None:
+        """Create ``key`` unless a live value exists; return that value if so."""
+        name = _key("v", key)
+        while True:
+            current, revision = await self._read(name)
+            if current is not None:
+                return str(current)
+            if await self._write(name, value, ttl, revision):
+                return None
+
+    async def get_value(self, key: str) -> str | None:
+        """The live value of ``key``, or None."""
+        value, _ = await self._read(_key("v", key))
+        return None if value is None else str(value)
+
+    async def delete_value(self, key: str) -> None:
+        """Delete ``key`` (no error if absent)."""
+        with contextlib.suppress(NotFoundError):
+            await self._call(self._bucket().purge(_key("v", key)))
+
+    async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        """Add ``amount`` with a compare-and-set loop; returns the new value."""
+        name = _key("v", key)
+        while True:
+            current, revision = await self._read(name)
+            value = int(current or 0) + amount
+            if await self._write(name, value, ttl, revision):
+                return value
+
+    # -- events ----------------------------------------------------------------------
+    async def publish_event(self, event: Mapping[str, Any]) -> None:
+        """Publish a task event to every ``subscribe_events`` reader of this prefix."""
+        if self._nc is None:
+            raise BrokerError(f"NATS result store {self._masked} is not connected")
+        payload = json.dumps(dict(event), default=str).encode()
+        await self._call(self._nc.publish(self.events_subject, payload))
+
+    async def subscribe_events(self) -> AsyncIterator[dict[str, Any]]:
+        """Events published by any process on this prefix, until the caller stops."""
+        if self._nc is None:
+            raise BrokerError(f"NATS result store {self._masked} is not connected")
+        sub = await self._call(self._nc.subscribe(self.events_subject))
+        try:
+            async for msg in sub.messages:
+                with contextlib.suppress(ValueError):
+                    yield json.loads(msg.data)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
+_ = time
