@@ -178,7 +178,10 @@ class _Puller:
         msgs: list[Msg] = []
         while len(msgs) < batch:
             try:
-                msg = await asyncio.wait_for(queue.get(), _PULL_TIMEOUT)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can drop an item that
+                # arrives as the timeout fires, and can swallow a cancellation.
+                async with asyncio.timeout(_PULL_TIMEOUT):
+                    msg = await queue.get()
             except TimeoutError:
                 # 2.9 leaves a no-wait pull unanswered when the consumer's pending count
                 # went stale (after a message delete); asking for the consumer's info

@@ -540,8 +540,10 @@ class _ControlReader:
         cursor = max(self._cursors.setdefault(key, end), self._base)
         if cursor == end and timeout > 0:
             self._changed.clear()
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait()
         end = self._base + len(self._log)
         self._cursors[key] = end
         return self._log[cursor - self._base :]

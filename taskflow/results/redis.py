@@ -284,7 +284,8 @@ class RedisResultStore(ResultStore):
                     return None
                 wait = _RECHECK if remaining is None else min(remaining, _RECHECK)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(fut), wait)
+                    async with asyncio.timeout(wait):
+                        await asyncio.shield(fut)
             finally:
                 await self._listener.unwatch(channel, fut)
 

@@ -1,0 +1,268 @@
+"""The ``taskflow`` command line: a click group; ``taskflow worker`` runs a worker.
+
+Exit statuses: 0 after a clean stop, 1 when the worker could not run (a broker that cannot
+be reached, a child that would not stop), 2 for usage and configuration errors (a missing
+module or attribute, a module that fails to import). Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, Any
+
+import click
+
+from .. import __version__
+from ..app import App
+from ..errors import ConfigError, TaskflowError
+from .beat import beat, schedules, with_beat
+from .loader import AppLoadError, check_module, load_app
+from .supervisor import (
+    EXIT_USAGE,
+    SUPERVISOR_ENV,
+    StopControl,
+    Supervisor,
+    run_foreground,
+)
+
+__all__ = [
+    "APP_ENV",
+    "LOG_FORMAT",
+    "CliError",
+    "CliRuntimeError",
+    "WorkerOptions",
+    "cli",
+    "configure_logging",
+    "main",
+]
+
+APP_ENV = "TASKFLOW_APP"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class CliError(click.ClickException):
+    """A usage or configuration error: one ``taskflow: error: ...`` line, exit status 2."""
+
+    exit_code = EXIT_USAGE
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        """Print the message as one line, without click's usage block."""
+        message = " ".join(self.format_message().split())
+        click.echo(f"taskflow: error: {message}", file=file, err=file is None)
+
+
+class CliRuntimeError(CliError):
+    """The worker could not run (e.g. its broker is unreachable): one line, exit status 1."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """What ``taskflow worker`` was asked to run, parsed and checked."""
+
+    spec: str
+    queues: list[str]
+    concurrency: int
+    prefetch: int | None
+    grace: float
+    loglevel: str
+    beat: bool = False
+
+    def child_command(self) -> list[str]:
+        """The command a supervised worker process runs: this command with ``-P 1``."""
+        command = [sys.executable, "-m", "taskflow.cli.main", "worker", "-A", self.spec]
+        command += ["-c", str(self.concurrency), "-P", "1", "--grace", repr(self.grace)]
+        command += ["--loglevel", self.loglevel]
+        if self.queues:
+            command += ["-Q", ",".join(self.queues)]
+        if self.prefetch is not None:
+            command += ["--prefetch", str(self.prefetch)]
+        if self.beat:
+            command += ["--beat"]
+        return command
+
+
+class _CliHandler(logging.StreamHandler[IO[str]]):
+    """The handler the command line installs (told apart so it can be replaced)."""
+
+
+@contextmanager
+def configure_logging(level: str) -> Iterator[None]:
+    """Log the ``taskflow`` logger to stderr at ``level`` in the compact format; restore the
+    logger's previous handlers, level and propagation afterwards."""
+    logger = logging.getLogger("taskflow")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    handler = _CliHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    for old in [h for h in logger.handlers if isinstance(h, _CliHandler)]:
+        logger.removeHandler(old)
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    # Our handler prints every line once; a root handler set up by the app module would
+    # print it a second time.
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.handlers[:] = saved[0]
+        logger.setLevel(saved[1])
+        logger.propagate = saved[2]
+
+
+@click.group(name="taskflow", context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(
+    __version__, "-V", "--version", prog_name="taskflow", message="%(prog)s %(version)s"
+)
+def cli() -> None:
+    """taskflow: a typed, prioritized, distributed task queue."""
+
+
+@cli.command()
+@click.option(
+    "-A",
+    "--app",
+    "app_spec",
+    metavar="MODULE[:ATTR]",
+    envvar=APP_ENV,
+    help=f"The module holding the App (attribute 'app' by default); or ${APP_ENV}.",
+)
+@click.option(
+    "-Q",
+    "--queues",
+    "queues",
+    metavar="Q1,Q2",
+    multiple=True,
+    help="Queues to consume, comma-separated, in priority order "
+    "(default: the app's default queue).",
+)
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Tasks run at once per process.",
+)
+@click.option(
+    "-P",
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes; more than 1 runs a supervisor that restarts dead ones.",
+)
+@click.option(
+    "--prefetch",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Messages held beyond free slots (default: concurrency // 2).",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds running tasks get to finish after SIGTERM/SIGINT.",
+)
+@click.option(
+    "--loglevel",
+    "-l",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="Level of the taskflow logger.",
+)
+@click.option("--beat", "run_beat", is_flag=True, help="Also run a beat in each worker process.")
+@click.pass_context
+def worker(  # noqa: PLR0917 -- click passes every option as an argument
+    ctx: click.Context,
+    app_spec: str | None,
+    queues: tuple[str, ...],
+    concurrency: int,
+    processes: int,
+    prefetch: int | None,
+    grace: float,
+    loglevel: str,
+    run_beat: bool,
+) -> None:
+    """Run a worker in the foreground until SIGTERM or SIGINT (twice: stop now)."""
+    if not app_spec:
+        raise CliError(f"no app given: pass -A MODULE[:ATTR] or set {APP_ENV}")
+    options = WorkerOptions(
+        app_spec, _split_queues(queues), concurrency, prefetch, grace, loglevel.lower(), run_beat
+    )
+    with configure_logging(options.loglevel):
+        code = _supervise(options, processes) if processes > 1 else _run_one(options)
+    ctx.exit(code)
+
+
+def _split_queues(values: Sequence[str]) -> list[str]:
+    names = [name.strip() for value in values for name in value.split(",")]
+    if any(not name for name in names):
+        raise CliError(f"empty queue name in -Q {','.join(values)!r}")
+    return list(dict.fromkeys(names))
+
+
+def _load(spec: str) -> App:
+    try:
+        return load_app(spec)
+    except AppLoadError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _run_one(options: WorkerOptions) -> int:
+    # Handlers first: a signal that arrives while a slow module imports is kept, not lost.
+    with StopControl() as control:
+        app = _load(options.spec)
+        try:
+            worker = app.worker(
+                queues=options.queues or None,
+                concurrency=options.concurrency,
+                prefetch_buffer=options.prefetch,
+            )
+            if options.beat:
+                worker = with_beat(worker, app.beat())
+            return run_foreground(worker, control, options.grace, _supervisor_pid())
+        except (ConfigError, ValueError) as exc:
+            raise CliError(str(exc)) from None
+        except TaskflowError as exc:
+            raise CliRuntimeError(str(exc)) from None
+        finally:
+            app.close()
+
+
+def _supervise(options: WorkerOptions, processes: int) -> int:
+    try:
+        check_module(options.spec)
+    except AppLoadError as exc:
+        raise CliError(str(exc)) from None
+    supervisor = Supervisor(options.child_command(), processes, options.grace)
+    with StopControl(extra_wakeups=(signal.SIGCHLD,)) as control:
+        return supervisor.run(control)
+
+
+def _supervisor_pid() -> int | None:
+    value = os.environ.get(SUPERVISOR_ENV, "")
+    return int(value) if value.isdigit() else None
+
+
+cli.add_command(beat)
+cli.add_command(schedules)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``taskflow`` console script and ``python -m taskflow.cli.main``."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="taskflow")
+
+
+if __name__ == "__main__":
+    main()

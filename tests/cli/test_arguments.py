@@ -1,0 +1,151 @@
+"""Argument parsing of ``taskflow`` (in-process, through click's runner)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from taskflow import __version__
+from taskflow.cli.main import LOG_FORMAT, WorkerOptions, cli, configure_logging
+
+
+@pytest.fixture
+def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    # Loading an app may put the current directory on sys.path: keep that to this test.
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delenv("TASKFLOW_APP", raising=False)
+    return CliRunner()
+
+
+def test_version_prints_the_package_version(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["--version"])
+
+    assert result.exit_code == 0
+    assert result.output == f"taskflow {__version__}\n"
+
+
+def test_help_lists_the_worker_command(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["--help"])
+
+    assert result.exit_code == 0
+    assert "worker" in result.output
+
+
+def test_worker_help_documents_its_options(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["worker", "-h"])
+
+    assert result.exit_code == 0
+    for option in (
+        "-A, --app",
+        "-Q, --queues",
+        "-c, --concurrency",
+        "-P, --processes",
+        "--prefetch",
+        "--grace",
+        "--loglevel",
+        "TASKFLOW_APP",
+    ):
+        assert option in result.output
+
+
+def test_a_worker_without_an_app_is_one_line_and_status_2(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["worker"])
+
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "taskflow: error: no app given: pass -A MODULE[:ATTR] or set TASKFLOW_APP\n"
+    )
+
+
+def test_a_missing_module_is_one_line_and_status_2(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["worker", "-A", "tf_cli_missing:app"])
+
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "taskflow: error: cannot import module 'tf_cli_missing': No module named 'tf_cli_missing'\n"
+    )
+
+
+def test_taskflow_app_is_read_from_the_environment(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["worker"], env={"TASKFLOW_APP": "tf_cli_from_env"})
+
+    assert result.exit_code == 2
+    assert "cannot import module 'tf_cli_from_env'" in result.stderr
+
+
+def test_a_malformed_spec_is_a_usage_error(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["worker", "-A", "mod:"])
+
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "taskflow: error: invalid app spec 'mod:': expected module or module:attribute\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-c", "0"],
+        ["-P", "0"],
+        ["--prefetch", "-1"],
+        ["--grace", "-1"],
+        ["--loglevel", "loud"],
+        ["--unknown"],
+    ],
+)
+def test_out_of_range_and_unknown_options_are_usage_errors(
+    runner: CliRunner, args: list[str]
+) -> None:
+    result = runner.invoke(cli, ["worker", "-A", "x", *args])
+
+    assert result.exit_code == 2
+    assert "Usage: taskflow worker" in result.stderr
+
+
+def test_an_empty_queue_name_is_a_usage_error(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["worker", "-A", "x", "-Q", "a,,b"])
+
+    assert result.exit_code == 2
+    assert result.stderr == "taskflow: error: empty queue name in -Q 'a,,b'\n"
+
+
+def test_a_supervised_process_runs_the_same_worker_with_one_process() -> None:
+    options = WorkerOptions("pkg.mod:app", ["high", "low"], 4, 2, 12.5, "debug")
+
+    command = options.child_command()
+
+    assert command[:3] == [sys.executable, "-m", "taskflow.cli.main"]
+    assert command[3:] == [
+        "worker",
+        "-A",
+        "pkg.mod:app",
+        "-c",
+        "4",
+        "-P",
+        "1",
+        "--grace",
+        "12.5",
+        "--loglevel",
+        "debug",
+        "-Q",
+        "high,low",
+        "--prefetch",
+        "2",
+    ]
+
+
+def test_logging_is_compact_on_the_taskflow_logger_and_restored_after(tmp_path: Path) -> None:
+    logger = logging.getLogger("taskflow")
+    before = (list(logger.handlers), logger.level, logger.propagate)
+
+    with configure_logging("warning"):
+        handler = logger.handlers[-1]
+        assert logger.level == logging.WARNING
+        assert handler.formatter is not None and handler.formatter._fmt == LOG_FORMAT
+        assert logger.propagate is False
+
+    assert (list(logger.handlers), logger.level, logger.propagate) == before
