@@ -9,7 +9,16 @@ import os
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Literal,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+    overload,
+)
 
 from . import codec
 from .brokers import broker_from_url
@@ -18,7 +27,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .errors import ConfigError, IdempotencyConflict, NotFound, PayloadError, TaskflowError
 from .message import Envelope, TaskStatus
 from .middleware import HOOK_KINDS, Middleware, TaskEvent, chain_enqueue
-from .options import TaskOptions, check_priority, check_queue, check_timeout
+from .options import SERIALIZERS, TaskOptions, check_priority, check_queue, check_timeout
 from .payload import encode_any
 from .registry import TaskRegistry
 from .results import results_from_url
@@ -28,6 +37,11 @@ from .runtime import Runtime
 from .task import Signature, Task
 
 if TYPE_CHECKING:
+    from datetime import timedelta
+
+    from .beat import Beat, Schedule
+    from .beat.periodic import PeriodicDecorator
+    from .canvas import ChainResult, GroupResult
     from .worker import Worker
 
 __all__ = ["App"]
@@ -44,12 +58,15 @@ _DERIVED_RESULTS = {"memory": "memory://", "redis": None, "rediss": None, "nats"
 
 
 class _Prepared:
-    __slots__ = ("digest", "envelope", "store_result")
+    __slots__ = ("digest", "envelope", "explicit_id", "store_result")
 
-    def __init__(self, envelope: Envelope, store_result: bool, digest: str | None) -> None:
+    def __init__(
+        self, envelope: Envelope, store_result: bool, digest: str | None, explicit_id: bool
+    ) -> None:
         self.envelope = envelope
         self.store_result = store_result
         self.digest = digest
+        self.explicit_id = explicit_id  # the caller chose the task id (it may be taken)
 
 
 class App:
@@ -102,6 +119,7 @@ class App:
         self._declared: set[str] = set()
         self._enqueue_chain = chain_enqueue(self.middleware, _identity)
         self._workers: list[Worker] = []
+        self._periodic_registry: Any = None  # taskflow.beat.periodic_of(self), made lazily
 
     def __repr__(self) -> str:
         return f"<App {self.name} broker={self.broker.url} results={self.results.url}>"
@@ -141,6 +159,17 @@ class App:
 
     @overload
     def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        bind: Literal[True],
+        name: str | None = None,
+        **options: Any,
+    ) -> _BoundTaskDecorator: ...
 
     @overload
     def task(
@@ -280,12 +309,13 @@ class App:
             canvas=opts.get("canvas"),
             parent_id=opts.get("parent_id"),
             root_id=opts.get("root_id"),
+            content_type=SERIALIZERS[topts.serializer],
         )
         digest = None
         if env.idempotency_key is not None:
             digest = hashlib.sha256(codec.dumps([name, enc_args, enc_kwargs])).hexdigest()
         store = topts.store_result if task is not None else True
-        return _Prepared(env, store, digest)
+        return _Prepared(env, store, digest, "task_id" in opts)
 
     def _send(
         self,
@@ -362,14 +392,24 @@ class App:
         if not fresh:
             return ids
         records = [(envs[i].id, _queued_record(envs[i])) for i in fresh if prepared[i].store_result]
-        if records:
-            await self.results.update_many(records, None)
         messages = [_message(envs[i]) for i in fresh]
-        try:
-            await self.broker.publish(messages)
-        except BaseException:
-            await self._undo_enqueue([envs[i] for i in fresh], records)
-            raise
+        fresh_envs = [envs[i] for i in fresh]
+        if (
+            records
+            and self.results.capabilities.atomic_create
+            and not any(prepared[i].explicit_id for i in fresh)
+        ):
+            # Generated ids are new, and a create never overwrites a worker's update:
+            # write the queued records and publish in parallel (one round trip of latency).
+            await self._record_and_publish(fresh_envs, records, messages)
+        else:
+            if records:
+                await self._create_records(fresh_envs, records)
+            try:
+                await self.broker.publish(messages)
+            except BaseException:
+                await self._undo_enqueue(fresh_envs, records)
+                raise
         if self.hooks["queued"]:
             for i in fresh:
                 await self._run_hooks("queued", _queued_event(envs[i]), None)
@@ -398,6 +438,38 @@ class App:
                 )
             ids[i] = str(known["id"])
         return ids, fresh
+
+    async def _record_and_publish(
+        self,
+        envs: list[Envelope],
+        records: list[tuple[str, dict[str, Any]]],
+        messages: list[Message],
+    ) -> None:
+        created, published = await asyncio.gather(
+            self.results.create_many(records, None),
+            self.broker.publish(messages),
+            return_exceptions=True,
+        )
+        if isinstance(published, BaseException):
+            await self._undo_enqueue(envs, records)
+            raise published
+        if isinstance(created, BaseException):
+            # The messages are out; the worker's own updates will create the records.
+            log.warning("queued records not written (%s); the tasks were published", created)
+
+    async def _create_records(
+        self, envs: list[Envelope], records: list[tuple[str, dict[str, Any]]]
+    ) -> None:
+        written = await self.results.create_many(records, None)
+        taken = [tid for (tid, _), ok in zip(records, written, strict=True) if not ok]
+        if taken:
+            await self._undo_enqueue(
+                envs, [r for r, ok in zip(records, written, strict=True) if ok]
+            )
+            raise TaskflowError(
+                f"task id(s) already in use: {', '.join(taken[:5])}; a task id names one task "
+                "for good (use idempotency_key to deduplicate sends)"
+            )
 
     async def _undo_enqueue(
         self, envs: list[Envelope], records: list[tuple[str, dict[str, Any]]]
@@ -430,13 +502,16 @@ class App:
         record = await self.results.get(task_id)
         if is_terminal(record):
             return False
+        if record is None:
+            # Never write a "cancelled" record for an id nobody enqueued; workers still hear
+            # about it (a running fire-and-forget task has no record).
+            await self.broker.send_control({"cmd": "cancel", "id": task_id})
+            return False
         now = self.clock.time()
         changed = await self.results.update(
             task_id, {"status": TaskStatus.CANCELLED.value, "finished_at": now}, self.result_ttl
         )
-        removed = False
-        if record is not None:
-            removed = await self.broker.cancel(task_id, str(record.get("queue", "")))
+        removed = await self.broker.cancel(task_id, str(record.get("queue", "")))
         await self.broker.send_control({"cmd": "cancel", "id": task_id})
         return changed is not None or removed
 
@@ -476,6 +551,130 @@ class App:
     ) -> None:
         """Run a worker in the foreground until SIGTERM/SIGINT (what the CLI calls)."""
         self.worker(queues=queues, concurrency=concurrency, **options).run()
+
+    # -- canvas (taskflow.canvas, imported lazily: an engine on top of the app) --------
+    async def _advance_canvas(self, envelope: Envelope, status: TaskStatus, encoded: Any) -> None:
+        """Called by the worker once a canvas step's outcome is durable, before its ack."""
+        from .canvas.advance import advance_step
+
+        await advance_step(self, envelope, status, encoded)
+
+    def group_result(self, group_id: str) -> GroupResult:
+        """The :class:`~taskflow.canvas.GroupResult` of a group; raises NotFound."""
+        from .canvas.results import GroupResult, lookup
+
+        found = lookup(self, group_id, "group")
+        assert isinstance(found, GroupResult)
+        return found
+
+    def chain_result(self, chain_id: str) -> ChainResult:
+        """The :class:`~taskflow.canvas.ChainResult` of a chain or chord; raises NotFound."""
+        from .canvas.results import ChainResult, lookup
+
+        found = lookup(self, chain_id, "chain")
+        assert isinstance(found, ChainResult)
+        return found
+
+    # -- periodic tasks (taskflow.beat, imported lazily) ------------------------------
+    def periodic(
+        self,
+        *,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        name: str | None = None,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        timezone: str | None = None,
+        missed: str = "once",
+    ) -> PeriodicDecorator:
+        """Decorator: register the function as a task (unless it is one) and run it on a
+        ``cron`` expression (5 fields, or 6 with seconds first) or ``every`` N seconds."""
+        from .beat.periodic import PeriodicDecorator, periodic_of
+
+        return PeriodicDecorator(
+            periodic_of(self),
+            {
+                "cron": cron,
+                "every": every,
+                "name": name,
+                "args": args,
+                "kwargs": kwargs,
+                "queue": queue,
+                "priority": priority,
+                "timezone": timezone,
+                "missed": missed,
+            },
+        )
+
+    def add_periodic(
+        self,
+        task: Task[Any, Any] | str,
+        *,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        name: str | None = None,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        timezone: str | None = None,
+        missed: str = "once",
+        persist: bool | None = None,
+    ) -> Schedule:
+        """Schedule a task (or a registered task name). Declared in this process at module
+        level; stored in the backend once the app is running, or with ``persist=True``."""
+        from .beat.periodic import periodic_of
+
+        registry = periodic_of(self)
+        schedule = registry.build(
+            task,
+            cron=cron,
+            every=every,
+            name=name,
+            args=args,
+            kwargs=kwargs,
+            queue=queue,
+            priority=priority,
+            timezone=timezone,
+            missed=missed,
+        )
+        return registry.add(schedule, persist)
+
+    def remove_periodic(self, name: str) -> bool:
+        """Remove a schedule, declared or stored; True if there was one."""
+        from .beat.periodic import periodic_of
+
+        return periodic_of(self).remove(name)
+
+    def pause_periodic(self, name: str) -> None:
+        """Stop firing a schedule until resumed (stored: every beat process sees it)."""
+        from .beat.periodic import periodic_of
+
+        periodic_of(self).pause(name)
+
+    def resume_periodic(self, name: str) -> None:
+        """Fire a paused schedule again from its next run."""
+        from .beat.periodic import periodic_of
+
+        periodic_of(self).resume(name)
+
+    def beat(self, **options: Any) -> Beat:
+        """A beat for this app (``start()``/``stop()``, a context manager, or ``run()``)."""
+        from .beat import Beat
+
+        return Beat(self, **options)
+
+
+class _BoundTaskDecorator(Protocol):
+    """``@app.task(bind=True)``: the context parameter is not part of ``delay``'s signature."""
+
+    @overload
+    def __call__(self, fn: Callable[Concatenate[Any, P], Awaitable[R]], /) -> Task[P, R]: ...
+
+    @overload
+    def __call__(self, fn: Callable[Concatenate[Any, P], R], /) -> Task[P, R]: ...
 
 
 class _TaskDecorator:

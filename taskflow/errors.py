@@ -55,17 +55,25 @@ def mask_url(url: str) -> str:
     except ValueError:
         return "<unparseable url>"
     if parts.password is None:
-        return url
+        return _mask_userinfo(url)
     user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    netloc = f"{user}:***@{host}" + (f":{port}" if port is not None else "")
+    hostport = parts.netloc.rpartition("@")[2]
+    netloc = f"{user}:***@{hostport}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _mask_userinfo(url: str) -> str:
+    # urlsplit finds no password in strings it cannot read as URLs (no scheme, odd ports):
+    # mask whatever stands between the first ':' of the authority and its last '@'.
+    head, sep, rest = url.partition("://")
+    if not sep:
+        head, rest = "", url
+    authority, slash, tail = rest.partition("/")
+    user, at, host = authority.rpartition("@")
+    if not at or ":" not in user:
+        return url
+    name = user.split(":", 1)[0]
+    return f"{head}{sep}{name}:***@{host}{slash}{tail}"
 
 
 class TaskflowError(Exception):

@@ -22,8 +22,16 @@ __all__ = ["Job", "Scheduler"]
 class Job:
     """One received task on its way through the worker."""
 
-    __slots__ = ("attempt", "cancel_reason", "ctx", "delivery", "envelope", "handle",
-                 "in_user_code", "task")
+    __slots__ = (
+        "attempt",
+        "cancel_reason",
+        "ctx",
+        "delivery",
+        "envelope",
+        "handle",
+        "in_user_code",
+        "task",
+    )
 
     def __init__(self, envelope: Envelope, delivery: Delivery, task: Task[Any, Any]) -> None:
         self.envelope = envelope
@@ -41,12 +49,16 @@ class Scheduler:
     """Chooses the next job: fair across queues by weight, strict priority then FIFO
     within a queue, holding back jobs whose task is over its rate limit."""
 
-    def __init__(self, queues: Sequence[str], weights: Mapping[str, int], clock: Clock,
-                 concurrency: int) -> None:
+    def __init__(
+        self, queues: Sequence[str], weights: Mapping[str, int], clock: Clock, concurrency: int
+    ) -> None:
         self.queues = list(queues)
         self._heaps: dict[str, list[tuple[float, int, Job]]] = {q: [] for q in self.queues}
         self._weights = {q: max(1, int(weights.get(q, 1))) for q in self.queues}
         self._credit = dict.fromkeys(self.queues, 0)
+        # Fetch order rotates on its own counters, so that asking the broker does not
+        # skew which local job runs next.
+        self._fetch_credit = dict.fromkeys(self.queues, 0)
         self._seq = itertools.count()
         self._clock = clock
         self._concurrency = concurrency
@@ -65,24 +77,26 @@ class Scheduler:
             self.queues.append(job.envelope.queue)
             self._weights[job.envelope.queue] = 1
             self._credit[job.envelope.queue] = 0
+            self._fetch_credit[job.envelope.queue] = 0
         heapq.heappush(heap, (-job.envelope.priority, next(self._seq), job))
         self._size += 1
 
-    def _pick(self, candidates: Sequence[str]) -> str | None:
+    def _pick(self, candidates: Sequence[str], credit: dict[str, int] | None = None) -> str | None:
         # Smooth weighted round robin: the same interleaving nginx uses, deterministic.
         if not candidates:
             return None
         if len(candidates) == 1:
             return candidates[0]
+        credit = self._credit if credit is None else credit
         total = 0
         best: str | None = None
         for q in candidates:
-            self._credit[q] += self._weights[q]
+            credit[q] += self._weights[q]
             total += self._weights[q]
-            if best is None or self._credit[q] > self._credit[best]:
+            if best is None or credit[q] > credit[best]:
                 best = q
         assert best is not None
-        self._credit[best] -= total
+        credit[best] -= total
         return best
 
     def pop(self) -> Job | None:
@@ -95,8 +109,9 @@ class Scheduler:
             _, _, job = heapq.heappop(self._heaps[queue])
             wait = self._gate(job)
             if wait > 0:
-                heapq.heappush(self._throttled,
-                               (self._clock.monotonic() + wait, next(self._seq), job))
+                heapq.heappush(
+                    self._throttled, (self._clock.monotonic() + wait, next(self._seq), job)
+                )
                 continue
             self._size -= 1
             return job
@@ -133,7 +148,7 @@ class Scheduler:
         """Queue order for the next fetch: heaviest first, rotated fairly by weight."""
         if len(self.queues) <= 1:
             return list(self.queues)
-        first = self._pick(self.queues)
+        first = self._pick(self.queues, self._fetch_credit)
         rest = sorted((q for q in self.queues if q != first), key=lambda q: -self._weights[q])
         return [first, *rest] if first is not None else rest
 

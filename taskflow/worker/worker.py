@@ -57,16 +57,18 @@ class Worker:
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"worker concurrency must be a positive integer, got {concurrency!r}")
-        if prefetch_buffer is not None and (not isinstance(prefetch_buffer, int)
-                                            or prefetch_buffer < 0):
+        if prefetch_buffer is not None and (
+            not isinstance(prefetch_buffer, int) or prefetch_buffer < 0
+        ):
             raise ValueError("worker prefetch_buffer must be a non-negative integer")
         self.app = app
         self.queues = list(queues or [app.default_queue])
         if not self.queues or not all(isinstance(q, str) and q for q in self.queues):
             raise ValueError(f"worker queues must be non-empty names, got {queues!r}")
         self.concurrency = concurrency
-        self.prefetch_buffer = max(1, concurrency // 2) if prefetch_buffer is None \
-            else prefetch_buffer
+        self.prefetch_buffer = (
+            max(1, concurrency // 2) if prefetch_buffer is None else prefetch_buffer
+        )
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.poll_interval = poll_interval
         self.clock = clock or app.clock
@@ -91,8 +93,18 @@ class Worker:
         self._exec = chain_execute(app.middleware, self._invoke)
         self._watchdog = Watchdog(concurrency)
         self.counts = dict.fromkeys(
-            ("processed", "succeeded", "failed", "retried", "cancelled", "expired",
-             "dead_lettered", "requeued"), 0)
+            (
+                "processed",
+                "succeeded",
+                "failed",
+                "retried",
+                "cancelled",
+                "expired",
+                "dead_lettered",
+                "requeued",
+            ),
+            0,
+        )
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} queues={self.queues} concurrency={self.concurrency}>"
@@ -194,9 +206,13 @@ class Worker:
             for q in self.queues:
                 depth[q] = await admin(q)
         return {
-            **self.counts, "running": len(self._running),
-            "buffered": len(self._held) - len(self._running), "concurrency": self.concurrency,
-            "state": self._state, "queues": depth, "name": self.name,
+            **self.counts,
+            "running": len(self._running),
+            "buffered": len(self._held) - len(self._running),
+            "concurrency": self.concurrency,
+            "state": self._state,
+            "queues": depth,
+            "name": self.name,
         }
 
     def run_until_idle(self) -> int:
@@ -238,8 +254,12 @@ class Worker:
         if self.app.broker.capabilities.leases:
             helpers.append(asyncio.create_task(self._lease_loop(), name="taskflow-lease"))
         ready.set_result(None)
-        log.info("worker %s consuming %s (concurrency %d)", self.name, ",".join(self.queues),
-                 self.concurrency)
+        log.info(
+            "worker %s consuming %s (concurrency %d)",
+            self.name,
+            ",".join(self.queues),
+            self.concurrency,
+        )
         try:
             await self._stop_event.wait()
         finally:
@@ -256,9 +276,11 @@ class Worker:
             escalation = asyncio.create_task(self._escalate.wait())
             deadline = loop.time() + self._grace
             while pending and not escalation.done() and loop.time() < deadline:
-                done, _ = await asyncio.wait({*pending, escalation},
-                                             timeout=deadline - loop.time(),
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {*pending, escalation},
+                    timeout=deadline - loop.time(),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
                 pending -= done
             escalation.cancel()
             await asyncio.gather(escalation, return_exceptions=True)
@@ -358,14 +380,17 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("worker %s: fetch failed (%s); retrying in %.2fs", self.name, exc,
-                            backoff)
+                log.warning(
+                    "worker %s: fetch failed (%s); retrying in %.2fs", self.name, exc, backoff
+                )
                 await asyncio.sleep(backoff * (0.5 + self.rng.random()))
                 backoff = min(backoff * 2, 5.0)
                 continue
             for delivery in got:
                 await self._admit(delivery)
             await self._record_lost()
+            if _cancel_swallowed():  # admitted first, so shutdown hands the batch back
+                raise asyncio.CancelledError
             self._dispatch()
 
     async def _record_lost(self) -> None:
@@ -436,8 +461,9 @@ class Worker:
             task.uncancel()  # handled here: later awaits in this task must not see it
         if job.cancel_reason == "timeout":
             timeout = job.envelope.timeout
-            exc = TaskTimeout(f"{job.envelope.task}[{job.envelope.id}] exceeded its "
-                              f"{timeout}s timeout")
+            exc = TaskTimeout(
+                f"{job.envelope.task}[{job.envelope.id}] exceeded its {timeout}s timeout"
+            )
             await self._on_error(job, exc, float(timeout or 0.0))
         elif job.cancel_reason == "cancelled":
             await self.settle.cancelled(job, started=True)
@@ -449,8 +475,13 @@ class Worker:
         if not await self.settle.started(job):
             return
         ctx = TaskContext(
-            id=env.id, name=env.task, attempt=job.attempt, retries=env.max_retries,
-            queue=env.queue, priority=env.priority, headers=env.headers,
+            id=env.id,
+            name=env.task,
+            attempt=job.attempt,
+            retries=env.max_retries,
+            queue=env.queue,
+            priority=env.priority,
+            headers=env.headers,
             deadline=None if env.timeout is None else self.clock.time() + env.timeout,
         )
         job.ctx = ctx
@@ -511,8 +542,9 @@ class Worker:
 
     def _backoff(self, job: Job) -> float:
         opts = job.task.options
-        return backoff_delay(job.attempt, opts.retry_backoff, opts.retry_backoff_max,
-                             opts.retry_jitter, self.rng)
+        return backoff_delay(
+            job.attempt, opts.retry_backoff, opts.retry_backoff_max, opts.retry_jitter, self.rng
+        )
 
     # -- cancellation, control and leases ---------------------------------------------
     async def _cancel_local(self, task_id: str) -> bool:
@@ -549,6 +581,8 @@ class Worker:
             for command in commands:
                 if command.get("cmd") == "cancel" and isinstance(command.get("id"), str):
                     await self._cancel_local(command["id"])
+            if _cancel_swallowed():
+                raise asyncio.CancelledError
 
     async def _lease_loop(self) -> None:
         while True:
@@ -558,3 +592,14 @@ class Worker:
             for job in list(self._held.values()):
                 with contextlib.suppress(Exception):
                     await job.delivery.touch()
+
+
+def _cancel_swallowed() -> bool:
+    """True if this task was cancelled but the CancelledError never reached it.
+
+    On Python 3.11 ``asyncio.wait_for`` returns the inner result instead of raising when
+    the inner future completes in the same loop step as the cancel (a broker wake-up racing
+    ``stop()``); a loop that only trusted the exception would then run forever.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -1,0 +1,154 @@
+"""Task options: validation names the task and the option, at declaration and at call."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from taskflow import App
+from taskflow.options import (
+    RateLimit,
+    TaskOptions,
+    check_priority,
+    check_timeout,
+    parse_rate_limit,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "rate", "count"),
+    [
+        ("10/s", 10.0, 10.0),
+        ("120/m", 2.0, 120.0),
+        ("3600/h", 1.0, 3600.0),
+        (2.5, 2.5, 2.5),
+        (" 5 / sec ", 5.0, 5.0),
+        ("0.5/s", 0.5, 0.5),
+    ],
+)
+def test_rate_limits_parse_to_tokens_per_second(
+    text: str | float, rate: float, count: float
+) -> None:
+    limit = parse_rate_limit(text, "t")
+    assert math.isclose(limit.rate, rate)
+    assert limit.count == count
+
+
+@pytest.mark.parametrize("text", ["10", "10/d", "ten/s", "-1/s", "0/s", "", "/s", "1/s/s"])
+def test_a_malformed_rate_limit_is_a_value_error_naming_task_and_option(text: str) -> None:
+    with pytest.raises(ValueError, match=r"shop\.mail.*rate_limit"):
+        parse_rate_limit(text, "shop.mail")
+
+
+@pytest.mark.parametrize("value", [0, -1.0, math.inf, math.nan, True])
+def test_a_non_positive_numeric_rate_limit_is_refused(value: float) -> None:
+    with pytest.raises(ValueError, match="rate_limit"):
+        parse_rate_limit(value, "t")
+
+
+@pytest.mark.parametrize("value", [-1, 10, 1.5, "5", True, None])
+def test_priority_must_be_an_integer_from_0_to_9(value: object) -> None:
+    with pytest.raises(ValueError, match=r"t: priority"):
+        check_priority(value, "t")
+
+
+def test_priorities_0_to_9_are_accepted() -> None:
+    assert [check_priority(p, "t") for p in range(10)] == list(range(10))
+
+
+@pytest.mark.parametrize("value", [0, -1, -0.5, math.inf, math.nan, "3", True])
+def test_a_timeout_must_be_positive_and_finite(value: object) -> None:
+    with pytest.raises(ValueError, match=r"t: timeout"):
+        check_timeout(value, "t")
+
+
+def test_a_missing_timeout_stays_none_and_ints_become_floats() -> None:
+    assert check_timeout(None, "t") is None
+    assert check_timeout(3, "t") == 3.0
+
+
+def test_options_build_keeps_defaults_and_parses_the_rate_limit() -> None:
+    opts = TaskOptions.build("t", {"rate_limit": "4/s", "rate_burst": 2, "priority": 3})
+    assert opts.rate_limit == RateLimit(4.0, 4.0, 2)
+    assert opts.priority == 3
+    assert opts.retries is None
+    assert opts.store_result is True
+
+
+def test_retry_on_accepts_one_class_or_a_tuple() -> None:
+    assert TaskOptions.build("t", {"retry_on": KeyError}).retry_on == (KeyError,)
+    assert TaskOptions.build("t", {"retry_on": [KeyError, OSError]}).retry_on == (KeyError, OSError)
+    with pytest.raises(ValueError, match="t: retry_on"):
+        TaskOptions.build("t", {"retry_on": "KeyError"})
+
+
+@pytest.mark.parametrize(
+    ("options", "option"),
+    [
+        ({"priority": 10}, "priority"),
+        ({"priority": -1}, "priority"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": -5}, "timeout"),
+        ({"rate_limit": "fast"}, "rate_limit"),
+        ({"rate_burst": 0, "rate_limit": "1/s"}, "rate_burst"),
+        ({"retries": -1}, "retries"),
+        ({"retry_backoff": -1}, "retry_backoff"),
+        ({"queue": "two words"}, "queue"),
+        ({"on_success": 3}, "on_success"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+def test_a_bad_option_at_declaration_names_the_task_and_option(
+    app: App, options: dict[str, object], option: str
+) -> None:
+    with pytest.raises(ValueError, match=rf"shop\.job.*{option}"):
+
+        @app.task(name="shop.job", **options)
+        def job() -> None: ...
+
+    assert "shop.job" not in app.registry
+
+
+def test_a_bad_option_on_an_unnamed_task_names_the_function(app: App) -> None:
+    with pytest.raises(ValueError, match=r"\.nightly_job: priority"):
+
+        @app.task(priority=42)
+        def nightly_job() -> None: ...
+
+    assert len(app.registry) == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "option"),
+    [
+        ({"priority": 10}, "priority"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": -1.0}, "timeout"),
+        ({"retries": -2}, "retries"),
+        ({"countdown": -1}, "countdown"),
+        ({"queue": ""}, "queue"),
+        ({"headers": {"a": 1}}, "headers"),
+        ({"idempotency_key": ""}, "idempotency_key"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+def test_a_bad_option_at_apply_async_names_the_task_and_option(
+    app: App, options: dict[str, object], option: str
+) -> None:
+    @app.task(name="shop.job")
+    def job() -> None: ...
+
+    with pytest.raises(ValueError, match=rf"shop\.job.*{option}"):
+        job.apply_async(**options)  # type: ignore[arg-type]
+    assert app._call(app.broker.depth("default"))["ready"] == 0
+
+
+def test_unknown_options_are_refused_by_send_task_and_signatures(app: App) -> None:
+    @app.task(name="shop.job")
+    def job() -> None: ...
+
+    with pytest.raises(ValueError, match=r"shop\.job.*colour"):
+        app.send_task("shop.job", colour="red")
+    with pytest.raises(ValueError, match=r"shop\.job.*colour"):
+        job.s().set(colour="red")
