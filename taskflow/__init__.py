@@ -15,6 +15,7 @@ Quick start::
 """
 
 from .app import App
+from .canvas import ChainResult, ChordResult, GroupResult, chain, chord, group
 from .clock import Clock, FakeClock, SystemClock
 from .context import TaskContext, current_task
 from .errors import (
@@ -46,11 +47,14 @@ __all__ = [
     "App",
     "AsyncResult",
     "BrokerError",
+    "ChainResult",
+    "ChordResult",
     "Clock",
     "ConfigError",
     "DuplicateTask",
     "Envelope",
     "FakeClock",
+    "GroupResult",
     "IdempotencyConflict",
     "Middleware",
     "NotFound",
@@ -72,5 +76,8 @@ __all__ = [
     "TaskTimeout",
     "TaskflowError",
     "__version__",
+    "chain",
+    "chord",
     "current_task",
+    "group",
 ]

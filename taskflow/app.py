@@ -511,7 +511,11 @@ class App:
         changed = await self.results.update(
             task_id, {"status": TaskStatus.CANCELLED.value, "finished_at": now}, self.result_ttl
         )
-        removed = await self.broker.cancel(task_id, str(record.get("queue", "")))
+        removed = False
+        if not record.get("canvas"):
+            # A canvas step stays queued: the worker that takes it sees the cancelled
+            # record, skips it and advances its canvas (which would otherwise wait forever).
+            removed = await self.broker.cancel(task_id, str(record.get("queue", "")))
         await self.broker.send_control({"cmd": "cancel", "id": task_id})
         return changed is not None or removed
 
@@ -795,6 +799,8 @@ def _queued_record(env: Envelope) -> dict[str, Any]:
     }
     if env.eta is not None:
         record["eta"] = env.eta
+    if env.canvas:
+        record["canvas"] = True
     return record
 
 

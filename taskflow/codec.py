@@ -1,11 +1,16 @@
 """Envelope codec: :class:`~taskflow.message.Envelope` <-> bytes (JSON, see docs/protocol.md).
 
 The payload inside is already JSON-safe (see :mod:`taskflow.payload`), so one JSON pass
-encodes the whole message.
+encodes the whole message. With ``content_type`` :data:`MSGPACK` the arguments travel
+instead as one base64 field ``payload`` holding ``msgpack([args, kwargs])``; the envelope
+itself stays JSON, so brokers (and tools that peek at messages) never need msgpack.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import importlib
 from typing import Any
 
 import orjson
@@ -13,7 +18,21 @@ import orjson
 from .errors import PayloadError
 from .message import PROTOCOL_VERSION, Envelope
 
-__all__ = ["EnvelopeError", "decode_envelope", "dumps", "encode_envelope", "loads"]
+__all__ = [
+    "JSON",
+    "MSGPACK",
+    "EnvelopeError",
+    "decode_envelope",
+    "dumps",
+    "encode_envelope",
+    "loads",
+]
+
+JSON = "application/json"
+"""Content type of the default payload: ``args``/``kwargs`` inline in the JSON envelope."""
+MSGPACK = "application/x-msgpack"
+"""Content type of a msgpack payload: base64 ``payload`` = ``msgpack([args, kwargs])``."""
+_MSGPACK_HINT = "msgpack payloads need msgpack: pip install 'taskflow-queue[msgpack]'"
 
 
 class EnvelopeError(PayloadError):
@@ -49,10 +68,13 @@ def encode_envelope(env: Envelope) -> bytes:
         "id": env.id,
         "task": env.task,
         "queue": env.queue,
-        "args": env.args,
-        "kwargs": env.kwargs,
         "created_at": env.created_at,
     }
+    if env.content_type == MSGPACK:
+        doc["payload"] = _pack(env)
+    else:
+        doc["args"] = env.args
+        doc["kwargs"] = env.kwargs
     # Fields at their default value are left out (the decoder restores them).
     if env.priority:
         doc["priority"] = env.priority
@@ -62,7 +84,7 @@ def encode_envelope(env: Envelope) -> bytes:
         doc["max_retries"] = env.max_retries
     if env.headers:
         doc["headers"] = env.headers
-    if env.content_type != "application/json":
+    if env.content_type != JSON:
         doc["content_type"] = env.content_type
     for name in _OPTIONAL:
         value = getattr(env, name)
@@ -72,6 +94,44 @@ def encode_envelope(env: Envelope) -> bytes:
         return orjson.dumps(doc)
     except TypeError as exc:
         raise PayloadError(f"{env.task}: envelope is not JSON-serializable: {exc}") from None
+
+
+def _msgpack() -> Any:
+    try:
+        return importlib.import_module("msgpack")
+    except ImportError:
+        raise PayloadError(_MSGPACK_HINT) from None
+
+
+def _pack(env: Envelope) -> str:
+    try:
+        data = _msgpack().packb([env.args, env.kwargs], use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise PayloadError(f"{env.task}: payload is not msgpack-serializable: {exc}") from None
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unpack(doc: dict[str, Any]) -> None:
+    """Replace a msgpack ``payload`` field by the ``args``/``kwargs`` it carries."""
+    if doc.get("content_type") != MSGPACK or "args" in doc or "kwargs" in doc:
+        raise EnvelopeError(
+            f"envelope field 'payload' needs content_type {MSGPACK!r} and no 'args'/'kwargs'"
+        )
+    try:
+        data = base64.b64decode(doc.pop("payload"), validate=True)
+    except (binascii.Error, TypeError, ValueError) as exc:
+        raise EnvelopeError(f"envelope payload is not base64: {exc}") from None
+    try:
+        module = _msgpack()
+    except PayloadError as exc:  # msgpack is not installed on this side
+        raise EnvelopeError(str(exc)) from None
+    try:
+        unpacked = module.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for corrupt input
+        raise EnvelopeError(f"envelope payload is not valid msgpack: {exc}") from None
+    if not isinstance(unpacked, list) or len(unpacked) != 2:
+        raise EnvelopeError("msgpack payload must be the array [args, kwargs]")
+    doc["args"], doc["kwargs"] = unpacked
 
 
 def _check(doc: dict[str, Any]) -> None:
@@ -96,6 +156,8 @@ def decode_envelope(data: bytes) -> Envelope:
         raise EnvelopeError(f"envelope is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise EnvelopeError("envelope is not a JSON object")
+    if "payload" in doc:
+        _unpack(doc)
     _check(doc)
     try:
         return Envelope(
@@ -117,7 +179,7 @@ def decode_envelope(data: bytes) -> Envelope:
             root_id=doc.get("root_id"),
             headers=dict(doc.get("headers") or {}),
             canvas=doc.get("canvas"),
-            content_type=doc.get("content_type", "application/json"),
+            content_type=doc.get("content_type", JSON),
             v=doc["v"],
         )
     except (TypeError, ValueError) as exc:

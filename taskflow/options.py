@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 from collections.abc import Callable
@@ -109,6 +110,7 @@ class TaskOptions:
     on_failure: HookFn | None = None
     on_retry: HookFn | None = None
     on_start: HookFn | None = None
+    serializer: str = "json"
 
     @classmethod
     def build(cls, task: str, raw: dict[str, Any]) -> TaskOptions:
@@ -141,6 +143,8 @@ def _check_scalars(task: str, raw: dict[str, Any], opts: dict[str, Any]) -> None
         _check_queue(raw["queue"], task)
     if "retry_on" in raw:
         opts["retry_on"] = _check_retry_on(raw["retry_on"], task)
+    if "serializer" in raw:
+        _check_serializer(raw["serializer"], task)
 
 
 def _rate_limit(task: str, value: Any, burst: Any) -> RateLimit:
@@ -148,6 +152,21 @@ def _rate_limit(task: str, value: Any, burst: Any) -> RateLimit:
     if burst is not None and (isinstance(burst, bool) or not isinstance(burst, int) or burst < 1):
         raise ValueError(f"{task}: rate_burst must be a positive integer, got {burst!r}")
     return RateLimit(limit.rate, limit.count, burst)
+
+
+SERIALIZERS = {"json": "application/json", "msgpack": "application/x-msgpack"}
+"""Payload serializer names (the ``serializer=`` task option) and their content types."""
+
+
+def _check_serializer(value: Any, task: str) -> str:
+    if value not in SERIALIZERS:
+        raise ValueError(f"{task}: serializer must be one of {sorted(SERIALIZERS)}, got {value!r}")
+    # Fail at the decorator, not at the first enqueue, when the optional library is missing.
+    if value == "msgpack" and importlib.util.find_spec("msgpack") is None:
+        raise ValueError(
+            f"{task}: serializer='msgpack' needs pip install 'taskflow-queue[msgpack]'"
+        )
+    return str(value)
 
 
 def _check_queue(value: Any, task: str) -> str:
@@ -182,6 +201,7 @@ TASK_OPTION_NAMES = frozenset(
         "on_failure",
         "on_retry",
         "on_start",
+        "serializer",
     }
 )
 

@@ -41,7 +41,15 @@ Supported annotations and their wire form:
 * pydantic v2 ``BaseModel`` subclasses (``model_dump(mode="json")``/``model_validate``; a dict
   is accepted at encode and validated) and protobuf messages
   (``{"__tf__": "protobuf", "type": full_name, "v": base64}``), detected only when those
-  libraries are already imported by the code that defines the annotation.
+  libraries are already imported by the code that defines the annotation. Protobuf bytes are
+  parsed strictly (fields the annotated message does not define are an error, so the bytes of
+  another message type are rejected); a protobuf parameter also accepts the message's proto3
+  JSON mapping (a plain object) from producers without protobuf.
+
+Typed decoding also accepts the un-annotated (tagged) form of the annotated type, e.g.
+``{"__tf__": "datetime", "v": ...}`` for ``datetime`` or a tagged tuple for ``list[int]``: that
+is what a producer sends when it only has the task name (``App.send_task`` in a process that
+does not import the task). docs/protocol.md is the full wire specification.
 
 Any other annotation (in particular an arbitrary class) raises :class:`PayloadError` from
 :func:`build_schema`, naming the task and parameter.
@@ -218,6 +226,25 @@ def _tagged(tag: str, payload: Any) -> dict[str, Any]:
     return {_TAG: tag, "v": payload}
 
 
+_SEQ_TAGS = frozenset({"tuple", "set", "frozenset"})
+_TUPLE_TAGS = frozenset({"tuple"})
+_DICT_TAGS = frozenset({"dict"})
+
+
+def _untag(value: Any, tags: frozenset[str]) -> Any:
+    """The payload of a tagged value whose tag is in ``tags``; any other value unchanged.
+
+    A producer that does not know the annotation (``send_task`` from a process that does
+    not import the task, another language following docs/protocol.md) sends the
+    un-annotated, tagged form; typed codecs take it as well as their own plain form.
+    """
+    if type(value) is dict and len(value) == 2 and "v" in value:
+        tag = value.get(_TAG)
+        if type(tag) is str and tag in tags:
+            return value["v"]
+    return value
+
+
 def _ordered(values: Iterable[Any]) -> list[Any]:
     # Sets have no order; sorting keeps the wire form deterministic (idempotency keys and
     # argument hashes compare it) whenever the elements are comparable.
@@ -287,8 +314,22 @@ _ANY_ENCODERS: dict[type, Callable[[Any], Any]] = {
 }
 # Subclass lookup order: datetime must come before date, which it subclasses.
 _ANY_BASES: tuple[type, ...] = (
-    str, int, float, datetime, date, time, timedelta, UUID, Decimal, bytes, bytearray,
-    list, tuple, dict, set, frozenset,
+    str,
+    int,
+    float,
+    datetime,
+    date,
+    time,
+    timedelta,
+    UUID,
+    Decimal,
+    bytes,
+    bytearray,
+    list,
+    tuple,
+    dict,
+    set,
+    frozenset,
 )
 
 
@@ -366,13 +407,37 @@ def _protobuf_parts(value: Any) -> tuple[str, bytes]:
         raise _Mismatch(f"malformed protobuf value for {type_name}: bad base64") from None
 
 
-def _decode_any_protobuf(value: dict[str, Any]) -> Any:
-    type_name, data = _protobuf_parts(value)
-    cls = _protobuf_class(type_name)
+def _parse_protobuf(cls: Any, type_name: str, data: bytes) -> Any:
+    """Parse ``data`` as ``cls``, strictly: bytes with fields ``cls`` does not know fail.
+
+    Protobuf parsing is lenient by design (unknown fields are kept, a field of the wrong
+    wire type becomes an unknown field), so the bytes of another message type often parse
+    "successfully". Comparing the size with and without unknown fields (a recursive
+    discard) catches that, so a payload of the wrong type is rejected, not passed on.
+    """
     try:
-        return cls.FromString(data)
+        message = cls.FromString(data)
     except Exception as exc:  # the library's DecodeError, but keep any parse failure typed
         raise _Mismatch(f"could not parse {type_name}: {exc}") from None
+    size = message.ByteSize()
+    message.DiscardUnknownFields()
+    if message.ByteSize() != size:
+        raise _Mismatch(f"bytes are not a {type_name}: they carry fields it does not define")
+    return message
+
+
+def _protobuf_from_json(cls: Any, type_name: str, value: dict[str, Any]) -> Any:
+    """A protobuf message from its canonical proto3 JSON mapping (unknown names fail)."""
+    json_format = importlib.import_module("google.protobuf.json_format")
+    try:
+        return json_format.ParseDict(value, cls())
+    except Exception as exc:  # json_format.ParseError and the errors it wraps
+        raise _Mismatch(f"invalid JSON for {type_name}: {exc}") from None
+
+
+def _decode_any_protobuf(value: dict[str, Any]) -> Any:
+    type_name, data = _protobuf_parts(value)
+    return _parse_protobuf(_protobuf_class(type_name), type_name, data)
 
 
 _TAG_DECODERS: dict[str, tuple[tuple[type, ...], Callable[[Any], Any]]] = {
@@ -540,6 +605,8 @@ class _TextCodec(_Codec):
         reject: tuple[type, ...] = (),
     ) -> None:
         self.name = name
+        # The un-annotated encoding tags these values with the lower-case type name.
+        self.tags = frozenset({name.lower()})
         self.exact = accept
         self.reject = reject
         self.to_text = to_text
@@ -551,12 +618,16 @@ class _TextCodec(_Codec):
         raise _expected(self.name, value)
 
     def decode(self, value: Any) -> Any:
+        value = _untag(value, self.tags)
         if isinstance(value, str):
             try:
                 return self.from_text(value)
             except (ValueError, ArithmeticError):
                 pass  # reported below with the expected type
         raise _expected(self.name, value)
+
+
+_TIMEDELTA_TAGS = frozenset({"timedelta"})
 
 
 class _TimedeltaCodec(_Codec):
@@ -570,6 +641,7 @@ class _TimedeltaCodec(_Codec):
         raise _expected("timedelta", value)
 
     def decode(self, value: Any) -> Any:
+        value = _untag(value, _TIMEDELTA_TAGS)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             try:
                 return timedelta(seconds=value)
@@ -765,6 +837,7 @@ class _SeqCodec(_Codec):
         return [_enc_in(item, x, index) for index, x in enumerate(values)]
 
     def decode(self, value: Any) -> Any:
+        value = _untag(value, _SEQ_TAGS)
         if not isinstance(value, list):
             raise _expected(self.name, value)
         item = self.item
@@ -791,6 +864,7 @@ class _FixedTupleCodec(_Codec):
         return [_enc_in(c, x, i) for i, (c, x) in enumerate(zip(self.items, value, strict=True))]
 
     def decode(self, value: Any) -> Any:
+        value = _untag(value, _TUPLE_TAGS)
         if not isinstance(value, list) or len(value) != len(self.items):
             raise _expected(self.name, value)
         return tuple(
@@ -856,6 +930,7 @@ class _DictCodec(_Codec):
         return {to_wire(k): _enc_in(item, v, k) for k, v in value.items()}
 
     def decode(self, value: Any) -> Any:
+        value = _untag(value, _DICT_TAGS)
         if not isinstance(value, dict):
             raise _expected(self.name, value)
         from_wire, item = self.key.from_wire, self.item
@@ -954,6 +1029,7 @@ class _TypedDictCodec(_Codec):
         return {k: _enc_in(fields[k], v, k) for k, v in value.items()}
 
     def decode(self, value: Any) -> Any:
+        value = _untag(value, _DICT_TAGS)
         if not isinstance(value, dict):
             raise _expected(self.name, value)
         fields = self.fields
@@ -986,6 +1062,7 @@ class _NamedTupleCodec(_Codec):
         return [_enc_in(c, x, n, True) for (n, c), x in zip(self.fields, value, strict=True)]
 
     def decode(self, value: Any) -> Any:
+        value = _untag(value, _TUPLE_TAGS)
         if not isinstance(value, list) or not self.min_len <= len(value) <= len(self.fields):
             raise _expected(self.name, value)
         # Shorter lists are fine when the missing trailing fields have defaults.
@@ -1046,18 +1123,20 @@ class _ProtobufCodec(_Codec):
         self.exact = (cls,)
 
     def encode(self, value: Any) -> Any:
-        if not isinstance(value, self.cls):
+        if type(value) is dict:
+            value = _protobuf_from_json(self.cls, self.full_name, value)
+        elif not isinstance(value, self.cls):
             raise _expected(self.name, value)
         return _protobuf_wire(value)
 
     def decode(self, value: Any) -> Any:
+        if type(value) is dict and _TAG not in value:
+            # A producer without protobuf (JavaScript, curl) may send the JSON mapping.
+            return _protobuf_from_json(self.cls, self.full_name, value)
         type_name, data = _protobuf_parts(value)
         if type_name != self.full_name:
             raise _Mismatch(f"expected {self.full_name}, got {type_name}")
-        try:
-            return self.cls.FromString(data)
-        except Exception as exc:  # the library's DecodeError, but keep any parse failure typed
-            raise _Mismatch(f"could not parse {self.full_name}: {exc}") from None
+        return _parse_protobuf(self.cls, type_name, data)
 
 
 # --------------------------------------------------------------------------- annotations
@@ -1361,8 +1440,7 @@ class PayloadSchema:
         if count > self._max_pos:
             given = "was" if count == 1 else "were"
             raise self._call_error(
-                f"takes {_plural(self._max_pos, 'positional argument')} "
-                f"but {count} {given} given"
+                f"takes {_plural(self._max_pos, 'positional argument')} but {count} {given} given"
             )
         if kwargs:
             self._check_keywords(count, kwargs)
@@ -1388,9 +1466,7 @@ class PayloadSchema:
                     raise self._call_error(f"got multiple values for argument {name!r}")
             elif name not in self._kw_codecs and self._var_kw is None:
                 if name in self._pos_names[: self._n_posonly]:
-                    raise self._call_error(
-                        f"positional-only argument {name!r} passed as keyword"
-                    )
+                    raise self._call_error(f"positional-only argument {name!r} passed as keyword")
                 raise self._call_error(f"got an unexpected keyword argument {name!r}")
 
     def _call_error(self, message: str) -> PayloadError:
@@ -1464,9 +1540,7 @@ class PayloadSchema:
                 return value if type(value) in codec.dec_fast else codec.decode(value)
             return value if type(value) in codec.enc_fast else codec.encode(value)
         except _Mismatch as exc:
-            raise PayloadError(
-                f"{self.task_name}({label}{exc.where()}): {exc.message}"
-            ) from None
+            raise PayloadError(f"{self.task_name}({label}{exc.where()}): {exc.message}") from None
 
 
 def _payload_params(

@@ -219,6 +219,15 @@ class Signature:
         )
         return sig.apply_async()
 
+    def __or__(self, other: Any) -> Any:
+        """``a.s() | b.s()``: a chain (``taskflow.canvas.chain``)."""
+        # The canvas engine sits above tasks, so it is imported when first used.
+        from .canvas import Canvas, chain
+
+        if not isinstance(other, Signature | Canvas):
+            return NotImplemented
+        return chain(self, other)
+
     def __repr__(self) -> str:
         parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
         return f"{self.name}.{'si' if self.immutable else 's'}({', '.join(parts)})"

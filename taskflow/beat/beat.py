@@ -1,0 +1,328 @@
+"""The beat loop: enqueue each due run of every schedule, in exactly one process.
+
+Leadership is a lease built on ``set_nx`` alone. Time is cut into epochs of ``lease``
+seconds; the beat that sets ``beat:<app>:leader:<k>`` first leads during epoch ``k``.
+The leader claims epoch ``k+1`` a little before it begins (``lease / 4``), so while it is
+alive it keeps leading; followers try to claim the current epoch on every tick, so when
+the leader dies (or stops and releases its keys) another beat leads from the next epoch
+at the latest -- within one lease. Clocks of beat hosts must agree to better than
+``lease / 4`` for the hand-over to be clean; a short overlap of two leaders is harmless,
+because each run is enqueued with the deterministic task id and idempotency key
+``beat:<name>:<fire_ts>``, so a second enqueue of the same run returns the first.
+
+Only the leader keeps run state in memory (the next due time per schedule); it loads the
+last handled fire time from the store whenever it (re)gains leadership and writes it after
+each run, so a new leader, or a restarted one, knows what was missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import math
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..clock import Clock
+from ..errors import IdempotencyConflict, TaskflowError
+from .periodic import periodic_of
+from .schedule import Schedule, fire_key, latest_fire, next_fire
+
+if TYPE_CHECKING:
+    from ..app import App
+
+__all__ = ["Beat", "Firing"]
+
+log = logging.getLogger("taskflow.beat")
+
+
+@dataclass(frozen=True, slots=True)
+class Firing:
+    """One run that a tick enqueued (or found already enqueued under its id)."""
+
+    name: str
+    fire_ts: float
+    task_id: str
+
+
+@dataclass(slots=True)
+class _Due:
+    spec: dict[str, Any]
+    next: float
+
+
+class Beat:
+    """Enqueues the runs of an app's periodic tasks; any number may run at once.
+
+    ``lease``: seconds of one leadership epoch (a dead leader is replaced within this);
+    ``max_interval``: the longest the loop sleeps (how soon stored changes are seen);
+    ``misfire_grace``: how late a run may be and still count as on time for
+    ``missed="skip"`` schedules (default: ``lease + 2 * max_interval``, so that a leader
+    hand-over does not skip runs).
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        lease: float = 10.0,
+        max_interval: float = 1.0,
+        misfire_grace: float | None = None,
+        name: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        for option, value in (("lease", lease), ("max_interval", max_interval)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ValueError(
+                    f"beat {option} must be a positive number of seconds, got {value!r}"
+                )
+        self.app = app
+        self.lease = float(lease)
+        self.max_interval = float(max_interval)
+        self.misfire_grace = (
+            float(misfire_grace)
+            if misfire_grace is not None
+            else self.lease + 2 * self.max_interval
+        )
+        self.id = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.clock = clock or app.clock
+        self.periodic = periodic_of(app)
+        self.store = self.periodic.store
+        self._holders: dict[int, str] = {}
+        self._due: dict[str, _Due] = {}
+        self._leading = False
+        self._state_lock = threading.Lock()
+        self._state = "new"  # new -> running -> stopping -> stopped
+        self._stopped = threading.Event()
+        self._stop_event: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"<Beat {self.id} app={self.app.name} lease={self.lease:g}s>"
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this beat led at its last tick."""
+        return self._leading
+
+    # -- public, thread-safe ---------------------------------------------------------
+    def start(self) -> Beat:
+        """Start in the background on the app's loop; returns after the first tick."""
+        with self._state_lock:
+            if self._state != "new":
+                raise TaskflowError(f"beat {self.id} was already started")
+            self._state = "running"
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.app._runtime.submit(self._run(ready))
+        ready.result()
+        return self
+
+    def run(self) -> None:
+        """Start and block until stopped (SIGTERM/SIGINT handling is the caller's)."""
+        self.start()
+        self._stopped.wait()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop ticking and give up leadership; idempotent, safe from any thread."""
+        with self._state_lock:
+            if self._state == "new":
+                self._state = "stopped"
+                self._stopped.set()
+                return
+            if self._state == "stopped":
+                return
+            self._state = "stopping"
+            loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed just now
+                loop.call_soon_threadsafe(self._on_stop_request)
+        if not self.app._runtime.in_loop_thread():
+            self._stopped.wait(timeout)
+
+    def stop_now(self) -> None:
+        """Same as :meth:`stop`: a beat holds no running work."""
+        self.stop()
+
+    def __enter__(self) -> Beat:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def tick(self) -> list[Firing]:
+        """Test seam: one pass at ``clock.time()``; returns the runs it enqueued.
+
+        Only for a beat that was not started; drive time with a FakeClock.
+        """
+        with self._state_lock:
+            if self._state != "new":
+                raise TaskflowError("tick() is for a beat that was not started")
+        return self.app._call(self._tick_now())
+
+    async def _tick_now(self) -> list[Firing]:
+        await self.app._connect()
+        return await self._tick(self.clock.time())
+
+    # -- the loop --------------------------------------------------------------------
+    def _on_stop_request(self) -> None:
+        if self._stop_event is not None:
+            self._stop_event.set()
+
+    async def _run(self, ready: concurrent.futures.Future[None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        try:
+            try:
+                await self.app._connect()
+            except BaseException as exc:
+                ready.set_exception(exc)
+                return
+            if self._state != "running":
+                self._stop_event.set()
+            log.info("beat %s started for app %s (lease %gs)", self.id, self.app.name, self.lease)
+            delay = await self._tick_safely(0.5)
+            ready.set_result(None)  # after the first tick: leadership and baselines are known
+            await self._loop_until_stopped(self._stop_event, delay)
+        finally:
+            with contextlib.suppress(Exception):
+                await self._release()
+            with self._state_lock:
+                self._state = "stopped"
+            self._stopped.set()
+            if ready.done():
+                log.info("beat %s stopped", self.id)
+
+    async def _loop_until_stopped(self, stop: asyncio.Event, delay: float) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if not stop.is_set():
+                delay = await self._tick_safely(delay)
+
+    async def _tick_safely(self, previous: float) -> float:
+        """One tick; returns how long to sleep (backing off while ticks fail)."""
+        try:
+            await self._tick(self.clock.time())
+        except Exception as exc:
+            backoff = min(max(previous * 2, 0.5), 10.0)
+            log.warning("beat %s: tick failed (%s); retrying in %.1fs", self.id, exc, backoff)
+            return backoff
+        return self._next_wake(self.clock.time())
+
+    def _next_wake(self, now: float) -> float:
+        epoch = math.floor(now / self.lease)
+        wake = min(self.max_interval, (epoch + 1) * self.lease - now)
+        if self._leading:
+            margin = self.lease / 4
+            if epoch + 1 not in self._holders:
+                wake = min(wake, (epoch + 1) * self.lease - margin - now)
+            # A run still due (its enqueue failed) is retried after max_interval, not in a
+            # tight loop.
+            upcoming = [d.next for d in self._due.values() if d.next > now]
+            if upcoming:
+                wake = min(wake, min(upcoming) - now)
+        return max(0.005, wake)
+
+    async def _release(self) -> None:
+        for epoch, holder in list(self._holders.items()):
+            if holder == self.id:
+                await self.store.release(epoch, self.id)
+        self._holders.clear()
+        self._leading = False
+
+    # -- one tick --------------------------------------------------------------------
+    async def _tick(self, now: float) -> list[Firing]:
+        if not await self._lead(now):
+            self._due.clear()  # whoever leads next loads the run state from the store
+            return []
+        schedules, paused = await self.periodic.load()
+        for name in [n for n in self._due if n not in schedules or n in paused]:
+            del self._due[name]  # a resumed schedule starts afresh from the store
+        fired: list[Firing] = []
+        for name, schedule in schedules.items():
+            if name in paused:
+                continue
+            try:
+                firing = await self._handle(schedule, now)
+            except Exception as exc:
+                log.warning(
+                    "beat %s: schedule %r failed (%r); retrying at the next tick",
+                    self.id,
+                    name,
+                    exc,
+                )
+                continue
+            if firing is not None:
+                fired.append(firing)
+        return fired
+
+    async def _lead(self, now: float) -> bool:
+        epoch = math.floor(now / self.lease)
+        ttl = 3 * self.lease
+        if self._holders.get(epoch) != self.id:
+            self._holders[epoch] = await self.store.claim(epoch, self.id, ttl)
+        leading = self._holders[epoch] == self.id
+        boundary = (epoch + 1) * self.lease
+        if leading and now >= boundary - self.lease / 4 and epoch + 1 not in self._holders:
+            self._holders[epoch + 1] = await self.store.claim(epoch + 1, self.id, ttl)
+        for old in [e for e in self._holders if e < epoch]:
+            del self._holders[old]
+        if leading != self._leading:
+            log.info("beat %s %s", self.id, "leads" if leading else "follows")
+            self._leading = leading
+        return leading
+
+    async def _handle(self, schedule: Schedule, now: float) -> Firing | None:
+        spec = schedule.to_dict()
+        due = self._due.get(schedule.name)
+        if due is None or due.spec != spec:
+            last = await self.store.last(schedule.name)
+            if last is None:  # a new schedule starts from now; nothing was missed
+                last = now
+                await self.store.set_last(schedule.name, now)
+            due = self._due[schedule.name] = _Due(spec, next_fire(schedule, last))
+        if due.next > now:
+            return None
+        latest = latest_fire(schedule, now) or due.next
+        late = now - latest > self.misfire_grace
+        firing = None
+        if schedule.missed == "once" or not late:
+            firing = await self._fire(schedule, latest)
+        if latest > due.next or late:
+            log.info(
+                "beat: schedule %r missed runs since %s; %s",
+                schedule.name,
+                fire_key(schedule.name, due.next).rsplit(":", 1)[1],
+                "fired the latest once" if firing is not None else "skipped them",
+            )
+        await self.store.set_last(schedule.name, latest)
+        due.next = next_fire(schedule, latest)
+        return firing
+
+    async def _fire(self, schedule: Schedule, fire_ts: float) -> Firing | None:
+        key = fire_key(schedule.name, fire_ts)
+        options: dict[str, Any] = {"task_id": key, "idempotency_key": key}
+        if schedule.queue is not None:
+            options["queue"] = schedule.queue
+        if schedule.priority is not None:
+            options["priority"] = schedule.priority
+        task = self.app.registry.get(schedule.task)
+        prepared = self.app._prepare(schedule.task, task, schedule.args, schedule.kwargs, options)
+        try:
+            ids = await self.app._enqueue([prepared])
+        except IdempotencyConflict as exc:
+            log.warning("beat: run %s was already enqueued with other arguments: %s", key, exc)
+            return None
+        log.debug("beat: enqueued %s (%s)", key, schedule.task)
+        return Firing(schedule.name, fire_ts, ids[0])

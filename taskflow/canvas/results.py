@@ -1,0 +1,254 @@
+"""Result handles of canvases: :class:`GroupResult`, :class:`ChainResult`, :class:`ChordResult`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from ..errors import NotFound, ResultTimeout, TaskCancelled, TaskFailed
+from ..message import TaskStatus
+from ..results.handle import AsyncResult
+from .state import SUCCEEDED, decode_typed, slot_id
+
+if TYPE_CHECKING:
+    from ..app import App
+
+__all__ = ["ChainResult", "ChordResult", "GroupResult", "ResultHandle", "handle_for"]
+
+ResultHandle: TypeAlias = "AsyncResult[Any] | GroupResult | ChainResult"
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    return max(0.0, deadline - time.monotonic())
+
+
+async def _aget_many(app: App, ids: list[str]) -> list[dict[str, Any] | None]:
+    await app._connect()  # a handle may be the first thing an App does (a lookup by id)
+    return await app.results.get_many(ids) if ids else []
+
+
+def _records(app: App, ids: list[str]) -> list[dict[str, Any] | None]:
+    return app._call(_aget_many(app, ids))
+
+
+def _record(app: App, record_id: str) -> dict[str, Any] | None:
+    return _records(app, [record_id])[0]
+
+
+class _CanvasResult:
+    """What group and chain handles share: an id, an app and child handles."""
+
+    kind = ""
+
+    def __init__(self, app: App, canvas_id: str, children: list[ResultHandle]) -> None:
+        self._app = app
+        self.id = canvas_id
+        self.children = children
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id} ({len(self.children)} parts)>"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and getattr(other, "id", None) == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def _own(self) -> dict[str, Any] | None:
+        return _record(self._app, self.id)
+
+    @property
+    def status(self) -> TaskStatus:
+        """The canvas's own status (``pending`` while nothing is known)."""
+        record = self._own()
+        return TaskStatus(record["status"]) if record else TaskStatus.PENDING
+
+    def ready(self) -> bool:
+        """True once the canvas reached a terminal status."""
+        return self.status.terminal
+
+    def successful(self) -> bool:
+        """True if the canvas succeeded."""
+        return self.status is TaskStatus.SUCCEEDED
+
+    def failed(self) -> bool:
+        """True if the canvas failed (or was cancelled)."""
+        return self.status in (TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED)
+
+    def statuses(self) -> dict[str, TaskStatus]:
+        """``{child id: status}`` in submission order (children are tasks or canvases)."""
+        ids = [child.id for child in self.children]
+        records = _records(self._app, ids)
+        final = self._final_statuses()
+        out: dict[str, TaskStatus] = {}
+        for index, (cid, record) in enumerate(zip(ids, records, strict=True)):
+            status = final.get(index) or (record or {}).get("status") or "pending"
+            out[cid] = TaskStatus(status)
+        return out
+
+    def _final_statuses(self) -> dict[int, str]:
+        return {}
+
+
+class GroupResult(_CanvasResult):
+    """The members of a group, in submission order."""
+
+    kind = "group"
+
+    @property
+    def results(self) -> list[ResultHandle]:
+        """The members' handles, in submission order."""
+        return self.children
+
+    def _final_statuses(self) -> dict[int, str]:
+        ids = [slot_id(self.id, i) for i in range(len(self.children))]
+        slots = _records(self._app, ids)
+        return {i: str(s["status"]) for i, s in enumerate(slots) if s and s.get("status")}
+
+    def get(self, timeout: float | None = None, *, propagate: bool = True) -> list[Any]:
+        """Every member's value, in submission order.
+
+        Waits on each member in turn (push-based). Raises the first failing member's
+        :class:`TaskFailed` (``propagate=False`` puts it in the list instead),
+        :class:`TaskCancelled`, or :class:`ResultTimeout` when ``timeout`` runs out.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values: list[Any] = []
+        for child in self.children:
+            try:
+                values.append(child.get(_remaining(deadline), propagate=propagate))
+            except ResultTimeout:
+                raise ResultTimeout(f"group {self.id} did not finish within {timeout}s") from None
+        return values
+
+    def completed_count(self) -> int:
+        """How many members succeeded."""
+        return sum(1 for s in self.statuses().values() if s is TaskStatus.SUCCEEDED)
+
+
+class ChainResult(_CanvasResult):
+    """A chain: its steps' handles, the current step, and the final value."""
+
+    kind = "chain"
+
+    @property
+    def steps(self) -> list[ResultHandle]:
+        """Each step's handle (a task, a group or a chain), in order."""
+        return self.children
+
+    @property
+    def last(self) -> ResultHandle:
+        """The last step's handle."""
+        return self.children[-1]
+
+    def _final_statuses(self) -> dict[int, str]:
+        record = self._own() or {}
+        return {i: str(record[f"s.{i}"]) for i in range(len(self.children)) if record.get(f"s.{i}")}
+
+    @property
+    def current(self) -> int | None:
+        """Index of the step that runs now (None once the chain finished)."""
+        record = self._own()
+        if record is None or record.get("status") in (
+            "succeeded",
+            "failed",
+            "cancelled",
+            "expired",
+        ):
+            return None
+        return int(record.get("current", 0))
+
+    def finished_steps(self) -> list[ResultHandle]:
+        """The handles of the steps that finished, in order."""
+        final = self._final_statuses()
+        return [c for i, c in enumerate(self.children) if i in final]
+
+    def get(self, timeout: float | None = None, *, propagate: bool = True) -> Any:
+        """The last step's value (push-based wait on the chain record).
+
+        Raises the failing step's :class:`TaskFailed` (or returns it with
+        ``propagate=False``), :class:`TaskCancelled`, or :class:`ResultTimeout`.
+        """
+        record = self._app._wait_result(self.id, timeout)
+        if record is None:
+            raise ResultTimeout(f"{self.kind} {self.id} did not finish within {timeout}s")
+        return self._outcome(record, propagate)
+
+    async def aget(self, timeout: float | None = None, *, propagate: bool = True) -> Any:
+        """``get`` for async code."""
+        record = await self._app._acall(self._app.results.wait(self.id, timeout))
+        if record is None:
+            raise ResultTimeout(f"{self.kind} {self.id} did not finish within {timeout}s")
+        return self._outcome(record, propagate)
+
+    def _outcome(self, record: Mapping[str, Any], propagate: bool) -> Any:
+        status = record.get("status")
+        if status == SUCCEEDED:
+            return decode_typed(self._app, record.get("result"))
+        failed_task = str(record.get("failed_task") or self.id)
+        if status in ("cancelled", "expired"):
+            raise TaskCancelled(failed_task, str(status))
+        error = record.get("error") or {}
+        exc = TaskFailed(
+            failed_task,
+            str(error.get("type", "Exception")),
+            str(error.get("message", "")),
+            error.get("traceback"),
+        )
+        if propagate:
+            raise exc
+        return exc
+
+
+class ChordResult(ChainResult):
+    """A chord: ``header`` (a :class:`GroupResult`) then ``body``; ``get()`` is the body's
+    value, or the failing header member's :class:`TaskFailed`."""
+
+    kind = "chord"
+
+    @property
+    def header(self) -> GroupResult:
+        """The header group's handle."""
+        head = self.children[0]
+        assert isinstance(head, GroupResult)
+        return head
+
+    @property
+    def body(self) -> ResultHandle:
+        """The body's handle (the last step when the body is a chain)."""
+        return self.children[-1]
+
+
+def handle_for(app: App, desc: Mapping[str, Any]) -> ResultHandle:
+    """A handle rebuilt from a stored descriptor (``{"id", "k", "name"}``)."""
+    if desc["k"] == "t":
+        return AsyncResult(app, str(desc["id"]), desc.get("name"))
+    record = _record(app, str(desc["id"]))
+    if record is None:
+        raise NotFound(f"no record for canvas {desc['id']}")
+    return from_record(app, record)
+
+
+def from_record(app: App, record: Mapping[str, Any]) -> GroupResult | ChainResult:
+    """A group or chain handle from its stored record."""
+    kind = record.get("kind")
+    if kind == "group":
+        return GroupResult(
+            app, str(record["id"]), [handle_for(app, d) for d in record.get("members", [])]
+        )
+    if kind == "chain":
+        children = [handle_for(app, d) for d in record.get("steps", [])]
+        cls = ChordResult if record.get("chord") else ChainResult
+        return cls(app, str(record["id"]), children)
+    raise NotFound(f"record {record.get('id')} is not a canvas (kind {kind!r})")
+
+
+def lookup(app: App, canvas_id: str, kind: str) -> GroupResult | ChainResult:
+    """``app.group_result`` / ``app.chain_result``: NotFound if absent or another kind."""
+    record = _record(app, canvas_id)
+    if record is None or record.get("kind") != kind:
+        raise NotFound(f"no {kind} with id {canvas_id}")
+    return from_record(app, record)
