@@ -86,8 +86,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--queued", type=int, default=100_000)
     args = parser.parse_args()
-    print(f"memory broker + memory results, {args.n} no-op tasks, concurrency "
-          f"{args.concurrency}, median of {args.runs} runs")
+    print(
+        f"memory broker + memory results, {args.n} no-op tasks, concurrency "
+        f"{args.concurrency}, median of {args.runs} runs"
+    )
     print(f"{'body':<6} {'enqueue/s':>12} {'drain/s':>12} {'overhead µs':>12}")
     for kind in ("async", "sync"):
         runs = [one_run(kind, args.n, args.concurrency) for _ in range(args.runs)]

@@ -24,7 +24,7 @@ from . import codec
 from .brokers import broker_from_url
 from .brokers.base import Broker, Message
 from .clock import SYSTEM_CLOCK, Clock
-from .errors import ConfigError, IdempotencyConflict, NotFound, PayloadError, TaskflowError
+from .errors import ConfigError, IdempotencyConflict, PayloadError, TaskflowError
 from .message import Envelope, TaskStatus
 from .middleware import HOOK_KINDS, Middleware, TaskEvent, chain_enqueue
 from .options import SERIALIZERS, TaskOptions, check_priority, check_queue, check_timeout
@@ -829,4 +829,3 @@ def message_for(env: Envelope) -> Message:
 
 __all__ += ["message_for"]
 
-_ = (NotFound, TaskflowError)

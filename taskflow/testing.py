@@ -31,8 +31,9 @@ from .worker import Worker
 __all__ = ["drain", "running_worker", "test_app"]
 
 
-def drain(app: App, queues: Sequence[str] | None = None, concurrency: int = 1,
-          **options: Any) -> int:
+def drain(
+    app: App, queues: Sequence[str] | None = None, concurrency: int = 1, **options: Any
+) -> int:
     """Run every task that is due now on ``queues`` and return how many ran.
 
     A thin wrapper over :meth:`Worker.run_until_idle`; with a :class:`FakeClock`, advance
@@ -42,8 +43,9 @@ def drain(app: App, queues: Sequence[str] | None = None, concurrency: int = 1,
 
 
 @contextmanager
-def running_worker(app: App, queues: Sequence[str] | None = None, concurrency: int = 4,
-                   **options: Any) -> Iterator[Worker]:
+def running_worker(
+    app: App, queues: Sequence[str] | None = None, concurrency: int = 4, **options: Any
+) -> Iterator[Worker]:
     """A started worker for the block; stopped (gracefully) afterwards."""
     worker = app.worker(queues=queues, concurrency=concurrency, **options).start()
     try:
@@ -53,8 +55,9 @@ def running_worker(app: App, queues: Sequence[str] | None = None, concurrency: i
 
 
 @contextmanager
-def test_app(name: str = "test", *, clock: FakeClock | None = None,
-             **options: Any) -> Iterator[App]:
+def test_app(
+    name: str = "test", *, clock: FakeClock | None = None, **options: Any
+) -> Iterator[App]:
     """An in-memory :class:`App` (on ``clock`` if given), closed after the block."""
     app = App(name, clock=clock, **options)
     try:

@@ -19,8 +19,7 @@ from ..brokers.base import Delivery
 from ..clock import Clock
 from ..context import TaskContext
 from ..errors import NotRegistered, PayloadError, Reject, Retry, TaskflowError, TaskTimeout
-from ..message import Envelope, TaskStatus
-from ..middleware import TaskEvent, chain_execute
+from ..middleware import chain_execute
 from .events import EventBus, Subscription
 from .executor import run_async, run_sync
 from .retry import backoff_delay
@@ -534,7 +533,7 @@ class Worker:
                 return
             await self.settle.failed(job, cause, duration)
             return
-        retriable = isinstance(exc, opts.retry_on) or isinstance(exc, TaskTimeout)
+        retriable = isinstance(exc, (*opts.retry_on, TaskTimeout))
         if can_retry and retriable and not isinstance(exc, PayloadError):
             await self.settle.retry(job, exc, self._backoff(job), duration)
             return
