@@ -16,6 +16,9 @@ and the dead-letter list deletes the oldest ones when it is trimmed. Every state
 one Lua script, so a crash between two commands cannot lose or duplicate a message.
 Time comes from the broker's :class:`~taskflow.clock.Clock` (passed to the scripts), so
 tests can drive schedules and leases with a ``FakeClock``.
+
+Admin methods live in ``_redis_admin``, the control-channel reader in ``_redis_control``
+and the helpers shared with the result store in ``_redis_common``.
 """
 
 from __future__ import annotations
@@ -23,74 +26,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
-from importlib import resources
 from typing import Any, ClassVar
 
 import orjson
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BrokerError, ConfigError, QueueFull
 from ..urls import BackendURL, option_float, parse_url, reject_unknown
+from ._redis_admin import RedisAdmin
+from ._redis_common import URL_OPTIONS, broker_error, check_prefix, load_script, redis_client
+from ._redis_control import ControlReader
 from .base import Broker, BrokerAdmin, Capabilities, DeadLetter, Delivery, Message
 
-__all__ = ["URL_OPTIONS", "RedisBroker", "RedisDelivery", "load_script", "redis_client"]
-
-# Query options understood on a redis:// URL. The result store shares the URL (it is
-# derived from the broker's by default), so both accept the same set.
-URL_OPTIONS = frozenset({"prefix", "lease", "connect_timeout"})
+__all__ = [
+    "URL_OPTIONS",
+    "RedisBroker",
+    "RedisDelivery",
+    "broker_error",
+    "check_prefix",
+    "load_script",
+    "redis_client",
+]
 
 _BLOCK_CHUNK = 5.0  # longest single BLPOP; the blocking socket's timeout is above it
-
-
-def load_script(name: str) -> str:
-    """The text of a bundled Lua script (broker scripts get the shared helpers first)."""
-    folder = resources.files("taskflow.brokers").joinpath("lua")
-    text = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-    if name.startswith("result_"):
-        return text
-    return folder.joinpath("common.lua").read_text(encoding="utf-8") + "\n" + text
-
-
-def check_prefix(prefix: str, where: str) -> str:
-    """A key prefix: non-empty, without braces (they would break the hash tag)."""
-    if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
-        raise ConfigError(f"{where}: prefix must be a non-empty string without braces")
-    return prefix
-
-
-def redis_client(
-    url: str, connect_timeout: float, socket_timeout: float | None, max_connections: int = 64
-) -> aioredis.Redis:
-    """An asyncio client that rides out a short outage (a server restart, a failover).
-
-    A command on a broken connection is retried on a fresh one with backoff for about
-    2.5 s in all, so a settle or a result write made while the server restarts still lands
-    before the lease runs out; a server that stays down then fails with an error.
-    Repeating a script is safe: publish replaces by id, settles are fenced by tokens,
-    result updates are merges.
-    The pool blocks (up to ``connect_timeout``) for a free connection instead of failing,
-    so a burst of concurrent calls queues up rather than erroring.
-    """
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=connect_timeout,
-        socket_connect_timeout=connect_timeout,
-        socket_timeout=socket_timeout,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 6),
-        socket_keepalive=True,
-    )
-    return aioredis.Redis.from_pool(pool)
-
-
-def broker_error(masked: str, exc: BaseException) -> BrokerError:
-    """A BrokerError naming the (masked) URL, never a bare client traceback."""
-    what = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
-    return BrokerError(f"redis at {masked}: {what}")
 
 
 class RedisDelivery(Delivery):
@@ -143,7 +103,7 @@ class RedisDelivery(Delivery):
 SettleItem = tuple[str, str, str, bytes | str, str, str]
 
 
-class RedisBroker(Broker, BrokerAdmin):
+class RedisBroker(RedisAdmin, Broker, BrokerAdmin):
     """Broker on Redis (``redis://`` or ``rediss://``).
 
     ``prefix``: key namespace (one per app); ``lease``: seconds a delivery stays leased
@@ -181,7 +141,7 @@ class RedisBroker(Broker, BrokerAdmin):
         self._scripts: dict[str, Any] = {}
         self._pending: list[tuple[SettleItem, asyncio.Future[bool]]] = []
         self._flushing = False
-        self._control: _ControlReader | None = None
+        self._control: ControlReader | None = None
         self._lost: list[DeadLetter] = []
 
     @classmethod
@@ -378,83 +338,13 @@ class RedisBroker(Broker, BrokerAdmin):
     async def control_messages(self, timeout: float) -> list[dict[str, Any]]:
         """Commands received since this task's previous call, waiting up to ``timeout``."""
         if self._control is None:
-            self._control = _ControlReader(self._client(), self.key("control"), self._masked)
+            self._control = ControlReader(self._client(), self.key("control"), self._masked)
         return await self._control.read(timeout)
 
     def forget_control_reader(self) -> None:
         """Drop the current task's control cursor (a stopping worker calls this)."""
         if self._control is not None:
             self._control.forget()
-
-    # -- admin -----------------------------------------------------------------------
-    async def depth(self, queue: str) -> dict[str, int]:
-        """Counts of ``ready``, ``scheduled``, ``inflight`` and ``dead`` messages."""
-        ready, sched, inflight, dead = await self._run("admin", ["depth", queue])
-        return {"ready": ready, "scheduled": sched, "inflight": inflight, "dead": dead}
-
-    async def peek(self, queue: str, limit: int = 10) -> list[bytes]:
-        """Bodies of the next ready messages, in delivery order."""
-        r = self._client()
-        try:
-            ids: list[Any] = await r.zrange(self.key("q", queue, "ready"), 0, max(0, limit - 1))
-            async with r.pipeline(transaction=False) as pipe:
-                for i in ids:
-                    pipe.hget(self.key("m", i.decode()), "b")
-                bodies: list[bytes | None] = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise broker_error(self._masked, exc) from None
-        return [b for b in bodies if b is not None]
-
-    async def purge(self, queue: str) -> int:
-        """Drop every ready and scheduled message of ``queue``."""
-        return int(await self._run("admin", ["purge", queue]))
-
-    async def pause(self, queue: str) -> None:
-        """Stop delivering from ``queue``; publishing still works."""
-        try:
-            await self._client().sadd(self.key("paused"), queue)
-        except (RedisError, OSError) as exc:
-            raise broker_error(self._masked, exc) from None
-
-    async def resume(self, queue: str) -> None:
-        """Deliver from ``queue`` again (and wake idle consumers)."""
-        await self._run("admin", ["resume", queue])
-
-    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
-        """The dead-letter list of ``queue``, oldest first."""
-        r = self._client()
-        fields = ("b", "rs", "er", "ft", "dc", "p", "md", "st")
-        try:
-            ids: list[Any] = await r.lrange(self.key("q", queue, "dead"), 0, max(0, limit - 1))
-            async with r.pipeline(transaction=False) as pipe:
-                for i in ids:
-                    pipe.hmget(self.key("m", i.decode()), fields)
-                rows = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise broker_error(self._masked, exc) from None
-        return [
-            _dead_letter(i.decode(), queue, row)
-            for i, row in zip(ids, rows, strict=True)
-            if row[7] == b"d"
-        ]
-
-    async def replay(self, queue: str, ids: Sequence[str] | None = None) -> int:
-        """Make dead letters ready again with a fresh delivery budget."""
-        return int(await self._run("admin", ["replay", queue, *(ids or ())]))
-
-
-def _dead_letter(mid: str, queue: str, row: list[bytes | None]) -> DeadLetter:
-    body, reason, error, failed_at, dc, pri, maxd, _ = row
-    return DeadLetter(
-        id=mid,
-        queue=queue,
-        body=body or b"",
-        reason=(reason or b"").decode(),
-        error=(error or b"").decode() or None,
-        failed_at=float(failed_at or 0),
-        delivery_count=int(dc or 0),
-        extra={"priority": int(pri or 0), "max_deliveries": int(maxd or 1)},
-    )
 
 
 def _consume(task: asyncio.Task[None]) -> None:
@@ -471,93 +361,3 @@ def _url_kwargs(parsed: BackendURL) -> dict[str, Any]:
     if "connect_timeout" in parsed.options:
         kwargs["connect_timeout"] = option_float(parsed, "connect_timeout", 5.0)
     return kwargs
-
-
-class _ControlReader:
-    """One pub/sub subscription feeding per-task cursors (like the memory broker's)."""
-
-    def __init__(self, client: aioredis.Redis, channel: str, masked: str) -> None:
-        self._client = client
-        self._channel = channel
-        self._masked = masked
-        self._log: list[dict[str, Any]] = []
-        self._base = 0  # absolute index of self._log[0]
-        self._cursors: dict[int, int] = {}
-        self._changed = asyncio.Event()
-        self._pubsub: Any = None
-        self._task: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
-
-    async def _ensure(self) -> None:
-        if self._task is not None and not self._task.done():
-            return
-        async with self._lock:  # concurrent first readers share one subscription
-            if self._task is None or self._task.done():
-                await self._subscribe()
-
-    async def _subscribe(self) -> None:
-        if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.aclose()
-        pubsub: Any = self._client.pubsub()
-        try:
-            await pubsub.subscribe(self._channel)
-            # Wait for the confirmation so a command sent after we return is not missed.
-            async with asyncio.timeout(10.0):
-                while True:
-                    msg = await pubsub.get_message(timeout=1.0)
-                    if msg is not None and msg.get("type") == "subscribe":
-                        break
-        except (RedisError, OSError, TimeoutError) as exc:
-            await pubsub.aclose()
-            raise broker_error(self._masked, exc) from None
-        self._pubsub = pubsub
-        self._task = asyncio.get_running_loop().create_task(self._listen(pubsub))
-
-    async def _listen(self, pubsub: Any) -> None:
-        try:
-            async for msg in pubsub.listen():
-                if msg.get("type") != "message":
-                    continue
-                with contextlib.suppress(orjson.JSONDecodeError):
-                    command = orjson.loads(msg["data"])
-                    if isinstance(command, dict):
-                        self._append(command)
-        except (RedisError, OSError):
-            self._changed.set()  # readers return; the next read resubscribes
-
-    def _append(self, command: dict[str, Any]) -> None:
-        self._log.append(command)
-        if len(self._log) > 10_000:
-            del self._log[:5_000]
-            self._base += 5_000
-        self._changed.set()
-
-    async def read(self, timeout: float) -> list[dict[str, Any]]:
-        await self._ensure()
-        key = id(asyncio.current_task())
-        end = self._base + len(self._log)
-        cursor = max(self._cursors.setdefault(key, end), self._base)
-        if cursor == end and timeout > 0:
-            self._changed.clear()
-            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._changed.wait()
-        end = self._base + len(self._log)
-        self._cursors[key] = end
-        return self._log[cursor - self._base :]
-
-    def forget(self) -> None:
-        with contextlib.suppress(RuntimeError):
-            self._cursors.pop(id(asyncio.current_task()), None)
-
-    async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.aclose()
-            self._pubsub = None

@@ -24,24 +24,27 @@ import asyncio
 import contextlib
 import json
 import re
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
-from ..brokers.nats import connect_nats, stream_name, subject_token
+from ..brokers._nats_common import connect_nats, stream_name, subject_token
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BrokerError, ConfigError
 from ..urls import option_float, parse_url, reject_unknown
+from ._nats_acks import PubAcks, reply_error
 from .base import ResultStore, StoreCapabilities, is_terminal
 
 __all__ = ["NatsResultStore"]
 
 _KEY = re.compile(r"[-_=A-Za-z0-9]+")
 _TIMEOUT = 5.0
+_BURST = 1000  # creates in flight at once
+_WRONG_LAST = (10071, 10164)  # JetStream error codes: the key's last revision was not 0
 URL_OPTIONS = ("prefix", "lease", "connect_timeout", "max_age")
 
 
@@ -79,6 +82,7 @@ class NatsResultStore(ResultStore):
         self._masked = parsed.masked
         self._server = parsed.without_query()
         self._nc: Client | None = None
+        self._acks: PubAcks | None = None
         self._kv: KeyValue | None = None
 
     @classmethod
@@ -104,6 +108,7 @@ class NatsResultStore(ResultStore):
         if self._nc is not None:
             return
         self._nc = await connect_nats(self._server, self._masked, self.connect_timeout)
+        self._acks = PubAcks(self._nc)
         js = self._nc.jetstream()
         try:
             try:
@@ -118,10 +123,15 @@ class NatsResultStore(ResultStore):
 
     async def close(self) -> None:
         """Close the connection. Idempotent."""
-        nc, self._nc, self._kv = self._nc, None, None
+        nc, self._nc, self._acks, self._kv = self._nc, None, None, None
         if nc is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.close(), 5.0)
+
+    def _pub_acks(self) -> PubAcks:
+        if self._acks is None:
+            raise BrokerError(f"NATS result store {self._masked} is not connected")
+        return self._acks
 
     def _bucket(self) -> KeyValue:
         if self._kv is None:
@@ -151,10 +161,13 @@ class NatsResultStore(ResultStore):
             return None, entry.revision
         return stored.get("v"), entry.revision
 
+    def _encode(self, value: Any, ttl: float | None) -> bytes:
+        expires = None if ttl is None else self.clock.time() + ttl
+        return json.dumps({"v": value, "x": expires}, separators=(",", ":")).encode()
+
     async def _write(self, key: str, value: Any, ttl: float | None, revision: int | None) -> bool:
         """Compare-and-set; False if someone else wrote first."""
-        expires = None if ttl is None else self.clock.time() + ttl
-        data = json.dumps({"v": value, "x": expires}, separators=(",", ":")).encode()
+        data = self._encode(value, ttl)
         kv = self._bucket()
         try:
             if revision is None:
@@ -196,14 +209,75 @@ class NatsResultStore(ResultStore):
     async def update_many(
         self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None
     ) -> list[dict[str, Any] | None]:
-        """:meth:`update` for many records, concurrently; new records cost one round trip."""
-        return list(await asyncio.gather(*(self._create_or_update(t, c, ttl) for t, c in items)))
+        """:meth:`update` for many records; new records are created in one pipelined burst.
+
+        Batches are mostly fresh records (enqueue, canvas), so every record is first tried
+        as a create; only the ones that exist take the read + compare-and-set path.
+        """
+        records = [{"id": t, **c} for t, c in items]
+        created = await self._create_burst(
+            [(t, r) for (t, _), r in zip(items, records, strict=True)], ttl
+        )
+
+        async def one(i: int) -> dict[str, Any] | None:
+            if created[i]:
+                return records[i]
+            return await self.update(items[i][0], items[i][1], ttl)
+
+        return list(await asyncio.gather(*(one(i) for i in range(len(items)))))
 
     async def create_many(
         self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None
     ) -> list[bool]:
-        """Write each record only where none exists (KV create: atomic per record)."""
-        return list(await asyncio.gather(*(self._create(t, r, ttl) for t, r in items)))
+        """Write each record only where none exists (KV create: atomic per record).
+
+        The creates go out as one pipelined burst; a record whose key is taken (or holds
+        an expired value or a delete marker) is settled one by one afterwards.
+        """
+        created = await self._create_burst([(t, {"id": t, **r}) for t, r in items], ttl)
+
+        async def one(i: int) -> bool:
+            return created[i] or await self._create(items[i][0], items[i][1], ttl)
+
+        return list(await asyncio.gather(*(one(i) for i in range(len(items)))))
+
+    async def _create_burst(
+        self, records: Sequence[tuple[str, dict[str, Any]]], ttl: float | None
+    ) -> list[bool]:
+        """Try a KV create of every record without awaiting each ack; False where the key
+        was not empty. Same wire effect as ``KeyValue.create``'s first attempt."""
+        out: list[bool] = []
+        for start in range(0, len(records), _BURST):
+            out += await self._create_chunk(records[start : start + _BURST], ttl)
+        return out
+
+    async def _create_chunk(
+        self, records: Sequence[tuple[str, dict[str, Any]]], ttl: float | None
+    ) -> list[bool]:
+        acks = self._pub_acks()
+        headers = {"Nats-Expected-Last-Subject-Sequence": "0"}
+        futures: list[asyncio.Future[Msg]] = []
+        try:
+            async with asyncio.timeout(_TIMEOUT):
+                for task_id, record in records:
+                    subject = f"$KV.{self.bucket}.{_key('r', task_id)}"
+                    data = self._encode(record, ttl)
+                    futures.append(await acks.publish(subject, data, headers))
+                replies = await asyncio.gather(*futures)
+        except Exception as exc:
+            raise BrokerError(f"NATS {self._masked}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            for fut in futures:
+                fut.cancel()  # no-op once done; drops the reply slot of an abandoned one
+        return [self._created(reply) for reply in replies]
+
+    def _created(self, reply: Msg) -> bool:
+        error = reply_error(reply)
+        if error is None:
+            return True
+        if error[0] in _WRONG_LAST:
+            return False
+        raise BrokerError(f"NATS {self._masked}: KV create: {error[1]} ({error[0]})")
 
     async def _create(self, task_id: str, record: Mapping[str, Any], ttl: float | None) -> bool:
         key = _key("r", task_id)
@@ -216,15 +290,6 @@ class NatsResultStore(ResultStore):
             # Present only as an expired value or a delete marker: replace it by revision.
             if await self._write(key, {"id": task_id, **record}, ttl, revision):
                 return True
-
-    async def _create_or_update(
-        self, task_id: str, changes: Mapping[str, Any], ttl: float | None
-    ) -> dict[str, Any] | None:
-        # Batches are mostly fresh records (enqueue): try a create before read + CAS.
-        record = {"id": task_id, **changes}
-        if await self._write(_key("r", task_id), record, ttl, None):
-            return record
-        return await self.update(task_id, changes, ttl)
 
     async def delete(self, task_id: str) -> bool:
         """Forget a record; True if there was one."""
@@ -319,6 +384,3 @@ class NatsResultStore(ResultStore):
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-
-
-_ = time

@@ -1,0 +1,157 @@
+"""Admin operations of the NATS broker: depth, peek, purge, pause/resume, dead letters.
+
+Counts come from consumer info (ready, inflight) and per-subject stream counts (scheduled,
+dead). Pause flags live in the ``TF_N_STATE`` KV bucket and changes are broadcast on
+``P.pause``, so every process stops delivering a paused queue within one cache period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from nats.aio.msg import Msg
+
+from ._nats_common import LEVELS, PAUSE_CACHE, dead_letter_from_raw, stream_name, subject_token
+from ._nats_core import NatsCore
+from .base import DeadLetter
+
+__all__ = ["NatsAdmin"]
+
+
+class NatsAdmin(NatsCore):
+    """Mixin: the :class:`~taskflow.brokers.base.BrokerAdmin` methods on JetStream."""
+
+    async def _level_infos(self, queue: str) -> list[dict[str, Any]]:
+        await self._ensure_queue(queue)
+        return list(
+            await asyncio.gather(
+                *(
+                    self._api(f"CONSUMER.INFO.{self.work}.{self._consumer(queue, level)}", {})
+                    for level in LEVELS
+                )
+            )
+        )
+
+    async def _count(self, stream: str, subject: str) -> int:
+        resp = await self._api(f"STREAM.INFO.{stream}", {"subjects_filter": subject})
+        subjects = resp.get("state", {}).get("subjects") or {}
+        return sum(int(n) for n in subjects.values())
+
+    async def depth(self, queue: str) -> dict[str, int]:
+        """Counts from consumer info (ready, inflight) and subject counts (scheduled, dead)."""
+        qt = subject_token(queue)
+        infos = await self._level_infos(queue)
+        return {
+            "ready": sum(int(i["num_pending"]) for i in infos),
+            "scheduled": await self._count(self.delays, f"{self.root}.d.{qt}.*"),
+            "inflight": sum(int(i["num_ack_pending"]) for i in infos),
+            "dead": await self._count(self.dlq, f"{self.root}.dlq.{qt}.*"),
+        }
+
+    async def peek(self, queue: str, limit: int = 10) -> list[bytes]:
+        """Next undelivered bodies, highest level first (not removed)."""
+        qt = subject_token(queue)
+        out: list[bytes] = []
+        for level, info in zip(LEVELS, await self._level_infos(queue), strict=True):
+            start = int(info["delivered"]["stream_seq"]) + 1
+            for raw in await self._scan(
+                self.work, f"{self.root}.q.{qt}.p{level}.*", start, limit - len(out)
+            ):
+                out.append(base64.b64decode(raw.get("data") or ""))
+            if len(out) >= limit:
+                break
+        return out
+
+    async def purge(self, queue: str) -> int:
+        """Drop the queue's ready and scheduled messages; returns how many."""
+        await self._ensure_queue(queue)
+        count = 0
+        for level in LEVELS:
+            count += await self._drain_level(queue, level)
+        later = await self._scan(
+            self.delays, f"{self.root}.d.{subject_token(queue)}.*", 1, 10_000_000
+        )
+        for raw in later:
+            count += await self._delete(self.delays, int(raw["seq"]), "delay")
+        return count
+
+    async def _drain_level(self, queue: str, level: int) -> int:
+        # Pull-and-ack rather than a filtered purge: see _delete on 2.9's stale consumers.
+        count = 0
+        while True:
+            msgs = await self._pull(self.work, self._consumer(queue, level), 256)
+            for msg in msgs:
+                await self._ack(msg)
+            count += len(msgs)
+            if len(msgs) < 256:
+                return count
+
+    async def _set_paused(self, queue: str, paused: bool) -> None:
+        kv = await self._call(self._conn().jetstream().key_value(self.state_bucket))
+        key = f"paused.{stream_name(queue)}"
+        await self._call(kv.put(key, b"1") if paused else kv.put(key, b"0"))
+        self._paused[queue] = (paused, time.monotonic())
+        payload = json.dumps({"queue": queue, "paused": paused}).encode()
+        await self._call(self._conn().publish(f"{self.root}.pause", payload))
+        self._wake_all()
+
+    async def pause(self, queue: str) -> None:
+        """Stop delivering ``queue`` in every process (flag in KV, change broadcast)."""
+        await self._set_paused(queue, True)
+
+    async def resume(self, queue: str) -> None:
+        """Deliver ``queue`` again."""
+        await self._set_paused(queue, False)
+
+    async def _on_pause(self, msg: Msg) -> None:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            change = json.loads(msg.data)
+            self._paused[str(change["queue"])] = (bool(change["paused"]), time.monotonic())
+            self._wake_all()
+
+    async def _is_paused(self, queue: str) -> bool:
+        cached = self._paused.get(queue)
+        if cached is not None and time.monotonic() - cached[1] < PAUSE_CACHE:
+            return cached[0]
+        kv = await self._call(self._conn().jetstream().key_value(self.state_bucket))
+        try:
+            entry = await kv.get(f"paused.{stream_name(queue)}")
+            paused = bool(entry.value == b"1")
+        except Exception:
+            # No flag stored (or unreadable): a queue is delivered unless paused explicitly.
+            paused = False
+        self._paused[queue] = (paused, time.monotonic())
+        return paused
+
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        """The queue's dead letters, oldest first."""
+        raws = await self._scan(self.dlq, f"{self.root}.dlq.{subject_token(queue)}.*", 1, limit)
+        return [dead_letter_from_raw(raw, queue) for raw in raws]
+
+    async def replay(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Republish dead letters (all, or ``ids``) with a fresh budget; remove them."""
+        wanted = set(ids) if ids is not None else None
+        raws = await self._scan(self.dlq, f"{self.root}.dlq.{subject_token(queue)}.*", 1, 1_000_000)
+        js = self._conn().jetstream()
+        count = 0
+        for raw in raws:
+            dead = dead_letter_from_raw(raw, queue)
+            if wanted is not None and dead.id not in wanted:
+                continue
+            headers = {
+                "Nats-Msg-Id": f"{dead.id}.y{raw['seq']}",
+                "Tf-Max": str(dead.extra.get("max_deliveries", 1)),
+            }
+            subject = self._work_subject(queue, int(dead.extra.get("priority", 0)), dead.id)
+            await self._call(js.publish(subject, dead.body, headers=headers))
+            await self._api(f"STREAM.MSG.DELETE.{self.dlq}", {"seq": int(raw["seq"])})
+            count += 1
+        if count:
+            await self._notify(False, {(queue, level) for level in LEVELS})
+        return count
