@@ -25,20 +25,27 @@ class Watchdog:
     def __init__(self, concurrency: int) -> None:
         self._lanes: dict[float, deque[tuple[float, Job]]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_at = 0.0
         self._compact_at = 4 * concurrency + 64
 
     def watch(self, job: Job, timeout: float) -> None:
         """Start watching ``job``; it must finish within ``timeout`` seconds."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         lane = self._lanes.get(timeout)
         if lane is None:
             lane = self._lanes[timeout] = deque()
+        else:
+            # Jobs mostly finish in start order: drop finished heads as we go.
+            while lane and not lane[0][1].in_user_code:
+                lane.popleft()
+            if len(lane) > self._compact_at:
+                # A long job at the head pins everything behind it: keep the live ones.
+                lane = self._lanes[timeout] = deque(e for e in lane if e[1].in_user_code)
         lane.append((deadline, job))
-        if len(lane) > self._compact_at:
-            # A long job at the head pins everything behind it: drop the finished ones.
-            self._lanes[timeout] = deque(e for e in lane if e[1].in_user_code)
         if self._timer is None or deadline < self._wake_at:
             if self._timer is not None:
                 self._timer.cancel()
@@ -67,7 +74,8 @@ class Watchdog:
         self._timer = loop.call_at(wake, self._sweep) if self._lanes else None
 
     def close(self) -> None:
-        """Stop the timer and forget every job."""
+        """Stop the timer and forget every job (and the loop: a worker may run again)."""
+        self._loop = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -268,7 +268,8 @@ class Worker:
         helpers[0].cancel()
         await asyncio.gather(helpers[0], return_exceptions=True)
         await self._hand_back_buffered()
-        pending = {job.handle for job in self._running.values() if job.handle is not None}
+        # Every started job, running or still settling (its outcome being written).
+        pending = {job.handle for job in self._held.values() if job.handle is not None}
         if pending and not self._hard and self._grace > 0:
             assert self._escalate is not None
             loop = asyncio.get_running_loop()
@@ -296,7 +297,9 @@ class Worker:
                 job.cancel_reason = job.cancel_reason or reason
                 job.handle.cancel()
                 handles.append(job.handle)
-        if handles:
+        settling = [j.handle for j in self._held.values() if j.handle is not None]
+        handles += [h for h in settling if not h.done() and h not in handles]
+        if handles:  # cancelled ones hand their message back; settling ones finish
             await asyncio.wait(handles, timeout=10.0)
 
     async def _teardown(self, *, final: bool = True) -> None:
@@ -366,7 +369,7 @@ class Worker:
         assert self._room is not None
         backoff = 0.05
         while True:
-            credits = self.concurrency + self.prefetch_buffer - len(self._held)
+            credits = self._credits()
             if credits <= 0:
                 self._room.clear()
                 await self._room.wait()
@@ -391,6 +394,21 @@ class Worker:
             if _cancel_swallowed():  # admitted first, so shutdown hands the batch back
                 raise asyncio.CancelledError
             self._dispatch()
+
+    def _credits(self) -> int:
+        """How many messages to ask for now (0: wait for room).
+
+        A slot that would sit idle is filled at once; otherwise, while the local buffer
+        still covers the free slots, the fetcher waits until half the window is free, so
+        that a busy worker asks in batches instead of one round trip per finished task.
+        """
+        held = len(self._held)
+        window = self.concurrency + self.prefetch_buffer
+        credits = window - held
+        running = len(self._running)
+        if self.concurrency - running > held - running:
+            return credits
+        return credits if credits >= max(1, window // 2) else 0
 
     async def _record_lost(self) -> None:
         for dead in self.app.broker.take_lost():
@@ -433,6 +451,12 @@ class Worker:
     def _on_timer(self) -> None:
         self._timer = None
         self._dispatch()
+
+    def _free_slot(self, job: Job) -> None:
+        if self._running.pop(job.envelope.id, None) is not None and (
+            self._state == "running" or self._stop_event is None
+        ):
+            self._dispatch()
 
     def _release(self, job: Job) -> None:
         self._running.pop(job.envelope.id, None)
@@ -501,6 +525,10 @@ class Worker:
             error = exc
         finally:
             job.in_user_code = False
+            # The slot is for running task code: free it now, so the next task starts
+            # while this one's outcome is written (its message still counts against the
+            # prefetch window until it is acked).
+            self._free_slot(job)
         if error is not None:
             await self._on_error(job, error, self.clock.monotonic() - t0)
             return
