@@ -1,7 +1,6 @@
 """Canvas benchmark on Redis: a chord end to end, and the group enqueue rate.
 
-Run from the project root, as a module (so ``import redis`` finds the library, not
-``bench/redis.py``)::
+Run from the project root, as a module::
 
     python -m bench.canvas [--url redis://127.0.0.1:6379/15] [--members 1000] [--runs 3]
                            [--workers 3] [--concurrency 16] [--groups 20]

@@ -2,7 +2,7 @@
 
 Run from the project root (as a module, so ``import redis`` finds the library)::
 
-    python -m bench.redis [--tasks 20000] [--url redis://127.0.0.1:6379/15]
+    python -m bench.redis_backend [--tasks 20000] [--url redis://127.0.0.1:6379/15]
                           [--prefix taskflow-bench] [--samples 200] [--slots 8]
 
 ``--tasks``    no-op tasks per enqueue/drain measurement (default 20,000)
@@ -68,7 +68,7 @@ app = build_app(URL)
 def _worker(url: str, slots: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "BENCH_URL": url, "PYTHONPATH": str(ROOT)}
     command = [
-        sys.executable, "-m", "taskflow.cli.main", "worker", "-A", "bench.redis:app",
+        sys.executable, "-m", "taskflow.cli.main", "worker", "-A", "bench.redis_backend:app",
         "-c", str(slots), "--loglevel", "warning",
     ]  # fmt: skip
     return subprocess.Popen(command, cwd=ROOT, env=env)
@@ -168,25 +168,34 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--slots", type=int, default=8)
     args = parser.parse_args()
-    url = f"{args.url}?prefix={args.prefix}"
+    rows = run(args.tasks, args.url, args.prefix, args.samples, args.slots)
+    width = max(len(label) for label, _ in rows)
+    print(f"taskflow redis benchmark: {args.tasks:,} no-op tasks, {args.url}")
+    for label, value in rows:
+        print(f"  {label:<{width}}  {value}")
+
+
+def run(tasks: int, base_url: str, prefix: str, samples: int, slots: int) -> list[tuple[str, str]]:
+    """Every measurement, as (label, formatted value) rows."""
+    url = f"{base_url}?prefix={prefix}"
     bench = build_app(url)
-    stamps = redis.Redis.from_url(args.url)
+    stamps = redis.Redis.from_url(base_url)
     rows: list[tuple[str, str]] = []
     try:
-        for label, rate in enqueue_rates(bench, args.tasks):
+        for label, rate in enqueue_rates(bench, tasks):
             rows.append((label, f"{rate:,.0f} tasks/s"))
         for label, name in (("stored", "bench.noop"), ("no result", "bench.noop_fire")):
             for processes in (1, 2):
                 task = bench.registry.get(name)
-                rate = drain_rate(bench, url, stamps, args.tasks, processes, args.slots, task)
+                rate = drain_rate(bench, url, stamps, tasks, processes, slots, task)
                 rows.append(
                     (
-                        f"drain {processes} proc x {args.slots} slots ({label})",
+                        f"drain {processes} proc x {slots} slots ({label})",
                         f"{rate:,.0f} tasks/s",
                     )
                 )
         for stored in (True, False):
-            p50, p99 = pickup_latency(bench, url, stamps, args.samples, args.slots, stored)
+            p50, p99 = pickup_latency(bench, url, stamps, samples, slots, stored)
             label = "stored" if stored else "no result"
             rows.append(
                 (
@@ -195,13 +204,10 @@ def main() -> None:
                 )
             )
     finally:
-        for key in stamps.scan_iter(match=f"*{args.prefix}*", count=1000):
+        for key in stamps.scan_iter(match=f"*{prefix}*", count=1000):
             stamps.delete(key)
         bench.close()
-    width = max(len(label) for label, _ in rows)
-    print(f"taskflow redis benchmark: {args.tasks:,} no-op tasks, {args.url}")
-    for label, value in rows:
-        print(f"  {label:<{width}}  {value}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Run from the project root (as a module)::
 
-    python -m bench.nats [--tasks 20000] [--url nats://127.0.0.1:4222]
+    python -m bench.nats_backend [--tasks 20000] [--url nats://127.0.0.1:4222]
                          [--prefix taskflow-bench] [--samples 200] [--slots 8]
 
 The same workload as ``bench/redis.py``: no-op tasks, results in JetStream KV (stored) or
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import statistics
@@ -70,7 +69,7 @@ async def stamp(subject: str) -> None:
 def _worker(url: str, slots: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "BENCH_URL": url, "PYTHONPATH": str(ROOT)}
     command = [
-        sys.executable, "-m", "taskflow.cli.main", "worker", "-A", "bench.nats:app",
+        sys.executable, "-m", "taskflow.cli.main", "worker", "-A", "bench.nats_backend:app",
         "-c", str(slots), "--loglevel", "warning",
     ]  # fmt: skip
     return subprocess.Popen(command, cwd=ROOT, env=env)
@@ -185,7 +184,16 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--slots", type=int, default=8)
     args = parser.parse_args()
-    url = f"{args.url}?prefix={args.prefix}"
+    rows = run(args.tasks, args.url, args.prefix, args.samples, args.slots)
+    width = max(len(label) for label, _ in rows)
+    print(f"taskflow nats benchmark: {args.tasks:,} no-op tasks, {args.url}")
+    for label, value in rows:
+        print(f"  {label:<{width}}  {value}")
+
+
+def run(tasks: int, base_url: str, prefix: str, samples: int, slots: int) -> list[tuple[str, str]]:
+    """Every measurement, as (label, formatted value) rows."""
+    url = f"{base_url}?prefix={prefix}"
     global app, URL
     URL = url
     app = App("bench", broker=url)
@@ -194,30 +202,26 @@ def main() -> None:
     rows: list[tuple[str, str]] = []
     app._call(app._connect())
     try:
-        for label, rate in enqueue_rates(app, args.tasks):
+        for label, rate in enqueue_rates(app, tasks):
             rows.append((label, f"{rate:,.0f} tasks/s"))
         for label, name in (("stored", "bench.noop"), ("no result", "bench.noop_fire")):
             for processes in (1, 2):
                 task = app.registry.get(name)
-                rate = drain_rate(app, url, args.tasks, processes, args.slots, task)
+                rate = drain_rate(app, url, tasks, processes, slots, task)
                 rows.append(
                     (
-                        f"drain {processes} proc x {args.slots} slots ({label})",
+                        f"drain {processes} proc x {slots} slots ({label})",
                         f"{rate:,.0f} tasks/s",
                     )
                 )
-        p50, p99 = pickup_latency(app, url, args.samples, args.slots)
+        p50, p99 = pickup_latency(app, url, samples, slots)
         rows.append(
             ("pickup latency p50 / p99 (delay)", f"{p50 * 1000:.2f} ms / {p99 * 1000:.2f} ms")
         )
     finally:
         app.close()
-        asyncio.run(_drop(args.url, args.prefix))
-    width = max(len(label) for label, _ in rows)
-    print(f"taskflow nats benchmark: {args.tasks:,} no-op tasks, {args.url}")
-    for label, value in rows:
-        print(f"  {label:<{width}}  {value}")
-    _ = json
+        asyncio.run(_drop(base_url, prefix))
+    return rows
 
 
 if __name__ == "__main__":
