@@ -1,15 +1,35 @@
-"""Fan-out of terminal task events to subscribers with bounded buffers."""
+"""Fan-out of task events to subscribers with bounded buffers.
+
+Used by ``Worker.subscribe()`` (one worker's events) and ``App.events()`` (every worker of
+the app: in-process for the memory backend, through the result store's pub/sub for Redis
+and NATS).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
-from ..middleware import TaskEvent
+from .middleware import TaskEvent
 
-__all__ = ["EventBus", "Subscription"]
+__all__ = ["EventBus", "Subscription", "event_from_dict", "event_to_dict"]
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(TaskEvent))
+
+
+def event_to_dict(event: TaskEvent) -> dict[str, Any]:
+    """A JSON-friendly form of ``event`` (results are left to the publisher's encoder)."""
+    return {name: getattr(event, name) for name in _FIELDS}
+
+
+def event_from_dict(data: Mapping[str, Any]) -> TaskEvent:
+    """Rebuild a :class:`TaskEvent` published by another process."""
+    values: dict[str, Any] = {name: data[name] for name in _FIELDS if name in data}
+    return TaskEvent(**values)
 
 
 class Subscription:
@@ -19,7 +39,9 @@ class Subscription:
     (``drop="oldest"``); :attr:`dropped` counts the losses. Publishing never blocks.
     """
 
-    def __init__(self, bus: EventBus, buffer: int, drop: str) -> None:
+    def __init__(
+        self, bus: EventBus, buffer: int, drop: str, on_close: Callable[[], None] | None = None
+    ) -> None:
         if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
             raise ValueError(f"subscribe: buffer must be a positive integer, got {buffer!r}")
         if drop not in ("newest", "oldest"):
@@ -30,6 +52,7 @@ class Subscription:
         self._drop_oldest = drop == "oldest"
         self._cond = threading.Condition()
         self._closed = False
+        self._on_close = on_close
         self.dropped = 0
 
     def _offer(self, event: TaskEvent) -> None:
@@ -67,9 +90,13 @@ class Subscription:
     def close(self) -> None:
         """Stop receiving; iteration ends once the buffer is drained."""
         with self._cond:
+            if self._closed:
+                return
             self._closed = True
             self._cond.notify_all()
         self._bus._remove(self)
+        if self._on_close is not None:
+            self._on_close()
 
     @property
     def closed(self) -> bool:
@@ -90,9 +117,11 @@ class EventBus:
         self._lock = threading.Lock()
         self._subs: tuple[Subscription, ...] = ()
 
-    def subscribe(self, buffer: int = 100, drop: str = "newest") -> Subscription:
-        """A new subscription."""
-        sub = Subscription(self, buffer, drop)
+    def subscribe(
+        self, buffer: int = 100, drop: str = "newest", on_close: Callable[[], None] | None = None
+    ) -> Subscription:
+        """A new subscription (``on_close`` runs once when it is closed)."""
+        sub = Subscription(self, buffer, drop, on_close)
         with self._lock:
             self._subs = (*self._subs, sub)
         return sub
