@@ -1,39 +1,33 @@
-"""The App: task registry, configuration, backends, hooks and middleware."""
+"""The App: task registry, configuration, backends, hooks and middleware.
+
+The App is the facade; the work behind it lives beside it: :mod:`taskflow.config` checks
+its settings and builds its backends, :mod:`taskflow.sending` turns a call into an
+envelope (``_prepare``), :mod:`taskflow.enqueue` puts envelopes on the broker and takes
+work back (``_enqueue``, ``_cancel``).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import os
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
-from datetime import datetime
-from typing import (
-    TYPE_CHECKING,
-    Any,
-    Concatenate,
-    Literal,
-    ParamSpec,
-    Protocol,
-    TypeVar,
-    overload,
-)
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
-from . import codec
-from .brokers import broker_from_url
-from .brokers.base import Broker, Message
+from .brokers.base import Broker
 from .clock import SYSTEM_CLOCK, Clock
-from .errors import ConfigError, IdempotencyConflict, PayloadError, TaskflowError
+from .config import check_limit, check_retries, check_weights, make_broker, make_results
+from .decorators import BoundTaskDecorator, TaskDecorator
+from .enqueue import cancel, enqueue, undo_enqueue
+from .eventbus import EventBus, Subscription
+from .events import open_events
 from .message import Envelope, TaskStatus
 from .middleware import HOOK_KINDS, Middleware, TaskEvent, chain_enqueue
-from .options import SERIALIZERS, TaskOptions, check_priority, check_queue, check_timeout
-from .payload import encode_any
+from .options import TaskOptions, check_queue, check_timeout
 from .registry import TaskRegistry
-from .results import results_from_url
-from .results.base import ResultStore, TaskInfo, is_terminal
+from .results.base import ResultStore, TaskInfo
 from .results.handle import AsyncResult
 from .runtime import Runtime
+from .sending import Prepared, check_call_options, message_for, prepare, prepare_many
 from .task import Signature, Task
 
 if TYPE_CHECKING:
@@ -53,20 +47,6 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 Hook = Callable[[TaskEvent], Any]
-
-_DERIVED_RESULTS = {"memory": "memory://", "redis": None, "rediss": None, "nats": None}
-
-
-class _Prepared:
-    __slots__ = ("digest", "envelope", "explicit_id", "store_result")
-
-    def __init__(
-        self, envelope: Envelope, store_result: bool, digest: str | None, explicit_id: bool
-    ) -> None:
-        self.envelope = envelope
-        self.store_result = store_result
-        self.digest = digest
-        self.explicit_id = explicit_id  # the caller chose the task id (it may be taken)
 
 
 class App:
@@ -93,23 +73,17 @@ class App:
         self.name = name
         self.clock: Clock = clock or SYSTEM_CLOCK
         self.default_queue = check_queue(default_queue, f"App({name!r})")
-        self.queue_weights = _check_weights(queue_weights, name)
+        self.queue_weights = check_weights(queue_weights, name)
         self.default_timeout = check_timeout(default_timeout, f"App({name!r})", "default_timeout")
-        if (
-            isinstance(default_retries, bool)
-            or not isinstance(default_retries, int)
-            or default_retries < 0
-        ):
-            raise ConfigError(f"App({name!r}): default_retries must be a non-negative integer")
-        self.default_retries = default_retries
+        self.default_retries = check_retries(default_retries, name)
         self.result_ttl = check_timeout(result_ttl, f"App({name!r})", "result_ttl")
-        self.max_queued = _check_limit(max_queued, name, "max_queued")
+        self.max_queued = check_limit(max_queued, name, "max_queued")
         self.queue_limits = {
-            q: _check_limit(n, name, f"queue_limits[{q!r}]") or 0
+            q: check_limit(n, name, f"queue_limits[{q!r}]") or 0
             for q, n in (queue_limits or {}).items()
         }
-        self.broker = self._make_broker(broker)
-        self.results = self._make_results(results, broker)
+        self.broker = make_broker(name, broker, self.clock)
+        self.results = make_results(name, results, self.broker, self.clock)
         self.registry = TaskRegistry()
         self.middleware: list[Middleware] = []
         self.hooks: dict[str, list[Hook]] = {kind: [] for kind in HOOK_KINDS}
@@ -119,39 +93,11 @@ class App:
         self._declared: set[str] = set()
         self._enqueue_chain = chain_enqueue(self.middleware, _identity)
         self._workers: list[Worker] = []
+        self._event_bus = EventBus()  # finish events of this process's workers (memory)
         self._periodic_registry: Any = None  # taskflow.beat.periodic_of(self), made lazily
 
     def __repr__(self) -> str:
         return f"<App {self.name} broker={self.broker.url} results={self.results.url}>"
-
-    # -- configuration ---------------------------------------------------------------
-    def _make_broker(self, broker: str | Broker | None) -> Broker:
-        if isinstance(broker, Broker):
-            return broker
-        url = broker or os.environ.get("TASKFLOW_BROKER_URL") or "memory://"
-        if not isinstance(url, str):
-            raise ConfigError(f"App({self.name!r}): broker must be a URL or a Broker")
-        return broker_from_url(url, clock=self.clock)
-
-    def _make_results(
-        self, results: str | ResultStore | None, broker: str | Broker | None
-    ) -> ResultStore:
-        if isinstance(results, ResultStore):
-            return results
-        url = results or os.environ.get("TASKFLOW_RESULTS_URL")
-        if url is None:
-            url = self._derived_results_url()
-        if not isinstance(url, str):
-            raise ConfigError(f"App({self.name!r}): results must be a URL or a ResultStore")
-        return results_from_url(url, clock=self.clock)
-
-    def _derived_results_url(self) -> str:
-        scheme = self.broker.url.split("://", 1)[0]
-        if scheme in ("redis", "rediss", "nats"):
-            return self.broker.url
-        if scheme != "memory":
-            log.warning("no result store configured for %s; keeping results in memory", scheme)
-        return "memory://"
 
     # -- declaring tasks -------------------------------------------------------------
     @overload
@@ -169,12 +115,12 @@ class App:
         bind: Literal[True],
         name: str | None = None,
         **options: Any,
-    ) -> _BoundTaskDecorator: ...
+    ) -> BoundTaskDecorator: ...
 
     @overload
     def task(
         self, fn: None = None, /, *, name: str | None = None, **options: Any
-    ) -> _TaskDecorator: ...
+    ) -> TaskDecorator: ...
 
     def task(
         self,
@@ -186,7 +132,7 @@ class App:
     ) -> Any:
         """Register a function as a task (bare ``@app.task`` or ``@app.task(...)``)."""
         if fn is None:
-            return _TaskDecorator(self, name, options)
+            return TaskDecorator(self, name, options)
         return self._register(fn, name, options)
 
     def _register(
@@ -274,48 +220,9 @@ class App:
         args: Sequence[Any],
         kwargs: Mapping[str, Any],
         opts: Mapping[str, Any],
-    ) -> _Prepared:
-        topts = task.options if task is not None else TaskOptions()
-        if opts.get("queue") is not None:
-            queue = check_queue(opts["queue"], name)  # an empty name is an error, not a default
-        else:
-            queue = topts.queue or self.default_queue
-        priority = check_priority(opts["priority"], name) if "priority" in opts else topts.priority
-        if "retries" in opts:
-            retries = TaskOptions.build(name, {"retries": opts["retries"]}).retries
-        else:
-            retries = topts.retries
-        timeout = check_timeout(opts["timeout"], name) if "timeout" in opts else topts.timeout
-        if task is not None:
-            enc_args, enc_kwargs = task.schema.encode_args(tuple(args), dict(kwargs))
-        else:
-            enc_args, enc_kwargs = _encode_untyped(name, args, kwargs)
-        now = self.clock.time()
-        eta = _eta(name, opts, now)
-        env = Envelope(
-            id=str(opts.get("task_id") or uuid.uuid4()),
-            task=name,
-            queue=queue,
-            args=enc_args,
-            kwargs=enc_kwargs,
-            priority=priority,
-            created_at=now,
-            eta=eta,
-            expires=_expires(name, opts.get("expires"), now),
-            max_retries=self.default_retries if retries is None else retries,
-            timeout=timeout if timeout is not None else self.default_timeout,
-            idempotency_key=_opt_str(name, "idempotency_key", opts.get("idempotency_key")),
-            headers=_headers(name, opts.get("headers")),
-            canvas=opts.get("canvas"),
-            parent_id=opts.get("parent_id"),
-            root_id=opts.get("root_id"),
-            content_type=SERIALIZERS[topts.serializer],
-        )
-        digest = None
-        if env.idempotency_key is not None:
-            digest = hashlib.sha256(codec.dumps([name, enc_args, enc_kwargs])).hexdigest()
-        store = topts.store_result if task is not None else True
-        return _Prepared(env, store, digest, "task_id" in opts)
+    ) -> Prepared:
+        """Check one send's options and encode its arguments (nothing is sent yet)."""
+        return prepare(self, name, task, args, kwargs, opts=opts)
 
     def _send(
         self,
@@ -347,7 +254,7 @@ class App:
         **options: Any,
     ) -> AsyncResult[Any]:
         """Send a task by name (the function need not be importable here)."""
-        _check_call_options(name, options)
+        check_call_options(name, options)
         task = self.registry.get(name)
         prepared = self._prepare(name, task, tuple(args or ()), dict(kwargs or {}), options)
         ids = self._call(self._enqueue([prepared]))
@@ -355,7 +262,7 @@ class App:
 
     def enqueue_many(self, signatures: Iterable[Signature]) -> list[AsyncResult[Any]]:
         """Send many signatures in as few broker round trips as the broker allows."""
-        prepared = self._prepare_many(signatures)
+        prepared = prepare_many(self, signatures)
         ids = self._call(self._enqueue(prepared)) if prepared else []
         return [
             AsyncResult(self, tid, p.envelope.task) for tid, p in zip(ids, prepared, strict=True)
@@ -363,122 +270,21 @@ class App:
 
     async def aenqueue_many(self, signatures: Iterable[Signature]) -> list[AsyncResult[Any]]:
         """``enqueue_many`` for async producers."""
-        prepared = self._prepare_many(signatures)
+        prepared = prepare_many(self, signatures)
         ids = await self._acall(self._enqueue(prepared)) if prepared else []
         return [
             AsyncResult(self, tid, p.envelope.task) for tid, p in zip(ids, prepared, strict=True)
         ]
 
-    def _prepare_many(self, signatures: Iterable[Signature]) -> list[_Prepared]:
-        out = []
-        for sig in signatures:
-            if not isinstance(sig, Signature):
-                raise TypeError(f"enqueue_many takes signatures (task.s(...)), got {sig!r}")
-            _check_call_options(sig.name, sig.options)
-            out.append(
-                self._prepare(
-                    sig.name, self.registry.get(sig.name), sig.args, sig.kwargs, sig.options
-                )
-            )
-        return out
-
-    async def _enqueue(self, prepared: list[_Prepared]) -> list[str]:
+    async def _enqueue(self, prepared: list[Prepared]) -> list[str]:
         """Record, publish and announce; all or nothing for one call."""
-        await self._connect()
-        envs = [self._enqueue_chain(p.envelope) for p in prepared]
-        for env in envs:
-            await self._declare(env.queue)
-        ids, fresh = await self._resolve_idempotency(prepared, envs)
-        if not fresh:
-            return ids
-        records = [(envs[i].id, _queued_record(envs[i])) for i in fresh if prepared[i].store_result]
-        messages = [_message(envs[i]) for i in fresh]
-        fresh_envs = [envs[i] for i in fresh]
-        if (
-            records
-            and self.results.capabilities.atomic_create
-            and not any(prepared[i].explicit_id for i in fresh)
-        ):
-            # Generated ids are new, and a create never overwrites a worker's update:
-            # write the queued records and publish in parallel (one round trip of latency).
-            await self._record_and_publish(fresh_envs, records, messages)
-        else:
-            if records:
-                await self._create_records(fresh_envs, records)
-            try:
-                await self.broker.publish(messages)
-            except BaseException:
-                await self._undo_enqueue(fresh_envs, records)
-                raise
-        if self.hooks["queued"]:
-            for i in fresh:
-                await self._run_hooks("queued", _queued_event(envs[i]), None)
-        return ids
-
-    async def _resolve_idempotency(
-        self, prepared: list[_Prepared], envs: list[Envelope]
-    ) -> tuple[list[str], list[int]]:
-        ids = [env.id for env in envs]
-        fresh: list[int] = []
-        for i, (p, env) in enumerate(zip(prepared, envs, strict=True)):
-            if env.idempotency_key is None:
-                fresh.append(i)
-                continue
-            key = f"idem:{env.idempotency_key}"
-            value = codec.dumps({"id": env.id, "digest": p.digest}).decode()
-            existing = await self.results.set_nx(key, value, self.result_ttl)
-            if existing is None:
-                fresh.append(i)
-                continue
-            known = codec.loads(existing)
-            if known.get("digest") != p.digest:
-                raise IdempotencyConflict(
-                    f"{env.task}: idempotency key {env.idempotency_key!r} was used for "
-                    f"task {known.get('id')} with different arguments"
-                )
-            ids[i] = str(known["id"])
-        return ids, fresh
-
-    async def _record_and_publish(
-        self,
-        envs: list[Envelope],
-        records: list[tuple[str, dict[str, Any]]],
-        messages: list[Message],
-    ) -> None:
-        created, published = await asyncio.gather(
-            self.results.create_many(records, None),
-            self.broker.publish(messages),
-            return_exceptions=True,
-        )
-        if isinstance(published, BaseException):
-            await self._undo_enqueue(envs, records)
-            raise published
-        if isinstance(created, BaseException):
-            # The messages are out; the worker's own updates will create the records.
-            log.warning("queued records not written (%s); the tasks were published", created)
-
-    async def _create_records(
-        self, envs: list[Envelope], records: list[tuple[str, dict[str, Any]]]
-    ) -> None:
-        written = await self.results.create_many(records, None)
-        taken = [tid for (tid, _), ok in zip(records, written, strict=True) if not ok]
-        if taken:
-            await self._undo_enqueue(
-                envs, [r for r, ok in zip(records, written, strict=True) if ok]
-            )
-            raise TaskflowError(
-                f"task id(s) already in use: {', '.join(taken[:5])}; a task id names one task "
-                "for good (use idempotency_key to deduplicate sends)"
-            )
+        return await enqueue(self, prepared)
 
     async def _undo_enqueue(
         self, envs: list[Envelope], records: list[tuple[str, dict[str, Any]]]
     ) -> None:
-        for tid, _ in records:
-            await self.results.delete(tid)
-        for env in envs:
-            if env.idempotency_key is not None:
-                await self.results.delete_value(f"idem:{env.idempotency_key}")
+        """Forget the records and idempotency keys of a send that failed."""
+        await undo_enqueue(self, envs, records)
 
     # -- results ---------------------------------------------------------------------
     def result(self, task_id: str) -> AsyncResult[Any]:
@@ -498,26 +304,7 @@ class App:
 
     async def _cancel(self, task_id: str) -> bool:
         """Cancel queued (never runs) or running (stopped) work."""
-        await self._connect()
-        record = await self.results.get(task_id)
-        if is_terminal(record):
-            return False
-        if record is None:
-            # Never write a "cancelled" record for an id nobody enqueued; workers still hear
-            # about it (a running fire-and-forget task has no record).
-            await self.broker.send_control({"cmd": "cancel", "id": task_id})
-            return False
-        now = self.clock.time()
-        changed = await self.results.update(
-            task_id, {"status": TaskStatus.CANCELLED.value, "finished_at": now}, self.result_ttl
-        )
-        removed = False
-        if not record.get("canvas"):
-            # A canvas step stays queued: the worker that takes it sees the cancelled
-            # record, skips it and advances its canvas (which would otherwise wait forever).
-            removed = await self.broker.cancel(task_id, str(record.get("queue", "")))
-        await self.broker.send_control({"cmd": "cancel", "id": task_id})
-        return changed is not None or removed
+        return await cancel(self, task_id)
 
     # -- hooks -----------------------------------------------------------------------
     async def _run_hooks(self, kind: str, event: TaskEvent, task: Task[Any, Any] | None) -> None:
@@ -542,6 +329,15 @@ class App:
                 )
 
     # -- workers ---------------------------------------------------------------------
+    def events(self, buffer: int = 100, drop: str = "newest") -> Subscription:
+        """Finish events of every worker of the app (like ``Worker.subscribe``).
+
+        In-process for the memory backend; through the result store's pub/sub for Redis
+        and NATS, so workers in other processes are seen too (they publish while somebody
+        listens, checked about once a second).
+        """
+        return open_events(self, self._event_bus, buffer, drop)
+
     def worker(
         self, queues: Sequence[str] | None = None, concurrency: int = 8, **options: Any
     ) -> Worker:
@@ -671,161 +467,11 @@ class App:
         return Beat(self, **options)
 
 
-class _BoundTaskDecorator(Protocol):
-    """``@app.task(bind=True)``: the context parameter is not part of ``delay``'s signature."""
-
-    @overload
-    def __call__(self, fn: Callable[Concatenate[Any, P], Awaitable[R]], /) -> Task[P, R]: ...
-
-    @overload
-    def __call__(self, fn: Callable[Concatenate[Any, P], R], /) -> Task[P, R]: ...
-
-
-class _TaskDecorator:
-    def __init__(self, app: App, name: str | None, options: dict[str, Any]) -> None:
-        self._app = app
-        self._name = name
-        # A named task validates at once; an unnamed one when it is applied (still the
-        # decorator line), so that the error can name the task.
-        if name is not None:
-            TaskOptions.build(name, options)
-        self._options = options
-
-    @overload
-    def __call__(self, fn: Callable[P, Awaitable[R]], /) -> Task[P, R]: ...
-
-    @overload
-    def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
-
-    def __call__(self, fn: Callable[..., Any], /) -> Any:
-        return self._app._register(fn, self._name, self._options)
-
-
 def _identity(env: Envelope) -> Envelope:
     return env
 
 
-def _check_weights(weights: Mapping[str, int] | None, app: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for queue, weight in (weights or {}).items():
-        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
-            raise ConfigError(f"App({app!r}): queue_weights[{queue!r}] must be an integer >= 1")
-        out[check_queue(queue, f"App({app!r})")] = weight
-    return out
-
-
-def _check_limit(value: Any, app: str, option: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"App({app!r}): {option} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _check_call_options(name: str, options: Mapping[str, Any]) -> None:
-    from .task import CALL_OPTIONS
-
-    unknown = set(options) - CALL_OPTIONS - {"canvas", "parent_id", "root_id"}
-    if unknown:
-        raise ValueError(f"{name}: unknown option(s): {', '.join(sorted(unknown))}")
-
-
-def _encode_untyped(
-    name: str, args: Sequence[Any], kwargs: Mapping[str, Any]
-) -> tuple[list[Any], dict[str, Any]]:
-    try:
-        return [encode_any(a) for a in args], {k: encode_any(v) for k, v in kwargs.items()}
-    except PayloadError as exc:
-        raise PayloadError(f"{name}: {exc}") from None
-
-
-def _eta(name: str, opts: Mapping[str, Any], now: float) -> float | None:
-    countdown, eta = opts.get("countdown"), opts.get("eta")
-    if countdown is not None and eta is not None:
-        raise ValueError(f"{name}: give countdown or eta, not both")
-    if countdown is not None:
-        if isinstance(countdown, bool) or not isinstance(countdown, int | float) or countdown < 0:
-            raise ValueError(f"{name}: countdown must be a non-negative number of seconds")
-        return now + float(countdown) if countdown > 0 else None
-    if eta is not None:
-        return _aware_ts(name, "eta", eta)
-    return None
-
-
-def _aware_ts(name: str, option: str, value: Any) -> float:
-    if not isinstance(value, datetime):
-        raise ValueError(f"{name}: {option} must be a timezone-aware datetime, got {value!r}")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"{name}: {option} must be timezone-aware (got a naive datetime)")
-    return value.timestamp()
-
-
-def _expires(name: str, value: Any, now: float) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return _aware_ts(name, "expires", value)
-    return now + (check_timeout(value, name, "expires") or 0.0)
-
-
-def _opt_str(name: str, option: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{name}: {option} must be a non-empty string")
-    return value
-
-
-def _headers(name: str, value: Any) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise ValueError(f"{name}: headers must map str to str")
-    return dict(value)
-
-
-def _queued_record(env: Envelope) -> dict[str, Any]:
-    status = TaskStatus.SCHEDULED if env.eta is not None else TaskStatus.QUEUED
-    record = {
-        "id": env.id,
-        "name": env.task,
-        "status": status.value,
-        "queue": env.queue,
-        "priority": env.priority,
-        "attempts": 0,
-        "created_at": env.created_at,
-    }
-    if env.eta is not None:
-        record["eta"] = env.eta
-    if env.canvas:
-        record["canvas"] = True
-    return record
-
-
-def _message(env: Envelope) -> Message:
-    return Message(
-        id=env.id,
-        queue=env.queue,
-        body=codec.encode_envelope(env),
-        priority=env.priority,
-        eta=env.eta,
-        max_deliveries=max(1, env.max_retries + 2 - env.attempt),
-    )
-
-
-def _queued_event(env: Envelope) -> TaskEvent:
-    status = TaskStatus.SCHEDULED if env.eta is not None else TaskStatus.QUEUED
-    return TaskEvent(
-        "queued", env.id, env.task, env.queue, status.value, env.attempt, timestamp=env.created_at
-    )
-
-
-def message_for(env: Envelope) -> Message:
-    """The broker message for an envelope (used by the worker for re-publishing)."""
-    return _message(env)
-
-
+# Names the engines above the app import from here.
+_Prepared = Prepared
+_check_call_options = check_call_options
 __all__ += ["message_for"]
-

@@ -10,7 +10,7 @@ Every store must pass ``tests/contract/test_results_contract.py``.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -155,6 +155,16 @@ class ResultStore(abc.ABC):
     @abc.abstractmethod
     async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
         """Atomically add ``amount`` to an integer counter and return the new value."""
+
+    async def event_listeners(self) -> int:
+        """How many ``subscribe_events`` readers there are (stores that can count say so;
+        the default assumes one, so events are published whenever the store can)."""
+        return 1 if self.capabilities.events else 0
+
+    async def subscribe_events(self) -> AsyncIterator[dict[str, Any]]:
+        """Events published by any process of the app (only if ``capabilities.events``)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot publish events")
+        yield {}  # pragma: no cover - makes this an async generator
 
     async def publish_event(self, event: Mapping[str, Any]) -> None:  # noqa: B027
         """Publish a task event to other processes (if ``capabilities.events``)."""

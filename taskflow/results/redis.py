@@ -326,6 +326,11 @@ class RedisResultStore(ResultStore):
         payload = orjson.dumps(dict(event), default=str)
         await self._call(self._client().publish(self.key("events"), payload))
 
+    async def event_listeners(self) -> int:
+        """Subscribers of this prefix's event channel (PUBSUB NUMSUB)."""
+        counts = await self._call(self._client().pubsub_numsub(self.key("events")))
+        return int(counts[0][1]) if counts else 0
+
     async def subscribe_events(self) -> AsyncIterator[dict[str, Any]]:
         """Events published by any process on this prefix, until the caller stops."""
         pubsub: Any = self._client().pubsub(ignore_subscribe_messages=True)

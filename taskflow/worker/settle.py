@@ -12,6 +12,7 @@ from ..brokers.base import DeadLetter, Delivery
 from ..errors import PayloadError, TaskflowError, WorkerLost
 from ..message import Envelope, TaskStatus
 from ..middleware import TaskEvent
+from .publish import EventPublisher
 from .scheduler import Job
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ class Settler:
     def __init__(self, worker: Worker) -> None:
         self.w = worker
         self.app = worker.app
+        self.publisher = EventPublisher(worker.app)
 
     # -- helpers ---------------------------------------------------------------------
     def _stores(self, job: Job) -> bool:
@@ -68,6 +70,7 @@ class Settler:
         status: TaskStatus,
         *,
         result: Any = None,
+        encoded: Any = None,
         error: dict[str, str] | None = None,
         duration: float | None = None,
     ) -> None:
@@ -78,7 +81,8 @@ class Settler:
             or self.app.hooks["finish"]
             or getattr(job.task.options, f"on_{hook}", None)
         )
-        if wants_hooks or self.w.bus.active:
+        remote = status.terminal and await self.publisher.wanted()
+        if wants_hooks or self.w.bus.active or remote:
             event = TaskEvent(
                 hook if status.terminal else "retry",
                 env.id,
@@ -98,6 +102,8 @@ class Settler:
                 if self.app.hooks["finish"]:
                     await self.app._run_hooks("finish", finish, None)
                 self.w.bus.publish(finish)
+                if remote:
+                    self.publisher.publish(finish, encoded)
         if log.isEnabledFor(logging.INFO):
             took = "" if duration is None else f" after {duration * 1000:.1f}ms"
             why = f": {error['type']}: {error['message'][:200]}" if error else ""
@@ -166,7 +172,9 @@ class Settler:
         await self._advance_canvas(job, TaskStatus.SUCCEEDED, encoded)
         await job.delivery.ack()
         self.w.counts["succeeded"] += 1
-        await self._announce(job, TaskStatus.SUCCEEDED, result=value, duration=duration)
+        await self._announce(
+            job, TaskStatus.SUCCEEDED, result=value, encoded=encoded, duration=duration
+        )
 
     async def failed(
         self, job: Job, exc: BaseException, duration: float, reason: str = "failed"

@@ -1,10 +1,14 @@
-"""The worker: fetcher -> scheduler -> executor, with a scripted shutdown."""
+"""The worker: fetcher -> scheduler -> executor, with a scripted shutdown.
+
+This module is the hot path (fetch, admit, dispatch, execute, route errors). Starting,
+the shutdown sequence and ``run_until_idle`` are in :mod:`.lifecycle`; local cancellation,
+the control channel and lease renewal in :mod:`.control`; outcomes in :mod:`.settle`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import os
 import random
@@ -20,6 +24,8 @@ from ..clock import Clock
 from ..context import TaskContext
 from ..errors import NotRegistered, PayloadError, Reject, Retry, TaskflowError, TaskTimeout
 from ..middleware import chain_execute
+from . import lifecycle
+from .control import cancel_all, cancel_swallowed
 from .events import EventBus, Subscription
 from .executor import run_async, run_sync
 from .retry import backoff_delay
@@ -38,6 +44,8 @@ log = logging.getLogger("taskflow.worker")
 class Worker:
     """Runs an app's tasks from ``queues`` with up to ``concurrency`` at once.
 
+    ``stall_timeout``: a fetch not answered within it is abandoned and started again
+    (default ``max(10, 5 * poll_interval)`` seconds).
     ``prefetch_buffer``: messages held beyond free slots (default ``concurrency // 2``,
     at least 1); ``poll_interval``: the longest a fetch blocks before re-checking state.
     """
@@ -51,6 +59,7 @@ class Worker:
         prefetch_buffer: int | None = None,
         name: str | None = None,
         poll_interval: float = 1.0,
+        stall_timeout: float | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -70,6 +79,10 @@ class Worker:
         )
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.poll_interval = poll_interval
+        # A fetch asks the broker to wait at most poll_interval; one that has not come back
+        # long after that is a consumer that stopped polling (a half-open connection, a
+        # wedged client): it is abandoned and the fetcher starts over.
+        self.stall_timeout = stall_timeout or max(10.0, 5 * poll_interval)
         self.clock = clock or app.clock
         self.rng = rng or random.Random()
         self.bus = EventBus()
@@ -111,18 +124,7 @@ class Worker:
     # -- public, thread-safe ---------------------------------------------------------
     def start(self) -> Worker:
         """Start in the background on the app's loop; returns once it is consuming."""
-        with self._state_lock:
-            if self._state != "new":
-                raise TaskflowError(f"worker {self.name} was already started")
-            self._state = "running"
-        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._main = self.app._runtime.submit(self._run(ready))
-        self.app._workers.append(self)
-        try:
-            ready.result()
-        except BaseException:
-            self._finish_state()
-            raise
+        lifecycle.start(self)
         return self
 
     def __enter__(self) -> Worker:
@@ -146,34 +148,11 @@ class Worker:
         and subscriptions. Returns when the worker has stopped (or at once when called
         from the worker's own loop).
         """
-        self._request(timeout, hard=False)
+        lifecycle.request_stop(self, timeout, hard=False)
 
     def stop_now(self) -> None:
         """Hard stop: cancel running work now (it is handed back for redelivery)."""
-        self._request(0.0, hard=True)
-
-    def _request(self, timeout: float, hard: bool) -> None:
-        with self._state_lock:
-            if self._state == "new":
-                self._state = "stopped"
-                self._stopped.set()
-                return
-            if self._state == "stopped":
-                return
-            self._state = "stopping"
-            loop = self.app._runtime.loop
-        loop.call_soon_threadsafe(self._on_stop_request, timeout, hard)
-        if not self.app._runtime.in_loop_thread():
-            self._stopped.wait()
-
-    def _on_stop_request(self, timeout: float, hard: bool) -> None:
-        self._grace = min(self._grace, max(0.0, timeout))
-        if hard:
-            self._hard = True
-            if self._escalate is not None:
-                self._escalate.set()
-        if self._stop_event is not None:
-            self._stop_event.set()
+        lifecycle.request_stop(self, 0.0, hard=True)
 
     def subscribe(self, buffer: int = 100, drop: str = "newest") -> Subscription:
         """Terminal events (``kind == "finish"``) of this worker's tasks."""
@@ -185,14 +164,7 @@ class Worker:
 
     def cancel_all(self) -> int:
         """Cancel everything this worker holds (running and prefetched)."""
-        return self.app._call(self._cancel_all())
-
-    async def _cancel_all(self) -> int:
-        ids = list(self._held)
-        for tid in ids:
-            await self.app._cancel(tid)
-            await self._cancel_local(tid)
-        return len(ids)
+        return self.app._call(cancel_all(self))
 
     def stats(self) -> dict[str, Any]:
         """Counters, what runs now and each queue's depth (where the broker tells)."""
@@ -223,146 +195,8 @@ class Worker:
             if self._state != "new":
                 raise TaskflowError("run_until_idle() is for a worker that was not started")
         before = self.counts["processed"]
-        self.app._call(self._drain())
+        self.app._call(lifecycle.drain(self))
         return self.counts["processed"] - before
-
-    # -- lifecycle on the loop -------------------------------------------------------
-    async def _setup(self) -> None:
-        await self.app._connect()
-        for q in self.queues:
-            await self.app._declare(q)
-        self._room = asyncio.Event()
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            self.concurrency, thread_name_prefix=f"taskflow-{self.app.name}"
-        )
-
-    async def _run(self, ready: concurrent.futures.Future[None]) -> None:
-        self._stop_event = asyncio.Event()
-        self._escalate = asyncio.Event()
-        if self._state == "stopping":
-            self._stop_event.set()
-        try:
-            await self._setup()
-        except BaseException as exc:
-            ready.set_exception(exc)
-            await self._teardown()
-            return
-        helpers = [asyncio.create_task(self._fetch_loop(), name="taskflow-fetch")]
-        if self.app.broker.capabilities.control:
-            helpers.append(asyncio.create_task(self._control_loop(), name="taskflow-control"))
-        if self.app.broker.capabilities.leases:
-            helpers.append(asyncio.create_task(self._lease_loop(), name="taskflow-lease"))
-        ready.set_result(None)
-        log.info(
-            "worker %s consuming %s (concurrency %d)",
-            self.name,
-            ",".join(self.queues),
-            self.concurrency,
-        )
-        try:
-            await self._stop_event.wait()
-        finally:
-            await self._shutdown(helpers)
-
-    async def _shutdown(self, helpers: list[asyncio.Task[None]]) -> None:
-        helpers[0].cancel()
-        await asyncio.gather(helpers[0], return_exceptions=True)
-        await self._hand_back_buffered()
-        # Every started job, running or still settling (its outcome being written).
-        pending = {job.handle for job in self._held.values() if job.handle is not None}
-        if pending and not self._hard and self._grace > 0:
-            assert self._escalate is not None
-            loop = asyncio.get_running_loop()
-            escalation = asyncio.create_task(self._escalate.wait())
-            deadline = loop.time() + self._grace
-            while pending and not escalation.done() and loop.time() < deadline:
-                done, _ = await asyncio.wait(
-                    {*pending, escalation},
-                    timeout=deadline - loop.time(),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                pending -= done
-            escalation.cancel()
-            await asyncio.gather(escalation, return_exceptions=True)
-        await self._cancel_running("shutdown")
-        for helper in helpers[1:]:
-            helper.cancel()
-        await asyncio.gather(*helpers[1:], return_exceptions=True)
-        await self._teardown()
-
-    async def _cancel_running(self, reason: str) -> None:
-        handles = []
-        for job in list(self._running.values()):
-            if job.handle is not None and not job.handle.done():
-                job.cancel_reason = job.cancel_reason or reason
-                job.handle.cancel()
-                handles.append(job.handle)
-        settling = [j.handle for j in self._held.values() if j.handle is not None]
-        handles += [h for h in settling if not h.done() and h not in handles]
-        if handles:  # cancelled ones hand their message back; settling ones finish
-            await asyncio.wait(handles, timeout=10.0)
-
-    async def _teardown(self, *, final: bool = True) -> None:
-        self._watchdog.close()
-        if self._timer is not None:
-            self._timer.cancel()
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
-            threads = list(getattr(pool, "_threads", ()))
-            for _ in range(400):
-                if not any(t.is_alive() for t in threads):
-                    break
-                await asyncio.sleep(0.005)
-        forget = getattr(self.app.broker, "forget_control_reader", None)
-        if forget is not None:
-            forget()
-        if final:  # run_until_idle() may be called again: its subscribers stay open
-            self.bus.close_all()
-        self._finish_state()
-        log.info("worker %s stopped", self.name)
-
-    def _finish_state(self) -> None:
-        with self._state_lock:
-            self._state = "stopped"
-        if self in self.app._workers:
-            self.app._workers.remove(self)
-        self._stopped.set()
-
-    async def _hand_back_buffered(self) -> None:
-        for job in list(self._sched.drain()):
-            self._held.pop(job.envelope.id, None)
-            await self.settle.requeue(job)
-
-    async def _drain(self) -> None:
-        await self._setup()
-        try:
-            while True:
-                credits = self.concurrency + self.prefetch_buffer - len(self._held)
-                got: list[Delivery] = []
-                if credits > 0:
-                    got = await self.app.broker.fetch(self._sched.fetch_order(), credits, 0)
-                    for delivery in got:
-                        await self._admit(delivery)
-                    await self._record_lost()
-                self._dispatch()
-                handles = {j.handle for j in self._running.values() if j.handle is not None}
-                if handles:
-                    await asyncio.wait(handles, return_when=asyncio.FIRST_COMPLETED)
-                    continue
-                if got:
-                    continue
-                wait = self._sched.next_release()
-                if wait is None or self.clock.is_fake:
-                    break
-                await asyncio.sleep(wait)
-        finally:
-            await self._hand_back_buffered()
-            await self._cancel_running("shutdown")
-            await self._teardown(final=False)
-            with self._state_lock:
-                self._state = "new"
-            self._stopped.clear()
 
     # -- fetcher ---------------------------------------------------------------------
     async def _fetch_loop(self) -> None:
@@ -374,26 +208,40 @@ class Worker:
                 self._room.clear()
                 await self._room.wait()
                 continue
-            try:
-                got = await self.app.broker.fetch(
-                    self._sched.fetch_order(), credits, self.poll_interval
-                )
-                backoff = 0.05
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning(
-                    "worker %s: fetch failed (%s); retrying in %.2fs", self.name, exc, backoff
-                )
+            got = await self._fetch_once(credits)
+            if got is None:  # failed or stalled: back off, then ask again
                 await asyncio.sleep(backoff * (0.5 + self.rng.random()))
                 backoff = min(backoff * 2, 5.0)
                 continue
+            backoff = 0.05
             for delivery in got:
                 await self._admit(delivery)
             await self._record_lost()
-            if _cancel_swallowed():  # admitted first, so shutdown hands the batch back
+            if cancel_swallowed():  # admitted first, so shutdown hands the batch back
                 raise asyncio.CancelledError
             self._dispatch()
+
+    async def _fetch_once(self, credits: int) -> list[Delivery] | None:
+        """One fetch, bounded by ``stall_timeout``; None if it failed (logged)."""
+        stall = asyncio.timeout(self.stall_timeout)
+        try:
+            async with stall:
+                return await self.app.broker.fetch(
+                    self._sched.fetch_order(), credits, self.poll_interval
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and stall.expired():
+                log.error(
+                    "worker %s: the consumer stopped polling (no answer from the broker in "
+                    "%.0fs); starting it again",
+                    self.name,
+                    self.stall_timeout,
+                )
+            else:
+                log.warning("worker %s: fetch failed (%s); retrying", self.name, exc)
+            return None
 
     def _credits(self) -> int:
         """How many messages to ask for now (0: wait for room).
@@ -572,61 +420,3 @@ class Worker:
         return backoff_delay(
             job.attempt, opts.retry_backoff, opts.retry_backoff_max, opts.retry_jitter, self.rng
         )
-
-    # -- cancellation, control and leases ---------------------------------------------
-    async def _cancel_local(self, task_id: str) -> bool:
-        job = self._running.get(task_id)
-        if job is not None:
-            job.cancel_reason = "cancelled"
-            if job.ctx is not None:
-                job.ctx.cancelled.set()
-            # Only interrupt the task's own code; a job already settling finishes its
-            # bookkeeping (the record was made terminal by whoever cancelled).
-            if job.handle is not None and job.in_user_code:
-                job.handle.cancel()
-            return True
-        job = self._sched.remove(task_id)
-        if job is not None:
-            self._held.pop(task_id, None)
-            await self.settle.cancelled(job, started=False)
-            return True
-        self._cancelled[task_id] = None
-        while len(self._cancelled) > 10_000:
-            self._cancelled.pop(next(iter(self._cancelled)))
-        return False
-
-    async def _control_loop(self) -> None:
-        while True:
-            try:
-                commands = await self.app.broker.control_messages(self.poll_interval)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("worker %s: control channel failed (%s)", self.name, exc)
-                await asyncio.sleep(1.0)
-                continue
-            for command in commands:
-                if command.get("cmd") == "cancel" and isinstance(command.get("id"), str):
-                    await self._cancel_local(command["id"])
-            if _cancel_swallowed():
-                raise asyncio.CancelledError
-
-    async def _lease_loop(self) -> None:
-        while True:
-            leases = [j.delivery.lease for j in self._held.values() if j.delivery.lease]
-            period = min(leases) / 3 if leases else 1.0
-            await asyncio.sleep(max(0.05, min(period, 10.0)))
-            for job in list(self._held.values()):
-                with contextlib.suppress(Exception):
-                    await job.delivery.touch()
-
-
-def _cancel_swallowed() -> bool:
-    """True if this task was cancelled but the CancelledError never reached it.
-
-    On Python 3.11 ``asyncio.wait_for`` returns the inner result instead of raising when
-    the inner future completes in the same loop step as the cancel (a broker wake-up racing
-    ``stop()``); a loop that only trusted the exception would then run forever.
-    """
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0

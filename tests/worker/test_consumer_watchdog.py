@@ -1,0 +1,50 @@
+"""A consumer that stops polling (a fetch that never returns) is noticed and restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import pytest
+
+from taskflow import App
+from taskflow.brokers.base import Delivery
+from taskflow.brokers.memory import MemoryBroker
+
+
+class WedgedOnceBroker(MemoryBroker):
+    """The first fetch hangs for ever, like a client stuck on a half-open connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wedged = 0
+
+    async def fetch(
+        self, queues: Sequence[str], max_messages: int, timeout: float
+    ) -> list[Delivery]:
+        if self.wedged == 0:
+            self.wedged += 1
+            await asyncio.Event().wait()
+        return await super().fetch(queues, max_messages, timeout)
+
+
+def test_a_fetch_that_never_returns_is_abandoned_and_the_worker_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker = WedgedOnceBroker()
+    app = App("wedged", broker=broker)
+
+    @app.task
+    def ping() -> str:
+        return "pong"
+
+    try:
+        result = ping.delay()
+        with caplog.at_level(logging.ERROR, logger="taskflow.worker"):
+            with app.worker(concurrency=1, poll_interval=0.05, stall_timeout=0.3):
+                assert result.get(timeout=10) == "pong"
+        assert broker.wedged == 1
+        assert any("stopped polling" in r.getMessage() for r in caplog.records)
+    finally:
+        app.close()
