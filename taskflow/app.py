@@ -21,7 +21,7 @@ from .enqueue import cancel, enqueue, undo_enqueue
 from .eventbus import EventBus, Subscription
 from .events import open_events
 from .message import Envelope, TaskStatus
-from .middleware import HOOK_KINDS, Middleware, TaskEvent, chain_enqueue
+from .middleware import HOOK_KINDS, Middleware, TaskEvent, chain_enqueue, run_hooks
 from .options import TaskOptions, check_queue, check_timeout
 from .registry import TaskRegistry
 from .results.base import ResultStore, TaskInfo
@@ -309,24 +309,8 @@ class App:
     # -- hooks -----------------------------------------------------------------------
     async def _run_hooks(self, kind: str, event: TaskEvent, task: Task[Any, Any] | None) -> None:
         """Run app hooks of ``kind`` and the task's own ``on_<kind>``; never raises."""
-        hooks: list[Hook] = list(self.hooks.get(kind, ()))
-        if task is not None:
-            own = getattr(task.options, f"on_{kind}", None)
-            if own is not None:
-                hooks.append(own)
-        for hook in hooks:
-            try:
-                out = hook(event)
-                if asyncio.iscoroutine(out):
-                    await out
-            except Exception:
-                log.exception(
-                    "%s hook %r failed for task %s[%s]; ignored",
-                    kind,
-                    getattr(hook, "__qualname__", hook),
-                    event.task_name,
-                    event.task_id,
-                )
+        own = getattr(task.options, f"on_{kind}", None) if task is not None else None
+        await run_hooks(kind, [*self.hooks.get(kind, ()), *([own] if own else [])], event)
 
     # -- workers ---------------------------------------------------------------------
     def events(self, buffer: int = 100, drop: str = "newest") -> Subscription:

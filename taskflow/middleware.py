@@ -6,6 +6,7 @@ middleware are isolated: one that raises is logged and never changes a task's ou
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -54,6 +55,23 @@ class Middleware:
     async def execute(self, ctx: TaskContext, call_next: ExecuteNext) -> Any:
         """Wraps one execution attempt in the worker; returns the task's value."""
         return await call_next(ctx)
+
+
+async def run_hooks(kind: str, hooks: list[Callable[[TaskEvent], Any]], event: TaskEvent) -> None:
+    """Call each hook with ``event`` (awaiting coroutine hooks); one that raises is logged."""
+    for hook in hooks:
+        try:
+            out = hook(event)
+            if inspect.isawaitable(out):
+                await out
+        except Exception:
+            log.exception(
+                "%s hook %r failed for task %s[%s]; ignored",
+                kind,
+                getattr(hook, "__qualname__", hook),
+                event.task_name,
+                event.task_id,
+            )
 
 
 def chain_enqueue(middlewares: list[Middleware], last: EnqueueNext) -> EnqueueNext:
