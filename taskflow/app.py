@@ -17,7 +17,7 @@ from .brokers.base import Broker
 from .clock import SYSTEM_CLOCK, Clock
 from .config import check_limit, check_retries, check_weights, make_broker, make_results
 from .decorators import BoundTaskDecorator, TaskDecorator
-from .enqueue import cancel, enqueue, undo_enqueue
+from .enqueue import cancel, enqueue, enqueue_blocking, undo_enqueue
 from .eventbus import EventBus, Subscription
 from .events import open_events
 from .message import Envelope, TaskStatus
@@ -232,7 +232,7 @@ class App:
         opts: Mapping[str, Any],
     ) -> AsyncResult[Any]:
         prepared = self._prepare(task.name, task, args, kwargs, opts)
-        ids = self._call(self._enqueue([prepared]))
+        ids = self._enqueue_sync([prepared])
         return AsyncResult(self, ids[0], task.name)
 
     async def _asend(
@@ -246,6 +246,10 @@ class App:
         ids = await self._acall(self._enqueue([prepared]))
         return AsyncResult(self, ids[0], task.name)
 
+    def _enqueue_sync(self, prepared: list[Prepared]) -> list[str]:
+        fast = enqueue_blocking(self, prepared)
+        return fast if fast is not None else self._call(self._enqueue(prepared))
+
     def send_task(
         self,
         name: str,
@@ -257,13 +261,13 @@ class App:
         check_call_options(name, options)
         task = self.registry.get(name)
         prepared = self._prepare(name, task, tuple(args or ()), dict(kwargs or {}), options)
-        ids = self._call(self._enqueue([prepared]))
+        ids = self._enqueue_sync([prepared])
         return AsyncResult(self, ids[0], name)
 
     def enqueue_many(self, signatures: Iterable[Signature]) -> list[AsyncResult[Any]]:
         """Send many signatures in as few broker round trips as the broker allows."""
         prepared = prepare_many(self, signatures)
-        ids = self._call(self._enqueue(prepared)) if prepared else []
+        ids = self._enqueue_sync(prepared) if prepared else []
         return [
             AsyncResult(self, tid, p.envelope.task) for tid, p in zip(ids, prepared, strict=True)
         ]

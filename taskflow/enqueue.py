@@ -22,7 +22,7 @@ from .sending import Prepared, message_for, queued_event, queued_record
 if TYPE_CHECKING:
     from .app import App
 
-__all__ = ["cancel", "enqueue", "undo_enqueue"]
+__all__ = ["cancel", "enqueue", "enqueue_blocking", "undo_enqueue"]
 
 log = logging.getLogger("taskflow.app")
 
@@ -59,6 +59,40 @@ async def enqueue(app: App, prepared: list[Prepared]) -> list[str]:
         for i in fresh:
             await app._run_hooks("queued", queued_event(envs[i]), None)
     return ids
+
+
+def enqueue_blocking(app: App, prepared: list[Prepared]) -> list[str] | None:
+    """:func:`enqueue` in the calling thread, without a hop onto the App's loop.
+
+    Taken when nothing in the call needs the loop: a connected broker that publishes from
+    any thread, no idempotency keys or caller-chosen ids, no ``queued`` hooks, and records
+    (if any) that the store can create from any thread. None: use :func:`enqueue`.
+    """
+    if (
+        not app._connected
+        or not app.broker.capabilities.blocking_publish
+        or app.hooks["queued"]
+        or app._runtime.in_loop_thread()
+        or any(p.envelope.idempotency_key is not None or p.explicit_id for p in prepared)
+    ):
+        return None
+    create = getattr(app.results, "create_many_blocking", None)
+    if create is None and any(p.store_result for p in prepared):
+        return None
+    envs = [app._enqueue_chain(p.envelope) for p in prepared]
+    for queue in {env.queue for env in envs} - app._declared:
+        app._call(app._declare(queue))
+    records = [
+        (e.id, queued_record(e)) for e, p in zip(envs, prepared, strict=True) if p.store_result
+    ]
+    if records and create is not None:
+        create(records, None)
+    try:
+        app.broker.publish_blocking([message_for(env) for env in envs])
+    except BaseException:
+        app._call(app._undo_enqueue(envs, records))
+        raise
+    return [env.id for env in envs]
 
 
 async def _resolve_idempotency(

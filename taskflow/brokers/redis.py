@@ -25,12 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import orjson
 import redis.asyncio as aioredis
+from redis import BlockingConnectionPool as SyncBlockingPool
+from redis import Redis as SyncRedis
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry as SyncRetry
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BrokerError, ConfigError, QueueFull
@@ -110,7 +115,7 @@ class RedisBroker(RedisAdmin, Broker, BrokerAdmin):
     before it is redelivered; ``connect_timeout``: bound on connecting (BrokerError after).
     """
 
-    capabilities: ClassVar[Capabilities] = Capabilities(blocking_publish=False)
+    capabilities: ClassVar[Capabilities] = Capabilities(blocking_publish=True)
 
     def __init__(
         self,
@@ -143,6 +148,9 @@ class RedisBroker(RedisAdmin, Broker, BrokerAdmin):
         self._flushing = False
         self._control: ControlReader | None = None
         self._lost: list[DeadLetter] = []
+        self._sync_lock = threading.Lock()
+        self._sync: SyncRedis | None = None
+        self._sync_publish: Any = None
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> RedisBroker:
@@ -191,6 +199,11 @@ class RedisBroker(RedisAdmin, Broker, BrokerAdmin):
                 with contextlib.suppress(Exception):
                     await client.aclose()
         self._r = self._blocker = None
+        with self._sync_lock:
+            sync, self._sync, self._sync_publish = self._sync, None, None
+        if sync is not None:
+            with contextlib.suppress(Exception):
+                sync.close()
 
     def _client(self) -> aioredis.Redis:
         if self._r is None:
@@ -218,16 +231,35 @@ class RedisBroker(RedisAdmin, Broker, BrokerAdmin):
     # -- publishing ------------------------------------------------------------------
     async def publish(self, messages: Sequence[Message]) -> None:
         """Publish all of ``messages`` in one script call, or none (QueueFull)."""
+        if messages:
+            _check_published(await self._run("publish", _publish_args(messages)))
+
+    def publish_blocking(self, messages: Sequence[Message]) -> None:
+        """Thread-safe synchronous :meth:`publish` on a separate (sync) connection pool,
+        so that ``delay()`` from plain threads needs no hop onto the app's event loop."""
         if not messages:
             return
-        args: list[Any] = [len(messages)]
-        for m in messages:
-            eta = "" if m.eta is None else repr(float(m.eta))
-            args += [m.id, m.queue, m.body, m.priority, eta, max(1, m.max_deliveries)]
-        reply = await self._run("publish", args)
-        if reply:
-            queue, size, limit = (x.decode() for x in reply[1:4])
-            raise QueueFull(f"queue {queue!r} is full ({size}/{limit}); nothing was enqueued")
+        script = self._sync_publish or self._open_sync()
+        try:
+            reply = script(args=[self._p, repr(self.clock.time()), *_publish_args(messages)])
+        except (RedisError, OSError) as exc:
+            raise broker_error(self._masked, exc) from None
+        _check_published(reply)
+
+    def _open_sync(self) -> Any:
+        with self._sync_lock:
+            if self._sync_publish is None:
+                pool = SyncBlockingPool.from_url(
+                    self._client_url,
+                    max_connections=64,
+                    timeout=self.connect_timeout,
+                    socket_connect_timeout=self.connect_timeout,
+                    retry=SyncRetry(ExponentialBackoff(cap=1.0, base=0.05), 6),
+                    socket_keepalive=True,
+                )
+                self._sync = SyncRedis.from_pool(pool)
+                self._sync_publish = self._sync.register_script(load_script("publish"))
+            return self._sync_publish
 
     # -- consuming -------------------------------------------------------------------
     async def fetch(
@@ -361,3 +393,17 @@ def _url_kwargs(parsed: BackendURL) -> dict[str, Any]:
     if "connect_timeout" in parsed.options:
         kwargs["connect_timeout"] = option_float(parsed, "connect_timeout", 5.0)
     return kwargs
+
+
+def _publish_args(messages: Sequence[Message]) -> list[Any]:
+    args: list[Any] = [len(messages)]
+    for m in messages:
+        eta = "" if m.eta is None else repr(float(m.eta))
+        args += [m.id, m.queue, m.body, m.priority, eta, max(1, m.max_deliveries)]
+    return args
+
+
+def _check_published(reply: Any) -> None:
+    if reply:
+        queue, size, limit = (x.decode() for x in reply[1:4])
+        raise QueueFull(f"queue {queue!r} is full ({size}/{limit}); nothing was enqueued")

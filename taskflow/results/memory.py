@@ -101,6 +101,12 @@ class MemoryResultStore(ResultStore):
         self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None
     ) -> list[bool]:
         """Write records that do not exist yet, atomically."""
+        return self.create_many_blocking(items, ttl)
+
+    def create_many_blocking(
+        self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None
+    ) -> list[bool]:
+        """Thread-safe synchronous :meth:`create_many`."""
         out = []
         with self._lock:
             now = self.clock.time()
