@@ -300,10 +300,8 @@ class App:
         return AsyncResult(self, task_id).info()
 
     def _wait_result(self, task_id: str, timeout: float | None) -> dict[str, Any] | None:
-        waiter = getattr(self.results, "wait_blocking", None)
-        if waiter is not None and not self._runtime.in_loop_thread():
-            result: dict[str, Any] | None = waiter(task_id, timeout)
-            return result
+        if self.results.capabilities.blocking and not self._runtime.in_loop_thread():
+            return self.results.wait_blocking(task_id, timeout)
         return self._call(self.results.wait(task_id, timeout))
 
     async def _cancel(self, task_id: str) -> bool:

@@ -76,8 +76,7 @@ def enqueue_blocking(app: App, prepared: list[Prepared]) -> list[str] | None:
         or any(p.envelope.idempotency_key is not None or p.explicit_id for p in prepared)
     ):
         return None
-    create = getattr(app.results, "create_many_blocking", None)
-    if create is None and any(p.store_result for p in prepared):
+    if not app.results.capabilities.blocking and any(p.store_result for p in prepared):
         return None
     envs = [app._enqueue_chain(p.envelope) for p in prepared]
     for queue in {env.queue for env in envs} - app._declared:
@@ -85,8 +84,8 @@ def enqueue_blocking(app: App, prepared: list[Prepared]) -> list[str] | None:
     records = [
         (e.id, queued_record(e)) for e, p in zip(envs, prepared, strict=True) if p.store_result
     ]
-    if records and create is not None:
-        create(records, None)
+    if records:
+        app.results.create_many_blocking(records, None)
     try:
         app.broker.publish_blocking([message_for(env) for env in envs])
     except BaseException:

@@ -166,8 +166,12 @@ class Broker(abc.ABC):
         """Broadcast a control command (e.g. cancel a running task) to all workers."""
 
     async def control_messages(self, timeout: float) -> list[dict[str, Any]]:
-        """Control commands received since the last call, waiting up to ``timeout``."""
+        """Control commands received since the calling task's previous call, waiting up
+        to ``timeout``."""
         return []
+
+    def forget_control_reader(self) -> None:  # noqa: B027
+        """Drop the calling task's read position (its reader is done)."""
 
 
 class BrokerAdmin(abc.ABC):

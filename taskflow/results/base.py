@@ -33,6 +33,9 @@ class StoreCapabilities:
 
     events: bool = False
     """``publish_event`` reaches ``subscribe_events`` in other processes."""
+    blocking: bool = False
+    """``wait_blocking`` and ``create_many_blocking`` may be called from any thread without
+    the app's loop (an in-process store)."""
     atomic_create: bool = False
     """``create_many`` is atomic per record, so enqueue may write records and publish at
     the same time (a worker's later update can never be overwritten by the queued one)."""
@@ -131,6 +134,16 @@ class ResultStore(abc.ABC):
                 await self.update(task_id, record, ttl)
             written.append(fresh)
         return written
+
+    def wait_blocking(self, task_id: str, timeout: float | None) -> dict[str, Any] | None:
+        """:meth:`wait` from any thread (only if ``capabilities.blocking``)."""
+        raise NotImplementedError
+
+    def create_many_blocking(
+        self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None
+    ) -> list[bool]:
+        """:meth:`create_many` from any thread (only if ``capabilities.blocking``)."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     async def delete(self, task_id: str) -> bool:

@@ -20,7 +20,7 @@ class MemoryResultStore(ResultStore):
     ``max_entries``: when more records exist, the oldest *terminal* ones are dropped.
     """
 
-    capabilities: ClassVar[StoreCapabilities] = StoreCapabilities(atomic_create=True)
+    capabilities: ClassVar[StoreCapabilities] = StoreCapabilities(atomic_create=True, blocking=True)
 
     def __init__(self, *, max_entries: int | None = None, clock: Clock | None = None) -> None:
         self.url = "memory://"

@@ -49,20 +49,24 @@ async def cancel_all(w: Worker) -> int:
 
 async def control_loop(w: Worker) -> None:
     """Apply broadcast commands (cancel a running task) until cancelled."""
-    while True:
-        try:
-            commands = await w.app.broker.control_messages(w.poll_interval)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("worker %s: control channel failed (%s)", w.name, exc)
-            await asyncio.sleep(1.0)
-            continue
-        for command in commands:
-            if command.get("cmd") == "cancel" and isinstance(command.get("id"), str):
-                await cancel_local(w, command["id"])
-        if cancel_swallowed():
-            raise asyncio.CancelledError
+    try:
+        while True:
+            try:
+                commands = await w.app.broker.control_messages(w.poll_interval)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("worker %s: control channel failed (%s)", w.name, exc)
+                await asyncio.sleep(1.0)
+                continue
+            for command in commands:
+                if command.get("cmd") == "cancel" and isinstance(command.get("id"), str):
+                    await cancel_local(w, command["id"])
+            if cancel_swallowed():
+                raise asyncio.CancelledError
+    finally:
+        # Read positions belong to the reading task: drop ours from the reader itself.
+        w.app.broker.forget_control_reader()
 
 
 async def lease_loop(w: Worker) -> None:

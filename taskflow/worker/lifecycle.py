@@ -160,9 +160,6 @@ async def _teardown(w: Worker, *, final: bool = True) -> None:
             if not any(t.is_alive() for t in threads):
                 break
             await asyncio.sleep(0.005)
-    forget = getattr(w.app.broker, "forget_control_reader", None)
-    if forget is not None:
-        forget()
     if final:  # run_until_idle() may be called again: its subscribers stay open
         w.bus.close_all()
     _finish_state(w)

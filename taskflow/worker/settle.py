@@ -299,9 +299,8 @@ class Settler:
             },
             self.app.result_ttl,
         )
-        hook = getattr(self.app, "_advance_canvas", None)
-        if hook is not None and env.canvas:
-            await hook(env, TaskStatus.FAILED, None)
+        if env.canvas:
+            await self.app._advance_canvas(env, TaskStatus.FAILED, None)
         await delivery.dead_letter("not_registered", f"{error['type']}: {error['message']}")
         self.w.counts["failed"] += 1
         self.w.counts["dead_lettered"] += 1
@@ -359,14 +358,12 @@ class Settler:
         finish = TaskEvent("finish", *_fields(event))
         await self.app._run_hooks("finish", finish, None)
         self.w.bus.publish(finish)
-        hook = getattr(self.app, "_advance_canvas", None)
-        if hook is not None and env.canvas:
-            await hook(env, TaskStatus.FAILED, None)
+        if env.canvas:
+            await self.app._advance_canvas(env, TaskStatus.FAILED, None)
 
     async def _advance_canvas(self, job: Job, status: TaskStatus, encoded: Any) -> None:
-        hook = getattr(self.app, "_advance_canvas", None)
-        if hook is not None and job.envelope.canvas:
-            await hook(job.envelope, status, encoded)
+        if job.envelope.canvas:
+            await self.app._advance_canvas(job.envelope, status, encoded)
 
 
 def _fields(event: TaskEvent) -> tuple[Any, ...]:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import codec
-from ..brokers.base import Delivery
+from ..brokers.base import BrokerAdmin, Delivery
 from ..clock import Clock
 from ..context import TaskContext
 from ..errors import NotRegistered, PayloadError, Reject, Retry, TaskflowError, TaskTimeout
@@ -172,10 +172,10 @@ class Worker:
 
     async def _stats(self) -> dict[str, Any]:
         depth: dict[str, Any] = {}
-        admin = getattr(self.app.broker, "depth", None)
-        if admin is not None:
+        broker = self.app.broker
+        if isinstance(broker, BrokerAdmin):
             for q in self.queues:
-                depth[q] = await admin(q)
+                depth[q] = await broker.depth(q)
         return {
             **self.counts,
             "running": len(self._running),

@@ -48,3 +48,32 @@ def test_a_fetch_that_never_returns_is_abandoned_and_the_worker_goes_on(
         assert any("stopped polling" in r.getMessage() for r in caplog.records)
     finally:
         app.close()
+
+
+class RecordingBroker(MemoryBroker):
+    """Notes which task reads control messages and which task forgets its position."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.readers: set[object] = set()
+        self.forgotten_by: list[object] = []
+
+    async def control_messages(self, timeout: float) -> list[dict[str, object]]:
+        self.readers.add(asyncio.current_task())
+        return await super().control_messages(timeout)
+
+    def forget_control_reader(self) -> None:
+        self.forgotten_by.append(asyncio.current_task())
+        super().forget_control_reader()
+
+
+def test_a_stopping_worker_drops_its_control_position_from_the_reading_task() -> None:
+    broker = RecordingBroker()
+    app = App("reader", broker=broker)
+    try:
+        with app.worker(concurrency=1, poll_interval=0.05):
+            pass
+        assert broker.readers, "the worker never read the control channel"
+        assert broker.forgotten_by and set(broker.forgotten_by) <= broker.readers
+    finally:
+        app.close()
