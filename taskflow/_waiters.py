@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
-__all__ = ["Waiters"]
+__all__ = ["Waiters", "wait_future", "within"]
+
+T = TypeVar("T")
 
 
 def _wake(fut: asyncio.Future[Any]) -> None:
@@ -85,3 +88,13 @@ async def wait_future(fut: asyncio.Future[None], timeout: float | None) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+async def within(awaitable: Awaitable[T], timeout: float | None) -> T:
+    """Await with a deadline (``TimeoutError`` when it passes).
+
+    Use this, not ``asyncio.wait_for``: on 3.11 ``wait_for`` can swallow a cancellation
+    that arrives as the awaited thing completes, and a cancelled worker then runs on.
+    """
+    async with asyncio.timeout(timeout):
+        return await awaitable

@@ -29,6 +29,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .._waiters import within
 from ..clock import Clock
 from ..errors import IdempotencyConflict, TaskflowError
 from .periodic import periodic_of
@@ -206,7 +207,7 @@ class Beat:
     async def _loop_until_stopped(self, stop: asyncio.Event, delay: float) -> None:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+                await within(stop.wait(), delay)
             if not stop.is_set():
                 delay = await self._tick_safely(delay)
 

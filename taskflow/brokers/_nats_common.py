@@ -18,6 +18,7 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from .._waiters import within
 from ..errors import BrokerError
 from .base import DeadLetter
 
@@ -69,7 +70,7 @@ async def connect_nats(url: str, masked: str, timeout: float) -> Client:
         return None
 
     try:
-        return await asyncio.wait_for(
+        return await within(
             nats.connect(
                 servers=[url],
                 connect_timeout=timeout,

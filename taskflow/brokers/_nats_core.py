@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from .._waiters import within
 from ..errors import BrokerError, ConfigError, QueueFull
 from ..urls import parse_url
 from ._nats_common import API_TIMEOUT, LEVELS, stream_name, subject_token, untoken
@@ -94,7 +95,7 @@ class NatsCore:
     async def _call(self, coro: Any, timeout: float = API_TIMEOUT) -> Any:
         """Await a client call; client errors become BrokerError naming the URL."""
         try:
-            return await asyncio.wait_for(coro, timeout)
+            return await within(coro, timeout)
         except (BrokerError, QueueFull, asyncio.CancelledError):
             raise
         except Exception as exc:

@@ -7,7 +7,9 @@ from importlib import resources
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
 
+from .._waiters import within
 from ..errors import BrokerError, ConfigError
 
 __all__ = ["URL_OPTIONS", "broker_error", "check_prefix", "load_script", "redis_client"]
@@ -56,6 +58,18 @@ def redis_client(
         socket_keepalive=True,
     )
     return aioredis.Redis.from_pool(pool)
+
+
+async def open_client(url: str, connect_timeout: float, masked: str) -> aioredis.Redis:
+    """A connected :func:`redis_client`: the server answered a PING within the timeout,
+    or :class:`BrokerError` naming ``masked``."""
+    client = redis_client(url, connect_timeout, None)
+    try:
+        await within(client.ping(), connect_timeout)
+    except (RedisError, OSError, TimeoutError) as exc:
+        await client.aclose()
+        raise broker_error(masked, exc) from None
+    return client
 
 
 def broker_error(masked: str, exc: BaseException) -> BrokerError:

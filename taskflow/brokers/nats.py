@@ -66,6 +66,7 @@ from typing import Any, ClassVar
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from .._waiters import within
 from ..clock import Clock
 from ..errors import BrokerError, QueueFull
 from ..urls import option_float, parse_url, reject_unknown
@@ -152,7 +153,7 @@ class NatsBroker(NatsAdmin, NatsDelays, Broker, BrokerAdmin):
         self._wake_control()
         if nc is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.drain(), 5.0)
+                await within(nc.drain(), 5.0)
             with contextlib.suppress(Exception):
                 await nc.close()
         self._declared.clear()

@@ -41,7 +41,14 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BrokerError, ConfigError, QueueFull
 from ..urls import BackendURL, option_float, parse_url, reject_unknown
 from ._redis_admin import RedisAdmin
-from ._redis_common import URL_OPTIONS, broker_error, check_prefix, load_script, redis_client
+from ._redis_common import (
+    URL_OPTIONS,
+    broker_error,
+    check_prefix,
+    load_script,
+    open_client,
+    redis_client,
+)
 from ._redis_control import ControlReader
 from .base import Broker, BrokerAdmin, Capabilities, DeadLetter, Delivery, Message
 
@@ -171,12 +178,7 @@ class RedisBroker(RedisAdmin, Broker, BrokerAdmin):
         """Open the connection pool and check the server answers within the timeout."""
         if self._r is not None:
             return
-        client = redis_client(self._client_url, self.connect_timeout, None)
-        try:
-            await asyncio.wait_for(client.ping(), self.connect_timeout)
-        except (RedisError, OSError, TimeoutError) as exc:
-            await client.aclose()
-            raise broker_error(self._masked, exc) from None
+        client = await open_client(self._client_url, self.connect_timeout, self._masked)
         self._r = client
         self._blocker = redis_client(
             self._client_url,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import click
 
 from ..errors import ConfigError, NotFound, PayloadError, TaskflowError
+from .options import app_option, loglevel_option
 from .supervisor import StopControl, run_foreground
 
 if TYPE_CHECKING:
@@ -28,18 +29,6 @@ if TYPE_CHECKING:
 __all__ = ["beat", "schedules", "with_beat"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-def _app_option(fn: F) -> F:
-    return click.option(
-        "-A",
-        "--app",
-        "app_spec",
-        metavar="MODULE[:ATTR]",
-        envvar="TASKFLOW_APP",
-        help="The module holding the App (attribute 'app' by default); or $TASKFLOW_APP.",
-    )(fn)
 
 
 @contextmanager
@@ -96,7 +85,7 @@ def with_beat(worker: Worker, beat: Beat) -> Worker:
 
 
 @click.command("beat")
-@_app_option
+@app_option
 @click.option(
     "--lease",
     type=click.FloatRange(min=0.5),
@@ -111,14 +100,7 @@ def with_beat(worker: Worker, beat: Beat) -> Worker:
     show_default=True,
     help="Longest sleep between ticks (how soon stored schedule changes are seen).",
 )
-@click.option(
-    "--loglevel",
-    "-l",
-    type=click.Choice(LOG_LEVELS, case_sensitive=False),
-    default="info",
-    show_default=True,
-    help="Level of the taskflow logger.",
-)
+@loglevel_option
 @click.pass_context
 def beat(
     ctx: click.Context, app_spec: str | None, lease: float, max_interval: float, loglevel: str
@@ -138,7 +120,7 @@ def schedules() -> None:
 
 
 @schedules.command("list")
-@_app_option
+@app_option
 def list_schedules(app_spec: str | None) -> None:
     """Show every schedule: name, trigger, task, next run (UTC), state and source."""
     from ..beat import periodic_of
@@ -174,7 +156,7 @@ def _json(value: str | None, what: str, kind: type) -> Any:
 
 
 @schedules.command("add")
-@_app_option
+@app_option
 @click.argument("name")
 @click.option("--task", "task_name", required=True, help="Registered task name to run.")
 @click.option("--cron", default=None, help="Cron expression (5 fields, or 6: seconds first).")
@@ -225,7 +207,7 @@ def add_schedule(  # noqa: PLR0917 -- click passes every option as an argument
 
 
 @schedules.command("remove")
-@_app_option
+@app_option
 @click.argument("name")
 def remove_schedule(app_spec: str | None, name: str) -> None:
     """Remove the stored schedule NAME."""
@@ -242,7 +224,7 @@ def remove_schedule(app_spec: str | None, name: str) -> None:
 
 
 @schedules.command("pause")
-@_app_option
+@app_option
 @click.argument("name")
 def pause_schedule(app_spec: str | None, name: str) -> None:
     """Stop firing NAME until it is resumed."""
@@ -252,7 +234,7 @@ def pause_schedule(app_spec: str | None, name: str) -> None:
 
 
 @schedules.command("resume")
-@_app_option
+@app_option
 @click.argument("name")
 def resume_schedule(app_spec: str | None, name: str) -> None:
     """Fire NAME again from its next run (runs during the pause are not made up)."""

@@ -23,6 +23,7 @@ from ..app import App
 from ..errors import ConfigError, TaskflowError
 from .beat import beat, schedules, with_beat
 from .loader import AppLoadError, check_module, load_app
+from .options import APP_ENV, app_option, loglevel_option
 from .supervisor import (
     EXIT_USAGE,
     SUPERVISOR_ENV,
@@ -42,9 +43,7 @@ __all__ = [
     "main",
 ]
 
-APP_ENV = "TASKFLOW_APP"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class CliError(click.ClickException):
@@ -127,14 +126,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option(
-    "-A",
-    "--app",
-    "app_spec",
-    metavar="MODULE[:ATTR]",
-    envvar=APP_ENV,
-    help=f"The module holding the App (attribute 'app' by default); or ${APP_ENV}.",
-)
+@app_option
 @click.option(
     "-Q",
     "--queues",
@@ -173,14 +165,7 @@ def cli() -> None:
     show_default=True,
     help="Seconds running tasks get to finish after SIGTERM/SIGINT.",
 )
-@click.option(
-    "--loglevel",
-    "-l",
-    type=click.Choice(LOG_LEVELS, case_sensitive=False),
-    default="info",
-    show_default=True,
-    help="Level of the taskflow logger.",
-)
+@loglevel_option
 @click.option("--beat", "run_beat", is_flag=True, help="Also run a beat in each worker process.")
 @click.pass_context
 def worker(  # noqa: PLR0917 -- click passes every option as an argument

@@ -13,6 +13,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from .._waiters import within
 from ..brokers._redis_common import broker_error
 
 __all__ = ["DoneListener"]
@@ -44,7 +45,7 @@ class DoneListener:
         confirm = self._confirm[channel] = asyncio.get_running_loop().create_future()
         try:
             await self._subscribe(channel)
-            await asyncio.wait_for(asyncio.shield(confirm), 10.0)
+            await within(asyncio.shield(confirm), 10.0)
         except BaseException:
             await self.unwatch(channel, fut)
             raise

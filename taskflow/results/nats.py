@@ -32,6 +32,7 @@ from nats.aio.msg import Msg
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
+from .._waiters import within
 from ..brokers._nats_common import connect_nats, stream_name, subject_token
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BrokerError, ConfigError
@@ -126,7 +127,7 @@ class NatsResultStore(ResultStore):
         nc, self._nc, self._acks, self._kv = self._nc, None, None, None
         if nc is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), 5.0)
+                await within(nc.close(), 5.0)
 
     def _pub_acks(self) -> PubAcks:
         if self._acks is None:
@@ -140,7 +141,7 @@ class NatsResultStore(ResultStore):
 
     async def _call(self, coro: Any) -> Any:
         try:
-            return await asyncio.wait_for(coro, _TIMEOUT)
+            return await within(coro, _TIMEOUT)
         except (BrokerError, NotFoundError, KeyWrongLastSequenceError, asyncio.CancelledError):
             raise
         except Exception as exc:

@@ -29,7 +29,7 @@ from ..brokers._redis_common import (
     broker_error,
     check_prefix,
     load_script,
-    redis_client,
+    open_client,
 )
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigError
@@ -97,12 +97,7 @@ class RedisResultStore(ResultStore):
         """Open the pool and check the server answers within the connect timeout."""
         if self._r is not None:
             return
-        client = redis_client(self._client_url, self.connect_timeout, None)
-        try:
-            await asyncio.wait_for(client.ping(), self.connect_timeout)
-        except (RedisError, OSError, TimeoutError) as exc:
-            await client.aclose()
-            raise broker_error(self._masked, exc) from None
+        client = await open_client(self._client_url, self.connect_timeout, self._masked)
         self._r = client
         self._scripts = {
             name: client.register_script(load_script(name))
