@@ -246,15 +246,15 @@ class Worker:
     def _credits(self) -> int:
         """How many messages to ask for now (0: wait for room).
 
-        A slot that would sit idle is filled at once; otherwise, while the local buffer
-        still covers the free slots, the fetcher waits until half the window is free, so
-        that a busy worker asks in batches instead of one round trip per finished task.
+        While some slot would sit idle (fewer messages held than slots), ask for the whole
+        free window at once. Otherwise wait: the buffer covers the free slots, and the next
+        ask comes when it runs dry, as one batch instead of one round trip per finished
+        task. A buffer larger than the slots is refilled once half the window is free.
         """
         held = len(self._held)
         window = self.concurrency + self.prefetch_buffer
         credits = window - held
-        running = len(self._running)
-        if self.concurrency - running > held - running:
+        if held < self.concurrency:
             return credits
         return credits if credits >= max(1, window // 2) else 0
 

@@ -1,0 +1,75 @@
+"""A worker holds at most its free slots plus the prefetch buffer, and asks in batches."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Sequence
+
+from taskflow import App
+from taskflow.brokers.base import Delivery
+from taskflow.brokers.memory import MemoryBroker
+
+
+class AskingBroker(MemoryBroker):
+    """Records how many messages each fetch asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[int] = []
+
+    async def fetch(
+        self, queues: Sequence[str], max_messages: int, timeout: float
+    ) -> list[Delivery]:
+        self.asked.append(max_messages)
+        return await super().fetch(queues, max_messages, timeout)
+
+
+def test_a_busy_worker_holds_no_more_than_its_slots_plus_the_buffer() -> None:
+    broker = AskingBroker()
+    app = App("window", broker=broker)
+    release = threading.Event()
+    started: queue.Queue[str] = queue.Queue()
+
+    @app.task(on_start=lambda event: started.put(event.task_id))
+    def hold() -> None:
+        release.wait(10)
+
+    try:
+        results = [hold.delay() for _ in range(10)]
+        with app.worker(concurrency=2, prefetch_buffer=1):
+            started.get(timeout=5)
+            started.get(timeout=5)
+            depth = app._call(broker.depth("default"))
+            assert depth["inflight"] == 3  # two running, one waiting in the buffer
+            assert depth["ready"] == 7
+            release.set()
+            for r in results:
+                r.get(timeout=10)
+        assert max(broker.asked) <= 3
+        # Asked in batches: far fewer fetches than tasks once the buffer covers free slots.
+        assert len([n for n in broker.asked if n > 0]) < len(results)
+    finally:
+        release.set()
+        app.close()
+
+
+def _credits(
+    app: App, running: int, buffered: int, concurrency: int = 8, prefetch_buffer: int = 4
+) -> int:
+    worker = app.worker(concurrency=concurrency, prefetch_buffer=prefetch_buffer)
+    worker._running = {f"r{i}": None for i in range(running)}  # type: ignore[misc]
+    worker._held = {f"h{i}": None for i in range(running + buffered)}  # type: ignore[misc]
+    return worker._credits()
+
+
+def test_the_fetcher_fills_idle_slots_at_once_and_otherwise_asks_in_batches(app: App) -> None:
+    # concurrency 8 + buffer 4: a window of 12 messages
+    assert _credits(app, running=0, buffered=0) == 12  # idle: the whole window
+    assert _credits(app, running=7, buffered=0) == 5  # a slot would sit idle: ask now
+    assert _credits(app, running=2, buffered=4) == 6  # free slots exceed the buffer
+    assert _credits(app, running=8, buffered=1) == 0  # the buffer covers the free slots
+    assert _credits(app, running=8, buffered=4) == 0
+    # A buffer larger than the slots (2 + 8): refill only once half the window is free.
+    assert _credits(app, 2, 3, concurrency=2, prefetch_buffer=8) == 5
+    assert _credits(app, 2, 4, concurrency=2, prefetch_buffer=8) == 0
