@@ -4,7 +4,7 @@ Quick start::
 
     from taskflow import App
 
-    app = App("shop")                 # memory:// by default; redis://, nats://, amqp://
+    app = App("shop")                 # memory:// by default; redis://, rediss://, nats://
 
     @app.task(priority=5, retries=3)
     def add(x: int, y: int) -> int:

@@ -15,20 +15,29 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 from .brokers.base import Broker
 from .clock import SYSTEM_CLOCK, Clock
-from .config import check_limit, check_retries, check_weights, make_broker, make_results
+from .config import (
+    check_limit,
+    check_max_deliveries,
+    check_retries,
+    check_weights,
+    make_broker,
+    make_results,
+)
 from .decorators import BoundTaskDecorator, TaskDecorator
 from .enqueue import cancel, enqueue, enqueue_blocking, undo_enqueue
 from .eventbus import EventBus, Subscription
 from .events import open_events
 from .message import Envelope, TaskStatus
 from .middleware import HOOK_KINDS, Middleware, TaskEvent, chain_enqueue, run_hooks
+from .operations import Admin
 from .options import TaskOptions, check_queue, check_timeout
 from .registry import TaskRegistry
 from .results.base import ResultStore, TaskInfo
-from .results.handle import AsyncResult
+from .results.handle import AsyncResult, lookup
 from .runtime import Runtime
 from .sending import Prepared, check_call_options, message_for, prepare, prepare_many
 from .task import Signature, Task
+from .urls import mask_url
 
 if TYPE_CHECKING:
     from datetime import timedelta
@@ -67,6 +76,7 @@ class App:
         default_retries: int = 0,
         result_ttl: float | None = 86400.0,
         max_queued: int | None = None,
+        max_deliveries: int = 5,
         queue_limits: Mapping[str, int] | None = None,
         clock: Clock | None = None,
     ) -> None:
@@ -78,6 +88,9 @@ class App:
         self.default_retries = check_retries(default_retries, name)
         self.result_ttl = check_timeout(result_ttl, f"App({name!r})", "result_ttl")
         self.max_queued = check_limit(max_queued, name, "max_queued")
+        # Deliveries of one attempt a broker makes before a task whose workers keep
+        # dying is dead-lettered ``worker_lost`` (lost deliveries do not spend retries).
+        self.max_deliveries = check_max_deliveries(max_deliveries, name)
         self.queue_limits = {
             q: check_limit(n, name, f"queue_limits[{q!r}]") or 0
             for q, n in (queue_limits or {}).items()
@@ -97,7 +110,9 @@ class App:
         self._periodic_registry: Any = None  # taskflow.beat.periodic_of(self), made lazily
 
     def __repr__(self) -> str:
-        return f"<App {self.name} broker={self.broker.url} results={self.results.url}>"
+        # Never the raw URLs: they may carry a password or a token.
+        broker, results = mask_url(self.broker.url), mask_url(self.results.url)
+        return f"<App {self.name} broker={broker} results={results}>"
 
     # -- declaring tasks -------------------------------------------------------------
     @overload
@@ -291,6 +306,11 @@ class App:
         await undo_enqueue(self, envs, records)
 
     # -- results ---------------------------------------------------------------------
+    @property
+    def admin(self) -> Admin:
+        """Operator actions: dead letters, replay, purge (:class:`~taskflow.operations.Admin`)."""
+        return Admin(self)
+
     def result(self, task_id: str) -> AsyncResult[Any]:
         """An :class:`AsyncResult` for a known id."""
         return AsyncResult(self, task_id)
@@ -302,7 +322,7 @@ class App:
     def _wait_result(self, task_id: str, timeout: float | None) -> dict[str, Any] | None:
         if self.results.capabilities.blocking and not self._runtime.in_loop_thread():
             return self.results.wait_blocking(task_id, timeout)
-        return self._call(self.results.wait(task_id, timeout))
+        return lookup(self, lambda: self.results.wait(task_id, timeout))
 
     async def _cancel(self, task_id: str) -> bool:
         """Cancel queued (never runs) or running (stopped) work."""
@@ -333,10 +353,25 @@ class App:
         return Worker(self, queues=queues, concurrency=concurrency, **options)
 
     def run_worker(
-        self, queues: Sequence[str] | None = None, concurrency: int = 8, **options: Any
+        self,
+        queues: Sequence[str] | None = None,
+        concurrency: int = 8,
+        *,
+        grace: float = 30.0,
+        connect_timeout: float = 60.0,
+        **options: Any,
     ) -> None:
-        """Run a worker in the foreground until SIGTERM/SIGINT (what the CLI calls)."""
-        self.worker(queues=queues, concurrency=concurrency, **options).run()
+        """Run a worker in the foreground until SIGTERM/SIGINT, like ``taskflow worker``.
+
+        Waits up to ``connect_timeout`` seconds for the broker (then ``BrokerError``); the
+        first signal stops gracefully (``grace`` seconds for running tasks), a second
+        SIGINT stops now. Raises ``WorkerCrashed`` when a worker stage died. Task threads
+        still running after the stop end the process (see ``docs/guide.md``).
+        """
+        from .worker.foreground import run_worker
+
+        worker = self.worker(queues=queues, concurrency=concurrency, **options)
+        run_worker(self, worker, grace=grace, connect_timeout=connect_timeout)
 
     # -- canvas (taskflow.canvas, imported lazily: an engine on top of the app) --------
     async def _advance_canvas(self, envelope: Envelope, status: TaskStatus, encoded: Any) -> None:

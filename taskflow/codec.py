@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import importlib
+import math
 from typing import Any
 
 import orjson
@@ -20,12 +21,14 @@ from .message import PROTOCOL_VERSION, Envelope
 
 __all__ = [
     "JSON",
+    "MAX_DEPTH",
     "MSGPACK",
     "EnvelopeError",
     "decode_envelope",
     "dumps",
     "encode_envelope",
     "loads",
+    "too_deep",
 ]
 
 JSON = "application/json"
@@ -117,10 +120,13 @@ def _unpack(doc: dict[str, Any]) -> None:
         raise EnvelopeError(
             f"envelope field 'payload' needs content_type {MSGPACK!r} and no 'args'/'kwargs'"
         )
+    payload = doc.pop("payload")
+    if not isinstance(payload, str):
+        raise EnvelopeError("envelope field 'payload' must be a base64 string")
     try:
-        data = base64.b64decode(doc.pop("payload"), validate=True)
-    except (binascii.Error, TypeError, ValueError) as exc:
-        raise EnvelopeError(f"envelope payload is not base64: {exc}") from None
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):  # ValueError: non-ASCII text
+        raise EnvelopeError("envelope field 'payload' is not base64") from None
     try:
         module = _msgpack()
     except PayloadError as exc:  # msgpack is not installed on this side
@@ -128,63 +134,180 @@ def _unpack(doc: dict[str, Any]) -> None:
     try:
         unpacked = module.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types for corrupt input
-        raise EnvelopeError(f"envelope payload is not valid msgpack: {exc}") from None
+        raise EnvelopeError(
+            f"envelope payload is not valid msgpack ({type(exc).__name__})"
+        ) from None
     if not isinstance(unpacked, list) or len(unpacked) != 2:
         raise EnvelopeError("msgpack payload must be the array [args, kwargs]")
     doc["args"], doc["kwargs"] = unpacked
+    # msgpack carries more than JSON (bytes, extension types, non-string keys, NaN): the
+    # payload must hold exactly JSON wire values, or a retry could not re-encode it.
+    problem = _not_json(unpacked)
+    if problem:
+        raise EnvelopeError(f"msgpack payload holds {problem}; only JSON values are allowed")
+
+
+MAX_DEPTH = 64
+"""How deeply one argument value may nest arrays and objects (``[1]`` has depth 1)."""
+
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson reads and writes
+_I64_MAX = 2**63 - 1
+
+
+def too_deep(value: Any) -> bool:
+    """Whether ``value`` nests lists/dicts more than :data:`MAX_DEPTH` levels deep."""
+    if type(value) is not list and type(value) is not dict:
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        children = item.values() if type(item) is dict else item
+        stack.extend((c, depth + 1) for c in children if type(c) is list or type(c) is dict)
+    return False
+
+
+def _not_json(value: Any) -> str | None:
+    """What in ``value`` is not a JSON wire value (type names only), or None."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is list:
+            stack.extend(item)
+        elif kind is dict:
+            if not all(type(k) is str for k in item):
+                return "an object key that is not a string"
+            stack.extend(item.values())
+        elif kind is float:
+            if not math.isfinite(item):
+                return "a NaN or infinite number"
+        elif kind is int:
+            if not _INT_MIN <= item <= _INT_MAX:
+                return "an integer outside the 64-bit range"
+        elif kind not in (str, bool, type(None)):
+            return f"a {kind.__name__} value"
+    return None
+
+
+def _number(doc: dict[str, Any], key: str, default: float | None) -> float | None:
+    """A JSON number (not a boolean, finite), or ``default`` when absent; null is kept."""
+    if key not in doc:
+        return default
+    value = doc[key]
+    if value is None and default is None:
+        return None
+    if type(value) not in (int, float) or not math.isfinite(value):
+        kind = "a number or null" if default is None else "a number"
+        raise EnvelopeError(f"envelope field {key!r} must be {kind} (got {_kind(value)})")
+    return float(value)
+
+
+def _integer(doc: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    """A JSON integer (not a boolean) within ``low..high``, or ``default`` when absent."""
+    value = doc.get(key, default)
+    if type(value) is not int or not low <= value <= high:
+        raise EnvelopeError(
+            f"envelope field {key!r} must be an integer {low}..{high} (got {_kind(value)})"
+        )
+    return value
+
+
+def _text(doc: dict[str, Any], key: str, *, required: bool = False) -> Any:
+    value = doc.get(key)
+    if required:
+        if type(value) is not str or not value:
+            raise EnvelopeError(f"envelope field {key!r} must be a non-empty string")
+    elif value is not None and type(value) is not str:
+        raise EnvelopeError(f"envelope field {key!r} must be a string or null")
+    return value
+
+
+def _kind(value: Any) -> str:
+    # Envelope errors end up in logs and dead letters: they name a type, never a value,
+    # except for the few numbers whose value is the point (out of range, NaN).
+    if type(value) in (int, float):
+        return "NaN or infinity" if not math.isfinite(value) else str(value)
+    return "null" if value is None else type(value).__name__
 
 
 def _check(doc: dict[str, Any]) -> None:
     version = doc.get("v")
-    if version != PROTOCOL_VERSION:
-        raise EnvelopeError(f"unsupported envelope version {version!r}")
-    for key, kind in (("id", str), ("task", str), ("queue", str)):
-        if not isinstance(doc.get(key), kind):
-            raise EnvelopeError(f"envelope field {key!r} missing or not a string")
-    if not isinstance(doc.get("args", []), list) or not isinstance(doc.get("kwargs", {}), dict):
-        raise EnvelopeError("envelope args must be a list and kwargs an object")
-    priority = doc.get("priority", 0)
-    if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
-        raise EnvelopeError(f"envelope priority {priority!r} is not an integer 0-9")
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        raise EnvelopeError(
+            f"unsupported envelope version ({_kind(version)}); this worker speaks 1"
+        )
+    for key in ("id", "task", "queue"):
+        _text(doc, key, required=True)
+    if any(c.isspace() for c in doc["queue"]):
+        raise EnvelopeError("envelope field 'queue' must not contain whitespace")
+    args, kwargs = doc.get("args", []), doc.get("kwargs", {})
+    if type(args) is not list or type(kwargs) is not dict:
+        raise EnvelopeError("envelope args must be an array and kwargs an object")
+    for key in ("idempotency_key", "correlation_id", "parent_id", "root_id"):
+        _text(doc, key)
+    headers = doc.get("headers", {})
+    if type(headers) is not dict or not all(type(v) is str for v in headers.values()):
+        raise EnvelopeError("envelope field 'headers' must be an object of strings")
+    if doc.get("canvas") is not None and type(doc["canvas"]) is not dict:
+        raise EnvelopeError("envelope field 'canvas' must be an object or null")
+    if type(doc.get("content_type", JSON)) is not str:
+        raise EnvelopeError("envelope field 'content_type' must be a string")
+
+
+def _check_depth(doc: dict[str, Any]) -> None:
+    args, kwargs = doc.get("args", []), doc.get("kwargs", {})
+    if any(too_deep(a) for a in args) or any(too_deep(v) for v in kwargs.values()):
+        raise EnvelopeError(f"an argument nests deeper than {MAX_DEPTH} levels")
 
 
 def decode_envelope(data: bytes) -> Envelope:
-    """Decode wire bytes; raises :class:`EnvelopeError` for anything malformed."""
+    """Decode wire bytes; raises :class:`EnvelopeError` for anything malformed.
+
+    Every field is checked as docs/protocol.md section 2 says, so a decoded envelope can
+    always be encoded again (for a retry) and never surprises the worker.
+    """
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise EnvelopeError(f"envelope is not valid JSON: {exc}") from None
+    except TypeError:
+        raise EnvelopeError("envelope is not bytes") from None
     if not isinstance(doc, dict):
         raise EnvelopeError("envelope is not a JSON object")
-    if "payload" in doc:
+    packed = "payload" in doc
+    if packed:
         _unpack(doc)
     _check(doc)
-    try:
-        return Envelope(
-            id=doc["id"],
-            task=doc["task"],
-            queue=doc["queue"],
-            args=doc.get("args", []),
-            kwargs=doc.get("kwargs", {}),
-            priority=doc.get("priority", 0),
-            created_at=float(doc.get("created_at", 0.0)),
-            eta=_opt_float(doc.get("eta")),
-            expires=_opt_float(doc.get("expires")),
-            attempt=int(doc.get("attempt", 1)),
-            max_retries=int(doc.get("max_retries", 0)),
-            timeout=_opt_float(doc.get("timeout")),
-            idempotency_key=doc.get("idempotency_key"),
-            correlation_id=doc.get("correlation_id"),
-            parent_id=doc.get("parent_id"),
-            root_id=doc.get("root_id"),
-            headers=dict(doc.get("headers") or {}),
-            canvas=doc.get("canvas"),
-            content_type=doc.get("content_type", JSON),
-            v=doc["v"],
-        )
-    except (TypeError, ValueError) as exc:
-        raise EnvelopeError(f"malformed envelope: {exc}") from None
+    # Nesting deeper than MAX_DEPTH needs that many brackets: most bodies skip the walk.
+    if packed or not isinstance(data, bytes) or data.count(b"[") + data.count(b"{") > MAX_DEPTH:
+        _check_depth(doc)
+    return Envelope(
+        id=doc["id"],
+        task=doc["task"],
+        queue=doc["queue"],
+        args=doc.get("args", []),
+        kwargs=doc.get("kwargs", {}),
+        priority=_integer(doc, "priority", 0, 0, 9),
+        created_at=_number(doc, "created_at", 0.0) or 0.0,
+        eta=_number(doc, "eta", None),
+        expires=_number(doc, "expires", None),
+        attempt=_integer(doc, "attempt", 1, 1, _I64_MAX - 1),
+        max_retries=_integer(doc, "max_retries", 0, 0, _I64_MAX),
+        timeout=_positive(_number(doc, "timeout", None)),
+        idempotency_key=doc.get("idempotency_key"),
+        correlation_id=doc.get("correlation_id"),
+        parent_id=doc.get("parent_id"),
+        root_id=doc.get("root_id"),
+        headers=dict(doc.get("headers", {})),
+        canvas=doc.get("canvas"),
+        content_type=doc.get("content_type", JSON),
+        v=doc["v"],
+    )
 
 
-def _opt_float(value: Any) -> float | None:
-    return None if value is None else float(value)
+def _positive(timeout: float | None) -> float | None:
+    if timeout is not None and timeout <= 0:
+        raise EnvelopeError(f"envelope field 'timeout' must be positive or null (got {timeout})")
+    return timeout

@@ -21,7 +21,14 @@ from .options import check_queue
 from .results import results_from_url
 from .results.base import ResultStore
 
-__all__ = ["check_limit", "check_retries", "check_weights", "make_broker", "make_results"]
+__all__ = [
+    "check_limit",
+    "check_max_deliveries",
+    "check_retries",
+    "check_weights",
+    "make_broker",
+    "make_results",
+]
 
 log = logging.getLogger("taskflow.app")
 
@@ -30,10 +37,13 @@ def make_broker(app: str, broker: str | Broker | None, clock: Clock) -> Broker:
     """The broker of ``App(app, broker=...)``."""
     if isinstance(broker, Broker):
         return broker
-    url = broker or os.environ.get("TASKFLOW_BROKER_URL") or "memory://"
-    if not isinstance(url, str):
+    label = f"App({app!r}): broker URL"
+    url = broker
+    if not url and os.environ.get("TASKFLOW_BROKER_URL"):
+        url, label = os.environ["TASKFLOW_BROKER_URL"], f"App({app!r}): TASKFLOW_BROKER_URL"
+    if not isinstance(url or "", str):
         raise ConfigError(f"App({app!r}): broker must be a URL or a Broker")
-    return broker_from_url(url, clock=clock)
+    return broker_from_url(url or "memory://", clock=clock, label=label)
 
 
 def make_results(
@@ -42,16 +52,20 @@ def make_results(
     """The result store of ``App(app, results=...)`` next to its (built) ``broker``."""
     if isinstance(results, ResultStore):
         return results
-    url = results or os.environ.get("TASKFLOW_RESULTS_URL")
-    if url is None:
-        url = _derived_results_url(broker)
+    label = f"App({app!r}): results URL"
+    url = results
+    if not url and os.environ.get("TASKFLOW_RESULTS_URL"):
+        url, label = os.environ["TASKFLOW_RESULTS_URL"], f"App({app!r}): TASKFLOW_RESULTS_URL"
+    if not url:
+        url, label = _derived_results_url(broker), f"App({app!r}): broker URL"
     if not isinstance(url, str):
         raise ConfigError(f"App({app!r}): results must be a URL or a ResultStore")
-    return results_from_url(url, clock=clock)
+    return results_from_url(url, clock=clock, label=label)
 
 
 def _derived_results_url(broker: Broker) -> str:
-    scheme = broker.url.split("://", 1)[0]
+    # Schemes are case-insensitive: REDIS:// keeps its results in Redis too.
+    scheme = broker.url.split("://", 1)[0].lower()
     if scheme in ("redis", "rediss", "nats"):
         return broker.url
     if scheme != "memory":
@@ -63,6 +77,13 @@ def check_retries(value: Any, app: str) -> int:
     """``default_retries``: a non-negative integer."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"App({app!r}): default_retries must be a non-negative integer")
+    return value
+
+
+def check_max_deliveries(value: Any, app: str) -> int:
+    """``max_deliveries``: how many deliveries of one attempt a broker makes (>= 1)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"App({app!r}): max_deliveries must be an integer >= 1, got {value!r}")
     return value
 
 

@@ -26,7 +26,7 @@ class CancelEvent:
     def __init__(self) -> None:
         self._flag = False
         self._event: threading.Event | None = None
-        self.reason: str | None = None  # "cancelled" or "timeout" once set
+        self.reason: str | None = None  # "cancelled", "timeout" or "shutdown" once set
 
     def is_set(self) -> bool:
         """True once set."""
@@ -69,7 +69,8 @@ class TaskContext:
 
     ``attempt`` is 1 on the first run; ``retries`` the maximum number of retries;
     ``deadline`` the epoch time the attempt must finish by (None: no timeout);
-    ``cancelled`` is set when the task is cancelled or times out.
+    ``cancelled`` is set when the task is cancelled or times out; ``delivery`` is 1 plus
+    the number of times this attempt was lost with its worker and delivered again.
     """
 
     id: str
@@ -81,6 +82,7 @@ class TaskContext:
     headers: dict[str, str] = field(default_factory=dict)
     deadline: float | None = None
     cancelled: CancelEvent = field(default_factory=CancelEvent)
+    delivery: int = 1
     _call: Any = field(default=None, repr=False)
 
     def retry(self, countdown: float | None = None, exc: BaseException | None = None) -> Retry:

@@ -37,7 +37,7 @@ async def enqueue(app: App, prepared: list[Prepared]) -> list[str]:
     if not fresh:
         return ids
     records = [(envs[i].id, queued_record(envs[i])) for i in fresh if prepared[i].store_result]
-    messages = [message_for(envs[i]) for i in fresh]
+    messages = [message_for(envs[i], app) for i in fresh]
     fresh_envs = [envs[i] for i in fresh]
     if (
         records
@@ -87,7 +87,7 @@ def enqueue_blocking(app: App, prepared: list[Prepared]) -> list[str] | None:
     if records:
         app.results.create_many_blocking(records, None)
     try:
-        app.broker.publish_blocking([message_for(env) for env in envs])
+        app.broker.publish_blocking([message_for(env, app) for env in envs])
     except BaseException:
         app._call(app._undo_enqueue(envs, records))
         raise

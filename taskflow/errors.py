@@ -16,6 +16,7 @@ Every exception taskflow raises on purpose derives from :class:`TaskflowError`::
     ├── TaskCancelled          the task was cancelled before or while running
     ├── TaskTimeout            an attempt overran its deadline (also a TimeoutError)
     ├── WorkerLost             workers died running the task on every allowed delivery
+    ├── WorkerCrashed          a stage of a worker died; the worker stopped (exit non-zero)
     ├── ResultTimeout          waiting for a result took too long (also a TimeoutError)
     └── ControlFlow            signals raised *by task code* to steer the worker
         ├── Retry              retry this task (optional countdown)
@@ -23,8 +24,6 @@ Every exception taskflow raises on purpose derives from :class:`TaskflowError`::
 """
 
 from __future__ import annotations
-
-from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
     "BrokerError",
@@ -43,37 +42,20 @@ __all__ = [
     "TaskFailed",
     "TaskTimeout",
     "TaskflowError",
+    "WorkerCrashed",
     "WorkerLost",
     "mask_url",
 ]
 
 
 def mask_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` (safe for messages and logs)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return _mask_userinfo(url)
-    user = parts.username or ""
-    hostport = parts.netloc.rpartition("@")[2]
-    netloc = f"{user}:***@{hostport}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """Return ``url`` with its secrets replaced by ``***`` (safe for messages and logs).
 
+    The one implementation is :func:`taskflow.urls.mask_url`; this name stays importable.
+    """
+    from .urls import mask_url as mask  # urls imports this module: import on first use
 
-def _mask_userinfo(url: str) -> str:
-    # urlsplit finds no password in strings it cannot read as URLs (no scheme, odd ports):
-    # mask whatever stands between the first ':' of the authority and its last '@'.
-    head, sep, rest = url.partition("://")
-    if not sep:
-        head, rest = "", url
-    authority, slash, tail = rest.partition("/")
-    user, at, host = authority.rpartition("@")
-    if not at or ":" not in user:
-        return url
-    name = user.split(":", 1)[0]
-    return f"{head}{sep}{name}:***@{host}{slash}{tail}"
+    return mask(url)
 
 
 class TaskflowError(Exception):
@@ -156,6 +138,14 @@ class TaskTimeout(TaskflowError, TimeoutError):
 
 class WorkerLost(TaskflowError):
     """The worker running the task died (lease lost) on each delivery the task allowed."""
+
+
+class WorkerCrashed(TaskflowError):
+    """A stage of a worker (fetching, lease renewal, control) died and stopped the worker.
+
+    ``Worker.run()`` and ``App.run_worker()`` raise it; ``taskflow worker`` exits non-zero
+    so that a supervisor restarts the process. The stage's exception is the ``__cause__``.
+    """
 
 
 class ResultTimeout(TaskflowError, TimeoutError):

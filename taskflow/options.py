@@ -83,8 +83,13 @@ def _check_retries(value: Any, task: str) -> int:
 
 
 def _check_nonneg(value: Any, task: str, option: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError(f"{task}: {option} must be a non-negative number, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"{task}: {option} must be a finite, non-negative number, got {value!r}")
     return float(value)
 
 
@@ -111,6 +116,7 @@ class TaskOptions:
     on_retry: HookFn | None = None
     on_start: HookFn | None = None
     serializer: str = "json"
+    on_lost: str = "redeliver"
 
     @classmethod
     def build(cls, task: str, raw: dict[str, Any]) -> TaskOptions:
@@ -145,6 +151,8 @@ def _check_scalars(task: str, raw: dict[str, Any], opts: dict[str, Any]) -> None
         opts["retry_on"] = _check_retry_on(raw["retry_on"], task)
     if "serializer" in raw:
         _check_serializer(raw["serializer"], task)
+    if "on_lost" in raw:
+        _check_on_lost(raw["on_lost"], task)
 
 
 def _rate_limit(task: str, value: Any, burst: Any) -> RateLimit:
@@ -166,6 +174,17 @@ def _check_serializer(value: Any, task: str) -> str:
         raise ValueError(
             f"{task}: serializer='msgpack' needs pip install 'taskflow-queue[msgpack]'"
         )
+    return str(value)
+
+
+ON_LOST = ("redeliver", "fail")
+"""What a delivery lost with its worker does: delivered again (up to the app's
+``max_deliveries``), or dead-lettered ``worker_lost`` at once (a task that must not run twice)."""
+
+
+def _check_on_lost(value: Any, task: str) -> str:
+    if value not in ON_LOST:
+        raise ValueError(f"{task}: on_lost must be 'redeliver' or 'fail', got {value!r}")
     return str(value)
 
 
@@ -202,6 +221,7 @@ TASK_OPTION_NAMES = frozenset(
         "on_retry",
         "on_start",
         "serializer",
+        "on_lost",
     }
 )
 

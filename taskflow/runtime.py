@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -18,6 +19,16 @@ from .errors import TaskflowError
 __all__ = ["Runtime"]
 
 T = TypeVar("T")
+
+_UNWIND = 2.0  # seconds an interrupted call may take to unwind on the loop
+
+
+async def _tracked(coro: Coroutine[Any, Any, T], running: list[asyncio.Task[Any]]) -> T:
+    """Await ``coro``, leaving the task that runs it in ``running`` for :meth:`Runtime.call`."""
+    task = asyncio.current_task()
+    if task is not None:
+        running.append(task)
+    return await coro
 
 
 class Runtime:
@@ -79,20 +90,62 @@ class Runtime:
         """Schedule ``coro`` on the loop and return a concurrent future."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run ``coro`` on the loop and block this thread for its result."""
+    def call(
+        self,
+        coro: Coroutine[Any, Any, T],
+        timeout: float | None = None,
+        *,
+        cancel_on_interrupt: bool = False,
+    ) -> T:
+        """Run ``coro`` on the loop and block this thread for its result.
+
+        With ``cancel_on_interrupt`` (reads and waits), an exception that interrupts the
+        calling thread (Ctrl-C's KeyboardInterrupt, a task's timeout raised into its thread)
+        cancels the coroutine and waits briefly until it has unwound, so a process that
+        carries on is not left with a wait running on its loop. Writes are left to finish:
+        half a send is worse than a send that completes after the caller gave up.
+        """
         if self.in_loop_thread():
             coro.close()
             raise TaskflowError(
                 "a blocking taskflow call was made from async code running on the app's loop; "
                 "use the async variant (adelay, aapply_async, aget)"
             )
-        fut = self.submit(coro)
+        if not cancel_on_interrupt:
+            fut = self.submit(coro)
+            try:
+                return fut.result(timeout)
+            except concurrent.futures.TimeoutError:
+                fut.cancel()
+                raise
+        running: list[asyncio.Task[Any]] = []
+        fut = self.submit(_tracked(coro, running))
         try:
             return fut.result(timeout)
-        except concurrent.futures.TimeoutError:
-            fut.cancel()
+        except BaseException:
+            if not fut.done():  # interrupted here, not an error of the call itself
+                fut.cancel()
+                self._unwind(coro, running)
             raise
+
+    def _unwind(self, coro: Coroutine[Any, Any, Any], running: list[asyncio.Task[Any]]) -> None:
+        """Wait (bounded) until a cancelled :func:`_tracked` call has finished on the loop.
+
+        The cancellation reaches the loop before this check does (both are loop callbacks,
+        in order), so an empty ``running`` means the call never started.
+        """
+
+        async def settled() -> None:
+            if running:
+                await asyncio.wait(running, timeout=_UNWIND)
+            else:
+                coro.close()  # cancelled before it started: no "never awaited" warning
+
+        loop = self._loop
+        if loop is None or self.in_loop_thread():
+            return
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(settled(), loop).result(_UNWIND + 1.0)
 
     async def acall(self, coro: Coroutine[Any, Any, T]) -> T:
         """Await ``coro`` on the runtime loop from any loop."""

@@ -8,6 +8,7 @@ helpers at the end of this module.
 from __future__ import annotations
 
 import hashlib
+import math
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Prepared",
     "check_call_options",
+    "max_deliveries_for",
     "message_for",
     "prepare",
     "prepare_many",
@@ -61,6 +63,8 @@ def prepare(
     opts: Mapping[str, Any],
 ) -> Prepared:
     """Check the call options and encode the arguments of one send (``App._prepare``)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a task name must be a non-empty string, got {type(name).__name__}")
     topts = task.options if task is not None else TaskOptions()
     if opts.get("queue") is not None:
         queue = check_queue(opts["queue"], name)  # an empty name is an error, not a default
@@ -76,10 +80,11 @@ def prepare(
         enc_args, enc_kwargs = task.schema.encode_args(tuple(args), dict(kwargs))
     else:
         enc_args, enc_kwargs = _encode_untyped(name, args, kwargs)
+    _check_depth(name, enc_args, enc_kwargs)
     now = app.clock.time()
     eta = _eta(name, opts, now)
     env = Envelope(
-        id=str(opts.get("task_id") or uuid.uuid4()),
+        id=_task_id(name, opts.get("task_id")),
         task=name,
         queue=queue,
         args=enc_args,
@@ -126,6 +131,29 @@ def check_call_options(name: str, options: Mapping[str, Any]) -> None:
         raise ValueError(f"{name}: unknown option(s): {', '.join(sorted(unknown))}")
 
 
+def _task_id(name: str, value: Any) -> str:
+    if value is None:
+        return str(uuid.uuid4())
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name}: task_id must be a non-empty string")
+    return value
+
+
+def _check_depth(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+    # The protocol bounds nesting (docs/protocol.md, section 2): refuse here what a worker
+    # would dead-letter as undecodable.
+    for index, value in enumerate(args):
+        if codec.too_deep(value):
+            raise PayloadError(
+                f"{name}(argument {index + 1}): nested deeper than {codec.MAX_DEPTH} levels"
+            )
+    for key, value in kwargs.items():
+        if codec.too_deep(value):
+            raise PayloadError(f"{name}({key}): nested deeper than {codec.MAX_DEPTH} levels")
+
+
 def _encode_untyped(
     name: str, args: Sequence[Any], kwargs: Mapping[str, Any]
 ) -> tuple[list[Any], dict[str, Any]]:
@@ -140,8 +168,13 @@ def _eta(name: str, opts: Mapping[str, Any], now: float) -> float | None:
     if countdown is not None and eta is not None:
         raise ValueError(f"{name}: give countdown or eta, not both")
     if countdown is not None:
-        if isinstance(countdown, bool) or not isinstance(countdown, int | float) or countdown < 0:
-            raise ValueError(f"{name}: countdown must be a non-negative number of seconds")
+        if (
+            isinstance(countdown, bool)
+            or not isinstance(countdown, int | float)
+            or not math.isfinite(countdown)
+            or countdown < 0
+        ):
+            raise ValueError(f"{name}: countdown must be a finite, non-negative number of seconds")
         return now + float(countdown) if countdown > 0 else None
     if eta is not None:
         return _aware_ts(name, "eta", eta)
@@ -201,15 +234,29 @@ def queued_record(env: Envelope) -> dict[str, Any]:
     return record
 
 
-def message_for(env: Envelope) -> Message:
-    """The broker message for an envelope (used by the worker for re-publishing)."""
+def max_deliveries_for(app: App, name: str) -> int:
+    """How many deliveries of one attempt of task ``name`` the broker makes.
+
+    A delivery lost with its worker does not spend a retry: the broker delivers the same
+    attempt again, up to the app's ``max_deliveries``. A task declared ``on_lost="fail"``
+    gets one delivery (it is dead-lettered ``worker_lost`` at the first loss).
+    """
+    task = app.registry.get(name)
+    if task is not None and task.options.on_lost == "fail":
+        return 1
+    return app.max_deliveries
+
+
+def message_for(env: Envelope, app: App) -> Message:
+    """The broker message for an envelope of ``app``."""
     return Message(
         id=env.id,
         queue=env.queue,
         body=codec.encode_envelope(env),
         priority=env.priority,
         eta=env.eta,
-        max_deliveries=max(1, env.max_retries + 2 - env.attempt),
+        max_deliveries=max_deliveries_for(app, env.task),
+        task=env.task,
     )
 
 

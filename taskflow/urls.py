@@ -1,20 +1,171 @@
-"""Backend URLs: parsing, validation and masking, in one place."""
+"""Backend URLs: the scheme table, strict parsing and validation, and masking, in one place.
+
+A URL names its backend by scheme (case-insensitive). Each scheme's broker and result store
+classes are listed in :data:`SCHEMES`; the query options a URL takes are *derived* from
+those classes' keyword-only constructor parameters (``prefix``, ``lease``, ...), never
+listed by hand, and their types come from the parameters' annotations. Where one URL serves
+both the broker and the result store (Redis, NATS: the result store is derived from the
+broker's URL by default), it accepts the options of both.
+
+Everything that would otherwise be silently ignored is a :class:`ConfigError` naming the
+URL with its password masked and saying what to write instead: an unknown or unbuilt
+scheme, an unknown query option, a value that is not of the option's type, a Redis path
+that is not a database number, a path, credentials or host where the backend takes none.
+
+:func:`mask_url` is the one masking helper: every message, log line and ``repr`` that
+shows a URL shows it through this function.
+"""
 
 from __future__ import annotations
 
 import importlib
+import inspect
+import math
+import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
-from .errors import ConfigError, mask_url
+from .errors import ConfigError
 
-__all__ = ["BackendURL", "load_backend", "parse_url"]
+__all__ = [
+    "SCHEMES",
+    "SUPPORTED",
+    "BackendURL",
+    "Scheme",
+    "backend_class",
+    "known_options",
+    "load_backend",
+    "mask_url",
+    "option_float",
+    "option_int",
+    "parse_url",
+    "reject_unknown",
+    "url_options",
+]
+
+Role = Literal["broker", "results"]
+
+
+@dataclass(frozen=True, slots=True)
+class Scheme:
+    """One URL scheme: its broker and result-store classes (``module:Class``) and pip extra.
+
+    ``path``: what the URL's path may hold: ``"none"`` (nothing, or ``/``) or ``"db"`` (a
+    Redis database number). ``remote``: it names a server (a host, maybe credentials).
+    """
+
+    broker: str
+    results: str
+    extra: str | None
+    path: Literal["none", "db"]
+    remote: bool
+
+
+SCHEMES: dict[str, Scheme] = {
+    "memory": Scheme(
+        "taskflow.brokers.memory:MemoryBroker",
+        "taskflow.results.memory:MemoryResultStore",
+        None,
+        "none",
+        remote=False,
+    ),
+    "redis": Scheme(
+        "taskflow.brokers.redis:RedisBroker",
+        "taskflow.results.redis:RedisResultStore",
+        "redis",
+        "db",
+        remote=True,
+    ),
+    "rediss": Scheme(
+        "taskflow.brokers.redis:RedisBroker",
+        "taskflow.results.redis:RedisResultStore",
+        "redis",
+        "db",
+        remote=True,
+    ),
+    "nats": Scheme(
+        "taskflow.brokers.nats:NatsBroker",
+        "taskflow.results.nats:NatsResultStore",
+        "nats",
+        "none",
+        remote=True,
+    ),
+}
+"""Every scheme this version can build, for both roles."""
+
+SUPPORTED = ", ".join(f"{name}://" for name in SCHEMES)
+
+# Schemes people reasonably try that this version does not build; named in the error so
+# that nobody hunts for a missing client library.
+_UNBUILT = {
+    "amqp": "RabbitMQ",
+    "amqps": "RabbitMQ",
+    "sqlite": "SQLite",
+    "tls": "NATS over TLS",
+}
+
+# A password may hold '@', ':', '/'... only percent-encoded; an '@' after the host means
+# the password was not, and the host and path that urlsplit sees are wrong.
+_SECRET_QUERY = re.compile(r"(?i)(pass|secret|token|auth|key)")
+
+
+# --------------------------------------------------------------------------- masking
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its secrets replaced by ``***``: safe for messages, logs and ``repr``.
+
+    Masked: a password (``user:***@``), a lone userinfo (``***@``, a NATS token), and
+    query values whose name looks secret (``password=***``). A URL whose password holds
+    an unencoded ``/``, ``?`` or ``#`` cannot be split reliably: everything up to its last
+    ``@`` is masked then.
+    """
+    if not isinstance(url, str):
+        return "<not a URL>"
+    head, sep, rest = url.partition("://")
+    if not sep:
+        head, rest = "", url
+    authority_end = len(rest)
+    for delimiter in "/?#":
+        index = rest.find(delimiter)
+        if index >= 0:
+            authority_end = min(authority_end, index)
+    at = rest.rfind("@")
+    if at >= authority_end:
+        # An '@' past the authority: a password with an unencoded delimiter (or an '@' in
+        # the query). Mask generously: over-masking a bad URL costs nothing.
+        rest = "***" + rest[at:]
+    elif at >= 0:
+        userinfo, host = rest[:at], rest[at:]
+        user, colon, _ = userinfo.partition(":")
+        rest = (f"{user}:***" if colon else "***") + host
+    masked = head + sep + rest
+    return _mask_query(masked)
+
+
+def _mask_query(url: str) -> str:
+    base, qmark, query = url.partition("?")
+    if not qmark or not _SECRET_QUERY.search(query):
+        return url
+    query, hashmark, fragment = query.partition("#")
+    items = []
+    for item in query.split("&"):
+        name, eq, _ = item.partition("=")
+        items.append(f"{name}=***" if eq and _SECRET_QUERY.search(name) else item)
+    return base + qmark + "&".join(items) + hashmark + fragment
+
+
+# --------------------------------------------------------------------------- parsing
 
 
 @dataclass(frozen=True, slots=True)
 class BackendURL:
-    """A parsed backend URL. ``options`` holds the query string (all values are strings)."""
+    """A parsed backend URL. ``options`` holds the query string (all values are strings).
+
+    ``label`` says where the URL came from in messages (``"broker URL"``,
+    ``"TASKFLOW_BROKER_URL"``).
+    """
 
     raw: str
     scheme: str
@@ -24,29 +175,59 @@ class BackendURL:
     username: str | None
     password: str | None
     options: dict[str, str]
+    label: str = "URL"
 
     @property
     def masked(self) -> str:
-        """The URL with its password replaced by ``***``."""
+        """The URL with its secrets replaced by ``***``."""
         return mask_url(self.raw)
 
     def without_query(self) -> str:
-        """The URL without its query string (what client libraries get)."""
-        return self.raw.split("?", 1)[0]
+        """The URL for client libraries: no query string, the scheme in lower case."""
+        rest = self.raw.split("://", 1)[1].split("?", 1)[0].split("#", 1)[0]
+        return f"{self.scheme}://{rest}"
+
+    def error(self, problem: str) -> ConfigError:
+        """A :class:`ConfigError` naming this URL (masked) and the problem."""
+        return ConfigError(f"{self.label} {self.masked!r}: {problem}")
 
 
-def parse_url(url: str, what: str = "broker") -> BackendURL:
-    """Parse and sanity-check ``url``; :class:`ConfigError` names it (password masked)."""
-    if not isinstance(url, str) or "://" not in url:
-        raise ConfigError(f"malformed {what} URL {mask_url(str(url))!r}: expected scheme://...")
+def parse_url(url: str, what: str = "broker", *, label: str | None = None) -> BackendURL:
+    """Parse ``url`` strictly; :class:`ConfigError` names it (password masked).
+
+    ``what`` (``"broker"``/``"results"``) or ``label`` says where it came from. This checks
+    the syntax only; :func:`backend_class` checks it against its scheme.
+    """
+    label = label or f"{what} URL"
+    if not isinstance(url, str):
+        raise ConfigError(f"{label} must be a string such as 'redis://host:6379/0'")
+    if "://" not in url:
+        raise ConfigError(f"{label} {mask_url(url)!r} is malformed: expected scheme://...")
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ConfigError(f"{label} {mask_url(url)!r} contains whitespace or control characters")
     try:
         parts = urlsplit(url)
-        port = parts.port
-        options = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False))
-    except ValueError as exc:
-        raise ConfigError(f"malformed {what} URL {mask_url(url)!r}: {exc}") from None
+    except ValueError:
+        raise ConfigError(f"{label} {mask_url(url)!r} is malformed") from None
     if not parts.scheme:
-        raise ConfigError(f"malformed {what} URL {mask_url(url)!r}: missing scheme")
+        raise ConfigError(f"{label} {mask_url(url)!r} is malformed: missing scheme")
+    if "@" in url.partition("://")[2][len(parts.netloc) :]:
+        raise ConfigError(
+            f"{label} {mask_url(url)!r} is malformed: percent-encode '@', '/', '?' and '#' "
+            "in the user name and password (e.g. %40 for '@')"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        # Not the library's message: it quotes the text it read as a port, which may be a
+        # piece of a password.
+        raise ConfigError(
+            f"{label} {mask_url(url)!r} is malformed: the port must be a number 0-65535"
+        ) from None
+    try:
+        pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError as exc:
+        raise ConfigError(f"{label} {mask_url(url)!r} has a malformed query: {exc}") from None
     return BackendURL(
         raw=url,
         scheme=parts.scheme.lower(),
@@ -55,8 +236,21 @@ def parse_url(url: str, what: str = "broker") -> BackendURL:
         path=parts.path,
         username=parts.username,
         password=parts.password,
-        options=options,
+        options=_options(pairs, url, label),
+        label=label,
     )
+
+
+def _options(pairs: list[tuple[str, str]], url: str, label: str) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for name, value in pairs:
+        if name in options:
+            raise ConfigError(f"{label} {mask_url(url)!r}: option {name!r} is given twice")
+        options[name] = value
+    return options
+
+
+# --------------------------------------------------------------------------- schemes
 
 
 def load_backend(target: str, extra: str | None, url: BackendURL) -> Any:
@@ -68,23 +262,118 @@ def load_backend(target: str, extra: str | None, url: BackendURL) -> Any:
         if exc.name and module_name.startswith(exc.name):
             raise
         hint = f"pip install 'taskflow-queue[{extra}]'" if extra else "pip install taskflow-queue"
-        raise ConfigError(
-            f"{url.scheme}:// needs the {exc.name!r} package ({url.masked}): run {hint}"
-        ) from None
+        raise url.error(f"{url.scheme}:// needs the {exc.name!r} package: run {hint}") from None
     return getattr(module, attr)
 
 
+def scheme_of(url: BackendURL, role: Role) -> Scheme:
+    """The :class:`Scheme` entry of ``url``; ConfigError for unknown and unbuilt schemes."""
+    entry = SCHEMES.get(url.scheme)
+    if entry is not None:
+        return entry
+    product = _UNBUILT.get(url.scheme)
+    if product is not None:
+        raise url.error(
+            f"{url.scheme}:// ({product}) is not supported by this version; supported: {SUPPORTED}"
+        )
+    raise url.error(f"unknown {role} scheme {url.scheme!r}; supported: {SUPPORTED}")
+
+
+def backend_class(url: BackendURL, role: Role) -> Any:
+    """The class that serves ``url`` in ``role``, after checking the whole URL against it.
+
+    Checked: the scheme, host/credentials/path for the scheme, every query option's name
+    (the options of both roles where they share the URL) and value.
+    """
+    entry = scheme_of(url, role)
+    own = load_backend(entry.broker if role == "broker" else entry.results, entry.extra, url)
+    _check_location(url, entry)
+    known = _known(url, entry, role)
+    reject_unknown(url, set(known))
+    for name, kind in known.items():
+        if name in url.options:
+            _convert(url, name, kind)
+    return own
+
+
+def known_options(url: BackendURL, role: Role) -> set[str]:
+    """The query options a URL of this scheme takes in ``role`` (for ``from_url``)."""
+    return set(_known(url, scheme_of(url, role), role))
+
+
+def _known(url: BackendURL, entry: Scheme, role: Role) -> dict[str, type]:
+    own = load_backend(entry.broker if role == "broker" else entry.results, entry.extra, url)
+    known = dict(url_options(own))
+    if entry.remote:
+        # The result store is built from the broker's URL by default: each takes both sets.
+        partner = entry.results if role == "broker" else entry.broker
+        for name, kind in url_options(load_backend(partner, entry.extra, url)).items():
+            known.setdefault(name, kind)
+    return known
+
+
+def _check_location(url: BackendURL, entry: Scheme) -> None:
+    path = url.path
+    if not entry.remote and (url.host or url.port is not None or url.username or url.password):
+        raise url.error(f"{url.scheme}:// takes no host or credentials: use {url.scheme}://")
+    if entry.path == "db":
+        if path not in ("", "/") and not re.fullmatch(r"/[0-9]+", path):
+            raise url.error(
+                "the path must be a database number such as /0 "
+                f"(got {path!r}); e.g. {url.scheme}://host:6379/0"
+            )
+    elif path not in ("", "/"):
+        raise url.error(f"{url.scheme}:// URLs take no path (got {path!r})")
+    if urlsplit(url.raw).fragment:
+        raise url.error("a URL fragment ('#...') is not allowed")
+
+
+# --------------------------------------------------------------------------- options
+
+_KINDS: dict[str, type] = {"str": str, "float": float, "int": int}
+
+
+def url_options(cls: type) -> dict[str, type]:
+    """The query options ``cls`` takes: its keyword-only constructor parameters (except
+    ``clock``) whose annotation is ``str``, ``float`` or ``int`` (optionally ``| None``)."""
+    try:
+        params = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    out: dict[str, type] = {}
+    for param in params:
+        if param.kind is not inspect.Parameter.KEYWORD_ONLY or param.name == "clock":
+            continue
+        annotation = param.annotation
+        text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+        parts = {part.strip() for part in str(text).split("|")} - {"None"}
+        if len(parts) == 1 and (kind := _KINDS.get(parts.pop())) is not None:
+            out[param.name] = kind
+    return out
+
+
+def _convert(url: BackendURL, name: str, kind: type) -> Any:
+    if kind is float:
+        return option_float(url, name, 0.0)
+    if kind is int:
+        return option_int(url, name, None)
+    raw = url.options[name]
+    if not raw:
+        raise url.error(f"option {name} must not be empty")
+    return raw
+
+
 def option_float(url: BackendURL, name: str, default: float) -> float:
-    """A positive float query option."""
+    """A positive, finite float query option (seconds, usually)."""
     raw = url.options.get(name)
     if raw is None:
         return default
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(f"{url.masked}: option {name}={raw!r} is not a number") from None
-    if value <= 0:
-        raise ConfigError(f"{url.masked}: option {name} must be positive")
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise url.error(f"option {name}={raw!r} must be a positive number, e.g. {name}=30")
     return value
 
 
@@ -93,20 +382,16 @@ def option_int(url: BackendURL, name: str, default: int | None) -> int | None:
     raw = url.options.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{url.masked}: option {name}={raw!r} is not an integer") from None
-    if value <= 0:
-        raise ConfigError(f"{url.masked}: option {name} must be positive")
-    return value
+    if not re.fullmatch(r"[0-9]+", raw) or int(raw) <= 0:
+        raise url.error(f"option {name}={raw!r} must be a positive integer, e.g. {name}=1000")
+    return int(raw)
 
 
 def reject_unknown(url: BackendURL, known: set[str]) -> None:
     """Unknown query options are an error, not silently ignored."""
     unknown = sorted(set(url.options) - known)
     if unknown:
-        known_list = ", ".join(sorted(known))
-        raise ConfigError(
-            f"{url.masked}: unknown option(s) {', '.join(unknown)}; known: {known_list}"
-        )
+        word = "option" if len(unknown) == 1 else "options"
+        names = ", ".join(repr(name) for name in unknown)
+        known_list = ", ".join(sorted(known)) or "none"
+        raise url.error(f"unknown {word} {names}; known: {known_list}")

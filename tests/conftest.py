@@ -60,7 +60,7 @@ def require_service(name: str, host: str, port: int) -> None:
         with socket.create_connection((host, port), timeout=1.0):
             return
     except OSError:
-        message = f"{name} is not reachable at {host}:{port} (start it with ../shared/services.sh)"
+        message = f"{name} is not reachable at {host}:{port} (run: bash scripts/services.sh)"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)

@@ -75,6 +75,81 @@ class _Cron:
     hour_wildcard: bool  # the repeated hour of a fall-back runs again
 
 
+# -- checking each field ------------------------------------------------------------------
+# croniter is lenient (``*/61`` runs hourly, ``5-1`` wraps, ``*/90`` seconds runs every
+# minute): every field is checked here first, so a schedule means what it says.
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    name: str
+    low: int
+    high: int
+    names: tuple[str, ...] = ()  # names for low, low + 1, ...
+
+    def value(self, text: str) -> int:
+        lowered = text.lower()
+        if lowered in self.names:
+            return self.low + self.names.index(lowered)
+        if not text.isdigit():
+            raise ValueError(f"{text!r} is not a number")
+        number = int(text)
+        if not self.low <= number <= self.high:
+            raise ValueError(f"{number} is out of range {self.low}..{self.high}")
+        return number
+
+
+_SECOND = _Field("second", 0, 59)
+_FIELDS = (
+    _Field("minute", 0, 59),
+    _Field("hour", 0, 23),
+    _Field("day", 1, 31),
+    _Field("month", 1, 12, _MONTHS),
+    _Field("weekday", 0, 7, _DAYS),  # 0 and 7 are Sunday
+)
+
+
+def _check_item(item: str, spec: _Field) -> None:
+    """One comma-separated item of a field; ValueError says what is wrong."""
+    upper = item.upper()
+    if spec.name == "day" and (upper == "L" or (item[:-1].isdigit() and upper[-1:] == "W")):
+        if upper != "L":
+            spec.value(item[:-1])  # nW: the weekday nearest to day n
+        return
+    if spec.name == "weekday" and ("#" in item or upper[:1] == "L"):
+        day, _, nth = item.partition("#")
+        spec.value(day[1:] if upper[:1] == "L" else day)  # Ln: the last n-day of the month
+        if "#" in item and not (nth.isdigit() and 1 <= int(nth) <= 5):
+            raise ValueError(f"'#{nth}' must be #1..#5 (the nth weekday of the month)")
+        return
+    base, slash, step = item.partition("/")
+    span = spec.high - spec.low - (1 if spec.name == "weekday" else 0)
+    if slash and not (step.isdigit() and 1 <= int(step) <= span):
+        raise ValueError(f"step must be 1..{span}")
+    if base in ("*", "?"):
+        if base == "?" and spec.name not in ("day", "weekday"):
+            raise ValueError("'?' is for the day and weekday fields only")
+        return
+    first, dash, last = base.partition("-")
+    low = spec.value(first)
+    if dash and low > spec.value(last):
+        raise ValueError(f"range {base!r} runs backwards: write the smaller bound first")
+
+
+def _check_fields(fields: Sequence[str]) -> None:
+    specs = (_SECOND, *_FIELDS) if len(fields) == 6 else _FIELDS
+    for text, spec in zip(fields, specs, strict=True):
+        for item in text.split(","):
+            try:
+                if not item:
+                    raise ValueError("empty item")
+                _check_item(item, spec)
+            except ValueError as exc:
+                raise ValueError(f"{spec.name} field {text!r}: {exc}") from None
+
+
 @functools.lru_cache(maxsize=512)
 def _compile(expr: str) -> _Cron:
     """Parse and check a cron expression; ValueError says what is wrong."""
@@ -85,6 +160,7 @@ def _compile(expr: str) -> _Cron:
             f"expected 5 fields (minute hour day month weekday) or 6 with seconds first, "
             f"got {len(fields)}"
         )
+    _check_fields(fields)
     seconds = len(fields) == 6
     croniter = load_croniter()
     normalized = " ".join(fields)

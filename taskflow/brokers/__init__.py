@@ -1,7 +1,8 @@
-"""Brokers: ``MemoryBroker`` (built in), ``RedisBroker``, ``NatsBroker``, ``KombuBroker``.
+"""Brokers: ``MemoryBroker`` (built in), ``RedisBroker`` and ``NatsBroker``.
 
 Backends that need a client library are imported lazily, so ``import taskflow`` never
-imports redis, nats or kombu.
+imports redis or nats. The schemes and their classes are listed once, in
+:data:`taskflow.urls.SCHEMES`.
 """
 
 from __future__ import annotations
@@ -9,8 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..clock import Clock
-from ..errors import ConfigError
-from ..urls import load_backend, option_float, parse_url, reject_unknown
+from ..urls import SCHEMES, backend_class, load_backend, option_float, parse_url
 from .base import Broker, BrokerAdmin, Capabilities, DeadLetter, Delivery, Message
 from .memory import MemoryBroker
 
@@ -31,37 +31,24 @@ __all__ = [
     "broker_from_url",
 ]
 
-# scheme -> (module:class, pip extra)
-SCHEMES: dict[str, tuple[str, str | None]] = {
-    "redis": ("taskflow.brokers.redis:RedisBroker", "redis"),
-    "rediss": ("taskflow.brokers.redis:RedisBroker", "redis"),
-    "nats": ("taskflow.brokers.nats:NatsBroker", "nats"),
-    "amqp": ("taskflow.brokers.kombu:KombuBroker", "kombu"),
-    "amqps": ("taskflow.brokers.kombu:KombuBroker", "kombu"),
-}
-
-_LAZY = {"RedisBroker": "redis", "NatsBroker": "nats", "KombuBroker": "amqp"}
+_LAZY = {"RedisBroker": "redis", "NatsBroker": "nats"}
 
 
-def broker_from_url(url: str, *, clock: Clock | None = None) -> Broker:
-    """Build a broker from a URL; ``ConfigError`` for unknown schemes or bad options."""
-    parsed = parse_url(url, "broker")
-    if parsed.scheme == "memory":
-        reject_unknown(parsed, {"lease"})
+def broker_from_url(url: str, *, clock: Clock | None = None, label: str | None = None) -> Broker:
+    """Build a broker from a URL; ``ConfigError`` for anything the URL gets wrong.
+
+    ``label`` names where the URL came from in errors (default ``"broker URL"``).
+    """
+    parsed = parse_url(url, "broker", label=label)
+    cls = backend_class(parsed, "broker")
+    if cls is MemoryBroker:
         return MemoryBroker(lease=option_float(parsed, "lease", 30.0), clock=clock)
-    entry = SCHEMES.get(parsed.scheme)
-    if entry is None:
-        known = ", ".join(["memory", *sorted(SCHEMES)])
-        raise ConfigError(
-            f"unknown broker scheme {parsed.scheme!r} in {parsed.masked!r}; known: {known}"
-        )
-    cls = load_backend(entry[0], entry[1], parsed)
     broker: Broker = cls.from_url(url)
     return broker
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        target, extra = SCHEMES[_LAZY[name]]
-        return load_backend(target, extra, parse_url(f"{_LAZY[name]}://", "broker"))
+        entry = SCHEMES[_LAZY[name]]
+        return load_backend(entry.broker, entry.extra, parse_url(f"{_LAZY[name]}://", "broker"))
     raise AttributeError(name)

@@ -67,18 +67,20 @@ class MemoryAdmin:
         self._promote(now)
         self._reclaim(now)
 
-    async def purge(self, queue: str) -> int:
-        """Drop ready and scheduled messages."""
+    async def purge_ids(self, queue: str, *, scheduled: bool = True) -> list[str]:
+        """Drop ready (and scheduled) messages; their ids."""
+        states = ("ready", "scheduled") if scheduled else ("ready",)
         with self._lock:
-            doomed = [
-                m for m in self._messages.values() if m.queue == queue and m.state != "inflight"
-            ]
+            self._promote(self.clock.time())  # a due message counts as ready
+            doomed = [m for m in self._messages.values() if m.queue == queue and m.state in states]
             for stored in doomed:
                 del self._messages[stored.id]
             q = self._queue(queue)
             q.size -= len(doomed)
-            q.heap.clear()  # only ready entries of this queue live there, all now dropped
-            return len(doomed)
+            # Ready entries of this queue live in its heap, all now dropped; scheduled ones
+            # left behind (with scheduled=False) are pushed there when due.
+            q.heap.clear()
+            return [stored.id for stored in doomed]
 
     async def pause(self, queue: str) -> None:
         """Stop delivering from ``queue``."""
@@ -120,3 +122,20 @@ class MemoryAdmin:
             self._dead[queue] = [d for d in dead if id(d) not in picked]
         self._waiters.notify_all()
         return len(chosen)
+
+    async def requeue(self, queue: str, messages: Sequence[Message]) -> list[str]:
+        """Move dead letters back as ``messages`` (matched by id), each at most once."""
+        with self._lock:
+            dead = self._dead.get(queue, [])
+            by_id = {d.id: d for d in dead}
+            # An id that is live again (sent anew after its dead letter) is not copied.
+            chosen = [m for m in messages if m.id in by_id and m.id not in self._messages]
+            chosen = list({m.id: m for m in chosen}.values())
+            self._publish_locked(
+                [Message(m.id, queue, m.body, m.priority, None, m.max_deliveries) for m in chosen]
+            )
+            moved = {m.id for m in chosen}
+            self._dead[queue] = [d for d in dead if d.id not in moved]
+        if chosen:
+            self._waiters.notify_all()
+        return [m.id for m in chosen]

@@ -16,10 +16,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
 
-from ._nats_common import LEVELS, PAUSE_CACHE, dead_letter_from_raw, stream_name, subject_token
+from ..errors import BrokerError
+from ._nats_common import (
+    LEVELS,
+    PAUSE_CACHE,
+    dead_letter_from_raw,
+    stream_name,
+    subject_token,
+    untoken,
+)
 from ._nats_core import NatsCore
-from .base import DeadLetter
+from .base import DeadLetter, Message
 
 __all__ = ["NatsAdmin"]
 
@@ -68,29 +77,32 @@ class NatsAdmin(NatsCore):
                 break
         return out
 
-    async def purge(self, queue: str) -> int:
-        """Drop the queue's ready and scheduled messages; returns how many."""
+    async def purge_ids(self, queue: str, *, scheduled: bool = True) -> list[str]:
+        """Drop the queue's ready (and scheduled) messages; their ids."""
         await self._ensure_queue(queue)
-        count = 0
+        ids: list[str] = []
         for level in LEVELS:
-            count += await self._drain_level(queue, level)
+            ids += await self._drain_level(queue, level)
+        if not scheduled:
+            return ids
         later = await self._scan(
             self.delays, f"{self.root}.d.{subject_token(queue)}.*", 1, 10_000_000
         )
         for raw in later:
-            count += await self._delete(self.delays, int(raw["seq"]), "delay")
-        return count
+            if await self._delete(self.delays, int(raw["seq"]), "delay"):
+                ids.append(_id_of(str(raw["subject"])))
+        return ids
 
-    async def _drain_level(self, queue: str, level: int) -> int:
+    async def _drain_level(self, queue: str, level: int) -> list[str]:
         # Pull-and-ack rather than a filtered purge: see _delete on 2.9's stale consumers.
-        count = 0
+        ids: list[str] = []
         while True:
             msgs = await self._pull(self.work, self._consumer(queue, level), 256)
             for msg in msgs:
                 await self._ack(msg)
-            count += len(msgs)
+                ids.append(_id_of(msg.subject))
             if len(msgs) < 256:
-                return count
+                return ids
 
     async def _set_paused(self, queue: str, paused: bool) -> None:
         kv = await self._call(self._conn().jetstream().key_value(self.state_bucket))
@@ -155,3 +167,51 @@ class NatsAdmin(NatsCore):
         if count:
             await self._notify(False, {(queue, level) for level in LEVELS})
         return count
+
+    async def requeue(self, queue: str, messages: Sequence[Message]) -> list[str]:
+        """Republish dead letters as ``messages`` (matched by id) and remove them.
+
+        The publish carries the dead letter's own ``Nats-Msg-Id``, so two replays of one
+        dead letter inside the stream's duplicate window store one message; only the
+        replay whose delete removed the dead letter reports the id.
+        """
+        wanted = {m.id: m for m in messages}
+        if not wanted:
+            return []
+        raws = await self._scan(self.dlq, f"{self.root}.dlq.{subject_token(queue)}.*", 1, 1_000_000)
+        js = self._conn().jetstream()
+        moved: list[str] = []
+        for raw in raws:
+            dead = dead_letter_from_raw(raw, queue)
+            msg = wanted.pop(dead.id, None)
+            if msg is None:
+                continue
+            headers = {"Nats-Msg-Id": f"{dead.id}.y{raw['seq']}", "Tf-Max": str(msg.max_deliveries)}
+            subject = self._work_subject(queue, msg.priority, dead.id)
+            await self._call(js.publish(subject, msg.body, headers=headers))
+            if await self._drop_dead(int(raw["seq"])):
+                moved.append(dead.id)
+        if moved:
+            await self._notify(False, {(queue, level) for level in LEVELS})
+        return moved
+
+    async def _drop_dead(self, seq: int) -> bool:
+        """Delete one dead letter by sequence; False if another caller removed it first."""
+        try:
+            resp = await self._api(f"STREAM.MSG.DELETE.{self.dlq}", {"seq": seq})
+        except NotFoundError:
+            return False
+        except BrokerError as exc:
+            if "no message found" in str(exc):
+                return False
+            raise
+        return bool(resp.get("success"))
+
+
+def _id_of(subject: str) -> str:
+    """The message id in the last token of a work or delay subject."""
+    token = subject.rsplit(".", 1)[-1]
+    try:
+        return untoken(token)
+    except ValueError:
+        return token

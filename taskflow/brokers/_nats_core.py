@@ -24,10 +24,13 @@ from nats.js.errors import NotFoundError
 from .._waiters import within
 from ..errors import BrokerError, ConfigError, QueueFull
 from ..urls import parse_url
-from ._nats_common import API_TIMEOUT, LEVELS, stream_name, subject_token, untoken
+from ._nats_common import API_TIMEOUT, LEVELS, framing, stream_name, subject_token, untoken
 from ._nats_pull import Puller
+from .base import DeadLetter
 
 __all__ = ["NatsCore"]
+
+_ERROR_ROOM = 4096  # bytes of error text a dead letter's Tf-Error header keeps
 
 
 class NatsCore:
@@ -63,6 +66,9 @@ class NatsCore:
         self._tokens = itertools.count(1)
         self._leases: dict[int, int] = {}
         self._declared: set[str] = set()
+        self._consuming: set[str] = set()
+        self._ack_waits: dict[str, float] = {}
+        self._lost: list[DeadLetter] = []
         self._limits: dict[str, int] = {}
         self._wakers: list[asyncio.Future[None]] = []
         self._due: list[float] = []
@@ -132,9 +138,14 @@ class NatsCore:
             )
 
     async def _ensure_consumer(
-        self, stream: str, durable: str, subject: str, ack_wait: float
-    ) -> None:
-        await self._api(
+        self, stream: str, durable: str, subject: str, ack_wait: float, *, update: bool = True
+    ) -> float:
+        """Create (or, with ``update``, reconfigure) a pull consumer; its real ack wait."""
+        if not update:
+            with contextlib.suppress(NotFoundError):
+                info = await self._api(f"CONSUMER.INFO.{stream}.{durable}", {})
+                return int(info["config"]["ack_wait"]) / 1e9
+        resp = await self._api(
             f"CONSUMER.DURABLE.CREATE.{stream}.{durable}",
             {
                 "stream_name": stream,
@@ -150,26 +161,34 @@ class NatsCore:
                 },
             },
         )
+        return int(resp["config"]["ack_wait"]) / 1e9
 
     def _consumer(self, queue: str, level: int) -> str:
         return f"{stream_name(queue)}_p{level}"
 
-    async def _ensure_queue(self, queue: str) -> None:
-        if queue in self._declared:
+    async def _ensure_queue(self, queue: str, *, consume: bool = False) -> None:
+        """Make sure the queue's consumers exist. The lease is their ack wait, shared by
+        every process: a consuming broker sets it to its own ``lease``, any other only
+        creates missing consumers (a producer with another lease must not change it)."""
+        if queue in (self._consuming if consume else self._declared):
             return
         qt = subject_token(queue)
-        await asyncio.gather(
+        waits = await asyncio.gather(
             *(
                 self._ensure_consumer(
                     self.work,
                     self._consumer(queue, level),
                     f"{self.root}.q.{qt}.p{level}.*",
                     self.lease,
+                    update=consume,
                 )
                 for level in LEVELS
             )
         )
+        self._ack_waits[queue] = min(waits)
         self._declared.add(queue)
+        if consume:
+            self._consuming.add(queue)
 
     async def _delete(self, stream: str, seq: int, consumer: str) -> bool:
         # By sequence, never a filtered purge, and followed by a consumer info request:
@@ -246,10 +265,8 @@ class NatsCore:
         eta: float | None,
         dedup: str,
     ) -> None:
-        parts = msg.subject.split(".")
-        work = parts[1] == "q"
-        queue, mid = untoken(parts[2]), untoken(parts[-1])
-        priority = int(parts[3][1:]) if work else int((msg.headers or {}).get("Tf-Pri", "0"))
+        frame = framing(msg)
+        queue, mid, priority = frame.queue, frame.id, frame.priority
         headers = {
             "Nats-Msg-Id": f"{mid}.{dedup}",
             "Tf-Max": str(max_deliveries),
@@ -273,27 +290,49 @@ class NatsCore:
         max_deliveries: int,
         reason: str,
         error: str | None,
+        report: bool = False,
     ) -> None:
-        mid = untoken(msg.subject.rsplit(".", 1)[1])
+        """Copy ``msg`` to the dead-letter stream, then ack it. With ``report``, the dead
+        letter is also handed to :meth:`take_lost` (its record is the worker's to fail)."""
+        token = msg.subject.rsplit(".", 1)[1]
+        try:
+            mid: str | None = untoken(token)
+        except ValueError:
+            mid = None  # a malformed id token: filed as it came, no record to fail
+        # A dead letter carries the error beside the body and must still fit max_payload
+        # (bodies leave HEADER_ROOM for it at enqueue).
+        error_text = json.dumps(error)
+        if len(error_text) > _ERROR_ROOM:
+            error_text = json.dumps((error or "")[: _ERROR_ROOM // 2] + " [truncated]")
+        now = time.time()
         headers = {
             "Tf-Reason": reason,
-            "Tf-Error": json.dumps(error),
+            "Tf-Error": error_text,
             "Tf-Count": str(count),
             "Tf-Pri": str(priority),
             "Tf-Max": str(max_deliveries),
-            "Tf-At": repr(time.time()),
-            "Nats-Msg-Id": f"{mid}.x{msg.metadata.sequence.stream}",
+            "Tf-At": repr(now),
+            "Nats-Msg-Id": f"{token}.x{msg.metadata.sequence.stream}",
         }
-        subject = f"{self.root}.dlq.{subject_token(queue)}.{subject_token(mid)}"
+        subject = f"{self.root}.dlq.{subject_token(queue)}.{token}"
         await self._call(self._conn().jetstream().publish(subject, msg.data, headers=headers))
         await self._ack(msg)
+        if report and mid is not None:
+            extra = {"priority": priority, "max_deliveries": max_deliveries}
+            self._lost.append(DeadLetter(mid, queue, msg.data, reason, error, now, count, extra))
+
+    def take_lost(self) -> list[DeadLetter]:
+        """Messages this instance's fetches dead-lettered since the last call: reason
+        ``worker_lost`` (deliveries ran out) or ``undecodable`` (malformed framing)."""
+        lost, self._lost = self._lost, []
+        return lost
 
     # -- leases ----------------------------------------------------------------------
-    def _lease_out(self, seq: int) -> int:
+    def _lease_out(self, seq: int, lease: float) -> int:
         token = next(self._tokens)
         self._leases[seq] = token
         if len(self._lease_ends) < 10_000:
-            heapq.heappush(self._lease_ends, time.monotonic() + self.lease)
+            heapq.heappush(self._lease_ends, time.monotonic() + lease)
         if len(self._leases) > 100_000:  # abandoned leases of redelivered messages
             for old in list(self._leases)[:50_000]:
                 del self._leases[old]
@@ -315,15 +354,19 @@ class NatsCore:
         return await puller.pull(batch)
 
     async def _requeue_orphan(self, msg: Msg) -> None:
-        if msg.subject.split(".")[1] == "d":
+        try:
+            frame = framing(msg)
+        except ValueError:
+            frame = None
+        if frame is None or frame.eta is not None:
+            # Delayed, or malformed: the next fetch that pulls it again deals with it.
             await msg.nak()
             return
-        base = int((msg.headers or {}).get("Tf-Base", "0")) + msg.metadata.num_delivered - 1
         await self._republish(
             msg,
             msg.data,
-            base=base,
-            max_deliveries=int((msg.headers or {}).get("Tf-Max", "1")),
+            base=frame.base + msg.metadata.num_delivered - 1,
+            max_deliveries=frame.max_deliveries,
             eta=None,
             dedup=f"o{msg.metadata.sequence.stream}",
         )

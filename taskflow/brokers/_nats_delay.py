@@ -13,7 +13,7 @@ import time
 
 from nats.aio.msg import Msg
 
-from ._nats_common import DELAY_POLL
+from ._nats_common import DELAY_POLL, framing, untoken
 from ._nats_core import NatsCore
 
 __all__ = ["NatsDelays"]
@@ -54,8 +54,14 @@ class NatsDelays(NatsCore):
                 return
 
     async def _promote(self, msg: Msg) -> None:
-        headers = msg.headers or {}
-        eta = float(headers.get("Tf-Eta", "0"))
+        try:
+            frame = framing(msg)
+            if frame.eta is None:
+                raise ValueError("a work subject in the delay stream")
+        except ValueError as exc:
+            await self._bury_delayed(msg, f"malformed framing: {exc}")
+            return
+        eta = frame.eta
         wait = eta - time.time()
         if wait > 0.001:
             await self._call(msg.nak(delay=wait))
@@ -64,11 +70,30 @@ class NatsDelays(NatsCore):
         await self._republish(
             msg,
             msg.data,
-            base=int(headers.get("Tf-Base", "0")),
-            max_deliveries=int(headers.get("Tf-Max", "1")),
+            base=frame.base,
+            max_deliveries=frame.max_deliveries,
             eta=None,
             dedup=f"d{msg.metadata.sequence.stream}",
         )
         while self._due and self._due[0] <= eta:
             heapq.heappop(self._due)
         await self._ack(msg)
+
+    async def _bury_delayed(self, msg: Msg, error: str) -> None:
+        """Dead-letter a delayed message that cannot be scheduled (``undecodable``), under
+        its queue where the subject names one."""
+        parts = msg.subject.split(".")
+        try:
+            queue = untoken(parts[2]) if len(parts) == 4 else ""
+        except ValueError:
+            queue = ""
+        await self._bury(
+            msg,
+            queue or "_",
+            0,
+            count=msg.metadata.num_delivered,
+            max_deliveries=1,
+            reason="undecodable",
+            error=error,
+            report=bool(queue),
+        )

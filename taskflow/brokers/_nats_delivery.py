@@ -19,7 +19,7 @@ __all__ = ["NatsDelivery"]
 class NatsDelivery(Delivery):
     """A message leased from a JetStream consumer; settle calls are fenced locally."""
 
-    __slots__ = ("_broker", "_deadline", "_msg", "_seq", "_token", "max_deliveries")
+    __slots__ = ("_broker", "_deadline", "_lease", "_msg", "_seq", "_token", "max_deliveries")
 
     def __init__(
         self,
@@ -37,17 +37,19 @@ class NatsDelivery(Delivery):
         self._msg = msg
         self._seq = msg.metadata.sequence.stream
         self.max_deliveries = max_deliveries
-        self._token = broker._lease_out(self._seq)
-        self._deadline = time.monotonic() + broker.lease
+        # The consumer's ack wait, as the server has it: the lease that really applies.
+        self._lease = broker._ack_waits.get(queue, broker.lease)
+        self._token = broker._lease_out(self._seq, self._lease)
+        self._deadline = time.monotonic() + self._lease
 
     @property
     def lease(self) -> float | None:
-        """The consumers' ack wait."""
-        return self._broker.lease
+        """The consumer's ack wait."""
+        return self._lease
 
     def _claim(self, final: bool) -> bool:
         # A safety margin keeps a settle call from racing the server's redelivery.
-        margin = self._broker.lease * 0.05
+        margin = self._lease * 0.05
         if time.monotonic() > self._deadline - margin:
             return False
         return self._broker._lease_held(self._seq, self._token, release=final)
@@ -96,7 +98,7 @@ class NatsDelivery(Delivery):
         if not self._claim(False):
             return False
         await self._broker._call(self._msg.in_progress())
-        self._deadline = time.monotonic() + self._broker.lease
+        self._deadline = time.monotonic() + self._lease
         return True
 
     async def dead_letter(self, reason: str, error: str | None = None) -> bool:

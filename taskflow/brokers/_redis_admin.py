@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from ._redis_common import broker_error
-from .base import DeadLetter
+from .base import DeadLetter, Message
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -49,9 +49,10 @@ class RedisAdmin:
             raise broker_error(self._masked, exc) from None
         return [b for b in bodies if b is not None]
 
-    async def purge(self, queue: str) -> int:
-        """Drop every ready and scheduled message of ``queue``."""
-        return int(await self._run("admin", ["purge", queue]))
+    async def purge_ids(self, queue: str, *, scheduled: bool = True) -> list[str]:
+        """Drop every ready (and scheduled) message of ``queue``; their ids."""
+        ids = await self._run("admin", ["purge", queue, "1" if scheduled else "0"])
+        return [_text(i) for i in ids]
 
     async def pause(self, queue: str) -> None:
         """Stop delivering from ``queue``; publishing still works."""
@@ -72,12 +73,14 @@ class RedisAdmin:
             ids: list[Any] = await r.lrange(self.key("q", queue, "dead"), 0, max(0, limit - 1))
             async with r.pipeline(transaction=False) as pipe:
                 for i in ids:
-                    pipe.hmget(self.key("m", i.decode()), fields)
+                    # Raw bytes: a hand-written id need not be UTF-8 (it was dead-lettered
+                    # as undecodable for that), and is shown escaped.
+                    pipe.hmget(self.key("m", "").encode() + i, fields)
                 rows = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise broker_error(self._masked, exc) from None
         return [
-            _dead_letter(i.decode(), queue, row)
+            _dead_letter(i.decode(errors="backslashreplace"), queue, row)
             for i, row in zip(ids, rows, strict=True)
             if row[7] == b"d"
         ]
@@ -85,6 +88,19 @@ class RedisAdmin:
     async def replay(self, queue: str, ids: Sequence[str] | None = None) -> int:
         """Make dead letters ready again with a fresh delivery budget."""
         return int(await self._run("admin", ["replay", queue, *(ids or ())]))
+
+    async def requeue(self, queue: str, messages: Sequence[Message]) -> list[str]:
+        """Move dead letters back as ``messages`` (one script: each id moves at most once)."""
+        if not messages:
+            return []
+        args: list[Any] = ["requeue", queue]
+        for m in messages:
+            args += [m.id, m.body, m.priority, m.max_deliveries]
+        return [_text(i) for i in await self._run("admin", args)]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _dead_letter(mid: str, queue: str, row: list[bytes | None]) -> DeadLetter:

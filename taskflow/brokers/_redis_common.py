@@ -12,11 +12,7 @@ from redis.exceptions import RedisError
 from .._waiters import within
 from ..errors import BrokerError, ConfigError
 
-__all__ = ["URL_OPTIONS", "broker_error", "check_prefix", "load_script", "redis_client"]
-
-# Query options understood on a redis:// URL. The result store shares the URL (it is
-# derived from the broker's by default), so both accept the same set.
-URL_OPTIONS = frozenset({"prefix", "lease", "connect_timeout"})
+__all__ = ["broker_error", "check_prefix", "load_script", "redis_client"]
 
 
 def load_script(name: str) -> str:

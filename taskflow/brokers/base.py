@@ -13,7 +13,12 @@ Semantics every broker implements:
   for the first one (push-based: it wakes as soon as something is published).
 * A delivery is leased: if neither acked, nacked, retried nor dead-lettered before its lease
   runs out, the broker delivers it again (``delivery_count`` + 1). Once ``delivery_count``
-  would exceed ``max_deliveries`` the message is dead-lettered with reason ``worker_lost``.
+  would exceed ``max_deliveries`` the message is dead-lettered with reason ``worker_lost``
+  and reported by ``take_lost``. ``touch`` renews a lease at any time, right after the
+  fetch included; ``Delivery.lease`` is the lease that really applies.
+* A message whose broker framing is malformed (written by hand or by a broken producer)
+  is dead-lettered alone with reason ``undecodable`` and reported by ``take_lost``; the
+  rest of the batch is delivered. A message is never lost half-way.
 * ``ack``/``nack``/``retry``/``dead_letter`` are fenced: after the lease was lost and the
   message redelivered, the old delivery's calls do nothing and return ``False``.
 """
@@ -24,6 +29,8 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+from ..urls import mask_url
 
 __all__ = [
     "Broker",
@@ -37,7 +44,8 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """An outgoing message. ``eta`` is epoch seconds (None: deliver now)."""
+    """An outgoing message. ``eta`` is epoch seconds (None: deliver now). ``task`` names
+    the task in errors (a broker never reads the body to find it)."""
 
     id: str
     queue: str
@@ -45,6 +53,7 @@ class Message:
     priority: int = 0
     eta: float | None = None
     max_deliveries: int = 1
+    task: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +137,10 @@ class Broker(abc.ABC):
     capabilities: ClassVar[Capabilities] = Capabilities()
     url: str = ""
 
+    def __repr__(self) -> str:
+        # The URL may carry a password or a token: show it masked.
+        return f"<{type(self).__name__} {mask_url(self.url)}>"
+
     @abc.abstractmethod
     async def connect(self) -> None:
         """Open connections; raise :class:`~taskflow.errors.BrokerError` within a bound."""
@@ -154,8 +167,10 @@ class Broker(abc.ABC):
         """Receive up to ``max_messages``, taking queues in the given order."""
 
     def take_lost(self) -> list[DeadLetter]:
-        """Messages this instance dead-lettered as ``worker_lost`` (while fetching) since
-        the last call, so that the worker can record their failure."""
+        """Messages this instance dead-lettered on its own while fetching, since the last
+        call, so that the worker can record their failure: reason ``worker_lost``
+        (deliveries ran out) or ``undecodable`` (malformed broker framing). Each is
+        reported exactly once, by the instance whose fetch dead-lettered it."""
         return []
 
     async def cancel(self, message_id: str, queue: str) -> bool:
@@ -185,9 +200,14 @@ class BrokerAdmin(abc.ABC):
     async def peek(self, queue: str, limit: int = 10) -> list[bytes]:
         """Bodies of the next ``limit`` ready messages, in delivery order, not removed."""
 
-    @abc.abstractmethod
     async def purge(self, queue: str) -> int:
         """Drop every ready and scheduled message of ``queue``; returns how many."""
+        return len(await self.purge_ids(queue))
+
+    @abc.abstractmethod
+    async def purge_ids(self, queue: str, *, scheduled: bool = True) -> list[str]:
+        """Drop every ready message of ``queue`` (and scheduled ones with ``scheduled``);
+        returns their ids, so their records can be closed. Leased messages stay."""
 
     @abc.abstractmethod
     async def pause(self, queue: str) -> None:
@@ -204,3 +224,13 @@ class BrokerAdmin(abc.ABC):
     @abc.abstractmethod
     async def replay(self, queue: str, ids: Sequence[str] | None = None) -> int:
         """Publish dead letters again (all, or those with ``ids``); returns how many."""
+
+    @abc.abstractmethod
+    async def requeue(self, queue: str, messages: Sequence[Message]) -> list[str]:
+        """Move dead letters back to ``queue`` as ``messages`` (matched by id): new body,
+        priority and ``max_deliveries``, a fresh delivery count, due now.
+
+        Each move is atomic and happens once: a message whose id is not (or no longer) a
+        dead letter of ``queue`` is skipped, so concurrent replays never make a second
+        live copy of one id. Returns the ids moved.
+        """

@@ -25,10 +25,15 @@ Layout, per app ``prefix`` (``P`` is its subject token, ``N`` its stream-name fo
   ``P.ctl`` (control broadcast) and ``P.pause`` (pause changes) carry no data that must
   survive.
 
-Leases are the consumers' ``ack_wait``; ``touch`` sends an in-progress ack. Consumers have
-no ``max_deliver`` limit: the count is checked on fetch against the per-message budget in
+Leases are the consumers' ``ack_wait``, set by the broker that consumes the queue (a
+producer only creates missing consumers); ``touch`` sends an in-progress ack and a
+delivery's ``lease`` is the ack wait the server reported. Consumers have no
+``max_deliver`` limit: the count is checked on fetch against the per-message budget in
 the ``Tf-Max`` header, so an exhausted message goes to the DLQ with reason ``worker_lost``
-instead of silently disappearing. ``nack(requeue=True)`` republishes the message with its
+instead of silently disappearing, and ``take_lost`` reports it. A message whose subject
+or ``Tf-*`` headers are malformed is dead-lettered alone (``undecodable``). Bodies are
+checked against the server's ``max_payload`` at publish. The connection logs one WARNING
+line per disconnect and per reconnect. ``nack(requeue=True)`` republishes the message with its
 count carried in ``Tf-Base`` (JetStream counts every delivery; the contract does not).
 
 A fetch skips a level it found empty until a publish to it is announced on ``P.n``
@@ -59,6 +64,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -68,15 +74,29 @@ from nats.aio.msg import Msg
 
 from .._waiters import within
 from ..clock import Clock
-from ..errors import BrokerError, QueueFull
-from ..urls import option_float, parse_url, reject_unknown
+from ..errors import BrokerError, PayloadError, QueueFull
+from ..urls import known_options, option_float, parse_url, reject_unknown
 from ._nats_admin import NatsAdmin
-from ._nats_common import LEVELS, RESCAN, connect_nats, stream_name, subject_token, untoken
+from ._nats_common import (
+    LEVELS,
+    RESCAN,
+    connect_nats,
+    framing,
+    stream_name,
+    subject_token,
+    untoken,
+)
 from ._nats_delay import NatsDelays
 from ._nats_delivery import NatsDelivery
 from .base import Broker, BrokerAdmin, Capabilities, Delivery, Message
 
 __all__ = ["NatsBroker", "NatsDelivery", "connect_nats", "stream_name", "subject_token"]
+
+log = logging.getLogger("taskflow.brokers.nats")
+
+HEADER_ROOM = 8192
+"""Bytes of ``max_payload`` a message body leaves free for headers (``Tf-*``, the error
+text of a dead letter, which is cut to fit)."""
 
 
 class NatsBroker(NatsAdmin, NatsDelays, Broker, BrokerAdmin):
@@ -104,10 +124,10 @@ class NatsBroker(NatsAdmin, NatsDelays, Broker, BrokerAdmin):
     def from_url(cls, url: str, *, clock: Clock | None = None) -> NatsBroker:
         """Build from ``nats://host:port?prefix=..&lease=..&connect_timeout=..``.
 
-        ``max_age`` is accepted for the result store sharing the URL.
+        ``max_age`` and ``sweep_interval`` are accepted for the result store sharing the URL.
         """
         parsed = parse_url(url, "broker")
-        reject_unknown(parsed, {"prefix", "lease", "connect_timeout", "max_age"})
+        reject_unknown(parsed, known_options(parsed, "broker"))
         return cls(
             url,
             prefix=parsed.options.get("prefix", "taskflow"),
@@ -157,6 +177,7 @@ class NatsBroker(NatsAdmin, NatsDelays, Broker, BrokerAdmin):
             with contextlib.suppress(Exception):
                 await nc.close()
         self._declared.clear()
+        self._consuming.clear()
         self._pullers.clear()
 
     async def declare(self, queue: str, *, max_length: int | None = None) -> None:
@@ -172,7 +193,7 @@ class NatsBroker(NatsAdmin, NatsDelays, Broker, BrokerAdmin):
         """Publish all of ``messages``; on a failure, purge the ones already written."""
         if not messages:
             return
-        self._conn()
+        self._check_size(messages)
         await self._check_room(messages)
         js = self._jet()
         written: list[tuple[str, int]] = []
@@ -209,6 +230,22 @@ class NatsBroker(NatsAdmin, NatsDelays, Broker, BrokerAdmin):
                 await self._delete(self.work, seq, self._consumer(queue, int(parts[3][1:])))
             else:
                 await self._delete(self.delays, seq, "delay")
+
+    def _check_size(self, messages: Sequence[Message]) -> None:
+        """Refuse (PayloadError, nothing published) a body the server would not take.
+
+        The limit is the server's ``max_payload`` less ``HEADER_ROOM``, kept free for the
+        headers a retry or a dead letter adds to the same body.
+        """
+        limit = self._conn().max_payload - HEADER_ROOM
+        for msg in messages:
+            if len(msg.body) > limit:
+                raise PayloadError(
+                    f"task {msg.task or '?'}[{msg.id}]: the message is {len(msg.body):,} bytes, "
+                    f"over the {limit:,} a message may have on NATS at {self._masked} "
+                    f"(the server's max_payload less {HEADER_ROOM:,} for headers); "
+                    "nothing was enqueued"
+                )
 
     async def _check_room(self, messages: Sequence[Message]) -> None:
         wanted: dict[str, int] = {}
@@ -257,7 +294,7 @@ class NatsBroker(NatsAdmin, NatsDelays, Broker, BrokerAdmin):
                 break
             if await self._is_paused(queue):
                 continue
-            await self._ensure_queue(queue)
+            await self._ensure_queue(queue, consume=True)
             for level in LEVELS:
                 await self._take_level(queue, level, limit, out)
                 if len(out) >= limit:
@@ -281,21 +318,62 @@ class NatsBroker(NatsAdmin, NatsDelays, Broker, BrokerAdmin):
                 return
 
     async def _admit(self, msg: Msg, queue: str, level: int) -> NatsDelivery | None:
-        headers = msg.headers or {}
-        count = msg.metadata.num_delivered + int(headers.get("Tf-Base", "0"))
-        max_deliveries = int(headers.get("Tf-Max", "1"))
-        if count > max_deliveries:
-            await self._bury(
+        """A delivery for ``msg``, or None when it was dead-lettered here. Either way the
+        rest of the batch is delivered: a message that cannot be filed now (the
+        dead-letter stream is unreachable) stays leased and is filed when it comes back."""
+        try:
+            frame = framing(msg)
+        except ValueError as exc:
+            await self._file(
+                msg,
+                queue,
+                level,
+                count=msg.metadata.num_delivered,
+                most=1,
+                reason="undecodable",
+                error=f"malformed framing: {exc}",
+            )
+            return None
+        count = msg.metadata.num_delivered + frame.base
+        if count > frame.max_deliveries:
+            await self._file(
                 msg,
                 queue,
                 level,
                 count=count - 1,
-                max_deliveries=max_deliveries,
+                most=frame.max_deliveries,
                 reason="worker_lost",
                 error="lease expired",
             )
             return None
-        return NatsDelivery(self, msg, queue, level, count=count, max_deliveries=max_deliveries)
+        return NatsDelivery(
+            self, msg, queue, level, count=count, max_deliveries=frame.max_deliveries
+        )
+
+    async def _file(
+        self,
+        msg: Msg,
+        queue: str,
+        level: int,
+        *,
+        count: int,
+        most: int,
+        reason: str,
+        error: str,
+    ) -> None:
+        try:
+            await self._bury(
+                msg,
+                queue,
+                level,
+                count=count,
+                max_deliveries=most,
+                reason=reason,
+                error=error,
+                report=True,
+            )
+        except BrokerError as exc:
+            log.warning("could not dead-letter message %s of %s (%s)", msg.subject, queue, exc)
 
     async def _on_notify(self, msg: Msg) -> None:
         try:

@@ -7,13 +7,18 @@ Cluster slot):
 * ``P:q:<queue>:sched``    ZSET of delayed messages scored by due time (eta, retry backoff)
 * ``P:q:<queue>:inflight`` ZSET of leased messages scored by lease deadline
 * ``P:q:<queue>:dead``     LIST of dead-lettered ids, oldest first, capped
-* ``P:q:<queue>:notify``   LIST of wake-up tokens an idle ``fetch`` blocks on (short TTL)
+* ``P:q:<queue>:notify``   LIST of wake-up tokens an idle ``fetch`` blocks on (short TTL);
+  pushed for a ready message, and for a delayed one that became the queue's earliest
+* ``P:wake:<random>``      LIST one waiting ``fetch`` blocks on beside them, pushed by its
+  own timer at the next due time (Redis' blocking timeouts are only 100 ms precise)
 * ``P:m:<id>``             HASH: body, queue, priority, delivery count, lease token, state
 * ``P:seq``, ``P:limits``, ``P:paused``, ``P:control`` (pub/sub channel)
 
 A message hash is owned by the sets that reference it: ack, cancel and purge delete it,
 and the dead-letter list deletes the oldest ones when it is trimmed. Every state change is
-one Lua script, so a crash between two commands cannot lose or duplicate a message.
+one Lua script, so a crash between two commands cannot lose or duplicate a message; the
+scripts check a message's fields before they move it (a malformed one is dead-lettered
+``undecodable`` and reported by ``take_lost``), so no script fails half-way.
 Time comes from the broker's :class:`~taskflow.clock.Clock` (passed to the scripts), so
 tests can drive schedules and leases with a ``FakeClock``.
 
@@ -26,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import uuid
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -38,11 +44,10 @@ from redis.exceptions import RedisError
 from redis.retry import Retry as SyncRetry
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import BrokerError, ConfigError, QueueFull
-from ..urls import BackendURL, option_float, parse_url, reject_unknown
+from ..errors import BrokerError, ConfigError
+from ..urls import BackendURL, known_options, option_float, parse_url, reject_unknown
 from ._redis_admin import RedisAdmin
 from ._redis_common import (
-    URL_OPTIONS,
     broker_error,
     check_prefix,
     load_script,
@@ -50,10 +55,10 @@ from ._redis_common import (
     redis_client,
 )
 from ._redis_control import ControlReader
+from ._redis_publish import check_published, check_size, publish_args
 from .base import Broker, BrokerAdmin, Capabilities, DeadLetter, Delivery, Message
 
 __all__ = [
-    "URL_OPTIONS",
     "RedisBroker",
     "RedisDelivery",
     "broker_error",
@@ -63,6 +68,7 @@ __all__ = [
 ]
 
 _BLOCK_CHUNK = 5.0  # longest single BLPOP; the blocking socket's timeout is above it
+_RING_SLACK = 0.25  # a precise wait's server-side timeout, past its own timer
 
 
 class RedisDelivery(Delivery):
@@ -155,6 +161,7 @@ class RedisBroker(RedisAdmin, Broker, BrokerAdmin):
         self._flushing = False
         self._control: ControlReader | None = None
         self._lost: list[DeadLetter] = []
+        self._rings: set[asyncio.Task[None]] = set()
         self._sync_lock = threading.Lock()
         self._sync: SyncRedis | None = None
         self._sync_publish: Any = None
@@ -163,7 +170,7 @@ class RedisBroker(RedisAdmin, Broker, BrokerAdmin):
     def from_url(cls, url: str, *, clock: Clock | None = None) -> RedisBroker:
         """Build from a URL; query options ``prefix``, ``lease``, ``connect_timeout``."""
         parsed = parse_url(url, "broker")
-        reject_unknown(parsed, set(URL_OPTIONS))
+        reject_unknown(parsed, known_options(parsed, "broker"))
         return cls(url, **_url_kwargs(parsed), clock=clock)
 
     def __repr__(self) -> str:
@@ -234,19 +241,21 @@ class RedisBroker(RedisAdmin, Broker, BrokerAdmin):
     async def publish(self, messages: Sequence[Message]) -> None:
         """Publish all of ``messages`` in one script call, or none (QueueFull)."""
         if messages:
-            _check_published(await self._run("publish", _publish_args(messages)))
+            check_size(messages, self._masked)
+            check_published(await self._run("publish", publish_args(messages)))
 
     def publish_blocking(self, messages: Sequence[Message]) -> None:
         """Thread-safe synchronous :meth:`publish` on a separate (sync) connection pool,
         so that ``delay()`` from plain threads needs no hop onto the app's event loop."""
         if not messages:
             return
+        check_size(messages, self._masked)
         script = self._sync_publish or self._open_sync()
         try:
-            reply = script(args=[self._p, repr(self.clock.time()), *_publish_args(messages)])
+            reply = script(args=[self._p, repr(self.clock.time()), *publish_args(messages)])
         except (RedisError, OSError) as exc:
             raise broker_error(self._masked, exc) from None
-        _check_published(reply)
+        check_published(reply)
 
     def _open_sync(self) -> Any:
         with self._sync_lock:
@@ -279,24 +288,33 @@ class RedisBroker(RedisAdmin, Broker, BrokerAdmin):
             if got or remaining <= 0:
                 return got
             wait = min(remaining, _BLOCK_CHUNK)
+            precise = False
             if next_due is not None:
-                wait = min(wait, max(0.0, next_due - self.clock.time()) + 0.001)
+                due_in = max(0.0, next_due - self.clock.time()) + 0.001
+                precise = due_in < wait
+                wait = min(wait, due_in)
             if self.clock.is_fake:
-                wait = min(wait, 0.02)  # fake time moves without Redis knowing
+                wait, precise = min(wait, 0.02), False  # fake time moves without Redis knowing
             if wait >= 0.001:
-                await self._block(notify, wait)
+                await self._block(notify, wait, precise=precise)
 
     async def _fetch_once(
         self, queues: Sequence[str], limit: int
     ) -> tuple[list[Delivery], float | None]:
         reply = await self._run("fetch", [repr(self.lease), limit, len(queues), *queues])
         next_due = float(reply[0]) if reply[0] else None
-        start = 2 + 3 * int(reply[1])
+        start = 2 + 6 * int(reply[1])
         now = self.clock.time()
-        for i in range(2, start, 3):
-            mid, queue = reply[i].decode(), reply[i + 1].decode()
+        for i in range(2, start, 6):
+            mid, queue, body, reason, error, count = reply[i : i + 6]
+            try:
+                text_id = mid.decode()
+            except UnicodeDecodeError:
+                continue  # no task can have this id, so there is no record to finish
             self._lost.append(
-                DeadLetter(mid, queue, reply[i + 2], "worker_lost", "lease expired", now)
+                DeadLetter(
+                    text_id, queue.decode(), body, reason.decode(), error.decode(), now, int(count)
+                )
             )
         out: list[Delivery] = []
         for i in range(start, len(reply), 6):
@@ -304,16 +322,28 @@ class RedisBroker(RedisAdmin, Broker, BrokerAdmin):
         return out, next_due
 
     def take_lost(self) -> list[DeadLetter]:
-        """Messages this instance's fetches dead-lettered as ``worker_lost`` since the last
-        call (the worker records their failure)."""
+        """Messages this instance's fetches dead-lettered since the last call: reason
+        ``worker_lost`` (deliveries ran out) or ``undecodable`` (malformed framing), so
+        that the worker records their failure."""
         lost, self._lost = self._lost, []
         return lost
 
-    async def _block(self, keys: list[str], wait: float) -> None:
-        """Wait for a wake-up token on a dedicated connection (cancellation-safe)."""
+    async def _block(self, keys: list[str], wait: float, *, precise: bool = False) -> None:
+        """Wait for a wake-up token on a dedicated connection (cancellation-safe).
+
+        Redis checks blocking timeouts on its own timer (every 100 ms at the default
+        ``hz``), too coarse for a message due in 200 ms. A ``precise`` wait therefore also
+        listens on a key of its own that a local timer pushes to when ``wait`` is over.
+        """
         blocker = self._blocker
         if blocker is None:
             raise BrokerError(f"redis broker {self._masked} is not connected (call connect())")
+        timer: asyncio.TimerHandle | None = None
+        if precise:
+            own = self.key("wake", uuid.uuid4().hex)
+            keys = [*keys, own]
+            timer = asyncio.get_running_loop().call_later(wait, self._ring, own)
+            wait += _RING_SLACK  # the server's timeout stays as a backstop
         try:
             await blocker.blpop(keys, timeout=round(wait, 3))
         except asyncio.CancelledError:
@@ -322,6 +352,25 @@ class RedisBroker(RedisAdmin, Broker, BrokerAdmin):
             raise
         except (RedisError, OSError) as exc:
             raise broker_error(self._masked, exc) from None
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _ring(self, key: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._push_wake(key))
+        self._rings.add(task)
+        task.add_done_callback(self._rings.discard)
+
+    async def _push_wake(self, key: str) -> None:
+        client = self._r
+        if client is None:
+            return
+        # A token the waiter no longer needs (it woke for another reason) expires.
+        with contextlib.suppress(RedisError, OSError):
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.rpush(key, "1")
+                pipe.pexpire(key, 5000)
+                await pipe.execute()
 
     # -- settling --------------------------------------------------------------------
     async def _settle(self, item: SettleItem) -> bool:
@@ -395,17 +444,3 @@ def _url_kwargs(parsed: BackendURL) -> dict[str, Any]:
     if "connect_timeout" in parsed.options:
         kwargs["connect_timeout"] = option_float(parsed, "connect_timeout", 5.0)
     return kwargs
-
-
-def _publish_args(messages: Sequence[Message]) -> list[Any]:
-    args: list[Any] = [len(messages)]
-    for m in messages:
-        eta = "" if m.eta is None else repr(float(m.eta))
-        args += [m.id, m.queue, m.body, m.priority, eta, max(1, m.max_deliveries)]
-    return args
-
-
-def _check_published(reply: Any) -> None:
-    if reply:
-        queue, size, limit = (x.decode() for x in reply[1:4])
-        raise QueueFull(f"queue {queue!r} is full ({size}/{limit}); nothing was enqueued")

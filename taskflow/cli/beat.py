@@ -1,7 +1,7 @@
 """``taskflow beat`` and ``taskflow schedules list|add|remove|pause|resume``.
 
-``taskflow beat`` runs the same foreground loop as ``taskflow worker`` (signal handling,
-exit status 0 after a clean stop). Any number of beat processes may run; one leads.
+``taskflow beat`` runs the same foreground loop as ``taskflow worker`` (connection retries,
+signal handling, exit status 0 after a clean stop). Any number of beat processes may run; one leads.
 The ``schedules`` commands change the schedules stored in the app's backend; a running beat
 sees the change at its next tick. Errors are one line on stderr: status 2 for usage and
 configuration errors, 1 for a schedule that does not exist or a backend that is away.
@@ -13,13 +13,14 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from ..errors import ConfigError, NotFound, PayloadError, TaskflowError
-from .options import app_option, loglevel_option
-from .supervisor import StopControl, run_foreground
+from ..worker.foreground import Runner, serve
+from ..worker.signals import StopControl
+from .options import app_option, connect_timeout_option, loglevel_option
 
 if TYPE_CHECKING:
     from ..app import App
@@ -58,6 +59,11 @@ class _WorkerAndBeat:
         self.worker = worker
         self.beat = beat
 
+    @property
+    def fatal(self) -> BaseException | None:
+        """The worker's stage that died, if one did."""
+        return self.worker.fatal
+
     def start(self) -> None:
         self.worker.start()
         try:
@@ -75,13 +81,27 @@ class _WorkerAndBeat:
         self.worker.stop_now()
 
 
-def with_beat(worker: Worker, beat: Beat) -> Worker:
-    """``worker`` and ``beat`` as one thing to run in the foreground.
+def with_beat(worker: Worker, beat: Beat) -> Runner:
+    """``worker`` and ``beat`` as one thing to run in the foreground."""
+    return _WorkerAndBeat(worker, beat)
 
-    The foreground loop only calls ``start``, ``stop(timeout=)`` and ``stop_now``, which the
-    pair provides; the cast lets it pass where a Worker is expected.
-    """
-    return cast("Worker", _WorkerAndBeat(worker, beat))
+
+class _BeatAlone:
+    """A beat as the foreground loop runs it (it has no stages that can die)."""
+
+    fatal: BaseException | None = None
+
+    def __init__(self, beat: Beat) -> None:
+        self.beat = beat
+
+    def start(self) -> None:
+        self.beat.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.beat.stop(timeout)
+
+    def stop_now(self) -> None:
+        self.beat.stop_now()
 
 
 @click.command("beat")
@@ -100,17 +120,30 @@ def with_beat(worker: Worker, beat: Beat) -> Worker:
     show_default=True,
     help="Longest sleep between ticks (how soon stored schedule changes are seen).",
 )
+@connect_timeout_option
 @loglevel_option
 @click.pass_context
-def beat(
-    ctx: click.Context, app_spec: str | None, lease: float, max_interval: float, loglevel: str
+def beat(  # noqa: PLR0917 -- click passes every option as an argument
+    ctx: click.Context,
+    app_spec: str | None,
+    lease: float,
+    max_interval: float,
+    connect_timeout: float,
+    loglevel: str,
 ) -> None:
     """Enqueue the app's periodic tasks until SIGTERM or SIGINT (any number may run)."""
-    from .main import configure_logging
+    from .main import logging_setup
 
-    with configure_logging(loglevel.lower()), StopControl() as control, _app(app_spec) as app:
-        runner = app.beat(lease=lease, max_interval=max_interval)
-        code = run_foreground(cast("Worker", runner), control, 0.0)
+    # Logging is set up after the import (the module may have configured it: then it is
+    # left alone) and kept until the app is closed, which logs the last lines.
+    with (
+        logging_setup(loglevel.lower()) as configure,
+        StopControl() as control,
+        _app(app_spec) as app,
+    ):
+        configure()
+        runner = _BeatAlone(app.beat(lease=lease, max_interval=max_interval))
+        code = serve(app, runner, control, grace=0.0, connect_timeout=connect_timeout)
     ctx.exit(code)
 
 

@@ -3,15 +3,21 @@
 Every failure is an :class:`AppLoadError` with a one-line message that says which of the
 three things went wrong: the module does not exist, the module raised while importing, or
 the attribute is missing or is not an ``App``. The command line prints that line and exits
-with status 2; nobody needs a traceback to fix a typo.
+with status 2; nobody needs a traceback to fix a typo. A module that raised names the file
+and line of the user's statement that failed (the last frame in the user's own code, not
+in taskflow, the standard library or installed packages) and the exception.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
 import sys
+import sysconfig
+import traceback
+from pathlib import Path
 from types import ModuleType
 
 from ..app import App
@@ -93,13 +99,76 @@ def _is_the_spec(module_name: str, missing: str | None) -> bool:
 
 
 def _failed(module_name: str, exc: BaseException) -> AppLoadError:
-    detail = str(exc).splitlines()[0] if str(exc) else ""
+    # str() of a SyntaxError repeats its place, which the message gives once.
+    text = (exc.msg or "") if isinstance(exc, SyntaxError) else str(exc)
+    detail = text.splitlines()[0] if text else ""
     kind = type(exc).__name__
+    where = _failing_statement(module_name, exc)
+    at = f" at {where}" if where else ""
     return AppLoadError(
-        f"module {module_name!r} failed to import: {kind}: {detail}"
+        f"module {module_name!r} failed to import{at}: {kind}: {detail}"
         if detail
-        else f"module {module_name!r} failed to import: {kind}"
+        else f"module {module_name!r} failed to import{at}: {kind}"
     )
+
+
+def _failing_statement(module_name: str, exc: BaseException) -> str | None:
+    """``file:line`` of the statement in the user's code that raised ``exc``, if any.
+
+    The last traceback frame outside taskflow, the standard library and installed
+    packages; failing that (an app installed as a package), the last frame in the
+    module's own file. A syntax error has no frame: its own position is taken.
+    """
+    if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
+        return f"{_shown(exc.filename)}:{exc.lineno}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.lineno is not None]
+    mine = [f for f in frames if not _is_library(f.filename)]
+    if not mine:
+        own = _module_file(module_name)
+        mine = [f for f in frames if own is not None and _same_file(f.filename, own)]
+    if not mine:
+        return None
+    return f"{_shown(mine[-1].filename)}:{mine[-1].lineno}"
+
+
+@functools.cache
+def _library_roots() -> tuple[Path, ...]:
+    paths = sysconfig.get_paths()
+    roots = {Path(paths[key]).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    roots.add(Path(__file__).resolve().parents[1])  # taskflow itself
+    return tuple(roots)
+
+
+def _is_library(filename: str) -> bool:
+    if filename.startswith("<"):  # <frozen importlib._bootstrap>, <string>
+        return True
+    path = Path(filename).resolve()
+    return any(path.is_relative_to(root) for root in _library_roots())
+
+
+def _module_file(module_name: str) -> str | None:
+    module = sys.modules.get(module_name)
+    found = getattr(module, "__file__", None)
+    if isinstance(found, str):
+        return found
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except Exception:
+        return None
+    return spec.origin if spec is not None else None
+
+
+def _same_file(a: str, b: str) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def _shown(filename: str) -> str:
+    """The path relative to the current directory when it is inside it, else absolute."""
+    path = Path(filename).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _resolve(module: ModuleType, module_name: str, attr: str) -> object:

@@ -1,4 +1,4 @@
-"""Options shared by the commands (``-A`` and ``--loglevel``), declared once."""
+"""Options shared by the commands (``-A``, ``--loglevel``, ``--connect-timeout``), declared once."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
-__all__ = ["APP_ENV", "LOG_LEVELS", "app_option", "loglevel_option"]
+__all__ = ["APP_ENV", "LOG_LEVELS", "app_option", "connect_timeout_option", "loglevel_option"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,4 +36,17 @@ def loglevel_option(fn: F) -> F:
         default="info",
         show_default=True,
         help="Level of the taskflow logger.",
+    )(fn)
+
+
+def connect_timeout_option(fn: F) -> F:
+    """``--connect-timeout SECONDS``: how long to retry reaching the broker at start-up."""
+    return click.option(
+        "--connect-timeout",
+        "connect_timeout",
+        type=click.FloatRange(min=0),
+        default=60.0,
+        show_default=True,
+        metavar="SECONDS",
+        help="Keep retrying an unreachable broker this long at start-up, then exit 1.",
     )(fn)

@@ -1,12 +1,8 @@
-"""Process control for ``taskflow worker``: signals, the foreground loop, the ``-P`` supervisor.
+"""The ``-P`` supervisor of ``taskflow worker``: N worker processes, restarted when they die.
 
-Signal handlers only record the signal and write a byte to a self-pipe; everything else
-(deciding, logging, calling ``Worker.stop``) happens in the main loop, which selects on that
-pipe. A handler never takes a lock or blocks, so a signal can arrive at any moment without
-deadlocking the thread it interrupts.
-
-The stop policy, shared by a worker process and the supervisor: the first SIGTERM or SIGINT
-stops gracefully; a SIGINT after that stops now; anything else while stopping is ignored.
+It shares the signal handling and stop policy of a single worker process
+(:mod:`taskflow.worker.signals`): the first SIGTERM or SIGINT stops gracefully; a SIGINT
+after that stops now; anything else while stopping is ignored.
 """
 
 from __future__ import annotations
@@ -14,193 +10,28 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import select
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import FrameType
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ..worker import Worker
+from ..worker.foreground import EXIT_FAILED, EXIT_OK, EXIT_USAGE, IDLE_CHECK
+from ..worker.signals import GRACEFUL, HARD, StopControl, signal_name
 
-__all__ = [
-    "EXIT_USAGE",
-    "SUPERVISOR_ENV",
-    "WORKER_INDEX_ENV",
-    "StopControl",
-    "StopPolicy",
-    "Supervisor",
-    "run_foreground",
-]
+__all__ = ["SUPERVISOR_ENV", "WORKER_INDEX_ENV", "Supervisor"]
 
-log = logging.getLogger("taskflow.cli")
 supervisor_log = logging.getLogger("taskflow.supervisor")
 
-EXIT_USAGE = 2
 # Set in a supervised worker's environment: the supervisor's pid, and the process's slot.
 SUPERVISOR_ENV = "TASKFLOW_SUPERVISOR_PID"
 WORKER_INDEX_ENV = "TASKFLOW_WORKER_INDEX"
-# How often an idle loop re-checks things no signal announces (a vanished supervisor).
-IDLE_CHECK = 0.5
 # Restart backoff: doubles for a process that keeps dying young, reset once it lived a while.
 RESTART_BACKOFF = 0.5
 MAX_RESTART_BACKOFF = 10.0
 STABLE_AFTER = 10.0
 # A supervised worker that outlives its grace by this much after a stop is killed.
 KILL_AFTER = 10.0
-
-GRACEFUL = "graceful"
-HARD = "hard"
-
-
-class StopPolicy:
-    """Turns a stream of SIGTERM/SIGINT into at most two actions: graceful, then hard."""
-
-    def __init__(self) -> None:
-        self.state = "running"  # running -> graceful -> hard
-
-    @property
-    def stopping(self) -> bool:
-        """Whether a stop was requested."""
-        return self.state != "running"
-
-    def on_signal(self, signum: int) -> str | None:
-        """The action for this signal now (``"graceful"``, ``"hard"``) or None to ignore it."""
-        if self.state == "running":
-            self.state = GRACEFUL
-            return GRACEFUL
-        if self.state == GRACEFUL and signum == signal.SIGINT:
-            self.state = HARD
-            return HARD
-        return None
-
-    def request(self, action: str) -> str | None:
-        """Ask for ``action`` without a signal (a vanished supervisor, a fatal child)."""
-        if action == GRACEFUL and self.state == "running":
-            self.state = GRACEFUL
-            return GRACEFUL
-        if action == HARD and self.state != HARD:
-            self.state = HARD
-            return HARD
-        return None
-
-
-class StopControl:
-    """SIGTERM/SIGINT handlers plus a self-pipe the main loop waits on.
-
-    Use as a context manager around the whole run: handlers are installed on entry (so a
-    signal during a slow app import is not lost) and the previous ones restored on exit.
-    """
-
-    def __init__(self, extra_wakeups: Sequence[signal.Signals] = ()) -> None:
-        self.policy = StopPolicy()
-        self._pending: list[int] = []
-        self._extra = tuple(extra_wakeups)
-        self._previous: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
-        self._read_fd, self._write_fd = os.pipe()
-        os.set_blocking(self._read_fd, False)
-        os.set_blocking(self._write_fd, False)
-
-    def __enter__(self) -> StopControl:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            self._previous[signum] = signal.signal(signum, self._on_stop_signal)
-        for signum in self._extra:
-            self._previous[signum] = signal.signal(signum, self._on_wakeup_signal)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-        os.close(self._read_fd)
-        os.close(self._write_fd)
-
-    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._pending.append(signum)
-        self.notify()
-
-    def _on_wakeup_signal(self, signum: int, frame: FrameType | None) -> None:
-        self.notify()
-
-    def notify(self) -> None:
-        """Wake the main loop; safe from signal handlers and any thread."""
-        with contextlib.suppress(OSError):  # a full pipe already means "wake up"
-            os.write(self._write_fd, b"\0")
-
-    def wait(self, timeout: float) -> list[tuple[int, str]]:
-        """Wait up to ``timeout`` for a wakeup; return ``(signal, action)`` for new signals."""
-        with contextlib.suppress(InterruptedError):
-            ready, _, _ = select.select([self._read_fd], [], [], max(0.0, timeout))
-            if ready:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self._read_fd, 4096)
-        taken = self._pending[:]
-        # Only what was copied: a handler may append between the copy and the delete.
-        del self._pending[: len(taken)]
-        actions = [(signum, self.policy.on_signal(signum)) for signum in taken]
-        return [(signum, action) for signum, action in actions if action is not None]
-
-
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
-def run_foreground(
-    worker: Worker, control: StopControl, grace: float, supervisor_pid: int | None = None
-) -> int:
-    """Start ``worker`` and block until a signal (or a vanished supervisor) stops it.
-
-    ``Worker.stop`` blocks until the worker has stopped, so it runs on a helper thread
-    while this loop stays free to turn a second SIGINT into ``stop_now``. Returns 0.
-    """
-    worker.start()
-    stopped = threading.Event()
-    helpers: list[threading.Thread] = []
-
-    def stop(action: str) -> None:
-        def target() -> None:
-            if action == HARD:
-                worker.stop_now()
-            else:
-                worker.stop(timeout=grace)
-            stopped.set()
-            control.notify()
-
-        helper = threading.Thread(target=target, name=f"taskflow-cli-{action}-stop")
-        helper.start()
-        helpers.append(helper)
-
-    while not stopped.is_set():
-        for signum, action in control.wait(IDLE_CHECK):
-            _log_stop(action, _signal_name(signum), grace)
-            stop(action)
-        if supervisor_pid is not None and os.getppid() != supervisor_pid:
-            action_or_none = control.policy.request(GRACEFUL)
-            if action_or_none is not None:
-                log.warning("supervisor %d is gone; stopping", supervisor_pid)
-                stop(action_or_none)
-    for helper in helpers:
-        helper.join()
-    return 0
-
-
-def _log_stop(action: str, reason: str, grace: float) -> None:
-    if action == HARD:
-        log.warning("stopping now (%s): running tasks are cancelled and handed back", reason)
-    else:
-        log.info(
-            "stopping gracefully (%s): waiting up to %gs for running tasks; "
-            "send SIGINT again to stop now",
-            reason,
-            grace,
-        )
 
 
 @dataclass
@@ -259,7 +90,7 @@ class Supervisor:
             )
             while True:
                 for signum, action in control.wait(self._next_wait()):
-                    self._forward(action, _signal_name(signum))
+                    self._forward(action, signal_name(signum))
                 self._reap(control)
                 if control.policy.stopping and self._all_exited():
                     return self._exit_status()
@@ -335,7 +166,7 @@ class Supervisor:
             "%s (%s): sending %s to the worker processes",
             "stopping now" if action == HARD else "stopping gracefully",
             reason,
-            _signal_name(signum),
+            signal_name(signum),
         )
         for slot in self.slots:
             if slot.proc is not None:
@@ -380,12 +211,12 @@ class Supervisor:
             return self._fatal
         # A child killed by the SIGTERM we forwarded before it installed its handlers
         # had nothing running yet: that is a clean stop too.
-        clean = (0, -signal.SIGTERM)
+        clean = (EXIT_OK, -signal.SIGTERM)
         codes = [slot.exit_code for slot in self.slots if slot.exit_code is not None]
-        return 0 if all(code in clean for code in codes) else 1
+        return EXIT_OK if all(code in clean for code in codes) else EXIT_FAILED
 
 
 def _describe_exit(code: int) -> str:
     if code < 0:
-        return f"was killed by {_signal_name(-code)}"
+        return f"was killed by {signal_name(-code)}"
     return f"exited with status {code}"

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .core import (
+    _DATA_KEY,
     _DICT_TAGS,
     _NOT_SEQUENCES,
     _SEQ_TAGS,
@@ -58,8 +59,8 @@ class _SeqCodec(_Codec):
             return decoded
         try:
             return self.build(decoded)
-        except TypeError as exc:  # unhashable elements for a set
-            raise _Mismatch(f"cannot build {self.name}: {exc}") from None
+        except TypeError:  # unhashable elements for a set
+            raise _Mismatch(f"cannot build {self.name}: an element is unhashable") from None
 
 
 class _FixedTupleCodec(_Codec):
@@ -122,7 +123,7 @@ class _KeyCodec:
     @staticmethod
     def _key_error(exc: _Mismatch, key: Any) -> _Mismatch:
         error = _Mismatch(f"bad dict key: {exc.message}")
-        error.path.append(_segment(key, False))
+        error.path.append(_segment(_DATA_KEY, False))
         return error
 
 
@@ -139,11 +140,11 @@ class _DictCodec(_Codec):
         if not _instance(value, self.exact):
             raise _expected(self.name, value)
         to_wire, item = self.key.to_wire, self.item
-        return {to_wire(k): _enc_in(item, v, k) for k, v in value.items()}
+        return {to_wire(k): _enc_in(item, v, _DATA_KEY) for k, v in value.items()}
 
     def decode(self, value: Any) -> Any:
         value = _untag(value, _DICT_TAGS)
         if not isinstance(value, dict):
             raise _expected(self.name, value)
         from_wire, item = self.key.from_wire, self.item
-        return {from_wire(k): _dec_in(item, v, k) for k, v in value.items()}
+        return {from_wire(k): _dec_in(item, v, _DATA_KEY) for k, v in value.items()}

@@ -59,26 +59,46 @@ class _Unsupported(Exception):
 
 
 def _short_repr(value: Any) -> str:
+    """A short repr, for values from the *schema* only (literals, field names).
+
+    Payload values never go into an error: errors reach logs, task records and dead
+    letters, and arguments carry passwords, tokens and personal data.
+    """
     text = _REPR.repr(value)
     return text if len(text) <= _MAX_REPR else text[: _MAX_REPR - 3] + "..."
 
 
 def _describe(value: Any) -> str:
+    """What a payload value is, for an error: its type, never its content."""
     if value is None:
         return "None"
-    return f"{type(value).__name__} {_short_repr(value)}"
+    return _class_name(type(value))
 
 
 def _expected(name: str, value: Any) -> _Mismatch:
     return _Mismatch(f"expected {name}, got {_describe(value)}")
 
 
+class _DataKey:
+    """Path segment of an entry of a data dict: its key is payload, so it is not shown."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<key>"
+
+
+_DATA_KEY: Any = _DataKey()
+
+
 def _segment(key: object, field: bool) -> str:
     if field:
         return f".{key}"
-    if isinstance(key, int):
+    if type(key) is int:
         return f"[{key}]"
-    return f"[{key!r}]"
+    if key is _DATA_KEY:
+        return "[<key>]"
+    return f"[{key!r}]"  # a declared key (TypedDict): part of the schema
 
 
 def _class_name(cls: type) -> str:
@@ -177,7 +197,7 @@ def _ordered(values: Iterable[Any]) -> list[Any]:
 def _finite(value: float) -> float:
     if math.isfinite(value):
         return value
-    raise _Mismatch(f"expected finite float, got {_describe(value)} (JSON has no NaN/Infinity)")
+    raise _Mismatch("expected finite float, got NaN or infinity (JSON has neither)")
 
 
 def _b64(data: bytes | bytearray | memoryview) -> str:
@@ -185,6 +205,7 @@ def _b64(data: bytes | bytearray | memoryview) -> str:
 
 
 def _unb64(text: str) -> bytes:
+    # binascii.Error for bad base64, ValueError for non-ASCII text: both ValueErrors.
     return base64.b64decode(text, validate=True)
 
 

@@ -6,8 +6,8 @@ user's code has imported it, and the helpers import its submodules on demand.
 
 from __future__ import annotations
 
-import binascii
 import importlib
+import re
 from typing import Any
 
 from .core import (
@@ -37,9 +37,9 @@ def _protobuf_class(full_name: str) -> Any:
         raise _Mismatch(f"protobuf is not installed (value of type {full_name})") from None
     try:
         descriptor = pool.Default().FindMessageTypeByName(full_name)
-    except KeyError:
+    except (KeyError, TypeError, ValueError):
         # The generated *_pb2 module registers the type when imported; it was not.
-        raise _Mismatch(f"unknown protobuf message type {full_name!r}") from None
+        raise _Mismatch(f"unknown protobuf message type {_type_name(full_name)}") from None
     return factory.GetMessageClass(descriptor)
 
 
@@ -47,12 +47,12 @@ def _protobuf_parts(value: Any) -> tuple[str, bytes]:
     if type(value) is not dict or value.get(_TAG) != "protobuf":
         raise _expected("protobuf message", value)
     type_name, payload = value.get("type"), value.get("v")
-    if type(type_name) is not str or type(payload) is not str:
-        raise _Mismatch("malformed protobuf value")
+    if type(type_name) is not str or type(payload) is not str or len(value) != 3:
+        raise _Mismatch("malformed protobuf value: expected keys __tf__, type and v (strings)")
     try:
         return type_name, _unb64(payload)
-    except binascii.Error:
-        raise _Mismatch(f"malformed protobuf value for {type_name}: bad base64") from None
+    except ValueError:  # binascii.Error, or non-ASCII text
+        raise _Mismatch(f"malformed {_type_name(type_name)} value: bad base64") from None
 
 
 def _parse_protobuf(cls: Any, type_name: str, data: bytes) -> Any:
@@ -65,8 +65,8 @@ def _parse_protobuf(cls: Any, type_name: str, data: bytes) -> Any:
     """
     try:
         message = cls.FromString(data)
-    except Exception as exc:  # the library's DecodeError, but keep any parse failure typed
-        raise _Mismatch(f"could not parse {type_name}: {exc}") from None
+    except Exception:  # the library's DecodeError, but keep any parse failure typed
+        raise _Mismatch(f"could not parse {type_name}: the bytes are not valid protobuf") from None
     size = message.ByteSize()
     message.DiscardUnknownFields()
     if message.ByteSize() != size:
@@ -80,7 +80,27 @@ def _protobuf_from_json(cls: Any, type_name: str, value: dict[str, Any]) -> Any:
     try:
         return json_format.ParseDict(value, cls())
     except Exception as exc:  # json_format.ParseError and the errors it wraps
-        raise _Mismatch(f"invalid JSON for {type_name}: {exc}") from None
+        raise _Mismatch(f"invalid proto3 JSON for {type_name}{_json_problem(exc)}") from None
+
+
+def _json_problem(exc: Exception) -> str:
+    # The library's message quotes the offending value or key: keep only the fields it
+    # names on the way down, which belong to the schema.
+    text = str(exc)
+    path = ".".join(_PARSE_FIELD.findall(text))
+    where = f" at field {path}" if path else ""
+    if "has no field named" in text:
+        return f"{where}: an unknown field"
+    return where
+
+
+_PARSE_FIELD = re.compile(r"Failed to parse ([A-Za-z_][A-Za-z0-9_]*) field")
+_FULL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _type_name(name: str) -> str:
+    # A type name arrives with the data: show it only when it is one.
+    return name if len(name) <= 200 and _FULL_NAME.fullmatch(name) else "(malformed type name)"
 
 
 def _decode_any_protobuf(value: dict[str, Any]) -> Any:
@@ -118,5 +138,5 @@ class _ProtobufCodec(_Codec):
             return _protobuf_from_json(self.cls, self.full_name, value)
         type_name, data = _protobuf_parts(value)
         if type_name != self.full_name:
-            raise _Mismatch(f"expected {self.full_name}, got {type_name}")
+            raise _Mismatch(f"expected {self.full_name}, got {_type_name(type_name)}")
         return _parse_protobuf(self.cls, type_name, data)

@@ -6,17 +6,55 @@ Pydantic is never imported here at import time; a model annotation implies it is
 from __future__ import annotations
 
 import importlib
+import typing
+from collections.abc import Mapping
 from typing import Any
 
 from .core import _class_name, _Codec, _expected, _Mismatch, _optional_attr
 
+# Error types whose message is written by the model's own validators: it may quote the
+# value, so only the type is shown.
+_CUSTOM = frozenset({"value_error", "assertion_error"})
 
-def _validation_summary(exc: Any) -> str:
-    errors = exc.errors(include_url=False)
-    parts = [
-        f"{'.'.join(str(p) for p in err.get('loc', ())) or '<root>'}: {err.get('msg', '')}"
-        for err in errors[:3]
-    ]
+
+def _location(model: Any, loc: Any) -> str:
+    """``loc`` as a path, showing only the names of declared fields.
+
+    A string in a location is either a field name or the key of a dict field, and keys come
+    with the data: each string is checked against the fields of the model at that point.
+    """
+    fields: Mapping[str, Any] = getattr(model, "model_fields", {})
+    parts = []
+    for part in loc:
+        if type(part) is int:
+            parts.append(f"[{part}]")
+        elif isinstance(part, str) and part in fields:
+            parts.append(f".{part}" if parts else part)
+            fields = getattr(_nested_model(fields[part].annotation), "model_fields", {})
+        else:
+            parts.append("[<key>]")
+    return "".join(parts) or "<root>"
+
+
+def _nested_model(annotation: Any) -> Any:
+    """The model a field holds, directly or inside ``list[...]``/``dict[...]``/``X | None``."""
+    if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _nested_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _validation_summary(model: Any, exc: Any) -> str:
+    """Where and why, in pydantic's words, without the input (never its value)."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    parts = []
+    for err in errors[:3]:
+        kind = str(err.get("type", ""))
+        why = f"failed {kind}" if kind in _CUSTOM else str(err.get("msg", kind))
+        parts.append(f"{_location(model, err.get('loc', ()))}: {why}")
     if len(errors) > 3:
         parts.append(f"and {len(errors) - 3} more")
     return "; ".join(parts)
@@ -48,7 +86,11 @@ class _PydanticCodec(_Codec):
         try:
             return self.cls.model_validate(data)
         except self.error as exc:
-            raise _Mismatch(f"invalid {self.name}: {_validation_summary(exc)}") from None
+            summary = _validation_summary(self.cls, exc)
+            raise _Mismatch(f"invalid {self.name}: {summary}") from None
+        except Exception as exc:  # a validator raising something pydantic does not wrap
+            kind = type(exc).__name__
+            raise _Mismatch(f"invalid {self.name}: a validator raised {kind}") from None
 
 
 def _is_pydantic_model(cls: type) -> bool:

@@ -173,6 +173,10 @@ class PayloadSchema:
             return value if type(value) in codec.enc_fast else codec.encode(value)
         except _Mismatch as exc:
             raise PayloadError(f"{self.task_name}({label}{exc.where()}): {exc.message}") from None
+        except RecursionError:
+            # Python's stack ends before any sane payload does; the envelope's own limit
+            # (64 levels) is checked where envelopes are built and decoded.
+            raise PayloadError(f"{self.task_name}({label}): nested too deeply") from None
 
 
 def _payload_params(

@@ -17,7 +17,6 @@ from .core import (
     _expected,
     _instance,
     _Mismatch,
-    _short_repr,
     _Unsupported,
     _untag,
 )
@@ -31,7 +30,9 @@ def _check_keys(
 ) -> None:
     for key in value:
         if key not in known:
-            raise _Mismatch(f"unknown field {_short_repr(key)} for {what}")
+            # The unknown key came with the data: name the declared fields instead.
+            fields = ", ".join(known) or "none"
+            raise _Mismatch(f"unknown field for {what} (its fields: {fields})")
     for key in required:
         if key not in value:
             raise _Mismatch(f"missing required field {key!r} for {what}")
@@ -87,8 +88,8 @@ class _DataclassCodec(_Codec):
         kwargs = {k: _dec_in(fields[k], v, k, True) for k, v in value.items()}
         try:
             return self.cls(**kwargs)
-        except (TypeError, ValueError) as exc:  # e.g. raised by __post_init__ validation
-            raise _Mismatch(f"could not build {self.name}: {exc}") from None
+        except Exception as exc:  # e.g. raised by __post_init__ validation
+            raise _constructor_error(self.name, exc) from None
 
 
 class _TypedDictCodec(_Codec):
@@ -153,7 +154,15 @@ class _NamedTupleCodec(_Codec):
             raise _expected(self.name, value)
         # Shorter lists are fine when the missing trailing fields have defaults.
         items = [_dec_in(c, x, n, True) for (n, c), x in zip(self.fields, value, strict=False)]
-        return self.cls(*items)
+        try:
+            return self.cls(*items)
+        except Exception as exc:  # a custom __new__ that validates
+            raise _constructor_error(self.name, exc) from None
+
+
+def _constructor_error(name: str, exc: Exception) -> _Mismatch:
+    # The exception's text is the class's own and often quotes the offending value.
+    return _Mismatch(f"could not build {name}: its constructor raised {type(exc).__name__}")
 
 
 def _is_namedtuple(cls: type) -> bool:

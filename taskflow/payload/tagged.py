@@ -13,6 +13,7 @@ from uuid import UUID
 from taskflow.errors import PayloadError
 
 from .core import (
+    _DATA_KEY,
     _JSON_SCALARS,
     _JSON_TYPES,
     _TAG,
@@ -27,7 +28,6 @@ from .core import (
     _optional_attr,
     _ordered,
     _segment,
-    _short_repr,
     _unb64,
 )
 from .protobuf import _decode_any_protobuf, _protobuf_wire
@@ -49,9 +49,9 @@ def _any_dict(value: Mapping[Any, Any]) -> dict[str, Any]:
                 f"dict keys must be str, got {_describe(key)} "
                 "(annotate the parameter, e.g. dict[int, ...], for other key types)"
             )
-            error.path.append(_segment(key, False))
+            error.path.append(_segment(_DATA_KEY, False))
             raise error
-        out[str.__str__(key)] = _enc_in(_ANY, item, key)
+        out[str.__str__(key)] = _enc_in(_ANY, item, _DATA_KEY)
     # A user dict carrying the tag key would be read back as a tagged value; wrap it.
     return _tagged("dict", out) if _TAG in out else out
 
@@ -136,7 +136,7 @@ def _decode_any(value: Any) -> Any:
 
 
 def _decode_plain_dict(value: dict[str, Any]) -> dict[str, Any]:
-    return {key: _dec_in(_ANY, item, key) for key, item in value.items()}
+    return {key: _dec_in(_ANY, item, _DATA_KEY) for key, item in value.items()}
 
 
 _TAG_DECODERS: dict[str, tuple[tuple[type, ...], Callable[[Any], Any]]] = {
@@ -162,16 +162,23 @@ def _decode_any_dict(value: dict[str, Any]) -> Any:
         return _decode_any_protobuf(value)
     spec = _TAG_DECODERS.get(tag) if type(tag) is str else None
     if spec is None:
-        raise _Mismatch(f"unknown tagged value {_short_repr(tag)}")
+        known = ", ".join(sorted([*_TAG_DECODERS, "protobuf"]))
+        raise _Mismatch(f"unknown {_TAG} tag (got {_describe(tag)}); known tags: {known}")
     kinds, convert = spec
     payload = value.get("v")
     if len(value) != 2 or not isinstance(payload, kinds) or isinstance(payload, bool):
-        raise _Mismatch(f"malformed {tag} value {_short_repr(value)}")
+        raise _Mismatch(f"malformed {tag} value: expected {_kinds_text(kinds)} under 'v'")
     try:
         return convert(payload)
-    except (ValueError, ArithmeticError, TypeError) as exc:
-        # TypeError: a set element that decoded to an unhashable value.
-        raise _Mismatch(f"malformed {tag} value {_short_repr(payload)}: {exc}") from None
+    except (ValueError, ArithmeticError, TypeError):
+        # TypeError: a set element that decoded to an unhashable value. The library's
+        # message quotes the value, so it is not passed on.
+        raise _Mismatch(f"malformed {tag} value: not a valid {tag}") from None
+
+
+def _kinds_text(kinds: tuple[type, ...]) -> str:
+    names = {int: "number", float: "number", str: "string", list: "array", dict: "object"}
+    return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
 
 
 def encode_any(value: Any) -> Any:
@@ -183,6 +190,8 @@ def encode_any(value: Any) -> Any:
         return _encode_any(value)
     except _Mismatch as exc:
         raise PayloadError(f"value{exc.where()}: {exc.message}") from None
+    except RecursionError:
+        raise PayloadError(TOO_DEEP) from None
 
 
 def decode_any(value: Any) -> Any:
@@ -191,6 +200,11 @@ def decode_any(value: Any) -> Any:
         return _decode_any(value)
     except _Mismatch as exc:
         raise PayloadError(f"value{exc.where()}: {exc.message}") from None
+    except RecursionError:
+        raise PayloadError(TOO_DEEP) from None
+
+
+TOO_DEEP = "value: nested too deeply"
 
 
 class _AnyCodec(_Codec):

@@ -2,8 +2,11 @@
 
 Records are flat dicts of JSON-safe values (see :class:`TaskInfo` for the fields). The one
 rule every store enforces atomically: **a terminal record never changes again**
-(:meth:`ResultStore.update` returns ``None`` and writes nothing). Group/chord counters,
-idempotency keys and waiting are written once, on top of these primitives.
+(:meth:`ResultStore.update` returns ``None`` and writes nothing), with one exception, an
+explicit operator action: :meth:`ResultStore.restart` starts a new cycle of a terminal
+record (a dead letter replayed), keeping the earlier outcome in the record's ``history``.
+Group/chord counters, idempotency keys and waiting are written once, on top of these
+primitives.
 Every store must pass ``tests/contract/test_results_contract.py``.
 """
 
@@ -11,15 +14,29 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from ..message import TERMINAL_STATUSES, TaskStatus
+from ..urls import mask_url
 
-__all__ = ["TERMINAL_VALUES", "ResultStore", "StoreCapabilities", "TaskInfo", "is_terminal"]
+__all__ = [
+    "HISTORY_FIELDS",
+    "TERMINAL_VALUES",
+    "ResultStore",
+    "StoreCapabilities",
+    "TaskInfo",
+    "is_terminal",
+    "restarted",
+]
 
 TERMINAL_VALUES = frozenset(s.value for s in TERMINAL_STATUSES)
+
+HISTORY_FIELDS = ("status", "error", "attempts", "finished_at", "worker")
+"""What a history entry keeps of an earlier cycle (``None`` where the record had none)."""
+_CYCLE_FIELDS = ("result", "error", "started_at", "finished_at", "worker")
+"""Fields of one cycle's outcome, dropped when a new cycle starts."""
 
 
 def is_terminal(record: Mapping[str, Any] | None) -> bool:
@@ -39,6 +56,15 @@ class StoreCapabilities:
     atomic_create: bool = False
     """``create_many`` is atomic per record, so enqueue may write records and publish at
     the same time (a worker's later update can never be overwritten by the queued one)."""
+
+
+def restarted(record: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The record that :meth:`ResultStore.restart` writes over the terminal ``record``."""
+    entry = {name: record.get(name) for name in HISTORY_FIELDS}
+    fresh = {k: v for k, v in record.items() if k not in _CYCLE_FIELDS}
+    fresh["history"] = [*(record.get("history") or ()), entry]
+    fresh.update(changes)
+    return fresh
 
 
 def _ts(value: Any) -> datetime | None:
@@ -61,6 +87,9 @@ class TaskInfo:
     started_at: datetime | None
     finished_at: datetime | None
     worker: str | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """Earlier cycles of a replayed task, oldest first: ``status``, ``error``, ``attempts``,
+    ``finished_at`` (a datetime) and ``worker`` of each."""
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], result: Any = None) -> TaskInfo:
@@ -78,6 +107,11 @@ class TaskInfo:
             started_at=_ts(record.get("started_at")),
             finished_at=_ts(record.get("finished_at")),
             worker=record.get("worker"),
+            history=[
+                {**entry, "finished_at": _ts(entry.get("finished_at"))}
+                for entry in record.get("history") or ()
+                if isinstance(entry, Mapping)
+            ],
         )
 
 
@@ -86,6 +120,10 @@ class ResultStore(abc.ABC):
 
     capabilities: ClassVar[StoreCapabilities] = StoreCapabilities()
     url: str = ""
+
+    def __repr__(self) -> str:
+        # The URL may carry a password or a token: show it masked.
+        return f"<{type(self).__name__} {mask_url(self.url)}>"
 
     @abc.abstractmethod
     async def connect(self) -> None:
@@ -111,6 +149,19 @@ class ResultStore(abc.ABC):
 
         Returns the merged record, or ``None`` without writing if the stored record is
         already terminal. ``ttl`` (seconds, None: keep) applies to the whole record.
+        """
+
+    @abc.abstractmethod
+    async def restart(self, task_id: str, changes: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Atomically start a new cycle of a *terminal* record: the one exception to
+        "a terminal record never changes", for an operator's replay.
+
+        The record's outcome (see :data:`HISTORY_FIELDS`) is appended to its ``history``
+        list, the cycle's fields (result, error, started_at, finished_at, worker) are
+        dropped, ``changes`` are merged (a replay sets ``status: queued``) and the record
+        loses its expiry (it is live again); see :func:`restarted`. Returns the new
+        record, or ``None`` without writing if the record is absent or not terminal, so
+        of two concurrent restarts exactly one succeeds.
         """
 
     async def update_many(
@@ -168,6 +219,15 @@ class ResultStore(abc.ABC):
     @abc.abstractmethod
     async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
         """Atomically add ``amount`` to an integer counter and return the new value."""
+
+    async def sweep(self) -> int:
+        """Physically remove expired records and values now; returns how many.
+
+        Expired entries read as absent at once on every store; this frees their storage.
+        Stores that need it also run it on their own (memory: on writes, about once a
+        minute; NATS: a janitor task); Redis expires keys itself (the default, 0).
+        """
+        return 0
 
     async def event_listeners(self) -> int:
         """How many ``subscribe_events`` readers there are (stores that can count say so;

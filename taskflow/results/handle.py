@@ -1,8 +1,13 @@
-"""``AsyncResult[R]``: a handle on one task's outcome."""
+"""``AsyncResult[R]``: a handle on one task's outcome, and how lookups reach the store.
+
+Any process may look a task up by id before it has sent anything (a web handler showing a
+task's status), so every read connects the app on first use, as a send does
+(:func:`lookup`, :func:`alookup`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..errors import NotFound, PayloadError, ResultTimeout, TaskCancelled, TaskFailed
@@ -13,9 +18,29 @@ from .base import TaskInfo
 if TYPE_CHECKING:
     from ..app import App
 
-__all__ = ["AsyncResult", "outcome"]
+__all__ = ["AsyncResult", "alookup", "lookup", "outcome"]
 
 R = TypeVar("R")
+T = TypeVar("T")
+
+
+async def _connected(app: App, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    await app._connect()
+    return await make()
+
+
+def lookup(app: App, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run the read ``make()`` on the app's loop, connecting first if needed.
+
+    An interrupt of the calling thread (Ctrl-C during ``get()``) cancels the read on the
+    loop before it propagates, so a process that carries on keeps no stray wait.
+    """
+    return app._runtime.call(_connected(app, make), cancel_on_interrupt=True)
+
+
+async def alookup(app: App, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """:func:`lookup` for async callers."""
+    return await app._acall(_connected(app, make))
 
 
 class AsyncResult(Generic[R]):
@@ -39,7 +64,7 @@ class AsyncResult(Generic[R]):
 
     # -- state -----------------------------------------------------------------------
     def _record(self) -> dict[str, Any] | None:
-        return self._app._call(self._app.results.get(self.id))
+        return lookup(self._app, lambda: self._app.results.get(self.id))
 
     @property
     def status(self) -> TaskStatus:
@@ -81,7 +106,7 @@ class AsyncResult(Generic[R]):
 
     async def aget(self, timeout: float | None = None, *, propagate: bool = True) -> R:
         """``get`` for async code."""
-        record = await self._app._acall(self._app.results.wait(self.id, timeout))
+        record = await alookup(self._app, lambda: self._app.results.wait(self.id, timeout))
         return self._outcome(record, timeout, propagate)
 
     def _outcome(
@@ -110,7 +135,7 @@ class AsyncResult(Generic[R]):
 
     def forget(self) -> None:
         """Delete the stored record."""
-        self._app._call(self._app.results.delete(self.id))
+        lookup(self._app, lambda: self._app.results.delete(self.id))
 
 
 def outcome(result: AsyncResult[Any], record: Mapping[str, Any], propagate: bool) -> Any:
@@ -118,8 +143,11 @@ def outcome(result: AsyncResult[Any], record: Mapping[str, Any], propagate: bool
     status = record.get("status")
     if status == TaskStatus.SUCCEEDED.value:
         return result._decode(record)
-    if status in (TaskStatus.CANCELLED.value, TaskStatus.EXPIRED.value):
-        raise TaskCancelled(result.id, "expired" if status == "expired" else "cancelled")
+    if status == TaskStatus.EXPIRED.value:
+        raise TaskCancelled(result.id, "expired")
+    if status == TaskStatus.CANCELLED.value:
+        reason = record.get("reason")
+        raise TaskCancelled(result.id, f"cancelled ({reason})" if reason else "cancelled")
     error = record.get("error") or {}
     exc = TaskFailed(
         result.id,

@@ -9,15 +9,20 @@ from typing import Any, ClassVar
 
 from .._waiters import Waiters, wait_future
 from ..clock import SYSTEM_CLOCK, Clock
-from .base import ResultStore, StoreCapabilities, is_terminal
+from .base import ResultStore, StoreCapabilities, is_terminal, restarted
 
 __all__ = ["MemoryResultStore"]
+
+_SWEEP_EVERY = 60.0  # seconds (on the store's clock) between sweeps made by writes
 
 
 class MemoryResultStore(ResultStore):
     """Records in a dict with TTLs and an optional bound on the number of records.
 
     ``max_entries``: when more records exist, the oldest *terminal* ones are dropped.
+    Expired records and values read as absent at once; writes also drop every expired
+    entry about once a minute (:meth:`sweep`), so a record nobody reads again does not
+    stay in memory.
     """
 
     capabilities: ClassVar[StoreCapabilities] = StoreCapabilities(atomic_create=True, blocking=True)
@@ -34,6 +39,7 @@ class MemoryResultStore(ResultStore):
         self._values: dict[str, tuple[Any, float | None]] = {}
         self._waiters: dict[str, Waiters] = {}
         self._writes = 0
+        self._next_sweep = self.clock.time() + _SWEEP_EVERY
 
     async def connect(self) -> None:
         """Nothing to connect."""
@@ -90,12 +96,27 @@ class MemoryResultStore(ResultStore):
             terminal = is_terminal(record)
             waiters = self._waiters.pop(task_id, None) if terminal else None
             self._writes += 1
+            if now >= self._next_sweep:
+                self._sweep_locked(now)
             if self.max_entries is not None and len(self._records) > self.max_entries:
                 self._evict(now)
             result = dict(record)
         if waiters is not None:
             waiters.notify_all()
         return result
+
+    async def restart(self, task_id: str, changes: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A new cycle of a terminal record (under the lock, so exactly once)."""
+        with self._lock:
+            record = self._live(task_id, self.clock.time())
+            if record is None or not is_terminal(record):
+                return None
+            fresh = restarted(record, changes)
+            del self._records[task_id]  # re-inserted: newest last, as for an update
+            self._records[task_id] = fresh
+            self._expiry.pop(task_id, None)
+            self._writes += 1
+            return dict(fresh)
 
     async def create_many(
         self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None
@@ -120,6 +141,24 @@ class MemoryResultStore(ResultStore):
             if self.max_entries is not None and len(self._records) > self.max_entries:
                 self._evict(now)
         return out
+
+    async def sweep(self) -> int:
+        """Drop every expired record and value now; returns how many."""
+        with self._lock:
+            return self._sweep_locked(self.clock.time())
+
+    def _sweep_locked(self, now: float) -> int:
+        self._next_sweep = now + _SWEEP_EVERY
+        records = [tid for tid, expires in self._expiry.items() if expires <= now]
+        for task_id in records:
+            del self._expiry[task_id]
+            self._records.pop(task_id, None)
+        values = [
+            k for k, (_, expires) in self._values.items() if expires is not None and expires <= now
+        ]
+        for key in values:
+            del self._values[key]
+        return len(records) + len(values)
 
     def _evict(self, now: float) -> None:
         assert self.max_entries is not None
@@ -172,7 +211,12 @@ class MemoryResultStore(ResultStore):
             if is_terminal(record):
                 return dict(record) if record is not None else None
             event = self._waiters.setdefault(task_id, Waiters()).register_thread()
-        if not event.wait(timeout):
+        try:
+            fired = event.wait(timeout)
+        except BaseException:  # Ctrl-C in the waiting thread: leave no waiter behind
+            self._discard(task_id, event)
+            raise
+        if not fired:
             self._discard(task_id, event)
             return None
         with self._lock:
@@ -195,6 +239,8 @@ class MemoryResultStore(ResultStore):
             if current is not None:
                 return str(current)
             self._values[key] = (value, None if ttl is None else now + ttl)
+            if now >= self._next_sweep:
+                self._sweep_locked(now)
             return None
 
     def _value(self, key: str, now: float) -> Any:

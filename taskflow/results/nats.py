@@ -5,14 +5,14 @@ the small values of ``set_nx``/``incr`` under ``v.<key>``. Every write is a
 compare-and-set on the key's revision (``create`` when absent), which is how ``update``
 enforces "a terminal record never changes" and how ``incr`` stays atomic.
 
-TTLs: nats-server 2.9 only expires whole buckets (``max_age``), not single keys, while
+Retention: nats-server 2.9 only expires whole buckets (``max_age``), not single keys, while
 ``result_ttl`` applies to terminal records only (queued and running ones are kept). So each
 stored value carries its own expiry time and is treated as absent once it passed (exact
-semantics on every read and CAS). Physical clean-up is the bucket's ``max_age``, set by the
-``max_age`` option (seconds; default none): choose it at least as long as the longest
-``result_ttl`` plus the longest time a task may wait in a queue, since it also drops old
-non-terminal records. nats-server 2.11 has per-message TTLs (``Nats-TTL``), which would
-make both exact and physical.
+semantics on every read and CAS), and a janitor (:mod:`._nats_janitor`) physically deletes
+expired values every ``sweep_interval`` seconds (one process of the app per round). The
+bucket's ``max_age`` (option ``max_age``, default none) is an extra bound on everything,
+live records included. nats-server 2.11 has per-message TTLs (``Nats-TTL``), which would
+make the janitor unnecessary.
 
 ``wait`` watches the record's key (a server-side push of every revision, no polling);
 ``publish_event`` is a core NATS publish on ``<prefix>.events``.
@@ -36,9 +36,10 @@ from .._waiters import within
 from ..brokers._nats_common import connect_nats, stream_name, subject_token
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BrokerError, ConfigError
-from ..urls import option_float, parse_url, reject_unknown
+from ..urls import known_options, option_float, parse_url, reject_unknown
 from ._nats_acks import PubAcks, reply_error
-from .base import ResultStore, StoreCapabilities, is_terminal
+from ._nats_janitor import Janitor, sweep
+from .base import ResultStore, StoreCapabilities, is_terminal, restarted
 
 __all__ = ["NatsResultStore"]
 
@@ -46,7 +47,6 @@ _KEY = re.compile(r"[-_=A-Za-z0-9]+")
 _TIMEOUT = 5.0
 _BURST = 1000  # creates in flight at once
 _WRONG_LAST = (10071, 10164)  # JetStream error codes: the key's last revision was not 0
-URL_OPTIONS = ("prefix", "lease", "connect_timeout", "max_age")
 
 
 def _key(kind: str, name: str) -> str:
@@ -66,6 +66,7 @@ class NatsResultStore(ResultStore):
         prefix: str = "taskflow",
         connect_timeout: float = 5.0,
         max_age: float | None = None,
+        sweep_interval: float | None = 60.0,
         clock: Clock | None = None,
     ) -> None:
         parsed = parse_url(url, "results")
@@ -77,6 +78,9 @@ class NatsResultStore(ResultStore):
         self.prefix = prefix
         self.connect_timeout = float(connect_timeout)
         self.max_age = max_age
+        if sweep_interval is not None and not sweep_interval > 0:
+            raise ConfigError(f"{parsed.masked}: sweep_interval must be positive (or None)")
+        self.sweep_interval = sweep_interval
         self.clock: Clock = clock or SYSTEM_CLOCK
         self.bucket = f"TF_{stream_name(prefix)}_RESULTS"
         self.events_subject = f"{subject_token(prefix)}.events"
@@ -85,18 +89,20 @@ class NatsResultStore(ResultStore):
         self._nc: Client | None = None
         self._acks: PubAcks | None = None
         self._kv: KeyValue | None = None
+        self._janitor: Janitor | None = None
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> NatsResultStore:
         """Build from a URL (accepts the broker's options too: they share the URL)."""
         parsed = parse_url(url, "results")
-        reject_unknown(parsed, set(URL_OPTIONS))
+        reject_unknown(parsed, known_options(parsed, "results"))
         max_age = option_float(parsed, "max_age", 0.0) or None
         return cls(
             url,
             prefix=parsed.options.get("prefix", "taskflow"),
             connect_timeout=option_float(parsed, "connect_timeout", 5.0),
             max_age=max_age,
+            sweep_interval=option_float(parsed, "sweep_interval", 60.0),
             clock=clock,
         )
 
@@ -121,13 +127,29 @@ class NatsResultStore(ResultStore):
         except BaseException:
             await self.close()
             raise
+        if self.sweep_interval is not None:
+            self._janitor = Janitor(self, self.sweep_interval)
+            self._janitor.start()
 
     async def close(self) -> None:
-        """Close the connection. Idempotent."""
+        """Stop the janitor and close the connection. Idempotent."""
+        janitor, self._janitor = self._janitor, None
+        if janitor is not None:
+            await janitor.stop()
         nc, self._nc, self._acks, self._kv = self._nc, None, None, None
         if nc is not None:
             with contextlib.suppress(Exception):
                 await within(nc.close(), 5.0)
+
+    async def sweep(self) -> int:
+        """Delete expired values and delete markers from the bucket now (the janitor's
+        round); returns how many."""
+        return await sweep(self)
+
+    def _conn(self) -> Client:
+        if self._nc is None:
+            raise BrokerError(f"NATS result store {self._masked} is not connected")
+        return self._nc
 
     def _pub_acks(self) -> PubAcks:
         if self._acks is None:
@@ -205,6 +227,17 @@ class NatsResultStore(ResultStore):
             record = {"id": task_id} if current is None else dict(current)
             record.update(changes)
             if await self._write(key, record, ttl, revision):
+                return record
+
+    async def restart(self, task_id: str, changes: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A new cycle of a terminal record, by compare-and-set (so exactly once)."""
+        key = _key("r", task_id)
+        while True:
+            current, revision = await self._read(key)
+            if current is None or not is_terminal(current):
+                return None
+            record = restarted(current, changes)
+            if await self._write(key, record, None, revision):
                 return record
 
     async def update_many(

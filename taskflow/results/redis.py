@@ -25,7 +25,6 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
 from ..brokers._redis_common import (
-    URL_OPTIONS,
     broker_error,
     check_prefix,
     load_script,
@@ -33,7 +32,7 @@ from ..brokers._redis_common import (
 )
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigError
-from ..urls import option_float, parse_url, reject_unknown
+from ..urls import known_options, option_float, parse_url, reject_unknown
 from ._redis_listener import DoneListener
 from .base import ResultStore, StoreCapabilities, is_terminal
 
@@ -77,7 +76,7 @@ class RedisResultStore(ResultStore):
     def from_url(cls, url: str, *, clock: Clock | None = None) -> RedisResultStore:
         """Build from a URL (accepts the broker's options too: they share the URL)."""
         parsed = parse_url(url, "results")
-        reject_unknown(parsed, set(URL_OPTIONS))
+        reject_unknown(parsed, known_options(parsed, "results"))
         kwargs: dict[str, Any] = {}
         if "prefix" in parsed.options:
             kwargs["prefix"] = parsed.options["prefix"]
@@ -101,7 +100,7 @@ class RedisResultStore(ResultStore):
         self._r = client
         self._scripts = {
             name: client.register_script(load_script(name))
-            for name in ("result_update", "result_value", "result_create")
+            for name in ("result_update", "result_value", "result_create", "result_restart")
         }
 
     async def close(self) -> None:
@@ -221,6 +220,14 @@ class RedisResultStore(ResultStore):
                 except (RedisError, OSError) as exc:
                     raise broker_error(self._masked, exc) from None
         raise AssertionError("unreachable")
+
+    async def restart(self, task_id: str, changes: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A new cycle of a terminal record, in one script (so exactly once)."""
+        self._client()
+        args: list[Any] = [self.key("r", task_id), repr(self.clock.time()), len(changes)]
+        for field, value in changes.items():
+            args += [field, orjson.dumps(value)]
+        return self._decode(await self._call(self._scripts["result_restart"](args=args)))
 
     async def create_many(
         self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None

@@ -1,16 +1,18 @@
-"""Beside the fetch loop: local cancellation, the control channel and lease renewal."""
+"""Beside the fetch loop: local cancellation and the control channel (lease renewal is
+in :mod:`.leases`)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING
+
+from .resilience import Backoff, Outage, describe
 
 if TYPE_CHECKING:
     from .worker import Worker
 
-__all__ = ["cancel_all", "cancel_local", "cancel_swallowed", "control_loop", "lease_loop"]
+__all__ = ["cancel_all", "cancel_local", "cancel_swallowed", "control_loop"]
 
 log = logging.getLogger("taskflow.worker")
 
@@ -30,7 +32,10 @@ async def cancel_local(w: Worker, task_id: str) -> bool:
     job = w._sched.remove(task_id)
     if job is not None:
         w._held.pop(task_id, None)
-        await w.settle.cancelled(job, started=False)
+        try:
+            await w.settle.cancelled(job, started=False)
+        finally:
+            w.leases.drop(job.delivery)
         return True
     w._cancelled[task_id] = None
     while len(w._cancelled) > 10_000:
@@ -49,6 +54,8 @@ async def cancel_all(w: Worker) -> int:
 
 async def control_loop(w: Worker) -> None:
     """Apply broadcast commands (cancel a running task) until cancelled."""
+    outage = Outage(f"worker {w.name}: control channel")
+    backoff = Backoff(w.rng, first=0.2)
     try:
         while True:
             try:
@@ -56,28 +63,29 @@ async def control_loop(w: Worker) -> None:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("worker %s: control channel failed (%s)", w.name, exc)
-                await asyncio.sleep(1.0)
+                outage.failed(exc)
+                await asyncio.sleep(backoff.delay())
                 continue
+            outage.recovered()
+            backoff.reset()
             for command in commands:
                 if command.get("cmd") == "cancel" and isinstance(command.get("id"), str):
-                    await cancel_local(w, command["id"])
+                    try:
+                        await cancel_local(w, command["id"])
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # one command must not end the channel
+                        log.warning(
+                            "worker %s: could not cancel %s (%s)",
+                            w.name,
+                            command["id"],
+                            describe(exc),
+                        )
             if cancel_swallowed():
                 raise asyncio.CancelledError
     finally:
         # Read positions belong to the reading task: drop ours from the reader itself.
         w.app.broker.forget_control_reader()
-
-
-async def lease_loop(w: Worker) -> None:
-    """Renew the leases of held messages, a few times per the shortest lease."""
-    while True:
-        leases = [j.delivery.lease for j in w._held.values() if j.delivery.lease]
-        period = min(leases) / 3 if leases else 1.0
-        await asyncio.sleep(max(0.05, min(period, 10.0)))
-        for job in list(w._held.values()):
-            with contextlib.suppress(Exception):
-                await job.delivery.touch()
 
 
 def cancel_swallowed() -> bool:

@@ -3,7 +3,8 @@
 Deadlines: a coroutine is cancelled at its deadline; a sync function sees
 ``ctx.cancelled`` set and gets :class:`~taskflow.errors.TaskTimeout` raised inside its
 thread (an asynchronous exception: it lands at the next Python bytecode, so a call blocked
-in C returns first).
+in C returns first). A cancelled or stopped sync function gets :class:`Interrupted` the
+same way.
 """
 
 from __future__ import annotations
@@ -23,10 +24,17 @@ __all__ = ["Interrupted", "run_async", "run_sync"]
 # How long a sync task gets to unwind after it was interrupted before the worker reports
 # the outcome anyway (the slot stays busy until the thread really returns).
 UNWIND_GRACE = 2.0
+# The same when the worker stops: stop_now() must return within a few seconds; a body that
+# is still running then is adopted (see lifecycle.adopt_orphan), not waited for.
+STOP_UNWIND_GRACE = 0.5
 
 
 class Interrupted(BaseException):
-    """Raised inside a sync task's thread when the task is cancelled."""
+    """Raised inside a sync task's thread when the task is cancelled or its worker stops.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``), so that ``except Exception`` in task
+    code does not swallow it; ``finally`` blocks and context managers still run.
+    """
 
 
 class _Thread:
@@ -76,28 +84,35 @@ async def run_sync(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     ctx: TaskContext,
+    *,
+    on_submit: Callable[[concurrent.futures.Future[Any]], None] | None = None,
 ) -> Any:
     """Run ``fn`` in ``pool``; cancelling the awaiting task interrupts the thread.
 
     The deadline is the caller's (the worker's watchdog cancels at it, after setting
     ``ctx.cancelled`` with reason ``"timeout"``, so the thread gets :class:`TaskTimeout`).
+    ``on_submit`` receives the future of the thread's run, which tells whether the body
+    still runs after the cancellation was reported.
     """
     thread = _Thread()
     cfut = pool.submit(_in_thread, thread, fn, args, kwargs, ctx)
+    if on_submit is not None:
+        on_submit(cfut)
     try:
         return await asyncio.wrap_future(cfut)
     except asyncio.CancelledError:
         ctx.cancelled.set()
-        thread.interrupt(TaskTimeout if ctx.cancelled.reason == "timeout" else Interrupted)
-        await _unwind(cfut)
+        reason = ctx.cancelled.reason
+        thread.interrupt(TaskTimeout if reason == "timeout" else Interrupted)
+        await _unwind(cfut, STOP_UNWIND_GRACE if reason == "shutdown" else UNWIND_GRACE)
         raise
 
 
-async def _unwind(cfut: concurrent.futures.Future[Any]) -> None:
+async def _unwind(cfut: concurrent.futures.Future[Any], grace: float) -> None:
     if cfut.cancel():
         return
     waiter = asyncio.wrap_future(cfut)
-    done, _ = await asyncio.wait({waiter}, timeout=UNWIND_GRACE)
+    done, _ = await asyncio.wait({waiter}, timeout=grace)
     if waiter in done and not waiter.cancelled():
         waiter.exception()  # retrieved: the outcome is reported by the caller
     elif not done:

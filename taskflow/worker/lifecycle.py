@@ -9,19 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
 from ..brokers.base import Delivery
 from ..errors import TaskflowError
-from .control import control_loop, lease_loop
+from .admit import admit, record_lost
+from .control import control_loop
+from .resilience import describe
 
 if TYPE_CHECKING:
+    from .scheduler import Job
     from .worker import Worker
 
-__all__ = ["drain", "request_stop", "start"]
+__all__ = ["adopt_orphan", "drain", "request_stop", "start"]
 
 log = logging.getLogger("taskflow.worker")
+
+# How long a stop waits for jobs that are writing their outcome before it hands their
+# messages back: a graceful stop, and a hard one (stop_now returns within a few seconds).
+_SETTLE_WAIT = 10.0
+_SETTLE_WAIT_HARD = 1.0
 
 
 # -- from any thread -------------------------------------------------------------------
@@ -93,7 +102,9 @@ async def _run(w: Worker, ready: concurrent.futures.Future[None]) -> None:
     if w.app.broker.capabilities.control:
         helpers.append(asyncio.create_task(control_loop(w), name="taskflow-control"))
     if w.app.broker.capabilities.leases:
-        helpers.append(asyncio.create_task(lease_loop(w), name="taskflow-lease"))
+        helpers.append(asyncio.create_task(w.leases.run(), name="taskflow-lease"))
+    for helper in helpers:
+        helper.add_done_callback(lambda task: _stage_ended(w, task))
     ready.set_result(None)
     log.info(
         "worker %s consuming %s (concurrency %d)",
@@ -105,6 +116,28 @@ async def _run(w: Worker, ready: concurrent.futures.Future[None]) -> None:
         await w._stop_event.wait()
     finally:
         await _shutdown(w, helpers)
+
+
+def _stage_ended(w: Worker, task: asyncio.Task[None]) -> None:
+    """A stage ends only when the worker stops; one that died stops the worker."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is None and w._state != "running":
+        return
+    with w._state_lock:
+        if w._state != "running":
+            return
+        w._state = "stopping"
+    w.fatal = exc or RuntimeError(f"the {task.get_name()} stage returned")
+    log.critical(
+        "worker %s: its %s stage died (%s); stopping the worker",
+        w.name,
+        task.get_name().removeprefix("taskflow-"),
+        describe(w.fatal),
+        exc_info=exc,
+    )
+    _on_stop_request(w, w._grace, hard=False)
 
 
 async def _shutdown(w: Worker, helpers: list[asyncio.Task[None]]) -> None:
@@ -139,12 +172,56 @@ async def _cancel_running(w: Worker, reason: str) -> None:
     for job in list(w._running.values()):
         if job.handle is not None and not job.handle.done():
             job.cancel_reason = job.cancel_reason or reason
+            if job.ctx is not None:
+                job.ctx.cancelled.set(reason)
             job.handle.cancel()
             handles.append(job.handle)
     settling = [j.handle for j in w._held.values() if j.handle is not None]
     handles += [h for h in settling if not h.done() and h not in handles]
-    if handles:  # cancelled ones hand their message back; settling ones finish
-        await asyncio.wait(handles, timeout=10.0)
+    if not handles:
+        return
+    # Cancelled ones hand their message back; settling ones finish, unless an outage
+    # keeps them writing: then their message is left to the broker too.
+    _, late = await asyncio.wait(handles, timeout=_SETTLE_WAIT_HARD if w._hard else _SETTLE_WAIT)
+    for handle in late:
+        handle.cancel()
+    if late:
+        await asyncio.wait(late, timeout=_SETTLE_WAIT_HARD)
+
+
+def adopt_orphan(w: Worker, job: Job) -> None:
+    """A stopped job whose sync body still runs in its thread (blocked in C code or a
+    system call): keep its lease and hand the message back only once the body returns.
+
+    If the process ends first, the lease runs out and the broker delivers it again.
+    """
+    job.adopted = True
+    log.warning(
+        "%s[%s] is still running in its thread after the stop; its message goes back to "
+        "the broker when it returns (or after its lease if this process ends first)",
+        job.envelope.task,
+        job.envelope.id,
+    )
+    task = asyncio.get_running_loop().create_task(
+        _hand_back_when_done(w, job), name=f"taskflow-orphan-{job.envelope.id}"
+    )
+    w._orphans.add(task)
+    task.add_done_callback(w._orphans.discard)
+
+
+async def _hand_back_when_done(w: Worker, job: Job) -> None:
+    assert job.body is not None
+    body = asyncio.wrap_future(job.body)
+    lease = job.delivery.lease
+    while True:
+        done, _ = await asyncio.wait({body}, timeout=lease / 3 if lease else None)
+        if done:
+            break
+        with contextlib.suppress(Exception):
+            await job.delivery.touch()
+    if not body.cancelled():
+        body.exception()  # retrieved: the run was stopped, its outcome does not count
+    await w.settle.requeue(job, started=True)
 
 
 async def _teardown(w: Worker, *, final: bool = True) -> None:
@@ -156,8 +233,8 @@ async def _teardown(w: Worker, *, final: bool = True) -> None:
     if pool is not None:
         pool.shutdown(wait=False, cancel_futures=True)
         threads = list(getattr(pool, "_threads", ()))
-        for _ in range(400):
-            if not any(t.is_alive() for t in threads):
+        for _ in range(400):  # idle threads exit at once; adopted bodies are not waited for
+            if sum(t.is_alive() for t in threads) <= len(w._orphans):
                 break
             await asyncio.sleep(0.005)
     if final:  # run_until_idle() may be called again: its subscribers stay open
@@ -177,6 +254,7 @@ def _finish_state(w: Worker) -> None:
 async def _hand_back_buffered(w: Worker) -> None:
     for job in list(w._sched.drain()):
         w._held.pop(job.envelope.id, None)
+        w.leases.drop(job.delivery)
         await w.settle.requeue(job)
 
 
@@ -190,8 +268,8 @@ async def drain(w: Worker) -> None:
             if credits > 0:
                 got = await w.app.broker.fetch(w._sched.fetch_order(), credits, 0)
                 for delivery in got:
-                    await w._admit(delivery)
-                await w._record_lost()
+                    await admit(w, delivery)
+                await record_lost(w)
             w._dispatch()
             handles = {j.handle for j in w._running.values() if j.handle is not None}
             if handles:

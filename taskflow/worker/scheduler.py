@@ -3,6 +3,7 @@ queues (smooth weighted round robin), and the rate-limit gate."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import heapq
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
@@ -23,7 +24,9 @@ class Job:
     """One received task on its way through the worker."""
 
     __slots__ = (
+        "adopted",
         "attempt",
+        "body",
         "cancel_reason",
         "ctx",
         "delivery",
@@ -37,12 +40,21 @@ class Job:
         self.envelope = envelope
         self.delivery = delivery
         self.task = task
-        # Each delivery counts as an attempt: a redelivery after a lost worker is one.
-        self.attempt = envelope.attempt + max(delivery.delivery_count, 1) - 1
+        # A delivery lost with its worker is delivered again as the same attempt: it does
+        # not spend a retry (the broker bounds it by the message's max_deliveries).
+        self.attempt = envelope.attempt
         self.cancel_reason: str | None = None
         self.ctx: Any = None
         self.handle: Any = None  # the asyncio task while running
         self.in_user_code = False  # True only while the task's own code runs
+        # The thread running a sync body (its future), and whether the worker stopped
+        # while that body still ran (it is handed back only once the body returns).
+        self.body: concurrent.futures.Future[Any] | None = None
+        self.adopted = False
+
+    def set_body(self, body: concurrent.futures.Future[Any]) -> None:
+        """Note the future of the thread that runs this job's sync body."""
+        self.body = body
 
 
 class Scheduler:

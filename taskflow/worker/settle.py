@@ -1,18 +1,26 @@
 """Settling outcomes: record first, then ack (ack after the outcome is durable), then
-hooks, subscribers and one log line."""
+hooks, subscribers and one log line.
+
+Every write is retried while the backend is down (:func:`.resilience.persist`): a task that
+ran is never acked without its record and never dropped because the store was away for a
+while. If the worker stops meanwhile, the message is left to redelivery.
+"""
 
 from __future__ import annotations
 
 import logging
 import traceback
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import codec
-from ..brokers.base import DeadLetter, Delivery
-from ..errors import PayloadError, TaskflowError, WorkerLost
+from .._waiters import within
+from ..errors import PayloadError, WorkerLost
 from ..message import Envelope, TaskStatus
 from ..middleware import TaskEvent
+from ..sending import max_deliveries_for
 from .publish import EventPublisher
+from .resilience import describe, persist
 from .scheduler import Job
 
 if TYPE_CHECKING:
@@ -21,6 +29,11 @@ if TYPE_CHECKING:
 __all__ = ["Settler", "error_info"]
 
 log = logging.getLogger("taskflow.worker")
+
+T = TypeVar("T")
+
+# Best-effort writes while handing a message back (stopping) are bounded by this.
+_HAND_BACK_TIMEOUT = 1.0
 
 _FINAL_HOOK = {
     TaskStatus.SUCCEEDED: "success",
@@ -57,12 +70,24 @@ class Settler:
     def _stores(self, job: Job) -> bool:
         return job.task.options.store_result
 
+    async def _durably(self, step: Callable[[], Awaitable[T]], what: str, task_id: str) -> T:
+        """``step()``, retried while the backend is down."""
+        return await persist(step, f"worker {self.w.name}: {what} of task {task_id}", self.w.rng)
+
     async def _record(self, job: Job, changes: dict[str, Any], terminal: bool) -> bool:
         """Write the record (if the task stores results); False if it was terminal."""
         if not self._stores(job):
             return True
         ttl = self.app.result_ttl if terminal else None
-        return await self.app.results.update(job.envelope.id, changes, ttl) is not None
+        tid = job.envelope.id
+        record = await self._durably(
+            lambda: self.app.results.update(tid, changes, ttl), "writing the record", tid
+        )
+        return record is not None
+
+    async def _settle(self, job: Job, step: Callable[[], Awaitable[bool]], what: str) -> None:
+        """Ack / dead-letter / retry the message (retried while the broker is down)."""
+        await self._durably(step, what, job.envelope.id)
 
     async def _announce(
         self,
@@ -73,6 +98,7 @@ class Settler:
         encoded: Any = None,
         error: dict[str, str] | None = None,
         duration: float | None = None,
+        retry_in: float | None = None,
     ) -> None:
         env = job.envelope
         hook = _FINAL_HOOK.get(status) or "retry"
@@ -105,15 +131,35 @@ class Settler:
                 if remote:
                     self.publisher.publish(finish, encoded)
         if log.isEnabledFor(logging.INFO):
+            # "after" is how long the attempt ran; a retry's delay is said separately.
             took = "" if duration is None else f" after {duration * 1000:.1f}ms"
             why = f": {error['type']}: {error['message'][:200]}" if error else ""
-            log.info(
-                "%s[%s] %s%s (attempt %d)%s", env.task, env.id, status.value, took, job.attempt, why
-            )
+            if retry_in is None:
+                log.info(
+                    "%s[%s] %s%s (attempt %d)%s",
+                    env.task,
+                    env.id,
+                    status.value,
+                    took,
+                    job.attempt,
+                    why,
+                )
+            else:
+                log.info(
+                    "%s[%s] failed%s (attempt %d)%s; retry %d/%d in %.2fs",
+                    env.task,
+                    env.id,
+                    took,
+                    job.attempt,
+                    why,
+                    job.attempt,
+                    env.max_retries,
+                    retry_in,
+                )
 
     # -- transitions -----------------------------------------------------------------
     async def started(self, job: Job) -> bool:
-        """Mark running; False (and the message settled) if it was cancelled meanwhile."""
+        """Mark running; False (and the message settled) if the record is terminal."""
         env = job.envelope
         ok = await self._record(
             job,
@@ -129,10 +175,7 @@ class Settler:
             terminal=False,
         )
         if not ok:
-            await self._advance_canvas(job, TaskStatus.CANCELLED, None)
-            await job.delivery.ack()
-            self.w.counts["cancelled"] += 1
-            await self._announce(job, TaskStatus.CANCELLED)
+            await self._already_final(job)
             return False
         hooks = self.app.hooks["start"] or job.task.options.on_start
         if hooks:
@@ -150,6 +193,21 @@ class Settler:
                 job.task,
             )
         return True
+
+    async def _already_final(self, job: Job) -> None:
+        """The record is terminal: cancelled meanwhile, or a redelivery of a task whose
+        outcome was written before its worker died (before the ack)."""
+        tid = job.envelope.id
+        record = await self._durably(lambda: self.app.results.get(tid), "reading the record", tid)
+        status = TaskStatus((record or {}).get("status", TaskStatus.CANCELLED.value))
+        # "cancelled" tells the canvas to take the outcome from the stored record.
+        await self._advance_canvas(job, TaskStatus.CANCELLED, None)
+        await self._settle(job, job.delivery.ack, "acking")
+        if status is TaskStatus.CANCELLED:
+            self.w.counts["cancelled"] += 1
+            await self._announce(job, TaskStatus.CANCELLED)
+        else:
+            log.info("%s[%s] already %s; not run again", job.envelope.task, tid, status.value)
 
     async def succeeded(self, job: Job, value: Any, duration: float) -> None:
         """Store the result, then ack."""
@@ -170,7 +228,7 @@ class Settler:
             terminal=True,
         )
         await self._advance_canvas(job, TaskStatus.SUCCEEDED, encoded)
-        await job.delivery.ack()
+        await self._settle(job, job.delivery.ack, "acking")
         self.w.counts["succeeded"] += 1
         await self._announce(
             job, TaskStatus.SUCCEEDED, result=value, encoded=encoded, duration=duration
@@ -192,10 +250,20 @@ class Settler:
             terminal=True,
         )
         await self._advance_canvas(job, TaskStatus.FAILED, None)
-        await job.delivery.dead_letter(reason, f"{error['type']}: {error['message']}")
+        text = f"{error['type']}: {error['message']}"
+        await self._settle(job, lambda: job.delivery.dead_letter(reason, text), "dead-lettering")
         self.w.counts["failed"] += 1
         self.w.counts["dead_lettered"] += 1
         await self._announce(job, TaskStatus.FAILED, error=error, duration=duration)
+
+    async def worker_lost(self, job: Job) -> None:
+        """A task declared ``on_lost="fail"`` came back after its worker was lost."""
+        env = job.envelope
+        exc = WorkerLost(
+            f"the worker running task {env.task}[{env.id}] was lost, and the task is "
+            "declared on_lost='fail'"
+        )
+        await self.failed(job, exc, 0.0, reason="worker_lost")
 
     async def retry(self, job: Job, exc: BaseException, delay: float, duration: float) -> None:
         """Publish the next attempt (held by the broker for ``delay``) in place of this one."""
@@ -205,6 +273,17 @@ class Settler:
         nxt: Envelope = env.replace(
             attempt=job.attempt + 1, eta=self.w.clock.time() + delay if delay > 0 else None
         )
+        try:
+            body = codec.encode_envelope(nxt)
+        except Exception as enc:  # e.g. headers that do not survive re-encoding
+            log.warning(
+                "%s[%s]: the next attempt cannot be encoded (%s); failing instead of retrying",
+                env.task,
+                env.id,
+                describe(enc),
+            )
+            await self.failed(job, exc, duration)
+            return
         status = TaskStatus.RETRYING
         ok = await self._record(
             job,
@@ -213,15 +292,17 @@ class Settler:
         )
         if not ok:  # cancelled while it ran: do not come back
             await self._advance_canvas(job, TaskStatus.CANCELLED, None)
-            await job.delivery.ack()
+            await self._settle(job, job.delivery.ack, "acking")
             return
-        await job.delivery.retry(
-            codec.encode_envelope(nxt),
-            delay,
-            max_deliveries=max(1, env.max_retries + 1 - job.attempt),
+        # The next attempt gets a fresh budget of deliveries: lost ones never spend retries.
+        budget = max_deliveries_for(self.app, env.task)
+        await self._settle(
+            job,
+            lambda: job.delivery.retry(body, delay, max_deliveries=budget),
+            "publishing the retry",
         )
         self.w.counts["retried"] += 1
-        await self._announce(job, status, error=error, duration=duration)
+        await self._announce(job, status, error=error, duration=duration, retry_in=delay)
 
     async def cancelled(self, job: Job, *, started: bool) -> None:
         """Settle a cancelled task: record (if not already), ack, announce."""
@@ -231,7 +312,7 @@ class Settler:
             terminal=True,
         )
         await self._advance_canvas(job, TaskStatus.CANCELLED, None)
-        await job.delivery.ack()
+        await self._settle(job, job.delivery.ack, "acking")
         self.w.counts["cancelled"] += 1
         await self._announce(job, TaskStatus.CANCELLED)
 
@@ -243,127 +324,63 @@ class Settler:
             terminal=True,
         )
         await self._advance_canvas(job, TaskStatus.EXPIRED, None)
-        await job.delivery.ack()
+        await self._settle(job, job.delivery.ack, "acking")
         self.w.counts["expired"] += 1
         await self._announce(job, TaskStatus.EXPIRED)
 
     async def requeue(self, job: Job, started: bool = False) -> None:
-        """Hand a message back uncounted (shutdown); its record goes back to queued."""
+        """Hand a message back uncounted (stopping); its record goes back to queued.
+
+        Best effort and bounded: if it fails, the lease runs out and the broker delivers
+        the message again.
+        """
         try:
-            if started:
-                await self._record(job, {"status": TaskStatus.QUEUED.value}, terminal=False)
-            await job.delivery.nack(requeue=True)
+            if started and self._stores(job):
+                await within(
+                    self.app.results.update(
+                        job.envelope.id, {"status": TaskStatus.QUEUED.value}, None
+                    ),
+                    _HAND_BACK_TIMEOUT,
+                )
+            await within(job.delivery.nack(requeue=True), _HAND_BACK_TIMEOUT)
             self.w.counts["requeued"] += 1
         except Exception as exc:  # the lease will expire and the broker redelivers
             log.warning(
-                "could not hand back %s (%s); it returns after its lease", job.envelope.id, exc
+                "could not hand back %s (%s); it returns after its lease",
+                job.envelope.id,
+                describe(exc),
             )
 
-    async def reject_undecodable(self, delivery: Delivery, exc: Exception) -> None:
-        """An envelope that cannot be decoded is dead-lettered; the worker goes on."""
+    def abandon(self, job: Job, exc: Exception) -> None:
+        """Settling ``job`` kept failing with an error that is not an outage: leave its
+        message to the broker, which delivers it again after the lease (a redelivery of a
+        task whose outcome is recorded only finishes the settling), up to the app's
+        ``max_deliveries``; then it is dead-lettered and its record failed."""
         log.error(
-            "message %s on %s is not a valid envelope (%s); dead-lettered",
-            delivery.id,
-            delivery.queue,
-            exc,
+            "%s[%s]: internal error settling the task (%s); it is delivered again after its lease",
+            job.envelope.task,
+            job.envelope.id,
+            describe(exc),
         )
-        try:
-            await self.app.results.update(
-                delivery.id,
-                {
-                    "status": TaskStatus.FAILED.value,
-                    "queue": delivery.queue,
-                    "error": error_info(exc),
-                    "finished_at": self.w.clock.time(),
-                },
-                self.app.result_ttl,
-            )
-        except TaskflowError as err:
-            log.warning("could not record the failure of %s: %s", delivery.id, err)
-        await delivery.dead_letter("undecodable", str(exc))
-        self.w.counts["dead_lettered"] += 1
-
-    async def reject_unknown(self, delivery: Delivery, env: Envelope, exc: Exception) -> None:
-        """A task name this worker does not know fails with NotRegistered."""
-        error = error_info(exc)
-        log.error("%s[%s]: %s; dead-lettered", env.task, env.id, exc)
-        await self.app.results.update(
-            env.id,
-            {
-                "status": TaskStatus.FAILED.value,
-                "name": env.task,
-                "queue": env.queue,
-                "error": error,
-                "finished_at": self.w.clock.time(),
-                "attempts": env.attempt,
-            },
-            self.app.result_ttl,
-        )
-        if env.canvas:
-            await self.app._advance_canvas(env, TaskStatus.FAILED, None)
-        await delivery.dead_letter("not_registered", f"{error['type']}: {error['message']}")
-        self.w.counts["failed"] += 1
-        self.w.counts["dead_lettered"] += 1
-        if self.w.bus.active:
-            self.w.bus.publish(
-                TaskEvent(
-                    "finish",
-                    env.id,
-                    env.task,
-                    env.queue,
-                    TaskStatus.FAILED.value,
-                    env.attempt,
-                    None,
-                    error,
-                    self.w.clock.time(),
-                )
-            )
-
-    async def lost(self, dead: DeadLetter) -> None:
-        """A message the broker dead-lettered because its workers kept dying (its
-        deliveries ran out): record the failure so nobody waits for it forever."""
-        try:
-            env: Envelope | None = codec.decode_envelope(dead.body)
-        except PayloadError:
-            env = None
-        exc = WorkerLost(
-            f"the worker running task {dead.id} was lost on each of its "
-            f"{dead.delivery_count or 'allowed'} deliveries"
-        )
-        error = error_info(exc)
-        changes: dict[str, Any] = {
-            "status": TaskStatus.FAILED.value,
-            "error": error,
-            "finished_at": self.w.clock.time(),
-        }
-        if dead.delivery_count:
-            changes["attempts"] = dead.delivery_count
-        await self.app.results.update(dead.id, changes, self.app.result_ttl)
-        log.error("%s[%s] failed: worker lost; dead-lettered", env.task if env else "?", dead.id)
-        self.w.counts["failed"] += 1
-        if env is None:
-            return
-        event = TaskEvent(
-            "failure",
-            env.id,
-            env.task,
-            env.queue,
-            TaskStatus.FAILED.value,
-            dead.delivery_count or env.attempt,
-            None,
-            error,
-            self.w.clock.time(),
-        )
-        await self.app._run_hooks("failure", event, self.app.registry.get(env.task))
-        finish = TaskEvent("finish", *_fields(event))
-        await self.app._run_hooks("finish", finish, None)
-        self.w.bus.publish(finish)
-        if env.canvas:
-            await self.app._advance_canvas(env, TaskStatus.FAILED, None)
 
     async def _advance_canvas(self, job: Job, status: TaskStatus, encoded: Any) -> None:
-        if job.envelope.canvas:
-            await self.app._advance_canvas(job.envelope, status, encoded)
+        env = job.envelope
+        if not env.canvas:
+            return
+        calls = 0
+
+        async def advance() -> None:
+            nonlocal calls
+            calls += 1
+            if calls > 1 and self._stores(job):
+                # Again after a failure part-way: advance as a redelivery does ("cancelled",
+                # so the canvas re-reads the stored outcome and re-sends what the failed
+                # call may have claimed without sending).
+                await self.app._advance_canvas(env, TaskStatus.CANCELLED, None)
+            else:
+                await self.app._advance_canvas(env, status, encoded)
+
+        await self._durably(advance, "advancing the canvas", env.id)
 
 
 def _fields(event: TaskEvent) -> tuple[Any, ...]:

@@ -1,14 +1,18 @@
 """The worker: fetcher -> scheduler -> executor, with a scripted shutdown.
 
-This module is the hot path (fetch, admit, dispatch, execute, route errors). Starting,
-the shutdown sequence and ``run_until_idle`` are in :mod:`.lifecycle`; local cancellation,
-the control channel and lease renewal in :mod:`.control`; outcomes in :mod:`.settle`.
+This module is the hot path (fetch, dispatch, execute). Admitting a fetched message is in
+:mod:`.admit` (messages that will never run in :mod:`.rejects`); starting, the shutdown
+sequence and ``run_until_idle`` in :mod:`.lifecycle`; local cancellation and the control
+channel in :mod:`.control`; lease renewal in :mod:`.leases`; outcomes in :mod:`.settle`,
+and whether a failure is retried in :mod:`.retry`. Backends that are away are waited out
+as :mod:`.resilience` describes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import random
@@ -18,17 +22,26 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .. import codec
+from .._waiters import within
 from ..brokers.base import BrokerAdmin, Delivery
 from ..clock import Clock
 from ..context import TaskContext
-from ..errors import NotRegistered, PayloadError, Reject, Retry, TaskflowError, TaskTimeout
+from ..errors import (
+    Reject,
+    Retry,
+    TaskflowError,
+    TaskTimeout,
+    WorkerCrashed,
+)
 from ..middleware import chain_execute
 from . import lifecycle
+from .admit import admit, payload_error, record_lost
 from .control import cancel_all, cancel_swallowed
 from .events import EventBus, Subscription
 from .executor import run_async, run_sync
-from .retry import backoff_delay
+from .leases import LeaseKeeper
+from .resilience import TRANSIENT, Backoff, Outage, describe
+from .retry import route_failure
 from .scheduler import Job, Scheduler
 from .settle import Settler
 from .watchdog import Watchdog
@@ -39,6 +52,10 @@ if TYPE_CHECKING:
 __all__ = ["Worker"]
 
 log = logging.getLogger("taskflow.worker")
+
+# A fetch that fails this many times in a row with an error that is not a backend being
+# down (a bug) kills the fetch stage, which stops the worker (Worker.fatal).
+_FATAL_FETCH_ERRORS = 5
 
 
 class Worker:
@@ -87,6 +104,10 @@ class Worker:
         self.rng = rng or random.Random()
         self.bus = EventBus()
         self.settle = Settler(self)
+        self.leases = LeaseKeeper(self.name)
+        self.fatal: BaseException | None = None
+        """The error that killed a stage of this worker (None while it runs or after a
+        clean stop). A worker whose stage died stops itself; ``run()`` then raises."""
         self._state_lock = threading.Lock()
         self._state = "new"  # new -> running -> stopping -> stopped
         self._stopped = threading.Event()
@@ -101,6 +122,7 @@ class Worker:
         self._running: dict[str, Job] = {}
         self._held: dict[str, Job] = {}
         self._cancelled: dict[str, None] = {}
+        self._orphans: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._exec = chain_execute(app.middleware, self._invoke)
         self._watchdog = Watchdog(concurrency)
@@ -134,24 +156,45 @@ class Worker:
         self.stop()
 
     def run(self) -> None:
-        """Start and block until stopped (SIGTERM/SIGINT handling is the caller's)."""
+        """Start and block until stopped (SIGTERM/SIGINT handling is the caller's).
+
+        Raises :class:`~taskflow.errors.WorkerCrashed` (the stage's error as its cause)
+        if the worker stopped because one of its stages died, so that the process can
+        exit non-zero and be restarted by its supervisor.
+        """
         self.start()
         self._stopped.wait()
+        if self.fatal is not None:
+            raise WorkerCrashed(
+                f"worker {self.name} stopped: a stage died ({describe(self.fatal)})"
+            ) from self.fatal
 
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful stop; idempotent and safe from any thread, any number of times.
 
         The sequence: (1) stop fetching; (2) hand every received but unstarted message
-        back to the broker (``nack(requeue=True)``, no attempt spent); (3) let running
+        back to the broker (``nack(requeue=True)``, no delivery counted); (3) let running
         tasks finish for up to ``timeout`` seconds; (4) cancel what still runs and hand
         it back too, so an at-least-once broker redelivers it; (5) close the thread pool
         and subscriptions. Returns when the worker has stopped (or at once when called
         from the worker's own loop).
+
+        A message goes back to the broker only once its task's code can no longer run.
+        A coroutine is cancelled, and a sync body gets an asynchronous exception in its
+        thread; one that does not unwind within half a second (blocked in C code or a
+        system call, which Python cannot interrupt) is not handed back: the worker stops
+        without it, keeps renewing its lease in the background while this process lives,
+        and hands it back when the body returns. If the process ends first (the CLI exits
+        at once after a hard stop), the lease runs out and the broker delivers it again.
         """
         lifecycle.request_stop(self, timeout, hard=False)
 
     def stop_now(self) -> None:
-        """Hard stop: cancel running work now (it is handed back for redelivery)."""
+        """Hard stop: cancel running work now and return within a few seconds.
+
+        Cancelled tasks are handed back for redelivery once their code can no longer run
+        (see :meth:`stop` for a sync body blocked in C code).
+        """
         lifecycle.request_stop(self, 0.0, hard=True)
 
     def subscribe(self, buffer: int = 100, drop: str = "newest") -> Subscription:
@@ -201,46 +244,82 @@ class Worker:
     # -- fetcher ---------------------------------------------------------------------
     async def _fetch_loop(self) -> None:
         assert self._room is not None
-        backoff = 0.05
+        loop = asyncio.get_running_loop()
+        backoff = Backoff(self.rng)
+        outage = Outage(f"worker {self.name}: fetch")
+        unexpected = 0
         while True:
             credits = self._credits()
             if credits <= 0:
                 self._room.clear()
                 await self._room.wait()
                 continue
-            got = await self._fetch_once(credits)
-            if got is None:  # failed or stalled: back off, then ask again
-                await asyncio.sleep(backoff * (0.5 + self.rng.random()))
-                backoff = min(backoff * 2, 5.0)
+            since = loop.time()  # a lease starts no earlier than the fetch that took it
+            try:
+                got = await self._fetch_once(credits)
+            except TRANSIENT as exc:
+                outage.failed(exc)
+                await asyncio.sleep(backoff.delay())
                 continue
-            backoff = 0.05
+            except Exception as exc:
+                # Not a backend being down: a bug in a broker or its client. Try again a
+                # few times; a fetch that keeps failing like this kills the stage.
+                unexpected += 1
+                if unexpected >= _FATAL_FETCH_ERRORS:
+                    raise
+                log.warning(
+                    "worker %s: fetch failed unexpectedly (%s); retrying",
+                    self.name,
+                    describe(exc),
+                    exc_info=unexpected == 1,
+                )
+                await asyncio.sleep(backoff.delay())
+                continue
+            if got is None:  # stalled (logged): start over at once
+                continue
+            outage.recovered()
+            backoff.reset()
+            unexpected = 0
             for delivery in got:
-                await self._admit(delivery)
-            await self._record_lost()
+                self.leases.hold(delivery, since)
+            await self._admit_batch(got)
+            await record_lost(self)
             if cancel_swallowed():  # admitted first, so shutdown hands the batch back
                 raise asyncio.CancelledError
             self._dispatch()
 
+    async def _admit_batch(self, got: list[Delivery]) -> None:
+        pending = list(got)
+        try:
+            while pending:
+                await admit(self, pending[0])
+                pending.pop(0)
+        except asyncio.CancelledError:
+            # Stopping while a backend is away: hand back what was not admitted yet, so
+            # it does not wait for its lease (best effort; the lease is the fallback).
+            for delivery in pending:
+                self.leases.drop(delivery)
+                with contextlib.suppress(Exception):
+                    await within(delivery.nack(requeue=True), 1.0)
+            raise
+
     async def _fetch_once(self, credits: int) -> list[Delivery] | None:
-        """One fetch, bounded by ``stall_timeout``; None if it failed (logged)."""
+        """One fetch, bounded by ``stall_timeout``; None if it stalled (logged)."""
         stall = asyncio.timeout(self.stall_timeout)
         try:
             async with stall:
                 return await self.app.broker.fetch(
                     self._sched.fetch_order(), credits, self.poll_interval
                 )
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if isinstance(exc, TimeoutError) and stall.expired():
-                log.error(
-                    "worker %s: the consumer stopped polling (no answer from the broker in "
-                    "%.0fs); starting it again",
-                    self.name,
-                    self.stall_timeout,
-                )
-            else:
-                log.warning("worker %s: fetch failed (%s); retrying", self.name, exc)
+        except TimeoutError:
+            if not stall.expired():
+                raise
+            log.error(
+                "worker %s: the consumer stopped polling (no answer from the broker in "
+                "%.0fs); starting it again",
+                self.name,
+                self.stall_timeout,
+            )
             return None
 
     def _credits(self) -> int:
@@ -257,33 +336,6 @@ class Worker:
         if held < self.concurrency:
             return credits
         return credits if credits >= max(1, window // 2) else 0
-
-    async def _record_lost(self) -> None:
-        for dead in self.app.broker.take_lost():
-            try:
-                await self.settle.lost(dead)
-            except Exception:
-                log.exception("worker %s: could not record lost task %s", self.name, dead.id)
-
-    async def _admit(self, delivery: Delivery) -> None:
-        try:
-            env = codec.decode_envelope(delivery.body)
-        except PayloadError as exc:
-            await self.settle.reject_undecodable(delivery, exc)
-            return
-        task = self.app.registry.get(env.task)
-        if task is None:
-            await self.settle.reject_unknown(delivery, env, NotRegistered(env.task))
-            return
-        job = Job(env, delivery, task)
-        if env.id in self._cancelled:
-            await self.settle.cancelled(job, started=False)
-            return
-        if env.expires is not None and env.expires <= self.clock.time():
-            await self.settle.expired(job)
-            return
-        self._held[env.id] = job
-        self._sched.push(job)
 
     def _dispatch(self) -> None:
         while len(self._running) < self.concurrency:
@@ -308,7 +360,9 @@ class Worker:
 
     def _release(self, job: Job) -> None:
         self._running.pop(job.envelope.id, None)
-        self._held.pop(job.envelope.id, None)
+        if self._held.get(job.envelope.id) is job:
+            del self._held[job.envelope.id]
+        self.leases.drop(job.delivery)
         if self._room is not None:
             self._room.set()
         if self._state == "running" or self._stop_event is None:
@@ -320,8 +374,8 @@ class Worker:
             await self._attempt(job)
         except asyncio.CancelledError:
             await self._after_cancel(job)
-        except Exception:
-            log.exception("worker %s: internal error settling %s", self.name, job.envelope.id)
+        except Exception as exc:  # settling kept failing (outages are waited out)
+            self.settle.abandon(job, exc)
         finally:
             self.counts["processed"] += 1
             self._release(job)
@@ -335,9 +389,12 @@ class Worker:
             exc = TaskTimeout(
                 f"{job.envelope.task}[{job.envelope.id}] exceeded its {timeout}s timeout"
             )
-            await self._on_error(job, exc, float(timeout or 0.0))
+            await route_failure(self, job, exc, float(timeout or 0.0))
         elif job.cancel_reason == "cancelled":
             await self.settle.cancelled(job, started=True)
+        elif job.body is not None and not job.body.done():
+            # A sync body still runs in its thread: its message must not go back yet.
+            lifecycle.adopt_orphan(self, job)
         else:
             await self.settle.requeue(job, started=True)
 
@@ -354,13 +411,14 @@ class Worker:
             priority=env.priority,
             headers=env.headers,
             deadline=None if env.timeout is None else self.clock.time() + env.timeout,
+            delivery=max(1, job.delivery.delivery_count),
         )
         job.ctx = ctx
         t0 = self.clock.monotonic()
         try:
             args, kwargs = task.schema.decode_args(env.args, env.kwargs)
-        except PayloadError as exc:
-            await self.settle.failed(job, exc, 0.0, reason="payload")
+        except Exception as exc:
+            await self.settle.failed(job, payload_error(env.task, exc), 0.0, reason="payload")
             return
         ctx._call = (args, kwargs, job)
         if job.cancel_reason is not None:
@@ -378,7 +436,7 @@ class Worker:
             # prefetch window until it is acked).
             self._free_slot(job)
         if error is not None:
-            await self._on_error(job, error, self.clock.monotonic() - t0)
+            await route_failure(self, job, error, self.clock.monotonic() - t0)
             return
         await self.settle.succeeded(job, value, self.clock.monotonic() - t0)
 
@@ -392,31 +450,4 @@ class Worker:
         if task.is_async:
             return await run_async(task.fn, args, kwargs, ctx)
         assert self._pool is not None
-        return await run_sync(self._pool, task.fn, args, kwargs, ctx)
-
-    async def _on_error(self, job: Job, exc: BaseException, duration: float) -> None:
-        if isinstance(exc, Reject):
-            await self.settle.failed(job, exc, duration, reason="rejected")
-            return
-        opts = job.task.options
-        env = job.envelope
-        can_retry = job.attempt <= env.max_retries
-        if isinstance(exc, Retry):
-            cause: BaseException = exc.exc or exc
-            if can_retry:
-                delay = exc.countdown if exc.countdown is not None else self._backoff(job)
-                await self.settle.retry(job, cause, delay, duration)
-                return
-            await self.settle.failed(job, cause, duration)
-            return
-        retriable = isinstance(exc, (*opts.retry_on, TaskTimeout))
-        if can_retry and retriable and not isinstance(exc, PayloadError):
-            await self.settle.retry(job, exc, self._backoff(job), duration)
-            return
-        await self.settle.failed(job, exc, duration)
-
-    def _backoff(self, job: Job) -> float:
-        opts = job.task.options
-        return backoff_delay(
-            job.attempt, opts.retry_backoff, opts.retry_backoff_max, opts.retry_jitter, self.rng
-        )
+        return await run_sync(self._pool, task.fn, args, kwargs, ctx, on_submit=job.set_body)

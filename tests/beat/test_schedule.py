@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from taskflow import App
 from taskflow.beat import Schedule, fire_key, latest_fire, next_fire
 from taskflow.beat import schedule as schedule_module
 from taskflow.errors import ConfigError
@@ -248,3 +249,69 @@ def test_missing_croniter_names_the_pip_command(monkeypatch: pytest.MonkeyPatch)
         Schedule("s", "t", every=5)  # intervals need no croniter
     finally:
         schedule_module._compile.cache_clear()
+
+
+# -- each cron field is checked (croniter alone would accept these) -----------------------
+@pytest.mark.parametrize(
+    ("expr", "message"),
+    [
+        ("*/61 * * * *", "minute field '*/61': step must be 1..59"),
+        ("*/0 * * * *", "minute field '*/0': step must be 1..59"),
+        ("5-1 * * * *", "minute field '5-1': range '5-1' runs backwards"),
+        ("*/90 * * * * *", "second field '*/90': step must be 1..59"),
+        ("60 * * * * *", "second field '60': 60 is out of range 0..59"),
+        ("0 24 * * *", "hour field '24': 24 is out of range 0..23"),
+        ("0 */24 * * *", "hour field '*/24': step must be 1..23"),
+        ("0 0 0 * *", "day field '0': 0 is out of range 1..31"),
+        ("0 0 * 13 *", "month field '13': 13 is out of range 1..12"),
+        ("0 0 * DEC-JAN *", "month field 'DEC-JAN': range 'DEC-JAN' runs backwards"),
+        ("0 0 * * 8", "weekday field '8': 8 is out of range 0..7"),
+        ("0 0 * * 1#6", "weekday field '1#6': '#6' must be #1..#5"),
+        ("0 0 * * */7", "weekday field '*/7': step must be 1..6"),
+        ("1,,2 * * * *", "minute field '1,,2': empty item"),
+        ("? * * * *", "minute field '?': '?' is for the day and weekday fields only"),
+        ("H * * * *", "minute field 'H': 'H' is not a number"),
+        ("-5 * * * *", "minute field '-5'"),
+    ],
+)
+def test_an_invalid_cron_field_is_refused_naming_the_field(expr: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Schedule("nightly", "t", cron=expr)
+    assert message in str(caught.value)
+    assert "'nightly'" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "*/59 * * * *",
+        "0-59/15 * * * *",
+        "5/15 * * * *",
+        "0 */23 * * *",
+        "0 9 * JAN-MAR MON-FRI",
+        "0 9 * * 7",
+        "0 9 * * 0-7",
+        "0 9 L * *",
+        "0 9 15W * *",
+        "0 9 ? * 1#2",
+        "0 9 * * L5",
+        "*/30 0 9 * * *",
+        "@weekly",
+    ],
+)
+def test_valid_cron_expressions_are_accepted(expr: str) -> None:
+    assert Schedule("s", "t", cron=expr).cron == expr
+
+
+def test_periodic_and_add_periodic_refuse_an_invalid_cron_at_declaration() -> None:
+    with App("cron-check") as app:
+        with pytest.raises(ConfigError, match=r"minute field '\*/61'"):
+
+            @app.periodic(cron="*/61 * * * *")
+            def tick() -> None: ...
+
+        @app.task
+        def report() -> None: ...
+
+        with pytest.raises(ConfigError, match=r"second field '\*/90'"):
+            app.add_periodic(report, cron="*/90 * * * * *", name="fast")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -46,6 +45,7 @@ def test_worker_help_documents_its_options(runner: CliRunner) -> None:
         "-P, --processes",
         "--prefetch",
         "--grace",
+        "--connect-timeout",
         "--loglevel",
         "TASKFLOW_APP",
     ):
@@ -129,6 +129,8 @@ def test_a_supervised_process_runs_the_same_worker_with_one_process() -> None:
         "1",
         "--grace",
         "12.5",
+        "--connect-timeout",
+        "60.0",
         "--loglevel",
         "debug",
         "-Q",
@@ -138,7 +140,10 @@ def test_a_supervised_process_runs_the_same_worker_with_one_process() -> None:
     ]
 
 
-def test_logging_is_compact_on_the_taskflow_logger_and_restored_after(tmp_path: Path) -> None:
+def test_logging_is_compact_on_the_taskflow_logger_and_restored_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # pytest's own, set aside
     logger = logging.getLogger("taskflow")
     before = (list(logger.handlers), logger.level, logger.propagate)
 
@@ -147,5 +152,22 @@ def test_logging_is_compact_on_the_taskflow_logger_and_restored_after(tmp_path: 
         assert logger.level == logging.WARNING
         assert handler.formatter is not None and handler.formatter._fmt == LOG_FORMAT
         assert logger.propagate is False
+
+    assert (list(logger.handlers), logger.level, logger.propagate) == before
+
+
+def test_logging_the_program_configured_keeps_its_handlers_and_gets_the_level(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root = logging.getLogger()
+    mine = logging.StreamHandler()
+    monkeypatch.setattr(root, "handlers", [mine])
+    logger = logging.getLogger("taskflow")
+    before = (list(logger.handlers), logger.level, logger.propagate)
+
+    with configure_logging("debug"):
+        assert root.handlers == [mine]
+        assert (list(logger.handlers), logger.propagate) == before[::2]
+        assert logger.level == logging.DEBUG
 
     assert (list(logger.handlers), logger.level, logger.propagate) == before

@@ -4,35 +4,15 @@ from __future__ import annotations
 
 import signal
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from taskflow import App
-from tests.conftest import require_service
 
 from .helpers import alive, running
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-
-
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    """The shared server with a fresh key prefix, whose keys are deleted afterwards."""
-    require_service("redis", "127.0.0.1", 6379)
-    import redis
-
-    prefix = f"tfcli{uuid.uuid4().hex[:10]}"
-    yield f"redis://127.0.0.1:6379/0?prefix={prefix}"
-    client = redis.Redis(port=6379)
-    try:
-        for pattern in (f"{{{prefix}}}:*", f"{prefix}:*"):
-            for key in client.scan_iter(match=pattern, count=1000):
-                client.delete(key)
-    finally:
-        client.close()
 
 
 def test_two_worker_processes_share_the_queue_and_stop_cleanly(

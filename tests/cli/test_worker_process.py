@@ -50,8 +50,8 @@ def test_a_module_that_fails_to_import_says_so_in_one_line_with_status_2(tmp_pat
 
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        "taskflow: error: module 'brokenapp' failed to import: ModuleNotFoundError: "
-        "No module named 'taskflow_cli_test_missing_dependency'"
+        "taskflow: error: module 'brokenapp' failed to import at brokenapp.py:5: "
+        "ModuleNotFoundError: No module named 'taskflow_cli_test_missing_dependency'"
     ]
 
 
@@ -111,3 +111,27 @@ def test_a_worker_without_an_app_is_a_one_line_usage_error(tmp_path: Path) -> No
     assert result.stderr.splitlines() == [
         "taskflow: error: no app given: pass -A MODULE[:ATTR] or set TASKFLOW_APP"
     ]
+
+
+def test_a_worker_whose_fetch_stage_dies_exits_non_zero(tmp_path: Path) -> None:
+    with running(["worker", "-A", "crashapp"], tmp_path) as worker:
+        # Not 0: a supervisor must see the crash and start the process again.
+        assert worker.wait(15) == 70
+    log = worker.stderr
+    assert "ERROR taskflow.cli: a worker stage died (RuntimeError: fetch is broken)" in log
+    assert " stopped\n" in log
+
+
+@pytest.mark.parametrize("where", ["root", "taskflow"])
+def test_logging_the_app_configured_itself_is_left_alone(tmp_path: Path, where: str) -> None:
+    env = {"TASKFLOW_TEST_LOGGING": where}
+    with running(["worker", "-A", "loggingapp"], tmp_path, env=env) as worker:
+        wait_for(lambda: pids(tmp_path, "touched") == {worker.pid}, 10, "the worker's task")
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(10) == 0
+    user_log = (tmp_path / "user.log").read_text()
+    assert "USER INFO taskflow.worker: worker " in user_log
+    assert "USER INFO taskflow.cli: stopping gracefully (SIGTERM)" in user_log
+    assert user_log.count("stopping gracefully") == 1
+    # The command line added no handler of its own: nothing of the worker's on stderr.
+    assert "taskflow" not in worker.stderr

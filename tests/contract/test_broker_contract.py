@@ -216,6 +216,61 @@ def test_a_message_with_an_eta_is_held_until_it_is_due(
     run(loop, body())
 
 
+ON_TIME = 0.05  # how late a message may arrive after its eta (p99 target of the guide)
+
+
+async def lateness(broker: Broker, queue: str, due: dict[str, float], count: int) -> list[float]:
+    """Fetch ``count`` messages as a waiting worker would; seconds each came after its due
+    time (``due`` maps id to due time and may still be filled while this runs)."""
+    late: list[float] = []
+    while len(late) < count:
+        got = await broker.fetch([queue], 50, 5.0)
+        now = time.time()
+        for delivery in got:
+            late.append(now - due[delivery.id])
+            assert await delivery.ack()
+    return late
+
+
+def test_messages_due_in_a_fraction_of_a_second_are_delivered_on_time(
+    loop: asyncio.AbstractEventLoop, broker: Broker, queue: str
+) -> None:
+    async def body() -> None:
+        due: dict[str, float] = {}
+        waiting = asyncio.ensure_future(lateness(broker, queue, due, 20))
+        await asyncio.sleep(0.05)  # the consumer is idle, blocked in its fetch
+        for _ in range(20):
+            sent = msg(queue, eta=time.time() + 0.2)
+            due[sent.id] = sent.eta or 0.0
+            await broker.publish([sent])
+            await asyncio.sleep(0.01)  # staggered: each eta is a new earliest one
+        late = await asyncio.wait_for(waiting, 10.0)
+        assert min(late) > -0.005, f"delivered {-min(late):.3f}s before its eta"
+        assert max(late) <= ON_TIME, f"up to {max(late):.3f}s late: {sorted(late)}"
+
+    run(loop, body())
+
+
+def test_a_retry_delayed_a_fraction_of_a_second_is_delivered_on_time(
+    loop: asyncio.AbstractEventLoop, broker: Broker, queue: str
+) -> None:
+    async def body() -> None:
+        sent = [msg(queue, str(i)) for i in range(10)]
+        await broker.publish(sent)
+        held = await drain(broker, [queue], 10)
+        due: dict[str, float] = {}
+        waiting = asyncio.ensure_future(lateness(broker, queue, due, 10))
+        await asyncio.sleep(0.05)
+        for delivery in held:
+            due[delivery.id] = time.time() + 0.2
+            assert await delivery.retry(b"again", 0.2, max_deliveries=1)
+            await asyncio.sleep(0.01)
+        late = await asyncio.wait_for(waiting, 10.0)
+        assert max(late) <= ON_TIME, f"up to {max(late):.3f}s late: {sorted(late)}"
+
+    run(loop, body())
+
+
 def test_a_message_with_an_eta_in_the_past_is_delivered_at_once(
     loop: asyncio.AbstractEventLoop, broker: Broker, queue: str
 ) -> None:
@@ -361,6 +416,56 @@ def test_a_message_past_max_deliveries_is_dead_lettered_as_worker_lost(
             (dead,) = await broker.dead_letters(queue)
             assert (dead.id, dead.body, dead.reason) == (sent.id, b"doomed", "worker_lost")
             assert dead.delivery_count == 2
+
+    run(loop, body())
+
+
+def test_a_message_whose_deliveries_ran_out_is_reported_by_take_lost_exactly_once(
+    loop: asyncio.AbstractEventLoop, make_broker: MakeBroker, queue: str
+) -> None:
+    broker = make_broker(lease=LEASE)
+
+    async def body() -> None:
+        sent = msg(queue, b"doomed", max_deliveries=1)
+        kept = msg(queue, b"kept", max_deliveries=1)
+        await broker.publish([sent])
+        assert (await fetch_one(broker, queue)).id == sent.id
+        assert broker.take_lost() == []
+        # The lease runs out while this fetch waits; the next message is still served.
+        await broker.publish([kept])
+        got = await drain(broker, [queue], 1, timeout=3.0)
+        assert [d.id for d in got] == [kept.id]
+        assert await got[0].ack()
+        deadline = time.monotonic() + 3 * LEASE + 2.0
+        lost = broker.take_lost()
+        while not lost and time.monotonic() < deadline:
+            assert await broker.fetch([queue], 1, LEASE) == []
+            lost = broker.take_lost()
+        assert [(d.id, d.queue, d.body, d.reason) for d in lost] == [
+            (sent.id, queue, b"doomed", "worker_lost")
+        ]
+        assert lost[0].delivery_count == 1
+        assert await broker.fetch([queue], 1, 2 * LEASE) == []
+        assert broker.take_lost() == []
+
+    run(loop, body())
+
+
+def test_a_lease_can_be_renewed_right_after_the_fetch_and_reports_its_length(
+    loop: asyncio.AbstractEventLoop, make_broker: MakeBroker, queue: str
+) -> None:
+    broker = make_broker(lease=LEASE)
+
+    async def body() -> None:
+        await broker.publish([msg(queue, max_deliveries=5)])
+        held = await fetch_one(broker, queue)
+        assert held.lease == pytest.approx(LEASE)
+        assert await held.touch()  # the first renewal comes early, before any wait
+        started = time.monotonic()
+        while time.monotonic() - started < 2 * LEASE:
+            assert await broker.fetch([queue], 1, LEASE / 3) == []
+            assert await held.touch()
+        assert await held.ack()
 
     run(loop, body())
 

@@ -99,6 +99,71 @@ def test_update_of_a_terminal_record_returns_none_and_changes_nothing(
     run(loop, body())
 
 
+def test_restart_starts_a_new_cycle_of_a_terminal_record_and_keeps_its_history(
+    loop: asyncio.AbstractEventLoop, store: ResultStore
+) -> None:
+    tid = new_id()
+    error = {"type": "ValueError", "message": "bad"}
+    first = {"status": "failed", "error": error, "attempts": 1, "finished_at": 1_700_000_000.125}
+
+    async def body() -> None:
+        await store.update(tid, {"name": "shop.add", "status": "running", "worker": "w1"}, None)
+        await store.update(tid, {**first, "started_at": 1_700_000_000.0}, 60.0)
+        fresh = await store.restart(tid, {"status": "queued", "attempts": 0})
+        entry = {**first, "worker": "w1"}
+        expected = {"id": tid, "name": "shop.add", "status": "queued", "attempts": 0}
+        assert fresh == {**expected, "history": [entry]}
+        assert await store.get(tid) == fresh
+        # The new cycle is an ordinary live record: updates merge, and the history stays.
+        await store.update(tid, {"status": "running", "worker": "w2"}, None)
+        done = await store.update(tid, {"status": "succeeded", "result": 3}, 60.0)
+        assert done is not None and done["history"] == [entry]
+        again = await store.restart(tid, {"status": "queued"})
+        assert again is not None
+        assert [h["status"] for h in again["history"]] == ["failed", "succeeded"]
+        assert again["history"][1] == {
+            "status": "succeeded",
+            "error": None,
+            "attempts": 0,
+            "finished_at": None,
+            "worker": "w2",
+        }
+        assert "result" not in again and "worker" not in again
+
+    run(loop, body())
+
+
+def test_restart_refuses_a_record_that_is_absent_or_not_terminal(
+    loop: asyncio.AbstractEventLoop, store: ResultStore
+) -> None:
+    running, unknown = new_id(), new_id()
+
+    async def body() -> None:
+        before = await store.update(running, {"status": "running"}, None)
+        assert await store.restart(running, {"status": "queued"}) is None
+        assert await store.get(running) == before
+        assert await store.restart(unknown, {"status": "queued"}) is None
+        assert await store.get(unknown) is None
+
+    run(loop, body())
+
+
+def test_concurrent_restarts_of_one_record_let_exactly_one_through(
+    loop: asyncio.AbstractEventLoop, store: ResultStore
+) -> None:
+    tid = new_id()
+
+    async def body() -> None:
+        await store.update(tid, {"status": "failed"}, None)
+        outcomes = await asyncio.gather(
+            *(store.restart(tid, {"status": "queued"}) for _ in range(10))
+        )
+        assert sum(o is not None for o in outcomes) == 1
+        assert len((await store.get(tid) or {})["history"]) == 1
+
+    run(loop, body())
+
+
 def test_wait_returns_at_once_for_a_terminal_record(
     loop: asyncio.AbstractEventLoop, store: ResultStore
 ) -> None:
@@ -174,12 +239,15 @@ def test_wait_returns_none_when_its_timeout_runs_out(
 def test_records_values_and_counters_expire_after_their_ttl(
     loop: asyncio.AbstractEventLoop, store: ResultStore
 ) -> None:
-    short, lasting = new_id(), new_id()
+    short, lasting, replayed = new_id(), new_id(), new_id()
     key, counter = f"k-{uuid.uuid4().hex}", f"c-{uuid.uuid4().hex}"
 
     async def body() -> None:
         await store.update(short, {"status": "succeeded"}, 0.3)
         await store.update(lasting, {"status": "succeeded"}, 60.0)
+        # A restarted record is live again: it loses the expiry of its terminal cycle.
+        await store.update(replayed, {"status": "failed"}, 0.3)
+        assert await store.restart(replayed, {"status": "queued"}) is not None
         assert await store.set_nx(key, "v", 0.3) is None
         assert await store.incr(counter, 1, 0.3) == 1
         assert await store.get(short) is not None
@@ -188,6 +256,7 @@ def test_records_values_and_counters_expire_after_their_ttl(
         await asyncio.sleep(0.6)
         assert await store.get(short) is None
         assert await store.get(lasting) is not None
+        assert (await store.get(replayed) or {}).get("status") == "queued"
         assert await store.get_value(key) is None
         assert await store.set_nx(key, "fresh", None) is None
         assert await store.incr(counter) == 1
@@ -197,6 +266,7 @@ def test_records_values_and_counters_expire_after_their_ttl(
         await store.delete_value(counter)
         await store.delete(lasting)
         await store.delete(short)
+        await store.delete(replayed)
 
     run(loop, body())
 

@@ -114,7 +114,7 @@ def test_a_json_value_that_does_not_fit_the_registered_type_is_dead_lettered(app
     publish_raw(app, "not-int", body.encode())
     app.worker().run_until_idle()
     message = assert_dead_lettered_with_payload_error(app, "not-int")
-    assert "math.double(x): expected int, got str 'one'" in message
+    assert "math.double(x): expected int, got str" in message and "one" not in message
     assert ran == []
 
 

@@ -1,4 +1,7 @@
-"""ParamSpec typing end to end: mypy --strict checks task call sites and result types."""
+"""ParamSpec typing end to end: mypy --strict checks task call sites and result types.
+
+``delay``/``adelay`` and ``with_options(...).delay`` are checked against the task's
+signature; ``apply_async`` takes its arguments as a plain tuple and dict, which are not."""
 
 from __future__ import annotations
 
@@ -46,10 +49,16 @@ SAMPLE = textwrap.dedent(
     reveal_type(add(1, 2))  # <- inline_call
     reveal_type(resize.delay(640).get())  # <- bound_result
     resize.delay(TaskContext(id="x", name="n", queue="q"), 640)  # <- context_passed
+    add.with_options(priority=9).delay("one", 2)  # <- sender_str_for_int
+    add.with_options(prioirty=9)  # <- sender_unknown_option
+    add.with_options(countdown="soon")  # <- sender_option_type
+    reveal_type(add.with_options(queue="q", retries=1).delay(1, 2).get())  # <- sender_result
+    add.apply_async(("one", 2), priority=9)  # arguments in a tuple are not checked
 
 
     async def producer() -> AsyncResult[int]:
         handle = await add.adelay(1, 2)
+        await add.with_options(priority=1).adelay(1, y="2")  # <- sender_async_keyword
         reveal_type(await handle.aget())  # <- aget_result
         return handle
     """
@@ -80,6 +89,31 @@ EXPECTED: dict[str, list[tuple[str, str]]] = {
         ),
     ],
     "aget_result": [("note", r'Revealed type is "(builtins\.)?int"$')],
+    "sender_str_for_int": [
+        (
+            "error",
+            r'Argument 1 to "delay" of "TaskSender" has incompatible type "str"; expected "int"',
+        )
+    ],
+    "sender_unknown_option": [
+        ("error", r'Unexpected keyword argument "prioirty" for "with_options" of "Task"'),
+        ("note", r'"with_options" defined in "taskflow\.task"'),
+    ],
+    "sender_option_type": [
+        (
+            "error",
+            r'Argument "countdown" to "with_options" of "Task" has incompatible type "str"; '
+            r'expected "float"',
+        )
+    ],
+    "sender_result": [("note", r'Revealed type is "(builtins\.)?int"$')],
+    "sender_async_keyword": [
+        (
+            "error",
+            r'Argument "y" to "adelay" of "TaskSender" has incompatible type "str"; '
+            r'expected "int"',
+        )
+    ],
 }
 
 

@@ -125,7 +125,8 @@ def test_a_json_mapping_with_an_unknown_field_is_dead_lettered(app: App) -> None
     register_place(app, [])
     publish_raw(app, "bad-json", raw_envelope("bad-json", [{"id": "o-1", "colour": "red"}]))
     app.worker().run_until_idle()
-    assert "colour" in assert_dead_lettered_with_payload_error(app, "bad-json")
+    message = assert_dead_lettered_with_payload_error(app, "bad-json")
+    assert "unknown field" in message and "red" not in message
 
 
 def test_sending_the_wrong_message_class_fails_at_enqueue_and_enqueues_nothing(app: App) -> None:

@@ -230,6 +230,96 @@ def test_a_payload_that_does_not_fit_is_refused_and_nothing_is_enqueued(app: App
     assert len(app.results) == 0  # type: ignore[arg-type]
 
 
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("options", "option"),
+    [
+        ({"countdown": NAN}, "countdown"),
+        ({"countdown": INF}, "countdown"),
+        ({"countdown": -1}, "countdown"),
+        ({"countdown": True}, "countdown"),
+        ({"expires": NAN}, "expires"),
+        ({"expires": INF}, "expires"),
+        ({"expires": 0}, "expires"),
+        ({"expires": "nan"}, "expires"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": -2.5}, "timeout"),
+        ({"timeout": NAN}, "timeout"),
+        ({"timeout": "30"}, "timeout"),
+        ({"timeout": True}, "timeout"),
+        ({"retries": -1}, "retries"),
+        ({"retries": True}, "retries"),
+        ({"retries": 1.5}, "retries"),
+        ({"priority": True}, "priority"),
+        ({"priority": 10}, "priority"),
+        ({"task_id": ""}, "task_id"),
+        ({"task_id": 5}, "task_id"),
+    ],
+)
+def test_call_options_outside_the_protocol_are_refused_naming_task_and_option(
+    app: App, options: dict[str, object], option: str
+) -> None:
+    @app.task(name="shop.job")
+    def job() -> None: ...
+
+    with pytest.raises(ValueError, match=rf"shop\.job: {option}"):
+        job.apply_async(**options)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=rf"shop\.job: {option}"):
+        app.send_task("shop.job", **options)
+    assert ready(app) == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "option"),
+    [
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": NAN}, "timeout"),
+        ({"retries": -1}, "retries"),
+        ({"retries": False}, "retries"),
+        ({"priority": True}, "priority"),
+        ({"retry_backoff": NAN}, "retry_backoff"),
+        ({"retry_backoff_max": INF}, "retry_backoff_max"),
+    ],
+)
+def test_task_options_outside_the_protocol_are_refused_at_declaration(
+    app: App, options: dict[str, object], option: str
+) -> None:
+    with pytest.raises(ValueError, match=rf"shop\.job: {option}"):
+
+        @app.task(name="shop.job", **options)  # type: ignore[call-overload]
+        def job() -> None: ...
+
+
+def test_arguments_nested_beyond_the_protocol_limit_are_refused_at_the_call(app: App) -> None:
+    @app.task(name="shop.tree")
+    def tree(node, *, extra: object = None) -> None:  # type: ignore[no-untyped-def]
+        ...
+
+    def nested(depth: int) -> list[object]:
+        value: list[object] = []
+        for _ in range(depth - 1):
+            value = [value]
+        return value
+
+    tree.delay(nested(64))  # exactly the limit
+    with pytest.raises(PayloadError, match=r"shop\.tree\(argument 1\): nested deeper than 64"):
+        tree.delay(nested(65))
+    with pytest.raises(PayloadError, match=r"shop\.tree\(extra\): nested deeper than 64"):
+        tree.delay(1, extra=nested(65))
+    with pytest.raises(PayloadError, match=r"shop\.tree"):
+        tree.delay(nested(400))  # deeper than Python's stack would take: not a RecursionError
+    with pytest.raises(PayloadError, match=r"send\.deep"):
+        app.send_task("send.deep", args=(nested(400),))
+    assert ready(app) == 1
+
+
+def test_a_task_name_must_be_a_non_empty_string(app: App) -> None:
+    with pytest.raises(ValueError, match="task name"):
+        app.send_task("")
+
+
 def test_send_task_by_name_enqueues_without_the_function(app: App) -> None:
     result = app.send_task("elsewhere.job", args=(1, "a"), kwargs={"k": [1]}, priority=3)
     [body] = queued_bodies(app)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+
 import orjson
 import pytest
 
 from taskflow import Envelope, PayloadError
-from taskflow.codec import EnvelopeError, decode_envelope, encode_envelope
+from taskflow.codec import MAX_DEPTH, EnvelopeError, decode_envelope, encode_envelope
 from taskflow.message import PROTOCOL_VERSION
 
 
@@ -102,3 +104,123 @@ def test_an_unserializable_payload_is_a_payload_error_naming_the_task() -> None:
     env = Envelope(id="t", task="shop.add", queue="q", args=[object()])
     with pytest.raises(PayloadError, match="shop.add"):
         encode_envelope(env)
+
+
+# -- exactly what docs/protocol.md section 2 allows ---------------------------------------
+BASE = '"id": "a", "task": "t", "queue": "q"'
+
+
+@pytest.mark.parametrize(
+    ("fields", "names"),
+    [
+        ('"v": true', "version"),
+        ('"v": 1.0', "version"),
+        ('"v": "1"', "version"),
+        ('"v": 1, "attempt": 0', "'attempt'"),
+        ('"v": 1, "attempt": -3', "'attempt'"),
+        ('"v": 1, "attempt": true', "'attempt'"),
+        ('"v": 1, "attempt": 9223372036854775807', "'attempt'"),  # no next attempt fits
+        ('"v": 1, "max_retries": -1', "'max_retries'"),
+        ('"v": 1, "max_retries": false', "'max_retries'"),
+        ('"v": 1, "max_retries": 2.0', "'max_retries'"),
+        ('"v": 1, "priority": 1.5', "'priority'"),
+        ('"v": 1, "timeout": "nan"', "'timeout'"),
+        ('"v": 1, "timeout": "30"', "'timeout'"),
+        ('"v": 1, "timeout": 0', "'timeout'"),
+        ('"v": 1, "timeout": -1.5', "'timeout'"),
+        ('"v": 1, "timeout": true', "'timeout'"),
+        ('"v": 1, "eta": "nan"', "'eta'"),
+        ('"v": 1, "expires": "inf"', "'expires'"),
+        ('"v": 1, "expires": 1e999', "not valid JSON"),  # orjson refuses infinity
+        ('"v": 1, "created_at": "now"', "'created_at'"),
+        ('"v": 1, "created_at": null', "'created_at'"),
+        ('"v": 1, "canvas": 7', "'canvas'"),
+        ('"v": 1, "canvas": []', "'canvas'"),
+        ('"v": 1, "headers": {"h": 1}', "'headers'"),
+        ('"v": 1, "headers": null', "'headers'"),
+        ('"v": 1, "idempotency_key": 5', "'idempotency_key'"),
+        ('"v": 1, "parent_id": {}', "'parent_id'"),
+        ('"v": 1, "content_type": 5', "'content_type'"),
+        ('"v": 1, "kwargs": null', "kwargs"),
+    ],
+)
+def test_a_field_outside_the_protocol_is_undecodable_and_named(fields: str, names: str) -> None:
+    with pytest.raises(EnvelopeError, match=names):
+        decode_envelope(f"{{{fields}, {BASE}}}".encode())
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"v": 1, "id": "", "task": "t", "queue": "q"},
+        {"v": 1, "id": "a", "task": "", "queue": "q"},
+        {"v": 1, "id": "a", "task": "t", "queue": "two words"},
+    ],
+)
+def test_empty_names_and_a_queue_with_whitespace_are_undecodable(doc: dict[str, object]) -> None:
+    with pytest.raises(EnvelopeError):
+        decode_envelope(orjson.dumps(doc))
+
+
+def test_the_documented_ranges_decode() -> None:
+    body = (
+        f'{{"v": 1, {BASE}, "attempt": 9223372036854775806, "max_retries": 9223372036854775807,'
+        ' "priority": 9, "timeout": 0.001, "eta": -5, "expires": 1e300, "created_at": 3,'
+        ' "canvas": null, "headers": {}, "idempotency_key": null}'
+    ).encode()
+    env = decode_envelope(body)
+    assert (env.attempt, env.priority, env.timeout, env.eta) == (2**63 - 2, 9, 0.001, -5.0)
+    assert decode_envelope(encode_envelope(env)) == env  # a decoded envelope re-encodes
+
+
+def test_arguments_nest_at_most_max_depth_levels() -> None:
+    def nested(depth: int) -> object:
+        value: object = 1
+        for _ in range(depth):
+            value = [value]
+        return value
+
+    ok = orjson.dumps({"v": 1, "id": "a", "task": "t", "queue": "q", "args": [nested(MAX_DEPTH)]})
+    assert decode_envelope(ok).args == [nested(MAX_DEPTH)]
+    for depth in (MAX_DEPTH + 1, 400, 1000):
+        value = b"[" * depth + b"1" + b"]" * depth  # orjson would not write this deep
+        deep = b'{"v": 1, "id": "a", "task": "t", "queue": "q", "kwargs": {"x": %s}}' % value
+        with pytest.raises(EnvelopeError, match="nests deeper than 64 levels"):
+            decode_envelope(deep)
+
+
+def test_bad_base64_in_a_msgpack_payload_is_undecodable_even_with_non_ascii_text() -> None:
+    for payload in ["not base64!", "ünïcode", 5]:
+        body = orjson.dumps(
+            {"v": 1, "id": "a", "task": "t", "queue": "q", "payload": payload}
+            | {"content_type": "application/x-msgpack"}
+        )
+        with pytest.raises(EnvelopeError, match="payload"):
+            decode_envelope(body)
+
+
+@pytest.mark.parametrize(
+    "unpacked",
+    [
+        [[b"raw bytes"], {}],
+        [[float("nan")], {}],
+        [[], {1: "non-string key"}],
+        [[{"k": {2: "nested non-string key"}}], {}],
+    ],
+)
+def test_a_msgpack_payload_must_hold_json_values_only(unpacked: list[object]) -> None:
+    msgpack = pytest.importorskip("msgpack")
+    packed = base64.b64encode(msgpack.packb(unpacked, strict_types=False)).decode()
+    body = orjson.dumps(
+        {"v": 1, "id": "a", "task": "t", "queue": "q", "payload": packed}
+        | {"content_type": "application/x-msgpack"}
+    )
+    with pytest.raises(EnvelopeError, match="only JSON values|not valid msgpack"):
+        decode_envelope(body)
+
+
+def test_an_envelope_error_names_types_never_argument_values() -> None:
+    body = b'{"v": 1, "id": "a", "task": "t", "queue": "q", "headers": {"h": ["s3cret"]}}'
+    with pytest.raises(EnvelopeError) as info:
+        decode_envelope(body)
+    assert "s3cret" not in str(info.value)

@@ -248,11 +248,11 @@ def test_int_parameter_rejects_str_naming_task_parameter_and_expected_type() -> 
     with pytest.raises(PayloadError) as info:
         build_schema(send, "shop.send").encode_args(("abc",), {})
 
-    assert str(info.value) == "shop.send(to): expected int, got str 'abc'"
+    assert str(info.value) == "shop.send(to): expected int, got str"
 
 
 def test_int_parameter_rejects_bool() -> None:
-    with pytest.raises(PayloadError, match="expected int, got bool True"):
+    with pytest.raises(PayloadError, match="expected int, got bool$"):
         schema_for(int).encode_args((True,), {})
 
 
@@ -266,12 +266,11 @@ def test_payload_error_is_also_a_type_error() -> None:
         schema_for(str).encode_args((1,), {})
 
 
-def test_long_bad_values_are_truncated_in_the_message() -> None:
+def test_a_bad_value_is_named_by_its_type_never_quoted() -> None:
     with pytest.raises(PayloadError) as info:
         schema_for(int).encode_args(("x" * 500,), {})
 
-    assert len(str(info.value)) < 100
-    assert "..." in str(info.value)
+    assert str(info.value) == "t.rt(value): expected int, got str"
 
 
 def test_literal_rejects_true_where_one_is_expected() -> None:
@@ -280,7 +279,7 @@ def test_literal_rejects_true_where_one_is_expected() -> None:
 
 
 def test_enum_decoding_rejects_an_unknown_value() -> None:
-    with pytest.raises(PayloadError, match="expected Color, got str 'blue'"):
+    with pytest.raises(PayloadError, match="expected Color, got str$"):
         schema_for(Color).decode_args(["blue"], {})
 
 
@@ -378,7 +377,7 @@ def test_nested_dataclass_list_error_names_the_full_path() -> None:
     with pytest.raises(PayloadError) as info:
         schema.encode_args((Order(UUID(int=1), items),), {})
 
-    assert str(info.value) == "shop.place(order.items[2].qty): expected int, got str '3'"
+    assert str(info.value) == "shop.place(order.items[2].qty): expected int, got str"
 
 
 def test_list_parameter_error_names_the_index() -> None:
@@ -390,11 +389,11 @@ def test_list_parameter_error_names_the_index() -> None:
     with pytest.raises(PayloadError) as info:
         build_schema(f, "shop.f").encode_args((items,), {})
 
-    assert str(info.value) == "shop.f(items[1].qty): expected int, got str 'x'"
+    assert str(info.value) == "shop.f(items[1].qty): expected int, got str"
 
 
 def test_dataclass_decoding_rejects_an_unknown_field() -> None:
-    with pytest.raises(PayloadError, match="unknown field 'colour' for LineItem"):
+    with pytest.raises(PayloadError, match=r"unknown field for LineItem \(its fields: sku, qty"):
         schema_for(LineItem).decode_args([{"sku": "a", "qty": 1, "colour": "red"}], {})
 
 
@@ -434,7 +433,7 @@ def test_named_tuple_travels_as_a_list() -> None:
 
 
 def test_dict_with_int_keys_rejects_a_non_numeric_key_when_decoding() -> None:
-    with pytest.raises(PayloadError, match=r"t\.rt\(value\['x'\]\): bad dict key"):
+    with pytest.raises(PayloadError, match=r"t\.rt\(value\[<key>\]\): bad dict key"):
         schema_for(dict[int, int]).decode_args([{"x": 1}], {})
 
 
@@ -569,7 +568,7 @@ def test_return_value_that_does_not_fit_names_return() -> None:
     with pytest.raises(PayloadError) as info:
         build_schema(add, "shop.add").encode_result("3")
 
-    assert str(info.value) == "shop.add(return): expected int, got str '3'"
+    assert str(info.value) == "shop.add(return): expected int, got str"
 
 
 def test_none_return_annotation_only_accepts_none() -> None:
@@ -659,12 +658,12 @@ def test_unannotated_arbitrary_object_is_rejected_as_not_json_serializable() -> 
 
 
 def test_unannotated_dict_with_non_string_keys_is_rejected() -> None:
-    with pytest.raises(PayloadError, match=r"value\[1\]: dict keys must be str"):
+    with pytest.raises(PayloadError, match=r"value\[<key>\]: dict keys must be str, got int"):
         encode_any({1: "a"})
 
 
 def test_decode_any_rejects_an_unknown_tag() -> None:
-    with pytest.raises(PayloadError, match="unknown tagged value 'pickle'"):
+    with pytest.raises(PayloadError, match="unknown __tf__ tag"):
         decode_any({"__tf__": "pickle", "v": "..."})
 
 
@@ -826,3 +825,163 @@ def test_schema_is_built_once_and_encoding_never_inspects_annotations_again(
     order = Order(UUID(int=1), [LineItem("a", 1)])
     assert roundtrip(schema, order, when=AWARE) == ((order,), {"when": AWARE})
     assert schema.decode_result(over_the_wire(schema.encode_result(order.items))) == order.items
+
+
+# --------------------------------------------------------------------------- no values in errors
+
+SECRET = "sk_live_TOPSECRET"
+
+
+@dataclasses.dataclass
+class Card:
+    number: str
+    cvc: int
+
+    def __post_init__(self) -> None:
+        if not self.number.isdigit():
+            raise ValueError(f"card number {self.number} is not numeric")
+
+
+class Tier(enum.Enum):
+    GOLD = "gold"
+
+
+class Account(TypedDict):
+    token: int
+
+
+class Pair(NamedTuple):
+    left: int
+    right: int
+
+
+SECRET_CASES: list[tuple[Any, Any]] = [
+    # (annotation, wire value the worker receives)
+    (int, SECRET),
+    (float, SECRET),
+    (bool, SECRET),
+    (str, [SECRET]),
+    (bytes, SECRET + "!"),
+    (bytes, SECRET + "é"),
+    (datetime, SECRET),
+    (date, {"__tf__": "date", "v": SECRET}),
+    (time, SECRET),
+    (timedelta, SECRET),
+    (UUID, SECRET),
+    (Decimal, SECRET + "x"),
+    (Tier, SECRET),
+    (Literal["a", "b"], SECRET),
+    (list[int], [1, SECRET]),
+    (tuple[int, str], [SECRET]),
+    (set[int], [SECRET]),
+    (dict[str, int], {SECRET: SECRET}),
+    (dict[int, str], {SECRET: "x"}),
+    (Mapping[UUID, int], {SECRET: 1}),
+    (LineItem, {"sku": "a", "qty": SECRET}),
+    (LineItem, {"sku": "a", "qty": 1, SECRET: 1}),
+    (Card, {"number": SECRET, "cvc": 1}),
+    (Account, {"token": SECRET}),
+    (Account, {SECRET: 1}),
+    (Pair, [SECRET, 1]),
+    (int | None, SECRET),
+    (int | UUID, SECRET),
+    (Any, {"__tf__": "datetime", "v": SECRET}),
+    (Any, {"__tf__": SECRET, "v": 1}),
+    (Any, {"__tf__": "decimal", "v": SECRET + "x"}),
+    (Any, {"__tf__": "bytes", "v": SECRET + "é"}),
+    (Any, {"__tf__": "protobuf", "type": "google.protobuf.Timestamp", "v": SECRET + "é"}),
+]
+
+
+@pytest.mark.parametrize(("annotation", "wire"), SECRET_CASES)
+def test_a_decoding_error_names_the_type_never_the_value(annotation: Any, wire: Any) -> None:
+    with pytest.raises(PayloadError) as info:
+        schema_for(annotation).decode_args([wire], {})
+    assert SECRET not in str(info.value)
+    assert str(info.value).startswith("t.rt(value")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        SECRET,
+        [SECRET],
+        {SECRET: object()},
+        {5: SECRET},
+        LineItem(SECRET, SECRET),  # type: ignore[arg-type]
+    ],
+)
+def test_an_encoding_error_names_the_type_never_the_value(value: Any) -> None:
+    for annotation in (int, list[int], LineItem, dict[str, int], Any):
+        try:
+            schema_for(annotation).encode_args((value,), {})
+        except PayloadError as exc:
+            assert SECRET not in str(exc)
+    with pytest.raises(PayloadError) as info:
+        encode_any({"ok": [1, {SECRET: object()}]})
+    assert SECRET not in str(info.value)
+    assert str(info.value) == "value[<key>][1][<key>]: object object is not JSON-serializable"
+
+
+def test_protobuf_errors_never_quote_the_value() -> None:
+    timestamp_pb2 = pytest.importorskip("google.protobuf.timestamp_pb2")
+    schema = schema_for(timestamp_pb2.Timestamp)
+    for wire in (
+        {"__tf__": "protobuf", "type": "google.protobuf.Timestamp", "v": SECRET + "é"},
+        {"__tf__": "protobuf", "type": f"{SECRET} x", "v": ""},
+        {"seconds": SECRET},  # the proto3 JSON mapping, with a value of the wrong type
+        {SECRET: 1},
+        SECRET,
+    ):
+        with pytest.raises(PayloadError) as info:
+            schema.decode_args([wire], {})
+        assert SECRET not in str(info.value)
+
+
+def test_pydantic_errors_say_where_and_why_never_the_value() -> None:
+    pydantic = pytest.importorskip("pydantic")
+
+    class Login(pydantic.BaseModel):  # type: ignore[misc, name-defined]
+        user: str
+        pin: int
+        scores: dict[str, int] = {}
+
+        @pydantic.field_validator("user")  # type: ignore[misc]
+        @classmethod
+        def no_spaces(cls, value: str) -> str:
+            if " " in value:
+                raise ValueError(f"user {value!r} has spaces")
+            return value
+
+    schema = schema_for(Login, "acct.login")
+    for wire in (
+        {"user": "a", "pin": SECRET},
+        {"user": f"{SECRET} x", "pin": 1},
+        {"user": "a", "pin": 1, "scores": {SECRET: SECRET}},
+    ):
+        with pytest.raises(PayloadError, match=r"acct\.login\(value\): invalid Login") as info:
+            schema.decode_args([wire], {})
+        assert SECRET not in str(info.value)
+    with pytest.raises(PayloadError, match=r"pin: Input should be a valid integer"):
+        schema.decode_args([{"user": "a", "pin": SECRET}], {})
+
+
+def test_nesting_deeper_than_the_stack_is_a_payload_error_not_a_recursion_error() -> None:
+    deep: Any = 1
+    for _ in range(400):
+        deep = {"k": [deep]}
+    with pytest.raises(PayloadError, match=r"t\.rt\(value\): nested too deeply"):
+        schema_for(Any).decode_args([deep], {})
+    with pytest.raises(PayloadError, match=r"t\.rt\(value\): nested too deeply"):
+        schema_for(Any).encode_args((deep,), {})
+    with pytest.raises(PayloadError, match="nested too deeply"):
+        decode_any(deep)
+    with pytest.raises(PayloadError, match=r"t\.rt\(value\): nested too deeply"):
+        schema_for(TreeNode).decode_args([_tree(400)], {})
+
+
+def _tree(depth: int) -> dict[str, Any]:
+    node: dict[str, Any] = {"label": "leaf", "children": []}
+    for _ in range(depth):
+        node = {"label": "n", "children": [node]}
+    return node

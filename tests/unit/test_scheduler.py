@@ -109,9 +109,9 @@ def test_remove_and_drain_take_jobs_out(clock: FakeClock) -> None:
     assert len(sched) == 0 and sched.pop() is None
 
 
-def test_each_redelivery_counts_as_an_attempt() -> None:
+def test_a_redelivery_is_the_same_attempt() -> None:
     assert job("t", attempt=1, deliveries=1).attempt == 1
-    assert job("t", attempt=2, deliveries=3).attempt == 4
+    assert job("t", attempt=2, deliveries=3).attempt == 2
     assert job("t", attempt=1, deliveries=0).attempt == 1
 
 

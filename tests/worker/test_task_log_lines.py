@@ -31,7 +31,10 @@ def test_each_state_change_logs_one_line_without_arguments_or_results(
 
     lines = [r.getMessage() for r in caplog.records if result.id in r.getMessage()]
     assert len(lines) == 2
-    assert "retrying" in lines[0] and "ConnectionError: gateway down" in lines[0]
+    # How long the attempt ran and when it is retried are told apart.
+    assert lines[0].endswith(
+        "failed after 0.0ms (attempt 1): ConnectionError: gateway down; retry 1/1 in 1.00s"
+    )
     assert "succeeded" in lines[1] and "(attempt 2)" in lines[1]
     assert all(charge.name in line and "\n" not in line for line in lines)
     assert not any("SECRET" in r.getMessage() for r in caplog.records)

@@ -1,6 +1,8 @@
 -- Operator actions on one queue. ARGV: prefix, now, action, queue, then extras.
--- depth -> {ready, scheduled, inflight, dead}; cancel id -> 0/1; purge -> count;
--- replay [ids...] -> count (all dead letters when no ids are given).
+-- depth -> {ready, scheduled, inflight, dead}; cancel id -> 0/1;
+-- purge '1'|'0' (with scheduled) -> ids dropped;
+-- replay [ids...] -> count (all dead letters when no ids are given);
+-- requeue then per message: id, body, priority, max_deliveries -> ids moved.
 local action, q = ARGV[3], ARGV[4]
 
 local function promote()
@@ -42,17 +44,43 @@ elseif action == 'cancel' then
   redis.call('DEL', mkey(id))
   return 1
 elseif action == 'purge' then
-  local count = 0
-  for _, kind in ipairs({'ready', 'sched'}) do
+  promote() -- a due message counts as ready
+  local kinds = {'ready'}
+  if ARGV[5] == '1' then
+    kinds[2] = 'sched'
+  end
+  local dropped = {}
+  for _, kind in ipairs(kinds) do
     local key = qkey(q, kind)
     for _, id in ipairs(redis.call('ZRANGE', key, 0, -1)) do
       redis.call('DEL', mkey(id))
-      count = count + 1
+      dropped[#dropped + 1] = id
     end
     redis.call('DEL', key)
   end
   redis.call('DEL', qkey(q, 'notify'))
-  return count
+  return dropped
+elseif action == 'requeue' then
+  local dead = qkey(q, 'dead')
+  local moved = {}
+  for i = 5, #ARGV, 4 do
+    local id, body, pri, maxd = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+    local key = mkey(id)
+    -- Only a message that is still a dead letter of this queue moves: a second replay
+    -- of the same id (or an id sent anew meanwhile) finds another state and is skipped.
+    local m = redis.call('HMGET', key, 'st', 'q')
+    if m[1] == 'd' and m[2] == q then
+      redis.call('HDEL', key, 'rs', 'er', 'ft')
+      redis.call('HSET', key, 'b', body, 'p', pri, 'md', maxd, 'dc', 0)
+      redis.call('LREM', dead, 0, id)
+      make_ready(id, q, pri)
+      moved[#moved + 1] = id
+    end
+  end
+  if #moved > 0 then
+    wake(q, #moved)
+  end
+  return moved
 elseif action == 'replay' then
   local dead = qkey(q, 'dead')
   local ids = {}

@@ -33,6 +33,81 @@ local function wake(queue, count)
   redis.call('PEXPIRE', key, 60000)
 end
 
+-- Wake idle fetchers when a delayed message becomes the earliest of its queue, so that
+-- they look again at its due time instead of after a whole blocking period.
+local function schedule(id, queue, due)
+  local sched = qkey(queue, 'sched')
+  local first = redis.call('ZRANGE', sched, 0, 0, 'WITHSCORES')
+  redis.call('ZADD', sched, due, id)
+  if first[2] == nil or tonumber(due) < tonumber(first[2]) then
+    wake(queue, 1)
+  end
+end
+
+-- Framing written by hand (another producer, an operator) may be malformed. Scripts
+-- check it before they move a message, so that a bad one is dead-lettered on its own
+-- instead of failing the script half-way (Redis does not roll a failed script back).
+local function int_in(v, lo, hi)
+  local n = tonumber(v)
+  if n == nil or n ~= math.floor(n) or n < lo or (hi ~= nil and n > hi) then
+    return nil
+  end
+  return n
+end
+
+-- Whether s is valid UTF-8 (ids travel to Python as str). Ids are short and plain ASCII
+-- in practice, which the first test settles at once.
+local function utf8_ok(s)
+  if not string.find(s, '[\128-\255]') then
+    return true
+  end
+  local i, n = 1, #s
+  while i <= n do
+    local c = string.byte(s, i)
+    local len, lo, hi = 1, 0x80, 0xBF
+    if c < 0x80 then
+      len = 1
+    elseif c >= 0xC2 and c <= 0xDF then
+      len = 2
+    elseif c >= 0xE0 and c <= 0xEF then
+      len = 3
+      if c == 0xE0 then lo = 0xA0 elseif c == 0xED then hi = 0x9F end
+    elseif c >= 0xF0 and c <= 0xF4 then
+      len = 4
+      if c == 0xF0 then lo = 0x90 elseif c == 0xF4 then hi = 0x8F end
+    else
+      return false
+    end
+    for j = i + 1, i + len - 1 do
+      local cc = string.byte(s, j)
+      if cc == nil or cc < lo or cc > hi then
+        return false
+      end
+      lo, hi = 0x80, 0xBF
+    end
+    i = i + len
+  end
+  return true
+end
+
+-- What is wrong with message id's framing (nil if nothing). m = HMGET b, p, dc, md, q.
+local function framing_error(id, queue, m)
+  if not utf8_ok(id) then
+    return 'the message id is not UTF-8'
+  elseif not m[1] then
+    return 'the message has no body (field b)'
+  elseif not int_in(m[2], 0, 9) then
+    return 'field p (priority) is not an integer 0-9'
+  elseif not int_in(m[3], 0) then
+    return 'field dc (delivery count) is not a non-negative integer'
+  elseif not int_in(m[4], 1) then
+    return 'field md (max deliveries) is not a positive integer'
+  elseif m[5] ~= queue then
+    return 'field q does not name the queue the message was taken from'
+  end
+  return nil
+end
+
 local function bury(id, queue, reason, err)
   redis.call('HSET', mkey(id), 'st', 'd', 'tk', '', 'rs', reason, 'er', err or '',
     'ft', ARGV[2])

@@ -1,30 +1,71 @@
 -- Lease up to ARGV[4] ready messages from the queues ARGV[6..], in that order.
 -- ARGV: prefix, now, lease seconds, max, queue count, queues...
 -- First reclaims expired leases and promotes due scheduled messages of those queues.
--- Returns {next_due, n_lost, [lost id, queue, body] * n_lost,
+-- Returns {next_due, n_dead, [id, queue, body, reason, error, delivery_count] * n_dead,
 --          [id, queue, body, priority, delivery_count, token] * taken}; next_due is the
 -- earliest future schedule or lease deadline ('' if none) so an idle caller knows when
--- to look again; the lost ones were dead-lettered (worker_lost) by this call's reclaim.
+-- to look again; the dead ones were dead-lettered by this call: 'worker_lost' (reclaimed
+-- past their delivery budget) or 'undecodable' (malformed framing, see common.lua).
+-- Nothing here can fail half-way: every message is checked before it is moved.
 local lease = tonumber(ARGV[3])
 local max = tonumber(ARGV[4])
 local nq = tonumber(ARGV[5])
 local next_due = nil
-local lost = {}
+local dead = {}
+
+local function report(id, q, reason, err, dc)
+  dead[#dead + 1] = id
+  dead[#dead + 1] = q
+  dead[#dead + 1] = redis.call('HGET', mkey(id), 'b') or ''
+  dead[#dead + 1] = reason
+  dead[#dead + 1] = err
+  dead[#dead + 1] = tostring(dc)
+end
+
+-- The message fields, or nil and why they cannot be used.
+local function read(id, q)
+  local key = mkey(id)
+  local m = redis.pcall('HMGET', key, 'b', 'p', 'dc', 'md', 'q', 'st')
+  if m.err then
+    -- Not a hash at all: replace it with an empty dead letter under that id.
+    redis.call('DEL', key)
+    redis.call('HSET', key, 'q', q, 'p', 0, 'dc', 0, 'md', 1)
+    return nil, 'the message key is not a hash'
+  end
+  if not (m[1] or m[2] or m[3] or m[4] or m[5] or m[6]) then
+    return nil, nil -- gone (acked, cancelled or purged meanwhile): nothing to do
+  end
+  local err = framing_error(id, q, m)
+  if err then
+    -- Keep the dead letter listable and replayable: only valid numbers stay.
+    redis.call('HSET', key, 'q', q, 'p', int_in(m[2], 0, 9) or 0, 'dc', int_in(m[3], 0) or 0,
+      'md', int_in(m[4], 1) or 1)
+    return nil, err
+  end
+  return m, nil
+end
+
+local function reject(id, q, err)
+  bury(id, q, 'undecodable', 'malformed framing: ' .. err)
+  report(id, q, 'undecodable', 'malformed framing: ' .. err,
+    redis.call('HGET', mkey(id), 'dc') or '0')
+end
 
 local function reclaim(q)
   local inflight = qkey(q, 'inflight')
   local ids = redis.call('ZRANGEBYSCORE', inflight, '-inf', NOW, 'LIMIT', 0, 200)
   for _, id in ipairs(ids) do
     redis.call('ZREM', inflight, id)
-    local m = redis.call('HMGET', mkey(id), 'dc', 'md', 'p', 'st')
-    if m[4] == 'i' then
-      if tonumber(m[1]) >= tonumber(m[2]) then
+    local m, err = read(id, q)
+    if err then
+      reject(id, q, err)
+    elseif m and m[6] == 'i' then
+      local dc = tonumber(m[3])
+      if dc >= tonumber(m[4]) then
         bury(id, q, 'worker_lost', 'lease expired')
-        lost[#lost + 1] = id
-        lost[#lost + 1] = q
-        lost[#lost + 1] = redis.call('HGET', mkey(id), 'b') or ''
+        report(id, q, 'worker_lost', 'lease expired', dc)
       else
-        make_ready(id, q, m[3])
+        make_ready(id, q, m[2])
       end
     end
   end
@@ -35,9 +76,11 @@ local function promote(q)
   local ids = redis.call('ZRANGEBYSCORE', sched, '-inf', NOW, 'LIMIT', 0, 1000)
   for _, id in ipairs(ids) do
     redis.call('ZREM', sched, id)
-    local pri = redis.call('HGET', mkey(id), 'p')
-    if pri then
-      make_ready(id, q, pri)
+    local m, err = read(id, q)
+    if err then
+      reject(id, q, err)
+    elseif m then
+      make_ready(id, q, m[2])
     end
   end
 end
@@ -63,16 +106,20 @@ for i = 1, nq do
   note_due(qkey(q, 'inflight'))
   local ready = qkey(q, 'ready')
   if redis.call('SISMEMBER', paused, q) == 0 then
-    if taken < max then
+    while taken < max do
       local popped = redis.call('ZPOPMIN', ready, max - taken)
+      if #popped == 0 then
+        break
+      end
       for j = 1, #popped, 2 do
         local id = popped[j]
-        local key = mkey(id)
-        local m = redis.call('HMGET', key, 'b', 'p', 'dc')
-        if m[1] then
+        local m, err = read(id, q)
+        if err then
+          reject(id, q, err)
+        elseif m then
           local dc = tonumber(m[3]) + 1
           local token = tostring(redis.call('INCR', SEQ))
-          redis.call('HSET', key, 'st', 'i', 'dc', dc, 'tk', token)
+          redis.call('HSET', mkey(id), 'st', 'i', 'dc', dc, 'tk', token)
           redis.call('ZADD', qkey(q, 'inflight'), NOW + lease, id)
           out[#out + 1] = id
           out[#out + 1] = q
@@ -96,8 +143,8 @@ for i = 1, nq do
     end
   end
 end
-local reply = {next_due ~= nil and tostring(next_due) or '', tostring(#lost / 3)}
-for _, v in ipairs(lost) do
+local reply = {next_due ~= nil and tostring(next_due) or '', tostring(#dead / 6)}
+for _, v in ipairs(dead) do
   reply[#reply + 1] = v
 end
 for _, v in ipairs(out) do

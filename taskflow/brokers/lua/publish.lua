@@ -33,7 +33,7 @@ for i = 0, n - 1 do
   redis.call('HSET', key, 'b', body, 'q', q, 'p', pri, 'md', maxd, 'dc', 0)
   if eta ~= '' and tonumber(eta) > NOW then
     redis.call('HSET', key, 'st', 's')
-    redis.call('ZADD', qkey(q, 'sched'), eta, id)
+    schedule(id, q, eta)
   else
     make_ready(id, q, pri)
     woken[q] = (woken[q] or 0) + 1

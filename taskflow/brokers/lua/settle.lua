@@ -22,18 +22,19 @@ local function settle(action, id, token, a1, a2, a3)
   if action == 'ack' then
     redis.call('DEL', key)
   elseif action == 'requeue' then
-    -- An unstarted message goes back without spending a delivery.
-    redis.call('HSET', key, 'dc', math.max(0, tonumber(m[5]) - 1))
-    make_ready(id, q, m[4])
+    -- An unstarted message goes back without spending a delivery. (Fields were checked
+    -- when it was fetched; the defaults only keep a hand-edited hash from failing here.)
+    redis.call('HSET', key, 'dc', math.max(0, (int_in(m[5], 0) or 1) - 1))
+    make_ready(id, q, int_in(m[4], 0, 9) or 0)
     woken[q] = true
   elseif action == 'retry' then
-    redis.call('HSET', key, 'b', a1, 'dc', 0, 'md', math.max(1, tonumber(a3)), 'tk', '')
-    local delay = tonumber(a2)
+    redis.call('HSET', key, 'b', a1, 'dc', 0, 'md', int_in(a3, 1) or 1, 'tk', '')
+    local delay = tonumber(a2) or 0
     if delay > 0 then
       redis.call('HSET', key, 'st', 's')
-      redis.call('ZADD', qkey(q, 'sched'), NOW + delay, id)
+      schedule(id, q, NOW + delay)
     else
-      make_ready(id, q, m[4])
+      make_ready(id, q, int_in(m[4], 0, 9) or 0)
       woken[q] = true
     end
   else

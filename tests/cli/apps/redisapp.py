@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 from taskflow import App
 
@@ -14,4 +15,14 @@ app = App("cli-redis")
 def whoami(seconds: float) -> int:
     """Hold a slot for ``seconds``, then say which process ran the task."""
     time.sleep(seconds)
+    return os.getpid()
+
+
+@app.task(name="cli.hold")
+def hold() -> int:
+    """Write ``started-<pid>``; in a process started with ``TASKFLOW_TEST_BLOCK``, then
+    block in C for a minute (no cancellation interrupts that); say which process ran it."""
+    (Path(os.environ["TASKFLOW_TEST_DIR"]) / f"started-{os.getpid()}").write_text("")
+    if os.environ.get("TASKFLOW_TEST_BLOCK"):
+        time.sleep(60)
     return os.getpid()

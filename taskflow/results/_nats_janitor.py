@@ -1,0 +1,123 @@
+"""Physical retention for the NATS result store.
+
+nats-server before 2.11 has no per-message TTL, and a bucket-wide ``max_age`` would also
+drop live records that merely wait long in a queue. So the store keeps each value's expiry
+inside it (exact on every read) and a janitor deletes what has expired: every
+``sweep_interval`` seconds one process of the app (whichever takes the short ``janitor``
+lease first) reads the bucket once and deletes, by stream sequence, every expired value and
+every delete marker. Each removal is a purge of the key bounded by the sequence that was
+seen expired, which is safe against writers: a value rewritten meanwhile has a higher
+sequence and stays, and a compare-and-set against a removed sequence fails and re-reads
+an absent key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from typing import TYPE_CHECKING, Any
+
+import nats.errors
+from nats.js.kv import KV_DEL, KV_PURGE
+
+from ..errors import BrokerError
+
+if TYPE_CHECKING:
+    from .nats import NatsResultStore
+
+__all__ = ["Janitor", "sweep"]
+
+log = logging.getLogger("taskflow.results")
+
+_LEASE = "janitor"
+_READ_TIMEOUT = 5.0
+
+
+def _expired(entry: Any, now: float) -> bool:
+    if entry.operation in (KV_DEL, KV_PURGE):
+        return True
+    try:
+        expires = json.loads(entry.value).get("x")
+    except (ValueError, TypeError, AttributeError):
+        return False  # not written by taskflow: leave it alone
+    return isinstance(expires, int | float) and expires <= now
+
+
+async def sweep(store: NatsResultStore) -> int:
+    """Delete every expired value and delete marker of ``store``'s bucket now; how many."""
+    kv = store._bucket()
+    watcher = await store._call(kv.watch(">"))
+    doomed: list[tuple[str, int]] = []
+    now = store.clock.time()
+    try:
+        while True:
+            try:
+                entry = await watcher.updates(timeout=_READ_TIMEOUT)
+            except nats.errors.TimeoutError:
+                raise BrokerError(f"NATS {store._masked}: bucket scan stalled") from None
+            if entry is None:  # the initial values are done
+                break
+            if entry.revision is not None and _expired(entry, now):
+                doomed.append((entry.key, int(entry.revision)))
+    finally:
+        with contextlib.suppress(Exception):
+            await watcher.stop()
+    removed = 0
+    for key, seq in doomed:
+        removed += await _delete(store, key, seq)
+    return removed
+
+
+async def _delete(store: NatsResultStore, key: str, seq: int) -> int:
+    # A purge of the key's subject up to and including ``seq``: KV buckets deny deleting a
+    # single message, and the bound keeps a value written after the scan.
+    subject = f"$JS.API.STREAM.PURGE.KV_{store.bucket}"
+    payload = json.dumps({"filter": f"$KV.{store.bucket}.{key}", "seq": seq + 1}).encode()
+    reply = await store._call(store._conn().request(subject, payload, timeout=_READ_TIMEOUT))
+    answer = json.loads(reply.data)
+    error = answer.get("error")
+    if error:
+        raise BrokerError(f"NATS {store._masked}: purge: {error.get('description')}")
+    return int(answer.get("purged") or 0)
+
+
+class Janitor:
+    """The background task that runs :func:`sweep` every ``interval`` seconds."""
+
+    def __init__(self, store: NatsResultStore, interval: float) -> None:
+        self._store = store
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start on the running loop (idempotent)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop and wait for the task to end."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        failing = False
+        while True:
+            # Jitter, so the processes of one app do not all ask for the lease at once.
+            await asyncio.sleep(self._interval * random.uniform(0.8, 1.2))
+            try:
+                # One sweeper per interval across the app: the lease expires before the
+                # next round, so a sweeper that went away is replaced.
+                if await self._store.set_nx(_LEASE, "1", self._interval * 0.9) is None:
+                    removed = await sweep(self._store)
+                    log.debug("result store %s: removed %d expired entries", self._store, removed)
+                failing = False
+            except Exception as exc:  # a failed round is retried next round, never fatal
+                if not failing:  # once per outage, not once per round
+                    log.warning("%r: clean-up skipped: %s", self._store, exc)
+                failing = True

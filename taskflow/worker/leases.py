@@ -1,0 +1,110 @@
+"""Lease renewal, per delivery and deadline-driven.
+
+A broker delivers a message again once its lease runs out, so every delivery the worker
+holds (buffered, running, settling, or waiting out an outage while it is admitted) is
+renewed a third of its lease after it was taken, and every third of a lease after that.
+The deadlines are kept in one heap; the renewal task sleeps until the earliest one and is
+woken when a delivery with an earlier deadline arrives, so a new delivery never waits for
+a period computed from older ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+
+from ..brokers.base import Delivery
+from .resilience import Outage
+
+__all__ = ["LeaseKeeper"]
+
+log = logging.getLogger("taskflow.worker")
+
+# A renewal that failed (the broker is briefly away) is tried again this soon, at most.
+_RETRY_AFTER = 1.0
+
+
+class LeaseKeeper:
+    """Renews the leases of the deliveries a worker holds; run :meth:`run` as a task."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._heap: list[tuple[float, int, Delivery]] = []
+        self._held: set[Delivery] = set()
+        self._seq = itertools.count()
+        self._wake: asyncio.Event | None = None
+        self._outage = Outage(f"worker {name}: lease renewal")
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def hold(self, delivery: Delivery, since: float) -> None:
+        """Keep renewing ``delivery``, taken at loop time ``since``, until :meth:`drop`."""
+        lease = delivery.lease
+        if not lease:
+            return
+        self._held.add(delivery)
+        self._schedule(delivery, since + lease / 3)
+
+    def drop(self, delivery: Delivery) -> None:
+        """Stop renewing ``delivery`` (settled, handed back, or left to expire)."""
+        self._held.discard(delivery)
+
+    def _schedule(self, delivery: Delivery, due: float) -> None:
+        earliest = self._heap[0][0] if self._heap else None
+        heapq.heappush(self._heap, (due, next(self._seq), delivery))
+        if self._wake is not None and (earliest is None or due < earliest):
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Renew leases as they come due, until cancelled."""
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        try:
+            while True:
+                now = loop.time()
+                due: dict[Delivery, None] = {}
+                while self._heap and self._heap[0][0] <= now:
+                    _, _, delivery = heapq.heappop(self._heap)
+                    if delivery in self._held:
+                        due[delivery] = None
+                if due:
+                    await asyncio.gather(*(self._renew(d) for d in due))
+                    continue
+                self._wake.clear()
+                timeout = self._heap[0][0] - now if self._heap else None
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            self._wake = None
+
+    async def _renew(self, delivery: Delivery) -> None:
+        lease = delivery.lease or 0.0
+        loop = asyncio.get_running_loop()
+        try:
+            renewed = await delivery.touch()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._outage.failed(exc)
+            if delivery in self._held:
+                self._schedule(delivery, loop.time() + min(lease / 6, _RETRY_AFTER))
+            return
+        self._outage.recovered()
+        if not renewed:
+            # Too late: the broker has given it to somebody else; settling it is fenced.
+            self._held.discard(delivery)
+            log.warning(
+                "worker %s: the lease of message %s ran out before it was renewed; "
+                "the broker delivers it again",
+                self._name,
+                delivery.id,
+            )
+            return
+        if delivery in self._held:
+            self._schedule(delivery, loop.time() + lease / 3)

@@ -1,0 +1,128 @@
+"""Riding out a failed step: retry with backoff, and log an outage once, not per attempt.
+
+A worker talks to a broker and a result store that restart, fail over and time out. A step
+that fails for such a reason (a :class:`~taskflow.errors.BrokerError`, an ``OSError``, a
+timeout) is tried again with capped, jittered exponential backoff until it succeeds or the
+worker stops; the first failure is logged at WARNING with its cause, the recovery at INFO,
+and the attempts in between only at DEBUG. Anything else is a bug or a poisoned message and
+is left to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from ..errors import BrokerError
+
+__all__ = ["TRANSIENT", "Backoff", "Outage", "describe", "persist"]
+
+log = logging.getLogger("taskflow.worker")
+
+T = TypeVar("T")
+
+TRANSIENT: tuple[type[BaseException], ...] = (BrokerError, ConnectionError, TimeoutError, OSError)
+"""Errors of a backend that is down or slow: worth trying again."""
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` on one line, short (for log lines; no traceback)."""
+    text = " ".join(str(exc).split())
+    if len(text) > 200:
+        text = text[:197] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class Backoff:
+    """Delays for consecutive failures: ``first`` doubling up to ``cap``, jittered."""
+
+    __slots__ = ("_cap", "_first", "_next", "_rng")
+
+    def __init__(self, rng: random.Random, first: float = 0.05, cap: float = 5.0) -> None:
+        self._rng = rng
+        self._first = first
+        self._cap = cap
+        self._next = first
+
+    def delay(self) -> float:
+        """The next delay (between half and all of the current step), then double it."""
+        step = self._next
+        self._next = min(self._next * 2, self._cap)
+        return step * (0.5 + 0.5 * self._rng.random())
+
+    def reset(self) -> None:
+        """After a success: start again from ``first``."""
+        self._next = self._first
+
+
+class Outage:
+    """Logs one failing activity: the first failure, then its recovery, nothing between."""
+
+    __slots__ = ("_failures", "_what")
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._failures = 0
+
+    @property
+    def failing(self) -> bool:
+        """True between a failure and the next success."""
+        return self._failures > 0
+
+    def failed(self, exc: BaseException) -> None:
+        """Note a failure (WARNING the first time)."""
+        self._failures += 1
+        if self._failures == 1:
+            log.warning("%s failed (%s); retrying with backoff", self._what, describe(exc))
+        else:
+            log.debug("%s failed again (%s)", self._what, describe(exc))
+
+    def recovered(self) -> None:
+        """Note a success (INFO if it ends an outage)."""
+        if self._failures:
+            log.info("%s succeeded after %d failed attempts", self._what, self._failures)
+            self._failures = 0
+
+
+async def persist(
+    step: Callable[[], Awaitable[T]],
+    what: str,
+    rng: random.Random,
+    *,
+    cap: float = 5.0,
+    unexpected: int = 2,
+) -> T:
+    """Await ``step()`` until it succeeds.
+
+    :data:`TRANSIENT` errors (a backend that is down) are retried for as long as it takes;
+    any other error up to ``unexpected`` more times (the first one is logged with its
+    traceback), then it propagates. Cancellation (the worker stopping) propagates at once.
+    """
+    outage: Outage | None = None
+    backoff: Backoff | None = None
+    surprises = 0
+    while True:
+        try:
+            result = await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            transient = isinstance(exc, TRANSIENT)
+            if not transient:
+                surprises += 1
+                if surprises > unexpected:
+                    raise
+                if surprises == 1:
+                    log.warning("%s failed unexpectedly; retrying", what, exc_info=exc)
+            if outage is None or backoff is None:
+                outage, backoff = Outage(what), Backoff(rng, cap=cap)
+            if transient:
+                outage.failed(exc)
+            await asyncio.sleep(backoff.delay())
+            continue
+        if outage is not None:
+            outage.recovered()
+        return result

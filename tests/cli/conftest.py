@@ -1,0 +1,27 @@
+"""Fixtures of the command-line tests that talk to the shared Redis server."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import require_service
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """The shared server with a fresh key prefix, whose keys are deleted afterwards."""
+    require_service("redis", "127.0.0.1", 6379)
+    import redis
+
+    prefix = f"tfcli{uuid.uuid4().hex[:10]}"
+    yield f"redis://127.0.0.1:6379/0?prefix={prefix}"
+    client = redis.Redis(port=6379)
+    try:
+        for pattern in (f"{{{prefix}}}:*", f"{prefix}:*"):
+            for key in client.scan_iter(match=pattern, count=1000):
+                client.delete(key)
+    finally:
+        client.close()

@@ -1,0 +1,85 @@
+"""What the package and the README promise a newcomer is true: metadata, extras, the
+README's sample, the files it points to, and no claim of a broker that is not built."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+
+
+def project() -> dict[str, Any]:
+    with (ROOT / "pyproject.toml").open("rb") as fh:
+        table: dict[str, Any] = tomllib.load(fh)["project"]
+    return table
+
+
+def test_metadata_names_authors_versions_and_typing() -> None:
+    meta = project()
+    assert meta["authors"] == [{"name": "taskflow authors"}]
+    assert meta["requires-python"] == ">=3.11"
+    classifiers = set(meta["classifiers"])
+    for wanted in (
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Typing :: Typed",
+        "License :: OSI Approved :: Apache Software License",
+        "Framework :: AsyncIO",
+        "Topic :: System :: Distributed Computing",
+    ):
+        assert wanted in classifiers, wanted
+    assert meta["keywords"]
+    assert (ROOT / "taskflow" / "py.typed").is_file()
+
+
+def test_only_built_brokers_are_claimed() -> None:
+    meta = project()
+    extras = meta["optional-dependencies"]
+    assert "kombu" not in extras
+    assert not any("kombu" in req for reqs in extras.values() for req in reqs)
+    claims = [meta["description"], README] + [
+        (ROOT / "docs" / name).read_text()
+        for name in ("guide.md", "design.md", "performance.md", "canvas.md", "beat.md")
+    ]
+    for text in claims:
+        assert not re.search(r"rabbitmq|amqps?://|kombu", text, re.IGNORECASE), text[:80]
+
+
+def test_the_readme_sample_runs_as_printed() -> None:
+    sample = re.search(r"```python\n(.*?)```", README, re.DOTALL)
+    assert sample is not None
+    proc = subprocess.run(
+        [sys.executable, "-c", sample[1]],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "sent 'hello' to a@example.com\n"
+
+
+def test_every_path_the_readme_names_exists() -> None:
+    named = set(re.findall(r"\b((?:docs|scripts|examples|bench|\.ci)/[\w./-]*\w)", README))
+    assert {"scripts/test", "scripts/services.sh", "examples/quickstart.py"} <= named
+    missing = sorted(path for path in named if not (ROOT / path).exists())
+    assert not missing, missing
+
+
+def test_the_readme_commands_are_what_the_scripts_run() -> None:
+    assert "\n    bash scripts/test\n" in README
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "bash scripts/test" in ci
+    assert "bash scripts/services.sh" in ci
+    assert "../shared" not in ci
+    assert "../shared" not in (ROOT / "scripts" / "test").read_text()
+    for command in (".venv/bin/ruff check .", ".venv/bin/ruff format --check ."):
+        assert command in README and command in ci, command

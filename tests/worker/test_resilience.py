@@ -1,0 +1,256 @@
+"""A worker rides out a backend that is away and a message that cannot be decoded.
+
+Every stage survives a failed step (retry with backoff, one log line per outage), a stage
+that truly dies stops the worker and says so (``Worker.fatal``, ``run()`` raises), and no
+message is left unsettled: undecodable ones are dead-lettered at once, and an outcome is
+written however long the result store is away.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from taskflow import App, BrokerError, TaskFailed, TaskStatus, codec
+from taskflow.brokers import MemoryBroker, Message
+from taskflow.brokers.base import Delivery
+from taskflow.errors import PayloadError, WorkerCrashed
+from taskflow.results.memory import MemoryResultStore
+from taskflow.testing import running_worker
+
+WAIT = 10.0
+
+
+class FlakyStore(MemoryResultStore):
+    """A result store whose record writes fail while it is down (a restart, a failover)."""
+
+    def __init__(self, failures: int = 0) -> None:
+        super().__init__()
+        self.failures = failures  # the next this many writes fail
+        self.down = threading.Event()
+        self.refused = 0
+        self.refused_some = threading.Event()
+
+    async def update(
+        self, task_id: str, changes: dict[str, Any], ttl: float | None = None
+    ) -> dict[str, Any] | None:
+        if self.down.is_set() or self.failures > 0:
+            self.failures = max(0, self.failures - 1)
+            self.refused += 1
+            if self.refused >= 3:
+                self.refused_some.set()
+            raise BrokerError("result store redis://***@db:6379/0 is not reachable")
+        return await super().update(task_id, changes, ttl)
+
+
+@pytest.fixture
+def store() -> FlakyStore:
+    return FlakyStore()
+
+
+@pytest.fixture
+def flaky_app(store: FlakyStore) -> Iterator[App]:
+    application = App("flaky", broker=MemoryBroker(), results=store)
+    yield application
+    application.close()
+
+
+def _outage_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and "retrying with backoff" in r.getMessage()
+    ]
+
+
+def test_an_unknown_task_met_while_the_store_is_down_does_not_stop_the_fetcher(
+    flaky_app: App, store: FlakyStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    @flaky_app.task
+    def good(x: int) -> int:
+        return x * 2
+
+    unknown = flaky_app.send_task("nobody.knows.this", args=(1,))
+    store.failures = 4  # recording NotRegistered fails four times
+    with caplog.at_level(logging.INFO, logger="taskflow.worker"), running_worker(flaky_app):
+        assert good.delay(21).get(timeout=WAIT) == 42
+        with pytest.raises(TaskFailed) as info:
+            unknown.get(timeout=WAIT)
+    assert info.value.exc_type == "taskflow.errors.NotRegistered"
+    dead = flaky_app._call(flaky_app.broker.dead_letters("default"))
+    assert [(d.id, d.reason) for d in dead] == [(unknown.id, "not_registered")]
+    assert len(_outage_lines(caplog)) == 1  # one line for the outage, not one per attempt
+
+
+def test_a_task_whose_store_is_away_for_a_while_still_succeeds_once_it_is_back(
+    flaky_app: App, store: FlakyStore
+) -> None:
+    ran: list[int] = []
+
+    @flaky_app.task  # retries=0: a lost delivery would have failed it with WorkerLost
+    def job() -> str:
+        ran.append(1)
+        return "done"
+
+    store.down.set()
+    result = job.delay()
+    with running_worker(flaky_app):
+        assert store.refused_some.wait(WAIT)  # the worker keeps trying to mark it running
+        store.down.clear()
+        assert result.get(timeout=WAIT) == "done"
+    assert ran == [1]
+    assert result.info().attempts == 1
+    assert flaky_app._call(flaky_app.broker.dead_letters("default")) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b'{"v": 1, "id": "m1", "task": "t", "queue": "default", "canvas": 7}', "canvas"),
+        (b'{"v": 1, "id": "m1", "task": "t", "queue": "default", "attempt": 0}', "attempt"),
+        (b'{"v": 1, "id": "m1", "task": "t", "queue": "default", "headers": {"a": 1}}', "hdr"),
+        (b"\xff\xfe not json", "json"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_an_undecodable_message_is_dead_lettered_at_once_and_good_ones_still_run(
+    app: App, body: bytes, why: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    @app.task(name="t")
+    def t() -> str:
+        return "ran"
+
+    app._call(app._connect())
+    app._call(app.broker.publish([Message("m1", "default", body)]))
+    good = t.delay()
+    with caplog.at_level(logging.INFO, logger="taskflow.worker"), running_worker(app):
+        assert good.get(timeout=WAIT) == "ran"
+    dead = app._call(app.broker.dead_letters("default"))
+    assert [(d.id, d.reason) for d in dead] == [("m1", "undecodable")]
+    assert app.result("m1").status is TaskStatus.FAILED
+    lines = [r for r in caplog.records if "m1" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.WARNING
+    assert lines[0].exc_info is None
+
+
+@pytest.mark.parametrize(
+    "error",
+    [RecursionError("maximum recursion depth exceeded"), ValueError("bad text 'SECRET-9'")],
+)
+def test_any_error_decoding_the_arguments_fails_the_task_as_payload_without_its_values(
+    app: App, error: Exception, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran: list[int] = []
+
+    @app.task
+    def job(x: str) -> None:
+        ran.append(1)
+
+    def broken(args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+        raise error
+
+    monkeypatch.setattr(job.schema, "decode_args", broken)
+    result = job.delay("SECRET-9")
+    with running_worker(app):
+        with pytest.raises(TaskFailed) as info:
+            result.get(timeout=WAIT)
+    assert ran == []
+    assert info.value.exc_type == "taskflow.errors.PayloadError"
+    assert type(error).__name__ in info.value.message
+    assert "SECRET" not in info.value.message
+    dead = app._call(app.broker.dead_letters("default"))
+    assert [(d.id, d.reason) for d in dead] == [(result.id, "payload")]
+    assert "SECRET" not in str(dead[0].error)
+
+
+def test_a_retry_that_cannot_be_encoded_fails_the_task_instead_of_leaving_it(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    @app.task(retries=2, retry_backoff=0.0)
+    def job() -> None:
+        raise ConnectionError("down")
+
+    encode = codec.encode_envelope
+
+    def unencodable(env: Any) -> bytes:
+        if env.attempt > 1:  # e.g. an attempt past 64 bits, or headers that do not survive
+            raise PayloadError("job: envelope is not JSON-serializable: Integer exceeds 64-bit")
+        return encode(env)
+
+    monkeypatch.setattr(codec, "encode_envelope", unencodable)
+    result = job.delay()
+    with running_worker(app):
+        with pytest.raises(TaskFailed) as info:
+            result.get(timeout=WAIT)
+    assert info.value.exc_type == "ConnectionError"
+    dead = app._call(app.broker.dead_letters("default"))
+    assert [(d.id, d.reason) for d in dead] == [(result.id, "failed")]
+
+
+class BrokenFetch(MemoryBroker):
+    """A broker whose fetch fails: ``transient`` times with BrokerError, or always with a
+    bug (an error that is not a backend being down)."""
+
+    def __init__(self, transient: int = 0, bug: bool = False) -> None:
+        super().__init__()
+        self.transient = transient
+        self.bug = bug
+
+    async def fetch(
+        self, queues: Sequence[str], max_messages: int, timeout: float
+    ) -> list[Delivery]:
+        if self.bug:
+            raise RuntimeError("bug in the broker client")
+        if self.transient > 0:
+            self.transient -= 1
+            raise BrokerError("broker redis://***@mq:6379/0 is not reachable")
+        return await super().fetch(queues, max_messages, timeout)
+
+
+def test_a_fetch_stage_that_dies_stops_the_worker_and_run_raises_worker_crashed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with App("dies", broker=BrokenFetch(bug=True)) as app:
+        worker = app.worker(concurrency=1)
+        raised: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                worker.run()  # returns once the stage died, instead of blocking forever
+            except BaseException as exc:
+                raised.append(exc)
+
+        runner = threading.Thread(target=run)
+        with caplog.at_level(logging.WARNING, logger="taskflow.worker"):
+            runner.start()
+            runner.join(WAIT)
+        if runner.is_alive():
+            worker.stop_now()
+            runner.join()
+            pytest.fail("the worker kept running with a dead fetch stage")
+        assert isinstance(worker.fatal, RuntimeError)
+        assert len(raised) == 1 and isinstance(raised[0], WorkerCrashed)
+        assert raised[0].__cause__ is worker.fatal
+        assert "fetch stage died" in caplog.text
+        assert worker.stats()["state"] == "stopped"
+
+
+def test_a_broker_that_is_away_for_a_while_does_not_kill_the_fetch_stage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with App("away", broker=BrokenFetch(transient=6)) as app:
+
+        @app.task
+        def job() -> str:
+            return "ok"
+
+        with caplog.at_level(logging.INFO, logger="taskflow.worker"):
+            with app.worker(concurrency=1) as worker:
+                assert job.delay().get(timeout=WAIT) == "ok"
+        assert worker.fatal is None
+        assert len(_outage_lines(caplog)) == 1
+        assert "fetch succeeded after 6 failed attempts" in caplog.text
