@@ -57,7 +57,7 @@ def one_run(kind: str, n: int, concurrency: int) -> tuple[float, float]:
     worker = app.worker(concurrency=concurrency)
     t1 = time.perf_counter()
     worker.start()
-    while worker.counts["processed"] < n:
+    while worker.counts.processed < n:
         time.sleep(0.001)
     drain = n / (time.perf_counter() - t1)
     worker.stop()

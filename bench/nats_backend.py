@@ -83,7 +83,7 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 def _depth(bench: App) -> dict[str, int]:
-    return bench._call(bench.broker.depth("default"))  # type: ignore[attr-defined]
+    return bench.kernel.call(bench.broker.depth("default"))  # type: ignore[attr-defined]
 
 
 def _warm(bench: App, processes: int) -> None:
@@ -102,12 +102,12 @@ def enqueue_rates(bench: App, tasks: int) -> list[tuple[str, float]]:
         for _ in range(tasks):
             task.delay()
         rows.append((f"enqueue delay() loop ({label})", tasks / (time.perf_counter() - started)))
-        bench._call(bench.broker.purge("default"))  # type: ignore[attr-defined]
+        bench.kernel.call(bench.broker.purge("default"))  # type: ignore[attr-defined]
         started = time.perf_counter()
         for _ in range(0, tasks, 1000):
             bench.enqueue_many([task.s() for _ in range(1000)])
         rows.append((f"enqueue_many ({label})", tasks / (time.perf_counter() - started)))
-        bench._call(bench.broker.purge("default"))  # type: ignore[attr-defined]
+        bench.kernel.call(bench.broker.purge("default"))  # type: ignore[attr-defined]
     return rows
 
 
@@ -116,11 +116,11 @@ def drain_rate(bench: App, url: str, tasks: int, processes: int, slots: int, tas
     procs = [_worker(url, slots) for _ in range(processes)]
     try:
         _warm(bench, processes)
-        bench._call(bench.broker.pause("default"))  # type: ignore[attr-defined]
+        bench.kernel.call(bench.broker.pause("default"))  # type: ignore[attr-defined]
         for _ in range(0, tasks, 1000):
             bench.enqueue_many([task.s() for _ in range(1000)])
         started = time.perf_counter()
-        bench._call(bench.broker.resume("default"))  # type: ignore[attr-defined]
+        bench.kernel.call(bench.broker.resume("default"))  # type: ignore[attr-defined]
         while True:
             depth = _depth(bench)
             if depth["ready"] + depth["inflight"] + depth["scheduled"] == 0:
@@ -146,7 +146,7 @@ def pickup_latency(bench: App, url: str, samples: int, slots: int) -> tuple[floa
     """p50 and p99 seconds from delay() to the body starting on an idle worker."""
     procs = [_worker(url, slots)]
     box: asyncio.Queue[float] = asyncio.Queue()
-    nc = bench._call(_collect(url.split("?", 1)[0], STAMPS, box))
+    nc = bench.kernel.call(_collect(url.split("?", 1)[0], STAMPS, box))
     latencies = []
     try:
         _warm(bench, 1)
@@ -154,12 +154,12 @@ def pickup_latency(bench: App, url: str, samples: int, slots: int) -> tuple[floa
             time.sleep(0.01)  # idle: the worker is blocked in its fetch
             sent = time.time()
             bench.send_task("bench.stamp", args=(STAMPS,))
-            started = bench._call(asyncio.wait_for(box.get(), 10))
+            started = bench.kernel.call(asyncio.wait_for(box.get(), 10))
             if i >= 10:  # the first few warm the worker up
                 latencies.append(started - sent)
     finally:
         _stop(procs)
-        bench._call(nc.close())
+        bench.kernel.call(nc.close())
     latencies.sort()
     return statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1]
 
@@ -198,9 +198,9 @@ def run(tasks: int, base_url: str, prefix: str, samples: int, slots: int) -> lis
     URL = url
     app = App("bench", broker=url)
     for t in (noop, noop_fire, stamp):
-        app.registry.add(type(t)(app, t.fn, t.name, t.options))
+        app.registry.add(type(t)(app.kernel, t.fn, t.name, t.options))
     rows: list[tuple[str, str]] = []
-    app._call(app._connect())
+    app.kernel.call(app.kernel.connect())
     try:
         for label, rate in enqueue_rates(app, tasks):
             rows.append((label, f"{rate:,.0f} tasks/s"))

@@ -82,7 +82,7 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 def _depth(bench: App) -> dict[str, int]:
-    return bench._call(bench.broker.depth("default"))  # type: ignore[attr-defined]
+    return bench.kernel.call(bench.broker.depth("default"))  # type: ignore[attr-defined]
 
 
 def _wait_consumers(client: redis.Redis, bench: App, count: int) -> None:
@@ -105,12 +105,12 @@ def enqueue_rates(bench: App, tasks: int) -> list[tuple[str, float]]:
         for _ in range(tasks):
             task.delay()
         rows.append((f"enqueue delay() loop ({label})", tasks / (time.perf_counter() - started)))
-        bench._call(bench.broker.purge("default"))  # type: ignore[attr-defined]
+        bench.kernel.call(bench.broker.purge("default"))  # type: ignore[attr-defined]
         started = time.perf_counter()
         for _ in range(0, tasks, 1000):
             bench.enqueue_many([task.s() for _ in range(1000)])
         rows.append((f"enqueue_many ({label})", tasks / (time.perf_counter() - started)))
-        bench._call(bench.broker.purge("default"))  # type: ignore[attr-defined]
+        bench.kernel.call(bench.broker.purge("default"))  # type: ignore[attr-defined]
     return rows
 
 
@@ -121,11 +121,11 @@ def drain_rate(
     procs = [_worker(url, slots) for _ in range(processes)]
     try:
         _wait_consumers(client, bench, processes)
-        bench._call(bench.broker.pause("default"))  # type: ignore[attr-defined]
+        bench.kernel.call(bench.broker.pause("default"))  # type: ignore[attr-defined]
         for _ in range(0, tasks, 1000):
             bench.enqueue_many([task.s() for _ in range(1000)])
         started = time.perf_counter()
-        bench._call(bench.broker.resume("default"))  # type: ignore[attr-defined]
+        bench.kernel.call(bench.broker.resume("default"))  # type: ignore[attr-defined]
         while True:
             depth = _depth(bench)
             if depth["ready"] + depth["inflight"] + depth["scheduled"] == 0:

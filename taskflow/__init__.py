@@ -35,8 +35,9 @@ from .errors import (
     TaskflowError,
     TaskTimeout,
 )
+from .eventbus import TaskEvent
 from .message import Envelope, TaskStatus
-from .middleware import Middleware, TaskEvent
+from .middleware import Middleware
 from .results.base import TaskInfo
 from .results.handle import AsyncResult
 from .task import Signature, Task

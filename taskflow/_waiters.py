@@ -66,7 +66,9 @@ class Waiters:
         with self._lock:
             futures, self._futures = self._futures, []
             events, self._events = self._events, []
-        running = asyncio._get_running_loop()
+        # The private getter returns None outside a loop where the public one raises, and
+        # this runs on every wake-up, from loop and non-loop threads alike.
+        running = asyncio._get_running_loop()  # noqa: SLF001
         for loop, fut in futures:
             if loop is running:
                 _wake(fut)

@@ -3,6 +3,11 @@
 :class:`SystemClock` is the real one; :class:`FakeClock` is a test seam whose time only
 moves when a test calls :meth:`FakeClock.advance`, so schedulers, retries, rate limits and
 beat can be tested without sleeping.
+
+Code that waits for a time to come never asks which clock it has. It asks the clock how
+long that is in real time (:meth:`Clock.real_timeout`: None when the clock moves only when
+told) and subscribes to hear when the clock jumps (:meth:`Clock.subscribe`); a real clock
+answers the first and never calls the second.
 """
 
 from __future__ import annotations
@@ -27,10 +32,26 @@ class Clock(Protocol):
         """A clock that never goes backwards, for durations and deadlines."""
         ...
 
+    def real_timeout(self, seconds: float) -> float | None:
+        """How long to wait, in real seconds, for ``seconds`` of this clock's time to pass:
+        ``seconds`` on a clock that runs by itself, None on one that moves only when told
+        (a waiter then learns of each move through :meth:`subscribe`)."""
+        ...
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` whenever this clock jumps forward, from the thread that moved
+        it; returns the function that unsubscribes. A clock that runs by itself never
+        jumps, so it never calls ``callback``."""
+        ...
+
     @property
     def is_fake(self) -> bool:
         """True for test clocks that only move when told to."""
         ...
+
+
+def _unsubscribed() -> None:
+    """What :meth:`SystemClock.subscribe` returns: there is nothing to undo."""
 
 
 class SystemClock:
@@ -39,6 +60,14 @@ class SystemClock:
     __slots__ = ()
     time = staticmethod(_time.time)
     monotonic = staticmethod(_time.monotonic)
+
+    def real_timeout(self, seconds: float) -> float:
+        """``seconds``: real time passes by itself."""
+        return seconds
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Nothing to subscribe to: the real clock never jumps."""
+        return _unsubscribed
 
     @property
     def is_fake(self) -> bool:
@@ -86,14 +115,18 @@ class FakeClock:
         """Jump the wall time to ``epoch`` (forward only)."""
         self.advance(max(0.0, epoch - self._now))
 
-    def on_advance(self, listener: Callable[[], None]) -> Callable[[], None]:
-        """Call ``listener`` after each advance; returns a function that unsubscribes."""
+    def real_timeout(self, seconds: float) -> float | None:
+        """None: fake time passes only through :meth:`advance`."""
+        return None
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` after each advance; returns a function that unsubscribes."""
         with self._lock:
-            self._listeners.append(listener)
+            self._listeners.append(callback)
 
         def remove() -> None:
             with self._lock:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
+                if callback in self._listeners:
+                    self._listeners.remove(callback)
 
         return remove

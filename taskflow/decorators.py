@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
+from .kernel import Kernel
 from .options import TaskOptions
-
-if TYPE_CHECKING:
-    from .app import App
-    from .task import Task
+from .task import Task, register
 
 __all__ = ["BoundTaskDecorator", "TaskDecorator"]
 
@@ -30,8 +28,8 @@ class BoundTaskDecorator(Protocol):
 class TaskDecorator:
     """``@app.task(name=..., **options)``: registers the function it is applied to."""
 
-    def __init__(self, app: App, name: str | None, options: dict[str, Any]) -> None:
-        self._app = app
+    def __init__(self, kernel: Kernel, name: str | None, options: dict[str, Any]) -> None:
+        self._kernel = kernel
         self._name = name
         # A named task validates at once; an unnamed one when it is applied (still the
         # decorator line), so that the error can name the task.
@@ -46,4 +44,4 @@ class TaskDecorator:
     def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
 
     def __call__(self, fn: Callable[..., Any], /) -> Any:
-        return self._app._register(fn, self._name, self._options)
+        return register(self._kernel, fn, self._name, self._options)

@@ -25,6 +25,8 @@ Every exception taskflow raises on purpose derives from :class:`TaskflowError`::
 
 from __future__ import annotations
 
+from ._masking import mask_url
+
 __all__ = [
     "BrokerError",
     "ConfigError",
@@ -46,16 +48,6 @@ __all__ = [
     "WorkerLost",
     "mask_url",
 ]
-
-
-def mask_url(url: str) -> str:
-    """Return ``url`` with its secrets replaced by ``***`` (safe for messages and logs).
-
-    The one implementation is :func:`taskflow.urls.mask_url`; this name stays importable.
-    """
-    from .urls import mask_url as mask  # urls imports this module: import on first use
-
-    return mask(url)
 
 
 class TaskflowError(Exception):

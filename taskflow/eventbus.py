@@ -1,8 +1,9 @@
-"""Fan-out of task events to subscribers with bounded buffers.
+"""Task events: what they are (:class:`TaskEvent`, :class:`HookKind`) and their fan-out to
+subscribers with bounded buffers.
 
-Used by ``Worker.subscribe()`` (one worker's events) and ``App.events()`` (every worker of
-the app: in-process for the memory backend, through the result store's pub/sub for Redis
-and NATS).
+The fan-out serves ``Worker.subscribe()`` (one worker's events) and ``App.events()`` (every
+worker of the app: in-process for the memory backend, through the result store's pub/sub
+for Redis and NATS).
 """
 
 from __future__ import annotations
@@ -12,11 +13,52 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
-from .middleware import TaskEvent
+__all__ = [
+    "HOOK_KINDS",
+    "EventBus",
+    "HookKind",
+    "Subscription",
+    "TaskEvent",
+    "event_from_dict",
+    "event_to_dict",
+]
 
-__all__ = ["EventBus", "Subscription", "event_from_dict", "event_to_dict"]
+
+class HookKind(StrEnum):
+    """What a hook is called for (``app.hook(kind)``); equal to its plain string."""
+
+    QUEUED = "queued"
+    START = "start"
+    SUCCESS = "success"
+    FAILURE = "failure"
+    RETRY = "retry"
+    CANCEL = "cancel"
+    FINISH = "finish"
+
+
+HOOK_KINDS = frozenset(HookKind)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEvent:
+    """Something that happened to a task. ``timestamp`` is epoch seconds; ``duration`` is
+    the attempt's run time in seconds (None before it ran)."""
+
+    kind: str
+    task_id: str
+    task_name: str
+    queue: str
+    status: str
+    attempt: int
+    result: Any = None
+    error: dict[str, str] | None = None
+    timestamp: float = 0.0
+    duration: float | None = None
+
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(TaskEvent))
 
@@ -55,7 +97,8 @@ class Subscription:
         self._on_close = on_close
         self.dropped = 0
 
-    def _offer(self, event: TaskEvent) -> None:
+    def offer(self, event: TaskEvent) -> None:
+        """Buffer ``event`` for this subscriber (what publishing does; never blocks)."""
         with self._cond:
             if self._closed:
                 return
@@ -94,7 +137,7 @@ class Subscription:
                 return
             self._closed = True
             self._cond.notify_all()
-        self._bus._remove(self)
+        self._bus.remove(self)
         if self._on_close is not None:
             self._on_close()
 
@@ -126,7 +169,8 @@ class EventBus:
             self._subs = (*self._subs, sub)
         return sub
 
-    def _remove(self, sub: Subscription) -> None:
+    def remove(self, sub: Subscription) -> None:
+        """Stop delivering to ``sub`` (what closing it does)."""
         with self._lock:
             self._subs = tuple(s for s in self._subs if s is not sub)
 
@@ -138,7 +182,7 @@ class EventBus:
     def publish(self, event: TaskEvent) -> None:
         """Offer ``event`` to every subscriber (never blocks)."""
         for sub in self._subs:
-            sub._offer(event)
+            sub.offer(event)
 
     def close_all(self) -> None:
         """Close every subscription (the worker stopped)."""

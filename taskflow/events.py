@@ -12,13 +12,11 @@ import asyncio
 import dataclasses
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .eventbus import EventBus, Subscription, event_from_dict
+from .eventbus import Subscription, event_from_dict
+from .kernel import Kernel
 from .payload import decode_any
-
-if TYPE_CHECKING:
-    from .app import App
 
 __all__ = ["open_events"]
 
@@ -27,9 +25,10 @@ log = logging.getLogger("taskflow.events")
 _SUBSCRIBE_WAIT = 2.0  # seconds to wait for the store's subscription to be in place
 
 
-def open_events(app: App, bus: EventBus, buffer: int, drop: str) -> Subscription:
+def open_events(kernel: Kernel, buffer: int, drop: str) -> Subscription:
     """A subscription to the app's finish events (see :meth:`App.events`)."""
-    if not app.results.capabilities.events:
+    bus = kernel.events
+    if not kernel.results.capabilities.events:
         return bus.subscribe(buffer, drop)
     ready = threading.Event()
     holder: dict[str, Any] = {}
@@ -40,43 +39,43 @@ def open_events(app: App, bus: EventBus, buffer: int, drop: str) -> Subscription
             future.cancel()
 
     sub = bus.subscribe(buffer, drop, on_close=stop)
-    holder["future"] = app._runtime.submit(_pump(app, sub, ready))
+    holder["future"] = kernel.loop.submit(_pump(kernel, sub, ready))
     ready.wait(_SUBSCRIBE_WAIT + 1.0)
     return sub
 
 
-async def _pump(app: App, sub: Subscription, ready: threading.Event) -> None:
+async def _pump(kernel: Kernel, sub: Subscription, ready: threading.Event) -> None:
     try:
-        await app._connect()
-        stream = app.results.subscribe_events()
+        await kernel.connect()
+        stream = kernel.results.subscribe_events()
         first = asyncio.ensure_future(stream.__anext__())
-        await _until_subscribed(app, first)
+        await _until_subscribed(kernel, first)
         ready.set()
         while True:
             data = await first
-            sub._offer(_decode(app, data))
+            sub.offer(_decode(kernel, data))
             first = asyncio.ensure_future(stream.__anext__())
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # the subscription ends; its reader sees it closed
-        log.warning("event stream of app %s ended: %s", app.name, exc)
+        log.warning("event stream of app %s ended: %s", kernel.settings.name, exc)
         sub.close()
     finally:
         ready.set()
 
 
-async def _until_subscribed(app: App, first: asyncio.Future[Any]) -> None:
+async def _until_subscribed(kernel: Kernel, first: asyncio.Future[Any]) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + _SUBSCRIBE_WAIT
     while loop.time() < deadline and not first.done():
-        if await app.results.event_listeners() > 0:
+        if await kernel.results.event_listeners() > 0:
             return
         await asyncio.sleep(0.01)
 
 
-def _decode(app: App, data: dict[str, Any]) -> Any:
+def _decode(kernel: Kernel, data: dict[str, Any]) -> Any:
     event = event_from_dict(data)
-    task = app.registry.get(event.task_name)
+    task = kernel.registry.get(event.task_name)
     try:
         value = task.schema.decode_result(event.result) if task else decode_any(event.result)
     except Exception:  # an undecodable result still makes an event

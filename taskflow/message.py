@@ -1,7 +1,7 @@
 """The envelope: the frozen, versioned unit that travels through brokers.
 
 The wire format is specified in ``docs/protocol.md``. Nothing mutates an envelope: a retry
-publishes a copy made with :meth:`Envelope.next_attempt`.
+publishes a copy made with :meth:`Envelope.replace` (the next attempt, its due time).
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ class Envelope:
     max_retries: int = 0
     timeout: float | None = None
     idempotency_key: str | None = None
+    # Set by foreign producers, never by taskflow; carried unchanged on every copy (a
+    # retry, a replay) for the producer's own tracing (protocol.md).
     correlation_id: str | None = None
     parent_id: str | None = None
     root_id: str | None = None
@@ -68,10 +70,6 @@ class Envelope:
     canvas: dict[str, Any] | None = None
     content_type: str = "application/json"
     v: int = PROTOCOL_VERSION
-
-    def next_attempt(self, eta: float | None) -> Envelope:
-        """A copy for the next attempt, due at ``eta`` (None: now)."""
-        return dataclasses.replace(self, attempt=self.attempt + 1, eta=eta)
 
     def replace(self, **changes: Any) -> Envelope:
         """A copy with ``changes`` applied."""

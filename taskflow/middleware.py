@@ -1,48 +1,26 @@
-"""Middleware and lifecycle events.
+"""Middleware: wrappers around enqueue and execution, in ``call_next`` style.
 
-A :class:`Middleware` wraps enqueue and execution in ``call_next`` style. Hooks and
-middleware are isolated: one that raises is logged and never changes a task's outcome.
+A :class:`MiddlewareStack` holds an app's middleware and builds both chains from that one
+list: the enqueue chain is rebuilt whenever the list changes, and an engine builds its
+execute chain from the stack. A middleware that raises is logged and never changes a task's
+outcome.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any, overload
 
+from .context import TaskContext
 from .message import Envelope
 
-if TYPE_CHECKING:
-    from .context import TaskContext
-
-__all__ = ["HOOK_KINDS", "EnqueueNext", "ExecuteNext", "Middleware", "TaskEvent"]
+__all__ = ["EnqueueNext", "ExecuteNext", "Middleware", "MiddlewareStack"]
 
 log = logging.getLogger("taskflow.middleware")
 
-HOOK_KINDS = frozenset({"queued", "start", "success", "failure", "retry", "cancel", "finish"})
-
-
-@dataclass(frozen=True, slots=True)
-class TaskEvent:
-    """Something that happened to a task. ``timestamp`` is epoch seconds; ``duration`` is
-    the attempt's run time in seconds (None before it ran)."""
-
-    kind: str
-    task_id: str
-    task_name: str
-    queue: str
-    status: str
-    attempt: int
-    result: Any = None
-    error: dict[str, str] | None = None
-    timestamp: float = 0.0
-    duration: float | None = None
-
-
 EnqueueNext = Callable[[Envelope], Envelope]
-ExecuteNext = Callable[["TaskContext"], Awaitable[Any]]
+ExecuteNext = Callable[[TaskContext], Awaitable[Any]]
 
 
 class Middleware:
@@ -57,24 +35,46 @@ class Middleware:
         return await call_next(ctx)
 
 
-async def run_hooks(kind: str, hooks: list[Callable[[TaskEvent], Any]], event: TaskEvent) -> None:
-    """Call each hook with ``event`` (awaiting coroutine hooks); one that raises is logged."""
-    for hook in hooks:
-        try:
-            out = hook(event)
-            if inspect.isawaitable(out):
-                await out
-        except Exception:
-            log.exception(
-                "%s hook %r failed for task %s[%s]; ignored",
-                kind,
-                getattr(hook, "__qualname__", hook),
-                event.task_name,
-                event.task_id,
-            )
+def _identity(env: Envelope) -> Envelope:
+    return env
 
 
-def chain_enqueue(middlewares: list[Middleware], last: EnqueueNext) -> EnqueueNext:
+class MiddlewareStack(Sequence[Middleware]):
+    """An app's middleware, outermost first; both chains are built from this one list."""
+
+    def __init__(self) -> None:
+        self._items: list[Middleware] = []
+        self.enqueue: EnqueueNext = _identity
+        """The enqueue chain (the identity while no middleware wraps enqueue)."""
+
+    def add(self, middleware: Middleware) -> None:
+        """Add ``middleware`` innermost of those added so far."""
+        if not isinstance(middleware, Middleware):
+            raise TypeError("middleware must be a taskflow.middleware.Middleware")
+        self._items.append(middleware)
+        self.enqueue = _chain_enqueue(self._items, _identity)
+
+    def wrap_execute(self, last: ExecuteNext) -> ExecuteNext:
+        """The execute chain around ``last`` (a worker's call of the task's function)."""
+        return _chain_execute(self._items, last)
+
+    @overload
+    def __getitem__(self, index: int) -> Middleware: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Middleware]: ...
+
+    def __getitem__(self, index: int | slice) -> Middleware | Sequence[Middleware]:
+        return self._items[index]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[Middleware]:
+        return iter(self._items)
+
+
+def _chain_enqueue(middlewares: list[Middleware], last: EnqueueNext) -> EnqueueNext:
     """Compose enqueue middleware; one that raises is skipped, not fatal."""
     call = last
     for mw in reversed(middlewares):
@@ -102,7 +102,7 @@ def _isolated_enqueue(mw: Middleware, call_next: EnqueueNext) -> EnqueueNext:
     return step
 
 
-def chain_execute(middlewares: list[Middleware], last: ExecuteNext) -> ExecuteNext:
+def _chain_execute(middlewares: list[Middleware], last: ExecuteNext) -> ExecuteNext:
     """Compose execute middleware with failures isolated from the task's outcome."""
     call = last
     for mw in reversed(middlewares):

@@ -15,19 +15,16 @@ import dataclasses
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from . import codec
 from .brokers.base import BrokerAdmin, Message
 from .brokers.base import DeadLetter as BrokerDeadLetter
 from .errors import ConfigError, PayloadError
+from .kernel import Kernel
 from .message import TaskStatus
 from .results.base import is_terminal
-from .sending import message_for
 from .urls import mask_url
-
-if TYPE_CHECKING:
-    from .app import App
 
 __all__ = ["Admin", "DeadLetter"]
 
@@ -57,19 +54,19 @@ class DeadLetter:
 class Admin:
     """Operations on the app's queues: ``app.admin``."""
 
-    def __init__(self, app: App) -> None:
-        self._app = app
+    def __init__(self, kernel: Kernel) -> None:
+        self._kernel = kernel
 
     def __repr__(self) -> str:
-        return f"<Admin of {self._app!r}>"
+        return f"<Admin of {self._kernel!r}>"
 
     # -- plumbing --------------------------------------------------------------------
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self._app._call(coro)
+        return self._kernel.call(coro)
 
     async def _broker(self) -> BrokerAdmin:
-        await self._app._connect()
-        broker = self._app.broker
+        await self._kernel.connect()
+        broker = self._kernel.broker
         if not isinstance(broker, BrokerAdmin):
             raise ConfigError(f"broker {mask_url(broker.url)!r} has no admin operations")
         return broker
@@ -81,7 +78,7 @@ class Admin:
 
     async def adead_letters(self, queue: str, *, limit: int = 100) -> list[DeadLetter]:
         """:meth:`dead_letters` for async code."""
-        return await self._app._acall(self._dead_letters(queue, limit))
+        return await self._kernel.acall(self._dead_letters(queue, limit))
 
     async def _dead_letters(self, queue: str, limit: int) -> list[DeadLetter]:
         broker = await self._broker()
@@ -99,7 +96,7 @@ class Admin:
 
     async def areplay(self, queue: str, *, ids: Sequence[str] | None = None) -> int:
         """:meth:`replay` for async code."""
-        return await self._app._acall(self._replay(queue, ids))
+        return await self._kernel.acall(self._replay(queue, ids))
 
     async def _replay(self, queue: str, ids: Sequence[str] | None) -> int:
         broker = await self._broker()
@@ -107,10 +104,10 @@ class Admin:
         if ids is not None:
             wanted = set(ids)
             letters = [d for d in letters if d.id in wanted]
-        messages = list({d.id: _fresh_message(self._app, d, queue) for d in letters}.values())
+        messages = list({d.id: _fresh_message(self._kernel, d, queue) for d in letters}.values())
         if not messages:
             return 0
-        results = self._app.results
+        results = self._kernel.results
         # The record goes back to queued *before* the message is live again: a worker that
         # found it still terminal would settle the message without running it.
         restarted = {}
@@ -136,8 +133,8 @@ class Admin:
             return
         last = history.pop()
         changes = {k: last.get(k) for k in _OUTCOME if last.get(k) is not None}
-        await self._app.results.update(
-            task_id, {**changes, "history": history}, self._app.result_ttl
+        await self._kernel.results.update(
+            task_id, {**changes, "history": history}, self._kernel.settings.result_ttl
         )
 
     # -- purge -----------------------------------------------------------------------
@@ -149,16 +146,16 @@ class Admin:
 
     async def apurge(self, queue: str, *, scheduled: bool = False) -> int:
         """:meth:`purge` for async code."""
-        return await self._app._acall(self._purge(queue, scheduled))
+        return await self._kernel.acall(self._purge(queue, scheduled))
 
     async def _purge(self, queue: str, scheduled: bool) -> int:
         broker = await self._broker()
         ids = await broker.purge_ids(queue, scheduled=scheduled)
         if not ids:
             return 0
-        results = self._app.results
+        results = self._kernel.results
         records = await results.get_many(ids)
-        now = self._app.clock.time()
+        now = self._kernel.clock.time()
         closed = {
             "status": TaskStatus.CANCELLED.value,
             "reason": "purged",
@@ -171,7 +168,7 @@ class Admin:
             if record is not None and not is_terminal(record)
         ]
         if updates:
-            await results.update_many(updates, self._app.result_ttl)
+            await results.update_many(updates, self._kernel.settings.result_ttl)
         return len(ids)
 
 
@@ -192,7 +189,7 @@ def _view(letter: BrokerDeadLetter) -> DeadLetter:
     )
 
 
-def _fresh_message(app: App, letter: BrokerDeadLetter, queue: str) -> Message:
+def _fresh_message(kernel: Kernel, letter: BrokerDeadLetter, queue: str) -> Message:
     """The message that runs a dead letter again: attempt 1, due now, a full budget.
 
     A body that cannot be decoded goes back unchanged (a worker that learnt to read it
@@ -209,5 +206,5 @@ def _fresh_message(app: App, letter: BrokerDeadLetter, queue: str) -> Message:
             None,
             int(letter.extra.get("max_deliveries", 1)),
         )
-    msg = message_for(env.replace(attempt=1, eta=None), app)
+    msg = kernel.enqueuer.message(env.replace(attempt=1, eta=None))
     return dataclasses.replace(msg, id=letter.id, queue=queue, eta=None)

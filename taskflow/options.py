@@ -6,7 +6,7 @@ import importlib.util
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "RateLimit",
     "TaskOptions",
     "check_priority",
+    "check_queue",
     "check_timeout",
     "parse_rate_limit",
 ]
@@ -135,6 +136,11 @@ class TaskOptions:
         return cls(**opts)
 
 
+TASK_OPTION_NAMES = frozenset({f.name for f in fields(TaskOptions)} | {"rate_burst"})
+"""What ``@app.task(...)`` accepts: the :class:`TaskOptions` fields, and ``rate_burst``,
+which :meth:`TaskOptions.build` folds into ``rate_limit``."""
+
+
 def _check_scalars(task: str, raw: dict[str, Any], opts: dict[str, Any]) -> None:
     if "priority" in raw:
         check_priority(raw["priority"], task)
@@ -146,7 +152,7 @@ def _check_scalars(task: str, raw: dict[str, Any], opts: dict[str, Any]) -> None
         if name in raw:
             opts[name] = _check_nonneg(raw[name], task, name)
     if raw.get("queue") is not None:
-        _check_queue(raw["queue"], task)
+        check_queue(raw["queue"], task)
     if "retry_on" in raw:
         opts["retry_on"] = _check_retry_on(raw["retry_on"], task)
     if "serializer" in raw:
@@ -188,7 +194,8 @@ def _check_on_lost(value: Any, task: str) -> str:
     return str(value)
 
 
-def _check_queue(value: Any, task: str) -> str:
+def check_queue(value: Any, task: str) -> str:
+    """Validate a queue name: non-empty, without whitespace."""
     if not isinstance(value, str) or not value or any(c.isspace() for c in value):
         raise ValueError(f"{task}: queue must be a non-empty name without spaces, got {value!r}")
     return value
@@ -200,29 +207,3 @@ def _check_retry_on(value: Any, task: str) -> tuple[type[BaseException], ...]:
         if not (isinstance(item, type) and issubclass(item, BaseException)):
             raise ValueError(f"{task}: retry_on must hold exception classes, got {item!r}")
     return tuple(items)
-
-
-TASK_OPTION_NAMES = frozenset(
-    {
-        "queue",
-        "priority",
-        "retries",
-        "retry_backoff",
-        "retry_backoff_max",
-        "retry_jitter",
-        "retry_on",
-        "timeout",
-        "rate_limit",
-        "rate_burst",
-        "store_result",
-        "bind",
-        "on_success",
-        "on_failure",
-        "on_retry",
-        "on_start",
-        "serializer",
-        "on_lost",
-    }
-)
-
-check_queue = _check_queue

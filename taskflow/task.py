@@ -1,65 +1,54 @@
-"""``Task[P, R]``: a registered function with typed ``delay``; ``with_options``; signatures."""
+"""``Task[P, R]``: a registered function with typed ``delay``; ``with_options``; ``s()``.
+
+A :class:`Task` is the kernel's :class:`~taskflow.kernel.TaskDef` (what the worker runs)
+with the sending API on top, bound to the app's kernel. Being one object, what the user
+holds and what the registry hands the worker are the same: ``app.registry.get(name)`` is
+the decorated task.
+"""
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack
+from types import MappingProxyType
+from typing import Any, Generic, ParamSpec, TypeVar, Unpack
 
+from .canvas.signature import Signature
+from .context import TaskContext
+from .kernel import CALL_OPTIONS, CallOptions, Kernel, TaskDef, prepare
 from .options import TaskOptions
-from .payload import PayloadSchema, build_schema
+from .results.handle import AsyncResult
 
-if TYPE_CHECKING:
-    from .app import App
-    from .results.handle import AsyncResult
-
-__all__ = ["CallOptions", "Signature", "Task", "TaskSender"]
+__all__ = ["CALL_OPTIONS", "CallOptions", "Signature", "Task", "TaskSender", "register"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-CALL_OPTIONS = frozenset(
-    {
-        "queue",
-        "priority",
-        "countdown",
-        "eta",
-        "expires",
-        "task_id",
-        "idempotency_key",
-        "retries",
-        "timeout",
-        "headers",
-    }
-)
+_NO_OPTIONS: Mapping[str, Any] = MappingProxyType({})
 
 
-class CallOptions(TypedDict, total=False):
-    """The per-call options of ``apply_async``, as ``Task.with_options`` takes them."""
+def register(
+    kernel: Kernel, fn: Callable[..., Any], name: str | None, options: dict[str, Any]
+) -> Task[Any, Any]:
+    """Make ``fn`` a task of ``kernel``'s app (``@app.task``, ``@app.periodic``)."""
+    if not callable(fn):
+        raise TypeError(f"@app.task needs a function, got {fn!r}")
+    task_name = name or f"{fn.__module__}.{fn.__qualname__}"
+    if not isinstance(task_name, str) or not task_name:
+        raise ValueError(f"task name must be a non-empty string, got {task_name!r}")
+    task: Task[Any, Any] = Task(kernel, fn, task_name, TaskOptions.build(task_name, options))
+    kernel.registry.add(task)
+    return task
 
-    queue: str
-    priority: int
-    countdown: float
-    eta: datetime
-    expires: float | datetime
-    task_id: str
-    idempotency_key: str
-    retries: int
-    timeout: float
-    headers: dict[str, str]
 
-
-class Task(Generic[P, R]):
+class Task(TaskDef, Generic[P, R]):
     """A task: call it to run inline, ``delay()`` it to run on a worker."""
 
-    def __init__(self, app: App, fn: Callable[..., Any], name: str, options: TaskOptions) -> None:
-        self.app = app
-        self.fn = fn
-        self.name = name
-        self.options = options
-        self.is_async = inspect.iscoroutinefunction(fn)
-        self.schema: PayloadSchema = build_schema(fn, name, skip_first=options.bind)
+    def __init__(
+        self, kernel: Kernel, fn: Callable[..., Any], name: str, options: TaskOptions
+    ) -> None:
+        super().__init__(fn, name, options)
+        self.kernel = kernel
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", name)
         self.__qualname__ = getattr(fn, "__qualname__", name)
@@ -72,8 +61,6 @@ class Task(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function inline, in this process (``bind=True`` gets a local context)."""
         if self.options.bind:
-            from .context import TaskContext
-
             ctx = TaskContext(id="inline", name=self.name, queue=self.queue)
             return self.fn(ctx, *args, **kwargs)  # type: ignore[no-any-return]
         return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
@@ -81,11 +68,11 @@ class Task(Generic[P, R]):
     @property
     def queue(self) -> str:
         """The queue this task is sent to by default."""
-        return self.options.queue or self.app.default_queue
+        return self.options.queue or self.kernel.settings.default_queue
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Enqueue with default options."""
-        return self.app._send(self, args, kwargs, {})
+        return send(self, args, kwargs, _NO_OPTIONS)
 
     def with_options(self, **options: Unpack[CallOptions]) -> TaskSender[P, R]:
         """This task with per-call options, sent by the returned sender's ``delay``.
@@ -94,8 +81,12 @@ class Task(Generic[P, R]):
         priority=9)`` with the arguments checked by the type checker like ``add.delay``'s
         (``apply_async`` takes them as a plain tuple and dict, which it cannot check).
         """
-        return TaskSender(self, _collect(self.name, _unknown(options), **options))
+        unknown = {k: v for k, v in options.items() if k not in CALL_OPTIONS}
+        return TaskSender(self, _given(self.name, unknown, options))
 
+    # apply_async and aapply_async spell the CallOptions out as keywords (API.md shows them
+    # with None defaults); they read them back through CALL_OPTIONS, derived from the
+    # TypedDict, and a test checks that these keywords are exactly CALL_OPTIONS.
     def apply_async(
         self,
         args: tuple[Any, ...] | list[Any] | None = None,
@@ -114,25 +105,12 @@ class Task(Generic[P, R]):
         **unknown: Any,
     ) -> AsyncResult[R]:
         """Enqueue with per-call options (they win over the task's and the app's)."""
-        opts = _collect(
-            self.name,
-            unknown,
-            queue=queue,
-            priority=priority,
-            countdown=countdown,
-            eta=eta,
-            expires=expires,
-            task_id=task_id,
-            idempotency_key=idempotency_key,
-            retries=retries,
-            timeout=timeout,
-            headers=headers,
-        )
-        return self.app._send(self, tuple(args or ()), dict(kwargs or {}), opts)
+        opts = _given(self.name, unknown, locals())
+        return send(self, tuple(args or ()), dict(kwargs or {}), opts)
 
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """``delay`` for async producers."""
-        return await self.app._asend(self, args, kwargs, {})
+        return await asend(self, args, kwargs, _NO_OPTIONS)
 
     async def aapply_async(
         self,
@@ -152,29 +130,16 @@ class Task(Generic[P, R]):
         **unknown: Any,
     ) -> AsyncResult[R]:
         """``apply_async`` for async producers."""
-        opts = _collect(
-            self.name,
-            unknown,
-            queue=queue,
-            priority=priority,
-            countdown=countdown,
-            eta=eta,
-            expires=expires,
-            task_id=task_id,
-            idempotency_key=idempotency_key,
-            retries=retries,
-            timeout=timeout,
-            headers=headers,
-        )
-        return await self.app._asend(self, tuple(args or ()), dict(kwargs or {}), opts)
+        opts = _given(self.name, unknown, locals())
+        return await asend(self, tuple(args or ()), dict(kwargs or {}), opts)
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature: this task with these arguments, to send later or compose."""
-        return Signature(self.app, self.name, args, kwargs)
+        return Signature(self.kernel, self.name, args, kwargs)
 
     def si(self, *args: Any, **kwargs: Any) -> Signature:
         """An immutable signature: in a chain it ignores the parent's result."""
-        return Signature(self.app, self.name, args, kwargs, immutable=True)
+        return Signature(self.kernel, self.name, args, kwargs, immutable=True)
 
 
 class TaskSender(Generic[P, R]):
@@ -195,105 +160,37 @@ class TaskSender(Generic[P, R]):
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Enqueue with this sender's options."""
-        return self.task.app._send(self.task, args, kwargs, dict(self.options))
+        return send(self.task, args, kwargs, self.options)
 
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """``delay`` for async producers."""
-        return await self.task.app._asend(self.task, args, kwargs, dict(self.options))
+        return await asend(self.task, args, kwargs, self.options)
 
 
-def _unknown(options: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in options.items() if k not in CALL_OPTIONS}
+def send(
+    task: Task[Any, R], args: Sequence[Any], kwargs: Mapping[str, Any], opts: Mapping[str, Any]
+) -> AsyncResult[R]:
+    """Send one call of ``task`` from synchronous code (not from the app's loop)."""
+    kernel = task.kernel
+    prepared = prepare(kernel.settings, task.name, task, args, kwargs, opts=opts)
+    enqueuer = kernel.enqueuer
+    ids = enqueuer.run_blocking(enqueuer.plan([prepared]))
+    return AsyncResult(kernel, ids[0], task.name)
 
 
-def _collect(task: str, unknown: Mapping[str, Any], **given: Any) -> dict[str, Any]:
+async def asend(
+    task: Task[Any, R], args: Sequence[Any], kwargs: Mapping[str, Any], opts: Mapping[str, Any]
+) -> AsyncResult[R]:
+    """Send one call of ``task`` from async code (any loop)."""
+    kernel = task.kernel
+    prepared = prepare(kernel.settings, task.name, task, args, kwargs, opts=opts)
+    enqueuer = kernel.enqueuer
+    ids = await kernel.acall(enqueuer.run(enqueuer.plan([prepared])))
+    return AsyncResult(kernel, ids[0], task.name)
+
+
+def _given(task: str, unknown: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """The call options in ``given`` that are set (not None); unknown ones raise."""
     if unknown:
         raise ValueError(f"{task}: unknown option(s): {', '.join(sorted(unknown))}")
-    return {k: v for k, v in given.items() if v is not None}
-
-
-class Signature:
-    """A task name with arguments and call options: data, safe to pass around."""
-
-    __slots__ = ("app", "args", "immutable", "kwargs", "name", "options")
-
-    def __init__(
-        self,
-        app: App,
-        name: str,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-        options: dict[str, Any] | None = None,
-        *,
-        immutable: bool = False,
-    ) -> None:
-        self.app = app
-        self.name = name
-        self.args = tuple(args)
-        self.kwargs = dict(kwargs or {})
-        self.options = dict(options or {})
-        self.immutable = immutable
-
-    def set(self, **options: Any) -> Signature:
-        """A copy with call options (queue, priority, countdown, ...) added."""
-        unknown = set(options) - CALL_OPTIONS
-        if unknown:
-            raise ValueError(f"{self.name}: unknown option(s): {', '.join(sorted(unknown))}")
-        return Signature(
-            self.app,
-            self.name,
-            self.args,
-            self.kwargs,
-            {**self.options, **options},
-            immutable=self.immutable,
-        )
-
-    def clone(self, args: tuple[Any, ...] = ()) -> Signature:
-        """A copy with ``args`` prepended (unless immutable)."""
-        new_args = self.args if self.immutable else (*args, *self.args)
-        return Signature(
-            self.app, self.name, new_args, self.kwargs, self.options, immutable=self.immutable
-        )
-
-    def apply_async(self, **options: Any) -> AsyncResult[Any]:
-        """Send it."""
-        sig = self.set(**options) if options else self
-        return self.app.enqueue_many([sig])[0]
-
-    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult[Any]:
-        """Send it with extra arguments."""
-        sig = Signature(
-            self.app,
-            self.name,
-            (*self.args, *args),
-            {**self.kwargs, **kwargs},
-            self.options,
-            immutable=self.immutable,
-        )
-        return sig.apply_async()
-
-    def __or__(self, other: Any) -> Any:
-        """``a.s() | b.s()``: a chain (``taskflow.canvas.chain``)."""
-        # The canvas engine sits above tasks, so it is imported when first used.
-        from .canvas import Canvas, chain
-
-        if not isinstance(other, Signature | Canvas):
-            return NotImplemented
-        return chain(self, other)
-
-    def __repr__(self) -> str:
-        parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
-        return f"{self.name}.{'si' if self.immutable else 's'}({', '.join(parts)})"
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Signature):
-            return NotImplemented
-        return (self.name, self.args, self.kwargs, self.options, self.immutable) == (
-            other.name,
-            other.args,
-            other.kwargs,
-            other.options,
-            other.immutable,
-        )
-
-    __hash__ = None  # type: ignore[assignment]
+    return {k: v for k, v in given.items() if k in CALL_OPTIONS and v is not None}

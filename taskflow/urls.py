@@ -12,8 +12,12 @@ URL with its password masked and saying what to write instead: an unknown or unb
 scheme, an unknown query option, a value that is not of the option's type, a Redis path
 that is not a database number, a path, credentials or host where the backend takes none.
 
-:func:`mask_url` is the one masking helper: every message, log line and ``repr`` that
-shows a URL shows it through this function.
+:func:`mask_url` (from :mod:`taskflow._masking`) is the one masking helper: every message,
+log line and ``repr`` that shows a URL shows it through this function.
+
+:func:`backend_from_url` is the one factory behind ``broker_from_url`` and
+``results_from_url``: it checks the URL against its scheme, then calls the class's
+``from_url``, which takes its options through :func:`url_kwargs`.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
+from ._masking import mask_url
 from .errors import ConfigError
 
 __all__ = [
@@ -34,6 +39,7 @@ __all__ = [
     "BackendURL",
     "Scheme",
     "backend_class",
+    "backend_from_url",
     "known_options",
     "load_backend",
     "mask_url",
@@ -41,6 +47,8 @@ __all__ = [
     "option_int",
     "parse_url",
     "reject_unknown",
+    "scheme_class",
+    "url_kwargs",
     "url_options",
 ]
 
@@ -105,57 +113,6 @@ _UNBUILT = {
     "tls": "NATS over TLS",
 }
 
-# A password may hold '@', ':', '/'... only percent-encoded; an '@' after the host means
-# the password was not, and the host and path that urlsplit sees are wrong.
-_SECRET_QUERY = re.compile(r"(?i)(pass|secret|token|auth|key)")
-
-
-# --------------------------------------------------------------------------- masking
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its secrets replaced by ``***``: safe for messages, logs and ``repr``.
-
-    Masked: a password (``user:***@``), a lone userinfo (``***@``, a NATS token), and
-    query values whose name looks secret (``password=***``). A URL whose password holds
-    an unencoded ``/``, ``?`` or ``#`` cannot be split reliably: everything up to its last
-    ``@`` is masked then.
-    """
-    if not isinstance(url, str):
-        return "<not a URL>"
-    head, sep, rest = url.partition("://")
-    if not sep:
-        head, rest = "", url
-    authority_end = len(rest)
-    for delimiter in "/?#":
-        index = rest.find(delimiter)
-        if index >= 0:
-            authority_end = min(authority_end, index)
-    at = rest.rfind("@")
-    if at >= authority_end:
-        # An '@' past the authority: a password with an unencoded delimiter (or an '@' in
-        # the query). Mask generously: over-masking a bad URL costs nothing.
-        rest = "***" + rest[at:]
-    elif at >= 0:
-        userinfo, host = rest[:at], rest[at:]
-        user, colon, _ = userinfo.partition(":")
-        rest = (f"{user}:***" if colon else "***") + host
-    masked = head + sep + rest
-    return _mask_query(masked)
-
-
-def _mask_query(url: str) -> str:
-    base, qmark, query = url.partition("?")
-    if not qmark or not _SECRET_QUERY.search(query):
-        return url
-    query, hashmark, fragment = query.partition("#")
-    items = []
-    for item in query.split("&"):
-        name, eq, _ = item.partition("=")
-        items.append(f"{name}=***" if eq and _SECRET_QUERY.search(name) else item)
-    return base + qmark + "&".join(items) + hashmark + fragment
-
-
 # --------------------------------------------------------------------------- parsing
 
 
@@ -211,6 +168,8 @@ def parse_url(url: str, what: str = "broker", *, label: str | None = None) -> Ba
         raise ConfigError(f"{label} {mask_url(url)!r} is malformed") from None
     if not parts.scheme:
         raise ConfigError(f"{label} {mask_url(url)!r} is malformed: missing scheme")
+    # A password may hold '@', ':', '/'... only percent-encoded; an '@' after the host
+    # means the password was not, and the host and path that urlsplit sees are wrong.
     if "@" in url.partition("://")[2][len(parts.netloc) :]:
         raise ConfigError(
             f"{label} {mask_url(url)!r} is malformed: percent-encode '@', '/', '?' and '#' "
@@ -296,6 +255,29 @@ def backend_class(url: BackendURL, role: Role) -> Any:
     return own
 
 
+def backend_from_url(url: str, role: Role, *, clock: Any = None, label: str | None = None) -> Any:
+    """The broker or result store (``role``) that ``url`` names, not connected yet.
+
+    Everything the URL gets wrong is a :class:`ConfigError` naming ``label`` (default
+    ``"broker URL"`` / ``"results URL"``). ``clock`` goes to in-process backends only: a
+    backend on a server keeps the time every process of the app agrees on, which one
+    process's test clock must not skew.
+    """
+    parsed = parse_url(url, role, label=label)
+    cls = backend_class(parsed, role)
+    return cls.from_url(url, clock=None if scheme_of(parsed, role).remote else clock)
+
+
+def scheme_class(scheme: str, role: Role) -> Any:
+    """The class serving ``scheme://`` URLs in ``role`` (imported on first use)."""
+    entry = SCHEMES[scheme]
+    return load_backend(
+        entry.broker if role == "broker" else entry.results,
+        entry.extra,
+        parse_url(f"{scheme}://", role),
+    )
+
+
 def known_options(url: BackendURL, role: Role) -> set[str]:
     """The query options a URL of this scheme takes in ``role`` (for ``from_url``)."""
     return set(_known(url, scheme_of(url, role), role))
@@ -350,6 +332,18 @@ def url_options(cls: type) -> dict[str, type]:
         if len(parts) == 1 and (kind := _KINDS.get(parts.pop())) is not None:
             out[param.name] = kind
     return out
+
+
+def url_kwargs(url: str, role: Role, cls: type) -> dict[str, Any]:
+    """The keyword arguments of ``cls`` that ``url``'s query gives, converted to their
+    types; an option neither ``cls`` nor its partner on a shared URL takes is an error."""
+    parsed = parse_url(url, role)
+    reject_unknown(parsed, known_options(parsed, role))
+    return {
+        name: _convert(parsed, name, kind)
+        for name, kind in url_options(cls).items()
+        if name in parsed.options
+    }
 
 
 def _convert(url: BackendURL, name: str, kind: type) -> Any:

@@ -38,7 +38,7 @@ def publish_json(body: dict[str, object]) -> str:
     """Publish a hand-built envelope, as a producer in another language would."""
     task_id = str(body["id"])
     message = Message(id=task_id, queue="default", body=json.dumps(body).encode())
-    app._call(app.broker.publish([message]))
+    app.kernel.call(app.broker.publish([message]))
     return task_id
 
 
@@ -86,7 +86,7 @@ def main() -> None:
         except TaskFailed as exc:
             print(f"wrong bytes:  {exc.exc_type}: {exc.message}")
     assert isinstance(app.broker, BrokerAdmin)  # the memory broker has the admin actions
-    letters = app._call(app.broker.dead_letters("default"))
+    letters = app.kernel.call(app.broker.dead_letters("default"))
     print(f"dead letters: {[(d.id == bad_id, d.reason) for d in letters]}")
     app.close()
 

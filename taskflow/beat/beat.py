@@ -17,26 +17,23 @@ each run, so a new leader, or a restarted one, knows what was missed.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import logging
 import math
 import os
 import socket
-import threading
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._waiters import within
 from ..clock import Clock
-from ..errors import IdempotencyConflict, TaskflowError
-from .periodic import periodic_of
+from ..errors import IdempotencyConflict
+from ..kernel import Kernel, Service
+from ..kernel.service import RUNNING
+from .periodic import PeriodicRegistry
 from .schedule import Schedule, fire_key, latest_fire, next_fire
-
-if TYPE_CHECKING:
-    from ..app import App
 
 __all__ = ["Beat", "Firing"]
 
@@ -58,7 +55,7 @@ class _Due:
     next: float
 
 
-class Beat:
+class Beat(Service):
     """Enqueues the runs of an app's periodic tasks; any number may run at once.
 
     ``lease``: seconds of one leadership epoch (a dead leader is replaced within this);
@@ -66,11 +63,17 @@ class Beat:
     ``misfire_grace``: how late a run may be and still count as on time for
     ``missed="skip"`` schedules (default: ``lease + 2 * max_interval``, so that a leader
     hand-over does not skip runs).
+
+    Its lifecycle is the :class:`~taskflow.kernel.Service` one (``start``, ``stop``,
+    ``run``, a context manager); a beat holds no running work, so ``stop_now`` is ``stop``.
     """
+
+    kind = "beat"
 
     def __init__(
         self,
-        app: App,
+        kernel: Kernel,
+        periodic: PeriodicRegistry,
         *,
         lease: float = 10.0,
         max_interval: float = 1.0,
@@ -88,7 +91,12 @@ class Beat:
                 raise ValueError(
                     f"beat {option} must be a positive number of seconds, got {value!r}"
                 )
-        self.app = app
+        super().__init__(
+            name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}",
+            kernel.loop,
+            kernel.services,
+        )
+        self.kernel = kernel
         self.lease = float(lease)
         self.max_interval = float(max_interval)
         self.misfire_grace = (
@@ -96,21 +104,16 @@ class Beat:
             if misfire_grace is not None
             else self.lease + 2 * self.max_interval
         )
-        self.id = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.clock = clock or app.clock
-        self.periodic = periodic_of(app)
+        self.id = self.name
+        self.clock = clock or kernel.clock
+        self.periodic = periodic
         self.store = self.periodic.store
         self._holders: dict[int, str] = {}
         self._due: dict[str, _Due] = {}
         self._leading = False
-        self._state_lock = threading.Lock()
-        self._state = "new"  # new -> running -> stopping -> stopped
-        self._stopped = threading.Event()
-        self._stop_event: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
-        return f"<Beat {self.id} app={self.app.name} lease={self.lease:g}s>"
+        return f"<Beat {self.id} app={self.kernel.settings.name} lease={self.lease:g}s>"
 
     @property
     def is_leader(self) -> bool:
@@ -120,45 +123,19 @@ class Beat:
     # -- public, thread-safe ---------------------------------------------------------
     def start(self) -> Beat:
         """Start in the background on the app's loop; returns after the first tick."""
-        with self._state_lock:
-            if self._state != "new":
-                raise TaskflowError(f"beat {self.id} was already started")
-            self._state = "running"
-        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self.app._runtime.submit(self._run(ready))
-        ready.result()
-        return self
-
-    def run(self) -> None:
-        """Start and block until stopped (SIGTERM/SIGINT handling is the caller's)."""
-        self.start()
-        self._stopped.wait()
+        return super().start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop ticking and give up leadership; idempotent, safe from any thread."""
-        with self._state_lock:
-            if self._state == "new":
-                self._state = "stopped"
-                self._stopped.set()
-                return
-            if self._state == "stopped":
-                return
-            self._state = "stopping"
-            loop = self._loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop closed just now
-                loop.call_soon_threadsafe(self._on_stop_request)
-        if not self.app._runtime.in_loop_thread():
-            self._stopped.wait(timeout)
+        """Stop ticking and give up leadership; idempotent, safe from any thread.
+
+        Waits at most ``timeout`` seconds: a beat holds no work, so a tick held up by a
+        store that is away need not hold up the caller (it stops after that tick).
+        """
+        self._request_stop(timeout, hard=False)
+        self._await_stopped(timeout)
 
     def stop_now(self) -> None:
         """Same as :meth:`stop`: a beat holds no running work."""
-        self.stop()
-
-    def __enter__(self) -> Beat:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def tick(self) -> list[Firing]:
@@ -166,49 +143,37 @@ class Beat:
 
         Only for a beat that was not started; drive time with a FakeClock.
         """
-        with self._state_lock:
-            if self._state != "new":
-                raise TaskflowError("tick() is for a beat that was not started")
-        return self.app._call(self._tick_now())
+        self._check_new("tick()")
+        return self.kernel.call(self._tick_now())
 
     async def _tick_now(self) -> list[Firing]:
-        await self.app._connect()
+        await self.kernel.connect()
         return await self._tick(self.clock.time())
 
     # -- the loop --------------------------------------------------------------------
-    def _on_stop_request(self) -> None:
-        if self._stop_event is not None:
-            self._stop_event.set()
-
-    async def _run(self, ready: concurrent.futures.Future[None]) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop_event = asyncio.Event()
+    async def _serve(self, ready: concurrent.futures.Future[None]) -> None:
+        await self.kernel.connect()
         try:
-            try:
-                await self.app._connect()
-            except BaseException as exc:
-                ready.set_exception(exc)
-                return
-            if self._state != "running":
-                self._stop_event.set()
-            log.info("beat %s started for app %s (lease %gs)", self.id, self.app.name, self.lease)
+            log.info(
+                "beat %s started for app %s (lease %gs)",
+                self.id,
+                self.kernel.settings.name,
+                self.lease,
+            )
             delay = await self._tick_safely(0.5)
             ready.set_result(None)  # after the first tick: leadership and baselines are known
-            await self._loop_until_stopped(self._stop_event, delay)
+            await self._loop_until_stopped(delay)
         finally:
             with contextlib.suppress(Exception):
                 await self._release()
-            with self._state_lock:
-                self._state = "stopped"
-            self._stopped.set()
-            if ready.done():
-                log.info("beat %s stopped", self.id)
+            log.info("beat %s stopped", self.id)
 
-    async def _loop_until_stopped(self, stop: asyncio.Event, delay: float) -> None:
-        while not stop.is_set():
+    async def _loop_until_stopped(self, delay: float) -> None:
+        stopping = self._stop_requested
+        while self.state == RUNNING:
             with contextlib.suppress(TimeoutError):
-                await within(stop.wait(), delay)
-            if not stop.is_set():
+                await within(stopping(), delay)
+            if self.state == RUNNING:
                 delay = await self._tick_safely(delay)
 
     async def _tick_safely(self, previous: float) -> float:
@@ -318,10 +283,9 @@ class Beat:
             options["queue"] = schedule.queue
         if schedule.priority is not None:
             options["priority"] = schedule.priority
-        task = self.app.registry.get(schedule.task)
-        prepared = self.app._prepare(schedule.task, task, schedule.args, schedule.kwargs, options)
+        prepared = self.kernel.prepare(schedule.task, schedule.args, schedule.kwargs, options)
         try:
-            ids = await self.app._enqueue([prepared])
+            ids = await self.kernel.enqueuer.enqueue([prepared])
         except IdempotencyConflict as exc:
             log.warning("beat: run %s was already enqueued with other arguments: %s", key, exc)
             return None

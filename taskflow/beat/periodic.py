@@ -1,4 +1,5 @@
-"""The App-side registry of periodic tasks: declared in code, or stored in the backend.
+"""The registry of an app's periodic tasks (``app.schedules``): declared in code, or stored
+in the backend.
 
 Two kinds of schedules, merged by name:
 
@@ -17,21 +18,18 @@ fire.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, overload
 
 from .. import codec
 from ..errors import ConfigError, NotFound
-from ..task import Task
-from .schedule import Schedule, next_fire
+from ..kernel import Kernel
+from ..task import Task, register
+from .schedule import Schedule, ScheduleSpec, check_schedule_options, next_fire
 from .store import BeatStore, ScheduleDoc
 
-if TYPE_CHECKING:
-    from ..app import App
-
-__all__ = ["PeriodicDecorator", "PeriodicRegistry", "ScheduleInfo", "periodic_of"]
+__all__ = ["PeriodicDecorator", "PeriodicRegistry", "ScheduleInfo"]
 
 log = logging.getLogger("taskflow.beat")
 
@@ -49,66 +47,33 @@ class ScheduleInfo:
     next_fire: float
 
 
-def periodic_of(app: App) -> PeriodicRegistry:
-    """The periodic-task registry of ``app`` (created on first use)."""
-    registry = app._periodic_registry
-    if registry is None:
-        registry = app._periodic_registry = PeriodicRegistry(app)
-    assert isinstance(registry, PeriodicRegistry)
-    return registry
-
-
 class PeriodicRegistry:
     """Schedules of one app; the methods behind ``App.add_periodic`` and friends."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
         self.declared: dict[str, Schedule] = {}
-        self.store = BeatStore(app.results, app.name)
+        self.store = BeatStore(kernel.results, kernel.settings.name)
 
     # -- building ----------------------------------------------------------------------
-    def build(
-        self,
-        task: Task[Any, Any] | str,
-        *,
-        cron: str | None = None,
-        every: float | timedelta | None = None,
-        name: str | None = None,
-        args: Sequence[Any] = (),
-        kwargs: Mapping[str, Any] | None = None,
-        queue: str | None = None,
-        priority: int | None = None,
-        timezone: str | None = None,
-        missed: str = "once",
-    ) -> Schedule:
+    def build(self, task: Task[Any, Any] | str, spec: ScheduleSpec) -> Schedule:
         """A validated schedule; its arguments are checked against the task's annotations."""
-        task_name = self._task_name(task, name)
-        schedule = Schedule(
-            name=name if name is not None else task_name,
-            task=task_name,
-            cron=cron,
-            every=every.total_seconds() if isinstance(every, timedelta) else every,
-            args=tuple(args or ()),
-            kwargs=dict(kwargs or {}),
-            queue=queue,
-            priority=priority,
-            timezone=timezone or "UTC",
-            missed=missed,
-        )
-        known = self.app.registry.get(task_name)
+        check_schedule_options("add_periodic", spec)
+        schedule = Schedule.build(self._task_name(task, spec.get("name")), spec)
+        known = self.kernel.registry.get(schedule.task)
         if known is not None:  # PayloadError names the task, the parameter and the type
             known.schema.encode_args(tuple(schedule.args), dict(schedule.kwargs))
         return schedule
 
     def _task_name(self, task: Task[Any, Any] | str, name: str | None) -> str:
         if isinstance(task, Task):
-            if task.app is not self.app:
+            if task.kernel is not self.kernel:
                 raise ConfigError(
                     f"schedule {name or task.name!r}: task {task.name!r} belongs to another app"
                 )
             return task.name
         if isinstance(task, str):
-            if self.app.registry.get(task) is None:
+            if self.kernel.registry.get(task) is None:
                 raise ConfigError(
                     f"schedule {name or task!r}: no task named {task!r} is registered"
                 )
@@ -126,7 +91,7 @@ class PeriodicRegistry:
     def add(self, schedule: Schedule, persist: bool | None = None) -> Schedule:
         """Declare ``schedule``, or store it when ``persist`` (default: the app is running)."""
         if persist is None:
-            persist = self.app._connected
+            persist = self.kernel.connected
         if not persist:
             return self.declare(schedule)
         if schedule.name in self.declared:
@@ -144,13 +109,13 @@ class PeriodicRegistry:
 
         self._io(self.store.modify(put))
         # Its runs count from now, not from whenever a beat first reads it.
-        self._io(self.store.start_from(schedule.name, self.app.clock.time()))
+        self._io(self.store.start_from(schedule.name, self.kernel.clock.time()))
         return schedule
 
     def remove(self, name: str) -> bool:
         """Remove a schedule (declared here or stored); True if there was one."""
         declared = self.declared.pop(name, None) is not None
-        if declared and not self.app._connected:
+        if declared and not self.kernel.connected:
             return True  # module level: no backend round trip
 
         def drop(doc: ScheduleDoc) -> bool:
@@ -168,7 +133,7 @@ class PeriodicRegistry:
     def resume(self, name: str) -> None:
         """Fire ``name`` again from its next run; runs during the pause never fire."""
         self._set_paused(name, False)
-        self._io(self.store.set_last(name, self.app.clock.time()))
+        self._io(self.store.set_last(name, self.kernel.clock.time()))
 
     def _set_paused(self, name: str, paused: bool) -> None:
         def change(doc: ScheduleDoc) -> None:
@@ -198,7 +163,7 @@ class PeriodicRegistry:
     def list(self) -> list[ScheduleInfo]:
         """Every schedule with its source, paused flag and next fire time, by name."""
         schedules, paused = self._io(self.load())
-        now = self.app.clock.time()
+        now = self.kernel.clock.time()
         return [
             ScheduleInfo(
                 s, "code" if n in self.declared else "stored", n in paused, next_fire(s, now)
@@ -208,19 +173,20 @@ class PeriodicRegistry:
 
     def _io(self, coro: Any) -> Any:
         async def run() -> Any:
-            await self.app._connect()
+            await self.kernel.connect()
             return await coro
 
-        return self.app._call(run())
+        return self.kernel.call(run())
 
 
 class PeriodicDecorator:
     """What ``@app.periodic(...)`` returns: registers the function as a task (unless it is
     one already) and declares its schedule."""
 
-    def __init__(self, registry: PeriodicRegistry, options: dict[str, Any]) -> None:
+    def __init__(self, registry: PeriodicRegistry, spec: ScheduleSpec) -> None:
+        check_schedule_options("periodic", spec)
         self._registry = registry
-        self._options = options
+        self._spec = spec
 
     @overload
     def __call__(self, fn: Task[P, R], /) -> Task[P, R]: ...
@@ -240,23 +206,10 @@ class PeriodicDecorator:
                 raise TypeError(f"@app.periodic needs a function or a task, got {fn!r}")
             # Check the schedule before the task is registered: a typo in the cron
             # expression must not leave a half-declared task behind.
-            task_name = f"{fn.__module__}.{fn.__qualname__}"
-            self._check(task_name)
-            task = registry.app._register(fn, None, {})
-        registry.declare(registry.build(task, **self._options))
+            Schedule.build(f"{fn.__module__}.{fn.__qualname__}", self._spec)
+            task = register(registry.kernel, fn, None, {})
+        registry.declare(registry.build(task, self._spec))
         return task
-
-    def _check(self, task_name: str) -> None:
-        opts = self._options
-        name = opts.get("name")
-        Schedule(
-            name=name if name is not None else task_name,
-            task=task_name,
-            cron=opts.get("cron"),
-            every=opts.get("every"),
-            timezone=opts.get("timezone") or "UTC",
-            missed=opts.get("missed", "once"),
-        )
 
 
 def _json_safe(value: Any) -> bool:

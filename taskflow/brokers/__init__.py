@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..clock import Clock
-from ..urls import SCHEMES, backend_class, load_backend, option_float, parse_url
+from ..urls import backend_from_url, scheme_class
 from .base import Broker, BrokerAdmin, Capabilities, DeadLetter, Delivery, Message
 from .memory import MemoryBroker
 
@@ -39,16 +39,11 @@ def broker_from_url(url: str, *, clock: Clock | None = None, label: str | None =
 
     ``label`` names where the URL came from in errors (default ``"broker URL"``).
     """
-    parsed = parse_url(url, "broker", label=label)
-    cls = backend_class(parsed, "broker")
-    if cls is MemoryBroker:
-        return MemoryBroker(lease=option_float(parsed, "lease", 30.0), clock=clock)
-    broker: Broker = cls.from_url(url)
+    broker: Broker = backend_from_url(url, "broker", clock=clock, label=label)
     return broker
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        entry = SCHEMES[_LAZY[name]]
-        return load_backend(entry.broker, entry.extra, parse_url(f"{_LAZY[name]}://", "broker"))
+        return scheme_class(_LAZY[name], "broker")
     raise AttributeError(name)

@@ -2,80 +2,61 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
+from ._memory_state import MemoryState
 from .base import DeadLetter, Message
-
-if TYPE_CHECKING:
-    from .._waiters import Waiters
-    from ..clock import Clock
-    from .memory import _Queue, _Stored
 
 __all__ = ["MemoryAdmin"]
 
 
 class MemoryAdmin:
-    """Mixin: the :class:`~taskflow.brokers.base.BrokerAdmin` methods of MemoryBroker.
+    """The :class:`~taskflow.brokers.base.BrokerAdmin` methods over a broker's state.
 
-    Every method takes the broker's lock, like the broker's own methods.
+    Every method holds the state's lock, like the broker's own methods.
     """
 
-    clock: Clock
-    _lock: threading.Lock
-    _queues: dict[str, _Queue]
-    _messages: dict[str, _Stored]
-    _dead: dict[str, list[DeadLetter]]
-    _waiters: Waiters
-
-    if TYPE_CHECKING:
-        # Provided by MemoryBroker; declared here so the mixin type-checks on its own.
-        def _queue(self, name: str) -> _Queue: ...
-        def _promote(self, now: float) -> None: ...
-        def _reclaim(self, now: float) -> None: ...
-        def _publish_locked(self, messages: Sequence[Message]) -> None: ...
+    def __init__(self, state: MemoryState) -> None:
+        """Operator actions on ``state`` (the broker's, shared)."""
+        self._state = state
 
     async def depth(self, queue: str) -> dict[str, int]:
         """Counts by state."""
-        with self._lock:
-            self._catch_up()
+        state = self._state
+        with state.lock:
+            state.catch_up()
             counts = {"ready": 0, "scheduled": 0, "inflight": 0}
-            for stored in self._messages.values():
+            for stored in state.messages.values():
                 if stored.queue == queue:
                     counts[stored.state] += 1
-            counts["dead"] = len(self._dead.get(queue, ()))
+            counts["dead"] = len(state.dead.get(queue, ()))
             return counts
 
     async def peek(self, queue: str, limit: int = 10) -> list[bytes]:
         """Next ready bodies in delivery order."""
-        with self._lock:
-            self._catch_up()
-            q = self._queues.get(queue)
+        state = self._state
+        with state.lock:
+            state.catch_up()
+            q = state.queues.get(queue)
             if q is None:
                 return []
             live = [e for e in sorted(q.heap) if self._is_live(e[2], e[1])]
-            return [self._messages[e[2]].body for e in live[:limit]]
+            return [state.messages[e[2]].body for e in live[:limit]]
 
     def _is_live(self, mid: str, seq: int) -> bool:
-        stored = self._messages.get(mid)
+        stored = self._state.messages.get(mid)
         return stored is not None and stored.seq == seq and stored.state == "ready"
-
-    def _catch_up(self) -> None:
-        """Release due messages and reclaim lost leases, as the next fetch would."""
-        now = self.clock.time()
-        self._promote(now)
-        self._reclaim(now)
 
     async def purge_ids(self, queue: str, *, scheduled: bool = True) -> list[str]:
         """Drop ready (and scheduled) messages; their ids."""
+        state = self._state
         states = ("ready", "scheduled") if scheduled else ("ready",)
-        with self._lock:
-            self._promote(self.clock.time())  # a due message counts as ready
-            doomed = [m for m in self._messages.values() if m.queue == queue and m.state in states]
+        with state.lock:
+            state.promote(state.clock.time())  # a due message counts as ready
+            doomed = [m for m in state.messages.values() if m.queue == queue and m.state in states]
             for stored in doomed:
-                del self._messages[stored.id]
-            q = self._queue(queue)
+                del state.messages[stored.id]
+            q = state.queue(queue)
             q.size -= len(doomed)
             # Ready entries of this queue live in its heap, all now dropped; scheduled ones
             # left behind (with scheduled=False) are pushed there when due.
@@ -84,28 +65,32 @@ class MemoryAdmin:
 
     async def pause(self, queue: str) -> None:
         """Stop delivering from ``queue``."""
-        with self._lock:
-            self._queue(queue).paused = True
+        state = self._state
+        with state.lock:
+            state.queue(queue).paused = True
 
     async def resume(self, queue: str) -> None:
         """Deliver again."""
-        with self._lock:
-            self._queue(queue).paused = False
-        self._waiters.notify_all()
+        state = self._state
+        with state.lock:
+            state.queue(queue).paused = False
+        state.waiters.notify_all()
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Oldest first."""
-        with self._lock:
-            return list(self._dead.get(queue, ())[:limit])
+        state = self._state
+        with state.lock:
+            return list(state.dead.get(queue, ())[:limit])
 
     async def replay(self, queue: str, ids: Sequence[str] | None = None) -> int:
         """Publish dead letters again with a fresh delivery budget."""
-        with self._lock:
-            dead = self._dead.get(queue, [])
+        state = self._state
+        with state.lock:
+            dead = state.dead.get(queue, [])
             wanted = set(ids) if ids is not None else None
             chosen = [d for d in dead if wanted is None or d.id in wanted]
             # Publish before forgetting: a full queue raises and keeps every dead letter.
-            self._publish_locked(
+            state.insert(
                 [
                     Message(
                         d.id,
@@ -119,23 +104,24 @@ class MemoryAdmin:
                 ]
             )
             picked = {id(d) for d in chosen}
-            self._dead[queue] = [d for d in dead if id(d) not in picked]
-        self._waiters.notify_all()
+            state.dead[queue] = [d for d in dead if id(d) not in picked]
+        state.waiters.notify_all()
         return len(chosen)
 
     async def requeue(self, queue: str, messages: Sequence[Message]) -> list[str]:
         """Move dead letters back as ``messages`` (matched by id), each at most once."""
-        with self._lock:
-            dead = self._dead.get(queue, [])
+        state = self._state
+        with state.lock:
+            dead = state.dead.get(queue, [])
             by_id = {d.id: d for d in dead}
             # An id that is live again (sent anew after its dead letter) is not copied.
-            chosen = [m for m in messages if m.id in by_id and m.id not in self._messages]
+            chosen = [m for m in messages if m.id in by_id and m.id not in state.messages]
             chosen = list({m.id: m for m in chosen}.values())
-            self._publish_locked(
+            state.insert(
                 [Message(m.id, queue, m.body, m.priority, None, m.max_deliveries) for m in chosen]
             )
             moved = {m.id for m in chosen}
-            self._dead[queue] = [d for d in dead if d.id not in moved]
+            state.dead[queue] = [d for d in dead if d.id not in moved]
         if chosen:
-            self._waiters.notify_all()
+            state.waiters.notify_all()
         return [m.id for m in chosen]

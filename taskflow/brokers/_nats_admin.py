@@ -18,37 +18,41 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
+from .._nats.framing import raw_headers
+from .._nats.names import stream_name, subject_token, untoken
 from ..errors import BrokerError
-from ._nats_common import (
-    LEVELS,
-    PAUSE_CACHE,
-    dead_letter_from_raw,
-    stream_name,
-    subject_token,
-    untoken,
-)
-from ._nats_core import NatsCore
+from ._nats_core import LEVELS, NatsCore
 from .base import DeadLetter, Message
 
-__all__ = ["NatsAdmin"]
+__all__ = ["PAUSE_CACHE", "NatsAdmin"]
+
+PAUSE_CACHE = 2.0  # seconds a pause flag read from KV is trusted
 
 
-class NatsAdmin(NatsCore):
-    """Mixin: the :class:`~taskflow.brokers.base.BrokerAdmin` methods on JetStream."""
+class NatsAdmin:
+    """The :class:`~taskflow.brokers.base.BrokerAdmin` methods on JetStream, and the
+    pause flags every fetch reads (:meth:`is_paused`)."""
+
+    def __init__(self, core: NatsCore) -> None:
+        """Operator actions on ``core``'s layout."""
+        self._core = core
+        self._conn = core.conn
+        self._paused: dict[str, tuple[bool, float]] = {}
 
     async def _level_infos(self, queue: str) -> list[dict[str, Any]]:
-        await self._ensure_queue(queue)
+        core = self._core
+        await core.ensure_queue(queue)
         return list(
             await asyncio.gather(
                 *(
-                    self._api(f"CONSUMER.INFO.{self.work}.{self._consumer(queue, level)}", {})
+                    self._conn.api(f"CONSUMER.INFO.{core.work}.{core.consumer(queue, level)}", {})
                     for level in LEVELS
                 )
             )
         )
 
     async def _count(self, stream: str, subject: str) -> int:
-        resp = await self._api(f"STREAM.INFO.{stream}", {"subjects_filter": subject})
+        resp = await self._conn.api(f"STREAM.INFO.{stream}", {"subjects_filter": subject})
         subjects = resp.get("state", {}).get("subjects") or {}
         return sum(int(n) for n in subjects.values())
 
@@ -58,9 +62,9 @@ class NatsAdmin(NatsCore):
         infos = await self._level_infos(queue)
         return {
             "ready": sum(int(i["num_pending"]) for i in infos),
-            "scheduled": await self._count(self.delays, f"{self.root}.d.{qt}.*"),
+            "scheduled": await self._count(self._core.delays, f"{self._core.root}.d.{qt}.*"),
             "inflight": sum(int(i["num_ack_pending"]) for i in infos),
-            "dead": await self._count(self.dlq, f"{self.root}.dlq.{qt}.*"),
+            "dead": await self._count(self._core.dlq, f"{self._core.root}.dlq.{qt}.*"),
         }
 
     async def peek(self, queue: str, limit: int = 10) -> list[bytes]:
@@ -69,8 +73,8 @@ class NatsAdmin(NatsCore):
         out: list[bytes] = []
         for level, info in zip(LEVELS, await self._level_infos(queue), strict=True):
             start = int(info["delivered"]["stream_seq"]) + 1
-            for raw in await self._scan(
-                self.work, f"{self.root}.q.{qt}.p{level}.*", start, limit - len(out)
+            for raw in await self._core.scan(
+                self._core.work, f"{self._core.root}.q.{qt}.p{level}.*", start, limit - len(out)
             ):
                 out.append(base64.b64decode(raw.get("data") or ""))
             if len(out) >= limit:
@@ -79,39 +83,41 @@ class NatsAdmin(NatsCore):
 
     async def purge_ids(self, queue: str, *, scheduled: bool = True) -> list[str]:
         """Drop the queue's ready (and scheduled) messages; their ids."""
-        await self._ensure_queue(queue)
+        await self._core.ensure_queue(queue)
         ids: list[str] = []
         for level in LEVELS:
             ids += await self._drain_level(queue, level)
         if not scheduled:
             return ids
-        later = await self._scan(
-            self.delays, f"{self.root}.d.{subject_token(queue)}.*", 1, 10_000_000
+        later = await self._core.scan(
+            self._core.delays, f"{self._core.root}.d.{subject_token(queue)}.*", 1, 10_000_000
         )
         for raw in later:
-            if await self._delete(self.delays, int(raw["seq"]), "delay"):
+            if await self._core.delete(self._core.delays, int(raw["seq"]), "delay"):
                 ids.append(_id_of(str(raw["subject"])))
         return ids
 
     async def _drain_level(self, queue: str, level: int) -> list[str]:
-        # Pull-and-ack rather than a filtered purge: see _delete on 2.9's stale consumers.
+        # Pull-and-ack rather than a filtered purge: see NatsCore.delete on 2.9's consumers.
         ids: list[str] = []
         while True:
-            msgs = await self._pull(self.work, self._consumer(queue, level), 256)
+            msgs = await self._core.pull(self._core.work, self._core.consumer(queue, level), 256)
             for msg in msgs:
-                await self._ack(msg)
+                await self._core.ack(msg)
                 ids.append(_id_of(msg.subject))
             if len(msgs) < 256:
                 return ids
 
     async def _set_paused(self, queue: str, paused: bool) -> None:
-        kv = await self._call(self._conn().jetstream().key_value(self.state_bucket))
+        kv = await self._conn.call(
+            self._conn.client().jetstream().key_value(self._core.state_bucket)
+        )
         key = f"paused.{stream_name(queue)}"
-        await self._call(kv.put(key, b"1") if paused else kv.put(key, b"0"))
+        await self._conn.call(kv.put(key, b"1") if paused else kv.put(key, b"0"))
         self._paused[queue] = (paused, time.monotonic())
         payload = json.dumps({"queue": queue, "paused": paused}).encode()
-        await self._call(self._conn().publish(f"{self.root}.pause", payload))
-        self._wake_all()
+        await self._conn.call(self._conn.client().publish(f"{self._core.root}.pause", payload))
+        self._core.signals.wake_all()
 
     async def pause(self, queue: str) -> None:
         """Stop delivering ``queue`` in every process (flag in KV, change broadcast)."""
@@ -121,17 +127,21 @@ class NatsAdmin(NatsCore):
         """Deliver ``queue`` again."""
         await self._set_paused(queue, False)
 
-    async def _on_pause(self, msg: Msg) -> None:
+    async def on_pause(self, msg: Msg) -> None:
+        """A pause change broadcast on ``P.pause`` (by any process)."""
         with contextlib.suppress(ValueError, KeyError, TypeError):
             change = json.loads(msg.data)
             self._paused[str(change["queue"])] = (bool(change["paused"]), time.monotonic())
-            self._wake_all()
+            self._core.signals.wake_all()
 
-    async def _is_paused(self, queue: str) -> bool:
+    async def is_paused(self, queue: str) -> bool:
+        """Whether ``queue`` is paused (a flag read at most :data:`PAUSE_CACHE` s ago)."""
         cached = self._paused.get(queue)
         if cached is not None and time.monotonic() - cached[1] < PAUSE_CACHE:
             return cached[0]
-        kv = await self._call(self._conn().jetstream().key_value(self.state_bucket))
+        kv = await self._conn.call(
+            self._conn.client().jetstream().key_value(self._core.state_bucket)
+        )
         try:
             entry = await kv.get(f"paused.{stream_name(queue)}")
             paused = bool(entry.value == b"1")
@@ -143,14 +153,14 @@ class NatsAdmin(NatsCore):
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """The queue's dead letters, oldest first."""
-        raws = await self._scan(self.dlq, f"{self.root}.dlq.{subject_token(queue)}.*", 1, limit)
+        raws = await self._dead_scan(queue, limit)
         return [dead_letter_from_raw(raw, queue) for raw in raws]
 
     async def replay(self, queue: str, ids: Sequence[str] | None = None) -> int:
         """Republish dead letters (all, or ``ids``) with a fresh budget; remove them."""
         wanted = set(ids) if ids is not None else None
-        raws = await self._scan(self.dlq, f"{self.root}.dlq.{subject_token(queue)}.*", 1, 1_000_000)
-        js = self._conn().jetstream()
+        raws = await self._dead_scan(queue, 1_000_000)
+        js = self._conn.client().jetstream()
         count = 0
         for raw in raws:
             dead = dead_letter_from_raw(raw, queue)
@@ -160,12 +170,12 @@ class NatsAdmin(NatsCore):
                 "Nats-Msg-Id": f"{dead.id}.y{raw['seq']}",
                 "Tf-Max": str(dead.extra.get("max_deliveries", 1)),
             }
-            subject = self._work_subject(queue, int(dead.extra.get("priority", 0)), dead.id)
-            await self._call(js.publish(subject, dead.body, headers=headers))
-            await self._api(f"STREAM.MSG.DELETE.{self.dlq}", {"seq": int(raw["seq"])})
+            subject = self._core.work_subject(queue, int(dead.extra.get("priority", 0)), dead.id)
+            await self._conn.call(js.publish(subject, dead.body, headers=headers))
+            await self._conn.api(f"STREAM.MSG.DELETE.{self._core.dlq}", {"seq": int(raw["seq"])})
             count += 1
         if count:
-            await self._notify(False, {(queue, level) for level in LEVELS})
+            await self._core.notify(False, {(queue, level) for level in LEVELS})
         return count
 
     async def requeue(self, queue: str, messages: Sequence[Message]) -> list[str]:
@@ -178,8 +188,8 @@ class NatsAdmin(NatsCore):
         wanted = {m.id: m for m in messages}
         if not wanted:
             return []
-        raws = await self._scan(self.dlq, f"{self.root}.dlq.{subject_token(queue)}.*", 1, 1_000_000)
-        js = self._conn().jetstream()
+        raws = await self._dead_scan(queue, 1_000_000)
+        js = self._conn.client().jetstream()
         moved: list[str] = []
         for raw in raws:
             dead = dead_letter_from_raw(raw, queue)
@@ -187,18 +197,23 @@ class NatsAdmin(NatsCore):
             if msg is None:
                 continue
             headers = {"Nats-Msg-Id": f"{dead.id}.y{raw['seq']}", "Tf-Max": str(msg.max_deliveries)}
-            subject = self._work_subject(queue, msg.priority, dead.id)
-            await self._call(js.publish(subject, msg.body, headers=headers))
+            subject = self._core.work_subject(queue, msg.priority, dead.id)
+            await self._conn.call(js.publish(subject, msg.body, headers=headers))
             if await self._drop_dead(int(raw["seq"])):
                 moved.append(dead.id)
         if moved:
-            await self._notify(False, {(queue, level) for level in LEVELS})
+            await self._core.notify(False, {(queue, level) for level in LEVELS})
         return moved
+
+    async def _dead_scan(self, queue: str, limit: int) -> list[dict[str, Any]]:
+        """The stored dead letters of ``queue``, oldest first."""
+        core = self._core
+        return await core.scan(core.dlq, f"{core.root}.dlq.{subject_token(queue)}.*", 1, limit)
 
     async def _drop_dead(self, seq: int) -> bool:
         """Delete one dead letter by sequence; False if another caller removed it first."""
         try:
-            resp = await self._api(f"STREAM.MSG.DELETE.{self.dlq}", {"seq": seq})
+            resp = await self._conn.api(f"STREAM.MSG.DELETE.{self._core.dlq}", {"seq": seq})
         except NotFoundError:
             return False
         except BrokerError as exc:
@@ -215,3 +230,26 @@ def _id_of(subject: str) -> str:
         return untoken(token)
     except ValueError:
         return token
+
+
+def dead_letter_from_raw(raw: dict[str, Any], queue: str) -> DeadLetter:
+    """A :class:`DeadLetter` from a ``STREAM.MSG.GET`` reply of the dead-letter stream."""
+    headers = raw_headers(raw)
+    token = str(raw["subject"]).rsplit(".", 1)[1]
+    try:
+        mid = untoken(token)
+    except ValueError:
+        mid = token  # dead-lettered because its id token was malformed: shown as it came
+    return DeadLetter(
+        id=mid,
+        queue=queue,
+        body=base64.b64decode(raw.get("data") or ""),
+        reason=headers.get("Tf-Reason", ""),
+        error=json.loads(headers.get("Tf-Error", "null")),
+        failed_at=float(headers.get("Tf-At", "0")),
+        delivery_count=int(headers.get("Tf-Count", "0")),
+        extra={
+            "priority": int(headers.get("Tf-Pri", "0")),
+            "max_deliveries": int(headers.get("Tf-Max", "1")),
+        },
+    )

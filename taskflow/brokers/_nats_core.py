@@ -1,9 +1,9 @@
-"""The plumbing every part of the NATS broker stands on.
+"""The JetStream layout of one NATS broker and the moves every part of it makes.
 
-:class:`NatsCore` owns the broker's configuration and local state, the JetStream API calls
-(with errors mapped to :class:`~taskflow.errors.BrokerError`), stream/consumer creation,
-subject naming, republishing and burying messages, local lease fencing and the wake-ups of
-waiting fetchers. The delay, admin and public broker classes build on it.
+:class:`NatsCore` names the app's streams, consumers and subjects, creates them, reads and
+deletes stored messages, (re)publishes and dead-letters messages, fences leases locally
+and runs the no-wait pulls. The broker's fetch, delay, admin and delivery parts each take
+it explicitly (see :mod:`taskflow.brokers.nats` for the layout and its trade-offs).
 """
 
 from __future__ import annotations
@@ -14,117 +14,67 @@ import heapq
 import itertools
 import json
 import time
+from collections.abc import Coroutine
 from typing import Any
 
-from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from .._waiters import within
-from ..errors import BrokerError, ConfigError, QueueFull
-from ..urls import parse_url
-from ._nats_common import API_TIMEOUT, LEVELS, framing, stream_name, subject_token, untoken
+from .._nats.connection import Connection
+from .._nats.framing import framing
+from .._nats.names import stream_name, subject_token, untoken
+from ..errors import BrokerError
 from ._nats_pull import Puller
+from ._nats_signals import Signals
 from .base import DeadLetter
 
-__all__ = ["NatsCore"]
+__all__ = ["LEVELS", "NatsCore"]
+
+LEVELS = range(9, -1, -1)
+"""Priority levels in fetch order: strict priority means the highest level is pulled first."""
 
 _ERROR_ROOM = 4096  # bytes of error text a dead letter's Tf-Error header keeps
 
 
 class NatsCore:
-    """Connection, namespace and JetStream API plumbing shared by the broker's parts."""
+    """One app's streams on one connection, and the broker's local state about them."""
 
-    def __init__(
-        self,
-        url: str = "nats://127.0.0.1:4222",
-        *,
-        prefix: str = "taskflow",
-        lease: float = 30.0,
-        connect_timeout: float = 5.0,
-    ) -> None:
-        """Validate the URL and name the streams; nothing connects yet."""
-        parsed = parse_url(url, "broker")
-        if parsed.scheme != "nats":
-            raise ConfigError(f"NatsBroker needs a nats:// URL, got {parsed.masked!r}")
-        if not prefix:
-            raise ConfigError(f"{parsed.masked}: prefix must not be empty")
-        self.url = url
-        self._masked = parsed.masked
-        self._server = parsed.without_query()
-        self.lease = float(lease)
-        self.connect_timeout = float(connect_timeout)
+    def __init__(self, conn: Connection, prefix: str, lease: float) -> None:
+        """Name the streams of ``prefix``; ``lease`` is the ack wait of consumed queues."""
+        self.conn = conn
+        self.lease = lease
         self.root = subject_token(prefix)
         name = stream_name(prefix)
         self.work, self.delays, self.dlq = (f"TF_{name}_WORK", f"TF_{name}_DELAY", f"TF_{name}_DLQ")
         self.state_bucket = f"TF_{name}_STATE"
-        self._nc: Client | None = None
-        self._js: JetStreamContext | None = None
-        self._subs: list[Any] = []
+        self.signals = Signals()
         self._pullers: dict[tuple[str, str], Puller] = {}
         self._tokens = itertools.count(1)
         self._leases: dict[int, int] = {}
+        self._lease_ends: list[float] = []
         self._declared: set[str] = set()
         self._consuming: set[str] = set()
         self._ack_waits: dict[str, float] = {}
         self._lost: list[DeadLetter] = []
-        self._limits: dict[str, int] = {}
-        self._wakers: list[asyncio.Future[None]] = []
-        self._due: list[float] = []
-        self._lease_ends: list[float] = []
-        self._known_empty: set[tuple[str, int]] = set()
-        self._level_gen: dict[tuple[str, int], int] = {}
-        self._rescan = True
-        self._last_scan = 0.0
-        self._delay_dirty = True
-        self._last_delay_pull = 0.0
-        self._paused: dict[str, tuple[bool, float]] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
-    # -- JetStream API ---------------------------------------------------------------
-    def _conn(self) -> Client:
-        if self._nc is None:
-            raise BrokerError(f"NATS broker {self._masked} is not connected")
-        return self._nc
+    def stop(self) -> None:
+        """On close: cancel background work, wake every waiter, forget what was created
+        (a reconnect checks again)."""
+        for task in list(self._background):
+            task.cancel()
+        self.signals.wake_all()
+        self._declared.clear()
+        self._consuming.clear()
+        self._pullers.clear()
 
-    def _jet(self) -> JetStreamContext:
-        """The connection's JetStream context for async publishes, made once.
-
-        A context subscribes its own reply inbox on its first ``publish_async``; a fresh
-        context per call would leave one subscription behind per publish.
-        """
-        if self._js is None:
-            self._js = self._conn().jetstream()
-        return self._js
-
-    async def _call(self, coro: Any, timeout: float = API_TIMEOUT) -> Any:
-        """Await a client call; client errors become BrokerError naming the URL."""
+    # -- streams and consumers -------------------------------------------------------
+    async def ensure_stream(self, name: str, subject: str, retention: str) -> None:
+        """Create the stream ``name`` over ``subject`` unless it exists."""
         try:
-            return await within(coro, timeout)
-        except (BrokerError, QueueFull, asyncio.CancelledError):
-            raise
-        except Exception as exc:
-            raise BrokerError(f"NATS {self._masked}: {type(exc).__name__}: {exc}") from exc
-
-    async def _api(self, op: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """A raw JetStream API request (``op`` like ``STREAM.PURGE.<name>``)."""
-        msg = await self._call(
-            self._conn().request(f"$JS.API.{op}", json.dumps(payload).encode(), timeout=API_TIMEOUT)
-        )
-        resp: dict[str, Any] = json.loads(msg.data)
-        error = resp.get("error")
-        if error:
-            if error.get("code") == 404:
-                raise NotFoundError(code=404, description=error.get("description"))
-            raise BrokerError(f"NATS {self._masked}: {op}: {error.get('description')}")
-        return resp
-
-    async def _ensure_stream(self, name: str, subject: str, retention: str) -> None:
-        try:
-            await self._api(f"STREAM.INFO.{name}", {})
+            await self.conn.api(f"STREAM.INFO.{name}", {})
         except NotFoundError:
-            await self._api(
+            await self.conn.api(
                 f"STREAM.CREATE.{name}",
                 {
                     "name": name,
@@ -137,15 +87,15 @@ class NatsCore:
                 },
             )
 
-    async def _ensure_consumer(
+    async def ensure_consumer(
         self, stream: str, durable: str, subject: str, ack_wait: float, *, update: bool = True
     ) -> float:
         """Create (or, with ``update``, reconfigure) a pull consumer; its real ack wait."""
         if not update:
             with contextlib.suppress(NotFoundError):
-                info = await self._api(f"CONSUMER.INFO.{stream}.{durable}", {})
+                info = await self.conn.api(f"CONSUMER.INFO.{stream}.{durable}", {})
                 return int(info["config"]["ack_wait"]) / 1e9
-        resp = await self._api(
+        resp = await self.conn.api(
             f"CONSUMER.DURABLE.CREATE.{stream}.{durable}",
             {
                 "stream_name": stream,
@@ -163,10 +113,11 @@ class NatsCore:
         )
         return int(resp["config"]["ack_wait"]) / 1e9
 
-    def _consumer(self, queue: str, level: int) -> str:
+    def consumer(self, queue: str, level: int) -> str:
+        """The durable consumer of one priority level of ``queue``."""
         return f"{stream_name(queue)}_p{level}"
 
-    async def _ensure_queue(self, queue: str, *, consume: bool = False) -> None:
+    async def ensure_queue(self, queue: str, *, consume: bool = False) -> None:
         """Make sure the queue's consumers exist. The lease is their ack wait, shared by
         every process: a consuming broker sets it to its own ``lease``, any other only
         creates missing consumers (a producer with another lease must not change it)."""
@@ -175,9 +126,9 @@ class NatsCore:
         qt = subject_token(queue)
         waits = await asyncio.gather(
             *(
-                self._ensure_consumer(
+                self.ensure_consumer(
                     self.work,
-                    self._consumer(queue, level),
+                    self.consumer(queue, level),
                     f"{self.root}.q.{qt}.p{level}.*",
                     self.lease,
                     update=consume,
@@ -190,26 +141,31 @@ class NatsCore:
         if consume:
             self._consuming.add(queue)
 
-    async def _delete(self, stream: str, seq: int, consumer: str) -> bool:
+    def ack_wait(self, queue: str) -> float:
+        """The consumers' ack wait of ``queue`` as the server has it: the real lease."""
+        return self._ack_waits.get(queue, self.lease)
+
+    async def delete(self, stream: str, seq: int, consumer: str) -> bool:
+        """Delete one stored message by sequence; False if it was gone."""
         # By sequence, never a filtered purge, and followed by a consumer info request:
         # 2.9 consumers otherwise keep counting the deleted message as pending, and
         # their no-wait pulls go unanswered.
         try:
-            resp = await self._api(f"STREAM.MSG.DELETE.{stream}", {"seq": seq, "no_erase": True})
+            resp = await self.conn.api(
+                f"STREAM.MSG.DELETE.{stream}", {"seq": seq, "no_erase": True}
+            )
         except (NotFoundError, BrokerError):
             return False
         with contextlib.suppress(NotFoundError, BrokerError):
-            await self._api(f"CONSUMER.INFO.{stream}.{consumer}", {})
+            await self.conn.api(f"CONSUMER.INFO.{stream}.{consumer}", {})
         return bool(resp.get("success"))
 
-    async def _scan(
-        self, stream: str, subject: str, start: int, limit: int
-    ) -> list[dict[str, Any]]:
+    async def scan(self, stream: str, subject: str, start: int, limit: int) -> list[dict[str, Any]]:
         """Stored messages on ``subject`` from sequence ``start``, oldest first."""
         out: list[dict[str, Any]] = []
         while len(out) < limit:
             try:
-                resp = await self._api(
+                resp = await self.conn.api(
                     f"STREAM.MSG.GET.{stream}", {"seq": start, "next_by_subj": subject}
                 )
             except NotFoundError:
@@ -219,43 +175,32 @@ class NatsCore:
         return out
 
     # -- subjects and (re)publishing -------------------------------------------------
-    def _work_subject(self, queue: str, priority: int, mid: str) -> str:
+    def work_subject(self, queue: str, priority: int, mid: str) -> str:
+        """Where a ready message waits: ``P.q.<queue>.p<priority>.<id>``."""
         return f"{self.root}.q.{subject_token(queue)}.p{priority}.{subject_token(mid)}"
 
-    def _delay_subject(self, queue: str, mid: str) -> str:
+    def delay_subject(self, queue: str, mid: str) -> str:
+        """Where a delayed message waits: ``P.d.<queue>.<id>``."""
         return f"{self.root}.d.{subject_token(queue)}.{subject_token(mid)}"
 
-    def _route(
+    def route(
         self, queue: str, priority: int, mid: str, eta: float | None, headers: dict[str, str]
     ) -> str:
+        """The subject to publish to; a message due later gets its ``Tf-Eta``/``Tf-Pri``."""
         if eta is not None and eta > time.time():
             headers["Tf-Eta"] = repr(eta)
             headers["Tf-Pri"] = str(priority)
-            return self._delay_subject(queue, mid)
-        return self._work_subject(queue, priority, mid)
+            return self.delay_subject(queue, mid)
+        return self.work_subject(queue, priority, mid)
 
-    async def _notify(self, delayed: bool, levels: set[tuple[str, int]]) -> None:
+    async def notify(self, delayed: bool, levels: set[tuple[str, int]]) -> None:
         """Tell every fetcher (this process at once, others over core NATS) what changed."""
-        self._mark(delayed, levels)
+        self.signals.mark(delayed, levels)
         payload = json.dumps({"d": delayed, "l": sorted(levels)}).encode()
         with contextlib.suppress(Exception):
-            await self._conn().publish(f"{self.root}.n", payload)
+            await self.conn.client().publish(f"{self.root}.n", payload)
 
-    def _mark(self, delayed: bool, levels: Any) -> None:
-        self._delay_dirty = self._delay_dirty or delayed
-        for queue, level in levels:
-            key = (str(queue), int(level))
-            self._level_gen[key] = self._level_gen.get(key, 0) + 1
-            self._known_empty.discard(key)
-        self._wake_all()
-
-    def _wake_all(self) -> None:
-        wakers, self._wakers = self._wakers, []
-        for fut in wakers:
-            if not fut.done():
-                fut.set_result(None)
-
-    async def _republish(
+    async def republish(
         self,
         msg: Msg,
         body: bytes,
@@ -265,6 +210,7 @@ class NatsCore:
         eta: float | None,
         dedup: str,
     ) -> None:
+        """Publish a new copy of ``msg`` with ``body`` (deduplicated by ``dedup``)."""
         frame = framing(msg)
         queue, mid, priority = frame.queue, frame.id, frame.priority
         headers = {
@@ -272,15 +218,16 @@ class NatsCore:
             "Tf-Max": str(max_deliveries),
             "Tf-Base": str(max(0, base)),
         }
-        subject = self._route(queue, priority, mid, eta, headers)
-        js = self._conn().jetstream()
-        await self._call(js.publish(subject, body, headers=headers))
-        await self._notify(eta is not None, set() if eta is not None else {(queue, priority)})
+        subject = self.route(queue, priority, mid, eta, headers)
+        js = self.conn.client().jetstream()
+        await self.conn.call(js.publish(subject, body, headers=headers))
+        await self.notify(eta is not None, set() if eta is not None else {(queue, priority)})
 
-    async def _ack(self, msg: Msg) -> None:
-        await self._call(msg.ack())
+    async def ack(self, msg: Msg) -> None:
+        """Acknowledge ``msg`` (the stream drops it)."""
+        await self.conn.call(msg.ack())
 
-    async def _bury(
+    async def bury(
         self,
         msg: Msg,
         queue: str,
@@ -315,8 +262,9 @@ class NatsCore:
             "Nats-Msg-Id": f"{token}.x{msg.metadata.sequence.stream}",
         }
         subject = f"{self.root}.dlq.{subject_token(queue)}.{token}"
-        await self._call(self._conn().jetstream().publish(subject, msg.data, headers=headers))
-        await self._ack(msg)
+        js = self.conn.client().jetstream()
+        await self.conn.call(js.publish(subject, msg.data, headers=headers))
+        await self.ack(msg)
         if report and mid is not None:
             extra = {"priority": priority, "max_deliveries": max_deliveries}
             self._lost.append(DeadLetter(mid, queue, msg.data, reason, error, now, count, extra))
@@ -328,7 +276,8 @@ class NatsCore:
         return lost
 
     # -- leases ----------------------------------------------------------------------
-    def _lease_out(self, seq: int, lease: float) -> int:
+    def lease_out(self, seq: int, lease: float) -> int:
+        """Fence the message at stream sequence ``seq``: the token its settles must show."""
         token = next(self._tokens)
         self._leases[seq] = token
         if len(self._lease_ends) < 10_000:
@@ -338,22 +287,33 @@ class NatsCore:
                 del self._leases[old]
         return token
 
-    def _lease_held(self, seq: int, token: int, *, release: bool) -> bool:
+    def lease_held(self, seq: int, token: int, *, release: bool) -> bool:
+        """True if ``token`` still holds ``seq`` (and, with ``release``, let it go)."""
         if self._leases.get(seq) != token:
             return False
         if release:
             del self._leases[seq]
         return True
 
+    def next_lease_end(self, now: float) -> float | None:
+        """When (monotonic) the next lease handed out here runs out. Leases that ran out
+        by ``now`` are dropped and make the next fetch rescan: the server redelivers."""
+        while self._lease_ends and self._lease_ends[0] < now:
+            heapq.heappop(self._lease_ends)
+            self.signals.rescan = True
+        return self._lease_ends[0] if self._lease_ends else None
+
     # -- pulling ---------------------------------------------------------------------
-    async def _pull(self, stream: str, consumer: str, batch: int) -> list[Msg]:
+    async def pull(self, stream: str, consumer: str, batch: int) -> list[Msg]:
         """A no-wait pull: whatever is available now, up to ``batch``."""
         puller = self._pullers.get((stream, consumer))
         if puller is None:
-            puller = self._pullers[(stream, consumer)] = Puller(self, stream, consumer)
+            puller = Puller(self.conn, stream, consumer, self.spawn, self.requeue_orphan)
+            self._pullers[(stream, consumer)] = puller
         return await puller.pull(batch)
 
-    async def _requeue_orphan(self, msg: Msg) -> None:
+    async def requeue_orphan(self, msg: Msg) -> None:
+        """Hand back uncounted a message a pull abandoned half-way received."""
         try:
             frame = framing(msg)
         except ValueError:
@@ -362,7 +322,7 @@ class NatsCore:
             # Delayed, or malformed: the next fetch that pulls it again deals with it.
             await msg.nak()
             return
-        await self._republish(
+        await self.republish(
             msg,
             msg.data,
             base=frame.base + msg.metadata.num_delivered - 1,
@@ -372,7 +332,8 @@ class NatsCore:
         )
         await msg.ack()
 
-    def _spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` in the background; :meth:`stop` cancels it."""
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
 
-from ._nats_common import untoken
+from .._nats.names import untoken
+from ._nats_core import NatsCore
 from .base import Delivery
-
-if TYPE_CHECKING:
-    from ._nats_core import NatsCore
 
 __all__ = ["NatsDelivery"]
 
@@ -19,11 +16,11 @@ __all__ = ["NatsDelivery"]
 class NatsDelivery(Delivery):
     """A message leased from a JetStream consumer; settle calls are fenced locally."""
 
-    __slots__ = ("_broker", "_deadline", "_lease", "_msg", "_seq", "_token", "max_deliveries")
+    __slots__ = ("_core", "_deadline", "_lease", "_msg", "_seq", "_token", "max_deliveries")
 
     def __init__(
         self,
-        broker: NatsCore,
+        core: NatsCore,
         msg: Msg,
         queue: str,
         priority: int,
@@ -33,13 +30,13 @@ class NatsDelivery(Delivery):
     ) -> None:
         mid = untoken(msg.subject.rsplit(".", 1)[1])
         super().__init__(mid, queue, msg.data, priority, count)
-        self._broker = broker
+        self._core = core
         self._msg = msg
         self._seq = msg.metadata.sequence.stream
         self.max_deliveries = max_deliveries
         # The consumer's ack wait, as the server has it: the lease that really applies.
-        self._lease = broker._ack_waits.get(queue, broker.lease)
-        self._token = broker._lease_out(self._seq, self._lease)
+        self._lease = core.ack_wait(queue)
+        self._token = core.lease_out(self._seq, self._lease)
         self._deadline = time.monotonic() + self._lease
 
     @property
@@ -52,13 +49,13 @@ class NatsDelivery(Delivery):
         margin = self._lease * 0.05
         if time.monotonic() > self._deadline - margin:
             return False
-        return self._broker._lease_held(self._seq, self._token, release=final)
+        return self._core.lease_held(self._seq, self._token, release=final)
 
     async def ack(self) -> bool:
         """Remove the message."""
         if not self._claim(True):
             return False
-        await self._broker._ack(self._msg)
+        await self._core.ack(self._msg)
         return True
 
     async def nack(self, *, requeue: bool = True) -> bool:
@@ -66,7 +63,7 @@ class NatsDelivery(Delivery):
         if not self._claim(True):
             return False
         if requeue:
-            await self._broker._republish(
+            await self._core.republish(
                 self._msg,
                 self.body,
                 base=self.delivery_count - 1,
@@ -74,7 +71,7 @@ class NatsDelivery(Delivery):
                 eta=None,
                 dedup=f"r{self._seq}.{self.delivery_count}",
             )
-        await self._broker._ack(self._msg)
+        await self._core.ack(self._msg)
         return True
 
     async def retry(self, body: bytes, delay: float, *, max_deliveries: int = 1) -> bool:
@@ -82,7 +79,7 @@ class NatsDelivery(Delivery):
         if not self._claim(True):
             return False
         eta = time.time() + delay if delay > 0 else None
-        await self._broker._republish(
+        await self._core.republish(
             self._msg,
             body,
             base=0,
@@ -90,14 +87,14 @@ class NatsDelivery(Delivery):
             eta=eta,
             dedup=f"t{self._seq}.{self.delivery_count}",
         )
-        await self._broker._ack(self._msg)
+        await self._core.ack(self._msg)
         return True
 
     async def touch(self) -> bool:
         """In-progress ack: the server restarts the ack-wait timer."""
         if not self._claim(False):
             return False
-        await self._broker._call(self._msg.in_progress())
+        await self._core.conn.call(self._msg.in_progress())
         self._deadline = time.monotonic() + self._lease
         return True
 
@@ -105,7 +102,7 @@ class NatsDelivery(Delivery):
         """Copy to the DLQ stream with the reason, then ack."""
         if not self._claim(True):
             return False
-        await self._broker._bury(
+        await self._core.bury(
             self._msg,
             self.queue,
             self.priority,

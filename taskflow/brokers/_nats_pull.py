@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from nats.aio.msg import Msg
 
-from ._nats_common import PULL_TIMEOUT, pull_status, unsubscribe_later
+from .._nats.connection import Connection
+from .._nats.framing import pull_status
 
-if TYPE_CHECKING:
-    from ._nats_core import NatsCore
+__all__ = ["PULL_TIMEOUT", "Puller"]
 
-__all__ = ["Puller"]
+PULL_TIMEOUT = 1.0  # a no-wait pull is answered at once; longer means a stale consumer
+
+Spawn = Callable[[Coroutine[Any, Any, Any]], None]
+"""Runs a coroutine in the background (the broker cancels it on close)."""
+
+
+async def _unsubscribe_later(sub: Any, delay: float) -> None:
+    """Drop ``sub`` after ``delay`` seconds (or at once when cancelled)."""
+    try:
+        await asyncio.sleep(delay)
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
 
 
 class Puller:
@@ -25,9 +39,19 @@ class Puller:
     messages are handed back uncounted.
     """
 
-    def __init__(self, broker: NatsCore, stream: str, consumer: str) -> None:
-        """A puller for ``consumer`` of ``stream``; nothing is subscribed until a pull."""
-        self.broker = broker
+    def __init__(
+        self,
+        conn: Connection,
+        stream: str,
+        consumer: str,
+        spawn: Spawn,
+        orphan: Callable[[Msg], Coroutine[Any, Any, None]],
+    ) -> None:
+        """A puller for ``consumer`` of ``stream``; nothing is subscribed until a pull.
+        ``orphan`` hands back a message that arrived for an abandoned request."""
+        self.conn = conn
+        self.spawn = spawn
+        self.orphan = orphan
         self.api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self.info = f"CONSUMER.INFO.{stream}.{consumer}"
         self.lock = asyncio.Lock()
@@ -41,14 +65,14 @@ class Puller:
             if sub_inbox == self.inbox and self.active is not None:
                 self.active.put_nowait(msg)
             elif pull_status(msg) is None and msg.reply:
-                self.broker._spawn(self.broker._requeue_orphan(msg))
+                self.spawn(self.orphan(msg))
 
         return on_msg
 
     async def pull(self, batch: int) -> list[Msg]:
         """Whatever the consumer has now, up to ``batch`` messages (possibly none)."""
         async with self.lock:
-            nc = self.broker._conn()
+            nc = self.conn.client()
             if self.sub is None:
                 self.inbox = nc.new_inbox()
                 self.sub = await nc.subscribe(self.inbox, cb=self._listener(self.inbox))
@@ -56,7 +80,7 @@ class Puller:
             self.active = queue
             done = False
             try:
-                await self.broker._call(
+                await self.conn.call(
                     nc.publish(
                         self.api,
                         json.dumps({"batch": batch, "no_wait": True}).encode(),
@@ -84,7 +108,7 @@ class Puller:
                 # 2.9 leaves a no-wait pull unanswered when the consumer's pending count
                 # went stale (after a message delete); asking for the consumer's info
                 # recounts it. An unreachable server raises BrokerError here instead.
-                await self.broker._api(self.info, {})
+                await self.conn.api(self.info, {})
                 self.stalled = True
                 return msgs
             if pull_status(msg) is not None:
@@ -96,4 +120,4 @@ class Puller:
         sub, self.sub, self.inbox = self.sub, None, ""
         if sub is not None:
             # Keep listening briefly so late deliveries are handed back, not stranded.
-            self.broker._spawn(unsubscribe_later(sub, 2.0))
+            self.spawn(_unsubscribe_later(sub, 2.0))

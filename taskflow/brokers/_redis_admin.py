@@ -6,30 +6,27 @@ peek and the dead-letter listing are plain pipelined reads.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from redis.exceptions import RedisError
 
-from ._redis_common import broker_error
+from .._redis.connection import Connection
 from .base import DeadLetter, Message
 
-if TYPE_CHECKING:
-    import redis.asyncio as aioredis
+__all__ = ["RedisAdmin", "RunScript"]
 
-__all__ = ["RedisAdmin"]
+RunScript = Callable[[str, Sequence[Any]], Awaitable[Any]]
+"""``run(script, args)``: a broker script, given the prefix and the broker's time first."""
 
 
 class RedisAdmin:
-    """Mixin: the :class:`~taskflow.brokers.base.BrokerAdmin` methods on Redis."""
+    """The :class:`~taskflow.brokers.base.BrokerAdmin` methods on Redis."""
 
-    _masked: str
-
-    if TYPE_CHECKING:
-        # Provided by RedisBroker; declared here so the mixin type-checks on its own.
-        def key(self, *parts: str) -> str: ...
-        def _client(self) -> aioredis.Redis: ...
-        async def _run(self, script: str, args: Sequence[Any]) -> Any: ...
+    def __init__(self, conn: Connection, run: RunScript) -> None:
+        """Operator actions in ``conn``'s namespace; ``run`` runs the broker's scripts."""
+        self._conn = conn
+        self._run = run
 
     async def depth(self, queue: str) -> dict[str, int]:
         """Counts of ``ready``, ``scheduled``, ``inflight`` and ``dead`` messages."""
@@ -38,15 +35,16 @@ class RedisAdmin:
 
     async def peek(self, queue: str, limit: int = 10) -> list[bytes]:
         """Bodies of the next ready messages, in delivery order."""
-        r = self._client()
+        conn = self._conn
+        r = conn.client()
         try:
-            ids: list[Any] = await r.zrange(self.key("q", queue, "ready"), 0, max(0, limit - 1))
+            ids: list[Any] = await r.zrange(conn.key("q", queue, "ready"), 0, max(0, limit - 1))
             async with r.pipeline(transaction=False) as pipe:
                 for i in ids:
-                    pipe.hget(self.key("m", i.decode()), "b")
+                    pipe.hget(conn.key("m", i.decode()), "b")
                 bodies: list[bytes | None] = await pipe.execute()
         except (RedisError, OSError) as exc:
-            raise broker_error(self._masked, exc) from None
+            raise conn.error(exc) from None
         return [b for b in bodies if b is not None]
 
     async def purge_ids(self, queue: str, *, scheduled: bool = True) -> list[str]:
@@ -56,10 +54,8 @@ class RedisAdmin:
 
     async def pause(self, queue: str) -> None:
         """Stop delivering from ``queue``; publishing still works."""
-        try:
-            await self._client().sadd(self.key("paused"), queue)
-        except (RedisError, OSError) as exc:
-            raise broker_error(self._masked, exc) from None
+        conn = self._conn
+        await conn.call(conn.client().sadd(conn.key("paused"), queue))
 
     async def resume(self, queue: str) -> None:
         """Deliver from ``queue`` again (and wake idle consumers)."""
@@ -67,18 +63,19 @@ class RedisAdmin:
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """The dead-letter list of ``queue``, oldest first."""
-        r = self._client()
+        conn = self._conn
+        r = conn.client()
         fields = ("b", "rs", "er", "ft", "dc", "p", "md", "st")
         try:
-            ids: list[Any] = await r.lrange(self.key("q", queue, "dead"), 0, max(0, limit - 1))
+            ids: list[Any] = await r.lrange(conn.key("q", queue, "dead"), 0, max(0, limit - 1))
             async with r.pipeline(transaction=False) as pipe:
                 for i in ids:
                     # Raw bytes: a hand-written id need not be UTF-8 (it was dead-lettered
                     # as undecodable for that), and is shown escaped.
-                    pipe.hmget(self.key("m", "").encode() + i, fields)
+                    pipe.hmget(conn.key("m", "").encode() + i, fields)
                 rows = await pipe.execute()
         except (RedisError, OSError) as exc:
-            raise broker_error(self._masked, exc) from None
+            raise conn.error(exc) from None
         return [
             _dead_letter(i.decode(errors="backslashreplace"), queue, row)
             for i, row in zip(ids, rows, strict=True)

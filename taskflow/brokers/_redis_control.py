@@ -10,7 +10,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from ._redis_common import broker_error
+from .._redis.connection import broker_error
 
 __all__ = ["ControlReader"]
 

@@ -53,53 +53,43 @@ publish the replacement before acking the original (a crash in between duplicate
 ``max_length`` is checked before publishing, not atomically with it. Fake clocks are not
 supported (the server keeps time).
 
-This module holds the public class with publishing, fetching, cancel and the control
-channel; its parts live next to it: ``_nats_core`` (state, JetStream API calls,
-republish/bury, leases), ``_nats_pull`` (no-wait pulls), ``_nats_delay`` (the delay
-stream), ``_nats_admin`` (admin methods), ``_nats_delivery`` and ``_nats_common`` (names).
+The broker is composed of parts it owns, each taking the ones it needs explicitly: a
+:class:`~taskflow._nats.connection.Connection` (shared plumbing with the result store), a
+:class:`~._nats_core.NatsCore` (the layout: streams, consumers, subjects, republishing,
+dead-lettering, lease fencing, pulls), :class:`~._nats_delay.NatsDelays` (the delay
+stream), :class:`~._nats_fetch.NatsFetcher`, :class:`~._nats_admin.NatsAdmin` (whose
+methods the broker offers as its own) and :class:`~._nats_control.ControlLog`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import logging
-import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
-from .._waiters import within
+from .._nats.connection import Connection
+from .._nats.names import subject_token, untoken
 from ..clock import Clock
-from ..errors import BrokerError, PayloadError, QueueFull
-from ..urls import known_options, option_float, parse_url, reject_unknown
+from ..errors import BrokerError, ConfigError, PayloadError, QueueFull
+from ..urls import url_kwargs
 from ._nats_admin import NatsAdmin
-from ._nats_common import (
-    LEVELS,
-    RESCAN,
-    connect_nats,
-    framing,
-    stream_name,
-    subject_token,
-    untoken,
-)
+from ._nats_control import ControlLog
+from ._nats_core import NatsCore
 from ._nats_delay import NatsDelays
 from ._nats_delivery import NatsDelivery
-from .base import Broker, BrokerAdmin, Capabilities, Delivery, Message
+from ._nats_fetch import NatsFetcher
+from .base import Broker, BrokerAdmin, Capabilities, DeadLetter, Delivery, Message
 
-__all__ = ["NatsBroker", "NatsDelivery", "connect_nats", "stream_name", "subject_token"]
-
-log = logging.getLogger("taskflow.brokers.nats")
+__all__ = ["HEADER_ROOM", "NatsBroker", "NatsDelivery"]
 
 HEADER_ROOM = 8192
 """Bytes of ``max_payload`` a message body leaves free for headers (``Tf-*``, the error
 text of a dead letter, which is cut to fit)."""
 
 
-class NatsBroker(NatsAdmin, NatsDelays, Broker, BrokerAdmin):
+class NatsBroker(Broker, BrokerAdmin):
     """Broker on NATS JetStream. ``prefix`` namespaces every stream, subject and bucket."""
 
     capabilities: ClassVar[Capabilities] = Capabilities()
@@ -114,11 +104,21 @@ class NatsBroker(NatsAdmin, NatsDelays, Broker, BrokerAdmin):
         clock: Clock | None = None,
     ) -> None:
         """Validate ``url`` and name the streams; ``clock`` is ignored (the server keeps time)."""
-        super().__init__(url, prefix=prefix, lease=lease, connect_timeout=connect_timeout)
-        self._control: list[dict[str, Any]] = []
-        self._control_base = 0
-        self._control_cursors: dict[int, int] = {}
-        self._control_wakers: list[asyncio.Future[None]] = []
+        self._conn = Connection(
+            url, role="broker", owner="NatsBroker", connect_timeout=connect_timeout
+        )
+        if not prefix:
+            raise ConfigError(f"{self._conn.masked}: prefix must not be empty")
+        self.url = url
+        self.lease = float(lease)
+        self.connect_timeout = self._conn.connect_timeout
+        self._core = NatsCore(self._conn, prefix, self.lease)
+        self._delays = NatsDelays(self._core)
+        self._admin = NatsAdmin(self._core)
+        self._fetcher = NatsFetcher(self._core, self._delays, self._admin)
+        self._control = ControlLog(self._conn)
+        self._limits: dict[str, int] = {}
+        self._subs: list[Any] = []
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> NatsBroker:
@@ -126,22 +126,40 @@ class NatsBroker(NatsAdmin, NatsDelays, Broker, BrokerAdmin):
 
         ``max_age`` and ``sweep_interval`` are accepted for the result store sharing the URL.
         """
-        parsed = parse_url(url, "broker")
-        reject_unknown(parsed, known_options(parsed, "broker"))
-        return cls(
-            url,
-            prefix=parsed.options.get("prefix", "taskflow"),
-            lease=option_float(parsed, "lease", 30.0),
-            connect_timeout=option_float(parsed, "connect_timeout", 5.0),
-        )
+        return cls(url, **url_kwargs(url, "broker", cls), clock=clock)
+
+    # The layout's names, for operators and tests that clean up after themselves.
+    @property
+    def root(self) -> str:
+        """The subject token every subject of this broker starts with."""
+        return self._core.root
+
+    @property
+    def work(self) -> str:
+        """The stream of ready messages."""
+        return self._core.work
+
+    @property
+    def delays(self) -> str:
+        """The stream of delayed messages."""
+        return self._core.delays
+
+    @property
+    def dlq(self) -> str:
+        """The stream of dead letters."""
+        return self._core.dlq
+
+    @property
+    def state_bucket(self) -> str:
+        """The KV bucket of pause flags."""
+        return self._core.state_bucket
 
     # -- lifecycle -------------------------------------------------------------------
     async def connect(self) -> None:
         """Connect, create streams/buckets if missing, subscribe to the core subjects."""
-        if self._nc is not None:
+        if self._conn.connected:
             return
-        nc = await connect_nats(self._server, self._masked, self.connect_timeout)
-        self._nc = nc
+        nc = await self._conn.open()
         try:
             await self._setup(nc)
         except BaseException:
@@ -149,36 +167,29 @@ class NatsBroker(NatsAdmin, NatsDelays, Broker, BrokerAdmin):
             raise
 
     async def _setup(self, nc: Client) -> None:
-        await self._ensure_stream(self.work, f"{self.root}.q.>", "workqueue")
-        await self._ensure_stream(self.delays, f"{self.root}.d.>", "workqueue")
-        await self._ensure_stream(self.dlq, f"{self.root}.dlq.>", "limits")
-        await self._ensure_consumer(self.delays, "delay", f"{self.root}.d.>", 30.0)
+        core, root = self._core, self._core.root
+        await core.ensure_stream(core.work, f"{root}.q.>", "workqueue")
+        await core.ensure_stream(core.delays, f"{root}.d.>", "workqueue")
+        await core.ensure_stream(core.dlq, f"{root}.dlq.>", "limits")
+        await core.ensure_consumer(core.delays, "delay", f"{root}.d.>", 30.0)
         js = nc.jetstream()
         try:
-            await self._call(js.key_value(self.state_bucket))
+            await self._conn.call(js.key_value(core.state_bucket))
         except BrokerError:
-            await self._call(js.create_key_value(bucket=self.state_bucket, history=1))
+            await self._conn.call(js.create_key_value(bucket=core.state_bucket, history=1))
         self._subs = [
-            await nc.subscribe(f"{self.root}.n", cb=self._on_notify),
-            await nc.subscribe(f"{self.root}.ctl", cb=self._on_control),
-            await nc.subscribe(f"{self.root}.pause", cb=self._on_pause),
+            await nc.subscribe(f"{root}.n", cb=self._fetcher.on_notify),
+            await nc.subscribe(f"{root}.ctl", cb=self._control.on_control),
+            await nc.subscribe(f"{root}.pause", cb=self._admin.on_pause),
         ]
 
     async def close(self) -> None:
         """Close the connection and wake every waiter. Idempotent."""
-        nc, self._nc, self._js = self._nc, None, None
-        for task in list(self._background):
-            task.cancel()
-        self._wake_all()
-        self._wake_control()
-        if nc is not None:
-            with contextlib.suppress(Exception):
-                await within(nc.drain(), 5.0)
-            with contextlib.suppress(Exception):
-                await nc.close()
-        self._declared.clear()
-        self._consuming.clear()
-        self._pullers.clear()
+        # Woken waiters run only once this awaits, when the connection already reads as
+        # closed: they return instead of waiting again.
+        self._core.stop()
+        self._control.wake()
+        await self._conn.close(drain=True)
 
     async def declare(self, queue: str, *, max_length: int | None = None) -> None:
         """Create the queue's ten priority consumers; remember ``max_length`` locally."""
@@ -186,7 +197,7 @@ class NatsBroker(NatsAdmin, NatsDelays, Broker, BrokerAdmin):
             self._limits[queue] = max_length
         else:
             self._limits.pop(queue, None)
-        await self._ensure_queue(queue)
+        await self._core.ensure_queue(queue)
 
     # -- publishing ------------------------------------------------------------------
     async def publish(self, messages: Sequence[Message]) -> None:
@@ -195,7 +206,7 @@ class NatsBroker(NatsAdmin, NatsDelays, Broker, BrokerAdmin):
             return
         self._check_size(messages)
         await self._check_room(messages)
-        js = self._jet()
+        js = self._conn.jetstream()
         written: list[tuple[str, int]] = []
         try:
             for start in range(0, len(messages), 2000):
@@ -203,33 +214,36 @@ class NatsBroker(NatsAdmin, NatsDelays, Broker, BrokerAdmin):
                 futures = []
                 for msg in chunk:
                     headers = {"Nats-Msg-Id": msg.id, "Tf-Max": str(max(1, msg.max_deliveries))}
-                    subject = self._route(msg.queue, msg.priority, msg.id, msg.eta, headers)
+                    subject = self._core.route(msg.queue, msg.priority, msg.id, msg.eta, headers)
                     futures.append(
                         (
                             subject,
-                            await self._call(js.publish_async(subject, msg.body, headers=headers)),
+                            await self._conn.call(
+                                js.publish_async(subject, msg.body, headers=headers)
+                            ),
                         )
                     )
                 for subject, fut in futures:
-                    ack = await self._call(fut)
+                    ack = await self._conn.call(fut)
                     if not ack.duplicate:
                         written.append((subject, ack.seq))
         except BaseException:
             await self._undo(written)
             raise
-        await self._notify(
+        await self._core.notify(
             any(m.eta is not None for m in messages),
             {(m.queue, m.priority) for m in messages if m.eta is None},
         )
 
     async def _undo(self, written: list[tuple[str, int]]) -> None:
+        core = self._core
         for subject, seq in written:
             parts = subject.split(".")
             if parts[1] == "q":
                 queue = untoken(parts[2])
-                await self._delete(self.work, seq, self._consumer(queue, int(parts[3][1:])))
+                await core.delete(core.work, seq, core.consumer(queue, int(parts[3][1:])))
             else:
-                await self._delete(self.delays, seq, "delay")
+                await core.delete(core.delays, seq, "delay")
 
     def _check_size(self, messages: Sequence[Message]) -> None:
         """Refuse (PayloadError, nothing published) a body the server would not take.
@@ -237,12 +251,12 @@ class NatsBroker(NatsAdmin, NatsDelays, Broker, BrokerAdmin):
         The limit is the server's ``max_payload`` less ``HEADER_ROOM``, kept free for the
         headers a retry or a dead letter adds to the same body.
         """
-        limit = self._conn().max_payload - HEADER_ROOM
+        limit = self._conn.client().max_payload - HEADER_ROOM
         for msg in messages:
             if len(msg.body) > limit:
                 raise PayloadError(
                     f"task {msg.task or '?'}[{msg.id}]: the message is {len(msg.body):,} bytes, "
-                    f"over the {limit:,} a message may have on NATS at {self._masked} "
+                    f"over the {limit:,} a message may have on NATS at {self._conn.masked} "
                     f"(the server's max_payload less {HEADER_ROOM:,} for headers); "
                     "nothing was enqueued"
                 )
@@ -264,175 +278,74 @@ class NatsBroker(NatsAdmin, NatsDelays, Broker, BrokerAdmin):
         self, queues: Sequence[str], max_messages: int, timeout: float
     ) -> list[Delivery]:
         """Up to ``max_messages`` deliveries: queues in order, levels 9..0, FIFO within."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(0.0, timeout)
-        while True:
-            waker = loop.create_future()
-            self._wakers.append(waker)
-            try:
-                got = await self._take(queues, max_messages)
-                remaining = deadline - loop.time()
-                if got or remaining <= 0 or self._nc is None:
-                    return got
-                await asyncio.wait([waker], timeout=min(remaining, self._until_due()))
-            finally:
-                if waker in self._wakers:
-                    self._wakers.remove(waker)
+        return await self._fetcher.fetch(queues, max_messages, timeout)
 
-    async def _take(self, queues: Sequence[str], limit: int) -> list[Delivery]:
-        if limit <= 0:
-            return []
-        await self._promote_due()
-        if self._rescan or time.monotonic() - self._last_scan >= RESCAN:
-            # Redeliveries (a lease ran out somewhere) announce themselves to nobody.
-            self._rescan = False
-            self._last_scan = time.monotonic()
-            self._known_empty.clear()
-        out: list[Delivery] = []
-        for queue in queues:
-            if len(out) >= limit:
-                break
-            if await self._is_paused(queue):
-                continue
-            await self._ensure_queue(queue, consume=True)
-            for level in LEVELS:
-                await self._take_level(queue, level, limit, out)
-                if len(out) >= limit:
-                    break
-        return out
-
-    async def _take_level(self, queue: str, level: int, limit: int, out: list[Delivery]) -> None:
-        key = (queue, level)
-        while len(out) < limit and key not in self._known_empty:
-            need = limit - len(out)
-            generation = self._level_gen.get(key, 0)
-            msgs = await self._pull(self.work, self._consumer(queue, level), need)
-            if len(msgs) < need and self._level_gen.get(key, 0) == generation:
-                # Empty until a publish to this level is announced (or the next rescan).
-                self._known_empty.add(key)
-            for msg in msgs:
-                delivery = await self._admit(msg, queue, level)
-                if delivery is not None:
-                    out.append(delivery)
-            if len(msgs) < need:
-                return
-
-    async def _admit(self, msg: Msg, queue: str, level: int) -> NatsDelivery | None:
-        """A delivery for ``msg``, or None when it was dead-lettered here. Either way the
-        rest of the batch is delivered: a message that cannot be filed now (the
-        dead-letter stream is unreachable) stays leased and is filed when it comes back."""
-        try:
-            frame = framing(msg)
-        except ValueError as exc:
-            await self._file(
-                msg,
-                queue,
-                level,
-                count=msg.metadata.num_delivered,
-                most=1,
-                reason="undecodable",
-                error=f"malformed framing: {exc}",
-            )
-            return None
-        count = msg.metadata.num_delivered + frame.base
-        if count > frame.max_deliveries:
-            await self._file(
-                msg,
-                queue,
-                level,
-                count=count - 1,
-                most=frame.max_deliveries,
-                reason="worker_lost",
-                error="lease expired",
-            )
-            return None
-        return NatsDelivery(
-            self, msg, queue, level, count=count, max_deliveries=frame.max_deliveries
-        )
-
-    async def _file(
-        self,
-        msg: Msg,
-        queue: str,
-        level: int,
-        *,
-        count: int,
-        most: int,
-        reason: str,
-        error: str,
-    ) -> None:
-        try:
-            await self._bury(
-                msg,
-                queue,
-                level,
-                count=count,
-                max_deliveries=most,
-                reason=reason,
-                error=error,
-                report=True,
-            )
-        except BrokerError as exc:
-            log.warning("could not dead-letter message %s of %s (%s)", msg.subject, queue, exc)
-
-    async def _on_notify(self, msg: Msg) -> None:
-        try:
-            change = json.loads(msg.data)
-            self._mark(bool(change["d"]), change["l"])
-        except (ValueError, KeyError, TypeError):
-            self._mark(True, [])
-            self._known_empty.clear()
+    def take_lost(self) -> list[DeadLetter]:
+        """Messages this instance's fetches dead-lettered since the last call: reason
+        ``worker_lost`` (deliveries ran out) or ``undecodable`` (malformed framing)."""
+        return self._core.take_lost()
 
     async def cancel(self, message_id: str, queue: str) -> bool:
         """Delete a ready or scheduled message; False if leased to a worker or unknown."""
         mid, qt = subject_token(message_id), subject_token(queue)
-        await self._ensure_queue(queue)
-        found = await self._scan(self.work, f"{self.root}.q.{qt}.*.{mid}", 1, 1)
+        core = self._core
+        await core.ensure_queue(queue)
+        found = await core.scan(core.work, f"{core.root}.q.{qt}.*.{mid}", 1, 1)
         if found:
             seq = int(found[0]["seq"])
             level = int(str(found[0]["subject"]).split(".")[-2][1:])
-            info = await self._api(f"CONSUMER.INFO.{self.work}.{self._consumer(queue, level)}", {})
+            consumer = core.consumer(queue, level)
+            info = await self._conn.api(f"CONSUMER.INFO.{core.work}.{consumer}", {})
             if seq <= int(info["delivered"]["stream_seq"]):
                 return False  # leased to a worker: the control channel stops it
-            return await self._delete(self.work, seq, self._consumer(queue, level))
-        found = await self._scan(self.delays, self._delay_subject(queue, message_id), 1, 1)
-        return bool(found) and await self._delete(self.delays, int(found[0]["seq"]), "delay")
+            return await core.delete(core.work, seq, consumer)
+        found = await core.scan(core.delays, core.delay_subject(queue, message_id), 1, 1)
+        return bool(found) and await core.delete(core.delays, int(found[0]["seq"]), "delay")
 
     # -- control channel -------------------------------------------------------------
     async def send_control(self, command: dict[str, Any]) -> None:
         """Broadcast on the control subject (core NATS: reaches connected workers)."""
-        await self._call(self._conn().publish(f"{self.root}.ctl", json.dumps(command).encode()))
-        await self._call(self._conn().flush())
-
-    async def _on_control(self, msg: Msg) -> None:
-        with contextlib.suppress(ValueError):
-            command = json.loads(msg.data)
-            if isinstance(command, dict):
-                self._control.append(command)
-                if len(self._control) > 10_000:
-                    del self._control[:5_000]
-                    self._control_base += 5_000
-                self._wake_control()
-
-    def _wake_control(self) -> None:
-        wakers, self._control_wakers = self._control_wakers, []
-        for fut in wakers:
-            if not fut.done():
-                fut.set_result(None)
+        nc = self._conn.client()
+        await self._conn.call(nc.publish(f"{self._core.root}.ctl", json.dumps(command).encode()))
+        await self._conn.call(nc.flush())
 
     async def control_messages(self, timeout: float) -> list[dict[str, Any]]:
         """Commands received since this task's previous call, waiting up to ``timeout``."""
-        key = id(asyncio.current_task())
-        end = self._control_base + len(self._control)
-        cursor = self._control_cursors.setdefault(key, end)
-        if cursor >= end and timeout > 0 and self._nc is not None:
-            fut = asyncio.get_running_loop().create_future()
-            self._control_wakers.append(fut)
-            await asyncio.wait([fut], timeout=timeout)
-        end = self._control_base + len(self._control)
-        self._control_cursors[key] = end
-        return self._control[max(0, cursor - self._control_base) :]
+        return await self._control.read(timeout)
 
     def forget_control_reader(self) -> None:
         """Drop the current task's control cursor (called when a worker stops)."""
-        self._control_cursors.pop(id(asyncio.current_task()), None)
+        self._control.forget()
+
+    # -- admin (BrokerAdmin) ---------------------------------------------------------
+    async def depth(self, queue: str) -> dict[str, int]:
+        """Counts from consumer info (ready, inflight) and subject counts (scheduled, dead)."""
+        return await self._admin.depth(queue)
+
+    async def peek(self, queue: str, limit: int = 10) -> list[bytes]:
+        """Next undelivered bodies, highest level first (not removed)."""
+        return await self._admin.peek(queue, limit)
+
+    async def purge_ids(self, queue: str, *, scheduled: bool = True) -> list[str]:
+        """Drop the queue's ready (and scheduled) messages; their ids."""
+        return await self._admin.purge_ids(queue, scheduled=scheduled)
+
+    async def pause(self, queue: str) -> None:
+        """Stop delivering ``queue`` in every process (flag in KV, change broadcast)."""
+        await self._admin.pause(queue)
+
+    async def resume(self, queue: str) -> None:
+        """Deliver ``queue`` again."""
+        await self._admin.resume(queue)
+
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        """The queue's dead letters, oldest first."""
+        return await self._admin.dead_letters(queue, limit)
+
+    async def replay(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Republish dead letters (all, or ``ids``) with a fresh budget; remove them."""
+        return await self._admin.replay(queue, ids)
+
+    async def requeue(self, queue: str, messages: Sequence[Message]) -> list[str]:
+        """Republish dead letters as ``messages`` (matched by id) and remove them."""
+        return await self._admin.requeue(queue, messages)

@@ -6,30 +6,29 @@ continuation, innermost first. A frame is
 * ``{"k": "c", "id": chain id, "i": step index, "rest": [specs of the later steps]}``, or
 * ``{"k": "g", "id": group id, "i": member index, "n": group size}``.
 
-The worker calls :func:`advance_step` after the step's record is durable and *before* it acks
-the message. Everything here is idempotent, so a worker that dies anywhere in between only
-causes a redelivery that advances again with the same outcome (re-read from the stored
-record): records merge the same fields, terminal records never change, group slots are
-first-write-wins, and next steps are published with their pre-assigned ids plus an
-idempotency key (``canvas:<task id>``), which the App's enqueue path deduplicates.
+:class:`CanvasContinuation` is registered on the kernel by ``App``; the worker runs it after
+the step's record is durable and *before* it acks the message. Everything here is
+idempotent, so a worker that dies anywhere in between only causes a redelivery that advances
+again with the same outcome (re-read from the stored record): records merge the same
+fields, terminal records never change, group slots are first-write-wins, and next steps are
+published with their pre-assigned ids plus an idempotency key (``canvas:<task id>``), which
+the kernel's enqueuer deduplicates.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import IdempotencyConflict, PayloadError
+from ..kernel import Kernel, Prepared
 from ..message import Envelope, TaskStatus
 from ..payload import decode_any
 from ..results.base import is_terminal
 from .state import SUCCEEDED, GroupCounter, decode_typed, error_of
 
-if TYPE_CHECKING:
-    from ..app import App, _Prepared
-
-__all__ = ["Advancer", "advance_step", "apply_spec"]
+__all__ = ["Advancer", "CanvasContinuation", "apply_spec"]
 
 log = logging.getLogger("taskflow.canvas")
 
@@ -75,20 +74,22 @@ class _Batch:
 
     def __init__(self) -> None:
         self.updates: list[tuple[str, dict[str, Any]]] = []
-        self.prepared: list[_Prepared] = []
+        self.prepared: list[Prepared] = []
         self.broken: list[tuple[Mapping[str, Any], list[Any], dict[str, str]]] = []
 
 
 class Advancer:
     """Advances canvas frames for one finished step (``owner``: that step's task id)."""
 
-    def __init__(self, app: App, owner: str, *, keyed: bool, replay: bool, root_id: str) -> None:
-        self.app = app
+    def __init__(
+        self, kernel: Kernel, owner: str, *, keyed: bool, replay: bool, root_id: str
+    ) -> None:
+        self.kernel = kernel
         self.owner = owner
         self.keyed = keyed
         self.replay = replay
         self.root_id = root_id
-        self.ttl = app.result_ttl
+        self.ttl = kernel.settings.result_ttl
 
     # -- starting nodes ---------------------------------------------------------------
     async def start(
@@ -104,7 +105,7 @@ class Advancer:
         if kind == "t":
             self._send(spec, prev, frames, batch, parent_task)
             return
-        now = self.app.clock.time()
+        now = self.kernel.clock.time()
         batch.updates.append((spec["id"], {"status": TaskStatus.RUNNING.value, "started_at": now}))
         if kind == "c":
             steps = spec["steps"]
@@ -140,11 +141,9 @@ class Advancer:
             opts["idempotency_key"] = f"canvas:{spec['id']}"
         try:
             if prev is not _NO_PREV and not spec["im"]:
-                args.insert(0, decode_typed(self.app, prev))
+                args.insert(0, decode_typed(self.kernel.registry, prev))
             kwargs = {k: decode_any(v) for k, v in spec["kwargs"].items()}
-            batch.prepared.append(
-                self.app._prepare(name, self.app.registry.get(name), args, kwargs, opts)
-            )
+            batch.prepared.append(self.kernel.prepare(name, args, kwargs, opts))
         except (PayloadError, ValueError, TypeError) as exc:
             # The step cannot even be sent (its parent's value does not fit its
             # parameters): it fails like a task would, and its canvas with it.
@@ -153,51 +152,53 @@ class Advancer:
     async def flush(self, batch: _Batch) -> None:
         """Write the batch's records, publish its tasks, fail the steps that could not go."""
         if batch.updates:
-            await self.app.results.update_many(batch.updates, self.ttl)
+            await self.kernel.results.update_many(batch.updates, self.ttl)
         if batch.prepared:
             await self._publish(batch.prepared)
         for spec, frames, error in batch.broken:
-            await self.app.results.update(
+            await self.kernel.results.update(
                 spec["id"],
                 {
                     "status": FAILED,
                     "name": spec["name"],
                     "error": error,
-                    "finished_at": self.app.clock.time(),
+                    "finished_at": self.kernel.clock.time(),
                 },
                 self.ttl,
             )
             await self.advance(frames, fail(spec["id"], FAILED, error))
 
-    async def _publish(self, prepared: list[_Prepared]) -> None:
+    async def _publish(self, prepared: list[Prepared]) -> None:
+        enqueuer = self.kernel.enqueuer
         try:
-            await self.app._enqueue(prepared)
+            await enqueuer.enqueue(prepared)
         except IdempotencyConflict:
             # Only a replay recomputes a step's arguments; a task that stores no result may
             # have returned something else the second time. The first publish stands.
             for item in prepared:
                 try:
-                    await self.app._enqueue([item])
+                    await enqueuer.enqueue([item])
                 except IdempotencyConflict as exc:
                     log.warning("canvas step %s was already sent (%s)", item.envelope.id, exc)
         if self.replay:
             await self._republish_missing(prepared)
 
-    async def _republish_missing(self, prepared: list[_Prepared]) -> None:
+    async def _republish_missing(self, prepared: list[Prepared]) -> None:
         """After a crash between claiming a step's idempotency key and writing its record,
         the key alone would hide a step that was never sent: send those again."""
         stored = [p for p in prepared if p.store_result]
         if not stored:
             return
-        records = await self.app.results.get_many([p.envelope.id for p in stored])
+        results = self.kernel.results
+        records = await results.get_many([p.envelope.id for p in stored])
         for item, record in zip(stored, records, strict=True):
             key = item.envelope.idempotency_key
             if record is None and key is not None:
                 log.warning(
                     "canvas step %s was claimed but never sent; sending it", item.envelope.id
                 )
-                await self.app.results.delete_value(f"idem:{key}")
-                await self.app._enqueue([item])
+                await results.delete_value(f"idem:{key}")
+                await self.kernel.enqueuer.enqueue([item])
 
     # -- advancing frames -------------------------------------------------------------
     async def advance(self, frames: list[Any], outcome: Outcome) -> None:
@@ -214,7 +215,7 @@ class Advancer:
         self, frame: Mapping[str, Any], parent: list[Any], outcome: Outcome
     ) -> None:
         cid, index, rest = str(frame["id"]), int(frame["i"]), list(frame["rest"])
-        results, now = self.app.results, self.app.clock.time()
+        results, now = self.kernel.results, self.kernel.clock.time()
         if outcome["ok"] and rest:
             record = await results.update(
                 cid, {f"s.{index}": SUCCEEDED, "current": index + 1}, self.ttl
@@ -253,14 +254,14 @@ class Advancer:
         """A canvas that was already terminal: hand its stored outcome up (idempotent)."""
         if not parent:
             return
-        record = await self.app.results.get(record_id)
+        record = await self.kernel.results.get(record_id)
         if is_terminal(record):
             assert record is not None
             await self.advance(parent, _outcome_of(record, record_id))
 
     async def _cancel_specs(self, specs: list[Any]) -> None:
         """Record every task and canvas in ``specs`` (later chain steps) as cancelled."""
-        now = self.app.clock.time()
+        now = self.kernel.clock.time()
         updates: list[tuple[str, Mapping[str, Any]]] = []
         for spec in specs:
             for node in _walk(spec):
@@ -269,18 +270,18 @@ class Advancer:
                     changes["name"] = node["name"]
                 updates.append((str(node["id"]), changes))
         if updates:
-            await self.app.results.update_many(updates, self.ttl)
+            await self.kernel.results.update_many(updates, self.ttl)
 
     async def _group_member(
         self, frame: Mapping[str, Any], parent: list[Any], outcome: Outcome
     ) -> None:
         gid, index, size = str(frame["id"]), int(frame["i"]), int(frame["n"])
-        slot: dict[str, Any] = {"task": outcome["task"], "finished_at": self.app.clock.time()}
+        slot: dict[str, Any] = {"task": outcome["task"], "finished_at": self.kernel.clock.time()}
         if outcome["ok"]:
             slot.update(status=SUCCEEDED, result=outcome["value"])
         else:
             slot.update(status=outcome["status"], error=outcome["error"])
-        slots = await GroupCounter(self.app, gid, size).finish(index, slot, self.owner)
+        slots = await GroupCounter(self.kernel, gid, size).finish(index, slot, self.owner)
         if not outcome["ok"]:
             # Fail fast: what follows the group (a chord body) never runs, and the
             # canvas's result raises this member's error now, not after the others.
@@ -288,9 +289,9 @@ class Advancer:
         if slots is None:
             return
         bad = next((s for s in slots if s.get("status") != SUCCEEDED), None)
-        now = self.app.clock.time()
+        now = self.kernel.clock.time()
         if bad is not None:
-            await self.app.results.update(
+            await self.kernel.results.update(
                 gid,
                 {
                     "status": FAILED if bad["status"] == FAILED else CANCELLED,
@@ -301,46 +302,58 @@ class Advancer:
                 self.ttl,
             )
             return
-        await self.app.results.update(gid, {"status": SUCCEEDED, "finished_at": now}, self.ttl)
+        await self.kernel.results.update(gid, {"status": SUCCEEDED, "finished_at": now}, self.ttl)
         await self.advance(parent, ok(gid, {"g": [s.get("result") for s in slots]}))
 
 
 async def apply_spec(
-    app: App, spec: Mapping[str, Any], records: list[tuple[str, dict[str, Any]]]
+    kernel: Kernel, spec: Mapping[str, Any], records: list[tuple[str, dict[str, Any]]]
 ) -> None:
     """Producer side: write the canvas records, then start the root node."""
-    await app._connect()
+    await kernel.connect()
     if records:
-        await app.results.update_many(records, app.result_ttl)
+        await kernel.results.update_many(records, kernel.settings.result_ttl)
     advancer = Advancer(
-        app, f"apply:{spec['id']}", keyed=False, replay=False, root_id=str(spec["id"])
+        kernel, f"apply:{spec['id']}", keyed=False, replay=False, root_id=str(spec["id"])
     )
     batch = _Batch()
     await advancer.start(spec, _NO_PREV, [], batch)
     await advancer.flush(batch)
 
 
-async def advance_step(app: App, envelope: Envelope, status: TaskStatus, encoded: Any) -> None:
-    """Worker side: the step ``envelope`` finished with ``status`` (``encoded``: its wire
-    result). The stored record, when there is one, is the truth: after a crash the
-    redelivered message reaches here as cancelled, and the record tells what happened."""
-    frames = (envelope.canvas or {}).get("frames")
-    if not frames:
-        return
-    task = app.registry.get(envelope.task)
-    stores = task is None or task.options.store_result
-    record = await app.results.get(envelope.id) if stores else None
-    value = status.value
-    if record is not None and is_terminal(record):
-        value = str(record["status"])
+class CanvasContinuation:
+    """Worker side, registered on the kernel: what follows a finished canvas step.
+
+    Called with the step's ``envelope``, ``status`` and ``encoded`` wire result. The stored
+    record, when there is one, is the truth: after a crash the redelivered message arrives
+    here as cancelled, and the record tells what happened.
+    """
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+
+    async def __call__(self, envelope: Envelope, status: TaskStatus, encoded: Any) -> None:
+        frames = (envelope.canvas or {}).get("frames")
+        if not frames:
+            return
+        task = self.kernel.registry.get(envelope.task)
+        stores = task is None or task.options.store_result
+        record = await self.kernel.results.get(envelope.id) if stores else None
+        value = status.value
+        if record is not None and is_terminal(record):
+            value = str(record["status"])
+            if value == SUCCEEDED:
+                encoded = record.get("result")
+        replay = status is TaskStatus.CANCELLED or value != status.value or not stores
         if value == SUCCEEDED:
-            encoded = record.get("result")
-    replay = status is TaskStatus.CANCELLED or value != status.value or not stores
-    if value == SUCCEEDED:
-        outcome = ok(envelope.id, {"n": envelope.task, "v": encoded})
-    else:
-        outcome = fail(envelope.id, value, (record or {}).get("error"))
-    advancer = Advancer(
-        app, envelope.id, keyed=True, replay=replay, root_id=envelope.root_id or envelope.id
-    )
-    await advancer.advance(list(frames), outcome)
+            outcome = ok(envelope.id, {"n": envelope.task, "v": encoded})
+        else:
+            outcome = fail(envelope.id, value, (record or {}).get("error"))
+        advancer = Advancer(
+            self.kernel,
+            envelope.id,
+            keyed=True,
+            replay=replay,
+            root_id=envelope.root_id or envelope.id,
+        )
+        await advancer.advance(list(frames), outcome)

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
-from ..errors import NotFound, ResultTimeout, TaskCancelled, TaskFailed
+from ..errors import NotFound, ResultTimeout, TaskCancelled
+from ..kernel import Kernel
 from ..message import TaskStatus
-from ..results.handle import AsyncResult
+from ..results.handle import AsyncResult, failure
 from .state import SUCCEEDED, decode_typed, slot_id
 
-if TYPE_CHECKING:
-    from ..app import App
-
-__all__ = ["ChainResult", "ChordResult", "GroupResult", "ResultHandle", "handle_for"]
+__all__ = [
+    "ChainResult",
+    "ChordResult",
+    "GroupResult",
+    "ResultHandle",
+    "chain_result",
+    "from_record",
+    "group_result",
+    "handle_for",
+]
 
 ResultHandle: TypeAlias = "AsyncResult[Any] | GroupResult | ChainResult"
 
@@ -25,26 +32,26 @@ def _remaining(deadline: float | None) -> float | None:
     return max(0.0, deadline - time.monotonic())
 
 
-async def _aget_many(app: App, ids: list[str]) -> list[dict[str, Any] | None]:
-    await app._connect()  # a handle may be the first thing an App does (a lookup by id)
-    return await app.results.get_many(ids) if ids else []
+def _records(kernel: Kernel, ids: list[str]) -> list[dict[str, Any] | None]:
+    # A handle may be the first thing an app does (a lookup by id): lookup() connects.
+    return kernel.lookup(lambda: _get_many(kernel, ids))
 
 
-def _records(app: App, ids: list[str]) -> list[dict[str, Any] | None]:
-    return app._call(_aget_many(app, ids))
+async def _get_many(kernel: Kernel, ids: list[str]) -> list[dict[str, Any] | None]:
+    return await kernel.results.get_many(ids) if ids else []
 
 
-def _record(app: App, record_id: str) -> dict[str, Any] | None:
-    return _records(app, [record_id])[0]
+def _record(kernel: Kernel, record_id: str) -> dict[str, Any] | None:
+    return _records(kernel, [record_id])[0]
 
 
 class _CanvasResult:
-    """What group and chain handles share: an id, an app and child handles."""
+    """What group and chain handles share: an id, the app's kernel and child handles."""
 
     kind = ""
 
-    def __init__(self, app: App, canvas_id: str, children: list[ResultHandle]) -> None:
-        self._app = app
+    def __init__(self, kernel: Kernel, canvas_id: str, children: list[ResultHandle]) -> None:
+        self._kernel = kernel
         self.id = canvas_id
         self.children = children
 
@@ -58,7 +65,7 @@ class _CanvasResult:
         return hash(self.id)
 
     def _own(self) -> dict[str, Any] | None:
-        return _record(self._app, self.id)
+        return _record(self._kernel, self.id)
 
     @property
     def status(self) -> TaskStatus:
@@ -81,7 +88,7 @@ class _CanvasResult:
     def statuses(self) -> dict[str, TaskStatus]:
         """``{child id: status}`` in submission order (children are tasks or canvases)."""
         ids = [child.id for child in self.children]
-        records = _records(self._app, ids)
+        records = _records(self._kernel, ids)
         final = self._final_statuses()
         out: dict[str, TaskStatus] = {}
         for index, (cid, record) in enumerate(zip(ids, records, strict=True)):
@@ -105,7 +112,7 @@ class GroupResult(_CanvasResult):
 
     def _final_statuses(self) -> dict[int, str]:
         ids = [slot_id(self.id, i) for i in range(len(self.children))]
-        slots = _records(self._app, ids)
+        slots = _records(self._kernel, ids)
         return {i: str(s["status"]) for i, s in enumerate(slots) if s and s.get("status")}
 
     def get(self, timeout: float | None = None, *, propagate: bool = True) -> list[Any]:
@@ -172,14 +179,15 @@ class ChainResult(_CanvasResult):
         Raises the failing step's :class:`TaskFailed` (or returns it with
         ``propagate=False``), :class:`TaskCancelled`, or :class:`ResultTimeout`.
         """
-        record = self._app._wait_result(self.id, timeout)
+        record = self._kernel.wait_result(self.id, timeout)
         if record is None:
             raise ResultTimeout(f"{self.kind} {self.id} did not finish within {timeout}s")
         return self._outcome(record, propagate)
 
     async def aget(self, timeout: float | None = None, *, propagate: bool = True) -> Any:
         """``get`` for async code."""
-        record = await self._app._acall(self._app.results.wait(self.id, timeout))
+        kernel = self._kernel
+        record = await kernel.acall(kernel.results.wait(self.id, timeout))
         if record is None:
             raise ResultTimeout(f"{self.kind} {self.id} did not finish within {timeout}s")
         return self._outcome(record, propagate)
@@ -187,20 +195,11 @@ class ChainResult(_CanvasResult):
     def _outcome(self, record: Mapping[str, Any], propagate: bool) -> Any:
         status = record.get("status")
         if status == SUCCEEDED:
-            return decode_typed(self._app, record.get("result"))
+            return decode_typed(self._kernel.registry, record.get("result"))
         failed_task = str(record.get("failed_task") or self.id)
         if status in ("cancelled", "expired"):
             raise TaskCancelled(failed_task, str(status))
-        error = record.get("error") or {}
-        exc = TaskFailed(
-            failed_task,
-            str(error.get("type", "Exception")),
-            str(error.get("message", "")),
-            error.get("traceback"),
-        )
-        if propagate:
-            raise exc
-        return exc
+        return failure(failed_task, record, propagate)
 
 
 class ChordResult(ChainResult):
@@ -222,33 +221,45 @@ class ChordResult(ChainResult):
         return self.children[-1]
 
 
-def handle_for(app: App, desc: Mapping[str, Any]) -> ResultHandle:
+def handle_for(kernel: Kernel, desc: Mapping[str, Any]) -> ResultHandle:
     """A handle rebuilt from a stored descriptor (``{"id", "k", "name"}``)."""
     if desc["k"] == "t":
-        return AsyncResult(app, str(desc["id"]), desc.get("name"))
-    record = _record(app, str(desc["id"]))
+        return AsyncResult(kernel, str(desc["id"]), desc.get("name"))
+    record = _record(kernel, str(desc["id"]))
     if record is None:
         raise NotFound(f"no record for canvas {desc['id']}")
-    return from_record(app, record)
+    return from_record(kernel, record)
 
 
-def from_record(app: App, record: Mapping[str, Any]) -> GroupResult | ChainResult:
+def from_record(kernel: Kernel, record: Mapping[str, Any]) -> GroupResult | ChainResult:
     """A group or chain handle from its stored record."""
     kind = record.get("kind")
     if kind == "group":
-        return GroupResult(
-            app, str(record["id"]), [handle_for(app, d) for d in record.get("members", [])]
-        )
+        members = [handle_for(kernel, d) for d in record.get("members", [])]
+        return GroupResult(kernel, str(record["id"]), members)
     if kind == "chain":
-        children = [handle_for(app, d) for d in record.get("steps", [])]
+        children = [handle_for(kernel, d) for d in record.get("steps", [])]
         cls = ChordResult if record.get("chord") else ChainResult
-        return cls(app, str(record["id"]), children)
+        return cls(kernel, str(record["id"]), children)
     raise NotFound(f"record {record.get('id')} is not a canvas (kind {kind!r})")
 
 
-def lookup(app: App, canvas_id: str, kind: str) -> GroupResult | ChainResult:
-    """``app.group_result`` / ``app.chain_result``: NotFound if absent or another kind."""
-    record = _record(app, canvas_id)
+def group_result(kernel: Kernel, group_id: str) -> GroupResult:
+    """``app.group_result``: NotFound if absent or not a group."""
+    found = _lookup(kernel, group_id, "group")
+    assert isinstance(found, GroupResult)
+    return found
+
+
+def chain_result(kernel: Kernel, chain_id: str) -> ChainResult:
+    """``app.chain_result``: NotFound if absent or not a chain (or chord)."""
+    found = _lookup(kernel, chain_id, "chain")
+    assert isinstance(found, ChainResult)
+    return found
+
+
+def _lookup(kernel: Kernel, canvas_id: str, kind: str) -> GroupResult | ChainResult:
+    record = _record(kernel, canvas_id)
     if record is None or record.get("kind") != kind:
         raise NotFound(f"no {kind} with id {canvas_id}")
-    return from_record(app, record)
+    return from_record(kernel, record)

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..kernel import Kernel, TaskRegistry
 from ..message import TaskStatus
 from ..payload import decode_any
 from ..results.base import is_terminal
-
-if TYPE_CHECKING:
-    from ..app import App
 
 __all__ = [
     "GroupCounter",
@@ -100,13 +98,13 @@ def error_of(exc: BaseException) -> dict[str, str]:
     }
 
 
-def decode_typed(app: App, value: Any) -> Any:
+def decode_typed(registry: TaskRegistry, value: Any) -> Any:
     """A typed value back to Python, with each producing task's return annotation."""
     if not isinstance(value, dict):
         return decode_any(value)
     if "g" in value:
-        return [decode_typed(app, v) for v in value["g"]]
-    task = app.registry.get(str(value.get("n") or ""))
+        return [decode_typed(registry, v) for v in value["g"]]
+    task = registry.get(str(value.get("n") or ""))
     if task is None:
         return decode_any(value.get("v"))
     return task.schema.decode_result(value.get("v"))
@@ -129,15 +127,15 @@ class GroupCounter:
        it is done: a crash before that redelivers exactly that member, which finishes it.
     """
 
-    def __init__(self, app: App, gid: str, size: int) -> None:
-        self.app = app
+    def __init__(self, kernel: Kernel, gid: str, size: int) -> None:
+        self.kernel = kernel
         self.gid = gid
         self.size = size
-        self.ttl = app.result_ttl
+        self.ttl = kernel.settings.result_ttl
 
     async def finish(self, index: int, slot: dict[str, Any], owner: str) -> list[Any] | None:
         """Record member ``index``; the slots of a complete group if ``owner`` completes it."""
-        results = self.app.results
+        results = self.kernel.results
         first = await results.update(slot_id(self.gid, index), slot, self.ttl) is not None
         done = await results.incr(f"canvas:{self.gid}:done", 1, self.ttl)
         if done < self.size and first:

@@ -13,19 +13,19 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import click
 
+from ..app import App
+from ..beat import Beat, ScheduleSpec
 from ..errors import ConfigError, NotFound, PayloadError, TaskflowError
+from ..kernel import ServiceGroup
+from ..worker import Worker
 from ..worker.foreground import Runner, serve
 from ..worker.signals import StopControl
+from .common import CliError, CliRuntimeError, load, logging_setup
 from .options import app_option, connect_timeout_option, loglevel_option
-
-if TYPE_CHECKING:
-    from ..app import App
-    from ..beat import Beat
-    from ..worker import Worker
 
 __all__ = ["beat", "schedules", "with_beat"]
 
@@ -35,11 +35,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 @contextmanager
 def _app(spec: str | None) -> Iterator[App]:
     """Load the app, turn taskflow errors into one-line CLI errors, close the app."""
-    from .main import CliError, CliRuntimeError, _load
-
     if not spec:
         raise CliError("no app given: pass -A MODULE[:ATTR] or set TASKFLOW_APP")
-    app = _load(spec)
+    app = load(spec)
     try:
         yield app
     except NotFound as exc:
@@ -52,56 +50,10 @@ def _app(spec: str | None) -> Iterator[App]:
         app.close()
 
 
-class _WorkerAndBeat:
-    """A worker with a beat beside it, started and stopped together (``worker --beat``)."""
-
-    def __init__(self, worker: Worker, beat: Beat) -> None:
-        self.worker = worker
-        self.beat = beat
-
-    @property
-    def fatal(self) -> BaseException | None:
-        """The worker's stage that died, if one did."""
-        return self.worker.fatal
-
-    def start(self) -> None:
-        self.worker.start()
-        try:
-            self.beat.start()
-        except BaseException:
-            self.worker.stop_now()
-            raise
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self.beat.stop()  # no new runs while the worker drains
-        self.worker.stop(timeout)
-
-    def stop_now(self) -> None:
-        self.beat.stop()
-        self.worker.stop_now()
-
-
 def with_beat(worker: Worker, beat: Beat) -> Runner:
-    """``worker`` and ``beat`` as one thing to run in the foreground."""
-    return _WorkerAndBeat(worker, beat)
-
-
-class _BeatAlone:
-    """A beat as the foreground loop runs it (it has no stages that can die)."""
-
-    fatal: BaseException | None = None
-
-    def __init__(self, beat: Beat) -> None:
-        self.beat = beat
-
-    def start(self) -> None:
-        self.beat.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self.beat.stop(timeout)
-
-    def stop_now(self) -> None:
-        self.beat.stop_now()
+    """``worker`` and ``beat`` as one thing to run in the foreground (``worker --beat``):
+    the beat stops first, so that no new runs are enqueued while the worker drains."""
+    return ServiceGroup(worker, beat)
 
 
 @click.command("beat")
@@ -132,8 +84,6 @@ def beat(  # noqa: PLR0917 -- click passes every option as an argument
     loglevel: str,
 ) -> None:
     """Enqueue the app's periodic tasks until SIGTERM or SIGINT (any number may run)."""
-    from .main import logging_setup
-
     # Logging is set up after the import (the module may have configured it: then it is
     # left alone) and kept until the app is closed, which logs the last lines.
     with (
@@ -142,8 +92,8 @@ def beat(  # noqa: PLR0917 -- click passes every option as an argument
         _app(app_spec) as app,
     ):
         configure()
-        runner = _BeatAlone(app.beat(lease=lease, max_interval=max_interval))
-        code = serve(app, runner, control, grace=0.0, connect_timeout=connect_timeout)
+        runner = app.beat(lease=lease, max_interval=max_interval)
+        code = serve(app.kernel, runner, control, grace=0.0, connect_timeout=connect_timeout)
     ctx.exit(code)
 
 
@@ -156,10 +106,8 @@ def schedules() -> None:
 @app_option
 def list_schedules(app_spec: str | None) -> None:
     """Show every schedule: name, trigger, task, next run (UTC), state and source."""
-    from ..beat import periodic_of
-
     with _app(app_spec) as app:
-        infos = periodic_of(app).list()
+        infos = app.schedules.list()
     if not infos:
         click.echo("no schedules")
         return
@@ -174,68 +122,66 @@ def list_schedules(app_spec: str | None) -> None:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
-def _json(value: str | None, what: str, kind: type) -> Any:
-    from .main import CliError
+def _json(kind: type[list[Any]] | type[dict[str, Any]]) -> Callable[..., Any]:
+    """A click callback that parses an option's JSON array or object (absent: empty)."""
+    what = "array" if kind is list else "object"
 
-    if value is None:
-        return kind()
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise CliError(f"{what} is not valid JSON: {exc}") from None
-    if not isinstance(parsed, kind):
-        raise CliError(f"{what} must be a JSON {'array' if kind is list else 'object'}")
-    return parsed
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+        if value is None:
+            return kind()
+        option = param.opts[0]
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise CliError(f"{option} is not valid JSON: {exc}") from None
+        if not isinstance(parsed, kind):
+            raise CliError(f"{option} must be a JSON {what}")
+        return parsed
+
+    return parse
+
+
+# How ``schedules add`` spells each ScheduleSpec option (``name`` is its NAME argument).
+# The command gets one option per ScheduleSpec key, in the TypedDict's order: a key added
+# there without a line here fails at import, not in front of a user.
+_SCHEDULE_OPTIONS: dict[str, Callable[[F], F]] = {
+    "cron": click.option("--cron", help="Cron expression (5 fields, or 6: seconds first)."),
+    "every": click.option("--every", type=float, help="Interval in seconds."),
+    "args": click.option(
+        "--args", callback=_json(list), help="Positional arguments, a JSON array."
+    ),
+    "kwargs": click.option(
+        "--kwargs", callback=_json(dict), help="Keyword arguments, JSON object."
+    ),
+    "queue": click.option("--queue", help="Queue (default: the task's)."),
+    "priority": click.option("--priority", type=int, help="Priority 0-9."),
+    "timezone": click.option("--timezone", help="IANA time zone of a cron (default UTC)."),
+    "missed": click.option(
+        "--missed",
+        type=click.Choice(["once", "skip"]),
+        default="once",
+        show_default=True,
+        help="After downtime: fire the latest missed run once, or skip missed runs.",
+    ),
+}
+
+
+def _schedule_options(fn: F) -> F:
+    """Add an option for every :class:`~taskflow.beat.ScheduleSpec` key but ``name``."""
+    for key in reversed([k for k in ScheduleSpec.__annotations__ if k != "name"]):
+        fn = _SCHEDULE_OPTIONS[key](fn)
+    return fn
 
 
 @schedules.command("add")
 @app_option
 @click.argument("name")
 @click.option("--task", "task_name", required=True, help="Registered task name to run.")
-@click.option("--cron", default=None, help="Cron expression (5 fields, or 6: seconds first).")
-@click.option("--every", type=float, default=None, help="Interval in seconds.")
-@click.option("--args", "args_json", default=None, help="Positional arguments, a JSON array.")
-@click.option("--kwargs", "kwargs_json", default=None, help="Keyword arguments, JSON object.")
-@click.option("--queue", default=None, help="Queue (default: the task's).")
-@click.option("--priority", type=int, default=None, help="Priority 0-9.")
-@click.option("--timezone", default=None, help="IANA time zone of a cron (default UTC).")
-@click.option(
-    "--missed",
-    type=click.Choice(["once", "skip"]),
-    default="once",
-    show_default=True,
-    help="After downtime: fire the latest missed run once, or skip missed runs.",
-)
-def add_schedule(  # noqa: PLR0917 -- click passes every option as an argument
-    app_spec: str | None,
-    name: str,
-    task_name: str,
-    cron: str | None,
-    every: float | None,
-    args_json: str | None,
-    kwargs_json: str | None,
-    queue: str | None,
-    priority: int | None,
-    timezone: str | None,
-    missed: str,
-) -> None:
+@_schedule_options
+def add_schedule(app_spec: str | None, name: str, task_name: str, **spec: Any) -> None:
     """Store a schedule NAME (replacing a stored one of that name)."""
-    args = _json(args_json, "--args", list)
-    kwargs = _json(kwargs_json, "--kwargs", dict)
     with _app(app_spec) as app:
-        schedule = app.add_periodic(
-            task_name,
-            cron=cron,
-            every=every,
-            name=name,
-            args=args,
-            kwargs=kwargs,
-            queue=queue,
-            priority=priority,
-            timezone=timezone,
-            missed=missed,
-            persist=True,
-        )
+        schedule = app.add_periodic(task_name, name=name, persist=True, **spec)
     click.echo(f"added {schedule.name}: {schedule.trigger} -> {schedule.task}")
 
 
@@ -245,9 +191,7 @@ def add_schedule(  # noqa: PLR0917 -- click passes every option as an argument
 def remove_schedule(app_spec: str | None, name: str) -> None:
     """Remove the stored schedule NAME."""
     with _app(app_spec) as app:
-        from ..beat import periodic_of
-
-        if name in periodic_of(app).declared:
+        if name in app.schedules.declared:
             raise ConfigError(
                 f"schedule {name!r} is declared in code; remove it there (or pause it)"
             )

@@ -9,24 +9,28 @@ line on stderr.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
 
 import click
 
 from .. import __version__
-from ..app import App
 from ..errors import ConfigError, TaskflowError
-from ..worker.foreground import EXIT_FAILED, EXIT_USAGE, serve
+from ..worker.foreground import serve
 from ..worker.signals import StopControl
 from .beat import beat, schedules, with_beat
-from .loader import AppLoadError, check_module, load_app
+from .common import (
+    LOG_FORMAT,
+    CliError,
+    CliRuntimeError,
+    configure_logging,
+    load,
+    logging_setup,
+)
+from .loader import AppLoadError, check_module
 from .options import APP_ENV, app_option, connect_timeout_option, loglevel_option
 from .supervisor import SUPERVISOR_ENV, Supervisor
 
@@ -41,25 +45,6 @@ __all__ = [
     "logging_setup",
     "main",
 ]
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-class CliError(click.ClickException):
-    """A usage or configuration error: one ``taskflow: error: ...`` line, exit status 2."""
-
-    exit_code = EXIT_USAGE
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        """Print the message as one line, without click's usage block."""
-        message = " ".join(self.format_message().split())
-        click.echo(f"taskflow: error: {message}", file=file, err=file is None)
-
-
-class CliRuntimeError(CliError):
-    """The worker could not run (e.g. its broker is unreachable): one line, exit status 1."""
-
-    exit_code = EXIT_FAILED
 
 
 @dataclass(frozen=True)
@@ -88,74 +73,6 @@ class WorkerOptions:
         if self.beat:
             command += ["--beat"]
         return command
-
-
-class _CliHandler(logging.StreamHandler[IO[str]]):
-    """The handler the command line installs (told apart so it can be replaced)."""
-
-
-def _user_configured_logging() -> bool:
-    """Whether the program put a handler of its own on the root or a ``taskflow`` logger."""
-    loggers = [logging.getLogger()] + [
-        logger
-        for name, logger in logging.Logger.manager.loggerDict.items()
-        if isinstance(logger, logging.Logger)
-        and (name == "taskflow" or name.startswith("taskflow."))
-    ]
-    return any(
-        not isinstance(handler, _CliHandler) for logger in loggers for handler in logger.handlers
-    )
-
-
-@contextmanager
-def configure_logging(level: str) -> Iterator[None]:
-    """Configure logging now (see :func:`logging_setup`); undo it afterwards."""
-    with logging_setup(level) as configure:
-        configure()
-        yield
-
-
-@contextmanager
-def logging_setup(level: str) -> Iterator[Callable[[], None]]:
-    """Yield a function that sets up logging for a command; undo what it did on exit.
-
-    The function logs the ``taskflow`` logger to stderr at ``level`` in the compact format,
-    unless the program configured logging itself (a handler on the root logger or on a
-    ``taskflow`` logger): then its handlers get the lines, and ``level`` is set only on a
-    ``taskflow`` logger that has none. Commands call it once the app module was imported
-    (it may configure logging) and keep it until the app is closed (whose last lines,
-    such as "stopped", are logged then).
-    """
-    logger = logging.getLogger("taskflow")
-    saved_level, saved_propagate = logger.level, logger.propagate
-    added: list[logging.Handler] = []
-    removed: list[logging.Handler] = []
-
-    def configure() -> None:
-        if _user_configured_logging():
-            if logger.level == logging.NOTSET:
-                logger.setLevel(level.upper())
-            return
-        handler = _CliHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        for old in [h for h in logger.handlers if isinstance(h, _CliHandler)]:
-            logger.removeHandler(old)
-            removed.append(old)
-        logger.addHandler(handler)
-        added.append(handler)
-        logger.setLevel(level.upper())
-        # Our handler prints every line once; a root handler would print it a second time.
-        logger.propagate = False
-
-    try:
-        yield configure
-    finally:
-        for handler in added:
-            logger.removeHandler(handler)
-        for handler in removed:
-            logger.addHandler(handler)
-        logger.setLevel(saved_level)
-        logger.propagate = saved_propagate
 
 
 @click.group(name="taskflow", context_settings={"help_option_names": ["-h", "--help"]})
@@ -251,18 +168,11 @@ def _split_queues(values: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _load(spec: str) -> App:
-    try:
-        return load_app(spec)
-    except AppLoadError as exc:
-        raise CliError(str(exc)) from None
-
-
 def _run_one(options: WorkerOptions, configure_logging: Callable[[], None]) -> int:
     # Handlers first: a signal that arrives while a slow module imports is kept, not lost.
     # Logging after the import: the module may have configured it (then it is left alone).
     with StopControl() as control:
-        app = _load(options.spec)
+        app = load(options.spec)
         configure_logging()
         try:
             worker = app.worker(
@@ -272,7 +182,7 @@ def _run_one(options: WorkerOptions, configure_logging: Callable[[], None]) -> i
             )
             runner = with_beat(worker, app.beat()) if options.beat else worker
             return serve(
-                app,
+                app.kernel,
                 runner,
                 control,
                 grace=options.grace,

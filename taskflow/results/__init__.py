@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..clock import Clock
-from ..urls import SCHEMES, backend_class, load_backend, option_int, parse_url
+from ..urls import backend_from_url, scheme_class
 from .base import ResultStore, StoreCapabilities, TaskInfo
 from .memory import MemoryResultStore
 
@@ -30,16 +30,11 @@ def results_from_url(
 
     ``label`` names where the URL came from in errors (default ``"results URL"``).
     """
-    parsed = parse_url(url, "results", label=label)
-    cls = backend_class(parsed, "results")
-    if cls is MemoryResultStore:
-        return MemoryResultStore(max_entries=option_int(parsed, "max_entries", None), clock=clock)
-    store: ResultStore = cls.from_url(url)
+    store: ResultStore = backend_from_url(url, "results", clock=clock, label=label)
     return store
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        entry = SCHEMES[_LAZY[name]]
-        return load_backend(entry.results, entry.extra, parse_url(f"{_LAZY[name]}://", "results"))
+        return scheme_class(_LAZY[name], "results")
     raise AttributeError(name)

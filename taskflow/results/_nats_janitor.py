@@ -18,15 +18,14 @@ import contextlib
 import json
 import logging
 import random
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import nats.errors
-from nats.js.kv import KV_DEL, KV_PURGE
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
+from .._nats.connection import Connection
 from ..errors import BrokerError
-
-if TYPE_CHECKING:
-    from .nats import NatsResultStore
+from .base import ResultStore
 
 __all__ = ["Janitor", "sweep"]
 
@@ -46,18 +45,17 @@ def _expired(entry: Any, now: float) -> bool:
     return isinstance(expires, int | float) and expires <= now
 
 
-async def sweep(store: NatsResultStore) -> int:
-    """Delete every expired value and delete marker of ``store``'s bucket now; how many."""
-    kv = store._bucket()
-    watcher = await store._call(kv.watch(">"))
+async def sweep(conn: Connection, kv: KeyValue, bucket: str, now: float) -> int:
+    """Delete every value of ``kv`` (the bucket called ``bucket``) expired by ``now`` and
+    every delete marker, now; how many."""
+    watcher = await conn.call(kv.watch(">"))
     doomed: list[tuple[str, int]] = []
-    now = store.clock.time()
     try:
         while True:
             try:
                 entry = await watcher.updates(timeout=_READ_TIMEOUT)
             except nats.errors.TimeoutError:
-                raise BrokerError(f"NATS {store._masked}: bucket scan stalled") from None
+                raise BrokerError(f"NATS {conn.masked}: bucket scan stalled") from None
             if entry is None:  # the initial values are done
                 break
             if entry.revision is not None and _expired(entry, now):
@@ -67,27 +65,28 @@ async def sweep(store: NatsResultStore) -> int:
             await watcher.stop()
     removed = 0
     for key, seq in doomed:
-        removed += await _delete(store, key, seq)
+        removed += await _delete(conn, bucket, key, seq)
     return removed
 
 
-async def _delete(store: NatsResultStore, key: str, seq: int) -> int:
+async def _delete(conn: Connection, bucket: str, key: str, seq: int) -> int:
     # A purge of the key's subject up to and including ``seq``: KV buckets deny deleting a
     # single message, and the bound keeps a value written after the scan.
-    subject = f"$JS.API.STREAM.PURGE.KV_{store.bucket}"
-    payload = json.dumps({"filter": f"$KV.{store.bucket}.{key}", "seq": seq + 1}).encode()
-    reply = await store._call(store._conn().request(subject, payload, timeout=_READ_TIMEOUT))
+    subject = f"$JS.API.STREAM.PURGE.KV_{bucket}"
+    payload = json.dumps({"filter": f"$KV.{bucket}.{key}", "seq": seq + 1}).encode()
+    reply = await conn.call(conn.client().request(subject, payload, timeout=_READ_TIMEOUT))
     answer = json.loads(reply.data)
     error = answer.get("error")
     if error:
-        raise BrokerError(f"NATS {store._masked}: purge: {error.get('description')}")
+        raise BrokerError(f"NATS {conn.masked}: purge: {error.get('description')}")
     return int(answer.get("purged") or 0)
 
 
 class Janitor:
-    """The background task that runs :func:`sweep` every ``interval`` seconds."""
+    """The background task that runs ``store.sweep()`` every ``interval`` seconds, in one
+    process of the app per round (the one whose ``set_nx`` takes the round's lease)."""
 
-    def __init__(self, store: NatsResultStore, interval: float) -> None:
+    def __init__(self, store: ResultStore, interval: float) -> None:
         self._store = store
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
@@ -114,7 +113,7 @@ class Janitor:
                 # One sweeper per interval across the app: the lease expires before the
                 # next round, so a sweeper that went away is replaced.
                 if await self._store.set_nx(_LEASE, "1", self._interval * 0.9) is None:
-                    removed = await sweep(self._store)
+                    removed = await self._store.sweep()
                     log.debug("result store %s: removed %d expired entries", self._store, removed)
                 failing = False
             except Exception as exc:  # a failed round is retried next round, never fatal

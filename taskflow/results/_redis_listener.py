@@ -13,8 +13,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from .._redis.connection import broker_error
 from .._waiters import within
-from ..brokers._redis_common import broker_error
 
 __all__ = ["DoneListener"]
 

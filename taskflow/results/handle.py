@@ -1,55 +1,32 @@
-"""``AsyncResult[R]``: a handle on one task's outcome, and how lookups reach the store.
+"""``AsyncResult[R]``: a handle on one task's outcome.
 
-Any process may look a task up by id before it has sent anything (a web handler showing a
-task's status), so every read connects the app on first use, as a send does
-(:func:`lookup`, :func:`alookup`).
+Every read goes through the kernel's :meth:`~taskflow.kernel.Kernel.lookup`, which connects
+on first use: any process may look a task up by id before it has sent anything.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from collections.abc import Mapping
+from typing import Any, Generic, TypeVar
 
 from ..errors import NotFound, PayloadError, ResultTimeout, TaskCancelled, TaskFailed
+from ..kernel import Kernel
 from ..message import TaskStatus
 from ..payload import decode_any
 from .base import TaskInfo
 
-if TYPE_CHECKING:
-    from ..app import App
-
-__all__ = ["AsyncResult", "alookup", "lookup", "outcome"]
+__all__ = ["AsyncResult", "failure"]
 
 R = TypeVar("R")
-T = TypeVar("T")
-
-
-async def _connected(app: App, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    await app._connect()
-    return await make()
-
-
-def lookup(app: App, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run the read ``make()`` on the app's loop, connecting first if needed.
-
-    An interrupt of the calling thread (Ctrl-C during ``get()``) cancels the read on the
-    loop before it propagates, so a process that carries on keeps no stray wait.
-    """
-    return app._runtime.call(_connected(app, make), cancel_on_interrupt=True)
-
-
-async def alookup(app: App, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """:func:`lookup` for async callers."""
-    return await app._acall(_connected(app, make))
 
 
 class AsyncResult(Generic[R]):
     """The outcome of one task, looked up in the app's result store."""
 
-    __slots__ = ("_app", "_name", "id")
+    __slots__ = ("_kernel", "_name", "id")
 
-    def __init__(self, app: App, task_id: str, task_name: str | None = None) -> None:
-        self._app = app
+    def __init__(self, kernel: Kernel, task_id: str, task_name: str | None = None) -> None:
+        self._kernel = kernel
         self.id = task_id
         self._name = task_name
 
@@ -64,7 +41,7 @@ class AsyncResult(Generic[R]):
 
     # -- state -----------------------------------------------------------------------
     def _record(self) -> dict[str, Any] | None:
-        return lookup(self._app, lambda: self._app.results.get(self.id))
+        return self._kernel.lookup(lambda: self._kernel.results.get(self.id))
 
     @property
     def status(self) -> TaskStatus:
@@ -101,12 +78,13 @@ class AsyncResult(Generic[R]):
         Raises :class:`TaskFailed` (if ``propagate``), :class:`TaskCancelled`, or
         :class:`ResultTimeout` when ``timeout`` seconds pass first.
         """
-        record = self._app._wait_result(self.id, timeout)
+        record = self._kernel.wait_result(self.id, timeout)
         return self._outcome(record, timeout, propagate)
 
     async def aget(self, timeout: float | None = None, *, propagate: bool = True) -> R:
         """``get`` for async code."""
-        record = await alookup(self._app, lambda: self._app.results.wait(self.id, timeout))
+        kernel = self._kernel
+        record = await kernel.alookup(lambda: kernel.results.wait(self.id, timeout))
         return self._outcome(record, timeout, propagate)
 
     def _outcome(
@@ -114,10 +92,13 @@ class AsyncResult(Generic[R]):
     ) -> R:
         if record is None:
             raise ResultTimeout(f"task {self.id} did not finish within {timeout}s")
-        return outcome(self, record, propagate)  # type: ignore[no-any-return]
+        status = record.get("status")
+        if status == TaskStatus.SUCCEEDED.value:
+            return self._decode(record)  # type: ignore[no-any-return]
+        return failure(self.id, record, propagate)  # type: ignore[no-any-return]
 
     def _decode(self, record: Mapping[str, Any]) -> Any:
-        task = self._app.registry.get(str(record.get("name") or self._name or ""))
+        task = self._kernel.registry.get(str(record.get("name") or self._name or ""))
         raw = record.get("result")
         if task is None:
             return decode_any(raw)
@@ -131,26 +112,25 @@ class AsyncResult(Generic[R]):
     # -- actions ---------------------------------------------------------------------
     def cancel(self) -> bool:
         """Cancel: True if the task was found and will not run / is being stopped."""
-        return bool(self._app._call(self._app._cancel(self.id)))
+        return bool(self._kernel.call(self._kernel.cancel(self.id)))
 
     def forget(self) -> None:
         """Delete the stored record."""
-        lookup(self._app, lambda: self._app.results.delete(self.id))
+        self._kernel.lookup(lambda: self._kernel.results.delete(self.id))
 
 
-def outcome(result: AsyncResult[Any], record: Mapping[str, Any], propagate: bool) -> Any:
-    """Turn a terminal record into a value or the matching exception."""
+def failure(task_id: str, record: Mapping[str, Any], propagate: bool) -> Any:
+    """The exception a terminal record that did not succeed stands for: raised, or (with
+    ``propagate=False``) returned when it is a :class:`TaskFailed`."""
     status = record.get("status")
-    if status == TaskStatus.SUCCEEDED.value:
-        return result._decode(record)
     if status == TaskStatus.EXPIRED.value:
-        raise TaskCancelled(result.id, "expired")
+        raise TaskCancelled(task_id, "expired")
     if status == TaskStatus.CANCELLED.value:
         reason = record.get("reason")
-        raise TaskCancelled(result.id, f"cancelled ({reason})" if reason else "cancelled")
+        raise TaskCancelled(task_id, f"cancelled ({reason})" if reason else "cancelled")
     error = record.get("error") or {}
     exc = TaskFailed(
-        result.id,
+        task_id,
         str(error.get("type", "Exception")),
         str(error.get("message", "")),
         error.get("traceback"),

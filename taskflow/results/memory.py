@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from .._waiters import Waiters, wait_future
 from ..clock import SYSTEM_CLOCK, Clock
+from ..urls import url_kwargs
 from .base import ResultStore, StoreCapabilities, is_terminal, restarted
 
 __all__ = ["MemoryResultStore"]
@@ -40,6 +41,11 @@ class MemoryResultStore(ResultStore):
         self._waiters: dict[str, Waiters] = {}
         self._writes = 0
         self._next_sweep = self.clock.time() + _SWEEP_EVERY
+
+    @classmethod
+    def from_url(cls, url: str, *, clock: Clock | None = None) -> MemoryResultStore:
+        """Build from ``memory://`` (query option ``max_entries``)."""
+        return cls(**url_kwargs(url, "results", cls), clock=clock)
 
     async def connect(self) -> None:
         """Nothing to connect."""

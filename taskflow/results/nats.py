@@ -27,16 +27,15 @@ import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, ClassVar
 
-from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
-from .._waiters import within
-from ..brokers._nats_common import connect_nats, stream_name, subject_token
+from .._nats.connection import Connection
+from .._nats.names import stream_name, subject_token
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BrokerError, ConfigError
-from ..urls import known_options, option_float, parse_url, reject_unknown
+from ..urls import url_kwargs
 from ._nats_acks import PubAcks, reply_error
 from ._nats_janitor import Janitor, sweep
 from .base import ResultStore, StoreCapabilities, is_terminal, restarted
@@ -69,24 +68,21 @@ class NatsResultStore(ResultStore):
         sweep_interval: float | None = 60.0,
         clock: Clock | None = None,
     ) -> None:
-        parsed = parse_url(url, "results")
-        if parsed.scheme != "nats":
-            raise ConfigError(f"NatsResultStore needs a nats:// URL, got {parsed.masked!r}")
+        self._conn = Connection(
+            url, role="results", owner="NatsResultStore", connect_timeout=connect_timeout
+        )
         if not prefix:
-            raise ConfigError(f"{parsed.masked}: prefix must not be empty")
+            raise ConfigError(f"{self._conn.masked}: prefix must not be empty")
         self.url = url
         self.prefix = prefix
-        self.connect_timeout = float(connect_timeout)
+        self.connect_timeout = self._conn.connect_timeout
         self.max_age = max_age
         if sweep_interval is not None and not sweep_interval > 0:
-            raise ConfigError(f"{parsed.masked}: sweep_interval must be positive (or None)")
+            raise ConfigError(f"{self._conn.masked}: sweep_interval must be positive (or None)")
         self.sweep_interval = sweep_interval
         self.clock: Clock = clock or SYSTEM_CLOCK
         self.bucket = f"TF_{stream_name(prefix)}_RESULTS"
         self.events_subject = f"{subject_token(prefix)}.events"
-        self._masked = parsed.masked
-        self._server = parsed.without_query()
-        self._nc: Client | None = None
         self._acks: PubAcks | None = None
         self._kv: KeyValue | None = None
         self._janitor: Janitor | None = None
@@ -94,29 +90,19 @@ class NatsResultStore(ResultStore):
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> NatsResultStore:
         """Build from a URL (accepts the broker's options too: they share the URL)."""
-        parsed = parse_url(url, "results")
-        reject_unknown(parsed, known_options(parsed, "results"))
-        max_age = option_float(parsed, "max_age", 0.0) or None
-        return cls(
-            url,
-            prefix=parsed.options.get("prefix", "taskflow"),
-            connect_timeout=option_float(parsed, "connect_timeout", 5.0),
-            max_age=max_age,
-            sweep_interval=option_float(parsed, "sweep_interval", 60.0),
-            clock=clock,
-        )
+        return cls(url, **url_kwargs(url, "results", cls), clock=clock)
 
     def __repr__(self) -> str:
-        return f"<NatsResultStore {self._masked} prefix={self.prefix!r}>"
+        return f"<NatsResultStore {self._conn.masked} prefix={self.prefix!r}>"
 
     # -- lifecycle -------------------------------------------------------------------
     async def connect(self) -> None:
         """Connect and create the bucket if missing (BrokerError within a bound)."""
-        if self._nc is not None:
+        if self._conn.connected:
             return
-        self._nc = await connect_nats(self._server, self._masked, self.connect_timeout)
-        self._acks = PubAcks(self._nc)
-        js = self._nc.jetstream()
+        nc = await self._conn.open()
+        self._acks = PubAcks(nc)
+        js = nc.jetstream()
         try:
             try:
                 self._kv = await self._call(js.key_value(self.bucket))
@@ -136,38 +122,27 @@ class NatsResultStore(ResultStore):
         janitor, self._janitor = self._janitor, None
         if janitor is not None:
             await janitor.stop()
-        nc, self._nc, self._acks, self._kv = self._nc, None, None, None
-        if nc is not None:
-            with contextlib.suppress(Exception):
-                await within(nc.close(), 5.0)
+        self._acks, self._kv = None, None
+        await self._conn.close()
 
     async def sweep(self) -> int:
         """Delete expired values and delete markers from the bucket now (the janitor's
         round); returns how many."""
-        return await sweep(self)
-
-    def _conn(self) -> Client:
-        if self._nc is None:
-            raise BrokerError(f"NATS result store {self._masked} is not connected")
-        return self._nc
+        return await sweep(self._conn, self._bucket(), self.bucket, self.clock.time())
 
     def _pub_acks(self) -> PubAcks:
         if self._acks is None:
-            raise BrokerError(f"NATS result store {self._masked} is not connected")
+            raise BrokerError(f"NATS result store {self._conn.masked} is not connected")
         return self._acks
 
     def _bucket(self) -> KeyValue:
         if self._kv is None:
-            raise BrokerError(f"NATS result store {self._masked} is not connected")
+            raise BrokerError(f"NATS result store {self._conn.masked} is not connected")
         return self._kv
 
     async def _call(self, coro: Any) -> Any:
-        try:
-            return await within(coro, _TIMEOUT)
-        except (BrokerError, NotFoundError, KeyWrongLastSequenceError, asyncio.CancelledError):
-            raise
-        except Exception as exc:
-            raise BrokerError(f"NATS {self._masked}: {type(exc).__name__}: {exc}") from exc
+        # The KV's own errors are the store's to handle (absent key, lost compare-and-set).
+        return await self._conn.call(coro, keep=(NotFoundError, KeyWrongLastSequenceError))
 
     # -- stored values with their own expiry -----------------------------------------
     async def _read(self, key: str) -> tuple[Any, int | None]:
@@ -299,7 +274,7 @@ class NatsResultStore(ResultStore):
                     futures.append(await acks.publish(subject, data, headers))
                 replies = await asyncio.gather(*futures)
         except Exception as exc:
-            raise BrokerError(f"NATS {self._masked}: {type(exc).__name__}: {exc}") from exc
+            raise BrokerError(f"NATS {self._conn.masked}: {type(exc).__name__}: {exc}") from exc
         finally:
             for fut in futures:
                 fut.cancel()  # no-op once done; drops the reply slot of an abandoned one
@@ -311,7 +286,7 @@ class NatsResultStore(ResultStore):
             return True
         if error[0] in _WRONG_LAST:
             return False
-        raise BrokerError(f"NATS {self._masked}: KV create: {error[1]} ({error[0]})")
+        raise BrokerError(f"NATS {self._conn.masked}: KV create: {error[1]} ({error[0]})")
 
     async def _create(self, task_id: str, record: Mapping[str, Any], ttl: float | None) -> bool:
         key = _key("r", task_id)
@@ -401,16 +376,13 @@ class NatsResultStore(ResultStore):
     # -- events ----------------------------------------------------------------------
     async def publish_event(self, event: Mapping[str, Any]) -> None:
         """Publish a task event to every ``subscribe_events`` reader of this prefix."""
-        if self._nc is None:
-            raise BrokerError(f"NATS result store {self._masked} is not connected")
+        nc = self._conn.client()
         payload = json.dumps(dict(event), default=str).encode()
-        await self._call(self._nc.publish(self.events_subject, payload))
+        await self._call(nc.publish(self.events_subject, payload))
 
     async def subscribe_events(self) -> AsyncIterator[dict[str, Any]]:
         """Events published by any process on this prefix, until the caller stops."""
-        if self._nc is None:
-            raise BrokerError(f"NATS result store {self._masked} is not connected")
-        sub = await self._call(self._nc.subscribe(self.events_subject))
+        sub = await self._call(self._conn.client().subscribe(self.events_subject))
         try:
             async for msg in sub.messages:
                 with contextlib.suppress(ValueError):

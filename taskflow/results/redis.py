@@ -21,18 +21,12 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import orjson
-import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
 
-from ..brokers._redis_common import (
-    broker_error,
-    check_prefix,
-    load_script,
-    open_client,
-)
+from .._redis.batcher import Batcher
+from .._redis.connection import Connection
+from .._redis.scripts import RESULT_SCRIPTS
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import ConfigError
-from ..urls import known_options, option_float, parse_url, reject_unknown
+from ..urls import url_kwargs
 from ._redis_listener import DoneListener
 from .base import ResultStore, StoreCapabilities, is_terminal
 
@@ -54,75 +48,43 @@ class RedisResultStore(ResultStore):
         connect_timeout: float = 5.0,
         clock: Clock | None = None,
     ) -> None:
-        parsed = parse_url(url, "results")
-        if parsed.scheme not in ("redis", "rediss"):
-            raise ConfigError(f"RedisResultStore needs a redis:// URL, got {parsed.masked!r}")
-        if not connect_timeout > 0:
-            raise ConfigError(f"{parsed.masked}: connect_timeout must be positive")
+        self._conn = Connection(
+            url,
+            role="results",
+            owner="RedisResultStore",
+            prefix=prefix,
+            connect_timeout=connect_timeout,
+        )
         self.url = url
-        self.prefix = check_prefix(prefix, parsed.masked)
-        self.connect_timeout = float(connect_timeout)
+        self.prefix = self._conn.prefix
+        self.connect_timeout = self._conn.connect_timeout
         self.clock: Clock = clock or SYSTEM_CLOCK
-        self._masked = parsed.masked
-        self._client_url = parsed.without_query()
-        self._p = "{" + self.prefix + "}"
-        self._r: aioredis.Redis | None = None
-        self._scripts: dict[str, Any] = {}
         self._listener: DoneListener | None = None
-        self._pending: list[tuple[list[Any], asyncio.Future[dict[str, Any] | None]]] = []
-        self._flushing = False
+        self._updates: Batcher[list[Any], dict[str, Any] | None] = Batcher(self._send_updates)
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> RedisResultStore:
         """Build from a URL (accepts the broker's options too: they share the URL)."""
-        parsed = parse_url(url, "results")
-        reject_unknown(parsed, known_options(parsed, "results"))
-        kwargs: dict[str, Any] = {}
-        if "prefix" in parsed.options:
-            kwargs["prefix"] = parsed.options["prefix"]
-        if "connect_timeout" in parsed.options:
-            kwargs["connect_timeout"] = option_float(parsed, "connect_timeout", 5.0)
-        return cls(url, **kwargs, clock=clock)
+        return cls(url, **url_kwargs(url, "results", cls), clock=clock)
 
     def __repr__(self) -> str:
-        return f"<RedisResultStore {self._masked} prefix={self.prefix!r}>"
+        return f"<RedisResultStore {self._conn.masked} prefix={self.prefix!r}>"
 
     def key(self, *parts: str) -> str:
         """A key in this store's namespace."""
-        return ":".join((self._p, *parts))
+        return self._conn.key(*parts)
 
     # -- lifecycle -------------------------------------------------------------------
     async def connect(self) -> None:
         """Open the pool and check the server answers within the connect timeout."""
-        if self._r is not None:
-            return
-        client = await open_client(self._client_url, self.connect_timeout, self._masked)
-        self._r = client
-        self._scripts = {
-            name: client.register_script(load_script(name))
-            for name in ("result_update", "result_value", "result_create", "result_restart")
-        }
+        await self._conn.connect(RESULT_SCRIPTS)
 
     async def close(self) -> None:
         """Close the pool and the waiters' subscription. Idempotent."""
         listener, self._listener = self._listener, None
         if listener is not None:
             await listener.close()
-        client, self._r = self._r, None
-        if client is not None:
-            with contextlib.suppress(Exception):
-                await client.aclose()
-
-    def _client(self) -> aioredis.Redis:
-        if self._r is None:
-            raise broker_error(self._masked, RuntimeError("result store is not connected"))
-        return self._r
-
-    async def _call(self, coro: Any) -> Any:
-        try:
-            return await coro
-        except (RedisError, OSError) as exc:
-            raise broker_error(self._masked, exc) from None
+        await self._conn.close()
 
     # -- records ---------------------------------------------------------------------
     def _decode(self, raw: Any) -> dict[str, Any] | None:
@@ -137,15 +99,17 @@ class RedisResultStore(ResultStore):
 
     async def get(self, task_id: str) -> dict[str, Any] | None:
         """The record, or None."""
-        return self._decode(await self._call(self._client().hgetall(self.key("r", task_id))))
+        return self._decode(
+            await self._conn.call(self._conn.client().hgetall(self.key("r", task_id)))
+        )
 
     async def get_many(self, task_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         """Records for ``task_ids`` in one round trip."""
-        r = self._client()
+        r = self._conn.client()
         async with r.pipeline(transaction=False) as pipe:
             for tid in task_ids:
                 pipe.hgetall(self.key("r", tid))
-            rows = await self._call(pipe.execute())
+            rows = await self._conn.call(pipe.execute())
         return [self._decode(row) for row in rows]
 
     def _update_args(
@@ -171,69 +135,25 @@ class RedisResultStore(ResultStore):
         Updates made concurrently (a worker's slots finishing together) are coalesced
         into one pipelined round trip; each stays its own atomic script call.
         """
-        self._client()
-        fut: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
-        self._pending.append((self._update_args(task_id, changes, ttl), fut))
-        if not self._flushing:
-            self._flushing = True
-            asyncio.get_running_loop().call_soon(self._start_flush)
-        return await fut
+        self._conn.client()
+        return await self._updates.submit(self._update_args(task_id, changes, ttl))
 
-    def _start_flush(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._flush())
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-
-    async def _flush(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending[:500], self._pending[500:]
-                try:
-                    rows = await self._eval_many([args for args, _ in batch])
-                except BaseException as exc:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    continue
-                for (_, fut), row in zip(batch, rows, strict=True):
-                    if not fut.done():
-                        fut.set_result(self._decode(row))
-        finally:
-            self._flushing = False
-
-    async def _eval_many(self, calls: Sequence[list[Any]]) -> list[Any]:
-        r = self._client()
-        script = self._scripts["result_update"]
-        if len(calls) == 1:
-            return [await self._call(script(args=calls[0]))]
-        for attempt in range(2):
-            # Plain EVALSHA in the pipeline: redis-py's pipelined Script objects would
-            # add a SCRIPT EXISTS round trip to every call.
-            async with r.pipeline(transaction=False) as pipe:
-                for args in calls:
-                    pipe.evalsha(script.sha, 0, *args)
-                try:
-                    return list(await pipe.execute())
-                except NoScriptError as exc:  # flushed by a restart: load and go again
-                    if attempt:
-                        raise broker_error(self._masked, exc) from None
-                    await self._call(r.script_load(load_script("result_update")))
-                except (RedisError, OSError) as exc:
-                    raise broker_error(self._masked, exc) from None
-        raise AssertionError("unreachable")
+    async def _send_updates(self, calls: list[list[Any]]) -> list[dict[str, Any] | None]:
+        """Updates made together: one pipelined round trip, each still its own script."""
+        return [self._decode(row) for row in await self._conn.run_many("result_update", calls)]
 
     async def restart(self, task_id: str, changes: Mapping[str, Any]) -> dict[str, Any] | None:
         """A new cycle of a terminal record, in one script (so exactly once)."""
-        self._client()
         args: list[Any] = [self.key("r", task_id), repr(self.clock.time()), len(changes)]
         for field, value in changes.items():
             args += [field, orjson.dumps(value)]
-        return self._decode(await self._call(self._scripts["result_restart"](args=args)))
+        return self._decode(await self._conn.run("result_restart", args))
 
     async def create_many(
         self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None
     ) -> list[bool]:
         """Write records that do not exist yet: one script call for the whole batch."""
-        self._client()
+        self._conn.client()
         if not items:
             return []
         args: list[Any] = [len(items)]
@@ -244,13 +164,13 @@ class RedisResultStore(ResultStore):
             args += [self.key("r", task_id), len(fields)]
             for field, value in fields.items():
                 args += [field, orjson.dumps(value)]
-        written = await self._call(self._scripts["result_create"](args=args))
+        written = await self._conn.run("result_create", args)
         if ttl is not None:
-            await self._call(self._expire_many([t for t, _ in items], ttl))
+            await self._conn.call(self._expire_many([t for t, _ in items], ttl))
         return [bool(w) for w in written]
 
     async def _expire_many(self, task_ids: list[str], ttl: float) -> Any:
-        async with self._client().pipeline(transaction=False) as pipe:
+        async with self._conn.client().pipeline(transaction=False) as pipe:
             for task_id in task_ids:
                 pipe.pexpire(self.key("r", task_id), max(1, int(ttl * 1000)))
             return await pipe.execute()
@@ -259,14 +179,16 @@ class RedisResultStore(ResultStore):
         self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None
     ) -> list[dict[str, Any] | None]:
         """Many updates in one pipelined round trip (each one still atomic)."""
-        self._client()
-        rows = await self._eval_many([self._update_args(t, c, ttl) for t, c in items])
+        self._conn.client()
+        rows = await self._conn.run_many(
+            "result_update", [self._update_args(t, c, ttl) for t, c in items]
+        )
         return [self._decode(row) for row in rows]
 
     async def delete(self, task_id: str) -> bool:
         """Forget a record."""
         record = await self.get(task_id)
-        deleted = await self._call(self._client().delete(self.key("r", task_id)))
+        deleted = await self._conn.call(self._conn.client().delete(self.key("r", task_id)))
         return bool(deleted) and record is not None
 
     async def wait(self, task_id: str, timeout: float | None) -> dict[str, Any] | None:
@@ -274,7 +196,7 @@ class RedisResultStore(ResultStore):
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         if self._listener is None:
-            self._listener = DoneListener(self._client(), self._masked)
+            self._listener = DoneListener(self._conn.client(), self._conn.masked)
         channel = self.key("done", task_id).encode()
         while True:
             fut = await self._listener.watch(channel)
@@ -294,7 +216,6 @@ class RedisResultStore(ResultStore):
 
     # -- small values ----------------------------------------------------------------
     async def _value(self, key: str, action: str, arg: str, ttl: float | None) -> Any:
-        self._client()
         args = [
             self.key("v", key),
             repr(self.clock.time()),
@@ -302,7 +223,7 @@ class RedisResultStore(ResultStore):
             arg,
             "" if ttl is None else repr(float(ttl)),
         ]
-        return await self._call(self._scripts["result_value"](args=args))
+        return await self._conn.run("result_value", args)
 
     async def set_nx(self, key: str, value: str, ttl: float | None) -> str | None:
         """Set ``key`` if absent (returns None), else return the existing value."""
@@ -316,7 +237,7 @@ class RedisResultStore(ResultStore):
 
     async def delete_value(self, key: str) -> None:
         """Delete ``key``."""
-        await self._call(self._client().delete(self.key("v", key)))
+        await self._conn.call(self._conn.client().delete(self.key("v", key)))
 
     async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
         """Atomically add ``amount``; ``ttl`` (None: no expiry) restarts on every call."""
@@ -326,18 +247,18 @@ class RedisResultStore(ResultStore):
     async def publish_event(self, event: Mapping[str, Any]) -> None:
         """Publish a task event to every ``subscribe_events`` reader of this prefix."""
         payload = orjson.dumps(dict(event), default=str)
-        await self._call(self._client().publish(self.key("events"), payload))
+        await self._conn.call(self._conn.client().publish(self.key("events"), payload))
 
     async def event_listeners(self) -> int:
         """Subscribers of this prefix's event channel (PUBSUB NUMSUB)."""
-        counts = await self._call(self._client().pubsub_numsub(self.key("events")))
+        counts = await self._conn.call(self._conn.client().pubsub_numsub(self.key("events")))
         return int(counts[0][1]) if counts else 0
 
     async def subscribe_events(self) -> AsyncIterator[dict[str, Any]]:
         """Events published by any process on this prefix, until the caller stops."""
-        pubsub: Any = self._client().pubsub(ignore_subscribe_messages=True)
+        pubsub: Any = self._conn.client().pubsub(ignore_subscribe_messages=True)
         try:
-            await self._call(pubsub.subscribe(self.key("events")))
+            await self._conn.call(pubsub.subscribe(self.key("events")))
             async for msg in pubsub.listen():
                 if msg.get("type") == "message":
                     yield orjson.loads(msg["data"])

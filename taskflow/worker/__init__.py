@@ -1,6 +1,6 @@
 """The worker engine."""
 
-from .events import EventBus, Subscription
+from ..eventbus import EventBus, Subscription
 from .worker import Worker
 
 __all__ = ["EventBus", "Subscription", "Worker"]

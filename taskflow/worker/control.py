@@ -1,99 +1,113 @@
-"""Beside the fetch loop: local cancellation and the control channel (lease renewal is
-in :mod:`.leases`)."""
+"""Beside the fetch loop: cancelling what a worker holds, the control channel (commands
+broadcast to every worker of the app), and lease renewal (:mod:`.leases`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+import random
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
-from .resilience import Backoff, Outage, describe
+from ..kernel import Kernel
+from .executor import Executor
+from .fetcher import Fetcher
+from .leases import LeaseKeeper
+from .resilience import Backoff, Outage, cancel_swallowed, describe
+from .settle import Settler
 
-if TYPE_CHECKING:
-    from .worker import Worker
-
-__all__ = ["cancel_all", "cancel_local", "cancel_swallowed", "control_loop"]
+__all__ = ["Control"]
 
 log = logging.getLogger("taskflow.worker")
 
-
-async def cancel_local(w: Worker, task_id: str) -> bool:
-    """Stop ``task_id`` if ``w`` runs or holds it, else remember it; True if found."""
-    job = w._running.get(task_id)
-    if job is not None:
-        job.cancel_reason = "cancelled"
-        if job.ctx is not None:
-            job.ctx.cancelled.set()
-        # Only interrupt the task's own code; a job already settling finishes its
-        # bookkeeping (the record was made terminal by whoever cancelled).
-        if job.handle is not None and job.in_user_code:
-            job.handle.cancel()
-        return True
-    job = w._sched.remove(task_id)
-    if job is not None:
-        w._held.pop(task_id, None)
-        try:
-            await w.settle.cancelled(job, started=False)
-        finally:
-            w.leases.drop(job.delivery)
-        return True
-    w._cancelled[task_id] = None
-    while len(w._cancelled) > 10_000:
-        w._cancelled.pop(next(iter(w._cancelled)))
-    return False
+Stage = Callable[[], Coroutine[Any, Any, None]]
 
 
-async def cancel_all(w: Worker) -> int:
-    """Cancel everything ``w`` holds (running and prefetched); how many there were."""
-    ids = list(w._held)
-    for tid in ids:
-        await w.app._cancel(tid)
-        await cancel_local(w, tid)
-    return len(ids)
+class Control:
+    """Cancellation, the control channel and lease renewal, for one worker."""
 
+    def __init__(
+        self,
+        kernel: Kernel,
+        *,
+        name: str,
+        fetcher: Fetcher,
+        executor: Executor,
+        settler: Settler,
+        leases: LeaseKeeper,
+        rng: random.Random,
+        poll_interval: float,
+    ) -> None:
+        self.kernel = kernel
+        self.name = name
+        self.fetcher = fetcher
+        self.executor = executor
+        self.settler = settler
+        self.leases = leases
+        self.rng = rng
+        self.poll_interval = poll_interval
 
-async def control_loop(w: Worker) -> None:
-    """Apply broadcast commands (cancel a running task) until cancelled."""
-    outage = Outage(f"worker {w.name}: control channel")
-    backoff = Backoff(w.rng, first=0.2)
-    try:
-        while True:
+    def stages(self) -> Iterator[tuple[str, Stage]]:
+        """The stages that run beside the fetcher, by name, as far as the broker has them."""
+        capabilities = self.kernel.broker.capabilities
+        if capabilities.control:
+            yield "control", self.channel
+        if capabilities.leases:
+            yield "lease", self.leases.run
+
+    async def cancel(self, task_id: str) -> bool:
+        """Stop ``task_id`` if the worker runs or holds it, else remember it; True if found."""
+        if self.executor.cancel(task_id):
+            return True
+        job = self.fetcher.withdraw(task_id)
+        if job is not None:
             try:
-                commands = await w.app.broker.control_messages(w.poll_interval)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                outage.failed(exc)
-                await asyncio.sleep(backoff.delay())
-                continue
-            outage.recovered()
-            backoff.reset()
-            for command in commands:
-                if command.get("cmd") == "cancel" and isinstance(command.get("id"), str):
-                    try:
-                        await cancel_local(w, command["id"])
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as exc:  # one command must not end the channel
-                        log.warning(
-                            "worker %s: could not cancel %s (%s)",
-                            w.name,
-                            command["id"],
-                            describe(exc),
-                        )
-            if cancel_swallowed():
-                raise asyncio.CancelledError
-    finally:
-        # Read positions belong to the reading task: drop ours from the reader itself.
-        w.app.broker.forget_control_reader()
+                await self.settler.cancelled(job)
+            finally:
+                self.fetcher.window.release(job)
+            return True
+        self.fetcher.refuse(task_id)
+        return False
 
+    async def cancel_all(self) -> int:
+        """Cancel everything the worker holds (running and prefetched); how many there were."""
+        ids = list(self.fetcher.window.jobs)
+        for tid in ids:
+            await self.kernel.cancel(tid)
+            await self.cancel(tid)
+        return len(ids)
 
-def cancel_swallowed() -> bool:
-    """True if this task was cancelled but the CancelledError never reached it.
+    async def channel(self) -> None:
+        """Apply broadcast commands (cancel a running task) until cancelled."""
+        outage = Outage(f"worker {self.name}: control channel")
+        backoff = Backoff(self.rng, first=0.2)
+        try:
+            while True:
+                try:
+                    commands = await self.kernel.broker.control_messages(self.poll_interval)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    outage.failed(exc)
+                    await asyncio.sleep(backoff.delay())
+                    continue
+                outage.recovered()
+                backoff.reset()
+                for command in commands:
+                    await self._apply(command)
+                if cancel_swallowed():
+                    raise asyncio.CancelledError
+        finally:
+            # Read positions belong to the reading task: drop ours from the reader itself.
+            self.kernel.broker.forget_control_reader()
 
-    On Python 3.11 ``asyncio.wait_for`` returns the inner result instead of raising when
-    the inner future completes in the same loop step as the cancel (a broker wake-up racing
-    ``stop()``); a loop that only trusted the exception would then run forever.
-    """
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
+    async def _apply(self, command: dict[str, Any]) -> None:
+        task_id = command.get("id")
+        if command.get("cmd") != "cancel" or not isinstance(task_id, str):
+            return
+        try:
+            await self.cancel(task_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # one command must not end the channel
+            log.warning("worker %s: could not cancel %s (%s)", self.name, task_id, describe(exc))

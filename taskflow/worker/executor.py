@@ -1,152 +1,312 @@
-"""Running one attempt: coroutines on the loop, sync functions on a thread pool.
+"""The executor: runs the jobs the scheduler lets through, one asyncio task each.
 
-Deadlines: a coroutine is cancelled at its deadline; a sync function sees
-``ctx.cancelled`` set and gets :class:`~taskflow.errors.TaskTimeout` raised inside its
-thread (an asynchronous exception: it lands at the next Python bytecode, so a call blocked
-in C returns first). A cancelled or stopped sync function gets :class:`Interrupted` the
-same way.
+A job takes a slot (at most ``concurrency`` at once) while its task's own code runs, inside
+the app's execute middleware: coroutines on the loop, sync bodies on the worker's thread
+pool (:mod:`.bodies`), each deadline kept by the one :class:`~.watchdog.Watchdog`. A failed
+attempt goes to the retry policy (:func:`.policy.decide`) and every outcome to the
+:class:`~.settle.Settler`. The slot is freed as soon as the task's code returns, so the next
+task starts while this one's outcome is written; its message stays in the prefetch window
+until it is acked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import ctypes
+import contextlib
+import logging
+import random
 import threading
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
-from ..context import TaskContext, reset_current, set_current
-from ..errors import TaskTimeout
+from ..clock import Clock
+from ..context import TaskContext
+from ..errors import PayloadError, Reject, Retry, TaskTimeout
+from ..kernel import Kernel
+from ..middleware import ExecuteNext
+from .bodies import Interrupted, run_async, run_sync
+from .fetcher import Window
+from .policy import decide
+from .scheduler import Job, Scheduler
+from .settle import Settler
+from .stats import WorkerStats
+from .watchdog import Watchdog
 
-__all__ = ["Interrupted", "run_async", "run_sync"]
+__all__ = ["Executor", "Interrupted", "payload_error"]
 
-# How long a sync task gets to unwind after it was interrupted before the worker reports
-# the outcome anyway (the slot stays busy until the thread really returns).
-UNWIND_GRACE = 2.0
-# The same when the worker stops: stop_now() must return within a few seconds; a body that
-# is still running then is adopted (see lifecycle.adopt_orphan), not waited for.
-STOP_UNWIND_GRACE = 0.5
+log = logging.getLogger("taskflow.worker")
 
-
-class Interrupted(BaseException):
-    """Raised inside a sync task's thread when the task is cancelled or its worker stops.
-
-    A ``BaseException`` (like ``KeyboardInterrupt``), so that ``except Exception`` in task
-    code does not swallow it; ``finally`` blocks and context managers still run.
-    """
-
-
-class _Thread:
-    __slots__ = ("done", "ident", "lock")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.ident: int | None = None
-        self.done = False
-
-    def interrupt(self, exc: type[BaseException]) -> None:
-        with self.lock:
-            if self.ident is not None and not self.done:
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                    ctypes.c_ulong(self.ident), ctypes.py_object(exc)
-                )
-
-    def finish(self) -> None:
-        with self.lock:
-            self.done = True
-            if self.ident is not None:
-                # Clear an interrupt that arrived too late to land inside the task.
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.ident), None)
+# How long a stop waits for jobs that are writing their outcome before it hands their
+# messages back: a graceful stop, and a hard one (stop_now returns within a few seconds).
+_SETTLE_WAIT: Final = 10.0
+_SETTLE_WAIT_HARD: Final = 1.0
+# How long a closing pool's idle threads get to end (bodies still running are not waited for).
+_POOL_EXIT: Final = 2.0
 
 
-def _in_thread(
-    thread: _Thread,
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    ctx: TaskContext,
-) -> Any:
-    thread.ident = threading.get_ident()
-    token = set_current(ctx)
-    try:
-        return fn(*args, **kwargs)
-    finally:
+class Executor:
+    """Runs one worker's jobs in its slots."""
+
+    def __init__(
+        self,
+        kernel: Kernel,
+        *,
+        sched: Scheduler,
+        window: Window,
+        settler: Settler,
+        stats: WorkerStats,
+        clock: Clock,
+        rng: random.Random,
+        concurrency: int,
+    ) -> None:
+        self.kernel = kernel
+        self.sched = sched
+        self.window = window
+        self.settler = settler
+        self.stats = stats
+        self.clock = clock
+        self.rng = rng
+        self.concurrency = concurrency
+        self.running: dict[str, Job] = {}
+        """The jobs in a slot, by task id."""
+        self.accepting = False
+        """Whether a freed slot starts the next job (False once the worker stops)."""
+        self._call: ExecuteNext = self._invoke
+        self._attempts: dict[int, tuple[Job, tuple[Any, ...], dict[str, Any]]] = {}
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._threads: list[threading.Thread] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._watchdog = Watchdog(concurrency)
+        self._orphans: set[asyncio.Task[None]] = set()
+
+    def open(self) -> None:
+        """On the loop, as the worker starts consuming: the thread pool, and the execute
+        chain from the app's middleware as it is now."""
+        self._call = self.kernel.middleware.wrap_execute(self._invoke)
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            self.concurrency,
+            thread_name_prefix=f"taskflow-{self.kernel.settings.name}",
+            initializer=self._note_thread,
+        )
+        self.accepting = True
+
+    def _note_thread(self) -> None:
+        # Runs in each new pool thread: close() waits for these to end.
+        self._threads.append(threading.current_thread())
+
+    # -- slots -----------------------------------------------------------------------
+    def dispatch(self) -> None:
+        """Start jobs from the scheduler while slots are free."""
+        loop = asyncio.get_running_loop()
+        while len(self.running) < self.concurrency:
+            job = self.sched.pop()
+            if job is None:
+                break
+            self.running[job.envelope.id] = job
+            job.handle = loop.create_task(self._execute(job))
+        wait = self.sched.next_release()
+        if wait is not None and self._timer is None and len(self.running) < self.concurrency:
+            self._timer = loop.call_later(wait, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.accepting:
+            self.dispatch()
+
+    def _free_slot(self, job: Job) -> None:
+        if self.running.pop(job.envelope.id, None) is not None and self.accepting:
+            self.dispatch()
+
+    def _release(self, job: Job) -> None:
+        self.running.pop(job.envelope.id, None)
+        self.window.release(job)
+        if self.accepting:
+            self.dispatch()
+
+    # -- one job ---------------------------------------------------------------------
+    async def _execute(self, job: Job) -> None:
         try:
-            thread.finish()
-        finally:
-            reset_current(token)
-
-
-async def run_sync(
-    pool: concurrent.futures.Executor,
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    ctx: TaskContext,
-    *,
-    on_submit: Callable[[concurrent.futures.Future[Any]], None] | None = None,
-) -> Any:
-    """Run ``fn`` in ``pool``; cancelling the awaiting task interrupts the thread.
-
-    The deadline is the caller's (the worker's watchdog cancels at it, after setting
-    ``ctx.cancelled`` with reason ``"timeout"``, so the thread gets :class:`TaskTimeout`).
-    ``on_submit`` receives the future of the thread's run, which tells whether the body
-    still runs after the cancellation was reported.
-    """
-    thread = _Thread()
-    cfut = pool.submit(_in_thread, thread, fn, args, kwargs, ctx)
-    if on_submit is not None:
-        on_submit(cfut)
-    try:
-        return await asyncio.wrap_future(cfut)
-    except asyncio.CancelledError:
-        ctx.cancelled.set()
-        reason = ctx.cancelled.reason
-        thread.interrupt(TaskTimeout if reason == "timeout" else Interrupted)
-        await _unwind(cfut, STOP_UNWIND_GRACE if reason == "shutdown" else UNWIND_GRACE)
-        raise
-
-
-async def _unwind(cfut: concurrent.futures.Future[Any], grace: float) -> None:
-    if cfut.cancel():
-        return
-    waiter = asyncio.wrap_future(cfut)
-    done, _ = await asyncio.wait({waiter}, timeout=grace)
-    if waiter in done and not waiter.cancelled():
-        waiter.exception()  # retrieved: the outcome is reported by the caller
-    elif not done:
-        waiter.cancel()
-
-
-async def run_async(
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    ctx: TaskContext,
-    timeout: float | None = None,
-) -> Any:
-    """Await the coroutine function (with a deadline, unless the caller watches it)."""
-    token = set_current(ctx)
-    if timeout is None:
-        try:
-            return await fn(*args, **kwargs)
+            await self._attempt(job)
         except asyncio.CancelledError:
-            ctx.cancelled.set()
-            raise
+            await self._after_cancel(job)
+        except Exception as exc:  # settling kept failing (outages are waited out)
+            self.settler.abandon(job, exc)
         finally:
-            reset_current(token)
-    deadline = asyncio.timeout(timeout)
-    try:
-        async with deadline:
-            return await fn(*args, **kwargs)
-    except TimeoutError:
-        if not deadline.expired():
-            raise
-        ctx.cancelled.set()
-        raise TaskTimeout(f"{ctx.name}[{ctx.id}] exceeded its {timeout}s timeout") from None
-    except asyncio.CancelledError:
-        ctx.cancelled.set()
-        raise
-    finally:
-        reset_current(token)
+            self.stats.processed += 1
+            self._release(job)
+
+    async def _attempt(self, job: Job) -> None:
+        env, task = job.envelope, job.task
+        if not await self.settler.started(job):
+            return
+        ctx = TaskContext(
+            id=env.id,
+            name=env.task,
+            attempt=job.attempt,
+            retries=env.max_retries,
+            queue=env.queue,
+            priority=env.priority,
+            headers=env.headers,
+            deadline=None if env.timeout is None else self.clock.time() + env.timeout,
+            delivery=max(1, job.delivery.delivery_count),
+        )
+        job.ctx = ctx
+        t0 = self.clock.monotonic()
+        try:
+            args, kwargs = task.schema.decode_args(env.args, env.kwargs)
+        except Exception as exc:
+            await self.settler.failed(job, payload_error(env.task, exc), 0.0, reason="payload")
+            return
+        if job.cancel_reason is not None:
+            raise asyncio.CancelledError
+        error: BaseException | None = None
+        key = id(ctx)
+        self._attempts[key] = (job, args, kwargs)
+        job.in_user_code = True
+        try:
+            value = await self._call(ctx)
+        except (Retry, Reject, Exception) as exc:
+            error = exc
+        finally:
+            job.in_user_code = False
+            del self._attempts[key]
+            # The slot is for running task code: free it now, so the next task starts
+            # while this one's outcome is written (its message still counts against the
+            # prefetch window until it is acked).
+            self._free_slot(job)
+        duration = self.clock.monotonic() - t0
+        if error is not None:
+            await self.settler.failure(job, decide(job, error, self.rng), duration)
+            return
+        await self.settler.succeeded(job, value, duration)
+
+    async def _invoke(self, ctx: TaskContext) -> Any:
+        """The innermost step of the execute chain: the task's own function."""
+        job, args, kwargs = self._attempts[id(ctx)]
+        task = job.task
+        if task.options.bind:
+            args = (ctx, *args)
+        if job.envelope.timeout is not None:
+            self._watchdog.watch(job, job.envelope.timeout)
+        if task.is_async:
+            return await run_async(task.fn, args, kwargs, ctx)
+        assert self._pool is not None
+        return await run_sync(self._pool, task.fn, args, kwargs, ctx, on_submit=job.set_body)
+
+    async def _after_cancel(self, job: Job) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # handled here: later awaits in this task must not see it
+        if job.cancel_reason == "timeout":
+            timeout = job.envelope.timeout
+            exc = TaskTimeout(
+                f"{job.envelope.task}[{job.envelope.id}] exceeded its {timeout}s timeout"
+            )
+            await self.settler.failure(job, decide(job, exc, self.rng), float(timeout or 0.0))
+        elif job.cancel_reason == "cancelled":
+            await self.settler.cancelled(job)
+        elif job.body is not None and not job.body.done():
+            # A sync body still runs in its thread: its message must not go back yet.
+            self.adopt(job)
+        else:
+            await self.settler.requeue(job, started=True)
+
+    # -- stopping work ---------------------------------------------------------------
+    def cancel(self, task_id: str) -> bool:
+        """Stop ``task_id`` if it is in a slot here; True if it was."""
+        job = self.running.get(task_id)
+        if job is None:
+            return False
+        job.cancel_reason = "cancelled"
+        if job.ctx is not None:
+            job.ctx.cancelled.set()
+        # Only interrupt the task's own code; a job already settling finishes its
+        # bookkeeping (the record was made terminal by whoever cancelled).
+        if job.handle is not None and job.in_user_code:
+            job.handle.cancel()
+        return True
+
+    async def cancel_running(self, reason: str, *, hard: bool) -> None:
+        """Cancel every job in a slot (``reason`` for its context), and wait (bounded) for
+        them and for the jobs still writing their outcome."""
+        handles = []
+        for job in list(self.running.values()):
+            if job.handle is not None and not job.handle.done():
+                job.cancel_reason = job.cancel_reason or reason
+                if job.ctx is not None:
+                    job.ctx.cancelled.set(reason)
+                job.handle.cancel()
+                handles.append(job.handle)
+        settling = [j.handle for j in self.window.jobs.values() if j.handle is not None]
+        handles += [h for h in settling if not h.done() and h not in handles]
+        if not handles:
+            return
+        # Cancelled ones hand their message back; settling ones finish, unless an outage
+        # keeps them writing: then their message is left to the broker too.
+        _, late = await asyncio.wait(handles, timeout=_SETTLE_WAIT_HARD if hard else _SETTLE_WAIT)
+        for handle in late:
+            handle.cancel()
+        if late:
+            await asyncio.wait(late, timeout=_SETTLE_WAIT_HARD)
+
+    def adopt(self, job: Job) -> None:
+        """A stopped job whose sync body still runs in its thread (blocked in C code or a
+        system call): keep its lease and hand the message back only once the body returns.
+
+        If the process ends first, the lease runs out and the broker delivers it again.
+        """
+        job.adopted = True
+        log.warning(
+            "%s[%s] is still running in its thread after the stop; its message goes back to "
+            "the broker when it returns (or after its lease if this process ends first)",
+            job.envelope.task,
+            job.envelope.id,
+        )
+        task = asyncio.get_running_loop().create_task(
+            self._hand_back_when_done(job), name=f"taskflow-orphan-{job.envelope.id}"
+        )
+        self._orphans.add(task)
+        task.add_done_callback(self._orphans.discard)
+
+    async def _hand_back_when_done(self, job: Job) -> None:
+        assert job.body is not None
+        body = asyncio.wrap_future(job.body)
+        lease = job.delivery.lease
+        while True:
+            done, _ = await asyncio.wait({body}, timeout=lease / 3 if lease else None)
+            if done:
+                break
+            with contextlib.suppress(Exception):
+                await job.delivery.touch()
+        if not body.cancelled():
+            body.exception()  # retrieved: the run was stopped, its outcome does not count
+        await self.settler.requeue(job, started=True)
+
+    async def close(self) -> None:
+        """Stop the watchdog and close the pool; returns once its idle threads ended
+        (a body that still runs, adopted, is not waited for)."""
+        self.accepting = False
+        self._watchdog.close()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        pool.shutdown(wait=False, cancel_futures=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _POOL_EXIT
+        while sum(t.is_alive() for t in self._threads) > len(self._orphans):
+            if loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.005)
+        self._threads = []
+
+
+def payload_error(task: str, exc: Exception) -> PayloadError:
+    """Arguments that could not be decoded, as a PayloadError that carries no values."""
+    if isinstance(exc, PayloadError):
+        return exc
+    # Decoders of other libraries (protobuf, pydantic, deep recursion) may quote the
+    # offending value in their messages: name only what failed.
+    return PayloadError(f"{task}: arguments could not be decoded ({type(exc).__name__})")

@@ -28,13 +28,11 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from ..errors import BrokerError, WorkerCrashed, mask_url
+from ..kernel import Kernel
 from .signals import GRACEFUL, HARD, StopControl, signal_name
-
-if TYPE_CHECKING:
-    from ..app import App
 
 __all__ = [
     "EXIT_CRASHED",
@@ -85,19 +83,19 @@ class Runner(Protocol):
 
 # -- connecting ----------------------------------------------------------------------------
 def connect(
-    app: App,
+    kernel: Kernel,
     control: StopControl,
     timeout: float,
     *,
     clock: Callable[[], float] = time.monotonic,
 ) -> bool:
-    """Connect ``app``'s broker and result store, retrying for up to ``timeout`` seconds.
+    """Connect the app's broker and result store, retrying for up to ``timeout`` seconds.
 
     Returns False if a stop signal came first. Raises :class:`BrokerError` naming the URL
     (password masked) once ``timeout`` seconds passed without a connection; errors other
     than a :class:`BrokerError` (a bad option) are not retried.
     """
-    target = _target(app)
+    target = _target(kernel)
     deadline = clock() + timeout
     delay = CONNECT_BACKOFF
     attempt = 0
@@ -105,7 +103,7 @@ def connect(
     while True:
         attempt += 1
         # With no time to retry, the one attempt is bounded by the backend's own timeout.
-        outcome = _attempt(app, control, deadline if timeout > 0 else math.inf, clock)
+        outcome = _attempt(kernel, control, deadline if timeout > 0 else math.inf, clock)
         if outcome is None or outcome is _STOPPED:
             if outcome is None and attempt > 1:
                 log.info("connected to %s (attempt %d)", target, attempt)
@@ -136,17 +134,17 @@ _STOPPED = "stopped"
 _NO_ANSWER = "no answer in time"
 
 
-def _target(app: App) -> str:
-    broker, results = mask_url(app.broker.url), mask_url(app.results.url)
+def _target(kernel: Kernel) -> str:
+    broker, results = mask_url(kernel.broker.url), mask_url(kernel.results.url)
     return broker if results == broker else f"{broker} (results {results})"
 
 
 def _attempt(
-    app: App, control: StopControl, deadline: float, clock: Callable[[], float]
+    kernel: Kernel, control: StopControl, deadline: float, clock: Callable[[], float]
 ) -> str | None:
     """One connection attempt, bounded by ``deadline`` and abandoned on a stop signal:
     None when connected, :data:`_STOPPED`, or the reason it failed."""
-    done: Future[None] = app._runtime.submit(app._connect())
+    done: Future[None] = kernel.loop.submit(kernel.connect())
     done.add_done_callback(lambda _: control.notify())
     while not done.done():
         if _stop_signalled(control, min(IDLE_CHECK, deadline - clock())):
@@ -292,7 +290,7 @@ class _Foreground:
 
 
 def serve(
-    app: App,
+    kernel: Kernel,
     runner: Runner,
     control: StopControl,
     *,
@@ -301,17 +299,17 @@ def serve(
     supervisor_pid: int | None = None,
     end_process: bool = False,
 ) -> int:
-    """Connect ``app`` (see :func:`connect`), then :func:`run_foreground` ``runner``.
+    """Connect the app (see :func:`connect`), then :func:`run_foreground` ``runner``.
 
     Returns the exit status: :data:`EXIT_OK` also when a stop signal came while connecting.
     """
-    if not connect(app, control, connect_timeout):
+    if not connect(kernel, control, connect_timeout):
         runner.stop_now()  # never started: marks it stopped
         return EXIT_OK
     return run_foreground(runner, control, grace, supervisor_pid, end_process=end_process)
 
 
-def run_worker(app: App, runner: Runner, *, grace: float, connect_timeout: float) -> None:
+def run_worker(kernel: Kernel, runner: Runner, *, grace: float, connect_timeout: float) -> None:
     """``App.run_worker``: :func:`serve` with the command line's signal handling.
 
     Raises :class:`BrokerError` when the broker stays unreachable and
@@ -319,7 +317,12 @@ def run_worker(app: App, runner: Runner, *, grace: float, connect_timeout: float
     """
     with StopControl() as control:
         code = serve(
-            app, runner, control, grace=grace, connect_timeout=connect_timeout, end_process=True
+            kernel,
+            runner,
+            control,
+            grace=grace,
+            connect_timeout=connect_timeout,
+            end_process=True,
         )
     if code == EXIT_CRASHED:
         fatal = runner.fatal

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from ..errors import BrokerError
 
-__all__ = ["TRANSIENT", "Backoff", "Outage", "describe", "persist"]
+__all__ = ["TRANSIENT", "Backoff", "Outage", "cancel_swallowed", "describe", "persist"]
 
 log = logging.getLogger("taskflow.worker")
 
@@ -126,3 +126,14 @@ async def persist(
         if outage is not None:
             outage.recovered()
         return result
+
+
+def cancel_swallowed() -> bool:
+    """True if this task was cancelled but the CancelledError never reached it.
+
+    On Python 3.11 ``asyncio.wait_for`` returns the inner result instead of raising when
+    the inner future completes in the same loop step as the cancel (a broker wake-up racing
+    ``stop()``); a loop that only trusted the exception would then run forever.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -7,15 +7,13 @@ import concurrent.futures
 import heapq
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..brokers.base import Delivery
 from ..clock import Clock
+from ..kernel import TaskDef
+from ..message import Envelope
 from .ratelimit import TokenBucket
-
-if TYPE_CHECKING:
-    from ..brokers.base import Delivery
-    from ..message import Envelope
-    from ..task import Task
 
 __all__ = ["Job", "Scheduler"]
 
@@ -36,7 +34,7 @@ class Job:
         "task",
     )
 
-    def __init__(self, envelope: Envelope, delivery: Delivery, task: Task[Any, Any]) -> None:
+    def __init__(self, envelope: Envelope, delivery: Delivery, task: TaskDef) -> None:
         self.envelope = envelope
         self.delivery = delivery
         self.task = task
@@ -51,6 +49,11 @@ class Job:
         # while that body still ran (it is handed back only once the body returns).
         self.body: concurrent.futures.Future[Any] | None = None
         self.adopted = False
+
+    @property
+    def stores(self) -> bool:
+        """Whether the task's outcome is written to the result store."""
+        return self.task.options.store_result
 
     def set_body(self, body: concurrent.futures.Future[Any]) -> None:
         """Note the future of the thread that runs this job's sync body."""

@@ -1,5 +1,14 @@
-"""Settling outcomes: record first, then ack (ack after the outcome is durable), then
-hooks, subscribers and one log line.
+"""Settling outcomes: every way a message is settled is a row of one table, carried out
+by one path.
+
+:meth:`Settler.apply` takes the same steps for each :class:`Transition`, in this order:
+
+1. write the task's record (ack after the outcome is durable);
+2. run the kernel's continuations for a terminal outcome (canvas advancement, which ``App``
+   registers; the worker does not know what they are);
+3. act on the message: ack, dead-letter or publish the retry;
+4. count it in the worker's :class:`~.stats.WorkerStats`;
+5. announce it (:class:`~.announce.Announcer`: hooks, subscribers, listeners, one log line).
 
 Every write is retried while the backend is down (:func:`.resilience.persist`): a task that
 ran is never acked without its record and never dropped because the store was away for a
@@ -8,25 +17,40 @@ while. If the worker stops meanwhile, the message is left to redelivery.
 
 from __future__ import annotations
 
+import enum
 import logging
+import random
 import traceback
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from .. import codec
 from .._waiters import within
+from ..clock import Clock
 from ..errors import PayloadError, WorkerLost
+from ..kernel import Kernel
 from ..message import Envelope, TaskStatus
-from ..middleware import TaskEvent
-from ..sending import max_deliveries_for
-from .publish import EventPublisher
+from .announce import Announcer, Subject
+from .policy import Fail, RetryIn
 from .resilience import describe, persist
 from .scheduler import Job
+from .stats import WorkerStats
 
-if TYPE_CHECKING:
-    from .worker import Worker
-
-__all__ = ["Settler", "error_info"]
+__all__ = [
+    "CANCELLED",
+    "EXPIRED",
+    "FAILED",
+    "LOST",
+    "NOT_REGISTERED",
+    "RETRIED",
+    "SETTLED_BEFORE",
+    "SUCCEEDED",
+    "Act",
+    "Settler",
+    "Transition",
+    "error_info",
+]
 
 log = logging.getLogger("taskflow.worker")
 
@@ -35,12 +59,44 @@ T = TypeVar("T")
 # Best-effort writes while handing a message back (stopping) are bounded by this.
 _HAND_BACK_TIMEOUT = 1.0
 
-_FINAL_HOOK = {
-    TaskStatus.SUCCEEDED: "success",
-    TaskStatus.FAILED: "failure",
-    TaskStatus.CANCELLED: "cancel",
-    TaskStatus.EXPIRED: "cancel",
-}
+
+class Act(enum.Enum):
+    """What is done to the message (the value names it in the log of an outage)."""
+
+    ACK = "acking"
+    DEAD_LETTER = "dead-lettering"
+    RETRY = "publishing the retry"
+    NONE = "nothing"
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One way a message is settled."""
+
+    status: TaskStatus
+    """The record's new status; the event's; what the continuations are told."""
+    act: Act
+    announced: bool = True
+    """Counted and announced (False: the outcome was settled and announced before)."""
+    level: int = logging.INFO
+    """The level of its log line."""
+
+
+# The table. A transition that is not terminal (a retry) is applied only while the record
+# is not terminal yet: see Settler.apply.
+SUCCEEDED = Transition(TaskStatus.SUCCEEDED, Act.ACK)
+FAILED = Transition(TaskStatus.FAILED, Act.DEAD_LETTER)
+RETRIED = Transition(TaskStatus.RETRYING, Act.RETRY)
+CANCELLED = Transition(TaskStatus.CANCELLED, Act.ACK)
+EXPIRED = Transition(TaskStatus.EXPIRED, Act.ACK)
+NOT_REGISTERED = Transition(TaskStatus.FAILED, Act.DEAD_LETTER, level=logging.ERROR)
+"""A task name this worker does not know."""
+LOST = Transition(TaskStatus.FAILED, Act.NONE, level=logging.ERROR)
+"""Its workers kept dying: the broker dead-lettered it already."""
+SETTLED_BEFORE = Transition(TaskStatus.CANCELLED, Act.ACK, announced=False)
+"""The record was terminal already (a redelivery after the outcome was written, or a retry
+of a task cancelled while it ran): ack it; "cancelled" tells the continuations to take the
+outcome from the stored record."""
 
 
 def error_info(exc: BaseException) -> dict[str, str]:
@@ -61,103 +117,100 @@ def error_info(exc: BaseException) -> dict[str, str]:
 class Settler:
     """Writes outcomes for one worker."""
 
-    def __init__(self, worker: Worker) -> None:
-        self.w = worker
-        self.app = worker.app
-        self.publisher = EventPublisher(worker.app)
-
-    # -- helpers ---------------------------------------------------------------------
-    def _stores(self, job: Job) -> bool:
-        return job.task.options.store_result
-
-    async def _durably(self, step: Callable[[], Awaitable[T]], what: str, task_id: str) -> T:
-        """``step()``, retried while the backend is down."""
-        return await persist(step, f"worker {self.w.name}: {what} of task {task_id}", self.w.rng)
-
-    async def _record(self, job: Job, changes: dict[str, Any], terminal: bool) -> bool:
-        """Write the record (if the task stores results); False if it was terminal."""
-        if not self._stores(job):
-            return True
-        ttl = self.app.result_ttl if terminal else None
-        tid = job.envelope.id
-        record = await self._durably(
-            lambda: self.app.results.update(tid, changes, ttl), "writing the record", tid
-        )
-        return record is not None
-
-    async def _settle(self, job: Job, step: Callable[[], Awaitable[bool]], what: str) -> None:
-        """Ack / dead-letter / retry the message (retried while the broker is down)."""
-        await self._durably(step, what, job.envelope.id)
-
-    async def _announce(
+    def __init__(
         self,
-        job: Job,
-        status: TaskStatus,
+        kernel: Kernel,
+        stats: WorkerStats,
+        announcer: Announcer,
         *,
-        result: Any = None,
+        name: str,
+        clock: Clock,
+        rng: random.Random,
+    ) -> None:
+        self.kernel = kernel
+        self.stats = stats
+        self.announcer = announcer
+        self.name = name
+        self.clock = clock
+        self.rng = rng
+
+    # -- the one path ----------------------------------------------------------------
+    async def apply(
+        self,
+        subject: Subject,
+        transition: Transition,
+        changes: dict[str, Any] | None,
+        act: Callable[[], Awaitable[bool]] | None,
+        *,
         encoded: Any = None,
+        result: Any = None,
         error: dict[str, str] | None = None,
         duration: float | None = None,
         retry_in: float | None = None,
-    ) -> None:
-        env = job.envelope
-        hook = _FINAL_HOOK.get(status) or "retry"
-        wants_hooks = bool(
-            self.app.hooks[hook]
-            or self.app.hooks["finish"]
-            or getattr(job.task.options, f"on_{hook}", None)
-        )
-        remote = status.terminal and await self.publisher.wanted()
-        if wants_hooks or self.w.bus.active or remote:
-            event = TaskEvent(
-                hook if status.terminal else "retry",
-                env.id,
-                env.task,
-                env.queue,
-                status.value,
-                job.attempt,
-                result,
-                error,
-                self.w.clock.time(),
-                duration,
-            )
-            if wants_hooks:
-                await self.app._run_hooks(hook, event, job.task)
-            if status.terminal:
-                finish = TaskEvent("finish", *_fields(event))
-                if self.app.hooks["finish"]:
-                    await self.app._run_hooks("finish", finish, None)
-                self.w.bus.publish(finish)
-                if remote:
-                    self.publisher.publish(finish, encoded)
-        if log.isEnabledFor(logging.INFO):
-            # "after" is how long the attempt ran; a retry's delay is said separately.
-            took = "" if duration is None else f" after {duration * 1000:.1f}ms"
-            why = f": {error['type']}: {error['message'][:200]}" if error else ""
-            if retry_in is None:
-                log.info(
-                    "%s[%s] %s%s (attempt %d)%s",
-                    env.task,
-                    env.id,
-                    status.value,
-                    took,
-                    job.attempt,
-                    why,
-                )
-            else:
-                log.info(
-                    "%s[%s] failed%s (attempt %d)%s; retry %d/%d in %.2fs",
-                    env.task,
-                    env.id,
-                    took,
-                    job.attempt,
-                    why,
-                    job.attempt,
-                    env.max_retries,
-                    retry_in,
-                )
+    ) -> bool:
+        """Record ``changes`` (None: nothing to write), run the continuations, ``act()`` on
+        the message, count, announce.
 
-    # -- transitions -----------------------------------------------------------------
+        False, with nothing else done, if ``transition`` is not terminal and the record
+        was terminal already (the caller settles it as :data:`SETTLED_BEFORE`).
+        """
+        status = transition.status
+        env = subject.envelope
+        if changes is not None:
+            written = await self._record(subject, changes, status.terminal)
+            if not written and not status.terminal:
+                return False
+        if env.canvas and status.terminal:
+            await self._continue(subject, status, encoded)
+        if act is not None:
+            await self.durably(act, transition.act.value, env.id)
+        if transition.announced:
+            self.stats.count(status, transition.act is Act.DEAD_LETTER)
+            await self.announcer.announce(
+                subject,
+                status,
+                result=result,
+                encoded=encoded,
+                error=error,
+                duration=duration,
+                retry_in=retry_in,
+                level=transition.level,
+            )
+        return True
+
+    async def durably(self, step: Callable[[], Awaitable[T]], what: str, task_id: str) -> T:
+        """``step()``, retried while the backend is down."""
+        return await persist(step, f"worker {self.name}: {what} of task {task_id}", self.rng)
+
+    async def _record(self, subject: Subject, changes: dict[str, Any], terminal: bool) -> bool:
+        """Write the record (if the task stores results); False if it was terminal."""
+        if not subject.stores:
+            return True
+        ttl = self.kernel.settings.result_ttl if terminal else None
+        tid = subject.envelope.id
+        record = await self.durably(
+            lambda: self.kernel.results.update(tid, changes, ttl), "writing the record", tid
+        )
+        return record is not None
+
+    async def _continue(self, subject: Subject, status: TaskStatus, encoded: Any) -> None:
+        env = subject.envelope
+        calls = 0
+
+        async def proceed() -> None:
+            nonlocal calls
+            calls += 1
+            if calls > 1 and subject.stores:
+                # Again after a failure part-way: continue as a redelivery does ("cancelled",
+                # so a canvas re-reads the stored outcome and re-sends what the failed call
+                # may have claimed without sending).
+                await self.kernel.run_continuations(env, TaskStatus.CANCELLED, None)
+            else:
+                await self.kernel.run_continuations(env, status, encoded)
+
+        await self.durably(proceed, "running the continuations", env.id)
+
+    # -- a job's life ----------------------------------------------------------------
     async def started(self, job: Job) -> bool:
         """Mark running; False (and the message settled) if the record is terminal."""
         env = job.envelope
@@ -165,9 +218,9 @@ class Settler:
             job,
             {
                 "status": TaskStatus.RUNNING.value,
-                "started_at": self.w.clock.time(),
+                "started_at": self.clock.time(),
                 "attempts": job.attempt,
-                "worker": self.w.name,
+                "worker": self.name,
                 "name": env.task,
                 "queue": env.queue,
                 "priority": env.priority,
@@ -175,39 +228,22 @@ class Settler:
             terminal=False,
         )
         if not ok:
-            await self._already_final(job)
+            await self._settled_before(job)
             return False
-        hooks = self.app.hooks["start"] or job.task.options.on_start
-        if hooks:
-            await self.app._run_hooks(
-                "start",
-                TaskEvent(
-                    "start",
-                    env.id,
-                    env.task,
-                    env.queue,
-                    TaskStatus.RUNNING.value,
-                    job.attempt,
-                    timestamp=self.w.clock.time(),
-                ),
-                job.task,
-            )
+        await self.announcer.started(job)
         return True
 
-    async def _already_final(self, job: Job) -> None:
+    async def _settled_before(self, job: Job) -> None:
         """The record is terminal: cancelled meanwhile, or a redelivery of a task whose
         outcome was written before its worker died (before the ack)."""
         tid = job.envelope.id
-        record = await self._durably(lambda: self.app.results.get(tid), "reading the record", tid)
+        record = await self.durably(lambda: self.kernel.results.get(tid), "reading the record", tid)
         status = TaskStatus((record or {}).get("status", TaskStatus.CANCELLED.value))
-        # "cancelled" tells the canvas to take the outcome from the stored record.
-        await self._advance_canvas(job, TaskStatus.CANCELLED, None)
-        await self._settle(job, job.delivery.ack, "acking")
         if status is TaskStatus.CANCELLED:
-            self.w.counts["cancelled"] += 1
-            await self._announce(job, TaskStatus.CANCELLED)
-        else:
-            log.info("%s[%s] already %s; not run again", job.envelope.task, tid, status.value)
+            await self.apply(job, CANCELLED, None, job.delivery.ack)
+            return
+        await self.apply(job, SETTLED_BEFORE, None, job.delivery.ack)
+        log.info("%s[%s] already %s; not run again", job.envelope.task, tid, status.value)
 
     async def succeeded(self, job: Job, value: Any, duration: float) -> None:
         """Store the result, then ack."""
@@ -216,45 +252,49 @@ class Settler:
         except PayloadError as exc:
             await self.failed(job, exc, duration, reason="payload")
             return
-        now = self.w.clock.time()
-        await self._record(
+        changes = {
+            "status": TaskStatus.SUCCEEDED.value,
+            "result": encoded,
+            "finished_at": self.clock.time(),
+            "attempts": job.attempt,
+        }
+        await self.apply(
             job,
-            {
-                "status": TaskStatus.SUCCEEDED.value,
-                "result": encoded,
-                "finished_at": now,
-                "attempts": job.attempt,
-            },
-            terminal=True,
+            SUCCEEDED,
+            changes,
+            job.delivery.ack,
+            encoded=encoded,
+            result=value,
+            duration=duration,
         )
-        await self._advance_canvas(job, TaskStatus.SUCCEEDED, encoded)
-        await self._settle(job, job.delivery.ack, "acking")
-        self.w.counts["succeeded"] += 1
-        await self._announce(
-            job, TaskStatus.SUCCEEDED, result=value, encoded=encoded, duration=duration
-        )
+
+    async def failure(self, job: Job, verdict: RetryIn | Fail, duration: float) -> None:
+        """Carry out the retry policy's verdict on a failed attempt."""
+        if isinstance(verdict, RetryIn):
+            await self.retry(job, verdict.error, verdict.delay, duration)
+        else:
+            await self.failed(job, verdict.error, duration, reason=verdict.reason)
 
     async def failed(
         self, job: Job, exc: BaseException, duration: float, reason: str = "failed"
     ) -> None:
         """Record the failure and dead-letter the message."""
         error = error_info(exc)
-        await self._record(
-            job,
-            {
-                "status": TaskStatus.FAILED.value,
-                "error": error,
-                "finished_at": self.w.clock.time(),
-                "attempts": job.attempt,
-            },
-            terminal=True,
-        )
-        await self._advance_canvas(job, TaskStatus.FAILED, None)
+        changes = {
+            "status": TaskStatus.FAILED.value,
+            "error": error,
+            "finished_at": self.clock.time(),
+            "attempts": job.attempt,
+        }
         text = f"{error['type']}: {error['message']}"
-        await self._settle(job, lambda: job.delivery.dead_letter(reason, text), "dead-lettering")
-        self.w.counts["failed"] += 1
-        self.w.counts["dead_lettered"] += 1
-        await self._announce(job, TaskStatus.FAILED, error=error, duration=duration)
+        await self.apply(
+            job,
+            FAILED,
+            changes,
+            lambda: job.delivery.dead_letter(reason, text),
+            error=error,
+            duration=duration,
+        )
 
     async def worker_lost(self, job: Job) -> None:
         """A task declared ``on_lost="fail"`` came back after its worker was lost."""
@@ -269,9 +309,8 @@ class Settler:
         """Publish the next attempt (held by the broker for ``delay``) in place of this one."""
         env = job.envelope
         delay = max(0.0, float(delay))
-        error = error_info(exc)
         nxt: Envelope = env.replace(
-            attempt=job.attempt + 1, eta=self.w.clock.time() + delay if delay > 0 else None
+            attempt=job.attempt + 1, eta=self.clock.time() + delay if delay > 0 else None
         )
         try:
             body = codec.encode_envelope(nxt)
@@ -284,50 +323,38 @@ class Settler:
             )
             await self.failed(job, exc, duration)
             return
-        status = TaskStatus.RETRYING
-        ok = await self._record(
-            job,
-            {"status": status.value, "error": error, "attempts": job.attempt, "eta": nxt.eta},
-            terminal=False,
-        )
-        if not ok:  # cancelled while it ran: do not come back
-            await self._advance_canvas(job, TaskStatus.CANCELLED, None)
-            await self._settle(job, job.delivery.ack, "acking")
-            return
+        error = error_info(exc)
+        changes = {
+            "status": TaskStatus.RETRYING.value,
+            "error": error,
+            "attempts": job.attempt,
+            "eta": nxt.eta,
+        }
         # The next attempt gets a fresh budget of deliveries: lost ones never spend retries.
-        budget = max_deliveries_for(self.app, env.task)
-        await self._settle(
+        budget = self.kernel.max_deliveries(env.task)
+        published = await self.apply(
             job,
+            RETRIED,
+            changes,
             lambda: job.delivery.retry(body, delay, max_deliveries=budget),
-            "publishing the retry",
+            error=error,
+            duration=duration,
+            retry_in=delay,
         )
-        self.w.counts["retried"] += 1
-        await self._announce(job, status, error=error, duration=duration, retry_in=delay)
+        if not published:  # cancelled while it ran: do not come back
+            await self.apply(job, SETTLED_BEFORE, None, job.delivery.ack)
 
-    async def cancelled(self, job: Job, *, started: bool) -> None:
+    async def cancelled(self, job: Job) -> None:
         """Settle a cancelled task: record (if not already), ack, announce."""
-        await self._record(
-            job,
-            {"status": TaskStatus.CANCELLED.value, "finished_at": self.w.clock.time()},
-            terminal=True,
-        )
-        await self._advance_canvas(job, TaskStatus.CANCELLED, None)
-        await self._settle(job, job.delivery.ack, "acking")
-        self.w.counts["cancelled"] += 1
-        await self._announce(job, TaskStatus.CANCELLED)
+        changes = {"status": TaskStatus.CANCELLED.value, "finished_at": self.clock.time()}
+        await self.apply(job, CANCELLED, changes, job.delivery.ack)
 
     async def expired(self, job: Job) -> None:
         """A task not started before ``expires`` never runs."""
-        await self._record(
-            job,
-            {"status": TaskStatus.EXPIRED.value, "finished_at": self.w.clock.time()},
-            terminal=True,
-        )
-        await self._advance_canvas(job, TaskStatus.EXPIRED, None)
-        await self._settle(job, job.delivery.ack, "acking")
-        self.w.counts["expired"] += 1
-        await self._announce(job, TaskStatus.EXPIRED)
+        changes = {"status": TaskStatus.EXPIRED.value, "finished_at": self.clock.time()}
+        await self.apply(job, EXPIRED, changes, job.delivery.ack)
 
+    # -- when settling is not possible -----------------------------------------------
     async def requeue(self, job: Job, started: bool = False) -> None:
         """Hand a message back uncounted (stopping); its record goes back to queued.
 
@@ -335,15 +362,15 @@ class Settler:
         the message again.
         """
         try:
-            if started and self._stores(job):
+            if started and job.stores:
                 await within(
-                    self.app.results.update(
+                    self.kernel.results.update(
                         job.envelope.id, {"status": TaskStatus.QUEUED.value}, None
                     ),
                     _HAND_BACK_TIMEOUT,
                 )
             await within(job.delivery.nack(requeue=True), _HAND_BACK_TIMEOUT)
-            self.w.counts["requeued"] += 1
+            self.stats.requeued += 1
         except Exception as exc:  # the lease will expire and the broker redelivers
             log.warning(
                 "could not hand back %s (%s); it returns after its lease",
@@ -362,36 +389,3 @@ class Settler:
             job.envelope.id,
             describe(exc),
         )
-
-    async def _advance_canvas(self, job: Job, status: TaskStatus, encoded: Any) -> None:
-        env = job.envelope
-        if not env.canvas:
-            return
-        calls = 0
-
-        async def advance() -> None:
-            nonlocal calls
-            calls += 1
-            if calls > 1 and self._stores(job):
-                # Again after a failure part-way: advance as a redelivery does ("cancelled",
-                # so the canvas re-reads the stored outcome and re-sends what the failed
-                # call may have claimed without sending).
-                await self.app._advance_canvas(env, TaskStatus.CANCELLED, None)
-            else:
-                await self.app._advance_canvas(env, status, encoded)
-
-        await self._durably(advance, "advancing the canvas", env.id)
-
-
-def _fields(event: TaskEvent) -> tuple[Any, ...]:
-    return (
-        event.task_id,
-        event.task_name,
-        event.queue,
-        event.status,
-        event.attempt,
-        event.result,
-        event.error,
-        event.timestamp,
-        event.duration,
-    )

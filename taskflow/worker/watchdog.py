@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .scheduler import Job
+from .scheduler import Job
 
 __all__ = ["Watchdog"]
 

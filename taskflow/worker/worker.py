@@ -1,65 +1,55 @@
-"""The worker: fetcher -> scheduler -> executor, with a scripted shutdown.
+"""The worker: a :class:`~taskflow.kernel.Service` that composes its stages.
 
-This module is the hot path (fetch, dispatch, execute). Admitting a fetched message is in
-:mod:`.admit` (messages that will never run in :mod:`.rejects`); starting, the shutdown
-sequence and ``run_until_idle`` in :mod:`.lifecycle`; local cancellation and the control
-channel in :mod:`.control`; lease renewal in :mod:`.leases`; outcomes in :mod:`.settle`,
-and whether a failure is retried in :mod:`.retry`. Backends that are away are waited out
+A message goes through :class:`~.fetcher.Fetcher` (fetch into the prefetch window, admit),
+:class:`~.scheduler.Scheduler` (priority, fair share, rate limits),
+:class:`~.executor.Executor` (a slot, the middleware, the task's code),
+:func:`~.policy.decide` (for a failed attempt: retry or fail) and
+:class:`~.settle.Settler` (record, continuations, ack, count), which announces the outcome
+through :class:`~.announce.Announcer`. :class:`~.control.Control` runs beside them
+(cancellation, the control channel, lease renewal). Backends that are away are waited out
 as :mod:`.resilience` describes.
+
+Starting and stopping are the :class:`~taskflow.kernel.Service` lifecycle; the stop
+sequence is :meth:`Worker._shutdown`, with the reason for its order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import os
 import random
 import socket
-import threading
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .._waiters import within
-from ..brokers.base import BrokerAdmin, Delivery
+from ..brokers.base import BrokerAdmin
 from ..clock import Clock
-from ..context import TaskContext
-from ..errors import (
-    Reject,
-    Retry,
-    TaskflowError,
-    TaskTimeout,
-    WorkerCrashed,
-)
-from ..middleware import chain_execute
-from . import lifecycle
-from .admit import admit, payload_error, record_lost
-from .control import cancel_all, cancel_swallowed
-from .events import EventBus, Subscription
-from .executor import run_async, run_sync
+from ..eventbus import EventBus, Subscription
+from ..kernel import Kernel, Service
+from ..kernel.service import RUNNING
+from .announce import Announcer
+from .control import Control
+from .executor import Executor
+from .fetcher import Fetcher, Window
 from .leases import LeaseKeeper
-from .resilience import TRANSIENT, Backoff, Outage, describe
-from .retry import route_failure
-from .scheduler import Job, Scheduler
+from .rejects import Rejects
+from .resilience import describe
+from .scheduler import Scheduler
 from .settle import Settler
-from .watchdog import Watchdog
-
-if TYPE_CHECKING:
-    from ..app import App
+from .stats import WorkerStats
 
 __all__ = ["Worker"]
 
 log = logging.getLogger("taskflow.worker")
 
-# A fetch that fails this many times in a row with an error that is not a backend being
-# down (a bug) kills the fetch stage, which stops the worker (Worker.fatal).
-_FATAL_FETCH_ERRORS = 5
 
-
-class Worker:
+class Worker(Service):
     """Runs an app's tasks from ``queues`` with up to ``concurrency`` at once.
+
+    Built on the app's :class:`~taskflow.kernel.Kernel` (``app.worker()`` passes it).
 
     ``stall_timeout``: a fetch not answered within it is abandoned and started again
     (default ``max(10, 5 * poll_interval)`` seconds).
@@ -67,9 +57,11 @@ class Worker:
     at least 1); ``poll_interval``: the longest a fetch blocks before re-checking state.
     """
 
+    kind = "worker"
+
     def __init__(
         self,
-        app: App,
+        kernel: Kernel,
         queues: Sequence[str] | None = None,
         concurrency: int = 8,
         *,
@@ -80,104 +72,83 @@ class Worker:
         clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ValueError(f"worker concurrency must be a positive integer, got {concurrency!r}")
-        if prefetch_buffer is not None and (
-            not isinstance(prefetch_buffer, int) or prefetch_buffer < 0
-        ):
-            raise ValueError("worker prefetch_buffer must be a non-negative integer")
-        self.app = app
-        self.queues = list(queues or [app.default_queue])
-        if not self.queues or not all(isinstance(q, str) and q for q in self.queues):
-            raise ValueError(f"worker queues must be non-empty names, got {queues!r}")
+        queues = _checked(queues or [kernel.settings.default_queue], concurrency, prefetch_buffer)
+        super().__init__(
+            name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}",
+            kernel.loop,
+            kernel.services,
+        )
+        self.kernel = kernel
+        self.queues = queues
         self.concurrency = concurrency
         self.prefetch_buffer = (
             max(1, concurrency // 2) if prefetch_buffer is None else prefetch_buffer
         )
-        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.poll_interval = poll_interval
-        # A fetch asks the broker to wait at most poll_interval; one that has not come back
-        # long after that is a consumer that stopped polling (a half-open connection, a
-        # wedged client): it is abandoned and the fetcher starts over.
         self.stall_timeout = stall_timeout or max(10.0, 5 * poll_interval)
-        self.clock = clock or app.clock
+        self.clock = clock or kernel.clock
         self.rng = rng or random.Random()
         self.bus = EventBus()
-        self.settle = Settler(self)
+        """This worker's finish events (:meth:`subscribe`)."""
+        self.counts = WorkerStats()
         self.leases = LeaseKeeper(self.name)
-        self.fatal: BaseException | None = None
-        """The error that killed a stage of this worker (None while it runs or after a
-        clean stop). A worker whose stage died stops itself; ``run()`` then raises."""
-        self._state_lock = threading.Lock()
-        self._state = "new"  # new -> running -> stopping -> stopped
-        self._stopped = threading.Event()
-        self._grace = 30.0
-        self._hard = False
-        self._stop_event: asyncio.Event | None = None
-        self._escalate: asyncio.Event | None = None
-        self._room: asyncio.Event | None = None
-        self._main: concurrent.futures.Future[None] | None = None
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._sched = Scheduler(self.queues, app.queue_weights, self.clock, concurrency)
-        self._running: dict[str, Job] = {}
-        self._held: dict[str, Job] = {}
-        self._cancelled: dict[str, None] = {}
-        self._orphans: set[asyncio.Task[None]] = set()
-        self._timer: asyncio.TimerHandle | None = None
-        self._exec = chain_execute(app.middleware, self._invoke)
-        self._watchdog = Watchdog(concurrency)
-        self.counts = dict.fromkeys(
-            (
-                "processed",
-                "succeeded",
-                "failed",
-                "retried",
-                "cancelled",
-                "expired",
-                "dead_lettered",
-                "requeued",
-            ),
-            0,
+        self.window = Window(concurrency, self.prefetch_buffer, self.leases)
+        sched = Scheduler(self.queues, kernel.settings.queue_weights, self.clock, concurrency)
+        self.announcer = Announcer(kernel, self.bus, self.clock)
+        self.settler = Settler(
+            kernel, self.counts, self.announcer, name=self.name, clock=self.clock, rng=self.rng
+        )
+        self.executor = Executor(
+            kernel,
+            sched=sched,
+            window=self.window,
+            settler=self.settler,
+            stats=self.counts,
+            clock=self.clock,
+            rng=self.rng,
+            concurrency=concurrency,
+        )
+        rejects = Rejects(
+            kernel, self.settler, self.counts, name=self.name, clock=self.clock, rng=self.rng
+        )
+        self.fetcher = Fetcher(
+            kernel,
+            name=self.name,
+            sched=sched,
+            window=self.window,
+            leases=self.leases,
+            settler=self.settler,
+            rejects=rejects,
+            dispatch=self.executor.dispatch,
+            clock=self.clock,
+            rng=self.rng,
+            poll_interval=poll_interval,
+            stall_timeout=self.stall_timeout,
+        )
+        self.control = Control(
+            kernel,
+            name=self.name,
+            fetcher=self.fetcher,
+            executor=self.executor,
+            settler=self.settler,
+            leases=self.leases,
+            rng=self.rng,
+            poll_interval=poll_interval,
         )
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} queues={self.queues} concurrency={self.concurrency}>"
 
     # -- public, thread-safe ---------------------------------------------------------
-    def start(self) -> Worker:
-        """Start in the background on the app's loop; returns once it is consuming."""
-        lifecycle.start(self)
-        return self
-
-    def __enter__(self) -> Worker:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def run(self) -> None:
-        """Start and block until stopped (SIGTERM/SIGINT handling is the caller's).
-
-        Raises :class:`~taskflow.errors.WorkerCrashed` (the stage's error as its cause)
-        if the worker stopped because one of its stages died, so that the process can
-        exit non-zero and be restarted by its supervisor.
-        """
-        self.start()
-        self._stopped.wait()
-        if self.fatal is not None:
-            raise WorkerCrashed(
-                f"worker {self.name} stopped: a stage died ({describe(self.fatal)})"
-            ) from self.fatal
-
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful stop; idempotent and safe from any thread, any number of times.
 
-        The sequence: (1) stop fetching; (2) hand every received but unstarted message
-        back to the broker (``nack(requeue=True)``, no delivery counted); (3) let running
-        tasks finish for up to ``timeout`` seconds; (4) cancel what still runs and hand
-        it back too, so an at-least-once broker redelivers it; (5) close the thread pool
-        and subscriptions. Returns when the worker has stopped (or at once when called
-        from the worker's own loop).
+        The sequence (:meth:`_shutdown`): (1) stop fetching; (2) hand every received but
+        unstarted message back to the broker (``nack(requeue=True)``, no delivery
+        counted); (3) let running tasks finish for up to ``timeout`` seconds; (4) cancel
+        what still runs and hand it back too, so an at-least-once broker redelivers it;
+        (5) close the thread pool and subscriptions. Returns when the worker has stopped
+        (or at once when called from the worker's own loop).
 
         A message goes back to the broker only once its task's code can no longer run.
         A coroutine is cancelled, and a sync body gets an asynchronous exception in its
@@ -187,7 +158,7 @@ class Worker:
         and hands it back when the body returns. If the process ends first (the CLI exits
         at once after a hard stop), the lease runs out and the broker delivers it again.
         """
-        lifecycle.request_stop(self, timeout, hard=False)
+        super().stop(timeout)
 
     def stop_now(self) -> None:
         """Hard stop: cancel running work now and return within a few seconds.
@@ -195,7 +166,7 @@ class Worker:
         Cancelled tasks are handed back for redelivery once their code can no longer run
         (see :meth:`stop` for a sync body blocked in C code).
         """
-        lifecycle.request_stop(self, 0.0, hard=True)
+        super().stop_now()
 
     def subscribe(self, buffer: int = 100, drop: str = "newest") -> Subscription:
         """Terminal events (``kind == "finish"``) of this worker's tasks."""
@@ -203,28 +174,29 @@ class Worker:
 
     def cancel(self, task_id: str) -> bool:
         """Cancel a queued or running task (same as ``AsyncResult.cancel``)."""
-        return bool(self.app._call(self.app._cancel(task_id)))
+        return bool(self.kernel.call(self.kernel.cancel(task_id)))
 
     def cancel_all(self) -> int:
         """Cancel everything this worker holds (running and prefetched)."""
-        return self.app._call(cancel_all(self))
+        return self.kernel.call(self.control.cancel_all())
 
     def stats(self) -> dict[str, Any]:
         """Counters, what runs now and each queue's depth (where the broker tells)."""
-        return self.app._call(self._stats())
+        return self.kernel.call(self._stats())
 
     async def _stats(self) -> dict[str, Any]:
         depth: dict[str, Any] = {}
-        broker = self.app.broker
+        broker = self.kernel.broker
         if isinstance(broker, BrokerAdmin):
             for q in self.queues:
                 depth[q] = await broker.depth(q)
+        running = len(self.executor.running)
         return {
-            **self.counts,
-            "running": len(self._running),
-            "buffered": len(self._held) - len(self._running),
+            **self.counts.as_dict(),
+            "running": running,
+            "buffered": len(self.window) - running,
             "concurrency": self.concurrency,
-            "state": self._state,
+            "state": self.state,
             "queues": depth,
             "name": self.name,
         }
@@ -232,222 +204,151 @@ class Worker:
     def run_until_idle(self) -> int:
         """Test seam: process everything due now, then return how many tasks ran.
 
-        Does not wait for delayed messages; with a FakeClock, advance it and call again.
+        The same loop as a started worker's, in a mode that does not wait for messages:
+        it returns once the broker has nothing due and nothing held can run. Does not
+        wait for delayed messages; with a FakeClock, advance it and call again. Leaves the
+        worker as if it had never been started.
         """
-        with self._state_lock:
-            if self._state != "new":
-                raise TaskflowError("run_until_idle() is for a worker that was not started")
-        before = self.counts["processed"]
-        self.app._call(lifecycle.drain(self))
-        return self.counts["processed"] - before
+        self._check_new("run_until_idle()")
+        before = self.counts.processed
+        self.kernel.call(self._drain())
+        return self.counts.processed - before
 
-    # -- fetcher ---------------------------------------------------------------------
-    async def _fetch_loop(self) -> None:
-        assert self._room is not None
-        loop = asyncio.get_running_loop()
-        backoff = Backoff(self.rng)
-        outage = Outage(f"worker {self.name}: fetch")
-        unexpected = 0
-        while True:
-            credits = self._credits()
-            if credits <= 0:
-                self._room.clear()
-                await self._room.wait()
-                continue
-            since = loop.time()  # a lease starts no earlier than the fetch that took it
-            try:
-                got = await self._fetch_once(credits)
-            except TRANSIENT as exc:
-                outage.failed(exc)
-                await asyncio.sleep(backoff.delay())
-                continue
-            except Exception as exc:
-                # Not a backend being down: a bug in a broker or its client. Try again a
-                # few times; a fetch that keeps failing like this kills the stage.
-                unexpected += 1
-                if unexpected >= _FATAL_FETCH_ERRORS:
-                    raise
-                log.warning(
-                    "worker %s: fetch failed unexpectedly (%s); retrying",
-                    self.name,
-                    describe(exc),
-                    exc_info=unexpected == 1,
-                )
-                await asyncio.sleep(backoff.delay())
-                continue
-            if got is None:  # stalled (logged): start over at once
-                continue
-            outage.recovered()
-            backoff.reset()
-            unexpected = 0
-            for delivery in got:
-                self.leases.hold(delivery, since)
-            await self._admit_batch(got)
-            await record_lost(self)
-            if cancel_swallowed():  # admitted first, so shutdown hands the batch back
-                raise asyncio.CancelledError
-            self._dispatch()
+    async def _drain(self) -> None:
+        self._arm()
+        await self._serve(None, until_idle=True)
 
-    async def _admit_batch(self, got: list[Delivery]) -> None:
-        pending = list(got)
+    # -- on the loop -----------------------------------------------------------------
+    async def _serve(
+        self, ready: concurrent.futures.Future[None] | None, until_idle: bool = False
+    ) -> None:
+        """Consume until stopped (``until_idle``: until idle), then stop in order."""
         try:
-            while pending:
-                await admit(self, pending[0])
-                pending.pop(0)
-        except asyncio.CancelledError:
-            # Stopping while a backend is away: hand back what was not admitted yet, so
-            # it does not wait for its lease (best effort; the lease is the fallback).
-            for delivery in pending:
-                self.leases.drop(delivery)
-                with contextlib.suppress(Exception):
-                    await within(delivery.nack(requeue=True), 1.0)
+            await self._open()
+        except BaseException:
+            await self._close(final=not until_idle)
             raise
-
-    async def _fetch_once(self, credits: int) -> list[Delivery] | None:
-        """One fetch, bounded by ``stall_timeout``; None if it stalled (logged)."""
-        stall = asyncio.timeout(self.stall_timeout)
-        try:
-            async with stall:
-                return await self.app.broker.fetch(
-                    self._sched.fetch_order(), credits, self.poll_interval
-                )
-        except TimeoutError:
-            if not stall.expired():
-                raise
-            log.error(
-                "worker %s: the consumer stopped polling (no answer from the broker in "
-                "%.0fs); starting it again",
+        stages = self._start_stages(until_idle)
+        if ready is not None:
+            ready.set_result(None)
+            log.info(
+                "worker %s consuming %s (concurrency %d)",
                 self.name,
-                self.stall_timeout,
+                ",".join(self.queues),
+                self.concurrency,
             )
-            return None
+        try:
+            if until_idle:
+                await stages[0]  # the fetcher returns once idle
+            else:
+                await self._stop_requested()
+        finally:
+            # run_until_idle hands back at once what it could not run; it has no grace.
+            grace = 0.0 if until_idle else (self.grace or 0.0)
+            await self._shutdown(stages, grace, final=not until_idle)
 
-    def _credits(self) -> int:
-        """How many messages to ask for now (0: wait for room).
+    async def _open(self) -> None:
+        await self.kernel.connect()
+        for q in self.queues:
+            await self.kernel.declare(q)
+        self.window.open()
+        self.executor.open()
 
-        While some slot would sit idle (fewer messages held than slots), ask for the whole
-        free window at once. Otherwise wait: the buffer covers the free slots, and the next
-        ask comes when it runs dry, as one batch instead of one round trip per finished
-        task. A buffer larger than the slots is refilled once half the window is free.
+    def _start_stages(self, until_idle: bool) -> list[asyncio.Task[None]]:
+        """The fetcher first, then what runs beside it; a stage that dies stops the worker."""
+        stages = [asyncio.create_task(self.fetcher.run(until_idle), name="taskflow-fetch")]
+        for name, stage in self.control.stages():
+            stages.append(asyncio.create_task(stage(), name=f"taskflow-{name}"))
+        for task in stages:
+            task.add_done_callback(self._stage_ended)
+        return stages
+
+    def _stage_ended(self, task: asyncio.Task[None]) -> None:
+        """A stage ends only when the worker stops; one that died stops the worker."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None and self.state != RUNNING:
+            return  # the fetcher of run_until_idle, done
+        fatal = exc or RuntimeError(f"the {task.get_name()} stage returned")
+        if self._die(fatal):
+            log.critical(
+                "worker %s: its %s stage died (%s); stopping the worker",
+                self.name,
+                task.get_name().removeprefix("taskflow-"),
+                describe(fatal),
+                exc_info=exc,
+            )
+
+    def _wake(self) -> None:
+        self.executor.accepting = False  # no new job starts once a stop was asked for
+        super()._wake()
+
+    async def _shutdown(self, stages: list[asyncio.Task[None]], grace: float, final: bool) -> None:
+        """The stop sequence. Its order, and why:
+
+        1. Stop fetching and start no new job: nothing new comes in while the rest drains.
+        2. Hand every buffered (received, not started) message back to the broker, uncounted:
+           another worker can start it now instead of after this worker's grace period.
+        3. Let started jobs -- running, or writing their outcome -- finish within ``grace``
+           seconds, unless :meth:`stop_now` escalates.
+        4. Cancel what still runs. A cancelled job hands its message back once its code can
+           no longer run; a sync body stuck in C code is adopted instead
+           (:meth:`~.executor.Executor.adopt`).
+        5. Only now stop the control channel and lease renewal: until the jobs are done a
+           running task may still be cancelled from another process, and every message
+           still held must keep its lease, or the broker would give it to another worker
+           while it still runs here.
+        6. Close the pool and the watchdog, and (``final``; ``run_until_idle`` may run
+           again) the subscriptions.
         """
-        held = len(self._held)
-        window = self.concurrency + self.prefetch_buffer
-        credits = window - held
-        if held < self.concurrency:
-            return credits
-        return credits if credits >= max(1, window // 2) else 0
+        fetch, *beside = stages
+        self.executor.accepting = False
+        fetch.cancel()
+        await asyncio.gather(fetch, return_exceptions=True)
+        await self.fetcher.hand_back()
+        await self._let_finish(grace)
+        await self.executor.cancel_running("shutdown", hard=self.hard)
+        for stage in beside:
+            stage.cancel()
+        await asyncio.gather(*beside, return_exceptions=True)
+        await self._close(final)
 
-    def _dispatch(self) -> None:
-        while len(self._running) < self.concurrency:
-            job = self._sched.pop()
-            if job is None:
-                break
-            self._running[job.envelope.id] = job
-            job.handle = asyncio.get_running_loop().create_task(self._execute(job))
-        wait = self._sched.next_release()
-        if wait is not None and self._timer is None and len(self._running) < self.concurrency:
-            self._timer = asyncio.get_running_loop().call_later(wait, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._dispatch()
-
-    def _free_slot(self, job: Job) -> None:
-        if self._running.pop(job.envelope.id, None) is not None and (
-            self._state == "running" or self._stop_event is None
-        ):
-            self._dispatch()
-
-    def _release(self, job: Job) -> None:
-        self._running.pop(job.envelope.id, None)
-        if self._held.get(job.envelope.id) is job:
-            del self._held[job.envelope.id]
-        self.leases.drop(job.delivery)
-        if self._room is not None:
-            self._room.set()
-        if self._state == "running" or self._stop_event is None:
-            self._dispatch()
-
-    # -- executor --------------------------------------------------------------------
-    async def _execute(self, job: Job) -> None:
-        try:
-            await self._attempt(job)
-        except asyncio.CancelledError:
-            await self._after_cancel(job)
-        except Exception as exc:  # settling kept failing (outages are waited out)
-            self.settle.abandon(job, exc)
-        finally:
-            self.counts["processed"] += 1
-            self._release(job)
-
-    async def _after_cancel(self, job: Job) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()  # handled here: later awaits in this task must not see it
-        if job.cancel_reason == "timeout":
-            timeout = job.envelope.timeout
-            exc = TaskTimeout(
-                f"{job.envelope.task}[{job.envelope.id}] exceeded its {timeout}s timeout"
+    async def _let_finish(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for every started job (running or settling)."""
+        pending = {job.handle for job in self.window.jobs.values() if job.handle is not None}
+        if not pending or self.hard or grace <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        escalation = asyncio.create_task(self.escalated.wait())
+        deadline = loop.time() + grace
+        while pending and not escalation.done() and loop.time() < deadline:
+            done, _ = await asyncio.wait(
+                {*pending, escalation},
+                timeout=deadline - loop.time(),
+                return_when=asyncio.FIRST_COMPLETED,
             )
-            await route_failure(self, job, exc, float(timeout or 0.0))
-        elif job.cancel_reason == "cancelled":
-            await self.settle.cancelled(job, started=True)
-        elif job.body is not None and not job.body.done():
-            # A sync body still runs in its thread: its message must not go back yet.
-            lifecycle.adopt_orphan(self, job)
-        else:
-            await self.settle.requeue(job, started=True)
+            pending -= done
+        escalation.cancel()
+        await asyncio.gather(escalation, return_exceptions=True)
 
-    async def _attempt(self, job: Job) -> None:
-        env, task = job.envelope, job.task
-        if not await self.settle.started(job):
-            return
-        ctx = TaskContext(
-            id=env.id,
-            name=env.task,
-            attempt=job.attempt,
-            retries=env.max_retries,
-            queue=env.queue,
-            priority=env.priority,
-            headers=env.headers,
-            deadline=None if env.timeout is None else self.clock.time() + env.timeout,
-            delivery=max(1, job.delivery.delivery_count),
-        )
-        job.ctx = ctx
-        t0 = self.clock.monotonic()
-        try:
-            args, kwargs = task.schema.decode_args(env.args, env.kwargs)
-        except Exception as exc:
-            await self.settle.failed(job, payload_error(env.task, exc), 0.0, reason="payload")
-            return
-        ctx._call = (args, kwargs, job)
-        if job.cancel_reason is not None:
-            raise asyncio.CancelledError
-        error: BaseException | None = None
-        job.in_user_code = True
-        try:
-            value = await self._exec(ctx)
-        except (Retry, Reject, Exception) as exc:
-            error = exc
-        finally:
-            job.in_user_code = False
-            # The slot is for running task code: free it now, so the next task starts
-            # while this one's outcome is written (its message still counts against the
-            # prefetch window until it is acked).
-            self._free_slot(job)
-        if error is not None:
-            await route_failure(self, job, error, self.clock.monotonic() - t0)
-            return
-        await self.settle.succeeded(job, value, self.clock.monotonic() - t0)
+    async def _close(self, final: bool) -> None:
+        await self.announcer.drain()
+        await self.executor.close()
+        if final:
+            self.bus.close_all()
+        log.info("worker %s stopped", self.name)
 
-    async def _invoke(self, ctx: TaskContext) -> Any:
-        args, kwargs, job = ctx._call
-        task = job.task
-        if task.options.bind:
-            args = (ctx, *args)
-        if job.envelope.timeout is not None:
-            self._watchdog.watch(job, job.envelope.timeout)
-        if task.is_async:
-            return await run_async(task.fn, args, kwargs, ctx)
-        assert self._pool is not None
-        return await run_sync(self._pool, task.fn, args, kwargs, ctx, on_submit=job.set_body)
+
+def _checked(queues: Sequence[str], concurrency: int, prefetch_buffer: int | None) -> list[str]:
+    """The worker's queues, after checking the options (ValueError for a bad one)."""
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ValueError(f"worker concurrency must be a positive integer, got {concurrency!r}")
+    if prefetch_buffer is not None and (
+        not isinstance(prefetch_buffer, int) or prefetch_buffer < 0
+    ):
+        raise ValueError("worker prefetch_buffer must be a non-negative integer")
+    checked = list(queues)
+    if not checked or not all(isinstance(q, str) and q for q in checked):
+        raise ValueError(f"worker queues must be non-empty names, got {queues!r}")
+    return checked

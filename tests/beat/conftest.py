@@ -43,5 +43,5 @@ def make_app(clock: FakeClock) -> Iterator[AppFactory]:
 def queued_ids(app: App, queue: str = "default") -> list[str]:
     """Ids of the messages waiting in ``queue``, in delivery order."""
     assert isinstance(app.broker, MemoryBroker)
-    bodies = app._call(app.broker.peek(queue, 10_000))
+    bodies = app.kernel.call(app.broker.peek(queue, 10_000))
     return [decode_envelope(body).id for body in bodies]

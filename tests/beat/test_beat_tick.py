@@ -7,7 +7,6 @@ import logging
 import pytest
 
 from taskflow import App, FakeClock
-from taskflow.beat import Beat
 from tests.beat.conftest import START, AppFactory, queued_ids
 
 
@@ -151,7 +150,7 @@ def test_a_run_late_only_by_a_leader_handover_is_not_skipped(
 ) -> None:
     app = make_app()
     with_ping(app, every=60.0, missed="skip")
-    beat = Beat(app, lease=10.0)
+    beat = app.beat(lease=10.0)
     beat.tick()
     clock.advance(60 + 8)  # 8 s late: within lease + 2 * max_interval
     assert len(beat.tick()) == 1
@@ -215,13 +214,11 @@ def test_a_schedule_that_fails_to_enqueue_is_retried_and_others_still_fire(
 ) -> None:
     app = make_app()
     with_ping(app, every=10.0)
-    app.add_periodic(
-        app.registry["tests.beat.test_beat_tick.with_ping.<locals>.ping"], every=10.0, name="other"
-    )
+    app.add_periodic("tests.beat.test_beat_tick.with_ping.<locals>.ping", every=10.0, name="other")
     beat = app.beat()
     beat.tick()
     clock.advance(10)
-    real = app._enqueue
+    real = app.kernel.enqueuer.enqueue
     calls = {"n": 0}
 
     async def flaky(prepared: list) -> list[str]:  # type: ignore[type-arg]
@@ -230,7 +227,7 @@ def test_a_schedule_that_fails_to_enqueue_is_retried_and_others_still_fire(
             raise ConnectionError("broker away")
         return await real(prepared)
 
-    app._enqueue = flaky  # type: ignore[method-assign]
+    app.kernel.enqueuer.enqueue = flaky  # type: ignore[method-assign]
     with caplog.at_level(logging.WARNING, logger="taskflow.beat"):
         assert len(beat.tick()) == 1
     assert "retrying at the next tick" in caplog.text

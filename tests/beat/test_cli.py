@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 
-from taskflow.beat import periodic_of
+from taskflow.beat.schedule import SCHEDULE_OPTIONS
 from taskflow.cli.main import cli
 from tests.beat.apps import schedules_app
 
@@ -53,13 +54,13 @@ def test_schedules_add_list_pause_resume_remove() -> None:
 
     assert run("schedules", "pause", "-A", SPEC, "sales").exit_code == 0
     assert run("schedules", "pause", "-A", SPEC, "nightly").exit_code == 0
-    paused = {i.schedule.name: i.paused for i in periodic_of(schedules_app.app).list()}
+    paused = {i.schedule.name: i.paused for i in schedules_app.app.schedules.list()}
     assert paused == {"nightly": True, "sales": True}
     assert run("schedules", "resume", "-A", SPEC, "nightly").exit_code == 0
 
     removed = run("schedules", "remove", "-A", SPEC, "sales")
     assert removed.exit_code == 0 and "removed sales" in removed.output
-    names = [i.schedule.name for i in periodic_of(schedules_app.app).list()]
+    names = [i.schedule.name for i in schedules_app.app.schedules.list()]
     assert names == ["nightly"]
 
 
@@ -79,6 +80,11 @@ def test_schedules_add_list_pause_resume_remove() -> None:
             "not valid JSON",
         ),
         (["add", "x", "--task", "shop.report", "--every", "5", "--args", "[1]"], 2, "kind"),
+        (
+            ["add", "x", "--task", "shop.report", "--every", "5", "--kwargs", "[1]"],
+            2,
+            "--kwargs must be a JSON object",
+        ),
         (["remove", "ghost"], 1, "no schedule named 'ghost'"),
         (["remove", "nightly"], 2, "declared in code"),
         (["pause", "ghost"], 1, "no schedule named 'ghost'"),
@@ -89,6 +95,30 @@ def test_bad_schedule_commands_fail_with_one_line(args: list[str], code: int, me
     assert result.exit_code == code, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_schedules_add_has_an_option_for_every_schedule_option() -> None:
+    group = cli.commands["schedules"]
+    assert isinstance(group, click.Group)
+    params = {p.name for p in group.commands["add"].params}
+    assert params - {"app_spec", "task_name"} == SCHEDULE_OPTIONS  # NAME is the name
+
+
+def test_schedules_add_parses_json_arguments() -> None:
+    added = run(
+        "schedules", "add", "-A", SPEC, "k", "--task", "shop.report", "--every", "5",
+        "--kwargs", '{"kind": "k"}', "--queue", "reports", "--priority", "3", "--missed", "skip",
+    )  # fmt: skip
+    assert added.exit_code == 0, added.output
+    [info] = [i for i in schedules_app.app.schedules.list() if i.schedule.name == "k"]
+    s = info.schedule
+    assert (s.args, dict(s.kwargs), s.queue, s.priority, s.missed) == (
+        (),
+        {"kind": "k"},
+        "reports",
+        3,
+        "skip",
+    )
 
 
 def test_schedules_without_an_app_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:

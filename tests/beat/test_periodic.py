@@ -7,13 +7,12 @@ from datetime import timedelta
 import pytest
 
 from taskflow import App, FakeClock, PayloadError
-from taskflow.beat import periodic_of
 from taskflow.errors import ConfigError, NotFound
 from tests.beat.conftest import START, AppFactory, queued_ids
 
 
 def names(app: App) -> dict[str, tuple[str, bool]]:
-    return {i.schedule.name: (i.source, i.paused) for i in periodic_of(app).list()}
+    return {i.schedule.name: (i.source, i.paused) for i in app.schedules.list()}
 
 
 # -- declaring ----------------------------------------------------------------------------
@@ -28,7 +27,7 @@ def test_periodic_registers_the_function_as_a_task_and_declares_its_schedule(
 
     assert cleanup.name in app.registry
     assert cleanup() == "done"
-    [info] = periodic_of(app).list()
+    [info] = app.schedules.list()
     assert (info.schedule.name, info.schedule.task, info.source) == (
         cleanup.name,
         cleanup.name,
@@ -44,7 +43,7 @@ def test_periodic_accepts_an_existing_task(make_app: AppFactory) -> None:
     def ping() -> None:
         pass
 
-    schedule = periodic_of(app).declared["ping"]
+    schedule = app.schedules.declared["ping"]
     assert schedule.task == ping.name and schedule.every == 30.0
 
 
@@ -57,7 +56,7 @@ def test_add_periodic_takes_a_task_or_a_registered_name(make_app: AppFactory) ->
 
     app.add_periodic(report, cron="0 * * * *", name="hourly-report", args=("sales",))
     app.add_periodic(report.name, every=30.0, name="ping", kwargs={"kind": "ping"})
-    assert set(periodic_of(app).declared) == {"hourly-report", "ping"}
+    assert set(app.schedules.declared) == {"hourly-report", "ping"}
 
 
 @pytest.mark.parametrize(
@@ -83,7 +82,23 @@ def test_a_bad_schedule_is_refused_at_declaration_and_registers_no_task(
 
     assert "'nightly'" in str(caught.value)
     assert len(app.registry) == 0
-    assert periodic_of(app).declared == {}
+    assert app.schedules.declared == {}
+
+
+def test_a_misspelt_schedule_option_is_a_type_error_like_any_keyword(
+    make_app: AppFactory,
+) -> None:
+    app = make_app()
+
+    @app.task
+    def job() -> None:
+        pass
+
+    with pytest.raises(TypeError, match="periodic\\(\\) got an unexpected keyword argument 'evry'"):
+        app.periodic(evry=10)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'evry'"):
+        app.add_periodic(job, evry=10)  # type: ignore[call-arg]
+    assert app.schedules.declared == {}
 
 
 def test_add_periodic_with_an_unknown_task_name_is_refused(make_app: AppFactory) -> None:
@@ -126,7 +141,7 @@ def test_declaring_at_module_level_touches_no_backend(make_app: AppFactory) -> N
 
     app.add_periodic(job, every=20, name="job2")
     assert app.remove_periodic("job2") is True
-    assert not app._connected and not app._runtime.started
+    assert not app.kernel.connected and not app.kernel.loop.started
 
 
 # -- stored at run time -------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 
 from taskflow import App
 from taskflow.beat import Schedule, fire_key, latest_fire, next_fire
-from taskflow.beat import schedule as schedule_module
+from taskflow.beat.cron import compile_cron
 from taskflow.errors import ConfigError
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -242,13 +242,13 @@ def test_schedule_round_trips_through_its_stored_form() -> None:
 
 def test_missing_croniter_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "croniter", None)
-    schedule_module._compile.cache_clear()
+    compile_cron.cache_clear()
     try:
         with pytest.raises(ConfigError, match=r"pip install 'taskflow-queue\[cron\]'"):
             Schedule("s", "t", cron="*/7 * * * *")
         Schedule("s", "t", every=5)  # intervals need no croniter
     finally:
-        schedule_module._compile.cache_clear()
+        compile_cron.cache_clear()
 
 
 # -- each cron field is checked (croniter alone would accept these) -----------------------

@@ -117,7 +117,7 @@ Advance = Callable[[Envelope, TaskStatus, Any], Awaitable[None]]
 
 def crash_once_around_advance(app: App, when: str, task_ids: set[str]) -> list[str]:
     """Make settling of ``task_ids`` die once each, ``before`` or ``after`` advancing."""
-    real: Advance = app._advance_canvas
+    real: Advance = app.kernel.run_continuations
     crashed: list[str] = []
 
     async def advance(env: Envelope, status: TaskStatus, encoded: Any) -> None:
@@ -130,7 +130,7 @@ def crash_once_around_advance(app: App, when: str, task_ids: set[str]) -> list[s
             crashed.append(env.id)
             raise RuntimeError("worker died before the ack")
 
-    app._advance_canvas = advance  # type: ignore[method-assign, assignment]
+    app.kernel.run_continuations = advance  # type: ignore[method-assign, assignment]
     return crashed
 
 
@@ -206,7 +206,7 @@ def test_a_crash_after_claiming_the_body_but_before_sending_it_sends_it_on_redel
         return None
 
     store.create_many = create_many  # type: ignore[method-assign]
-    capp._undo_enqueue = no_cleanup  # type: ignore[method-assign, assignment]
+    capp.kernel.enqueuer.undo = no_cleanup  # type: ignore[method-assign, assignment]
     drain(capp, clock)
     assert died
     assert result.get(timeout=0) == 5
@@ -312,7 +312,7 @@ def test_canvas_records_expire_with_the_result_ttl(
         capp.chain_result(result.id)
     with pytest.raises(NotFound):
         capp.group_result(result.header.id)
-    slot = capp._call(capp.results.get(f"{result.header.id}:0"))
+    slot = capp.kernel.call(capp.results.get(f"{result.header.id}:0"))
     assert slot is None
 
 

@@ -74,7 +74,7 @@ def test_sigterm_from_a_task_stops_the_foreground_worker_with_status_0(app: App)
 
         assert run_foreground(worker, control, grace=5.0) == 0
 
-    assert worker.counts["succeeded"] == 1
+    assert worker.counts.succeeded == 1
 
 
 def test_a_worker_whose_supervisor_is_gone_stops_by_itself(app: App) -> None:
@@ -142,7 +142,7 @@ def test_connecting_retries_with_a_warning_then_gives_up(
     with App("away", broker=broker) as app, StopControl() as control:
         with caplog.at_level(logging.WARNING, "taskflow.cli"):
             with pytest.raises(BrokerError) as err:
-                connect(app, control, timeout=0.8)
+                connect(app.kernel, control, timeout=0.8)
 
     assert broker.attempts >= 2
     assert str(err.value).startswith("cannot connect to memory://: gave up after 0.8s (")
@@ -157,7 +157,7 @@ def test_a_stop_signal_while_connecting_ends_the_run_cleanly() -> None:
     with App("away", broker=UnreachableBroker()) as app, StopControl() as control:
         os.kill(os.getpid(), signal.SIGTERM)
 
-        assert serve(app, runner, control, grace=5.0, connect_timeout=60.0) == 0
+        assert serve(app.kernel, runner, control, grace=5.0, connect_timeout=60.0) == 0
 
     assert runner.stops == ["hard"]  # it never started: this only marks it stopped
 

@@ -15,9 +15,9 @@ URL = "redis://127.0.0.1:6379/0"
 
 
 async def _delete_prefix(backend: Any) -> None:
-    client = backend._r
-    if client is None:
+    if not backend._conn.connected:
         return
+    client = backend._conn.client()
     async for key in client.scan_iter(match=f"{{{backend.prefix}}}:*", count=1000):
         await client.delete(key)
 

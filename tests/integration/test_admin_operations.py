@@ -52,7 +52,7 @@ def _queue() -> str:
 def _depth(app: App, queue: str) -> dict[str, int]:
     broker = app.broker
     assert isinstance(broker, BrokerAdmin)
-    return dict(app._call(broker.depth(queue)))
+    return dict(app.kernel.call(broker.depth(queue)))
 
 
 def _record_ttl(app: App, task_id: str) -> float | None:
@@ -62,9 +62,9 @@ def _record_ttl(app: App, task_id: str) -> float | None:
         expires = store._expiry.get(task_id)
         return None if expires is None else expires - store.clock.time()
     if isinstance(store, NatsResultStore):
-        value, _ = app._call(_raw_nats_value(store, f"r.{task_id}"))
+        value, _ = app.kernel.call(_raw_nats_value(store, f"r.{task_id}"))
         return None if value.get("x") is None else value["x"] - store.clock.time()
-    client = redis.Redis.from_url(store._client_url)
+    client = redis.Redis.from_url(store._conn.client_url)
     try:
         pttl = client.pttl(store.key("r", task_id))
     finally:
@@ -150,7 +150,7 @@ def test_concurrent_replays_of_one_dead_letter_make_one_live_copy(app: App) -> N
     async def both() -> list[int]:
         return list(await asyncio.gather(*(app.admin.areplay(queue) for _ in range(3))))
 
-    assert sum(app._call(both())) == 1
+    assert sum(app.kernel.call(both())) == 1
     assert _depth(app, queue)["ready"] == 1
     info = result.info()
     assert info.status is TaskStatus.QUEUED

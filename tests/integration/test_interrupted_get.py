@@ -65,7 +65,7 @@ def test_an_interrupted_get_leaves_no_wait_running(app: App) -> None:
     # A first bounded wait opens what a store keeps for all waits (Redis: its listener).
     with pytest.raises(ResultTimeout):
         result.get(timeout=0.05)
-    before = app._call(_live_tasks())
+    before = app.kernel.call(_live_tasks())
 
     previous = signal.signal(signal.SIGALRM, _interrupt)
     try:
@@ -76,7 +76,7 @@ def test_an_interrupted_get_leaves_no_wait_running(app: App) -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 
-    left = app._call(_live_tasks()) - before
+    left = app.kernel.call(_live_tasks()) - before
     assert not left, f"waits left on the app's loop: {left}"
     store = app.results
     if store.url == "memory://":

@@ -95,7 +95,7 @@ def test_a_task_without_retries_whose_worker_was_killed_completes_on_another_wor
         assert result.status is TaskStatus.SUCCEEDED
         assert result.info().attempts == 1
         assert backend.runs(result.id) == [first.pid, second.pid]
-        assert app._call(app.broker.dead_letters("default")) == []  # type: ignore[attr-defined]
+        assert app.kernel.call(app.broker.dead_letters("default")) == []  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("producer_knows", [False, True], ids=["by-name", "declared"])
@@ -120,7 +120,7 @@ def test_a_task_declared_on_lost_fail_is_dead_lettered_when_its_worker_is_killed
         assert info.value.exc_type == "taskflow.errors.WorkerLost"
         assert result.status is TaskStatus.FAILED
         assert backend.runs(result.id) == [first.pid]  # never ran twice
-        dead = app._call(app.broker.dead_letters("default"))  # type: ignore[attr-defined]
+        dead = app.kernel.call(app.broker.dead_letters("default"))  # type: ignore[attr-defined]
         assert [(d.id, d.reason) for d in dead] == [(result.id, "worker_lost")]
 
 

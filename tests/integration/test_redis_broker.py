@@ -87,7 +87,7 @@ def test_a_full_bounded_queue_refuses_the_whole_batch(url: str) -> None:
             app.enqueue_many([noop.s(), noop.s()])
         broker = app.broker
         assert isinstance(broker, RedisBroker)
-        assert app._call(broker.depth("default"))["ready"] == 2
+        assert app.kernel.call(broker.depth("default"))["ready"] == 2
 
 
 def test_an_unreachable_server_raises_broker_error_naming_the_masked_url() -> None:

@@ -101,9 +101,9 @@ def test_a_delayed_task_survives_a_worker_restart_and_runs_on_time(
 
 def _consuming(app: App) -> bool:
     """A worker holds the control subscription once it is consuming."""
-    client = app.broker._client() if app._connected else None  # type: ignore[attr-defined]
+    client = app.broker._conn.client() if app.kernel.connected else None  # type: ignore[attr-defined]
     if client is None:
-        app._call(app._connect())
+        app.kernel.call(app.kernel.connect())
         return False
-    channels = app._call(client.pubsub_numsub(app.broker.key("control")))  # type: ignore[attr-defined]
+    channels = app.kernel.call(client.pubsub_numsub(app.broker.key("control")))  # type: ignore[attr-defined]
     return bool(channels and channels[0][1] > 0)

@@ -74,7 +74,7 @@ def nats_store() -> Iterator[NatsResultStore]:
 
 async def _stored_keys(store: NatsResultStore) -> set[str]:
     """Keys with a message in the bucket's stream (values and delete markers alike)."""
-    info = await store._conn().request(
+    info = await store._conn.client().request(
         f"$JS.API.STREAM.INFO.KV_{store.bucket}",
         json.dumps({"subjects_filter": ">"}).encode(),
         timeout=5,

@@ -46,7 +46,7 @@ def test_a_message_over_the_nats_max_payload_is_refused_at_enqueue(nats_url: str
         text = str(caught.value)
         assert "sizes.blob" in text and f"{limit:,}" in text and "max_payload" in text
         assert "vvvv" not in text
-        assert app._call(app.broker.depth("default"))["ready"] == 0  # nothing was published
+        assert app.kernel.call(app.broker.depth("default"))["ready"] == 0  # nothing was published
         with app.worker(concurrency=1):
             assert blob.delay("v" * (limit - 1000)).get(timeout=10) == limit - 1000
 
@@ -91,6 +91,6 @@ def test_a_message_over_the_redis_value_limit_is_refused_at_enqueue(
         assert "sizes.blob" in text and "4,096" in text and "vvvv" not in text
         with pytest.raises(PayloadError):
             app.broker.publish_blocking([Message("x", "default", b"v" * 5000)])
-        assert app._call(app.broker.depth("default"))["ready"] == 0
+        assert app.kernel.call(app.broker.depth("default"))["ready"] == 0
         with app.worker(concurrency=1):
             assert blob.delay("v" * 100).get(timeout=10) == 100

@@ -15,22 +15,22 @@ def publish_raw(app: App, task_id: str, body: bytes, queue: str = "default") -> 
     """Publish envelope bytes as any producer would, bypassing taskflow's send path."""
 
     async def go() -> None:
-        await app._connect()
-        await app._declare(queue)
+        await app.kernel.connect()
+        await app.kernel.declare(queue)
         await app.broker.publish([Message(id=task_id, queue=queue, body=body)])
 
-    app._call(go())
+    app.kernel.call(go())
 
 
 def dead_letters(app: App, queue: str = "default") -> list[DeadLetter]:
     """The queue's dead-letter list."""
     assert isinstance(app.broker, BrokerAdmin)
-    return app._call(app.broker.dead_letters(queue))
+    return app.kernel.call(app.broker.dead_letters(queue))
 
 
 def record(app: App, task_id: str) -> dict[str, Any]:
     """The stored result record of ``task_id`` (it must exist)."""
-    found = app._call(app.results.get(task_id))
+    found = app.kernel.call(app.results.get(task_id))
     assert found is not None, f"no record for {task_id}"
     return found
 

@@ -45,11 +45,11 @@ class Point:
 
 
 def ready(app: App, queue: str = "default") -> int:
-    return app._call(app.broker.depth(queue))["ready"]
+    return app.kernel.call(app.broker.depth(queue))["ready"]
 
 
 def queued_bodies(app: App, queue: str = "default") -> list[bytes]:
-    return app._call(app.broker.peek(queue, 100))
+    return app.kernel.call(app.broker.peek(queue, 100))
 
 
 # -- configuration ---------------------------------------------------------------------
@@ -176,7 +176,7 @@ def test_declaring_a_task_touches_no_backend() -> None:
     @app.task
     def job() -> None: ...
 
-    assert not app._runtime.started
+    assert not app.kernel.loop.started
     app.close()
 
 
@@ -357,7 +357,7 @@ def test_countdown_and_eta_make_a_task_scheduled(fake_app: App, clock: FakeClock
     later = job.apply_async(countdown=30)
     at = job.apply_async(eta=datetime.fromtimestamp(clock.time() + 60, tz=UTC))
     assert later.status is TaskStatus.SCHEDULED and at.status is TaskStatus.SCHEDULED
-    depth = fake_app._call(fake_app.broker.depth("default"))
+    depth = fake_app.kernel.call(fake_app.broker.depth("default"))
     assert (depth["ready"], depth["scheduled"]) == (0, 2)
     with pytest.raises(ValueError, match="timezone"):
         job.apply_async(eta=datetime(2030, 1, 1))
@@ -405,7 +405,7 @@ def test_a_full_bounded_queue_raises_queue_full_and_writes_nothing() -> None:
         assert len(app.results) == 2  # type: ignore[arg-type]
         with pytest.raises(QueueFull):
             job.apply_async((4,), idempotency_key="k4")
-        assert app._call(app.results.get_value("idem:k4")) is None
+        assert app.kernel.call(app.results.get_value("idem:k4")) is None
 
 
 def test_enqueue_many_is_all_or_nothing_on_a_full_queue() -> None:

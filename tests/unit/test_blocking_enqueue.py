@@ -20,7 +20,7 @@ def test_delay_does_not_need_the_apps_loop_once_connected(app: App) -> None:
         blocked.set()
         release.wait(10)  # deliberately blocks the loop thread
 
-    future = app._runtime.submit(block_the_loop())
+    future = app.kernel.loop.submit(block_the_loop())
     assert blocked.wait(5)
     try:
         box: list[object] = []

@@ -68,9 +68,9 @@ def test_a_minimal_envelope_omits_optional_fields_on_the_wire() -> None:
     assert decode_envelope(encode_envelope(env)) == env
 
 
-def test_next_attempt_is_a_copy_and_the_original_is_untouched() -> None:
+def test_replace_is_a_copy_and_the_original_is_untouched() -> None:
     env = full_envelope()
-    nxt = env.next_attempt(eta=99.0)
+    nxt = env.replace(attempt=env.attempt + 1, eta=99.0)  # what a retry publishes
     assert (nxt.attempt, nxt.eta) == (3, 99.0)
     assert (env.attempt, env.eta) == (2, 10.0)
 

@@ -141,7 +141,7 @@ def test_a_bad_option_at_apply_async_names_the_task_and_option(
 
     with pytest.raises(ValueError, match=rf"shop\.job.*{option}"):
         job.apply_async(**options)  # type: ignore[arg-type]
-    assert app._call(app.broker.depth("default"))["ready"] == 0
+    assert app.kernel.call(app.broker.depth("default"))["ready"] == 0
 
 
 def test_unknown_options_are_refused_by_send_task_and_signatures(app: App) -> None:

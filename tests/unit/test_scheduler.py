@@ -11,8 +11,8 @@ import pytest
 
 from taskflow import Envelope, FakeClock
 from taskflow.options import RateLimit, TaskOptions
+from taskflow.worker.policy import backoff_delay
 from taskflow.worker.ratelimit import TokenBucket
-from taskflow.worker.retry import backoff_delay
 from taskflow.worker.scheduler import Job, Scheduler
 
 PLAIN = SimpleNamespace(name="plain", options=TaskOptions())

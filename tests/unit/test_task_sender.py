@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from typing import Any
 
 import pytest
 
 from taskflow import App, FakeClock, PayloadError, TaskStatus
 from taskflow.codec import decode_envelope
-from taskflow.task import CALL_OPTIONS, CallOptions
+from taskflow.task import CALL_OPTIONS, CallOptions, Task
 from taskflow.testing import drain
 
 
 def queued_bodies(app: App, queue: str) -> list[bytes]:
-    return app._call(app.broker.peek(queue, 100))
+    return app.kernel.call(app.broker.peek(queue, 100))
 
 
 def test_options_reach_the_envelope_like_apply_async() -> None:
@@ -87,6 +88,18 @@ def test_arguments_are_checked_at_send_like_delay(app: App) -> None:
 def test_with_options_takes_exactly_the_apply_async_options() -> None:
     assert CallOptions.__optional_keys__ == CALL_OPTIONS
     assert not CallOptions.__required_keys__
+
+
+@pytest.mark.parametrize("method", [Task.apply_async, Task.aapply_async])
+def test_apply_async_spells_out_exactly_the_call_options(method: Any) -> None:
+    # The keywords are written out for API.md and read back by name: they must be the
+    # TypedDict's keys, no more and no fewer.
+    keywords = {
+        p.name
+        for p in inspect.signature(method).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    assert keywords == CALL_OPTIONS
 
 
 def test_repr_names_header_keys_but_not_their_values(app: App) -> None:

@@ -54,7 +54,7 @@ def test_a_connection_error_names_the_url_with_the_password_masked() -> None:
     # Port 1 on localhost refuses at once; the error must name the URL without the secret.
     broker = broker_from_url(f"redis://:{SECRET}@127.0.0.1:1/0?connect_timeout=1")
     with App("unreachable", broker=broker) as app, pytest.raises(BrokerError) as info:
-        app._call(broker.connect())
+        app.kernel.call(broker.connect())
     assert SECRET not in str(info.value)
     assert "redis://:***@127.0.0.1:1/0" in str(info.value)
 
@@ -66,7 +66,7 @@ def test_a_nats_connection_error_masks_user_password_and_token() -> None:
     ):
         broker = broker_from_url(url)
         with App("unreachable", broker=broker) as app, pytest.raises(BrokerError) as info:
-            app._call(broker.connect())
+            app.kernel.call(broker.connect())
         assert SECRET not in str(info.value)
         assert "***@127.0.0.1:1" in str(info.value)
 

@@ -40,7 +40,7 @@ def test_a_busy_worker_holds_no_more_than_its_slots_plus_the_buffer() -> None:
         with app.worker(concurrency=2, prefetch_buffer=1):
             started.get(timeout=5)
             started.get(timeout=5)
-            depth = app._call(broker.depth("default"))
+            depth = app.kernel.call(broker.depth("default"))
             assert depth["inflight"] == 3  # two running, one waiting in the buffer
             assert depth["ready"] == 7
             release.set()
@@ -58,9 +58,9 @@ def _credits(
     app: App, running: int, buffered: int, concurrency: int = 8, prefetch_buffer: int = 4
 ) -> int:
     worker = app.worker(concurrency=concurrency, prefetch_buffer=prefetch_buffer)
-    worker._running = {f"r{i}": None for i in range(running)}  # type: ignore[misc]
-    worker._held = {f"h{i}": None for i in range(running + buffered)}  # type: ignore[misc]
-    return worker._credits()
+    # What the window holds counts, whether it runs or waits in the buffer.
+    worker.window.jobs = {f"h{i}": None for i in range(running + buffered)}  # type: ignore[misc]
+    return worker.window.credits()
 
 
 def test_the_fetcher_fills_idle_slots_at_once_and_otherwise_asks_in_batches(app: App) -> None:

@@ -81,7 +81,7 @@ def test_an_unknown_task_met_while_the_store_is_down_does_not_stop_the_fetcher(
         with pytest.raises(TaskFailed) as info:
             unknown.get(timeout=WAIT)
     assert info.value.exc_type == "taskflow.errors.NotRegistered"
-    dead = flaky_app._call(flaky_app.broker.dead_letters("default"))
+    dead = flaky_app.kernel.call(flaky_app.broker.dead_letters("default"))
     assert [(d.id, d.reason) for d in dead] == [(unknown.id, "not_registered")]
     assert len(_outage_lines(caplog)) == 1  # one line for the outage, not one per attempt
 
@@ -104,7 +104,7 @@ def test_a_task_whose_store_is_away_for_a_while_still_succeeds_once_it_is_back(
         assert result.get(timeout=WAIT) == "done"
     assert ran == [1]
     assert result.info().attempts == 1
-    assert flaky_app._call(flaky_app.broker.dead_letters("default")) == []
+    assert flaky_app.kernel.call(flaky_app.broker.dead_letters("default")) == []
 
 
 @pytest.mark.parametrize(
@@ -124,12 +124,12 @@ def test_an_undecodable_message_is_dead_lettered_at_once_and_good_ones_still_run
     def t() -> str:
         return "ran"
 
-    app._call(app._connect())
-    app._call(app.broker.publish([Message("m1", "default", body)]))
+    app.kernel.call(app.kernel.connect())
+    app.kernel.call(app.broker.publish([Message("m1", "default", body)]))
     good = t.delay()
     with caplog.at_level(logging.INFO, logger="taskflow.worker"), running_worker(app):
         assert good.get(timeout=WAIT) == "ran"
-    dead = app._call(app.broker.dead_letters("default"))
+    dead = app.kernel.call(app.broker.dead_letters("default"))
     assert [(d.id, d.reason) for d in dead] == [("m1", "undecodable")]
     assert app.result("m1").status is TaskStatus.FAILED
     lines = [r for r in caplog.records if "m1" in r.getMessage()]
@@ -162,7 +162,7 @@ def test_any_error_decoding_the_arguments_fails_the_task_as_payload_without_its_
     assert info.value.exc_type == "taskflow.errors.PayloadError"
     assert type(error).__name__ in info.value.message
     assert "SECRET" not in info.value.message
-    dead = app._call(app.broker.dead_letters("default"))
+    dead = app.kernel.call(app.broker.dead_letters("default"))
     assert [(d.id, d.reason) for d in dead] == [(result.id, "payload")]
     assert "SECRET" not in str(dead[0].error)
 
@@ -187,7 +187,7 @@ def test_a_retry_that_cannot_be_encoded_fails_the_task_instead_of_leaving_it(
         with pytest.raises(TaskFailed) as info:
             result.get(timeout=WAIT)
     assert info.value.exc_type == "ConnectionError"
-    dead = app._call(app.broker.dead_letters("default"))
+    dead = app.kernel.call(app.broker.dead_letters("default"))
     assert [(d.id, d.reason) for d in dead] == [(result.id, "failed")]
 
 

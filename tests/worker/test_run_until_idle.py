@@ -54,11 +54,11 @@ class Receipt:
 
 
 def dead(app: App, queue: str = "default") -> list[Any]:
-    return app._call(app.broker.dead_letters(queue))
+    return app.kernel.call(app.broker.dead_letters(queue))
 
 
 def depth(app: App, queue: str = "default") -> dict[str, int]:
-    return app._call(app.broker.depth(queue))
+    return app.kernel.call(app.broker.depth(queue))
 
 
 # -- ordering --------------------------------------------------------------------------
@@ -466,7 +466,7 @@ def test_an_undecodable_envelope_is_dead_lettered(fake_app: App, body: bytes) ->
     def job() -> str:
         return "fine"
 
-    fake_app._call(fake_app.broker.publish([Message("raw-1", "default", body, 5)]))
+    fake_app.kernel.call(fake_app.broker.publish([Message("raw-1", "default", body, 5)]))
     known = job.delay()
     fake_app.worker().run_until_idle()
     assert known.get(timeout=1) == "fine"
@@ -482,7 +482,9 @@ def test_arguments_that_do_not_decode_in_the_worker_fail_with_payload_error(
         return n
 
     env = Envelope(id="bad-args", task=job.name, queue="default", args=["seven"])
-    fake_app._call(fake_app.broker.publish([Message(env.id, "default", encode_envelope(env))]))
+    fake_app.kernel.call(
+        fake_app.broker.publish([Message(env.id, "default", encode_envelope(env))])
+    )
     fake_app.worker().run_until_idle()
     with pytest.raises(TaskFailed) as info:
         fake_app.result("bad-args").get(timeout=1)

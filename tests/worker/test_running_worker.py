@@ -30,7 +30,7 @@ def started_signal(app: App) -> queue.Queue[str]:
 
 
 def depth(app: App, q: str = "default") -> dict[str, int]:
-    return app._call(app.broker.depth(q))
+    return app.kernel.call(app.broker.depth(q))
 
 
 def test_late_high_priority_tasks_run_before_an_earlier_backlog(app: App) -> None:
@@ -232,10 +232,10 @@ def test_graceful_stop_finishes_running_work_and_hands_back_the_rest() -> None:
         assert first.get(timeout=WAIT) == 0 and ran == [0]
         assert [r.status for r in rest] == [TaskStatus.QUEUED] * 3
         # Handing back spent neither an attempt nor a delivery.
-        again = app._call(app.broker.fetch(["default"], 10, 0))
+        again = app.kernel.call(app.broker.fetch(["default"], 10, 0))
         assert sorted(d.delivery_count for d in again) == [1, 1, 1]
         for delivery in again:
-            app._call(delivery.nack(requeue=True))
+            app.kernel.call(delivery.nack(requeue=True))
         app.worker(concurrency=1).run_until_idle()
         assert [r.get(timeout=WAIT) for r in rest] == [1, 2, 3]
         assert [r.info().attempts for r in rest] == [1, 1, 1]
@@ -333,11 +333,11 @@ def test_the_worker_keeps_running_after_an_unknown_task(app: App) -> None:
 
     env = Envelope(id="ghost", task="nobody.knows", queue="default")
     with app.worker():
-        app._call(app.broker.publish([Message("ghost", "default", encode_envelope(env))]))
-        app._call(app.broker.publish([Message("junk", "default", b"{not json")]))
+        app.kernel.call(app.broker.publish([Message("ghost", "default", encode_envelope(env))]))
+        app.kernel.call(app.broker.publish([Message("junk", "default", b"{not json")]))
         assert job.delay().get(timeout=WAIT) == "fine"
         with pytest.raises(TaskFailed) as info:
             app.result("ghost").get(timeout=WAIT)
     assert info.value.exc_type.endswith("NotRegistered")
-    reasons = {d.id: d.reason for d in app._call(app.broker.dead_letters("default"))}
+    reasons = {d.id: d.reason for d in app.kernel.call(app.broker.dead_letters("default"))}
     assert reasons == {"ghost": "not_registered", "junk": "undecodable"}

@@ -8,6 +8,7 @@ either way, and a message goes back to the broker only once its body can no long
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -42,7 +43,7 @@ def test_stop_now_returns_while_a_body_blocks_in_c_and_keeps_its_message_until_i
             assert time.monotonic() - began < 3.0
             # The body still runs: its message is neither handed back nor let go, for
             # three leases (it is renewed meanwhile).
-            probe = app._call(app.broker.fetch(["default"], 1, 3 * LEASE))
+            probe = app.kernel.call(app.broker.fetch(["default"], 1, 3 * LEASE))
             assert probe == []
             assert result.status is TaskStatus.RUNNING
         finally:
@@ -85,9 +86,11 @@ def test_a_cancelled_sync_body_in_python_code_is_interrupted_and_sees_ctx_cancel
 def test_a_cancelled_sync_body_blocked_in_c_runs_on_until_that_call_returns(app: App) -> None:
     started, release = threading.Event(), threading.Event()
     after: list[bool] = []
+    contexts: list[TaskContext] = []
 
     @app.task(bind=True)
     def block(ctx: TaskContext) -> None:
+        contexts.append(ctx)
         started.set()
         release.wait()  # cannot be interrupted while waiting here
         after.append(ctx.cancelled.is_set())
@@ -98,6 +101,10 @@ def test_a_cancelled_sync_body_blocked_in_c_runs_on_until_that_call_returns(app:
         assert result.cancel() is True
         with pytest.raises(TaskCancelled):
             result.get(timeout=WAIT)  # the record is final at once ...
+        # The worker has taken the cancel command (the record was final before it did) ...
+        assert contexts[0].cancelled.wait(WAIT)
+        # ... and one turn of its loop later the thread's interrupt is pending.
+        app.kernel.call(asyncio.sleep(0))
         assert after == []  # ... while the body still waits in C
         release.set()
     # It returned to Python with the interrupt pending: the statement after the wait

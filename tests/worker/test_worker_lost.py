@@ -34,14 +34,14 @@ def _lease_and_die(app: App, task_id: str) -> None:
         got = await app.broker.fetch(["default"], 1, 0)
         assert [d.id for d in got] == [task_id]
 
-    app._call(take())
-    app._call(
+    app.kernel.call(take())
+    app.kernel.call(
         app.results.update(task_id, {"status": "running", "attempts": 1, "worker": "dead"}, None)
     )
 
 
 def _dead_reasons(app: App) -> list[str]:
-    return [d.reason for d in app._call(app.broker.dead_letters("default"))]
+    return [d.reason for d in app.kernel.call(app.broker.dead_letters("default"))]
 
 
 def test_a_task_without_retries_whose_worker_died_runs_again_as_the_same_attempt(

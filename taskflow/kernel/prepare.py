@@ -1,8 +1,9 @@
-"""From a call to an envelope: option checks, envelope building and what a send writes.
+"""From a call to an envelope, without I/O: option checks, envelope building, and what a
+send writes (the queued record, the broker message, the ``queued`` event).
 
-``App._prepare`` is :func:`prepare`; the enqueue pipeline (:mod:`taskflow.enqueue`) turns
-the prepared envelopes into queued records, broker messages and ``queued`` events with the
-helpers at the end of this module.
+The per-call options are declared once, as :class:`CallOptions`; :data:`CALL_OPTIONS`, the
+names ``apply_async`` and ``Signature.set`` accept, is derived from it. The enqueuer
+(:mod:`.enqueue`) takes the :class:`Prepared` sends from here to the backends.
 """
 
 from __future__ import annotations
@@ -10,33 +11,64 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypedDict
 
-from . import codec
-from .brokers.base import Message
-from .errors import PayloadError
-from .message import Envelope, TaskStatus
-from .middleware import TaskEvent
-from .options import SERIALIZERS, TaskOptions, check_priority, check_queue, check_timeout
-from .payload import encode_any
-from .task import CALL_OPTIONS, Signature
-
-if TYPE_CHECKING:
-    from .app import App
-    from .task import Task
+from .. import codec
+from ..brokers.base import Message
+from ..errors import PayloadError
+from ..eventbus import TaskEvent
+from ..message import Envelope, TaskStatus
+from ..options import SERIALIZERS, TaskOptions, check_priority, check_queue, check_timeout
+from ..payload import encode_any
+from .settings import Settings
+from .taskdef import TaskDef
 
 __all__ = [
+    "CALL_OPTIONS",
+    "SEND_OPTIONS",
+    "CallOptions",
     "Prepared",
+    "SendOptions",
     "check_call_options",
-    "max_deliveries_for",
     "message_for",
     "prepare",
-    "prepare_many",
     "queued_event",
     "queued_record",
 ]
+
+
+class CallOptions(TypedDict, total=False):
+    """The per-call options of ``apply_async``, as ``Task.with_options`` takes them."""
+
+    queue: str
+    priority: int
+    countdown: float
+    eta: datetime
+    expires: float | datetime
+    task_id: str
+    idempotency_key: str
+    retries: int
+    timeout: float
+    headers: dict[str, str]
+
+
+class SendOptions(CallOptions, total=False):
+    """:class:`CallOptions` plus what the canvas sets on the steps it sends."""
+
+    canvas: dict[str, Any]
+    parent_id: str
+    root_id: str
+
+
+CALL_OPTIONS = frozenset(CallOptions.__optional_keys__)
+"""The option names a caller may give (``apply_async``, ``Signature.set``)."""
+
+SEND_OPTIONS = frozenset(SendOptions.__optional_keys__)
+"""Every option :func:`prepare` reads."""
+
+_EMPTY_OPTIONS = TaskOptions()
 
 
 class Prepared:
@@ -54,22 +86,23 @@ class Prepared:
 
 
 def prepare(
-    app: App,
+    settings: Settings,
     name: str,
-    task: Task[Any, Any] | None,
+    task: TaskDef | None,
     args: Sequence[Any],
     kwargs: Mapping[str, Any],
     *,
     opts: Mapping[str, Any],
 ) -> Prepared:
-    """Check the call options and encode the arguments of one send (``App._prepare``)."""
+    """Check the call options and encode the arguments of one send of task ``name``
+    (``task``: its definition when it is registered here; typed encoding then)."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"a task name must be a non-empty string, got {type(name).__name__}")
-    topts = task.options if task is not None else TaskOptions()
+    topts = task.options if task is not None else _EMPTY_OPTIONS
     if opts.get("queue") is not None:
         queue = check_queue(opts["queue"], name)  # an empty name is an error, not a default
     else:
-        queue = topts.queue or app.default_queue
+        queue = topts.queue or settings.default_queue
     priority = check_priority(opts["priority"], name) if "priority" in opts else topts.priority
     if "retries" in opts:
         retries = TaskOptions.build(name, {"retries": opts["retries"]}).retries
@@ -81,7 +114,7 @@ def prepare(
     else:
         enc_args, enc_kwargs = _encode_untyped(name, args, kwargs)
     _check_depth(name, enc_args, enc_kwargs)
-    now = app.clock.time()
+    now = settings.clock.time()
     eta = _eta(name, opts, now)
     env = Envelope(
         id=_task_id(name, opts.get("task_id")),
@@ -93,8 +126,8 @@ def prepare(
         created_at=now,
         eta=eta,
         expires=_expires(name, opts.get("expires"), now),
-        max_retries=app.default_retries if retries is None else retries,
-        timeout=timeout if timeout is not None else app.default_timeout,
+        max_retries=settings.default_retries if retries is None else retries,
+        timeout=timeout if timeout is not None else settings.default_timeout,
         idempotency_key=_opt_str(name, "idempotency_key", opts.get("idempotency_key")),
         headers=_headers(name, opts.get("headers")),
         canvas=opts.get("canvas"),
@@ -109,24 +142,9 @@ def prepare(
     return Prepared(env, store, digest, "task_id" in opts)
 
 
-def prepare_many(app: App, signatures: Iterable[Signature]) -> list[Prepared]:
-    """:func:`prepare` each signature of an ``enqueue_many`` call."""
-    out = []
-    for sig in signatures:
-        if not isinstance(sig, Signature):
-            raise TypeError(f"enqueue_many takes signatures (task.s(...)), got {sig!r}")
-        check_call_options(sig.name, sig.options)
-        out.append(
-            prepare(
-                app, sig.name, app.registry.get(sig.name), sig.args, sig.kwargs, opts=sig.options
-            )
-        )
-    return out
-
-
-def check_call_options(name: str, options: Mapping[str, Any]) -> None:
-    """Reject options that ``apply_async`` (or the canvas) does not know."""
-    unknown = set(options) - CALL_OPTIONS - {"canvas", "parent_id", "root_id"}
+def check_call_options(name: str, options: Mapping[str, Any], known: frozenset[str]) -> None:
+    """Reject options not in ``known`` (:data:`CALL_OPTIONS` or :data:`SEND_OPTIONS`)."""
+    unknown = set(options) - known
     if unknown:
         raise ValueError(f"{name}: unknown option(s): {', '.join(sorted(unknown))}")
 
@@ -234,28 +252,16 @@ def queued_record(env: Envelope) -> dict[str, Any]:
     return record
 
 
-def max_deliveries_for(app: App, name: str) -> int:
-    """How many deliveries of one attempt of task ``name`` the broker makes.
-
-    A delivery lost with its worker does not spend a retry: the broker delivers the same
-    attempt again, up to the app's ``max_deliveries``. A task declared ``on_lost="fail"``
-    gets one delivery (it is dead-lettered ``worker_lost`` at the first loss).
-    """
-    task = app.registry.get(name)
-    if task is not None and task.options.on_lost == "fail":
-        return 1
-    return app.max_deliveries
-
-
-def message_for(env: Envelope, app: App) -> Message:
-    """The broker message for an envelope of ``app``."""
+def message_for(env: Envelope, max_deliveries: int) -> Message:
+    """The broker message for ``env``, delivered at most ``max_deliveries`` times per
+    attempt (see ``Kernel.max_deliveries``)."""
     return Message(
         id=env.id,
         queue=env.queue,
         body=codec.encode_envelope(env),
         priority=env.priority,
         eta=env.eta,
-        max_deliveries=max_deliveries_for(app, env.task),
+        max_deliveries=max_deliveries,
         task=env.task,
     )
 

@@ -1,4 +1,4 @@
-"""The App's runtime: one background event loop that owns its async backends.
+"""The loop thread: one background event loop that owns an app's async backends.
 
 Async clients (redis.asyncio, nats) are bound to the loop that created them, so every
 backend call of an App happens on this one loop. Synchronous callers (``delay()``,
@@ -14,9 +14,9 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from .errors import TaskflowError
+from ..errors import TaskflowError
 
-__all__ = ["Runtime"]
+__all__ = ["LoopThread"]
 
 T = TypeVar("T")
 
@@ -24,14 +24,14 @@ _UNWIND = 2.0  # seconds an interrupted call may take to unwind on the loop
 
 
 async def _tracked(coro: Coroutine[Any, Any, T], running: list[asyncio.Task[Any]]) -> T:
-    """Await ``coro``, leaving the task that runs it in ``running`` for :meth:`Runtime.call`."""
+    """Await ``coro``, leaving the task that runs it in ``running`` for :meth:`LoopThread.call`."""
     task = asyncio.current_task()
     if task is not None:
         running.append(task)
     return await coro
 
 
-class Runtime:
+class LoopThread:
     """A lazily started event-loop thread with thread-safe ``call``/``acall``."""
 
     def __init__(self, name: str) -> None:
@@ -83,7 +83,7 @@ class Runtime:
             loop.close()
 
     def in_loop_thread(self) -> bool:
-        """True when called from the runtime's own thread."""
+        """True when called from the loop's own thread."""
         return self._thread is not None and threading.current_thread() is self._thread
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
@@ -148,7 +148,7 @@ class Runtime:
             asyncio.run_coroutine_threadsafe(settled(), loop).result(_UNWIND + 1.0)
 
     async def acall(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Await ``coro`` on the runtime loop from any loop."""
+        """Await ``coro`` on this loop from any loop."""
         if asyncio.get_running_loop() is self._loop:
             return await coro
         return await asyncio.wrap_future(self.submit(coro))

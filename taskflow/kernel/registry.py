@@ -1,25 +1,23 @@
-"""The App's task registry: names to tasks, duplicates refused."""
+"""The task registry: names to task definitions, duplicates refused."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .errors import DuplicateTask, NotRegistered
-
-if TYPE_CHECKING:
-    from .task import Task
+from ..errors import DuplicateTask, NotRegistered
+from .taskdef import TaskDef
 
 __all__ = ["TaskRegistry"]
 
 
 class TaskRegistry:
-    """Holds an App's tasks by name. Registering never touches the network."""
+    """Holds an app's tasks by name. Registering never touches the network."""
 
     def __init__(self) -> None:
-        self._tasks: dict[str, Task[Any, Any]] = {}
+        self._tasks: dict[str, TaskDef] = {}
 
-    def add(self, task: Task[Any, Any]) -> None:
+    def add(self, task: TaskDef) -> None:
         """Register ``task``; the same function twice is fine, another one is not."""
         existing = self._tasks.get(task.name)
         if existing is not None and not _same_function(existing.fn, task.fn):
@@ -29,11 +27,11 @@ class TaskRegistry:
             )
         self._tasks[task.name] = task
 
-    def get(self, name: str) -> Task[Any, Any] | None:
+    def get(self, name: str) -> TaskDef | None:
         """The task, or None."""
         return self._tasks.get(name)
 
-    def __getitem__(self, name: str) -> Task[Any, Any]:
+    def __getitem__(self, name: str) -> TaskDef:
         try:
             return self._tasks[name]
         except KeyError:

@@ -1,0 +1,57 @@
+"""Masking the secrets of a URL, for every message, log line and ``repr`` that shows one.
+
+Below everything else (it imports nothing of taskflow), so that :mod:`taskflow.errors`
+and :mod:`taskflow.urls` both offer :func:`mask_url` without importing each other.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["mask_url"]
+
+# Query options whose values are masked, by name.
+_SECRET_QUERY = re.compile(r"(?i)(pass|secret|token|auth|key)")
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its secrets replaced by ``***``: safe for messages, logs and ``repr``.
+
+    Masked: a password (``user:***@``), a lone userinfo (``***@``, a NATS token), and
+    query values whose name looks secret (``password=***``). A URL whose password holds
+    an unencoded ``/``, ``?`` or ``#`` cannot be split reliably: everything up to its last
+    ``@`` is masked then.
+    """
+    if not isinstance(url, str):
+        return "<not a URL>"
+    head, sep, rest = url.partition("://")
+    if not sep:
+        head, rest = "", url
+    authority_end = len(rest)
+    for delimiter in "/?#":
+        index = rest.find(delimiter)
+        if index >= 0:
+            authority_end = min(authority_end, index)
+    at = rest.rfind("@")
+    if at >= authority_end:
+        # An '@' past the authority: a password with an unencoded delimiter (or an '@' in
+        # the query). Mask generously: over-masking a bad URL costs nothing.
+        rest = "***" + rest[at:]
+    elif at >= 0:
+        userinfo, host = rest[:at], rest[at:]
+        user, colon, _ = userinfo.partition(":")
+        rest = (f"{user}:***" if colon else "***") + host
+    masked = head + sep + rest
+    return _mask_query(masked)
+
+
+def _mask_query(url: str) -> str:
+    base, qmark, query = url.partition("?")
+    if not qmark or not _SECRET_QUERY.search(query):
+        return url
+    query, hashmark, fragment = query.partition("#")
+    items = []
+    for item in query.split("&"):
+        name, eq, _ = item.partition("=")
+        items.append(f"{name}=***" if eq and _SECRET_QUERY.search(name) else item)
+    return base + qmark + "&".join(items) + hashmark + fragment

@@ -1,0 +1,182 @@
+"""One app's namespace on one Redis server, shared by the broker and the result store.
+
+:class:`Connection` checks the URL and the key prefix, names keys, opens the asyncio pool,
+registers the Lua scripts and maps client errors to :class:`~taskflow.errors.BrokerError`
+naming the masked URL (never a bare client traceback). The broker and the result store
+each own one; neither reaches into the other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Sequence
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import NoScriptError, RedisError
+
+from .._waiters import within
+from ..errors import BrokerError, ConfigError
+from ..urls import parse_url
+from .scripts import load_script
+
+__all__ = ["Connection", "broker_error", "check_prefix", "open_client", "redis_client"]
+
+
+def check_prefix(prefix: str, where: str) -> str:
+    """A key prefix: non-empty, without braces (they would break the hash tag)."""
+    if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
+        raise ConfigError(f"{where}: prefix must be a non-empty string without braces")
+    return prefix
+
+
+def broker_error(masked: str, exc: BaseException) -> BrokerError:
+    """A BrokerError naming the (masked) URL, never a bare client traceback."""
+    what = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+    return BrokerError(f"redis at {masked}: {what}")
+
+
+def redis_client(
+    url: str, connect_timeout: float, socket_timeout: float | None, max_connections: int = 64
+) -> aioredis.Redis:
+    """An asyncio client that rides out a short outage (a server restart, a failover).
+
+    A command on a broken connection is retried on a fresh one with backoff for about
+    2.5 s in all, so a settle or a result write made while the server restarts still lands
+    before the lease runs out; a server that stays down then fails with an error.
+    Repeating a script is safe: publish replaces by id, settles are fenced by tokens,
+    result updates are merges.
+    The pool blocks (up to ``connect_timeout``) for a free connection instead of failing,
+    so a burst of concurrent calls queues up rather than erroring.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=connect_timeout,
+        socket_connect_timeout=connect_timeout,
+        socket_timeout=socket_timeout,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 6),
+        socket_keepalive=True,
+    )
+    return aioredis.Redis.from_pool(pool)
+
+
+async def open_client(url: str, connect_timeout: float, masked: str) -> aioredis.Redis:
+    """A connected :func:`redis_client`: the server answered a PING within the timeout,
+    or :class:`BrokerError` naming ``masked``."""
+    client = redis_client(url, connect_timeout, None)
+    try:
+        await within(client.ping(), connect_timeout)
+    except (RedisError, OSError, TimeoutError) as exc:
+        await client.aclose()
+        raise broker_error(masked, exc) from None
+    return client
+
+
+class Connection:
+    """A Redis URL and key prefix, the pool opened for them and the registered scripts.
+
+    Keys are ``{prefix}:a:b`` (:meth:`key`): the braces are a hash tag, so one app's keys
+    share a Redis Cluster slot. ``owner`` names the class in URL errors.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        role: Literal["broker", "results"],
+        owner: str,
+        prefix: str,
+        connect_timeout: float,
+    ) -> None:
+        """Check ``url``, ``prefix`` and ``connect_timeout``; nothing connects yet."""
+        parsed = parse_url(url, role)
+        if parsed.scheme not in ("redis", "rediss"):
+            raise ConfigError(f"{owner} needs a redis:// or rediss:// URL, got {parsed.masked!r}")
+        if not connect_timeout > 0:
+            raise ConfigError(f"{parsed.masked}: connect_timeout must be positive")
+        self.masked = parsed.masked
+        self.client_url = parsed.without_query()
+        """The URL for client libraries (no query string)."""
+        self.prefix = check_prefix(prefix, parsed.masked)
+        self.tag = "{" + self.prefix + "}"
+        """The key prefix with its hash-tag braces: what the broker's scripts take."""
+        self.connect_timeout = float(connect_timeout)
+        self._what = "broker" if role == "broker" else "result store"
+        self._client: aioredis.Redis | None = None
+        self._scripts: dict[str, Any] = {}
+
+    def key(self, *parts: str) -> str:
+        """A key in this namespace (``{prefix}:a:b``)."""
+        return ":".join((self.tag, *parts))
+
+    @property
+    def connected(self) -> bool:
+        """True between :meth:`connect` and :meth:`close`."""
+        return self._client is not None
+
+    def client(self) -> aioredis.Redis:
+        """The connected client; BrokerError before :meth:`connect` and after :meth:`close`."""
+        if self._client is None:
+            raise BrokerError(f"redis {self._what} {self.masked} is not connected (call connect())")
+        return self._client
+
+    async def connect(self, scripts: Sequence[str]) -> None:
+        """Open the pool, check the server answers within the timeout, register
+        ``scripts`` (by name, see :mod:`taskflow._redis.scripts`). Idempotent."""
+        if self._client is not None:
+            return
+        client = await open_client(self.client_url, self.connect_timeout, self.masked)
+        self._client = client
+        self._scripts = {name: client.register_script(load_script(name)) for name in scripts}
+
+    async def close(self) -> None:
+        """Close the pool. Idempotent."""
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    def error(self, exc: BaseException) -> BrokerError:
+        """``exc`` as a BrokerError naming this connection's (masked) URL."""
+        return broker_error(self.masked, exc)
+
+    async def call(self, awaitable: Awaitable[Any]) -> Any:
+        """Await a client call; client errors become BrokerError."""
+        try:
+            return await awaitable
+        except (RedisError, OSError) as exc:
+            raise self.error(exc) from None
+
+    async def run(self, script: str, args: Sequence[Any]) -> Any:
+        """Run a registered script with ``args`` (its ARGV)."""
+        self.client()
+        try:
+            return await self._scripts[script](args=args)
+        except (RedisError, OSError) as exc:
+            raise self.error(exc) from None
+
+    async def run_many(self, script: str, calls: Sequence[Sequence[Any]]) -> list[Any]:
+        """Run a registered script once per ``calls`` entry, in one pipelined round trip
+        (each call still atomic); the replies in order."""
+        if len(calls) == 1:
+            return [await self.run(script, calls[0])]
+        client = self.client()
+        registered = self._scripts[script]
+        for attempt in range(2):
+            # Plain EVALSHA in the pipeline: redis-py's pipelined Script objects would
+            # add a SCRIPT EXISTS round trip to every call.
+            async with client.pipeline(transaction=False) as pipe:
+                for args in calls:
+                    pipe.evalsha(registered.sha, 0, *args)
+                try:
+                    return list(await pipe.execute())
+                except NoScriptError as exc:  # flushed by a restart: load and go again
+                    if attempt:
+                        raise self.error(exc) from None
+                    await self.call(client.script_load(load_script(script)))
+                except (RedisError, OSError) as exc:
+                    raise self.error(exc) from None
+        raise AssertionError("unreachable")

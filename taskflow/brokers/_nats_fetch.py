@@ -1,0 +1,160 @@
+"""The NATS broker's fetch: priority levels pulled 9..0, admission, waiting for work.
+
+A fetch first promotes due delayed messages, then pulls each queue's levels from the
+highest down with no-wait pulls (skipping levels known empty, see
+:mod:`._nats_signals`), and checks every message before it becomes a delivery: one whose
+framing is malformed is dead-lettered ``undecodable``, one that ran out of deliveries
+``worker_lost``; both are reported by ``take_lost``. With nothing to take it waits for an
+announcement, a due time or a lease end, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+
+from nats.aio.msg import Msg
+
+from .._nats.framing import framing
+from ..errors import BrokerError
+from ._nats_admin import NatsAdmin
+from ._nats_core import LEVELS, NatsCore
+from ._nats_delay import NatsDelays
+from ._nats_delivery import NatsDelivery
+from .base import Delivery
+
+__all__ = ["NatsFetcher"]
+
+log = logging.getLogger("taskflow.brokers.nats")
+
+
+class NatsFetcher:
+    """Leases messages of ``core``'s queues, honouring pauses (``admin``) and delays."""
+
+    def __init__(self, core: NatsCore, delays: NatsDelays, admin: NatsAdmin) -> None:
+        """A fetcher over the broker's parts."""
+        self._core = core
+        self._delays = delays
+        self._admin = admin
+
+    async def fetch(
+        self, queues: Sequence[str], max_messages: int, timeout: float
+    ) -> list[Delivery]:
+        """Up to ``max_messages`` deliveries: queues in order, levels 9..0, FIFO within."""
+        signals = self._core.signals
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        while True:
+            waker = signals.waker()
+            try:
+                got = await self._take(queues, max_messages)
+                remaining = deadline - loop.time()
+                if got or remaining <= 0 or not self._core.conn.connected:
+                    return got
+                await asyncio.wait([waker], timeout=min(remaining, self._delays.until_due()))
+            finally:
+                signals.drop(waker)
+
+    async def _take(self, queues: Sequence[str], limit: int) -> list[Delivery]:
+        if limit <= 0:
+            return []
+        await self._delays.promote_due()
+        self._core.signals.start_scan()
+        out: list[Delivery] = []
+        for queue in queues:
+            if len(out) >= limit:
+                break
+            if await self._admin.is_paused(queue):
+                continue
+            await self._core.ensure_queue(queue, consume=True)
+            for level in LEVELS:
+                await self._take_level(queue, level, limit, out)
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def _take_level(self, queue: str, level: int, limit: int, out: list[Delivery]) -> None:
+        core, key = self._core, (queue, level)
+        while len(out) < limit and not core.signals.is_empty(key):
+            need = limit - len(out)
+            generation = core.signals.generation(key)
+            msgs = await core.pull(core.work, core.consumer(queue, level), need)
+            if len(msgs) < need:
+                # Empty until a publish to this level is announced (or the next rescan).
+                core.signals.found_empty(key, generation)
+            for msg in msgs:
+                delivery = await self._admit(msg, queue, level)
+                if delivery is not None:
+                    out.append(delivery)
+            if len(msgs) < need:
+                return
+
+    async def _admit(self, msg: Msg, queue: str, level: int) -> NatsDelivery | None:
+        """A delivery for ``msg``, or None when it was dead-lettered here. Either way the
+        rest of the batch is delivered: a message that cannot be filed now (the
+        dead-letter stream is unreachable) stays leased and is filed when it comes back."""
+        try:
+            frame = framing(msg)
+        except ValueError as exc:
+            await self._file(
+                msg,
+                queue,
+                level,
+                count=msg.metadata.num_delivered,
+                most=1,
+                reason="undecodable",
+                error=f"malformed framing: {exc}",
+            )
+            return None
+        count = msg.metadata.num_delivered + frame.base
+        if count > frame.max_deliveries:
+            await self._file(
+                msg,
+                queue,
+                level,
+                count=count - 1,
+                most=frame.max_deliveries,
+                reason="worker_lost",
+                error="lease expired",
+            )
+            return None
+        return NatsDelivery(
+            self._core, msg, queue, level, count=count, max_deliveries=frame.max_deliveries
+        )
+
+    async def _file(
+        self,
+        msg: Msg,
+        queue: str,
+        level: int,
+        *,
+        count: int,
+        most: int,
+        reason: str,
+        error: str,
+    ) -> None:
+        try:
+            await self._core.bury(
+                msg,
+                queue,
+                level,
+                count=count,
+                max_deliveries=most,
+                reason=reason,
+                error=error,
+                report=True,
+            )
+        except BrokerError as exc:
+            log.warning("could not dead-letter message %s of %s (%s)", msg.subject, queue, exc)
+
+    async def on_notify(self, msg: Msg) -> None:
+        """An announcement on ``P.n`` of what another process published."""
+        signals = self._core.signals
+        try:
+            change = json.loads(msg.data)
+            signals.mark(bool(change["d"]), change["l"])
+        except (ValueError, KeyError, TypeError):
+            signals.mark(True, [])
+            signals.forget_empty()

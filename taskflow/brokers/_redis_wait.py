@@ -1,0 +1,152 @@
+"""How an idle fetch of the Redis broker waits: blocked on wake-up lists, never polling.
+
+A fetch that found nothing blocks (BLPOP, on a small pool of its own) on the notify lists
+of its queues, which a publish pushes to. Two more things end the wait, both through a key
+of the fetch's own that is pushed from here:
+
+* a message that falls due or a lease that runs out: Redis checks blocking timeouts on its
+  own timer (every 100 ms at the default ``hz``), too coarse for a message due in 200 ms,
+  so a *precise* wait has a local timer push its key when the time comes;
+* the broker's clock jumping (a test clock moved by hand: Redis cannot know), heard
+  through :meth:`~taskflow.clock.Clock.subscribe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from .._redis.connection import Connection, redis_client
+from ..clock import Clock
+from ..errors import BrokerError
+from .base import Delivery
+
+__all__ = ["Attempt", "IdleWait"]
+
+Attempt = Callable[[], Awaitable[tuple[list[Delivery], float | None]]]
+"""One try at leasing: the deliveries, and when the next held message falls due (clock
+time, None if nothing is held)."""
+
+_BLOCK_CHUNK = 5.0  # longest single BLPOP; the blocking socket's timeout is above it
+_RING_SLACK = 0.25  # a precise wait's server-side timeout, past its own timer
+
+
+class _Alarm:
+    """Hears the clock jump while one fetch runs (from any thread) and wakes that fetch."""
+
+    __slots__ = ("key", "loop", "moved", "ring")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, ring: Callable[[str], None]) -> None:
+        self.loop = loop
+        self.ring = ring
+        self.moved = False  # the clock jumped since the fetch last tried
+        self.key: str | None = None  # the wake key of the wait in progress
+
+    def jumped(self) -> None:
+        self.moved = True
+        key = self.key
+        if key is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                self.loop.call_soon_threadsafe(self.ring, key)
+
+
+class IdleWait:
+    """The waits of one broker's fetches, on a pool of their own."""
+
+    def __init__(self, conn: Connection, clock: Clock) -> None:
+        """Waits in ``conn``'s namespace, timed by ``clock``; no pool until :meth:`open`."""
+        self._conn = conn
+        self._clock = clock
+        self._blocker: aioredis.Redis | None = None
+        self._rings: set[asyncio.Task[None]] = set()
+
+    def open(self) -> None:
+        """Create the blocking pool (it connects on first use)."""
+        timeout = self._conn.connect_timeout
+        self._blocker = redis_client(
+            self._conn.client_url, timeout, _BLOCK_CHUNK + timeout, max_connections=4
+        )
+
+    async def close(self) -> None:
+        """Close the blocking pool. Idempotent."""
+        blocker, self._blocker = self._blocker, None
+        if blocker is not None:
+            with contextlib.suppress(Exception):
+                await blocker.aclose()
+
+    async def fetch(self, attempt: Attempt, notify: list[str], timeout: float) -> list[Delivery]:
+        """Call ``attempt`` until it leases something or ``timeout`` seconds passed,
+        blocking on the ``notify`` lists in between."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        alarm = _Alarm(loop, self._ring)
+        # Subscribed before the first try, so that a jump during a try is not missed.
+        unsubscribe = self._clock.subscribe(alarm.jumped)
+        try:
+            while True:
+                alarm.moved = False
+                got, next_due = await attempt()
+                remaining = deadline - loop.time()
+                if got or remaining <= 0:
+                    return got
+                wait = min(remaining, _BLOCK_CHUNK)
+                precise = False
+                if next_due is not None:
+                    # None from a clock that moves only when told: the alarm hears it.
+                    due_in = self._clock.real_timeout(next_due - self._clock.time())
+                    if due_in is not None:
+                        due_in = max(0.0, due_in) + 0.001
+                        precise = due_in < wait
+                        wait = min(wait, due_in)
+                if wait >= 0.001:
+                    await self._block(notify, wait, precise, alarm)
+        finally:
+            unsubscribe()
+
+    async def _block(self, keys: list[str], wait: float, precise: bool, alarm: _Alarm) -> None:
+        """Wait for a wake-up token on the blocking pool (cancellation-safe)."""
+        blocker = self._blocker
+        if blocker is None:
+            raise BrokerError(f"redis broker {self._conn.masked} is not connected (call connect())")
+        own = self._conn.key("wake", uuid.uuid4().hex)
+        timer: asyncio.TimerHandle | None = None
+        if precise:
+            timer = asyncio.get_running_loop().call_later(wait, self._ring, own)
+            wait += _RING_SLACK  # the server's timeout stays as a backstop
+        # Set before looking at ``moved``: a jump from now on pushes the key, and a push
+        # that lands before the BLPOP starts is still there for it.
+        alarm.key = own
+        try:
+            if not alarm.moved:
+                await blocker.blpop([*keys, own], timeout=round(wait, 3))
+        except asyncio.CancelledError:
+            # A cancelled BLPOP would leave a reply in flight: drop that connection.
+            await blocker.connection_pool.disconnect(inuse_connections=True)
+            raise
+        except (RedisError, OSError) as exc:
+            raise self._conn.error(exc) from None
+        finally:
+            alarm.key = None
+            if timer is not None:
+                timer.cancel()
+
+    def _ring(self, key: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._push_wake(key))
+        self._rings.add(task)
+        task.add_done_callback(self._rings.discard)
+
+    async def _push_wake(self, key: str) -> None:
+        if not self._conn.connected:
+            return
+        client = self._conn.client()
+        # A token the waiter no longer needs (it woke for another reason) expires.
+        with contextlib.suppress(RedisError, OSError):
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.rpush(key, "1")
+                pipe.pexpire(key, 5000)
+                await pipe.execute()

@@ -1,0 +1,322 @@
+"""The fetcher: asks the broker for as many messages as the prefetch window has room for,
+admits them (decode, check, look the task up) and hands them to the scheduler.
+
+One loop serves both ways a worker runs. Started, it waits up to ``poll_interval`` in each
+fetch and runs until the worker stops. In ``run_until_idle`` (``until_idle=True``) it does
+not wait, and returns once the broker has nothing due and nothing the worker holds can
+still run: the test seam is the production loop, not a copy of it.
+
+One bad message never stops the fetcher: whatever goes wrong while admitting it is
+settled for that message alone, and a backend that is down is waited out (see
+:mod:`.resilience`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Iterable
+from typing import Final
+
+from .. import codec
+from .._waiters import within
+from ..brokers.base import DeadLetter, Delivery
+from ..clock import Clock
+from ..errors import NotRegistered
+from ..kernel import Kernel
+from .leases import LeaseKeeper
+from .rejects import Rejects, check_envelope
+from .resilience import TRANSIENT, Backoff, Outage, cancel_swallowed, describe
+from .scheduler import Job, Scheduler
+from .settle import Settler
+
+__all__ = ["Fetcher", "Window"]
+
+log = logging.getLogger("taskflow.worker")
+
+# A fetch that fails this many times in a row with an error that is not a backend being
+# down (a bug) kills the fetch stage, which stops the worker (Worker.fatal).
+_FATAL_FETCH_ERRORS: Final = 5
+# Task ids cancelled before their message arrived, remembered so that it is not run.
+_REFUSED_MAX: Final = 10_000
+
+
+class Window:
+    """The messages a worker holds -- buffered, running, or writing their outcome -- from
+    their fetch until each is settled or handed back: at most ``concurrency + buffer``."""
+
+    def __init__(self, concurrency: int, buffer: int, leases: LeaseKeeper) -> None:
+        self.concurrency = concurrency
+        self.size = concurrency + buffer
+        self.jobs: dict[str, Job] = {}
+        """The held jobs by task id."""
+        self._leases = leases
+        self._room: asyncio.Event | None = None
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def open(self) -> None:
+        """On the loop, before the worker consumes."""
+        self._room = asyncio.Event()
+
+    def credits(self) -> int:
+        """How many messages to ask for now (0: wait for room).
+
+        While some slot would sit idle (fewer messages held than slots), ask for the whole
+        free window at once. Otherwise wait: the buffer covers the free slots, and the next
+        ask comes when it runs dry, as one batch instead of one round trip per finished
+        task. A buffer larger than the slots is refilled once half the window is free.
+        """
+        held = len(self.jobs)
+        credits = self.size - held
+        if held < self.concurrency:
+            return credits
+        return credits if credits >= max(1, self.size // 2) else 0
+
+    def hold(self, job: Job) -> None:
+        """``job`` was admitted."""
+        self.jobs[job.envelope.id] = job
+
+    def release(self, job: Job) -> None:
+        """``job``'s message was settled or handed back: its lease needs no renewal, and
+        there is room for another."""
+        if self.jobs.get(job.envelope.id) is job:
+            del self.jobs[job.envelope.id]
+        self._leases.drop(job.delivery)
+        if self._room is not None:
+            self._room.set()
+
+    async def room(self) -> None:
+        """Wait until a held message is released."""
+        assert self._room is not None
+        self._room.clear()
+        await self._room.wait()
+
+
+class Fetcher:
+    """Fills one worker's window from the broker."""
+
+    def __init__(
+        self,
+        kernel: Kernel,
+        *,
+        name: str,
+        sched: Scheduler,
+        window: Window,
+        leases: LeaseKeeper,
+        settler: Settler,
+        rejects: Rejects,
+        dispatch: Callable[[], None],
+        clock: Clock,
+        rng: random.Random,
+        poll_interval: float,
+        stall_timeout: float,
+    ) -> None:
+        self.kernel = kernel
+        self.name = name
+        self.sched = sched
+        self.window = window
+        self.leases = leases
+        self.settler = settler
+        self.rejects = rejects
+        self.dispatch = dispatch
+        self.clock = clock
+        self.poll_interval = poll_interval
+        self.stall_timeout = stall_timeout
+        self._refused: dict[str, None] = {}
+        self._backoff = Backoff(rng)
+        self._outage = Outage(f"worker {name}: fetch")
+        self._unexpected = 0
+
+    # -- the loop --------------------------------------------------------------------
+    async def run(self, until_idle: bool = False) -> None:
+        """Fetch, admit and dispatch until cancelled (or, ``until_idle``, until idle)."""
+        self._backoff.reset()
+        self._unexpected = 0
+        loop = asyncio.get_running_loop()
+        wait = 0.0 if until_idle else self.poll_interval
+        while True:
+            credits = self.window.credits()
+            if credits > 0:
+                since = loop.time()  # a lease starts no earlier than the fetch that took it
+                got = await self._fetch(credits, wait)
+                if got is None:  # failed (backed off) or stalled: logged, start over
+                    continue
+                await self._take(got, since)
+                await self._take_lost(self.kernel.broker.take_lost())
+                if cancel_swallowed():  # admitted first, so shutdown hands the batch back
+                    raise asyncio.CancelledError
+                self.dispatch()
+                if got or not until_idle:
+                    continue
+            elif not until_idle:
+                await self.window.room()
+                continue
+            if await self._idle():
+                return
+
+    async def _idle(self) -> bool:
+        """``until_idle``, once the broker had nothing more: True if nothing held can still
+        run now; else wait for what may change that and return False."""
+        if len(self.window) > len(self.sched):  # a job runs or writes its outcome
+            await self.window.room()
+            return False
+        wait = self.sched.next_release()
+        if wait is None:
+            return True
+        real = self.clock.real_timeout(wait)
+        if real is None:  # a test clock: a rate-limited job waits for the test to move it
+            return True
+        await asyncio.sleep(real)
+        self.dispatch()
+        return False
+
+    async def _fetch(self, credits: int, timeout: float) -> list[Delivery] | None:
+        """One fetch; None after a failure (logged, backed off) or a stall (logged)."""
+        try:
+            got = await self._fetch_bounded(credits, timeout)
+        except TRANSIENT as exc:
+            self._outage.failed(exc)
+            await asyncio.sleep(self._backoff.delay())
+            return None
+        except Exception as exc:
+            # Not a backend being down: a bug in a broker or its client. Try again a few
+            # times; a fetch that keeps failing like this kills the stage.
+            self._unexpected += 1
+            if self._unexpected >= _FATAL_FETCH_ERRORS:
+                raise
+            log.warning(
+                "worker %s: fetch failed unexpectedly (%s); retrying",
+                self.name,
+                describe(exc),
+                exc_info=self._unexpected == 1,
+            )
+            await asyncio.sleep(self._backoff.delay())
+            return None
+        if got is not None:
+            self._outage.recovered()
+            self._backoff.reset()
+            self._unexpected = 0
+        return got
+
+    async def _fetch_bounded(self, credits: int, timeout: float) -> list[Delivery] | None:
+        """One fetch, bounded by ``stall_timeout``; None if it stalled (logged).
+
+        A fetch asks the broker to wait at most ``poll_interval``; one that has not come
+        back long after that is a consumer that stopped polling (a half-open connection, a
+        wedged client): it is abandoned and the fetcher starts over.
+        """
+        stall = asyncio.timeout(self.stall_timeout)
+        try:
+            async with stall:
+                return await self.kernel.broker.fetch(self.sched.fetch_order(), credits, timeout)
+        except TimeoutError:
+            if not stall.expired():
+                raise
+            log.error(
+                "worker %s: the consumer stopped polling (no answer from the broker in "
+                "%.0fs); starting it again",
+                self.name,
+                self.stall_timeout,
+            )
+            return None
+
+    # -- taking messages in ----------------------------------------------------------
+    async def _take(self, got: list[Delivery], since: float) -> None:
+        for delivery in got:
+            self.leases.hold(delivery, since)
+        pending = list(got)
+        try:
+            while pending:
+                await self.admit(pending[0])
+                pending.pop(0)
+        except asyncio.CancelledError:
+            # Stopping while a backend is away: hand back what was not admitted yet, so
+            # it does not wait for its lease (best effort; the lease is the fallback).
+            for delivery in pending:
+                self.leases.drop(delivery)
+                with contextlib.suppress(Exception):
+                    await within(delivery.nack(requeue=True), 1.0)
+            raise
+
+    async def _take_lost(self, lost: Iterable[DeadLetter]) -> None:
+        """Fail the records of messages the broker dead-lettered as ``worker_lost``."""
+        for dead in lost:
+            try:
+                await self.rejects.lost(dead)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "worker %s: could not record lost task %s (%s)",
+                    self.name,
+                    dead.id,
+                    describe(exc),
+                )
+
+    async def admit(self, delivery: Delivery) -> None:
+        """Hold ``delivery`` for running, or settle it now; never raises but cancellation."""
+        held = False
+        try:
+            held = await self._admit(delivery)
+        except asyncio.CancelledError:
+            raise  # stopping: the message is handed back or comes back after its lease
+        except Exception as exc:
+            await self.rejects.poisoned(delivery, exc)
+        finally:
+            if not held:
+                self.leases.drop(delivery)
+
+    async def _admit(self, delivery: Delivery) -> bool:
+        try:
+            env = codec.decode_envelope(delivery.body)
+            check_envelope(env)
+        except Exception as exc:  # any decoder failure, including RecursionError
+            await self.rejects.undecodable(delivery, exc)
+            return False
+        task = self.kernel.registry.get(env.task)
+        if task is None:
+            await self.rejects.not_registered(delivery, env, NotRegistered(env.task))
+            return False
+        job = Job(env, delivery, task)
+        if env.id in self._refused:
+            await self.settler.cancelled(job)
+            return False
+        if env.expires is not None and env.expires <= self.clock.time():
+            await self.settler.expired(job)
+            return False
+        if delivery.delivery_count > 1:
+            if task.options.on_lost == "fail":
+                await self.settler.worker_lost(job)
+                return False
+            log.warning(
+                "%s[%s] delivered again (delivery %d of attempt %d): the worker running it "
+                "was lost",
+                env.task,
+                env.id,
+                delivery.delivery_count,
+                env.attempt,
+            )
+        self.window.hold(job)
+        self.sched.push(job)
+        return True
+
+    # -- taking messages back --------------------------------------------------------
+    def refuse(self, task_id: str) -> None:
+        """Settle ``task_id`` as cancelled if its message arrives (it was cancelled first)."""
+        self._refused[task_id] = None
+        while len(self._refused) > _REFUSED_MAX:
+            self._refused.pop(next(iter(self._refused)))
+
+    def withdraw(self, task_id: str) -> Job | None:
+        """Take a buffered job out of the scheduler (it stays held until released)."""
+        return self.sched.remove(task_id)
+
+    async def hand_back(self) -> None:
+        """Give every buffered job's message back to the broker, uncounted (stopping)."""
+        for job in list(self.sched.drain()):
+            self.window.release(job)
+            await self.settler.requeue(job)

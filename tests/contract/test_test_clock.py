@@ -1,0 +1,55 @@
+"""Brokers on a test clock: a fetch that is already waiting sees the clock jump.
+
+The contract suites run on real time. These tests give the brokers that take a clock
+(memory, Redis; NATS keeps the server's time and ignores it) a ``FakeClock`` and move it
+past a delayed message's due time while a fetch waits: the message must come at once,
+not after the fetch's own timeout, whichever thread moves the clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from taskflow.brokers.base import Broker, Message
+from taskflow.clock import FakeClock
+
+from .conftest import BROKERS, run
+
+CLOCKED = [name for name in sorted(BROKERS) if name != "nats"]
+
+
+async def _waiting_fetch_after_a_jump(
+    broker: Broker, clock: FakeClock, queue: str, from_thread: bool
+) -> tuple[list[str], float]:
+    loop = asyncio.get_running_loop()
+    fetch = asyncio.ensure_future(broker.fetch([queue], 1, 10.0))
+    await asyncio.sleep(0.3)
+    assert not fetch.done(), "the message is not due yet: the fetch must wait"
+    started = loop.time()
+    if from_thread:
+        await loop.run_in_executor(None, clock.advance, 61.0)
+    else:
+        clock.advance(61.0)
+    got = await fetch
+    return [d.id for d in got], loop.time() - started
+
+
+@pytest.mark.parametrize("from_thread", [False, True], ids=["same-thread", "other-thread"])
+@pytest.mark.parametrize("backend", CLOCKED)
+def test_a_waiting_fetch_takes_a_message_the_clock_made_due_at_once(
+    loop: asyncio.AbstractEventLoop, backend: str, from_thread: bool
+) -> None:
+    clock = FakeClock()
+    broker: Broker = run(loop, BROKERS[backend](clock, 30.0))
+    run(loop, broker.connect())
+    try:
+        queue = f"q-{uuid.uuid4().hex[:10]}"
+        run(loop, broker.publish([Message("later", queue, b"x", eta=clock.time() + 60.0)]))
+        ids, took = run(loop, _waiting_fetch_after_a_jump(broker, clock, queue, from_thread))
+        assert ids == ["later"]
+        assert took < 2.0, f"the fetch woke {took:.2f}s after the jump"
+    finally:
+        run(loop, broker.close())
