@@ -4,7 +4,7 @@ A fetch first promotes due delayed messages, then pulls each queue's levels from
 highest down with no-wait pulls (skipping levels known empty, see
 :mod:`._nats_signals`), and checks every message before it becomes a delivery: one whose
 framing is malformed is dead-lettered ``undecodable``, one that ran out of deliveries
-``worker_lost``; both are reported by ``take_lost``. With nothing to take it waits for an
+``worker_lost``; both are reported in ``FetchResult.lost``. With nothing to take it waits for an
 announcement, a due time or a lease end, whichever comes first.
 """
 

@@ -14,10 +14,10 @@ Semantics every broker implements:
 * A delivery is leased: if neither acked, nacked, retried nor dead-lettered before its lease
   runs out, the broker delivers it again (``delivery_count`` + 1). Once ``delivery_count``
   would exceed ``max_deliveries`` the message is dead-lettered with reason ``worker_lost``
-  and reported by ``take_lost``. ``touch`` renews a lease at any time, right after the
+  and reported in ``FetchResult.lost``. ``touch`` renews a lease at any time, right after the
   fetch included; ``Delivery.lease`` is the lease that really applies.
 * A message whose broker framing is malformed (written by hand or by a broken producer)
-  is dead-lettered alone with reason ``undecodable`` and reported by ``take_lost``; the
+  is dead-lettered alone with reason ``undecodable`` and reported in ``FetchResult.lost``; the
   rest of the batch is delivered. A message is never lost half-way.
 * ``ack``/``nack``/``retry``/``dead_letter`` are fenced: after the lease was lost and the
   message redelivered, the old delivery's calls do nothing and return ``False``.
@@ -26,7 +26,7 @@ Semantics every broker implements:
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -38,6 +38,7 @@ __all__ = [
     "Capabilities",
     "DeadLetter",
     "Delivery",
+    "FetchResult",
     "Message",
 ]
 
@@ -86,6 +87,24 @@ class DeadLetter:
     failed_at: float = 0.0
     delivery_count: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class FetchResult(list["Delivery"]):
+    """What one ``fetch`` brought: the deliveries (the list itself) and ``lost``, the messages
+    this broker instance dead-lettered on its own since its previous fetch, so that the
+    worker can finish their records: reason ``worker_lost`` (deliveries ran out) or
+    ``undecodable`` (malformed broker framing). Each is reported exactly once, by the
+    instance whose fetch dead-lettered it; one found during a fetch that was abandoned
+    rides on the next.
+
+    A list, so that callers that only want the deliveries use it as one.
+    """
+
+    __slots__ = ("lost",)
+
+    def __init__(self, deliveries: Iterable[Delivery] = (), lost: Iterable[DeadLetter] = ()):
+        super().__init__(deliveries)
+        self.lost: list[DeadLetter] = list(lost)
 
 
 class Delivery(abc.ABC):
@@ -161,17 +180,9 @@ class Broker(abc.ABC):
         raise NotImplementedError
 
     @abc.abstractmethod
-    async def fetch(
-        self, queues: Sequence[str], max_messages: int, timeout: float
-    ) -> list[Delivery]:
-        """Receive up to ``max_messages``, taking queues in the given order."""
-
-    def take_lost(self) -> list[DeadLetter]:
-        """Messages this instance dead-lettered on its own while fetching, since the last
-        call, so that the worker can record their failure: reason ``worker_lost``
-        (deliveries ran out) or ``undecodable`` (malformed broker framing). Each is
-        reported exactly once, by the instance whose fetch dead-lettered it."""
-        return []
+    async def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> FetchResult:
+        """Receive up to ``max_messages``, taking queues in the given order; the result
+        also carries what this instance dead-lettered on its own (``FetchResult.lost``)."""
 
     async def cancel(self, message_id: str, queue: str) -> bool:
         """Remove a queued or scheduled message if the broker can; True if removed."""

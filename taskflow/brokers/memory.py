@@ -21,7 +21,7 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..urls import url_kwargs
 from ._memory_admin import MemoryAdmin
 from ._memory_state import MemoryState, Stored
-from .base import Broker, BrokerAdmin, Capabilities, DeadLetter, Delivery, Message
+from .base import Broker, BrokerAdmin, Capabilities, DeadLetter, Delivery, FetchResult, Message
 
 __all__ = ["MemoryBroker", "MemoryDelivery"]
 
@@ -127,10 +127,14 @@ class MemoryBroker(Broker, BrokerAdmin):
         self._state.publish(messages)
 
     # -- consuming -------------------------------------------------------------------
-    async def fetch(
+    async def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> FetchResult:
+        """Take up to ``max_messages`` ready deliveries, waiting up to ``timeout``."""
+        got = await self._wait_and_take(queues, max_messages, timeout)
+        return FetchResult(got, self._state.take_lost())
+
+    async def _wait_and_take(
         self, queues: Sequence[str], max_messages: int, timeout: float
     ) -> list[Delivery]:
-        """Take up to ``max_messages`` ready deliveries, waiting up to ``timeout``."""
         state = self._state
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
@@ -164,10 +168,6 @@ class MemoryBroker(Broker, BrokerAdmin):
 
     def _settle(self, mid: str, token: int, action: str, **kw: Any) -> bool:
         return self._state.settle(mid, token, action, **kw)
-
-    def take_lost(self) -> list[DeadLetter]:
-        """Messages dead-lettered as ``worker_lost`` since the last call."""
-        return self._state.take_lost()
 
     async def cancel(self, message_id: str, queue: str) -> bool:
         """Remove a ready or scheduled message."""

@@ -30,7 +30,7 @@ producer only creates missing consumers); ``touch`` sends an in-progress ack and
 delivery's ``lease`` is the ack wait the server reported. Consumers have no
 ``max_deliver`` limit: the count is checked on fetch against the per-message budget in
 the ``Tf-Max`` header, so an exhausted message goes to the DLQ with reason ``worker_lost``
-instead of silently disappearing, and ``take_lost`` reports it. A message whose subject
+instead of silently disappearing, and ``FetchResult.lost`` reports it. A message whose subject
 or ``Tf-*`` headers are malformed is dead-lettered alone (``undecodable``). Bodies are
 checked against the server's ``max_payload`` at publish. The connection logs one WARNING
 line per disconnect and per reconnect. ``nack(requeue=True)`` republishes the message with its
@@ -80,7 +80,7 @@ from ._nats_core import NatsCore
 from ._nats_delay import NatsDelays
 from ._nats_delivery import NatsDelivery
 from ._nats_fetch import NatsFetcher
-from .base import Broker, BrokerAdmin, Capabilities, DeadLetter, Delivery, Message
+from .base import Broker, BrokerAdmin, Capabilities, DeadLetter, FetchResult, Message
 
 __all__ = ["HEADER_ROOM", "NatsBroker", "NatsDelivery"]
 
@@ -274,16 +274,10 @@ class NatsBroker(Broker, BrokerAdmin):
                 raise QueueFull(f"queue {queue!r} is full ({size}/{limit}); nothing was enqueued")
 
     # -- consuming -------------------------------------------------------------------
-    async def fetch(
-        self, queues: Sequence[str], max_messages: int, timeout: float
-    ) -> list[Delivery]:
+    async def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> FetchResult:
         """Up to ``max_messages`` deliveries: queues in order, levels 9..0, FIFO within."""
-        return await self._fetcher.fetch(queues, max_messages, timeout)
-
-    def take_lost(self) -> list[DeadLetter]:
-        """Messages this instance's fetches dead-lettered since the last call: reason
-        ``worker_lost`` (deliveries ran out) or ``undecodable`` (malformed framing)."""
-        return self._core.take_lost()
+        got = await self._fetcher.fetch(queues, max_messages, timeout)
+        return FetchResult(got, self._core.take_lost())
 
     async def cancel(self, message_id: str, queue: str) -> bool:
         """Delete a ready or scheduled message; False if leased to a worker or unknown."""

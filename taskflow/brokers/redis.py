@@ -19,7 +19,7 @@ A message hash is owned by the sets that reference it: ack, cancel and purge del
 and the dead-letter list deletes the oldest ones when it is trimmed. Every state change is
 one Lua script, so a crash between two commands cannot lose or duplicate a message; the
 scripts check a message's fields before they move it (a malformed one is dead-lettered
-``undecodable`` and reported by ``take_lost``), so no script fails half-way.
+``undecodable`` and reported in ``FetchResult.lost``), so no script fails half-way.
 Time comes from the broker's :class:`~taskflow.clock.Clock` (passed to the scripts), so
 tests can drive schedules and leases with a ``FakeClock``.
 
@@ -50,7 +50,7 @@ from ._redis_admin import RedisAdmin
 from ._redis_control import ControlReader
 from ._redis_publish import check_published, check_size, publish_args
 from ._redis_wait import IdleWait
-from .base import Broker, BrokerAdmin, Capabilities, DeadLetter, Delivery, Message
+from .base import Broker, BrokerAdmin, Capabilities, DeadLetter, Delivery, FetchResult, Message
 
 __all__ = ["RedisBroker", "RedisDelivery"]
 
@@ -205,16 +205,15 @@ class RedisBroker(Broker, BrokerAdmin):
         check_published(reply)
 
     # -- consuming -------------------------------------------------------------------
-    async def fetch(
-        self, queues: Sequence[str], max_messages: int, timeout: float
-    ) -> list[Delivery]:
+    async def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> FetchResult:
         """Lease up to ``max_messages``; block (push-based) up to ``timeout`` for the first."""
         if max_messages <= 0 or not queues:
-            return []
+            return FetchResult((), self._take_lost())
         notify = [self.key("q", q, "notify") for q in queues]
-        return await self._waits.fetch(
+        got = await self._waits.fetch(
             lambda: self._fetch_once(queues, max_messages), notify, timeout
         )
+        return FetchResult(got, self._take_lost())
 
     async def _fetch_once(
         self, queues: Sequence[str], limit: int
@@ -239,10 +238,7 @@ class RedisBroker(Broker, BrokerAdmin):
             RedisDelivery(settle, lease, reply[i : i + 6]) for i in range(start, len(reply), 6)
         ], next_due
 
-    def take_lost(self) -> list[DeadLetter]:
-        """Messages this instance's fetches dead-lettered since the last call: reason
-        ``worker_lost`` (deliveries ran out) or ``undecodable`` (malformed framing), so
-        that the worker records their failure."""
+    def _take_lost(self) -> list[DeadLetter]:
         lost, self._lost = self._lost, []
         return lost
 

@@ -22,7 +22,7 @@ from typing import Final
 
 from .. import codec
 from .._waiters import within
-from ..brokers.base import DeadLetter, Delivery
+from ..brokers.base import DeadLetter, Delivery, FetchResult
 from ..clock import Clock
 from ..errors import NotRegistered
 from ..kernel import Kernel
@@ -146,7 +146,7 @@ class Fetcher:
                 if got is None:  # failed (backed off) or stalled: logged, start over
                     continue
                 await self._take(got, since)
-                await self._take_lost(self.kernel.broker.take_lost())
+                await self._take_lost(got.lost)
                 if cancel_swallowed():  # admitted first, so shutdown hands the batch back
                     raise asyncio.CancelledError
                 self.dispatch()
@@ -174,7 +174,7 @@ class Fetcher:
         self.dispatch()
         return False
 
-    async def _fetch(self, credits: int, timeout: float) -> list[Delivery] | None:
+    async def _fetch(self, credits: int, timeout: float) -> FetchResult | None:
         """One fetch; None after a failure (logged, backed off) or a stall (logged)."""
         try:
             got = await self._fetch_bounded(credits, timeout)
@@ -202,7 +202,7 @@ class Fetcher:
             self._unexpected = 0
         return got
 
-    async def _fetch_bounded(self, credits: int, timeout: float) -> list[Delivery] | None:
+    async def _fetch_bounded(self, credits: int, timeout: float) -> FetchResult | None:
         """One fetch, bounded by ``stall_timeout``; None if it stalled (logged).
 
         A fetch asks the broker to wait at most ``poll_interval``; one that has not come

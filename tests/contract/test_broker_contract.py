@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from taskflow.brokers.base import Broker, BrokerAdmin, Delivery, Message
+from taskflow.brokers.base import Broker, BrokerAdmin, DeadLetter, Delivery, Message
 from taskflow.errors import QueueFull
 
 from .conftest import MakeBroker, run
@@ -420,7 +420,7 @@ def test_a_message_past_max_deliveries_is_dead_lettered_as_worker_lost(
     run(loop, body())
 
 
-def test_a_message_whose_deliveries_ran_out_is_reported_by_take_lost_exactly_once(
+def test_a_message_whose_deliveries_ran_out_is_reported_in_a_fetch_result_exactly_once(
     loop: asyncio.AbstractEventLoop, make_broker: MakeBroker, queue: str
 ) -> None:
     broker = make_broker(lease=LEASE)
@@ -429,24 +429,31 @@ def test_a_message_whose_deliveries_ran_out_is_reported_by_take_lost_exactly_onc
         sent = msg(queue, b"doomed", max_deliveries=1)
         kept = msg(queue, b"kept", max_deliveries=1)
         await broker.publish([sent])
-        assert (await fetch_one(broker, queue)).id == sent.id
-        assert broker.take_lost() == []
-        # The lease runs out while this fetch waits; the next message is still served.
+        first = await broker.fetch([queue], 1, 2.0)
+        assert [d.id for d in first] == [sent.id]
+        assert first.lost == []
+        # The lease runs out while a later fetch waits; the next message is still served.
         await broker.publish([kept])
-        got = await drain(broker, [queue], 1, timeout=3.0)
+        got: list[Delivery] = []
+        lost: list[DeadLetter] = []
+        deadline = time.monotonic() + 3.0
+        while not got and time.monotonic() < deadline:
+            result = await broker.fetch([queue], 1, 3.0)
+            got += result
+            lost += result.lost
         assert [d.id for d in got] == [kept.id]
         assert await got[0].ack()
         deadline = time.monotonic() + 3 * LEASE + 2.0
-        lost = broker.take_lost()
         while not lost and time.monotonic() < deadline:
-            assert await broker.fetch([queue], 1, LEASE) == []
-            lost = broker.take_lost()
+            result = await broker.fetch([queue], 1, LEASE)
+            assert result == []
+            lost += result.lost
         assert [(d.id, d.queue, d.body, d.reason) for d in lost] == [
             (sent.id, queue, b"doomed", "worker_lost")
         ]
         assert lost[0].delivery_count == 1
-        assert await broker.fetch([queue], 1, 2 * LEASE) == []
-        assert broker.take_lost() == []
+        again = await broker.fetch([queue], 1, 2 * LEASE)
+        assert (again, again.lost) == ([], [])
 
     run(loop, body())
 
