@@ -232,21 +232,33 @@ def _kind(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+_OPTIONAL_TEXT = ("idempotency_key", "correlation_id", "parent_id", "root_id")
+
+
+def _check_names(doc: dict[str, Any]) -> None:
+    for key in ("id", "task", "queue"):
+        value = doc.get(key)
+        if type(value) is not str or not value:
+            raise EnvelopeError(f"envelope field {key!r} must be a non-empty string")
+    queue = doc["queue"]
+    # Every whitespace character but the space is unprintable: most names skip the scan.
+    if not (queue.isprintable() and " " not in queue) and any(c.isspace() for c in queue):
+        raise EnvelopeError("envelope field 'queue' must not contain whitespace")
+
+
 def _check(doc: dict[str, Any]) -> None:
     version = doc.get("v")
     if type(version) is not int or version != PROTOCOL_VERSION:
         raise EnvelopeError(
             f"unsupported envelope version ({_kind(version)}); this worker speaks 1"
         )
-    for key in ("id", "task", "queue"):
-        _text(doc, key, required=True)
-    if any(c.isspace() for c in doc["queue"]):
-        raise EnvelopeError("envelope field 'queue' must not contain whitespace")
+    _check_names(doc)
     args, kwargs = doc.get("args", []), doc.get("kwargs", {})
     if type(args) is not list or type(kwargs) is not dict:
         raise EnvelopeError("envelope args must be an array and kwargs an object")
-    for key in ("idempotency_key", "correlation_id", "parent_id", "root_id"):
-        _text(doc, key)
+    for key in _OPTIONAL_TEXT:
+        if key in doc:
+            _text(doc, key)
     headers = doc.get("headers", {})
     if type(headers) is not dict or not all(type(v) is str for v in headers.values()):
         raise EnvelopeError("envelope field 'headers' must be an object of strings")
