@@ -70,7 +70,8 @@ class TaskContext:
     ``attempt`` is 1 on the first run; ``retries`` the maximum number of retries;
     ``deadline`` the epoch time the attempt must finish by (None: no timeout);
     ``cancelled`` is set when the task is cancelled or times out; ``delivery`` is 1 plus
-    the number of times this attempt was lost with its worker and delivered again.
+    the number of times this attempt was lost with its worker and delivered again;
+    ``enqueued_at`` the epoch time its message was first sent (0.0: not known).
     """
 
     id: str
@@ -83,6 +84,7 @@ class TaskContext:
     deadline: float | None = None
     cancelled: CancelEvent = field(default_factory=CancelEvent)
     delivery: int = 1
+    enqueued_at: float = 0.0
     _call: Any = field(default=None, repr=False)
 
     def retry(self, countdown: float | None = None, exc: BaseException | None = None) -> Retry:

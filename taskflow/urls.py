@@ -59,15 +59,23 @@ Role = Literal["broker", "results"]
 class Scheme:
     """One URL scheme: its broker and result-store classes (``module:Class``) and pip extra.
 
-    ``path``: what the URL's path may hold: ``"none"`` (nothing, or ``/``) or ``"db"`` (a
-    Redis database number). ``remote``: it names a server (a host, maybe credentials).
+    ``path``: what the URL's path may hold: ``"none"`` (nothing, or ``/``), ``"db"`` (a
+    Redis database number) or ``"file"`` (a file that several processes share, which
+    also serves as the result store by default). ``remote``: it names a server (a host,
+    maybe credentials).
     """
 
     broker: str
     results: str
     extra: str | None
-    path: Literal["none", "db"]
+    path: Literal["none", "db", "file"]
     remote: bool
+
+    @property
+    def shared(self) -> bool:
+        """Other processes use the same backend (a server or a file): one URL serves both
+        roles, and one process's test clock must not skew it."""
+        return self.remote or self.path == "file"
 
 
 SCHEMES: dict[str, Scheme] = {
@@ -99,6 +107,13 @@ SCHEMES: dict[str, Scheme] = {
         "none",
         remote=True,
     ),
+    "sqlite": Scheme(
+        "taskflow.brokers.sqlite:SqliteBroker",
+        "taskflow.results.sqlite:SqliteResultStore",
+        None,
+        "file",
+        remote=False,
+    ),
 }
 """Every scheme this version can build, for both roles."""
 
@@ -109,7 +124,6 @@ SUPPORTED = ", ".join(f"{name}://" for name in SCHEMES)
 _UNBUILT = {
     "amqp": "RabbitMQ",
     "amqps": "RabbitMQ",
-    "sqlite": "SQLite",
     "tls": "NATS over TLS",
 }
 
@@ -265,7 +279,7 @@ def backend_from_url(url: str, role: Role, *, clock: Any = None, label: str | No
     """
     parsed = parse_url(url, role, label=label)
     cls = backend_class(parsed, role)
-    return cls.from_url(url, clock=None if scheme_of(parsed, role).remote else clock)
+    return cls.from_url(url, clock=None if scheme_of(parsed, role).shared else clock)
 
 
 def scheme_class(scheme: str, role: Role) -> Any:
@@ -286,7 +300,7 @@ def known_options(url: BackendURL, role: Role) -> set[str]:
 def _known(url: BackendURL, entry: Scheme, role: Role) -> dict[str, type]:
     own = load_backend(entry.broker if role == "broker" else entry.results, entry.extra, url)
     known = dict(url_options(own))
-    if entry.remote:
+    if entry.shared:
         # The result store is built from the broker's URL by default: each takes both sets.
         partner = entry.results if role == "broker" else entry.broker
         for name, kind in url_options(load_backend(partner, entry.extra, url)).items():
@@ -303,6 +317,11 @@ def _check_location(url: BackendURL, entry: Scheme) -> None:
             raise url.error(
                 "the path must be a database number such as /0 "
                 f"(got {path!r}); e.g. {url.scheme}://host:6379/0"
+            )
+    elif entry.path == "file":
+        if path in ("", "/"):
+            raise url.error(
+                "name the database file: sqlite:///relative/path.db or sqlite:////absolute/path.db"
             )
     elif path not in ("", "/"):
         raise url.error(f"{url.scheme}:// URLs take no path (got {path!r})")

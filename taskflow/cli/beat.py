@@ -25,7 +25,7 @@ from ..worker import Worker
 from ..worker.foreground import Runner, serve
 from ..worker.signals import StopControl
 from .common import CliError, CliRuntimeError, load, logging_setup
-from .options import app_option, connect_timeout_option, loglevel_option
+from .options import app_option, connect_timeout_option, log_format_option, loglevel_option
 
 __all__ = ["beat", "schedules", "with_beat"]
 
@@ -74,6 +74,7 @@ def with_beat(worker: Worker, beat: Beat) -> Runner:
 )
 @connect_timeout_option
 @loglevel_option
+@log_format_option
 @click.pass_context
 def beat(  # noqa: PLR0917 -- click passes every option as an argument
     ctx: click.Context,
@@ -82,12 +83,13 @@ def beat(  # noqa: PLR0917 -- click passes every option as an argument
     max_interval: float,
     connect_timeout: float,
     loglevel: str,
+    log_format: str,
 ) -> None:
     """Enqueue the app's periodic tasks until SIGTERM or SIGINT (any number may run)."""
     # Logging is set up after the import (the module may have configured it: then it is
     # left alone) and kept until the app is closed, which logs the last lines.
     with (
-        logging_setup(loglevel.lower()) as configure,
+        logging_setup(loglevel.lower(), log_format.lower()) as configure,
         StopControl() as control,
         _app(app_spec) as app,
     ):

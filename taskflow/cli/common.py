@@ -15,6 +15,7 @@ from typing import IO, Any
 import click
 
 from ..app import App
+from ..logs import JsonFormatter, TaskContextFilter
 from ..worker.foreground import EXIT_FAILED, EXIT_USAGE
 from .loader import AppLoadError, load_app
 
@@ -65,15 +66,26 @@ def _user_configured_logging() -> bool:
 
 
 @contextmanager
-def configure_logging(level: str) -> Iterator[None]:
+def configure_logging(
+    level: str, log_format: str = "text", worker_id: str | None = None
+) -> Iterator[None]:
     """Configure logging now (see :func:`logging_setup`); undo it afterwards."""
-    with logging_setup(level) as configure:
+    with logging_setup(level, log_format, worker_id) as configure:
         configure()
         yield
 
 
+def _json_handler(worker_id: str | None) -> _CliHandler:
+    handler = _CliHandler(sys.stderr)
+    handler.addFilter(TaskContextFilter())
+    handler.setFormatter(JsonFormatter(worker_id))
+    return handler
+
+
 @contextmanager
-def logging_setup(level: str) -> Iterator[Callable[[], None]]:
+def logging_setup(
+    level: str, log_format: str = "text", worker_id: str | None = None
+) -> Iterator[Callable[[], None]]:
     """Yield a function that sets up logging for a command; undo what it did on exit.
 
     The function logs the ``taskflow`` logger to stderr at ``level`` in the compact format,
@@ -82,10 +94,15 @@ def logging_setup(level: str) -> Iterator[Callable[[], None]]:
     ``taskflow`` logger that has none. Commands call it once the app module was imported
     (it may configure logging) and keep it until the app is closed (whose last lines,
     such as "stopped", are logged then).
+
+    With ``log_format="json"`` the handler goes on the root logger instead, so that the
+    lines a task logs through its own loggers are JSON objects with its ``task_id`` and
+    ``task_name`` too; ``worker_id`` names the process in every line.
     """
     logger = logging.getLogger("taskflow")
-    saved_level, saved_propagate = logger.level, logger.propagate
-    added: list[logging.Handler] = []
+    root = logging.getLogger()
+    saved_level, saved_propagate, saved_root = logger.level, logger.propagate, root.level
+    added: list[tuple[logging.Logger, logging.Handler]] = []
     removed: list[logging.Handler] = []
 
     def configure() -> None:
@@ -93,25 +110,32 @@ def logging_setup(level: str) -> Iterator[Callable[[], None]]:
             if logger.level == logging.NOTSET:
                 logger.setLevel(level.upper())
             return
-        handler = _CliHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
         for old in [h for h in logger.handlers if isinstance(h, _CliHandler)]:
             logger.removeHandler(old)
             removed.append(old)
-        logger.addHandler(handler)
-        added.append(handler)
         logger.setLevel(level.upper())
+        if log_format == "json":
+            handler = _json_handler(worker_id)
+            root.addHandler(handler)
+            root.setLevel(level.upper())
+            added.append((root, handler))
+            return
+        handler = _CliHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logger.addHandler(handler)
+        added.append((logger, handler))
         # Our handler prints every line once; a root handler would print it a second time.
         logger.propagate = False
 
     try:
         yield configure
     finally:
-        for handler in added:
-            logger.removeHandler(handler)
+        for owner, handler in added:
+            owner.removeHandler(handler)
         for handler in removed:
             logger.addHandler(handler)
         logger.setLevel(saved_level)
+        root.setLevel(saved_root)
         logger.propagate = saved_propagate
 
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import click
@@ -31,7 +34,13 @@ from .common import (
     logging_setup,
 )
 from .loader import AppLoadError, check_module
-from .options import APP_ENV, app_option, connect_timeout_option, loglevel_option
+from .options import (
+    APP_ENV,
+    app_option,
+    connect_timeout_option,
+    log_format_option,
+    loglevel_option,
+)
 from .supervisor import SUPERVISOR_ENV, Supervisor
 
 __all__ = [
@@ -59,6 +68,8 @@ class WorkerOptions:
     loglevel: str
     beat: bool = False
     connect_timeout: float = 60.0
+    log_format: str = "text"
+    metrics_port: int | None = None
 
     def child_command(self) -> list[str]:
         """The command a supervised worker process runs: this command with ``-P 1``."""
@@ -66,6 +77,10 @@ class WorkerOptions:
         command += ["-c", str(self.concurrency), "-P", "1", "--grace", repr(self.grace)]
         command += ["--connect-timeout", repr(self.connect_timeout)]
         command += ["--loglevel", self.loglevel]
+        if self.log_format != "text":
+            command += ["--log-format", self.log_format]
+        if self.metrics_port is not None:
+            command += ["--metrics-port", "0"]  # a loopback port; the supervisor serves
         if self.queues:
             command += ["-Q", ",".join(self.queues)]
         if self.prefetch is not None:
@@ -125,6 +140,16 @@ def cli() -> None:
 )
 @connect_timeout_option
 @loglevel_option
+@log_format_option
+@click.option(
+    "--metrics-port",
+    "metrics_port",
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    metavar="PORT",
+    help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics (one port for all "
+    "processes; needs the otel extra).",
+)
 @click.option("--beat", "run_beat", is_flag=True, help="Also run a beat in each worker process.")
 @click.pass_context
 def worker(  # noqa: PLR0917 -- click passes every option as an argument
@@ -137,6 +162,8 @@ def worker(  # noqa: PLR0917 -- click passes every option as an argument
     grace: float,
     connect_timeout: float,
     loglevel: str,
+    log_format: str,
+    metrics_port: int | None,
     run_beat: bool,
 ) -> None:
     """Run a worker in the foreground until SIGTERM or SIGINT (twice: stop now)."""
@@ -151,13 +178,16 @@ def worker(  # noqa: PLR0917 -- click passes every option as an argument
         loglevel.lower(),
         run_beat,
         connect_timeout,
+        log_format.lower(),
+        metrics_port,
     )
-    with logging_setup(options.loglevel) as configure:
-        if processes > 1:
+    name = None if processes > 1 else _worker_name()
+    with logging_setup(options.loglevel, options.log_format, name) as configure:
+        if name is None:
             configure()  # the supervisor imports no user code
             code = _supervise(options, processes)
         else:
-            code = _run_one(options, configure)
+            code = _run_one(options, configure, name)
     ctx.exit(code)
 
 
@@ -168,10 +198,16 @@ def _split_queues(values: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _run_one(options: WorkerOptions, configure_logging: Callable[[], None]) -> int:
+def _worker_name() -> str:
+    """The worker's name, also the ``worker`` of its JSON log lines."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _run_one(options: WorkerOptions, configure_logging: Callable[[], None], name: str) -> int:
     # Handlers first: a signal that arrives while a slow module imports is kept, not lost.
+    # Metrics before it, so that what the module sends is counted too.
     # Logging after the import: the module may have configured it (then it is left alone).
-    with StopControl() as control:
+    with StopControl() as control, _process_metrics(options.metrics_port):
         app = load(options.spec)
         configure_logging()
         try:
@@ -179,6 +215,7 @@ def _run_one(options: WorkerOptions, configure_logging: Callable[[], None]) -> i
                 queues=options.queues or None,
                 concurrency=options.concurrency,
                 prefetch_buffer=options.prefetch,
+                name=name,
             )
             runner = with_beat(worker, app.beat()) if options.beat else worker
             return serve(
@@ -203,9 +240,47 @@ def _supervise(options: WorkerOptions, processes: int) -> int:
         check_module(options.spec)
     except AppLoadError as exc:
         raise CliError(str(exc)) from None
-    supervisor = Supervisor(options.child_command(), processes, options.grace)
-    with StopControl(extra_wakeups=(signal.SIGCHLD,)) as control:
-        return supervisor.run(control)
+    with _supervisor_metrics(options.metrics_port) as env:
+        supervisor = Supervisor(options.child_command(), processes, options.grace, env=env)
+        with StopControl(extra_wakeups=(signal.SIGCHLD,)) as control:
+            return supervisor.run(control)
+
+
+_NEEDS_OTEL = "--metrics-port needs the otel extra: pip install 'taskflow-queue[otel]'"
+
+
+@contextmanager
+def _process_metrics(port: int | None) -> Iterator[None]:
+    if port is None:
+        yield
+        return
+    try:
+        from .metrics import process_metrics  # the otel extra, loaded only when asked for
+    except ImportError:
+        raise CliError(_NEEDS_OTEL) from None
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(process_metrics(port))
+        except OSError as exc:
+            raise CliRuntimeError(f"--metrics-port {port}: {exc.strerror or exc}") from None
+        yield
+
+
+@contextmanager
+def _supervisor_metrics(port: int | None) -> Iterator[Mapping[str, str] | None]:
+    if port is None:
+        yield None
+        return
+    try:
+        from .metrics import supervisor_metrics  # the otel extra, loaded only when asked for
+    except ImportError:
+        raise CliError(_NEEDS_OTEL) from None
+    with ExitStack() as stack:
+        try:
+            env = stack.enter_context(supervisor_metrics(port))
+        except OSError as exc:
+            raise CliRuntimeError(f"--metrics-port {port}: {exc.strerror or exc}") from None
+        yield env
 
 
 def _supervisor_pid() -> int | None:

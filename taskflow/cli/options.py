@@ -7,7 +7,16 @@ from typing import Any, TypeVar
 
 import click
 
-__all__ = ["APP_ENV", "LOG_LEVELS", "app_option", "connect_timeout_option", "loglevel_option"]
+from ..logs import LOG_FORMAT_ENV, LOG_FORMATS
+
+__all__ = [
+    "APP_ENV",
+    "LOG_LEVELS",
+    "app_option",
+    "connect_timeout_option",
+    "log_format_option",
+    "loglevel_option",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,6 +45,19 @@ def loglevel_option(fn: F) -> F:
         default="info",
         show_default=True,
         help="Level of the taskflow logger.",
+    )(fn)
+
+
+def log_format_option(fn: F) -> F:
+    """``--log-format text|json`` (or ``$TASKFLOW_LOG_FORMAT``), passed as ``log_format``."""
+    return click.option(
+        "--log-format",
+        "log_format",
+        type=click.Choice(LOG_FORMATS, case_sensitive=False),
+        default="text",
+        show_default=True,
+        envvar=LOG_FORMAT_ENV,
+        help=f"Log lines as text or as one JSON object each; or ${LOG_FORMAT_ENV}.",
     )(fn)
 
 

@@ -132,7 +132,7 @@ def make_results(
 def _derived_results_url(broker: Broker) -> str:
     # Schemes are case-insensitive: REDIS:// keeps its results in Redis too.
     scheme = broker.url.split("://", 1)[0].lower()
-    if scheme in ("redis", "rediss", "nats"):
+    if scheme in ("redis", "rediss", "nats", "sqlite"):
         return broker.url
     if scheme != "memory":
         log.warning("no result store configured for %s; keeping results in memory", scheme)

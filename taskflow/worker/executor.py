@@ -149,6 +149,7 @@ class Executor:
             headers=env.headers,
             deadline=None if env.timeout is None else self.clock.time() + env.timeout,
             delivery=max(1, job.delivery.delivery_count),
+            enqueued_at=env.created_at,
         )
         job.ctx = ctx
         t0 = self.clock.monotonic()

@@ -2,8 +2,8 @@
 
 Every broker and result store runs the same tests. A backend is a factory registered in
 ``BROKERS`` / ``STORES`` by a ``backend_<name>.py`` module in this folder (memory here;
-redis and nats in their own modules, which skip loudly -- or fail in CI -- when their
-server is down).
+redis, nats and sqlite in their own modules; redis and nats skip loudly -- or fail in
+CI -- when their server is down).
 
 Plugging in a backend: ``tests/contract/backend_<name>.py`` defines
 ``register(brokers, stores)`` which adds
@@ -61,7 +61,7 @@ async def _memory_store(clock: Clock | None) -> ResultStore:
 BROKERS["memory"] = _memory_broker
 STORES["memory"] = _memory_store
 
-for _name in ("redis", "nats"):
+for _name in ("redis", "nats", "sqlite"):
     try:
         importlib.import_module(f"tests.contract.backend_{_name}").register(BROKERS, STORES)
     except ModuleNotFoundError as exc:

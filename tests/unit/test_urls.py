@@ -92,7 +92,9 @@ BAD_URLS = [
     ("memory://?lease=abc", "lease"),  # the broker: not a number; the store: not an option
     (f"amqp://guest:{SECRET}@h:5672//", "amqp:// (RabbitMQ) is not supported by this version"),
     (f"amqps://guest:{SECRET}@h:5671//", "not supported by this version"),
-    ("sqlite:///tmp/taskflow.db", "sqlite:// (SQLite) is not supported by this version"),
+    ("sqlite://", "name the database file"),
+    ("sqlite://host/tasks.db", "takes no host"),
+    ("sqlite:///tasks.db?colour=red", "unknown option 'colour'"),
     (f"bogus://u:{SECRET}@h", "unknown"),
     ("redis://h:6379/0 ", "whitespace"),
 ]
@@ -112,15 +114,15 @@ def test_a_bad_url_is_a_config_error_naming_the_masked_url_and_the_fix(
     assert f"{role} URL" in text
 
 
-@pytest.mark.parametrize("scheme", ["amqp", "amqps", "sqlite", "tls"])
+@pytest.mark.parametrize("scheme", ["amqp", "amqps", "tls"])
 def test_an_unbuilt_scheme_lists_the_supported_ones_instead_of_a_missing_module(
     scheme: str,
 ) -> None:
     with pytest.raises(ConfigError) as info:
         broker_from_url(f"{scheme}://host:1234")
-    assert "memory://, redis://, rediss://, nats://" in str(info.value)
+    assert "memory://, redis://, rediss://, nats://, sqlite://" in str(info.value)
     assert not isinstance(info.value, ModuleNotFoundError)
-    assert set(SCHEMES) == {"memory", "redis", "rediss", "nats"}
+    assert set(SCHEMES) == {"memory", "redis", "rediss", "nats", "sqlite"}
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,166 @@
+"""The SQLite file: opening it safely, checking it is ours, creating the schema.
+
+One file holds a broker's messages and a result store's records (they may share it).
+Every problem with the file is a :class:`~taskflow.errors.ConfigError` naming the path
+and the fix, raised before anything is written: a missing directory, a read-only file or
+directory, a file that is not a taskflow database, a schema newer than this version.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from ..errors import ConfigError
+
+__all__ = ["SCHEMA_VERSION", "open_database"]
+
+SCHEMA_VERSION = 1
+_MAGIC = b"SQLite format 3\x00"
+_MARK = "taskflow"
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS taskflow_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    queue TEXT NOT NULL,
+    body BLOB NOT NULL,
+    priority INTEGER NOT NULL,
+    max_deliveries INTEGER NOT NULL,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL,
+    due REAL NOT NULL,
+    token INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, state, priority DESC, seq);
+CREATE INDEX IF NOT EXISTS messages_due ON messages (state, due);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    body BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    error TEXT,
+    failed_at REAL NOT NULL,
+    deliveries INTEGER NOT NULL,
+    priority INTEGER NOT NULL,
+    max_deliveries INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_queue ON dead_letters (queue, seq);
+CREATE TABLE IF NOT EXISTS queues (
+    name TEXT PRIMARY KEY, paused INTEGER NOT NULL DEFAULT 0, max_length INTEGER
+);
+CREATE TABLE IF NOT EXISTS control (seq INTEGER PRIMARY KEY, at REAL NOT NULL, body TEXT);
+CREATE TABLE IF NOT EXISTS records (id TEXT PRIMARY KEY, data TEXT NOT NULL, expires REAL);
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires REAL);
+"""
+
+
+def _check_location(path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ConfigError(
+            f"SQLite database {path!r}: the directory {directory!r} does not exist; "
+            "create it first (mkdir -p) or point the URL at an existing directory"
+        )
+    if os.path.exists(path) and not _writable(path):
+        raise ConfigError(
+            f"SQLite database {path!r} is not writable by this process; make it writable "
+            "(chmod u+rw) or point the URL at another file"
+        )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"SQLite database {path!r}: the directory {directory!r} is not writable (SQLite "
+            "keeps its journal next to the file); make it writable or use another directory"
+        )
+
+
+def _writable(path: str) -> bool:
+    # The mode bits too: a superuser may write anything, but a file made read-only on
+    # purpose is not taskflow's to change.
+    mode = os.stat(path).st_mode
+    return os.access(path, os.R_OK | os.W_OK) and bool(mode & 0o222)
+
+
+def _check_header(path: str) -> None:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(_MAGIC))
+    except FileNotFoundError:
+        return
+    if head and head != _MAGIC:
+        raise ConfigError(
+            f"{path!r} is not a taskflow database (not an SQLite file); nothing was "
+            "changed: point the URL at a new file name"
+        )
+
+
+def _check_ours(conn: sqlite3.Connection, path: str) -> None:
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if not tables:
+        return
+    if "taskflow_meta" not in tables:
+        raise ConfigError(
+            f"{path!r} is an SQLite database of another program, not a taskflow database; "
+            "nothing was changed: point the URL at a new file name"
+        )
+    meta = dict(conn.execute("SELECT key, value FROM taskflow_meta").fetchall())
+    if meta.get("mark") != _MARK:
+        raise ConfigError(f"{path!r} is not a taskflow database; point the URL at a new file")
+    version = int(meta.get("schema_version", "0"))
+    if version > SCHEMA_VERSION:
+        raise ConfigError(
+            f"{path!r} was written by a newer taskflow (schema version {version}; this "
+            f"version reads up to {SCHEMA_VERSION}); nothing was changed: upgrade "
+            "taskflow-queue in this environment"
+        )
+
+
+def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    except sqlite3.Error as exc:
+        raise ConfigError(f"SQLite database {path!r} cannot be opened: {exc}") from None
+    return conn
+
+
+def open_database(path: str, busy_timeout: float) -> sqlite3.Connection:
+    """A connection to ``path`` in WAL mode with ``busy_timeout`` (seconds), the schema
+    created or checked; ConfigError (nothing written) if the file is not usable."""
+    _check_location(path)
+    _check_header(path)
+    conn = _connect(path, busy_timeout)
+    try:
+        _check_ours(conn, path)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("BEGIN IMMEDIATE")
+        _check_ours(conn, path)  # another process may have created it meanwhile
+        for statement in _DDL.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.executemany(
+            "INSERT OR IGNORE INTO taskflow_meta (key, value) VALUES (?, ?)",
+            [("mark", _MARK), ("schema_version", str(SCHEMA_VERSION))],
+        )
+        conn.execute("COMMIT")
+    except sqlite3.DatabaseError as exc:
+        _abandon(conn)
+        raise ConfigError(
+            f"{path!r} is not a usable taskflow database ({exc}); nothing was changed: "
+            "point the URL at a new file name"
+        ) from None
+    except BaseException:
+        _abandon(conn)
+        raise
+    return conn
+
+
+def _abandon(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+    conn.close()

@@ -1,0 +1,313 @@
+"""The SQLite broker's statements: plain functions of a connection, run by
+:class:`~taskflow._sqlite.connection.Database` inside one short write transaction each.
+
+A message row is ``waiting`` (ready once ``due`` has passed: a delay is just a later
+``due``) or ``inflight`` (``due`` is then its lease deadline and ``token`` fences its
+settlement). Ready messages are served by priority (9 first), then in publish order
+(``seq``). Expired leases are reclaimed by the next fetch: delivered again, or
+dead-lettered as ``worker_lost`` once ``max_deliveries`` ran out.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from .._sqlite.connection import data_version
+from ..errors import QueueFull
+from .base import DeadLetter, Message
+
+__all__ = [
+    "Row",
+    "bury",
+    "cancel",
+    "dead_letters",
+    "declare",
+    "depth",
+    "insert",
+    "peek",
+    "purge_ids",
+    "reclaim",
+    "requeue",
+    "set_paused",
+    "settle",
+    "take",
+]
+
+Row = tuple[str, str, bytes, int, int]
+"""A leased message: ``(id, queue, body, priority, delivery_count)``."""
+
+_INSERT = (
+    "INSERT OR REPLACE INTO messages (id, queue, body, priority, max_deliveries, deliveries,"
+    " state, due, token) VALUES (?, ?, ?, ?, ?, 0, 'waiting', ?, 0)"
+)
+_FENCE = "id = ? AND token = ? AND state = 'inflight'"
+
+
+def _check_room(conn: sqlite3.Connection, messages: Sequence[Message]) -> None:
+    wanted: dict[str, int] = {}
+    for msg in messages:
+        wanted[msg.queue] = wanted.get(msg.queue, 0) + 1
+    bounds = dict(conn.execute("SELECT name, max_length FROM queues WHERE max_length IS NOT NULL"))
+    for name, count in wanted.items():
+        bound = bounds.get(name)
+        if bound is None:
+            continue
+        (size,) = conn.execute(
+            "SELECT count(*) FROM messages WHERE queue = ? AND state = 'waiting'", (name,)
+        ).fetchone()
+        if size + count > bound:
+            raise QueueFull(f"queue {name!r} is full ({size}/{bound}); nothing was enqueued")
+
+
+def insert(conn: sqlite3.Connection, messages: Sequence[Message], now: float) -> None:
+    """Store all of ``messages`` (an id already stored is replaced) or none (QueueFull)."""
+    _check_room(conn, messages)
+    conn.executemany(
+        _INSERT,
+        [
+            (
+                m.id,
+                m.queue,
+                bytes(m.body),
+                m.priority,
+                max(1, m.max_deliveries),
+                m.eta if m.eta is not None and m.eta > now else now,
+            )
+            for m in messages
+        ],
+    )
+
+
+def bury(
+    conn: sqlite3.Connection,
+    where: str,
+    args: tuple[Any, ...],
+    *,
+    reason: str,
+    error: str | None,
+    now: float,
+) -> list[DeadLetter]:
+    """Move the message rows matching ``where`` to the dead letters; what was moved."""
+    rows = conn.execute(
+        "SELECT id, queue, body, deliveries, priority, max_deliveries FROM messages WHERE " + where,
+        args,
+    ).fetchall()
+    conn.executemany(
+        "INSERT INTO dead_letters (id, queue, body, reason, error, failed_at, deliveries,"
+        " priority, max_deliveries) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(r[0], r[1], r[2], reason, error, now, r[3], r[4], r[5]) for r in rows],
+    )
+    conn.execute("DELETE FROM messages WHERE " + where, args)
+    return [
+        DeadLetter(r[0], r[1], bytes(r[2]), reason, error, now, r[3], _extra(r[4], r[5]))
+        for r in rows
+    ]
+
+
+def _extra(priority: int, max_deliveries: int) -> dict[str, Any]:
+    return {"priority": priority, "max_deliveries": max_deliveries}
+
+
+def reclaim(conn: sqlite3.Connection, now: float) -> list[DeadLetter]:
+    """Hand back deliveries whose lease ran out; bury those out of deliveries."""
+    lost = bury(
+        conn,
+        "state = 'inflight' AND due <= ? AND deliveries >= max_deliveries",
+        (now,),
+        reason="worker_lost",
+        error="lease expired",
+        now=now,
+    )
+    conn.execute(
+        "UPDATE messages SET state = 'waiting', token = 0, due = ? "
+        "WHERE state = 'inflight' AND due <= ?",
+        (now, now),
+    )
+    return lost
+
+
+def take(
+    conn: sqlite3.Connection,
+    queues: Sequence[str],
+    limit: int,
+    lease: tuple[float, float, int],
+) -> tuple[list[Row], list[DeadLetter], float | None, int]:
+    """Lease up to ``limit`` ready messages; ``lease`` is ``(now, seconds, token)``.
+
+    Returns the rows, the messages buried as lost, when the next one is due (or a lease
+    runs out) and ``data_version``.
+    """
+    now, length, token = lease
+    lost = reclaim(conn, now)
+    paused = {row[0] for row in conn.execute("SELECT name FROM queues WHERE paused = 1")}
+    out: list[Row] = []
+    for name in queues:
+        if name in paused or len(out) >= limit:
+            continue
+        rows = conn.execute(
+            "SELECT seq, id, body, priority, deliveries FROM messages WHERE queue = ? AND "
+            "state = 'waiting' AND due <= ? ORDER BY priority DESC, seq LIMIT ?",
+            (name, now, limit - len(out)),
+        ).fetchall()
+        conn.executemany(
+            "UPDATE messages SET state = 'inflight', deliveries = deliveries + 1, due = ?,"
+            " token = ? WHERE seq = ?",
+            [(now + length, token, r[0]) for r in rows],
+        )
+        out.extend((r[1], name, bytes(r[2]), r[3], r[4] + 1) for r in rows)
+    return out, lost, _next_due(conn, queues, paused, now), data_version(conn)
+
+
+def _next_due(
+    conn: sqlite3.Connection, queues: Sequence[str], paused: set[str], now: float
+) -> float | None:
+    (lease_end,) = conn.execute("SELECT min(due) FROM messages WHERE state = 'inflight'").fetchone()
+    candidates = [lease_end] if lease_end is not None else []
+    for name in queues:
+        if name not in paused:
+            (due,) = conn.execute(
+                "SELECT min(due) FROM messages WHERE queue = ? AND state = 'waiting'", (name,)
+            ).fetchone()
+            if due is not None:
+                candidates.append(due)
+    return min(candidates) if candidates else None
+
+
+def settle(
+    conn: sqlite3.Connection, fence: tuple[str, int], action: str, now: float, extra: dict[str, Any]
+) -> bool:
+    """Apply ``action`` to the delivery ``fence`` (its id and lease token) names; False
+    if that lease was lost."""
+    sql: str
+    args: tuple[Any, ...]
+    if action == "touch":
+        sql, args = f"UPDATE messages SET due = ? WHERE {_FENCE}", (now + extra["lease"], *fence)
+    elif action == "ack":
+        sql, args = f"DELETE FROM messages WHERE {_FENCE}", fence
+    elif action == "requeue":
+        sql = (
+            "UPDATE messages SET state = 'waiting', token = 0, due = ?, "
+            f"deliveries = deliveries - 1 WHERE {_FENCE}"
+        )
+        args = (now, *fence)
+    elif action == "retry":
+        sql = (
+            "UPDATE messages SET state = 'waiting', token = 0, due = ?, body = ?, "
+            f"deliveries = 0, max_deliveries = ? WHERE {_FENCE}"
+        )
+        due = now + max(0.0, extra["delay"])
+        args = (due, bytes(extra["body"]), max(1, extra["max_deliveries"]), *fence)
+    else:
+        buried = bury(
+            conn, _FENCE, fence, reason=extra["reason"], error=extra.get("error"), now=now
+        )
+        return bool(buried)
+    return conn.execute(sql, args).rowcount == 1
+
+
+def cancel(conn: sqlite3.Connection, mid: str, queue: str) -> bool:
+    """Remove a ready or scheduled message."""
+    sql = "DELETE FROM messages WHERE id = ? AND queue = ? AND state = 'waiting'"
+    return conn.execute(sql, (mid, queue)).rowcount == 1
+
+
+def declare(conn: sqlite3.Connection, queue: str, max_length: int | None) -> None:
+    """Create ``queue`` with its bound."""
+    conn.execute(
+        "INSERT INTO queues (name, max_length) VALUES (?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET max_length = excluded.max_length",
+        (queue, max_length),
+    )
+
+
+def set_paused(conn: sqlite3.Connection, queue: str, paused: bool) -> None:
+    """Pause or resume ``queue``."""
+    conn.execute(
+        "INSERT INTO queues (name, paused) VALUES (?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET paused = excluded.paused",
+        (queue, int(paused)),
+    )
+
+
+def depth(
+    conn: sqlite3.Connection, queue: str, now: float
+) -> tuple[dict[str, int], list[DeadLetter]]:
+    """Counts by state (after reclaiming lost leases, which are returned)."""
+    lost = reclaim(conn, now)
+    (ready, scheduled, inflight) = conn.execute(
+        "SELECT coalesce(sum(state = 'waiting' AND due <= ?), 0),"
+        " coalesce(sum(state = 'waiting' AND due > ?), 0), coalesce(sum(state = 'inflight'), 0)"
+        " FROM messages WHERE queue = ?",
+        (now, now, queue),
+    ).fetchone()
+    (dead,) = conn.execute("SELECT count(*) FROM dead_letters WHERE queue = ?", (queue,)).fetchone()
+    counts = {"ready": ready, "scheduled": scheduled, "inflight": inflight, "dead": dead}
+    return counts, lost
+
+
+def peek(conn: sqlite3.Connection, queue: str, limit: int, now: float) -> list[bytes]:
+    """Next ready bodies in delivery order."""
+    rows = conn.execute(
+        "SELECT body FROM messages WHERE queue = ? AND state = 'waiting' AND due <= ? "
+        "ORDER BY priority DESC, seq LIMIT ?",
+        (queue, now, limit),
+    )
+    return [bytes(r[0]) for r in rows]
+
+
+def purge_ids(conn: sqlite3.Connection, queue: str, scheduled: bool, now: float) -> list[str]:
+    """Drop ready (and scheduled) messages; their ids."""
+    where = "queue = ? AND state = 'waiting'" + ("" if scheduled else " AND due <= ?")
+    args: tuple[Any, ...] = (queue,) if scheduled else (queue, now)
+    ids = [r[0] for r in conn.execute(f"SELECT id FROM messages WHERE {where}", args)]
+    conn.execute(f"DELETE FROM messages WHERE {where}", args)
+    return ids
+
+
+def dead_letters(conn: sqlite3.Connection, queue: str, limit: int) -> list[DeadLetter]:
+    """The dead letters of ``queue``, oldest first."""
+    rows = conn.execute(
+        "SELECT id, queue, body, reason, error, failed_at, deliveries, priority, max_deliveries"
+        " FROM dead_letters WHERE queue = ? ORDER BY seq LIMIT ?",
+        (queue, limit),
+    )
+    return [
+        DeadLetter(r[0], r[1], bytes(r[2]), r[3], r[4], r[5], r[6], _extra(r[7], r[8]))
+        for r in rows
+    ]
+
+
+def replay(conn: sqlite3.Connection, queue: str, ids: Sequence[str] | None, now: float) -> int:
+    """Publish dead letters again (all, or those with ``ids``) with a fresh budget."""
+    rows = conn.execute(
+        "SELECT seq, id, body, priority, max_deliveries FROM dead_letters WHERE queue = ? "
+        "ORDER BY seq",
+        (queue,),
+    ).fetchall()
+    wanted = set(ids) if ids is not None else None
+    chosen = [r for r in rows if wanted is None or r[1] in wanted]
+    insert(conn, [Message(r[1], queue, bytes(r[2]), r[3], None, r[4]) for r in chosen], now)
+    conn.executemany("DELETE FROM dead_letters WHERE seq = ?", [(r[0],) for r in chosen])
+    return len(chosen)
+
+
+def requeue(
+    conn: sqlite3.Connection, queue: str, messages: Sequence[Message], now: float
+) -> list[str]:
+    """Move dead letters back as ``messages`` (matched by id), each at most once."""
+    dead = {r[0] for r in conn.execute("SELECT id FROM dead_letters WHERE queue = ?", (queue,))}
+    chosen: dict[str, Message] = {}
+    for m in messages:
+        if m.id in dead and m.id not in chosen and not _is_live(conn, m.id):
+            chosen[m.id] = Message(m.id, queue, m.body, m.priority, None, m.max_deliveries)
+    insert(conn, list(chosen.values()), now)
+    conn.executemany(
+        "DELETE FROM dead_letters WHERE queue = ? AND id = ?", [(queue, mid) for mid in chosen]
+    )
+    return list(chosen)
+
+
+def _is_live(conn: sqlite3.Connection, mid: str) -> bool:
+    return conn.execute("SELECT 1 FROM messages WHERE id = ?", (mid,)).fetchone() is not None

@@ -1,0 +1,175 @@
+"""The metrics, through the OpenTelemetry API (names as in API.md §12).
+
+Counters and histograms are labelled ``task`` and ``queue``; the outcome counters also
+``status``. The counters are observable instruments over counts kept here (an attempt
+costs two histogram records and dictionary updates, not five SDK measurements).
+``taskflow_queue_depth`` is an observable gauge read from the broker of every live worker
+in the process (``broker.depth``), labelled ``queue`` and ``state`` (``ready``,
+``scheduled``, ``inflight``, ``dead``), when the metric reader collects.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+from ..brokers.base import BrokerAdmin
+from ..context import TaskContext
+from ..kernel import Kernel
+from ..kernel.enqueue import Plan
+
+__all__ = ["DEPTH_TIMEOUT", "Attempt", "Metrics"]
+
+log = logging.getLogger("taskflow.instrumentation")
+
+DEPTH_TIMEOUT = 2.0
+"""Seconds one broker gets to report the depth of a queue at a collection."""
+
+# The counter an outcome adds to, besides ``taskflow_tasks_completed_total``.
+_OUTCOME_COUNTER = {
+    "failed": "taskflow_tasks_failed_total",
+    "timeout": "taskflow_tasks_failed_total",
+    "cancelled": "taskflow_tasks_cancelled_total",
+    "retried": "taskflow_tasks_retried_total",
+}
+_TASK = ("task", "queue")
+_OUTCOME = ("task", "queue", "status")
+
+
+class Attempt:
+    """One attempt being measured: its labels and when it started."""
+
+    __slots__ = ("key", "started")
+
+    def __init__(self, key: tuple[str, str]) -> None:
+        self.key = key
+        self.started = time.perf_counter()
+
+
+# The counts kept here and reported by observable instruments when the reader collects:
+# an attempt costs a dictionary update under a lock instead of an SDK measurement.
+# name -> (label names, description, monotonic)
+_COUNTS: dict[str, tuple[tuple[str, ...], str, bool]] = {
+    "taskflow_tasks_scheduled_total": (_TASK, "Tasks sent to the broker.", True),
+    "taskflow_tasks_running": (_TASK, "Attempts running now.", False),
+    "taskflow_tasks_completed_total": (_OUTCOME, "Attempts that ended, by status.", True),
+    "taskflow_tasks_failed_total": (_OUTCOME, "Attempts that failed or timed out.", True),
+    "taskflow_tasks_cancelled_total": (_OUTCOME, "Attempts cancelled while running.", True),
+    "taskflow_tasks_retried_total": (_OUTCOME, "Attempts that asked for a retry.", True),
+}
+
+
+class Metrics:
+    """The instruments, and the workers whose queues the depth gauge reports."""
+
+    def __init__(self, meter: Meter) -> None:
+        self.enabled = True
+        self._watched: list[tuple[weakref.ref[Any], Kernel, tuple[str, ...]]] = []
+        self._lock = threading.Lock()
+        self._counts: dict[str, dict[tuple[str, ...], int]] = {name: {} for name in _COUNTS}
+        for name, (labels, description, monotonic) in _COUNTS.items():
+            create = (
+                meter.create_observable_counter
+                if monotonic
+                else meter.create_observable_up_down_counter
+            )
+            create(name, [self._observer(name, labels)], "{task}", description)
+        self.latency = meter.create_histogram(
+            "taskflow_task_latency_seconds", "s", "Run time of an attempt."
+        )
+        self.wait = meter.create_histogram(
+            "taskflow_task_wait_seconds", "s", "Time from the send to the start of an attempt."
+        )
+        meter.create_observable_gauge(
+            "taskflow_queue_depth",
+            [self.observe_depth],
+            "{message}",
+            "Messages in a queue, by state, as the broker counts them.",
+        )
+
+    def _add(self, name: str, key: tuple[str, ...], n: int = 1) -> None:
+        counts = self._counts[name]
+        with self._lock:
+            counts[key] = counts.get(key, 0) + n
+
+    def _observer(
+        self, name: str, labels: tuple[str, ...]
+    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        counts = self._counts[name]
+
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            with self._lock:
+                items = list(counts.items())
+            return [Observation(n, dict(zip(labels, key, strict=True))) for key, n in items]
+
+        return observe
+
+    def sent(self, plan: Plan) -> None:
+        """Count the envelopes of a plan that was published."""
+        if not self.enabled:
+            return
+        for env in plan.envelopes:
+            self._add("taskflow_tasks_scheduled_total", (env.task, env.queue))
+
+    def start(self, ctx: TaskContext) -> Attempt:
+        """An attempt starts: it is running, and it waited since its send."""
+        attempt = Attempt((ctx.name, ctx.queue))
+        self._add("taskflow_tasks_running", attempt.key)
+        if ctx.enqueued_at > 0:
+            labels = {"task": ctx.name, "queue": ctx.queue}
+            self.wait.record(max(0.0, time.time() - ctx.enqueued_at), labels)
+        return attempt
+
+    def finish(self, attempt: Attempt, outcome: str) -> None:
+        """An attempt ended with ``outcome``."""
+        task, queue = attempt.key
+        self.latency.record(time.perf_counter() - attempt.started, {"task": task, "queue": queue})
+        key = (task, queue, outcome)
+        counter = _OUTCOME_COUNTER.get(outcome)
+        with self._lock:
+            running = self._counts["taskflow_tasks_running"]
+            running[attempt.key] -= 1
+            completed = self._counts["taskflow_tasks_completed_total"]
+            completed[key] = completed.get(key, 0) + 1
+            if counter is not None:
+                counts = self._counts[counter]
+                counts[key] = counts.get(key, 0) + 1
+
+    def watch(self, worker: Any, kernel: Kernel, queues: Sequence[str]) -> None:
+        """Report the depth of ``queues`` while ``worker`` lives."""
+        self._watched = [w for w in self._watched if w[0]() is not None]
+        self._watched.append((weakref.ref(worker), kernel, tuple(queues)))
+
+    def observe_depth(self, options: CallbackOptions) -> Iterable[Observation]:
+        """The gauge's callback: each watched queue's counts, once per broker."""
+        if not self.enabled:
+            return []
+        seen: set[tuple[str, str]] = set()
+        observations: list[Observation] = []
+        for ref, kernel, queues in self._watched:
+            if ref() is None or not kernel.connected or kernel.loop.in_loop_thread():
+                continue
+            for queue in queues:
+                if (kernel.broker.url, queue) in seen:
+                    continue
+                seen.add((kernel.broker.url, queue))
+                observations += _depth(kernel, queue)
+        return observations
+
+
+def _depth(kernel: Kernel, queue: str) -> list[Observation]:
+    broker = kernel.broker
+    if not isinstance(broker, BrokerAdmin):
+        return []
+    try:
+        counts = kernel.call(broker.depth(queue), timeout=DEPTH_TIMEOUT)
+    except Exception as exc:
+        log.debug("could not read the depth of queue %s: %s", queue, exc)
+        return []
+    return [Observation(n, {"queue": queue, "state": state}) for state, n in counts.items()]

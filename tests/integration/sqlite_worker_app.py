@@ -1,0 +1,41 @@
+"""An app for the SQLite process tests, run by ``taskflow worker -A`` in a subprocess.
+
+``TASKFLOW_BROKER_URL`` names the database file (and the lease); the results live in the
+same file. Each run of a task appends ``<task id> <pid>`` to the file ``RUNS_FILE`` names,
+so tests can count runs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from taskflow import App, current_task
+
+URL = os.environ.get("TASKFLOW_BROKER_URL", "sqlite:///taskflow-it.db")
+RUNS_FILE = os.environ.get("RUNS_FILE", "runs.txt")
+
+app = App("sqliteit", broker=URL)
+
+
+def note_run() -> None:
+    """Record that this process ran the current task."""
+    ctx = current_task()
+    assert ctx is not None
+    with open(RUNS_FILE, "a", encoding="ascii") as runs:
+        runs.write(f"{ctx.id} {os.getpid()}\n")
+
+
+@app.task(name="it.sleep", retries=2, timeout=60)
+def sleep(seconds: float) -> int:
+    """Sleep, then return the worker's pid."""
+    note_run()
+    time.sleep(seconds)
+    return os.getpid()
+
+
+@app.task(name="it.add")
+def add(x: int, y: int) -> int:
+    """Add two numbers."""
+    note_run()
+    return x + y

@@ -1,0 +1,108 @@
+"""The metrics of API.md §12 through the OTel API, read with the SDK's in-memory reader."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from taskflow import App, Retry, TaskContext, TaskStatus
+
+from .conftest import Telemetry
+
+NAMES = {
+    "taskflow_tasks_scheduled_total",
+    "taskflow_tasks_running",
+    "taskflow_tasks_completed_total",
+    "taskflow_tasks_failed_total",
+    "taskflow_tasks_cancelled_total",
+    "taskflow_tasks_retried_total",
+    "taskflow_queue_depth",
+    "taskflow_task_latency_seconds",
+    "taskflow_task_wait_seconds",
+}
+
+
+def _points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
+    data = reader.get_metrics_data()
+    assert data is not None
+    return {
+        metric.name: list(metric.data.data_points)
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+
+
+def _value(points: list[Any], **labels: str) -> float:
+    matching = [p for p in points if dict(p.attributes) == labels]
+    assert len(matching) == 1, (labels, [dict(p.attributes) for p in points])
+    return float(matching[0].value)
+
+
+def test_sends_attempts_and_outcomes_are_counted(telemetry: Telemetry, app: App) -> None:
+    @app.task(name="obs.maybe", retries=1, bind=True)
+    def maybe(ctx: TaskContext, fail: bool) -> int:
+        if fail:
+            raise ValueError("no")
+        if ctx.attempt == 1:
+            raise Retry(countdown=0)
+        return ctx.attempt
+
+    ok = maybe.delay(False)
+    maybe.delay(True)
+    app.enqueue_many([maybe.s(True)])
+    worker = app.worker()
+    worker.run_until_idle()
+
+    assert ok.get(timeout=5) == 2
+    points = _points(telemetry.metrics)
+    assert set(points) == NAMES - {"taskflow_tasks_cancelled_total"}
+    task = {"task": "obs.maybe", "queue": "default"}
+    assert _value(points["taskflow_tasks_scheduled_total"], **task) == 3
+    completed = points["taskflow_tasks_completed_total"]
+    assert _value(completed, **task, status="succeeded") == 1
+    assert _value(completed, **task, status="retried") == 1
+    assert _value(completed, **task, status="failed") == 2
+    assert _value(points["taskflow_tasks_failed_total"], **task, status="failed") == 2
+    assert _value(points["taskflow_tasks_retried_total"], **task, status="retried") == 1
+    assert _value(points["taskflow_tasks_running"], **task) == 0
+    (latency,) = points["taskflow_task_latency_seconds"]
+    assert dict(latency.attributes) == task and latency.count == 4
+    (wait,) = points["taskflow_task_wait_seconds"]
+    assert wait.count == 4 and wait.min >= 0
+
+
+def test_a_task_cancelled_while_it_runs_is_counted(telemetry: Telemetry, app: App) -> None:
+    @app.task(name="obs.cancels", bind=True)
+    async def cancels(ctx: TaskContext) -> None:
+        assert await app.kernel.cancel(ctx.id)
+        await asyncio.sleep(30)  # until the cancellation reaches the body
+
+    handle = cancels.delay()
+    app.worker().run_until_idle()
+
+    assert handle.status is TaskStatus.CANCELLED
+    points = _points(telemetry.metrics)
+    cancelled = points["taskflow_tasks_cancelled_total"]
+    assert _value(cancelled, task="obs.cancels", queue="default", status="cancelled") == 1
+
+
+def test_queue_depth_is_read_from_the_broker(telemetry: Telemetry, app: App) -> None:
+    @app.task(name="obs.later")
+    def later() -> None:
+        return None
+
+    worker = app.worker(["default", "other"])
+    for _ in range(3):
+        later.delay()
+    later.apply_async(queue="other")
+
+    depth = _points(telemetry.metrics)["taskflow_queue_depth"]
+
+    assert _value(depth, queue="default", state="ready") == 3
+    assert _value(depth, queue="other", state="ready") == 1
+    worker.run_until_idle()
+    depth = _points(telemetry.metrics)["taskflow_queue_depth"]
+    assert _value(depth, queue="default", state="ready") == 0
