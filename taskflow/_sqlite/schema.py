@@ -16,7 +16,6 @@ from ..errors import ConfigError
 __all__ = ["SCHEMA_VERSION", "open_database"]
 
 SCHEMA_VERSION = 1
-_MAGIC = b"SQLite format 3\x00"
 _MARK = "taskflow"
 
 _DDL = """
@@ -83,17 +82,21 @@ def _writable(path: str) -> bool:
     return os.access(path, os.R_OK | os.W_OK) and bool(mode & 0o222)
 
 
-def _check_header(path: str) -> None:
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(len(_MAGIC))
-    except FileNotFoundError:
-        return
-    if head and head != _MAGIC:
-        raise ConfigError(
-            f"{path!r} is not a taskflow database (not an SQLite file); nothing was "
-            "changed: point the URL at a new file name"
-        )
+def _not_sqlite(path: str) -> ConfigError:
+    return ConfigError(
+        f"{path!r} is not a taskflow database (not an SQLite file); nothing was "
+        "changed: point the URL at a new file name"
+    )
+
+
+def _is_not_a_database(exc: sqlite3.DatabaseError) -> bool:
+    # SQLITE_NOTADB (26): the header is not SQLite's. The header is checked by SQLite
+    # itself, never by opening the file here: closing any other descriptor of the file
+    # drops every POSIX lock this process holds on it, including those of its open
+    # SQLite connections (sqlite.org/howtocorrupt.html, 2.2) -- another process may then
+    # checkpoint and delete the WAL under them (a malformed database, or a hang).
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code == 26 or (code is None and "file is not a database" in str(exc))
 
 
 def _check_ours(conn: sqlite3.Connection, path: str) -> None:
@@ -132,10 +135,14 @@ def open_database(path: str, busy_timeout: float) -> sqlite3.Connection:
     """A connection to ``path`` in WAL mode with ``busy_timeout`` (seconds), the schema
     created or checked; ConfigError (nothing written) if the file is not usable."""
     _check_location(path)
-    _check_header(path)
     conn = _connect(path, busy_timeout)
     try:
-        _check_ours(conn, path)
+        try:
+            _check_ours(conn, path)
+        except sqlite3.DatabaseError as exc:
+            if _is_not_a_database(exc):
+                raise _not_sqlite(path) from None
+            raise
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("BEGIN IMMEDIATE")
