@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ._memory_state import MemoryState
-from .base import DeadLetter, Message
+from .base import BrokerAdmin, DeadLetter, Message
 
 __all__ = ["MemoryAdmin"]
 
 
-class MemoryAdmin:
+class MemoryAdmin(BrokerAdmin):
     """The :class:`~taskflow.brokers.base.BrokerAdmin` methods over a broker's state.
 
     Every method holds the state's lock, like the broker's own methods.

@@ -22,14 +22,14 @@ from .._nats.framing import raw_headers
 from .._nats.names import stream_name, subject_token, untoken
 from ..errors import BrokerError
 from ._nats_core import LEVELS, NatsCore
-from .base import DeadLetter, Message
+from .base import BrokerAdmin, DeadLetter, Message
 
 __all__ = ["PAUSE_CACHE", "NatsAdmin"]
 
 PAUSE_CACHE = 2.0  # seconds a pause flag read from KV is trusted
 
 
-class NatsAdmin:
+class NatsAdmin(BrokerAdmin):
     """The :class:`~taskflow.brokers.base.BrokerAdmin` methods on JetStream, and the
     pause flags every fetch reads (:meth:`is_paused`)."""
 

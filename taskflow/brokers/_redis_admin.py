@@ -12,7 +12,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from .._redis.connection import Connection
-from .base import DeadLetter, Message
+from .base import BrokerAdmin, DeadLetter, Message
 
 __all__ = ["RedisAdmin", "RunScript"]
 
@@ -20,7 +20,7 @@ RunScript = Callable[[str, Sequence[Any]], Awaitable[Any]]
 """``run(script, args)``: a broker script, given the prefix and the broker's time first."""
 
 
-class RedisAdmin:
+class RedisAdmin(BrokerAdmin):
     """The :class:`~taskflow.brokers.base.BrokerAdmin` methods on Redis."""
 
     def __init__(self, conn: Connection, run: RunScript) -> None:

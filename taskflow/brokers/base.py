@@ -245,3 +245,34 @@ class BrokerAdmin(abc.ABC):
         dead letter of ``queue`` is skipped, so concurrent replays never make a second
         live copy of one id. Returns the ids moved.
         """
+
+
+class DelegatedAdmin(BrokerAdmin):
+    """A :class:`BrokerAdmin` whose operator actions live in a separate ``_admin`` object,
+    kept out of the broker class so its hot path stays small; every action forwards."""
+
+    _admin: BrokerAdmin
+
+    async def depth(self, queue: str) -> dict[str, int]:
+        return await self._admin.depth(queue)
+
+    async def peek(self, queue: str, limit: int = 10) -> list[bytes]:
+        return await self._admin.peek(queue, limit)
+
+    async def purge_ids(self, queue: str, *, scheduled: bool = True) -> list[str]:
+        return await self._admin.purge_ids(queue, scheduled=scheduled)
+
+    async def pause(self, queue: str) -> None:
+        await self._admin.pause(queue)
+
+    async def resume(self, queue: str) -> None:
+        await self._admin.resume(queue)
+
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        return await self._admin.dead_letters(queue, limit)
+
+    async def replay(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        return await self._admin.replay(queue, ids)
+
+    async def requeue(self, queue: str, messages: Sequence[Message]) -> list[str]:
+        return await self._admin.requeue(queue, messages)

@@ -21,7 +21,7 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..urls import url_kwargs
 from ._memory_admin import MemoryAdmin
 from ._memory_state import MemoryState, Stored
-from .base import Broker, BrokerAdmin, Capabilities, DeadLetter, Delivery, FetchResult, Message
+from .base import Broker, Capabilities, DelegatedAdmin, Delivery, FetchResult, Message
 
 __all__ = ["MemoryBroker", "MemoryDelivery"]
 
@@ -75,7 +75,7 @@ class MemoryDelivery(Delivery):
         return self._settle(self.id, self._token, "dead", reason=reason, error=error)
 
 
-class MemoryBroker(Broker, BrokerAdmin):
+class MemoryBroker(Broker, DelegatedAdmin):
     """In-process broker for tests, examples and single-process apps.
 
     ``lease``: seconds a delivery stays leased before it is delivered again.
@@ -172,39 +172,6 @@ class MemoryBroker(Broker, BrokerAdmin):
     async def cancel(self, message_id: str, queue: str) -> bool:
         """Remove a ready or scheduled message."""
         return self._state.cancel(message_id, queue)
-
-    # -- admin (BrokerAdmin, over the same state) ------------------------------------
-    async def depth(self, queue: str) -> dict[str, int]:
-        """Counts by state."""
-        return await self._admin.depth(queue)
-
-    async def peek(self, queue: str, limit: int = 10) -> list[bytes]:
-        """Next ready bodies in delivery order."""
-        return await self._admin.peek(queue, limit)
-
-    async def purge_ids(self, queue: str, *, scheduled: bool = True) -> list[str]:
-        """Drop ready (and scheduled) messages; their ids."""
-        return await self._admin.purge_ids(queue, scheduled=scheduled)
-
-    async def pause(self, queue: str) -> None:
-        """Stop delivering from ``queue``."""
-        await self._admin.pause(queue)
-
-    async def resume(self, queue: str) -> None:
-        """Deliver again."""
-        await self._admin.resume(queue)
-
-    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
-        """Oldest first."""
-        return await self._admin.dead_letters(queue, limit)
-
-    async def replay(self, queue: str, ids: Sequence[str] | None = None) -> int:
-        """Publish dead letters again with a fresh delivery budget."""
-        return await self._admin.replay(queue, ids)
-
-    async def requeue(self, queue: str, messages: Sequence[Message]) -> list[str]:
-        """Move dead letters back as ``messages`` (matched by id), each at most once."""
-        return await self._admin.requeue(queue, messages)
 
     # -- control channel -------------------------------------------------------------
     async def send_control(self, command: dict[str, Any]) -> None:

@@ -80,7 +80,7 @@ from ._nats_core import NatsCore
 from ._nats_delay import NatsDelays
 from ._nats_delivery import NatsDelivery
 from ._nats_fetch import NatsFetcher
-from .base import Broker, BrokerAdmin, Capabilities, DeadLetter, FetchResult, Message
+from .base import Broker, Capabilities, DelegatedAdmin, FetchResult, Message
 
 __all__ = ["HEADER_ROOM", "NatsBroker", "NatsDelivery"]
 
@@ -89,10 +89,11 @@ HEADER_ROOM = 8192
 text of a dead letter, which is cut to fit)."""
 
 
-class NatsBroker(Broker, BrokerAdmin):
+class NatsBroker(Broker, DelegatedAdmin):
     """Broker on NATS JetStream. ``prefix`` namespaces every stream, subject and bucket."""
 
     capabilities: ClassVar[Capabilities] = Capabilities()
+    _admin: NatsAdmin
 
     def __init__(
         self,
@@ -310,36 +311,3 @@ class NatsBroker(Broker, BrokerAdmin):
     def forget_control_reader(self) -> None:
         """Drop the current task's control cursor (called when a worker stops)."""
         self._control.forget()
-
-    # -- admin (BrokerAdmin) ---------------------------------------------------------
-    async def depth(self, queue: str) -> dict[str, int]:
-        """Counts from consumer info (ready, inflight) and subject counts (scheduled, dead)."""
-        return await self._admin.depth(queue)
-
-    async def peek(self, queue: str, limit: int = 10) -> list[bytes]:
-        """Next undelivered bodies, highest level first (not removed)."""
-        return await self._admin.peek(queue, limit)
-
-    async def purge_ids(self, queue: str, *, scheduled: bool = True) -> list[str]:
-        """Drop the queue's ready (and scheduled) messages; their ids."""
-        return await self._admin.purge_ids(queue, scheduled=scheduled)
-
-    async def pause(self, queue: str) -> None:
-        """Stop delivering ``queue`` in every process (flag in KV, change broadcast)."""
-        await self._admin.pause(queue)
-
-    async def resume(self, queue: str) -> None:
-        """Deliver ``queue`` again."""
-        await self._admin.resume(queue)
-
-    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
-        """The queue's dead letters, oldest first."""
-        return await self._admin.dead_letters(queue, limit)
-
-    async def replay(self, queue: str, ids: Sequence[str] | None = None) -> int:
-        """Republish dead letters (all, or ``ids``) with a fresh budget; remove them."""
-        return await self._admin.replay(queue, ids)
-
-    async def requeue(self, queue: str, messages: Sequence[Message]) -> list[str]:
-        """Republish dead letters as ``messages`` (matched by id) and remove them."""
-        return await self._admin.requeue(queue, messages)

@@ -50,7 +50,7 @@ from ._redis_admin import RedisAdmin
 from ._redis_control import ControlReader
 from ._redis_publish import check_published, check_size, publish_args
 from ._redis_wait import IdleWait
-from .base import Broker, BrokerAdmin, Capabilities, DeadLetter, Delivery, FetchResult, Message
+from .base import Broker, Capabilities, DeadLetter, DelegatedAdmin, Delivery, FetchResult, Message
 
 __all__ = ["RedisBroker", "RedisDelivery"]
 
@@ -108,7 +108,7 @@ class RedisDelivery(Delivery):
         return await self._settle(("dead", self.id, self._token, reason, error or "", ""))
 
 
-class RedisBroker(Broker, BrokerAdmin):
+class RedisBroker(Broker, DelegatedAdmin):
     """Broker on Redis (``redis://`` or ``rediss://``).
 
     ``prefix``: key namespace (one per app); ``lease``: seconds a delivery stays leased
@@ -273,36 +273,3 @@ class RedisBroker(Broker, BrokerAdmin):
         """Drop the current task's control cursor (a stopping worker calls this)."""
         if self._control is not None:
             self._control.forget()
-
-    # -- admin (BrokerAdmin) ---------------------------------------------------------
-    async def depth(self, queue: str) -> dict[str, int]:
-        """Counts of ``ready``, ``scheduled``, ``inflight`` and ``dead`` messages."""
-        return await self._admin.depth(queue)
-
-    async def peek(self, queue: str, limit: int = 10) -> list[bytes]:
-        """Bodies of the next ready messages, in delivery order."""
-        return await self._admin.peek(queue, limit)
-
-    async def purge_ids(self, queue: str, *, scheduled: bool = True) -> list[str]:
-        """Drop every ready (and scheduled) message of ``queue``; their ids."""
-        return await self._admin.purge_ids(queue, scheduled=scheduled)
-
-    async def pause(self, queue: str) -> None:
-        """Stop delivering from ``queue``; publishing still works."""
-        await self._admin.pause(queue)
-
-    async def resume(self, queue: str) -> None:
-        """Deliver from ``queue`` again (and wake idle consumers)."""
-        await self._admin.resume(queue)
-
-    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
-        """The dead-letter list of ``queue``, oldest first."""
-        return await self._admin.dead_letters(queue, limit)
-
-    async def replay(self, queue: str, ids: Sequence[str] | None = None) -> int:
-        """Make dead letters ready again with a fresh delivery budget."""
-        return await self._admin.replay(queue, ids)
-
-    async def requeue(self, queue: str, messages: Sequence[Message]) -> list[str]:
-        """Move dead letters back as ``messages`` (one script: each id moves at most once)."""
-        return await self._admin.requeue(queue, messages)

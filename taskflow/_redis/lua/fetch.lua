@@ -51,11 +51,17 @@ local function reject(id, q, err)
     redis.call('HGET', mkey(id), 'dc') or '0')
 end
 
-local function reclaim(q)
-  local inflight = qkey(q, 'inflight')
-  local ids = redis.call('ZRANGEBYSCORE', inflight, '-inf', NOW, 'LIMIT', 0, 200)
+-- Remove the ids due by NOW (at most ``limit``) from the sorted set ``key``; return them.
+local function take_due(key, limit)
+  local ids = redis.call('ZRANGEBYSCORE', key, '-inf', NOW, 'LIMIT', 0, limit)
   for _, id in ipairs(ids) do
-    redis.call('ZREM', inflight, id)
+    redis.call('ZREM', key, id)
+  end
+  return ids
+end
+
+local function reclaim(q)
+  for _, id in ipairs(take_due(qkey(q, 'inflight'), 200)) do
     local m, err = read(id, q)
     if err then
       reject(id, q, err)
@@ -72,10 +78,7 @@ local function reclaim(q)
 end
 
 local function promote(q)
-  local sched = qkey(q, 'sched')
-  local ids = redis.call('ZRANGEBYSCORE', sched, '-inf', NOW, 'LIMIT', 0, 1000)
-  for _, id in ipairs(ids) do
-    redis.call('ZREM', sched, id)
+  for _, id in ipairs(take_due(qkey(q, 'sched'), 1000)) do
     local m, err = read(id, q)
     if err then
       reject(id, q, err)
