@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextvars
 import threading
 from dataclasses import dataclass, field
-from typing import Any
 
 from .errors import Retry
 
@@ -85,7 +84,6 @@ class TaskContext:
     cancelled: CancelEvent = field(default_factory=CancelEvent)
     delivery: int = 1
     enqueued_at: float = 0.0
-    _call: Any = field(default=None, repr=False)
 
     def retry(self, countdown: float | None = None, exc: BaseException | None = None) -> Retry:
         """Ask for a retry: raises :class:`~taskflow.errors.Retry` (typed as returning it

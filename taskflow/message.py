@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PROTOCOL_VERSION", "TERMINAL_STATUSES", "Envelope", "TaskStatus"]
+__all__ = ["PROTOCOL_VERSION", "TERMINAL_STATUSES", "Envelope", "TaskStatus", "error_info"]
 
 PROTOCOL_VERSION = 1
 
@@ -74,3 +75,18 @@ class Envelope:
     def replace(self, **changes: Any) -> Envelope:
         """A copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)
+
+
+def error_info(exc: BaseException) -> dict[str, str]:
+    """The error fields stored in a failed record."""
+    kind = type(exc)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    return {
+        "type": name,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(kind, exc, exc.__traceback__)),
+    }

@@ -23,10 +23,10 @@ from typing import Any
 
 from ..errors import IdempotencyConflict, PayloadError
 from ..kernel import Kernel, Prepared
-from ..message import Envelope, TaskStatus
+from ..message import Envelope, TaskStatus, error_info
 from ..payload import decode_any
 from ..results.base import is_terminal
-from .state import SUCCEEDED, GroupCounter, decode_typed, error_of
+from .state import SUCCEEDED, GroupCounter, decode_typed
 
 __all__ = ["Advancer", "CanvasContinuation", "apply_spec"]
 
@@ -147,7 +147,7 @@ class Advancer:
         except (PayloadError, ValueError, TypeError) as exc:
             # The step cannot even be sent (its parent's value does not fit its
             # parameters): it fails like a task would, and its canvas with it.
-            batch.broken.append((spec, frames, error_of(exc)))
+            batch.broken.append((spec, frames, error_info(exc)))
 
     async def flush(self, batch: _Batch) -> None:
         """Write the batch's records, publish its tasks, fail the steps that could not go."""

@@ -16,7 +16,6 @@ wire form plus what decodes it, so a value crosses the canvas without losing its
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,7 +29,6 @@ __all__ = [
     "chain_record",
     "decode_typed",
     "descriptor",
-    "error_of",
     "group_record",
     "slot_id",
 ]
@@ -81,21 +79,6 @@ def group_record(
 def slot_id(gid: str, index: int) -> str:
     """The record id of member ``index``'s slot in group ``gid``."""
     return f"{gid}:{index}"
-
-
-def error_of(exc: BaseException) -> dict[str, str]:
-    """Error fields as a failed task record stores them."""
-    kind = type(exc)
-    name = (
-        kind.__qualname__
-        if kind.__module__ == "builtins"
-        else f"{kind.__module__}.{kind.__qualname__}"
-    )
-    return {
-        "type": name,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(kind, exc, exc.__traceback__)),
-    }
 
 
 def decode_typed(registry: TaskRegistry, value: Any) -> Any:

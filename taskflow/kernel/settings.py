@@ -99,10 +99,7 @@ def make_broker(app: str, broker: str | Broker | None, clock: Clock) -> Broker:
     """The broker of ``App(app, broker=...)``."""
     if isinstance(broker, Broker):
         return broker
-    label = f"App({app!r}): broker URL"
-    url = broker
-    if not url and os.environ.get("TASKFLOW_BROKER_URL"):
-        url, label = os.environ["TASKFLOW_BROKER_URL"], f"App({app!r}): TASKFLOW_BROKER_URL"
+    url, label = _given_url(app, broker, "broker", "TASKFLOW_BROKER_URL")
     if not isinstance(url or "", str):
         raise ConfigError(f"App({app!r}): broker must be a URL or a Broker")
     # From the URL table itself, not through taskflow.brokers: that package names the
@@ -117,16 +114,21 @@ def make_results(
     """The result store of ``App(app, results=...)`` next to its (built) ``broker``."""
     if isinstance(results, ResultStore):
         return results
-    label = f"App({app!r}): results URL"
-    url = results
-    if not url and os.environ.get("TASKFLOW_RESULTS_URL"):
-        url, label = os.environ["TASKFLOW_RESULTS_URL"], f"App({app!r}): TASKFLOW_RESULTS_URL"
+    url, label = _given_url(app, results, "results", "TASKFLOW_RESULTS_URL")
     if not url:
         url, label = _derived_results_url(broker), f"App({app!r}): broker URL"
     if not isinstance(url, str):
         raise ConfigError(f"App({app!r}): results must be a URL or a ResultStore")
     built: ResultStore = backend_from_url(url, "results", clock=clock, label=label)
     return built
+
+
+def _given_url(app: str, given: str | None, what: str, env: str) -> tuple[str | None, str]:
+    """The URL ``App(app, what=...)`` was given, else the one in ``env``; with the label
+    its errors name."""
+    if not given and os.environ.get(env):
+        return os.environ[env], f"App({app!r}): {env}"
+    return given, f"App({app!r}): {what} URL"
 
 
 def _derived_results_url(broker: Broker) -> str:

@@ -11,7 +11,6 @@ a task (undecodable, poisoned) has no event to announce.
 from __future__ import annotations
 
 import logging
-import math
 import random
 from typing import Any
 
@@ -22,12 +21,12 @@ from ..clock import Clock
 from ..codec import EnvelopeError
 from ..errors import PayloadError, WorkerLost
 from ..kernel import Kernel, TaskDef
-from ..message import Envelope, TaskStatus
+from ..message import Envelope, TaskStatus, error_info
 from .resilience import describe, persist
-from .settle import LOST, NOT_REGISTERED, Settler, error_info
+from .settle import LOST, NOT_REGISTERED, Settler
 from .stats import WorkerStats
 
-__all__ = ["Rejects", "Stray", "check_envelope"]
+__all__ = ["Rejects", "Stray"]
 
 log = logging.getLogger("taskflow.worker")
 
@@ -183,28 +182,6 @@ class Rejects:
 
 def _envelope(body: bytes) -> Envelope | None:
     try:
-        env = codec.decode_envelope(body)
-        check_envelope(env)
+        return codec.decode_envelope(body)
     except Exception:
         return None
-    return env
-
-
-def check_envelope(env: Envelope) -> None:
-    """What the worker relies on beyond the decoder's checks; raises EnvelopeError."""
-    if not _int_at_least(env.attempt, 1) or not _int_at_least(env.max_retries, 0):
-        raise codec.EnvelopeError("envelope attempt must be >= 1 and max_retries >= 0")
-    if env.timeout is not None and not (math.isfinite(env.timeout) and env.timeout > 0):
-        raise codec.EnvelopeError("envelope timeout must be a positive number of seconds")
-    if env.expires is not None and not math.isfinite(env.expires):
-        raise codec.EnvelopeError("envelope expires must be a finite time")
-    if env.canvas is not None and not isinstance(env.canvas, dict):
-        raise codec.EnvelopeError("envelope canvas must be an object")
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.headers.items()):
-        raise codec.EnvelopeError("envelope headers must map strings to strings")
-    if not all(isinstance(k, str) for k in env.kwargs):
-        raise codec.EnvelopeError("envelope kwargs keys must be strings")
-
-
-def _int_at_least(value: Any, low: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low

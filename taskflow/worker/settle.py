@@ -20,7 +20,6 @@ from __future__ import annotations
 import enum
 import logging
 import random
-import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -30,7 +29,7 @@ from .._waiters import within
 from ..clock import Clock
 from ..errors import PayloadError, WorkerLost
 from ..kernel import Kernel
-from ..message import Envelope, TaskStatus
+from ..message import Envelope, TaskStatus, error_info
 from .announce import Announcer, Subject
 from .policy import Fail, RetryIn
 from .resilience import describe, persist
@@ -49,7 +48,6 @@ __all__ = [
     "Act",
     "Settler",
     "Transition",
-    "error_info",
 ]
 
 log = logging.getLogger("taskflow.worker")
@@ -97,21 +95,6 @@ SETTLED_BEFORE = Transition(TaskStatus.CANCELLED, Act.ACK, announced=False)
 """The record was terminal already (a redelivery after the outcome was written, or a retry
 of a task cancelled while it ran): ack it; "cancelled" tells the continuations to take the
 outcome from the stored record."""
-
-
-def error_info(exc: BaseException) -> dict[str, str]:
-    """The error fields stored in a failed record."""
-    kind = type(exc)
-    name = (
-        kind.__qualname__
-        if kind.__module__ == "builtins"
-        else f"{kind.__module__}.{kind.__qualname__}"
-    )
-    return {
-        "type": name,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(kind, exc, exc.__traceback__)),
-    }
 
 
 class Settler:
