@@ -15,7 +15,7 @@ import socket
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 
 import click
@@ -207,7 +207,7 @@ def _run_one(options: WorkerOptions, configure_logging: Callable[[], None], name
     # Handlers first: a signal that arrives while a slow module imports is kept, not lost.
     # Metrics before it, so that what the module sends is counted too.
     # Logging after the import: the module may have configured it (then it is left alone).
-    with StopControl() as control, _process_metrics(options.metrics_port):
+    with StopControl() as control, _metrics(options.metrics_port):
         app = load(options.spec)
         configure_logging()
         try:
@@ -240,7 +240,7 @@ def _supervise(options: WorkerOptions, processes: int) -> int:
         check_module(options.spec)
     except AppLoadError as exc:
         raise CliError(str(exc)) from None
-    with _supervisor_metrics(options.metrics_port) as env:
+    with _metrics(options.metrics_port, supervisor=True) as env:
         supervisor = Supervisor(options.child_command(), processes, options.grace, env=env)
         with StopControl(extra_wakeups=(signal.SIGCHLD,)) as control:
             return supervisor.run(control)
@@ -250,34 +250,23 @@ _NEEDS_OTEL = "--metrics-port needs the otel extra: pip install 'taskflow-queue[
 
 
 @contextmanager
-def _process_metrics(port: int | None) -> Iterator[None]:
-    if port is None:
-        yield
-        return
-    try:
-        from .metrics import process_metrics  # the otel extra, loaded only when asked for
-    except ImportError:
-        raise CliError(_NEEDS_OTEL) from None
-    with ExitStack() as stack:
-        try:
-            stack.enter_context(process_metrics(port))
-        except OSError as exc:
-            raise CliRuntimeError(f"--metrics-port {port}: {exc.strerror or exc}") from None
-        yield
-
-
-@contextmanager
-def _supervisor_metrics(port: int | None) -> Iterator[Mapping[str, str] | None]:
+def _metrics(port: int | None, *, supervisor: bool = False) -> Iterator[Mapping[str, str] | None]:
+    """Serve metrics on ``port`` (nothing without one): a worker's own, or with
+    ``supervisor`` the merged ones of its processes, yielding the environment they need."""
     if port is None:
         yield None
         return
     try:
-        from .metrics import supervisor_metrics  # the otel extra, loaded only when asked for
+        # the otel extra, loaded only when asked for
+        from .metrics import process_metrics, supervisor_metrics
     except ImportError:
         raise CliError(_NEEDS_OTEL) from None
+    start: Callable[[int], AbstractContextManager[Mapping[str, str] | None]] = (
+        supervisor_metrics if supervisor else process_metrics
+    )
     with ExitStack() as stack:
         try:
-            env = stack.enter_context(supervisor_metrics(port))
+            env = stack.enter_context(start(port))
         except OSError as exc:
             raise CliRuntimeError(f"--metrics-port {port}: {exc.strerror or exc}") from None
         yield env

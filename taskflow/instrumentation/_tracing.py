@@ -44,27 +44,27 @@ def outcome_of(exc: BaseException) -> str:
     return "failed"
 
 
-def _send_attributes(env: Envelope) -> dict[str, Any]:
+def _attributes(
+    operation: str, queue: str, message_id: str, task: str, attempt: int
+) -> dict[str, Any]:
     return {
         "messaging.system": SYSTEM,
-        "messaging.operation.type": "send",
-        "messaging.operation.name": "send",
-        "messaging.destination.name": env.queue,
-        "messaging.message.id": env.id,
-        "taskflow.task.name": env.task,
-        "taskflow.task.attempt": env.attempt,
+        "messaging.operation.type": operation,
+        "messaging.operation.name": operation,
+        "messaging.destination.name": queue,
+        "messaging.message.id": message_id,
+        "taskflow.task.name": task,
+        "taskflow.task.attempt": attempt,
     }
+
+
+def _send_attributes(env: Envelope) -> dict[str, Any]:
+    return _attributes("send", env.queue, env.id, env.task, env.attempt)
 
 
 def _process_attributes(ctx: TaskContext) -> dict[str, Any]:
     return {
-        "messaging.system": SYSTEM,
-        "messaging.operation.type": "process",
-        "messaging.operation.name": "process",
-        "messaging.destination.name": ctx.queue,
-        "messaging.message.id": ctx.id,
-        "taskflow.task.name": ctx.name,
-        "taskflow.task.attempt": ctx.attempt,
+        **_attributes("process", ctx.queue, ctx.id, ctx.name, ctx.attempt),
         "taskflow.task.delivery": ctx.delivery,
     }
 

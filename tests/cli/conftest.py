@@ -14,14 +14,9 @@ from tests.conftest import require_service
 def redis_url() -> Iterator[str]:
     """The shared server with a fresh key prefix, whose keys are deleted afterwards."""
     require_service("redis", "127.0.0.1", 6379)
-    import redis
+    from tests.integration.redis_helpers import drop_prefix
 
     prefix = f"tfcli{uuid.uuid4().hex[:10]}"
-    yield f"redis://127.0.0.1:6379/0?prefix={prefix}"
-    client = redis.Redis(port=6379)
-    try:
-        for pattern in (f"{{{prefix}}}:*", f"{prefix}:*"):
-            for key in client.scan_iter(match=pattern, count=1000):
-                client.delete(key)
-    finally:
-        client.close()
+    url = f"redis://127.0.0.1:6379/0?prefix={prefix}"
+    yield url
+    drop_prefix(url, prefix)
