@@ -8,10 +8,10 @@ so tests can count runs without going through the backend under test.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
-from taskflow import App, TaskContext, current_task
+from taskflow import App, current_task
+from tests.integration.worker_tasks import register_tasks
 
 URL = os.environ.get("TASKFLOW_BROKER_URL", "nats://127.0.0.1:4222")
 RUNS = Path(os.environ.get("TF_RUNS_DIR", "."))
@@ -27,32 +27,4 @@ def note_run() -> None:
         fh.write(f"{os.getpid()}\n")
 
 
-@app.task(name="it.sleep", retries=2, timeout=60)
-def sleep(seconds: float) -> int:
-    """Sleep, then return the worker's pid."""
-    note_run()
-    time.sleep(seconds)
-    return os.getpid()
-
-
-@app.task(name="it.add", retries=2)
-def add(x: int, y: int) -> int:
-    """Add two numbers."""
-    note_run()
-    return x + y
-
-
-@app.task(name="it.delivery", bind=True, timeout=60)
-def delivery(ctx: TaskContext, seconds: float) -> list[int]:
-    """Sleep (retries=0, the default), then return [pid, attempt, delivery]."""
-    note_run()
-    time.sleep(seconds)
-    return [os.getpid(), ctx.attempt, ctx.delivery]
-
-
-@app.task(name="it.once", on_lost="fail", timeout=60)
-def once(seconds: float) -> int:
-    """Sleep, then return the pid; must never run twice (dead-lettered if its worker dies)."""
-    note_run()
-    time.sleep(seconds)
-    return os.getpid()
+register_tasks(app, note_run)

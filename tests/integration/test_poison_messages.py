@@ -60,6 +60,22 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def dead_letter_reader(inspector: RedisBroker | NatsBroker) -> Callable[[], list[DeadLetter]]:
+    """A reader of ``QUEUE``'s dead letters through ``inspector``, connecting for each read."""
+
+    def dead_letters() -> list[DeadLetter]:
+        async def read() -> list[DeadLetter]:
+            await inspector.connect()
+            try:
+                return await inspector.dead_letters(QUEUE, limit=1000)
+            finally:
+                await inspector.close()
+
+        return asyncio.run(read())
+
+    return dead_letters
+
+
 def run_worker_and_check(
     app: App,
     good: list[Any],
@@ -145,18 +161,7 @@ def test_redis_poison_framing_and_bodies_are_dead_lettered_alone(
         raw.close()
 
         inspector = RedisBroker(url.split("?", 1)[0], prefix=prefix)
-
-        def dead_letters() -> list[DeadLetter]:
-            async def read() -> list[DeadLetter]:
-                await inspector.connect()
-                try:
-                    return await inspector.dead_letters(QUEUE, limit=1000)
-                finally:
-                    await inspector.close()
-
-            return asyncio.run(read())
-
-        run_worker_and_check(app, good, bad, dead_letters)
+        run_worker_and_check(app, good, bad, dead_letter_reader(inspector))
 
 
 # -- NATS ------------------------------------------------------------------------------
@@ -215,15 +220,4 @@ def test_nats_poison_headers_subjects_and_bodies_are_dead_lettered_alone(
             raw.clear()
 
         inspector = NatsBroker(server, prefix=prefix)
-
-        def dead_letters() -> list[DeadLetter]:
-            async def read() -> list[DeadLetter]:
-                await inspector.connect()
-                try:
-                    return await inspector.dead_letters(QUEUE, limit=1000)
-                finally:
-                    await inspector.close()
-
-            return asyncio.run(read())
-
-        run_worker_and_check(app, good, bad, dead_letters)
+        run_worker_and_check(app, good, bad, dead_letter_reader(inspector))

@@ -10,33 +10,18 @@ connection, and the file read as malformed, or the workers hung)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from taskflow import App
 from taskflow.brokers.sqlite import SqliteBroker
-from tests.integration.redis_helpers import ROOT, stop, wait_until
+from tests.integration.redis_helpers import stop, wait_until
+from tests.integration.sqlite_helpers import start_worker
 
 pytestmark = [pytest.mark.slow]
 
-APP_SPEC = "tests.integration.sqlite_worker_app:app"
 TASKS = 2000
-
-
-def start_worker(url: str, runs: Path, processes: int) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "TASKFLOW_BROKER_URL": url,
-        "RUNS_FILE": str(runs),
-        "PYTHONPATH": str(ROOT),
-    }
-    command = [sys.executable, "-m", "taskflow.cli.main", "worker", "-A", APP_SPEC]
-    command += ["-c", "8", "-P", str(processes), "--loglevel", "warning"]
-    return subprocess.Popen(command, cwd=ROOT, env=env)
 
 
 def set_paused(url: str, queue: str, paused: bool) -> None:
@@ -64,7 +49,7 @@ def test_a_second_paused_phase_with_fresh_workers_finishes(tmp_path: Path) -> No
             set_paused(url, queue, True)
             for i in range(TASKS):
                 app.send_task("it.add", args=(i, 1))
-            worker = start_worker(url, runs, processes)
+            worker = start_worker(url, runs, processes, concurrency=8)
             try:
                 set_paused(url, queue, False)
                 done = phase * TASKS

@@ -16,24 +16,11 @@ import pytest
 
 from taskflow import App
 from tests.integration.redis_helpers import ROOT, stop, wait_until
+from tests.integration.sqlite_helpers import start_worker
 
 pytestmark = [pytest.mark.slow]
 
 LEASE = 2.0
-APP_SPEC = "tests.integration.sqlite_worker_app:app"
-
-
-def start_worker(url: str, runs: Path, processes: int = 1) -> subprocess.Popen[bytes]:
-    """``taskflow worker`` for the SQLite app, in its own process (``-P processes``)."""
-    env = {
-        **os.environ,
-        "TASKFLOW_BROKER_URL": url,
-        "RUNS_FILE": str(runs),
-        "PYTHONPATH": str(ROOT),
-    }
-    command = [sys.executable, "-m", "taskflow.cli.main", "worker", "-A", APP_SPEC]
-    command += ["-c", "2", "-P", str(processes), "--loglevel", "warning"]
-    return subprocess.Popen(command, cwd=ROOT, env=env)
 
 
 def runs_of(runs: Path, task_id: str) -> list[int]:

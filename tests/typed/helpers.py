@@ -1,7 +1,10 @@
-"""Helpers for the typed-payload tests: raw publishing and dead-letter inspection."""
+"""Helpers for the typed tests: raw publishing, dead-letter inspection and running mypy."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from taskflow import App
@@ -45,3 +48,28 @@ def assert_dead_lettered_with_payload_error(app: App, task_id: str, queue: str =
     assert stored["status"] == "failed"
     assert stored["error"]["type"] == PAYLOAD_ERROR
     return str(stored["error"]["message"])
+
+
+def run_strict_mypy(
+    target: str, cwd: Path, cache_dir: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """``mypy --strict`` on ``target``, run from ``cwd`` with ``env``, one line per error."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-error-summary",
+            "--hide-error-context",
+            "--cache-dir",
+            str(cache_dir),
+            target,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=280,
+        check=False,
+    )

@@ -4,13 +4,13 @@ nothing of this checkout (no MYPYPATH, no PYTHONPATH), finds the installed ``tas
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+
+from tests.typed.helpers import run_strict_mypy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,25 +47,7 @@ def test_mypy_in_a_user_project_finds_the_installed_package(tmp_path: Path) -> N
     # The interpreter that runs the tests is the one the README's command installed into.
     assert metadata.distribution("taskflow-queue").name == "taskflow-queue"
     (project / "jobs.py").write_text(USER_CODE)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mypy",
-            "--strict",
-            "--no-error-summary",
-            "--hide-error-context",
-            "--cache-dir",
-            str(tmp_path / "cache"),
-            "jobs.py",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=project,
-        env=user_env(),
-        timeout=280,
-        check=False,
-    )
+    proc = run_strict_mypy("jobs.py", project, tmp_path / "cache", user_env())
     output = proc.stdout + proc.stderr
     assert "Cannot find implementation or library stub" not in output, output
     assert "import-untyped" not in output, output

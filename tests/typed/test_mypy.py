@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.typed.helpers import run_strict_mypy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -121,25 +121,7 @@ def run_mypy(tmp_path: Path) -> str:
     sample = tmp_path / "sample.py"
     sample.write_text(SAMPLE)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MYPYPATH": str(ROOT)}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mypy",
-            "--strict",
-            "--no-error-summary",
-            "--hide-error-context",
-            "--cache-dir",
-            str(tmp_path / "cache"),
-            str(sample),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=280,
-        check=False,
-    )
+    proc = run_strict_mypy(str(sample), tmp_path, tmp_path / "cache", env)
     assert not proc.stderr, proc.stderr
     return proc.stdout
 

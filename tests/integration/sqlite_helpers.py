@@ -1,0 +1,27 @@
+"""Helpers for the SQLite process tests: ``taskflow worker`` subprocesses on one file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.integration.redis_helpers import ROOT
+
+APP_SPEC = "tests.integration.sqlite_worker_app:app"
+
+
+def start_worker(
+    url: str, runs: Path, processes: int = 1, concurrency: int = 2
+) -> subprocess.Popen[bytes]:
+    """``taskflow worker`` for the SQLite app, in its own process (``-P processes``)."""
+    env = {
+        **os.environ,
+        "TASKFLOW_BROKER_URL": url,
+        "RUNS_FILE": str(runs),
+        "PYTHONPATH": str(ROOT),
+    }
+    command = [sys.executable, "-m", "taskflow.cli.main", "worker", "-A", APP_SPEC]
+    command += ["-c", str(concurrency), "-P", str(processes), "--loglevel", "warning"]
+    return subprocess.Popen(command, cwd=ROOT, env=env)
