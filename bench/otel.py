@@ -4,6 +4,7 @@ Run from the project root (as a module)::
 
     python -m bench.otel [--tasks 20000] [--rounds 3] [--slots 8]
                          [--url redis://127.0.0.1:6379/15] [--prefix taskflow-bench-otel]
+                         [--baseline REV]
 
 One worker process (``taskflow worker -c --slots``) drains ``--tasks`` no-op tasks that were
 queued while the queue was paused; the clock runs from the resume until every message was
@@ -14,16 +15,27 @@ acked. Each round measures both modes, alternating, and the medians are compared
   batch processor hands every span to an exporter that drops it, a meter provider with a
   reader -- and calls ``TaskflowInstrumentor().instrument()``; the producer here is
   instrumented too, so every message carries a ``traceparent`` the worker continues.
+
+With ``--baseline REV`` (e.g. ``b491013``, the commit before the instrumentation) each round
+also drains with the worker of that revision: its ``taskflow/`` is exported (``git
+archive``, the checkout is not touched) into a temporary directory, and the worker runs
+from there with ``PYTHONPATH`` pointing at it. That round compares the two off modes
+through the same app module (``off`` then uses it too, so both load the same code apart
+from ``taskflow``); the temporary directory is removed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +50,7 @@ from taskflow.instrumentation import TaskflowInstrumentor
 
 URL = os.environ.get("BENCH_URL", "redis://127.0.0.1:6379/15?prefix=taskflow-bench-otel")
 ROOT = Path(__file__).resolve().parents[1]
+_QUEUE_SIZE = 1 << 17
 
 
 class DropExporter(SpanExporter):
@@ -50,7 +63,12 @@ class DropExporter(SpanExporter):
 def instrument() -> tuple[TracerProvider, MeterProvider]:
     """The SDK with a dropping exporter, and taskflow instrumented with it."""
     tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(BatchSpanProcessor(DropExporter()))
+    # A queue large enough that no span is dropped at these rates (the default of 2,048
+    # overflows while the worker's loop holds the GIL); export in batches of 2,048.
+    processor = BatchSpanProcessor(
+        DropExporter(), max_queue_size=_QUEUE_SIZE, max_export_batch_size=2048
+    )
+    tracer_provider.add_span_processor(processor)
     meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
     TaskflowInstrumentor().instrument(
         tracer_provider=tracer_provider, meter_provider=meter_provider
@@ -68,13 +86,67 @@ app = App("bench-otel", broker=URL)
 app.task(name="bench.noop", store_result=False)(_noop)
 
 
-def _worker(url: str, slots: int, mode: str) -> subprocess.Popen[bytes]:
+# The app the off modes of a --baseline run load: the same module for both trees, written
+# next to the exported revision (it imports nothing of the benchmark).
+_PLAIN_APP = """import os
+from taskflow import App
+
+app = App("bench-otel", broker=os.environ["BENCH_URL"])
+
+
+async def _noop() -> None:
+    pass
+
+
+app.task(name="bench.noop", store_result=False)(_noop)
+"""
+
+
+class Baseline:
+    """``taskflow/`` of a git revision, exported into a temporary directory, with the plain
+    app module beside it."""
+
+    def __init__(self, rev: str) -> None:
+        self.rev = rev
+        self.root = Path(tempfile.mkdtemp(prefix="taskflow-bench-base-"))
+        self.apps = self.root / "apps"
+        self.tree = self.root / "tree"
+        try:
+            archive = subprocess.run(
+                ["git", "-C", str(ROOT), "archive", "--format=tar", rev, "taskflow"],
+                check=True,
+                capture_output=True,
+            ).stdout
+            with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+                tar.extractall(self.tree, filter="data")
+            self.apps.mkdir()
+            (self.apps / "tfbench_otel_app.py").write_text(_PLAIN_APP)
+        except BaseException:
+            self.remove()
+            raise
+
+    def remove(self) -> None:
+        """Delete the exported tree."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _worker(
+    url: str, slots: int, mode: str, baseline: Baseline | None = None
+) -> subprocess.Popen[bytes]:
+    """The worker process of ``mode``: ``on``/``off`` run this tree with ``bench.otel:app``;
+    with a baseline, ``off`` and ``base`` run the plain app on this tree and on the
+    baseline's (``python -m`` puts the working directory first on the path)."""
     env = {**os.environ, "BENCH_URL": url, "BENCH_OTEL": mode, "PYTHONPATH": str(ROOT)}
+    module, cwd = "bench.otel:app", ROOT
+    if baseline is not None and mode in ("off", "base"):
+        module = "tfbench_otel_app:app"
+        cwd = baseline.tree if mode == "base" else ROOT
+        env["PYTHONPATH"] = os.pathsep.join([str(cwd), str(baseline.apps)])
     command = [
-        sys.executable, "-m", "taskflow.cli.main", "worker", "-A", "bench.otel:app",
+        sys.executable, "-m", "taskflow.cli.main", "worker", "-A", module,
         "-c", str(slots), "--loglevel", "warning",
     ]  # fmt: skip
-    return subprocess.Popen(command, cwd=ROOT, env=env)
+    return subprocess.Popen(command, cwd=cwd, env=env)
 
 
 def _depth(bench: App) -> int:
@@ -90,9 +162,11 @@ def _wait_consumer(bench: App) -> None:
         time.sleep(0.01)
 
 
-def drain(bench: App, url: str, tasks: int, slots: int, mode: str) -> float:
+def drain(
+    bench: App, url: str, tasks: int, slots: int, mode: str, baseline: Baseline | None = None
+) -> float:
     """Tasks per second one worker process drains in ``mode``."""
-    proc = _worker(url, slots, mode)
+    proc = _worker(url, slots, mode, baseline)
     providers = instrument() if mode == "on" else None
     try:
         _wait_consumer(bench)
@@ -121,26 +195,40 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--url", default="redis://127.0.0.1:6379/15")
     parser.add_argument("--prefix", default="taskflow-bench-otel")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also drain with the worker of this git revision, instrumentation off",
+    )
     args = parser.parse_args()
     url = f"{args.url}?prefix={args.prefix}"
     bench = App("bench-otel-client", broker=url)
     bench.task(name="bench.noop", store_result=False)(_noop)
-    rates: dict[str, list[float]] = {"off": [], "on": []}
+    baseline = Baseline(args.baseline) if args.baseline else None
+    modes = ("off", "on", "base") if baseline is not None else ("off", "on")
+    rates: dict[str, list[float]] = {mode: [] for mode in modes}
     try:
         for _ in range(args.rounds):
-            for mode in ("off", "on"):
-                rates[mode].append(drain(bench, url, args.tasks, args.slots, mode))
+            for mode in modes:
+                rates[mode].append(drain(bench, url, args.tasks, args.slots, mode, baseline))
     finally:
         bench.kernel.call(bench.broker.purge("default"))  # type: ignore[attr-defined]
         bench.close()
+        if baseline is not None:
+            baseline.remove()
     print(f"taskflow otel benchmark: drain of {args.tasks:,} no-op tasks, 1 proc x {args.slots}")
+    labels = {"off": "instrumentation off", "on": "instrumentation on"}
+    if baseline is not None:
+        labels["base"] = f"baseline {baseline.rev} (off)"
     for mode, runs in rates.items():
         shown = ", ".join(f"{r:,.0f}" for r in runs)
-        print(
-            f"  instrumentation {mode:<3}  median {statistics.median(runs):,.0f} tasks/s ({shown})"
-        )
-    ratio = statistics.median(rates["on"]) / statistics.median(rates["off"])
+        print(f"  {labels[mode]:<30} median {statistics.median(runs):,.0f} tasks/s ({shown})")
+    off = statistics.median(rates["off"])
+    ratio = statistics.median(rates["on"]) / off
     print(f"  on / off: {ratio:.3f} ({(1 - ratio) * 100:+.1f}% slower)")
+    if baseline is not None:
+        ratio = off / statistics.median(rates["base"])
+        print(f"  off / baseline: {ratio:.3f} ({(1 - ratio) * 100:+.1f}% slower)")
 
 
 if __name__ == "__main__":

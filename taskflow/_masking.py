@@ -10,8 +10,9 @@ import re
 
 __all__ = ["mask_url"]
 
-# Query options whose values are masked, by name.
-_SECRET_QUERY = re.compile(r"(?i)(pass|secret|token|auth|key)")
+# Query options whose values are masked, by name. Options naming a file
+# (``password_file``, ``tls_key_file``) hold a path, not the secret: they stay readable.
+_SECRET_QUERY = re.compile(r"(?i)(pass|secret|token|auth|key)(?!\w*_file$)")
 
 
 def mask_url(url: str) -> str:

@@ -24,7 +24,7 @@ from .canvas import (
     group_result,
     send_signatures,
 )
-from .canvas.signature import prepare_signatures
+from .canvas.signature import attach_callbacks, prepare_signatures
 from .clock import Clock
 from .decorators import BoundTaskDecorator, TaskDecorator
 from .eventbus import Subscription
@@ -67,6 +67,7 @@ class App:
         max_queued: int | None = None,
         max_deliveries: int = 5,
         queue_limits: Mapping[str, int] | None = None,
+        audit_retention: float = 30 * 86400.0,
         clock: Clock | None = None,
     ) -> None:
         settings = Settings.build(
@@ -80,6 +81,7 @@ class App:
             max_queued=max_queued,
             max_deliveries=max_deliveries,
             queue_limits=queue_limits,
+            audit_retention=audit_retention,
         )
         built = make_broker(name, broker, settings.clock)
         self.kernel = Kernel(settings, built, make_results(name, results, built, settings.clock))
@@ -196,6 +198,7 @@ class App:
     ) -> AsyncResult[Any]:
         """Send a task by name (the function need not be importable here)."""
         check_call_options(name, options, SEND_OPTIONS)
+        options = attach_callbacks(self.kernel, name, options)
         prepared = self.kernel.prepare(name, tuple(args or ()), dict(kwargs or {}), options)
         ids = self.kernel.enqueuer.enqueue_blocking([prepared])
         return AsyncResult(self.kernel, ids[0], name)

@@ -70,7 +70,9 @@ class TaskContext:
     ``deadline`` the epoch time the attempt must finish by (None: no timeout);
     ``cancelled`` is set when the task is cancelled or times out; ``delivery`` is 1 plus
     the number of times this attempt was lost with its worker and delivered again;
-    ``enqueued_at`` the epoch time its message was first sent (0.0: not known).
+    ``enqueued_at`` the epoch time its message was first sent (0.0: not known);
+    ``root_id`` the first task of its canvas or of the tasks that sent it, ``parent_id``
+    the task that sent it or preceded it in a canvas (both None for a task sent on its own).
     """
 
     id: str
@@ -84,6 +86,8 @@ class TaskContext:
     cancelled: CancelEvent = field(default_factory=CancelEvent)
     delivery: int = 1
     enqueued_at: float = 0.0
+    root_id: str | None = None
+    parent_id: str | None = None
 
     def retry(self, countdown: float | None = None, exc: BaseException | None = None) -> Retry:
         """Ask for a retry: raises :class:`~taskflow.errors.Retry` (typed as returning it

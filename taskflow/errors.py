@@ -7,11 +7,13 @@ Every exception taskflow raises on purpose derives from :class:`TaskflowError`::
     ├── NotRegistered          a task name nobody registered (also a KeyError)
     ├── DuplicateTask          two functions registered under one name
     ├── NotFound               no record for a task / group / chain id (also a KeyError)
+    │   └── UnknownQueue       an operator action names a queue the broker does not know
     ├── PayloadError           arguments or results that do not fit their annotations
     │                          (also a TypeError)
     ├── IdempotencyConflict    one idempotency key, different arguments
     ├── QueueFull              a bounded queue is at its limit; nothing was enqueued
     ├── BrokerError            connection / protocol problems (URL with password masked)
+    ├── Unsupported            the backend cannot answer this operator question
     ├── TaskFailed             the task ran and failed; carries the remote error
     ├── TaskCancelled          the task was cancelled before or while running
     ├── TaskTimeout            an attempt overran its deadline (also a TimeoutError)
@@ -44,6 +46,8 @@ __all__ = [
     "TaskFailed",
     "TaskTimeout",
     "TaskflowError",
+    "UnknownQueue",
+    "Unsupported",
     "WorkerCrashed",
     "WorkerLost",
     "mask_url",
@@ -78,6 +82,14 @@ class NotFound(TaskflowError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "not found"
+
+
+class UnknownQueue(NotFound):
+    """An operator action names a queue the broker does not know."""
+
+
+class Unsupported(TaskflowError):
+    """The backend cannot answer this operator question (the message names the backend)."""
 
 
 class PayloadError(TaskflowError, TypeError):

@@ -46,7 +46,8 @@ HOOK_KINDS = frozenset(HookKind)
 @dataclass(frozen=True, slots=True)
 class TaskEvent:
     """Something that happened to a task. ``timestamp`` is epoch seconds; ``duration`` is
-    the attempt's run time in seconds (None before it ran)."""
+    the attempt's run time in seconds (None before it ran); ``root_id`` and ``parent_id``
+    are the task's lineage (``TaskContext``)."""
 
     kind: str
     task_id: str
@@ -58,6 +59,8 @@ class TaskEvent:
     error: dict[str, str] | None = None
     timestamp: float = 0.0
     duration: float | None = None
+    root_id: str | None = None
+    parent_id: str | None = None
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(TaskEvent))

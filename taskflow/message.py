@@ -65,6 +65,8 @@ class Envelope:
     # Set by foreign producers, never by taskflow; carried unchanged on every copy (a
     # retry, a replay) for the producer's own tracing (protocol.md).
     correlation_id: str | None = None
+    # Lineage (protocol.md): the task that sent this one or preceded it in a canvas, and
+    # the first task of that line; None for a task sent on its own. Kept on every copy.
     parent_id: str | None = None
     root_id: str | None = None
     headers: dict[str, str] = field(default_factory=dict)

@@ -41,13 +41,14 @@ class RateLimit:
     burst: int | None = None
 
 
-def parse_rate_limit(value: str | float | int, task: str) -> RateLimit:
-    """Parse ``"N/s"``, ``"N/m"``, ``"N/h"`` or a positive number per second."""
+def parse_rate_limit(value: str | float | int, task: str, option: str = "rate_limit") -> RateLimit:
+    """Parse ``"N/s"``, ``"N/m"``, ``"N/h"`` or a positive number per second (``option``
+    names the option in errors)."""
     if isinstance(value, bool):
-        raise ValueError(f"{task}: rate_limit must be 'N/s', 'N/m', 'N/h' or a number, not bool")
+        raise ValueError(f"{task}: {option} must be 'N/s', 'N/m', 'N/h' or a number, not bool")
     if isinstance(value, int | float):
         if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"{task}: rate_limit must be positive, got {value!r}")
+            raise ValueError(f"{task}: {option} must be positive, got {value!r}")
         return RateLimit(rate=float(value), count=float(value))
     if isinstance(value, str):
         match = _RATE.match(value)
@@ -55,8 +56,14 @@ def parse_rate_limit(value: str | float | int, task: str) -> RateLimit:
             count = float(match.group(1))
             return RateLimit(rate=count / _UNITS[match.group(2)], count=count)
     raise ValueError(
-        f"{task}: malformed rate_limit {value!r}: expected 'N/s', 'N/m', 'N/h' or a number"
+        f"{task}: malformed {option} {value!r}: expected 'N/s', 'N/m', 'N/h' or a number"
     )
+
+
+def _check_cluster_concurrency(value: Any, task: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{task}: cluster_concurrency must be a positive integer, got {value!r}")
+    return value
 
 
 def check_priority(value: Any, task: str) -> int:
@@ -118,6 +125,9 @@ class TaskOptions:
     on_start: HookFn | None = None
     serializer: str = "json"
     on_lost: str = "redeliver"
+    cluster_rate_limit: RateLimit | None = None
+    cluster_concurrency: int | None = None
+    time_limit: float | None = None
 
     @classmethod
     def build(cls, task: str, raw: dict[str, Any]) -> TaskOptions:
@@ -130,6 +140,14 @@ class TaskOptions:
         _check_scalars(task, raw, opts)
         if raw.get("rate_limit") is not None:
             opts["rate_limit"] = _rate_limit(task, raw["rate_limit"], raw.get("rate_burst"))
+        if raw.get("cluster_rate_limit") is not None:
+            opts["cluster_rate_limit"] = parse_rate_limit(
+                raw["cluster_rate_limit"], task, "cluster_rate_limit"
+            )
+        if raw.get("cluster_concurrency") is not None:
+            _check_cluster_concurrency(raw["cluster_concurrency"], task)
+        if raw.get("time_limit") is not None:
+            opts["time_limit"] = check_timeout(raw["time_limit"], task, "time_limit")
         for name in ("on_success", "on_failure", "on_retry", "on_start"):
             if raw.get(name) is not None and not callable(raw[name]):
                 raise ValueError(f"{task}: {name} must be callable")

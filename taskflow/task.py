@@ -13,7 +13,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Generic, ParamSpec, TypeVar, Unpack
 
-from .canvas.signature import Signature
+from .canvas.signature import Signature, attach_callbacks
 from .context import TaskContext
 from .kernel import CALL_OPTIONS, CallOptions, Kernel, TaskDef, prepare
 from .options import TaskOptions
@@ -102,9 +102,15 @@ class Task(TaskDef, Generic[P, R]):
         retries: int | None = None,
         timeout: float | None = None,
         headers: dict[str, str] | None = None,
+        link: Signature | list[Signature] | None = None,
+        link_error: Signature | list[Signature] | None = None,
         **unknown: Any,
     ) -> AsyncResult[R]:
-        """Enqueue with per-call options (they win over the task's and the app's)."""
+        """Enqueue with per-call options (they win over the task's and the app's).
+
+        ``link``: signatures sent with this task's result as first argument once it
+        succeeded; ``link_error``: sent with its id once it failed for good.
+        """
         opts = _given(self.name, unknown, locals())
         return send(self, tuple(args or ()), dict(kwargs or {}), opts)
 
@@ -127,6 +133,8 @@ class Task(TaskDef, Generic[P, R]):
         retries: int | None = None,
         timeout: float | None = None,
         headers: dict[str, str] | None = None,
+        link: Signature | list[Signature] | None = None,
+        link_error: Signature | list[Signature] | None = None,
         **unknown: Any,
     ) -> AsyncResult[R]:
         """``apply_async`` for async producers."""
@@ -172,6 +180,8 @@ def send(
 ) -> AsyncResult[R]:
     """Send one call of ``task`` from synchronous code (not from the app's loop)."""
     kernel = task.kernel
+    if "link" in opts or "link_error" in opts:
+        opts = attach_callbacks(kernel, task.name, opts)
     prepared = prepare(kernel.settings, task.name, task, args, kwargs, opts=opts)
     enqueuer = kernel.enqueuer
     ids = enqueuer.run_blocking(enqueuer.plan([prepared]))
@@ -183,6 +193,8 @@ async def asend(
 ) -> AsyncResult[R]:
     """Send one call of ``task`` from async code (any loop)."""
     kernel = task.kernel
+    if "link" in opts or "link_error" in opts:
+        opts = attach_callbacks(kernel, task.name, opts)
     prepared = prepare(kernel.settings, task.name, task, args, kwargs, opts=opts)
     enqueuer = kernel.enqueuer
     ids = await kernel.acall(enqueuer.run(enqueuer.plan([prepared])))

@@ -28,7 +28,7 @@ import math
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ._masking import mask_url
 from .errors import ConfigError
@@ -38,11 +38,13 @@ __all__ = [
     "SUPPORTED",
     "BackendURL",
     "Scheme",
+    "amqp_vhost",
     "backend_class",
     "backend_from_url",
     "known_options",
     "load_backend",
     "mask_url",
+    "option_bool",
     "option_float",
     "option_int",
     "parse_url",
@@ -60,7 +62,8 @@ class Scheme:
     """One URL scheme: its broker and result-store classes (``module:Class``) and pip extra.
 
     ``path``: what the URL's path may hold: ``"none"`` (nothing, or ``/``), ``"db"`` (a
-    Redis database number) or ``"file"`` (a file that several processes share, which
+    Redis database number), ``"vhost"`` (a RabbitMQ virtual host: ``/name``, or ``//`` and
+    ``/%2F`` for the default ``/``) or ``"file"`` (a file that several processes share, which
     also serves as the result store by default). ``remote``: it names a server (a host,
     maybe credentials).
     """
@@ -68,7 +71,7 @@ class Scheme:
     broker: str
     results: str
     extra: str | None
-    path: Literal["none", "db", "file"]
+    path: Literal["none", "db", "vhost", "file"]
     remote: bool
 
     @property
@@ -107,6 +110,13 @@ SCHEMES: dict[str, Scheme] = {
         "none",
         remote=True,
     ),
+    "tls": Scheme(
+        "taskflow.brokers.nats:NatsBroker",
+        "taskflow.results.nats:NatsResultStore",
+        "nats",
+        "none",
+        remote=True,
+    ),
     "sqlite": Scheme(
         "taskflow.brokers.sqlite:SqliteBroker",
         "taskflow.results.sqlite:SqliteResultStore",
@@ -114,18 +124,26 @@ SCHEMES: dict[str, Scheme] = {
         "file",
         remote=False,
     ),
+    # RabbitMQ through kombu. No result store of its own: NoAmqpResults refuses to wait
+    # and names the fix (``results="redis://..."``).
+    "amqp": Scheme(
+        "taskflow.brokers.kombu:KombuBroker",
+        "taskflow.brokers._kombu_results:NoAmqpResults",
+        "amqp",
+        "vhost",
+        remote=True,
+    ),
+    "amqps": Scheme(
+        "taskflow.brokers.kombu:KombuBroker",
+        "taskflow.brokers._kombu_results:NoAmqpResults",
+        "amqp",
+        "vhost",
+        remote=True,
+    ),
 }
 """Every scheme this version can build, for both roles."""
 
 SUPPORTED = ", ".join(f"{name}://" for name in SCHEMES)
-
-# Schemes people reasonably try that this version does not build; named in the error so
-# that nobody hunts for a missing client library.
-_UNBUILT = {
-    "amqp": "RabbitMQ",
-    "amqps": "RabbitMQ",
-    "tls": "NATS over TLS",
-}
 
 # --------------------------------------------------------------------------- parsing
 
@@ -244,11 +262,6 @@ def scheme_of(url: BackendURL, role: Role) -> Scheme:
     entry = SCHEMES.get(url.scheme)
     if entry is not None:
         return entry
-    product = _UNBUILT.get(url.scheme)
-    if product is not None:
-        raise url.error(
-            f"{url.scheme}:// ({product}) is not supported by this version; supported: {SUPPORTED}"
-        )
     raise url.error(f"unknown {role} scheme {url.scheme!r}; supported: {SUPPORTED}")
 
 
@@ -323,20 +336,35 @@ def _check_location(url: BackendURL, entry: Scheme) -> None:
             raise url.error(
                 "name the database file: sqlite:///relative/path.db or sqlite:////absolute/path.db"
             )
+    elif entry.path == "vhost":
+        if path != "//" and "/" in path[1:]:
+            raise url.error(
+                "the path is the virtual host: amqp://host:5672/name, or amqp://host:5672// "
+                f"for the default '/' (got {path!r})"
+            )
     elif path not in ("", "/"):
         raise url.error(f"{url.scheme}:// URLs take no path (got {path!r})")
     if urlsplit(url.raw).fragment:
         raise url.error("a URL fragment ('#...') is not allowed")
 
 
+def amqp_vhost(path: str) -> str:
+    """The RabbitMQ virtual host an ``amqp://`` URL's path names: ``""``, ``/``, ``//``
+    and ``/%2F`` are the default ``/``; ``/name`` is ``name`` (percent-decoded)."""
+    if path in ("", "/", "//"):
+        return "/"
+    return unquote(path[1:])
+
+
 # --------------------------------------------------------------------------- options
 
-_KINDS: dict[str, type] = {"str": str, "float": float, "int": int}
+_KINDS: dict[str, type] = {"str": str, "float": float, "int": int, "bool": bool}
 
 
 def url_options(cls: type) -> dict[str, type]:
     """The query options ``cls`` takes: its keyword-only constructor parameters (except
-    ``clock``) whose annotation is ``str``, ``float`` or ``int`` (optionally ``| None``)."""
+    ``clock``) whose annotation is ``str``, ``float``, ``int`` or ``bool`` (optionally
+    ``| None``)."""
     try:
         params = inspect.signature(cls).parameters.values()
     except (TypeError, ValueError):
@@ -370,6 +398,8 @@ def _convert(url: BackendURL, name: str, kind: type) -> Any:
         return option_float(url, name, 0.0)
     if kind is int:
         return option_int(url, name, None)
+    if kind is bool:
+        return option_bool(url, name)
     raw = url.options[name]
     if not raw:
         raise url.error(f"option {name} must not be empty")
@@ -388,6 +418,19 @@ def option_float(url: BackendURL, name: str, default: float) -> float:
     if not math.isfinite(value) or value <= 0:
         raise url.error(f"option {name}={raw!r} must be a positive number, e.g. {name}=30")
     return value
+
+
+def option_bool(url: BackendURL, name: str) -> bool | None:
+    """A true/false query option (``true``/``false``, ``yes``/``no``, ``1``/``0``)."""
+    raw = url.options.get(name)
+    if raw is None:
+        return None
+    text = raw.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise url.error(f"option {name}={raw!r} must be true or false")
 
 
 def option_int(url: BackendURL, name: str, default: int | None) -> int | None:

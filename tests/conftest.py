@@ -3,7 +3,9 @@ fails any test which leaks threads."""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +30,45 @@ def no_leaked_threads() -> Iterator[None]:
             return
         time.sleep(0.01)
     pytest.fail(f"test leaked threads: {[t.name for t in leaked]}")
+
+
+# A URL whose password shows in clear (``scheme://user:secret@``), or a secret query value
+# (``password=secret``): what taskflow masks as ``***`` everywhere it shows a URL.
+_CLEAR_SECRET = re.compile(
+    r"[a-z][a-z0-9+.-]*://[^\s/@:]*:(?!\*\*\*@)[^\s/@]+@"
+    r"|[?&][a-z_]*(?:password|token|secret)=(?!\*\*\*)[^&\s'\"]+",
+    re.IGNORECASE,
+)
+
+
+class _SecretWatch(logging.Handler):
+    """Collects the log records that show a password or token in clear."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.leaks: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # a malformed record is not this check's business
+            return
+        if _CLEAR_SECRET.search(text):
+            self.leaks.append(f"{record.name}: {text}")
+
+
+@pytest.fixture(autouse=True)
+def no_clear_secret_in_logs() -> Iterator[None]:
+    """Fail a test during which any log record showed a URL password or a secret query
+    value in clear (every test of the suite: logs must mask them)."""
+    watch = _SecretWatch()
+    root = logging.getLogger()
+    root.addHandler(watch)
+    try:
+        yield
+    finally:
+        root.removeHandler(watch)
+    assert not watch.leaks, f"log records show a secret in clear: {watch.leaks}"
 
 
 @pytest.fixture

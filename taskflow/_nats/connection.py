@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 import nats
 import nats.errors
@@ -21,11 +22,12 @@ from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from .._tls import Security, explain, resolve, url_with
 from .._waiters import within
 from ..errors import BrokerError, ConfigError, QueueFull
-from ..urls import parse_url
+from ..urls import mask_url, parse_url
 
-__all__ = ["API_TIMEOUT", "Connection"]
+__all__ = ["API_TIMEOUT", "Connection", "connect_error"]
 
 # One logger for the connection lines of both backends: operators filter on it.
 log = logging.getLogger("taskflow.brokers.nats")
@@ -57,10 +59,22 @@ class _ConnectionLog:
         self.client: Client | None = None
         self.down = False
         self.cause: str | None = None
+        self.refused: str | None = None  # an authorization error while connecting
+
+    def cause_of(self, exc: BaseException) -> BaseException:
+        """What a failed connect reports: the last connection error the client saw (a
+        TLS or authorization failure) rather than a bare timeout."""
+        if self.refused:
+            return ConnectionError(self.refused)
+        if self.cause and (isinstance(exc, TimeoutError | nats.errors.NoServersError)):
+            return ConnectionError(self.cause)
+        return exc
 
     async def error(self, exc: Exception) -> None:
         text = str(exc) or type(exc).__name__
-        if isinstance(exc, _CONNECTION_ERRORS):
+        if self.client is None and "authorization" in text.lower():
+            self.refused = text  # still connecting: the failed connect reports it
+        elif isinstance(exc, _CONNECTION_ERRORS):
             self.cause = self.cause or text
         else:
             log.warning("NATS at %s: %s", self.masked, text)
@@ -80,10 +94,75 @@ class _ConnectionLog:
         log.warning("NATS at %s: reconnected", self.masked)
 
 
-class Connection:
-    """A ``nats://`` URL and, between :meth:`open` and :meth:`close`, its connection.
+def connect_error(masked: str, exc: BaseException, *, without_cert: bool = False) -> BrokerError:
+    """A failed connect as a BrokerError naming the (masked) URL and, for TLS, the cause.
 
-    ``owner`` names the class in URL errors.
+    ``without_cert``: TLS without a client certificate, so a server that drops the
+    connection right after the handshake most likely requires one (TLS 1.3 checks the
+    client's certificate after the handshake).
+    """
+    reason = explain(str(exc) or type(exc).__name__, without_cert=without_cert)
+    if "authorization" in reason.lower():
+        reason = f"authorization failed (check the user, password, token, creds or nkey): {reason}"
+    return BrokerError(f"cannot connect to NATS at {masked}: {reason}")
+
+
+def _auth_arguments(security: Security, user: str | None) -> dict[str, Any]:
+    """nats-py's ``connect`` arguments for the credentials and TLS of ``security``."""
+    out: dict[str, Any] = {}
+    if security.context is not None:
+        out["tls"] = security.context
+    if security.password is not None:
+        if user is None:
+            out["token"] = security.password
+        else:
+            out["user"], out["password"] = user, security.password
+    elif security.token is not None:
+        out["token"] = security.token
+    if security.creds_file is not None:
+        out["user_credentials"] = security.creds_file
+    if security.nkey_file is not None:
+        out["nkeys_seed"] = security.nkey_file
+    return out
+
+
+async def _requires_tls(server: str, timeout: float) -> bool:
+    """Whether the server's greeting (its INFO line) says TLS is required.
+
+    True when it cannot be told (no answer, not a NATS greeting): connecting then fails
+    with the client library's own error.
+    """
+    parts = urlsplit(server)
+    try:
+        reader, writer = await within(
+            asyncio.open_connection(parts.hostname, parts.port or 4222), timeout
+        )
+    except (OSError, TimeoutError):
+        return True
+    try:
+        line = await within(reader.readline(), timeout)
+    except (OSError, TimeoutError):
+        return True
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+    if not line.startswith(b"INFO "):
+        return True
+    try:
+        info = json.loads(line[5:])
+    except ValueError:
+        return True
+    return bool(info.get("tls_required")) if isinstance(info, dict) else True
+
+
+class Connection:
+    """A ``nats://`` / ``tls://`` URL and, between :meth:`open` and :meth:`close`, its
+    connection.
+
+    ``owner`` names the class in URL errors. ``security``: the TLS and credential options
+    given as keyword arguments (see :mod:`taskflow._tls`); the URL's query options of the
+    same names apply where a keyword argument is None.
     """
 
     def __init__(
@@ -93,14 +172,38 @@ class Connection:
         role: Literal["broker", "results"],
         owner: str,
         connect_timeout: float,
+        security: Mapping[str, Any] | None = None,
     ) -> None:
-        """Check ``url``; nothing connects yet."""
+        """Check ``url`` and the TLS and credential options (building the TLS context
+        once); nothing connects yet."""
         parsed = parse_url(url, role)
-        if parsed.scheme != "nats":
-            raise ConfigError(f"{owner} needs a nats:// URL, got {parsed.masked!r}")
-        self.masked = parsed.masked
-        self.server = parsed.without_query()
+        if parsed.scheme not in ("nats", "tls"):
+            raise ConfigError(f"{owner} needs a nats:// or tls:// URL, got {parsed.masked!r}")
+        self.url = url_with(url, security or {})
+        """``url`` with the options given as keyword arguments added to its query (a
+        result store derived from it connects the same way)."""
+        self.masked = mask_url(self.url)
+        self.security = resolve(
+            self.masked,
+            role=role,
+            scheme_tls=parsed.scheme == "tls",
+            url_password=parsed.password is not None,
+            url_user=parsed.username is not None and parsed.password is None,
+            given=security or {},
+            query=parsed.options,
+            nats=True,
+        )
+        """The checked TLS and credential settings."""
+        server = parsed.without_query()
+        user = unquote(parsed.username) if parsed.username else None
+        if self.security.password is not None or self.security.token is not None:
+            # The secret comes from a file or the environment: the client gets it (and the
+            # user name) as arguments, the URL keeps only the host.
+            scheme, _, rest = server.partition("://")
+            server = f"{scheme}://{rest.rpartition('@')[2]}"
+        self.server = server
         """The URL for the client library (no query string)."""
+        self._auth = _auth_arguments(self.security, user)
         self.connect_timeout = float(connect_timeout)
         self._what = "broker" if role == "broker" else "result store"
         self._nc: Client | None = None
@@ -128,9 +231,19 @@ class Connection:
         return self._js
 
     async def open(self) -> Client:
-        """Connect, with automatic reconnects afterwards; BrokerError within the bound."""
+        """Connect, with automatic reconnects afterwards; BrokerError within the bound.
+
+        With TLS asked for, a server whose greeting does not require TLS is refused before
+        the client sends anything: the client library would otherwise go on in plain text.
+        """
         events = _ConnectionLog(self.masked)
         timeout = self.connect_timeout
+        if self.security.tls and not await _requires_tls(self.server, timeout):
+            raise BrokerError(
+                f"cannot connect to NATS at {self.masked}: TLS is asked for (tls:// or a "
+                "tls_* option) but the server does not require TLS; refusing a plain-text "
+                "connection (configure a tls block on the server)"
+            )
         try:
             events.client = await within(
                 nats.connect(
@@ -142,12 +255,15 @@ class Connection:
                     error_cb=events.error,
                     disconnected_cb=events.disconnected,
                     reconnected_cb=events.reconnected,
+                    **self._auth,
                 ),
                 timeout + 1.0,
             )
         except Exception as exc:
-            reason = type(exc).__name__ if not str(exc) else str(exc)
-            raise BrokerError(f"cannot connect to NATS at {self.masked}: {reason}") from None
+            without_cert = self.security.tls and self.security.cert_file is None
+            raise connect_error(
+                self.masked, events.cause_of(exc), without_cert=without_cert
+            ) from None
         self._nc = events.client
         return events.client
 

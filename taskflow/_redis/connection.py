@@ -9,20 +9,30 @@ each own one; neither reaches into the other.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
+from .._tls import Security, explain, resolve, url_with
 from .._waiters import within
 from ..errors import BrokerError, ConfigError
-from ..urls import parse_url
+from ..urls import mask_url, parse_url
 from .scripts import load_script
 
-__all__ = ["Connection", "broker_error", "check_prefix", "open_client", "redis_client"]
+__all__ = [
+    "Connection",
+    "broker_error",
+    "check_prefix",
+    "client_options",
+    "open_client",
+    "redis_client",
+]
+
+_NO_OPTIONS: Mapping[str, Any] = {}
 
 
 def check_prefix(prefix: str, where: str) -> str:
@@ -32,14 +42,41 @@ def check_prefix(prefix: str, where: str) -> str:
     return prefix
 
 
-def broker_error(masked: str, exc: BaseException) -> BrokerError:
-    """A BrokerError naming the (masked) URL, never a bare client traceback."""
+def broker_error(masked: str, exc: BaseException, *, without_cert: bool = False) -> BrokerError:
+    """A BrokerError naming the (masked) URL, never a bare client traceback.
+
+    ``without_cert``: the connection uses TLS without a client certificate, so a server
+    that drops it right away most likely requires one (with TLS 1.3 the server checks
+    the client's certificate after the handshake and just closes the connection).
+    """
     what = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+    what = explain(what, without_cert=without_cert)
     return BrokerError(f"redis at {masked}: {what}")
 
 
+def client_options(security: Security) -> dict[str, Any]:
+    """The redis-py connection arguments for ``security`` (TLS files, AUTH secret)."""
+    options: dict[str, Any] = {}
+    if security.secret is not None:
+        options["password"] = security.secret
+    if security.tls:
+        options.update(
+            ssl_ca_certs=security.ca_file,
+            ssl_certfile=security.cert_file,
+            ssl_keyfile=security.key_file,
+            ssl_cert_reqs="required" if security.verify else "none",
+            ssl_check_hostname=security.verify,
+            ssl_min_version=security.min_version,
+        )
+    return options
+
+
 def redis_client(
-    url: str, connect_timeout: float, socket_timeout: float | None, max_connections: int = 64
+    url: str,
+    connect_timeout: float,
+    socket_timeout: float | None,
+    max_connections: int = 64,
+    options: Mapping[str, Any] = _NO_OPTIONS,
 ) -> aioredis.Redis:
     """An asyncio client that rides out a short outage (a server restart, a failover).
 
@@ -50,9 +87,11 @@ def redis_client(
     result updates are merges.
     The pool blocks (up to ``connect_timeout``) for a free connection instead of failing,
     so a burst of concurrent calls queues up rather than erroring.
+    ``options``: TLS and credential arguments (:func:`client_options`).
     """
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        **options,
         max_connections=max_connections,
         timeout=connect_timeout,
         socket_connect_timeout=connect_timeout,
@@ -63,23 +102,57 @@ def redis_client(
     return aioredis.Redis.from_pool(pool)
 
 
-async def open_client(url: str, connect_timeout: float, masked: str) -> aioredis.Redis:
+async def open_client(
+    url: str, connect_timeout: float, masked: str, options: Mapping[str, Any] = _NO_OPTIONS
+) -> aioredis.Redis:
     """A connected :func:`redis_client`: the server answered a PING within the timeout,
-    or :class:`BrokerError` naming ``masked``."""
-    client = redis_client(url, connect_timeout, None)
+    or :class:`BrokerError` naming ``masked``.
+
+    The client retries a failed connect until the timeout; when it timed out, one more
+    attempt without retries names the cause (a refused TLS handshake, a wrong password)
+    instead of a bare timeout.
+    """
+    client = redis_client(url, connect_timeout, None, options=options)
     try:
         await within(client.ping(), connect_timeout)
     except (RedisError, OSError, TimeoutError) as exc:
         await client.aclose()
-        raise broker_error(masked, exc) from None
+        cause = (
+            await _cause(url, connect_timeout, options) if isinstance(exc, TimeoutError) else None
+        )
+        without_cert = "ssl_cert_reqs" in options and not options.get("ssl_certfile")
+        raise broker_error(masked, cause or exc, without_cert=without_cert) from None
     return client
+
+
+async def _cause(url: str, timeout: float, options: Mapping[str, Any]) -> BaseException | None:
+    """Why a single connect to ``url`` fails (None: it times out or succeeds)."""
+    probe = aioredis.Redis.from_url(
+        url,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        **options,
+    )
+    try:
+        await within(probe.ping(), timeout)
+    except (RedisError, OSError) as exc:
+        return exc
+    except TimeoutError:
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            await probe.aclose()
+    return None
 
 
 class Connection:
     """A Redis URL and key prefix, the pool opened for them and the registered scripts.
 
     Keys are ``{prefix}:a:b`` (:meth:`key`): the braces are a hash tag, so one app's keys
-    share a Redis Cluster slot. ``owner`` names the class in URL errors.
+    share a Redis Cluster slot. ``owner`` names the class in URL errors. ``security``: the
+    TLS and credential options given as keyword arguments (see :mod:`taskflow._tls`); the
+    URL's query options of the same names apply where a keyword argument is None.
     """
 
     def __init__(
@@ -90,16 +163,35 @@ class Connection:
         owner: str,
         prefix: str,
         connect_timeout: float,
+        security: Mapping[str, Any] = _NO_OPTIONS,
     ) -> None:
-        """Check ``url``, ``prefix`` and ``connect_timeout``; nothing connects yet."""
+        """Check ``url``, ``prefix``, ``connect_timeout`` and the TLS and credential
+        options (building the TLS context once); nothing connects yet."""
         parsed = parse_url(url, role)
         if parsed.scheme not in ("redis", "rediss"):
             raise ConfigError(f"{owner} needs a redis:// or rediss:// URL, got {parsed.masked!r}")
         if not connect_timeout > 0:
             raise ConfigError(f"{parsed.masked}: connect_timeout must be positive")
-        self.masked = parsed.masked
-        self.client_url = parsed.without_query()
-        """The URL for client libraries (no query string)."""
+        self.url = url_with(url, security)
+        """``url`` with the options given as keyword arguments added to its query (a
+        result store derived from it connects the same way)."""
+        self.masked = mask_url(self.url)
+        self.security = resolve(
+            self.masked,
+            role=role,
+            scheme_tls=parsed.scheme == "rediss",
+            url_password=parsed.password is not None,
+            given=security,
+            query=parsed.options,
+        )
+        """The checked TLS and credential settings."""
+        client_url = parsed.without_query()
+        if self.security.tls and parsed.scheme == "redis":
+            client_url = "rediss" + client_url[len("redis") :]
+        self.client_url = client_url
+        """The URL for client libraries (no query string; ``rediss://`` when TLS is on)."""
+        self.client_options = client_options(self.security)
+        """The TLS and credential arguments every pool of this connection passes."""
         self.prefix = check_prefix(prefix, parsed.masked)
         self.tag = "{" + self.prefix + "}"
         """The key prefix with its hash-tag braces: what the broker's scripts take."""
@@ -128,7 +220,9 @@ class Connection:
         ``scripts`` (by name, see :mod:`taskflow._redis.scripts`). Idempotent."""
         if self._client is not None:
             return
-        client = await open_client(self.client_url, self.connect_timeout, self.masked)
+        client = await open_client(
+            self.client_url, self.connect_timeout, self.masked, self.client_options
+        )
         self._client = client
         self._scripts = {name: client.register_script(load_script(name)) for name in scripts}
 

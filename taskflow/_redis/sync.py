@@ -2,22 +2,37 @@
 
 ``delay()`` from a plain thread publishes through this instead of hopping onto the app's
 event loop (a cross-thread hop costs more than the Redis round trip itself).
+
+A call takes one of the connections kept for it (up to 16, taken from the pool as calls
+overlap) and sends ``EVALSHA`` on it directly: the client's pool checkout and return cost
+about as much CPU time as the round trip itself. A call while all 16 are busy, the script
+not loaded on the server, a connection error, or another process after a fork: the call
+goes through the client's own path instead, with its retries (as before; an error the
+script itself raises is raised as is).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from redis import BlockingConnectionPool, Redis
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from .scripts import load_script
 
 __all__ = ["SyncScript"]
+
+_KEEP = 16
+"""Most connections of the pool (of 64) that calls keep for the direct path: one per thread
+calling at the same time."""
 
 
 class SyncScript:
@@ -28,25 +43,91 @@ class SyncScript:
     ``connect_timeout``) for a free connection.
     """
 
-    def __init__(self, url: str, connect_timeout: float, name: str) -> None:
-        """Nothing connects until the first call."""
+    def __init__(
+        self,
+        url: str,
+        connect_timeout: float,
+        name: str,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Nothing connects until the first call. ``options``: TLS and credential
+        arguments for the pool (``Connection.client_options``)."""
         self._url = url
+        self._options = dict(options or {})
         self._timeout = connect_timeout
         self._name = name
         self._lock = threading.Lock()
         self._client: Redis | None = None
         self._script: Any = None
+        self._idle: list[Any] = []
+        self._kept = 0  # connections taken from the pool for the direct path
+        self._pid = os.getpid()
 
     def __call__(self, args: Sequence[Any]) -> Any:
         """Run the script with ``args`` (its ARGV); thread-safe."""
         script = self._script or self._open()
-        return script(args=args)
+        idle = self._idle
+        try:
+            conn = idle.pop()  # atomic: each idle connection goes to one thread
+        except IndexError:
+            conn = self._take()
+            if conn is None:
+                return script(args=args)
+        if self._pid != os.getpid():  # a forked child: the client's pool reconnects
+            return script(args=args)
+        try:
+            conn.send_command("EVALSHA", script.sha, 0, *args)
+            reply = conn.read_response()
+        except NoScriptError:  # a restarted server: the client's call loads it again
+            idle.append(conn)
+            return script(args=args)
+        except ResponseError:  # the script's own error: the connection is fine
+            idle.append(conn)
+            raise
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            # The client's call retries these, as it would have done on its own.
+            self._drop(conn)
+            return script(args=args)
+        except BaseException:
+            # A reply that was never read leaves the connection unusable.
+            self._drop(conn)
+            raise
+        idle.append(conn)
+        return reply
+
+    def _take(self) -> Any:
+        """A connection of the pool kept for the direct path, or None: at most
+        :data:`_KEEP` are kept, so the client's own calls always find the rest."""
+        client = self._client
+        with self._lock:
+            if client is None or self._kept >= _KEEP or self._pid != os.getpid():
+                return None
+            self._kept += 1
+        try:
+            return client.connection_pool.get_connection()
+        except Exception:
+            with self._lock:
+                self._kept -= 1
+            return None
+
+    def _drop(self, conn: Any) -> None:
+        with self._lock:
+            self._kept = max(0, self._kept - 1)  # 0 already if closed meanwhile
+        self._drop_from(self._client, conn)
+
+    @staticmethod
+    def _drop_from(client: Redis | None, conn: Any) -> None:
+        with contextlib.suppress(Exception):
+            conn.disconnect()
+            if client is not None:
+                client.connection_pool.release(conn)
 
     def _open(self) -> Any:
         with self._lock:
             if self._script is None:
                 pool = BlockingConnectionPool.from_url(
                     self._url,
+                    **self._options,
                     max_connections=64,
                     timeout=self._timeout,
                     socket_connect_timeout=self._timeout,
@@ -61,6 +142,10 @@ class SyncScript:
         """Close the pool (the next call opens a new one). Idempotent."""
         with self._lock:
             client, self._client, self._script = self._client, None, None
+            idle, self._idle = self._idle, []
+            self._kept = 0
+        for conn in idle:
+            self._drop_from(client, conn)
         if client is not None:
             with contextlib.suppress(Exception):
                 client.close()

@@ -1,10 +1,16 @@
-"""One SQLite connection per backend, used from its own thread.
+"""One SQLite connection per file and process, used from its own thread.
 
-Every statement runs on the backend's single worker thread, so the event loop never
-blocks on a busy lock (a writer in another process): :meth:`Database.run` hands a
-function over and awaits it; :meth:`Database.call` does the same from any thread.
-:meth:`Database.write` runs a function inside ``BEGIN IMMEDIATE ... COMMIT``: short write
-transactions that either commit whole or roll back.
+A broker and a result store of one process on the same file share it: each holds a
+:class:`Database` handle on the :class:`Connection`. Statements of the event loop's callers
+run on the connection's single worker thread, so the event loop never blocks on a busy
+lock (a writer in another process): :meth:`Database.run` hands a function over and awaits
+it. :meth:`Database.write` runs a function inside ``BEGIN IMMEDIATE ... COMMIT``: short
+write transactions that either commit whole or roll back. Writes that queue up while the
+thread is busy are committed together (group commit); a function that raises has its own
+changes undone and the others commit (the batch is run again, each write in a savepoint);
+every caller is answered only after the commit. The blocking variants
+(:meth:`Database.call`, :meth:`Database.write_blocking`) run on the calling thread, taking
+the connection's lock in turn with its thread.
 
 Wake-ups: a commit made through any :class:`Database` of this process on a file wakes the
 waiters of every other one on that file at once (:class:`Doorbell`); a commit made by
@@ -18,15 +24,16 @@ import asyncio
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from .._waiters import Waiters, wait_future
 from ..errors import BrokerError
 from .schema import open_database
 
-__all__ = ["Database", "Doorbell", "data_version", "sqlite_path"]
+__all__ = ["Connection", "Database", "Doorbell", "data_version", "sqlite_path"]
 
 T = TypeVar("T")
 
@@ -43,7 +50,7 @@ def sqlite_path(url: str) -> str:
 class Doorbell:
     """The in-process wake-up of one file: every commit rings it."""
 
-    _bells: dict[str, Doorbell] = {}
+    _bells: dict[tuple[str, str], Doorbell] = {}
     _lock = threading.Lock()
 
     def __init__(self) -> None:
@@ -56,9 +63,10 @@ class Doorbell:
         self.waiters.notify_all()
 
     @classmethod
-    def of(cls, path: str) -> Doorbell:
-        """The doorbell of ``path`` (one per file and process)."""
-        key = os.path.realpath(path)
+    def of(cls, path: str, topic: str = "") -> Doorbell:
+        """The doorbell of ``path`` (one per file and process), rung by every commit; with
+        a ``topic``, one rung only by the writes of that topic (their callers ring it)."""
+        key = (os.path.realpath(path), topic)
         with cls._lock:
             bell = cls._bells.get(key)
             if bell is None:
@@ -67,97 +75,71 @@ class Doorbell:
 
 
 class Database:
-    """A connection to one SQLite file on a dedicated thread."""
+    """A backend's handle on the connection to one SQLite file.
+
+    The backends of one process on the same file with the same ``busy_timeout`` (a broker
+    and its result store) share one :class:`Connection`: one thread, one group commit, no
+    lock contention between them. :meth:`open` and :meth:`close` count the handles; the
+    last :meth:`close` closes the connection."""
 
     def __init__(self, path: str, busy_timeout: float) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
         self.bell = Doorbell.of(path)
-        self._conn: sqlite3.Connection | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._shared: Connection | None = None
         self._lock = threading.Lock()
 
     @property
     def connected(self) -> bool:
         """True between :meth:`open` and :meth:`close`."""
-        return self._conn is not None
+        shared = self._shared
+        return shared is not None and shared.connected
 
     async def open(self) -> None:
         """Open (and check, or create) the file; ConfigError names what is wrong."""
         with self._lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(1, thread_name_prefix="taskflow-sqlite")
-        if self._conn is None:
-            conn = await asyncio.get_running_loop().run_in_executor(
-                self._executor, open_database, self.path, self.busy_timeout
-            )
-            self._conn = conn
+            shared = self._shared
+            if shared is None:
+                shared = self._shared = Connection.acquire(self.path, self.busy_timeout)
+        try:
+            await shared.open()
+        except BaseException:
+            with self._lock:
+                if self._shared is shared:
+                    self._shared = None
+            await shared.release()
+            raise
 
     async def close(self) -> None:
-        """Close the connection and stop the thread. Idempotent."""
+        """Let go of the connection (closed with its last handle). Idempotent."""
         with self._lock:
-            executor, self._executor = self._executor, None
-            conn, self._conn = self._conn, None
-        if executor is not None:
-            if conn is not None:
-                await asyncio.get_running_loop().run_in_executor(executor, conn.close)
-            executor.shutdown(wait=False)
+            shared, self._shared = self._shared, None
+        if shared is not None:
+            await shared.release()
         self.bell.waiters.notify_all()
 
-    def _target(self) -> tuple[ThreadPoolExecutor, sqlite3.Connection]:
-        executor, conn = self._executor, self._conn
-        if executor is None or conn is None:
+    def _use(self) -> Connection:
+        shared = self._shared
+        if shared is None:
             raise BrokerError(f"SQLite database {self.path!r} is not connected")
-        return executor, conn
+        return shared
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(connection, *args)`` on the connection's thread."""
-        executor, conn = self._target()
-        return await asyncio.get_running_loop().run_in_executor(
-            executor, self._guard, fn, conn, args
-        )
+        return await self._use().run(fn, *args)
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """:meth:`run` from any thread, blocking."""
-        executor, conn = self._target()
-        return executor.submit(self._guard, fn, conn, args).result()
+        """:meth:`run` from any thread, blocking (on the calling thread)."""
+        return self._use().call(fn, *args)
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(connection, *args)`` in one write transaction; rings the doorbell."""
-        executor, conn = self._target()
-        return await asyncio.get_running_loop().run_in_executor(
-            executor, self._transaction, fn, conn, args
-        )
+        """``fn(connection, *args)`` in a write transaction (see :meth:`Connection.write`)."""
+        return await self._use().write(fn, *args)
 
     def write_blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        """:meth:`write` from any thread, blocking."""
-        executor, conn = self._target()
-        return executor.submit(self._transaction, fn, conn, args).result()
-
-    def _guard(self, fn: Callable[..., T], conn: sqlite3.Connection, args: tuple[Any, ...]) -> T:
-        try:
-            return fn(conn, *args)
-        except sqlite3.OperationalError as exc:
-            raise BrokerError(f"SQLite database {self.path!r}: {exc}") from None
-
-    def _transaction(
-        self, fn: Callable[..., T], conn: sqlite3.Connection, args: tuple[Any, ...]
-    ) -> T:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise BrokerError(f"SQLite database {self.path!r}: {exc}") from None
-        try:
-            result = fn(conn, *args)
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.OperationalError):
-                raise BrokerError(f"SQLite database {self.path!r}: {exc}") from None
-            raise
-        self.bell.ring()
-        return result
+        """:meth:`write` from any thread, blocking: its own transaction, run on the
+        calling thread."""
+        return self._use().write_blocking(fn, *args)
 
     async def data_version(self) -> int:
         """``PRAGMA data_version``: changes when another connection commits."""
@@ -167,26 +149,387 @@ class Database:
         """The in-process commit count; take it *before* a read that may find nothing."""
         return self.bell.rings
 
-    async def wait_for_change(self, rings: int, version: int, timeout: float) -> None:
+    async def wait_for_change(
+        self,
+        rings: int,
+        version: int,
+        timeout: float,
+        *,
+        bell: Doorbell | None = None,
+        first_check: float = _FIRST_CHECK,
+    ) -> None:
         """Return when this process committed to the file since :meth:`rings` gave
-        ``rings``, or another process since ``data_version`` was ``version``, or after
-        ``timeout`` seconds (whichever comes first)."""
+        ``rings`` (or rang ``bell``, when given, since its count was ``rings``), or another
+        process since ``data_version`` was ``version``, or after ``timeout`` seconds
+        (whichever comes first), or when this handle is closed. ``data_version`` is checked
+        after ``first_check`` seconds, then twice as long after each check, up to 20 ms."""
+        bell = bell or self.bell
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
-        fut = self.bell.waiters.register_async()
-        pause = _FIRST_CHECK
+        fut = bell.waiters.register_async()
+        pause = first_check
         try:
-            while self.bell.rings == rings:
+            while bell.rings == rings:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return
                 if await wait_future(fut, min(pause, remaining)):
                     return
-                if not self.connected or await self.data_version() != version:
+                shared = self._shared
+                if shared is None or not shared.connected or await shared.version() != version:
                     return
                 pause = min(pause * 2, _LAST_CHECK)
         finally:
-            self.bell.waiters.discard(fut)
+            bell.waiters.discard(fut)
+
+
+class Connection:
+    """The connection to one SQLite file on a dedicated thread, shared by the
+    :class:`Database` handles of a process on that file (:meth:`acquire`)."""
+
+    _open: ClassVar[dict[tuple[str, float], Connection]] = {}
+    _registry = threading.Lock()
+
+    def __init__(self, path: str, busy_timeout: float) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self.bell = Doorbell.of(path)
+        self._key = (os.path.realpath(path), busy_timeout)
+        self._users = 0
+        self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        # Serialises every use of the connection (the worker thread, blocking callers).
+        self._conn_lock = threading.Lock()
+        # Writes waiting for the next group commit, and whether a drain is scheduled.
+        self._pending: list[_Write] = []
+        self._pending_lock = threading.Lock()
+        self._draining = False
+
+    @property
+    def connected(self) -> bool:
+        """True between :meth:`open` and :meth:`close`."""
+        return self._conn is not None
+
+    @classmethod
+    def acquire(cls, path: str, busy_timeout: float) -> Connection:
+        """The connection of this process to ``path``, counted as used once more."""
+        key = (os.path.realpath(path), busy_timeout)
+        with cls._registry:
+            shared = cls._open.get(key)
+            if shared is None:
+                shared = cls._open[key] = Connection(path, busy_timeout)
+            shared._users += 1
+            return shared
+
+    async def release(self) -> None:
+        """Used once less; closed when no handle uses it any more."""
+        with Connection._registry:
+            self._users -= 1
+            last = self._users <= 0
+            if last and Connection._open.get(self._key) is self:
+                del Connection._open[self._key]
+        if last:
+            await self.close()
+
+    async def open(self) -> None:
+        """Open (and check, or create) the file; ConfigError names what is wrong."""
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="taskflow-sqlite")
+                self._draining = False
+            executor = self._executor
+        # On the connection's thread: handles opening at once open it once.
+        await asyncio.get_running_loop().run_in_executor(executor, self._open_here)
+
+    def _open_here(self) -> None:
+        if self._conn is None:
+            conn = open_database(self.path, self.busy_timeout)
+            conn.execute("PRAGMA busy_timeout = 0")  # waits are :meth:`_patiently`'s
+            self._conn = conn
+
+    async def close(self) -> None:
+        """Close the connection and stop the thread. Idempotent."""
+        with self._lock:
+            executor, self._executor = self._executor, None
+            conn, self._conn = self._conn, None
+        if executor is not None:
+            if conn is not None:
+                await asyncio.get_running_loop().run_in_executor(executor, self._close, conn)
+            executor.shutdown(wait=False)
+        self.bell.waiters.notify_all()
+
+    def _close(self, conn: sqlite3.Connection) -> None:
+        with self._conn_lock:
+            conn.close()
+        # Writes queued after the last drain: nothing of theirs was written.
+        with self._pending_lock:
+            left, self._pending = self._pending, []
+        _answer([(w, False, self._closed()) for w in left])
+
+    def _closed(self) -> BrokerError:
+        return BrokerError(f"SQLite database {self.path!r} is not connected")
+
+    def _target(self) -> tuple[ThreadPoolExecutor, sqlite3.Connection]:
+        executor, conn = self._executor, self._conn
+        if executor is None or conn is None:
+            raise self._closed()
+        return executor, conn
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(connection, *args)`` on the connection's thread."""
+        executor, conn = self._target()
+        return await asyncio.get_running_loop().run_in_executor(
+            executor, self._locked_guard, fn, conn, args
+        )
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """:meth:`run` from any thread, blocking (on the calling thread)."""
+        _, conn = self._target()
+        return self._locked_guard(fn, conn, args)
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(connection, *args)`` in a write transaction (shared with the writes queued
+        meanwhile, each in its own savepoint); answered after the commit, which rings the
+        doorbell."""
+        executor, _ = self._target()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        with self._pending_lock:
+            self._pending.append(_Write(fn, args, loop, fut))
+            start, self._draining = not self._draining, True
+        if start:
+            try:
+                executor.submit(self._drain)
+            except RuntimeError:  # closed meanwhile
+                with self._pending_lock:
+                    self._draining = False
+                raise self._closed() from None
+        return await fut
+
+    def write_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """:meth:`write` from any thread, blocking: its own transaction, run on the
+        calling thread."""
+        _, conn = self._target()
+        with self._conn_lock:
+            result = self._transaction(fn, conn, args)
+        self.bell.ring()
+        return result
+
+    def _locked_guard(
+        self, fn: Callable[..., T], conn: sqlite3.Connection, args: tuple[Any, ...]
+    ) -> T:
+        with self._conn_lock:
+            return self._guard(fn, conn, args)
+
+    def _guard(self, fn: Callable[..., T], conn: sqlite3.Connection, args: tuple[Any, ...]) -> T:
+        try:
+            return self._patiently(fn, conn, *args)  # a read: nothing to undo before a retry
+        except sqlite3.OperationalError as exc:
+            raise self._error(exc) from None
+
+    def _error(self, exc: sqlite3.Error) -> BrokerError:
+        return BrokerError(f"SQLite database {self.path!r}: {exc}")
+
+    def _transaction(
+        self, fn: Callable[..., T], conn: sqlite3.Connection, args: tuple[Any, ...]
+    ) -> T:
+        try:
+            self._begin(conn)
+        except sqlite3.OperationalError as exc:
+            raise self._error(exc) from None
+        try:
+            result = fn(conn, *args)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError):
+                raise self._error(exc) from None
+            raise
+        return result
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        self._patiently(conn.execute, "BEGIN IMMEDIATE")
+
+    def _patiently(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``, tried again after short pauses while another connection holds a
+        lock the statement needs (SQLITE_BUSY), for up to ``busy_timeout`` seconds.
+
+        The connection's own busy handler is off (``busy_timeout`` 0 after opening): it
+        sleeps 1 ms, then 2, 5, 10 ms ..., far longer than a write here holds the lock."""
+        deadline: float | None = None
+        pause = _FIRST_RETRY
+        while True:
+            try:
+                return fn(*args)
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    raise
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.busy_timeout
+                elif now >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, _LAST_RETRY)
+
+    # -- group commit (on the connection's thread) -----------------------------------
+    def _drain(self) -> None:
+        while True:
+            with self._pending_lock:
+                batch = self._pending[:_MAX_BATCH]
+                del self._pending[:_MAX_BATCH]
+                if not batch:
+                    self._draining = False
+                    return
+            try:
+                conn = self._conn
+                if conn is None:
+                    _answer([(w, False, self._closed()) for w in batch])
+                    continue
+                with self._conn_lock:
+                    answers = self._commit(conn, batch)
+            except BaseException as exc:  # not of SQLite's: answer, then stop draining
+                _answer([(w, False, exc) for w in batch])
+                with self._pending_lock:
+                    self._draining = False
+                raise
+            if any(ok for _, ok, _ in answers):
+                self.bell.ring()
+            _answer(answers)
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Write]) -> list[_Answer]:
+        """Run ``batch`` in one transaction; each write's result or error.
+
+        First without savepoints (the common case: no write raises). If one raises, that
+        transaction is rolled back and the batch runs again, each write in a savepoint, so
+        that only the failing write's changes are undone. The functions are run again
+        only on a rolled-back file: they act on the connection alone."""
+        if len(batch) == 1:  # the transaction is the write's own
+            w = batch[0]
+            try:
+                return [(w, True, self._transaction(w.fn, conn, w.args))]
+            except Exception as exc:
+                return [(w, False, exc)]
+        try:
+            self._begin(conn)
+        except sqlite3.Error as exc:
+            return [(w, False, self._error(exc)) for w in batch]
+        try:
+            answers: list[_Answer] = [(w, True, w.fn(conn, *w.args)) for w in batch]
+            conn.execute("COMMIT")
+            return answers
+        except Exception as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if _fatal(exc):
+                return [(w, False, self._error_of(exc)) for w in batch]
+        return self._commit_apart(conn, batch)
+
+    def _commit_apart(self, conn: sqlite3.Connection, batch: list[_Write]) -> list[_Answer]:
+        """``batch`` in one transaction, each write in its own savepoint."""
+        try:
+            self._begin(conn)
+        except sqlite3.Error as exc:
+            return [(w, False, self._error(exc)) for w in batch]
+        answers: list[_Answer] = []
+        try:
+            for w in batch:
+                conn.execute("SAVEPOINT taskflow_write")
+                try:
+                    result = w.fn(conn, *w.args)
+                except Exception as exc:
+                    if _fatal(exc):
+                        raise  # the transaction is suspect: nothing of the batch commits
+                    conn.execute("ROLLBACK TO taskflow_write")
+                    answers.append((w, False, exc))
+                else:
+                    answers.append((w, True, result))
+                conn.execute("RELEASE taskflow_write")
+            conn.execute("COMMIT")
+        except Exception as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return [(w, False, self._error_of(exc)) for w in batch]
+        return answers
+
+    def _error_of(self, exc: Exception) -> Exception:
+        return self._error(exc) if isinstance(exc, sqlite3.OperationalError) else exc
+
+    async def version(self) -> int:
+        """``PRAGMA data_version``, read on the calling thread when the connection is free
+        (a cheap read that never waits: a poll costs no thread switch), through the
+        connection's thread otherwise."""
+        conn = self._conn
+        if conn is not None and self._conn_lock.acquire(blocking=False):
+            try:
+                return data_version(conn)
+            except sqlite3.Error:
+                pass  # e.g. busy while another process recovers the file: ask the thread
+            finally:
+                self._conn_lock.release()
+        return await self.run(data_version)
+
+
+_FIRST_RETRY = 0.00005  # seconds between attempts at the write lock: 50 us, doubling,
+_LAST_RETRY = 0.002  # up to 2 ms
+
+_MAX_BATCH = 256  # writes per group commit: bounds how long one holds the file's write lock
+
+
+class _Write:
+    """A write waiting for the next group commit."""
+
+    __slots__ = ("args", "fn", "fut", "loop")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        loop: asyncio.AbstractEventLoop,
+        fut: asyncio.Future[Any],
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.loop = loop
+        self.fut = fut
+
+
+_Answer = tuple[_Write, bool, Any]
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY: another connection holds the lock."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (code & 0xFF) == 5 if code is not None else "database is locked" in str(exc)
+
+
+def _fatal(exc: Exception) -> bool:
+    """An error of the connection or the file (not of one write's statements)."""
+    return isinstance(exc, sqlite3.OperationalError | sqlite3.InternalError) or (
+        type(exc) is sqlite3.DatabaseError
+    )
+
+
+def _answer(answers: list[_Answer]) -> None:
+    """Hand each write its outcome on its own loop (one wake-up per loop)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
+    for answer in answers:
+        by_loop.setdefault(answer[0].loop, []).append(answer)
+    for loop, items in by_loop.items():
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(_resolve, items)
+
+
+def _resolve(answers: list[_Answer]) -> None:
+    for w, ok, value in answers:
+        if w.fut.done():
+            continue
+        if ok:
+            w.fut.set_result(value)
+        else:
+            w.fut.set_exception(value)
 
 
 def data_version(conn: sqlite3.Connection) -> int:

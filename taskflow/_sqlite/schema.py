@@ -53,6 +53,14 @@ CREATE TABLE IF NOT EXISTS queues (
 CREATE TABLE IF NOT EXISTS control (seq INTEGER PRIMARY KEY, at REAL NOT NULL, body TEXT);
 CREATE TABLE IF NOT EXISTS records (id TEXT PRIMARY KEY, data TEXT NOT NULL, expires REAL);
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires REAL);
+CREATE TABLE IF NOT EXISTS worker_heartbeats (
+    id TEXT PRIMARY KEY, data TEXT NOT NULL, expires REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_log (
+    seq INTEGER PRIMARY KEY, at REAL NOT NULL, data TEXT NOT NULL, expires REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_log_at ON audit_log (at, seq);
+CREATE INDEX IF NOT EXISTS audit_log_expires ON audit_log (expires);
 """
 
 

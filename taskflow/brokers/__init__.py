@@ -1,4 +1,4 @@
-"""Brokers: ``MemoryBroker`` (built in), ``RedisBroker`` and ``NatsBroker``.
+"""Brokers: ``MemoryBroker`` (built in), ``RedisBroker``, ``NatsBroker`` and ``KombuBroker``.
 
 Backends that need a client library are imported lazily, so ``import taskflow`` never
 imports redis or nats. The schemes and their classes are listed once, in
@@ -15,6 +15,7 @@ from .base import Broker, BrokerAdmin, Capabilities, DeadLetter, Delivery, Messa
 from .memory import MemoryBroker
 
 if TYPE_CHECKING:
+    from .kombu import KombuBroker
     from .nats import NatsBroker
     from .redis import RedisBroker
 
@@ -24,6 +25,7 @@ __all__ = [
     "Capabilities",
     "DeadLetter",
     "Delivery",
+    "KombuBroker",
     "MemoryBroker",
     "Message",
     "NatsBroker",
@@ -31,7 +33,7 @@ __all__ = [
     "broker_from_url",
 ]
 
-_LAZY = {"RedisBroker": "redis", "NatsBroker": "nats"}
+_LAZY = {"RedisBroker": "redis", "NatsBroker": "nats", "KombuBroker": "amqp"}
 
 
 def broker_from_url(url: str, *, clock: Clock | None = None, label: str | None = None) -> Broker:

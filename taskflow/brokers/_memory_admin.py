@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ._memory_state import MemoryState
-from .base import BrokerAdmin, DeadLetter, Message
+from ._memory_state import MemoryState, Stored
+from .base import BrokerAdmin, DeadLetter, Message, Waiting
 
 __all__ = ["MemoryAdmin"]
 
@@ -15,6 +15,9 @@ class MemoryAdmin(BrokerAdmin):
 
     Every method holds the state's lock, like the broker's own methods.
     """
+
+    admin_backend = "memory"
+    dead_positions_shift = True
 
     def __init__(self, state: MemoryState) -> None:
         """Operator actions on ``state`` (the broker's, shared)."""
@@ -125,3 +128,102 @@ class MemoryAdmin(BrokerAdmin):
         if chosen:
             state.waiters.notify_all()
         return [m.id for m in chosen]
+
+    async def known_queues(self) -> list[str]:
+        """Declared queues and queues holding dead letters."""
+        state = self._state
+        with state.lock:
+            return sorted(set(state.queues) | {q for q, d in state.dead.items() if d})
+
+    async def paused_queues(self) -> set[str]:
+        """Queues paused now."""
+        state = self._state
+        with state.lock:
+            return {name for name, q in state.queues.items() if q.paused}
+
+    async def browse(self, queue: str, state: str, offset: int, limit: int) -> list[Waiting]:
+        """Ready messages in delivery order, scheduled ones by due time, or running ones."""
+        st = self._state
+        with st.lock:
+            st.catch_up()
+            if state == "ready":
+                q = st.queues.get(queue)
+                entries = sorted(q.heap) if q is not None else []
+                chosen: list[tuple[float | None, Stored]] = [
+                    (None, st.messages[e[2]]) for e in entries if self._is_live(e[2], e[1])
+                ]
+            elif state == "scheduled":
+                chosen = [
+                    (eta, st.messages[mid])
+                    for eta, seq, mid in sorted(st.scheduled)
+                    if (m := st.messages.get(mid)) is not None
+                    and m.seq == seq
+                    and m.state == "scheduled"
+                    and m.queue == queue
+                ]
+            else:
+                chosen = [
+                    (None, m)
+                    for m in st.messages.values()
+                    if m.queue == queue and m.state == "inflight"
+                ]
+            return [
+                Waiting(
+                    m.id,
+                    m.queue,
+                    m.body,
+                    state,
+                    m.priority,
+                    eta,
+                    m.deliveries,
+                    m.max_deliveries,
+                )
+                for eta, m in chosen[offset : offset + limit]
+            ]
+
+    async def dead_page(
+        self, queue: str, position: int, limit: int
+    ) -> tuple[list[tuple[int, DeadLetter]], int | None]:
+        """By index in the dead-letter list."""
+        state = self._state
+        with state.lock:
+            dead = state.dead.get(queue, [])
+            page = dead[position : position + limit]
+            end = position + len(page)
+            return list(enumerate(page, position)), (end if end < len(dead) else None)
+
+    async def dead_by_ids(self, queue: str, ids: Sequence[str]) -> list[DeadLetter]:
+        """The dead letters with ``ids``."""
+        wanted = set(ids)
+        state = self._state
+        with state.lock:
+            return [d for d in state.dead.get(queue, []) if d.id in wanted]
+
+    async def discard_dead(self, queue: str, ids: Sequence[str]) -> list[str]:
+        """Forget these dead letters."""
+        wanted = set(ids)
+        state = self._state
+        with state.lock:
+            dead = state.dead.get(queue, [])
+            gone = [d.id for d in dead if d.id in wanted]
+            state.dead[queue] = [d for d in dead if d.id not in wanted]
+            return gone
+
+    async def add_dead(self, letters: Sequence[DeadLetter]) -> None:
+        """Append ``letters`` to their queues' dead-letter lists."""
+        state = self._state
+        with state.lock:
+            for letter in letters:
+                state.queue(letter.queue)
+                state.dead.setdefault(letter.queue, []).append(letter)
+
+    async def present(self, queue: str, ids: Sequence[str]) -> set[str]:
+        """Ids with a live message or a dead letter in ``queue``."""
+        state = self._state
+        with state.lock:
+            dead = {d.id for d in state.dead.get(queue, [])}
+            return {
+                i
+                for i in ids
+                if i in dead or ((m := state.messages.get(i)) is not None and m.queue == queue)
+            }

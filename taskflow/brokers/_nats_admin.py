@@ -22,7 +22,7 @@ from .._nats.framing import raw_headers
 from .._nats.names import stream_name, subject_token, untoken
 from ..errors import BrokerError
 from ._nats_core import LEVELS, NatsCore
-from .base import BrokerAdmin, DeadLetter, Message
+from .base import BrokerAdmin, DeadLetter, Message, Waiting
 
 __all__ = ["PAUSE_CACHE", "NatsAdmin"]
 
@@ -32,6 +32,8 @@ PAUSE_CACHE = 2.0  # seconds a pause flag read from KV is trusted
 class NatsAdmin(BrokerAdmin):
     """The :class:`~taskflow.brokers.base.BrokerAdmin` methods on JetStream, and the
     pause flags every fetch reads (:meth:`is_paused`)."""
+
+    admin_backend = "nats"
 
     def __init__(self, core: NatsCore) -> None:
         """Operator actions on ``core``'s layout."""
@@ -188,10 +190,16 @@ class NatsAdmin(BrokerAdmin):
         wanted = {m.id: m for m in messages}
         if not wanted:
             return []
-        raws = await self._dead_scan(queue, 1_000_000)
+        core = self._core
+        qt = subject_token(queue)
+        raws = await asyncio.gather(
+            *(self._last(core.dlq, f"{core.root}.dlq.{qt}.{subject_token(i)}") for i in wanted)
+        )
         js = self._conn.client().jetstream()
         moved: list[str] = []
         for raw in raws:
+            if raw is None:
+                continue
             dead = dead_letter_from_raw(raw, queue)
             msg = wanted.pop(dead.id, None)
             if msg is None:
@@ -204,6 +212,137 @@ class NatsAdmin(BrokerAdmin):
         if moved:
             await self._core.notify(False, {(queue, level) for level in LEVELS})
         return moved
+
+    # -- operator listings ---------------------------------------------------------------
+    async def known_queues(self) -> list[str]:
+        """Queues with consumers on the work stream (every declared queue has ten)."""
+        core = self._core
+        names: set[str] = set()
+        offset = 0
+        while True:
+            try:
+                resp = await self._conn.api(f"CONSUMER.LIST.{core.work}", {"offset": offset})
+            except NotFoundError:
+                return []
+            consumers = resp.get("consumers") or []
+            for info in consumers:
+                subject = str(info.get("config", {}).get("filter_subject", ""))
+                parts = subject.split(".")
+                if len(parts) >= 3 and parts[-2] == "p9":
+                    with contextlib.suppress(ValueError):
+                        names.add(untoken(parts[-3]))
+            offset += len(consumers)
+            if not consumers or offset >= int(resp.get("total", 0)):
+                return sorted(names)
+
+    async def paused_queues(self) -> set[str]:
+        """Queues whose pause flag is set (read from KV, not from the cache)."""
+        paused = set()
+        for queue in await self.known_queues():
+            self._paused.pop(queue, None)
+            if await self.is_paused(queue):
+                paused.add(queue)
+        return paused
+
+    async def browse(self, queue: str, state: str, offset: int, limit: int) -> list[Waiting]:
+        """Ready messages (highest level first, from each consumer's delivered position) or
+        scheduled ones (in the order they were stored). Running ones cannot be listed:
+        JetStream counts a consumer's pending acks but does not say which messages."""
+        if state == "running":
+            raise self.unsupported("list running tasks (it only counts them)")
+        core = self._core
+        qt = subject_token(queue)
+        if state == "scheduled":
+            raws = await core.scan(core.delays, f"{core.root}.d.{qt}.*", 1, offset + limit)
+            return [_waiting(raw, queue, state) for raw in raws[offset:]]
+        out: list[Waiting] = []
+        skip = offset
+        for level, info in zip(LEVELS, await self._level_infos(queue), strict=True):
+            start = int(info["delivered"]["stream_seq"]) + 1
+            want = skip + limit - len(out)
+            raws = await core.scan(core.work, f"{core.root}.q.{qt}.p{level}.*", start, want)
+            taken = raws[skip:]
+            skip = max(0, skip - len(raws))
+            out += [_waiting(raw, queue, state, level) for raw in taken]
+            if len(out) >= limit:
+                break
+        return out[:limit]
+
+    async def dead_page(
+        self, queue: str, position: int, limit: int
+    ) -> tuple[list[tuple[int, DeadLetter]], int | None]:
+        """Dead letters from stream sequence ``position`` on (direct gets by sequence)."""
+        core = self._core
+        subject = f"{core.root}.dlq.{subject_token(queue)}.*"
+        raws = await core.scan(core.dlq, subject, max(1, position), limit + 1)
+        more = len(raws) > limit
+        raws = raws[:limit]
+        page = [(int(raw["seq"]), dead_letter_from_raw(raw, queue)) for raw in raws]
+        return page, (int(raws[-1]["seq"]) + 1 if more else None)
+
+    async def _last(self, stream: str, subject: str) -> dict[str, Any] | None:
+        try:
+            resp = await self._conn.api(f"STREAM.MSG.GET.{stream}", {"last_by_subj": subject})
+        except NotFoundError:
+            return None
+        message: dict[str, Any] = resp["message"]
+        return message
+
+    async def dead_by_ids(self, queue: str, ids: Sequence[str]) -> list[DeadLetter]:
+        """The dead letters with ``ids`` (one direct get by subject each)."""
+        core = self._core
+        qt = subject_token(queue)
+        raws = await asyncio.gather(
+            *(self._last(core.dlq, f"{core.root}.dlq.{qt}.{subject_token(i)}") for i in ids)
+        )
+        return [dead_letter_from_raw(raw, queue) for raw in raws if raw is not None]
+
+    async def discard_dead(self, queue: str, ids: Sequence[str]) -> list[str]:
+        """Delete these dead letters by sequence."""
+        core = self._core
+        qt = subject_token(queue)
+        gone: list[str] = []
+        for mid in dict.fromkeys(ids):
+            subject = f"{core.root}.dlq.{qt}.{subject_token(mid)}"
+            while (raw := await self._last(core.dlq, subject)) is not None:
+                if not await self._drop_dead(int(raw["seq"])):
+                    break
+                if mid not in gone:
+                    gone.append(mid)
+        return gone
+
+    async def add_dead(self, letters: Sequence[DeadLetter]) -> None:
+        """Publish ``letters`` to the dead-letter stream."""
+        core = self._core
+        js = self._conn.client().jetstream()
+        for d in letters:
+            headers = {
+                "Tf-Reason": d.reason,
+                "Tf-Error": json.dumps(d.error),
+                "Tf-Count": str(d.delivery_count),
+                "Tf-Pri": str(int(d.extra.get("priority", 0))),
+                "Tf-Max": str(int(d.extra.get("max_deliveries", 1))),
+                "Tf-At": repr(float(d.failed_at)),
+            }
+            subject = f"{core.root}.dlq.{subject_token(d.queue)}.{subject_token(d.id)}"
+            await self._conn.call(js.publish(subject, d.body, headers=headers))
+
+    async def present(self, queue: str, ids: Sequence[str]) -> set[str]:
+        """Ids with a stored message of ``queue``: dead, delayed or waiting at any level."""
+        core = self._core
+        qt = subject_token(queue)
+        found: set[str] = set()
+        for mid in ids:
+            token = subject_token(mid)
+            subjects = [
+                (core.dlq, f"{core.root}.dlq.{qt}.{token}"),
+                (core.delays, f"{core.root}.d.{qt}.{token}"),
+                *((core.work, f"{core.root}.q.{qt}.p{level}.{token}") for level in LEVELS),
+            ]
+            hits = await asyncio.gather(*(self._last(st, sub) for st, sub in subjects))
+            if any(hit is not None for hit in hits):
+                found.add(mid)
+        return found
 
     async def _dead_scan(self, queue: str, limit: int) -> list[dict[str, Any]]:
         """The stored dead letters of ``queue``, oldest first."""
@@ -252,4 +391,21 @@ def dead_letter_from_raw(raw: dict[str, Any], queue: str) -> DeadLetter:
             "priority": int(headers.get("Tf-Pri", "0")),
             "max_deliveries": int(headers.get("Tf-Max", "1")),
         },
+    )
+
+
+def _waiting(raw: dict[str, Any], queue: str, state: str, level: int | None = None) -> Waiting:
+    """A stored work or delay message as a :class:`Waiting`."""
+    headers = raw_headers(raw)
+    eta = headers.get("Tf-Eta")
+    priority = level if level is not None else int(headers.get("Tf-Pri", "0"))
+    return Waiting(
+        _id_of(str(raw["subject"])),
+        queue,
+        base64.b64decode(raw.get("data") or ""),
+        state,
+        priority,
+        float(eta) if eta and state == "scheduled" else None,
+        0,
+        int(headers.get("Tf-Max", "1")),
     )

@@ -6,13 +6,14 @@ peek and the dead-letter listing are plain pipelined reads.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from .._redis.connection import Connection
-from .base import BrokerAdmin, DeadLetter, Message
+from .base import BrokerAdmin, DeadLetter, Message, Waiting
 
 __all__ = ["RedisAdmin", "RunScript"]
 
@@ -22,6 +23,9 @@ RunScript = Callable[[str, Sequence[Any]], Awaitable[Any]]
 
 class RedisAdmin(BrokerAdmin):
     """The :class:`~taskflow.brokers.base.BrokerAdmin` methods on Redis."""
+
+    admin_backend = "redis"
+    dead_positions_shift = True
 
     def __init__(self, conn: Connection, run: RunScript) -> None:
         """Operator actions in ``conn``'s namespace; ``run`` runs the broker's scripts."""
@@ -63,12 +67,33 @@ class RedisAdmin(BrokerAdmin):
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """The dead-letter list of ``queue``, oldest first."""
+        page, _ = await self.dead_page(queue, 0, limit)
+        return [letter for _, letter in page]
+
+    async def dead_page(
+        self, queue: str, position: int, limit: int
+    ) -> tuple[list[tuple[int, DeadLetter]], int | None]:
+        """A window of the dead-letter list (LRANGE by index), oldest first."""
         conn = self._conn
         r = conn.client()
-        fields = ("b", "rs", "er", "ft", "dc", "p", "md", "st")
+        key = conn.key("q", queue, "dead")
         try:
-            ids: list[Any] = await r.lrange(conn.key("q", queue, "dead"), 0, max(0, limit - 1))
             async with r.pipeline(transaction=False) as pipe:
+                pipe.lrange(key, position, position + max(1, limit) - 1)
+                pipe.llen(key)
+                ids, total = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise conn.error(exc) from None
+        rows = await self._dead_rows(queue, ids)
+        end = position + len(ids)
+        page = [(position + i, letter) for i, letter in rows]
+        return page, (end if end < int(total) else None)
+
+    async def _dead_rows(self, queue: str, ids: Sequence[bytes]) -> list[tuple[int, DeadLetter]]:
+        conn = self._conn
+        fields = ("b", "rs", "er", "ft", "dc", "p", "md", "st", "q")
+        try:
+            async with conn.client().pipeline(transaction=False) as pipe:
                 for i in ids:
                     # Raw bytes: a hand-written id need not be UTF-8 (it was dead-lettered
                     # as undecodable for that), and is shown escaped.
@@ -77,10 +102,109 @@ class RedisAdmin(BrokerAdmin):
         except (RedisError, OSError) as exc:
             raise conn.error(exc) from None
         return [
-            _dead_letter(i.decode(errors="backslashreplace"), queue, row)
-            for i, row in zip(ids, rows, strict=True)
-            if row[7] == b"d"
+            (n, _dead_letter(i.decode(errors="backslashreplace"), queue, row))
+            for n, (i, row) in enumerate(zip(ids, rows, strict=True))
+            if row[7] == b"d" and row[8] == queue.encode()
         ]
+
+    async def dead_by_ids(self, queue: str, ids: Sequence[str]) -> list[DeadLetter]:
+        """The dead letters with ``ids`` (one pipelined read)."""
+        rows = await self._dead_rows(queue, [i.encode() for i in dict.fromkeys(ids)])
+        return [letter for _, letter in rows]
+
+    async def discard_dead(self, queue: str, ids: Sequence[str]) -> list[str]:
+        """Delete these dead letters (one script)."""
+        if not ids:
+            return []
+        return [_text(i) for i in await self._run("admin", ["discard", queue, *ids])]
+
+    async def add_dead(self, letters: Sequence[DeadLetter]) -> None:
+        """File ``letters`` (one script per queue)."""
+        by_queue: dict[str, list[Any]] = {}
+        for d in letters:
+            by_queue.setdefault(d.queue, []).extend(
+                [
+                    d.id,
+                    d.body,
+                    d.reason,
+                    d.error or "",
+                    repr(float(d.failed_at)),
+                    d.delivery_count,
+                    int(d.extra.get("priority", 0)),
+                    int(d.extra.get("max_deliveries", 1)),
+                ]
+            )
+        for queue, args in by_queue.items():
+            await self._run("admin", ["bury", queue, *args])
+
+    async def present(self, queue: str, ids: Sequence[str]) -> set[str]:
+        """Ids whose message (waiting, running or dead) belongs to ``queue``."""
+        conn = self._conn
+        try:
+            async with conn.client().pipeline(transaction=False) as pipe:
+                for i in ids:
+                    pipe.hget(conn.key("m", i), "q")
+                owners = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise conn.error(exc) from None
+        return {i for i, q in zip(ids, owners, strict=True) if q == queue.encode()}
+
+    async def known_queues(self) -> list[str]:
+        """Queues declared on this prefix (plus any with a bound or a pause flag)."""
+        conn = self._conn
+        try:
+            async with conn.client().pipeline(transaction=False) as pipe:
+                pipe.smembers(conn.key("queues"))
+                pipe.hkeys(conn.key("limits"))
+                pipe.smembers(conn.key("paused"))
+                replies = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise conn.error(exc) from None
+        return sorted({_text(q) for reply in replies for q in reply})
+
+    async def paused_queues(self) -> set[str]:
+        """Queues paused now."""
+        conn = self._conn
+        return {_text(q) for q in await conn.call(conn.client().smembers(conn.key("paused")))}
+
+    async def depths(self, queues: Sequence[str]) -> list[dict[str, int]]:
+        """Counts of each queue (the scripts run concurrently)."""
+        return list(await asyncio.gather(*(self.depth(q) for q in queues)))
+
+    async def browse(self, queue: str, state: str, offset: int, limit: int) -> list[Waiting]:
+        """A ZRANGE window of the ready, scheduled or in-flight set, then the messages."""
+        conn = self._conn
+        kind = {"ready": "ready", "scheduled": "sched", "running": "inflight"}[state]
+        r = conn.client()
+        try:
+            window: list[Any] = await r.zrange(
+                conn.key("q", queue, kind), offset, offset + max(1, limit) - 1, withscores=True
+            )
+            async with r.pipeline(transaction=False) as pipe:
+                for mid, _ in window:
+                    pipe.hmget(conn.key("m", "").encode() + mid, ("b", "p", "dc", "md"))
+                rows = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise conn.error(exc) from None
+        return [
+            Waiting(
+                mid.decode(errors="backslashreplace"),
+                queue,
+                row[0],
+                state,
+                int(row[1] or 0),
+                score if state == "scheduled" else None,
+                int(row[2] or 0),
+                int(row[3] or 1),
+            )
+            for (mid, score), row in zip(window, rows, strict=True)
+            if row[0] is not None
+        ]
+
+    async def purge_batch(self, queue: str, *, scheduled: bool, limit: int) -> list[str]:
+        """Drop up to ``limit`` ready (and scheduled) messages; their ids."""
+        ids = await self._run("admin", ["purge_batch", queue, "1" if scheduled else "0", limit])
+        return [_text(i) for i in ids]
 
     async def replay(self, queue: str, ids: Sequence[str] | None = None) -> int:
         """Make dead letters ready again with a fresh delivery budget."""
@@ -101,7 +225,7 @@ def _text(value: bytes | str) -> str:
 
 
 def _dead_letter(mid: str, queue: str, row: list[bytes | None]) -> DeadLetter:
-    body, reason, error, failed_at, dc, pri, maxd, _ = row
+    body, reason, error, failed_at, dc, pri, maxd = row[:7]
     return DeadLetter(
         id=mid,
         queue=queue,

@@ -69,7 +69,11 @@ class IdleWait:
         """Create the blocking pool (it connects on first use)."""
         timeout = self._conn.connect_timeout
         self._blocker = redis_client(
-            self._conn.client_url, timeout, _BLOCK_CHUNK + timeout, max_connections=4
+            self._conn.client_url,
+            timeout,
+            _BLOCK_CHUNK + timeout,
+            max_connections=4,
+            options=self._conn.client_options,
         )
 
     async def close(self) -> None:

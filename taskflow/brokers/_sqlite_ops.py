@@ -1,5 +1,6 @@
 """The SQLite broker's statements: plain functions of a connection, run by
-:class:`~taskflow._sqlite.connection.Database` inside one short write transaction each.
+:class:`~taskflow._sqlite.connection.Database` inside a short write transaction (shared with
+the writes queued meanwhile; a function that raises has its changes undone alone).
 
 A message row is ``waiting`` (ready once ``due`` has passed: a delay is just a later
 ``due``) or ``inflight`` (``due`` is then its lease deadline and ``token`` fences its
@@ -16,9 +17,10 @@ from typing import Any
 
 from .._sqlite.connection import data_version
 from ..errors import QueueFull
-from .base import DeadLetter, Message
+from .base import DeadLetter, Message, Waiting
 
 __all__ = [
+    "TAKE_SQL",
     "Row",
     "bury",
     "cancel",
@@ -43,6 +45,14 @@ _INSERT = (
     " state, due, token) VALUES (?, ?, ?, ?, ?, 0, 'waiting', ?, 0)"
 )
 _FENCE = "id = ? AND token = ? AND state = 'inflight'"
+# Ready messages in delivery order. The index is named: it yields the rows in the ORDER BY
+# order, so the scan stops after LIMIT rows; left to itself the planner may pick
+# messages_due (state, due) and sort every waiting message of the file on each fetch.
+_READY = (
+    "FROM messages INDEXED BY messages_ready WHERE queue = ? AND state = 'waiting'"
+    " AND due <= ? ORDER BY priority DESC, seq LIMIT ?"
+)
+TAKE_SQL = "SELECT seq, id, body, priority, deliveries " + _READY
 
 
 def _check_room(conn: sqlite3.Connection, messages: Sequence[Message]) -> None:
@@ -136,8 +146,8 @@ def take(
 ) -> tuple[list[Row], list[DeadLetter], float | None, int]:
     """Lease up to ``limit`` ready messages; ``lease`` is ``(now, seconds, token)``.
 
-    Returns the rows, the messages buried as lost, when the next one is due (or a lease
-    runs out) and ``data_version``.
+    Returns the rows, the messages buried as lost, and, when nothing was taken, when the
+    next one is due (or a lease runs out) and ``data_version`` (None and 0 otherwise).
     """
     now, length, token = lease
     lost = reclaim(conn, now)
@@ -146,17 +156,15 @@ def take(
     for name in queues:
         if name in paused or len(out) >= limit:
             continue
-        rows = conn.execute(
-            "SELECT seq, id, body, priority, deliveries FROM messages WHERE queue = ? AND "
-            "state = 'waiting' AND due <= ? ORDER BY priority DESC, seq LIMIT ?",
-            (name, now, limit - len(out)),
-        ).fetchall()
+        rows = conn.execute(TAKE_SQL, (name, now, limit - len(out))).fetchall()
         conn.executemany(
             "UPDATE messages SET state = 'inflight', deliveries = deliveries + 1, due = ?,"
             " token = ? WHERE seq = ?",
             [(now + length, token, r[0]) for r in rows],
         )
         out.extend((r[1], name, bytes(r[2]), r[3], r[4] + 1) for r in rows)
+    if out:  # the caller waits only when nothing was taken
+        return out, lost, None, 0
     return out, lost, _next_due(conn, queues, paused, now), data_version(conn)
 
 
@@ -249,11 +257,7 @@ def depth(
 
 def peek(conn: sqlite3.Connection, queue: str, limit: int, now: float) -> list[bytes]:
     """Next ready bodies in delivery order."""
-    rows = conn.execute(
-        "SELECT body FROM messages WHERE queue = ? AND state = 'waiting' AND due <= ? "
-        "ORDER BY priority DESC, seq LIMIT ?",
-        (queue, now, limit),
-    )
+    rows = conn.execute("SELECT body " + _READY, (queue, now, limit))
     return [bytes(r[0]) for r in rows]
 
 
@@ -311,3 +315,132 @@ def requeue(
 
 def _is_live(conn: sqlite3.Connection, mid: str) -> bool:
     return conn.execute("SELECT 1 FROM messages WHERE id = ?", (mid,)).fetchone() is not None
+
+
+# -- operator listings (app.admin) --------------------------------------------------------
+_DEAD_COLUMNS = (
+    "seq, id, queue, body, reason, error, failed_at, deliveries, priority, max_deliveries"
+)
+
+
+def _dead_row(r: Sequence[Any]) -> DeadLetter:
+    return DeadLetter(r[1], r[2], bytes(r[3]), r[4], r[5], r[6], r[7], _extra(r[8], r[9]))
+
+
+def known_queues(conn: sqlite3.Connection) -> list[str]:
+    """Declared queues and queues holding messages or dead letters, sorted."""
+    rows = conn.execute(
+        "SELECT name FROM queues UNION SELECT DISTINCT queue FROM messages"
+        " UNION SELECT DISTINCT queue FROM dead_letters ORDER BY 1"
+    )
+    return [r[0] for r in rows]
+
+
+def paused_queues(conn: sqlite3.Connection) -> set[str]:
+    """Queues paused now."""
+    return {r[0] for r in conn.execute("SELECT name FROM queues WHERE paused = 1")}
+
+
+def browse(
+    conn: sqlite3.Connection, queue: str, state: str, window: tuple[int, int], now: float
+) -> list[Waiting]:
+    """A window (offset, limit) of ``queue``'s ready, scheduled or running messages."""
+    offset, limit = window
+    where, order, args = {
+        "ready": ("state = 'waiting' AND due <= ?", "priority DESC, seq", (now,)),
+        "scheduled": ("state = 'waiting' AND due > ?", "due, seq", (now,)),
+        "running": ("state = 'inflight'", "seq", ()),
+    }[state]
+    rows = conn.execute(
+        "SELECT id, body, priority, due, deliveries, max_deliveries FROM messages"
+        f" WHERE queue = ? AND {where} ORDER BY {order} LIMIT ? OFFSET ?",
+        (queue, *args, limit, offset),
+    )
+    return [
+        Waiting(
+            r[0],
+            queue,
+            bytes(r[1]),
+            state,
+            r[2],
+            r[3] if state == "scheduled" else None,
+            r[4],
+            r[5],
+        )
+        for r in rows
+    ]
+
+
+def dead_page(
+    conn: sqlite3.Connection, queue: str, position: int, limit: int
+) -> tuple[list[tuple[int, DeadLetter]], int | None]:
+    """Dead letters of ``queue`` with ``seq >= position`` (keyset paging), oldest first."""
+    rows = conn.execute(
+        f"SELECT {_DEAD_COLUMNS} FROM dead_letters WHERE queue = ? AND seq >= ?"
+        " ORDER BY seq LIMIT ?",
+        (queue, position, limit + 1),
+    ).fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return [(int(r[0]), _dead_row(r)) for r in rows], (int(rows[-1][0]) + 1 if more else None)
+
+
+def dead_by_ids(conn: sqlite3.Connection, queue: str, ids: Sequence[str]) -> list[DeadLetter]:
+    """The dead letters of ``queue`` with ``ids``, oldest first."""
+    out: list[DeadLetter] = []
+    for start in range(0, len(ids), 500):
+        chunk = list(ids[start : start + 500])
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            f"SELECT {_DEAD_COLUMNS} FROM dead_letters WHERE queue = ? AND id IN ({marks})"
+            " ORDER BY seq",
+            (queue, *chunk),
+        )
+        out += [_dead_row(r) for r in rows]
+    return out
+
+
+def discard_dead(conn: sqlite3.Connection, queue: str, ids: Sequence[str]) -> list[str]:
+    """Delete these dead letters; the ids removed."""
+    gone = [d.id for d in dead_by_ids(conn, queue, ids)]
+    conn.executemany(
+        "DELETE FROM dead_letters WHERE queue = ? AND id = ?", [(queue, i) for i in set(gone)]
+    )
+    return gone
+
+
+def add_dead(conn: sqlite3.Connection, letters: Sequence[DeadLetter]) -> None:
+    """File ``letters`` as dead letters."""
+    conn.executemany(
+        "INSERT INTO dead_letters (id, queue, body, reason, error, failed_at, deliveries,"
+        " priority, max_deliveries) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                d.id,
+                d.queue,
+                bytes(d.body),
+                d.reason,
+                d.error,
+                d.failed_at,
+                d.delivery_count,
+                int(d.extra.get("priority", 0)),
+                int(d.extra.get("max_deliveries", 1)),
+            )
+            for d in letters
+        ],
+    )
+
+
+def present(conn: sqlite3.Connection, queue: str, ids: Sequence[str]) -> set[str]:
+    """Which of ``ids`` have a message or a dead letter in ``queue``."""
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        chunk = list(ids[start : start + 500])
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            f"SELECT id FROM messages WHERE queue = ? AND id IN ({marks}) UNION "
+            f"SELECT id FROM dead_letters WHERE queue = ? AND id IN ({marks})",
+            (queue, *chunk, queue, *chunk),
+        )
+        found |= {r[0] for r in rows}
+    return found

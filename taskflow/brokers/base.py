@@ -30,7 +30,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ..errors import Unsupported
 from ..urls import mask_url
+from .limits import ClusterLimiter
 
 __all__ = [
     "Broker",
@@ -40,6 +42,7 @@ __all__ = [
     "Delivery",
     "FetchResult",
     "Message",
+    "Waiting",
 ]
 
 
@@ -87,6 +90,22 @@ class DeadLetter:
     failed_at: float = 0.0
     delivery_count: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """A message an operator looks at in place (nothing is removed or leased)."""
+
+    id: str
+    queue: str
+    body: bytes
+    state: str
+    """``ready``, ``scheduled`` or ``running`` (delivered, not yet settled)."""
+    priority: int = 0
+    eta: float | None = None
+    """When a scheduled message is due (epoch seconds)."""
+    delivery_count: int = 0
+    max_deliveries: int = 1
 
 
 class FetchResult(list["Delivery"]):
@@ -199,9 +218,33 @@ class Broker(abc.ABC):
     def forget_control_reader(self) -> None:  # noqa: B027
         """Drop the calling task's read position (its reader is done)."""
 
+    def max_hold(self) -> float | None:
+        """The longest the server lets a delivery stay unacknowledged, in seconds (None:
+        no bound, the worker renews leases). A worker refuses to start with a task that
+        may run longer."""
+        return None
+
+    def limiter(self) -> ClusterLimiter | None:
+        """The limiter that shares ``cluster_rate_limit`` and ``cluster_concurrency``
+        between every worker on this broker (None: this broker cannot share a limit)."""
+        return None
+
 
 class BrokerAdmin(abc.ABC):
-    """Operator actions, separate from the hot path."""
+    """Operator actions, separate from the hot path.
+
+    The listing and lookup methods after :meth:`requeue` (all but :meth:`depths` and
+    :meth:`purge_batch`) have defaults that raise :class:`~taskflow.errors.Unsupported`
+    naming :attr:`admin_backend`: a backend that cannot answer says so, never answers
+    empty.
+    """
+
+    admin_backend: ClassVar[str] = "this"
+    """The backend's name in error messages (``redis``, ``nats``, ...)."""
+
+    def unsupported(self, what: str) -> Unsupported:
+        """The error for a question this backend cannot answer: ``the X broker cannot ...``."""
+        return Unsupported(f"the {self.admin_backend} broker cannot {what}")
 
     @abc.abstractmethod
     async def depth(self, queue: str) -> dict[str, int]:
@@ -246,6 +289,56 @@ class BrokerAdmin(abc.ABC):
         live copy of one id. Returns the ids moved.
         """
 
+    async def purge_batch(self, queue: str, *, scheduled: bool, limit: int) -> list[str]:
+        """Drop up to ``limit`` ready (and scheduled) messages; their ids. Called until it
+        returns fewer than ``limit``; a backend without batches drops them all at once."""
+        return await self.purge_ids(queue, scheduled=scheduled)
+
+    async def known_queues(self) -> list[str]:
+        """Every queue this broker knows (declared, or holding messages), sorted."""
+        raise self.unsupported("list its queues")
+
+    async def paused_queues(self) -> set[str]:
+        """The queues paused now."""
+        raise self.unsupported("list paused queues")
+
+    async def depths(self, queues: Sequence[str]) -> list[dict[str, int]]:
+        """:meth:`depth` of each of ``queues``, in order (a backend may batch them)."""
+        return [await self.depth(q) for q in queues]
+
+    async def browse(self, queue: str, state: str, offset: int, limit: int) -> list[Waiting]:
+        """Up to ``limit`` messages of ``queue`` in ``state`` (``ready`` in delivery order,
+        ``scheduled`` by due time, ``running``), skipping the first ``offset``."""
+        raise self.unsupported(f"list {state} tasks")
+
+    dead_positions_shift: ClassVar[bool] = False
+    """True where a dead letter's position is its index in the list (removing an earlier
+    one moves it down); False where it is a stable sequence number."""
+
+    async def dead_page(
+        self, queue: str, position: int, limit: int
+    ) -> tuple[list[tuple[int, DeadLetter]], int | None]:
+        """Up to ``limit`` dead letters of ``queue`` from ``position`` (0: the oldest),
+        oldest first, each with its own position, and the position of the next page
+        (``None``: no more)."""
+        raise self.unsupported("page through dead letters")
+
+    async def dead_by_ids(self, queue: str, ids: Sequence[str]) -> list[DeadLetter]:
+        """The dead letters of ``queue`` with ``ids`` (missing ones left out)."""
+        raise self.unsupported("look dead letters up by id")
+
+    async def discard_dead(self, queue: str, ids: Sequence[str]) -> list[str]:
+        """Delete these dead letters of ``queue`` for good; the ids removed."""
+        raise self.unsupported("discard dead letters")
+
+    async def add_dead(self, letters: Sequence[DeadLetter]) -> None:
+        """File ``letters`` as dead letters of their queues (a snapshot import)."""
+        raise self.unsupported("import dead letters")
+
+    async def present(self, queue: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` have a message of ``queue`` (waiting, running or dead)."""
+        raise self.unsupported("look messages up by id")
+
 
 class DelegatedAdmin(BrokerAdmin):
     """A :class:`BrokerAdmin` whose operator actions live in a separate ``_admin`` object,
@@ -276,3 +369,39 @@ class DelegatedAdmin(BrokerAdmin):
 
     async def requeue(self, queue: str, messages: Sequence[Message]) -> list[str]:
         return await self._admin.requeue(queue, messages)
+
+    async def purge_batch(self, queue: str, *, scheduled: bool, limit: int) -> list[str]:
+        return await self._admin.purge_batch(queue, scheduled=scheduled, limit=limit)
+
+    async def known_queues(self) -> list[str]:
+        return await self._admin.known_queues()
+
+    async def paused_queues(self) -> set[str]:
+        return await self._admin.paused_queues()
+
+    async def depths(self, queues: Sequence[str]) -> list[dict[str, int]]:
+        return await self._admin.depths(queues)
+
+    async def browse(self, queue: str, state: str, offset: int, limit: int) -> list[Waiting]:
+        return await self._admin.browse(queue, state, offset, limit)
+
+    @property
+    def dead_positions_shift(self) -> bool:  # type: ignore[override]
+        return self._admin.dead_positions_shift
+
+    async def dead_page(
+        self, queue: str, position: int, limit: int
+    ) -> tuple[list[tuple[int, DeadLetter]], int | None]:
+        return await self._admin.dead_page(queue, position, limit)
+
+    async def dead_by_ids(self, queue: str, ids: Sequence[str]) -> list[DeadLetter]:
+        return await self._admin.dead_by_ids(queue, ids)
+
+    async def discard_dead(self, queue: str, ids: Sequence[str]) -> list[str]:
+        return await self._admin.discard_dead(queue, ids)
+
+    async def add_dead(self, letters: Sequence[DeadLetter]) -> None:
+        await self._admin.add_dead(letters)
+
+    async def present(self, queue: str, ids: Sequence[str]) -> set[str]:
+        return await self._admin.present(queue, ids)

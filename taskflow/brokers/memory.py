@@ -20,8 +20,10 @@ from .._waiters import Waiters, wait_future
 from ..clock import SYSTEM_CLOCK, Clock
 from ..urls import url_kwargs
 from ._memory_admin import MemoryAdmin
+from ._memory_limits import MemoryLimiter
 from ._memory_state import MemoryState, Stored
 from .base import Broker, Capabilities, DelegatedAdmin, Delivery, FetchResult, Message
+from .limits import ClusterLimiter
 
 __all__ = ["MemoryBroker", "MemoryDelivery"]
 
@@ -90,6 +92,7 @@ class MemoryBroker(Broker, DelegatedAdmin):
         self.clock: Clock = clock or SYSTEM_CLOCK
         self._state = MemoryState(self.lease, self.clock)
         self._admin = MemoryAdmin(self._state)
+        self._limiter = MemoryLimiter(self.lease, self.clock)
         # Looked up once: every delivery settles through it (a subclass may wrap it).
         self._settle_delivery: Settle = self._settle
         self._control: list[dict[str, Any]] = []
@@ -99,6 +102,10 @@ class MemoryBroker(Broker, DelegatedAdmin):
         self._control_cursors: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = (
             weakref.WeakKeyDictionary()
         )
+
+    def limiter(self) -> ClusterLimiter:
+        """The in-process limiter: every worker on this broker shares it."""
+        return self._limiter
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> MemoryBroker:

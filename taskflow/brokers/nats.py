@@ -80,6 +80,7 @@ from ._nats_core import NatsCore
 from ._nats_delay import NatsDelays
 from ._nats_delivery import NatsDelivery
 from ._nats_fetch import NatsFetcher
+from ._nats_limits import NatsLimiter
 from .base import Broker, Capabilities, DelegatedAdmin, FetchResult, Message
 
 __all__ = ["HEADER_ROOM", "NatsBroker", "NatsDelivery"]
@@ -90,7 +91,13 @@ text of a dead letter, which is cut to fit)."""
 
 
 class NatsBroker(Broker, DelegatedAdmin):
-    """Broker on NATS JetStream. ``prefix`` namespaces every stream, subject and bucket."""
+    """Broker on NATS JetStream. ``prefix`` namespaces every stream, subject and bucket.
+
+    TLS (``tls://``, or a CA or client file on ``nats://``) and credentials:
+    ``tls_ca_file``, ``tls_cert_file``, ``tls_key_file``, ``tls_verify`` (None: true),
+    ``tls_min_version``, ``password_file``, ``token_file``, ``creds_file``, ``nkey_file``
+    (see ``docs/security.md``).
+    """
 
     capabilities: ClassVar[Capabilities] = Capabilities()
     _admin: NatsAdmin
@@ -102,15 +109,38 @@ class NatsBroker(Broker, DelegatedAdmin):
         prefix: str = "taskflow",
         lease: float = 30.0,
         connect_timeout: float = 5.0,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        tls_verify: bool | None = None,
+        tls_min_version: str | None = None,
+        password_file: str | None = None,
+        token_file: str | None = None,
+        creds_file: str | None = None,
+        nkey_file: str | None = None,
         clock: Clock | None = None,
     ) -> None:
         """Validate ``url`` and name the streams; ``clock`` is ignored (the server keeps time)."""
         self._conn = Connection(
-            url, role="broker", owner="NatsBroker", connect_timeout=connect_timeout
+            url,
+            role="broker",
+            owner="NatsBroker",
+            connect_timeout=connect_timeout,
+            security={
+                "tls_ca_file": tls_ca_file,
+                "tls_cert_file": tls_cert_file,
+                "tls_key_file": tls_key_file,
+                "tls_verify": tls_verify,
+                "tls_min_version": tls_min_version,
+                "password_file": password_file,
+                "token_file": token_file,
+                "creds_file": creds_file,
+                "nkey_file": nkey_file,
+            },
         )
         if not prefix:
             raise ConfigError(f"{self._conn.masked}: prefix must not be empty")
-        self.url = url
+        self.url = self._conn.url
         self.lease = float(lease)
         self.connect_timeout = self._conn.connect_timeout
         self._core = NatsCore(self._conn, prefix, self.lease)
@@ -118,6 +148,7 @@ class NatsBroker(Broker, DelegatedAdmin):
         self._admin = NatsAdmin(self._core)
         self._fetcher = NatsFetcher(self._core, self._delays, self._admin)
         self._control = ControlLog(self._conn)
+        self._limiter = NatsLimiter(self._conn, self._core.state_bucket, self.lease)
         self._limits: dict[str, int] = {}
         self._subs: list[Any] = []
 
@@ -154,6 +185,11 @@ class NatsBroker(Broker, DelegatedAdmin):
     def state_bucket(self) -> str:
         """The KV bucket of pause flags."""
         return self._core.state_bucket
+
+    def limiter(self) -> NatsLimiter:
+        """Limits shared by every worker on this server and prefix, in the state bucket
+        (:mod:`._nats_limits`)."""
+        return self._limiter
 
     # -- lifecycle -------------------------------------------------------------------
     async def connect(self) -> None:

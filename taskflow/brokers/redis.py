@@ -48,6 +48,7 @@ from ..errors import ConfigError
 from ..urls import url_kwargs
 from ._redis_admin import RedisAdmin
 from ._redis_control import ControlReader
+from ._redis_limits import RedisLimiter
 from ._redis_publish import check_published, check_size, publish_args
 from ._redis_wait import IdleWait
 from .base import Broker, Capabilities, DeadLetter, DelegatedAdmin, Delivery, FetchResult, Message
@@ -113,6 +114,12 @@ class RedisBroker(Broker, DelegatedAdmin):
 
     ``prefix``: key namespace (one per app); ``lease``: seconds a delivery stays leased
     before it is redelivered; ``connect_timeout``: bound on connecting (BrokerError after).
+    TLS and credentials: ``tls_ca_file``, ``tls_cert_file``, ``tls_key_file``,
+    ``tls_verify`` (None: true), ``tls_min_version`` (``"1.2"``/``"1.3"``),
+    ``password_file``, ``token_file`` (see ``docs/security.md``); a CA or client file turns
+    TLS on for a ``redis://`` URL too. ``dead_letter_limit``: keep at most that many dead
+    letters per queue this broker declares, dropping the oldest (their records stay
+    ``failed``); by default every dead letter is kept until it is replayed or discarded.
     """
 
     capabilities: ClassVar[Capabilities] = Capabilities(blocking_publish=True)
@@ -124,14 +131,45 @@ class RedisBroker(Broker, DelegatedAdmin):
         prefix: str = "taskflow",
         lease: float = 30.0,
         connect_timeout: float = 5.0,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        tls_verify: bool | None = None,
+        tls_min_version: str | None = None,
+        password_file: str | None = None,
+        token_file: str | None = None,
+        dead_letter_limit: int | None = None,
         clock: Clock | None = None,
     ) -> None:
         self._conn = Connection(
-            url, role="broker", owner="RedisBroker", prefix=prefix, connect_timeout=connect_timeout
+            url,
+            role="broker",
+            owner="RedisBroker",
+            prefix=prefix,
+            connect_timeout=connect_timeout,
+            security={
+                "tls_ca_file": tls_ca_file,
+                "tls_cert_file": tls_cert_file,
+                "tls_key_file": tls_key_file,
+                "tls_verify": tls_verify,
+                "tls_min_version": tls_min_version,
+                "password_file": password_file,
+                "token_file": token_file,
+            },
         )
         if not lease > 0:
             raise ConfigError(f"{self._conn.masked}: lease must be positive")
-        self.url = url
+        if dead_letter_limit is not None and (
+            isinstance(dead_letter_limit, bool)
+            or not isinstance(dead_letter_limit, int)
+            or dead_letter_limit < 1
+        ):
+            raise ConfigError(
+                f"{self._conn.masked}: dead_letter_limit must be a positive whole number "
+                f"(got {dead_letter_limit!r}); leave it out to keep every dead letter"
+            )
+        self.dead_letter_limit = dead_letter_limit
+        self.url = self._conn.url
         self.prefix = self._conn.prefix
         self.lease = float(lease)
         self.connect_timeout = self._conn.connect_timeout
@@ -140,13 +178,17 @@ class RedisBroker(Broker, DelegatedAdmin):
         self._settle = self._settles.submit
         self._waits = IdleWait(self._conn, self.clock)
         self._admin = RedisAdmin(self._conn, self._run)
-        self._sync_publish = SyncScript(self._conn.client_url, self.connect_timeout, "publish")
+        self._sync_publish = SyncScript(
+            self._conn.client_url, self.connect_timeout, "publish", self._conn.client_options
+        )
         self._control: ControlReader | None = None
         self._lost: list[DeadLetter] = []
+        self._limiter = RedisLimiter(self._conn, self.lease)
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> RedisBroker:
-        """Build from a URL; query options ``prefix``, ``lease``, ``connect_timeout``."""
+        """Build from a URL; query options ``prefix``, ``lease``, ``connect_timeout`` and
+        the TLS and credential options."""
         return cls(url, **url_kwargs(url, "broker", cls), clock=clock)
 
     def __repr__(self) -> str:
@@ -177,12 +219,20 @@ class RedisBroker(Broker, DelegatedAdmin):
         return await self._conn.run(script, [self._conn.tag, repr(self.clock.time()), *args])
 
     async def declare(self, queue: str, *, max_length: int | None = None) -> None:
-        """Record ``max_length`` for ``queue`` (None removes the bound)."""
+        """Record ``max_length`` and this broker's ``dead_letter_limit`` for ``queue``
+        (None removes a bound) and the queue's name (the operations API lists the declared
+        queues)."""
         r = self._conn.client()
+        await self._conn.call(r.sadd(self.key("queues"), queue))
         if max_length is None:
             await self._conn.call(r.hdel(self.key("limits"), queue))
         else:
             await self._conn.call(r.hset(self.key("limits"), queue, str(int(max_length))))
+        if self.dead_letter_limit is None:
+            await self._conn.call(r.hdel(self.key("deadlimits"), queue))
+        else:
+            limit = str(self.dead_letter_limit)
+            await self._conn.call(r.hset(self.key("deadlimits"), queue, limit))
 
     # -- publishing ------------------------------------------------------------------
     async def publish(self, messages: Sequence[Message]) -> None:
@@ -268,6 +318,10 @@ class RedisBroker(Broker, DelegatedAdmin):
                 self._conn.client(), self.key("control"), self._conn.masked
             )
         return await self._control.read(timeout)
+
+    def limiter(self) -> RedisLimiter:
+        """Limits shared by every worker on this Redis and prefix (:mod:`._redis_limits`)."""
+        return self._limiter
 
     def forget_control_reader(self) -> None:
         """Drop the current task's control cursor (a stopping worker calls this)."""

@@ -1,11 +1,13 @@
 """The SQLite broker: an embedded, durable queue in one file (``sqlite:///path.db``).
 
 Producers and workers in any number of processes on one host share the file. Every
-operation is one short ``BEGIN IMMEDIATE`` transaction in WAL mode with a ``busy_timeout``,
-run on the broker's own thread (the event loop never waits on a lock). Deliveries are
-leased and fenced by a token: after a lease ran out and the message was handed out again,
-the old delivery's ``ack`` does nothing and returns False. Delays, priorities, pauses,
-dead letters and the control channel all live in the file, so they survive restarts.
+write is a short ``BEGIN IMMEDIATE`` transaction in WAL mode, waiting up to ``busy_timeout``
+for another process's lock, run on the broker's own thread (the event loop never waits on
+a lock); writes that queue up meanwhile (acks of many slots, a fetch) commit together.
+Deliveries are leased and fenced by a token: after a lease ran out and the message was
+handed out again, the old delivery's ``ack`` does nothing and returns False. Delays,
+priorities, pauses, dead letters and the control channel all live in the file, so they
+survive restarts.
 
 A waiting ``fetch`` wakes at once for a commit made in this process and within about
 20 ms for one made by another process (``PRAGMA data_version``, see
@@ -22,15 +24,26 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from .._sqlite.connection import Database, data_version, sqlite_path
+from .._sqlite.connection import Database, Doorbell, data_version, sqlite_path
 from ..clock import SYSTEM_CLOCK, Clock
 from ..urls import url_kwargs
 from . import _sqlite_ops as ops
-from .base import Broker, BrokerAdmin, Capabilities, DeadLetter, Delivery, FetchResult, Message
+from ._sqlite_limits import SqliteLimiter
+from .base import (
+    Broker,
+    BrokerAdmin,
+    Capabilities,
+    DeadLetter,
+    Delivery,
+    FetchResult,
+    Message,
+    Waiting,
+)
 
 __all__ = ["SqliteBroker", "SqliteDelivery"]
 
 _CONTROL_KEEP = 3600.0  # seconds a control command stays in the file
+_CONTROL_CHECK = 0.02  # seconds between control reads while another process writes
 
 
 class SqliteDelivery(Delivery):
@@ -80,6 +93,7 @@ class SqliteBroker(Broker, BrokerAdmin):
     """
 
     capabilities: ClassVar[Capabilities] = Capabilities(blocking_publish=True)
+    admin_backend: ClassVar[str] = "sqlite"
 
     def __init__(
         self,
@@ -94,6 +108,9 @@ class SqliteBroker(Broker, BrokerAdmin):
         self.lease = float(lease)
         self.clock: Clock = clock or SYSTEM_CLOCK
         self._db = Database(self.path, busy_timeout)
+        # Control readers wake for control commands only, not for every commit.
+        self._control_bell = Doorbell.of(self.path, "control")
+        self._limiter = SqliteLimiter(self._db, self.lease, self.clock)
         self._lost: list[DeadLetter] = []
         self._control_cursors: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = (
             weakref.WeakKeyDictionary()
@@ -198,10 +215,45 @@ class SqliteBroker(Broker, BrokerAdmin):
         """Move dead letters back as ``messages`` (matched by id), each at most once."""
         return await self._db.write(ops.requeue, queue, messages, self.clock.time())
 
+    async def known_queues(self) -> list[str]:
+        """Declared queues and queues holding messages or dead letters."""
+        return await self._db.run(ops.known_queues)
+
+    async def paused_queues(self) -> set[str]:
+        """Queues paused now."""
+        return await self._db.run(ops.paused_queues)
+
+    async def browse(self, queue: str, state: str, offset: int, limit: int) -> list[Waiting]:
+        """A window of ready, scheduled or running messages (LIMIT/OFFSET)."""
+        return await self._db.run(ops.browse, queue, state, (offset, limit), self.clock.time())
+
+    async def dead_page(
+        self, queue: str, position: int, limit: int
+    ) -> tuple[list[tuple[int, DeadLetter]], int | None]:
+        """Dead letters from sequence ``position`` on (keyset paging)."""
+        return await self._db.run(ops.dead_page, queue, position, limit)
+
+    async def dead_by_ids(self, queue: str, ids: Sequence[str]) -> list[DeadLetter]:
+        """The dead letters with ``ids``."""
+        return await self._db.run(ops.dead_by_ids, queue, ids)
+
+    async def discard_dead(self, queue: str, ids: Sequence[str]) -> list[str]:
+        """Delete these dead letters."""
+        return await self._db.write(ops.discard_dead, queue, ids)
+
+    async def add_dead(self, letters: Sequence[DeadLetter]) -> None:
+        """File ``letters`` as dead letters."""
+        await self._db.write(ops.add_dead, letters)
+
+    async def present(self, queue: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` have a message or a dead letter in ``queue``."""
+        return await self._db.run(ops.present, queue, ids)
+
     # -- control channel -------------------------------------------------------------
     async def send_control(self, command: dict[str, Any]) -> None:
         """Broadcast to every reader of :meth:`control_messages`, in any process."""
         await self._db.write(_add_control, json.dumps(command), self.clock.time())
+        self._control_bell.ring()
 
     async def control_messages(self, timeout: float) -> list[dict[str, Any]]:
         """Commands sent since this task's previous call (its first call subscribes)."""
@@ -211,14 +263,22 @@ class SqliteBroker(Broker, BrokerAdmin):
         cursor: int | None = self._control_cursors.get(key)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
+        bell = self._control_bell
         while True:
-            rings = self._db.rings()
+            rings = bell.rings
             last, commands, version = await self._db.run(_read_control, cursor)
             self._control_cursors[key] = cursor = last
             remaining = deadline - loop.time()
             if commands or remaining <= 0:
                 return commands
-            await self._db.wait_for_change(rings, version, remaining)
+            # Another process's commit (of any kind) is noticed within 20 ms.
+            await self._db.wait_for_change(
+                rings, version, remaining, bell=bell, first_check=_CONTROL_CHECK
+            )
+
+    def limiter(self) -> SqliteLimiter:
+        """Limits shared by every process on this file (:mod:`._sqlite_limits`)."""
+        return self._limiter
 
     def forget_control_reader(self) -> None:
         """Drop the current task's control cursor (called when a worker stops)."""

@@ -13,6 +13,17 @@ again with the same outcome (re-read from the stored record): records merge the 
 fields, terminal records never change, group slots are first-write-wins, and next steps are
 published with their pre-assigned ids plus an idempotency key (``canvas:<task id>``), which
 the kernel's enqueuer deduplicates.
+
+The envelope's ``canvas`` may also carry callbacks, ``"link"`` and ``"link_error"`` (entries
+of :mod:`.compile`): once the task succeeded, each ``link`` entry is started with its result
+as the parent value; once it failed for good (not on a retry, never for a cancelled or
+expired task), each ``link_error`` entry with the failed task's id. They are started like a
+chain's next step -- pre-assigned ids, the same idempotency keys, the records of a callback
+canvas created only where absent -- so each is sent exactly once per outcome, also when the
+worker dies between the task's result and the send.
+
+Lineage: a node started here gets ``parent_id`` = the task that finished (or, when a producer
+applies a canvas, the task it runs in, if any) and ``root_id`` = that task's root.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from ..errors import IdempotencyConflict, PayloadError
+from ..errors import BrokerError, IdempotencyConflict, PayloadError, TaskflowError
 from ..kernel import Kernel, Prepared
 from ..message import Envelope, TaskStatus, error_info
 from ..payload import decode_any
@@ -82,13 +93,21 @@ class Advancer:
     """Advances canvas frames for one finished step (``owner``: that step's task id)."""
 
     def __init__(
-        self, kernel: Kernel, owner: str, *, keyed: bool, replay: bool, root_id: str
+        self,
+        kernel: Kernel,
+        owner: str,
+        *,
+        keyed: bool,
+        replay: bool,
+        root_id: str,
+        parent_id: str | None,
     ) -> None:
         self.kernel = kernel
         self.owner = owner
         self.keyed = keyed
         self.replay = replay
         self.root_id = root_id
+        self.parent_id = parent_id  # of every task this advancer sends
         self.ttl = kernel.settings.result_ttl
 
     # -- starting nodes ---------------------------------------------------------------
@@ -98,19 +117,18 @@ class Advancer:
         prev: Any,
         frames: list[Any],
         batch: _Batch,
-        parent_task: str | None = None,
     ) -> None:
         """Start ``spec`` with the parent value ``prev`` (``_NO_PREV``: none)."""
         kind = spec["k"]
         if kind == "t":
-            self._send(spec, prev, frames, batch, parent_task)
+            self._send(spec, prev, frames, batch)
             return
         now = self.kernel.clock.time()
         batch.updates.append((spec["id"], {"status": TaskStatus.RUNNING.value, "started_at": now}))
         if kind == "c":
             steps = spec["steps"]
             frame = {"k": "c", "id": spec["id"], "i": 0, "rest": steps[1:]}
-            await self.start(steps[0], prev, [frame, *frames], batch, parent_task)
+            await self.start(steps[0], prev, [frame, *frames], batch)
             return
         members = spec["members"]
         if not members:  # an empty group is done at once, with no values
@@ -119,7 +137,7 @@ class Advancer:
             return
         for index, member in enumerate(members):
             frame = {"k": "g", "id": spec["id"], "i": index, "n": len(members)}
-            await self.start(member, prev, [frame, *frames], batch, parent_task)
+            await self.start(member, prev, [frame, *frames], batch)
 
     def _send(
         self,
@@ -127,16 +145,13 @@ class Advancer:
         prev: Any,
         frames: list[Any],
         batch: _Batch,
-        parent_task: str | None,
     ) -> None:
         name = str(spec["name"])
         args = [decode_any(a) for a in spec["args"]]
         opts: dict[str, Any] = decode_any(spec["opts"])
-        opts.update(task_id=spec["id"], root_id=self.root_id)
-        if frames:
-            opts["canvas"] = {"v": 1, "frames": frames}
-        if parent_task is not None:
-            opts["parent_id"] = parent_task
+        opts.update(task_id=spec["id"], root_id=self.root_id, parent_id=self.parent_id)
+        if frames or spec.get("cb"):
+            opts["canvas"] = {"v": 1, "frames": frames, **(spec.get("cb") or {})}
         if self.keyed and "idempotency_key" not in opts:
             opts["idempotency_key"] = f"canvas:{spec['id']}"
         try:
@@ -172,16 +187,29 @@ class Advancer:
         enqueuer = self.kernel.enqueuer
         try:
             await enqueuer.enqueue(prepared)
-        except IdempotencyConflict:
-            # Only a replay recomputes a step's arguments; a task that stores no result may
-            # have returned something else the second time. The first publish stands.
+        except BrokerError:
+            raise  # an outage: the worker retries the whole continuation
+        except TaskflowError:
+            # An IdempotencyConflict: only a replay recomputes a step's arguments; a task
+            # that stores no result may have returned something else the second time. The
+            # first publish stands. A taken id: the step was cancelled (its canvas's
+            # cancel() marked it) between this advance and its send; it stays unsent.
             for item in prepared:
-                try:
-                    await enqueuer.enqueue([item])
-                except IdempotencyConflict as exc:
-                    log.warning("canvas step %s was already sent (%s)", item.envelope.id, exc)
+                await self._publish_one(item)
         if self.replay:
             await self._republish_missing(prepared)
+
+    async def _publish_one(self, item: Prepared) -> None:
+        try:
+            await self.kernel.enqueuer.enqueue([item])
+        except IdempotencyConflict as exc:
+            log.warning("canvas step %s was already sent (%s)", item.envelope.id, exc)
+        except BrokerError:
+            raise
+        except TaskflowError:
+            if not is_terminal(await self.kernel.results.get(item.envelope.id)):
+                raise
+            log.info("canvas step %s was cancelled before it was sent", item.envelope.id)
 
     async def _republish_missing(self, prepared: list[Prepared]) -> None:
         """After a crash between claiming a step's idempotency key and writing its record,
@@ -199,6 +227,27 @@ class Advancer:
                 )
                 await results.delete_value(f"idem:{key}")
                 await self.kernel.enqueuer.enqueue([item])
+
+    # -- callbacks ---------------------------------------------------------------------
+    async def callbacks(self, canvas: Mapping[str, Any], outcome: Outcome) -> None:
+        """Send the ``link`` entries of a success (with its value) or the ``link_error``
+        entries of a failure (with the failed task's id); nothing for other outcomes."""
+        if outcome["ok"]:
+            entries, prev = canvas.get("link") or (), outcome["value"]
+        elif outcome["status"] == FAILED:
+            entries, prev = canvas.get("link_error") or (), self.owner
+        else:
+            return
+        if not entries:
+            return
+        records = [(str(rid), rec) for entry in entries for rid, rec in entry["records"]]
+        if records:
+            # Only where absent: a redelivery must not reset a callback canvas in progress.
+            await self.kernel.results.create_many(records, self.ttl)
+        batch = _Batch()
+        for entry in entries:
+            await self.start(entry["spec"], prev, [], batch)
+        await self.flush(batch)
 
     # -- advancing frames -------------------------------------------------------------
     async def advance(self, frames: list[Any], outcome: Outcome) -> None:
@@ -225,7 +274,7 @@ class Advancer:
                 return
             batch = _Batch()
             nxt = {"k": "c", "id": cid, "i": index + 1, "rest": rest[1:]}
-            await self.start(rest[0], outcome["value"], [nxt, *parent], batch, outcome["task"])
+            await self.start(rest[0], outcome["value"], [nxt, *parent], batch)
             await self.flush(batch)
             return
         if outcome["ok"]:
@@ -306,15 +355,35 @@ class Advancer:
         await self.advance(parent, ok(gid, {"g": [s.get("result") for s in slots]}))
 
 
+def _first_task(spec: Mapping[str, Any]) -> str:
+    """The id of the task that starts ``spec`` (its own id for an empty group)."""
+    while spec["k"] != "t":
+        children = spec.get("steps") or spec.get("members")
+        if not children:
+            break
+        spec = children[0]
+    return str(spec["id"])
+
+
 async def apply_spec(
-    kernel: Kernel, spec: Mapping[str, Any], records: list[tuple[str, dict[str, Any]]]
+    kernel: Kernel,
+    spec: Mapping[str, Any],
+    records: list[tuple[str, dict[str, Any]]],
+    caller: tuple[str, str] | None = None,
 ) -> None:
-    """Producer side: write the canvas records, then start the root node."""
+    """Producer side: write the canvas records, then start the root node. ``caller``:
+    ``(id, root id)`` of the task this is sent from, the parent of the canvas."""
     await kernel.connect()
     if records:
         await kernel.results.update_many(records, kernel.settings.result_ttl)
+    parent_id, root_id = caller if caller is not None else (None, _first_task(spec))
     advancer = Advancer(
-        kernel, f"apply:{spec['id']}", keyed=False, replay=False, root_id=str(spec["id"])
+        kernel,
+        f"apply:{spec['id']}",
+        keyed=False,
+        replay=False,
+        root_id=root_id,
+        parent_id=parent_id,
     )
     batch = _Batch()
     await advancer.start(spec, _NO_PREV, [], batch)
@@ -333,8 +402,9 @@ class CanvasContinuation:
         self.kernel = kernel
 
     async def __call__(self, envelope: Envelope, status: TaskStatus, encoded: Any) -> None:
-        frames = (envelope.canvas or {}).get("frames")
-        if not frames:
+        canvas = envelope.canvas or {}
+        frames = canvas.get("frames")
+        if not (frames or canvas.get("link") or canvas.get("link_error")):
             return
         task = self.kernel.registry.get(envelope.task)
         stores = task is None or task.options.store_result
@@ -355,5 +425,8 @@ class CanvasContinuation:
             keyed=True,
             replay=replay,
             root_id=envelope.root_id or envelope.id,
+            parent_id=envelope.id,
         )
-        await advancer.advance(list(frames), outcome)
+        if frames:
+            await advancer.advance(list(frames), outcome)
+        await advancer.callbacks(canvas, outcome)

@@ -5,11 +5,15 @@ id assigned up front (task ids, chain ids, group ids), so result handles exist b
 step runs and every later publish is deterministic. Spec shapes::
 
     {"k": "t", "id": ..., "name": ..., "args": [...], "kwargs": {...}, "opts": {...},
-     "im": bool}                                          # one task (a Signature)
+     "im": bool, "cb": {...}}                             # one task (a Signature)
     {"k": "c", "id": ..., "steps": [spec, ...]}           # a chain
     {"k": "g", "id": ..., "members": [spec, ...]}         # a group
 
-A chord is ``chain(group(header), body)``. Arguments of steps that are sent later travel as
+A chord is ``chain(group(header), body)``. A task with callbacks carries ``"cb"``:
+``{"link": [entry, ...], "link_error": [entry, ...]}``, an entry being
+``{"spec": spec, "records": [[id, record], ...]}`` (the records of a callback that is itself a
+canvas, created when it is sent); the same entries ride in the envelope's ``canvas`` of a task
+sent with ``link=``/``link_error=``. Arguments of steps that are sent later travel as
 untyped JSON (:func:`taskflow.payload.encode_any`); values that would not survive that trip
 (dataclasses, enums, models) are rejected when the canvas is applied, not when the step is due.
 
@@ -23,6 +27,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from ..context import current_task
 from ..errors import PayloadError
 from ..kernel import SEND_OPTIONS, Kernel, check_call_options
 from ..payload import decode_any, encode_any
@@ -46,7 +51,11 @@ def apply(kernel: Kernel, node: Node) -> Any:
     """Send ``node``: write its canvas records, start its root; returns its handle."""
     compiler = Compiler(kernel)
     spec, handle = node.build_spec(compiler, True)
-    kernel.call(apply_spec(kernel, spec, compiler.records))
+    # The sending task (if this runs inside one) is the canvas's parent; the loop thread
+    # that sends does not see this thread's current task, so it is read here.
+    ctx = current_task()
+    caller = None if ctx is None else (ctx.id, ctx.root_id or ctx.id)
+    kernel.call(apply_spec(kernel, spec, compiler.records, caller))
     return handle
 
 
@@ -80,8 +89,11 @@ class Compiler:
         kwargs: Mapping[str, Any],
         options: Mapping[str, Any],
         immutable: bool,
+        *,
+        callbacks: Mapping[str, Sequence[Node]] | None = None,
     ) -> tuple[Spec, ResultHandle]:
-        """One task's spec (checked against its parameters when it ignores its parent)."""
+        """One task's spec (checked against its parameters when it ignores its parent),
+        with its ``link``/``link_error`` ``callbacks`` compiled."""
         check_call_options(name, options, SEND_OPTIONS)
         opts = dict(options)
         task_id = str(opts.pop("task_id", None) or uuid.uuid4())
@@ -97,7 +109,22 @@ class Compiler:
             "opts": _untyped(name, "options", opts),
             "im": immutable,
         }
+        if callbacks:
+            spec["cb"] = self.callbacks(callbacks)
         return spec, AsyncResult(self.kernel, task_id, name)
+
+    def callbacks(self, nodes: Mapping[str, Sequence[Node]]) -> dict[str, Any]:
+        """``{"link": [entry, ...], "link_error": [...]}`` for callback nodes by option;
+        each entry keeps the records of its own canvas (written when it is sent)."""
+        out: dict[str, Any] = {}
+        for option, items in nodes.items():
+            entries = []
+            for node in items:
+                sub = Compiler(self.kernel)
+                spec, _ = node.build_spec(sub, False)
+                entries.append({"spec": spec, "records": [[i, r] for i, r in sub.records]})
+            out[option] = entries
+        return out
 
     def group(self, members: Sequence[Node], root: bool) -> tuple[Spec, ResultHandle]:
         """A group's spec and record."""

@@ -17,11 +17,14 @@ __all__ = [
     "ChordResult",
     "GroupResult",
     "ResultHandle",
+    "cancel_canvas",
     "chain_result",
     "from_record",
     "group_result",
     "handle_for",
 ]
+
+CANCELLED = TaskStatus.CANCELLED.value
 
 ResultHandle: TypeAlias = "AsyncResult[Any] | GroupResult | ChainResult"
 
@@ -98,6 +101,19 @@ class _CanvasResult:
 
     def _final_statuses(self) -> dict[int, str]:
         return {}
+
+    def cancel(self) -> int:
+        """Cancel every member not finished yet; returns how many tasks this stopped.
+
+        The canvas's record becomes ``cancelled`` first (so a chain sends no further step),
+        then each task member is cancelled through the task cancel path: a queued one never
+        runs, a running one is stopped, and one not sent yet (a later chain step) is marked
+        ``cancelled`` and never sent. Nested groups and chains are cancelled the same way.
+        The count is of tasks that were queued, running or not sent yet; finished members
+        are left as they are.
+        """
+        kernel = self._kernel
+        return kernel.lookup(lambda: cancel_canvas(kernel, self.id))
 
 
 class GroupResult(_CanvasResult):
@@ -219,6 +235,40 @@ class ChordResult(ChainResult):
     def body(self) -> ResultHandle:
         """The body's handle (the last step when the body is a chain)."""
         return self.children[-1]
+
+
+async def cancel_canvas(kernel: Kernel, canvas_id: str) -> int:
+    """Cancel canvas ``canvas_id`` and its unfinished members (see ``cancel``)."""
+    results, ttl = kernel.results, kernel.settings.result_ttl
+    record = await results.get(canvas_id)
+    if record is None:
+        return 0
+    now = kernel.clock.time()
+    await results.update(canvas_id, {"status": CANCELLED, "finished_at": now}, ttl)
+    count = 0
+    # Last first: the steps not sent yet are marked before the running one is stopped
+    # (whose advance would otherwise mark them cancelled itself, uncounted).
+    for desc in reversed(record.get("steps") or record.get("members") or ()):
+        if desc["k"] != "t":
+            count += await cancel_canvas(kernel, str(desc["id"]))
+        elif await _cancel_task(kernel, str(desc["id"]), desc.get("name")):
+            count += 1
+    return count
+
+
+async def _cancel_task(kernel: Kernel, task_id: str, name: str | None) -> bool:
+    if await kernel.cancel(task_id):
+        return True
+    results = kernel.results
+    if await results.get(task_id) is not None:
+        return False  # finished already
+    # Not sent yet: record it cancelled, so the canvas never sends it (the enqueue of a
+    # taken id fails, and the advancer leaves a cancelled step unsent).
+    changes = {"id": task_id, "status": CANCELLED, "finished_at": kernel.clock.time()}
+    if name:
+        changes["name"] = str(name)
+    created = await results.create_many([(task_id, changes)], kernel.settings.result_ttl)
+    return bool(created and created[0])
 
 
 def handle_for(kernel: Kernel, desc: Mapping[str, Any]) -> ResultHandle:

@@ -4,11 +4,15 @@ A :class:`Signature` is a task name with arguments and call options, safe to pas
 ``a | b`` chains them. ``group(...)`` runs signatures in parallel, ``chain(...)`` one after
 another with each step receiving the previous result, ``chord(header, body)`` runs ``body``
 once with the header's results. Sending a canvas compiles it (:mod:`.compile`) and starts it.
+
+Callbacks (``link``/``link_error`` options, ``Signature.on_error``) are compiled into the
+envelope's ``canvas`` when their task is sent (:func:`attach_callbacks`); the canvas
+continuation sends them once the task's outcome is known.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from ..kernel import (
@@ -27,6 +31,7 @@ __all__ = [
     "Canvas",
     "HasKernel",
     "Signature",
+    "attach_callbacks",
     "chain",
     "chord",
     "group",
@@ -44,6 +49,42 @@ class HasKernel(Protocol):
 
 def _kernel_of(owner: HasKernel | Kernel) -> Kernel:
     return owner if isinstance(owner, Kernel) else owner.kernel
+
+
+CALLBACK_OPTIONS = ("link", "link_error")
+
+
+def _callback_nodes(name: str, option: str, value: Any) -> list[Signature | Canvas]:
+    """The signatures (or canvases) of a ``link``/``link_error`` option."""
+    if value is None:
+        return []
+    items = list(value) if isinstance(value, list | tuple) else [value]
+    for item in items:
+        if not isinstance(item, Signature | Canvas):
+            raise TypeError(
+                f"{name}: {option} takes a signature (task.s(...)), a canvas or a list of "
+                f"them, got {type(item).__name__}"
+            )
+    return items
+
+
+def split_callbacks(
+    name: str, options: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """``options`` without ``link``/``link_error``, and those as lists of nodes."""
+    rest = {k: v for k, v in options.items() if k not in CALLBACK_OPTIONS}
+    nodes = {k: _callback_nodes(name, k, options[k]) for k in CALLBACK_OPTIONS if k in options}
+    return rest, {k: v for k, v in nodes.items() if v}
+
+
+def attach_callbacks(kernel: Kernel, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Send options with ``link``/``link_error`` compiled into the envelope's ``canvas``
+    (what the canvas continuation sends once the task's outcome is known)."""
+    rest, nodes = split_callbacks(name, options)
+    if nodes:
+        entries = Compiler(kernel).callbacks(nodes)
+        rest["canvas"] = {"v": 1, **(rest.get("canvas") or {}), **entries}
+    return rest
 
 
 class Signature:
@@ -69,8 +110,9 @@ class Signature:
         self.immutable = immutable
 
     def set(self, **options: Any) -> Signature:
-        """A copy with call options (queue, priority, countdown, ...) added."""
+        """A copy with call options (queue, priority, countdown, link, ...) added."""
         check_call_options(self.name, options, CALL_OPTIONS)
+        split_callbacks(self.name, options)  # a link that is not a signature fails here
         return Signature(
             self.kernel,
             self.name,
@@ -78,6 +120,32 @@ class Signature:
             self.kwargs,
             {**self.options, **options},
             immutable=self.immutable,
+        )
+
+    def on_error(self, other: Signature | Canvas) -> Signature:
+        """A copy that also sends ``other`` with this task's id once it failed for good."""
+        return self._add_callback("link_error", other)
+
+    def link(self, other: Signature | Canvas) -> Signature:
+        """A copy that also sends ``other`` with this task's result once it succeeded."""
+        return self._add_callback("link", other)
+
+    def _add_callback(self, option: str, other: Signature | Canvas) -> Signature:
+        known = _callback_nodes(self.name, option, self.options.get(option))
+        added = _callback_nodes(self.name, option, other)
+        return self.set(**{option: [*known, *added]})
+
+    def partial(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Signature:
+        """A copy with ``args`` prepended and ``kwargs`` merged in (unless immutable)."""
+        if self.immutable:
+            return self
+        return Signature(
+            self.kernel,
+            self.name,
+            (*args, *self.args),
+            {**self.kwargs, **kwargs},
+            self.options,
+            immutable=False,
         )
 
     def clone(self, args: tuple[Any, ...] = ()) -> Signature:
@@ -106,7 +174,10 @@ class Signature:
 
     def build_spec(self, compiler: Compiler, root: bool) -> tuple[Spec, ResultHandle]:
         """This task as a canvas spec, with its handle (see :mod:`.compile`)."""
-        return compiler.task(self.name, self.args, self.kwargs, self.options, self.immutable)
+        options, callbacks = split_callbacks(self.name, self.options)
+        return compiler.task(
+            self.name, self.args, self.kwargs, options, self.immutable, callbacks=callbacks
+        )
 
     def __or__(self, other: Any) -> Any:
         """``a.s() | b.s()``: a chain."""
@@ -149,7 +220,8 @@ def prepare_signatures(kernel: Kernel, signatures: Iterable[Signature]) -> list[
             raise TypeError(f"enqueue_many takes signatures (task.s(...)), got {sig!r}")
         check_call_options(sig.name, sig.options, SEND_OPTIONS)
         task = registry.get(sig.name)
-        out.append(prepare(settings, sig.name, task, sig.args, sig.kwargs, opts=sig.options))
+        opts = attach_callbacks(kernel, sig.name, sig.options)
+        out.append(prepare(settings, sig.name, task, sig.args, sig.kwargs, opts=opts))
     return out
 
 
@@ -171,16 +243,32 @@ class Canvas:
     def __ror__(self, other: Signature) -> chain:
         return chain(other, self)
 
-    def delay(self) -> Any:
-        """Same as ``apply_async()``."""
-        return self.apply_async()
+    def partial(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Canvas:
+        """A copy whose first tasks get ``args`` prepended and ``kwargs`` merged in."""
+        raise NotImplementedError
 
-    def apply_async(self, *, app: HasKernel | None = None) -> Any:
-        """Send the canvas; returns its result handle."""
+    def delay(self, *args: Any, **kwargs: Any) -> Any:
+        """``apply_async(args, kwargs)``."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        app: HasKernel | None = None,
+    ) -> Any:
+        """Send the canvas; returns its result handle.
+
+        ``args``/``kwargs`` are partial arguments for the tasks that start the canvas: a
+        chain's first step, each member of a group, each header member of a chord
+        (prepended to their own arguments; immutable signatures ignore them).
+        """
         kernel = _kernel_of(app) if app is not None else self.kernel_of()
         if kernel is None:
             raise ValueError(f"{self!r} has no task to take an App from; pass app=")
-        return apply(kernel, self)
+        node = self.partial(tuple(args or ()), dict(kwargs or {})) if args or kwargs else self
+        return apply(kernel, node)
 
 
 def _members(items: tuple[Any, ...], what: str) -> list[Signature | Canvas]:
@@ -220,9 +308,19 @@ class group(Canvas):
         """The group as a spec, with its :class:`GroupResult`."""
         return compiler.group(self.tasks, root)
 
-    def apply_async(self, *, app: HasKernel | None = None) -> GroupResult:
+    def partial(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> group:
+        """A copy in which every member gets the partial arguments."""
+        return group([m.partial(args, kwargs) for m in self.tasks])
+
+    def apply_async(
+        self,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        app: HasKernel | None = None,
+    ) -> GroupResult:
         """Send every member in one publish; returns a :class:`GroupResult`."""
-        result: GroupResult = super().apply_async(app=app)
+        result: GroupResult = super().apply_async(args, kwargs, app=app)
         return result
 
     def __repr__(self) -> str:
@@ -251,9 +349,20 @@ class chain(Canvas):
         """The chain as a spec, with its :class:`ChainResult`."""
         return compiler.chain(self.steps, root, chord=False)
 
-    def apply_async(self, *, app: HasKernel | None = None) -> ChainResult:
+    def partial(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> chain:
+        """A copy whose first step gets the partial arguments."""
+        first, *rest = self.steps
+        return chain(first.partial(args, kwargs), *rest)
+
+    def apply_async(
+        self,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        app: HasKernel | None = None,
+    ) -> ChainResult:
         """Send the first step; returns a :class:`ChainResult`."""
-        result: ChainResult = super().apply_async(app=app)
+        result: ChainResult = super().apply_async(args, kwargs, app=app)
         return result
 
     def __repr__(self) -> str:
@@ -275,9 +384,19 @@ class chord(chain):
         """The chord (a chain of its header group and body) as a spec."""
         return compiler.chain(self.steps, root, chord=True)
 
-    def apply_async(self, *, app: HasKernel | None = None) -> ChordResult:
+    def partial(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> chord:
+        """A copy whose header members get the partial arguments."""
+        return chord(self.header.partial(args, kwargs), self.body)
+
+    def apply_async(
+        self,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        app: HasKernel | None = None,
+    ) -> ChordResult:
         """Send the header; returns a :class:`ChordResult`."""
-        result: ChordResult = super().apply_async(app=app)  # type: ignore[assignment]
+        result: ChordResult = super().apply_async(args, kwargs, app=app)  # type: ignore[assignment]
         return result
 
     def __repr__(self) -> str:

@@ -9,6 +9,7 @@ line on stderr.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 import click
 
 from .. import __version__
+from ..app import App
 from ..errors import ConfigError, TaskflowError
 from ..worker.foreground import serve
 from ..worker.signals import StopControl
@@ -34,6 +36,7 @@ from .common import (
     logging_setup,
 )
 from .loader import AppLoadError, check_module
+from .operator import add_operator_commands
 from .options import (
     APP_ENV,
     app_option,
@@ -70,6 +73,9 @@ class WorkerOptions:
     connect_timeout: float = 60.0
     log_format: str = "text"
     metrics_port: int | None = None
+    pool: str = "threads"
+    max_tasks_per_child: int | None = None
+    max_memory_per_child: float | None = None
 
     def child_command(self) -> list[str]:
         """The command a supervised worker process runs: this command with ``-P 1``."""
@@ -87,6 +93,12 @@ class WorkerOptions:
             command += ["--prefetch", str(self.prefetch)]
         if self.beat:
             command += ["--beat"]
+        if self.pool != "threads":
+            command += ["--pool", self.pool]
+        if self.max_tasks_per_child is not None:
+            command += ["--max-tasks-per-child", str(self.max_tasks_per_child)]
+        if self.max_memory_per_child is not None:
+            command += ["--max-memory-per-child", repr(self.max_memory_per_child)]
         return command
 
 
@@ -151,6 +163,29 @@ def cli() -> None:
     "processes; needs the otel extra).",
 )
 @click.option("--beat", "run_beat", is_flag=True, help="Also run a beat in each worker process.")
+@click.option(
+    "--pool",
+    type=click.Choice(["threads", "processes"], case_sensitive=False),
+    default="threads",
+    show_default=True,
+    help="Where sync task bodies run: threads, or child processes (hard time_limit).",
+)
+@click.option(
+    "--max-tasks-per-child",
+    "max_tasks_per_child",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="With --pool processes: replace a child after N tasks.",
+)
+@click.option(
+    "--max-memory-per-child",
+    "max_memory_per_child",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="MB",
+    help="With --pool processes: replace a child whose resident memory exceeds MB after a task.",
+)
 @click.pass_context
 def worker(  # noqa: PLR0917 -- click passes every option as an argument
     ctx: click.Context,
@@ -165,6 +200,9 @@ def worker(  # noqa: PLR0917 -- click passes every option as an argument
     log_format: str,
     metrics_port: int | None,
     run_beat: bool,
+    pool: str,
+    max_tasks_per_child: int | None,
+    max_memory_per_child: float | None,
 ) -> None:
     """Run a worker in the foreground until SIGTERM or SIGINT (twice: stop now)."""
     if not app_spec:
@@ -180,6 +218,9 @@ def worker(  # noqa: PLR0917 -- click passes every option as an argument
         connect_timeout,
         log_format.lower(),
         metrics_port,
+        pool.lower(),
+        max_tasks_per_child,
+        max_memory_per_child,
     )
     name = None if processes > 1 else _worker_name()
     with logging_setup(options.loglevel, options.log_format, name) as configure:
@@ -210,12 +251,17 @@ def _run_one(options: WorkerOptions, configure_logging: Callable[[], None], name
     with StopControl() as control, _metrics(options.metrics_port):
         app = load(options.spec)
         configure_logging()
+        _warn_if_in_process(app)
         try:
             worker = app.worker(
                 queues=options.queues or None,
                 concurrency=options.concurrency,
                 prefetch_buffer=options.prefetch,
                 name=name,
+                pool=options.pool,
+                max_tasks_per_child=options.max_tasks_per_child,
+                max_memory_per_child=options.max_memory_per_child,
+                app_path=options.spec,
             )
             runner = with_beat(worker, app.beat()) if options.beat else worker
             return serve(
@@ -233,6 +279,15 @@ def _run_one(options: WorkerOptions, configure_logging: Callable[[], None], name
             raise CliRuntimeError(str(exc)) from None
         finally:
             app.close()
+
+
+def _warn_if_in_process(app: App) -> None:
+    """A worker on ``memory://`` serves only its own process: say so when it starts."""
+    if app.kernel.broker.url.split("://", 1)[0].lower() == "memory":
+        logging.getLogger("taskflow.cli").warning(
+            "the broker is memory:// (in this process only): producers in other processes "
+            "cannot send to this worker; use sqlite:///path.db or a server (redis://, nats://)"
+        )
 
 
 def _supervise(options: WorkerOptions, processes: int) -> int:
@@ -279,6 +334,13 @@ def _supervisor_pid() -> int | None:
 
 cli.add_command(beat)
 cli.add_command(schedules)
+from .admin_cmd import admin as admin_command  # noqa: E402 -- taskflow admin
+
+cli.add_command(admin_command)
+from .grpc_cmd import grpc_command  # noqa: E402 -- taskflow grpc, kept in one place
+
+cli.add_command(grpc_command)
+add_operator_commands(cli)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

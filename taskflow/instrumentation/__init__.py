@@ -24,10 +24,12 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 )
 
 from ..kernel.enqueue import Enqueuer, Plan
+from ..message import Envelope
 from ..middleware import ExecuteNext, MiddlewareStack
 from ..worker import Worker
+from ..worker.settle import Settler
 from ._metrics import Metrics
-from ._tracing import Consumer, Producer
+from ._tracing import Consumer, Extractor, Producer
 
 __all__ = ["TaskflowInstrumentor"]
 
@@ -57,9 +59,12 @@ class TaskflowInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             __name__, version("taskflow-queue"), kwargs.get("meter_provider"), _SCHEMA_URL
         )
         measures = Metrics(meter)
-        producer, consumer = Producer(tracer, measures), Consumer(tracer, measures)
+        extractor = Extractor()
+        producer = Producer(tracer, measures, extractor)
+        consumer = Consumer(tracer, measures, extractor)
         self._producer, self._consumer, self._metrics = producer, consumer, measures
         self._patch(Worker, "__init__", _watched(Worker.__init__, measures))
+        self._patch(Settler, "result_dropped", _dropped(Settler.result_dropped, measures))
         self._patch(Enqueuer, "plan", _planned(Enqueuer.plan, producer))
         self._patch(Enqueuer, "run", _ran(Enqueuer.run, producer))
         self._patch(Enqueuer, "run_blocking", _ran_blocking(Enqueuer.run_blocking, producer))
@@ -123,6 +128,14 @@ def _wrapped(
         return consumer.wrap(original(self, last))
 
     return wrap_execute
+
+
+def _dropped(original: Callable[[Settler, Envelope, str], None], measures: Metrics) -> Any:
+    def result_dropped(self: Settler, env: Envelope, reason: str) -> None:
+        original(self, env, reason)
+        measures.dropped(env.task, env.queue, reason)
+
+    return result_dropped
 
 
 def _watched(original: Callable[..., None], measures: Metrics) -> Any:

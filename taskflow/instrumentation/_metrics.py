@@ -3,9 +3,10 @@
 Counters and histograms are labelled ``task`` and ``queue``; the outcome counters also
 ``status``. The counters are observable instruments over counts kept here (an attempt
 costs two histogram records and dictionary updates, not five SDK measurements).
-``taskflow_queue_depth`` is an observable gauge read from the broker of every live worker
-in the process (``broker.depth``), labelled ``queue`` and ``state`` (``ready``,
-``scheduled``, ``inflight``, ``dead``), when the metric reader collects.
+``taskflow_results_dropped_total`` counts results the worker could not store, by ``task``,
+``queue`` and ``reason``. ``taskflow_queue_depth`` is an observable gauge read from the
+broker of every live worker in the process (``broker.depth``), labelled ``queue`` and
+``state`` (``ready``, ``scheduled``, ``inflight``, ``dead``), when the metric reader collects.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from ..brokers.base import BrokerAdmin
@@ -40,15 +42,21 @@ _OUTCOME_COUNTER = {
 }
 _TASK = ("task", "queue")
 _OUTCOME = ("task", "queue", "status")
+_DROPPED = ("task", "queue", "reason")
+
+# The context of the histogram records: explicit, so the SDK neither reads the current one
+# nor samples an exemplar per attempt.
+_NO_CONTEXT = Context()
 
 
 class Attempt:
     """One attempt being measured: its labels and when it started."""
 
-    __slots__ = ("key", "started")
+    __slots__ = ("key", "labels", "started")
 
-    def __init__(self, key: tuple[str, str]) -> None:
+    def __init__(self, key: tuple[str, str], labels: dict[str, str]) -> None:
         self.key = key
+        self.labels = labels
         self.started = time.perf_counter()
 
 
@@ -62,6 +70,7 @@ _COUNTS: dict[str, tuple[tuple[str, ...], str, bool]] = {
     "taskflow_tasks_failed_total": (_OUTCOME, "Attempts that failed or timed out.", True),
     "taskflow_tasks_cancelled_total": (_OUTCOME, "Attempts cancelled while running.", True),
     "taskflow_tasks_retried_total": (_OUTCOME, "Attempts that asked for a retry.", True),
+    "taskflow_results_dropped_total": (_DROPPED, "Results that were not stored.", True),
 }
 
 
@@ -73,6 +82,10 @@ class Metrics:
         self._watched: list[tuple[weakref.ref[Any], Kernel, tuple[str, ...]]] = []
         self._lock = threading.Lock()
         self._counts: dict[str, dict[tuple[str, ...], int]] = {name: {} for name in _COUNTS}
+        self._running = self._counts["taskflow_tasks_running"]
+        self._completed = self._counts["taskflow_tasks_completed_total"]
+        # The histograms' label sets, one dictionary per (task, queue), built once.
+        self._labels: dict[tuple[str, str], dict[str, str]] = {}
         for name, (labels, description, monotonic) in _COUNTS.items():
             create = (
                 meter.create_observable_counter
@@ -117,29 +130,43 @@ class Metrics:
         for env in plan.envelopes:
             self._add("taskflow_tasks_scheduled_total", (env.task, env.queue))
 
+    def labels(self, key: tuple[str, str]) -> dict[str, str]:
+        """The labels ``task`` and ``queue`` of ``key``, the same dictionary every time."""
+        labels = self._labels.get(key)
+        if labels is None:
+            labels = self._labels.setdefault(key, {"task": key[0], "queue": key[1]})
+        return labels
+
     def start(self, ctx: TaskContext) -> Attempt:
         """An attempt starts: it is running, and it waited since its send."""
-        attempt = Attempt((ctx.name, ctx.queue))
-        self._add("taskflow_tasks_running", attempt.key)
+        key = (ctx.name, ctx.queue)
+        attempt = Attempt(key, self.labels(key))
+        running = self._running
+        with self._lock:
+            running[key] = running.get(key, 0) + 1
         if ctx.enqueued_at > 0:
-            labels = {"task": ctx.name, "queue": ctx.queue}
-            self.wait.record(max(0.0, time.time() - ctx.enqueued_at), labels)
+            waited = max(0.0, time.time() - ctx.enqueued_at)
+            self.wait.record(waited, attempt.labels, _NO_CONTEXT)
         return attempt
 
     def finish(self, attempt: Attempt, outcome: str) -> None:
         """An attempt ended with ``outcome``."""
+        self.latency.record(time.perf_counter() - attempt.started, attempt.labels, _NO_CONTEXT)
         task, queue = attempt.key
-        self.latency.record(time.perf_counter() - attempt.started, {"task": task, "queue": queue})
         key = (task, queue, outcome)
         counter = _OUTCOME_COUNTER.get(outcome)
+        completed = self._completed
         with self._lock:
-            running = self._counts["taskflow_tasks_running"]
-            running[attempt.key] -= 1
-            completed = self._counts["taskflow_tasks_completed_total"]
+            self._running[attempt.key] -= 1
             completed[key] = completed.get(key, 0) + 1
             if counter is not None:
                 counts = self._counts[counter]
                 counts[key] = counts.get(key, 0) + 1
+
+    def dropped(self, task: str, queue: str, reason: str) -> None:
+        """A result of ``task`` was not stored, for ``reason``."""
+        if self.enabled:
+            self._add("taskflow_results_dropped_total", (task, queue, reason))
 
     def watch(self, worker: Any, kernel: Kernel, queues: Sequence[str]) -> None:
         """Report the depth of ``queues`` while ``worker`` lives."""

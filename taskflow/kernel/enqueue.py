@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextvars import ContextVar
 from typing import Any
 
 from .. import codec
@@ -30,9 +31,14 @@ from .prepare import Prepared, message_for, queued_event, queued_record
 from .registry import TaskRegistry
 from .settings import Settings
 
-__all__ = ["Enqueuer", "Plan"]
+__all__ = ["Enqueuer", "Plan", "continuing"]
 
 log = logging.getLogger("taskflow.app")
+
+continuing: ContextVar[Envelope | None] = ContextVar("taskflow_continuing", default=None)
+"""The envelope of the finished task whose continuations are running (the worker sets it
+around them): what they send is the next step of that task's work. Read by the
+OpenTelemetry instrumentation to keep a canvas in one trace."""
 
 Records = list[tuple[str, dict[str, Any]]]
 

@@ -2,8 +2,11 @@
 send writes (the queued record, the broker message, the ``queued`` event).
 
 The per-call options are declared once, as :class:`CallOptions`; :data:`CALL_OPTIONS`, the
-names ``apply_async`` and ``Signature.set`` accept, is derived from it. The enqueuer
-(:mod:`.enqueue`) takes the :class:`Prepared` sends from here to the backends.
+names ``apply_async`` and ``Signature.set`` accept, is derived from it. ``link`` and
+``link_error`` are turned into the envelope's ``canvas`` by the canvas layer before a call
+reaches :func:`prepare`, which never sees signatures. A send made from inside a running task
+takes that task as its parent (lineage: ``parent_id``, ``root_id``) unless the options say.
+The enqueuer (:mod:`.enqueue`) takes the :class:`Prepared` sends from here to the backends.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any, TypedDict
 
 from .. import codec
 from ..brokers.base import Message
+from ..context import current_task
 from ..errors import PayloadError
 from ..eventbus import TaskEvent
 from ..message import Envelope, TaskStatus
@@ -52,6 +56,10 @@ class CallOptions(TypedDict, total=False):
     retries: int
     timeout: float
     headers: dict[str, str]
+    link: Any
+    """A signature or a list of them, sent with the result once the task succeeded."""
+    link_error: Any
+    """A signature or a list of them, sent with the task id once it failed for good."""
 
 
 class SendOptions(CallOptions, total=False):
@@ -98,6 +106,11 @@ def prepare(
     (``task``: its definition when it is registered here; typed encoding then)."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"a task name must be a non-empty string, got {type(name).__name__}")
+    if "link" in opts or "link_error" in opts:
+        # Callbacks are compiled into ``canvas`` by the canvas layer; never drop them here.
+        raise ValueError(
+            f"{name}: link/link_error are taken by apply_async, send_task and signatures"
+        )
     topts = task.options if task is not None else _EMPTY_OPTIONS
     if opts.get("queue") is not None:
         queue = check_queue(opts["queue"], name)  # an empty name is an error, not a default
@@ -109,6 +122,7 @@ def prepare(
     else:
         retries = topts.retries
     timeout = check_timeout(opts["timeout"], name) if "timeout" in opts else topts.timeout
+    parent_id, root_id = _lineage(opts)
     if task is not None:
         enc_args, enc_kwargs = task.schema.encode_args(tuple(args), dict(kwargs))
     else:
@@ -131,8 +145,8 @@ def prepare(
         idempotency_key=_opt_str(name, "idempotency_key", opts.get("idempotency_key")),
         headers=_headers(name, opts.get("headers")),
         canvas=opts.get("canvas"),
-        parent_id=opts.get("parent_id"),
-        root_id=opts.get("root_id"),
+        parent_id=parent_id,
+        root_id=root_id,
         content_type=SERIALIZERS[topts.serializer],
     )
     digest = None
@@ -140,6 +154,16 @@ def prepare(
         digest = hashlib.sha256(codec.dumps([name, enc_args, enc_kwargs])).hexdigest()
     store = topts.store_result if task is not None else True
     return Prepared(env, store, digest, "task_id" in opts)
+
+
+def _lineage(opts: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """``(parent_id, root_id)``: as given (the canvas sets both), else the running task's."""
+    if "parent_id" in opts or "root_id" in opts:
+        return opts.get("parent_id"), opts.get("root_id")
+    ctx = current_task()
+    if ctx is None:
+        return None, None
+    return ctx.id, ctx.root_id or ctx.id
 
 
 def check_call_options(name: str, options: Mapping[str, Any], known: frozenset[str]) -> None:
@@ -249,6 +273,10 @@ def queued_record(env: Envelope) -> dict[str, Any]:
         record["eta"] = env.eta
     if env.canvas:
         record["canvas"] = True
+    if env.root_id is not None:
+        record["root_id"] = env.root_id
+    if env.parent_id is not None:
+        record["parent_id"] = env.parent_id
     return record
 
 
@@ -270,5 +298,13 @@ def queued_event(env: Envelope) -> TaskEvent:
     """The ``queued`` hook event of a sent envelope."""
     status = TaskStatus.SCHEDULED if env.eta is not None else TaskStatus.QUEUED
     return TaskEvent(
-        "queued", env.id, env.task, env.queue, status.value, env.attempt, timestamp=env.created_at
+        "queued",
+        env.id,
+        env.task,
+        env.queue,
+        status.value,
+        env.attempt,
+        timestamp=env.created_at,
+        root_id=env.root_id,
+        parent_id=env.parent_id,
     )

@@ -5,6 +5,11 @@ frozen: every engine reads it, none changes it. A backend is given as an object,
 neither: then ``TASKFLOW_BROKER_URL`` / ``TASKFLOW_RESULTS_URL``, else ``memory://``.
 Without a result store of its own, an app keeps results where its broker lives when that
 broker can hold them (Redis, NATS), and in memory otherwise.
+
+Secrets stay out of those URLs: a backend built from one reads its password or token from
+``password_file``/``token_file`` or else from ``TASKFLOW_BROKER_PASSWORD``,
+``TASKFLOW_BROKER_TOKEN``, ``TASKFLOW_RESULTS_PASSWORD`` and ``TASKFLOW_RESULTS_TOKEN``
+(:mod:`taskflow._tls`, when the backend is built; ``docs/security.md``).
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ class Settings:
     """Deliveries of one attempt a broker makes before a task whose workers keep dying is
     dead-lettered ``worker_lost`` (lost deliveries do not spend retries)."""
     queue_limits: Mapping[str, int] = field(default_factory=_none)
+    audit_retention: float = 30 * 86400.0
+    """Seconds an admin audit entry is kept (``app.admin.audit()``)."""
 
     @classmethod
     def build(
@@ -63,6 +70,7 @@ class Settings:
         max_queued: int | None = None,
         max_deliveries: int = 5,
         queue_limits: Mapping[str, int] | None = None,
+        audit_retention: float = 30 * 86400.0,
     ) -> Settings:
         """Check every setting; a bad one raises ``ConfigError`` naming the app."""
         where = f"App({name!r})"
@@ -88,6 +96,8 @@ class Settings:
             max_queued=most,
             max_deliveries=deliveries,
             queue_limits=MappingProxyType(limits),
+            audit_retention=check_timeout(audit_retention, where, "audit_retention")
+            or 30 * 86400.0,
         )
 
     def queue_limit(self, queue: str) -> int | None:
@@ -134,7 +144,7 @@ def _given_url(app: str, given: str | None, what: str, env: str) -> tuple[str | 
 def _derived_results_url(broker: Broker) -> str:
     # Schemes are case-insensitive: REDIS:// keeps its results in Redis too.
     scheme = broker.url.split("://", 1)[0].lower()
-    if scheme in ("redis", "rediss", "nats", "sqlite"):
+    if scheme in ("redis", "rediss", "nats", "tls", "sqlite", "amqp", "amqps"):
         return broker.url
     if scheme != "memory":
         log.warning("no result store configured for %s; keeping results in memory", scheme)

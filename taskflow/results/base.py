@@ -6,7 +6,8 @@ rule every store enforces atomically: **a terminal record never changes again**
 explicit operator action: :meth:`ResultStore.restart` starts a new cycle of a terminal
 record (a dead letter replayed), keeping the earlier outcome in the record's ``history``.
 Group/chord counters, idempotency keys and waiting are written once, on top of these
-primitives.
+primitives. Stores also keep the workers' heartbeats and the admin audit trail, each entry
+with its own retention (:meth:`ResultStore.put_worker`, :meth:`ResultStore.add_audit`).
 Every store must pass ``tests/contract/test_results_contract.py``.
 """
 
@@ -90,6 +91,10 @@ class TaskInfo:
     history: list[dict[str, Any]] = field(default_factory=list)
     """Earlier cycles of a replayed task, oldest first: ``status``, ``error``, ``attempts``,
     ``finished_at`` (a datetime) and ``worker`` of each."""
+    root_id: str | None = None
+    """The first task of this task's canvas or of the tasks that sent it (None: on its own)."""
+    parent_id: str | None = None
+    """The task that sent this one or preceded it in a canvas (None: sent on its own)."""
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], result: Any = None) -> TaskInfo:
@@ -112,6 +117,8 @@ class TaskInfo:
                 for entry in record.get("history") or ()
                 if isinstance(entry, Mapping)
             ],
+            root_id=record.get("root_id"),
+            parent_id=record.get("parent_id"),
         )
 
 
@@ -163,6 +170,13 @@ class ResultStore(abc.ABC):
         record, or ``None`` without writing if the record is absent or not terminal, so
         of two concurrent restarts exactly one succeeds.
         """
+
+    async def restart_many(
+        self, items: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> list[dict[str, Any] | None]:
+        """:meth:`restart` of many records (each one still atomic), results in order; a
+        store may pipeline them (a bulk replay)."""
+        return [await self.restart(task_id, changes) for task_id, changes in items]
 
     async def update_many(
         self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None
@@ -241,3 +255,27 @@ class ResultStore(abc.ABC):
 
     async def publish_event(self, event: Mapping[str, Any]) -> None:  # noqa: B027
         """Publish a task event to other processes (if ``capabilities.events``)."""
+
+    # -- worker heartbeats and the audit trail ---------------------------------------
+    @abc.abstractmethod
+    async def put_worker(self, info: dict[str, Any], *, retention: float) -> None:
+        """Store a worker's heartbeat ``info`` (JSON-safe), replacing the one with the same
+        ``info["id"]``; the entry disappears ``retention`` seconds after this write unless
+        written again."""
+
+    @abc.abstractmethod
+    async def remove_worker(self, worker_id: str) -> None:
+        """Remove a worker's entry at once (a clean stop); no error if there is none."""
+
+    @abc.abstractmethod
+    async def workers(self) -> list[dict[str, Any]]:
+        """Every worker entry not past its retention, ordered by id."""
+
+    @abc.abstractmethod
+    async def add_audit(self, entry: dict[str, Any], *, retention: float) -> None:
+        """Append an audit ``entry`` (JSON-safe, with ``at`` in epoch seconds); it
+        disappears ``retention`` seconds after this write."""
+
+    @abc.abstractmethod
+    async def audit(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Up to ``limit`` audit entries not past their retention, newest first."""

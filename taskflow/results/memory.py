@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -15,6 +17,7 @@ from .base import ResultStore, StoreCapabilities, is_terminal, restarted
 __all__ = ["MemoryResultStore"]
 
 _SWEEP_EVERY = 60.0  # seconds (on the store's clock) between sweeps made by writes
+_AUDIT_MAX = 10_000  # audit entries kept at most, whatever their retention
 
 
 class MemoryResultStore(ResultStore):
@@ -41,6 +44,8 @@ class MemoryResultStore(ResultStore):
         self._waiters: dict[str, Waiters] = {}
         self._writes = 0
         self._next_sweep = self.clock.time() + _SWEEP_EVERY
+        self._workers: dict[str, tuple[dict[str, Any], float]] = {}  # id -> (info, expires)
+        self._audit: deque[tuple[dict[str, Any], float]] = deque(maxlen=_AUDIT_MAX)
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> MemoryResultStore:
@@ -280,3 +285,41 @@ class MemoryResultStore(ResultStore):
     def __len__(self) -> int:
         with self._lock:
             return len(self._records)
+
+    # -- worker heartbeats and the audit trail ---------------------------------------
+    async def put_worker(self, info: dict[str, Any], *, retention: float) -> None:
+        """Store a copy of ``info`` under its id until ``retention`` seconds from now."""
+        with self._lock:
+            now = self.clock.time()
+            self._workers[str(info["id"])] = (copy.deepcopy(info), now + retention)
+            for worker_id in [w for w, (_, x) in self._workers.items() if x <= now]:
+                del self._workers[worker_id]
+
+    async def remove_worker(self, worker_id: str) -> None:
+        """Forget a worker's entry."""
+        with self._lock:
+            self._workers.pop(worker_id, None)
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """Copies of the live entries, by id."""
+        with self._lock:
+            now = self.clock.time()
+            live = sorted((w, info) for w, (info, x) in self._workers.items() if x > now)
+            return [copy.deepcopy(info) for _, info in live]
+
+    async def add_audit(self, entry: dict[str, Any], *, retention: float) -> None:
+        """Append a copy of ``entry`` (the oldest of more than 10,000 are dropped)."""
+        with self._lock:
+            now = self.clock.time()
+            while self._audit and self._audit[0][1] <= now:
+                self._audit.popleft()
+            self._audit.append((copy.deepcopy(entry), now + retention))
+
+    async def audit(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest ``limit`` live entries, newest first."""
+        with self._lock:
+            now = self.clock.time()
+            live = [entry for entry, expires in self._audit if expires > now]
+        # Stable: entries with the same ``at`` keep the order they were added in.
+        live.sort(key=lambda entry: float(entry.get("at") or 0.0))
+        return [copy.deepcopy(entry) for entry in reversed(live[-limit:] if limit > 0 else [])]

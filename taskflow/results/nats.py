@@ -36,6 +36,7 @@ from .._nats.names import stream_name, subject_token
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BrokerError, ConfigError
 from ..urls import url_kwargs
+from . import _heartbeats_nats as heartbeats
 from ._nats_acks import PubAcks, reply_error
 from ._nats_janitor import Janitor, sweep
 from .base import ResultStore, StoreCapabilities, is_terminal, restarted
@@ -54,7 +55,10 @@ def _key(kind: str, name: str) -> str:
 
 
 class NatsResultStore(ResultStore):
-    """Task records, counters and keys in JetStream KV; events over core NATS."""
+    """Task records, counters and keys in JetStream KV; events over core NATS.
+
+    TLS and credential options as :class:`~taskflow.brokers.nats.NatsBroker`'s.
+    """
 
     capabilities: ClassVar[StoreCapabilities] = StoreCapabilities(events=True, atomic_create=True)
 
@@ -66,14 +70,37 @@ class NatsResultStore(ResultStore):
         connect_timeout: float = 5.0,
         max_age: float | None = None,
         sweep_interval: float | None = 60.0,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        tls_verify: bool | None = None,
+        tls_min_version: str | None = None,
+        password_file: str | None = None,
+        token_file: str | None = None,
+        creds_file: str | None = None,
+        nkey_file: str | None = None,
         clock: Clock | None = None,
     ) -> None:
         self._conn = Connection(
-            url, role="results", owner="NatsResultStore", connect_timeout=connect_timeout
+            url,
+            role="results",
+            owner="NatsResultStore",
+            connect_timeout=connect_timeout,
+            security={
+                "tls_ca_file": tls_ca_file,
+                "tls_cert_file": tls_cert_file,
+                "tls_key_file": tls_key_file,
+                "tls_verify": tls_verify,
+                "tls_min_version": tls_min_version,
+                "password_file": password_file,
+                "token_file": token_file,
+                "creds_file": creds_file,
+                "nkey_file": nkey_file,
+            },
         )
         if not prefix:
             raise ConfigError(f"{self._conn.masked}: prefix must not be empty")
-        self.url = url
+        self.url = self._conn.url
         self.prefix = prefix
         self.connect_timeout = self._conn.connect_timeout
         self.max_age = max_age
@@ -390,3 +417,30 @@ class NatsResultStore(ResultStore):
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    # -- worker heartbeats and the audit trail (keys in :mod:`._heartbeats_nats`) --------
+    def _heartbeats(self) -> heartbeats.Bucket:
+        return heartbeats.Bucket(self.bucket, self._bucket(), self._conn.client().jetstream())
+
+    async def put_worker(self, info: dict[str, Any], *, retention: float) -> None:
+        """Upsert a worker's heartbeat, live for ``retention`` seconds."""
+        now = self.clock.time()
+        await heartbeats.put_worker(self._call, self._heartbeats(), now, info, retention)
+
+    async def remove_worker(self, worker_id: str) -> None:
+        """Purge a worker's entry."""
+        await heartbeats.remove_worker(self._call, self._heartbeats(), worker_id)
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """The live worker entries, by id."""
+        return await heartbeats.workers(self._call, self._heartbeats(), self.clock.time())
+
+    async def add_audit(self, entry: dict[str, Any], *, retention: float) -> None:
+        """Append an audit entry, live for ``retention`` seconds."""
+        now = self.clock.time()
+        await heartbeats.add_audit(self._call, self._heartbeats(), now, entry, retention)
+
+    async def audit(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest live audit entries, newest first."""
+        now = self.clock.time()
+        return await heartbeats.audit(self._call, self._heartbeats(), now, limit)

@@ -27,6 +27,7 @@ from .._redis.connection import Connection
 from .._redis.scripts import RESULT_SCRIPTS
 from ..clock import SYSTEM_CLOCK, Clock
 from ..urls import url_kwargs
+from . import _heartbeats_redis as heartbeats
 from ._redis_listener import DoneListener
 from .base import ResultStore, StoreCapabilities, is_terminal
 
@@ -36,7 +37,10 @@ _RECHECK = 10.0  # a waiter re-reads its record this often, in case a notice was
 
 
 class RedisResultStore(ResultStore):
-    """Result store on Redis. ``prefix`` must match the broker's to share a namespace."""
+    """Result store on Redis. ``prefix`` must match the broker's to share a namespace.
+
+    TLS and credential options as :class:`~taskflow.brokers.redis.RedisBroker`'s.
+    """
 
     capabilities: ClassVar[StoreCapabilities] = StoreCapabilities(events=True, atomic_create=True)
 
@@ -46,6 +50,13 @@ class RedisResultStore(ResultStore):
         *,
         prefix: str = "taskflow",
         connect_timeout: float = 5.0,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        tls_verify: bool | None = None,
+        tls_min_version: str | None = None,
+        password_file: str | None = None,
+        token_file: str | None = None,
         clock: Clock | None = None,
     ) -> None:
         self._conn = Connection(
@@ -54,8 +65,17 @@ class RedisResultStore(ResultStore):
             owner="RedisResultStore",
             prefix=prefix,
             connect_timeout=connect_timeout,
+            security={
+                "tls_ca_file": tls_ca_file,
+                "tls_cert_file": tls_cert_file,
+                "tls_key_file": tls_key_file,
+                "tls_verify": tls_verify,
+                "tls_min_version": tls_min_version,
+                "password_file": password_file,
+                "token_file": token_file,
+            },
         )
-        self.url = url
+        self.url = self._conn.url
         self.prefix = self._conn.prefix
         self.connect_timeout = self._conn.connect_timeout
         self.clock: Clock = clock or SYSTEM_CLOCK
@@ -148,6 +168,22 @@ class RedisResultStore(ResultStore):
         for field, value in changes.items():
             args += [field, orjson.dumps(value)]
         return self._decode(await self._conn.run("result_restart", args))
+
+    async def restart_many(
+        self, items: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> list[dict[str, Any] | None]:
+        """Many restarts in one pipelined round trip (each one still atomic)."""
+        self._conn.client()
+        if not items:
+            return []
+        calls = []
+        for task_id, changes in items:
+            args: list[Any] = [self.key("r", task_id), repr(self.clock.time()), len(changes)]
+            for field, value in changes.items():
+                args += [field, orjson.dumps(value)]
+            calls.append(args)
+        rows = await self._conn.run_many("result_restart", calls)
+        return [self._decode(row) for row in rows]
 
     async def create_many(
         self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None
@@ -265,3 +301,24 @@ class RedisResultStore(ResultStore):
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
+
+    # -- worker heartbeats and the audit trail (keys in :mod:`._heartbeats_redis`) -------
+    async def put_worker(self, info: dict[str, Any], *, retention: float) -> None:
+        """Upsert a worker's heartbeat, with a TTL of ``retention`` seconds."""
+        await heartbeats.put_worker(self._conn, self.key, self.clock.time(), info, retention)
+
+    async def remove_worker(self, worker_id: str) -> None:
+        """Delete a worker's entry."""
+        await heartbeats.remove_worker(self._conn, self.key, worker_id)
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """The live worker entries, by id."""
+        return await heartbeats.workers(self._conn, self.key, self.clock.time())
+
+    async def add_audit(self, entry: dict[str, Any], *, retention: float) -> None:
+        """Append an audit entry (the sorted set is trimmed by age on each write)."""
+        await heartbeats.add_audit(self._conn, self.key, self.clock.time(), entry, retention)
+
+    async def audit(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest live audit entries, newest first."""
+        return await heartbeats.audit(self._conn, self.key, self.clock.time(), limit)

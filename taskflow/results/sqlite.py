@@ -1,11 +1,12 @@
 """The SQLite result store: task records, values and counters in one file.
 
 Usually the same file as the :class:`~taskflow.brokers.sqlite.SqliteBroker` (a results URL
-derived from a ``sqlite://`` broker names its file). Every write is one short
-``BEGIN IMMEDIATE`` transaction, so "a terminal record never changes again" holds across
-processes; expired entries read as absent at once and are deleted by :meth:`sweep`, which
-writes also run about once a minute. ``wait`` wakes at once for a record finished in this
-process and within about 20 ms for one finished by another process.
+derived from a ``sqlite://`` broker names its file). Every write runs inside a short
+``BEGIN IMMEDIATE`` transaction (writes queued meanwhile share it), so "a terminal record
+never changes again" holds across processes; expired entries read as absent at once and
+are deleted by :meth:`sweep`, which writes also run about once a minute. ``wait`` wakes at
+once for a record finished in this process and within about 20 ms for one finished by
+another process.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, ClassVar
 from .._sqlite.connection import Database, data_version, sqlite_path
 from ..clock import SYSTEM_CLOCK, Clock
 from ..urls import url_kwargs
+from . import _heartbeats_sqlite as heartbeats
 from .base import ResultStore, StoreCapabilities, is_terminal, restarted
 
 __all__ = ["SqliteResultStore"]
@@ -224,6 +226,29 @@ class SqliteResultStore(ResultStore):
         now = self.clock.time()
         self._next_sweep = now + _SWEEP_EVERY
         return await self._db.write(_sweep, now)
+
+    # -- worker heartbeats and the audit trail (tables in :mod:`._heartbeats_sqlite`) ----
+    async def put_worker(self, info: dict[str, Any], *, retention: float) -> None:
+        """Upsert a worker's heartbeat, live for ``retention`` seconds."""
+        now = self.clock.time()
+        await self._db.write(heartbeats.put_worker, dict(info), now + retention, now)
+
+    async def remove_worker(self, worker_id: str) -> None:
+        """Delete a worker's entry."""
+        await self._db.write(heartbeats.remove_worker, worker_id)
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """The live worker entries, by id."""
+        return await self._db.run(heartbeats.workers, self.clock.time())
+
+    async def add_audit(self, entry: dict[str, Any], *, retention: float) -> None:
+        """Append an audit entry, live for ``retention`` seconds."""
+        now = self.clock.time()
+        await self._db.write(heartbeats.add_audit, dict(entry), now + retention, now)
+
+    async def audit(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest live audit entries, newest first."""
+        return await self._db.run(heartbeats.audit, limit, self.clock.time())
 
 
 def _read_many(

@@ -84,6 +84,8 @@ class Announcer:
             TaskStatus.RUNNING.value,
             subject.attempt,
             timestamp=self.clock.time(),
+            root_id=env.root_id,
+            parent_id=env.parent_id,
         )
         await self.hooks.run(_START, event, subject.task)
 
@@ -121,6 +123,8 @@ class Announcer:
                 error,
                 self.clock.time(),
                 duration,
+                env.root_id,
+                env.parent_id,
             )
             if wants_hooks:
                 await hooks.run(kind, event, subject.task)
@@ -189,6 +193,8 @@ def _fields(event: TaskEvent) -> tuple[Any, ...]:
         event.error,
         event.timestamp,
         event.duration,
+        event.root_id,
+        event.parent_id,
     )
 
 

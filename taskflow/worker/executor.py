@@ -21,12 +21,15 @@ from typing import Any, Final
 
 from ..clock import Clock
 from ..context import TaskContext
-from ..errors import PayloadError, Reject, Retry, TaskTimeout
+from ..errors import ConfigError, PayloadError, Reject, Retry, TaskTimeout
 from ..kernel import Kernel
 from ..middleware import ExecuteNext
-from .bodies import Interrupted, run_async, run_sync
+from .bodies import Completions, Interrupted, run_async, run_sync
+from .cluster_limits import ClusterGate
 from .fetcher import Window
+from .leases import check_hold
 from .policy import decide
+from .procpool import ChildLost, ProcessPool, UndecodablePayload
 from .scheduler import Job, Scheduler
 from .settle import Settler
 from .stats import WorkerStats
@@ -58,8 +61,11 @@ class Executor:
         clock: Clock,
         rng: random.Random,
         concurrency: int,
+        procs: ProcessPool | None = None,
     ) -> None:
         self.kernel = kernel
+        self.procs = procs
+        """The child processes running sync bodies (``pool="processes"``), else None."""
         self.sched = sched
         self.window = window
         self.settler = settler
@@ -74,15 +80,25 @@ class Executor:
         self._call: ExecuteNext = self._invoke
         self._attempts: dict[int, tuple[Job, tuple[Any, ...], dict[str, Any]]] = {}
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._completions: Completions | None = None
         self._threads: list[threading.Thread] = []
         self._timer: asyncio.TimerHandle | None = None
         self._watchdog = Watchdog(concurrency)
         self._orphans: set[asyncio.Task[None]] = set()
+        self.gate = ClusterGate(kernel.settings.name, clock)
+        """Admission against the limits shared by every worker (:mod:`.cluster_limits`)."""
+        self.gate.on_release = self._permit_released
 
     def open(self) -> None:
         """On the loop, as the worker starts consuming: the thread pool, and the execute
-        chain from the app's middleware as it is now."""
+        chain from the app's middleware as it is now. ``ConfigError`` if a task declares
+        a cluster-wide limit that the broker cannot share."""
+        registry = self.kernel.registry
+        tasks = [registry[name] for name in registry]
+        self.gate.open(tasks, self.kernel.broker)
+        check_hold(tasks, self.kernel.broker, self.kernel.settings.default_timeout)
         self._call = self.kernel.middleware.wrap_execute(self._invoke)
+        self._completions = Completions(asyncio.get_running_loop())
         self._pool = concurrent.futures.ThreadPoolExecutor(
             self.concurrency,
             thread_name_prefix=f"taskflow-{self.kernel.settings.name}",
@@ -123,17 +139,61 @@ class Executor:
         if self.accepting:
             self.dispatch()
 
+    def _permit_released(self, task: str) -> None:
+        self.sched.wake(task)
+        if self.accepting:
+            self.dispatch()
+
+    async def _admit(self, job: Job) -> bool:
+        """Take ``job``'s cluster-wide token and permit while its slot is reserved (one
+        round trip). Refused: the slot is freed at once and the job waits in the
+        scheduler, its message held, until it may ask again. False if it is not to run
+        now (deferred, or handed back because the worker stops)."""
+        try:
+            wait = await self.gate.admit(job)
+        except asyncio.CancelledError:  # stopping while asking
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            wait = -1.0
+        except ConfigError as exc:  # registered after the worker started, not shareable
+            self.running.pop(job.envelope.id, None)
+            await self.settler.failed(job, exc, 0.0)
+            self.stats.processed += 1
+            self._release(job)
+            return False
+        if wait == 0.0 and self.accepting:
+            return True
+        self.running.pop(job.envelope.id, None)
+        if wait > 0 and self.accepting:
+            self.sched.defer(job, wait)
+            self.window.wake()
+            self.dispatch()
+            return False
+        await self.gate.release(job)  # the worker stops: the message goes back
+        await self.settler.requeue(job)
+        self._release(job)
+        return False
+
     # -- one job ---------------------------------------------------------------------
     async def _execute(self, job: Job) -> None:
+        if self.gate.limits(job) and not await self._admit(job):
+            return
         try:
             await self._attempt(job)
         except asyncio.CancelledError:
             await self._after_cancel(job)
+        except ChildLost as exc:  # its message comes back after its lease, counted as lost
+            log.warning("%s; it is delivered again after its lease", exc)
         except Exception as exc:  # settling kept failing (outages are waited out)
             self.settler.abandon(job, exc)
         finally:
             self.stats.processed += 1
-            self._release(job)
+            try:
+                if not job.adopted:  # an adopted body still runs: released when it returns
+                    await self.gate.release(job)
+            finally:
+                self._release(job)
 
     async def _attempt(self, job: Job) -> None:
         env, task = job.envelope, job.task
@@ -150,11 +210,15 @@ class Executor:
             deadline=None if env.timeout is None else self.clock.time() + env.timeout,
             delivery=max(1, job.delivery.delivery_count),
             enqueued_at=env.created_at,
+            root_id=env.root_id,
+            parent_id=env.parent_id,
         )
         job.ctx = ctx
         t0 = self.clock.monotonic()
         try:
-            args, kwargs = task.schema.decode_args(env.args, env.kwargs)
+            # A child process decodes the arguments of its body itself, from the message.
+            in_child = self.procs is not None and not task.is_async
+            args, kwargs = ((), {}) if in_child else task.schema.decode_args(env.args, env.kwargs)
         except Exception as exc:
             await self.settler.failed(job, payload_error(env.task, exc), 0.0, reason="payload")
             return
@@ -176,6 +240,9 @@ class Executor:
             # prefetch window until it is acked).
             self._free_slot(job)
         duration = self.clock.monotonic() - t0
+        if isinstance(error, UndecodablePayload):
+            await self.settler.failed(job, error, duration, reason="payload")
+            return
         if error is not None:
             await self.settler.failure(job, decide(job, error, self.rng), duration)
             return
@@ -191,8 +258,18 @@ class Executor:
             self._watchdog.watch(job, job.envelope.timeout)
         if task.is_async:
             return await run_async(task.fn, args, kwargs, ctx)
-        assert self._pool is not None
-        return await run_sync(self._pool, task.fn, args, kwargs, ctx, on_submit=job.set_body)
+        if self.procs is not None:
+            return await self.procs.run(job, ctx)
+        assert self._pool is not None and self._completions is not None
+        return await run_sync(
+            self._pool,
+            task.fn,
+            args,
+            kwargs,
+            ctx,
+            completions=self._completions,
+            on_submit=job.set_body,
+        )
 
     async def _after_cancel(self, job: Job) -> None:
         task = asyncio.current_task()
@@ -282,15 +359,19 @@ class Executor:
         if not body.cancelled():
             body.exception()  # retrieved: the run was stopped, its outcome does not count
         await self.settler.requeue(job, started=True)
+        await self.gate.release(job)
 
     async def close(self) -> None:
         """Stop the watchdog and close the pool; returns once its idle threads ended
         (a body that still runs, adopted, is not waited for)."""
         self.accepting = False
         self._watchdog.close()
+        await self.gate.close()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self.procs is not None:
+            await self.procs.close()
         pool, self._pool = self._pool, None
         if pool is None:
             return

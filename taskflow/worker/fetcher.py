@@ -89,6 +89,12 @@ class Window:
         if self._room is not None:
             self._room.set()
 
+    def wake(self) -> None:
+        """Wake :meth:`room`'s waiter without a release: a held job changed stage (a
+        cluster-wide limit sent it back to the scheduler)."""
+        if self._room is not None:
+            self._room.set()
+
     async def room(self) -> None:
         """Wait until a held message is released."""
         assert self._room is not None

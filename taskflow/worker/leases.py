@@ -14,16 +14,43 @@ import asyncio
 import heapq
 import itertools
 import logging
+from collections.abc import Iterable
 
-from ..brokers.base import Delivery
+from ..brokers.base import Broker, Delivery
+from ..errors import ConfigError
+from ..kernel import TaskDef
+from ..urls import mask_url
 from .resilience import Outage
 
-__all__ = ["LeaseKeeper"]
+__all__ = ["LeaseKeeper", "check_hold"]
 
 log = logging.getLogger("taskflow.worker")
 
 # A renewal that failed (the broker is briefly away) is tried again this soon, at most.
 _RETRY_AFTER = 1.0
+
+
+def check_hold(tasks: Iterable[TaskDef], broker: Broker, default_timeout: float | None) -> None:
+    """As the worker starts: ``ConfigError`` naming the first task whose timeout (its own,
+    or the app's ``default_timeout``) is not shorter than the longest the broker lets a
+    delivery stay unacknowledged (:meth:`~taskflow.brokers.base.Broker.max_hold`).
+
+    A timeout given per call (``apply_async(timeout=...)``) is not known here; the broker
+    counts a delivery held past its bound as lost.
+    """
+    bound = broker.max_hold()
+    if bound is None:
+        return
+    for task in tasks:
+        timeout = task.options.timeout if task.options.timeout is not None else default_timeout
+        if timeout is None or timeout >= bound:
+            runs = "has no timeout" if timeout is None else f"has a {timeout:g}s timeout"
+            raise ConfigError(
+                f"task {task.name!r} {runs}, but the broker {mask_url(broker.url)} takes a "
+                f"delivery back after {bound:g}s unacknowledged (consumer_timeout); give the "
+                "task a shorter timeout or raise the server's consumer_timeout and the "
+                "broker's consumer_timeout option"
+            )
 
 
 class LeaseKeeper:

@@ -31,7 +31,10 @@ class Job:
         "envelope",
         "handle",
         "in_user_code",
+        "permit",
+        "rated",
         "task",
+        "token",
     )
 
     def __init__(self, envelope: Envelope, delivery: Delivery, task: TaskDef) -> None:
@@ -49,6 +52,11 @@ class Job:
         # while that body still ran (it is handed back only once the body returns).
         self.body: concurrent.futures.Future[Any] | None = None
         self.adopted = False
+        # Limits already passed, kept while the job waits for the next one: the local
+        # token bucket's token, the cluster-wide token, the cluster-wide permit (its holder).
+        self.rated = False
+        self.token = False
+        self.permit: str | None = None
 
     @property
     def stores(self) -> bool:
@@ -132,6 +140,8 @@ class Scheduler:
             return job
 
     def _gate(self, job: Job) -> float:
+        if job.rated:  # took its token before it was deferred by a cluster-wide limit
+            return 0.0
         name = job.task.name
         if name not in self._buckets:
             limit = job.task.options.rate_limit
@@ -141,7 +151,29 @@ class Scheduler:
                 bucket = TokenBucket(limit.rate, burst, self._clock)
             self._buckets[name] = bucket
         bucket = self._buckets[name]
-        return 0.0 if bucket is None else bucket.acquire()
+        wait = 0.0 if bucket is None else bucket.acquire()
+        job.rated = wait <= 0
+        return wait
+
+    def defer(self, job: Job, wait: float) -> None:
+        """Hold ``job`` back for ``wait`` seconds (a cluster-wide limit refused it now)."""
+        heapq.heappush(self._throttled, (self._clock.monotonic() + wait, next(self._seq), job))
+        self._size += 1
+
+    def wake(self, task: str) -> None:
+        """Let the held-back jobs of ``task`` run now (one of its permits was released)."""
+        keep: list[tuple[float, int, Job]] = []
+        for entry in self._throttled:
+            job = entry[2]
+            if job.task.name == task:
+                heapq.heappush(
+                    self._heaps[job.envelope.queue], (-job.envelope.priority, entry[1], job)
+                )
+            else:
+                keep.append(entry)
+        if len(keep) != len(self._throttled):
+            heapq.heapify(keep)
+            self._throttled = keep
 
     def _release(self) -> None:
         now = self._clock.monotonic()

@@ -29,6 +29,7 @@ from .._waiters import within
 from ..clock import Clock
 from ..errors import PayloadError, WorkerLost
 from ..kernel import Kernel
+from ..kernel.enqueue import continuing
 from ..message import Envelope, TaskStatus, error_info
 from .announce import Announcer, Subject
 from .policy import Fail, RetryIn
@@ -143,6 +144,8 @@ class Settler:
             written = await self._record(subject, changes, status.terminal)
             if not written and not status.terminal:
                 return False
+            if not written and status is TaskStatus.SUCCEEDED:
+                self.result_dropped(env, "record_final")
         if env.canvas and status.terminal:
             await self._continue(subject, status, encoded)
         if act is not None:
@@ -160,6 +163,17 @@ class Settler:
                 level=transition.level,
             )
         return True
+
+    def result_dropped(self, env: Envelope, reason: str) -> None:
+        """A task that stores its result returned one that is not stored: ``reason`` is
+        ``"unencodable"`` (the value did not encode: the task fails instead) or
+        ``"record_final"`` (its record was final already, e.g. cancelled between the body's
+        return and this write).
+
+        The seam the OpenTelemetry instrumentation counts
+        (``taskflow_results_dropped_total``).
+        """
+        log.info("%s[%s]: result not stored (%s)", env.task, env.id, reason)
 
     async def durably(self, step: Callable[[], Awaitable[T]], what: str, task_id: str) -> T:
         """``step()``, retried while the backend is down."""
@@ -191,7 +205,11 @@ class Settler:
             else:
                 await self.kernel.run_continuations(env, status, encoded)
 
-        await self.durably(proceed, "running the continuations", env.id)
+        token = continuing.set(env)
+        try:
+            await self.durably(proceed, "running the continuations", env.id)
+        finally:
+            continuing.reset(token)
 
     # -- a job's life ----------------------------------------------------------------
     async def started(self, job: Job) -> bool:
@@ -233,6 +251,8 @@ class Settler:
         try:
             encoded = job.task.schema.encode_result(value)
         except PayloadError as exc:
+            if job.stores:
+                self.result_dropped(job.envelope, "unencodable")
             await self.failed(job, exc, duration, reason="payload")
             return
         changes = {

@@ -34,7 +34,9 @@ from .announce import Announcer
 from .control import Control
 from .executor import Executor
 from .fetcher import Fetcher, Window
+from .heartbeat import DEFAULT_INTERVAL, Heartbeat, checked_interval
 from .leases import LeaseKeeper
+from .procpool import ProcessPool, check_pool_options
 from .rejects import Rejects
 from .resilience import describe
 from .scheduler import Scheduler
@@ -55,6 +57,14 @@ class Worker(Service):
     (default ``max(10, 5 * poll_interval)`` seconds).
     ``prefetch_buffer``: messages held beyond free slots (default ``concurrency // 2``,
     at least 1); ``poll_interval``: the longest a fetch blocks before re-checking state.
+    ``heartbeat``: seconds between the writes of this worker's entry to the result store
+    (:mod:`.heartbeat`); ``heartbeat_retention``: how long an entry outlives its last write
+    (default ``max(10 * heartbeat, 60)``).
+    ``pool``: ``"threads"`` (default) or ``"processes"``: sync bodies in ``concurrency``
+    child processes (:mod:`.procpool`), which import the app from ``app_path``
+    (``module:attr``; default: the module-level global that holds the app), are recycled
+    after ``max_tasks_per_child`` tasks or once above ``max_memory_per_child`` MB, and
+    enforce the tasks' ``time_limit``.
     """
 
     kind = "worker"
@@ -71,8 +81,16 @@ class Worker(Service):
         stall_timeout: float | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        heartbeat: float = DEFAULT_INTERVAL,
+        heartbeat_retention: float | None = None,
+        pool: str = "threads",
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: float | None = None,
+        app_path: str | None = None,
     ) -> None:
         queues = _checked(queues or [kernel.settings.default_queue], concurrency, prefetch_buffer)
+        check_pool_options(pool, max_tasks_per_child, max_memory_per_child)
+        interval, retention = checked_interval(heartbeat, heartbeat_retention)
         super().__init__(
             name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}",
             kernel.loop,
@@ -107,6 +125,15 @@ class Worker(Service):
             clock=self.clock,
             rng=self.rng,
             concurrency=concurrency,
+            procs=None
+            if pool == "threads"
+            else ProcessPool(
+                kernel,
+                concurrency,
+                app_path=app_path,
+                max_tasks_per_child=max_tasks_per_child,
+                max_memory_per_child=max_memory_per_child,
+            ),
         )
         rejects = Rejects(
             kernel, self.settler, self.counts, name=self.name, clock=self.clock, rng=self.rng
@@ -135,6 +162,23 @@ class Worker(Service):
             rng=self.rng,
             poll_interval=poll_interval,
         )
+        self.heartbeat = Heartbeat(
+            kernel.results,
+            worker_id=self.name,
+            queues=self.queues,
+            concurrency=concurrency,
+            pool=pool,
+            running=self._running_tasks,
+            counters=self.counts.as_dict,
+            interval=interval,
+            retention=retention,
+            clock=self.clock,
+        )
+        """This worker's entry in the result store (``app.admin.workers()`` reads it)."""
+
+    def _running_tasks(self) -> list[tuple[str, str]]:
+        """``(task id, task name)`` of every task running now (for the heartbeat)."""
+        return [(tid, job.envelope.task) for tid, job in self.executor.running.items()]
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} queues={self.queues} concurrency={self.concurrency}>"
@@ -225,6 +269,8 @@ class Worker(Service):
         """Consume until stopped (``until_idle``: until idle), then stop in order."""
         try:
             await self._open()
+            if not until_idle:
+                await self.heartbeat.beat()  # listed as soon as it is started
         except BaseException:
             await self._close(final=not until_idle)
             raise
@@ -253,12 +299,16 @@ class Worker(Service):
             await self.kernel.declare(q)
         self.window.open()
         self.executor.open()
+        if self.executor.procs is not None:
+            await self.executor.procs.open()
 
     def _start_stages(self, until_idle: bool) -> list[asyncio.Task[None]]:
         """The fetcher first, then what runs beside it; a stage that dies stops the worker."""
         stages = [asyncio.create_task(self.fetcher.run(until_idle), name="taskflow-fetch")]
         for name, stage in self.control.stages():
             stages.append(asyncio.create_task(stage(), name=f"taskflow-{name}"))
+        if not until_idle:
+            stages.append(asyncio.create_task(self.heartbeat.run(), name="taskflow-heartbeat"))
         for task in stages:
             task.add_done_callback(self._stage_ended)
         return stages
@@ -295,15 +345,18 @@ class Worker(Service):
         4. Cancel what still runs. A cancelled job hands its message back once its code can
            no longer run; a sync body stuck in C code is adopted instead
            (:meth:`~.executor.Executor.adopt`).
-        5. Only now stop the control channel and lease renewal: until the jobs are done a
-           running task may still be cancelled from another process, and every message
-           still held must keep its lease, or the broker would give it to another worker
-           while it still runs here.
+        5. Only now stop the control channel, lease renewal and the heartbeat: until the
+           jobs are done a running task may still be cancelled from another process, every
+           message still held must keep its lease, or the broker would give it to another
+           worker while it still runs here, and the heartbeat shows what still runs. Then
+           remove the worker's heartbeat entry (a clean stop is not a lost worker).
         6. Close the pool and the watchdog, and (``final``; ``run_until_idle`` may run
            again) the subscriptions.
         """
         fetch, *beside = stages
         self.executor.accepting = False
+        if self.executor.procs is not None:
+            self.executor.procs.stop_replacing()
         fetch.cancel()
         await asyncio.gather(fetch, return_exceptions=True)
         await self.fetcher.hand_back()
@@ -312,6 +365,8 @@ class Worker(Service):
         for stage in beside:
             stage.cancel()
         await asyncio.gather(*beside, return_exceptions=True)
+        if final:
+            await self.heartbeat.remove()
         await self._close(final)
 
     async def _let_finish(self, grace: float) -> None:

@@ -61,7 +61,7 @@ async def _memory_store(clock: Clock | None) -> ResultStore:
 BROKERS["memory"] = _memory_broker
 STORES["memory"] = _memory_store
 
-for _name in ("redis", "nats", "sqlite"):
+for _name in ("redis", "nats", "sqlite", "amqp"):
     try:
         importlib.import_module(f"tests.contract.backend_{_name}").register(BROKERS, STORES)
     except ModuleNotFoundError as exc:

@@ -98,16 +98,16 @@ def test_a_replayed_dead_letter_runs_again_and_keeps_its_earlier_failure(app: Ap
     result = flaky.delay(21)
     assert drain(app, [queue]) == 1
     assert result.status is TaskStatus.FAILED
-    (letter,) = app.admin.dead_letters(queue)
+    (letter,) = app.admin.dead_letters(queue).items
     assert (letter.task_id, letter.task, letter.reason) == (result.id, flaky.name, "failed")
 
-    assert app.admin.replay(queue) == 1
+    assert app.admin.replay(queue).replayed == 1
 
     info = result.info()
     assert (info.status, info.attempts, info.error) == (TaskStatus.QUEUED, 0, None)
     assert [h["status"] for h in info.history] == ["failed"]
     assert info.history[0]["error"]["type"] == "ValueError"
-    assert app.admin.dead_letters(queue) == []
+    assert app.admin.dead_letters(queue).items == []
     assert drain(app, [queue]) == 1
     assert result.get(timeout=10) == 42
     info = result.info()
@@ -124,7 +124,7 @@ def test_a_replayed_task_gets_its_whole_retry_budget_again(app: App) -> None:
     result = flaky.delay(1)
     drain(app, [queue])
     assert result.status is TaskStatus.FAILED
-    assert app.admin.replay(queue) == 1
+    assert app.admin.replay(queue).replayed == 1
     drain(app, [queue])
     assert result.get(timeout=10) == 2
     assert flaky.attempts == [1, 2, 1, 2]
@@ -136,8 +136,8 @@ def test_replay_takes_only_the_ids_asked_for(app: App) -> None:
     flaky = _flaky(app, queue, failures=2)
     first, second = flaky.delay(1), flaky.delay(2)
     drain(app, [queue])
-    assert app.admin.replay(queue, ids=[second.id, "no-such-id"]) == 1
-    assert [d.task_id for d in app.admin.dead_letters(queue)] == [first.id]
+    assert app.admin.replay(queue, ids=[second.id, "no-such-id"]).replayed == 1
+    assert [d.task_id for d in app.admin.dead_letters(queue).items] == [first.id]
     assert (first.status, second.status) == (TaskStatus.FAILED, TaskStatus.QUEUED)
 
 
@@ -148,7 +148,8 @@ def test_concurrent_replays_of_one_dead_letter_make_one_live_copy(app: App) -> N
     drain(app, [queue])
 
     async def both() -> list[int]:
-        return list(await asyncio.gather(*(app.admin.areplay(queue) for _ in range(3))))
+        reports = await asyncio.gather(*(app.admin.areplay(queue) for _ in range(3)))
+        return [r.replayed for r in reports]
 
     assert sum(app.kernel.call(both())) == 1
     assert _depth(app, queue)["ready"] == 1
@@ -201,7 +202,7 @@ def test_a_replay_whose_dead_letter_was_taken_meanwhile_gives_the_record_back() 
         broker = app.broker
         assert isinstance(broker, BrokerAdmin)
         broker.requeue = taken  # type: ignore[method-assign]
-        assert app.admin.replay(queue) == 0
+        assert app.admin.replay(queue).replayed == 0
         after = result.info()
         assert (after.status, after.attempts, after.error) == (
             before.status,

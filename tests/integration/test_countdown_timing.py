@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from taskflow import App, Retry
+from tests.amqp import amqp_helpers
 from tests.integration import nats_helpers, redis_helpers
 
 pytestmark = pytest.mark.integration
@@ -16,10 +17,16 @@ pytestmark = pytest.mark.integration
 ON_TIME = 0.05
 
 
-@pytest.fixture(params=["memory", "redis", "nats"])
-def url(request: pytest.FixtureRequest) -> Iterator[str]:
+@pytest.fixture(params=["memory", "redis", "nats", "amqp"])
+def url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     if request.param == "memory":
         yield "memory://"
+        return
+    if request.param == "amqp":
+        broker, results, prefix = amqp_helpers.shared_urls(lease=5)
+        monkeypatch.setenv("TASKFLOW_RESULTS_URL", results)  # RabbitMQ keeps no results
+        yield broker
+        amqp_helpers.drop(prefix, {"default"})
         return
     helpers = redis_helpers if request.param == "redis" else nats_helpers
     address, prefix = helpers.shared_url(lease=5)

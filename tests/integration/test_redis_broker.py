@@ -121,3 +121,35 @@ def test_url_options_configure_both_backends_and_unknown_ones_are_rejected() -> 
         assert isinstance(app.results, RedisResultStore) and app.results.prefix == "shop"
     finally:
         app.close()
+
+
+def _bury(app: App, queue: str, count: int) -> list[str]:
+    """``count`` tasks of ``queue`` that fail for good, run until they are dead letters."""
+
+    @app.task(name=f"dead.{queue}", queue=queue)
+    def boom(i: int) -> None:
+        raise ValueError("boom")
+
+    ids = [boom.delay(i).id for i in range(count)]
+    app.worker(queues=[queue], concurrency=4).run_until_idle()
+    return ids
+
+
+def test_dead_letters_are_all_kept_unless_a_limit_is_given(url: str) -> None:
+    with App("deadkeep", broker=url) as app:
+        ids = _bury(app, "keep", 25)
+        page = app.admin.dead_letters("keep", limit=100)
+        assert [d.task_id for d in page.items] == ids  # nothing dropped by default
+
+    with App("deadcap", broker=f"{url}&dead_letter_limit=10") as app:
+        ids = _bury(app, "capped", 25)
+        page = app.admin.dead_letters("capped", limit=100)
+        assert [d.task_id for d in page.items] == ids[-10:]  # the newest ten
+        # The dropped ones keep their failed record.
+        assert app.result(ids[0]).info().status.value == "failed"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "1.5"])
+def test_a_bad_dead_letter_limit_is_a_config_error(value: str) -> None:
+    with pytest.raises(ConfigError, match="dead_letter_limit"):
+        App("bad", broker=f"redis://127.0.0.1:6379/0?dead_letter_limit={value}")

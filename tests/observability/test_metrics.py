@@ -18,6 +18,7 @@ NAMES = {
     "taskflow_tasks_failed_total",
     "taskflow_tasks_cancelled_total",
     "taskflow_tasks_retried_total",
+    "taskflow_results_dropped_total",
     "taskflow_queue_depth",
     "taskflow_task_latency_seconds",
     "taskflow_task_wait_seconds",
@@ -58,7 +59,10 @@ def test_sends_attempts_and_outcomes_are_counted(telemetry: Telemetry, app: App)
 
     assert ok.get(timeout=5) == 2
     points = _points(telemetry.metrics)
-    assert set(points) == NAMES - {"taskflow_tasks_cancelled_total"}
+    assert set(points) == NAMES - {
+        "taskflow_tasks_cancelled_total",
+        "taskflow_results_dropped_total",
+    }
     task = {"task": "obs.maybe", "queue": "default"}
     assert _value(points["taskflow_tasks_scheduled_total"], **task) == 3
     completed = points["taskflow_tasks_completed_total"]
@@ -106,3 +110,31 @@ def test_queue_depth_is_read_from_the_broker(telemetry: Telemetry, app: App) -> 
     worker.run_until_idle()
     depth = _points(telemetry.metrics)["taskflow_queue_depth"]
     assert _value(depth, queue="default", state="ready") == 0
+
+
+def test_results_that_are_not_stored_are_counted_by_reason(telemetry: Telemetry, app: App) -> None:
+    @app.task(name="obs.badresult")
+    def bad_result() -> int:
+        return "not an int"  # type: ignore[return-value]
+
+    @app.task(name="obs.closed", bind=True)
+    async def closed(ctx: TaskContext) -> int:
+        # The record turns final while the body runs (the cancellation never reaches it).
+        await app.kernel.results.update(ctx.id, {"status": "cancelled"}, None)
+        return 7
+
+    @app.task(name="obs.unstored", store_result=False)
+    def unstored() -> int:
+        return "ignored"  # type: ignore[return-value]
+
+    bad = bad_result.delay()
+    late = closed.delay()
+    unstored.delay()
+    app.worker().run_until_idle()
+
+    assert bad.status is TaskStatus.FAILED
+    assert late.status is TaskStatus.CANCELLED
+    dropped = _points(telemetry.metrics)["taskflow_results_dropped_total"]
+    assert len(dropped) == 2  # a task that never stores its result drops nothing
+    assert _value(dropped, task="obs.badresult", queue="default", reason="unencodable") == 1
+    assert _value(dropped, task="obs.closed", queue="default", reason="record_final") == 1

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 
 import pytest
+from opentelemetry import baggage, propagate, trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -17,6 +18,7 @@ from taskflow import App, Retry, TaskContext
 from taskflow.codec import decode_envelope
 from taskflow.errors import QueueFull
 from taskflow.instrumentation import TaskflowInstrumentor
+from taskflow.instrumentation._tracing import Extractor
 
 SECRET = "s3cr3t-argument-4e2a"
 TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -82,7 +84,7 @@ def test_the_context_travels_as_a_w3c_traceparent_header(
     assert headers["traceparent"].split("-")[2] == f"{send.context.span_id:016x}"
 
 
-def test_enqueue_many_opens_one_send_span_per_message(
+def test_enqueue_many_opens_one_producer_span_per_message(
     exporter: InMemorySpanExporter, app: App
 ) -> None:
     @app.task(name="obs.one")
@@ -294,3 +296,36 @@ def test_a_send_sampled_out_is_not_traced_in_the_worker_either(app: App) -> None
         provider.shutdown()
 
     assert spans.get_finished_spans() == ()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+        {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"},
+        {
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "tracestate": "vendor=opaque,other=1",
+        },
+        {"traceparent": "00-00000000000000000000000000000000-b7ad6b7169203331-01"},
+        {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01"},
+        {"traceparent": "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01"},
+        {"traceparent": "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra"},
+        {"traceparent": "garbage"},
+        {
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "baggage": "user=1",
+        },
+    ],
+)
+def test_the_sender_context_is_read_as_the_global_propagator_reads_it(
+    headers: dict[str, str],
+) -> None:
+    ours, theirs = Extractor().extract(headers), propagate.extract(headers)
+
+    assert (
+        trace.get_current_span(ours).get_span_context()
+        == trace.get_current_span(theirs).get_span_context()
+    )
+    assert baggage.get_all(ours) == baggage.get_all(theirs)

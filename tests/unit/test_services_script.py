@@ -70,7 +70,7 @@ def state(tmp_path: Path) -> Iterator[Path]:
 def test_starts_what_is_down_then_finds_it_running(state: Path) -> None:
     redis_port, nats_port = free_port(), free_port()
 
-    first = run(state, redis=redis_port, nats=nats_port)
+    first = run(state, "redis", "nats", redis=redis_port, nats=nats_port)
 
     assert first.returncode == 0, first.stdout + first.stderr
     lines = first.stdout.splitlines()
@@ -80,7 +80,7 @@ def test_starts_what_is_down_then_finds_it_running(state: Path) -> None:
     for port in (redis_port, nats_port):
         socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
 
-    again = run(state, redis=redis_port, nats=nats_port)
+    again = run(state, "redis", "nats", redis=redis_port, nats=nats_port)
 
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.splitlines() == [
@@ -101,8 +101,19 @@ def test_only_the_named_services_and_a_failure_exits_non_zero(state: Path) -> No
 
 
 def test_an_unknown_service_is_named(state: Path) -> None:
-    proc = run(state, "rabbitmq")
+    proc = run(state, "kafka")
 
     assert proc.returncode == 2
     assert proc.stdout == ""
-    assert "unknown service 'rabbitmq' (known: redis nats)" in proc.stderr
+    assert "unknown service 'kafka' (known: redis nats rabbitmq)" in proc.stderr
+
+
+def test_a_rabbitmq_that_answers_is_left_alone(state: Path) -> None:
+    with socket.socket() as server:  # anything answering on the port counts as running
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = int(server.getsockname()[1])
+        proc = run(state, "rabbitmq", rabbitmq=port)
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines() == [f"rabbitmq 127.0.0.1:{port}: already running"]

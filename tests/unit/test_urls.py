@@ -7,7 +7,7 @@ import pytest
 from taskflow import App, BrokerError, ConfigError
 from taskflow.brokers import MemoryBroker, broker_from_url
 from taskflow.results import MemoryResultStore, results_from_url
-from taskflow.urls import SCHEMES, mask_url, url_options
+from taskflow.urls import SCHEMES, amqp_vhost, mask_url, parse_url, url_options
 
 SECRET = "s3cretPW"
 ROLES = ["broker", "results"]
@@ -90,8 +90,9 @@ BAD_URLS = [
     (f"nats://u:{SECRET}@h:4222?colour=red", "unknown option 'colour'"),
     ("memory://somehost", "takes no host"),
     ("memory://?lease=abc", "lease"),  # the broker: not a number; the store: not an option
-    (f"amqp://guest:{SECRET}@h:5672//", "amqp:// (RabbitMQ) is not supported by this version"),
-    (f"amqps://guest:{SECRET}@h:5671//", "not supported by this version"),
+    (f"amqp://guest:{SECRET}@h:5672//?colour=red", "unknown option 'colour'"),
+    (f"amqp://guest:{SECRET}@h:5672/a/b", "the path is the virtual host"),
+    (f"amqps://guest:{SECRET}@h:5671//?lease=abc", "lease"),
     ("sqlite://", "name the database file"),
     ("sqlite://host/tasks.db", "takes no host"),
     ("sqlite:///tasks.db?colour=red", "unknown option 'colour'"),
@@ -114,15 +115,16 @@ def test_a_bad_url_is_a_config_error_naming_the_masked_url_and_the_fix(
     assert f"{role} URL" in text
 
 
-@pytest.mark.parametrize("scheme", ["amqp", "amqps", "tls"])
-def test_an_unbuilt_scheme_lists_the_supported_ones_instead_of_a_missing_module(
+@pytest.mark.parametrize("scheme", ["kafka", "amqp1", "redis+sentinel"])
+def test_an_unknown_scheme_lists_the_supported_ones_instead_of_a_missing_module(
     scheme: str,
 ) -> None:
     with pytest.raises(ConfigError) as info:
         broker_from_url(f"{scheme}://host:1234")
-    assert "memory://, redis://, rediss://, nats://, sqlite://" in str(info.value)
+    supported = "memory://, redis://, rediss://, nats://, tls://, sqlite://, amqp://, amqps://"
+    assert supported in str(info.value)
     assert not isinstance(info.value, ModuleNotFoundError)
-    assert set(SCHEMES) == {"memory", "redis", "rediss", "nats", "sqlite"}
+    assert set(SCHEMES) == {"memory", "redis", "rediss", "nats", "tls", "sqlite", "amqp", "amqps"}
 
 
 @pytest.mark.parametrize(
@@ -131,7 +133,7 @@ def test_an_unbuilt_scheme_lists_the_supported_ones_instead_of_a_missing_module(
 )
 @pytest.mark.parametrize(
     "url",
-    ["redis://127.0.0.1:6379/abc", "memory://?leese=1", "amqp://guest:guest@h//"],
+    ["redis://127.0.0.1:6379/abc", "memory://?leese=1", "amqp://guest:guest@h/a/b"],
 )
 def test_environment_urls_are_as_strict_and_say_where_they_came_from(
     monkeypatch: pytest.MonkeyPatch, variable: str, role: str, url: str
@@ -186,8 +188,32 @@ def test_a_shared_url_takes_the_options_of_both_the_broker_and_the_result_store(
     broker_cls = load_backend(entry.broker, entry.extra, parsed)
     store_cls = load_backend(entry.results, entry.extra, parsed)
     values = {str: "tfurl", float: "2.5", int: "7"}
-    options = {**url_options(broker_cls), **url_options(store_cls)}
+    # The TLS and credential options name files that must exist: tests/tls covers them.
+    from taskflow._tls import CREDENTIAL_OPTIONS, NATS_OPTIONS, TLS_OPTIONS
+
+    files = {*TLS_OPTIONS, *CREDENTIAL_OPTIONS, *NATS_OPTIONS}
+    options = {
+        name: kind
+        for name, kind in {**url_options(broker_cls), **url_options(store_cls)}.items()
+        if name not in files
+    }
     query = "&".join(f"{name}={values[kind]}" for name, kind in sorted(options.items()))
     url = f"{scheme}://127.0.0.1/?{query}"
     assert type(broker_from_url(url)) is broker_cls
     assert type(results_from_url(url)) is store_cls
+
+
+@pytest.mark.parametrize(
+    ("url", "vhost"),
+    [
+        ("amqp://guest:guest@h:5672", "/"),
+        ("amqp://guest:guest@h:5672/", "/"),
+        ("amqp://guest:guest@h:5672//", "/"),  # how Celery users write the default
+        ("amqp://guest:guest@h:5672/%2F", "/"),
+        ("amqp://guest:guest@h:5672/shop", "shop"),
+        ("amqps://guest:guest@h:5671/shop%2Fstaging", "shop/staging"),
+    ],
+)
+def test_an_amqp_urls_path_is_its_virtual_host(url: str, vhost: str) -> None:
+    assert amqp_vhost(parse_url(url).path) == vhost
+    broker_from_url(url)  # builds (connects on first use)

@@ -2,7 +2,12 @@
 -- depth -> {ready, scheduled, inflight, dead}; cancel id -> 0/1;
 -- purge '1'|'0' (with scheduled) -> ids dropped;
 -- replay [ids...] -> count (all dead letters when no ids are given);
--- requeue then per message: id, body, priority, max_deliveries -> ids moved.
+-- requeue then per message: id, body, priority, max_deliveries -> ids moved;
+-- discard ids... -> ids removed (dead letters deleted for good);
+-- bury then per letter: id, body, reason, error, failed_at, deliveries, priority,
+-- max_deliveries -> count filed (an id with a live message is left alone; the list
+-- keeps the queue's dead_letter_limit, if it has one);
+-- purge_batch '1'|'0' limit -> up to limit ids dropped (call again until fewer come back).
 local action, q = ARGV[3], ARGV[4]
 
 local function promote()
@@ -72,7 +77,9 @@ elseif action == 'requeue' then
     if m[1] == 'd' and m[2] == q then
       redis.call('HDEL', key, 'rs', 'er', 'ft')
       redis.call('HSET', key, 'b', body, 'p', pri, 'md', maxd, 'dc', 0)
-      redis.call('LREM', dead, 0, id)
+      -- Count 1 from the head: replays take the oldest first, so this stays O(1) per id
+      -- on a long list.
+      redis.call('LREM', dead, 1, id)
       make_ready(id, q, pri)
       moved[#moved + 1] = id
     end
@@ -103,6 +110,58 @@ elseif action == 'replay' then
     wake(q, count)
   end
   return count
+elseif action == 'discard' then
+  local dead = qkey(q, 'dead')
+  local gone = {}
+  for i = 5, #ARGV do
+    local id = ARGV[i]
+    local m = redis.call('HMGET', mkey(id), 'st', 'q')
+    if m[1] == 'd' and m[2] == q then
+      redis.call('LREM', dead, 1, id)
+      redis.call('DEL', mkey(id))
+      gone[#gone + 1] = id
+    end
+  end
+  return gone
+elseif action == 'bury' then
+  local dead = qkey(q, 'dead')
+  local count = 0
+  for i = 5, #ARGV, 8 do
+    local id = ARGV[i]
+    local key = mkey(id)
+    if redis.call('EXISTS', key) == 0 then
+      redis.call('HSET', key, 'b', ARGV[i + 1], 'q', q, 'st', 'd', 'rs', ARGV[i + 2],
+        'ft', ARGV[i + 4], 'dc', ARGV[i + 5], 'p', ARGV[i + 6], 'md', ARGV[i + 7])
+      if ARGV[i + 3] ~= '' then
+        redis.call('HSET', key, 'er', ARGV[i + 3])
+      end
+      redis.call('RPUSH', dead, id)
+      count = count + 1
+    end
+  end
+  -- The same bound as the broker's own dead-lettering (common.lua).
+  trim_dead(q, dead)
+  return count
+elseif action == 'purge_batch' then
+  promote()
+  local limit = tonumber(ARGV[6])
+  local kinds = {'ready'}
+  if ARGV[5] == '1' then
+    kinds[2] = 'sched'
+  end
+  local dropped = {}
+  for _, kind in ipairs(kinds) do
+    local key = qkey(q, kind)
+    local room = limit - #dropped
+    if room > 0 then
+      for _, id in ipairs(redis.call('ZRANGE', key, 0, room - 1)) do
+        redis.call('ZREM', key, id)
+        redis.call('DEL', mkey(id))
+        dropped[#dropped + 1] = id
+      end
+    end
+  end
+  return dropped
 elseif action == 'resume' then
   redis.call('SREM', P .. ':paused', q)
   if redis.call('ZCARD', qkey(q, 'ready')) > 0 then

@@ -3,7 +3,6 @@
 local P = ARGV[1]
 local NOW = tonumber(ARGV[2])
 local SEQ = P .. ':seq'
-local DEAD_CAP = 10000
 
 local function qkey(queue, kind)
   return P .. ':q:' .. queue .. ':' .. kind
@@ -108,16 +107,26 @@ local function framing_error(id, queue, m)
   return nil
 end
 
-local function bury(id, queue, reason, err)
-  redis.call('HSET', mkey(id), 'st', 'd', 'tk', '', 'rs', reason, 'er', err or '',
-    'ft', ARGV[2])
-  local dead = qkey(queue, 'dead')
-  redis.call('RPUSH', dead, id)
-  -- The dead-letter list owns its messages: trimming it deletes the oldest bodies.
-  while redis.call('LLEN', dead) > DEAD_CAP do
+-- A queue's dead-letter list is unbounded unless the broker that declared the queue was
+-- given dead_letter_limit (kept in P:deadlimits); then the oldest letters and their bodies
+-- go first.
+local function trim_dead(queue, dead)
+  local cap = tonumber(redis.call('HGET', P .. ':deadlimits', queue))
+  if not cap then
+    return
+  end
+  while redis.call('LLEN', dead) > cap do
     local old = redis.call('LPOP', dead)
     if redis.call('HGET', mkey(old), 'st') == 'd' then
       redis.call('DEL', mkey(old))
     end
   end
+end
+
+local function bury(id, queue, reason, err)
+  redis.call('HSET', mkey(id), 'st', 'd', 'tk', '', 'rs', reason, 'er', err or '',
+    'ft', ARGV[2])
+  local dead = qkey(queue, 'dead')
+  redis.call('RPUSH', dead, id)
+  trim_dead(queue, dead)
 end

@@ -1,0 +1,143 @@
+"""Benchmark of the operations API (``app.admin``) on Redis, at a large backlog.
+
+Run from the project root (as a module, so ``import redis`` finds the library)::
+
+    python -m bench.admin [--ready 1000000] [--dead 100000] [--replay 10000]
+                          [--dead-queues 1] [--repeats 50]
+                          [--url redis://127.0.0.1:6379/15] [--prefix taskflow-bench-admin]
+
+``--ready``        ready messages in the queue ``bench-ready``
+``--dead``         dead letters: of the ready queue itself (one queue with both, by
+                   default), or spread evenly over ``--dead-queues`` other queues
+``--replay``       dead letters replayed in the timed replay
+``--repeats``      timed calls of ``queues()`` and ``dead_letters(limit=100)``
+``--url``          Redis server and database (DB 15 by default, never the app data in DB 0);
+                   every key lives under ``--prefix`` and is deleted at the end
+
+How the backlog is made (fast, and through the broker's own code): ready messages go
+through ``RedisBroker.publish`` (the ``publish.lua`` script) in batches of 5,000, several
+batches in flight; dead letters are filed by the broker's admin ``add_dead`` (the
+``bury`` action of ``admin.lua``) in batches of 2,000, and their ``failed`` records are
+written with ``ResultStore.create_many`` (one script per batch). Bodies are real envelopes
+of the no-op task ``bench.noop``.
+
+Measured: ``adm.queues()`` and ``adm.dead_letters(limit=100)`` (p50/p99 over the repeats;
+target under 200 ms each) and one ``adm.replay(limit=--replay)`` (rate in dead letters per
+second; target at least 5,000/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from taskflow import App, codec
+from taskflow.brokers.base import BrokerAdmin, DeadLetter, Message
+from taskflow.message import Envelope
+
+READY_QUEUE = "bench-ready"
+
+
+def _body(queue: str, task_id: str, now: float) -> bytes:
+    return codec.encode_envelope(
+        Envelope(id=task_id, task="bench.noop", queue=queue, created_at=now)
+    )
+
+
+async def _fill(app: App, ready: int, dead: int, dead_queues: int) -> None:
+    kernel = app.kernel
+    await kernel.connect()
+    broker = kernel.broker
+    assert isinstance(broker, BrokerAdmin)
+    now = time.time()
+    await kernel.declare(READY_QUEUE)
+    batches = []
+    for start in range(0, ready, 5000):
+        batch = []
+        for _ in range(min(5000, ready - start)):
+            tid = uuid.uuid4().hex
+            batch.append(Message(tid, READY_QUEUE, _body(READY_QUEUE, tid, now)))
+        batches.append(batch)
+    for start in range(0, len(batches), 4):
+        await asyncio.gather(*(broker.publish(b) for b in batches[start : start + 4]))  # type: ignore[attr-defined]
+    per_queue = -(-dead // dead_queues) if dead else 0
+    record = {"status": "failed", "attempts": 1, "finished_at": now, "name": "bench.noop"}
+    for q in range(dead_queues):
+        queue = READY_QUEUE if dead_queues == 1 else f"bench-dead-{q}"
+        await kernel.declare(queue)
+        count = min(per_queue, dead - q * per_queue)
+        for start in range(0, max(0, count), 2000):
+            letters = []
+            for _ in range(min(2000, count - start)):
+                tid = uuid.uuid4().hex
+                body = _body(queue, tid, now)
+                letters.append(DeadLetter(tid, queue, body, "failed", "ValueError: x", now, 1))
+            records = [(d.id, {**record, "queue": queue}) for d in letters]
+            await kernel.results.create_many(records, None)
+            await broker.add_dead(letters)
+
+
+def _timed(call: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    call()  # warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    p99 = times[min(len(times) - 1, round(0.99 * (len(times) - 1)))]
+    return statistics.median(times), p99
+
+
+def _drop(url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{{{prefix}}}:*", count=10_000))
+        for start in range(0, len(keys), 10_000):
+            client.unlink(*keys[start : start + 10_000])
+    finally:
+        client.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ready", type=int, default=1_000_000)
+    parser.add_argument("--dead", type=int, default=100_000)
+    parser.add_argument("--replay", type=int, default=10_000)
+    parser.add_argument("--dead-queues", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--url", default="redis://127.0.0.1:6379/15")
+    parser.add_argument("--prefix", default="taskflow-bench-admin")
+    args = parser.parse_args()
+
+    prefix = f"{args.prefix}-{uuid.uuid4().hex[:6]}"
+    app = App("bench-admin", broker=f"{args.url}?prefix={prefix}", result_ttl=None)
+    try:
+        start = time.perf_counter()
+        app.kernel.call(_fill(app, args.ready, args.dead, args.dead_queues))
+        fill = time.perf_counter() - start
+        print(f"filled {args.ready:,} ready and {args.dead:,} dead in {fill:.1f} s")
+        adm = app.admin
+        p50, p99 = _timed(adm.queues, args.repeats)
+        print(f"queues():                 p50 {p50 * 1e3:7.1f} ms  p99 {p99 * 1e3:7.1f} ms")
+        p50, p99 = _timed(lambda: adm.dead_letters(limit=100), args.repeats)
+        print(f"dead_letters(limit=100):  p50 {p50 * 1e3:7.1f} ms  p99 {p99 * 1e3:7.1f} ms")
+        start = time.perf_counter()
+        report = adm.replay(limit=args.replay)
+        took = time.perf_counter() - start
+        rate = report.replayed / took if took else 0.0
+        print(f"replay({args.replay:,}):  {report.replayed:,} in {took:.2f} s = {rate:,.0f}/s")
+    finally:
+        app.close()
+        _drop(args.url, prefix)
+
+
+if __name__ == "__main__":
+    main()

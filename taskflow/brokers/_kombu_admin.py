@@ -1,0 +1,301 @@
+"""Operator actions of the AMQP broker, run on its I/O thread.
+
+AMQP can count a queue's ready messages and purge a queue, but cannot look at or remove a
+message in the middle of one. Looking (peek, cancel, purge of some messages, dead letters)
+is therefore a *sweep*: every message of the queue is taken with ``basic.get`` and each is
+either dropped (acked), or put back by publishing it again in the order taken, then acked.
+Put-back messages keep their priority and relative order; a message published to the
+queue while a sweep runs may end up before some of them. Scheduled messages are put back
+through the delay cascade with what remains of their delay, so a sweep never delays them.
+
+What AMQP cannot do: count the deliveries other processes hold (``inflight`` is this
+process's own), page dead letters by a stable position, or import dead letters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+from . import _kombu_topology as topo
+from ._kombu_io import IoThread, Raw
+from .base import BrokerAdmin, DeadLetter, Message, Waiting
+
+__all__ = ["KombuAdmin"]
+
+Decide = Callable[[Raw], str]
+"""``"keep"`` or ``"drop"`` for each message a sweep takes."""
+
+_SWEEP_MAX = 100_000
+
+
+def _sweep(io: IoThread, name: str, queue: str, decide: Decide, *, kind: str) -> list[Raw]:
+    """Take every message of the queue ``name`` (``kind``: ``work``, ``scheduled`` or
+    ``dead``); put back those ``decide`` keeps (in order), drop the others; every message
+    taken, in order."""
+    io.require()
+    channel = io.conn.channel()
+    taken: list[tuple[Raw, int]] = []
+    try:
+        for _ in range(_SWEEP_MAX):
+            message = channel.basic_get(name, no_ack=False)
+            if message is None:
+                break
+            raw = _raw(queue, message)
+            taken.append((raw, int(message.delivery_info["delivery_tag"])))
+        for raw, tag in taken:
+            if decide(raw) != "keep":
+                pass
+            elif kind == "dead":
+                headers = {k: v for k, v in raw.headers.items() if not k.startswith("x-")}
+                io.confirm(name, raw.body, 0, headers, raw.id)
+            else:
+                due = None
+                if kind == "scheduled":
+                    due = int(raw.headers.get(topo.H_DUE, 0) or 0) / 1000
+                headers = {k: v for k, v in raw.headers.items() if k in _KEPT}
+                io.send(queue, raw.id, raw.body, raw.priority, headers, due)
+            channel.basic_ack(tag)
+    finally:
+        # Anything not acked (an error half-way) goes back to the queue with the channel.
+        channel.close()
+    return [raw for raw, _ in taken]
+
+
+_KEPT = frozenset({topo.H_ID, topo.H_MAX, topo.H_COUNT, topo.H_TASK})
+
+
+def _raw(queue: str, message: Any) -> Raw:
+    body = message.body
+    if isinstance(body, str):
+        body = body.encode()
+    props = message.properties
+    return Raw(
+        tag=0,
+        gen=0,
+        queue=queue,
+        body=bytes(body),
+        priority=int(props.get("priority") or 0),
+        headers=dict(props.get("application_headers") or {}),
+        redelivered=False,
+    )
+
+
+def _letter(queue: str, raw: Raw) -> DeadLetter:
+    h = raw.headers
+    error = h.get(topo.H_ERROR)
+    return DeadLetter(
+        id=raw.id,
+        queue=queue,
+        body=raw.body,
+        reason=str(h.get(topo.H_REASON, "")),
+        error=None if error is None else str(error),
+        failed_at=float(h.get(topo.H_FAILED, 0.0) or 0.0),
+        delivery_count=int(h.get(topo.H_COUNT, 0) or 0),
+        extra={"priority": int(h.get(topo.H_PRIORITY, 0) or 0)},
+    )
+
+
+class KombuAdmin(BrokerAdmin):
+    """The :class:`BrokerAdmin` side of :class:`~taskflow.brokers.kombu.KombuBroker`."""
+
+    admin_backend: ClassVar[str] = "amqp"
+
+    def __init__(self, io: IoThread, inflight: Callable[[str], int]) -> None:
+        self._io = io
+        self._inflight = inflight
+
+    async def depth(self, queue: str) -> dict[str, int]:
+        def count(io: IoThread) -> dict[str, int]:
+            io.require()
+            io.declare_queue(queue)
+            levels = io.levels(queue)
+            return {
+                "ready": io.count(io.names.work(queue)),
+                "scheduled": sum(io.count(io.names.level(queue, lv)) for lv in levels),
+                "inflight": self._inflight(queue),
+                "dead": io.count(io.names.dead(queue)),
+            }
+
+        return await self._io.call(count)
+
+    async def peek(self, queue: str, limit: int = 10) -> list[bytes]:
+        def look(io: IoThread) -> list[bytes]:
+            io.declare_queue(queue)
+            taken = _sweep(io, io.names.work(queue), queue, lambda _r: "keep", kind="work")
+            return [raw.body for raw in taken[:limit]]
+
+        return await self._io.call(look)
+
+    async def browse(self, queue: str, state: str, offset: int, limit: int) -> list[Waiting]:
+        if state != "ready":
+            raise self.unsupported(f"list {state} tasks")
+
+        def look(io: IoThread) -> list[Waiting]:
+            io.declare_queue(queue)
+            taken = _sweep(io, io.names.work(queue), queue, lambda _r: "keep", kind="work")
+            return [
+                Waiting(
+                    id=raw.id,
+                    queue=queue,
+                    body=raw.body,
+                    state="ready",
+                    priority=raw.priority,
+                    delivery_count=int(raw.headers.get(topo.H_COUNT, 0) or 0),
+                    max_deliveries=int(raw.headers.get(topo.H_MAX, 1) or 1),
+                )
+                for raw in taken[offset : offset + limit]
+            ]
+
+        return await self._io.call(look)
+
+    async def purge_ids(self, queue: str, *, scheduled: bool = True) -> list[str]:
+        def purge(io: IoThread) -> list[str]:
+            io.declare_queue(queue)
+            names = [io.names.work(queue)]
+            if scheduled:
+                names += [io.names.level(queue, lv) for lv in io.levels(queue)]
+            ids: list[str] = []
+            for name in names:
+                if io.count(name):
+                    drop = _sweep(io, name, queue, lambda _r: "drop", kind="work")
+                    ids += [raw.id for raw in drop]
+            return ids
+
+        return await self._io.call(purge)
+
+    async def cancel(self, message_id: str, queue: str) -> bool:
+        """Remove one ready or scheduled message by id (a sweep of its queue's parts)."""
+
+        def cancel(io: IoThread) -> bool:
+            io.declare_queue(queue)
+            found = False
+
+            def decide(raw: Raw) -> str:
+                nonlocal found
+                if raw.id == message_id and not found:
+                    found = True
+                    return "drop"
+                return "keep"
+
+            if io.count(io.names.work(queue)):
+                _sweep(io, io.names.work(queue), queue, decide, kind="work")
+            for level in io.levels(queue):
+                if found:
+                    break
+                name = io.names.level(queue, level)
+                if io.count(name):
+                    _sweep(io, name, queue, decide, kind="scheduled")
+            return found
+
+        return await self._io.call(cancel)
+
+    async def pause(self, queue: str) -> None:
+        await self._io.call(lambda io: _set_paused(io, queue, True))
+
+    async def resume(self, queue: str) -> None:
+        await self._io.call(lambda io: _set_paused(io, queue, False))
+
+    async def paused_queues(self) -> set[str]:
+        raise self.unsupported("list paused queues (AMQP cannot list queues)")
+
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        def look(io: IoThread) -> list[DeadLetter]:
+            io.declare_queue(queue)
+            taken = _sweep(io, io.names.dead(queue), queue, lambda _r: "keep", kind="dead")
+            return [_letter(queue, raw) for raw in taken[:limit]]
+
+        return await self._io.call(look)
+
+    async def dead_by_ids(self, queue: str, ids: Sequence[str]) -> list[DeadLetter]:
+        wanted = set(ids)
+        return [d for d in await self.dead_letters(queue, _SWEEP_MAX) if d.id in wanted]
+
+    async def discard_dead(self, queue: str, ids: Sequence[str]) -> list[str]:
+        wanted = set(ids)
+
+        def discard(io: IoThread) -> list[str]:
+            io.declare_queue(queue)
+            taken = _sweep(
+                io,
+                io.names.dead(queue),
+                queue,
+                lambda r: "drop" if r.id in wanted else "keep",
+                kind="dead",
+            )
+            return [raw.id for raw in taken if raw.id in wanted]
+
+        return await self._io.call(discard)
+
+    async def replay(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        wanted = None if ids is None else set(ids)
+
+        def replay(io: IoThread) -> int:
+            io.declare_queue(queue)
+            moved: list[str] = []
+
+            def decide(raw: Raw) -> str:
+                if wanted is not None and raw.id not in wanted:
+                    return "keep"
+                # Published before the dead letter is acked: a crash keeps one of them.
+                # A fresh start: the x-death and dead-letter headers are left behind.
+                headers: dict[str, Any] = {
+                    topo.H_MAX: raw.headers.get(topo.H_MAX, 1),
+                    topo.H_COUNT: 0,
+                }
+                if raw.headers.get(topo.H_TASK):
+                    headers[topo.H_TASK] = raw.headers[topo.H_TASK]
+                priority = int(raw.headers.get(topo.H_PRIORITY, 0) or 0)
+                io.send(queue, raw.id, raw.body, priority, headers)
+                moved.append(raw.id)
+                return "drop"
+
+            _sweep(io, io.names.dead(queue), queue, decide, kind="dead")
+            return len(moved)
+
+        return await self._io.call(replay)
+
+    async def requeue(self, queue: str, messages: Sequence[Message]) -> list[str]:
+        by_id = {m.id: m for m in messages}
+
+        def requeue(io: IoThread) -> list[str]:
+            io.declare_queue(queue)
+            moved: list[str] = []
+
+            def decide(raw: Raw) -> str:
+                m = by_id.get(raw.id)
+                if m is None or m.id in moved:
+                    return "keep"
+                headers: dict[str, Any] = {topo.H_MAX: m.max_deliveries, topo.H_COUNT: 0}
+                if m.task:
+                    headers[topo.H_TASK] = m.task
+                io.send(queue, m.id, m.body, m.priority, headers)
+                moved.append(m.id)
+                return "drop"
+
+            _sweep(io, io.names.dead(queue), queue, decide, kind="dead")
+            return moved
+
+        return await self._io.call(requeue)
+
+    async def known_queues(self) -> list[str]:
+        raise self.unsupported("list its queues (AMQP has no queue listing)")
+
+
+def _set_paused(io: IoThread, queue: str, paused: bool) -> None:
+    """Record the pause in a marker queue (new workers see it) and tell every running
+    broker instance on the control exchange."""
+    import orjson
+
+    io.require()
+    marker = io.names.paused_marker(queue)
+    if paused:
+        io.work.queue_declare(marker, durable=True, auto_delete=False)
+        io.state.paused.add(queue)
+    else:
+        io.work.queue_delete(marker)
+        io.state.paused.discard(queue)
+    io.send_control(orjson.dumps({"tf-pause": queue, "paused": paused}))
+    if not paused:
+        io.wake_waiters()
+    io.sync_consumers()

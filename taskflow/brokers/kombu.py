@@ -1,0 +1,456 @@
+"""The RabbitMQ broker, through kombu (``amqp://``, ``amqps://``; extra ``taskflow-queue[amqp]``).
+
+Design
+------
+kombu and py-amqp are synchronous and their connections are not thread-safe. The broker
+runs one dedicated I/O thread per instance (:mod:`taskflow.brokers._kombu_io`) that owns
+the connection and every channel; coroutines hand it functions and await their results
+through asyncio futures, and the thread waits in ``select`` on the socket and a wake-up
+pipe. The thread also sends heartbeats (kombu ``heartbeat=`` and ``heartbeat_check`` on
+every turn), and when the connection drops it reconnects with exponential backoff (0.1 s
+up to 5 s) and starts the consumers of waiting fetches again.
+
+Topology (see :mod:`taskflow.brokers._kombu_topology`): per task queue a durable classic
+work queue with ``x-max-priority: 9`` (strict priority 0-9, FIFO among equals), a
+dead-letter queue, and the delay levels.
+
+* **Fetch** takes messages with ``basic.get``, queue by queue in the order asked, so the
+  priority order and the queue order hold exactly. A fetch that finds nothing starts one
+  consumer per queue with a prefetch of 1 and ends with the first delivery (push-based,
+  no polling); the consumers stop when no fetch waits.
+* **Publish** uses publisher confirms with a timeout (``confirm_timeout``) on every
+  message: a nack is a :class:`~taskflow.errors.BrokerError`, and so is a confirm that
+  does not come (the connection is then dropped and made again). Nothing is reported as
+  sent that the broker did not confirm.
+* **Delays** (countdown, eta, retry backoff) are held by RabbitMQ, never in a worker's
+  memory: a binary cascade of dead-letter TTL queues, level ``k`` holding ``2**k`` ms, a
+  message going through the levels of the set bits of its remaining delay, routed by its
+  own headers. Precise to a few milliseconds per hop at any delay up to about 8 years, and
+  a long delay never holds up a short one (each level has one fixed TTL).
+* **Acks** go on the channel that delivered the message. Each connection has a
+  generation; a delivery settles only on the connection that delivered it, so after a
+  reconnect a stale ack is never sent on a new channel: it returns ``False`` (RabbitMQ has
+  put the message back already).
+* **Leases**: AMQP has no lease renewal on the server. RabbitMQ redelivers a message when
+  the connection (or channel) that holds it closes, and closes a channel whose delivery
+  stays unacked longer than the server's ``consumer_timeout`` (30 minutes by default on
+  3.10 and 3.12): this broker then reconnects and RabbitMQ delivers the message again,
+  counted as a lost delivery, so a task must finish well within ``consumer_timeout``
+  (raise the server's setting for longer tasks; ``consumer_timeout=`` here tells the
+  broker what the server uses, and ``lease`` must be shorter). On top of that, this
+  broker keeps a lease per delivery in the process: a delivery not settled or renewed
+  (:meth:`touch`) within ``lease`` seconds is handed back (published again with its
+  delivery count) -- a worker whose event loop hangs loses its messages as on Redis or
+  NATS.
+* **Lost deliveries** are counted like on Redis and NATS (``App(max_deliveries=)``):
+  RabbitMQ 3.10 classic queues do not count redeliveries, so the count lives in the
+  ``tf-count`` header. A message RabbitMQ flags ``redelivered`` (its previous holder's
+  connection closed while it was unsettled) is not handed out: it is published again
+  with ``tf-count`` + 1 and acked (or dead-lettered ``worker_lost`` once the count
+  reaches its ``max_deliveries``), and the copy is handed out. So every delivery lost to a
+  dead worker, a cut connection or the ``consumer_timeout`` counts, and so does one
+  prefetched by a worker that died before starting it. The copy goes to the end of its
+  priority in the queue.
+* **Dead letters** are messages in a per-queue dead-letter queue with the reason, error,
+  time and delivery count in headers; RabbitMQ's ``x-death`` headers and the routing
+  headers are stripped before any message is published again.
+
+Operator actions (:class:`~taskflow.brokers._kombu_admin.KombuAdmin`): depth, peek,
+purge, cancel, dead letters and replay work by sweeping a queue (see that module); pause
+is a marker queue plus a notice on the control exchange; ``inflight`` counts this
+process's deliveries only; listing every queue is not possible and says so.
+
+Result store: RabbitMQ keeps no results. An app on ``amqp://`` needs ``results=`` (Redis,
+NATS, SQLite); without it, fire-and-forget tasks work and anything that waits for a
+result raises :class:`~taskflow.errors.ConfigError` naming the fix.
+
+RabbitMQ versions: written and tested against 3.10. On 3.12+ classic queues are version 2
+by default (same behaviour here; ``x-max-priority`` still works) and ``consumer_timeout``
+stays 30 minutes. Quorum queues have no strict priority before 4.0 (4.0 has two levels,
+normal and high), so this broker declares classic queues; a policy that turns them into
+quorum queues loses the 0-9 order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import ssl
+import time
+import weakref
+from collections.abc import Sequence
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+import orjson
+
+from .. import _tls
+from ..clock import Clock
+from ..errors import BrokerError, ConfigError
+from ..urls import amqp_vhost, mask_url, parse_url, url_kwargs
+from . import _kombu_topology as topo
+from ._kombu_admin import KombuAdmin
+from ._kombu_io import IoThread, Lease, Waiter
+from .base import Broker, Capabilities, DelegatedAdmin, Delivery, FetchResult, Message
+
+__all__ = ["KombuBroker", "KombuDelivery"]
+
+_CONTROL_KEPT = 5_000
+"""Control commands kept for slow readers (the log is cut to this when twice as long)."""
+
+CONSUMER_TIMEOUT = 1800.0
+"""RabbitMQ's default ``consumer_timeout`` (3.10, 3.12): 30 minutes."""
+
+
+class KombuDelivery(Delivery):
+    """A delivery from :class:`KombuBroker`, settled on the I/O thread."""
+
+    __slots__ = ("_broker", "_lease")
+
+    def __init__(self, broker: KombuBroker, lease: Lease) -> None:
+        raw = lease.raw
+        super().__init__(raw.id, raw.queue, raw.body, raw.priority, lease.count)
+        self._broker = broker
+        self._lease = lease
+
+    @property
+    def lease(self) -> float | None:
+        """The in-process lease (renew with :meth:`touch`)."""
+        return self._broker.lease
+
+    async def _settle(self, action: str, **kw: Any) -> bool:
+        lease = self._lease
+        try:
+            return await self._broker.io.call(lambda io: io.settle(lease, action, **kw))
+        except BrokerError:
+            if action in ("touch", "ack", "nack"):
+                # The connection went away: RabbitMQ hands the message to someone else.
+                return False
+            raise
+
+    async def ack(self) -> bool:
+        """Acknowledge on the delivering channel; False if no longer held."""
+        return await self._settle("ack")
+
+    async def nack(self, *, requeue: bool = True) -> bool:
+        """Hand back uncounted (published again, then acked) or drop."""
+        return await self._settle("requeue" if requeue else "ack")
+
+    async def retry(self, body: bytes, delay: float, *, max_deliveries: int = 1) -> bool:
+        """Publish ``body`` due in ``delay`` s (through the delay cascade), then ack."""
+        return await self._settle(
+            # Due from now, not from when the I/O thread gets to it.
+            "retry",
+            body=body,
+            due=time.time() + max(0.0, delay),
+            max_deliveries=max_deliveries,
+        )
+
+    async def touch(self) -> bool:
+        """Renew the in-process lease; False once lost."""
+        return await self._settle("touch")
+
+    async def dead_letter(self, reason: str, error: str | None = None) -> bool:
+        """Publish to the queue's dead-letter queue, then ack."""
+        return await self._settle("dead", reason=reason, error=error)
+
+
+class KombuBroker(Broker, DelegatedAdmin):
+    """RabbitMQ (AMQP 0-9-1) through kombu; see the module docstring.
+
+    ``prefix``: namespace of every exchange and queue. ``vhost``: the RabbitMQ virtual host
+    (default: the URL's path, as Celery writes it -- ``amqp://host:5672//`` or no path for
+    ``/``, ``amqp://host:5672/shop`` for ``shop``; the option wins over the path).
+    ``lease``: seconds a delivery is held without :meth:`~KombuDelivery.touch` before this
+    process hands it back.
+    ``heartbeat``: AMQP heartbeat in seconds. ``confirm_timeout``: seconds to wait for a
+    publisher confirm. ``consumer_timeout``: the server's ``consumer_timeout`` in seconds
+    (default 1800, RabbitMQ's default); ``lease`` must be shorter. TLS and credentials: the
+    options every backend takes (``tls_ca_file``, ``password_file``, ...).
+    """
+
+    capabilities: ClassVar[Capabilities] = Capabilities(blocking_publish=True)
+
+    def __init__(
+        self,
+        url: str = "amqp://guest:guest@127.0.0.1:5672//",
+        *,
+        prefix: str = "taskflow",
+        vhost: str | None = None,
+        lease: float = 30.0,
+        heartbeat: float = 30.0,
+        connect_timeout: float = 5.0,
+        confirm_timeout: float = 10.0,
+        consumer_timeout: float = CONSUMER_TIMEOUT,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        tls_verify: bool | None = None,
+        tls_min_version: str | None = None,
+        password_file: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        parsed = parse_url(url, "broker")
+        if parsed.scheme not in ("amqp", "amqps"):
+            raise ConfigError(
+                f"KombuBroker needs an amqp:// or amqps:// URL, got {mask_url(url)!r}"
+            )
+        where = f"broker URL {mask_url(url)!r}"
+        for name, value in (
+            ("lease", lease),
+            ("heartbeat", heartbeat),
+            ("connect_timeout", connect_timeout),
+            ("confirm_timeout", confirm_timeout),
+            ("consumer_timeout", consumer_timeout),
+        ):
+            if not isinstance(value, int | float) or not value > 0:
+                raise ConfigError(f"{where}: {name} must be a positive number of seconds")
+        if lease >= consumer_timeout:
+            raise ConfigError(
+                f"{where}: lease ({lease}s) must be shorter than the server's "
+                f"consumer_timeout ({consumer_timeout}s)"
+            )
+        if not prefix or any(c in prefix for c in " #*"):
+            raise ConfigError(f"{where}: prefix must be a non-empty name without spaces, # or *")
+        security = _tls.resolve(
+            where,
+            role="broker",
+            scheme_tls=parsed.scheme == "amqps",
+            url_password=parsed.password is not None,
+            url_user=parsed.username is not None,
+            given={
+                "tls_ca_file": tls_ca_file,
+                "tls_cert_file": tls_cert_file,
+                "tls_key_file": tls_key_file,
+                "tls_verify": tls_verify,
+                "tls_min_version": tls_min_version,
+                "password_file": password_file,
+            },
+            query=parsed.options,
+        )
+        self.url = url
+        self.prefix = prefix
+        self.lease = float(lease)
+        self.consumer_timeout = float(consumer_timeout)
+        self.names = topo.Names(prefix)
+        if vhost is None:
+            vhost = amqp_vhost(parsed.path)
+        client_url = _client_url(parsed.without_query(), parsed.path, security.password, vhost)
+        self._control_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        # Weak keys: a finished reader's position goes with its task.
+        self._control_cursors: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._control_base = 0  # commands dropped from the front of the log
+        self.io = IoThread(
+            client_url,
+            self.names,
+            lease=self.lease,
+            heartbeat=float(heartbeat),
+            connect_timeout=float(connect_timeout),
+            confirm_timeout=float(confirm_timeout),
+            ssl=_ssl_options(security, parsed.host) if security.tls else None,
+            on_control=self._notify_control,
+            shown=url,
+        )
+        self._kombu_admin = KombuAdmin(self.io, self._inflight)
+        self._admin = self._kombu_admin
+
+    @classmethod
+    def from_url(cls, url: str, *, clock: Clock | None = None) -> KombuBroker:
+        """Build from ``amqp://user:pass@host:5672/vhost?prefix=...&lease=...``."""
+        return cls(url, **url_kwargs(url, "broker", cls), clock=clock)
+
+    def max_hold(self) -> float | None:
+        """RabbitMQ closes the channel of a delivery unacknowledged for longer than its
+        ``consumer_timeout``: no task may run that long on this broker."""
+        return self.consumer_timeout
+
+    def __repr__(self) -> str:
+        return f"<KombuBroker {mask_url(self.url)} prefix={self.prefix!r}>"
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def connect(self) -> None:
+        """Connect (within ``connect_timeout``) and start the I/O thread."""
+        if self.io.running:
+            return
+        await asyncio.to_thread(self.io.start)
+
+    async def close(self) -> None:
+        """Hand back unhanded messages, close the connection, end the thread. Idempotent."""
+        if self.io.running:
+            await asyncio.to_thread(self.io.stop)
+        self._notify_control()
+
+    # -- publishing ------------------------------------------------------------------
+    async def declare(self, queue: str, *, max_length: int | None = None) -> None:
+        """Declare ``queue``'s work and dead-letter queues; ``max_length`` bounds ready
+        plus scheduled messages (checked before each publish by this process)."""
+
+        def declare(io: IoThread) -> None:
+            io.require()
+            io.declare_queue(queue)
+            if max_length is None:
+                io.state.limits.pop(queue, None)
+            else:
+                io.state.limits[queue] = max_length
+
+        await self.io.call(declare)
+
+    async def publish(self, messages: Sequence[Message]) -> None:
+        """Publish every message with a confirm (all or nothing for bounded queues)."""
+        if not messages:
+            return
+        batch = list(messages)
+        await self.io.call(lambda io: io.publish(batch))
+
+    def publish_blocking(self, messages: Sequence[Message]) -> None:
+        """Thread-safe :meth:`publish` for code without an event loop."""
+        if not messages:
+            return
+        batch = list(messages)
+        self.io.call_blocking(lambda io: io.publish(batch), timeout=60.0)
+
+    # -- receiving -------------------------------------------------------------------
+    async def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> FetchResult:
+        """Up to ``max_messages`` deliveries, waiting up to ``timeout`` s for the first."""
+        wanted = list(queues)
+        limit = max(1, int(max_messages))
+        got = await self.io.call(lambda io: io.take(wanted, limit), _hand_back)
+        if not got and timeout > 0:
+            loop = asyncio.get_running_loop()
+            fut: asyncio.Future[list[Lease]] = loop.create_future()
+
+            def done(leases: list[Lease]) -> None:
+                def settle() -> None:
+                    if not fut.done():
+                        fut.set_result(leases)
+                    else:
+                        _hand_back(leases)
+
+                try:
+                    loop.call_soon_threadsafe(settle)
+                except RuntimeError:
+                    _hand_back(leases)
+
+            waiter = Waiter(wanted, limit, time.monotonic() + timeout, done)
+            await self.io.call(lambda io: io.wait(waiter))
+            try:
+                got = await fut
+            except asyncio.CancelledError:
+                waiter.finished = True
+                raise
+        lost = await self.io.call(_take_lost)
+        return FetchResult((KombuDelivery(self, lease) for lease in got), lost)
+
+    async def cancel(self, message_id: str, queue: str) -> bool:
+        """Remove a ready or scheduled message (a sweep: see ``_kombu_admin``)."""
+        return await self._kombu_admin.cancel(message_id, queue)
+
+    def _inflight(self, queue: str) -> int:
+        return self.io.inflight(queue)
+
+    # -- control ---------------------------------------------------------------------
+    def _notify_control(self) -> None:
+        waiters, self._control_waiters = self._control_waiters, []
+        for loop, fut in waiters:
+            try:
+                loop.call_soon_threadsafe(_wake, fut)
+            except RuntimeError:
+                continue
+
+    async def send_control(self, command: dict[str, Any]) -> None:
+        """Broadcast on the ``<prefix>.control`` fanout exchange."""
+        payload = orjson.dumps(command)
+        await self.io.call(lambda io: io.send_control(payload))
+
+    async def control_messages(self, timeout: float) -> list[dict[str, Any]]:
+        """Commands received since the calling task's previous call."""
+        key = _current_task()
+        log = self.io.state.control  # appended to by the I/O thread
+        cursor = self._control_cursors.setdefault(key, self._control_base + len(log))
+        if cursor >= self._control_base + len(log) and timeout > 0:
+            loop = asyncio.get_running_loop()
+            fut: asyncio.Future[None] = loop.create_future()
+            self._control_waiters.append((loop, fut))
+            if cursor >= self._control_base + len(log):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(fut), timeout)
+        end = self._control_base + len(log)
+        got = log[max(0, cursor - self._control_base) : end - self._control_base]
+        self._control_cursors[key] = end
+        if len(log) > _CONTROL_KEPT * 2:
+            # A reader more than that far behind misses the oldest commands.
+            del log[:_CONTROL_KEPT]
+            self._control_base += _CONTROL_KEPT
+        return list(got)
+
+    def forget_control_reader(self) -> None:
+        """Drop the calling task's read position."""
+        self._control_cursors.pop(_current_task(), None)
+
+
+def _hand_back(leases: list[Lease]) -> None:
+    """Deliveries nobody waits for any more: the I/O thread puts them back uncounted."""
+    for lease in leases:
+        lease.uncounted = True
+        lease.deadline = 0.0
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _current_task() -> asyncio.Task[Any]:
+    task = asyncio.current_task()
+    if task is None:
+        raise RuntimeError("control messages are read from inside an asyncio task")
+    return task
+
+
+def _take_lost(io: IoThread) -> list[Any]:
+    lost, io.state.lost = io.state.lost, []
+    return lost
+
+
+def _ssl_options(security: _tls.Security, host: str | None) -> dict[str, Any]:
+    """py-amqp's TLS options (it builds its own SSL context from them): the CA file (else
+    the system's), the client certificate, the least TLS version, and host name checking
+    unless ``tls_verify`` is false."""
+    opts: dict[str, Any] = {"tls_minimum_version": security.min_version}
+    if security.ca_file is not None:
+        opts["ca_certs"] = security.ca_file
+    else:
+        paths = ssl.get_default_verify_paths()
+        for candidate in (paths.cafile, paths.openssl_cafile):
+            if candidate and os.path.exists(candidate):
+                opts["ca_certs"] = candidate
+                break
+    if security.cert_file is not None:
+        opts["certfile"] = security.cert_file
+        opts["keyfile"] = security.key_file
+    if security.verify:
+        opts["cert_reqs"] = ssl.CERT_REQUIRED
+        opts["server_hostname"] = host
+    else:
+        opts["cert_reqs"] = ssl.CERT_NONE
+    return opts
+
+
+def _client_url(url: str, path: str, password: str | None, vhost: str) -> str:
+    """The URL kombu connects to: ``amqps`` becomes ``amqp`` with ``ssl=`` set, a
+    password from a file or the environment goes in, and ``vhost`` replaces the path."""
+    scheme, rest = url.split("://", 1)
+    if path and rest.endswith(path):
+        rest = rest[: -len(path)]
+    rest = rest.rstrip("/") + "/" + quote(vhost, safe="")
+    if password is not None and "@" not in rest:
+        rest = f"guest:{quote(password, safe='')}@{rest}"
+    elif password is not None:
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        rest = f"{user}:{quote(password, safe='')}@{host}"
+    del scheme
+    return f"amqp://{rest}"

@@ -1,0 +1,121 @@
+"""What every operation shares: the kernel, the actor, the broker's admin side, queue
+checks and the audit trail."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from .. import codec
+from ..brokers.base import BrokerAdmin
+from ..brokers.base import DeadLetter as BrokerDeadLetter
+from ..errors import ConfigError, PayloadError, UnknownQueue
+from ..kernel import Kernel
+from ..urls import mask_url
+from .types import DeadLetter
+
+__all__ = ["AUDIT_IDS", "Context", "decode_cursor", "encode_cursor", "to_datetime", "view"]
+
+AUDIT_IDS = 100
+"""Ids an audit entry lists (its ``count`` says how many there were)."""
+
+
+class Context:
+    """One admin's view of the app: kernel, actor, broker admin, audit."""
+
+    def __init__(self, kernel: Kernel, actor: str) -> None:
+        """Operations on ``kernel``'s backends, audited as done by ``actor``."""
+        self.kernel = kernel
+        self.actor = actor
+
+    async def broker(self) -> BrokerAdmin:
+        """The broker's admin side (connecting on first use)."""
+        await self.kernel.connect()
+        broker = self.kernel.broker
+        if not isinstance(broker, BrokerAdmin):
+            raise ConfigError(f"broker {mask_url(broker.url)!r} has no admin operations")
+        return broker
+
+    async def queue_names(self) -> list[str]:
+        """The queues the broker knows, sorted."""
+        return await (await self.broker()).known_queues()
+
+    async def check(self, queue: str) -> BrokerAdmin:
+        """The broker, once ``queue`` is known to it (UnknownQueue otherwise)."""
+        broker = await self.broker()
+        known = await broker.known_queues()
+        if queue not in known:
+            raise UnknownQueue(f"no queue {queue!r} (known: {', '.join(known) or 'none'})")
+        return broker
+
+    async def scope(self, queue: str | None) -> list[str]:
+        """``[queue]`` (checked), or every known queue when ``queue`` is None."""
+        if queue is None:
+            return await self.queue_names()
+        await self.check(queue)
+        return [queue]
+
+    async def record(
+        self,
+        action: str,
+        target: str,
+        ids: Sequence[str],
+        *,
+        count: int | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Write the audit entry of an applied action."""
+        await self.kernel.connect()
+        entry = {
+            "at": self.kernel.clock.time(),
+            "actor": self.actor,
+            "action": action,
+            "target": target,
+            "count": len(ids) if count is None else count,
+            "ids": list(ids[:AUDIT_IDS]),
+            "details": details or {},
+        }
+        await self.kernel.results.add_audit(entry, retention=self.kernel.settings.audit_retention)
+
+
+def to_datetime(value: float | None) -> datetime | None:
+    """Epoch seconds as an aware UTC datetime (None and 0 stay None)."""
+    return datetime.fromtimestamp(float(value), tz=UTC) if value else None
+
+
+def view(letter: BrokerDeadLetter) -> DeadLetter:
+    """A broker dead letter as an operator sees it (the task name and attempt decoded)."""
+    try:
+        env = codec.decode_envelope(letter.body)
+        task, attempts = env.task, env.attempt
+    except PayloadError:
+        task, attempts = "", 0
+    return DeadLetter(
+        task_id=letter.id,
+        task=task,
+        queue=letter.queue,
+        reason=letter.reason,
+        error=letter.error,
+        attempts=attempts,
+        dead_at=to_datetime(letter.failed_at),
+    )
+
+
+def encode_cursor(queue: str, position: int) -> str:
+    """An opaque cursor: where the next page of dead letters starts."""
+    raw = json.dumps({"q": queue, "p": position}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, int]:
+    """The queue and position of a cursor (ConfigError if it is not one of ours)."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        doc = json.loads(raw)
+        return str(doc["q"]), int(doc["p"])
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        raise ConfigError(f"not a dead-letter cursor: {cursor[:40]!r}") from None

@@ -1,0 +1,447 @@
+"""The process pool: sync task bodies in child processes, with hard limits.
+
+``Worker(pool="processes")`` keeps ``concurrency`` child processes (:mod:`._child`); the
+message crosses to a child as the bytes the broker delivered, the result comes back
+encoded. Here, in the worker: ``time_limit`` (SIGKILL at the limit, no SIGTERM first: a
+body that could be stopped politely would not need a hard limit; the attempt fails with
+``TaskTimeout``); a cancelled or stopped job kills its child and returns only once the child
+is gone, so the body can no longer run when its message is settled or handed back; a child
+that dies on its own raises :class:`ChildLost` (the executor leaves the message to the
+broker: a lost delivery); ``max_tasks_per_child`` / ``max_memory_per_child`` retire a child
+between tasks. A child that ends is replaced, unless the worker stops. Children run in
+their own process group and ignore SIGTERM (the worker decides when they end), and end
+when the worker process is gone. ``docs/guide.md`` (Pools) is the user's view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import struct
+import subprocess
+import sys
+from collections.abc import Coroutine
+from typing import Any, Final
+
+from .. import codec
+from ..context import TaskContext
+from ..errors import ConfigError, PayloadError, TaskTimeout
+from ..kernel import Kernel
+from .scheduler import Job
+
+__all__ = [
+    "POOLS",
+    "ChildLost",
+    "ProcessPool",
+    "RemoteError",
+    "UndecodablePayload",
+    "check_pool_options",
+    "locate_app",
+]
+
+log = logging.getLogger("taskflow.worker")
+
+POOLS: Final = ("threads", "processes")
+"""The ``pool=`` choices of a worker."""
+
+_HEADER: Final = struct.Struct(">I")
+# How long a new child may take to import the app before the worker gives up on it.
+_START_TIMEOUT: Final = 60.0
+# How long a retired child gets to exit after its pipe is closed, before SIGKILL.
+_EXIT_WAIT: Final = 1.0
+_REAP_WAIT: Final = 5.0
+_STARTING: Final = "taskflow-child-start"
+_CONTEXT_FIELDS: Final = (
+    "id",
+    "name",
+    "attempt",
+    "retries",
+    "queue",
+    "priority",
+    "headers",
+    "deadline",
+    "delivery",
+    "enqueued_at",
+    "root_id",
+    "parent_id",
+)
+
+
+class ChildLost(BaseException):  # a signal to the executor, not an error of the task
+    """The child running a body died without answering (crash, ``os._exit``, SIGKILL).
+
+    A ``BaseException``, so that middleware catching ``Exception`` does not turn it into a
+    failure of the task: the delivery is lost, not the attempt.
+    """
+
+
+class UndecodablePayload(PayloadError):
+    """The child could not decode the arguments or encode the result (dead-lettered with
+    reason ``payload``, like the same error in the thread pool)."""
+
+
+class RemoteError(Exception):
+    """An exception raised by a body in a child that could not be sent back as itself (it
+    does not pickle); its message is ``"<type>: <message>"``."""
+
+
+class _RemoteTraceback(Exception):  # shown as the cause, with the child's traceback
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"\n\nin the child process:\n{self.text}"
+
+
+def check_pool_options(
+    pool: str, max_tasks_per_child: int | None, max_memory_per_child: float | None
+) -> None:
+    """ValueError for a pool option out of range or given to the thread pool."""
+    if pool not in POOLS:
+        raise ValueError(f"worker pool must be 'threads' or 'processes', got {pool!r}")
+    mtpc = max_tasks_per_child
+    if mtpc is not None and (isinstance(mtpc, bool) or not isinstance(mtpc, int) or mtpc < 1):
+        raise ValueError(f"max_tasks_per_child must be a positive integer, got {mtpc!r}")
+    mem = max_memory_per_child
+    if mem is not None and (isinstance(mem, bool) or not isinstance(mem, int | float) or mem <= 0):
+        raise ValueError(f"max_memory_per_child must be a positive number of MB, got {mem!r}")
+    if pool == "threads" and (mtpc is not None or mem is not None):
+        raise ValueError("max_tasks_per_child and max_memory_per_child need pool='processes'")
+
+
+def locate_app(kernel: Kernel, app_path: str | None) -> str:
+    """The ``module:attr`` a child imports to find the app of ``kernel``.
+
+    ``app_path`` when given (the CLI passes ``-A``); else the first imported module (other
+    than ``__main__``, which a child cannot import under the same name) with a global whose
+    ``kernel`` is this one. ConfigError when there is none.
+    """
+    if app_path:
+        return app_path
+    for name, module in list(sys.modules.items()):
+        if name in {"__main__", "__mp_main__"} or module is None:
+            continue
+        with contextlib.suppress(Exception):
+            for attr, value in list(vars(module).items()):
+                with contextlib.suppress(Exception):
+                    if not isinstance(value, type) and vars(value).get("kernel") is kernel:
+                        return f"{name}:{attr}"
+    raise ConfigError(
+        f"pool='processes': the child processes cannot find app {kernel.settings.name!r}: "
+        "define the App at module level of an importable module (not __main__), or pass "
+        "app_path='module:attr' to the worker (taskflow worker passes -A)"
+    )
+
+
+class _Child:
+    """One child process and the two pipes to it."""
+
+    def __init__(
+        self, proc: subprocess.Popen[bytes], reader: asyncio.StreamReader, out: Any
+    ) -> None:
+        self.proc = proc
+        self.reader = reader
+        self.out: asyncio.WriteTransport = out
+        self.tasks = 0
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def send(self, message: Any) -> None:
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        self.out.write(_HEADER.pack(len(data)) + data)
+
+    async def recv(self) -> Any:
+        """The next message; IncompleteReadError once the child is gone."""
+        (size,) = _HEADER.unpack(await self.reader.readexactly(_HEADER.size))
+        return pickle.loads(await self.reader.readexactly(size))  # our own child
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGKILL)
+
+    async def end(self, wait: float) -> None:
+        """Close the child's input (it exits when idle), give it ``wait`` seconds, then
+        kill it; returns once it is reaped."""
+        self.out.close()
+        await _reap(self.proc, wait)
+
+    def exit_text(self) -> str:
+        return _exit_text(self.proc)
+
+
+async def _reap(proc: subprocess.Popen[bytes], wait: float) -> None:
+    """Wait ``wait`` seconds for ``proc`` to exit, then SIGKILL it; return once reaped."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while proc.poll() is None:
+        if loop.time() >= deadline:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGKILL)
+            deadline = loop.time() + _REAP_WAIT
+        await asyncio.sleep(0.005)
+
+
+async def _discard(proc: subprocess.Popen[bytes], child: _Child | None) -> None:
+    """Kill a child that did not start, and reap it."""
+    if child is not None:
+        child.out.close()
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGKILL)
+    await asyncio.shield(_reap(proc, _REAP_WAIT))
+
+
+def _exit_text(proc: subprocess.Popen[bytes]) -> str:
+    code = proc.poll()
+    if code is None:
+        return "closed its pipe"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with status {code}"
+
+
+class ProcessPool:
+    """``size`` child processes running sync bodies of the app at ``app_path``."""
+
+    def __init__(
+        self,
+        kernel: Kernel,
+        size: int,
+        *,
+        app_path: str | None = None,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: float | None = None,
+    ) -> None:
+        self.kernel = kernel
+        self.size = size
+        self.app_path = app_path
+        self.max_tasks = max_tasks_per_child
+        self.max_rss = None if max_memory_per_child is None else max_memory_per_child * 2**20
+        self._idle: list[_Child] = []
+        self._live = 0  # children started or starting, not yet retired
+        self._cond: asyncio.Condition | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._failure: ConfigError | None = None
+        self._open = False
+        self._replacing = False  # whether a child that ends is replaced at once
+
+    async def open(self) -> None:
+        """Start every child; ConfigError if the app cannot be located or imported."""
+        self.app_path = locate_app(self.kernel, self.app_path)
+        self._cond = asyncio.Condition()
+        self._failure = None
+        self._open = True
+        self._replacing = True
+        self._live = self.size
+        started = await asyncio.gather(
+            *(self._spawn() for _ in range(self.size)), return_exceptions=True
+        )
+        self._idle = [child for child in started if isinstance(child, _Child)]
+        errors = [exc for exc in started if isinstance(exc, BaseException)]
+        if errors:
+            await self.close()
+            raise errors[0]
+
+    async def _spawn(self) -> _Child:
+        loop = asyncio.get_running_loop()
+        req_r, req_w = os.pipe()
+        res_r, res_w = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "taskflow.worker._child", str(req_r), str(res_w)],
+                pass_fds=(req_r, res_w),
+                stdin=subprocess.DEVNULL,
+                process_group=0,
+            )
+        except BaseException:
+            os.close(req_w)
+            os.close(res_r)
+            raise
+        finally:
+            os.close(req_r)
+            os.close(res_w)
+        child: _Child | None = None
+        try:
+            reader = asyncio.StreamReader(limit=2**20)
+            await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(res_r, "rb", 0)
+            )
+            out, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(req_w, "wb", 0))
+            child = _Child(proc, reader, out)
+            child.send({"app": self.app_path, "path": list(sys.path)})
+            hello = await asyncio.wait_for(child.recv(), _START_TIMEOUT)
+        except (TimeoutError, asyncio.IncompleteReadError):
+            hello = ("error", f"the child process {_exit_text(proc)} before it was ready")
+        except BaseException:
+            await _discard(proc, child)
+            raise
+        if child is None or hello[0] != "ready":
+            await _discard(proc, child)
+            raise ConfigError(f"pool='processes': cannot load app {self.app_path}: {hello[1]}")
+        return child
+
+    # -- running a body ---------------------------------------------------------------
+    async def run(self, job: Job, ctx: TaskContext) -> Any:
+        """Run ``job``'s body in a child and return its value (decoded).
+
+        Raises what the body raised, :class:`~taskflow.errors.TaskTimeout` at the task's
+        ``time_limit``, :class:`UndecodablePayload`, or :class:`ChildLost`.
+        """
+        child = await self._acquire()
+        limit = job.task.options.time_limit
+        killed: list[bool] = []
+        timer = None
+        child.send((job.delivery.body, {f: getattr(ctx, f) for f in _CONTEXT_FIELDS}))
+        if limit is not None:
+            timer = asyncio.get_running_loop().call_later(limit, _kill, child, killed)
+        try:
+            reply = await child.recv()
+        except asyncio.CancelledError:
+            child.kill()
+            # The message is handed back or settled only once the body cannot run.
+            await asyncio.shield(self._replace(child))
+            raise
+        except (asyncio.IncompleteReadError, ConnectionError):
+            await asyncio.shield(self._replace(child))
+            if killed:
+                env = job.envelope
+                raise TaskTimeout(
+                    f"{env.task}[{env.id}] exceeded its {limit}s time limit "
+                    f"(child process {child.pid} killed)"
+                ) from None
+            raise ChildLost(
+                f"the child process {child.pid} running {job.envelope.task}"
+                f"[{job.envelope.id}] {child.exit_text()}"
+            ) from None
+        finally:
+            if timer is not None:
+                timer.cancel()
+        await self._checkin(child, reply[-1], dead=bool(killed))
+        return _outcome(job, reply)
+
+    async def _acquire(self) -> _Child:
+        assert self._cond is not None
+        async with self._cond:
+            while True:
+                while self._idle:
+                    child = self._idle.pop()
+                    if child.proc.poll() is None and not child.reader.at_eof():
+                        return child
+                    self._background_replace(child)  # died while idle: it ran nothing
+                if self._failure is not None:
+                    failure, self._failure = self._failure, None
+                    raise failure  # this attempt fails; the next one tries to start a child
+                if not self._open:
+                    raise ConfigError("the process pool is closed")
+                if self._live < self.size:
+                    self._start_one()
+                await self._cond.wait()
+
+    async def _checkin(self, child: _Child, rss: int, dead: bool) -> None:
+        child.tasks += 1
+        worn = self.max_tasks is not None and child.tasks >= self.max_tasks
+        heavy = self.max_rss is not None and rss > self.max_rss
+        if dead or worn or heavy or not self._open:
+            if heavy:
+                log.info(
+                    "child process %d uses %d MB after a task; replacing it",
+                    child.pid,
+                    rss // 2**20,
+                )
+            await self._replace(child)
+            return
+        assert self._cond is not None
+        async with self._cond:
+            self._idle.append(child)
+            self._cond.notify()
+
+    async def _replace(self, child: _Child) -> None:
+        """End ``child`` (killed already, or idle) and start another in its place."""
+        self._live -= 1
+        if self._open and self._replacing:
+            self._start_one()
+        await child.end(_EXIT_WAIT)
+
+    def _start_one(self) -> None:
+        self._live += 1
+        self._in_background(self._start_in_background(), _STARTING)
+
+    def _background_replace(self, child: _Child) -> None:
+        log.warning("child process %d %s while idle; replacing it", child.pid, child.exit_text())
+        self._in_background(self._replace(child), "taskflow-child-end")
+
+    def _in_background(self, step: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(step, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _start_in_background(self) -> None:
+        assert self._cond is not None
+        try:
+            child = await self._spawn()
+        except BaseException as exc:
+            self._live -= 1
+            if not isinstance(exc, Exception):
+                raise
+            if not isinstance(exc, ConfigError):
+                exc = ConfigError(f"pool='processes': cannot start a child process: {exc}")
+            log.error("%s", exc)
+            async with self._cond:
+                self._failure = exc
+                self._cond.notify_all()
+            return
+        async with self._cond:
+            if not self._open:
+                await child.end(0.0)
+                return
+            self._idle.append(child)
+            self._cond.notify()
+
+    # -- stopping -----------------------------------------------------------------------
+    def stop_replacing(self) -> None:
+        """The worker stops: a child that ends now is not replaced (no new body starts)."""
+        self._replacing = False
+
+    async def close(self) -> None:
+        """End every child: idle ones get their pipe closed (then SIGKILL after a second),
+        children still starting are killed. Returns once all are reaped."""
+        self._open = False
+        for task in self._background:
+            if task.get_name() == _STARTING:  # a child that ends is reaped, not abandoned
+                task.cancel()
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(child.end(_EXIT_WAIT) for child in idle))
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._cond is not None:
+            async with self._cond:
+                self._cond.notify_all()
+
+
+def _kill(child: _Child, killed: list[bool]) -> None:
+    killed.append(True)
+    child.kill()
+
+
+def _outcome(job: Job, reply: tuple[Any, ...]) -> Any:
+    """The body's value from the child's reply, or its exception raised here."""
+    kind = reply[0]
+    if kind == "ok":
+        return job.task.schema.decode_result(codec.loads(reply[1]))
+    if kind == "payload":
+        raise UndecodablePayload(reply[1])
+    _, data, type_name, message, text, _ = reply
+    exc: BaseException = RemoteError(f"{type_name}: {message}")
+    if data is not None:
+        with contextlib.suppress(Exception):
+            exc = pickle.loads(data)  # our own child, checked it loads
+    exc.__cause__ = _RemoteTraceback(text)
+    raise exc

@@ -1,0 +1,372 @@
+"""What the RabbitMQ broker adds to the contract suite: the delay cascade, publisher
+confirms, fencing by connection generation, lost deliveries counted through the
+``redelivered`` flag, heartbeats, pause seen by other processes, and apps without a
+result store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import amqp
+import pytest
+
+from taskflow import App
+from taskflow.brokers import _kombu_topology as topo
+from taskflow.brokers import broker_from_url
+from taskflow.brokers.base import Message
+from taskflow.brokers.kombu import KombuBroker
+from taskflow.errors import BrokerError, ConfigError
+from tests.amqp import amqp_helpers as h
+from tests.contract.backend_amqp import delete_topology
+
+YEAR_MS = 365 * 86400 * 1000
+
+
+def msg(queue: str, body: bytes = b"x", **kw: object) -> Message:
+    return Message(id=uuid.uuid4().hex, queue=queue, body=body, **kw)  # type: ignore[arg-type]
+
+
+# -- the cascade, without a server ------------------------------------------------------
+
+
+@pytest.mark.parametrize("delay", [1, 200, 1000, 86400 * 1000 + 7, 3 * YEAR_MS + 12345])
+def test_the_levels_of_a_delay_add_up_to_it_largest_first(delay: int) -> None:
+    path = topo.cascade(delay)
+    assert sum(topo.level_ttl(level) for level in path) == delay
+    bits = [int(level) for level in path if not level.startswith("t")]
+    assert bits == sorted(set(bits), reverse=True)  # each bit level once, largest first
+    tops = [level for level in path if level.startswith("t")]
+    assert path[: len(tops)] == tops == [f"t{i}" for i in range(len(tops))]
+
+
+def test_a_delay_beyond_the_largest_is_held_for_the_largest() -> None:
+    path = topo.cascade(topo.MAX_DELAY_MS * 2)
+    assert sum(topo.level_ttl(level) for level in path) == topo.MAX_DELAY_MS
+    assert topo.MAX_DELAY_MS > 8 * YEAR_MS
+
+
+def test_routing_headers_name_each_next_level_and_the_work_queue_last() -> None:
+    names = topo.Names("p")
+    key, headers = names.route("q", ["t0", "7", "3"])
+    assert key == "p.delay.q.t0"
+    assert headers == {"tf-q": "q", "tf-at0": "7", "tf-a7": "3", "tf-a3": "w"}
+    assert names.route("q", []) == ("p.q.q", {})
+
+
+# -- URLs and options ---------------------------------------------------------------------
+
+
+def test_amqp_urls_build_a_kombu_broker_with_their_options_and_a_masked_password() -> None:
+    broker = broker_from_url("amqp://app:s3cret@127.0.0.1:5672?prefix=shop&lease=5&vhost=v1")
+    assert isinstance(broker, KombuBroker)
+    assert (broker.prefix, broker.lease) == ("shop", 5.0)
+    assert "s3cret" not in repr(broker) and "***" in repr(broker)
+    assert isinstance(broker_from_url("AMQPS://h:5671"), KombuBroker)
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("amqp://h?bogus=1", "unknown option 'bogus'"),
+        ("amqp://h?lease=0", "lease=0"),
+        ("amqp://h?lease=3600", "shorter than the server's consumer_timeout"),
+        ("amqp://h/a/b", "the path is the virtual host"),
+    ],
+)
+def test_a_wrong_amqp_url_is_a_config_error(url: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        broker_from_url(url)
+
+
+def test_an_unreachable_server_is_a_broker_error_naming_the_masked_url(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    broker = KombuBroker("amqp://app:s3cret@127.0.0.1:1", connect_timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(BrokerError) as info:
+        run(loop, broker.connect())
+    assert time.monotonic() - started < 5.0
+    assert "127.0.0.1:1" in str(info.value) and "s3cret" not in str(info.value)
+    run(loop, broker.close())
+
+
+def test_amqps_speaks_tls_so_a_plain_port_refuses_the_handshake(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    h.require_service("rabbitmq", "127.0.0.1", 5672)
+    broker = KombuBroker("amqps://guest:guest@127.0.0.1:5672", connect_timeout=2.0)
+    with pytest.raises(BrokerError, match="cannot connect"):
+        run(loop, broker.connect())
+    run(loop, broker.close())
+
+
+# -- against RabbitMQ ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    lp = asyncio.new_event_loop()
+    yield lp
+    lp.run_until_complete(lp.shutdown_default_executor())
+    lp.close()
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    h.require_service("rabbitmq", "127.0.0.1", 5672)
+    name = f"tfamqp{uuid.uuid4().hex[:10]}"
+    yield name
+    delete_topology(name, {"q", "q2"})
+
+
+def run(loop: asyncio.AbstractEventLoop, coro: object) -> object:
+    return loop.run_until_complete(asyncio.wait_for(coro, 60))  # type: ignore[arg-type]
+
+
+def broker_on(loop: asyncio.AbstractEventLoop, prefix: str, **kw: object) -> KombuBroker:
+    broker = KombuBroker(h.AMQP, prefix=prefix, **kw)  # type: ignore[arg-type]
+    run(loop, broker.connect())
+    return broker
+
+
+def test_a_long_delay_waits_in_rabbitmq_and_never_holds_up_a_short_one(
+    loop: asyncio.AbstractEventLoop, prefix: str
+) -> None:
+    broker = broker_on(loop, prefix)
+
+    async def body() -> None:
+        far = msg("q", b"far", eta=time.time() + 3 * 365 * 86400)
+        await broker.publish([far])
+        started = time.monotonic()
+        await broker.publish([msg("q", b"soon", eta=time.time() + 0.3)])
+        got = await broker.fetch(["q"], 10, 5.0)
+        assert [d.body for d in got] == [b"soon"]
+        assert 0.25 <= time.monotonic() - started < 2.0
+        assert await got[0].ack()
+        depth = await broker.depth("q")
+        assert (depth["ready"], depth["scheduled"]) == (0, 1)
+        # Three years: 44 top levels of 2**31 ms, then the bits of the rest.
+        name = broker.names.level("q", "t0")
+        assert await broker.io.call(lambda io: io.count(name)) == 1
+        await broker.close()
+
+    run(loop, body())
+
+
+def test_a_publish_the_server_refuses_raises_broker_error(
+    loop: asyncio.AbstractEventLoop, prefix: str
+) -> None:
+    broker = broker_on(loop, prefix)
+    policy = f"{prefix}-full"
+    run(loop, broker.declare("q"))
+    h.rabbitmqctl(
+        "set_policy",
+        policy,
+        f"^{prefix}\\.q\\.q$",
+        '{"max-length": 0, "overflow": "reject-publish"}',
+        "--apply-to",
+        "queues",
+    )
+    try:
+
+        async def body() -> None:
+            sent = msg("q")
+            deadline = time.monotonic() + 10
+            while True:  # the policy reaches the queue process a moment later
+                try:
+                    await broker.publish([sent])
+                except BrokerError as exc:
+                    assert sent.id in str(exc) and "nack" in str(exc)
+                    break
+                assert time.monotonic() < deadline, "the server never refused"
+                got = await broker.fetch(["q"], 10, 0)
+                for delivery in got:
+                    await delivery.ack()
+
+        run(loop, body())
+    finally:
+        h.rabbitmqctl("clear_policy", policy)
+        run(loop, broker.close())
+
+
+def _reconnected(loop: asyncio.AbstractEventLoop, broker: KombuBroker, prefix: str) -> None:
+    gen = broker.io.gen
+    assert h.close_connections(prefix, os.getpid()) == 1
+    deadline = time.monotonic() + 20
+    while broker.io.gen == gen or broker.io.conn is None:
+        assert time.monotonic() < deadline, "the broker did not reconnect"
+        # A fetch that fails while the connection is down is the wait.
+        with contextlib.suppress(BrokerError):
+            run(loop, broker.fetch(["q2"], 1, 0.1))
+
+
+def test_a_stale_ack_after_a_reconnect_returns_false_and_the_message_comes_back_counted(
+    loop: asyncio.AbstractEventLoop, prefix: str
+) -> None:
+    broker = broker_on(loop, prefix)
+    sent = msg("q", b"held", max_deliveries=3)
+    run(loop, broker.publish([sent]))
+    (stale,) = run(loop, broker.fetch(["q"], 1, 2.0))  # type: ignore[misc]
+    _reconnected(loop, broker, prefix)
+    assert run(loop, stale.ack()) is False  # never sent on the new channel
+    (again,) = run(loop, broker.fetch(["q"], 1, 5.0))  # type: ignore[misc]
+    assert (again.id, again.body, again.delivery_count) == (sent.id, b"held", 2)
+    assert run(loop, again.ack()) is True
+    run(loop, broker.close())
+
+
+def test_each_lost_holder_counts_until_the_message_is_dead_lettered_worker_lost(
+    loop: asyncio.AbstractEventLoop, prefix: str
+) -> None:
+    broker = broker_on(loop, prefix)
+    sent = msg("q", b"doomed", max_deliveries=2)
+    run(loop, broker.publish([sent]))
+    (first,) = run(loop, broker.fetch(["q"], 1, 2.0))  # type: ignore[misc]
+    assert first.delivery_count == 1
+    _reconnected(loop, broker, prefix)
+    (second,) = run(loop, broker.fetch(["q"], 1, 5.0))  # type: ignore[misc]
+    assert (second.id, second.delivery_count) == (sent.id, 2)
+    _reconnected(loop, broker, prefix)  # the second holder is lost too: no third delivery
+    lost = []
+    deadline = time.monotonic() + 10
+    while not lost and time.monotonic() < deadline:
+        result = run(loop, broker.fetch(["q"], 1, 0.5))
+        assert result == []
+        lost += result.lost  # type: ignore[attr-defined]
+    assert [(d.id, d.reason, d.delivery_count) for d in lost] == [(sent.id, "worker_lost", 2)]
+    (dead,) = run(loop, broker.dead_letters("q"))  # type: ignore[misc]
+    assert (dead.id, dead.reason, dead.body) == (sent.id, "worker_lost", b"doomed")
+    run(loop, broker.close())
+
+
+def test_no_x_death_header_survives_into_a_dead_letter_or_a_replay(
+    loop: asyncio.AbstractEventLoop, prefix: str
+) -> None:
+    broker = broker_on(loop, prefix)
+
+    async def body() -> None:
+        sent = msg("q", b"delayed", eta=time.time() + 0.05)  # dead-lettered by TTL on its way
+        await broker.publish([sent])
+        (got,) = await broker.fetch(["q"], 1, 5.0)
+        assert await got.dead_letter("rejected", "no")
+        assert await broker.replay("q") == 1
+        await broker.close()
+
+    def headers_of(queue: str) -> dict[str, object]:
+        conn = amqp.Connection("127.0.0.1:5672", userid="guest", password="guest")
+        conn.connect()
+        try:
+            message = conn.channel().basic_get(queue, no_ack=True)
+            assert message is not None
+            return dict(message.properties.get("application_headers") or {})
+        finally:
+            conn.close()
+
+    run(loop, body())
+    headers = headers_of(topo.Names(prefix).work("q"))
+    assert headers["tf-id"] and not [k for k in headers if k.startswith("x-")]
+    assert "tf-reason" not in headers
+
+
+def test_heartbeats_keep_an_idle_connection_open(
+    loop: asyncio.AbstractEventLoop, prefix: str
+) -> None:
+    broker = broker_on(loop, prefix, heartbeat=1.0)
+    gen = broker.io.gen
+    # Idle for four heartbeat intervals; the server closes a silent connection after two.
+    assert run(loop, broker.fetch(["q"], 1, 4.0)) == []
+    assert broker.io.gen == gen
+    run(loop, broker.publish([msg("q", b"alive")]))
+    assert [d.body for d in run(loop, broker.fetch(["q"], 1, 2.0))] == [b"alive"]  # type: ignore[attr-defined]
+    run(loop, broker.close())
+
+
+def test_a_pause_is_seen_by_a_broker_of_another_process_and_so_is_the_resume(
+    loop: asyncio.AbstractEventLoop, prefix: str
+) -> None:
+    operator = broker_on(loop, prefix)
+    run(loop, operator.pause("q"))
+    worker = broker_on(loop, prefix)  # starts after the pause: the marker tells it
+
+    async def body() -> None:
+        await operator.publish([msg("q", b"held")])
+        assert await worker.fetch(["q"], 10, 0.3) == []
+        waiting = asyncio.ensure_future(worker.fetch(["q"], 10, 10.0))
+        done, _ = await asyncio.wait({waiting}, timeout=0.2)
+        assert not done
+        await operator.resume("q")  # reaches the worker on the control exchange
+        got = await asyncio.wait_for(waiting, 10.0)
+        assert [d.body for d in got] == [b"held"]
+        await got[0].ack()
+
+    run(loop, body())
+    run(loop, worker.close())
+    run(loop, operator.close())
+
+
+# -- an app without a result store --------------------------------------------------------
+
+
+def test_an_app_without_results_runs_fire_and_forget_and_refuses_to_wait(prefix: str) -> None:
+    ran = threading.Event()
+    with App("noresults", broker=f"{h.AMQP}?prefix={prefix}") as app:
+
+        @app.task(name="q.mark")
+        def mark() -> int:
+            ran.set()
+            return 1
+
+        result = mark.apply_async(queue="q")
+        with app.worker(queues=["q"]):
+            assert ran.wait(20)
+        for wait in (result.get, app.result(result.id).get):
+            with pytest.raises(ConfigError) as info:
+                wait(timeout=1)
+            assert 'results="redis://' in str(info.value)
+            assert "***" in str(info.value) or "guest:guest" not in str(info.value)
+
+
+def test_a_closed_broker_refuses_calls_and_connects_again(
+    loop: asyncio.AbstractEventLoop, prefix: str
+) -> None:
+    broker = broker_on(loop, prefix)
+    run(loop, broker.close())
+    with pytest.raises(BrokerError, match="not connected"):
+        run(loop, broker.publish([msg("q")]))
+    run(loop, broker.connect())
+    run(loop, broker.publish([msg("q", b"again")]))
+    assert [d.body for d in run(loop, broker.fetch(["q"], 1, 2.0))] == [b"again"]  # type: ignore[attr-defined]
+    run(loop, broker.close())
+
+
+def test_a_task_that_may_outlive_consumer_timeout_is_refused_at_worker_start(
+    prefix: str,
+) -> None:
+    url = f"{h.AMQP}?prefix={prefix}&consumer_timeout=60"
+    with App("bounded", broker=url, default_timeout=300.0) as app:
+
+        @app.task(name="q.report")
+        def report() -> None: ...
+
+        with pytest.raises(ConfigError) as info:
+            app.worker(queues=["q"]).start()
+        assert "'q.report' has a 300s timeout" in str(info.value)
+        assert "consumer_timeout" in str(info.value)
+        assert "guest:guest" not in str(info.value)
+
+
+def test_a_cluster_limit_on_rabbitmq_is_refused_at_worker_start(prefix: str) -> None:
+    with App("limited", broker=f"{h.AMQP}?prefix={prefix}") as app:
+        assert app.broker.limiter() is None
+
+        @app.task(name="q.charge", cluster_concurrency=2)
+        def charge() -> None: ...
+
+        with pytest.raises(ConfigError, match=r"'q\.charge' declares a cluster-wide limit"):
+            app.worker(queues=["q"]).start()

@@ -1,0 +1,135 @@
+"""The server embedded in a program (``GrpcServer``) on a memory app: the auth hook, the
+audit of its callers, and sends that outlive their client's deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any
+
+import grpc
+import pytest
+
+from taskflow import App
+from taskflow.brokers import MemoryBroker
+from taskflow.brokers.base import Message
+from taskflow.errors import ConfigError
+from taskflow.grpc import GrpcServer, PermissionDenied, Unauthenticated, pb, pb_grpc
+from tests.grpc.helpers import add
+
+
+class GatedBroker(MemoryBroker):
+    """A memory broker whose publish waits until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.gate.set()
+
+    async def publish(self, messages: Sequence[Message]) -> None:
+        while not self.gate.is_set():
+            await asyncio.sleep(0.005)
+        await super().publish(messages)
+
+
+def _run(scenario: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(scenario)
+    # grpc.aio's poller thread ends once its last channel and server are collected; they
+    # sit in reference cycles (an RpcError keeps its call), so collect them now.
+    gc.collect()
+
+
+def _app(broker: MemoryBroker | None = None) -> App:
+    application = App("inproc", broker=broker or MemoryBroker())
+
+    @application.task(name="g.add")
+    def add_task(x: int, y: int) -> int:
+        return x + y
+
+    return application
+
+
+def test_the_server_refuses_to_run_without_auth_unless_asked() -> None:
+    app = _app()
+    try:
+        with pytest.raises(ConfigError, match="insecure_no_auth"):
+            GrpcServer(app)
+    finally:
+        app.close()
+
+
+def test_the_auth_hook_decides_and_the_audit_names_the_caller() -> None:
+    seen: list[tuple[str, str]] = []
+
+    def auth(method: str, metadata: Mapping[str, str]) -> str:
+        seen.append((method, metadata.get("x-user", "")))
+        user = metadata.get("x-user")
+        if user is None:
+            raise Unauthenticated("who are you?")
+        if method.endswith("/CancelTask") and user != "ops":
+            raise PermissionDenied("only ops may cancel")
+        return user
+
+    async def scenario(app: App) -> None:
+        server = GrpcServer(app, port=0, auth=auth)
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(server.address) as channel:
+                client = pb_grpc.WorkerServiceStub(channel)
+                with pytest.raises(grpc.aio.AioRpcError) as nobody:
+                    await client.EnqueueTasks(pb.EnqueueTasksRequest(tasks=[add(1, 2)]))
+                assert nobody.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                assert nobody.value.details() == "who are you?"
+                sent = await client.EnqueueTasks(
+                    pb.EnqueueTasksRequest(tasks=[add(1, 2, countdown=600.0)]),
+                    metadata=(("x-user", "dev"),),
+                )
+                (task_id,) = sent.ids
+                cancel = pb.CancelTaskRequest(id=task_id)
+                with pytest.raises(grpc.aio.AioRpcError) as denied:
+                    await client.CancelTask(cancel, metadata=(("x-user", "dev"),))
+                assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+                done = await client.CancelTask(cancel, metadata=(("x-user", "ops"),))
+                assert done.cancelled
+        finally:
+            await server.stop()
+        (entry,) = [e for e in await app.admin.aaudit() if e.action == "cancel"]
+        assert entry.actor == "grpc:ops"
+        assert entry.ids == [task_id]
+
+    app = _app()
+    try:
+        _run(scenario(app))
+    finally:
+        app.close()
+    assert seen[0] == ("/taskflow.v1.WorkerService/EnqueueTasks", "")
+
+
+def test_a_client_deadline_never_cancels_a_send_in_progress() -> None:
+    broker = GatedBroker()
+
+    async def scenario(app: App) -> None:
+        server = GrpcServer(app, port=0, insecure_no_auth=True)
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(server.address) as channel:
+                client = pb_grpc.WorkerServiceStub(channel)
+                broker.gate.clear()
+                request = pb.EnqueueTasksRequest(tasks=[add(1, 2), add(3, 4)])
+                with pytest.raises(grpc.aio.AioRpcError) as late:
+                    await client.EnqueueTasks(request, timeout=0.3)
+                assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                broker.gate.set()
+                await server.service.drain(10.0)
+        finally:
+            await server.stop()
+        (queue,) = [q for q in await app.admin.aqueues() if q.name == "default"]
+        assert queue.ready == 2
+
+    app = _app(broker)
+    try:
+        _run(scenario(app))
+    finally:
+        app.close()

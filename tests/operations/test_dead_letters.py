@@ -1,0 +1,230 @@
+"""``app.admin`` dead letters: paging, filters, replay, discard, retry and purge, on every
+backend (workers run in-process with ``run_until_idle``)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from taskflow import App
+from taskflow.errors import NotFound, TaskCancelled
+from taskflow.message import TaskStatus
+from taskflow.testing import drain
+
+from .helpers import flaky, noop
+
+
+def _dead(app: App, queue: str, count: int, name: str = "") -> list[str]:
+    task = flaky(app, queue, failures=10**6, name=name)
+    ids = [task.delay(i).id for i in range(count)]
+    drain(app, [queue])
+    return ids
+
+
+def test_cursor_paging_walks_every_dead_letter_exactly_once(app: App, queue: str) -> None:
+    other = queue + "b"
+    ids = _dead(app, queue, 7) + _dead(app, other, 4)
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        page = app.admin.dead_letters(limit=3, cursor=cursor)
+        seen += [d.task_id for d in page.items]
+        pages += 1
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == ids
+    assert pages == 4
+    # One queue only: its own letters, oldest first.
+    page = app.admin.dead_letters(other, limit=10)
+    assert [d.task_id for d in page.items] == ids[7:]
+    assert page.next_cursor is None
+
+
+def test_dead_letters_filter_by_task_reason_and_time(app: App, queue: str) -> None:
+    first = _dead(app, queue, 2, name=f"a.{queue}")
+    second = _dead(app, queue, 3, name=f"b.{queue}")
+    page = app.admin.dead_letters(queue, task=f"b.{queue}", limit=2)
+    assert [d.task_id for d in page.items] == second[:2]
+    rest = app.admin.dead_letters(queue, task=f"b.{queue}", limit=2, cursor=page.next_cursor)
+    assert [d.task_id for d in rest.items] == second[2:]
+    assert rest.next_cursor is None
+    letter = page.items[0]
+    assert (letter.task, letter.reason, letter.attempts) == (f"b.{queue}", "failed", 1)
+    assert letter.error is not None and "ValueError" in letter.error
+    assert app.admin.dead_letters(queue, reason="worker_lost").items == []
+    assert len(app.admin.dead_letters(queue, reason="failed").items) == 5
+    assert app.admin.dead_letters(queue, since=time.time() + 60).items == []
+    assert [d.task_id for d in app.admin.dead_letters(queue, since=0.0).items] == first + second
+
+
+def test_replay_dry_run_changes_nothing_and_apply_runs_the_task_again(app: App, queue: str) -> None:
+    task = flaky(app, queue, failures=1)
+    result = task.delay(21)
+    drain(app, [queue])
+
+    preview = app.admin.replay(queue, dry_run=True)
+    assert (preview.matched, preview.replayed, preview.dry_run) == (1, 1, True)
+    assert preview.ids == [result.id]
+    assert result.status is TaskStatus.FAILED
+    assert len(app.admin.dead_letters(queue).items) == 1
+    assert [e.action for e in app.admin.audit()] == []
+
+    report = app.admin.replay(queue)
+    assert (report.matched, report.replayed, report.skipped) == (1, 1, {})
+    info = result.info()
+    assert (info.status, info.attempts) == (TaskStatus.QUEUED, 0)
+    assert [h["status"] for h in info.history] == ["failed"]
+    assert app.admin.dead_letters(queue).items == []
+    assert drain(app, [queue]) == 1
+    assert result.get(timeout=10) == 42
+    assert task.attempts == [1, 1]
+
+
+def test_replaying_twice_reports_the_second_as_skipped(app: App, queue: str) -> None:
+    task = flaky(app, queue, failures=1)
+    result = task.delay(1)
+    drain(app, [queue])
+    assert app.admin.replay(queue, ids=[result.id]).replayed == 1
+    again = app.admin.replay(queue, ids=[result.id, "no-such-id"])
+    assert (again.matched, again.replayed) == (0, 0)
+    assert again.skipped == {
+        result.id: "not a dead letter (its record is queued)",
+        "no-such-id": "not a dead letter (no such task)",
+    }
+    assert app.admin.peek(queue)[0].id == result.id
+    assert len(app.admin.peek(queue)) == 1
+    assert drain(app, [queue]) == 1
+    assert result.get(timeout=10) == 2
+
+
+def test_replay_gives_a_fresh_retry_budget(app: App, queue: str) -> None:
+    task = flaky(app, queue, failures=3, retries=1)
+    result = task.delay(1)
+    drain(app, [queue])
+    assert result.status is TaskStatus.FAILED
+    app.admin.replay(queue)
+    drain(app, [queue])
+    assert result.get(timeout=10) == 2
+    assert task.attempts == [1, 2, 1, 2]
+
+
+def test_replay_filters_and_limit(app: App, queue: str) -> None:
+    a = _dead(app, queue, 3, name=f"a.{queue}")
+    b = _dead(app, queue, 2, name=f"b.{queue}")
+    report = app.admin.replay(task=f"a.{queue}", limit=2)
+    assert (report.matched, report.replayed) == (2, 2)
+    assert report.ids == a[:2]
+    left = [d.task_id for d in app.admin.dead_letters(queue).items]
+    assert left == [a[2], *b]
+
+
+def test_discard_keeps_the_failed_record_and_leaves_the_list(app: App, queue: str) -> None:
+    ids = _dead(app, queue, 3)
+    assert app.admin.discard(queue, ids=ids[:2], dry_run=True) == 2
+    assert len(app.admin.dead_letters(queue).items) == 3
+    assert app.admin.discard(queue, ids=ids[:2]) == 2
+    assert [d.task_id for d in app.admin.dead_letters(queue).items] == ids[2:]
+    for tid in ids[:2]:
+        assert app.admin.task(tid).status == "failed"
+        assert app.admin.task(tid).state == "failed"
+    assert app.admin.discard(queue, ids=ids[:2]) == 0
+    assert app.admin.replay(queue, ids=ids[:2]).replayed == 0
+
+
+def test_retry_resends_a_failed_task_and_reports_what_it_cannot(app: App, queue: str) -> None:
+    task = flaky(app, queue, failures=1)
+    failed = task.delay(21)
+    drain(app, [queue])
+    fine = noop(app, queue).delay(1)
+    drain(app, [queue])
+    purged = noop(app, queue).delay(2)
+    app.admin.purge(queue)
+
+    preview = app.admin.retry_report([failed.id], dry_run=True)
+    assert (preview.replayed, failed.status) == (1, TaskStatus.FAILED)
+    report = app.admin.retry_report([failed.id, fine.id, purged.id, "nope"])
+    assert (report.matched, report.replayed) == (4, 1)
+    assert report.skipped[fine.id] == "is succeeded: only failed or cancelled tasks are retried"
+    assert report.skipped["nope"] == "not found"
+    assert report.skipped[purged.id].startswith("cannot be rebuilt")
+    assert drain(app, [queue]) == 1
+    assert failed.get(timeout=10) == 42
+    assert [h["status"] for h in failed.info().history] == ["failed"]
+    assert app.admin.retry([failed.id]) == 0
+
+
+def test_purge_dry_run_counts_and_apply_cancels_the_records(app: App, queue: str) -> None:
+    task = noop(app, queue)
+    waiting = [task.delay(i) for i in range(3)]
+    later = task.apply_async(countdown=3600)
+    assert app.admin.purge(queue, dry_run=True) == 3
+    assert app.admin.purge(queue, scheduled=True, dry_run=True) == 4
+    assert len(app.admin.peek(queue)) == 3
+
+    assert app.admin.purge(queue) == 3
+    for result in waiting:
+        assert result.status is TaskStatus.CANCELLED
+        with pytest.raises(TaskCancelled, match="purged"):
+            result.get(timeout=5)
+    assert later.status is TaskStatus.SCHEDULED
+    assert app.admin.purge(queue, scheduled=True) == 1
+    assert later.status is TaskStatus.CANCELLED
+    assert drain(app, [queue]) == 0
+
+
+def test_applied_actions_are_audited_with_the_actor_and_dry_runs_are_not(
+    app: App, queue: str
+) -> None:
+    ids = _dead(app, queue, 3)
+    noop(app, queue).delay()
+    alice = app.admin.as_actor("alice")
+    alice.replay(queue, dry_run=True)
+    alice.discard(queue, dry_run=True)
+    alice.purge(queue, dry_run=True)
+    assert app.admin.audit() == []
+
+    alice.replay(queue, ids=ids[:1])
+    alice.discard(queue, ids=ids[1:])
+    alice.purge(queue)
+    alice.pause(queue)
+    entries = app.admin.audit()
+    assert [(e.action, e.target, e.count) for e in entries] == [
+        ("pause", queue, 0),
+        ("purge", queue, 2),
+        ("discard", queue, 2),
+        ("replay", queue, 1),
+    ]
+    assert {e.actor for e in entries} == {"alice"}
+    assert entries[2].ids == ids[1:]
+    assert entries[3].ids == ids[:1]
+    assert app.admin.audit(limit=1)[0].action == "pause"
+    assert "@" in app.admin.actor
+
+
+def test_reveal_shows_a_dead_letters_arguments_once_asked_and_audits_it(
+    app: App, queue: str
+) -> None:
+    (dead_id,) = _dead(app, queue, 1)
+    queued = noop(app, queue).delay()
+    # Nothing else in the API shows arguments; reveal does, and says who looked.
+    shown = app.admin.as_actor("carol").reveal(dead_id)
+    assert shown["id"] == dead_id
+    assert shown["args"] == [0]
+    (entry,) = app.admin.audit()
+    assert (entry.action, entry.actor, entry.ids) == ("reveal", "carol", [dead_id])
+    # A task that is not a dead letter has no arguments to show.
+    with pytest.raises(NotFound, match="not a dead letter"):
+        app.admin.reveal(queued.id)
+    with pytest.raises(NotFound, match="not found"):
+        app.admin.reveal("no-such-id")
+    assert len(app.admin.audit()) == 1
+
+
+def test_record_audits_an_action_done_through_another_api(app: App) -> None:
+    app.admin.as_actor("dave").record("schedule_pause", "nightly", details={"why": "incident"})
+    (entry,) = app.admin.audit()
+    assert (entry.action, entry.target, entry.actor) == ("schedule_pause", "nightly", "dave")
+    assert entry.details == {"why": "incident"}

@@ -1,0 +1,85 @@
+"""Tasks for the process-pool tests; the pool's child processes import this module.
+
+``app`` is a module-level memory app (its workers find it without ``app_path``);
+:func:`declare` registers the same tasks on another app, so a Redis-backed app in a test
+can use ``app_path="tests.pool.poolapp:app"``: a child only needs the task registry.
+Tasks that leave marks write ``<mark>-<pid>`` files in the directory they are given.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from taskflow import App, TaskContext
+
+app = App("pool-tests")
+
+
+def mark(directory: str, name: str) -> None:
+    """Leave ``<name>-<pid>`` in ``directory`` (the test reads who ran what)."""
+    (Path(directory) / f"{name}-{os.getpid()}").write_text("")
+
+
+def whoami(n: int) -> int:
+    """The pid of the process that ran the body."""
+    return os.getpid() + 0 * n
+
+
+def sleep_in_c(directory: str, seconds: float) -> int:
+    """Mark ``started``, then block in C (``time.sleep``) for ``seconds``."""
+    mark(directory, "started")
+    time.sleep(seconds)
+    mark(directory, "finished")
+    return os.getpid()
+
+
+def block_once(ctx: TaskContext, directory: str) -> list[int]:
+    """The first run marks ``started`` and blocks; a later run returns ``[pid, attempt,
+    delivery]``."""
+    first = not any(Path(directory).glob("started-*"))
+    mark(directory, "started")
+    if first:
+        time.sleep(60)
+    mark(directory, "finished")
+    return [os.getpid(), ctx.attempt, ctx.delivery]
+
+
+def retry_once(ctx: TaskContext) -> int:
+    """Ask for a retry on the first attempt; return the attempt that succeeded."""
+    if ctx.attempt == 1:
+        raise ctx.retry(countdown=0)
+    return ctx.attempt
+
+
+def crash(directory: str) -> None:
+    """Mark ``started``, then end the child process at once (no answer, no cleanup)."""
+    mark(directory, "started")
+    os._exit(3)
+
+
+def fail(message: str) -> None:
+    """Raise ``LookupError(message)`` in the body."""
+    raise LookupError(message)
+
+
+def declare(target: App) -> dict[str, Any]:
+    """Register the tasks on ``target`` under fixed names; returns them by name."""
+    return {
+        "whoami": target.task(name="pool.whoami")(whoami),
+        "sleep_in_c": target.task(name="pool.sleep_in_c", retries=0)(sleep_in_c),
+        "limited": target.task(name="pool.limited", time_limit=1, retries=0)(sleep_in_c),
+        "limited_retried": target.task(
+            name="pool.limited_retried", time_limit=0.5, retries=1, retry_backoff=0.0
+        )(sleep_in_c),
+        "timed": target.task(name="pool.timed", timeout=1, retries=0)(sleep_in_c),
+        "retry_once": target.task(name="pool.retry_once", bind=True, retries=1)(retry_once),
+        "block_once": target.task(name="pool.block_once", bind=True)(block_once),
+        "fail": target.task(name="pool.fail", retries=0)(fail),
+        "crash": target.task(name="pool.crash", retries=3)(crash),
+    }
+
+
+TASKS = declare(app)
