@@ -4,6 +4,15 @@ One file holds a broker's messages and a result store's records (they may share 
 Every problem with the file is a :class:`~taskflow.errors.ConfigError` naming the path
 and the fix, raised before anything is written: a missing directory, a read-only file or
 directory, a file that is not a taskflow database, a schema newer than this version.
+
+Schema versions: 1 indexed every message by ``(state, due)``; 2 indexes only the messages
+with ``due > 0`` there (leased ones, whose ``due`` is the lease deadline, and those due
+later), and stores ``due = 0`` for a message ready when it is published or handed back, so
+that publishing one updates three B-trees instead of four. A version 1 file is upgraded
+when it is opened (its index rebuilt, in the same transaction that checks the file); its
+rows keep their ``due``, which the version 2 queries read the same way. A process of
+version 1 that still has the file open keeps working: its statements find the same index
+name and rows, and merely do not use the index where a ``due > 0`` term is missing.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from ..errors import ConfigError
 
 __all__ = ["SCHEMA_VERSION", "open_database"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _MARK = "taskflow"
 
 _DDL = """
@@ -33,7 +42,7 @@ CREATE TABLE IF NOT EXISTS messages (
     token INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, state, priority DESC, seq);
-CREATE INDEX IF NOT EXISTS messages_due ON messages (state, due);
+CREATE INDEX IF NOT EXISTS messages_due ON messages (state, due) WHERE due > 0;
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL,
@@ -107,10 +116,12 @@ def _is_not_a_database(exc: sqlite3.DatabaseError) -> bool:
     return code == 26 or (code is None and "file is not a database" in str(exc))
 
 
-def _check_ours(conn: sqlite3.Connection, path: str) -> None:
+def _check_ours(conn: sqlite3.Connection, path: str) -> int:
+    """The file's schema version (0 for an empty file); ConfigError if it is not ours or
+    newer than this version."""
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     if not tables:
-        return
+        return 0
     if "taskflow_meta" not in tables:
         raise ConfigError(
             f"{path!r} is an SQLite database of another program, not a taskflow database; "
@@ -126,6 +137,7 @@ def _check_ours(conn: sqlite3.Connection, path: str) -> None:
             f"version reads up to {SCHEMA_VERSION}); nothing was changed: upgrade "
             "taskflow-queue in this environment"
         )
+    return version
 
 
 def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
@@ -154,14 +166,18 @@ def open_database(path: str, busy_timeout: float) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("BEGIN IMMEDIATE")
-        _check_ours(conn, path)  # another process may have created it meanwhile
+        # Another process may have created (or upgraded) it meanwhile.
+        version = _check_ours(conn, path)
+        if 0 < version < 2:
+            conn.execute("DROP INDEX IF EXISTS messages_due")  # rebuilt partial below
         for statement in _DDL.split(";"):
             if statement.strip():
                 conn.execute(statement)
-        conn.executemany(
-            "INSERT OR IGNORE INTO taskflow_meta (key, value) VALUES (?, ?)",
-            [("mark", _MARK), ("schema_version", str(SCHEMA_VERSION))],
-        )
+        if version < SCHEMA_VERSION:
+            conn.executemany(
+                "INSERT OR REPLACE INTO taskflow_meta (key, value) VALUES (?, ?)",
+                [("mark", _MARK), ("schema_version", str(SCHEMA_VERSION))],
+            )
         conn.execute("COMMIT")
     except sqlite3.DatabaseError as exc:
         _abandon(conn)

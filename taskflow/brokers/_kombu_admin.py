@@ -111,7 +111,7 @@ class KombuAdmin(BrokerAdmin):
             io.declare_queue(queue)
             levels = io.levels(queue)
             return {
-                "ready": io.count(io.names.work(queue)),
+                "ready": io.count(io.names.work(queue)) + io.held(queue),
                 "scheduled": sum(io.count(io.names.level(queue, lv)) for lv in levels),
                 "inflight": self._inflight(queue),
                 "dead": io.count(io.names.dead(queue)),
@@ -122,6 +122,7 @@ class KombuAdmin(BrokerAdmin):
     async def peek(self, queue: str, limit: int = 10) -> list[bytes]:
         def look(io: IoThread) -> list[bytes]:
             io.declare_queue(queue)
+            io.release(queue)
             taken = _sweep(io, io.names.work(queue), queue, lambda _r: "keep", kind="work")
             return [raw.body for raw in taken[:limit]]
 
@@ -133,6 +134,7 @@ class KombuAdmin(BrokerAdmin):
 
         def look(io: IoThread) -> list[Waiting]:
             io.declare_queue(queue)
+            io.release(queue)
             taken = _sweep(io, io.names.work(queue), queue, lambda _r: "keep", kind="work")
             return [
                 Waiting(
@@ -152,6 +154,7 @@ class KombuAdmin(BrokerAdmin):
     async def purge_ids(self, queue: str, *, scheduled: bool = True) -> list[str]:
         def purge(io: IoThread) -> list[str]:
             io.declare_queue(queue)
+            io.release(queue)
             names = [io.names.work(queue)]
             if scheduled:
                 names += [io.names.level(queue, lv) for lv in io.levels(queue)]
@@ -169,6 +172,7 @@ class KombuAdmin(BrokerAdmin):
 
         def cancel(io: IoThread) -> bool:
             io.declare_queue(queue)
+            io.release(queue)
             found = False
 
             def decide(raw: Raw) -> str:

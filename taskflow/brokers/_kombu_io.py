@@ -7,10 +7,14 @@ in ``select`` on the AMQP socket and a wake-up pipe, so a call starts at once an
 deliveries are read as they arrive. Between calls the thread services heartbeats, ends
 waiting fetches whose time is up and hands back deliveries whose lease ran out.
 
-Channels: ``work`` (basic.get, consumers, acks: a delivery is acked on the channel that
-delivered it), ``pub`` (publisher confirms on every publish) and ``admin`` (sweeps that
-take messages out and put them back). Each connection has a generation number; a delivery
-remembers the generation that delivered it and settles only on that connection.
+Results go back to each event loop in one hop per batch of calls, and a call wakes the
+thread only when it is not already running calls.
+
+Channels: ``work`` (basic.get, consumers with a prefetch, acks: a delivery is acked on the
+channel that delivered it), ``pub`` (publisher confirms on every publish) and ``admin``
+(sweeps that take messages out and put them back). Each connection has a generation
+number; a delivery remembers the generation that delivered it and settles only on that
+connection.
 """
 
 from __future__ import annotations
@@ -38,6 +42,14 @@ from . import _kombu_topology as topo
 from .base import DeadLetter, Message
 
 log = logging.getLogger("taskflow.broker.amqp")
+
+PREFETCH_FACTOR = 2
+"""A consumer's prefetch is this many times the room its fetch asked for: the deliveries a
+worker runs and holds, plus as many again pushed ahead so that none waits for a round
+trip."""
+
+CONSUMER_IDLE = 2.0
+"""Seconds a consumer stays on a queue no fetch asks for."""
 
 T = TypeVar("T")
 
@@ -151,10 +163,12 @@ class IoThread:
         self._bound: set[tuple[str, str, str]] = set()
         self._held: dict[str, deque[Raw]] = {}
         self._consumers: dict[str, str] = {}  # queue -> consumer tag
-        self._spent: set[str] = set()  # queues whose consumer delivered since the last sync
+        self._prefetch: dict[str, int] = {}  # queue -> its consumer's prefetch
+        self._asked: dict[str, float] = {}  # queue -> when a fetch last asked for it
         self._leases: dict[tuple[int, int], Lease] = {}
         self._waiters: list[Waiter] = []
         self._calls: deque[_Call] = deque()
+        self._replies: dict[asyncio.AbstractEventLoop, list[Callable[[], None]]] = {}
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = -1, -1  # a pipe while the thread runs
         self._thread: threading.Thread | None = None
@@ -216,11 +230,25 @@ class IoThread:
                 else:
                     fut.set_result(result)
 
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(settle)
+            self._reply(loop, settle)
 
         self._calls_append(_Call(fn, done))
         return await fut
+
+    def _reply(self, loop: asyncio.AbstractEventLoop, settle: Callable[[], None]) -> None:
+        """Run ``settle`` on ``loop``: results made on the I/O thread go back together,
+        one hop to each loop per batch of calls."""
+        if threading.current_thread() is self._thread:
+            self._replies.setdefault(loop, []).append(settle)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(settle)
+
+    def _flush_replies(self) -> None:
+        replies, self._replies = self._replies, {}
+        for loop, settles in replies.items():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(_run_all, settles)
 
     def call_blocking(self, fn: Callable[[IoThread], T], timeout: float) -> T:
         """Run ``fn(self)`` on the I/O thread from any other thread."""
@@ -242,8 +270,10 @@ class IoThread:
             call.done(None, BrokerError(f"AMQP broker {mask_url(self.shown)} is not connected"))
             return
         with self._lock:
+            idle = not self._calls
             self._calls.append(call)
-        self._wake()
+        if idle:  # else the thread has not emptied the queue yet: it runs this call too
+            self._wake()
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
@@ -256,6 +286,7 @@ class IoThread:
                 if self.conn is None:
                     self._reconnect()
                 self._run_calls()
+                self._flush_replies()
                 self._tick()
                 self._wait_io()
             except _RECOVERABLE as exc:
@@ -263,11 +294,14 @@ class IoThread:
             except Exception:  # the thread must survive anything
                 log.exception("AMQP I/O thread: unexpected error")
                 self._lost_connection(None)
+            finally:
+                self._flush_replies()
         self._close_connection()
         with self._lock:
             left, self._calls = list(self._calls), deque()
         for call in left:
             call.done(None, BrokerError(f"AMQP broker {mask_url(self.shown)} is closed"))
+        self._flush_replies()
 
     def _run_calls(self) -> None:
         while True:
@@ -379,6 +413,7 @@ class IoThread:
         self._declared.clear()
         self._bound.clear()
         self._consumers.clear()
+        self._prefetch.clear()
         self._held.clear()
         self._declare_control()
         self._backoff = 0.1
@@ -413,6 +448,7 @@ class IoThread:
         conn, self.conn = self.conn, None
         self.work = self.pub = self.admin = None
         self._consumers.clear()
+        self._prefetch.clear()
         self._held.clear()
         if conn is not None:
             with contextlib.suppress(Exception):
@@ -435,6 +471,7 @@ class IoThread:
             with contextlib.suppress(Exception):
                 self.work.basic_cancel(tag)
             del self._consumers[queue]
+        self._prefetch.clear()
         with contextlib.suppress(Exception):
             self.conn.drain_events(timeout=0.05)
         for held in self._held.values():
@@ -723,24 +760,58 @@ class IoThread:
         out.append(lease)
 
     def take(self, queues: list[str], limit: int) -> list[Lease]:
-        """Up to ``limit`` deliveries, queue by queue: held ones first, then basic.get."""
+        """Up to ``limit`` deliveries, queue by queue in the order given.
+
+        A queue with a consumer hands out what its consumer pushed, highest priority
+        first (FIFO among equals); a queue without one is read with ``basic.get``, and a
+        queue that still had messages when ``limit`` was reached gets a consumer with a
+        prefetch of ``limit * PREFETCH_FACTOR``, so the next fetches need no round trip
+        per message."""
         self.require()
+        self._read_pending()
+        now = time.monotonic()
+        for queue in queues:
+            self._asked[queue] = now  # its consumer, if any, stays
         out: list[Lease] = []
+        backlog: list[str] = []
         for queue in queues:
             self.declare_queue(queue)  # learns of a pause made before this process started
             if queue in self.state.paused:
                 continue
-            held = self._held.get(queue)
-            while held and len(out) < limit:
-                self._hand_out(held.popleft(), out)
-            while len(out) < limit:
-                message = self.work.basic_get(self.names.work(queue), no_ack=False)
-                if message is None:
-                    break
-                self._hand_out(self._raw(queue, message), out)
+            if self._take_from(queue, limit, out):
+                backlog.append(queue)
             if len(out) >= limit:
                 break
+        for queue in backlog:
+            self._consume(queue, limit)
         return out
+
+    def _take_from(self, queue: str, limit: int, out: list[Lease]) -> bool:
+        """Fill ``out`` from ``queue``; True if ``basic.get`` filled it (a backlog)."""
+        held = self._held.get(queue)
+        while held and len(out) < limit:
+            self._hand_out(_pop_first(held), out)
+        if self._prefetch.get(queue, 0) < limit and not held:
+            # A consumer started for smaller fetches: one with the room asked now (what
+            # the old one pushed stays held and settles on this channel).
+            self._cancel(queue)
+        if queue in self._consumers:
+            return False
+        while len(out) < limit:
+            message = self.work.basic_get(self.names.work(queue), no_ack=False)
+            if message is None:
+                return False
+            self._hand_out(self._raw(queue, message), out)
+        return True
+
+    def _read_pending(self) -> None:
+        """Read the deliveries already on the socket (no waiting)."""
+        sock = self._sock()
+        if sock is None:
+            return
+        readable, _, _ = select.select([sock], [], [], 0)
+        if readable or self._pending(sock):
+            self._drain()
 
     def wait(self, waiter: Waiter) -> None:
         """Register a fetch that found nothing; it ends with the first message or its
@@ -775,28 +846,61 @@ class IoThread:
             if got:
                 self._finish(waiter, got)
 
-    def sync_consumers(self) -> None:
-        """One consumer (prefetch 1) per queue some fetch waits on; none otherwise."""
+    def _consume(self, queue: str, prefetch: int) -> None:
+        """Start a consumer on ``queue`` whose unsettled deliveries stay within
+        ``prefetch`` (RabbitMQ pushes the highest priority it holds first)."""
+        if queue in self._consumers or self.work is None:
+            return
+        self.declare_queue(queue)
+
+        def on_message(message: Any, queue: str = queue) -> None:
+            self._held.setdefault(queue, deque()).append(self._raw(queue, message))
+
+        count = max(1, prefetch) * PREFETCH_FACTOR
+        self.work.basic_qos(0, count, False)  # for consumers started after it
+        self._prefetch[queue] = max(1, prefetch)
+        self._consumers[queue] = self.work.basic_consume(
+            self.names.work(queue), no_ack=False, callback=on_message
+        )
+
+    def held(self, queue: str) -> int:
+        """Messages of ``queue`` its consumer pushed here that no fetch took yet."""
+        return len(self._held.get(queue) or ())
+
+    def release(self, queue: str) -> None:
+        """Stop consuming ``queue`` and put back what its consumer pushed here and no
+        fetch took (published again uncounted, at the end of its priority), so that a
+        sweep of the queue sees every ready message; the next fetch consumes again."""
         if self.conn is None or self.work is None:
             return
+        self._cancel(queue)
+        for raw in self._held.pop(queue, None) or ():
+            self.republish(raw, self.count_of(raw) - 1)
+
+    def _cancel(self, queue: str) -> None:
+        tag = self._consumers.pop(queue, None)
+        self._prefetch.pop(queue, None)
+        if tag is not None and self.work is not None:
+            self.work.basic_cancel(tag)
+
+    def sync_consumers(self) -> None:
+        """A consumer per queue some fetch waits on or asked for lately; none on paused
+        queues or queues nobody asked for in ``CONSUMER_IDLE`` seconds (what their
+        consumers pushed and nobody took is published again, uncounted)."""
+        if self.conn is None or self.work is None:
+            return
+        now = time.monotonic()
         wanted = {q for w in self._waiters for q in w.queues if q not in self.state.paused}
         for queue in list(self._consumers):
-            # A consumer that delivered has its one prefetch slot taken until that message
-            # is settled: a fresh consumer takes the next message at once.
-            if queue not in wanted or queue in self._spent:
-                tag = self._consumers.pop(queue)
-                self.work.basic_cancel(tag)
-        self._spent.clear()
-        for queue in wanted - set(self._consumers):
-            self.declare_queue(queue)
-
-            def on_message(message: Any, queue: str = queue) -> None:
-                self._held.setdefault(queue, deque()).append(self._raw(queue, message))
-                self._spent.add(queue)
-
-            self._consumers[queue] = self.work.basic_consume(
-                self.names.work(queue), no_ack=False, callback=on_message
-            )
+            if queue in wanted:
+                continue
+            if queue in self.state.paused or now - self._asked.get(queue, 0.0) > CONSUMER_IDLE:
+                self.release(queue)
+        for waiter in self._waiters:
+            for queue in waiter.queues:
+                if queue not in self.state.paused and queue not in self._consumers:
+                    self._asked[queue] = now
+                    self._consume(queue, waiter.limit)
 
     def _expire_leases(self) -> None:
         now = time.monotonic()
@@ -846,6 +950,25 @@ class IoThread:
         lease.settled = True
         self._leases.pop((raw.gen, raw.tag), None)
         return True
+
+
+def _run_all(settles: list[Callable[[], None]]) -> None:
+    for settle in settles:
+        try:
+            settle()
+        except Exception:  # one caller's error leaves the others' results alone
+            log.exception("AMQP broker: handing a result back failed")
+
+
+def _pop_first(held: deque[Raw]) -> Raw:
+    """The highest-priority message of ``held``, the earliest among equals."""
+    best = 0
+    for i, raw in enumerate(held):
+        if raw.priority > held[best].priority:
+            best = i
+    raw = held[best]
+    del held[best]
+    return raw
 
 
 _KEPT = frozenset({topo.H_ID, topo.H_MAX, topo.H_COUNT, topo.H_TASK})

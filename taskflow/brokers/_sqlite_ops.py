@@ -4,9 +4,12 @@ the writes queued meanwhile; a function that raises has its changes undone alone
 
 A message row is ``waiting`` (ready once ``due`` has passed: a delay is just a later
 ``due``) or ``inflight`` (``due`` is then its lease deadline and ``token`` fences its
-settlement). Ready messages are served by priority (9 first), then in publish order
-(``seq``). Expired leases are reclaimed by the next fetch: delivered again, or
-dead-lettered as ``worker_lost`` once ``max_deliveries`` ran out.
+settlement). A message ready when it is published or handed back is stored with ``due = 0``:
+the ``messages_due`` index holds only the rows with ``due > 0`` (leases and later due
+times), so publishing a ready message updates one index fewer; the queries on ``due`` name
+``due > 0`` so that they can use that partial index. Ready messages are served by priority
+(9 first), then in publish order (``seq``). Expired leases are reclaimed by the next fetch:
+delivered again, or dead-lettered as ``worker_lost`` once ``max_deliveries`` ran out.
 """
 
 from __future__ import annotations
@@ -74,20 +77,21 @@ def _check_room(conn: sqlite3.Connection, messages: Sequence[Message]) -> None:
 def insert(conn: sqlite3.Connection, messages: Sequence[Message], now: float) -> None:
     """Store all of ``messages`` (an id already stored is replaced) or none (QueueFull)."""
     _check_room(conn, messages)
-    conn.executemany(
-        _INSERT,
-        [
-            (
-                m.id,
-                m.queue,
-                bytes(m.body),
-                m.priority,
-                max(1, m.max_deliveries),
-                m.eta if m.eta is not None and m.eta > now else now,
-            )
-            for m in messages
-        ],
-    )
+    rows = [
+        (
+            m.id,
+            m.queue,
+            bytes(m.body),
+            m.priority,
+            max(1, m.max_deliveries),
+            m.eta if m.eta is not None and m.eta > now else 0.0,  # 0: ready now
+        )
+        for m in messages
+    ]
+    if len(rows) == 1:
+        conn.execute(_INSERT, rows[0])
+    else:
+        conn.executemany(_INSERT, rows)
 
 
 def bury(
@@ -122,18 +126,21 @@ def _extra(priority: int, max_deliveries: int) -> dict[str, Any]:
 
 def reclaim(conn: sqlite3.Connection, now: float) -> list[DeadLetter]:
     """Hand back deliveries whose lease ran out; bury those out of deliveries."""
+    expired = "SELECT 1 FROM messages WHERE state = 'inflight' AND due > 0 AND due <= ? LIMIT 1"
+    if conn.execute(expired, (now,)).fetchone() is None:  # the common case: one lookup
+        return []
     lost = bury(
         conn,
-        "state = 'inflight' AND due <= ? AND deliveries >= max_deliveries",
+        "state = 'inflight' AND due > 0 AND due <= ? AND deliveries >= max_deliveries",
         (now,),
         reason="worker_lost",
         error="lease expired",
         now=now,
     )
     conn.execute(
-        "UPDATE messages SET state = 'waiting', token = 0, due = ? "
-        "WHERE state = 'inflight' AND due <= ?",
-        (now, now),
+        "UPDATE messages SET state = 'waiting', token = 0, due = 0 "
+        "WHERE state = 'inflight' AND due > 0 AND due <= ?",
+        (now,),
     )
     return lost
 
@@ -157,11 +164,12 @@ def take(
         if name in paused or len(out) >= limit:
             continue
         rows = conn.execute(TAKE_SQL, (name, now, limit - len(out))).fetchall()
-        conn.executemany(
-            "UPDATE messages SET state = 'inflight', deliveries = deliveries + 1, due = ?,"
-            " token = ? WHERE seq = ?",
-            [(now + length, token, r[0]) for r in rows],
-        )
+        if rows:  # one statement leases them all
+            conn.execute(
+                "UPDATE messages SET state = 'inflight', deliveries = deliveries + 1, due = ?,"
+                f" token = ? WHERE seq IN ({','.join('?' * len(rows))})",
+                (now + length, token, *(r[0] for r in rows)),
+            )
         out.extend((r[1], name, bytes(r[2]), r[3], r[4] + 1) for r in rows)
     if out:  # the caller waits only when nothing was taken
         return out, lost, None, 0
@@ -171,12 +179,15 @@ def take(
 def _next_due(
     conn: sqlite3.Connection, queues: Sequence[str], paused: set[str], now: float
 ) -> float | None:
-    (lease_end,) = conn.execute("SELECT min(due) FROM messages WHERE state = 'inflight'").fetchone()
+    (lease_end,) = conn.execute(
+        "SELECT min(due) FROM messages WHERE state = 'inflight' AND due > 0"
+    ).fetchone()
     candidates = [lease_end] if lease_end is not None else []
     for name in queues:
         if name not in paused:
             (due,) = conn.execute(
-                "SELECT min(due) FROM messages WHERE queue = ? AND state = 'waiting'", (name,)
+                "SELECT min(due) FROM messages WHERE queue = ? AND state = 'waiting' AND due > 0",
+                (name,),
             ).fetchone()
             if due is not None:
                 candidates.append(due)
@@ -196,16 +207,16 @@ def settle(
         sql, args = f"DELETE FROM messages WHERE {_FENCE}", fence
     elif action == "requeue":
         sql = (
-            "UPDATE messages SET state = 'waiting', token = 0, due = ?, "
+            "UPDATE messages SET state = 'waiting', token = 0, due = 0, "
             f"deliveries = deliveries - 1 WHERE {_FENCE}"
         )
-        args = (now, *fence)
+        args = fence
     elif action == "retry":
         sql = (
             "UPDATE messages SET state = 'waiting', token = 0, due = ?, body = ?, "
             f"deliveries = 0, max_deliveries = ? WHERE {_FENCE}"
         )
-        due = now + max(0.0, extra["delay"])
+        due = now + extra["delay"] if extra["delay"] > 0 else 0.0
         args = (due, bytes(extra["body"]), max(1, extra["max_deliveries"]), *fence)
     else:
         buried = bury(

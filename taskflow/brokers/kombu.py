@@ -14,10 +14,21 @@ Topology (see :mod:`taskflow.brokers._kombu_topology`): per task queue a durable
 work queue with ``x-max-priority: 9`` (strict priority 0-9, FIFO among equals), a
 dead-letter queue, and the delay levels.
 
-* **Fetch** takes messages with ``basic.get``, queue by queue in the order asked, so the
-  priority order and the queue order hold exactly. A fetch that finds nothing starts one
-  consumer per queue with a prefetch of 1 and ends with the first delivery (push-based,
-  no polling); the consumers stop when no fetch waits.
+* **Fetch** reads a queue without a consumer with ``basic.get`` (one round trip per
+  message). A fetch that fills its ``max_messages`` that way (a backlog), or that waits on
+  the queue, starts a consumer on it with a prefetch of twice the room asked
+  (``PREFETCH_FACTOR``), and later fetches hand out what the consumer was pushed, without
+  a round trip per message. RabbitMQ
+  pushes the highest priority it holds first; the process hands out what it was pushed
+  highest priority first, FIFO among equals, and queue by queue in the order asked. So
+  strict priority holds for everything still in RabbitMQ: a message published later with a
+  higher priority waits behind at most the prefetch of lower ones already pushed to this
+  process (and, across queues, a later queue's pushed messages may go out while an earlier
+  queue's are still on the wire). A fetch that finds nothing waits for the first push
+  (no polling). A consumer stops when its queue is paused, when no fetch asked for its
+  queue for ``CONSUMER_IDLE`` seconds, and before an operator sweep of its queue (purge,
+  peek, cancel); what it was pushed and nobody took is then published again uncounted (at
+  the end of its priority) and acked.
 * **Publish** uses publisher confirms with a timeout (``confirm_timeout``) on every
   message: a nack is a :class:`~taskflow.errors.BrokerError`, and so is a confirm that
   does not come (the connection is then dropped and made again). Nothing is reported as
@@ -27,7 +38,8 @@ dead-letter queue, and the delay levels.
   message going through the levels of the set bits of its remaining delay, routed by its
   own headers. Precise to a few milliseconds per hop at any delay up to about 8 years, and
   a long delay never holds up a short one (each level has one fixed TTL).
-* **Acks** go on the channel that delivered the message. Each connection has a
+* **Acks** go on the channel that delivered the message, one ``basic.ack`` each; the acks
+  made in one turn of the event loop reach the I/O thread as one call. Each connection has a
   generation; a delivery settles only on the connection that delivered it, so after a
   reconnect a stale ack is never sent on a new channel: it returns ``False`` (RabbitMQ has
   put the message back already).
@@ -130,8 +142,9 @@ class KombuDelivery(Delivery):
             raise
 
     async def ack(self) -> bool:
-        """Acknowledge on the delivering channel; False if no longer held."""
-        return await self._settle("ack")
+        """Acknowledge on the delivering channel; False if no longer held. The acks asked
+        for in one turn of the event loop go to the I/O thread as one call."""
+        return await self._broker.ack(self._lease)
 
     async def nack(self, *, requeue: bool = True) -> bool:
         """Hand back uncounted (published again, then acked) or drop."""
@@ -243,6 +256,8 @@ class KombuBroker(Broker, DelegatedAdmin):
             weakref.WeakKeyDictionary()
         )
         self._control_base = 0  # commands dropped from the front of the log
+        self._acks: dict[asyncio.AbstractEventLoop, list[tuple[Lease, asyncio.Future[bool]]]] = {}
+        self._ack_tasks: set[asyncio.Task[None]] = set()
         self.io = IoThread(
             client_url,
             self.names,
@@ -351,6 +366,23 @@ class KombuBroker(Broker, DelegatedAdmin):
     def _inflight(self, queue: str) -> int:
         return self.io.inflight(queue)
 
+    async def ack(self, lease: Lease) -> bool:
+        """Ack ``lease`` together with the other acks of this turn of the event loop."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool] = loop.create_future()
+        batch = self._acks.get(loop)
+        if batch is None:
+            batch = self._acks[loop] = []
+            loop.call_soon(self._send_acks, loop)
+        batch.append((lease, fut))
+        return await fut
+
+    def _send_acks(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch = self._acks.pop(loop, [])
+        task = loop.create_task(_acked(self.io, batch))
+        self._ack_tasks.add(task)
+        task.add_done_callback(self._ack_tasks.discard)
+
     # -- control ---------------------------------------------------------------------
     def _notify_control(self) -> None:
         waiters, self._control_waiters = self._control_waiters, []
@@ -389,6 +421,29 @@ class KombuBroker(Broker, DelegatedAdmin):
     def forget_control_reader(self) -> None:
         """Drop the calling task's read position."""
         self._control_cursors.pop(_current_task(), None)
+
+
+async def _acked(io: IoThread, batch: list[tuple[Lease, asyncio.Future[bool]]]) -> None:
+    """Ack every lease of ``batch`` in one call; each future gets its own answer."""
+    leases = [lease for lease, _ in batch]
+    try:
+        results = await io.call(lambda io: [io.settle(lease, "ack") for lease in leases])
+    except BrokerError:
+        # The connection went away: RabbitMQ hands the messages to someone else.
+        results = [False] * len(batch)
+    except BaseException as exc:
+        for _, fut in batch:
+            if not fut.done():
+                if isinstance(exc, asyncio.CancelledError):
+                    fut.cancel()
+                else:
+                    fut.set_exception(exc)
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        return
+    for (_, fut), ok in zip(batch, results, strict=True):
+        if not fut.done():
+            fut.set_result(ok)
 
 
 def _hand_back(leases: list[Lease]) -> None:

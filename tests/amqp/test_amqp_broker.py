@@ -310,6 +310,127 @@ def test_a_pause_is_seen_by_a_broker_of_another_process_and_so_is_the_resume(
     run(loop, operator.close())
 
 
+# -- consuming ----------------------------------------------------------------------------
+
+
+def test_a_draining_fetch_is_fed_by_a_consumer_not_a_basic_get_per_message(
+    loop: asyncio.AbstractEventLoop, prefix: str
+) -> None:
+    broker = broker_on(loop, prefix)
+    sent = [msg("q", str(i).encode()) for i in range(60)]
+    gets = 0
+
+    async def body() -> None:
+        nonlocal gets
+        await broker.publish(sent)
+        work = broker.io.work
+        real_get = work.basic_get
+
+        def counted(*args: object, **kw: object) -> object:
+            nonlocal gets
+            gets += 1
+            return real_get(*args, **kw)
+
+        work.basic_get = counted  # the channel of this connection only
+        got = []
+        while len(got) < len(sent):
+            batch = await broker.fetch(["q"], 10, 5.0)
+            assert batch, "a fetch came back empty while messages were ready"
+            for delivery in batch:
+                assert await delivery.ack()
+            got += batch
+        assert [d.body for d in got] == [m.body for m in sent]  # FIFO, each once
+        assert all(d.delivery_count == 1 for d in got)
+
+    run(loop, body())
+    assert gets == 10  # the first batch only; the rest were pushed
+    run(loop, broker.close())
+
+
+def test_acks_made_together_each_get_their_own_answer(
+    loop: asyncio.AbstractEventLoop, prefix: str
+) -> None:
+    broker = broker_on(loop, prefix)
+
+    async def body() -> None:
+        await broker.publish([msg("q", str(i).encode()) for i in range(3)])
+        one, two, three = await broker.fetch(["q"], 3, 2.0)
+        answers = await asyncio.gather(one.ack(), two.ack(), one.ack(), three.ack())
+        assert answers == [True, True, False, True]  # the second ack of ``one`` is stale
+        assert await broker.fetch(["q"], 3, 0.3) == []  # all three were acked
+
+    run(loop, body())
+    run(loop, broker.close())
+
+
+def test_a_later_higher_priority_overtakes_what_the_consumer_was_not_yet_pushed(
+    loop: asyncio.AbstractEventLoop, prefix: str
+) -> None:
+    broker = broker_on(loop, prefix)
+
+    async def body() -> None:
+        low = [msg("q", f"low-{i}".encode(), priority=1) for i in range(40)]
+        await broker.publish(low)
+        first = await broker.fetch(["q"], 5, 2.0)  # starts a consumer: prefetch 10
+        high = msg("q", b"high", priority=8)
+        await broker.publish([high])
+        rest = []
+        while len(rest) < 36:
+            rest += await broker.fetch(["q"], 5, 5.0)
+        bodies = [d.body for d in first + rest]
+        at = bodies.index(b"high")
+        assert 5 <= at <= 5 + 10  # behind at most what was pushed to this process
+        assert [b for b in bodies if b != b"high"] == [m.body for m in low]
+        for delivery in first + rest:
+            await delivery.ack()
+
+    run(loop, body())
+    run(loop, broker.close())
+
+
+def test_messages_pushed_to_a_process_are_purged_and_the_fetched_ones_still_ack(
+    loop: asyncio.AbstractEventLoop, prefix: str
+) -> None:
+    broker = broker_on(loop, prefix)
+
+    async def body() -> None:
+        await broker.publish([msg("q", str(i).encode()) for i in range(20)])
+        got = await broker.fetch(["q"], 5, 2.0)
+        assert len(got) == 5
+        assert await broker.purge("q") == 15
+        assert (await broker.depth("q"))["ready"] == 0
+        assert [await d.ack() for d in got] == [True] * 5
+        assert await broker.fetch(["q"], 5, 0.2) == []
+
+    run(loop, body())
+    run(loop, broker.close())
+
+
+def test_a_process_that_stops_fetching_hands_its_pushed_messages_to_others_uncounted(
+    loop: asyncio.AbstractEventLoop, prefix: str
+) -> None:
+    idle = broker_on(loop, prefix)
+    other = broker_on(loop, prefix)
+    sent = [msg("q", str(i).encode()) for i in range(20)]
+
+    async def body() -> None:
+        await idle.publish(sent)
+        taken = await idle.fetch(["q"], 5, 2.0)  # its consumer is pushed up to 10 more
+        got = []
+        while len(got) < 15:  # the rest come once ``idle`` puts back what it was pushed
+            batch = await other.fetch(["q"], 20, 10.0)
+            assert batch, "the pushed messages never came back"
+            got += batch
+        assert sorted(d.id for d in taken + got) == sorted(m.id for m in sent)
+        assert all(d.delivery_count == 1 for d in got)
+        for delivery in taken + got:
+            assert await delivery.ack()
+
+    run(loop, body())
+    run(loop, other.close())
+    run(loop, idle.close())
+
+
 # -- an app without a result store --------------------------------------------------------
 
 
