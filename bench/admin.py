@@ -11,6 +11,9 @@ Run from the project root (as a module, so ``import redis`` finds the library)::
                    default), or spread evenly over ``--dead-queues`` other queues
 ``--replay``       dead letters replayed in the timed replay
 ``--repeats``      timed calls of ``queues()`` and ``dead_letters(limit=100)``
+``--cli-repeats``  timed runs of ``taskflow queues`` and ``taskflow dlq list --limit 100``
+                   as new processes (on the backlog, and on an empty prefix for the
+                   start-up alone)
 ``--url``          Redis server and database (DB 15 by default, never the app data in DB 0);
                    every key lives under ``--prefix`` and is deleted at the end
 
@@ -30,7 +33,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -96,6 +102,23 @@ def _timed(call: Callable[[], Any], repeats: int) -> tuple[float, float]:
     return statistics.median(times), p99
 
 
+def _command_wall(
+    argv: list[str], url: str, repeats: int, ok_codes: tuple[int, ...] = (0,)
+) -> float:
+    """Median wall time of ``taskflow ARGV -A bench.admin_cli_app --json`` as a new process
+    (Python start-up, imports and connecting included)."""
+    command = [sys.executable, "-m", "taskflow.cli.main", *argv, "-A", "bench.admin_cli_app"]
+    env = {**os.environ, "TASKFLOW_BROKER_URL": url}
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        done = subprocess.run([*command, "--json"], env=env, capture_output=True, check=False)
+        times.append(time.perf_counter() - start)
+        if done.returncode not in ok_codes:
+            raise SystemExit(f"{' '.join(argv)} failed: {done.stderr.decode()[-500:]}")
+    return statistics.median(times)
+
+
 def _drop(url: str, prefix: str) -> None:
     client = redis.Redis.from_url(url)
     try:
@@ -113,6 +136,7 @@ def main() -> None:
     parser.add_argument("--replay", type=int, default=10_000)
     parser.add_argument("--dead-queues", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--cli-repeats", type=int, default=5)
     parser.add_argument("--url", default="redis://127.0.0.1:6379/15")
     parser.add_argument("--prefix", default="taskflow-bench-admin")
     args = parser.parse_args()
@@ -129,6 +153,15 @@ def main() -> None:
         print(f"queues():                 p50 {p50 * 1e3:7.1f} ms  p99 {p99 * 1e3:7.1f} ms")
         p50, p99 = _timed(lambda: adm.dead_letters(limit=100), args.repeats)
         print(f"dead_letters(limit=100):  p50 {p50 * 1e3:7.1f} ms  p99 {p99 * 1e3:7.1f} ms")
+        backlog = f"{args.url}?prefix={prefix}"
+        empty = f"{args.url}?prefix={prefix}-empty"
+        for argv in (["queues"], ["dlq", "list", "-Q", READY_QUEUE, "--limit", "100"]):
+            full = _command_wall(argv, backlog, args.cli_repeats)
+            bare = _command_wall(argv, empty, args.cli_repeats, ok_codes=(0, 1))
+            print(
+                f"taskflow {' '.join(argv)} --json (a new process): p50 {full * 1e3:6.0f} ms;"
+                f" the same on an empty prefix {bare * 1e3:6.0f} ms"
+            )
         start = time.perf_counter()
         report = adm.replay(limit=args.replay)
         took = time.perf_counter() - start
