@@ -63,6 +63,8 @@ class LeaseKeeper:
         self._seq = itertools.count()
         self._wake: asyncio.Event | None = None
         self._outage = Outage(f"worker {name}: lease renewal")
+        self.waiting = asyncio.Event()
+        """Set while :meth:`run` waits for the next due renewal (a test seam)."""
 
     def __len__(self) -> int:
         return len(self._held)
@@ -102,13 +104,16 @@ class LeaseKeeper:
                     continue
                 self._wake.clear()
                 timeout = self._heap[0][0] - now if self._heap else None
+                self.waiting.set()
                 try:
                     async with asyncio.timeout(timeout):
                         await self._wake.wait()
                 except TimeoutError:
                     pass
+                self.waiting.clear()
         finally:
             self._wake = None
+            self.waiting.clear()
 
     async def _renew(self, delivery: Delivery) -> None:
         lease = delivery.lease or 0.0

@@ -37,7 +37,7 @@ import pytest
 
 from taskflow.brokers.base import Broker
 from taskflow.brokers.memory import MemoryBroker
-from taskflow.clock import Clock
+from taskflow.clock import Clock, FakeClock
 from taskflow.results.base import ResultStore
 from taskflow.results.memory import MemoryResultStore
 
@@ -136,3 +136,17 @@ def queue() -> str:
 
 
 __all__ = ["BROKERS", "STORES", "MakeBroker", "run"]
+
+
+@pytest.fixture(params=sorted(STORES))
+def timed(
+    request: pytest.FixtureRequest, loop: asyncio.AbstractEventLoop
+) -> Iterator[tuple[ResultStore, FakeClock]]:
+    """A connected store of each backend on a fake clock, with that clock."""
+    clock = FakeClock()
+    store: ResultStore = run(loop, STORES[str(request.param)](clock))
+    try:
+        run(loop, store.connect())
+        yield store, clock
+    finally:
+        run(loop, store.close())

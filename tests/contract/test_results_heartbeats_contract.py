@@ -11,29 +11,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from taskflow.clock import FakeClock
 from taskflow.results.base import ResultStore
 
-from .conftest import STORES, run
-
-
-@pytest.fixture(params=sorted(STORES))
-def timed(
-    request: pytest.FixtureRequest, loop: asyncio.AbstractEventLoop
-) -> Iterator[tuple[ResultStore, FakeClock]]:
-    """A connected store of each backend on a fake clock, with that clock."""
-    clock = FakeClock()
-    store: ResultStore = run(loop, STORES[str(request.param)](clock))
-    try:
-        run(loop, store.connect())
-        yield store, clock
-    finally:
-        run(loop, store.close())
+from .conftest import run
 
 
 def heartbeat(worker_id: str, **changes: Any) -> dict[str, Any]:

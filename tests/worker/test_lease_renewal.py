@@ -50,7 +50,7 @@ class Recorded(Delivery):
 
 async def _with_keeper(keeper: LeaseKeeper) -> asyncio.Task[None]:
     task = asyncio.create_task(keeper.run())
-    await asyncio.sleep(0)  # let it start waiting
+    await keeper.waiting.wait()
     return task
 
 
@@ -66,7 +66,8 @@ def test_a_new_delivery_is_renewed_a_third_of_its_lease_after_it_was_taken() -> 
         loop = asyncio.get_running_loop()
         # An old delivery with a long lease puts the keeper to sleep for 10 s ...
         keeper.hold(Recorded(lease=30.0), loop.time())
-        await asyncio.sleep(0.01)
+        keeper.waiting.clear()
+        await keeper.waiting.wait()
         # ... and a new one with a short lease must not wait for that.
         short = Recorded(lease=0.6)
         taken = loop.time()

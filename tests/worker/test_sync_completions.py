@@ -67,9 +67,8 @@ async def _a_cancelled_waiter_does_not_stop_the_others() -> None:
     completions = Completions(asyncio.get_running_loop())
     first: concurrent.futures.Future[Any] = concurrent.futures.Future()
     second: concurrent.futures.Future[Any] = concurrent.futures.Future()
-    waiter = asyncio.ensure_future(completions.watch(first))
+    waiter = completions.watch(first)  # a future, registered at once
     other = completions.watch(second)
-    await asyncio.sleep(0)
     waiter.cancel()
     first.set_result(1)
     second.set_result(2)
