@@ -8,7 +8,9 @@ Run from the project root (as a module)::
 
 One worker process (``taskflow worker -c --slots``) drains ``--tasks`` no-op tasks that were
 queued while the queue was paused; the clock runs from the resume until every message was
-acked. Each round measures both modes, alternating, and the medians are compared:
+acked. Each round measures both modes, alternating, and the medians are compared: the
+rate, and the CPU time of the worker process (all its threads, user and system) per task
+over the same interval, which other load on the machine disturbs less than the rate:
 
 * ``off``: the worker as it ships (the ``otel`` extra installed, nothing instrumented);
 * ``on``: the worker module configures the OpenTelemetry SDK -- a tracer provider whose
@@ -40,6 +42,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import psutil  # type: ignore[import-untyped, unused-ignore]
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -162,10 +165,16 @@ def _wait_consumer(bench: App) -> None:
         time.sleep(0.01)
 
 
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
 def drain(
     bench: App, url: str, tasks: int, slots: int, mode: str, baseline: Baseline | None = None
-) -> float:
-    """Tasks per second one worker process drains in ``mode``."""
+) -> tuple[float, float]:
+    """Tasks per second one worker process drains in ``mode``, and the microseconds of CPU
+    that process spent per task meanwhile."""
     proc = _worker(url, slots, mode, baseline)
     providers = instrument() if mode == "on" else None
     try:
@@ -174,11 +183,13 @@ def drain(
         task = bench.registry.get("bench.noop")
         for _ in range(0, tasks, 1000):
             bench.enqueue_many([task.s() for _ in range(1000)])  # type: ignore[union-attr]
-        started = time.perf_counter()
+        worker = psutil.Process(proc.pid)
+        cpu, started = _cpu(worker), time.perf_counter()
         bench.kernel.call(bench.broker.resume("default"))  # type: ignore[attr-defined]
         while _depth(bench):
             time.sleep(0.002)
-        return tasks / (time.perf_counter() - started)
+        elapsed, cpu = time.perf_counter() - started, _cpu(worker) - cpu
+        return tasks / elapsed, cpu / tasks * 1e6
     finally:
         if providers is not None:
             TaskflowInstrumentor().uninstrument()
@@ -207,10 +218,13 @@ def main() -> None:
     baseline = Baseline(args.baseline) if args.baseline else None
     modes = ("off", "on", "base") if baseline is not None else ("off", "on")
     rates: dict[str, list[float]] = {mode: [] for mode in modes}
+    cpus: dict[str, list[float]] = {mode: [] for mode in modes}
     try:
         for _ in range(args.rounds):
             for mode in modes:
-                rates[mode].append(drain(bench, url, args.tasks, args.slots, mode, baseline))
+                rate, cpu = drain(bench, url, args.tasks, args.slots, mode, baseline)
+                rates[mode].append(rate)
+                cpus[mode].append(cpu)
     finally:
         bench.kernel.call(bench.broker.purge("default"))  # type: ignore[attr-defined]
         bench.close()
@@ -222,10 +236,16 @@ def main() -> None:
         labels["base"] = f"baseline {baseline.rev} (off)"
     for mode, runs in rates.items():
         shown = ", ".join(f"{r:,.0f}" for r in runs)
-        print(f"  {labels[mode]:<30} median {statistics.median(runs):,.0f} tasks/s ({shown})")
+        cpu = statistics.median(cpus[mode])
+        print(
+            f"  {labels[mode]:<30} median {statistics.median(runs):,.0f} tasks/s ({shown}),"
+            f" worker CPU {cpu:.1f} us/task"
+        )
     off = statistics.median(rates["off"])
     ratio = statistics.median(rates["on"]) / off
     print(f"  on / off: {ratio:.3f} ({(1 - ratio) * 100:+.1f}% slower)")
+    extra = statistics.median(cpus["on"]) - statistics.median(cpus["off"])
+    print(f"  instrumentation CPU: {extra:+.1f} us/task (on - off, worker process)")
     if baseline is not None:
         ratio = off / statistics.median(rates["base"])
         print(f"  off / baseline: {ratio:.3f} ({(1 - ratio) * 100:+.1f}% slower)")

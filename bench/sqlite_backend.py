@@ -20,7 +20,9 @@ The workload is the same for both: a synchronous no-op task, no result stored
 fresh file per measurement, created with its schema before the clock starts. Measured:
 
 * enqueue rate with a ``delay()`` loop (Huey: calling the task), and with ``enqueue_many``
-  in batches of 1,000 (taskflow only: Huey has no batch enqueue);
+  in batches of 1,000 (taskflow only: Huey has no batch enqueue); for the ``delay()`` loop
+  also the CPU time of the producer process per call (``time.process_time()``, every
+  thread), which a busy machine distorts less than the rate;
 * drain rate with 2 worker processes on one file: the file is filled first, then the
   workers start; the clock runs from the body of a first marker task to the body of a
   last one, with the no-ops between them (taskflow: ``taskflow worker -P 2 -c SLOTS``;
@@ -281,11 +283,14 @@ def _wait_lines(path: Path, count: int, timeout: float = 60.0) -> list[str]:
         time.sleep(0.001)
 
 
-def enqueue_rate(system: System, tasks: int, send: Callable[[], None]) -> float:
+def enqueue_rate(system: System, tasks: int, send: Callable[[], None]) -> tuple[float, float]:
+    """Tasks per second, and CPU seconds of this process per task (every thread)."""
     system.fresh()
+    cpu = time.process_time()
     started = time.perf_counter()
     send()
-    return tasks / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    return tasks / elapsed, (time.process_time() - cpu) / tasks
 
 
 def drain_rate(system: System, tasks: int) -> float:
@@ -350,10 +355,12 @@ def measure(system: System, args: argparse.Namespace) -> dict[str, tuple[float, 
         for _ in range(tasks):
             system.send_noop()
 
-    rows["enqueue, delay() loop"] = (enqueue_rate(system, tasks, loop),)
+    rate, cpu = enqueue_rate(system, tasks, loop)
+    rows["enqueue, delay() loop"] = (rate,)
+    rows["CPU per delay() (the producer process)"] = (cpu,)
     if isinstance(system, Taskflow):
         rows["enqueue, enqueue_many (batches of 1,000)"] = (
-            enqueue_rate(system, tasks, lambda: system.send_many(tasks)),
+            enqueue_rate(system, tasks, lambda: system.send_many(tasks))[0],
         )
     rows["drain, 2 workers on one file"] = (drain_rate(system, tasks),)
     rows["pickup latency p50 / p99, worker process"] = pickup_latency(
@@ -371,7 +378,8 @@ def _show(values: tuple[float, ...] | None, latency: bool) -> str:
     if values is None:
         return "-"
     if latency:
-        return " / ".join(f"{v * 1000:.2f} ms" for v in values)
+        unit, scale = ("us", 1e6) if values[0] < 0.0001 else ("ms", 1000)
+        return " / ".join(f"{v * scale:.2f} {unit}" for v in values)
     return f"{values[0]:,.0f}/s"
 
 
@@ -396,7 +404,7 @@ def report(args: argparse.Namespace, ours: dict[str, Any], theirs: dict[str, Any
     header = ["", "taskflow"] + (["huey", "taskflow vs huey"] if theirs is not None else [])
     table = [header]
     for label, values in ours.items():
-        latency = label.startswith("pickup")
+        latency = label.startswith(("pickup", "CPU"))  # seconds: lower is better
         row = [label, _show(values, latency)]
         if theirs is not None:
             peer = theirs.get(label)

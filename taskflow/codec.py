@@ -42,18 +42,6 @@ class EnvelopeError(PayloadError):
     """Bytes that are not a valid taskflow envelope."""
 
 
-_OPTIONAL = (
-    "eta",
-    "expires",
-    "timeout",
-    "idempotency_key",
-    "correlation_id",
-    "parent_id",
-    "root_id",
-    "canvas",
-)
-
-
 def dumps(value: Any) -> bytes:
     """Serialize JSON-safe ``value`` to compact JSON bytes."""
     return orjson.dumps(value)
@@ -89,14 +77,32 @@ def encode_envelope(env: Envelope) -> bytes:
         doc["headers"] = env.headers
     if env.content_type != JSON:
         doc["content_type"] = env.content_type
-    for name in _OPTIONAL:
-        value = getattr(env, name)
-        if value is not None:
-            doc[name] = value
+    _optional(env, doc)
     try:
         return orjson.dumps(doc)
     except TypeError as exc:
         raise PayloadError(f"{env.task}: envelope is not JSON-serializable: {exc}") from None
+
+
+def _optional(env: Envelope, doc: dict[str, Any]) -> None:
+    """The optional fields that are not None (spelled out: one envelope is encoded per
+    send and per retry)."""
+    if env.eta is not None:
+        doc["eta"] = env.eta
+    if env.expires is not None:
+        doc["expires"] = env.expires
+    if env.timeout is not None:
+        doc["timeout"] = env.timeout
+    if env.idempotency_key is not None:
+        doc["idempotency_key"] = env.idempotency_key
+    if env.correlation_id is not None:
+        doc["correlation_id"] = env.correlation_id
+    if env.parent_id is not None:
+        doc["parent_id"] = env.parent_id
+    if env.root_id is not None:
+        doc["root_id"] = env.root_id
+    if env.canvas is not None:
+        doc["canvas"] = env.canvas
 
 
 def _msgpack() -> Any:
@@ -259,9 +265,10 @@ def _check(doc: dict[str, Any]) -> None:
     for key in _OPTIONAL_TEXT:
         if key in doc:
             _text(doc, key)
-    headers = doc.get("headers", {})
-    if type(headers) is not dict or not all(type(v) is str for v in headers.values()):
-        raise EnvelopeError("envelope field 'headers' must be an object of strings")
+    if "headers" in doc:
+        headers = doc["headers"]
+        if type(headers) is not dict or not all(type(v) is str for v in headers.values()):
+            raise EnvelopeError("envelope field 'headers' must be an object of strings")
     if doc.get("canvas") is not None and type(doc["canvas"]) is not dict:
         raise EnvelopeError("envelope field 'canvas' must be an object or null")
     if type(doc.get("content_type", JSON)) is not str:
@@ -295,26 +302,29 @@ def decode_envelope(data: bytes) -> Envelope:
     # Nesting deeper than MAX_DEPTH needs that many brackets: most bodies skip the walk.
     if packed or not isinstance(data, bytes) or data.count(b"[") + data.count(b"{") > MAX_DEPTH:
         _check_depth(doc)
+    # A field that is absent takes its default (which is valid): only those present are
+    # checked (one envelope is decoded per delivery).
+    get = doc.get
     return Envelope(
         id=doc["id"],
         task=doc["task"],
         queue=doc["queue"],
-        args=doc.get("args", []),
-        kwargs=doc.get("kwargs", {}),
-        priority=_integer(doc, "priority", 0, 0, 9),
+        args=get("args", []),
+        kwargs=get("kwargs", {}),
+        priority=_integer(doc, "priority", 0, 0, 9) if "priority" in doc else 0,
         created_at=_number(doc, "created_at", 0.0) or 0.0,
-        eta=_number(doc, "eta", None),
-        expires=_number(doc, "expires", None),
-        attempt=_integer(doc, "attempt", 1, 1, _I64_MAX - 1),
-        max_retries=_integer(doc, "max_retries", 0, 0, _I64_MAX),
-        timeout=_positive(_number(doc, "timeout", None)),
-        idempotency_key=doc.get("idempotency_key"),
-        correlation_id=doc.get("correlation_id"),
-        parent_id=doc.get("parent_id"),
-        root_id=doc.get("root_id"),
-        headers=dict(doc.get("headers", {})),
-        canvas=doc.get("canvas"),
-        content_type=doc.get("content_type", JSON),
+        eta=_number(doc, "eta", None) if "eta" in doc else None,
+        expires=_number(doc, "expires", None) if "expires" in doc else None,
+        attempt=_integer(doc, "attempt", 1, 1, _I64_MAX - 1) if "attempt" in doc else 1,
+        max_retries=_integer(doc, "max_retries", 0, 0, _I64_MAX) if "max_retries" in doc else 0,
+        timeout=_positive(_number(doc, "timeout", None)) if "timeout" in doc else None,
+        idempotency_key=get("idempotency_key"),
+        correlation_id=get("correlation_id"),
+        parent_id=get("parent_id"),
+        root_id=get("root_id"),
+        headers=dict(doc["headers"]) if "headers" in doc else {},
+        canvas=get("canvas"),
+        content_type=get("content_type", JSON),
         v=doc["v"],
     )
 

@@ -9,10 +9,11 @@ each own one; neither reaches into the other.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import NoScriptError, RedisError
@@ -33,6 +34,52 @@ __all__ = [
 ]
 
 _NO_OPTIONS: Mapping[str, Any] = {}
+
+_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - hiredis is a dependency of the redis extra
+    _hiredis_pack = None
+
+
+class _CPacking:
+    """Packs commands with hiredis (C) instead of redis-py's asyncio packer.
+
+    The asyncio packer joins the growing buffer once per argument, so a command's cost
+    grows with the square of its argument count: a batch of twelve settles (76
+    arguments) took ~80 µs to pack, about as much as the round trip. hiredis packs the
+    same bytes in a few µs (the synchronous client already uses it). Anything it does
+    not take (a non-UTF-8 encoding, a command name with a space, an argument type it
+    refuses) goes through redis-py's packer as before, with its errors.
+    """
+
+    encoder: Any
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        first = args[0] if args else None
+        if (
+            _hiredis_pack is not None
+            and isinstance(first, str)
+            and " " not in first
+            and self.encoder.encoding == "utf-8"
+            and self.encoder.encoding_errors == "strict"
+            and not any(isinstance(a, bool) or a is None for a in args)
+        ):
+            with contextlib.suppress(TypeError, ValueError):
+                return [_hiredis_pack(args)]
+        packed: list[bytes] = super().pack_command(*args)  # type: ignore[misc]
+        return packed
+
+
+_PACKED: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+
+
+def _c_packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``cls`` (TCP, TLS or Unix socket connection) with :class:`_CPacking`."""
+    fast = _PACKED.get(cls)
+    if fast is None:
+        fast = _PACKED[cls] = type(f"CPacking{cls.__name__}", (_CPacking, cls), {})
+    return fast
 
 
 def check_prefix(prefix: str, where: str) -> str:
@@ -99,6 +146,7 @@ def redis_client(
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 6),
         socket_keepalive=True,
     )
+    pool.connection_class = _c_packing(pool.connection_class)
     return aioredis.Redis.from_pool(pool)
 
 

@@ -9,8 +9,9 @@ write transactions that either commit whole or roll back. Writes that queue up w
 thread is busy are committed together (group commit); a function that raises has its own
 changes undone and the others commit (the batch is run again, each write in a savepoint);
 every caller is answered only after the commit. The blocking variants
-(:meth:`Database.call`, :meth:`Database.write_blocking`) run on the calling thread, taking
-the connection's lock in turn with its thread.
+(:meth:`Database.call`, :meth:`Database.write_blocking`, and
+:meth:`Database.statement_blocking` for a write of one statement, which SQLite commits on
+its own) run on the calling thread, taking the connection's lock in turn with its thread.
 
 Wake-ups: a commit made through any :class:`Database` of this process on a file wakes the
 waiters of every other one on that file at once (:class:`Doorbell`); a commit made by
@@ -140,6 +141,11 @@ class Database:
         """:meth:`write` from any thread, blocking: its own transaction, run on the
         calling thread."""
         return self._use().write_blocking(fn, *args)
+
+    def statement_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(connection, *args)`` on the calling thread, outside a transaction (see
+        :meth:`Connection.statement_blocking`): for a write of one statement."""
+        return self._use().statement_blocking(fn, *args)
 
     async def data_version(self) -> int:
         """``PRAGMA data_version``: changes when another connection commits."""
@@ -313,6 +319,29 @@ class Connection:
         _, conn = self._target()
         with self._conn_lock:
             result = self._transaction(fn, conn, args)
+        self.bell.ring()
+        return result
+
+    def statement_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(connection, *args)`` on the calling thread, outside a transaction, tried
+        again while another connection holds the write lock; rings the doorbell after it.
+
+        For a write of one statement: SQLite runs a statement outside a transaction in
+        one of its own, committed before the statement returns (as durable as a ``BEGIN
+        IMMEDIATE ... COMMIT`` of it, without the two extra statements). A statement
+        that fails on a busy lock wrote nothing, so it is simply run again. ``fn`` must
+        run at most one writing statement, or leave the file unchanged when a later one
+        fails."""
+        conn = self._conn
+        if conn is None:
+            raise self._closed()
+        with self._conn_lock:
+            try:
+                result = fn(conn, *args)
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    raise self._error(exc) from None
+                result = self._guard(fn, conn, args)  # wrote nothing: again, patiently
         self.bell.ring()
         return result
 

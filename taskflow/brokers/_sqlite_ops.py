@@ -31,6 +31,7 @@ __all__ = [
     "declare",
     "depth",
     "insert",
+    "insert_unbounded",
     "peek",
     "purge_ids",
     "reclaim",
@@ -46,6 +47,14 @@ Row = tuple[str, str, bytes, int, int]
 _INSERT = (
     "INSERT OR REPLACE INTO messages (id, queue, body, priority, max_deliveries, deliveries,"
     " state, due, token) VALUES (?, ?, ?, ?, ?, 0, 'waiting', ?, 0)"
+)
+# One message into a queue without a bound, in one statement: the bound check and the
+# insert are atomic without a transaction around them (nothing is inserted, rowcount 0,
+# when the queue has a bound: the caller then takes the checked path).
+_INSERT_UNBOUNDED = (
+    "INSERT OR REPLACE INTO messages (id, queue, body, priority, max_deliveries, deliveries,"
+    " state, due, token) SELECT ?1, ?2, ?3, ?4, ?5, 0, 'waiting', ?6, 0 WHERE NOT EXISTS"
+    " (SELECT 1 FROM queues WHERE name = ?2 AND max_length IS NOT NULL)"
 )
 _FENCE = "id = ? AND token = ? AND state = 'inflight'"
 # Ready messages in delivery order. The index is named: it yields the rows in the ORDER BY
@@ -92,6 +101,14 @@ def insert(conn: sqlite3.Connection, messages: Sequence[Message], now: float) ->
         conn.execute(_INSERT, rows[0])
     else:
         conn.executemany(_INSERT, rows)
+
+
+def insert_unbounded(conn: sqlite3.Connection, m: Message, now: float) -> bool:
+    """Store ``m`` in one statement if its queue has no bound (an id already stored is
+    replaced); False, with nothing stored, when it has one (use :func:`insert`)."""
+    due = m.eta if m.eta is not None and m.eta > now else 0.0  # 0: ready now
+    row = (m.id, m.queue, bytes(m.body), m.priority, max(1, m.max_deliveries), due)
+    return conn.execute(_INSERT_UNBOUNDED, row).rowcount == 1
 
 
 def bury(

@@ -3,7 +3,9 @@
 Producers and workers in any number of processes on one host share the file. Every
 write is a short ``BEGIN IMMEDIATE`` transaction in WAL mode, waiting up to ``busy_timeout``
 for another process's lock, run on the broker's own thread (the event loop never waits on
-a lock); writes that queue up meanwhile (acks of many slots, a fetch) commit together.
+a lock); writes that queue up meanwhile (acks of many slots, a fetch) commit together. A
+``delay()`` from a plain thread writes on that thread: one ``INSERT`` for a queue without
+a bound (SQLite's own transaction around one statement), else a transaction.
 Deliveries are leased and fenced by a token: after a lease ran out and the message was
 handed out again, the old delivery's ``ack`` does nothing and returns False. Delays,
 priorities, pauses, dead letters and the control channel all live in the file, so they
@@ -141,9 +143,18 @@ class SqliteBroker(Broker, BrokerAdmin):
             await self._db.write(ops.insert, messages, self.clock.time())
 
     def publish_blocking(self, messages: Sequence[Message]) -> None:
-        """Thread-safe synchronous publish."""
-        if messages:
-            self._db.write_blocking(ops.insert, messages, self.clock.time())
+        """Thread-safe synchronous publish, on the calling thread.
+
+        One message for a queue without a bound (a ``delay()``) is one statement, which
+        SQLite commits on its own; the rest is one ``BEGIN IMMEDIATE`` transaction."""
+        if not messages:
+            return
+        now = self.clock.time()
+        if len(messages) == 1 and self._db.statement_blocking(
+            ops.insert_unbounded, messages[0], now
+        ):
+            return
+        self._db.write_blocking(ops.insert, messages, now)
 
     # -- consuming -------------------------------------------------------------------
     async def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> FetchResult:

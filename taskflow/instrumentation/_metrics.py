@@ -1,8 +1,12 @@
 """The metrics, through the OpenTelemetry API (names as in API.md §12).
 
 Counters and histograms are labelled ``task`` and ``queue``; the outcome counters also
-``status``. The counters are observable instruments over counts kept here (an attempt
-costs two histogram records and dictionary updates, not five SDK measurements).
+``status``. The counters are observable instruments over counts kept here. An attempt
+appends its start and its end to a queue of pending events, without a lock; every
+:data:`_BATCH` events, and before every collection, the events are applied in one go: the
+counts updated and the histogram records made (an attempt's two records, with the labels
+of its task and queue, which the SDK aggregates the same whenever they are made before
+the collection that reports them).
 ``taskflow_results_dropped_total`` counts results the worker could not store, by ``task``,
 ``queue`` and ``reason``. ``taskflow_queue_depth`` is an observable gauge read from the
 broker of every live worker in the process (``broker.depth``), labelled ``queue`` and
@@ -15,6 +19,7 @@ import logging
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -48,6 +53,15 @@ _DROPPED = ("task", "queue", "reason")
 # nor samples an exemplar per attempt.
 _NO_CONTEXT = Context()
 
+_BATCH = 128
+"""Pending attempt events (a start or an end each) after which the attempt that adds the
+last one applies them all."""
+
+# A start: ((task, queue), seconds waited or None); an end: ((task, queue), seconds run,
+# outcome). Only strings and numbers, so the garbage collector stops tracking the events
+# that wait for their batch instead of carrying them into its older generations.
+_Event = tuple[tuple[str, str], float | None] | tuple[tuple[str, str], float, str]
+
 
 class Attempt:
     """One attempt being measured: its labels and when it started."""
@@ -61,7 +75,7 @@ class Attempt:
 
 
 # The counts kept here and reported by observable instruments when the reader collects:
-# an attempt costs a dictionary update under a lock instead of an SDK measurement.
+# a batch of attempts updates dictionaries under one lock instead of making SDK measurements.
 # name -> (label names, description, monotonic)
 _COUNTS: dict[str, tuple[tuple[str, ...], str, bool]] = {
     "taskflow_tasks_scheduled_total": (_TASK, "Tasks sent to the broker.", True),
@@ -84,6 +98,8 @@ class Metrics:
         self._counts: dict[str, dict[tuple[str, ...], int]] = {name: {} for name in _COUNTS}
         self._running = self._counts["taskflow_tasks_running"]
         self._completed = self._counts["taskflow_tasks_completed_total"]
+        # The attempts' starts and ends not applied yet (appended and taken without a lock).
+        self._pending: deque[_Event] = deque()
         # The histograms' label sets, one dictionary per (task, queue), built once.
         self._labels: dict[tuple[str, str], dict[str, str]] = {}
         for name, (labels, description, monotonic) in _COUNTS.items():
@@ -117,6 +133,7 @@ class Metrics:
         counts = self._counts[name]
 
         def observe(options: CallbackOptions) -> Iterable[Observation]:
+            self.flush()
             with self._lock:
                 items = list(counts.items())
             return [Observation(n, dict(zip(labels, key, strict=True))) for key, n in items]
@@ -127,8 +144,11 @@ class Metrics:
         """Count the envelopes of a plan that was published."""
         if not self.enabled:
             return
-        for env in plan.envelopes:
-            self._add("taskflow_tasks_scheduled_total", (env.task, env.queue))
+        counts = self._counts["taskflow_tasks_scheduled_total"]
+        with self._lock:
+            for env in plan.envelopes:
+                key = (env.task, env.queue)
+                counts[key] = counts.get(key, 0) + 1
 
     def labels(self, key: tuple[str, str]) -> dict[str, str]:
         """The labels ``task`` and ``queue`` of ``key``, the same dictionary every time."""
@@ -140,28 +160,47 @@ class Metrics:
     def start(self, ctx: TaskContext) -> Attempt:
         """An attempt starts: it is running, and it waited since its send."""
         key = (ctx.name, ctx.queue)
-        attempt = Attempt(key, self.labels(key))
-        running = self._running
-        with self._lock:
-            running[key] = running.get(key, 0) + 1
-        if ctx.enqueued_at > 0:
-            waited = max(0.0, time.time() - ctx.enqueued_at)
-            self.wait.record(waited, attempt.labels, _NO_CONTEXT)
-        return attempt
+        labels = self._labels.get(key) or self.labels(key)
+        waited = max(0.0, time.time() - ctx.enqueued_at) if ctx.enqueued_at > 0 else None
+        self._pending.append((key, waited))
+        return Attempt(key, labels)
 
     def finish(self, attempt: Attempt, outcome: str) -> None:
         """An attempt ended with ``outcome``."""
-        self.latency.record(time.perf_counter() - attempt.started, attempt.labels, _NO_CONTEXT)
-        task, queue = attempt.key
-        key = (task, queue, outcome)
-        counter = _OUTCOME_COUNTER.get(outcome)
-        completed = self._completed
+        took = time.perf_counter() - attempt.started
+        pending = self._pending
+        pending.append((attempt.key, took, outcome))
+        if len(pending) >= _BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Apply the attempts' pending starts and ends: count them, and record their waits
+        and run times in the histograms. Called every :data:`_BATCH` events and before
+        every collection, from any thread."""
+        pending = self._pending
+        if not pending:
+            return
+        running, completed, counts = self._running, self._completed, self._counts
+        record_wait, record_latency = self.wait.record, self.latency.record
+        labels = self._labels
         with self._lock:
-            self._running[attempt.key] -= 1
-            completed[key] = completed.get(key, 0) + 1
-            if counter is not None:
-                counts = self._counts[counter]
-                counts[key] = counts.get(key, 0) + 1
+            while pending:
+                event = pending.popleft()
+                if len(event) == 2:  # a start: (key, waited)
+                    key, waited = event
+                    running[key] = running.get(key, 0) + 1
+                    if waited is not None:
+                        record_wait(waited, labels[key], _NO_CONTEXT)
+                    continue
+                key, took, outcome = event  # an end
+                record_latency(took, labels[key], _NO_CONTEXT)
+                running[key] -= 1
+                outcome_key = (*key, outcome)
+                completed[outcome_key] = completed.get(outcome_key, 0) + 1
+                counter = _OUTCOME_COUNTER.get(outcome)
+                if counter is not None:
+                    also = counts[counter]
+                    also[outcome_key] = also.get(outcome_key, 0) + 1
 
     def dropped(self, task: str, queue: str, reason: str) -> None:
         """A result of ``task`` was not stored, for ``reason``."""

@@ -26,6 +26,7 @@ from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
+    NoOpTracer,
     Span,
     SpanContext,
     SpanKind,
@@ -179,6 +180,9 @@ class Producer:
         self.metrics = metrics
         self.enabled = True
         self._extractor = extractor
+        # A no-op tracer (the API's no-op provider, or an SDK that is disabled) makes no
+        # span and carries no context: the sends are only counted.
+        self._tracing = not isinstance(tracer, NoOpTracer)
         self._send = _NameCache("send")
         self._create = _NameCache("create")
         self._open: dict[int, list[Span]] = {}
@@ -199,6 +203,9 @@ class Producer:
     def start(self, plan: Plan) -> None:
         """Open the spans and write their context into the envelopes' headers."""
         if not self.enabled:
+            return
+        if not self._tracing:
+            self._open[id(plan)] = []
             return
         parent = self._parent()
         spans: list[Span] = []
@@ -266,6 +273,7 @@ class Consumer:
         self.metrics = metrics
         self.enabled = True
         self._extractor = extractor
+        self._tracing = not isinstance(tracer, NoOpTracer)
         self._names = _NameCache("process")
 
     def wrap(self, call: ExecuteNext) -> ExecuteNext:
@@ -282,8 +290,10 @@ class Consumer:
         """Run one attempt inside its span (the current one while it runs), and measure it.
 
         The metrics are recorded with a context of their own, so no exemplar is sampled
-        per attempt.
+        per attempt. With a no-op tracer there is no span to make: only the metrics.
         """
+        if not self._tracing:
+            return await self._measure(ctx, call)
         shared = self._names.get(ctx.queue, ctx.name)
         parent = self._extractor.extract(ctx.headers)
         sender = trace.get_current_span(parent).get_span_context()
@@ -318,6 +328,19 @@ class Consumer:
                 _finished.set((ctx.id, own))
             span.set_attribute("taskflow.task.outcome", outcome)
             span.end()
+            self.metrics.finish(measured, outcome)
+
+    async def _measure(self, ctx: TaskContext, call: ExecuteNext) -> Any:
+        measured = self.metrics.start(ctx)
+        outcome = "failed"
+        try:
+            value = await call(ctx)
+            outcome = "succeeded"
+            return value
+        except BaseException as exc:
+            outcome = outcome_of(exc)
+            raise
+        finally:
             self.metrics.finish(measured, outcome)
 
 

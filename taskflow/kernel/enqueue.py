@@ -95,11 +95,12 @@ class Enqueuer:
             return False
         if self._hooks.wants(HookKind.QUEUED) or self._loop.in_loop_thread():
             return False
-        if any(e.idempotency_key is not None for e in envelopes):
-            return False
-        if any(p.explicit_id for p in prepared):
-            return False
-        return self._record_anywhere or not any(p.store_result for p in prepared)
+        records = False
+        for p, e in zip(prepared, envelopes, strict=True):
+            if e.idempotency_key is not None or p.explicit_id:
+                return False
+            records = records or p.store_result
+        return self._record_anywhere or not records
 
     def max_deliveries(self, name: str) -> int:
         """How many deliveries of one attempt of task ``name`` the broker makes.
@@ -166,21 +167,26 @@ class Enqueuer:
         if not plan.blocking:
             return self._loop.call(self.run(plan))
         envs = plan.envelopes
-        for queue in {env.queue for env in envs} - self._backends.declared:
-            self._loop.call(self._backends.declare(queue))
-        records = [
-            (e.id, queued_record(e))
-            for e, p in zip(envs, plan.prepared, strict=True)
-            if p.store_result
-        ]
+        declared = self._backends.declared
+        records: Records = []
+        messages: list[Message] = []
+        ids: list[str] = []
+        # A loop, not comprehensions: most sends are one task (``delay()``).
+        for env, p in zip(envs, plan.prepared, strict=True):
+            if env.queue not in declared:
+                self._loop.call(self._backends.declare(env.queue))
+            if p.store_result:
+                records.append((env.id, queued_record(env)))
+            messages.append(self.message(env))
+            ids.append(env.id)
         if records:
             self._results.create_many_blocking(records, None)
         try:
-            self._broker.publish_blocking([self.message(env) for env in envs])
+            self._broker.publish_blocking(messages)
         except BaseException:
             self._loop.call(self.undo(envs, records))
             raise
-        return [env.id for env in envs]
+        return ids
 
     async def undo(self, envs: list[Envelope], records: Records) -> None:
         """Forget the records and idempotency keys of a send that did not go out."""

@@ -1,26 +1,32 @@
-"""Running one task body: coroutines on the loop, sync functions on a thread pool.
+"""Running one task body: coroutines on the loop, sync functions on the worker's threads.
 
 Deadlines: a coroutine is cancelled at its deadline; a sync function sees
 ``ctx.cancelled`` set and gets :class:`~taskflow.errors.TaskTimeout` raised inside its
 thread (an asynchronous exception: it lands at the next Python bytecode, so a call blocked
 in C returns first). A cancelled or stopped sync function gets :class:`Interrupted` the
 same way.
+
+Sync bodies run on :class:`BodyThreads`, a pool made for this one job: each thread takes
+runs from a queue and hands outcomes back to the loop in batches (one wake-up of the loop
+for every outcome that finished while it was busy), with no per-run future, condition or
+executor bookkeeping: the hop from the loop to a thread and back is the largest fixed cost
+of a sync task.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import ctypes
+import queue
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from ..context import TaskContext, reset_current, set_current
 from ..errors import TaskTimeout
 
-__all__ = ["Completions", "Interrupted", "run_async", "run_sync"]
+__all__ = ["BodyRun", "BodyThreads", "Interrupted", "run_async", "run_sync"]
 
 # How long a sync task gets to unwind after it was interrupted before the worker reports
 # the outcome anyway (the slot stays busy until the thread really returns).
@@ -28,6 +34,11 @@ UNWIND_GRACE = 2.0
 # The same when the worker stops: stop_now() must return within a few seconds; a body that
 # is still running then is adopted (see Executor.adopt), not waited for.
 STOP_UNWIND_GRACE = 0.5
+
+_QUEUED: Final = 0
+_RUNNING: Final = 1
+_DONE: Final = 2
+_CANCELLED: Final = 3
 
 
 class Interrupted(BaseException):
@@ -38,75 +49,161 @@ class Interrupted(BaseException):
     """
 
 
-class _Thread:
-    __slots__ = ("done", "ident", "interrupted", "lock")
+class BodyRun:
+    """One sync body handed to :class:`BodyThreads`: its call, its thread while it runs,
+    and its outcome."""
 
-    def __init__(self) -> None:
+    __slots__ = (
+        "args",
+        "ctx",
+        "error",
+        "fn",
+        "fut",
+        "ident",
+        "interrupted",
+        "kwargs",
+        "lock",
+        "state",
+        "value",
+        "waiters",
+    )
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        ctx: TaskContext,
+        fut: asyncio.Future[Any],
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.ctx = ctx
+        self.fut = fut  # the loop's future of the outcome (the awaiting task's)
         self.lock = threading.Lock()
+        self.state = _QUEUED
         self.ident: int | None = None
-        self.done = False
         self.interrupted = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.waiters: list[asyncio.Future[None]] | None = None
+
+    def done(self) -> bool:
+        """Whether the body can no longer run: it returned, or was cancelled unstarted."""
+        return self.state >= _DONE
+
+    def cancel(self) -> bool:
+        """Keep a body that has not started from starting; True if it will not run."""
+        with self.lock:
+            if self.state == _QUEUED:
+                self.state = _CANCELLED
+            return self.state == _CANCELLED
 
     def interrupt(self, exc: type[BaseException]) -> None:
+        """Raise ``exc`` inside the body's thread, if the body is running."""
         with self.lock:
-            if self.ident is not None and not self.done:
+            if self.state == _RUNNING and self.ident is not None and not self.interrupted:
                 self.interrupted = True
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(
                     ctypes.c_ulong(self.ident), ctypes.py_object(exc)
                 )
 
-    def finish(self) -> None:
+    def finished(self) -> asyncio.Future[None]:
+        """On the loop: a future set once the body can no longer run (whatever became of
+        the task awaiting its outcome)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.done():
+            waiter.set_result(None)
+        else:
+            if self.waiters is None:
+                self.waiters = []
+            self.waiters.append(waiter)
+        return waiter
+
+    def call(self) -> bool:
+        """In the body's thread: run it; False if it was cancelled before it started."""
+        # The interrupt is sent only while the state is RUNNING, under the lock, and a
+        # late one is withdrawn when the state leaves RUNNING: an asynchronous exception
+        # can only land between the two, inside the try below.
         with self.lock:
-            self.done = True
-            if self.interrupted and self.ident is not None:
-                # Clear an interrupt that arrived too late to land inside the task.
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.ident), None)
-
-
-def _in_thread(
-    thread: _Thread,
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    ctx: TaskContext,
-) -> Any:
-    thread.ident = threading.get_ident()
-    token = set_current(ctx)
-    try:
-        return fn(*args, **kwargs)
-    finally:
+            if self.state != _QUEUED:
+                return False
+            self.ident = threading.get_ident()
+            self.state = _RUNNING
+        token = set_current(self.ctx)
         try:
-            thread.finish()
+            self.value = self.fn(*self.args, **self.kwargs)
+        except BaseException as exc:
+            self.error = exc
         finally:
-            reset_current(token)
+            try:
+                with self.lock:
+                    self.state = _DONE
+                    if self.interrupted:
+                        # Withdraw an interrupt that arrived too late to land in the body.
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.ident), None)
+            finally:
+                reset_current(token)
+        return True
 
 
-class Completions:
-    """Hands the outcomes of sync bodies back to the event loop, in batches.
+class BodyThreads:
+    """The threads that run one worker's sync bodies (at most ``size``, started as needed).
 
-    A body that returns while the loop has not yet taken the previous outcomes adds its
-    own to theirs: one wake-up of the loop (one write to its self-pipe) for every outcome
-    that finished meanwhile, instead of one each as ``asyncio.wrap_future`` does.
+    :meth:`submit` is called on the loop; outcomes come back to the loop in batches.
     """
 
-    __slots__ = ("_lock", "_loop", "_ready", "_scheduled")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int, name: str) -> None:
         self._loop = loop
+        self._size = max(1, size)
+        self._name = name
+        self._inbox: queue.SimpleQueue[BodyRun | None] = queue.SimpleQueue()
+        self.threads: list[threading.Thread] = []
+        self._busy = 0  # submitted and not yet delivered (loop side only)
         self._lock = threading.Lock()
-        self._ready: list[tuple[asyncio.Future[Any], concurrent.futures.Future[Any]]] = []
+        self._ready: list[BodyRun] = []
         self._scheduled = False
+        self._closed = False
 
-    def watch(self, cfut: concurrent.futures.Future[Any]) -> asyncio.Future[Any]:
-        """A future of the loop that gets ``cfut``'s outcome."""
-        fut: asyncio.Future[Any] = self._loop.create_future()
-        cfut.add_done_callback(lambda done: self._post(fut, done))
-        return fut
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        ctx: TaskContext,
+    ) -> BodyRun:
+        """Queue a body; its outcome is set on ``run.fut`` on the loop."""
+        if self._closed:
+            raise RuntimeError("the worker's threads are closed")
+        run = BodyRun(fn, args, kwargs, ctx, self._loop.create_future())
+        self._busy += 1
+        if self._busy > len(self.threads) and len(self.threads) < self._size:
+            self._start_thread()
+        self._inbox.put(run)
+        return run
 
-    def _post(self, fut: asyncio.Future[Any], cfut: concurrent.futures.Future[Any]) -> None:
-        # Runs in the thread that completed cfut (or on the loop, for a cancelled one).
+    def _start_thread(self) -> None:
+        thread = threading.Thread(
+            target=self._serve, name=f"{self._name}_{len(self.threads)}", daemon=True
+        )
+        self.threads.append(thread)
+        thread.start()
+
+    def _serve(self) -> None:
+        get, post = self._inbox.get, self._post
+        while True:
+            run = get()
+            if run is None:
+                return
+            if run.call():
+                post(run)
+
+    def _post(self, run: BodyRun) -> None:
+        # In a body's thread: hand the outcome to the loop, batched with any others that
+        # finished since the loop last took them.
         with self._lock:
-            self._ready.append((fut, cfut))
+            self._ready.append(run)
             if self._scheduled:
                 return
             self._scheduled = True
@@ -118,60 +215,73 @@ class Completions:
         with self._lock:
             ready, self._ready = self._ready, []
             self._scheduled = False
-        for fut, cfut in ready:
-            if fut.done():  # the awaiting task was cancelled
-                continue
-            if cfut.cancelled():
-                fut.cancel()
-                continue
-            exc = cfut.exception()
-            if exc is None:
-                fut.set_result(cfut.result())
-            else:
-                fut.set_exception(exc)
+        self._busy -= len(ready)
+        for run in ready:
+            fut = run.fut
+            if not fut.done():  # else the awaiting task was cancelled
+                if run.error is None:
+                    fut.set_result(run.value)
+                else:
+                    fut.set_exception(run.error)
+            waiters, run.waiters = run.waiters, None
+            for waiter in waiters or ():
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def cancelled(self, run: BodyRun) -> None:
+        """On the loop: ``run`` was cancelled before it started (it frees its place)."""
+        self._busy -= 1
+        waiters, run.waiters = run.waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def close(self) -> None:
+        """Let every thread end once it is idle (a body still running is not waited for)."""
+        if self._closed:
+            return
+        self._closed = True
+        for _ in self.threads:
+            self._inbox.put(None)
 
 
 async def run_sync(
-    pool: concurrent.futures.Executor,
+    threads: BodyThreads,
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     ctx: TaskContext,
     *,
-    completions: Completions,
-    on_submit: Callable[[concurrent.futures.Future[Any]], None] | None = None,
+    on_submit: Callable[[BodyRun], None] | None = None,
 ) -> Any:
-    """Run ``fn`` in ``pool``; cancelling the awaiting task interrupts the thread.
+    """Run ``fn`` on ``threads``; cancelling the awaiting task interrupts the thread.
 
     The deadline is the caller's (the worker's watchdog cancels at it, after setting
     ``ctx.cancelled`` with reason ``"timeout"``, so the thread gets :class:`TaskTimeout`).
-    ``on_submit`` receives the future of the thread's run, which tells whether the body
-    still runs after the cancellation was reported. ``completions`` (one per loop) hands
-    the outcome back.
+    ``on_submit`` receives the run, which tells whether the body still runs after the
+    cancellation was reported.
     """
-    thread = _Thread()
-    cfut = pool.submit(_in_thread, thread, fn, args, kwargs, ctx)
+    run = threads.submit(fn, args, kwargs, ctx)
     if on_submit is not None:
-        on_submit(cfut)
+        on_submit(run)
     try:
-        return await completions.watch(cfut)
+        return await run.fut
     except asyncio.CancelledError:
         ctx.cancelled.set()
         reason = ctx.cancelled.reason
-        thread.interrupt(TaskTimeout if reason == "timeout" else Interrupted)
-        await _unwind(cfut, STOP_UNWIND_GRACE if reason == "shutdown" else UNWIND_GRACE)
+        run.interrupt(TaskTimeout if reason == "timeout" else Interrupted)
+        await _unwind(threads, run, STOP_UNWIND_GRACE if reason == "shutdown" else UNWIND_GRACE)
         raise
 
 
-async def _unwind(cfut: concurrent.futures.Future[Any], grace: float) -> None:
-    if cfut.cancel():
+async def _unwind(threads: BodyThreads, run: BodyRun, grace: float) -> None:
+    if run.cancel():
+        threads.cancelled(run)
         return
-    waiter = asyncio.wrap_future(cfut)
-    done, _ = await asyncio.wait({waiter}, timeout=grace)
-    if waiter in done and not waiter.cancelled():
-        waiter.exception()  # retrieved: the outcome is reported by the caller
-    elif not done:
-        waiter.cancel()
+    finished = run.finished()
+    done, _ = await asyncio.wait({finished}, timeout=grace)
+    if not done:
+        finished.cancel()
 
 
 async def run_async(

@@ -12,11 +12,9 @@ until it is acked.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import random
-import threading
 from typing import Any, Final
 
 from ..clock import Clock
@@ -24,7 +22,7 @@ from ..context import TaskContext
 from ..errors import ConfigError, PayloadError, Reject, Retry, TaskTimeout
 from ..kernel import Kernel
 from ..middleware import ExecuteNext
-from .bodies import Completions, Interrupted, run_async, run_sync
+from .bodies import BodyThreads, Interrupted, run_async, run_sync
 from .cluster_limits import ClusterGate
 from .fetcher import Window
 from .leases import check_hold
@@ -79,9 +77,7 @@ class Executor:
         """Whether a freed slot starts the next job (False once the worker stops)."""
         self._call: ExecuteNext = self._invoke
         self._attempts: dict[int, tuple[Job, tuple[Any, ...], dict[str, Any]]] = {}
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._completions: Completions | None = None
-        self._threads: list[threading.Thread] = []
+        self._pool: BodyThreads | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._watchdog = Watchdog(concurrency)
         self._orphans: set[asyncio.Task[None]] = set()
@@ -98,17 +94,10 @@ class Executor:
         self.gate.open(tasks, self.kernel.broker)
         check_hold(tasks, self.kernel.broker, self.kernel.settings.default_timeout)
         self._call = self.kernel.middleware.wrap_execute(self._invoke)
-        self._completions = Completions(asyncio.get_running_loop())
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            self.concurrency,
-            thread_name_prefix=f"taskflow-{self.kernel.settings.name}",
-            initializer=self._note_thread,
+        self._pool = BodyThreads(
+            asyncio.get_running_loop(), self.concurrency, f"taskflow-{self.kernel.settings.name}"
         )
         self.accepting = True
-
-    def _note_thread(self) -> None:
-        # Runs in each new pool thread: close() waits for these to end.
-        self._threads.append(threading.current_thread())
 
     # -- slots -----------------------------------------------------------------------
     def dispatch(self) -> None:
@@ -130,6 +119,7 @@ class Executor:
             self.dispatch()
 
     def _free_slot(self, job: Job) -> None:
+        self.window.finished(job)
         if self.running.pop(job.envelope.id, None) is not None and self.accepting:
             self.dispatch()
 
@@ -260,16 +250,8 @@ class Executor:
             return await run_async(task.fn, args, kwargs, ctx)
         if self.procs is not None:
             return await self.procs.run(job, ctx)
-        assert self._pool is not None and self._completions is not None
-        return await run_sync(
-            self._pool,
-            task.fn,
-            args,
-            kwargs,
-            ctx,
-            completions=self._completions,
-            on_submit=job.set_body,
-        )
+        assert self._pool is not None
+        return await run_sync(self._pool, task.fn, args, kwargs, ctx, on_submit=job.set_body)
 
     async def _after_cancel(self, job: Job) -> None:
         task = asyncio.current_task()
@@ -348,16 +330,14 @@ class Executor:
 
     async def _hand_back_when_done(self, job: Job) -> None:
         assert job.body is not None
-        body = asyncio.wrap_future(job.body)
+        finished = job.body.finished()  # the run was stopped: its outcome does not count
         lease = job.delivery.lease
         while True:
-            done, _ = await asyncio.wait({body}, timeout=lease / 3 if lease else None)
+            done, _ = await asyncio.wait({finished}, timeout=lease / 3 if lease else None)
             if done:
                 break
             with contextlib.suppress(Exception):
                 await job.delivery.touch()
-        if not body.cancelled():
-            body.exception()  # retrieved: the run was stopped, its outcome does not count
         await self.settler.requeue(job, started=True)
         await self.gate.release(job)
 
@@ -375,14 +355,13 @@ class Executor:
         pool, self._pool = self._pool, None
         if pool is None:
             return
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _POOL_EXIT
-        while sum(t.is_alive() for t in self._threads) > len(self._orphans):
+        while sum(t.is_alive() for t in pool.threads) > len(self._orphans):
             if loop.time() >= deadline:
                 break
             await asyncio.sleep(0.005)
-        self._threads = []
 
 
 def payload_error(task: str, exc: Exception) -> PayloadError:

@@ -45,13 +45,20 @@ _REFUSED_MAX: Final = 10_000
 
 class Window:
     """The messages a worker holds -- buffered, running, or writing their outcome -- from
-    their fetch until each is settled or handed back: at most ``concurrency + buffer``."""
+    their fetch until each is settled or handed back.
+
+    At most ``concurrency + buffer`` of them are not yet finished (buffered or running);
+    those whose code has returned and whose outcome is being written count apart, so that
+    the next fetch goes out while the previous batch settles, up to twice the window in all.
+    """
 
     def __init__(self, concurrency: int, buffer: int, leases: LeaseKeeper) -> None:
         self.concurrency = concurrency
         self.size = concurrency + buffer
         self.jobs: dict[str, Job] = {}
         """The held jobs by task id."""
+        self.settling = 0
+        """How many held jobs have finished running and are writing their outcome."""
         self._leases = leases
         self._room: asyncio.Event | None = None
 
@@ -65,16 +72,30 @@ class Window:
     def credits(self) -> int:
         """How many messages to ask for now (0: wait for room).
 
-        While some slot would sit idle (fewer messages held than slots), ask for the whole
-        free window at once. Otherwise wait: the buffer covers the free slots, and the next
-        ask comes when it runs dry, as one batch instead of one round trip per finished
-        task. A buffer larger than the slots is refilled once half the window is free.
+        While some slot would sit idle (fewer unfinished messages held than slots), ask for
+        the whole free window at once. Otherwise wait: the buffer covers the free slots,
+        and the next ask comes when it runs dry, as one batch instead of one round trip per
+        finished task. A buffer larger than the slots is refilled once half the window is
+        free. Messages writing their outcome do not hold the next ask back, but all held
+        messages stay within twice the window (a backend slow to settle slows fetching).
         """
         held = len(self.jobs)
-        credits = self.size - held
-        if held < self.concurrency:
+        active = held - self.settling
+        credits = min(self.size - active, 2 * self.size - held)
+        if credits <= 0:
+            return 0
+        if active < self.concurrency:
             return credits
         return credits if credits >= max(1, self.size // 2) else 0
+
+    def finished(self, job: Job) -> None:
+        """``job``'s code returned: its message now only waits for its outcome to be
+        written (room for the next fetch)."""
+        if not job.settling and self.jobs.get(job.envelope.id) is job:
+            job.settling = True
+            self.settling += 1
+            if self._room is not None:
+                self._room.set()
 
     def hold(self, job: Job) -> None:
         """``job`` was admitted."""
@@ -85,6 +106,9 @@ class Window:
         there is room for another."""
         if self.jobs.get(job.envelope.id) is job:
             del self.jobs[job.envelope.id]
+            if job.settling:
+                job.settling = False
+                self.settling -= 1
         self._leases.drop(job.delivery)
         if self._room is not None:
             self._room.set()

@@ -3,17 +3,19 @@ queues (smooth weighted round robin), and the rate-limit gate."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import heapq
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..brokers.base import Delivery
 from ..clock import Clock
 from ..kernel import TaskDef
 from ..message import Envelope
 from .ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    from .bodies import BodyRun
 
 __all__ = ["Job", "Scheduler"]
 
@@ -33,6 +35,7 @@ class Job:
         "in_user_code",
         "permit",
         "rated",
+        "settling",
         "task",
         "token",
     )
@@ -48,9 +51,10 @@ class Job:
         self.ctx: Any = None
         self.handle: Any = None  # the asyncio task while running
         self.in_user_code = False  # True only while the task's own code runs
-        # The thread running a sync body (its future), and whether the worker stopped
-        # while that body still ran (it is handed back only once the body returns).
-        self.body: concurrent.futures.Future[Any] | None = None
+        self.settling = False  # its code returned; its outcome is being written
+        # The run of a sync body in its thread, and whether the worker stopped while that
+        # body still ran (it is handed back only once the body returns).
+        self.body: BodyRun | None = None
         self.adopted = False
         # Limits already passed, kept while the job waits for the next one: the local
         # token bucket's token, the cluster-wide token, the cluster-wide permit (its holder).
@@ -63,8 +67,8 @@ class Job:
         """Whether the task's outcome is written to the result store."""
         return self.task.options.store_result
 
-    def set_body(self, body: concurrent.futures.Future[Any]) -> None:
-        """Note the future of the thread that runs this job's sync body."""
+    def set_body(self, body: BodyRun) -> None:
+        """Note the run of this job's sync body in its thread."""
         self.body = body
 
 

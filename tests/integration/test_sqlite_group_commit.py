@@ -230,3 +230,59 @@ def test_a_broker_and_its_result_store_on_one_file_commit_together_and_close_apa
             await store.get("t1")
 
     asyncio.run(body())
+
+
+def test_a_blocking_publish_of_one_message_keeps_bounds_due_times_and_replacement(
+    tmp_path: Path,
+) -> None:
+    async def body() -> None:
+        broker = SqliteBroker(f"sqlite:///{tmp_path / 't.db'}")
+        await broker.connect()
+        try:
+            await broker.declare("small", max_length=2)
+            for mid in ("s1", "s2"):
+                broker.publish_blocking([Message(mid, "small", b"x", 0, None, 1)])
+            with pytest.raises(QueueFull):
+                broker.publish_blocking([Message("s3", "small", b"x", 0, None, 1)])
+            assert (await broker.depth("small"))["ready"] == 2
+            await broker.declare("small", max_length=None)  # the bound is lifted
+            broker.publish_blocking([Message("s3", "small", b"x", 0, None, 1)])
+            assert (await broker.depth("small"))["ready"] == 3
+
+            later = time.time() + 60
+            broker.publish_blocking([Message("later", "open", b"l", 0, later, 1)])
+            broker.publish_blocking([Message("now", "open", b"old", 0, None, 1)])
+            broker.publish_blocking([Message("now", "open", b"new", 0, None, 1)])  # replaces
+            depth = await broker.depth("open")
+            assert (depth["ready"], depth["scheduled"]) == (1, 1)
+            assert await broker.peek("open") == [b"new"]
+        finally:
+            await broker.close()
+
+    asyncio.run(body())
+
+
+def test_a_blocking_publish_waits_for_another_writer_and_fails_alone_after_busy_timeout(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.db"
+
+    async def body() -> None:
+        broker = SqliteBroker(f"sqlite:///{path}", busy_timeout=0.3)
+        await broker.connect()
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+            started = time.monotonic()
+            with pytest.raises(BrokerError) as info:
+                broker.publish_blocking([Message("late", "q", b"x", 0, None, 1)])
+            assert time.monotonic() - started >= 0.3
+            assert str(path) in str(info.value)
+            other.execute("COMMIT")
+            broker.publish_blocking([Message("now", "q", b"x", 0, None, 1)])
+            assert [d.id for d in await broker.fetch(["q"], 10, 0)] == ["now"]
+        finally:
+            other.close()
+            await broker.close()
+
+    asyncio.run(body())

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from typing import Any
 
+from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from taskflow import App, Retry, TaskContext, TaskStatus
+from taskflow.instrumentation._metrics import _BATCH, Metrics
 
 from .conftest import Telemetry
 
@@ -43,7 +47,7 @@ def _value(points: list[Any], **labels: str) -> float:
 
 
 def test_sends_attempts_and_outcomes_are_counted(telemetry: Telemetry, app: App) -> None:
-    @app.task(name="obs.maybe", retries=1, bind=True)
+    @app.task(name="obs.maybe", retries=1, retry_on=(), bind=True)
     def maybe(ctx: TaskContext, fail: bool) -> int:
         if fail:
             raise ValueError("no")
@@ -138,3 +142,99 @@ def test_results_that_are_not_stored_are_counted_by_reason(telemetry: Telemetry,
     assert len(dropped) == 2  # a task that never stores its result drops nothing
     assert _value(dropped, task="obs.badresult", queue="default", reason="unencodable") == 1
     assert _value(dropped, task="obs.closed", queue="default", reason="record_final") == 1
+
+
+def test_counts_and_histograms_add_up_exactly_after_a_long_drain(
+    telemetry: Telemetry, app: App
+) -> None:
+    # Several times the attempts the metrics apply in one batch, and a remainder that only
+    # the collection applies.
+    @app.task(name="obs.many", retries=1, bind=True)
+    def many(ctx: TaskContext, n: int) -> int:
+        if n % 5 == 0 and ctx.attempt == 1:
+            raise Retry(countdown=0)
+        return n
+
+    @app.task(name="obs.fails", retries=0)
+    def fails(n: int) -> int:
+        raise ValueError("no")
+
+    total = 3 * _BATCH + 17
+    app.enqueue_many([fails.s(n) if n % 7 == 0 else many.s(n) for n in range(1, total + 1)])
+    app.worker(concurrency=4).run_until_idle()
+
+    failed = total // 7
+    sent = total - failed
+    retried = sum(1 for n in range(1, total + 1) if n % 5 == 0 and n % 7 != 0)
+    ran = {"task": "obs.many", "queue": "default"}
+    raised = {"task": "obs.fails", "queue": "default"}
+    for _ in range(2):  # a second collection reports the same totals
+        points = _points(telemetry.metrics)
+        completed = points["taskflow_tasks_completed_total"]
+        assert _value(completed, **ran, status="succeeded") == sent
+        assert _value(completed, **ran, status="retried") == retried
+        assert _value(completed, **raised, status="failed") == failed
+        assert _value(points["taskflow_tasks_failed_total"], **raised, status="failed") == failed
+        assert _value(points["taskflow_tasks_retried_total"], **ran, status="retried") == retried
+        assert _value(points["taskflow_tasks_scheduled_total"], **ran) == sent
+        assert _value(points["taskflow_tasks_scheduled_total"], **raised) == failed
+        for labels, attempts in ((ran, sent + retried), (raised, failed)):
+            assert _value(points["taskflow_tasks_running"], **labels) == 0
+            for name in ("taskflow_task_latency_seconds", "taskflow_task_wait_seconds"):
+                (histogram,) = [p for p in points[name] if p.attributes == labels]
+                assert histogram.count == attempts
+
+
+def test_attempts_measured_from_several_threads_add_up() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    measures = Metrics(provider.get_meter("test"))
+    threads, each = 4, 5 * _BATCH + 3
+    collected: list[int] = []
+
+    def attempts(name: str) -> None:
+        ctx = TaskContext(id="t", name=name, queue="q", attempt=1, enqueued_at=time.time())
+        for i in range(each):
+            measures.finish(measures.start(ctx), "succeeded" if i % 2 else "failed")
+
+    def collections() -> None:
+        for _ in range(20):  # concurrent with the attempts: applies what is pending
+            collected.append(len(_points(reader)))
+
+    workers = [threading.Thread(target=attempts, args=(f"t{i}",)) for i in range(threads)]
+    workers.append(threading.Thread(target=collections))
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+
+    points = _points(reader)
+    provider.shutdown()
+    assert collected
+    for i in range(threads):
+        labels = {"task": f"t{i}", "queue": "q"}
+        completed = points["taskflow_tasks_completed_total"]
+        assert _value(completed, **labels, status="succeeded") == each // 2
+        assert _value(completed, **labels, status="failed") == each - each // 2
+        assert _value(points["taskflow_tasks_running"], **labels) == 0
+        (latency,) = [p for p in points["taskflow_task_latency_seconds"] if p.attributes == labels]
+        (wait,) = [p for p in points["taskflow_task_wait_seconds"] if p.attributes == labels]
+        assert latency.count == wait.count == each
+
+
+def test_a_running_attempt_is_reported_before_the_batch_is_applied(
+    telemetry: Telemetry, app: App
+) -> None:
+    seen: list[float] = []
+
+    @app.task(name="obs.looks")
+    def looks() -> None:
+        points = _points(telemetry.metrics)
+        seen.append(_value(points["taskflow_tasks_running"], task="obs.looks", queue="default"))
+
+    looks.delay()
+    app.worker().run_until_idle()
+
+    assert seen == [1]
+    points = _points(telemetry.metrics)
+    assert _value(points["taskflow_tasks_running"], task="obs.looks", queue="default") == 0

@@ -8,6 +8,8 @@ from importlib.metadata import entry_points
 
 import pytest
 from opentelemetry import baggage, propagate, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -329,3 +331,39 @@ def test_the_sender_context_is_read_as_the_global_propagator_reads_it(
         == trace.get_current_span(theirs).get_span_context()
     )
     assert baggage.get_all(ours) == baggage.get_all(theirs)
+
+
+def test_with_a_no_op_tracer_there_are_no_spans_and_the_metrics_still_count(app: App) -> None:
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader])
+    TaskflowInstrumentor().instrument(
+        tracer_provider=trace.NoOpTracerProvider(), meter_provider=meters
+    )
+    try:
+
+        @app.task(name="obs.untraced")
+        def untraced() -> int:
+            return 1
+
+        handle = untraced.delay()
+        assert "traceparent" not in _queued_headers(app)
+        app.worker().run_until_idle()
+        assert handle.get(timeout=5) == 1
+        data = reader.get_metrics_data()
+    finally:
+        TaskflowInstrumentor().uninstrument()
+        meters.shutdown()
+
+    assert data is not None
+    points = {
+        metric.name: [(dict(p.attributes), p) for p in metric.data.data_points]
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+    task = {"task": "obs.untraced", "queue": "default"}
+    assert [p.value for labels, p in points["taskflow_tasks_scheduled_total"]] == [1]
+    ((labels, completed),) = points["taskflow_tasks_completed_total"]
+    assert labels == {**task, "status": "succeeded"} and completed.value == 1
+    ((labels, latency),) = points["taskflow_task_latency_seconds"]
+    assert labels == task and latency.count == 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
+import inspect
 
 import orjson
 import pytest
@@ -224,3 +226,27 @@ def test_an_envelope_error_names_types_never_argument_values() -> None:
     with pytest.raises(EnvelopeError) as info:
         decode_envelope(body)
     assert "s3cret" not in str(info.value)
+
+
+def test_the_envelope_constructor_takes_every_field_with_its_default() -> None:
+    params = list(inspect.signature(Envelope.__init__).parameters.values())[1:]
+    declared = dataclasses.fields(Envelope)
+    assert [p.name for p in params] == [f.name for f in declared]
+    minimal = Envelope("t", "x", "q")
+    for f in declared[3:]:
+        default = f.default_factory() if callable(f.default_factory) else f.default
+        assert getattr(minimal, f.name) == default, f.name
+    # every field by position too, as the dataclass constructor took them
+    env = full_envelope()
+    assert Envelope(*(getattr(env, f.name) for f in declared)) == env
+    # mutable defaults are not shared between envelopes
+    assert Envelope("a", "x", "q").headers is not Envelope("b", "x", "q").headers
+
+
+def test_an_envelope_is_frozen_and_replace_makes_a_changed_copy() -> None:
+    env = full_envelope()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        env.attempt = 3  # type: ignore[misc]
+    nxt = env.replace(attempt=3, eta=None)
+    assert (nxt.attempt, nxt.eta, env.attempt, env.eta) == (3, None, 2, 10.0)
+    assert nxt.replace(attempt=2, eta=10.0) == env

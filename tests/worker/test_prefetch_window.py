@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 from collections.abc import Sequence
 
 from taskflow import App
-from taskflow.brokers.base import Delivery
+from taskflow.brokers.base import Delivery, FetchResult
 from taskflow.brokers.memory import MemoryBroker
 
 
@@ -18,9 +19,7 @@ class AskingBroker(MemoryBroker):
         super().__init__()
         self.asked: list[int] = []
 
-    async def fetch(
-        self, queues: Sequence[str], max_messages: int, timeout: float
-    ) -> list[Delivery]:
+    async def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> FetchResult:
         self.asked.append(max_messages)
         return await super().fetch(queues, max_messages, timeout)
 
@@ -73,3 +72,74 @@ def test_the_fetcher_fills_idle_slots_at_once_and_otherwise_asks_in_batches(app:
     # A buffer larger than the slots (2 + 8): refill only once half the window is free.
     assert _credits(app, 2, 3, concurrency=2, prefetch_buffer=8) == 5
     assert _credits(app, 2, 4, concurrency=2, prefetch_buffer=8) == 0
+
+
+class SlowAck(Delivery):
+    """A delivery whose ack waits until the test opens acks (a backend slow to answer)."""
+
+    def __init__(self, inner: Delivery, broker: SlowSettleBroker) -> None:
+        super().__init__(inner.id, inner.queue, inner.body, inner.priority, inner.delivery_count)
+        self.inner = inner
+        self.broker = broker
+
+    @property
+    def lease(self) -> float | None:
+        return self.inner.lease
+
+    async def ack(self) -> bool:
+        self.broker.pending_acks += 1
+        while not self.broker.acks_open.is_set():
+            await asyncio.sleep(0.002)
+        self.broker.pending_acks -= 1
+        return await self.inner.ack()
+
+    async def nack(self, *, requeue: bool = True) -> bool:
+        return await self.inner.nack(requeue=requeue)
+
+    async def retry(self, body: bytes, delay: float, *, max_deliveries: int = 1) -> bool:
+        return await self.inner.retry(body, delay, max_deliveries=max_deliveries)
+
+    async def touch(self) -> bool:
+        return await self.inner.touch()
+
+    async def dead_letter(self, reason: str, error: str | None = None) -> bool:
+        return await self.inner.dead_letter(reason, error)
+
+
+class SlowSettleBroker(MemoryBroker):
+    """Acks wait until the test opens them; notes a fetch made while three are pending."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.acks_open = threading.Event()
+        self.pending_acks = 0
+        self.fetched_while_settling = threading.Event()
+
+    async def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> FetchResult:
+        if self.pending_acks >= 3 and max_messages > 0:
+            self.fetched_while_settling.set()
+        got = await super().fetch(queues, max_messages, timeout)
+        return FetchResult([SlowAck(d, self) for d in got], got.lost)
+
+
+def test_the_next_batch_is_fetched_while_the_previous_one_settles() -> None:
+    broker = SlowSettleBroker()
+    app = App("settling", broker=broker)
+
+    @app.task(store_result=False)
+    async def noop() -> None:
+        pass
+
+    try:
+        for _ in range(12):
+            noop.delay()
+        # A window of 3: three bodies return at once and their acks hang; the worker
+        # still asks for the next messages (before, it waited for the acks to land).
+        with app.worker(concurrency=2, prefetch_buffer=1):
+            try:
+                assert broker.fetched_while_settling.wait(10)
+            finally:
+                broker.acks_open.set()
+    finally:
+        broker.acks_open.set()
+        app.close()

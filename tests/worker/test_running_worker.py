@@ -82,11 +82,12 @@ def test_a_running_coroutine_is_cancelled_within_2_seconds(app: App) -> None:
 
 
 def test_a_running_sync_task_sees_ctx_cancelled(app: App) -> None:
-    starts = started_signal(app)
+    running: queue.Queue[str] = queue.Queue()
     saw: queue.Queue[bool] = queue.Queue()
 
     @app.task(bind=True)
     def patient(ctx: TaskContext) -> None:
+        running.put(ctx.id)  # in its thread: the body runs
         try:
             ctx.cancelled.wait(WAIT)
         finally:
@@ -94,7 +95,7 @@ def test_a_running_sync_task_sees_ctx_cancelled(app: App) -> None:
 
     result = patient.delay()
     with app.worker(concurrency=1) as worker:
-        assert starts.get(timeout=WAIT) == result.id
+        assert running.get(timeout=WAIT) == result.id
         assert worker.cancel(result.id) is True
         assert saw.get(timeout=WAIT) is True
         with pytest.raises(TaskCancelled):

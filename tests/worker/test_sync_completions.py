@@ -1,19 +1,20 @@
-"""Outcomes of sync bodies reach the loop in batches, each to the task that awaits it."""
+"""Sync bodies on the worker's threads: outcomes reach the loop in batches, each to the
+task that awaits it; a body cancelled before it starts never runs."""
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import threading
 from typing import Any
 
 import pytest
 
-from taskflow.worker.bodies import Completions
+from taskflow.context import TaskContext
+from taskflow.worker.bodies import BodyThreads, run_sync
 
 
 class _CountingLoop:
-    """Counts the thread-safe wake-ups a Completions asks of its loop."""
+    """Counts the thread-safe wake-ups the threads ask of their loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -27,36 +28,43 @@ class _CountingLoop:
         return self.loop.call_soon_threadsafe(callback, *args)
 
 
+def _ctx(i: int = 0) -> TaskContext:
+    return TaskContext(id=f"t{i}", name="t", attempt=1)
+
+
 def test_outcomes_finished_meanwhile_share_one_wakeup() -> None:
     asyncio.run(_outcomes_finished_meanwhile_share_one_wakeup())
 
 
 async def _outcomes_finished_meanwhile_share_one_wakeup() -> None:
     counting = _CountingLoop(asyncio.get_running_loop())
-    completions = Completions(counting)  # type: ignore[arg-type]
-    cfuts: list[concurrent.futures.Future[Any]] = [concurrent.futures.Future() for _ in range(50)]
-    futs = [completions.watch(c) for c in cfuts]
+    threads = BodyThreads(counting, 1, "test")  # type: ignore[arg-type]
+    gate = threading.Event()
+    posted = threading.Event()
 
-    def finish_all() -> None:  # another thread, while the loop is busy here
-        for i, cfut in enumerate(cfuts):
-            if i == 7:
-                cfut.set_exception(ValueError("seven"))
-            else:
-                cfut.set_result(i)
+    def body(i: int) -> int:
+        gate.wait()
+        if i == 7:
+            raise ValueError("seven")
+        return i
 
-    thread = threading.Thread(target=finish_all)
-    thread.start()
-    thread.join()  # the loop has not run since: every outcome waits for one wake-up
+    runs = [threads.submit(body, (i,), {}, _ctx(i)) for i in range(50)]
+    # One thread runs them in order: once this one runs, the 50 before it were posted.
+    marker = threads.submit(posted.set, (), {}, _ctx(50))
+    gate.set()
+    assert posted.wait(10)  # the loop has not run since: the outcomes wait together
     assert counting.wakeups == 1
-    outcomes = await asyncio.gather(*futs, return_exceptions=True)
+    outcomes = await asyncio.gather(*(run.fut for run in runs), return_exceptions=True)
     assert [o for i, o in enumerate(outcomes) if i != 7] == [i for i in range(50) if i != 7]
     assert isinstance(outcomes[7], ValueError)
+    await marker.fut
     # The next outcome after a delivery wakes the loop again.
-    late: concurrent.futures.Future[Any] = concurrent.futures.Future()
-    fut = completions.watch(late)
-    threading.Thread(target=late.set_result, args=("late",)).start()
-    assert await fut == "late"
-    assert counting.wakeups == 2
+    before = counting.wakeups
+    assert await threads.submit(lambda: "late", (), {}, _ctx(51)).fut == "late"
+    assert counting.wakeups == before + 1
+    threads.close()
+    for thread in threads.threads:
+        thread.join(5)
 
 
 def test_a_cancelled_waiter_does_not_stop_the_others() -> None:
@@ -64,27 +72,64 @@ def test_a_cancelled_waiter_does_not_stop_the_others() -> None:
 
 
 async def _a_cancelled_waiter_does_not_stop_the_others() -> None:
-    completions = Completions(asyncio.get_running_loop())
-    first: concurrent.futures.Future[Any] = concurrent.futures.Future()
-    second: concurrent.futures.Future[Any] = concurrent.futures.Future()
-    waiter = completions.watch(first)  # a future, registered at once
-    other = completions.watch(second)
-    waiter.cancel()
-    first.set_result(1)
-    second.set_result(2)
-    assert await other == 2
+    threads = BodyThreads(asyncio.get_running_loop(), 2, "test")
+    gate = threading.Event()
+    first = threads.submit(gate.wait, (), {}, _ctx(1))
+    second = threads.submit(lambda: 2, (), {}, _ctx(2))
+    first.fut.cancel()
+    gate.set()
+    assert await second.fut == 2
+    await first.finished()
     with pytest.raises(asyncio.CancelledError):
-        await waiter
+        await first.fut
+    threads.close()
+    for thread in threads.threads:
+        thread.join(5)
 
 
-def test_a_cancelled_body_cancels_its_waiter() -> None:
-    asyncio.run(_a_cancelled_body_cancels_its_waiter())
+def test_a_body_cancelled_before_it_starts_never_runs() -> None:
+    asyncio.run(_a_body_cancelled_before_it_starts_never_runs())
 
 
-async def _a_cancelled_body_cancels_its_waiter() -> None:
-    completions = Completions(asyncio.get_running_loop())
-    cfut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-    fut = completions.watch(cfut)
-    assert cfut.cancel()
+async def _a_body_cancelled_before_it_starts_never_runs() -> None:
+    threads = BodyThreads(asyncio.get_running_loop(), 1, "test")
+    gate = threading.Event()
+    ran: list[str] = []
+    blocker = asyncio.ensure_future(run_sync(threads, gate.wait, (), {}, _ctx(1)))
+    queued = asyncio.ensure_future(run_sync(threads, ran.append, ("late",), {}, _ctx(2)))
+    await asyncio.sleep(0)  # both submitted; the one thread is blocked in the first
+    queued.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await fut
+        await queued  # cancelled at once: it had not started, nothing to unwind
+    gate.set()
+    assert await blocker is True
+    # The thread took the cancelled run off its queue without running it.
+    follow = await run_sync(threads, lambda: "next", (), {}, _ctx(3))
+    assert follow == "next"
+    assert ran == []
+    threads.close()
+    for thread in threads.threads:
+        thread.join(5)
+
+
+def test_threads_start_only_as_needed_up_to_the_size() -> None:
+    asyncio.run(_threads_start_only_as_needed_up_to_the_size())
+
+
+async def _threads_start_only_as_needed_up_to_the_size() -> None:
+    threads = BodyThreads(asyncio.get_running_loop(), 3, "test")
+    for i in range(5):  # one at a time: one thread serves them all
+        assert await run_sync(threads, lambda i=i: i, (), {}, _ctx(i)) == i
+    assert len(threads.threads) == 1
+    gate = threading.Event()
+    waiting = [
+        asyncio.ensure_future(run_sync(threads, gate.wait, (), {}, _ctx(i))) for i in range(5)
+    ]
+    await asyncio.sleep(0)
+    assert len(threads.threads) == 3
+    gate.set()
+    assert await asyncio.gather(*waiting) == [True] * 5
+    threads.close()
+    for thread in threads.threads:
+        thread.join(5)
+    assert not any(t.is_alive() for t in threads.threads)
