@@ -300,6 +300,11 @@ class Connection:
         except (RedisError, OSError) as exc:
             raise self.error(exc) from None
 
+    def sha(self, script: str) -> str:
+        """The SHA1 of a registered script (for ``EVALSHA`` in a pipeline of one's own)."""
+        sha: str = self._scripts[script].sha
+        return sha
+
     async def run_many(self, script: str, calls: Sequence[Sequence[Any]]) -> list[Any]:
         """Run a registered script once per ``calls`` entry, in one pipelined round trip
         (each call still atomic); the replies in order."""

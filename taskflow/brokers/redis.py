@@ -50,7 +50,7 @@ from ._redis_admin import RedisAdmin
 from ._redis_control import ControlReader
 from ._redis_limits import RedisLimiter
 from ._redis_publish import check_published, check_size, publish_args
-from ._redis_wait import IdleWait
+from ._redis_wait import FetchAfter, IdleWait
 from .base import Broker, Capabilities, DeadLetter, DelegatedAdmin, Delivery, FetchResult, Message
 
 __all__ = ["RedisBroker", "RedisDelivery"]
@@ -260,8 +260,14 @@ class RedisBroker(Broker, DelegatedAdmin):
         if max_messages <= 0 or not queues:
             return FetchResult((), self._take_lost())
         notify = [self.key("q", q, "notify") for q in queues]
+        after = None
+        if self.clock is SYSTEM_CLOCK:
+            # On the real clock, the fetch after a wake-up is sent with the wait itself
+            # and runs on the server as the wait ends, with the server's time.
+            args = [self._conn.tag, "server", repr(self.lease), max_messages, len(queues)]
+            after = FetchAfter(self._conn.sha("fetch"), [*args, *queues], self._parse_fetch)
         got = await self._waits.fetch(
-            lambda: self._fetch_once(queues, max_messages), notify, timeout
+            lambda: self._fetch_once(queues, max_messages), notify, timeout, after
         )
         return FetchResult(got, self._take_lost())
 
@@ -269,6 +275,11 @@ class RedisBroker(Broker, DelegatedAdmin):
         self, queues: Sequence[str], limit: int
     ) -> tuple[list[Delivery], float | None]:
         reply = await self._run("fetch", [repr(self.lease), limit, len(queues), *queues])
+        return self._parse_fetch(reply)
+
+    def _parse_fetch(self, reply: Sequence[Any]) -> tuple[list[Delivery], float | None]:
+        """The deliveries of a ``fetch`` reply, and when the next held message falls due;
+        the messages it dead-lettered are kept for the caller (``FetchResult.lost``)."""
         next_due = float(reply[0]) if reply[0] else None
         start = 2 + 6 * int(reply[1])
         now = self.clock.time()

@@ -2,6 +2,14 @@
 -- carries a {hash tag} so all keys of one app live in one Redis Cluster slot.
 local P = ARGV[1]
 local NOW = tonumber(ARGV[2])
+local NOW_TEXT = ARGV[2]
+if NOW_TEXT == 'server' then
+  -- A fetch sent ahead of time (pipelined behind a blocking wait) runs later than it was
+  -- sent: it takes the time when it runs, from the server's clock.
+  local t = redis.call('TIME')
+  NOW = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  NOW_TEXT = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
 local SEQ = P .. ':seq'
 
 local function qkey(queue, kind)
@@ -125,7 +133,7 @@ end
 
 local function bury(id, queue, reason, err)
   redis.call('HSET', mkey(id), 'st', 'd', 'tk', '', 'rs', reason, 'er', err or '',
-    'ft', ARGV[2])
+    'ft', NOW_TEXT)
   local dead = qkey(queue, 'dead')
   redis.call('RPUSH', dead, id)
   trim_dead(queue, dead)
