@@ -20,6 +20,9 @@ fresh queue per run, deleted afterwards. Measured:
 * drain rate: the queue is filled first (a stamp task, the no-ops, a second stamp task),
   then the worker starts; the clock runs from the body of the first stamp to the body of
   the last one;
+* worker CPU per task over the same stretch: user plus system time of the worker process
+  and its children (Celery's pool) divided by the tasks -- steadier than the rate on a
+  busy machine (needs ``psutil``, a dev dependency; ``-`` without it);
 * pickup latency p50/p99: from sending in this process to the task body starting in a
   worker that was idle for ``--idle`` seconds.
 
@@ -29,6 +32,8 @@ One run of each; the figures of a busy machine say little (see docs/performance.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import statistics
 import subprocess
@@ -212,6 +217,22 @@ def _wait_lines(path: Path, count: int, timeout: float = 300.0) -> list[float]:
     raise TimeoutError(f"{count} stamps did not come within {timeout}s")
 
 
+def _cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) of process ``pid`` and its children so far; None
+    without psutil."""
+    try:
+        import psutil  # type: ignore[import-untyped, unused-ignore]
+    except ImportError:
+        return None
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
@@ -222,15 +243,22 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def measure(system: System, tasks: int, samples: int, idle: float) -> dict[str, float]:
-    """Drain rate (tasks/s) and pickup latency p50/p99 (ms) of ``system``."""
+    """Drain rate (tasks/s), worker CPU per task (µs) and pickup latency p50/p99 (ms) of
+    ``system``."""
     drain = system.directory / f"{system.name}-drain"
     system.send("bench.stamp", str(drain))
     system.send_noops(tasks)
     system.send("bench.stamp", str(drain))
     proc = system.worker()
     try:
+        _wait_lines(drain, 1)
+        cpu_first = _cpu(proc.pid)
         first, last = _wait_lines(drain, 2)
+        cpu_last = _cpu(proc.pid)
         rate = tasks / max(last - first, 1e-9)
+        cpu = math.nan
+        if cpu_first is not None and cpu_last is not None:
+            cpu = (cpu_last - cpu_first) / tasks * 1e6
         pickup = system.directory / f"{system.name}-pickup"
         latencies = []
         for i in range(samples):
@@ -241,7 +269,7 @@ def measure(system: System, tasks: int, samples: int, idle: float) -> dict[str, 
     finally:
         _stop(proc)
     cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
-    return {"drain": rate, "p50": cuts[49] * 1000, "p99": cuts[98] * 1000}
+    return {"drain": rate, "cpu": cpu, "p50": cuts[49] * 1000, "p99": cuts[98] * 1000}
 
 
 def main() -> None:
@@ -264,9 +292,10 @@ def main() -> None:
                 system.close()
     where = mask_url(args.url)
     print(f"{args.tasks} no-op tasks, {args.slots} slots, 1 worker process, {where}")
-    print(f"{'':10} {'drain/s':>10} {'pickup p50 ms':>14} {'p99 ms':>8}")
+    print(f"{'':10} {'drain/s':>10} {'cpu us/task':>12} {'pickup p50 ms':>14} {'p99 ms':>8}")
     for name, got in results.items():
-        print(f"{name:10} {got['drain']:10.0f} {got['p50']:14.1f} {got['p99']:8.1f}")
+        cpu = "-" if math.isnan(got["cpu"]) else f"{got['cpu']:.0f}"
+        print(f"{name:10} {got['drain']:10.0f} {cpu:>12} {got['p50']:14.1f} {got['p99']:8.1f}")
 
 
 if __name__ == "__main__":

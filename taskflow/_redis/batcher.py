@@ -49,12 +49,10 @@ class Batcher(Generic[ItemT, ResultT]):
         self._pending.append((item, fut))
         if not self._flushing:
             self._flushing = True
-            loop.call_soon(self._start_flush)
+            # Its first step runs on the next turn of the loop: every call made until
+            # then joins the batch.
+            loop.create_task(self._flush()).add_done_callback(_consume)
         return await fut
-
-    def _start_flush(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._flush())
-        task.add_done_callback(_consume)
 
     async def _flush(self) -> None:
         try:

@@ -7,27 +7,49 @@ in ``select`` on the AMQP socket and a wake-up pipe, so a call starts at once an
 deliveries are read as they arrive. Between calls the thread services heartbeats, ends
 waiting fetches whose time is up and hands back deliveries whose lease ran out.
 
-Results go back to each event loop in one hop per batch of calls, and a call wakes the
-thread only when it is not already running calls.
+Results go back to each event loop in one hop per batch of calls (none while an earlier
+one has not run yet), and a call wakes the thread only when it is not already running
+calls. A fetch is one call: it takes what is there, registers the fetch to wait if
+nothing is, and collects the lost deliveries to report.
 
 Channels: ``work`` (basic.get, consumers with a prefetch, acks: a delivery is acked on the
 channel that delivered it), ``pub`` (publisher confirms on every publish) and ``admin``
 (sweeps that take messages out and put them back). Each connection has a generation
 number; a delivery remembers the generation that delivered it and settles only on that
 connection.
+
+Acks: the thread keeps the delivery tags of the ``work`` channel that are not acked yet
+(pushed and held, leased, or being put back); a tag leaves the set only when its ack is
+written. The acks of one batch go out in one write: those below the lowest unacked tag
+that is not in the batch as one ``basic.ack`` with ``multiple`` set (it acks every unacked
+tag up to its own, and every one of those is in the batch), each of the others alone. So
+a delivery that is held, still running, redelivered and not yet put back, or whose
+hand-back failed is never acked by another's ``multiple``. (A channel numbers its
+deliveries in order: those the thread has not read yet have higher tags.)
+
+Reading: on a plain TCP connection the thread reads whatever the socket holds in one
+``recv`` and hands py-amqp each complete frame, instead of py-amqp's three reads (with a
+socket timeout set and reset around each) per frame. A ``basic.deliver`` to one of its
+consumers whose content frames have all arrived is read straight into a held delivery
+(its tag, flag, priority and headers), without py-amqp's message object; anything else,
+and a message that has not arrived whole, is py-amqp's to read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import concurrent.futures
 import contextlib
 import logging
+import math
 import os
 import select
 import socket
+import struct
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,6 +72,23 @@ trip."""
 
 CONSUMER_IDLE = 2.0
 """Seconds a consumer stays on a queue no fetch asks for."""
+
+_UPKEEP = 0.1
+"""Seconds between checks of heartbeats and of which queues need a consumer."""
+
+_READ_SIZE = 65536
+"""Bytes read from the socket at most per ``recv``."""
+
+_FRAME_HEADER = struct.Struct(">BHI")  # frame type, channel, payload size
+_ACK_FRAME = struct.Struct(">BHIHHQBB")  # basic.ack: a method frame of 13 bytes
+_BASIC_ACK = (60, 80)
+_BASIC_DELIVER = b"\x00\x3c\x00\x3c"  # class 60, method 60
+_TAG_BITS = struct.Struct(">QB")  # basic.deliver: delivery-tag, redelivered
+_CONTENT_HEADER = struct.Struct(">4xQH")  # class, weight, body size, property flags
+_U32 = struct.Struct(">I")
+_I32 = struct.Struct(">i")
+_I64 = struct.Struct(">q")
+_FRAME_END = 0xCE
 
 T = TypeVar("T")
 
@@ -101,12 +140,13 @@ class Lease:
 
 @dataclass(slots=True)
 class Waiter:
-    """A fetch waiting for its first message."""
+    """A fetch waiting for its first message; ``done`` gets what it took and the lost
+    deliveries to report."""
 
     queues: list[str]
     limit: int
     deadline: float
-    done: Callable[[list[Lease]], None]
+    done: Callable[[list[Lease], list[DeadLetter]], None]
     finished: bool = False
 
 
@@ -166,9 +206,18 @@ class IoThread:
         self._prefetch: dict[str, int] = {}  # queue -> its consumer's prefetch
         self._asked: dict[str, float] = {}  # queue -> when a fetch last asked for it
         self._leases: dict[tuple[int, int], Lease] = {}
+        self._unacked: set[int] = set()
+        """Delivery tags of the ``work`` channel not acked yet."""
+        self._lease_due = math.inf
+        """No lease runs out before this (``time.monotonic()``); may be early."""
+        self._upkeep_at = 0.0
         self._waiters: list[Waiter] = []
         self._calls: deque[_Call] = deque()
-        self._replies: dict[asyncio.AbstractEventLoop, list[Callable[[], None]]] = {}
+        self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._filled: list[tuple[asyncio.AbstractEventLoop, _Mailbox]] = []
+        """Mailboxes given results since the last flush."""
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = -1, -1  # a pipe while the thread runs
         self._thread: threading.Thread | None = None
@@ -219,36 +268,51 @@ class IoThread:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
 
-        def done(result: Any, error: BaseException | None) -> None:
-            def settle() -> None:
-                if fut.done():
-                    if orphan is not None and error is None:
-                        orphan(result)
-                    return
-                if error is not None:
-                    fut.set_exception(error)
-                else:
-                    fut.set_result(result)
+        def settle(result: Any, error: BaseException | None) -> None:
+            if fut.done():
+                if orphan is not None and error is None:
+                    orphan(result)
+                return
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(result)
 
-            self._reply(loop, settle)
-
-        self._calls_append(_Call(fn, done))
+        self.post(loop, fn, settle)
         return await fut
 
-    def _reply(self, loop: asyncio.AbstractEventLoop, settle: Callable[[], None]) -> None:
+    def post(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fn: Callable[[IoThread], T],
+        settle: Callable[[Any, BaseException | None], None],
+    ) -> None:
+        """Run ``fn(self)`` on the I/O thread, then ``settle(result, error)`` on ``loop``
+        (from a callback on that loop: no task or future needed)."""
+
+        def done(result: Any, error: BaseException | None) -> None:
+            self.reply(loop, lambda: settle(result, error))
+
+        self._calls_append(_Call(fn, done))
+
+    def reply(self, loop: asyncio.AbstractEventLoop, settle: Callable[[], None]) -> None:
         """Run ``settle`` on ``loop``: results made on the I/O thread go back together,
-        one hop to each loop per batch of calls."""
+        at most one wake-up of each loop per batch of calls, none while an earlier one
+        has not run yet (see :class:`_Mailbox`)."""
         if threading.current_thread() is self._thread:
-            self._replies.setdefault(loop, []).append(settle)
+            box = self._mailboxes.get(loop)
+            if box is None:
+                box = self._mailboxes[loop] = _Mailbox()
+            box.items.append(settle)
+            self._filled.append((loop, box))
             return
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
             loop.call_soon_threadsafe(settle)
 
     def _flush_replies(self) -> None:
-        replies, self._replies = self._replies, {}
-        for loop, settles in replies.items():
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(_run_all, settles)
+        filled, self._filled = self._filled, []
+        for loop, box in filled:
+            box.wake(loop)
 
     def call_blocking(self, fn: Callable[[IoThread], T], timeout: float) -> T:
         """Run ``fn(self)`` on the I/O thread from any other thread."""
@@ -286,8 +350,8 @@ class IoThread:
                 if self.conn is None:
                     self._reconnect()
                 self._run_calls()
-                self._flush_replies()
                 self._tick()
+                self._flush_replies()  # the calls' results and the waiters served
                 self._wait_io()
             except _RECOVERABLE as exc:
                 self._lost_connection(exc)
@@ -326,8 +390,7 @@ class IoThread:
         now = time.monotonic()
         for waiter in self._waiters:
             timeout = min(timeout, waiter.deadline - now)
-        for lease in self._leases.values():
-            timeout = min(timeout, lease.deadline - now)
+        timeout = min(timeout, self._lease_due - now)
         if self.conn is None:
             timeout = min(timeout, self._retry_at - now)
         timeout = max(0.0, timeout)
@@ -354,6 +417,109 @@ class IoThread:
         return bool(pending()) if pending is not None else False
 
     def _drain(self) -> None:
+        """Handle every frame that has arrived, without waiting for more."""
+        assert self.conn is not None
+        connection = self.conn.connection
+        transport = connection.transport
+        if _plain(transport):
+            self._drain_tcp(connection, transport)
+        else:
+            self._drain_frames()
+
+    def _drain_tcp(self, connection: Any, transport: Any) -> None:
+        """Read what the socket holds (up to ``_READ_SIZE`` bytes a ``recv``, never
+        blocking) and hand py-amqp each complete frame; a partial frame stays in the
+        transport's buffer, where py-amqp's own reads (and the next drain) find it.
+
+        Deliveries, content and heartbeats are handled from the bytes read; before any
+        other frame (one whose handler may read from the socket itself, such as a channel
+        closed by the server) the rest goes back to the transport's buffer first, so that
+        such a read sees the frames in order."""
+        recv = transport.sock.recv
+        while True:
+            try:
+                chunk = recv(_READ_SIZE, _DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                chunk = None
+            if chunk is not None and not chunk:
+                transport.connected = False
+                raise ConnectionResetError("the AMQP server closed the connection")
+            data = _buffered(transport)
+            self._frames(connection, transport, data + chunk if chunk else data)
+            if chunk is None or len(chunk) < _READ_SIZE:
+                return
+
+    def _frames(self, connection: Any, transport: Any, data: bytes) -> None:
+        """Handle each complete frame of ``data``; leave the rest in the transport."""
+        on_frame = connection.on_inbound_frame
+        work = self.work.channel_id if self.work is not None else -1
+        pos, end = 0, len(data)
+        while end - pos >= 7:
+            kind, channel, size = _FRAME_HEADER.unpack_from(data, pos)
+            stop = pos + 7 + size
+            if stop >= end:
+                break  # the frame end octet has not arrived yet
+            if data[stop] != _FRAME_END:
+                transport.connected = False
+                raise amqp.exceptions.UnexpectedFrame(
+                    f"Received frame_end {data[stop]:#04x} while expecting 0xce"
+                )
+            payload = data[pos + 7 : stop]
+            deliver = kind == 1 and payload.startswith(_BASIC_DELIVER)
+            if deliver and channel == work:
+                after = self._delivery(data, stop + 1, end, channel, payload)
+                if after < 0:
+                    break  # the rest of the message has not arrived yet
+                if after > 0:
+                    connection.bytes_recv += 1
+                    pos = after
+                    continue
+            pos = stop + 1
+            if kind == 1 and not deliver:
+                # Its handler may read: it must find what follows in the buffer.
+                _keep(transport, data[pos:])
+                on_frame((kind, channel, payload))
+                data = _buffered(transport)
+                pos, end = 0, len(data)
+                continue
+            on_frame((kind, channel, payload))
+        _keep(transport, data[pos:] if pos else data)
+
+    def _delivery(self, data: bytes, pos: int, end: int, channel: int, method: bytes) -> int:
+        """Read a ``basic.deliver`` of one of this thread's consumers straight into
+        ``_held``: ``method`` is its method frame, its content frames start at ``pos``.
+        Returns where the next frame starts; -1 if the message has not arrived whole
+        (nothing is consumed: the next drain starts again from its method frame); 0 if
+        it is not one to read here (py-amqp reads it, frame by frame)."""
+        size = method[4]
+        tag_name = method[5 : 5 + size].decode()
+        queue = next((q for q, t in self._consumers.items() if t == tag_name), None)
+        if queue is None:
+            return 0  # the control consumer's, or unknown
+        tag, flags = _TAG_BITS.unpack_from(method, 5 + size)
+        start, stop = _frame_at(data, pos, end, 2, channel)
+        if stop <= 0:
+            return stop
+        body_size, props = _CONTENT_HEADER.unpack_from(data, start)
+        priority, headers = _properties(data, start + _CONTENT_HEADER.size, props)
+        pos = stop + 1
+        parts: list[bytes] = []
+        got = 0
+        while got < body_size:
+            start, stop = _frame_at(data, pos, end, 3, channel)
+            if stop <= 0:
+                return stop
+            parts.append(data[start:stop])
+            got += stop - start
+            pos = stop + 1
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._unacked.add(tag)
+        raw = Raw(tag, self.gen, queue, body, priority, headers, bool(flags & 1))
+        self._held.setdefault(queue, deque()).append(raw)
+        return pos
+
+    def _drain_frames(self) -> None:
+        """py-amqp's own reads (TLS): frame by frame while the socket has data."""
         assert self.conn is not None
         while True:
             try:
@@ -370,15 +536,28 @@ class IoThread:
                 return
 
     def _tick(self) -> None:
-        if self.conn is not None:
-            self.conn.heartbeat_check()
-            self._serve_waiters()
-            self._expire_leases()
+        """Between batches of calls: serve waiting fetches, end those whose time is up,
+        hand back deliveries whose lease ran out; every ``_UPKEEP`` seconds also check
+        heartbeats and which queues should have a consumer."""
         now = time.monotonic()
+        upkeep = now >= self._upkeep_at
+        if upkeep:
+            self._upkeep_at = now + _UPKEEP
+        if self.conn is not None:
+            if upkeep:
+                self.conn.heartbeat_check()
+            self._serve_waiters()
+            if now >= self._lease_due:
+                self._expire_leases()
         for waiter in list(self._waiters):
             if waiter.deadline <= now:
                 self._finish(waiter, [])
-        self.sync_consumers()
+        if upkeep:
+            self.sync_consumers()
+
+    def expire_now(self) -> None:
+        """Look at every lease on the next turn (one was handed back from the loop)."""
+        self._lease_due = 0.0
 
     # -- connection ------------------------------------------------------------------
     def _connect(self) -> None:
@@ -415,8 +594,10 @@ class IoThread:
         self._consumers.clear()
         self._prefetch.clear()
         self._held.clear()
+        self._unacked.clear()
         self._declare_control()
         self._backoff = 0.1
+        self._upkeep_at = 0.0  # consumers for the fetches waiting across the reconnect
 
     def _reconnect(self) -> None:
         now = time.monotonic()
@@ -441,6 +622,7 @@ class IoThread:
         self._close_connection()
         # Unsettled deliveries go back to the queue with the connection: fenced by gen.
         self._leases.clear()
+        self._lease_due = math.inf
         self._retry_at = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, 5.0)
 
@@ -450,6 +632,7 @@ class IoThread:
         self._consumers.clear()
         self._prefetch.clear()
         self._held.clear()
+        self._unacked.clear()
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.release()
@@ -650,7 +833,7 @@ class IoThread:
         headers = {k: v for k, v in raw.headers.items() if k in _KEPT}
         headers[topo.H_COUNT] = count
         self.send(raw.queue, raw.id, raw.body if body is None else body, raw.priority, headers)
-        self.work.basic_ack(raw.tag)
+        self.ack_tags([raw.tag])
 
     def to_dead(self, raw: Raw, count: int, reason: str, error: str | None) -> DeadLetter:
         """Move ``raw`` to its queue's dead-letter queue, then ack it."""
@@ -670,7 +853,7 @@ class IoThread:
         self.declare_queue(raw.queue)
         self.confirm(self.names.dead(raw.queue), raw.body, 0, headers, raw.id)
         if raw.gen == self.gen and self.work is not None:
-            self.work.basic_ack(raw.tag)
+            self.ack_tags([raw.tag])
         return DeadLetter(
             id=raw.id,
             queue=raw.queue,
@@ -719,14 +902,17 @@ class IoThread:
         return before + (1 if raw.redelivered else 0) + 1
 
     def _raw(self, queue: str, message: Any) -> Raw:
+        """A delivery of the ``work`` channel (its tag is unacked until :meth:`ack_tags`)."""
         info = message.delivery_info
+        tag = int(info["delivery_tag"])
+        self._unacked.add(tag)
         props = message.properties
         body = message.body
         if isinstance(body, str):
             body = body.encode()
         headers = dict(props.get("application_headers") or {})
         return Raw(
-            tag=int(info["delivery_tag"]),
+            tag=tag,
             gen=self.gen,
             queue=queue,
             body=bytes(body),
@@ -756,8 +942,24 @@ class IoThread:
                 self.republish(raw, lost)
             return
         lease = Lease(raw, count, time.monotonic() + self.lease)
+        self._lease_due = min(self._lease_due, lease.deadline)
         self._leases[(raw.gen, raw.tag)] = lease
         out.append(lease)
+
+    def fetch(
+        self, queues: list[str], limit: int, waiter: Waiter | None
+    ) -> tuple[list[Lease], list[DeadLetter]]:
+        """:meth:`take`; if that finds nothing, ``waiter`` (if any) waits from now on.
+        With the lost deliveries to report."""
+        got = self.take(queues, limit)
+        if not got and waiter is not None:
+            self.wait(waiter)
+        return got, self.take_lost()
+
+    def take_lost(self) -> list[DeadLetter]:
+        """The deliveries dead-lettered as lost since the previous call, to report."""
+        lost, self.state.lost = self.state.lost, []
+        return lost
 
     def take(self, queues: list[str], limit: int) -> list[Lease]:
         """Up to ``limit`` deliveries, queue by queue in the order given.
@@ -809,6 +1011,9 @@ class IoThread:
         sock = self._sock()
         if sock is None:
             return
+        if _plain(self.conn.connection.transport):
+            self._drain()  # a recv that finds nothing costs what a select would
+            return
         readable, _, _ = select.select([sock], [], [], 0)
         if readable or self._pending(sock):
             self._drain()
@@ -824,7 +1029,7 @@ class IoThread:
             self._waiters.remove(waiter)
         if not waiter.finished:
             waiter.finished = True
-            waiter.done(got)
+            waiter.done(got, self.take_lost())
 
     def _serve_waiters(self) -> None:
         for waiter in list(self._waiters):
@@ -904,8 +1109,10 @@ class IoThread:
 
     def _expire_leases(self) -> None:
         now = time.monotonic()
+        self._lease_due = math.inf
         for key, lease in list(self._leases.items()):
             if lease.deadline > now:
+                self._lease_due = min(self._lease_due, lease.deadline)
                 continue
             del self._leases[key]
             lease.settled = True
@@ -926,6 +1133,58 @@ class IoThread:
         return sum(1 for lease in list(self._leases.values()) if lease.raw.queue == queue)
 
     # -- settling (on the I/O thread) ------------------------------------------------
+    def ack_many(self, leases: list[Lease]) -> list[bool]:
+        """Ack the deliveries of ``leases`` in one write (see the module docstring); for
+        each, False if it is no longer held (lease ran out, settled, or delivered on an
+        older connection)."""
+        connected = self.conn is not None and self.work is not None
+        results: list[bool] = []
+        tags: list[int] = []
+        for lease in leases:
+            raw = lease.raw
+            if (
+                not connected
+                or lease.settled
+                or raw.gen != self.gen
+                or raw.tag not in self._unacked
+            ):
+                results.append(False)
+                continue
+            lease.settled = True
+            self._leases.pop((raw.gen, raw.tag), None)
+            tags.append(raw.tag)
+            results.append(True)
+        # If this write fails the connection is made again: these deliveries go back to
+        # the queue with it, and every caller hears False.
+        self.ack_tags(tags)
+        return results
+
+    def ack_tags(self, tags: list[int]) -> None:
+        """Ack these delivery tags of the ``work`` channel in one write: the run of them
+        from the lowest unacked tag up as one ``multiple`` ack, the others one by one."""
+        if not tags:
+            return
+        work = self.work
+        if work is None or not work.is_open or work.connection is None:
+            raise amqp.exceptions.RecoverableConnectionError("the work channel is closed")
+        unacked = self._unacked
+        acking = set(tags)
+        # Every unacked tag below ``floor`` is being acked now.
+        floor = min((t for t in unacked if t not in acking), default=None)
+        ordered = sorted(acking)
+        run = len(ordered) if floor is None else _count_below(ordered, floor)
+        channel = work.channel_id
+        frames: list[bytes] = []
+        if run > 1:
+            frames.append(_ack_frame(channel, ordered[run - 1], multiple=True))
+        else:
+            run = 0
+        frames.extend(_ack_frame(channel, tag, multiple=False) for tag in ordered[run:])
+        connection = work.connection
+        connection.transport.write(b"".join(frames))
+        connection.bytes_sent += 1
+        unacked.difference_update(acking)
+
     def settle(self, lease: Lease, action: str, **kw: Any) -> bool:
         """Ack, requeue, retry, dead-letter or touch one delivery; False if it is no
         longer held (lease ran out, settled, or delivered on an older connection)."""
@@ -936,7 +1195,7 @@ class IoThread:
             lease.deadline = time.monotonic() + self.lease
             return True
         if action == "ack":
-            self.work.basic_ack(raw.tag)
+            self.ack_tags([raw.tag])
         elif action == "requeue":
             self.republish(raw, lease.count - 1)
         elif action == "retry":
@@ -944,7 +1203,7 @@ class IoThread:
             if raw.headers.get(topo.H_TASK):
                 headers[topo.H_TASK] = raw.headers[topo.H_TASK]
             self.send(raw.queue, raw.id, kw["body"], raw.priority, headers, kw["due"])
-            self.work.basic_ack(raw.tag)
+            self.ack_tags([raw.tag])
         elif action == "dead":
             self.to_dead(raw, lease.count, kw["reason"], kw.get("error"))
         lease.settled = True
@@ -952,12 +1211,152 @@ class IoThread:
         return True
 
 
-def _run_all(settles: list[Callable[[], None]]) -> None:
-    for settle in settles:
+def _frame_at(data: bytes, pos: int, end: int, kind: int, channel: int) -> tuple[int, int]:
+    """Where the payload of the frame at ``pos`` starts and ends, if it is a ``kind``
+    frame of ``channel`` that has arrived whole; else ``(0, -1)`` (not arrived yet) or
+    ``(0, 0)`` (another frame: left to py-amqp)."""
+    if end - pos < 7:
+        return 0, -1
+    got, on, length = _FRAME_HEADER.unpack_from(data, pos)
+    if got != kind or on != channel:
+        return 0, 0
+    stop = pos + 7 + length
+    if stop >= end:
+        return 0, -1
+    if data[stop] != _FRAME_END:
+        return 0, 0  # py-amqp raises on it
+    return pos + 7, stop
+
+
+def _properties(data: bytes, at: int, flags: int) -> tuple[int, dict[str, Any]]:
+    """The priority and headers of a ``basic`` content header whose property list
+    starts at ``at`` (they come after content-type and content-encoding, and the
+    priority after the delivery mode)."""
+    headers: dict[str, Any] = {}
+    if flags & 0x8000:  # content-type
+        at += 1 + data[at]
+    if flags & 0x4000:  # content-encoding
+        at += 1 + data[at]
+    if flags & 0x2000:
+        headers, at = _table(data, at)
+    if flags & 0x1000:  # delivery-mode
+        at += 1
+    priority = data[at] if flags & 0x0800 else 0
+    return priority, headers
+
+
+def _table(data: bytes, at: int) -> tuple[dict[str, Any], int]:
+    """The field table at ``at`` and where it ends, read as py-amqp reads it. The types
+    this broker's headers use (long strings, 32- and 64-bit integers, booleans) are read
+    here; a table with any other (``x-death``, written by RabbitMQ) is py-amqp's to read."""
+    (length,) = _U32.unpack_from(data, at)
+    start, at = at, at + 4
+    limit = at + length
+    table: dict[Any, Any] = {}
+    while at < limit:
+        size = data[at]
+        key = data[at + 1 : at + 1 + size]
+        at += 1 + size
+        kind = data[at]
+        at += 1
+        value: Any
+        if kind == 0x53:  # S: long string
+            (size,) = _U32.unpack_from(data, at)
+            value = data[at + 4 : at + 4 + size]
+            with contextlib.suppress(UnicodeDecodeError):
+                value = value.decode("utf-8", "surrogatepass")
+            at += 4 + size
+        elif kind == 0x49:  # I: 32-bit integer
+            (value,) = _I32.unpack_from(data, at)
+            at += 4
+        elif kind in (0x4C, 0x6C):  # L, l: 64-bit integer
+            (value,) = _I64.unpack_from(data, at)
+            at += 8
+        elif kind == 0x74:  # t: boolean
+            value = bool(data[at])
+            at += 1
+        else:
+            (whole,), end = amqp.serialization.loads("F", data, start)
+            return whole, end
         try:
-            settle()
-        except Exception:  # one caller's error leaves the others' results alone
-            log.exception("AMQP broker: handing a result back failed")
+            table[key.decode("utf-8", "surrogatepass")] = value
+        except UnicodeDecodeError:
+            table[key] = value
+    return table, limit
+
+
+def _plain(transport: Any) -> bool:
+    """Whether :meth:`IoThread._drain_tcp` can read ``transport``: plain TCP on a socket
+    without a timeout (py-amqp sets one only inside its own reads), where a ``recv`` with
+    ``MSG_DONTWAIT`` returns at once."""
+    return (
+        type(transport) is amqp.transport.TCPTransport
+        and bool(_DONTWAIT)
+        and transport.sock is not None
+        and transport.sock.gettimeout() is None
+        # py-amqp's own buffer of a partial frame (private): a release that keeps it
+        # elsewhere gets py-amqp's reads instead.
+        and isinstance(getattr(transport, "_read_buffer", None), (bytes, bytearray))
+    )
+
+
+def _buffered(transport: Any) -> bytes:
+    """The bytes py-amqp's transport has read and not parsed yet (a partial frame): its
+    own reads take them first, so a drain starts from them and leaves the rest there."""
+    return bytes(transport._read_buffer)  # noqa: SLF001 - py-amqp keeps no public handle
+
+
+def _keep(transport: Any, rest: bytes) -> None:
+    """Leave ``rest`` (not yet parsed) for the transport's next read."""
+    transport._read_buffer = rest  # noqa: SLF001 - see _buffered
+
+
+def _ack_frame(channel: int, tag: int, *, multiple: bool) -> bytes:
+    """The ``basic.ack`` method frame of ``tag`` on ``channel``."""
+    return _ACK_FRAME.pack(1, channel, 13, *_BASIC_ACK, tag, 1 if multiple else 0, _FRAME_END)
+
+
+def _count_below(ordered: list[int], floor: int) -> int:
+    """How many of ``ordered`` (ascending) are below ``floor``."""
+    return bisect.bisect_left(ordered, floor)
+
+
+class _Mailbox:
+    """Results of the I/O thread for one event loop.
+
+    The I/O thread appends and then, once per batch, wakes the loop with
+    ``call_soon_threadsafe(run)`` -- unless a wake-up it asked for has not run yet: that
+    :meth:`run` will find these results too, so a busy loop is not woken once per batch.
+    :meth:`run` clears ``waking`` before it takes the first result, so a result appended
+    after it looked is always followed by a new wake-up."""
+
+    __slots__ = ("items", "waking")
+
+    def __init__(self) -> None:
+        self.items: deque[Callable[[], None]] = deque()
+        self.waking = False
+
+    def wake(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the I/O thread, after appending."""
+        if self.waking or not self.items:
+            return
+        self.waking = True
+        try:
+            loop.call_soon_threadsafe(self.run)
+        except RuntimeError:  # the loop is closed: nobody waits
+            self.items.clear()
+            self.waking = False
+
+    def run(self) -> None:
+        """On the loop."""
+        self.waking = False
+        items = self.items
+        while items:
+            settle = items.popleft()
+            try:
+                settle()
+            except Exception:  # one caller's error leaves the others' results alone
+                log.exception("AMQP broker: handing a result back failed")
 
 
 def _pop_first(held: deque[Raw]) -> Raw:
@@ -970,6 +1369,10 @@ def _pop_first(held: deque[Raw]) -> Raw:
     del held[best]
     return raw
 
+
+_DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)
+"""``recv`` flag for a read that never blocks (0 where the platform has none: py-amqp's
+own reads are used there)."""
 
 _KEPT = frozenset({topo.H_ID, topo.H_MAX, topo.H_COUNT, topo.H_TASK})
 """Headers a republished message keeps: routing and ``x-death`` headers are dropped."""

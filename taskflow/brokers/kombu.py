@@ -38,11 +38,16 @@ dead-letter queue, and the delay levels.
   message going through the levels of the set bits of its remaining delay, routed by its
   own headers. Precise to a few milliseconds per hop at any delay up to about 8 years, and
   a long delay never holds up a short one (each level has one fixed TTL).
-* **Acks** go on the channel that delivered the message, one ``basic.ack`` each; the acks
-  made in one turn of the event loop reach the I/O thread as one call. Each connection has a
-  generation; a delivery settles only on the connection that delivered it, so after a
-  reconnect a stale ack is never sent on a new channel: it returns ``False`` (RabbitMQ has
-  put the message back already).
+* **Acks** go on the channel that delivered the message. The acks made in one turn of the
+  event loop reach the I/O thread as one call and RabbitMQ as one write: one ``basic.ack``
+  with ``multiple`` set for the run of them that starts at the channel's lowest unacked
+  delivery tag, one ``basic.ack`` each for the rest. ``multiple`` covers only tags that are
+  all being acked in that call: any other unacked delivery of the channel (pushed and not
+  taken, running, redelivered and not yet put back, one whose hand-back failed) ends the
+  run (see :mod:`taskflow.brokers._kombu_io`). Each
+  connection has a generation; a delivery settles only on the connection that delivered
+  it, so after a reconnect a stale ack is never sent on a new channel: it returns
+  ``False`` (RabbitMQ has put the message back already).
 * **Leases**: AMQP has no lease renewal on the server. RabbitMQ redelivers a message when
   the connection (or channel) that holds it closes, and closes a channel whose delivery
   stays unacked longer than the server's ``consumer_timeout`` (30 minutes by default on
@@ -104,7 +109,15 @@ from ..urls import amqp_vhost, mask_url, parse_url, url_kwargs
 from . import _kombu_topology as topo
 from ._kombu_admin import KombuAdmin
 from ._kombu_io import IoThread, Lease, Waiter
-from .base import Broker, Capabilities, DelegatedAdmin, Delivery, FetchResult, Message
+from .base import (
+    Broker,
+    Capabilities,
+    DeadLetter,
+    DelegatedAdmin,
+    Delivery,
+    FetchResult,
+    Message,
+)
 
 __all__ = ["KombuBroker", "KombuDelivery"]
 
@@ -257,7 +270,6 @@ class KombuBroker(Broker, DelegatedAdmin):
         )
         self._control_base = 0  # commands dropped from the front of the log
         self._acks: dict[asyncio.AbstractEventLoop, list[tuple[Lease, asyncio.Future[bool]]]] = {}
-        self._ack_tasks: set[asyncio.Task[None]] = set()
         self.io = IoThread(
             client_url,
             self.names,
@@ -329,34 +341,43 @@ class KombuBroker(Broker, DelegatedAdmin):
 
     # -- receiving -------------------------------------------------------------------
     async def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> FetchResult:
-        """Up to ``max_messages`` deliveries, waiting up to ``timeout`` s for the first."""
+        """Up to ``max_messages`` deliveries, waiting up to ``timeout`` s for the first.
+
+        One call to the I/O thread: it takes what is there and, if nothing is, registers
+        this fetch to be answered by the first push (or its deadline)."""
         wanted = list(queues)
         limit = max(1, int(max_messages))
-        got = await self.io.call(lambda io: io.take(wanted, limit), _hand_back)
-        if not got and timeout > 0:
+        io = self.io
+        waiter: Waiter | None = None
+        later: asyncio.Future[tuple[list[Lease], list[DeadLetter]]] | None = None
+        if timeout > 0:
             loop = asyncio.get_running_loop()
-            fut: asyncio.Future[list[Lease]] = loop.create_future()
+            later = loop.create_future()
+            waited = later
 
-            def done(leases: list[Lease]) -> None:
+            def done(leases: list[Lease], lost: list[DeadLetter]) -> None:
+                # On the I/O thread: answered with the other results of its turn.
                 def settle() -> None:
-                    if not fut.done():
-                        fut.set_result(leases)
+                    if waited.done():  # the fetch was given up
+                        _hand_back(io, (leases, lost))
                     else:
-                        _hand_back(leases)
+                        waited.set_result((leases, lost))
 
-                try:
-                    loop.call_soon_threadsafe(settle)
-                except RuntimeError:
-                    _hand_back(leases)
+                io.reply(loop, settle)
 
             waiter = Waiter(wanted, limit, time.monotonic() + timeout, done)
-            await self.io.call(lambda io: io.wait(waiter))
-            try:
-                got = await fut
-            except asyncio.CancelledError:
+        try:
+            got, lost = await io.call(
+                lambda io: io.fetch(wanted, limit, waiter), lambda r: _hand_back(io, r)
+            )
+            if not got and later is not None:
+                got, more = await later
+                lost = lost + more
+        except BaseException:  # cancelled, or the connection went away meanwhile
+            if waiter is not None and later is not None:
                 waiter.finished = True
-                raise
-        lost = await self.io.call(_take_lost)
+                later.cancel()  # an answer that still comes is handed back
+            raise
         return FetchResult((KombuDelivery(self, lease) for lease in got), lost)
 
     async def cancel(self, message_id: str, queue: str) -> bool:
@@ -367,7 +388,8 @@ class KombuBroker(Broker, DelegatedAdmin):
         return self.io.inflight(queue)
 
     async def ack(self, lease: Lease) -> bool:
-        """Ack ``lease`` together with the other acks of this turn of the event loop."""
+        """Ack ``lease`` together with the other acks of this turn of the event loop (one
+        call to the I/O thread, one write to RabbitMQ)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bool] = loop.create_future()
         batch = self._acks.get(loop)
@@ -379,9 +401,8 @@ class KombuBroker(Broker, DelegatedAdmin):
 
     def _send_acks(self, loop: asyncio.AbstractEventLoop) -> None:
         batch = self._acks.pop(loop, [])
-        task = loop.create_task(_acked(self.io, batch))
-        self._ack_tasks.add(task)
-        task.add_done_callback(self._ack_tasks.discard)
+        leases = [lease for lease, _ in batch]
+        self.io.post(loop, lambda io: io.ack_many(leases), lambda r, e: _acked(batch, r, e))
 
     # -- control ---------------------------------------------------------------------
     def _notify_control(self) -> None:
@@ -423,34 +444,42 @@ class KombuBroker(Broker, DelegatedAdmin):
         self._control_cursors.pop(_current_task(), None)
 
 
-async def _acked(io: IoThread, batch: list[tuple[Lease, asyncio.Future[bool]]]) -> None:
-    """Ack every lease of ``batch`` in one call; each future gets its own answer."""
-    leases = [lease for lease, _ in batch]
-    try:
-        results = await io.call(lambda io: [io.settle(lease, "ack") for lease in leases])
-    except BrokerError:
+def _acked(
+    batch: list[tuple[Lease, asyncio.Future[bool]]],
+    results: list[bool] | None,
+    error: BaseException | None,
+) -> None:
+    """On the loop: each ack of ``batch`` gets its own answer."""
+    if isinstance(error, BrokerError):
         # The connection went away: RabbitMQ hands the messages to someone else.
-        results = [False] * len(batch)
-    except BaseException as exc:
-        for _, fut in batch:
-            if not fut.done():
-                if isinstance(exc, asyncio.CancelledError):
-                    fut.cancel()
-                else:
-                    fut.set_exception(exc)
-        if isinstance(exc, asyncio.CancelledError):
-            raise
-        return
-    for (_, fut), ok in zip(batch, results, strict=True):
-        if not fut.done():
-            fut.set_result(ok)
+        results, error = None, None
+    for i, (_, fut) in enumerate(batch):
+        if fut.done():
+            continue
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(bool(results[i]) if results is not None else False)
 
 
-def _hand_back(leases: list[Lease]) -> None:
-    """Deliveries nobody waits for any more: the I/O thread puts them back uncounted."""
+def _hand_back(io: IoThread, fetched: tuple[list[Lease], list[DeadLetter]]) -> None:
+    """What a fetch took after nobody waited for it any more: the I/O thread puts the
+    deliveries back uncounted, and keeps the lost ones for the next fetch to report."""
+    leases, lost = fetched
     for lease in leases:
         lease.uncounted = True
         lease.deadline = 0.0
+
+    def back(io: IoThread) -> None:
+        io.state.lost.extend(lost)
+        io.expire_now()
+
+    if leases or lost:
+        io.post(asyncio.get_running_loop(), back, _ignore)
+
+
+def _ignore(result: Any, error: BaseException | None) -> None:
+    """A result nobody needs."""
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
@@ -463,11 +492,6 @@ def _current_task() -> asyncio.Task[Any]:
     if task is None:
         raise RuntimeError("control messages are read from inside an asyncio task")
     return task
-
-
-def _take_lost(io: IoThread) -> list[Any]:
-    lost, io.state.lost = io.state.lost, []
-    return lost
 
 
 def _ssl_options(security: _tls.Security, host: str | None) -> dict[str, Any]:

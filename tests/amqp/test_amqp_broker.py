@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import struct
 import threading
 import time
 import uuid
@@ -30,6 +31,46 @@ YEAR_MS = 365 * 86400 * 1000
 
 def msg(queue: str, body: bytes = b"x", **kw: object) -> Message:
     return Message(id=uuid.uuid4().hex, queue=queue, body=body, **kw)  # type: ignore[arg-type]
+
+
+# -- reading deliveries, without a server ---------------------------------------------------
+
+_TABLES = [
+    {},
+    {"tf-id": "abc", "tf-max": 3, "tf-count": 0, "tf-task": "shop.send_email"},
+    {"tf-due": 2**40, "tf-big": -(2**40), "flag": True, "off": False, "é": "ü\U0001f600"},
+    # Types this broker does not write: the whole table is py-amqp's to read.
+    {"tf-id": "x", "x-death": [{"count": 1, "reason": "expired", "queue": "q"}], "f": 1.5},
+    {"none": None, "nested": {"a": 1}},
+    {"raw": b"\xff\xfe", "n": -1},  # not UTF-8: bytes, as py-amqp gives it
+]
+
+
+@pytest.mark.parametrize("headers", _TABLES)
+def test_headers_read_off_the_wire_are_what_py_amqp_reads(headers: dict[str, object]) -> None:
+    from taskflow.brokers import _kombu_io
+
+    data = b"\x00" * 3 + amqp.serialization.dumps("F", [headers])  # at an offset
+    (expected,), end = amqp.serialization.loads("F", data, 3)
+    assert _kombu_io._table(data, 3) == (expected, end)
+
+
+@pytest.mark.parametrize("priority", [None, 0, 9])
+@pytest.mark.parametrize("headers", [None, *_TABLES[:2]])
+def test_priority_and_headers_read_off_the_wire_are_what_py_amqp_reads(
+    priority: int | None, headers: dict[str, object] | None
+) -> None:
+    from taskflow.brokers import _kombu_io
+
+    props: dict[str, object] = {"delivery_mode": 2, "message_id": "m1"}
+    props["content_type"] = "application/octet-stream"
+    if priority is not None:
+        props["priority"] = priority
+    if headers is not None:
+        props["application_headers"] = headers
+    data = amqp.Message(b"body", **props)._serialize_properties()
+    (flags,) = struct.unpack_from(">H", data, 0)
+    assert _kombu_io._properties(data, 2, flags) == (priority or 0, headers or {})
 
 
 # -- the cascade, without a server ------------------------------------------------------
@@ -358,6 +399,57 @@ def test_acks_made_together_each_get_their_own_answer(
         answers = await asyncio.gather(one.ack(), two.ack(), one.ack(), three.ack())
         assert answers == [True, True, False, True]  # the second ack of ``one`` is stale
         assert await broker.fetch(["q"], 3, 0.3) == []  # all three were acked
+
+    run(loop, body())
+    run(loop, broker.close())
+
+
+def test_acks_made_together_never_ack_a_delivery_held_between_them(
+    loop: asyncio.AbstractEventLoop, prefix: str
+) -> None:
+    broker = broker_on(loop, prefix)
+    other = broker_on(loop, prefix)
+
+    async def body() -> None:
+        await broker.publish([msg("q", str(i).encode(), max_deliveries=3) for i in range(6)])
+        got = await broker.fetch(["q"], 6, 2.0)
+        assert [d.body for d in got] == [str(i).encode() for i in range(6)]
+        d0, d1, d2, d3, d4, d5 = got
+        # One batch with a gap: 2 is still running, 5 not acked yet.
+        assert await asyncio.gather(d0.ack(), d1.ack(), d3.ack(), d4.ack()) == [True] * 4
+        await broker.close()  # 2 and 5 were never acked: RabbitMQ takes them back
+        back = await other.fetch(["q"], 10, 5.0)
+        back += await other.fetch(["q"], 10, 0.5)
+        assert sorted(d.body for d in back) == [b"2", b"5"]
+        assert all(d.delivery_count == 2 for d in back)  # each a lost delivery
+        for delivery in back:
+            assert await delivery.ack()
+        assert await other.fetch(["q"], 10, 0.3) == []
+
+    run(loop, body())
+    run(loop, other.close())
+
+
+def test_a_delivery_whose_lease_ran_out_between_acked_ones_comes_back_once(
+    loop: asyncio.AbstractEventLoop, prefix: str
+) -> None:
+    broker = broker_on(loop, prefix, lease=1.0)
+
+    async def body() -> None:
+        await broker.publish([msg("q", str(i).encode(), max_deliveries=3) for i in range(4)])
+        d0, d1, d2, d3 = await broker.fetch(["q"], 4, 2.0)
+        deadline = time.monotonic() + 10
+        while broker.io.inflight("q") > 3:  # keep the others, let 2 run out
+            assert time.monotonic() < deadline, "the lease never ran out"
+            for delivery in (d0, d1, d3):
+                assert await delivery.touch()
+            await asyncio.sleep(0.1)
+        assert await asyncio.gather(d0.ack(), d1.ack(), d3.ack()) == [True] * 3
+        assert await d2.ack() is False  # handed back already
+        (again,) = await broker.fetch(["q"], 10, 5.0)
+        assert (again.body, again.delivery_count) == (b"2", 2)
+        assert await again.ack()
+        assert await broker.fetch(["q"], 10, 0.3) == []
 
     run(loop, body())
     run(loop, broker.close())
