@@ -78,7 +78,7 @@ class Enqueuer:
         self._registry = registry
         # What the backends can do from any thread never changes: decided once.
         self._publish_anywhere = self._broker.capabilities.blocking_publish
-        self._record_anywhere = self._results.capabilities.blocking
+        self._record_anywhere = self._results.capabilities.blocking_create
 
     # -- the plan ------------------------------------------------------------------------
     def plan(self, prepared: list[Prepared]) -> Plan:

@@ -57,6 +57,10 @@ class StoreCapabilities:
     atomic_create: bool = False
     """``create_many`` is atomic per record, so enqueue may write records and publish at
     the same time (a worker's later update can never be overwritten by the queued one)."""
+    blocking_create: bool = False
+    """``create_many_blocking`` may be called from any thread without the app's loop (a
+    store with a synchronous connection of its own, or an in-process one): a blocking
+    ``delay()`` of a task that stores its result then needs no hop onto the loop."""
 
 
 def restarted(record: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -207,7 +211,7 @@ class ResultStore(abc.ABC):
     def create_many_blocking(
         self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None
     ) -> list[bool]:
-        """:meth:`create_many` from any thread (only if ``capabilities.blocking``)."""
+        """:meth:`create_many` from any thread (only if ``capabilities.blocking_create``)."""
         raise NotImplementedError
 
     @abc.abstractmethod

@@ -29,7 +29,9 @@ class MemoryResultStore(ResultStore):
     stay in memory.
     """
 
-    capabilities: ClassVar[StoreCapabilities] = StoreCapabilities(atomic_create=True, blocking=True)
+    capabilities: ClassVar[StoreCapabilities] = StoreCapabilities(
+        atomic_create=True, blocking=True, blocking_create=True
+    )
 
     def __init__(self, *, max_entries: int | None = None, clock: Clock | None = None) -> None:
         self.url = "memory://"

@@ -21,10 +21,12 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import orjson
+from redis.exceptions import RedisError
 
 from .._redis.batcher import Batcher
 from .._redis.connection import Connection
 from .._redis.scripts import RESULT_SCRIPTS
+from .._redis.sync import SyncScript
 from ..clock import SYSTEM_CLOCK, Clock
 from ..urls import url_kwargs
 from . import _heartbeats_redis as heartbeats
@@ -42,7 +44,9 @@ class RedisResultStore(ResultStore):
     TLS and credential options as :class:`~taskflow.brokers.redis.RedisBroker`'s.
     """
 
-    capabilities: ClassVar[StoreCapabilities] = StoreCapabilities(events=True, atomic_create=True)
+    capabilities: ClassVar[StoreCapabilities] = StoreCapabilities(
+        events=True, atomic_create=True, blocking_create=True
+    )
 
     def __init__(
         self,
@@ -81,6 +85,9 @@ class RedisResultStore(ResultStore):
         self.clock: Clock = clock or SYSTEM_CLOCK
         self._listener: DoneListener | None = None
         self._updates: Batcher[list[Any], dict[str, Any] | None] = Batcher(self._send_updates)
+        self._sync_create = SyncScript(
+            self._conn.client_url, self.connect_timeout, "result_create", self._conn.client_options
+        )
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> RedisResultStore:
@@ -105,6 +112,7 @@ class RedisResultStore(ResultStore):
         if listener is not None:
             await listener.close()
         await self._conn.close()
+        self._sync_create.close()
 
     # -- records ---------------------------------------------------------------------
     def _decode(self, raw: Any) -> dict[str, Any] | None:
@@ -192,6 +200,30 @@ class RedisResultStore(ResultStore):
         self._conn.client()
         if not items:
             return []
+        written = await self._conn.run("result_create", self._create_args(items, ttl))
+        if ttl is not None:
+            await self._conn.call(self._expire_many([t for t, _ in items], ttl))
+        return [bool(w) for w in written]
+
+    def create_many_blocking(
+        self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None
+    ) -> list[bool]:
+        """:meth:`create_many` from any thread, on a synchronous pool of its own (the
+        queued records of a ``delay()`` made outside the app's loop)."""
+        if ttl is not None:  # records with a lifetime are not sent this way
+            raise NotImplementedError("create_many_blocking writes records without a ttl")
+        self._conn.client()
+        if not items:
+            return []
+        try:
+            written = self._sync_create(self._create_args(items, None))
+        except (RedisError, OSError) as exc:
+            raise self._conn.error(exc) from None
+        return [bool(w) for w in written]
+
+    def _create_args(
+        self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None
+    ) -> list[Any]:
         args: list[Any] = [len(items)]
         for task_id, record in items:
             fields = {"id": task_id, **record}
@@ -200,10 +232,7 @@ class RedisResultStore(ResultStore):
             args += [self.key("r", task_id), len(fields)]
             for field, value in fields.items():
                 args += [field, orjson.dumps(value)]
-        written = await self._conn.run("result_create", args)
-        if ttl is not None:
-            await self._conn.call(self._expire_many([t for t, _ in items], ttl))
-        return [bool(w) for w in written]
+        return args
 
     async def _expire_many(self, task_ids: list[str], ttl: float) -> Any:
         async with self._conn.client().pipeline(transaction=False) as pipe:

@@ -88,3 +88,37 @@ def test_a_full_queue_is_refused_and_the_next_delay_still_works(tmp_path: Path) 
             assert _ready(app) == 3
         finally:
             app.close()
+
+
+def test_a_delay_that_stores_its_result_writes_its_record_without_the_loop(
+    tmp_path: Path,
+) -> None:
+    with private_redis(tmp_path) as (port, _):
+        app = App("syncrec", broker=f"redis://127.0.0.1:{port}/0?prefix=syncrec")
+        admin = redis.Redis(port=port)
+        try:
+
+            @app.task(name="syncrec.add")
+            def add(x: int, y: int) -> int:
+                return x + y
+
+            add.delay(0, 0)  # connects the backends (on the loop, once)
+            hops: list[object] = []
+            real_call = app.kernel.loop.call
+
+            def counting_call(coro: object, timeout: float | None = None) -> object:
+                hops.append(coro)
+                return real_call(coro, timeout)  # type: ignore[arg-type]
+
+            app.kernel.loop.call = counting_call  # type: ignore[method-assign]
+            results = [add.delay(i, i) for i in range(20)]
+            admin.script_flush()  # the record script is loaded again on the next call
+            results.append(add.delay(20, 20))
+            app.kernel.loop.call = real_call  # type: ignore[method-assign]
+            assert hops == []  # record and message written from this thread
+            assert {r.status.value for r in results} == {"queued"}
+            with app.worker(concurrency=4):
+                assert [r.get(timeout=10) for r in results] == [i * 2 for i in range(21)]
+        finally:
+            admin.close()
+            app.close()
