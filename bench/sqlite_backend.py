@@ -78,6 +78,7 @@ def build_app(url: str) -> App:
     bench = App("bench", broker=url)
     bench.task(name="bench.noop", store_result=False)(_noop)
     bench.task(name="bench.stamp", store_result=False)(_stamp)
+    bench.task(name="bench.noop_stored")(_noop)  # taskflow only: its queued record too
     return bench
 
 
@@ -172,21 +173,21 @@ class Taskflow(System):
         # SqliteHuey does for Huey (otherwise the first delay() of a timed loop does it).
         self.app.kernel.call(self.app.kernel.connect())
 
-    def _task(self, name: str) -> Any:
+    def task(self, name: str) -> Any:
         assert self.app is not None
         task = self.app.registry.get(name)
         assert task is not None
         return task
 
     def send_noop(self) -> None:
-        self._task("bench.noop").delay()
+        self.task("bench.noop").delay()
 
     def send_stamp(self, path: Path) -> None:
-        self._task("bench.stamp").delay(str(path))
+        self.task("bench.stamp").delay(str(path))
 
     def send_many(self, count: int) -> None:
         assert self.app is not None
-        noop = self._task("bench.noop")
+        noop = self.task("bench.noop")
         for start in range(0, count, BATCH):
             self.app.enqueue_many([noop.s() for _ in range(min(BATCH, count - start))])
 
@@ -361,6 +362,15 @@ def measure(system: System, args: argparse.Namespace) -> dict[str, tuple[float, 
     if isinstance(system, Taskflow):
         rows["enqueue, enqueue_many (batches of 1,000)"] = (
             enqueue_rate(system, tasks, lambda: system.send_many(tasks))[0],
+        )
+
+        def stored_loop() -> None:
+            delay = system.task("bench.noop_stored").delay  # on the fresh file
+            for _ in range(tasks):
+                delay()
+
+        rows["enqueue, delay() loop, result stored (a queued record each)"] = (
+            enqueue_rate(system, tasks, stored_loop)[0],
         )
     rows["drain, 2 workers on one file"] = (drain_rate(system, tasks),)
     rows["pickup latency p50 / p99, worker process"] = pickup_latency(

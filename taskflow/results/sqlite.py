@@ -131,7 +131,9 @@ class SqliteResultStore(ResultStore):
     ``busy_timeout``: seconds a statement waits for another process's write lock.
     """
 
-    capabilities: ClassVar[StoreCapabilities] = StoreCapabilities(atomic_create=True)
+    capabilities: ClassVar[StoreCapabilities] = StoreCapabilities(
+        atomic_create=True, blocking_create=True
+    )
 
     def __init__(self, url: str, *, busy_timeout: float = 5.0, clock: Clock | None = None) -> None:
         self.url = url
@@ -185,6 +187,14 @@ class SqliteResultStore(ResultStore):
     ) -> list[bool]:
         """Write records that do not exist yet, atomically."""
         return await self._db.write(_create, list(items), ttl, self.clock.time())
+
+    def create_many_blocking(
+        self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None
+    ) -> list[bool]:
+        """:meth:`create_many` from any thread, on the calling thread (the queued records
+        of a ``delay()`` made outside the app's loop)."""
+        written: list[bool] = self._db.write_blocking(_create, list(items), ttl, self.clock.time())
+        return written
 
     async def delete(self, task_id: str) -> bool:
         """Forget a record."""
