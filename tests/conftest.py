@@ -9,6 +9,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -91,6 +92,23 @@ def fake_app(clock: FakeClock) -> Iterator[App]:
     application = App("fake", clock=clock)
     yield application
     application.close()
+
+
+@contextmanager
+def loop_hops(app: App) -> Iterator[list[object]]:
+    """Records every call a caller's thread makes onto ``app``'s event loop meanwhile."""
+    hops: list[object] = []
+    real_call = app.kernel.loop.call
+
+    def counting_call(coro: object, timeout: float | None = None) -> object:
+        hops.append(coro)
+        return real_call(coro, timeout)  # type: ignore[arg-type]
+
+    app.kernel.loop.call = counting_call  # type: ignore[method-assign]
+    try:
+        yield hops
+    finally:
+        app.kernel.loop.call = real_call  # type: ignore[method-assign]
 
 
 def require_service(name: str, host: str, port: int) -> None:

@@ -137,15 +137,21 @@ class IdleWait:
                         precise = due_in < wait
                         wait = min(wait, due_in)
                 if wait >= 0.001:
-                    if after is not None and not alarm.moved:
-                        fetched = await self._block_then_fetch(notify, wait, precise, alarm, after)
-                    else:
-                        await self._block(notify, wait, precise, alarm)
+                    fetched = await self._block(notify, wait, precise, alarm, after)
         finally:
             unsubscribe()
 
-    async def _block(self, keys: list[str], wait: float, precise: bool, alarm: _Alarm) -> None:
-        """Wait for a wake-up token on the blocking pool (cancellation-safe)."""
+    async def _block(
+        self,
+        keys: list[str],
+        wait: float,
+        precise: bool,
+        alarm: _Alarm,
+        after: FetchAfter | None,
+    ) -> tuple[list[Delivery], float | None] | None:
+        """Wait for a wake-up token on the blocking pool (cancellation-safe). With
+        ``after``, that fetch rides behind the wait in one pipeline: what it took (None
+        without ``after``, or if it could not run: the caller fetches as usual)."""
         blocker = self._blocker
         if blocker is None:
             raise BrokerError(f"redis broker {self._conn.masked} is not connected (call connect())")
@@ -158,11 +164,16 @@ class IdleWait:
         # that lands before the BLPOP starts is still there for it.
         alarm.key = own
         try:
-            if not alarm.moved:
-                await blocker.blpop([*keys, own], timeout=round(wait, 3))
+            if alarm.moved:
+                return None
+            if after is not None:
+                return await self._blpop_then_fetch(blocker, [*keys, own], wait, own, after)
+            await blocker.blpop([*keys, own], timeout=round(wait, 3))
+            return None
         except asyncio.CancelledError:
-            # A cancelled BLPOP would leave a reply in flight: drop that connection.
-            await blocker.connection_pool.disconnect(inuse_connections=True)
+            if after is None:
+                # A cancelled BLPOP would leave a reply in flight: drop that connection.
+                await blocker.connection_pool.disconnect(inuse_connections=True)
             raise
         except (RedisError, OSError) as exc:
             raise self._conn.error(exc) from None
@@ -171,22 +182,13 @@ class IdleWait:
             if timer is not None:
                 timer.cancel()
 
-    async def _block_then_fetch(
-        self, keys: list[str], wait: float, precise: bool, alarm: _Alarm, after: FetchAfter
+    async def _blpop_then_fetch(
+        self, blocker: aioredis.Redis, keys: list[str], wait: float, own: str, after: FetchAfter
     ) -> tuple[list[Delivery], float | None] | None:
-        """:meth:`_block` with ``after`` behind it in one pipeline: what that fetch took
-        (None if it could not run: the caller fetches as usual)."""
-        blocker = self._blocker
-        if blocker is None:
-            raise BrokerError(f"redis broker {self._conn.masked} is not connected (call connect())")
-        own = self._conn.key("wake", uuid.uuid4().hex)
-        timer: asyncio.TimerHandle | None = None
-        if precise:
-            timer = asyncio.get_running_loop().call_later(wait, self._ring, own)
-            wait += _RING_SLACK
-        alarm.key = own
+        """``BLPOP`` on ``keys`` with ``after`` behind it, in one pipeline; cancelled, it
+        hands back what the fetch took (:meth:`_hand_back`)."""
         pipe = blocker.pipeline(transaction=False)
-        pipe.blpop([*keys, own], timeout=round(wait, 3))
+        pipe.blpop(keys, timeout=round(wait, 3))
         pipe.evalsha(after.sha, 0, *after.args)
         sent = asyncio.ensure_future(pipe.execute(raise_on_error=False))
         try:
@@ -194,12 +196,6 @@ class IdleWait:
         except asyncio.CancelledError:
             await self._hand_back(own, sent, after)
             raise
-        except (RedisError, OSError) as exc:
-            raise self._conn.error(exc) from None
-        finally:
-            alarm.key = None
-            if timer is not None:
-                timer.cancel()
         reply = replies[1]
         if isinstance(reply, Exception):  # e.g. the server lost its scripts (a restart)
             return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from .. import codec
@@ -92,15 +93,40 @@ def _info(
             None, None, None, None, None,
         )  # fmt: skip
     rec = RecordInfo.from_record(record)
-    return TaskInfo(
-        id=msg.id,
-        task=name or rec.name,
+    return _from_record(
+        rec,
+        task_id=msg.id,
+        name=name or rec.name,
         queue=msg.queue,
         state=state,
-        status=rec.status.value,
         priority=priority,
         eta=to_datetime(eta) if state == "scheduled" else None,
         attempts=rec.attempts or attempt,
+    )
+
+
+def _from_record(
+    rec: RecordInfo,
+    *,
+    task_id: str,
+    name: str,
+    queue: str,
+    state: str,
+    priority: int,
+    eta: datetime | None,
+    attempts: int,
+) -> TaskInfo:
+    """A task's info: where it is (``state``, from its message or its record) and what
+    its record says."""
+    return TaskInfo(
+        id=task_id,
+        task=name,
+        queue=queue,
+        state=state,
+        status=rec.status.value,
+        priority=priority,
+        eta=eta,
+        attempts=attempts,
         error=rec.error,
         created_at=rec.created_at,
         started_at=rec.started_at,
@@ -122,21 +148,15 @@ async def task(ctx: Context, task_id: str) -> TaskInfo:
         broker = await ctx.broker()
         if await broker.dead_by_ids(rec.queue, [task_id]):
             state = "dead"
-    return TaskInfo(
-        id=rec.id,
-        task=rec.name,
+    return _from_record(
+        rec,
+        task_id=rec.id,
+        name=rec.name,
         queue=rec.queue,
         state=state,
-        status=rec.status.value,
         priority=rec.priority,
         eta=None,
         attempts=rec.attempts,
-        error=rec.error,
-        created_at=rec.created_at,
-        started_at=rec.started_at,
-        finished_at=rec.finished_at,
-        worker=rec.worker,
-        history=rec.history,
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from taskflow import App
+from tests.conftest import loop_hops
 
 
 def test_a_delay_that_stores_its_result_writes_its_record_without_the_loop(
@@ -19,16 +20,8 @@ def test_a_delay_that_stores_its_result_writes_its_record_without_the_loop(
             return x + y
 
         add.delay(0, 0)  # connects the backends (on the loop, once)
-        hops: list[object] = []
-        real_call = app.kernel.loop.call
-
-        def counting_call(coro: object, timeout: float | None = None) -> object:
-            hops.append(coro)
-            return real_call(coro, timeout)  # type: ignore[arg-type]
-
-        app.kernel.loop.call = counting_call  # type: ignore[method-assign]
-        results = [add.delay(i, i) for i in range(20)]
-        app.kernel.loop.call = real_call  # type: ignore[method-assign]
+        with loop_hops(app) as hops:
+            results = [add.delay(i, i) for i in range(20)]
         assert hops == []  # record and message written from this thread
         assert {r.status.value for r in results} == {"queued"}
         with app.worker(concurrency=4):
