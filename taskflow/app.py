@@ -11,7 +11,7 @@ below this module imports it, so it imports the engines at module level.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal, ParamSpec, TypeVar, Unpack, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Unpack, overload
 
 from .beat import Beat, PeriodicDecorator, PeriodicRegistry, Schedule, ScheduleSpec
 from .brokers.base import Broker
@@ -33,13 +33,16 @@ from .kernel import SEND_OPTIONS, Kernel, Settings, check_call_options, make_bro
 from .kernel.hooks import Hook
 from .kernel.registry import TaskRegistry
 from .middleware import Middleware
-from .operations import Admin
 from .results.base import ResultStore, TaskInfo
 from .results.handle import AsyncResult
 from .task import Task, register
 from .urls import mask_url
 from .worker import Worker
 from .worker.foreground import run_worker
+
+if TYPE_CHECKING:
+    # Imported by ``admin()``: a worker process never needs the operations API.
+    from .operations import Admin
 
 __all__ = ["App"]
 
@@ -220,6 +223,8 @@ class App:
     @property
     def admin(self) -> Admin:
         """Operator actions: dead letters, replay, purge (:class:`~taskflow.operations.Admin`)."""
+        from .operations import Admin  # see the import under TYPE_CHECKING
+
         return Admin(self.kernel)
 
     def result(self, task_id: str) -> AsyncResult[Any]:

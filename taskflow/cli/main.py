@@ -36,7 +36,7 @@ from .common import (
     logging_setup,
 )
 from .loader import AppLoadError, check_module
-from .operator import add_operator_commands
+from .operator import LazyGroup
 from .options import (
     APP_ENV,
     app_option,
@@ -79,7 +79,11 @@ class WorkerOptions:
 
     def child_command(self) -> list[str]:
         """The command a supervised worker process runs: this command with ``-P 1``."""
-        command = [sys.executable, "-m", "taskflow.cli.main", "worker", "-A", self.spec]
+        return [sys.executable, "-m", "taskflow.cli.main", *self.child_args()]
+
+    def child_args(self) -> list[str]:
+        """The arguments of :meth:`child_command` after the program: ``worker ...``."""
+        command = ["worker", "-A", self.spec]
         command += ["-c", str(self.concurrency), "-P", "1", "--grace", repr(self.grace)]
         command += ["--connect-timeout", repr(self.connect_timeout)]
         command += ["--loglevel", self.loglevel]
@@ -102,7 +106,9 @@ class WorkerOptions:
         return command
 
 
-@click.group(name="taskflow", context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    name="taskflow", cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.version_option(
     __version__, "-V", "--version", prog_name="taskflow", message="%(prog)s %(version)s"
 )
@@ -222,13 +228,7 @@ def worker(  # noqa: PLR0917 -- click passes every option as an argument
         max_tasks_per_child,
         max_memory_per_child,
     )
-    name = None if processes > 1 else _worker_name()
-    with logging_setup(options.loglevel, options.log_format, name) as configure:
-        if name is None:
-            configure()  # the supervisor imports no user code
-            code = _supervise(options, processes)
-        else:
-            code = _run_one(options, configure, name)
+    code = _supervise(options, processes) if processes > 1 else _run_one(options)
     ctx.exit(code)
 
 
@@ -244,11 +244,16 @@ def _worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-def _run_one(options: WorkerOptions, configure_logging: Callable[[], None], name: str) -> int:
+def _run_one(options: WorkerOptions) -> int:
     # Handlers first: a signal that arrives while a slow module imports is kept, not lost.
     # Metrics before it, so that what the module sends is counted too.
     # Logging after the import: the module may have configured it (then it is left alone).
-    with StopControl() as control, _metrics(options.metrics_port):
+    name = _worker_name()
+    with (
+        logging_setup(options.loglevel, options.log_format, name) as configure_logging,
+        StopControl() as control,
+        _metrics(options.metrics_port),
+    ):
         app = load(options.spec)
         configure_logging()
         _warn_if_in_process(app)
@@ -295,10 +300,22 @@ def _supervise(options: WorkerOptions, processes: int) -> int:
         check_module(options.spec)
     except AppLoadError as exc:
         raise CliError(str(exc)) from None
-    with _metrics(options.metrics_port, supervisor=True) as env:
-        supervisor = Supervisor(options.child_command(), processes, options.grace, env=env)
-        with StopControl(extra_wakeups=(signal.SIGCHLD,)) as control:
-            return supervisor.run(control)
+    with ExitStack() as supervising:
+        # The supervisor imports no user code: its logging is set up at once.
+        supervising.enter_context(logging_setup(options.loglevel, options.log_format, None))()
+        env = supervising.enter_context(_metrics(options.metrics_port, supervisor=True))
+        control = supervising.enter_context(StopControl(extra_wakeups=(signal.SIGCHLD,)))
+
+        def run_forked() -> None:
+            # In a forked worker process: drop what the supervisor set up (its logging, its
+            # signal pipe), then run the worker as the child command would.
+            supervising.close()
+            main(options.child_args())
+
+        supervisor = Supervisor(
+            options.child_command(), processes, options.grace, env=env, fork=run_forked
+        )
+        return supervisor.run(control)
 
 
 _NEEDS_OTEL = "--metrics-port needs the otel extra: pip install 'taskflow-queue[otel]'"
@@ -334,13 +351,6 @@ def _supervisor_pid() -> int | None:
 
 cli.add_command(beat)
 cli.add_command(schedules)
-from .admin_cmd import admin as admin_command  # noqa: E402 -- taskflow admin
-
-cli.add_command(admin_command)
-from .grpc_cmd import grpc_command  # noqa: E402 -- taskflow grpc, kept in one place
-
-cli.add_command(grpc_command)
-add_operator_commands(cli)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from ..errors import BrokerError, WorkerCrashed, mask_url
 from ..kernel import Kernel
@@ -42,6 +42,7 @@ __all__ = [
     "IDLE_CHECK",
     "Runner",
     "connect",
+    "exit_process",
     "run_foreground",
     "run_worker",
     "serve",
@@ -217,7 +218,7 @@ def run_foreground(
             else "the process cannot exit before they return",
         )
         if end_process:
-            _end_process(code)
+            exit_process(code)
     return code
 
 
@@ -336,9 +337,13 @@ def _describe(exc: BaseException | None) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _end_process(code: int) -> None:
-    # Flush what was logged and printed: os._exit skips the interpreter's own cleanup,
-    # which is the point (it would wait for the stranded threads).
+def exit_process(code: int) -> NoReturn:
+    """End the process now with status ``code``, after flushing what was logged and printed.
+
+    ``os._exit`` skips the interpreter's own cleanup, which is the point: it would wait for
+    stranded threads, and in a process forked by the supervisor it would run the
+    supervisor's cleanup.
+    """
     for handler in _all_handlers():
         with contextlib.suppress(Exception):
             handler.flush()

@@ -84,11 +84,19 @@ class StopControl:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.restore_handlers()
+        os.close(self._read_fd)
+        os.close(self._write_fd)
+
+    def restore_handlers(self) -> None:
+        """Put back the handlers from before :meth:`__enter__` (once; ``__exit__`` does too).
+
+        A worker process forked by the supervisor calls it first, to handle signals as a
+        freshly started process does.
+        """
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
-        os.close(self._read_fd)
-        os.close(self._write_fd)
 
     def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
         self._pending.append(signum)

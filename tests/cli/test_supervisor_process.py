@@ -6,6 +6,7 @@ the test sees which processes ran without asking the supervisor.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -36,6 +37,44 @@ def test_two_processes_run_and_one_killed_with_sigkill_is_restarted(tmp_path: Pa
     assert f"(pid {victim}) was killed by SIGKILL; restarting in" in log
     assert log.count(" stopped\n") == 2
     assert "Traceback" not in log
+
+
+def test_worker_processes_are_forked_and_set_up_as_started_ones(tmp_path: Path) -> None:
+    with running(["worker", "-A", "fileapp", "-P", "2"], tmp_path) as supervisor:
+        wait_for(lambda: len(pids(tmp_path, "touched")) == 2, 10, "two worker processes")
+        children = pids(tmp_path, "imported")
+        setups = [json.loads((tmp_path / f"setup-{pid}").read_text()) for pid in children]
+
+        supervisor.signal(signal.SIGTERM)
+        assert supervisor.wait(10) == 0
+    log = supervisor.stderr
+    assert "forked worker process 1" in log and "forked worker process 2" in log
+    assert supervisor.pid not in children  # the app's module is imported by workers only
+    assert sorted(setup.pop("index") for setup in setups) == ["1", "2"]
+    assert setups == 2 * [
+        {
+            "supervisor": str(supervisor.pid),
+            "test_dir": str(tmp_path),
+            "own_group": True,
+            "stdin_is_devnull": True,
+            "sigchld_default": True,  # the supervisor's handler is gone
+            "blocked": [],  # what the supervisor blocks while forking is unblocked
+        }
+    ]
+    assert log.count(" stopped\n") == 2  # once each: the supervisor's handler is gone too
+
+
+def test_a_stop_as_the_workers_start_reaches_them(tmp_path: Path) -> None:
+    args = ["worker", "-A", "fileapp", "-P", "2", "--grace", "1"]
+    with running(args, tmp_path) as supervisor:
+        wait_for(lambda: "forked worker process 2" in supervisor.stderr, 10, "the second fork")
+        supervisor.signal(signal.SIGTERM)
+
+        # A stop lost by a starting worker would hold the supervisor until it kills the
+        # worker, 11s (grace + KILL_AFTER) later.
+        assert supervisor.wait(8) == 0
+    assert "restarting" not in supervisor.stderr
+    assert "killing it" not in supervisor.stderr
 
 
 def test_a_second_sigint_reaches_the_workers_as_a_hard_stop(tmp_path: Path) -> None:

@@ -72,6 +72,9 @@ def test_the_processes_of_a_supervised_worker_share_one_port(tmp_path: Path) -> 
         supervisor.signal(signal.SIGTERM)
         assert supervisor.wait(30) == 0
 
+    # The supervisor serves the metrics on a thread: it starts its workers, never forks.
+    assert "started worker process 1" in supervisor.stderr
+    assert "forked" not in supervisor.stderr
     assert text.count("# TYPE taskflow_tasks_completed_total counter\n") == 1
     for index in ("1", "2"):
         assert (
