@@ -16,7 +16,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._tls import Security, explain, resolve, url_with
 from .._waiters import within
@@ -34,6 +36,10 @@ __all__ = [
 ]
 
 _NO_OPTIONS: Mapping[str, Any] = {}
+
+_KEEP = 8
+"""Most connections of a pool (of 64) that :meth:`Connection.run` keeps for its direct
+path: as many as its calls overlap (a worker's fetch, settles and record updates)."""
 
 _hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
 try:
@@ -248,6 +254,8 @@ class Connection:
         self._what = "broker" if role == "broker" else "result store"
         self._client: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
+        self._idle: list[AbstractConnection] = []  # kept for run's direct path, free now
+        self._kept = 0  # connections of the pool kept for run's direct path
 
     def key(self, *parts: str) -> str:
         """A key in this namespace (``{prefix}:a:b``)."""
@@ -278,6 +286,7 @@ class Connection:
     async def close(self) -> None:
         """Close the pool. Idempotent."""
         client, self._client = self._client, None
+        self._idle, self._kept = [], 0  # closed with the pool
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.aclose()
@@ -294,12 +303,71 @@ class Connection:
             raise self.error(exc) from None
 
     async def run(self, script: str, args: Sequence[Any]) -> Any:
-        """Run a registered script with ``args`` (its ARGV)."""
-        self.client()
+        """Run a registered script with ``args`` (its ARGV).
+
+        The call takes one of the connections kept for this path and sends ``EVALSHA``
+        on it directly: the client's pool checkout and return, retry wrapper and hooks
+        cost more CPU time than the send and the read themselves, on the path of every
+        fetch, settle and record update. All kept connections busy, the script
+        not loaded on the server, or a connection error: the call goes through the
+        client's own path, with its retries, as before (repeating a script is safe, see
+        :func:`redis_client`); an error the script raises is raised as before.
+        """
+        client = self.client()
+        registered = self._scripts[script]
+        conn = self._idle.pop() if self._idle else await self._keep(client)
+        if conn is None:
+            return await self._run_client(registered, args)
         try:
-            return await self._scripts[script](args=args)
+            await conn.send_command("EVALSHA", registered.sha, 0, *args)
+            reply = await conn.read_response()
+        except NoScriptError:  # a restarted server: the client's call loads it again
+            self._idle.append(conn)
+            return await self._run_client(registered, args)
+        except ResponseError as exc:  # the script's own error: the connection is fine
+            self._idle.append(conn)
+            raise self.error(exc) from None
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            await self._drop(client, conn)
+            return await self._run_client(registered, args)
+        except BaseException:
+            # Cancelled with a reply in flight: the client disconnected it, and it goes
+            # back to the pool (which connects it again on its next use).
+            await self._drop(client, conn)
+            raise
+        self._idle.append(conn)
+        return reply
+
+    async def _run_client(self, registered: Any, args: Sequence[Any]) -> Any:
+        try:
+            return await registered(args=args)
         except (RedisError, OSError) as exc:
             raise self.error(exc) from None
+
+    async def _keep(self, client: aioredis.Redis) -> AbstractConnection | None:
+        """A connection of the pool kept for :meth:`run`'s direct path, or None: at most
+        :data:`_KEEP` are kept, so the client's own calls always find the rest."""
+        if self._kept >= _KEEP:
+            return None
+        self._kept += 1
+        try:
+            pool: Any = client.connection_pool  # redis-py leaves get_connection untyped
+            conn: AbstractConnection = await pool.get_connection()
+        except Exception:
+            if client is self._client:
+                self._kept -= 1
+            return None  # the client's own call meets the error, with its retries
+        if client is not self._client:  # closed (and maybe opened again) meanwhile
+            await self._drop(client, conn)
+            return None
+        return conn
+
+    async def _drop(self, client: aioredis.Redis, conn: AbstractConnection) -> None:
+        if client is self._client:
+            self._kept -= 1
+        with contextlib.suppress(Exception):
+            await conn.disconnect()
+            await client.connection_pool.release(conn)
 
     def sha(self, script: str) -> str:
         """The SHA1 of a registered script (for ``EVALSHA`` in a pipeline of one's own)."""

@@ -14,7 +14,9 @@ On the real clock the fetch that follows a wake-up is sent with the wait, in one
 (:class:`FetchAfter`): Redis runs it as soon as the wait ends, so a message pushed to an
 idle worker costs one round trip to take instead of two. A wait that is cancelled (the
 worker stops) first wakes itself, reads what that fetch took and hands it back uncounted:
-the fetch may already have leased a message.
+the fetch may already have leased a message. A caller that knows its queues were left
+empty a moment ago (:class:`Drained`) starts with that wait instead of a fetch of its own: after
+a message is picked up, the next fetch does not take a round trip to find nothing.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from ..clock import Clock
 from ..errors import BrokerError
 from .base import Delivery
 
-__all__ = ["Attempt", "FetchAfter", "IdleWait"]
+__all__ = ["Attempt", "Drained", "FetchAfter", "IdleWait"]
 
 Attempt = Callable[[], Awaitable[tuple[list[Delivery], float | None]]]
 """One try at leasing: the deliveries, and when the next held message falls due (clock
@@ -54,6 +56,17 @@ class FetchAfter:
     sha: str
     args: Sequence[Any]
     parse: Callable[[Any], tuple[list[Delivery], float | None]]
+
+
+@dataclass(frozen=True)
+class Drained:
+    """A fetch of ``queues`` left none of them with a message ready, at ``at`` (monotonic
+    seconds); ``next_due``: when the next held message falls due (clock time, None if
+    nothing is held)."""
+
+    queues: frozenset[str]
+    next_due: float | None
+    at: float
 
 
 class _Alarm:
@@ -109,24 +122,37 @@ class IdleWait:
         notify: list[str],
         timeout: float,
         after: FetchAfter | None = None,
-    ) -> list[Delivery]:
+        drained: Drained | None = None,
+    ) -> tuple[list[Delivery], float | None]:
         """Call ``attempt`` until it leases something or ``timeout`` seconds passed,
         blocking on the ``notify`` lists in between (``after``: the fetch to send with
-        each wait instead of calling ``attempt`` once it ends)."""
+        each wait instead of calling ``attempt`` once it ends). What the last fetch made
+        took, and when its next held message falls due.
+
+        ``drained``, with ``after``: what a fetch of these queues found a moment ago; the
+        first try is then the wait with ``after`` behind it. Whatever became ready since
+        pushed a wake-up token (publish, requeue, replay, resume), so the wait ends at
+        once for it, and its next due time sets the wait's timer."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
         alarm = _Alarm(loop, self._ring)
         # Subscribed before the first try, so that a jump during a try is not missed.
         unsubscribe = self._clock.subscribe(alarm.jumped)
         fetched: tuple[list[Delivery], float | None] | None = None
+        if after is not None and drained is not None:
+            fetched = ([], drained.next_due)
+        looked = False  # whether a fetch was made in this call (it returns none before)
         try:
             while True:
                 alarm.moved = False
-                got, next_due = fetched if fetched is not None else await attempt()
+                if fetched is None:
+                    fetched = await attempt()
+                    looked = True
+                got, next_due = fetched
                 fetched = None
                 remaining = deadline - loop.time()
-                if got or remaining <= 0:
-                    return got
+                if got or (remaining <= 0 and looked):
+                    return got, next_due
                 wait = min(remaining, _BLOCK_CHUNK)
                 precise = False
                 if next_due is not None:
@@ -138,6 +164,7 @@ class IdleWait:
                         wait = min(wait, due_in)
                 if wait >= 0.001:
                     fetched = await self._block(notify, wait, precise, alarm, after)
+                    looked = looked or fetched is not None
         finally:
             unsubscribe()
 

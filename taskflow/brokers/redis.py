@@ -50,10 +50,14 @@ from ._redis_admin import RedisAdmin
 from ._redis_control import ControlReader
 from ._redis_limits import RedisLimiter
 from ._redis_publish import check_published, check_size, publish_args
-from ._redis_wait import FetchAfter, IdleWait
+from ._redis_wait import Drained, FetchAfter, IdleWait
 from .base import Broker, Capabilities, DeadLetter, DelegatedAdmin, Delivery, FetchResult, Message
 
 __all__ = ["RedisBroker", "RedisDelivery"]
+
+_DRAINED_FRESH = 10.0
+"""How long a fetch that left its queues empty spares the next one its first look: well
+within the life of a wake-up token (60 s, ``common.lua``), which must still be there."""
 
 SettleItem = tuple[str, str, str, bytes | str, str, str]
 """One settle, as ``settle.lua`` takes it: action, id, token and three arguments."""
@@ -183,6 +187,7 @@ class RedisBroker(Broker, DelegatedAdmin):
         )
         self._control: ControlReader | None = None
         self._lost: list[DeadLetter] = []
+        self._drained: Drained | None = None  # what the last fetch left (see fetch)
         self._limiter = RedisLimiter(self._conn, self.lease)
 
     @classmethod
@@ -266,9 +271,25 @@ class RedisBroker(Broker, DelegatedAdmin):
             # and runs on the server as the wait ends, with the server's time.
             args = [self._conn.tag, "server", repr(self.lease), max_messages, len(queues)]
             after = FetchAfter(self._conn.sha("fetch"), [*args, *queues], self._parse_fetch)
-        got = await self._waits.fetch(
-            lambda: self._fetch_once(queues, max_messages), notify, timeout, after
+        # What the previous fetch left spares this one its first look (without ``after``
+        # it is not used), if it looked in the same queues a moment ago.
+        looked_in = frozenset(queues)
+        drained, self._drained = self._drained, None
+        if drained is not None and (
+            drained.queues != looked_in or self.clock.monotonic() - drained.at > _DRAINED_FRESH
+        ):
+            drained = None
+        got, next_due = await self._waits.fetch(
+            lambda: self._fetch_once(queues, max_messages), notify, timeout, after, drained
         )
+        if len(got) < max_messages:
+            # Fewer than asked for: every queue it looked in was left with nothing ready.
+            # The messages it leased fall due at their lease deadline, which that fetch
+            # did not count (its successor would have).
+            if got:
+                deadline = self.clock.time() + self.lease
+                next_due = deadline if next_due is None else min(next_due, deadline)
+            self._drained = Drained(looked_in, next_due, self.clock.monotonic())
         return FetchResult(got, self._take_lost())
 
     async def _fetch_once(

@@ -180,6 +180,10 @@ class Fetcher:
                 if cancel_swallowed():  # admitted first, so shutdown hands the batch back
                     raise asyncio.CancelledError
                 self.dispatch()
+                if got:
+                    # Let the jobs just started take their first step (their ``running``
+                    # record goes out) before the next fetch, which most often only waits.
+                    await asyncio.sleep(0)
                 if got or not until_idle:
                     continue
             elif not until_idle:

@@ -1,12 +1,15 @@
 """An idle Redis fetch sends its fetch with the wait, in one pipeline: a message pushed to
 it is leased in the same round trip, with a lease on the server's clock; a wait that is
-cancelled (the worker stops) gives back whatever that fetch took, uncounted."""
+cancelled (the worker stops) gives back whatever that fetch took, uncounted. A fetch that
+follows one which left its queues empty starts with that wait (no round trip to find
+nothing), and still sees what became ready since and what falls due."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -83,6 +86,108 @@ def test_a_cancelled_wait_gives_back_what_its_fetch_took_uncounted(url: str) -> 
                 again = await broker.fetch(["stop"], 10, 1.0)
                 assert [(d.id, d.delivery_count) for d in again] == [(f"m{i}", 1)]
                 assert await again[0].ack()
+        finally:
+            await broker.close()
+
+    asyncio.run(main())
+
+
+def _count_first_looks(broker: RedisBroker) -> list[int]:
+    """Counts the fetches made before a wait (not the ones sent behind it)."""
+    calls = [0]
+    once = broker._fetch_once  # noqa: SLF001
+
+    async def counted(*args: Any) -> Any:
+        calls[0] += 1
+        return await once(*args)
+
+    broker._fetch_once = counted  # type: ignore[method-assign]  # noqa: SLF001
+    return calls
+
+
+def test_after_a_fetch_that_emptied_its_queues_the_next_one_waits_without_looking_first(
+    url: str,
+) -> None:
+    async def main() -> None:
+        broker = RedisBroker.from_url(url)
+        await broker.connect()
+        try:
+            looks = _count_first_looks(broker)
+            await broker.publish([Message("m1", "pick", b"body", 0)])
+            first = await broker.fetch(["pick"], 10, 5.0)
+            assert [d.id for d in first] == ["m1"] and looks == [1]
+            before = await _blocked_clients(broker)
+            waiting = asyncio.ensure_future(broker.fetch(["pick"], 10, 5.0))
+            await _until_blocked(broker, before)
+            assert looks == [1]  # the second fetch went straight to its wait
+            await broker.publish([Message("m2", "pick", b"body", 0)])
+            second = await asyncio.wait_for(waiting, 5.0)
+            assert [d.id for d in second] == ["m2"] and looks == [1]
+            # Other queues than those it emptied: it looks first, as before.
+            await broker.publish([Message("m3", "other", b"body", 0)])
+            third = await broker.fetch(["pick", "other"], 10, 5.0)
+            assert [d.id for d in third] == ["m3"] and looks == [2]
+            for delivery in [*first, *second, *third]:
+                assert await delivery.ack()
+        finally:
+            await broker.close()
+
+    asyncio.run(main())
+
+
+def test_a_fetch_that_does_not_wait_still_looks_after_its_queues_were_emptied(url: str) -> None:
+    async def main() -> None:
+        broker = RedisBroker.from_url(url)
+        await broker.connect()
+        try:
+            await broker.publish([Message("m1", "poll", b"body", 0)])
+            first = await broker.fetch(["poll"], 10, 5.0)
+            await broker.publish([Message("m2", "poll", b"body", 0)])
+            second = await broker.fetch(["poll"], 10, 0.0)  # run_until_idle's fetch
+            assert [d.id for d in second] == ["m2"]
+            for delivery in [*first, *second]:
+                assert await delivery.ack()
+        finally:
+            await broker.close()
+
+    asyncio.run(main())
+
+
+def test_a_message_handed_back_after_its_queue_was_emptied_is_taken_at_once(url: str) -> None:
+    async def main() -> None:
+        broker = RedisBroker.from_url(url)
+        await broker.connect()
+        try:
+            await broker.publish([Message("m1", "back", b"body", 0)])
+            first = await broker.fetch(["back"], 10, 5.0)
+            assert await first[0].nack(requeue=True)
+            started = time.monotonic()
+            again = await broker.fetch(["back"], 10, 5.0)
+            assert [(d.id, d.delivery_count) for d in again] == [("m1", 1)]
+            assert time.monotonic() - started < 2.0  # woken, not the end of the wait
+            assert await again[0].ack()
+        finally:
+            await broker.close()
+
+    asyncio.run(main())
+
+
+def test_a_lease_taken_by_the_fetch_that_emptied_the_queue_is_reclaimed_when_it_runs_out(
+    url: str,
+) -> None:
+    async def main() -> None:
+        broker = RedisBroker.from_url(url.replace(f"lease={LEASE}", "lease=0.3"))
+        await broker.connect()
+        try:
+            await broker.publish([Message("m1", "lapse", b"body", 0, max_deliveries=2)])
+            first = await broker.fetch(["lapse"], 10, 5.0)
+            assert [d.id for d in first] == ["m1"]  # and never renewed: its worker died
+            started = time.monotonic()
+            again = await broker.fetch(["lapse"], 10, 4.0)
+            # Woken by the wait's own timer at the lease's end, not at the end of the wait.
+            assert [(d.id, d.delivery_count) for d in again] == [("m1", 2)]
+            assert time.monotonic() - started < 2.0
+            assert await again[0].ack()
         finally:
             await broker.close()
 
