@@ -35,6 +35,12 @@ log = logging.getLogger("taskflow.brokers.nats")
 API_TIMEOUT = 5.0
 """Seconds a client call or JetStream API request may take before it is an error."""
 
+PENDING_SIZE = 2 * 1024 * 1024
+"""Bytes the client buffers for its flusher; a publish that would pass this waits for the
+flusher to write (see :meth:`Connection.publish`)."""
+
+_PUB_OVERHEAD = 64  # bytes of a PUB line besides its subjects and payload
+
 _CONNECTION_ERRORS = (
     OSError,
     asyncio.TimeoutError,
@@ -255,6 +261,7 @@ class Connection:
                     error_cb=events.error,
                     disconnected_cb=events.disconnected,
                     reconnected_cb=events.reconnected,
+                    pending_size=PENDING_SIZE,
                     **self._auth,
                 ),
                 timeout + 1.0,
@@ -295,7 +302,28 @@ class Connection:
         except Exception as exc:
             if isinstance(exc, keep):
                 raise
-            raise BrokerError(f"NATS {self.masked}: {type(exc).__name__}: {exc}") from exc
+            raise self._error(exc) from exc
+
+    def _error(self, exc: Exception) -> BrokerError:
+        return BrokerError(f"NATS {self.masked}: {type(exc).__name__}: {exc}")
+
+    async def publish(self, subject: str, payload: bytes = b"", *, reply: str = "") -> None:
+        """A core NATS publish (an ack, a pull request): into the client's buffer, which its
+        flusher writes together with everything else published in the same loop turn.
+
+        While the buffer has room the client returns without waiting on anything, so no
+        deadline is armed (a timer per ack costs more than the publish); a publish that
+        would fill the buffer waits for the flusher within :data:`API_TIMEOUT`.
+        """
+        nc = self.client()
+        size = len(subject) + len(reply) + len(payload) + _PUB_OVERHEAD
+        if nc.pending_data_size + size >= PENDING_SIZE:
+            await self.call(nc.publish(subject, payload, reply=reply))
+            return
+        try:
+            await nc.publish(subject, payload, reply=reply)
+        except Exception as exc:
+            raise self._error(exc) from exc
 
     async def api(self, op: str, payload: dict[str, Any]) -> dict[str, Any]:
         """A raw JetStream API request (``op`` like ``STREAM.PURGE.<name>``); a 404 is

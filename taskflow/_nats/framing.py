@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 
 from .names import untoken
 
-__all__ = ["Framing", "framing", "pull_status", "raw_headers"]
+__all__ = ["Framing", "delivery_numbers", "framing", "pull_status", "raw_headers"]
 
 _COUNT = re.compile(r"[0-9]{1,18}")
 
@@ -73,6 +73,21 @@ def framing(msg: Msg) -> Framing:
             raise ValueError("header Tf-Eta is not a finite number")
     base = _count(headers, "Tf-Base", 0, 0)
     return Framing(queue, mid, priority, base, _count(headers, "Tf-Max", 1, 1), eta)
+
+
+def delivery_numbers(msg: Msg) -> tuple[int, int]:
+    """(deliveries so far, stream sequence) of a pulled message.
+
+    Read from the ack subject ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<...>``
+    that nats-server 2.9 sends; nats-py's ``metadata`` reads the same and builds a datetime
+    and two dataclasses per message besides. Other forms (with a JetStream domain) go
+    through ``metadata``.
+    """
+    tokens = msg.reply.split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[4]), int(tokens[5])
+    metadata = msg.metadata
+    return metadata.num_delivered, metadata.sequence.stream
 
 
 def pull_status(msg: Msg) -> str | None:

@@ -51,7 +51,7 @@ class NatsCore:
         self._pullers: dict[tuple[str, str], Puller] = {}
         self._tokens = itertools.count(1)
         self._leases: dict[int, int] = {}
-        self._lease_ends: list[float] = []
+        self._lease_ends: list[tuple[float, int, int]] = []  # (monotonic end, seq, token)
         self._declared: set[str] = set()
         self._consuming: set[str] = set()
         self._ack_waits: dict[str, float] = {}
@@ -225,7 +225,7 @@ class NatsCore:
 
     async def ack(self, msg: Msg) -> None:
         """Acknowledge ``msg`` (the stream drops it)."""
-        await self.conn.call(msg.ack())
+        await self.conn.publish(msg.reply)
 
     async def bury(
         self,
@@ -281,7 +281,7 @@ class NatsCore:
         token = next(self._tokens)
         self._leases[seq] = token
         if len(self._lease_ends) < 10_000:
-            heapq.heappush(self._lease_ends, time.monotonic() + lease)
+            heapq.heappush(self._lease_ends, (time.monotonic() + lease, seq, token))
         if len(self._leases) > 100_000:  # abandoned leases of redelivered messages
             for old in list(self._leases)[:50_000]:
                 del self._leases[old]
@@ -296,12 +296,19 @@ class NatsCore:
         return True
 
     def next_lease_end(self, now: float) -> float | None:
-        """When (monotonic) the next lease handed out here runs out. Leases that ran out
-        by ``now`` are dropped and make the next fetch rescan: the server redelivers."""
-        while self._lease_ends and self._lease_ends[0] < now:
-            heapq.heappop(self._lease_ends)
-            self.signals.rescan = True
-        return self._lease_ends[0] if self._lease_ends else None
+        """When (monotonic) the next lease held here runs out. Leases that ran out by
+        ``now`` are dropped and make the next fetch rescan: the server redelivers. Settled
+        ones are dropped alone: their messages were acked, nothing comes back (a waiting
+        fetch would otherwise wake, and rescan every level, once per message it took)."""
+        ends = self._lease_ends
+        while ends:
+            end, seq, token = ends[0]
+            if self._leases.get(seq) == token and end >= now:
+                return end
+            heapq.heappop(ends)
+            if self._leases.get(seq) == token:
+                self.signals.rescan = True
+        return None
 
     # -- pulling ---------------------------------------------------------------------
     async def pull(self, stream: str, consumer: str, batch: int) -> list[Msg]:

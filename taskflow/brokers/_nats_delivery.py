@@ -6,7 +6,6 @@ import time
 
 from nats.aio.msg import Msg
 
-from .._nats.names import untoken
 from ._nats_core import NatsCore
 from .base import Delivery
 
@@ -22,17 +21,19 @@ class NatsDelivery(Delivery):
         self,
         core: NatsCore,
         msg: Msg,
+        mid: str,
         queue: str,
         priority: int,
         *,
+        seq: int,
         count: int,
         max_deliveries: int,
     ) -> None:
-        mid = untoken(msg.subject.rsplit(".", 1)[1])
+        """``msg`` as pulled: ``mid`` is its message id, ``seq`` its stream sequence."""
         super().__init__(mid, queue, msg.data, priority, count)
         self._core = core
         self._msg = msg
-        self._seq = msg.metadata.sequence.stream
+        self._seq = seq
         self.max_deliveries = max_deliveries
         # The consumer's ack wait, as the server has it: the lease that really applies.
         self._lease = core.ack_wait(queue)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from nats.aio.msg import Msg
 
-from .._nats.framing import framing
+from .._nats.framing import delivery_numbers, framing
 from ..errors import BrokerError
 from ._nats_admin import NatsAdmin
 from ._nats_core import LEVELS, NatsCore
@@ -95,6 +95,7 @@ class NatsFetcher:
         """A delivery for ``msg``, or None when it was dead-lettered here. Either way the
         rest of the batch is delivered: a message that cannot be filed now (the
         dead-letter stream is unreachable) stays leased and is filed when it comes back."""
+        delivered, seq = delivery_numbers(msg)
         try:
             frame = framing(msg)
         except ValueError as exc:
@@ -102,13 +103,13 @@ class NatsFetcher:
                 msg,
                 queue,
                 level,
-                count=msg.metadata.num_delivered,
+                count=delivered,
                 most=1,
                 reason="undecodable",
                 error=f"malformed framing: {exc}",
             )
             return None
-        count = msg.metadata.num_delivered + frame.base
+        count = delivered + frame.base
         if count > frame.max_deliveries:
             await self._file(
                 msg,
@@ -121,7 +122,14 @@ class NatsFetcher:
             )
             return None
         return NatsDelivery(
-            self._core, msg, queue, level, count=count, max_deliveries=frame.max_deliveries
+            self._core,
+            msg,
+            frame.id,
+            queue,
+            level,
+            seq=seq,
+            count=count,
+            max_deliveries=frame.max_deliveries,
         )
 
     async def _file(

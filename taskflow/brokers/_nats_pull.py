@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -28,6 +27,14 @@ async def _unsubscribe_later(sub: Any, delay: float) -> None:
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+
+async def _next(queue: asyncio.Queue[Msg]) -> Msg:
+    """The next message, waiting at most :data:`PULL_TIMEOUT` (TimeoutError)."""
+    # asyncio.timeout, not wait_for: on 3.11 wait_for can drop an item that arrives as the
+    # timeout fires, and can swallow a cancellation.
+    async with asyncio.timeout(PULL_TIMEOUT):
+        return await queue.get()
 
 
 class Puller:
@@ -80,13 +87,8 @@ class Puller:
             self.active = queue
             done = False
             try:
-                await self.conn.call(
-                    nc.publish(
-                        self.api,
-                        json.dumps({"batch": batch, "no_wait": True}).encode(),
-                        reply=self.inbox,
-                    )
-                )
+                request = b'{"batch":%d,"no_wait":true}' % batch
+                await self.conn.publish(self.api, request, reply=self.inbox)
                 msgs = await self._collect(queue, batch)
                 done = True
                 return msgs
@@ -100,10 +102,9 @@ class Puller:
         msgs: list[Msg] = []
         while len(msgs) < batch:
             try:
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can drop an item that
-                # arrives as the timeout fires, and can swallow a cancellation.
-                async with asyncio.timeout(PULL_TIMEOUT):
-                    msg = await queue.get()
+                # A batch arrives in a few reads: what is there already is taken without
+                # arming a timer per message.
+                msg = queue.get_nowait() if not queue.empty() else await _next(queue)
             except TimeoutError:
                 # 2.9 leaves a no-wait pull unanswered when the consumer's pending count
                 # went stale (after a message delete); asking for the consumer's info

@@ -15,7 +15,10 @@ live records included. nats-server 2.11 has per-message TTLs (``Nats-TTL``), whi
 make the janitor unnecessary.
 
 ``wait`` watches the record's key (a server-side push of every revision, no polling);
-``publish_event`` is a core NATS publish on ``<prefix>.events``.
+``publish_event`` is a core NATS publish on ``<prefix>.events``. Every ``subscribe_events``
+reader also answers requests on ``<prefix>.events.listeners``, so a worker learns whether
+anybody listens from one request (the server says "no responders" when nobody does) and
+publishes no events otherwise.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as RequestTimeout
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
@@ -45,6 +50,7 @@ __all__ = ["NatsResultStore"]
 
 _KEY = re.compile(r"[-_=A-Za-z0-9]+")
 _TIMEOUT = 5.0
+_LISTENERS_TIMEOUT = 1.0  # a reader that is slower to answer still counts as one
 _BURST = 1000  # creates in flight at once
 _WRONG_LAST = (10071, 10164)  # JetStream error codes: the key's last revision was not 0
 
@@ -52,6 +58,12 @@ _WRONG_LAST = (10071, 10164)  # JetStream error codes: the key's last revision w
 def _key(kind: str, name: str) -> str:
     """A valid KV key: plain names kept, others hex-encoded under their own kind."""
     return f"{kind}.{name}" if _KEY.fullmatch(name) else f"{kind}x.{name.encode().hex()}"
+
+
+async def _answer(msg: Msg) -> None:
+    """A reader's answer to "is anybody listening?"."""
+    with contextlib.suppress(Exception):
+        await msg.respond(b"")
 
 
 class NatsResultStore(ResultStore):
@@ -110,6 +122,7 @@ class NatsResultStore(ResultStore):
         self.clock: Clock = clock or SYSTEM_CLOCK
         self.bucket = f"TF_{stream_name(prefix)}_RESULTS"
         self.events_subject = f"{subject_token(prefix)}.events"
+        self.listeners_subject = f"{self.events_subject}.listeners"
         self._acks: PubAcks | None = None
         self._kv: KeyValue | None = None
         self._janitor: Janitor | None = None
@@ -407,16 +420,38 @@ class NatsResultStore(ResultStore):
         payload = json.dumps(dict(event), default=str).encode()
         await self._call(nc.publish(self.events_subject, payload))
 
+    async def event_listeners(self) -> int:
+        """1 while some ``subscribe_events`` reader of this prefix is connected, else 0.
+
+        Core NATS does not count subscribers: every reader answers on
+        ``listeners_subject`` and the first answer (or the server's "no responders") tells.
+        """
+        request = self._conn.client().request(
+            self.listeners_subject, b"", timeout=_LISTENERS_TIMEOUT
+        )
+        try:
+            await self._conn.call(request, keep=(NoRespondersError, RequestTimeout))
+        except NoRespondersError:
+            return 0
+        except RequestTimeout:
+            return 1  # subscribed but slow: with nobody there the server says so at once
+        return 1
+
     async def subscribe_events(self) -> AsyncIterator[dict[str, Any]]:
         """Events published by any process on this prefix, until the caller stops."""
-        sub = await self._call(self._conn.client().subscribe(self.events_subject))
+        nc = self._conn.client()
+        sub = await self._call(nc.subscribe(self.events_subject))
+        # Subscribed after the events: a worker that is told somebody listens finds the
+        # events subscription in place (one connection keeps the order).
+        presence = await self._call(nc.subscribe(self.listeners_subject, cb=_answer))
         try:
             async for msg in sub.messages:
                 with contextlib.suppress(ValueError):
                     yield json.loads(msg.data)
         finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            for subscription in (presence, sub):
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
 
     # -- worker heartbeats and the audit trail (keys in :mod:`._heartbeats_nats`) --------
     def _heartbeats(self) -> heartbeats.Bucket:

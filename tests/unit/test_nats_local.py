@@ -1,0 +1,99 @@
+"""Parts of the NATS broker that need no server: the local lease fence and its lease ends,
+the numbers read from a pulled message's ack subject, and publishes without a timer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from nats.aio.msg import Msg
+
+from taskflow._nats import connection as nats_connection
+from taskflow._nats.connection import Connection
+from taskflow._nats.framing import delivery_numbers
+from taskflow.brokers._nats_core import NatsCore
+from taskflow.errors import BrokerError
+
+
+def _core() -> NatsCore:
+    conn = Connection("nats://127.0.0.1:4222", role="broker", owner="t", connect_timeout=1.0)
+    return NatsCore(conn, "t", 30.0)
+
+
+def test_a_settled_lease_neither_wakes_a_fetch_nor_forces_a_rescan() -> None:
+    core = _core()
+    settled = core.lease_out(7, 30.0)
+    held = core.lease_out(8, 60.0)
+    assert core.lease_held(7, settled, release=True)
+    now = time.monotonic()
+    core.signals.rescan = False
+    # The settled lease's end is skipped: the next end is the one still held.
+    assert core.next_lease_end(now) == pytest.approx(now + 60.0, abs=1.0)
+    assert core.next_lease_end(now + 45.0) is not None
+    assert core.signals.rescan is False
+    # A lease still held that ran out does make the next fetch rescan.
+    assert core.next_lease_end(now + 61.0) is None
+    assert core.signals.rescan is True
+    assert core.lease_held(8, held, release=False)
+
+
+def _pulled(reply: str) -> Msg:
+    return Msg(None, subject="t.q.default.p0.id", reply=reply, data=b"x")  # type: ignore[arg-type]
+
+
+def test_delivery_numbers_read_the_ack_subject_as_metadata_does() -> None:
+    for reply in (
+        "$JS.ACK.TF_T_WORK.default_p0.3.1042.998.1764612345000000000.17",
+        "$JS.ACK.hub.ACCHASH.TF_T_WORK.default_p0.3.1042.998.1764612345000000000.17.tok",
+    ):
+        msg = _pulled(reply)
+        assert delivery_numbers(msg) == (3, 1042)
+        assert delivery_numbers(msg) == (msg.metadata.num_delivered, msg.metadata.sequence.stream)
+
+
+class _Client:
+    """Just enough of nats-py's client for Connection.publish."""
+
+    def __init__(self, pending: int, error: Exception | None = None) -> None:
+        self.pending_data_size = pending
+        self.error = error
+        self.sent: list[tuple[str, bytes, str]] = []
+
+    async def publish(self, subject: str, payload: bytes = b"", reply: str = "") -> None:
+        if self.error is not None:
+            raise self.error
+        self.sent.append((subject, payload, reply))
+
+
+def _connected(client: _Client) -> Connection:
+    conn = Connection("nats://127.0.0.1:4222", role="broker", owner="t", connect_timeout=1.0)
+    conn._nc = client  # type: ignore[assignment]
+    return conn
+
+
+def test_publish_arms_no_timer_while_the_client_buffer_has_room(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    timed: list[Any] = []
+    real_timeout = asyncio.timeout
+
+    def counting_timeout(delay: float | None) -> Any:
+        timed.append(delay)
+        return real_timeout(delay)
+
+    monkeypatch.setattr(asyncio, "timeout", counting_timeout)
+    roomy, full = _Client(0), _Client(nats_connection.PENDING_SIZE)
+
+    async def body() -> None:
+        await _connected(roomy).publish("ack.1")
+        assert timed == []  # buffered at once: no deadline needed
+        await _connected(full).publish("ack.2", b"x", reply="r")
+        assert timed == [nats_connection.API_TIMEOUT]  # waits for the flusher, bounded
+        with pytest.raises(BrokerError, match="ConnectionError: gone"):
+            await _connected(_Client(0, ConnectionError("gone"))).publish("ack.3")
+
+    asyncio.run(body())
+    assert roomy.sent == [("ack.1", b"", "")]
+    assert full.sent == [("ack.2", b"x", "r")]
