@@ -196,6 +196,10 @@ class IoThread:
         self.state = State()
         self.gen = 0
         self.conn: Any = None
+        self._amqp: Any = None
+        """py-amqp's connection under ``conn``, kept while ``conn`` is: kombu's
+        ``conn.connection`` checks the connection (and would make it again itself) on every
+        access, which the reads of each turn do not need."""
         self.work: Any = None
         self.pub: Any = None
         self.admin: Any = None
@@ -203,6 +207,9 @@ class IoThread:
         self._bound: set[tuple[str, str, str]] = set()
         self._held: dict[str, deque[Raw]] = {}
         self._consumers: dict[str, str] = {}  # queue -> consumer tag
+        self._consumed: dict[bytes, str] = {}
+        """Consumer tag (as it comes on the wire) -> queue: the reverse of ``_consumers``,
+        for each delivery read."""
         self._prefetch: dict[str, int] = {}  # queue -> its consumer's prefetch
         self._asked: dict[str, float] = {}  # queue -> when a fetch last asked for it
         self._leases: dict[tuple[int, int], Lease] = {}
@@ -406,9 +413,7 @@ class IoThread:
             self._drain()
 
     def _sock(self) -> Any:
-        if self.conn is None:
-            return None
-        transport = getattr(self.conn.connection, "transport", None)
+        transport = getattr(self._amqp, "transport", None)
         return getattr(transport, "sock", None)
 
     @staticmethod
@@ -418,8 +423,7 @@ class IoThread:
 
     def _drain(self) -> None:
         """Handle every frame that has arrived, without waiting for more."""
-        assert self.conn is not None
-        connection = self.conn.connection
+        connection = self._amqp
         transport = connection.transport
         if _plain(transport):
             self._drain_tcp(connection, transport)
@@ -464,16 +468,16 @@ class IoThread:
                 raise amqp.exceptions.UnexpectedFrame(
                     f"Received frame_end {data[stop]:#04x} while expecting 0xce"
                 )
-            payload = data[pos + 7 : stop]
-            deliver = kind == 1 and payload.startswith(_BASIC_DELIVER)
+            deliver = kind == 1 and data.startswith(_BASIC_DELIVER, pos + 7, stop)
             if deliver and channel == work:
-                after = self._delivery(data, stop + 1, end, channel, payload)
+                after = self._delivery(data, pos + 7, stop + 1, end, channel)
                 if after < 0:
                     break  # the rest of the message has not arrived yet
                 if after > 0:
                     connection.bytes_recv += 1
                     pos = after
                     continue
+            payload = data[pos + 7 : stop]
             pos = stop + 1
             if kind == 1 and not deliver:
                 # Its handler may read: it must find what follows in the buffer.
@@ -485,18 +489,17 @@ class IoThread:
             on_frame((kind, channel, payload))
         _keep(transport, data[pos:] if pos else data)
 
-    def _delivery(self, data: bytes, pos: int, end: int, channel: int, method: bytes) -> int:
+    def _delivery(self, data: bytes, method: int, pos: int, end: int, channel: int) -> int:
         """Read a ``basic.deliver`` of one of this thread's consumers straight into
-        ``_held``: ``method`` is its method frame, its content frames start at ``pos``.
-        Returns where the next frame starts; -1 if the message has not arrived whole
-        (nothing is consumed: the next drain starts again from its method frame); 0 if
-        it is not one to read here (py-amqp reads it, frame by frame)."""
-        size = method[4]
-        tag_name = method[5 : 5 + size].decode()
-        queue = next((q for q, t in self._consumers.items() if t == tag_name), None)
+        ``_held``: its method frame's payload starts at ``method``, its content frames at
+        ``pos``. Returns where the next frame starts; -1 if the message has not arrived
+        whole (nothing is consumed: the next drain starts again from its method frame); 0
+        if it is not one to read here (py-amqp reads it, frame by frame)."""
+        at = method + 5 + data[method + 4]  # after the consumer tag (a short string)
+        queue = self._consumed.get(data[method + 5 : at])
         if queue is None:
             return 0  # the control consumer's, or unknown
-        tag, flags = _TAG_BITS.unpack_from(method, 5 + size)
+        tag, flags = _TAG_BITS.unpack_from(data, at)
         start, stop = _frame_at(data, pos, end, 2, channel)
         if stop <= 0:
             return stop
@@ -515,7 +518,10 @@ class IoThread:
         body = parts[0] if len(parts) == 1 else b"".join(parts)
         self._unacked.add(tag)
         raw = Raw(tag, self.gen, queue, body, priority, headers, bool(flags & 1))
-        self._held.setdefault(queue, deque()).append(raw)
+        held = self._held.get(queue)
+        if held is None:
+            held = self._held[queue] = deque()
+        held.append(raw)
         return pos
 
     def _drain_frames(self) -> None:
@@ -583,6 +589,7 @@ class IoThread:
                 f"cannot connect to the AMQP broker {mask_url(self.shown)}: {exc}"
             ) from None
         self.conn = conn
+        self._amqp = conn.connection
         self.gen += 1
         self.work = conn.channel()
         self.work.basic_qos(0, 1, False)
@@ -592,6 +599,7 @@ class IoThread:
         self._declared.clear()
         self._bound.clear()
         self._consumers.clear()
+        self._consumed.clear()
         self._prefetch.clear()
         self._held.clear()
         self._unacked.clear()
@@ -628,8 +636,10 @@ class IoThread:
 
     def _close_connection(self) -> None:
         conn, self.conn = self.conn, None
+        self._amqp = None
         self.work = self.pub = self.admin = None
         self._consumers.clear()
+        self._consumed.clear()
         self._prefetch.clear()
         self._held.clear()
         self._unacked.clear()
@@ -654,6 +664,7 @@ class IoThread:
             with contextlib.suppress(Exception):
                 self.work.basic_cancel(tag)
             del self._consumers[queue]
+        self._consumed.clear()
         self._prefetch.clear()
         with contextlib.suppress(Exception):
             self.conn.drain_events(timeout=0.05)
@@ -1011,7 +1022,7 @@ class IoThread:
         sock = self._sock()
         if sock is None:
             return
-        if _plain(self.conn.connection.transport):
+        if _plain(self._amqp.transport):
             self._drain()  # a recv that finds nothing costs what a select would
             return
         readable, _, _ = select.select([sock], [], [], 0)
@@ -1064,9 +1075,9 @@ class IoThread:
         count = max(1, prefetch) * PREFETCH_FACTOR
         self.work.basic_qos(0, count, False)  # for consumers started after it
         self._prefetch[queue] = max(1, prefetch)
-        self._consumers[queue] = self.work.basic_consume(
-            self.names.work(queue), no_ack=False, callback=on_message
-        )
+        tag = self.work.basic_consume(self.names.work(queue), no_ack=False, callback=on_message)
+        self._consumers[queue] = tag
+        self._consumed[tag.encode()] = queue
 
     def held(self, queue: str) -> int:
         """Messages of ``queue`` its consumer pushed here that no fetch took yet."""
@@ -1085,6 +1096,8 @@ class IoThread:
     def _cancel(self, queue: str) -> None:
         tag = self._consumers.pop(queue, None)
         self._prefetch.pop(queue, None)
+        if tag is not None:
+            self._consumed.pop(tag.encode(), None)
         if tag is not None and self.work is not None:
             self.work.basic_cancel(tag)
 
@@ -1170,7 +1183,7 @@ class IoThread:
         unacked = self._unacked
         acking = set(tags)
         # Every unacked tag below ``floor`` is being acked now.
-        floor = min((t for t in unacked if t not in acking), default=None)
+        floor = min(unacked - acking, default=None)
         ordered = sorted(acking)
         run = len(ordered) if floor is None else _count_below(ordered, floor)
         channel = work.channel_id
@@ -1262,10 +1275,13 @@ def _table(data: bytes, at: int) -> tuple[dict[str, Any], int]:
         value: Any
         if kind == 0x53:  # S: long string
             (size,) = _U32.unpack_from(data, at)
-            value = data[at + 4 : at + 4 + size]
-            with contextlib.suppress(UnicodeDecodeError):
-                value = value.decode("utf-8", "surrogatepass")
+            text = data[at + 4 : at + 4 + size]
             at += 4 + size
+            # try, not contextlib.suppress: this runs for every header of every delivery.
+            try:
+                value = text.decode("utf-8", "surrogatepass")
+            except UnicodeDecodeError:  # not UTF-8: bytes, as py-amqp gives it
+                value = text
         elif kind == 0x49:  # I: 32-bit integer
             (value,) = _I32.unpack_from(data, at)
             at += 4

@@ -388,6 +388,38 @@ def test_a_draining_fetch_is_fed_by_a_consumer_not_a_basic_get_per_message(
     run(loop, broker.close())
 
 
+def test_a_consumer_started_again_for_larger_fetches_has_its_deliveries_read_in_bulk(
+    loop: asyncio.AbstractEventLoop, prefix: str
+) -> None:
+    broker = broker_on(loop, prefix)
+    io = broker.io
+    in_bulk = 0
+    real_delivery = io._delivery
+
+    def counted(*args: object) -> int:
+        nonlocal in_bulk
+        after: int = real_delivery(*args)  # type: ignore[arg-type]
+        in_bulk += after > 0
+        return after
+
+    async def body() -> None:
+        await broker.publish([msg("q", str(i).encode()) for i in range(60)])
+        got = list(await broker.fetch(["q"], 2, 2.0))  # a consumer with a prefetch of 4
+        while len(got) < 6:  # what it was pushed, then its own
+            got += await broker.fetch(["q"], 2, 5.0)
+        io._delivery = counted  # type: ignore[method-assign]
+        while len(got) < 60:  # a consumer for fetches of 10 replaces it
+            got += await broker.fetch(["q"], 10, 5.0)
+        assert [d.body for d in got] == [str(i).encode() for i in range(60)]
+        assert all([await d.ack() for d in got])
+
+    run(loop, body())
+    run(loop, broker.close())
+    # Most are read off the wire by the thread, not by py-amqp: besides the basic.gets of a
+    # backlog and what the old consumer still had on the wire when it was cancelled.
+    assert in_bulk >= 30
+
+
 def test_acks_made_together_each_get_their_own_answer(
     loop: asyncio.AbstractEventLoop, prefix: str
 ) -> None:
