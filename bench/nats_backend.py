@@ -35,6 +35,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 
+from bench._drain import wait_drained
 from taskflow import App
 
 URL = os.environ.get("BENCH_URL", "nats://127.0.0.1:4222?prefix=taskflow-bench")
@@ -121,12 +122,7 @@ def drain_rate(bench: App, url: str, tasks: int, processes: int, slots: int, tas
             bench.enqueue_many([task.s() for _ in range(1000)])
         started = time.perf_counter()
         bench.kernel.call(bench.broker.resume("default"))  # type: ignore[attr-defined]
-        while True:
-            depth = _depth(bench)
-            if depth["ready"] + depth["inflight"] + depth["scheduled"] == 0:
-                break
-            time.sleep(0.005)
-        return tasks / (time.perf_counter() - started)
+        return tasks / wait_drained(lambda: _depth(bench), started, tasks)
     finally:
         _stop(procs)
 
