@@ -180,9 +180,10 @@ class Fetcher:
                 if cancel_swallowed():  # admitted first, so shutdown hands the batch back
                     raise asyncio.CancelledError
                 self.dispatch()
-                if got:
-                    # Let the jobs just started take their first step (their ``running``
-                    # record goes out) before the next fetch, which most often only waits.
+                if got and len(got) < credits:
+                    # The broker had no more: the next fetch most often only waits. Let the
+                    # jobs just started take their first step (their ``running`` record
+                    # goes out) before it. A full batch goes straight on to the next fetch.
                     await asyncio.sleep(0)
                 if got or not until_idle:
                     continue
