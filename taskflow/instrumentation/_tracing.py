@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
 from opentelemetry import context, propagate, trace
@@ -292,8 +292,30 @@ class Consumer:
         The metrics are recorded with a context of their own, so no exemplar is sampled
         per attempt. With a no-op tracer there is no span to make: only the metrics.
         """
-        if not self._tracing:
-            return await self._measure(ctx, call)
+        span, token = self._start(ctx) if self._tracing else (None, None)
+        measured = self.metrics.start(ctx)
+        outcome = "failed"
+        try:
+            value = await call(ctx)
+            outcome = "succeeded"
+            return value
+        except BaseException as exc:
+            outcome = outcome_of(exc)
+            if span is not None and outcome in _ERRORS:
+                _fail(span, exc)
+            raise
+        finally:
+            if span is not None:
+                if token is not None:
+                    context.detach(token)
+                    _finished.set((ctx.id, span.get_span_context()))
+                span.set_attribute("taskflow.task.outcome", outcome)
+                span.end()
+            self.metrics.finish(measured, outcome)
+
+    def _start(self, ctx: TaskContext) -> tuple[Span, Token[Context] | None]:
+        """The attempt's ``process`` span, linked to its sender, and the token that made it
+        current (None without an SDK: the span is invalid, there is no context to attach)."""
         shared = self._names.get(ctx.queue, ctx.name)
         parent = self._extractor.extract(ctx.headers)
         sender = trace.get_current_span(parent).get_span_context()
@@ -308,40 +330,9 @@ class Consumer:
             attributes=attributes,
             links=[Link(sender)] if sender.is_valid else None,
         )
-        own = span.get_span_context()
-        # Without an SDK the span is invalid: there is no context to make current.
-        token = context.attach(trace.set_span_in_context(span, parent)) if own.is_valid else None
-        measured = self.metrics.start(ctx)
-        outcome = "failed"
-        try:
-            value = await call(ctx)
-            outcome = "succeeded"
-            return value
-        except BaseException as exc:
-            outcome = outcome_of(exc)
-            if outcome in _ERRORS:
-                _fail(span, exc)
-            raise
-        finally:
-            if token is not None:
-                context.detach(token)
-                _finished.set((ctx.id, own))
-            span.set_attribute("taskflow.task.outcome", outcome)
-            span.end()
-            self.metrics.finish(measured, outcome)
-
-    async def _measure(self, ctx: TaskContext, call: ExecuteNext) -> Any:
-        measured = self.metrics.start(ctx)
-        outcome = "failed"
-        try:
-            value = await call(ctx)
-            outcome = "succeeded"
-            return value
-        except BaseException as exc:
-            outcome = outcome_of(exc)
-            raise
-        finally:
-            self.metrics.finish(measured, outcome)
+        if not span.get_span_context().is_valid:
+            return span, None
+        return span, context.attach(trace.set_span_in_context(span, parent))
 
 
 _ERRORS = frozenset({"failed", "timeout"})
