@@ -16,14 +16,13 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._tls import Security, explain, resolve, url_with
 from .._waiters import within
 from ..errors import BrokerError, ConfigError
 from ..urls import mask_url, parse_url
+from .kept import RECONNECT, Kept
 from .scripts import load_script
 
 __all__ = [
@@ -254,8 +253,7 @@ class Connection:
         self._what = "broker" if role == "broker" else "result store"
         self._client: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
-        self._idle: list[AbstractConnection] = []  # kept for run's direct path, free now
-        self._kept = 0  # connections of the pool kept for run's direct path
+        self._kept: Kept[AbstractConnection] = Kept(_KEEP)  # for run's direct path
 
     def key(self, *parts: str) -> str:
         """A key in this namespace (``{prefix}:a:b``)."""
@@ -286,7 +284,7 @@ class Connection:
     async def close(self) -> None:
         """Close the pool. Idempotent."""
         client, self._client = self._client, None
-        self._idle, self._kept = [], 0  # closed with the pool
+        self._kept.reset()  # closed with the pool
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.aclose()
@@ -315,19 +313,21 @@ class Connection:
         """
         client = self.client()
         registered = self._scripts[script]
-        conn = self._idle.pop() if self._idle else await self._keep(client)
+        conn = self._kept.idle()
+        if conn is None:
+            conn = await self._keep(client)
         if conn is None:
             return await self._run_client(registered, args)
         try:
             await conn.send_command("EVALSHA", registered.sha, 0, *args)
             reply = await conn.read_response()
         except NoScriptError:  # a restarted server: the client's call loads it again
-            self._idle.append(conn)
+            self._kept.give_back(conn)
             return await self._run_client(registered, args)
         except ResponseError as exc:  # the script's own error: the connection is fine
-            self._idle.append(conn)
+            self._kept.give_back(conn)
             raise self.error(exc) from None
-        except (RedisConnectionError, RedisTimeoutError, OSError):
+        except RECONNECT:
             await self._drop(client, conn)
             return await self._run_client(registered, args)
         except BaseException:
@@ -335,7 +335,7 @@ class Connection:
             # back to the pool (which connects it again on its next use).
             await self._drop(client, conn)
             raise
-        self._idle.append(conn)
+        self._kept.give_back(conn)
         return reply
 
     async def _run_client(self, registered: Any, args: Sequence[Any]) -> Any:
@@ -347,15 +347,14 @@ class Connection:
     async def _keep(self, client: aioredis.Redis) -> AbstractConnection | None:
         """A connection of the pool kept for :meth:`run`'s direct path, or None: at most
         :data:`_KEEP` are kept, so the client's own calls always find the rest."""
-        if self._kept >= _KEEP:
+        if not self._kept.reserve():
             return None
-        self._kept += 1
         try:
             pool: Any = client.connection_pool  # redis-py leaves get_connection untyped
             conn: AbstractConnection = await pool.get_connection()
         except Exception:
             if client is self._client:
-                self._kept -= 1
+                self._kept.forget()
             return None  # the client's own call meets the error, with its retries
         if client is not self._client:  # closed (and maybe opened again) meanwhile
             await self._drop(client, conn)
@@ -364,7 +363,7 @@ class Connection:
 
     async def _drop(self, client: aioredis.Redis, conn: AbstractConnection) -> None:
         if client is self._client:
-            self._kept -= 1
+            self._kept.forget()
         with contextlib.suppress(Exception):
             await conn.disconnect()
             await client.connection_pool.release(conn)

@@ -21,11 +21,10 @@ from typing import Any
 
 from redis import BlockingConnectionPool, Redis
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from .kept import RECONNECT, Kept
 from .scripts import load_script
 
 __all__ = ["SyncScript"]
@@ -59,32 +58,30 @@ class SyncScript:
         self._lock = threading.Lock()
         self._client: Redis | None = None
         self._script: Any = None
-        self._idle: list[Any] = []
-        self._kept = 0  # connections taken from the pool for the direct path
+        self._kept: Kept[Any] = Kept(_KEEP)
         self._pid = os.getpid()
 
     def __call__(self, args: Sequence[Any]) -> Any:
         """Run the script with ``args`` (its ARGV); thread-safe."""
         script = self._script or self._open()
-        idle = self._idle
-        try:
-            conn = idle.pop()  # atomic: each idle connection goes to one thread
-        except IndexError:
+        kept = self._kept
+        conn = kept.idle()
+        if conn is None:
             conn = self._take()
-            if conn is None:
-                return script(args=args)
+        if conn is None:
+            return script(args=args)
         if self._pid != os.getpid():  # a forked child: the client's pool reconnects
             return script(args=args)
         try:
             conn.send_command("EVALSHA", script.sha, 0, *args)
             reply = conn.read_response()
         except NoScriptError:  # a restarted server: the client's call loads it again
-            idle.append(conn)
+            kept.give_back(conn)
             return script(args=args)
         except ResponseError:  # the script's own error: the connection is fine
-            idle.append(conn)
+            kept.give_back(conn)
             raise
-        except (RedisConnectionError, RedisTimeoutError, OSError):
+        except RECONNECT:
             # The client's call retries these, as it would have done on its own.
             self._drop(conn)
             return script(args=args)
@@ -92,27 +89,23 @@ class SyncScript:
             # A reply that was never read leaves the connection unusable.
             self._drop(conn)
             raise
-        idle.append(conn)
+        kept.give_back(conn)
         return reply
 
     def _take(self) -> Any:
         """A connection of the pool kept for the direct path, or None: at most
         :data:`_KEEP` are kept, so the client's own calls always find the rest."""
         client = self._client
-        with self._lock:
-            if client is None or self._kept >= _KEEP or self._pid != os.getpid():
-                return None
-            self._kept += 1
+        if client is None or self._pid != os.getpid() or not self._kept.reserve():
+            return None
         try:
             return client.connection_pool.get_connection()
         except Exception:
-            with self._lock:
-                self._kept -= 1
+            self._kept.forget()
             return None
 
     def _drop(self, conn: Any) -> None:
-        with self._lock:
-            self._kept = max(0, self._kept - 1)  # 0 already if closed meanwhile
+        self._kept.forget()
         self._drop_from(self._client, conn)
 
     @staticmethod
@@ -142,9 +135,7 @@ class SyncScript:
         """Close the pool (the next call opens a new one). Idempotent."""
         with self._lock:
             client, self._client, self._script = self._client, None, None
-            idle, self._idle = self._idle, []
-            self._kept = 0
-        for conn in idle:
+        for conn in self._kept.reset():
             self._drop_from(client, conn)
         if client is not None:
             with contextlib.suppress(Exception):

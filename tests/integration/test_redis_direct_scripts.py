@@ -97,7 +97,9 @@ def test_a_call_cancelled_with_its_reply_in_flight_leaves_nothing_for_the_next(u
         try:
             await broker.publish([Message("m1", "full", b"body", 0)])
             conn = broker._conn  # noqa: SLF001
-            kept = conn._idle[-1]  # noqa: SLF001
+            kept = conn._kept.idle()  # noqa: SLF001 -- the one the next call takes
+            assert kept is not None
+            conn._kept.give_back(kept)  # noqa: SLF001
             read = kept.read_response
 
             async def cancelled_before_reading(*args: Any, **kwargs: Any) -> Any:

@@ -1,0 +1,68 @@
+"""Connections of a pool kept aside for a direct ``EVALSHA`` path.
+
+Both script paths -- the synchronous one of ``delay()`` (:class:`~.sync.SyncScript`) and the
+asyncio one of the engines (:meth:`~.connection.Connection.run`) -- send ``EVALSHA`` on a
+connection of their pool directly, because the client's own call (pool checkout and return,
+retry wrapper, hooks) costs more CPU time than the round trip. :class:`Kept` is what the two
+share: which connections are kept and free, and how many are kept, within a limit that
+leaves the rest of the pool to the client's own calls. :data:`RECONNECT` names the errors
+after which a direct call drops its connection and goes through the client's call instead,
+which retries them.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Generic, TypeVar
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+__all__ = ["RECONNECT", "Kept"]
+
+RECONNECT = (RedisConnectionError, RedisTimeoutError, OSError)
+
+C = TypeVar("C")
+
+
+class Kept(Generic[C]):
+    """At most ``limit`` connections kept for a direct path; safe to use from threads."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._idle: list[C] = []
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def idle(self) -> C | None:
+        """A kept connection nobody uses now, or None (``list.pop`` is atomic: each goes
+        to one caller)."""
+        try:
+            return self._idle.pop()
+        except IndexError:
+            return None
+
+    def give_back(self, conn: C) -> None:
+        """``conn`` is free again, still kept."""
+        self._idle.append(conn)
+
+    def reserve(self) -> bool:
+        """Count one more kept connection if the limit allows (then take it from the pool,
+        and :meth:`forget` it if that fails)."""
+        with self._lock:
+            if self._count >= self.limit:
+                return False
+            self._count += 1
+            return True
+
+    def forget(self) -> None:
+        """One kept connection fewer: dropped, or never taken after :meth:`reserve`."""
+        with self._lock:
+            self._count = max(0, self._count - 1)  # 0 already after a reset
+
+    def reset(self) -> list[C]:
+        """Keep nothing (the pool they came from is closing); return the idle ones, for the
+        caller to disconnect."""
+        with self._lock:
+            idle, self._idle, self._count = self._idle, [], 0
+        return idle
