@@ -2,16 +2,19 @@
 
 Run from the project root (as a module, so that ``bench`` is importable)::
 
-    python -m bench.sqlite_backend [--tasks 20000] [--samples 200] [--slots 8]
+    python -m bench.sqlite_backend [--tasks 20000] [--samples 200] [--slots 8] [--prefetch N]
+                                   [--processes 2]
                                    [--idle 0.05] [--peer huey] [--dir DIR]
 
 ``--tasks``    no-op tasks per enqueue/drain measurement (default 20,000)
 ``--samples``  pickup-latency samples (one task at a time on an idle, warm worker)
 ``--slots``    taskflow worker concurrency per process
+``--prefetch`` taskflow worker prefetch buffer (default: the worker's, 2 x slots on SQLite)
+``--processes`` worker processes on the file (taskflow ``-P``, Huey ``-w``; default 2)
 ``--idle``     seconds the worker is left idle before each latency sample
 ``--peer``     ``huey``: run the same workload on Huey's ``SqliteHuey`` in the same run
                (``pip install -e '.[bench]'``) and print the ratio taskflow / huey
-``--huey-worker-type``  ``process`` (default) or ``thread``: Huey's 2 workers
+``--huey-worker-type``  ``process`` (default) or ``thread``: Huey's workers
 ``--dir``      where the database files go (default: a temporary directory, removed)
 
 The workload is the same for both: a synchronous no-op task, no result stored
@@ -23,9 +26,10 @@ fresh file per measurement, created with its schema before the clock starts. Mea
   in batches of 1,000 (taskflow only: Huey has no batch enqueue); for the ``delay()`` loop
   also the CPU time of the producer process per call (``time.process_time()``, every
   thread), which a busy machine distorts less than the rate;
-* drain rate with 2 worker processes on one file: the file is filled first, then the
-  workers start; the clock runs from the body of a first marker task to the body of a
-  last one, with the no-ops between them (taskflow: ``taskflow worker -P 2 -c SLOTS``;
+* drain rate with 2 worker processes on one file (``--processes``): the file is filled
+  first, then the workers start; the clock runs from the body of a first marker task to
+  the body of a last one, with the no-ops between them (taskflow: ``taskflow worker -P 2
+  -c SLOTS``;
   Huey: ``huey_consumer -k process -w 2``, one task at a time per process, or
   ``-k thread`` with ``--huey-worker-type thread``);
 * pickup latency p50/p99: from ``delay()`` in this process to the task body starting in a
@@ -117,9 +121,10 @@ class System:
 
     name = ""
 
-    def __init__(self, directory: Path, slots: int) -> None:
+    def __init__(self, directory: Path, slots: int, processes: int = 2) -> None:
         self.directory = directory
         self.slots = slots
+        self.processes = processes
         self.runs = 0
 
     def fresh(self) -> None:
@@ -140,7 +145,7 @@ class System:
         raise NotImplementedError
 
     def workers(self) -> subprocess.Popen[bytes]:
-        """Start the 2 worker processes on the current file."""
+        """Start the worker processes on the current file."""
         raise NotImplementedError
 
     def stop(self, proc: subprocess.Popen[bytes]) -> None:
@@ -160,8 +165,11 @@ class System:
 class Taskflow(System):
     name = "taskflow"
 
-    def __init__(self, directory: Path, slots: int) -> None:
-        super().__init__(directory, slots)
+    def __init__(
+        self, directory: Path, slots: int, prefetch: int | None = None, processes: int = 2
+    ) -> None:
+        super().__init__(directory, slots, processes)
+        self.prefetch = prefetch
         self.app: App | None = None
         self.url = ""
 
@@ -200,8 +208,10 @@ class Taskflow(System):
         env = {**os.environ, "BENCH_SQLITE_URL": self.url, "PYTHONPATH": str(ROOT)}
         command = [
             sys.executable, "-m", "taskflow.cli.main", "worker", "-A", "bench.sqlite_backend:app",
-            "-P", "2", "-c", str(self.slots), "--loglevel", "warning",
+            "-P", str(self.processes), "-c", str(self.slots), "--loglevel", "warning",
         ]  # fmt: skip
+        if self.prefetch is not None:
+            command += ["--prefetch", str(self.prefetch)]
         with self._log() as log:
             return subprocess.Popen(command, cwd=ROOT, env=env, stderr=log)
 
@@ -218,15 +228,20 @@ class Taskflow(System):
     def in_process(self) -> Iterator[None]:
         """A worker in this process, on the current file."""
         assert self.app is not None
-        with self.app.worker(concurrency=self.slots):
+        options: dict[str, Any] = {}
+        if self.prefetch is not None:
+            options["prefetch_buffer"] = self.prefetch
+        with self.app.worker(concurrency=self.slots, **options):
             yield
 
 
 class HueyPeer(System):
     name = "huey"
 
-    def __init__(self, directory: Path, slots: int, worker_type: str = "process") -> None:
-        super().__init__(directory, slots)
+    def __init__(
+        self, directory: Path, slots: int, worker_type: str = "process", processes: int = 2
+    ) -> None:
+        super().__init__(directory, slots, processes)
         self.worker_type = worker_type
         self.peer: Any = None
         self.tasks: dict[str, Any] = {}
@@ -253,7 +268,8 @@ class HueyPeer(System):
         env = {**os.environ, "BENCH_HUEY_FILE": self.filename, "PYTHONPATH": str(ROOT)}
         command = [
             sys.executable, "-m", "huey.bin.huey_consumer", "bench.sqlite_backend.huey",
-            "-k", self.worker_type, "-w", "2", "-d", "0.001", "-m", "0.02", "-b", "1.15", "-q",
+            "-k", self.worker_type, "-w", str(self.processes),
+            "-d", "0.001", "-m", "0.02", "-b", "1.15", "-q",
         ]  # fmt: skip
         with self._log() as log:
             return subprocess.Popen(command, cwd=ROOT, env=env, stderr=log)
@@ -295,7 +311,7 @@ def enqueue_rate(system: System, tasks: int, send: Callable[[], None]) -> tuple[
 
 
 def drain_rate(system: System, tasks: int) -> float:
-    """No-ops per second drained by 2 worker processes from a filled file."""
+    """No-ops per second drained by the worker processes from a filled file."""
     system.fresh()
     marks = system.directory / f"{system.name}-drain-{system.runs}.txt"
     system.send_stamp(marks)
@@ -372,7 +388,8 @@ def measure(system: System, args: argparse.Namespace) -> dict[str, tuple[float, 
         rows["enqueue, delay() loop, result stored (a queued record each)"] = (
             enqueue_rate(system, tasks, stored_loop)[0],
         )
-    rows["drain, 2 workers on one file"] = (drain_rate(system, tasks),)
+    workers = f"{system.processes} worker{'s' if system.processes != 1 else ''}"
+    rows[f"drain, {workers} on one file"] = (drain_rate(system, tasks),)
     rows["pickup latency p50 / p99, worker process"] = pickup_latency(
         system, args.samples, args.idle
     )
@@ -404,9 +421,10 @@ def _ratio(ours: tuple[float, ...], theirs: tuple[float, ...] | None, latency: b
 def report(args: argparse.Namespace, ours: dict[str, Any], theirs: dict[str, Any] | None) -> None:
     print(
         f"SQLite backends: {args.tasks:,} no-op tasks, {args.samples} latency samples "
-        f"after {args.idle:g}s idle; taskflow worker -P 2 -c {args.slots}"
+        f"after {args.idle:g}s idle; taskflow worker -P {args.processes} -c {args.slots}"
+        + (f" --prefetch {args.prefetch}" if args.prefetch is not None else "")
         + (
-            f"; huey_consumer -k {args.huey_worker_type} -w 2 -d 0.001 -m 0.02"
+            f"; huey_consumer -k {args.huey_worker_type} -w {args.processes} -d 0.001 -m 0.02"
             if theirs is not None
             else ""
         )
@@ -433,6 +451,8 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument("--prefetch", type=int, default=None)
+    parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--idle", type=float, default=0.05)
     parser.add_argument("--peer", choices=["huey"], default=None)
     parser.add_argument("--huey-worker-type", choices=["process", "thread"], default="process")
@@ -446,8 +466,8 @@ def main() -> None:
     directory = args.dir or Path(tempfile.mkdtemp(prefix="taskflow-bench-sqlite-"))
     directory.mkdir(parents=True, exist_ok=True)
     try:
-        ours = measure(Taskflow(directory, args.slots), args)
-        peer = HueyPeer(directory, args.slots, args.huey_worker_type)
+        ours = measure(Taskflow(directory, args.slots, args.prefetch, args.processes), args)
+        peer = HueyPeer(directory, args.slots, args.huey_worker_type, args.processes)
         theirs = measure(peer, args) if args.peer else None
         report(args, ours, theirs)
     finally:

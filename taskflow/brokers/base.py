@@ -76,6 +76,10 @@ class Capabilities:
     """``publish_blocking`` is thread-safe and needs no event loop."""
     control: bool = True
     """``send_control``/``control_messages`` reach every worker of the app."""
+    fetch_buffer: float = 0.5
+    """A worker's default ``prefetch_buffer``, as a multiple of its concurrency (at least
+    1): larger where a fetch costs more than a task takes to run, so that the next batch
+    arrives before the slots run dry."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -147,7 +147,7 @@ def cli() -> None:
     "--prefetch",
     type=click.IntRange(min=0),
     default=None,
-    help="Messages held beyond free slots (default: concurrency // 2).",
+    help="Messages held beyond free slots (default: concurrency // 2; 2 x concurrency on SQLite).",
 )
 @click.option(
     "--grace",

@@ -56,7 +56,8 @@ class Worker(Service):
     ``stall_timeout``: a fetch not answered within it is abandoned and started again
     (default ``max(10, 5 * poll_interval)`` seconds).
     ``prefetch_buffer``: messages held beyond free slots (default ``concurrency // 2``,
-    at least 1); ``poll_interval``: the longest a fetch blocks before re-checking state.
+    at least 1; ``2 * concurrency`` on SQLite, see ``Capabilities.fetch_buffer``);
+    ``poll_interval``: the longest a fetch blocks before re-checking state.
     ``heartbeat``: seconds between the writes of this worker's entry to the result store
     (:mod:`.heartbeat`); ``heartbeat_retention``: how long an entry outlives its last write
     (default ``max(10 * heartbeat, 60)``).
@@ -100,7 +101,9 @@ class Worker(Service):
         self.queues = queues
         self.concurrency = concurrency
         self.prefetch_buffer = (
-            max(1, concurrency // 2) if prefetch_buffer is None else prefetch_buffer
+            _default_buffer(concurrency, kernel.broker.capabilities.fetch_buffer)
+            if prefetch_buffer is None
+            else prefetch_buffer
         )
         self.poll_interval = poll_interval
         self.stall_timeout = stall_timeout or max(10.0, 5 * poll_interval)
@@ -393,6 +396,12 @@ class Worker(Service):
         if final:
             self.bus.close_all()
         log.info("worker %s stopped", self.name)
+
+
+def _default_buffer(concurrency: int, multiple: float) -> int:
+    """The prefetch buffer a broker asks for by default: ``multiple`` times the slots, at
+    least 1 (0.5: ``concurrency // 2``)."""
+    return max(1, int(concurrency * multiple))
 
 
 def _checked(queues: Sequence[str], concurrency: int, prefetch_buffer: int | None) -> list[str]:

@@ -6,6 +6,7 @@ import asyncio
 import queue
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from taskflow import App
 from taskflow.brokers.base import Delivery, FetchResult
@@ -142,4 +143,61 @@ def test_the_next_batch_is_fetched_while_the_previous_one_settles() -> None:
                 broker.acks_open.set()
     finally:
         broker.acks_open.set()
+        app.close()
+
+
+def _held_by_default(app: App, concurrency: int, sent: int) -> dict[str, int]:
+    """The broker's depth while a worker with the default buffer runs ``concurrency``
+    blocked bodies out of ``sent``."""
+    release = threading.Event()
+    started: queue.Queue[str] = queue.Queue()
+
+    @app.task(on_start=lambda event: started.put(event.task_id))
+    def hold() -> None:
+        release.wait(10)
+
+    try:
+        results = [hold.delay() for _ in range(sent)]
+        with app.worker(concurrency=concurrency):
+            for _ in range(concurrency):
+                started.get(timeout=5)
+            depth = app.kernel.call(app.broker.depth("default"))  # type: ignore[attr-defined]
+            release.set()
+            for r in results:
+                r.get(timeout=10)
+        return depth
+    finally:
+        release.set()
+
+
+def test_a_worker_on_sqlite_buffers_twice_its_slots_by_default(tmp_path: Path) -> None:
+    # A fetch on SQLite is a write transaction queued behind the acks: the default buffer
+    # (Capabilities.fetch_buffer) covers it, so the slots do not run dry meanwhile.
+    app = App("window-sqlite", broker=f"sqlite:///{tmp_path}/q.db", results="memory://")
+    try:
+        depth = _held_by_default(app, concurrency=2, sent=12)
+    finally:
+        app.close()
+    assert depth["inflight"] == 2 + 4  # two running, twice as many in the buffer
+    assert depth["ready"] == 12 - 6
+
+
+def test_a_worker_elsewhere_buffers_half_its_slots_by_default() -> None:
+    app = App("window-memory")
+    try:
+        depth = _held_by_default(app, concurrency=4, sent=12)
+    finally:
+        app.close()
+    assert depth["inflight"] == 4 + 2
+    assert depth["ready"] == 12 - 6
+
+
+def test_an_explicit_buffer_overrides_the_brokers_default(tmp_path: Path) -> None:
+    app = App("window-explicit", broker=f"sqlite:///{tmp_path}/q.db", results="memory://")
+    try:
+        assert app.worker(concurrency=8).prefetch_buffer == 16
+        assert app.worker(concurrency=8, prefetch_buffer=0).prefetch_buffer == 0
+        assert App("window-default").worker(concurrency=8).prefetch_buffer == 4
+        assert App("window-one").worker(concurrency=1).prefetch_buffer == 1  # at least 1
+    finally:
         app.close()
