@@ -25,9 +25,9 @@ class AskingBroker(MemoryBroker):
         return await super().fetch(queues, max_messages, timeout)
 
 
-def test_a_busy_worker_holds_no_more_than_its_slots_plus_the_buffer() -> None:
-    broker = AskingBroker()
-    app = App("window", broker=broker)
+def _held(app: App, sent: int, concurrency: int, **options: int) -> dict[str, int]:
+    """The broker's depth while a worker runs ``concurrency`` blocked bodies out of
+    ``sent``; every task then finishes."""
     release = threading.Event()
     started: queue.Queue[str] = queue.Queue()
 
@@ -36,22 +36,31 @@ def test_a_busy_worker_holds_no_more_than_its_slots_plus_the_buffer() -> None:
         release.wait(10)
 
     try:
-        results = [hold.delay() for _ in range(10)]
-        with app.worker(concurrency=2, prefetch_buffer=1):
-            started.get(timeout=5)
-            started.get(timeout=5)
-            depth = app.kernel.call(broker.depth("default"))
-            assert depth["inflight"] == 3  # two running, one waiting in the buffer
-            assert depth["ready"] == 7
+        results = [hold.delay() for _ in range(sent)]
+        with app.worker(concurrency=concurrency, **options):
+            for _ in range(concurrency):
+                started.get(timeout=5)
+            depth = app.kernel.call(app.broker.depth("default"))  # type: ignore[attr-defined]
             release.set()
             for r in results:
                 r.get(timeout=10)
-        assert max(broker.asked) <= 3
-        # Asked in batches: far fewer fetches than tasks once the buffer covers free slots.
-        assert len([n for n in broker.asked if n > 0]) < len(results)
+        return depth
     finally:
         release.set()
+
+
+def test_a_busy_worker_holds_no_more_than_its_slots_plus_the_buffer() -> None:
+    broker = AskingBroker()
+    app = App("window", broker=broker)
+    try:
+        depth = _held(app, sent=10, concurrency=2, prefetch_buffer=1)
+    finally:
         app.close()
+    assert depth["inflight"] == 3  # two running, one waiting in the buffer
+    assert depth["ready"] == 7
+    assert max(broker.asked) <= 3
+    # Asked in batches: far fewer fetches than tasks once the buffer covers free slots.
+    assert len([n for n in broker.asked if n > 0]) < 10
 
 
 def _credits(
@@ -146,36 +155,12 @@ def test_the_next_batch_is_fetched_while_the_previous_one_settles() -> None:
         app.close()
 
 
-def _held_by_default(app: App, concurrency: int, sent: int) -> dict[str, int]:
-    """The broker's depth while a worker with the default buffer runs ``concurrency``
-    blocked bodies out of ``sent``."""
-    release = threading.Event()
-    started: queue.Queue[str] = queue.Queue()
-
-    @app.task(on_start=lambda event: started.put(event.task_id))
-    def hold() -> None:
-        release.wait(10)
-
-    try:
-        results = [hold.delay() for _ in range(sent)]
-        with app.worker(concurrency=concurrency):
-            for _ in range(concurrency):
-                started.get(timeout=5)
-            depth = app.kernel.call(app.broker.depth("default"))  # type: ignore[attr-defined]
-            release.set()
-            for r in results:
-                r.get(timeout=10)
-        return depth
-    finally:
-        release.set()
-
-
 def test_a_worker_on_sqlite_buffers_twice_its_slots_by_default(tmp_path: Path) -> None:
     # A fetch on SQLite is a write transaction queued behind the acks: the default buffer
     # (Capabilities.fetch_buffer) covers it, so the slots do not run dry meanwhile.
     app = App("window-sqlite", broker=f"sqlite:///{tmp_path}/q.db", results="memory://")
     try:
-        depth = _held_by_default(app, concurrency=2, sent=12)
+        depth = _held(app, sent=12, concurrency=2)
     finally:
         app.close()
     assert depth["inflight"] == 2 + 4  # two running, twice as many in the buffer
@@ -185,7 +170,7 @@ def test_a_worker_on_sqlite_buffers_twice_its_slots_by_default(tmp_path: Path) -
 def test_a_worker_elsewhere_buffers_half_its_slots_by_default() -> None:
     app = App("window-memory")
     try:
-        depth = _held_by_default(app, concurrency=4, sent=12)
+        depth = _held(app, sent=12, concurrency=4)
     finally:
         app.close()
     assert depth["inflight"] == 4 + 2
