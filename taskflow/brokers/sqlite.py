@@ -96,7 +96,8 @@ class SqliteBroker(Broker, BrokerAdmin):
 
     # A fetch is a write transaction, which waits its turn on the file behind the acks of
     # this process and the writes of others: a deeper buffer keeps the slots fed meanwhile
-    # and lets a fetch join the acks' commit (docs/performance.md, "SQLite").
+    # and lets a fetch join the acks' commit (docs/performance.md, "SQLite: the prefetch
+    # buffer").
     capabilities: ClassVar[Capabilities] = Capabilities(blocking_publish=True, fetch_buffer=2.0)
     admin_backend: ClassVar[str] = "sqlite"
 
