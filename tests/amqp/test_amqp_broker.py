@@ -176,6 +176,40 @@ def broker_on(loop: asyncio.AbstractEventLoop, prefix: str, **kw: object) -> Kom
     return broker
 
 
+def test_a_cancel_finds_a_scheduled_message_that_comes_due_while_it_sweeps(
+    loop: asyncio.AbstractEventLoop, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from taskflow.brokers import _kombu_admin
+
+    broker = broker_on(loop, prefix)
+    real = _kombu_admin._sweep
+    moved: list[str] = []
+
+    def sweep(io: object, name: str, queue: str, decide: object, *, kind: str) -> object:
+        if kind != "scheduled" or moved:
+            return real(io, name, queue, decide, kind=kind)  # type: ignore[arg-type]
+        # What RabbitMQ does when the message's last level expires while the cancel runs:
+        # the message leaves the level for the work queue, which was swept already.
+        taken = real(io, name, queue, lambda _raw: "drop", kind=kind)  # type: ignore[arg-type]
+        for raw in taken:
+            kept = {k: v for k, v in raw.headers.items() if k in _kombu_admin._KEPT}
+            io.send(queue, raw.id, raw.body, raw.priority, kept, None)  # type: ignore[attr-defined]
+            moved.append(raw.id)
+        return taken
+
+    monkeypatch.setattr(_kombu_admin, "_sweep", sweep)
+
+    async def body() -> None:
+        scheduled = msg("q", b"s", eta=time.time() + 3600)
+        await broker.publish([scheduled])
+        assert await broker.cancel(scheduled.id, "q")
+        assert moved == [scheduled.id]  # it was on the move during the cancel
+        assert await broker.fetch(["q"], 10, 0.3) == []
+        await broker.close()
+
+    run(loop, body())
+
+
 def test_a_long_delay_waits_in_rabbitmq_and_never_holds_up_a_short_one(
     loop: asyncio.AbstractEventLoop, prefix: str
 ) -> None:
