@@ -10,13 +10,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
 import redis
 
+from taskflow.brokers.redis import RedisBroker
 from tests.conftest import require_service
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,6 +29,17 @@ def shared_url(lease: float) -> tuple[str, str]:
     require_service("redis", "127.0.0.1", 6379)
     prefix = f"tfit{uuid.uuid4().hex[:10]}"
     return f"redis://127.0.0.1:6379/0?prefix={prefix}&lease={lease}", prefix
+
+
+@asynccontextmanager
+async def connected(url: str) -> AsyncIterator[RedisBroker]:
+    """A :class:`RedisBroker` on ``url``, connected, closed on the way out."""
+    broker = RedisBroker.from_url(url)
+    await broker.connect()
+    try:
+        yield broker
+    finally:
+        await broker.close()
 
 
 def drop_prefix(url: str, prefix: str) -> None:

@@ -16,7 +16,7 @@ import redis
 from taskflow.brokers.base import Message
 from taskflow.brokers.redis import RedisBroker
 from taskflow.errors import BrokerError
-from tests.integration.redis_helpers import drop_prefix, private_redis, shared_url
+from tests.integration.redis_helpers import connected, drop_prefix, private_redis, shared_url
 
 pytestmark = pytest.mark.integration
 
@@ -43,58 +43,44 @@ def _count_checkouts(broker: RedisBroker) -> list[int]:
 
 def test_script_calls_one_after_another_take_one_connection_from_the_pool(url: str) -> None:
     async def main() -> None:
-        broker = RedisBroker.from_url(url)
-        await broker.connect()
-        try:
+        async with connected(url) as broker:
             checkouts = _count_checkouts(broker)
             for i in range(30):
                 await broker.publish([Message(f"m{i}", "direct", b"body", 0)])
                 assert (await broker.depth("direct"))["ready"] == i + 1
             assert checkouts == [1]
-        finally:
-            await broker.close()
 
     asyncio.run(main())
 
 
 def test_more_calls_at_once_than_kept_connections_each_get_their_own_reply(url: str) -> None:
     async def main() -> None:
-        broker = RedisBroker.from_url(url)
-        await broker.connect()
-        try:
+        async with connected(url) as broker:
             queues = [f"q{i}" for i in range(24)]
             for i, queue in enumerate(queues):
                 await broker.publish([Message(f"{queue}m{k}", queue, b"b", 0) for k in range(i)])
             for _ in range(3):
                 depths = await asyncio.gather(*(broker.depth(q) for q in queues))
                 assert [d["ready"] for d in depths] == list(range(24))
-        finally:
-            await broker.close()
 
     asyncio.run(main())
 
 
 def test_a_scripts_own_error_is_raised_and_its_connection_kept(url: str) -> None:
     async def main() -> None:
-        broker = RedisBroker.from_url(url)
-        await broker.connect()
-        try:
+        async with connected(url) as broker:
             checkouts = _count_checkouts(broker)
             with pytest.raises(BrokerError):
                 await broker._run("publish", ["not a count"])  # noqa: SLF001
             assert (await broker.depth("direct"))["ready"] == 0
             assert checkouts == [1]
-        finally:
-            await broker.close()
 
     asyncio.run(main())
 
 
 def test_a_call_cancelled_with_its_reply_in_flight_leaves_nothing_for_the_next(url: str) -> None:
     async def main() -> None:
-        broker = RedisBroker.from_url(url)
-        await broker.connect()
-        try:
+        async with connected(url) as broker:
             await broker.publish([Message("m1", "full", b"body", 0)])
             conn = broker._conn  # noqa: SLF001
             kept = conn._kept.idle()  # noqa: SLF001 -- the one the next call takes
@@ -117,8 +103,6 @@ def test_a_call_cancelled_with_its_reply_in_flight_leaves_nothing_for_the_next(u
                 "dead": 0,
             }
             assert (await broker.depth("full"))["ready"] == 1
-        finally:
-            await broker.close()
 
     asyncio.run(main())
 

@@ -15,7 +15,7 @@ import pytest
 
 from taskflow.brokers.base import Message
 from taskflow.brokers.redis import RedisBroker
-from tests.integration.redis_helpers import drop_prefix, shared_url
+from tests.integration.redis_helpers import connected, drop_prefix, shared_url
 
 pytestmark = pytest.mark.integration
 
@@ -44,9 +44,7 @@ async def _until_blocked(broker: RedisBroker, before: int) -> None:
 
 def test_a_message_pushed_to_a_waiting_fetch_is_leased_on_the_servers_clock(url: str) -> None:
     async def main() -> None:
-        broker = RedisBroker.from_url(url)
-        await broker.connect()
-        try:
+        async with connected(url) as broker:
             before = await _blocked_clients(broker)
             waiting = asyncio.ensure_future(broker.fetch(["wake"], 10, 5.0))
             await _until_blocked(broker, before)
@@ -60,17 +58,13 @@ def test_a_message_pushed_to_a_waiting_fetch_is_leased_on_the_servers_clock(url:
             assert deadline is not None
             assert sent + LEASE - 1.0 < deadline < time.time() + LEASE + 1.0
             assert await got[0].ack()
-        finally:
-            await broker.close()
 
     asyncio.run(main())
 
 
 def test_a_cancelled_wait_gives_back_what_its_fetch_took_uncounted(url: str) -> None:
     async def main() -> None:
-        broker = RedisBroker.from_url(url)
-        await broker.connect()
-        try:
+        async with connected(url) as broker:
             for i in range(20):
                 before = await _blocked_clients(broker)
                 waiting = asyncio.ensure_future(broker.fetch(["stop"], 10, 5.0))
@@ -86,8 +80,6 @@ def test_a_cancelled_wait_gives_back_what_its_fetch_took_uncounted(url: str) -> 
                 again = await broker.fetch(["stop"], 10, 1.0)
                 assert [(d.id, d.delivery_count) for d in again] == [(f"m{i}", 1)]
                 assert await again[0].ack()
-        finally:
-            await broker.close()
 
     asyncio.run(main())
 
@@ -109,9 +101,7 @@ def test_after_a_fetch_that_emptied_its_queues_the_next_one_waits_without_lookin
     url: str,
 ) -> None:
     async def main() -> None:
-        broker = RedisBroker.from_url(url)
-        await broker.connect()
-        try:
+        async with connected(url) as broker:
             looks = _count_first_looks(broker)
             await broker.publish([Message("m1", "pick", b"body", 0)])
             first = await broker.fetch(["pick"], 10, 5.0)
@@ -129,17 +119,13 @@ def test_after_a_fetch_that_emptied_its_queues_the_next_one_waits_without_lookin
             assert [d.id for d in third] == ["m3"] and looks == [2]
             for delivery in [*first, *second, *third]:
                 assert await delivery.ack()
-        finally:
-            await broker.close()
 
     asyncio.run(main())
 
 
 def test_a_fetch_that_does_not_wait_still_looks_after_its_queues_were_emptied(url: str) -> None:
     async def main() -> None:
-        broker = RedisBroker.from_url(url)
-        await broker.connect()
-        try:
+        async with connected(url) as broker:
             await broker.publish([Message("m1", "poll", b"body", 0)])
             first = await broker.fetch(["poll"], 10, 5.0)
             await broker.publish([Message("m2", "poll", b"body", 0)])
@@ -147,17 +133,13 @@ def test_a_fetch_that_does_not_wait_still_looks_after_its_queues_were_emptied(ur
             assert [d.id for d in second] == ["m2"]
             for delivery in [*first, *second]:
                 assert await delivery.ack()
-        finally:
-            await broker.close()
 
     asyncio.run(main())
 
 
 def test_a_message_handed_back_after_its_queue_was_emptied_is_taken_at_once(url: str) -> None:
     async def main() -> None:
-        broker = RedisBroker.from_url(url)
-        await broker.connect()
-        try:
+        async with connected(url) as broker:
             await broker.publish([Message("m1", "back", b"body", 0)])
             first = await broker.fetch(["back"], 10, 5.0)
             assert await first[0].nack(requeue=True)
@@ -166,8 +148,6 @@ def test_a_message_handed_back_after_its_queue_was_emptied_is_taken_at_once(url:
             assert [(d.id, d.delivery_count) for d in again] == [("m1", 1)]
             assert time.monotonic() - started < 2.0  # woken, not the end of the wait
             assert await again[0].ack()
-        finally:
-            await broker.close()
 
     asyncio.run(main())
 
@@ -176,9 +156,7 @@ def test_a_lease_taken_by_the_fetch_that_emptied_the_queue_is_reclaimed_when_it_
     url: str,
 ) -> None:
     async def main() -> None:
-        broker = RedisBroker.from_url(url.replace(f"lease={LEASE}", "lease=0.3"))
-        await broker.connect()
-        try:
+        async with connected(url.replace(f"lease={LEASE}", "lease=0.3")) as broker:
             await broker.publish([Message("m1", "lapse", b"body", 0, max_deliveries=2)])
             first = await broker.fetch(["lapse"], 10, 5.0)
             assert [d.id for d in first] == ["m1"]  # and never renewed: its worker died
@@ -188,7 +166,5 @@ def test_a_lease_taken_by_the_fetch_that_emptied_the_queue_is_reclaimed_when_it_
             assert [(d.id, d.delivery_count) for d in again] == [("m1", 2)]
             assert time.monotonic() - started < 2.0
             assert await again[0].ack()
-        finally:
-            await broker.close()
 
     asyncio.run(main())
