@@ -176,8 +176,9 @@ def broker_on(loop: asyncio.AbstractEventLoop, prefix: str, **kw: object) -> Kom
     return broker
 
 
-def test_a_cancel_finds_a_scheduled_message_that_comes_due_while_it_sweeps(
-    loop: asyncio.AbstractEventLoop, prefix: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("moves_to", ["work", "a lower level"])
+def test_a_cancel_finds_a_scheduled_message_that_moves_on_while_it_sweeps(
+    loop: asyncio.AbstractEventLoop, prefix: str, monkeypatch: pytest.MonkeyPatch, moves_to: str
 ) -> None:
     from taskflow.brokers import _kombu_admin
 
@@ -188,12 +189,14 @@ def test_a_cancel_finds_a_scheduled_message_that_comes_due_while_it_sweeps(
     def sweep(io: object, name: str, queue: str, decide: object, *, kind: str) -> object:
         if kind != "scheduled" or moved:
             return real(io, name, queue, decide, kind=kind)  # type: ignore[arg-type]
-        # What RabbitMQ does when the message's last level expires while the cancel runs:
-        # the message leaves the level for the work queue, which was swept already.
+        # What RabbitMQ does when the message's level expires while the cancel runs: the
+        # message leaves it for the work queue, or for the level of its next bit (here a
+        # second from now: below the hour's level, which was swept first).
         taken = real(io, name, queue, lambda _raw: "drop", kind=kind)  # type: ignore[arg-type]
+        due = None if moves_to == "work" else time.time() + 1.0
         for raw in taken:
             kept = {k: v for k, v in raw.headers.items() if k in _kombu_admin._KEPT}
-            io.send(queue, raw.id, raw.body, raw.priority, kept, None)  # type: ignore[attr-defined]
+            io.send(queue, raw.id, raw.body, raw.priority, kept, due)  # type: ignore[attr-defined]
             moved.append(raw.id)
         return taken
 
@@ -204,7 +207,7 @@ def test_a_cancel_finds_a_scheduled_message_that_comes_due_while_it_sweeps(
         await broker.publish([scheduled])
         assert await broker.cancel(scheduled.id, "q")
         assert moved == [scheduled.id]  # it was on the move during the cancel
-        assert await broker.fetch(["q"], 10, 0.3) == []
+        assert await broker.fetch(["q"], 10, 1.5) == []  # past the second: nothing comes
         await broker.close()
 
     run(loop, body())
