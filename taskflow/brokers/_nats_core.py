@@ -303,10 +303,11 @@ class NatsCore:
         ends = self._lease_ends
         while ends:
             end, seq, token = ends[0]
-            if self._leases.get(seq) == token and end >= now:
+            held = self._leases.get(seq) == token
+            if held and end >= now:
                 return end
             heapq.heappop(ends)
-            if self._leases.get(seq) == token:
+            if held:
                 self.signals.rescan = True
         return None
 
