@@ -63,8 +63,9 @@ class DropExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def instrument() -> tuple[TracerProvider, MeterProvider]:
-    """The SDK with a dropping exporter, and taskflow instrumented with it."""
+def sdk_providers() -> tuple[TracerProvider, MeterProvider]:
+    """The SDK as the benchmarks configure it: a batch span processor handing every span
+    to a dropping exporter, and a meter provider with a reader."""
     tracer_provider = TracerProvider()
     # A queue large enough that no span is dropped at these rates (the default of 2,048
     # overflows while the worker's loop holds the GIL); export in batches of 2,048.
@@ -72,7 +73,12 @@ def instrument() -> tuple[TracerProvider, MeterProvider]:
         DropExporter(), max_queue_size=_QUEUE_SIZE, max_export_batch_size=2048
     )
     tracer_provider.add_span_processor(processor)
-    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    return tracer_provider, MeterProvider(metric_readers=[InMemoryMetricReader()])
+
+
+def instrument() -> tuple[TracerProvider, MeterProvider]:
+    """The SDK with a dropping exporter, and taskflow instrumented with it."""
+    tracer_provider, meter_provider = sdk_providers()
     TaskflowInstrumentor().instrument(
         tracer_provider=tracer_provider, meter_provider=meter_provider
     )

@@ -37,28 +37,17 @@ import statistics
 import time
 
 from opentelemetry import context, trace
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
-from bench.otel import _QUEUE_SIZE, DropExporter
+from bench.otel import sdk_providers
 
 _NO_CONTEXT = context.Context()
 
 
-def _providers() -> tuple[TracerProvider, MeterProvider]:
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(
-        BatchSpanProcessor(DropExporter(), max_queue_size=_QUEUE_SIZE, max_export_batch_size=2048)
-    )
-    return tracer_provider, MeterProvider(metric_readers=[InMemoryMetricReader()])
-
-
 def floor(attempts: int) -> float:
     """Microseconds of CPU per attempt for the SDK calls alone."""
-    tracer_provider, meter_provider = _providers()
+    tracer_provider, meter_provider = sdk_providers()
     try:
         tracer = tracer_provider.get_tracer("taskflow")
         meter = meter_provider.get_meter("taskflow")
