@@ -65,14 +65,6 @@ def _sweep(io: IoThread, name: str, queue: str, decide: Decide, *, kind: str) ->
 _KEPT = frozenset({topo.H_ID, topo.H_MAX, topo.H_COUNT, topo.H_TASK})
 
 
-def _in_cascade_order(levels: list[str]) -> list[str]:
-    """``levels`` in the order a message passes them (:func:`topo.cascade`): the top
-    levels first, then the numbered ones from the largest down."""
-    tops = [level for level in levels if level.startswith("t")]
-    numbered = sorted((level for level in levels if not level.startswith("t")), key=int)
-    return sorted(tops, key=lambda level: int(level[1:])) + numbered[::-1]
-
-
 def _raw(queue: str, message: Any) -> Raw:
     body = message.body
     if isinstance(body, str):
@@ -165,7 +157,9 @@ class KombuAdmin(BrokerAdmin):
             io.release(queue)
             names = [io.names.work(queue)]
             if scheduled:
+                # In the order messages move (see cancel), the work queue again at the end.
                 names += [io.names.level(queue, lv) for lv in io.levels(queue)]
+                names.append(io.names.work(queue))
             ids: list[str] = []
             for name in names:
                 if io.count(name):
@@ -193,11 +187,11 @@ class KombuAdmin(BrokerAdmin):
             work = io.names.work(queue)
             if io.count(work):
                 _sweep(io, work, queue, decide, kind="work")
-            # A scheduled message moves down its levels (t0, t1, ..., then 30 down to 0)
-            # and into the work queue as it comes due, maybe while this sweep runs: the
-            # levels are swept in that direction and the work queue once more at the end,
-            # so that a message on the move is met further on.
-            for level in _in_cascade_order(io.levels(queue)):
+            # A scheduled message moves down its levels and into the work queue as it
+            # comes due, maybe while this sweep runs: the levels come in that order
+            # (IoThread.levels) and the work queue once more at the end, so that a message
+            # on the move is met further on.
+            for level in io.levels(queue):
                 if found:
                     break
                 name = io.names.level(queue, level)

@@ -715,12 +715,12 @@ class IoThread:
         return int(count)
 
     def levels(self, queue: str) -> list[str]:
-        """Every delay level of ``queue`` that exists: each is made on first use (by any
-        process), the top levels in order, so the first missing one ends them."""
+        """Every delay level of ``queue`` that exists (each is made on first use, by any
+        process; the top levels in order, so the first missing one ends them), in the
+        order a message passes them (:func:`topo.cascade`): ``t0``, ``t1``, ..., then the
+        numbered ones from 30 down to 0. A sweep that takes them in this order, and the
+        work queue after them, meets a message that moves on while it runs."""
         out: list[str] = []
-        for level in [str(k) for k in range(topo.LEVEL_BITS)]:
-            if (queue, level, "") in self._bound or self.exists(self.names.level(queue, level)):
-                out.append(level)
         for i in range(topo.TOP_LEVELS):
             level = f"t{i}"
             if (queue, level, "") not in self._bound and not self.exists(
@@ -728,6 +728,9 @@ class IoThread:
             ):
                 break
             out.append(level)
+        for level in [str(k) for k in range(topo.LEVEL_BITS - 1, -1, -1)]:
+            if (queue, level, "") in self._bound or self.exists(self.names.level(queue, level)):
+                out.append(level)
         return out
 
     def exists(self, name: str) -> bool:

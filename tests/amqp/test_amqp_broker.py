@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import amqp
 import pytest
@@ -176,9 +177,14 @@ def broker_on(loop: asyncio.AbstractEventLoop, prefix: str, **kw: object) -> Kom
     return broker
 
 
+@pytest.mark.parametrize("action", ["cancel", "purge"])
 @pytest.mark.parametrize("moves_to", ["work", "a lower level"])
-def test_a_cancel_finds_a_scheduled_message_that_moves_on_while_it_sweeps(
-    loop: asyncio.AbstractEventLoop, prefix: str, monkeypatch: pytest.MonkeyPatch, moves_to: str
+def test_a_sweep_finds_a_scheduled_message_that_moves_on_while_it_runs(
+    loop: asyncio.AbstractEventLoop,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    action: str,
+    moves_to: str,
 ) -> None:
     from taskflow.brokers import _kombu_admin
 
@@ -186,27 +192,30 @@ def test_a_cancel_finds_a_scheduled_message_that_moves_on_while_it_sweeps(
     real = _kombu_admin._sweep
     moved: list[str] = []
 
-    def sweep(io: object, name: str, queue: str, decide: object, *, kind: str) -> object:
-        if kind != "scheduled" or moved:
-            return real(io, name, queue, decide, kind=kind)  # type: ignore[arg-type]
-        # What RabbitMQ does when the message's level expires while the cancel runs: the
+    def sweep(io: Any, name: str, queue: str, decide: Any, *, kind: str) -> Any:
+        if name == io.names.work(queue) or moved:
+            return real(io, name, queue, decide, kind=kind)
+        # What RabbitMQ does when the message's level expires while the sweep runs: the
         # message leaves it for the work queue, or for the level of its next bit (here a
         # second from now: below the hour's level, which was swept first).
-        taken = real(io, name, queue, lambda _raw: "drop", kind=kind)  # type: ignore[arg-type]
+        taken = real(io, name, queue, lambda _raw: "drop", kind=kind)
         due = None if moves_to == "work" else time.time() + 1.0
         for raw in taken:
             kept = {k: v for k, v in raw.headers.items() if k in _kombu_admin._KEPT}
-            io.send(queue, raw.id, raw.body, raw.priority, kept, due)  # type: ignore[attr-defined]
+            io.send(queue, raw.id, raw.body, raw.priority, kept, due)
             moved.append(raw.id)
-        return taken
+        return []  # gone before this sweep reached it
 
     monkeypatch.setattr(_kombu_admin, "_sweep", sweep)
 
     async def body() -> None:
         scheduled = msg("q", b"s", eta=time.time() + 3600)
         await broker.publish([scheduled])
-        assert await broker.cancel(scheduled.id, "q")
-        assert moved == [scheduled.id]  # it was on the move during the cancel
+        if action == "cancel":
+            assert await broker.cancel(scheduled.id, "q")
+        else:
+            assert await broker.purge_ids("q") == [scheduled.id]
+        assert moved == [scheduled.id]  # it was on the move during the sweep
         assert await broker.fetch(["q"], 10, 1.5) == []  # past the second: nothing comes
         await broker.close()
 
