@@ -79,14 +79,19 @@ class Waiters:
 
 
 async def wait_future(fut: asyncio.Future[None], timeout: float | None) -> bool:
-    """Wait for ``fut`` up to ``timeout`` seconds; True if it fired."""
+    """Wait for ``fut`` up to ``timeout`` seconds; True if it fired.
+
+    A wait that times out leaves ``fut`` pending (still registered): the caller may wait
+    on it again, and a notification that comes later still wakes that wait."""
     if fut.done():
-        return True
+        return not fut.cancelled()
     # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that arrives
     # just as ``fut`` resolves, and the cancelled caller (a worker's fetch) runs on forever.
+    # The shield keeps the timeout from cancelling ``fut`` itself: a cancelled one would
+    # read as fired to the next wait, which then returns at once (a busy loop).
     try:
         async with asyncio.timeout(timeout):
-            await fut
+            await asyncio.shield(fut)
     except TimeoutError:
         return False
     return True

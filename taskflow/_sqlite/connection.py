@@ -13,10 +13,13 @@ every caller is answered only after the commit. The blocking variants
 :meth:`Database.statement_blocking` for a write of one statement, which SQLite commits on
 its own) run on the calling thread, taking the connection's lock in turn with its thread.
 
-Wake-ups: a commit made through any :class:`Database` of this process on a file wakes the
-waiters of every other one on that file at once (:class:`Doorbell`); a commit made by
-another process is seen through ``PRAGMA data_version``, checked with a short backoff
-(1 ms, doubling up to 20 ms) while something waits -- a cheap read, no lock taken.
+Wake-ups: a commit that changed rows, made through any :class:`Database` of this process
+on a file, wakes the waiters of every other one on that file at once (:class:`Doorbell`).
+Another process's publish wakes them through the wake-up sockets of :mod:`.wake`
+(:meth:`Database.wake_others`); behind those, ``PRAGMA data_version`` is checked with a
+backoff (1 ms, doubling up to 100 ms; up to 20 ms where this process cannot listen) while
+something waits -- a cheap read, no lock taken. Checkpoints run on a thread of their own
+(:mod:`.checkpoint`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from typing import Any, ClassVar, TypeVar
 
 from .._waiters import Waiters, wait_future
 from ..errors import BrokerError
+from .checkpoint import BACKSTOP, Checkpointer
 from .schema import open_database
+from .wake import Waker
 
 __all__ = ["Connection", "Database", "Doorbell", "data_version", "sqlite_path"]
 
@@ -40,6 +45,14 @@ T = TypeVar("T")
 
 _FIRST_CHECK = 0.001
 _LAST_CHECK = 0.02
+# While this process listens for other processes' wake-ups (see .wake), the data_version
+# checks only back them up: they slow down to this.
+_LISTENING_CHECK = 0.1
+
+MESSAGES = b"m"
+"""The wake-up topic of a commit that made messages ready."""
+CONTROL = b"c"
+"""The wake-up topic of a control command."""
 
 
 def sqlite_path(url: str) -> str:
@@ -147,6 +160,13 @@ class Database:
         :meth:`Connection.statement_blocking`): for a write of one statement."""
         return self._use().statement_blocking(fn, *args)
 
+    def wake_others(self, topic: bytes = MESSAGES) -> None:
+        """After a commit that made messages ready (or, with :data:`CONTROL`, added a
+        control command): wake the processes waiting on this file for them."""
+        shared = self._shared
+        if shared is not None:
+            shared.waker.notify(topic)
+
     async def data_version(self) -> int:
         """``PRAGMA data_version``: changes when another connection commits."""
         return await self.run(data_version)
@@ -163,17 +183,25 @@ class Database:
         *,
         bell: Doorbell | None = None,
         first_check: float = _FIRST_CHECK,
+        listen: bool = False,
     ) -> None:
         """Return when this process committed to the file since :meth:`rings` gave
         ``rings`` (or rang ``bell``, when given, since its count was ``rings``), or another
         process since ``data_version`` was ``version``, or after ``timeout`` seconds
         (whichever comes first), or when this handle is closed. ``data_version`` is checked
-        after ``first_check`` seconds, then twice as long after each check, up to 20 ms."""
+        after ``first_check`` seconds, then twice as long after each check, up to 20 ms.
+
+        With ``listen`` (for waits that other processes wake: :data:`MESSAGES` and
+        :data:`CONTROL`, see :meth:`wake_others`), this process listens for their wake-ups,
+        and the checks, now only behind those, back off up to 100 ms."""
         bell = bell or self.bell
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
         fut = bell.waiters.register_async()
         pause = first_check
+        shared = self._shared
+        listening = listen and shared is not None and shared.listen()
+        last_check = max(first_check, _LISTENING_CHECK if listening else _LAST_CHECK)
         try:
             while bell.rings == rings:
                 remaining = deadline - loop.time()
@@ -184,7 +212,7 @@ class Database:
                 shared = self._shared
                 if shared is None or not shared.connected or await shared.version() != version:
                     return
-                pause = min(pause * 2, _LAST_CHECK)
+                pause = min(pause * 2, last_check)
         finally:
             bell.waiters.discard(fut)
 
@@ -200,6 +228,7 @@ class Connection:
         self.path = path
         self.busy_timeout = busy_timeout
         self.bell = Doorbell.of(path)
+        self.waker = Waker(path)
         self._key = (os.path.realpath(path), busy_timeout)
         self._users = 0
         self._conn: sqlite3.Connection | None = None
@@ -211,11 +240,25 @@ class Connection:
         self._pending: list[_Write] = []
         self._pending_lock = threading.Lock()
         self._draining = False
+        # Checkpoints run on a thread of their own (see .checkpoint).
+        self.checkpointer: Checkpointer | None = None
+        self._changes = 0
 
     @property
     def connected(self) -> bool:
         """True between :meth:`open` and :meth:`close`."""
         return self._conn is not None
+
+    def listen(self) -> bool:
+        """Listen for other processes' wake-ups on the running loop (see :mod:`.wake`);
+        True if this process does."""
+        return self.waker.listen(self._woken)
+
+    def _woken(self, topics: set[bytes]) -> None:
+        if MESSAGES in topics:
+            self.bell.ring()
+        if CONTROL in topics:
+            Doorbell.of(self.path, "control").ring()
 
     @classmethod
     def acquire(cls, path: str, busy_timeout: float) -> Connection:
@@ -252,6 +295,9 @@ class Connection:
         if self._conn is None:
             conn = open_database(self.path, self.busy_timeout)
             conn.execute("PRAGMA busy_timeout = 0")  # waits are :meth:`_patiently`'s
+            conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP}")
+            self._changes = conn.total_changes
+            self.checkpointer = Checkpointer(self.path)
             self._conn = conn
 
     async def close(self) -> None:
@@ -263,6 +309,10 @@ class Connection:
             if conn is not None:
                 await asyncio.get_running_loop().run_in_executor(executor, self._close, conn)
             executor.shutdown(wait=False)
+        checkpointer, self.checkpointer = self.checkpointer, None
+        if checkpointer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, checkpointer.stop)
+        self.waker.close()
         self.bell.waiters.notify_all()
 
     def _close(self, conn: sqlite3.Connection) -> None:
@@ -319,6 +369,7 @@ class Connection:
         _, conn = self._target()
         with self._conn_lock:
             result = self._transaction(fn, conn, args)
+            self._wrote(conn)
         self.bell.ring()
         return result
 
@@ -342,8 +393,19 @@ class Connection:
                 if not _busy(exc):
                     raise self._error(exc) from None
                 result = self._guard(fn, conn, args)  # wrote nothing: again, patiently
+            self._wrote(conn)
         self.bell.ring()
         return result
+
+    def _wrote(self, conn: sqlite3.Connection) -> bool:
+        """After a commit (under the connection's lock): count it towards the next
+        checkpoint; True if it changed rows."""
+        changes = conn.total_changes
+        rows, self._changes = changes - self._changes, changes
+        checkpointer = self.checkpointer
+        if checkpointer is not None:
+            checkpointer.committed(rows)
+        return rows != 0
 
     def _locked_guard(
         self, fn: Callable[..., T], conn: sqlite3.Connection, args: tuple[Any, ...]
@@ -419,12 +481,15 @@ class Connection:
                     continue
                 with self._conn_lock:
                     answers = self._commit(conn, batch)
+                    changed = self._wrote(conn)
             except BaseException as exc:  # not of SQLite's: answer, then stop draining
                 _answer([(w, False, exc) for w in batch])
                 with self._pending_lock:
                     self._draining = False
                 raise
-            if any(ok for _, ok, _ in answers):
+            # Only a commit that changed rows rings: a fetch that found nothing must not
+            # wake its own wait (it would take again at once, and again, on an idle file).
+            if changed:
                 self.bell.ring()
             _answer(answers)
 

@@ -11,9 +11,10 @@ handed out again, the old delivery's ``ack`` does nothing and returns False. Del
 priorities, pauses, dead letters and the control channel all live in the file, so they
 survive restarts.
 
-A waiting ``fetch`` wakes at once for a commit made in this process and within about
-20 ms for one made by another process (``PRAGMA data_version``, see
-:mod:`taskflow._sqlite.connection`).
+A waiting ``fetch`` wakes at once for a publish made in this process or, through the
+wake-up sockets beside the file, in another one (:mod:`taskflow._sqlite.wake`); the
+``PRAGMA data_version`` checks behind them (see :mod:`taskflow._sqlite.connection`) catch
+what a lost wake-up would miss.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import json
 import secrets
 import sqlite3
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-from .._sqlite.connection import Database, Doorbell, data_version, sqlite_path
+from .._sqlite.connection import CONTROL, Database, Doorbell, data_version, sqlite_path
 from ..clock import SYSTEM_CLOCK, Clock
 from ..urls import url_kwargs
 from . import _sqlite_ops as ops
@@ -46,6 +47,8 @@ __all__ = ["SqliteBroker", "SqliteDelivery"]
 
 _CONTROL_KEEP = 3600.0  # seconds a control command stays in the file
 _CONTROL_CHECK = 0.02  # seconds between control reads while another process writes
+# Settle actions after which the message is waiting again (the fetchers are woken).
+_READY_AGAIN = frozenset({"requeue", "retry"})
 
 
 class SqliteDelivery(Delivery):
@@ -118,6 +121,7 @@ class SqliteBroker(Broker, BrokerAdmin):
         self._control_bell = Doorbell.of(self.path, "control")
         self._limiter = SqliteLimiter(self._db, self.lease, self.clock)
         self._lost: list[DeadLetter] = []
+        self._unsubscribe: Callable[[], None] | None = None
         self._control_cursors: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = (
             weakref.WeakKeyDictionary()
         )
@@ -131,9 +135,15 @@ class SqliteBroker(Broker, BrokerAdmin):
     async def connect(self) -> None:
         """Open the file (creating the schema); ConfigError if it is not usable."""
         await self._db.open()
+        if self._unsubscribe is None:
+            # A test clock's jump may make a scheduled message due: waiting fetches look.
+            self._unsubscribe = self.clock.subscribe(self._db.bell.ring)
 
     async def close(self) -> None:
         """Close the connection; the messages stay in the file."""
+        unsubscribe, self._unsubscribe = self._unsubscribe, None
+        if unsubscribe is not None:
+            unsubscribe()
         await self._db.close()
 
     async def declare(self, queue: str, *, max_length: int | None = None) -> None:
@@ -145,6 +155,7 @@ class SqliteBroker(Broker, BrokerAdmin):
         """Publish all or nothing, in one transaction."""
         if messages:
             await self._db.write(ops.insert, messages, self.clock.time())
+            self._db.wake_others()
 
     def publish_blocking(self, messages: Sequence[Message]) -> None:
         """Thread-safe synchronous publish, on the calling thread.
@@ -154,11 +165,12 @@ class SqliteBroker(Broker, BrokerAdmin):
         if not messages:
             return
         now = self.clock.time()
-        if len(messages) == 1 and self._db.statement_blocking(
-            ops.insert_unbounded, messages[0], now
+        if not (
+            len(messages) == 1
+            and self._db.statement_blocking(ops.insert_unbounded, messages[0], now)
         ):
-            return
-        self._db.write_blocking(ops.insert, messages, now)
+            self._db.write_blocking(ops.insert, messages, now)
+        self._db.wake_others()
 
     # -- consuming -------------------------------------------------------------------
     async def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> FetchResult:
@@ -179,8 +191,11 @@ class SqliteBroker(Broker, BrokerAdmin):
                 found, self._lost = self._lost, []
                 return FetchResult(got, found)
             if next_due is not None:
-                remaining = min(remaining, max(0.0, next_due - self.clock.time()) + 0.0005)
-            await self._db.wait_for_change(rings, version, remaining)
+                # None from a clock that moves only when told: its moves ring the bell.
+                due_in = self.clock.real_timeout(next_due - self.clock.time())
+                if due_in is not None:
+                    remaining = min(remaining, max(0.0, due_in) + 0.0005)
+            await self._db.wait_for_change(rings, version, remaining, listen=True)
 
     async def settle(self, mid: str, token: int, action: str, **extra: Any) -> bool:
         """Settle the delivery of ``mid`` leased under ``token`` (see :class:`SqliteDelivery`)."""
@@ -188,6 +203,8 @@ class SqliteBroker(Broker, BrokerAdmin):
         settled: bool = await self._db.write(
             ops.settle, (mid, token), action, self.clock.time(), extra
         )
+        if settled and action in _READY_AGAIN:
+            self._db.wake_others()
         return settled
 
     async def cancel(self, message_id: str, queue: str) -> bool:
@@ -217,6 +234,7 @@ class SqliteBroker(Broker, BrokerAdmin):
     async def resume(self, queue: str) -> None:
         """Deliver again."""
         await self._db.write(ops.set_paused, queue, False)
+        self._db.wake_others()
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Oldest first."""
@@ -224,11 +242,17 @@ class SqliteBroker(Broker, BrokerAdmin):
 
     async def replay(self, queue: str, ids: Sequence[str] | None = None) -> int:
         """Publish dead letters again with a fresh delivery budget."""
-        return await self._db.write(ops.replay, queue, ids, self.clock.time())
+        replayed: int = await self._db.write(ops.replay, queue, ids, self.clock.time())
+        if replayed:
+            self._db.wake_others()
+        return replayed
 
     async def requeue(self, queue: str, messages: Sequence[Message]) -> list[str]:
         """Move dead letters back as ``messages`` (matched by id), each at most once."""
-        return await self._db.write(ops.requeue, queue, messages, self.clock.time())
+        requeued: list[str] = await self._db.write(ops.requeue, queue, messages, self.clock.time())
+        if requeued:
+            self._db.wake_others()
+        return requeued
 
     async def known_queues(self) -> list[str]:
         """Declared queues and queues holding messages or dead letters."""
@@ -269,6 +293,7 @@ class SqliteBroker(Broker, BrokerAdmin):
         """Broadcast to every reader of :meth:`control_messages`, in any process."""
         await self._db.write(_add_control, json.dumps(command), self.clock.time())
         self._control_bell.ring()
+        self._db.wake_others(CONTROL)
 
     async def control_messages(self, timeout: float) -> list[dict[str, Any]]:
         """Commands sent since this task's previous call (its first call subscribes)."""
@@ -286,9 +311,10 @@ class SqliteBroker(Broker, BrokerAdmin):
             remaining = deadline - loop.time()
             if commands or remaining <= 0:
                 return commands
-            # Another process's commit (of any kind) is noticed within 20 ms.
+            # Another process's command wakes us (.wake); any commit of another process
+            # is noticed by the data_version checks behind that.
             await self._db.wait_for_change(
-                rings, version, remaining, bell=bell, first_check=_CONTROL_CHECK
+                rings, version, remaining, bell=bell, first_check=_CONTROL_CHECK, listen=True
             )
 
     def limiter(self) -> SqliteLimiter:

@@ -1,0 +1,189 @@
+"""Waking the fetchers of other processes on one SQLite file.
+
+A worker whose fetch found nothing waits. A commit of its own process wakes it through the
+in-process :class:`~taskflow._sqlite.connection.Doorbell`; a commit of another process it
+would only notice at its next ``PRAGMA data_version`` check. So that a message published by
+another process is picked up at once, without checking often (each check wakes the idle
+worker), every process that waits for messages listens on a Unix datagram socket in a
+directory beside the file (``<file>-wake/``), and a process that published messages sends
+one byte to each socket there after its commit.
+
+Nothing depends on the byte arriving: the ``data_version`` checks go on behind it, so a
+lost wake-up costs latency, never a message. A socket whose process is gone (killed, so it
+could not remove it) is removed by the next sender, which finds nobody listening. Where
+the directory cannot be made, or the socket's path is too long for a Unix socket (about
+100 bytes), or the platform has no Unix sockets, the process does not listen and its
+fetches rely on the checks alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+__all__ = ["Waker"]
+
+log = logging.getLogger("taskflow.sqlite")
+
+_MAX_PATH = 100  # a Unix socket's path is at most 107 bytes on Linux, 103 on macOS
+_RELIST = 1.0  # seconds: list the directory again at least this often (coarse mtimes)
+
+
+class Waker:
+    """The wake-up sockets of one file, for one process (see the module docs)."""
+
+    def __init__(self, path: str) -> None:
+        self.directory = os.path.abspath(path) + "-wake"
+        self._lock = threading.Lock()
+        # Listening: our socket, its path, the loop it is read on.
+        self._sock: socket.socket | None = None
+        self._own: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._failed = False
+        # Sending: one unbound socket, and the peers as last listed.
+        self._sender: socket.socket | None = None
+        self._listed: tuple[int, float, tuple[str, ...]] = (-1, 0.0, ())
+        self._pid = os.getpid()
+
+    # -- listening -------------------------------------------------------------------
+    def listen(self, on_wake: Callable[[set[bytes]], None]) -> bool:
+        """Listen on the running loop, calling ``on_wake(topics)`` when other processes
+        sent (the topics of :meth:`notify` received since the last call); True if this
+        process listens (now or since an earlier call)."""
+        if self._sock is not None and self._pid == os.getpid():
+            return True
+        if self._failed or not hasattr(socket, "AF_UNIX"):
+            return False
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._sock is not None and self._pid == os.getpid():
+                return True
+            self._forget_parent()
+            try:
+                sock, own = self._bind()
+            except OSError as exc:
+                self._failed = True
+                log.debug("not listening for wake-ups in %s: %s", self.directory, exc)
+                return False
+            loop.add_reader(sock.fileno(), self._read, sock, on_wake)
+            self._sock, self._own, self._loop = sock, own, loop
+        return True
+
+    def _bind(self) -> tuple[socket.socket, str]:
+        os.makedirs(self.directory, exist_ok=True)
+        own = os.path.join(self.directory, f"{os.getpid()}-{secrets.token_hex(4)}")
+        if len(os.fsencode(own)) > _MAX_PATH:
+            raise OSError(f"the socket path {own!r} is too long for a Unix socket")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind(own)
+        except OSError:
+            sock.close()
+            raise
+        return sock, own
+
+    @staticmethod
+    def _read(sock: socket.socket, on_wake: Callable[[set[bytes]], None]) -> None:
+        topics: set[bytes] = set()
+        while True:
+            try:
+                topics.add(sock.recv(8))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # closed meanwhile
+                return
+        if topics:
+            on_wake(topics)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: the socket's file is the parent's (it stays); our copies of
+        the descriptors are closed."""
+        if self._pid != os.getpid():
+            for sock in (self._sock, self._sender):
+                if sock is not None:
+                    sock.close()
+            self._sock = self._own = self._loop = self._sender = None
+            self._listed = (-1, 0.0, ())
+            self._pid = os.getpid()
+
+    # -- sending ---------------------------------------------------------------------
+    def notify(self, topic: bytes) -> None:
+        """Wake every other process listening on this file for ``topic`` (after a commit
+        that made messages ready, or added a control command). Never raises; costs a
+        ``stat`` when nobody listens."""
+        try:
+            peers = self._peers()
+            if not peers:
+                return
+            sender = self._sender
+            if sender is None or self._pid != os.getpid():
+                with self._lock:
+                    self._forget_parent()
+                    if self._sender is None:
+                        self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                        self._sender.setblocking(False)
+                    sender = self._sender
+            own = self._own
+            for peer in peers:
+                if peer == own:
+                    continue
+                try:
+                    sender.sendto(topic, peer)
+                except BlockingIOError:
+                    pass  # its queue is full: it has wake-ups to read already
+                except ConnectionRefusedError:  # its process is gone: nobody will
+                    with contextlib.suppress(OSError):
+                        os.unlink(peer)
+                except OSError:
+                    pass  # gone meanwhile; the next listing drops it
+        except OSError as exc:
+            log.debug("wake-up of other processes on %s failed: %s", self.directory, exc)
+
+    def _peers(self) -> tuple[str, ...]:
+        try:
+            mtime = os.stat(self.directory).st_mtime_ns
+        except FileNotFoundError:
+            return ()
+        seen, at, peers = self._listed
+        now = time.monotonic()
+        if mtime != seen or now - at > _RELIST:
+            directory = self.directory
+            peers = tuple(os.path.join(directory, name) for name in os.listdir(directory))
+            self._listed = (mtime, now, peers)
+        return peers
+
+    # -- closing ---------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop listening and remove our socket. Idempotent, from any thread."""
+        with self._lock:
+            sock, own, loop = self._sock, self._own, self._loop
+            sender = self._sender
+            self._sock = self._own = self._loop = self._sender = None
+            if self._pid != os.getpid():
+                return  # the parent's, as inherited by fork: not ours to remove
+        if sock is not None:
+            if loop is None or loop.is_closed():
+                sock.close()
+            elif loop is asyncio._get_running_loop() or not loop.is_running():  # noqa: SLF001
+                _unlisten(loop, sock)
+            else:  # the loop's own thread takes it off its selector, then closes it
+                loop.call_soon_threadsafe(_unlisten, loop, sock)
+        if own is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(own)
+        if sender is not None:
+            sender.close()
+
+
+def _unlisten(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    with contextlib.suppress(Exception):  # a loop closing meanwhile takes it off itself
+        loop.remove_reader(sock.fileno())
+    sock.close()

@@ -1,0 +1,234 @@
+"""How a fetch on an SQLite file waits, and what wakes it.
+
+An idle fetch waits without taking again and again; a message published by another
+process wakes it through the wake-up sockets beside the file (not only through the
+``data_version`` checks behind them); a socket left by a killed process is removed; a
+control command wakes control readers only; checkpoints run on their own thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sqlite3
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from taskflow._sqlite import checkpoint, connection
+from taskflow._sqlite.connection import CONTROL, MESSAGES, Database, Doorbell
+from taskflow._sqlite.wake import Waker
+from taskflow.brokers import _sqlite_ops as ops
+from taskflow.brokers.base import Message
+from taskflow.brokers.sqlite import SqliteBroker
+from tests.integration.redis_helpers import ROOT
+
+pytestmark = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no Unix sockets")
+
+
+def _counting_takes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    takes: list[int] = []
+    real = ops.take
+
+    def take(*args: Any) -> Any:
+        takes.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(ops, "take", take)
+    return takes
+
+
+def test_an_idle_fetch_waits_without_taking_again_and_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    takes = _counting_takes(monkeypatch)
+
+    async def body() -> None:
+        broker = SqliteBroker(f"sqlite:///{tmp_path / 'idle.db'}")
+        await broker.connect()
+        try:
+            got = await broker.fetch(["q"], 1, 0.5)  # an empty queue: waits its timeout
+        finally:
+            await broker.close()
+        assert list(got) == []
+
+    asyncio.run(body())
+    # The first take, and one after the timeout at most (a take that found nothing
+    # changed no row: it must not wake its own wait).
+    assert len(takes) <= 2, f"{len(takes)} takes in one idle fetch of 0.5 s"
+
+
+PUBLISH = """
+import asyncio, sys
+from taskflow.brokers.base import Message
+from taskflow.brokers.sqlite import SqliteBroker
+
+async def main():
+    broker = SqliteBroker(sys.argv[1])
+    await broker.connect()
+    await broker.publish([Message("from-another-process", "q", b"x")])
+    await broker.close()
+
+asyncio.run(main())
+"""
+
+
+def test_a_publish_in_another_process_wakes_a_waiting_fetch_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "wake.db"
+    url = f"sqlite:///{path}"
+
+    async def body() -> float:
+        broker = SqliteBroker(url)
+        await broker.connect()
+        try:
+            # Only the wake-up may end this wait: the data_version checks behind it never
+            # see the other process's commit here.
+            seen = await broker._db.data_version()  # noqa: SLF001
+            monkeypatch.setattr(connection, "_LISTENING_CHECK", 60.0)
+
+            async def unchanged(self: object) -> int:
+                return seen
+
+            monkeypatch.setattr(connection.Connection, "version", unchanged)
+            fetch = asyncio.ensure_future(broker.fetch(["q"], 1, 30.0))
+            wake_dir = Path(f"{path}-wake")
+            for _ in range(500):  # until it listens
+                if wake_dir.is_dir() and any(wake_dir.iterdir()):
+                    break
+                await asyncio.sleep(0.01)
+            assert not fetch.done()
+            sent = time.monotonic()
+            publisher = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", PUBLISH, url, cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )  # fmt: skip
+            assert await publisher.wait() == 0
+            got = await asyncio.wait_for(fetch, 20.0)
+            assert [d.id for d in got] == ["from-another-process"]
+            return time.monotonic() - sent
+        finally:
+            await broker.close()
+
+    took = asyncio.run(body())
+    assert took < 10.0  # the publisher's start-up; without the wake-up: the fetch's 30 s
+
+
+def test_a_socket_left_by_a_killed_process_is_removed_by_the_next_publish(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "stale.db"
+    wake_dir = Path(f"{path}-wake")
+    wake_dir.mkdir()
+    stale = wake_dir / "999999-dead"
+    left = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    left.bind(str(stale))
+    left.close()  # as a SIGKILL leaves it: the file stays, nobody reads
+
+    async def body() -> None:
+        broker = SqliteBroker(f"sqlite:///{path}")
+        await broker.connect()
+        try:
+            await broker.publish([Message("m1", "q", b"x")])
+        finally:
+            await broker.close()
+
+    asyncio.run(body())
+    assert not stale.exists()
+
+
+def test_wake_ups_carry_their_topic_to_the_listening_process(tmp_path: Path) -> None:
+    path = str(tmp_path / "topics.db")
+
+    async def body() -> list[set[bytes]]:
+        got: list[set[bytes]] = []
+        woken = asyncio.Event()
+        listener, sender = Waker(path), Waker(path)
+
+        def on_wake(topics: set[bytes]) -> None:
+            got.append(topics)
+            woken.set()
+
+        try:
+            assert listener.listen(on_wake)
+            sender.notify(CONTROL)
+            await asyncio.wait_for(woken.wait(), 5.0)
+            listener.notify(MESSAGES)  # its own socket is skipped
+            await asyncio.sleep(0.05)
+        finally:
+            listener.close()
+            sender.close()
+        assert list(Path(f"{path}-wake").iterdir()) == []  # closing removed its socket
+        return got
+
+    assert asyncio.run(body()) == [{CONTROL}]
+
+
+def test_a_control_wake_up_rings_the_control_bell_and_not_the_fetchers(tmp_path: Path) -> None:
+    path = str(tmp_path / "control.db")
+
+    async def body() -> None:
+        # Two connections on one file in one process stand for two processes.
+        waiting, sending = Database(path, 5.0), Database(path, 6.0)
+        await waiting.open()
+        await sending.open()
+        try:
+            shared = waiting._shared  # noqa: SLF001
+            assert shared is not None and shared.listen()
+            control, messages = Doorbell.of(path, "control"), Doorbell.of(path)
+            before = (control.rings, messages.rings)
+            sending.wake_others(CONTROL)
+            for _ in range(500):
+                if control.rings != before[0]:
+                    break
+                await asyncio.sleep(0.01)
+            assert (control.rings, messages.rings) == (before[0] + 1, before[1])
+        finally:
+            await waiting.close()
+            await sending.close()
+
+    asyncio.run(body())
+
+
+def _insert(conn: sqlite3.Connection, key: str) -> None:
+    conn.execute("INSERT INTO kv (key, value) VALUES (?, 'x')", (key,))
+
+
+def test_checkpoints_run_on_their_own_thread_and_stop_with_the_connection(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "checkpoints.db")
+
+    async def body() -> None:
+        db = Database(path, 5.0)
+        await db.open()
+        shared = db._shared  # noqa: SLF001
+        assert shared is not None and shared.checkpointer is not None
+        try:
+            # The committing connection checkpoints only past the backstop.
+            (pages,) = await db.run(lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone())
+            assert pages == checkpoint.BACKSTOP
+            for k in range(checkpoint.CHECKPOINT_EVERY * 2):
+                db.statement_blocking(_insert, f"k{k}")
+            for _ in range(500):
+                if shared.checkpointer.runs >= 1:
+                    break
+                await asyncio.sleep(0.01)
+            assert shared.checkpointer.runs >= 1
+        finally:
+            await db.close()
+        names = {t.name for t in threading.enumerate()}
+        assert "taskflow-sqlite-checkpoint" not in names
+
+    asyncio.run(body())
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM kv").fetchone() == (
+            checkpoint.CHECKPOINT_EVERY * 2,
+        )
+    conn.close()
