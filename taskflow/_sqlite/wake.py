@@ -34,6 +34,10 @@ log = logging.getLogger("taskflow.sqlite")
 
 _MAX_PATH = 100  # a Unix socket's path is at most 107 bytes on Linux, 103 on macOS
 _RELIST = 1.0  # seconds: list the directory again at least this often (coarse mtimes)
+# Seconds a listing is used without looking at the directory again: a process that starts
+# listening meanwhile is not woken by the sends of those few milliseconds, and finds their
+# messages by its data_version checks (1 ms, 2 ms, ... after its wait began) instead.
+_FRESH = 0.002
 
 
 class Waker:
@@ -49,7 +53,8 @@ class Waker:
         self._failed = False
         # Sending: one unbound socket, and the peers as last listed.
         self._sender: socket.socket | None = None
-        self._listed: tuple[int, float, tuple[str, ...]] = (-1, 0.0, ())
+        # (the directory's mtime, when it was looked at, when it was listed, the peers)
+        self._listed: tuple[int, float, float, tuple[str, ...]] = (-2, -1.0, -1.0, ())
         self._pid = os.getpid()
 
     # -- listening -------------------------------------------------------------------
@@ -111,7 +116,7 @@ class Waker:
                 if sock is not None:
                     sock.close()
             self._sock = self._own = self._loop = self._sender = None
-            self._listed = (-1, 0.0, ())
+            self._listed = (-2, -1.0, -1.0, ())
             self._pid = os.getpid()
 
     # -- sending ---------------------------------------------------------------------
@@ -148,16 +153,21 @@ class Waker:
             log.debug("wake-up of other processes on %s failed: %s", self.directory, exc)
 
     def _peers(self) -> tuple[str, ...]:
+        now = time.monotonic()
+        seen, at, listed, peers = self._listed
+        if now - at < _FRESH:
+            return peers
         try:
             mtime = os.stat(self.directory).st_mtime_ns
         except FileNotFoundError:
-            return ()
-        seen, at, peers = self._listed
-        now = time.monotonic()
-        if mtime != seen or now - at > _RELIST:
+            mtime = -1
+        if mtime == -1:
+            peers = ()
+        elif mtime != seen or now - listed > _RELIST:
             directory = self.directory
             peers = tuple(os.path.join(directory, name) for name in os.listdir(directory))
-            self._listed = (mtime, now, peers)
+            listed = now
+        self._listed = (mtime, now, listed, peers)
         return peers
 
     # -- closing ---------------------------------------------------------------------

@@ -232,3 +232,52 @@ def test_checkpoints_run_on_their_own_thread_and_stop_with_the_connection(
             checkpoint.CHECKPOINT_EVERY * 2,
         )
     conn.close()
+
+
+def test_a_short_write_runs_on_the_calling_thread_only_when_the_connection_is_idle(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "here.db")
+    entered, gate = threading.Event(), threading.Event()
+
+    def held(conn: sqlite3.Connection) -> None:
+        entered.set()
+        gate.wait(10)
+
+    def thread_name(conn: sqlite3.Connection, key: str) -> str:
+        _insert(conn, key)
+        return threading.current_thread().name
+
+    async def body() -> None:
+        db = Database(path, 5.0)
+        await db.open()
+        shared = db._shared  # noqa: SLF001
+        assert shared is not None
+        here = threading.current_thread().name
+        try:
+            # Idle: on this thread, committed.
+            assert shared.write_here(thread_name, ("a",)) == (True, here)
+            # Another process holds the file's write lock: nothing done, no wait.
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+            try:
+                assert shared.write_here(thread_name, ("b",)) == (False, None)
+            finally:
+                other.execute("ROLLBACK")
+                other.close()
+            # The connection's thread is busy with a write: left to it, in order.
+            first = asyncio.ensure_future(db.write(held))
+            assert await asyncio.to_thread(entered.wait, 10)
+            assert shared.write_here(thread_name, ("c",)) == (False, None)
+            later = asyncio.ensure_future(db.write_soon(thread_name, "d"))
+            await asyncio.sleep(0)
+            gate.set()
+            await first
+            assert (await later).startswith("taskflow-sqlite")
+            keys = await db.run(lambda c: {r[0] for r in c.execute("SELECT key FROM kv")})
+            assert keys == {"a", "d"}
+        finally:
+            gate.set()
+            await db.close()
+
+    asyncio.run(body())
