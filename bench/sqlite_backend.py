@@ -33,9 +33,9 @@ fresh file per measurement, created with its schema before the clock starts. Mea
   Huey: ``huey_consumer -k process -w 2``, one task at a time per process, or
   ``-k thread`` with ``--huey-worker-type thread``);
 * pickup latency p50/p99: from ``delay()`` in this process to the task body starting in a
-  worker process that was idle for ``--idle`` seconds. taskflow's waiting fetch notices a
-  commit by another process through ``PRAGMA data_version``, checked after 1 ms, then
-  every 2, 4, ... up to 20 ms while it waits; Huey's consumer polls its queue, here with
+  worker process that was idle for ``--idle`` seconds. taskflow's waiting fetch is woken
+  by the producer's wake-up byte on its socket beside the file (``taskflow._sqlite.wake``;
+  ``PRAGMA data_version`` checks back it up); Huey's consumer polls its queue, here with
   ``-d 0.001 -m 0.02`` (from 1 ms, growing 1.15 times per empty poll up to 20 ms; its
   defaults are 0.1 s and 10 s). Also for taskflow with the worker in the producer's
   process, where a commit rings an in-process doorbell and wakes the fetch at once.
