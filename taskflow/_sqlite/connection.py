@@ -392,15 +392,7 @@ class Connection:
                 if _busy(exc):
                     return False, None  # another process writes: wait on the thread
                 raise self._error(exc) from None
-            try:
-                result = fn(conn, *args)
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.OperationalError):
-                    raise self._error(exc) from None
-                raise
+            result = self._within(fn, conn, args)
             changed = self._wrote(conn)
         finally:
             self._conn_lock.release()
@@ -474,6 +466,10 @@ class Connection:
             self._begin(conn)
         except sqlite3.OperationalError as exc:
             raise self._error(exc) from None
+        return self._within(fn, conn, args)
+
+    def _within(self, fn: Callable[..., T], conn: sqlite3.Connection, args: tuple[Any, ...]) -> T:
+        """``fn`` in the transaction just begun, then ``COMMIT``; rolled back if it raises."""
         try:
             result = fn(conn, *args)
             conn.execute("COMMIT")

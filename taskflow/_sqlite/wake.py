@@ -61,23 +61,33 @@ class Waker:
     def listen(self, on_wake: Callable[[set[bytes]], None]) -> bool:
         """Listen on the running loop, calling ``on_wake(topics)`` when other processes
         sent (the topics of :meth:`notify` received since the last call); True if this
-        process listens (now or since an earlier call)."""
+        process listens (now or since an earlier call, on a loop that still runs)."""
         if self._sock is not None and self._pid == os.getpid():
-            return True
+            loop = self._loop
+            if loop is not None and loop.is_running():
+                return True
         if self._failed or not hasattr(socket, "AF_UNIX"):
             return False
         loop = asyncio.get_running_loop()
         with self._lock:
-            if self._sock is not None and self._pid == os.getpid():
-                return True
             self._forget_parent()
+            sock, own = self._sock, self._own
+            if sock is not None and self._loop is loop:
+                return True
             try:
-                sock, own = self._bind()
-            except OSError as exc:
+                if sock is None:
+                    sock, own = self._bind()
+                # A socket read by a loop that stopped is read by this one from now on.
+                loop.add_reader(sock.fileno(), self._read, sock, on_wake)
+            except (OSError, NotImplementedError) as exc:  # no add_reader: Windows' loop
+                if sock is not None and self._sock is None:
+                    sock.close()
+                    if own is not None:
+                        with contextlib.suppress(OSError):
+                            os.unlink(own)
                 self._failed = True
                 log.debug("not listening for wake-ups in %s: %s", self.directory, exc)
                 return False
-            loop.add_reader(sock.fileno(), self._read, sock, on_wake)
             self._sock, self._own, self._loop = sock, own, loop
         return True
 

@@ -281,3 +281,31 @@ def test_a_short_write_runs_on_the_calling_thread_only_when_the_connection_is_id
             await db.close()
 
     asyncio.run(body())
+
+
+def test_a_socket_whose_loop_ended_is_read_by_the_next_loop_that_waits(tmp_path: Path) -> None:
+    path = str(tmp_path / "loops.db")
+    listener, sender = Waker(path), Waker(path)
+
+    async def first() -> None:
+        assert listener.listen(lambda topics: None)
+
+    async def second() -> set[bytes]:
+        got: list[set[bytes]] = []
+        woken = asyncio.Event()
+
+        def on_wake(topics: set[bytes]) -> None:
+            got.append(topics)
+            woken.set()
+
+        assert listener.listen(on_wake)
+        sender.notify(MESSAGES)
+        await asyncio.wait_for(woken.wait(), 5.0)
+        return got[0]
+
+    try:
+        asyncio.run(first())  # that loop is closed when it returns
+        assert asyncio.run(second()) == {MESSAGES}
+    finally:
+        listener.close()
+        sender.close()
