@@ -24,6 +24,7 @@ import logging
 import os
 import secrets
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -155,8 +156,7 @@ class Waker:
                 except BlockingIOError:
                     pass  # its queue is full: it has wake-ups to read already
                 except ConnectionRefusedError:  # its process is gone: nobody will
-                    with contextlib.suppress(OSError):
-                        os.unlink(peer)
+                    _remove_socket(peer)
                 except OSError:
                     pass  # gone meanwhile; the next listing drops it
         except OSError as exc:
@@ -201,6 +201,13 @@ class Waker:
                 os.unlink(own)
         if sender is not None:
             sender.close()
+
+
+def _remove_socket(path: str) -> None:
+    """Remove ``path`` if it is a socket (nothing else in the directory is ours to remove)."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
 
 
 def _unlisten(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:

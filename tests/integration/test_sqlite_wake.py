@@ -309,3 +309,24 @@ def test_a_socket_whose_loop_ended_is_read_by_the_next_loop_that_waits(tmp_path:
     finally:
         listener.close()
         sender.close()
+
+
+def test_a_file_in_the_wake_up_directory_that_is_no_socket_is_left_alone(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "other.db"
+    wake_dir = Path(f"{path}-wake")
+    wake_dir.mkdir()
+    note = wake_dir / "README"
+    note.write_text("not a socket")
+
+    async def body() -> None:
+        broker = SqliteBroker(f"sqlite:///{path}")
+        await broker.connect()
+        try:
+            await broker.publish([Message("m1", "q", b"x")])
+        finally:
+            await broker.close()
+
+    asyncio.run(body())
+    assert note.read_text() == "not a socket"
