@@ -53,6 +53,10 @@ MESSAGES = b"m"
 """The wake-up topic of a commit that made messages ready."""
 CONTROL = b"c"
 """The wake-up topic of a control command."""
+RESULTS = b"r"
+"""The wake-up topic of a record made terminal."""
+FETCHING = MESSAGES + CONTROL
+"""What a worker's waits listen for (one socket for both)."""
 
 
 def sqlite_path(url: str) -> str:
@@ -171,7 +175,8 @@ class Database:
 
     def wake_others(self, topic: bytes = MESSAGES) -> None:
         """After a commit that made messages ready (or, with :data:`CONTROL`, added a
-        control command): wake the processes waiting on this file for them."""
+        control command; with :data:`RESULTS`, made records terminal): wake the processes
+        waiting on this file for them."""
         shared = self._shared
         if shared is not None:
             shared.waker.notify(topic)
@@ -192,7 +197,7 @@ class Database:
         *,
         bell: Doorbell | None = None,
         first_check: float = _FIRST_CHECK,
-        listen: bool = False,
+        listen: bytes = b"",
     ) -> None:
         """Return when this process committed to the file since :meth:`rings` gave
         ``rings`` (or rang ``bell``, when given, since its count was ``rings``), or another
@@ -200,16 +205,16 @@ class Database:
         (whichever comes first), or when this handle is closed. ``data_version`` is checked
         after ``first_check`` seconds, then twice as long after each check, up to 20 ms.
 
-        With ``listen`` (for waits that other processes wake: :data:`MESSAGES` and
-        :data:`CONTROL`, see :meth:`wake_others`), this process listens for their wake-ups,
-        and the checks, now only behind those, back off up to 100 ms."""
+        With ``listen``, the topics whose wake-ups other processes send (:data:`FETCHING`,
+        :data:`RESULTS`; see :meth:`wake_others`), this process listens for them, and the
+        checks, now only behind those, back off up to 100 ms."""
         bell = bell or self.bell
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
         fut = bell.waiters.register_async()
         pause = first_check
         shared = self._shared
-        listening = listen and shared is not None and shared.listen()
+        listening = bool(listen) and shared is not None and shared.listen(listen)
         last_check = max(first_check, _LISTENING_CHECK if listening else _LAST_CHECK)
         try:
             while bell.rings == rings:
@@ -258,14 +263,14 @@ class Connection:
         """True between :meth:`open` and :meth:`close`."""
         return self._conn is not None
 
-    def listen(self) -> bool:
-        """Listen for other processes' wake-ups on the running loop (see :mod:`.wake`);
-        True if this process does."""
-        return self.waker.listen(self._woken)
+    def listen(self, topics: bytes) -> bool:
+        """Listen for other processes' wake-ups for ``topics`` on the running loop (see
+        :mod:`.wake`); True if this process does."""
+        return self.waker.listen(topics, self._woken)
 
     def _woken(self, topics: set[bytes]) -> None:
-        if MESSAGES in topics:
-            self.bell.ring()
+        if MESSAGES in topics or RESULTS in topics:
+            self.bell.ring()  # fetches and result waits wait on the file's bell
         if CONTROL in topics:
             Doorbell.of(self.path, "control").ring()
 

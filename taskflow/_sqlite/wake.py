@@ -1,19 +1,20 @@
-"""Waking the fetchers of other processes on one SQLite file.
+"""Waking the waiting processes on one SQLite file.
 
 A worker whose fetch found nothing waits. A commit of its own process wakes it through the
 in-process :class:`~taskflow._sqlite.connection.Doorbell`; a commit of another process it
 would only notice at its next ``PRAGMA data_version`` check. So that a message published by
 another process is picked up at once, without checking often (each check wakes the idle
-worker), every process that waits for messages listens on a Unix datagram socket in a
-directory beside the file (``<file>-wake/``), and a process that published messages sends
-one byte to each socket there after its commit.
+worker), every process that waits listens on a Unix datagram socket in a directory beside
+the file (``<file>-wake/``), and a process that committed something it waits for sends one
+byte, the topic, to each socket there for that topic: a worker's socket is for messages
+and control commands, a ``result.get()``'s for finished records.
 
 Nothing depends on the byte arriving: the ``data_version`` checks go on behind it, so a
 lost wake-up costs latency, never a message. A socket whose process is gone (killed, so it
 could not remove it) is removed by the next sender, which finds nobody listening. Where
 the directory cannot be made, or the socket's path is too long for a Unix socket (about
 100 bytes), or the platform has no Unix sockets, the process does not listen and its
-fetches rely on the checks alone.
+waits rely on the checks alone.
 """
 
 from __future__ import annotations
@@ -41,102 +42,121 @@ _RELIST = 1.0  # seconds: list the directory again at least this often (coarse m
 _FRESH = 0.002
 
 
+class _Listener:
+    """One socket of this process, the loop that reads it, and what it is for."""
+
+    __slots__ = ("loop", "path", "sock")
+
+    def __init__(self, sock: socket.socket, path: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.sock = sock
+        self.path = path
+        self.loop = loop
+
+
 class Waker:
-    """The wake-up sockets of one file, for one process (see the module docs)."""
+    """The wake-up sockets of one file, for one process (see the module docs).
+
+    A socket's name ends in the topics it is for (``1234-9f3a.mc``: messages and control
+    commands; ``.r``: results), so that a sender wakes only the processes that wait for
+    its topic."""
 
     def __init__(self, path: str) -> None:
         self.directory = os.path.abspath(path) + "-wake"
         self._lock = threading.Lock()
-        # Listening: our socket, its path, the loop it is read on.
-        self._sock: socket.socket | None = None
-        self._own: str | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # Listening: a socket per set of topics.
+        self._listeners: dict[bytes, _Listener] = {}
         self._failed = False
-        # Sending: one unbound socket, and the peers as last listed.
+        # Sending: one unbound socket, and the peers by topic as last listed.
         self._sender: socket.socket | None = None
         # (the directory's mtime, when it was looked at, when it was listed, the peers)
-        self._listed: tuple[int, float, float, tuple[str, ...]] = (-2, -1.0, -1.0, ())
+        self._listed: tuple[int, float, float, dict[int, tuple[str, ...]]] = (-2, -1.0, -1.0, {})
         self._pid = os.getpid()
 
     # -- listening -------------------------------------------------------------------
-    def listen(self, on_wake: Callable[[set[bytes]], None]) -> bool:
-        """Listen on the running loop, calling ``on_wake(topics)`` when other processes
-        sent (the topics of :meth:`notify` received since the last call); True if this
-        process listens (now or since an earlier call, on a loop that still runs)."""
-        if self._sock is not None and self._pid == os.getpid():
-            loop = self._loop
-            if loop is not None and loop.is_running():
-                return True
+    def listen(self, topics: bytes, on_wake: Callable[[set[bytes]], None]) -> bool:
+        """Listen for ``topics`` (one byte each) on the running loop, calling
+        ``on_wake(received)`` when other processes sent (the topics received since the
+        last call); True if this process listens for them (now or since an earlier call,
+        on a loop that still runs)."""
+        listener = self._listeners.get(topics)
+        if listener is not None and self._pid == os.getpid() and listener.loop.is_running():
+            return True
         if self._failed or not hasattr(socket, "AF_UNIX"):
             return False
         loop = asyncio.get_running_loop()
         with self._lock:
             self._forget_parent()
-            sock, own = self._sock, self._own
-            if sock is not None and self._loop is loop:
+            listener = self._listeners.get(topics)
+            if listener is not None and listener.loop is loop:
                 return True
+            sock = path = None
             try:
-                if sock is None:
-                    sock, own = self._bind()
+                if listener is None:
+                    sock, path = self._bind(topics)
+                else:
+                    sock, path = listener.sock, listener.path
                 # A socket read by a loop that stopped is read by this one from now on.
                 loop.add_reader(sock.fileno(), self._read, sock, on_wake)
             except (OSError, NotImplementedError) as exc:  # no add_reader: Windows' loop
-                if sock is not None and self._sock is None:
+                if listener is None and sock is not None:
                     sock.close()
-                    if own is not None:
+                    if path is not None:
                         with contextlib.suppress(OSError):
-                            os.unlink(own)
+                            os.unlink(path)
                 self._failed = True
                 log.debug("not listening for wake-ups in %s: %s", self.directory, exc)
                 return False
-            self._sock, self._own, self._loop = sock, own, loop
+            self._listeners[topics] = _Listener(sock, path, loop)
         return True
 
-    def _bind(self) -> tuple[socket.socket, str]:
+    def _bind(self, topics: bytes) -> tuple[socket.socket, str]:
         os.makedirs(self.directory, exist_ok=True)
-        own = os.path.join(self.directory, f"{os.getpid()}-{secrets.token_hex(4)}")
-        if len(os.fsencode(own)) > _MAX_PATH:
-            raise OSError(f"the socket path {own!r} is too long for a Unix socket")
+        name = f"{os.getpid()}-{secrets.token_hex(4)}.{topics.decode('ascii')}"
+        path = os.path.join(self.directory, name)
+        if len(os.fsencode(path)) > _MAX_PATH:
+            raise OSError(f"the socket path {path!r} is too long for a Unix socket")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
-            sock.bind(own)
+            sock.bind(path)
         except OSError:
             sock.close()
             raise
-        return sock, own
+        return sock, path
 
     @staticmethod
     def _read(sock: socket.socket, on_wake: Callable[[set[bytes]], None]) -> None:
-        topics: set[bytes] = set()
+        received: set[bytes] = set()
         while True:
             try:
-                topics.add(sock.recv(8))
+                received.add(sock.recv(8))
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:  # closed meanwhile
                 return
-        if topics:
-            on_wake(topics)
+        if received:
+            on_wake(received)
 
     def _forget_parent(self) -> None:
-        """In a forked child: the socket's file is the parent's (it stays); our copies of
-        the descriptors are closed."""
+        """In a forked child: the sockets' files are the parent's (they stay); our copies
+        of the descriptors are closed."""
         if self._pid != os.getpid():
-            for sock in (self._sock, self._sender):
-                if sock is not None:
-                    sock.close()
-            self._sock = self._own = self._loop = self._sender = None
-            self._listed = (-2, -1.0, -1.0, ())
+            for listener in self._listeners.values():
+                listener.sock.close()
+            if self._sender is not None:
+                self._sender.close()
+            self._listeners = {}
+            self._sender = None
+            self._listed = (-2, -1.0, -1.0, {})
             self._pid = os.getpid()
 
     # -- sending ---------------------------------------------------------------------
     def notify(self, topic: bytes) -> None:
         """Wake every other process listening on this file for ``topic`` (after a commit
-        that made messages ready, or added a control command). Never raises; costs a
-        ``stat`` when nobody listens."""
+        that made messages ready, added a control command, or finished a task's record).
+        Never raises; costs a ``stat`` now and then when nobody listens."""
         try:
-            peers = self._peers()
+            peers = self._peers(topic[0])
             if not peers:
                 return
             sender = self._sender
@@ -147,10 +167,7 @@ class Waker:
                         self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
                         self._sender.setblocking(False)
                     sender = self._sender
-            own = self._own
             for peer in peers:
-                if peer == own:
-                    continue
                 try:
                     sender.sendto(topic, peer)
                 except BlockingIOError:
@@ -162,43 +179,55 @@ class Waker:
         except OSError as exc:
             log.debug("wake-up of other processes on %s failed: %s", self.directory, exc)
 
-    def _peers(self) -> tuple[str, ...]:
+    def _peers(self, topic: int) -> tuple[str, ...]:
+        """The other processes' sockets for ``topic`` (a byte)."""
         now = time.monotonic()
-        seen, at, listed, peers = self._listed
-        if now - at < _FRESH:
-            return peers
-        try:
-            mtime = os.stat(self.directory).st_mtime_ns
-        except FileNotFoundError:
-            mtime = -1
-        if mtime == -1:
-            peers = ()
-        elif mtime != seen or now - listed > _RELIST:
-            directory = self.directory
-            peers = tuple(os.path.join(directory, name) for name in os.listdir(directory))
-            listed = now
-        self._listed = (mtime, now, listed, peers)
-        return peers
+        seen, at, listed, by_topic = self._listed
+        if now - at >= _FRESH:
+            try:
+                mtime = os.stat(self.directory).st_mtime_ns
+            except FileNotFoundError:
+                mtime = -1
+            if mtime == -1:
+                by_topic = {}
+            elif mtime != seen or now - listed > _RELIST:
+                by_topic = self._list()
+                listed = now
+            self._listed = (mtime, now, listed, by_topic)
+        return by_topic.get(topic, ())
+
+    def _list(self) -> dict[int, tuple[str, ...]]:
+        own = {listener.path for listener in self._listeners.values()}
+        found: dict[int, list[str]] = {}
+        directory = self.directory
+        for name in os.listdir(directory):
+            path = os.path.join(directory, name)
+            if path in own:
+                continue
+            _, dot, topics = name.rpartition(".")
+            for topic in topics.encode("ascii", "ignore") if dot else b"":
+                found.setdefault(topic, []).append(path)
+        return {topic: tuple(paths) for topic, paths in found.items()}
 
     # -- closing ---------------------------------------------------------------------
     def close(self) -> None:
-        """Stop listening and remove our socket. Idempotent, from any thread."""
+        """Stop listening and remove our sockets. Idempotent, from any thread."""
         with self._lock:
-            sock, own, loop = self._sock, self._own, self._loop
-            sender = self._sender
-            self._sock = self._own = self._loop = self._sender = None
+            listeners, self._listeners = list(self._listeners.values()), {}
+            sender, self._sender = self._sender, None
             if self._pid != os.getpid():
                 return  # the parent's, as inherited by fork: not ours to remove
-        if sock is not None:
-            if loop is None or loop.is_closed():
+        running = asyncio._get_running_loop()  # noqa: SLF001
+        for listener in listeners:
+            loop, sock = listener.loop, listener.sock
+            if loop.is_closed():
                 sock.close()
-            elif loop is asyncio._get_running_loop() or not loop.is_running():  # noqa: SLF001
+            elif loop is running or not loop.is_running():
                 _unlisten(loop, sock)
             else:  # the loop's own thread takes it off its selector, then closes it
                 loop.call_soon_threadsafe(_unlisten, loop, sock)
-        if own is not None:
             with contextlib.suppress(OSError):
-                os.unlink(own)
+                os.unlink(listener.path)
         if sender is not None:
             sender.close()
 

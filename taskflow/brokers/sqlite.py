@@ -27,7 +27,14 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-from .._sqlite.connection import CONTROL, Database, Doorbell, data_version, sqlite_path
+from .._sqlite.connection import (
+    CONTROL,
+    FETCHING,
+    Database,
+    Doorbell,
+    data_version,
+    sqlite_path,
+)
 from ..clock import SYSTEM_CLOCK, Clock
 from ..urls import url_kwargs
 from . import _sqlite_ops as ops
@@ -196,7 +203,7 @@ class SqliteBroker(Broker, BrokerAdmin):
                 due_in = self.clock.real_timeout(next_due - self.clock.time())
                 if due_in is not None:
                     remaining = min(remaining, max(0.0, due_in) + 0.0005)
-            await self._db.wait_for_change(rings, version, remaining, listen=True)
+            await self._db.wait_for_change(rings, version, remaining, listen=FETCHING)
             # Woken: the take that follows is on the pickup's path. On this thread when the
             # connection is idle, it saves two thread hops.
             write = self._db.write_soon
@@ -318,7 +325,7 @@ class SqliteBroker(Broker, BrokerAdmin):
             # Another process's command wakes us (.wake); any commit of another process
             # is noticed by the data_version checks behind that.
             await self._db.wait_for_change(
-                rings, version, remaining, bell=bell, first_check=_CONTROL_CHECK, listen=True
+                rings, version, remaining, bell=bell, first_check=_CONTROL_CHECK, listen=FETCHING
             )
 
     def limiter(self) -> SqliteLimiter:

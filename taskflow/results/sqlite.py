@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from .._sqlite.connection import Database, data_version, sqlite_path
+from .._sqlite.connection import RESULTS, Database, data_version, sqlite_path
 from ..clock import SYSTEM_CLOCK, Clock
 from ..urls import url_kwargs
 from . import _heartbeats_sqlite as heartbeats
@@ -176,7 +176,10 @@ class SqliteResultStore(ResultStore):
         now = self.clock.time()
         if now >= self._next_sweep:
             await self.sweep()
-        return await self._db.write(_update, list(items), ttl, now)
+        records: list[dict[str, Any] | None] = await self._db.write(_update, list(items), ttl, now)
+        if any(is_terminal(record) for record in records):
+            self._db.wake_others(RESULTS)  # a result.get() in another process may wait
+        return records
 
     async def restart(self, task_id: str, changes: Mapping[str, Any]) -> dict[str, Any] | None:
         """A new cycle of a terminal record (exactly once across processes)."""
@@ -213,7 +216,7 @@ class SqliteResultStore(ResultStore):
             remaining = 3600.0 if deadline is None else deadline - loop.time()
             if remaining <= 0:
                 return None
-            await self._db.wait_for_change(rings, version, remaining)
+            await self._db.wait_for_change(rings, version, remaining, listen=RESULTS)
 
     async def set_nx(self, key: str, value: str, ttl: float | None) -> str | None:
         """Set if absent; else return the existing value."""

@@ -1,9 +1,10 @@
-"""How a fetch on an SQLite file waits, and what wakes it.
+"""How a fetch and a result wait on an SQLite file wait, and what wakes them.
 
 An idle fetch waits without taking again and again; a message published by another
 process wakes it through the wake-up sockets beside the file (not only through the
-``data_version`` checks behind them); a socket left by a killed process is removed; a
-control command wakes control readers only; checkpoints run on their own thread.
+``data_version`` checks behind them), and a record finished by another process wakes a
+result wait; a socket left by a killed process is removed; a control command wakes control
+readers only; checkpoints run on their own thread.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from typing import Any
 import pytest
 
 from taskflow._sqlite import checkpoint, connection
-from taskflow._sqlite.connection import CONTROL, MESSAGES, Database, Doorbell
+from taskflow._sqlite.connection import CONTROL, FETCHING, MESSAGES, RESULTS, Database, Doorbell
 from taskflow._sqlite.wake import Waker
 from taskflow.brokers import _sqlite_ops as ops
 from taskflow.brokers.base import Message
 from taskflow.brokers.sqlite import SqliteBroker
+from taskflow.results.sqlite import SqliteResultStore
 from tests.integration.redis_helpers import ROOT
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no Unix sockets")
@@ -41,6 +43,36 @@ def _counting_takes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(ops, "take", take)
     return takes
+
+
+async def _woken_by_another_process(
+    db: Database, wait: Any, path: Path, suffix: str, script: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, float]:
+    """Start ``wait`` (a coroutine waiting on ``db``) with the data_version checks held
+    still, so that only a wake-up can end it; once it listens on a ``suffix`` socket, run
+    ``script`` in another process; return what the wait returned and how long it took."""
+    seen = await db.data_version()
+    monkeypatch.setattr(connection, "_LISTENING_CHECK", 60.0)
+
+    async def unchanged(self: object) -> int:
+        return seen
+
+    monkeypatch.setattr(connection.Connection, "version", unchanged)
+    waiting = asyncio.ensure_future(wait)
+    wake_dir = Path(f"{path}-wake")
+    for _ in range(500):  # until it listens
+        if wake_dir.is_dir() and any(p.suffix == suffix for p in wake_dir.iterdir()):
+            break
+        await asyncio.sleep(0.01)
+    assert not waiting.done()
+    sent = time.monotonic()
+    other = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, f"sqlite:///{path}", cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert await other.wait() == 0
+    got = await asyncio.wait_for(waiting, 20.0)
+    return got, time.monotonic() - sent
 
 
 def test_an_idle_fetch_waits_without_taking_again_and_again(
@@ -82,42 +114,26 @@ def test_a_publish_in_another_process_wakes_a_waiting_fetch_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "wake.db"
-    url = f"sqlite:///{path}"
 
     async def body() -> float:
-        broker = SqliteBroker(url)
+        broker = SqliteBroker(f"sqlite:///{path}")
         await broker.connect()
         try:
-            # Only the wake-up may end this wait: the data_version checks behind it never
-            # see the other process's commit here.
-            seen = await broker._db.data_version()  # noqa: SLF001
-            monkeypatch.setattr(connection, "_LISTENING_CHECK", 60.0)
-
-            async def unchanged(self: object) -> int:
-                return seen
-
-            monkeypatch.setattr(connection.Connection, "version", unchanged)
-            fetch = asyncio.ensure_future(broker.fetch(["q"], 1, 30.0))
-            wake_dir = Path(f"{path}-wake")
-            for _ in range(500):  # until it listens
-                if wake_dir.is_dir() and any(wake_dir.iterdir()):
-                    break
-                await asyncio.sleep(0.01)
-            assert not fetch.done()
-            sent = time.monotonic()
-            publisher = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", PUBLISH, url, cwd=ROOT,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-            )  # fmt: skip
-            assert await publisher.wait() == 0
-            got = await asyncio.wait_for(fetch, 20.0)
-            assert [d.id for d in got] == ["from-another-process"]
-            return time.monotonic() - sent
+            got, took = await _woken_by_another_process(
+                broker._db,  # noqa: SLF001
+                broker.fetch(["q"], 1, 30.0),
+                path,
+                ".mc",
+                PUBLISH,
+                monkeypatch,
+            )
         finally:
             await broker.close()
+        assert [d.id for d in got] == ["from-another-process"]
+        return took
 
-    took = asyncio.run(body())
-    assert took < 10.0  # the publisher's start-up; without the wake-up: the fetch's 30 s
+    # The other process's start-up; without the wake-up: the fetch's 30 s.
+    assert asyncio.run(body()) < 10.0
 
 
 def test_a_socket_left_by_a_killed_process_is_removed_by_the_next_publish(
@@ -126,7 +142,7 @@ def test_a_socket_left_by_a_killed_process_is_removed_by_the_next_publish(
     path = tmp_path / "stale.db"
     wake_dir = Path(f"{path}-wake")
     wake_dir.mkdir()
-    stale = wake_dir / "999999-dead"
+    stale = wake_dir / "999999-dead.mc"
     left = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     left.bind(str(stale))
     left.close()  # as a SIGKILL leaves it: the file stays, nobody reads
@@ -156,7 +172,8 @@ def test_wake_ups_carry_their_topic_to_the_listening_process(tmp_path: Path) -> 
             woken.set()
 
         try:
-            assert listener.listen(on_wake)
+            assert listener.listen(FETCHING, on_wake)
+            sender.notify(RESULTS)  # not what it listens for: not sent to it
             sender.notify(CONTROL)
             await asyncio.wait_for(woken.wait(), 5.0)
             listener.notify(MESSAGES)  # its own socket is skipped
@@ -180,7 +197,7 @@ def test_a_control_wake_up_rings_the_control_bell_and_not_the_fetchers(tmp_path:
         await sending.open()
         try:
             shared = waiting._shared  # noqa: SLF001
-            assert shared is not None and shared.listen()
+            assert shared is not None and shared.listen(FETCHING)
             control, messages = Doorbell.of(path, "control"), Doorbell.of(path)
             before = (control.rings, messages.rings)
             sending.wake_others(CONTROL)
@@ -288,7 +305,7 @@ def test_a_socket_whose_loop_ended_is_read_by_the_next_loop_that_waits(tmp_path:
     listener, sender = Waker(path), Waker(path)
 
     async def first() -> None:
-        assert listener.listen(lambda topics: None)
+        assert listener.listen(FETCHING, lambda topics: None)
 
     async def second() -> set[bytes]:
         got: list[set[bytes]] = []
@@ -298,7 +315,7 @@ def test_a_socket_whose_loop_ended_is_read_by_the_next_loop_that_waits(tmp_path:
             got.append(topics)
             woken.set()
 
-        assert listener.listen(on_wake)
+        assert listener.listen(FETCHING, on_wake)
         sender.notify(MESSAGES)
         await asyncio.wait_for(woken.wait(), 5.0)
         return got[0]
@@ -330,3 +347,44 @@ def test_a_file_in_the_wake_up_directory_that_is_no_socket_is_left_alone(
 
     asyncio.run(body())
     assert note.read_text() == "not a socket"
+
+
+FINISH = """
+import asyncio, sys
+from taskflow.results.sqlite import SqliteResultStore
+
+async def main():
+    store = SqliteResultStore(sys.argv[1])
+    await store.connect()
+    await store.update("t1", {"status": "succeeded", "result": 7}, None)
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+def test_a_record_finished_in_another_process_wakes_a_waiting_result_get_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "results.db"
+
+    async def body() -> float:
+        store = SqliteResultStore(f"sqlite:///{path}")
+        await store.connect()
+        try:
+            await store.create_many([("t1", {"status": "queued"})], None)
+            record, took = await _woken_by_another_process(
+                store._db,  # noqa: SLF001
+                store.wait("t1", 30.0),
+                path,
+                ".r",
+                FINISH,
+                monkeypatch,
+            )
+        finally:
+            await store.close()
+        assert record is not None and record["status"] == "succeeded"
+        return took
+
+    # The other process's start-up; without the wake-up: the wait's 30 s.
+    assert asyncio.run(body()) < 10.0
