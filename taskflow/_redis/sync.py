@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from redis import BlockingConnectionPool, Redis
@@ -63,17 +63,38 @@ class SyncScript:
 
     def __call__(self, args: Sequence[Any]) -> Any:
         """Run the script with ``args`` (its ARGV); thread-safe."""
+        return self.send(args)()
+
+    def send(self, args: Sequence[Any]) -> Callable[[], Any]:
+        """Send the script with ``args`` now; the call returned reads its reply (or raises
+        its error) and must be made, once. In between, the caller may send on another
+        connection: two scripts then cost one round trip of latency instead of two.
+
+        Where the direct path is not taken, the script runs here and the call returned
+        hands back its reply."""
         script = self._script or self._open()
-        kept = self._kept
-        conn = kept.idle()
+        conn = self._kept.idle()
         if conn is None:
             conn = self._take()
-        if conn is None:
-            return script(args=args)
-        if self._pid != os.getpid():  # a forked child: the client's pool reconnects
-            return script(args=args)
+        if conn is None or self._pid != os.getpid():
+            # No kept connection free, or a forked child (the client's pool reconnects).
+            reply = script(args=args)
+            return lambda: reply
         try:
             conn.send_command("EVALSHA", script.sha, 0, *args)
+        except RECONNECT:
+            # The client's call retries these, as it would have done on its own.
+            self._drop(conn)
+            reply = script(args=args)
+            return lambda: reply
+        except BaseException:
+            self._drop(conn)
+            raise
+        return lambda: self._read(conn, script, args)
+
+    def _read(self, conn: Any, script: Any, args: Sequence[Any]) -> Any:
+        kept = self._kept
+        try:
             reply = conn.read_response()
         except NoScriptError:  # a restarted server: the client's call loads it again
             kept.give_back(conn)
@@ -82,7 +103,6 @@ class SyncScript:
             kept.give_back(conn)
             raise
         except RECONNECT:
-            # The client's call retries these, as it would have done on its own.
             self._drop(conn)
             return script(args=args)
         except BaseException:

@@ -13,7 +13,9 @@ cleaning up. :meth:`Enqueuer.cancel` takes queued or running work back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -179,14 +181,35 @@ class Enqueuer:
                 records.append((env.id, queued_record(env)))
             messages.append(self.message(env))
             ids.append(env.id)
-        if records:
+        self._record_and_publish_blocking(envs, records, messages)
+        return ids
+
+    def _record_and_publish_blocking(
+        self, envs: list[Envelope], records: Records, messages: list[Message]
+    ) -> None:
+        """Write the queued records and publish, from the calling thread: all or nothing
+        as in :meth:`run` (a failed publish undoes the records; records not written
+        after the publish are logged, and the worker's own updates create them)."""
+        finish: Callable[[], list[bool]] | None = None
+        if records and self._results.capabilities.atomic_create:
+            # As in run(): the queued records go out, then the messages, before the
+            # records' answer is read (one round trip of latency for the two).
+            finish = self._results.begin_create_many_blocking(records, None)
+        elif records:
             self._results.create_many_blocking(records, None)
         try:
             self._broker.publish_blocking(messages)
         except BaseException:
+            if finish is not None:
+                with contextlib.suppress(Exception):
+                    finish()
             self._loop.call(self.undo(envs, records))
             raise
-        return ids
+        if finish is not None:
+            try:
+                finish()
+            except Exception as exc:
+                _records_not_written(exc)
 
     async def undo(self, envs: list[Envelope], records: Records) -> None:
         """Forget the records and idempotency keys of a send that did not go out."""
@@ -233,8 +256,7 @@ class Enqueuer:
             await self.undo(envs, records)
             raise published
         if isinstance(created, BaseException):
-            # The messages are out; the worker's own updates will create the records.
-            log.warning("queued records not written (%s); the tasks were published", created)
+            _records_not_written(created)
 
     async def _create_records(self, envs: list[Envelope], records: Records) -> None:
         written = await self._results.create_many(records, None)
@@ -271,3 +293,8 @@ class Enqueuer:
             removed = await self._broker.cancel(task_id, str(record.get("queue", "")))
         await self._broker.send_control({"cmd": "cancel", "id": task_id})
         return changed is not None or removed
+
+
+def _records_not_written(exc: BaseException) -> None:
+    # The messages are out; the worker's own updates will create the records.
+    log.warning("queued records not written (%s); the tasks were published", exc)

@@ -14,7 +14,7 @@ Every store must pass ``tests/contract/test_results_contract.py``.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -213,6 +213,21 @@ class ResultStore(abc.ABC):
     ) -> list[bool]:
         """:meth:`create_many` from any thread (only if ``capabilities.blocking_create``)."""
         raise NotImplementedError
+
+    def begin_create_many_blocking(
+        self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None
+    ) -> Callable[[], list[bool]]:
+        """:meth:`create_many_blocking` in two steps: the records go out now, and the call
+        returned (which must be made, once) waits for the store's answer or raises its
+        error. In between, a ``delay()`` publishes its message, so that the two writes
+        take one round trip of latency (with ``capabilities.atomic_create`` only: the
+        worker may then update a record before it is created).
+
+        By default the records are written here and the call returned hands back the
+        answer; a store that can send without waiting overrides this.
+        """
+        written = self.create_many_blocking(items, ttl)
+        return lambda: written
 
     @abc.abstractmethod
     async def delete(self, task_id: str) -> bool:

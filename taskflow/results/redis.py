@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import orjson
@@ -210,16 +210,30 @@ class RedisResultStore(ResultStore):
     ) -> list[bool]:
         """:meth:`create_many` from any thread, on a synchronous pool of its own (the
         queued records of a ``delay()`` made outside the app's loop)."""
+        return self.begin_create_many_blocking(items, ttl)()
+
+    def begin_create_many_blocking(
+        self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None
+    ) -> Callable[[], list[bool]]:
+        """Send the creates now; the call returned reads their answer."""
         if ttl is not None:  # records with a lifetime are not sent this way
             raise NotImplementedError("create_many_blocking writes records without a ttl")
         self._conn.client()
         if not items:
-            return []
+            return list
         try:
-            written = self._sync_create(self._create_args(items, None))
+            pending = self._sync_create.send(self._create_args(items, None))
         except (RedisError, OSError) as exc:
             raise self._conn.error(exc) from None
-        return [bool(w) for w in written]
+
+        def finish() -> list[bool]:
+            try:
+                written = pending()
+            except (RedisError, OSError) as exc:
+                raise self._conn.error(exc) from None
+            return [bool(w) for w in written]
+
+        return finish
 
     def _create_args(
         self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None

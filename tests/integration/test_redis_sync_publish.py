@@ -115,3 +115,24 @@ def test_a_delay_that_stores_its_result_writes_its_record_without_the_loop(
         finally:
             admin.close()
             app.close()
+
+
+def test_records_sent_ahead_are_answered_each_on_its_own_connection(tmp_path: Path) -> None:
+    with private_redis(tmp_path) as (port, _):
+        app = App("syncrec", broker=f"redis://127.0.0.1:{port}/0?prefix=syncrec")
+        try:
+            store = app.results
+            app.kernel.call(app.kernel.connect())
+            queued = {"status": "queued", "name": "syncrec.add"}
+            # Two sends in flight at once, their answers read in the other order: the
+            # first connection is not handed out again while its answer is unread.
+            first = store.begin_create_many_blocking([("t-1", queued)], None)
+            second = store.begin_create_many_blocking([("t-2", queued), ("t-3", queued)], None)
+            assert second() == [True, True]
+            assert first() == [True]
+            assert store.create_many_blocking([("t-1", queued)], None) == [False]
+            for tid in ("t-1", "t-2", "t-3"):
+                record = app.kernel.call(store.get(tid))
+                assert record is not None and record["status"] == "queued"
+        finally:
+            app.close()

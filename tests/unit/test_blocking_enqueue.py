@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import pytest
 
 from taskflow import App, TaskStatus
+from taskflow.brokers.base import Message
+from taskflow.errors import BrokerError
 from taskflow.kernel.prepare import new_task_id
+from taskflow.results.memory import MemoryResultStore
 
 
 def test_delay_does_not_need_the_apps_loop_once_connected(app: App) -> None:
@@ -72,3 +78,111 @@ def test_generated_task_ids_are_random_uuids_never_repeated_by_a_forked_child() 
     os.waitpid(pid, 0)
     assert len(child) == 50
     assert child.isdisjoint(new_task_id() for _ in range(500))
+
+
+class _Split(MemoryResultStore):
+    """Tells when a ``delay()`` sends its queued records, reads their answer, and
+    publishes; ``fail_answer``: the answer is an error."""
+
+    def __init__(self, steps: list[str], *, fail_answer: bool = False) -> None:
+        super().__init__()
+        self.steps = steps
+        self.fail_answer = fail_answer
+        self.sent: list[str] = []
+
+    def begin_create_many_blocking(
+        self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None
+    ) -> Callable[[], list[bool]]:
+        self.steps.append("records sent")
+        self.sent += [task_id for task_id, _ in items]
+        written = self.create_many_blocking(items, ttl)
+
+        def finish() -> list[bool]:
+            self.steps.append("answer read")
+            if self.fail_answer:
+                raise BrokerError("the store went away")
+            return written
+
+        return finish
+
+
+def _split_app(steps: list[str], *, fail_answer: bool = False, fail_publish: bool = False) -> App:
+    app = App("split", results=_Split(steps, fail_answer=fail_answer))
+    publish = app.broker.publish_blocking
+
+    def publish_blocking(messages: Sequence[Message]) -> None:
+        steps.append("published")
+        if fail_publish:
+            raise BrokerError("the broker went away")
+        publish(messages)
+
+    app.broker.publish_blocking = publish_blocking  # type: ignore[method-assign]
+    return app
+
+
+def test_delay_publishes_before_it_reads_the_answer_of_its_queued_record() -> None:
+    steps: list[str] = []
+    app = _split_app(steps)
+    try:
+
+        @app.task
+        def add(x: int, y: int) -> int:
+            return x + y
+
+        add.delay(0, 0)  # connects and declares the queue through the loop
+        steps.clear()
+        handle = add.delay(2, 3)
+        # One round trip of latency: the message goes out while the record's answer is
+        # on its way.
+        assert steps == ["records sent", "published", "answer read"]
+        assert handle.status is TaskStatus.QUEUED
+        assert app.worker(concurrency=1).run_until_idle() == 2
+        assert handle.get(timeout=1) == 5
+    finally:
+        app.close()
+
+
+def test_a_failed_publish_undoes_the_queued_record_it_sent_first() -> None:
+    steps: list[str] = []
+    app = _split_app(steps, fail_publish=True)
+    try:
+
+        @app.task
+        def add(x: int, y: int) -> int:
+            return x + y
+
+        app.kernel.loop.call(app.kernel.backends.connect())
+        app.kernel.loop.call(app.kernel.backends.declare("default"))
+        with pytest.raises(BrokerError, match="broker went away"):
+            add.delay(2, 3)
+        assert steps == ["records sent", "published", "answer read"]
+        store = app.results
+        assert isinstance(store, _Split) and len(store.sent) == 1
+        # The record it sent is gone again, and nothing was queued.
+        assert app.kernel.loop.call(store.get(store.sent[0])) is None
+        assert app.worker(concurrency=1).run_until_idle() == 0
+    finally:
+        app.close()
+
+
+def test_a_record_not_written_after_the_publish_is_logged_and_the_task_still_runs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    steps: list[str] = []
+    app = _split_app(steps, fail_answer=True)
+    try:
+
+        @app.task
+        def add(x: int, y: int) -> int:
+            return x + y
+
+        app.kernel.loop.call(app.kernel.backends.connect())
+        app.kernel.loop.call(app.kernel.backends.declare("default"))
+        with caplog.at_level(logging.WARNING, logger="taskflow"):
+            handle = add.delay(2, 3)
+        assert "queued records not written" in caplog.text
+        assert "the store went away" in caplog.text
+        assert app.worker(concurrency=1).run_until_idle() == 1
+        assert handle.get(timeout=1) == 5
+    finally:
+        app.close()
