@@ -1,0 +1,155 @@
+"""Benchmark of the two worker pools on sync bodies: threads against processes, on Redis.
+
+Run from the project root (as a module, so ``import redis`` finds the library)::
+
+    python -m bench.pools [--tasks 20000] [--url redis://127.0.0.1:6379/15]
+                          [--configs "-c 8" "-P 2 -c 16" "-c 2 --pool processes"]
+
+``--tasks``    sync tasks per drain (default 20,000); each body does one ``INCR`` on Redis,
+               as in the shared peer harness
+``--url``      Redis server and database (default DB 15); keys live under the prefix
+               ``taskflow-pools`` and are deleted at the end
+``--configs``  ``taskflow worker`` options, one drain each (default: the thread pool in one
+               process with 8 slots and in two with 16, the process pool with 2 and 4
+               children)
+
+For each configuration, real ``taskflow worker`` processes start and subscribe (the time
+this takes is printed as start-up), the queue is paused, filled, then resumed, and the
+clock runs until every message was acked. Printed: the drain rate, and the CPU time per
+task of the worker processes with all their children (``/proc``) and of the Redis server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+from bench._drain import wait_drained
+from bench.redis_backend import _depth, _stop, _wait_consumers
+from taskflow import App
+
+URL = os.environ.get("BENCH_URL", "redis://127.0.0.1:6379/15?prefix=taskflow-pools")
+ROOT = Path(__file__).resolve().parents[1]
+COUNTER = "taskflow-pools:done"
+_counter = redis.Redis.from_url(URL.split("?", 1)[0])
+
+
+def _incr() -> None:
+    """One blocking round trip to Redis, like the peer harness's no-op body."""
+    _counter.incr(COUNTER)
+
+
+def build_app(url: str) -> App:
+    """The benchmark app: one sync task, fire-and-forget."""
+    bench = App("pools", broker=url)
+    bench.task(name="pools.incr", store_result=False)(_incr)
+    return bench
+
+
+app = build_app(URL)
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu(root: int) -> float:
+    """CPU seconds of ``root`` and every live descendant (``/proc``)."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry)
+        parents[pid] = int(fields[1])
+        cpu[pid] = sum(int(v) for v in fields[11:15]) / _TICK
+    total = 0.0
+    for pid, seconds in cpu.items():
+        walk = pid
+        while walk not in (root, 0, 1) and walk in parents:
+            walk = parents[walk]
+        if walk == root:
+            total += seconds
+    return total
+
+
+def _redis_cpu(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def _processes(options: str) -> int:
+    words = shlex.split(options)
+    return int(words[words.index("-P") + 1]) if "-P" in words else 1
+
+
+def drain(bench: App, url: str, options: str, tasks: int) -> tuple[float, float, float, float]:
+    """Start-up seconds, tasks per second, worker and Redis CPU microseconds per task."""
+    env = {**os.environ, "BENCH_URL": url, "PYTHONPATH": str(ROOT)}
+    command = [
+        sys.executable, "-m", "taskflow.cli.main", "worker", "-A", "bench.pools:app",
+        "--loglevel", "warning", *shlex.split(options),
+    ]  # fmt: skip
+    client = redis.Redis.from_url(url.split("?", 1)[0])
+    task = bench.registry.get("pools.incr")
+    assert task is not None
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=ROOT, env=env)
+    try:
+        _wait_consumers(client, bench, _processes(options))
+        startup = time.perf_counter() - started
+        bench.kernel.call(bench.broker.pause("default"))  # type: ignore[attr-defined]
+        for sent in range(0, tasks, 1000):
+            bench.enqueue_many([task.s() for _ in range(min(1000, tasks - sent))])
+        cpu0, redis0 = _tree_cpu(proc.pid), _redis_cpu(client)
+        began = time.perf_counter()
+        bench.kernel.call(bench.broker.resume("default"))  # type: ignore[attr-defined]
+        seconds = wait_drained(lambda: _depth(bench), began, tasks)
+        cpu, server = _tree_cpu(proc.pid) - cpu0, _redis_cpu(client) - redis0
+    finally:
+        _stop([proc])
+        client.close()
+    return startup, tasks / seconds, cpu / tasks * 1e6, server / tasks * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--url", default="redis://127.0.0.1:6379/15")
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=["-c 8", "-P 2 -c 16", "-c 2 --pool processes", "-c 4 --pool processes"],
+    )
+    args = parser.parse_args()
+    url = f"{args.url}?prefix=taskflow-pools"
+    bench = build_app(url)
+    client = redis.Redis.from_url(args.url)
+    bench.kernel.call(bench.kernel.connect())
+    print(f"taskflow pools benchmark: {args.tasks:,} sync tasks (one INCR each), {args.url}")
+    print(f"{'worker options':28}{'start-up s':>12}{'drain/s':>10}{'worker µs/task':>16}"
+          f"{'Redis µs/task':>15}")  # fmt: skip
+    try:
+        for options in args.configs:
+            startup, rate, cpu, server = drain(bench, url, options, args.tasks)
+            print(f"{options:28}{startup:12.2f}{rate:10,.0f}{cpu:16.1f}{server:15.1f}", flush=True)
+    finally:
+        for key in client.scan_iter(match="*taskflow-pools*", count=1000):
+            client.delete(key)
+        client.close()
+        bench.close()
+
+
+if __name__ == "__main__":
+    main()
