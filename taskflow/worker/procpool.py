@@ -276,7 +276,9 @@ class ProcessPool:
             )
             out, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(req_w, "wb", 0))
             child = _Child(proc, reader, out)
-            child.send({"app": self.app_path, "path": list(sys.path)})
+            child.send(
+                {"app": self.app_path, "path": list(sys.path), "rss": self.max_rss is not None}
+            )
             hello = await asyncio.wait_for(child.recv(), _START_TIMEOUT)
         except (TimeoutError, asyncio.IncompleteReadError):
             hello = ("error", f"the child process {_exit_text(proc)} before it was ready")

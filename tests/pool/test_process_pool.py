@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -10,8 +11,10 @@ from typing import Any
 
 import pytest
 
-from taskflow import App
+from taskflow import App, codec
 from taskflow.errors import ConfigError, TaskCancelled, TaskFailed
+from taskflow.message import Envelope
+from taskflow.worker import _child
 from taskflow.worker.procpool import locate_app
 from tests.cli.helpers import alive, pids, wait_for
 
@@ -242,3 +245,30 @@ def test_time_limit_must_be_a_positive_number() -> None:
         with pytest.raises(ValueError, match="bad_limit: time_limit must be positive"):
             app.task(name="bad_limit", time_limit=0)(poolapp.whoami)
         assert app.task(name="ok_limit", time_limit=2)(poolapp.whoami).options.time_limit == 2.0
+
+
+@pytest.mark.parametrize("limit", [False, True])
+def test_a_child_reads_its_memory_only_for_a_memory_limit(limit: bool) -> None:
+    # The child's side of the protocol, driven directly: its answers end with its resident
+    # memory, which it reads (from /proc) only when the worker set a memory limit.
+    req_r, req_w = os.pipe()
+    res_r, res_w = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "taskflow.worker._child", str(req_r), str(res_w)],
+        pass_fds=(req_r, res_w),
+    )
+    os.close(req_r)
+    os.close(res_w)
+    try:
+        _child._send(req_w, {"app": APP_PATH, "path": list(sys.path), "rss": limit})
+        assert _child._recv(res_r)[0] == "ready"
+        env = Envelope(id="t-1", task="pool.whoami", queue="default", args=[7])
+        fields = {"id": "t-1", "name": "pool.whoami", "attempt": 1, "retries": 0}
+        _child._send(req_w, (codec.encode_envelope(env), fields))
+        kind, value, rss = _child._recv(res_r)
+        assert (kind, codec.loads(value)) == ("ok", proc.pid)
+        assert (rss > 0) is limit
+    finally:
+        os.close(req_w)
+        assert proc.wait(10) == 0  # a closed request pipe ends the child
+        os.close(res_r)
