@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
@@ -27,6 +28,7 @@ from .scripts import load_script
 
 __all__ = [
     "Connection",
+    "RecordKeys",
     "broker_error",
     "check_prefix",
     "client_options",
@@ -198,6 +200,15 @@ async def _cause(url: str, timeout: float, options: Mapping[str, Any]) -> BaseEx
         with contextlib.suppress(Exception):
             await probe.aclose()
     return None
+
+
+@dataclass(frozen=True)
+class RecordKeys:
+    """Where a Redis result store keeps task records: its server (client URL) and the key
+    prefix of a record (``{prefix}:r:``), for a broker that marks them running."""
+
+    client_url: str
+    prefix: str
 
 
 class Connection:

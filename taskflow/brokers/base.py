@@ -133,7 +133,7 @@ class FetchResult(list["Delivery"]):
 class Delivery(abc.ABC):
     """One received message, leased to the receiver until settled."""
 
-    __slots__ = ("body", "delivery_count", "id", "priority", "queue")
+    __slots__ = ("body", "delivery_count", "id", "priority", "queue", "running_recorded")
 
     def __init__(
         self, id: str, queue: str, body: bytes, priority: int, delivery_count: int
@@ -143,6 +143,9 @@ class Delivery(abc.ABC):
         self.body = body
         self.priority = priority
         self.delivery_count = delivery_count
+        self.running_recorded = False
+        """The broker marked the task's record running as it leased this delivery (see
+        :meth:`Broker.fetch_starting`); handed back unstarted, it marks it queued again."""
 
     @property
     @abc.abstractmethod
@@ -206,6 +209,21 @@ class Broker(abc.ABC):
     async def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> FetchResult:
         """Receive up to ``max_messages``, taking queues in the given order; the result
         also carries what this instance dead-lettered on its own (``FetchResult.lost``)."""
+
+    async def fetch_starting(
+        self, queues: Sequence[str], max_messages: int, timeout: float, start: int
+    ) -> FetchResult:
+        """:meth:`fetch`, from a worker that will start every message it takes at once
+        if it takes at most ``start``. A broker that writes the task records of the
+        result store it was linked to (:meth:`link_records`) then marks them running as
+        it leases the messages, saving the worker that round trip before each body; it
+        sets ``Delivery.running_recorded`` on those. By default, a plain fetch."""
+        return await self.fetch(queues, max_messages, timeout)
+
+    def link_records(self, records: object | None) -> bool:
+        """Whether :meth:`fetch_starting` can mark the task records described by
+        ``records`` (``ResultStore.record_location()``) running. False by default."""
+        return False
 
     async def cancel(self, message_id: str, queue: str) -> bool:
         """Remove a queued or scheduled message if the broker can; True if removed."""

@@ -40,7 +40,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from .._redis.batcher import Batcher
-from .._redis.connection import Connection
+from .._redis.connection import Connection, RecordKeys
 from .._redis.scripts import BROKER_SCRIPTS
 from .._redis.sync import SyncScript
 from ..clock import SYSTEM_CLOCK, Clock
@@ -66,17 +66,24 @@ SettleItem = tuple[str, str, str, bytes | str, str, str]
 class RedisDelivery(Delivery):
     """A leased delivery; every settle call is fenced by the lease token."""
 
-    __slots__ = ("_lease", "_settle", "_token")
+    __slots__ = ("_lease", "_record", "_settle", "_token")
 
     def __init__(
-        self, settle: Callable[[SettleItem], Awaitable[bool]], lease: float, row: Sequence[bytes]
+        self,
+        settle: Callable[[SettleItem], Awaitable[bool]],
+        lease: float,
+        row: Sequence[bytes],
+        record: str = "",
     ) -> None:
-        """From one ``fetch`` reply row: id, queue, body, priority, delivery count, token."""
+        """From one ``fetch`` reply row: id, queue, body, priority, delivery count, token;
+        ``record``: the task record's key if the fetch marked it running."""
         mid, queue, body, priority, count, token = row
         super().__init__(mid.decode(), queue.decode(), body, int(priority), int(count))
         self._settle = settle
         self._lease = lease
         self._token = token.decode()
+        self._record = record
+        self.running_recorded = bool(record)
 
     @property
     def lease(self) -> float | None:
@@ -89,8 +96,10 @@ class RedisDelivery(Delivery):
 
     async def nack(self, *, requeue: bool = True) -> bool:
         """Hand the message back uncounted, or drop it."""
-        action = "requeue" if requeue else "ack"
-        return await self._settle((action, self.id, self._token, "", "", ""))
+        if not requeue:
+            return await self._settle(("ack", self.id, self._token, "", "", ""))
+        # A record the fetch marked running goes back to queued with the message.
+        return await self._settle(("requeue", self.id, self._token, self._record, "", ""))
 
     async def retry(self, body: bytes, delay: float, *, max_deliveries: int = 1) -> bool:
         """Replace the message with ``body``, due in ``delay`` seconds (held in Redis)."""
@@ -189,6 +198,7 @@ class RedisBroker(Broker, DelegatedAdmin):
         self._lost: list[DeadLetter] = []
         self._drained: Drained | None = None  # what the last fetch left (see fetch)
         self._limiter = RedisLimiter(self._conn, self.lease)
+        self._records = ""  # the linked result store's record key prefix (link_records)
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> RedisBroker:
@@ -262,15 +272,44 @@ class RedisBroker(Broker, DelegatedAdmin):
     # -- consuming -------------------------------------------------------------------
     async def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> FetchResult:
         """Lease up to ``max_messages``; block (push-based) up to ``timeout`` for the first."""
+        return await self._fetch(queues, max_messages, timeout, 0)
+
+    async def fetch_starting(
+        self, queues: Sequence[str], max_messages: int, timeout: float, start: int
+    ) -> FetchResult:
+        """:meth:`fetch`; if it takes at most ``start`` messages, the linked store's
+        records of their tasks are marked running by the same script (one round trip
+        less before each body: see ``Broker.fetch_starting``)."""
+        return await self._fetch(queues, max_messages, timeout, start if self._records else 0)
+
+    def link_records(self, records: object | None) -> bool:
+        """Mark the records of a Redis result store on this server running as their
+        messages are leased: True if ``records`` (``RedisResultStore.record_location()``)
+        are on the same server and under the same hash tag (one Redis Cluster slot)."""
+        if not (
+            isinstance(records, RecordKeys)
+            and records.client_url == self._conn.client_url
+            and records.prefix.startswith(self._conn.tag + ":")
+        ):
+            return False
+        self._records = records.prefix
+        return True
+
+    async def _fetch(
+        self, queues: Sequence[str], max_messages: int, timeout: float, start: int
+    ) -> FetchResult:
         if max_messages <= 0 or not queues:
             return FetchResult((), self._take_lost())
         notify = [self.key("q", q, "notify") for q in queues]
+        marking = [start, self._records] if start > 0 else []
         after = None
         if self.clock is SYSTEM_CLOCK:
             # On the real clock, the fetch after a wake-up is sent with the wait itself
             # and runs on the server as the wait ends, with the server's time.
             args = [self._conn.tag, "server", repr(self.lease), max_messages, len(queues)]
-            after = FetchAfter(self._conn.sha("fetch"), [*args, *queues], self._parse_fetch)
+            after = FetchAfter(
+                self._conn.sha("fetch"), [*args, *queues, *marking], self._parse_fetch
+            )
         # What the previous fetch left spares this one its first look (without ``after``
         # it is not used), if it looked in the same queues a moment ago.
         looked_in = frozenset(queues)
@@ -280,7 +319,7 @@ class RedisBroker(Broker, DelegatedAdmin):
         ):
             drained = None
         got, next_due = await self._waits.fetch(
-            lambda: self._fetch_once(queues, max_messages), notify, timeout, after, drained
+            lambda: self._fetch_once(queues, max_messages, marking), notify, timeout, after, drained
         )
         if len(got) < max_messages:
             # Fewer than asked for: every queue it looked in was left with nothing ready.
@@ -293,18 +332,19 @@ class RedisBroker(Broker, DelegatedAdmin):
         return FetchResult(got, self._take_lost())
 
     async def _fetch_once(
-        self, queues: Sequence[str], limit: int
+        self, queues: Sequence[str], limit: int, marking: Sequence[Any]
     ) -> tuple[list[Delivery], float | None]:
-        reply = await self._run("fetch", [repr(self.lease), limit, len(queues), *queues])
+        reply = await self._run("fetch", [repr(self.lease), limit, len(queues), *queues, *marking])
         return self._parse_fetch(reply)
 
     def _parse_fetch(self, reply: Sequence[Any]) -> tuple[list[Delivery], float | None]:
         """The deliveries of a ``fetch`` reply, and when the next held message falls due;
         the messages it dead-lettered are kept for the caller (``FetchResult.lost``)."""
         next_due = float(reply[0]) if reply[0] else None
-        start = 2 + 6 * int(reply[1])
+        marks = reply[2]
+        start = 3 + 6 * int(reply[1])
         now = self.clock.time()
-        for i in range(2, start, 6):
+        for i in range(3, start, 6):
             mid, queue, body, reason, error, count = reply[i : i + 6]
             try:
                 text_id = mid.decode()
@@ -316,8 +356,19 @@ class RedisBroker(Broker, DelegatedAdmin):
                 )
             )
         settle, lease = self._settle, self.lease
+        if not marks:
+            return [
+                RedisDelivery(settle, lease, reply[i : i + 6]) for i in range(start, len(reply), 6)
+            ], next_due
+        records = self._records
         return [
-            RedisDelivery(settle, lease, reply[i : i + 6]) for i in range(start, len(reply), 6)
+            RedisDelivery(
+                settle,
+                lease,
+                reply[i : i + 6],
+                records + reply[i].decode() if mark == 114 else "",  # b"r"
+            )
+            for mark, i in zip(marks, range(start, len(reply), 6), strict=True)
         ], next_due
 
     def _take_lost(self) -> list[DeadLetter]:

@@ -214,6 +214,12 @@ class ResultStore(abc.ABC):
         """:meth:`create_many` from any thread (only if ``capabilities.blocking_create``)."""
         raise NotImplementedError
 
+    def record_location(self) -> object | None:
+        """Where this store keeps task records, for a broker on the same server that can
+        mark them running as it leases their messages (``Broker.link_records``); None
+        (the default): no broker can."""
+        return None
+
     def begin_create_many_blocking(
         self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None
     ) -> Callable[[], list[bool]]:

@@ -24,7 +24,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from .._redis.batcher import Batcher
-from .._redis.connection import Connection
+from .._redis.connection import Connection, RecordKeys
 from .._redis.scripts import RESULT_SCRIPTS
 from .._redis.sync import SyncScript
 from ..clock import SYSTEM_CLOCK, Clock
@@ -211,6 +211,11 @@ class RedisResultStore(ResultStore):
         """:meth:`create_many` from any thread, on a synchronous pool of its own (the
         queued records of a ``delay()`` made outside the app's loop)."""
         return self.begin_create_many_blocking(items, ttl)()
+
+    def record_location(self) -> RecordKeys:
+        """This store's server and record keys, for a Redis broker on the same server and
+        hash tag (``Broker.link_records``)."""
+        return RecordKeys(self._conn.client_url, self.key("r", ""))
 
     def begin_create_many_blocking(
         self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None

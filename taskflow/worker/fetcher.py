@@ -26,6 +26,7 @@ from ..brokers.base import DeadLetter, Delivery, FetchResult
 from ..clock import Clock
 from ..errors import NotRegistered
 from ..kernel import Kernel
+from .cluster_limits import has_cluster_limit
 from .leases import LeaseKeeper
 from .rejects import Rejects
 from .resilience import TRANSIENT, Backoff, Outage, cancel_swallowed, describe
@@ -157,9 +158,34 @@ class Fetcher:
         self.poll_interval = poll_interval
         self.stall_timeout = stall_timeout
         self._refused: dict[str, None] = {}
+        self._starting = False  # the broker marks records running (open)
+        self._limited: tuple[int, bool] = (-1, False)  # registry size, any task limited
         self._backoff = Backoff(rng)
         self._outage = Outage(f"worker {name}: fetch")
         self._unexpected = 0
+
+    def open(self) -> None:
+        """As the worker starts consuming: link the broker to the result store's records,
+        if it can mark them running as it leases their messages (``fetch_starting``)."""
+        kernel = self.kernel
+        self._starting = kernel.broker.link_records(kernel.results.record_location())
+
+    def _start_count(self) -> int:
+        """How many messages a fetch may take for the broker to mark their records running:
+        the free slots, when every message taken then starts at once (nothing buffered
+        ahead of it, and no task a rate or cluster-wide limit could hold back); else 0."""
+        if not self._starting or len(self.sched):
+            return 0
+        registry = self.kernel.registry
+        size = len(registry)
+        if self._limited[0] != size:
+            tasks = [registry[name] for name in registry]
+            limited = any(t.options.rate_limit is not None or has_cluster_limit(t) for t in tasks)
+            self._limited = (size, limited)
+        if self._limited[1]:
+            return 0
+        window = self.window
+        return max(0, window.concurrency - (len(window) - window.settling))
 
     # -- the loop --------------------------------------------------------------------
     async def run(self, until_idle: bool = False) -> None:
@@ -247,7 +273,12 @@ class Fetcher:
         stall = asyncio.timeout(self.stall_timeout)
         try:
             async with stall:
-                return await self.kernel.broker.fetch(self.sched.fetch_order(), credits, timeout)
+                broker, start = self.kernel.broker, self._start_count()
+                if start:
+                    return await broker.fetch_starting(
+                        self.sched.fetch_order(), credits, timeout, start
+                    )
+                return await broker.fetch(self.sched.fetch_order(), credits, timeout)
         except TimeoutError:
             if not stall.expired():
                 raise

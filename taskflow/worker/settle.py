@@ -17,6 +17,7 @@ while. If the worker stops meanwhile, the message is left to redelivery.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import random
@@ -57,6 +58,9 @@ T = TypeVar("T")
 
 # Best-effort writes while handing a message back (stopping) are bounded by this.
 _HAND_BACK_TIMEOUT = 1.0
+# A running record the broker marked gets its other fields with the outcome when the
+# body returns within this many seconds, else on their own (Settler._complete_running).
+_COMPLETE_AFTER = 0.05
 
 
 class Act(enum.Enum):
@@ -117,6 +121,8 @@ class Settler:
         self.name = name
         self.clock = clock
         self.rng = rng
+        self._completing: set[asyncio.Task[Any]] = set()
+        self._unwritten: dict[str, tuple[asyncio.TimerHandle, dict[str, Any]]] = {}
 
     # -- the one path ----------------------------------------------------------------
     async def apply(
@@ -185,6 +191,8 @@ class Settler:
             return True
         ttl = self.kernel.settings.result_ttl if terminal else None
         tid = subject.envelope.id
+        if self._unwritten:
+            changes = {**self._take_unwritten(tid), **changes}
         record = await self.durably(
             lambda: self.kernel.results.update(tid, changes, ttl), "writing the record", tid
         )
@@ -213,8 +221,16 @@ class Settler:
 
     # -- a job's life ----------------------------------------------------------------
     async def started(self, job: Job) -> bool:
-        """Mark running; False (and the message settled) if the record is terminal."""
+        """Mark running; False (and the message settled) if the record is terminal.
+
+        A record the broker marked running as it leased the message (and found not
+        terminal) is not written again before the body: the rest of its fields follow
+        in the background (:meth:`_complete_running`)."""
         env = job.envelope
+        if job.delivery.running_recorded and job.stores:
+            self._complete_running(job)
+            await self.announcer.started(job)
+            return True
         ok = await self._record(
             job,
             {
@@ -233,6 +249,56 @@ class Settler:
             return False
         await self.announcer.started(job)
         return True
+
+    def _complete_running(self, job: Job) -> None:
+        """The fields of a ``running`` record the broker did not write (it wrote the status
+        and ``started_at``): written with the outcome if the body returns within
+        :data:`_COMPLETE_AFTER`, else on their own then (best effort: never the status,
+        so a late write cannot undo an outcome). The body does not wait for them."""
+        env = job.envelope
+        changes = {
+            "attempts": job.attempt,
+            "worker": self.name,
+            "name": env.task,
+            "queue": env.queue,
+            "priority": env.priority,
+        }
+        handle = asyncio.get_running_loop().call_later(
+            _COMPLETE_AFTER, self._send_running, env.id, changes
+        )
+        self._unwritten[env.id] = (handle, changes)
+
+    def _send_running(self, task_id: str, changes: dict[str, Any]) -> None:
+        self._unwritten.pop(task_id, None)
+        task = asyncio.get_running_loop().create_task(
+            self.kernel.results.update(task_id, changes, None)
+        )
+        self._completing.add(task)
+        task.add_done_callback(self._completed)
+
+    def _completed(self, task: asyncio.Task[Any]) -> None:
+        self._completing.discard(task)
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            log.debug("running record not completed (%s)", describe(exc))
+
+    def _take_unwritten(self, task_id: str) -> dict[str, Any]:
+        """The running record's fields still to write for ``task_id`` (none: empty); they
+        are now the caller's to write."""
+        pending = self._unwritten.pop(task_id, None)
+        if pending is None:
+            return {}
+        pending[0].cancel()
+        return pending[1]
+
+    async def close(self) -> None:
+        """The worker stops: drop the record fields not sent yet, and wait (bounded) for
+        those in flight."""
+        for handle, _ in self._unwritten.values():
+            handle.cancel()
+        self._unwritten.clear()
+        if self._completing:
+            await asyncio.wait(set(self._completing), timeout=_HAND_BACK_TIMEOUT)
 
     async def _settled_before(self, job: Job) -> None:
         """The record is terminal: cancelled meanwhile, or a redelivery of a task whose
@@ -364,6 +430,7 @@ class Settler:
         Best effort and bounded: if it fails, the lease runs out and the broker delivers
         the message again.
         """
+        self._take_unwritten(job.envelope.id)  # the record goes back to queued
         try:
             if started and job.stores:
                 await within(

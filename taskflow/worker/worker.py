@@ -301,6 +301,7 @@ class Worker(Service):
         for q in self.queues:
             await self.kernel.declare(q)
         self.window.open()
+        self.fetcher.open()
         self.executor.open()
         if self.executor.procs is not None:
             await self.executor.procs.open()
@@ -393,6 +394,7 @@ class Worker(Service):
     async def _close(self, final: bool) -> None:
         await self.announcer.drain()
         await self.executor.close()
+        await self.settler.close()
         if final:
             self.bus.close_all()
         log.info("worker %s stopped", self.name)

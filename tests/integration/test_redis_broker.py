@@ -131,7 +131,8 @@ def _bury(app: App, queue: str, count: int) -> list[str]:
         raise ValueError("boom")
 
     ids = [boom.delay(i).id for i in range(count)]
-    app.worker(queues=[queue], concurrency=4).run_until_idle()
+    # One slot: the tasks fail, and become dead letters, in the order they were sent.
+    app.worker(queues=[queue], concurrency=1).run_until_idle()
     return ids
 
 

@@ -1,8 +1,13 @@
 -- Lease up to ARGV[4] ready messages from the queues ARGV[6..], in that order.
--- ARGV: prefix, now, lease seconds, max, queue count, queues...
+-- ARGV: prefix, now, lease seconds, max, queue count, queues..., then optionally
+-- start and a record key prefix: when the caller will start every message taken at
+-- once (it took at most ``start``), the task records under that prefix (the result
+-- store's, on this server) are marked running here, as the worker would before the body.
 -- First reclaims expired leases and promotes due scheduled messages of those queues.
--- Returns {next_due, n_dead, [id, queue, body, reason, error, delivery_count] * n_dead,
---          [id, queue, body, priority, delivery_count, token] * taken}; next_due is the
+-- Returns {next_due, n_dead, marks, [id, queue, body, reason, error, delivery_count] * n_dead,
+--          [id, queue, body, priority, delivery_count, token] * taken}; marks has one
+-- character per message taken ('r': its record was marked running; '-': not, because
+-- the record is missing, expired or final, or nothing was to be marked); next_due is the
 -- earliest future schedule or lease deadline ('' if none) so an idle caller knows when
 -- to look again; the dead ones were dead-lettered by this call: 'worker_lost' (reclaimed
 -- past their delivery budget) or 'undecodable' (malformed framing, see common.lua).
@@ -146,7 +151,28 @@ for i = 1, nq do
     end
   end
 end
-local reply = {next_due ~= nil and tostring(next_due) or '', tostring(#dead / 6)}
+-- Mark the records running, as ``result_update.lua`` would merge the worker's own write:
+-- an expired record counts as missing (left for that script to delete), a final one is
+-- left alone (the worker then finds it final and does not run the task).
+local marks = ''
+local start = tonumber(ARGV[6 + nq] or '0') or 0
+if taken > 0 and taken <= start then
+  local records = ARGV[7 + nq]
+  local final = {['"succeeded"'] = true, ['"failed"'] = true, ['"cancelled"'] = true,
+    ['"expired"'] = true}
+  for i = 1, #out, 6 do
+    local key = records .. out[i]
+    local f = redis.call('HMGET', key, 'status', '_x')
+    local expired = f[2] and tonumber(f[2]) ~= nil and tonumber(f[2]) <= NOW
+    if f[1] and not expired and not final[f[1]] then
+      redis.call('HSET', key, 'status', '"running"', 'started_at', NOW_TEXT)
+      marks = marks .. 'r'
+    else
+      marks = marks .. '-'
+    end
+  end
+end
+local reply = {next_due ~= nil and tostring(next_due) or '', tostring(#dead / 6), marks}
 for _, v in ipairs(dead) do
   reply[#reply + 1] = v
 end

@@ -1,6 +1,7 @@
 -- Settle deliveries, fenced by their token. ARGV: prefix, now, lease, count, then per
--- item: action, id, token, a1, a2, a3. Actions: touch, ack, requeue, retry (a1 body,
--- a2 delay, a3 max_deliveries), dead (a1 reason, a2 error). Returns 1/0 per item.
+-- item: action, id, token, a1, a2, a3. Actions: touch, ack, requeue (a1 the task record's
+-- key when the fetch marked it running, else ''), retry (a1 body, a2 delay, a3
+-- max_deliveries), dead (a1 reason, a2 error). Returns 1/0 per item.
 local lease = tonumber(ARGV[3])
 local n = tonumber(ARGV[4])
 local results = {}
@@ -27,6 +28,10 @@ local function settle(action, id, token, a1, a2, a3)
     redis.call('HSET', key, 'dc', math.max(0, (int_in(m[5], 0) or 1) - 1))
     make_ready(id, q, int_in(m[4], 0, 9) or 0)
     woken[q] = true
+    -- The fetch marked its record running: it waits in its queue again.
+    if a1 ~= '' and redis.call('HGET', a1, 'status') == '"running"' then
+      redis.call('HSET', a1, 'status', '"queued"')
+    end
   elseif action == 'retry' then
     redis.call('HSET', key, 'b', a1, 'dc', 0, 'md', int_in(a3, 1) or 1, 'tk', '')
     local delay = tonumber(a2) or 0

@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from taskflow import App, TaskStatus
+from taskflow import App, TaskContext, TaskStatus
 from taskflow.message import Envelope
 
 URL = os.environ["LINK_URL"]
@@ -38,10 +38,12 @@ def broken(x: int) -> int:
     raise ValueError(f"broken {x}")
 
 
-@app.task(name="link.callback")
-def callback(value: Any, tag: str) -> None:
-    """Counts its runs per tag and keeps the value it got."""
+@app.task(name="link.callback", bind=True)
+def callback(ctx: TaskContext, value: Any, tag: str) -> None:
+    """Counts its runs per tag, keeps the value it got and notes its own task id: one id
+    per callback sent (a worker killed while it runs one runs that same id again)."""
     _redis.incr(f"{COUNTERS}:runs:{tag}")
+    _redis.sadd(f"{COUNTERS}:sent:{tag}", ctx.id)
     _redis.rpush(f"{COUNTERS}:values:{tag}", str(value))
 
 
