@@ -6,7 +6,8 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -106,7 +107,12 @@ class _Split(MemoryResultStore):
         return finish
 
 
-def _split_app(steps: list[str], *, fail_answer: bool = False, fail_publish: bool = False) -> App:
+@contextmanager
+def _split_app(
+    steps: list[str], *, fail_answer: bool = False, fail_publish: bool = False
+) -> Iterator[tuple[App, Any]]:
+    """An app whose store records the steps of a send (``_Split``) and whose broker notes
+    each publish (``fail_publish``: it fails), connected, with its task ``add``."""
     app = App("split", results=_Split(steps, fail_answer=fail_answer))
     publish = app.broker.publish_blocking
 
@@ -117,42 +123,34 @@ def _split_app(steps: list[str], *, fail_answer: bool = False, fail_publish: boo
         publish(messages)
 
     app.broker.publish_blocking = publish_blocking  # type: ignore[method-assign]
-    return app
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    try:
+        app.kernel.loop.call(app.kernel.backends.connect())
+        app.kernel.loop.call(app.kernel.backends.declare("default"))
+        yield app, add
+    finally:
+        app.close()
 
 
 def test_delay_publishes_before_it_reads_the_answer_of_its_queued_record() -> None:
     steps: list[str] = []
-    app = _split_app(steps)
-    try:
-
-        @app.task
-        def add(x: int, y: int) -> int:
-            return x + y
-
-        add.delay(0, 0)  # connects and declares the queue through the loop
-        steps.clear()
+    with _split_app(steps) as (app, add):
         handle = add.delay(2, 3)
         # One round trip of latency: the message goes out while the record's answer is
         # on its way.
         assert steps == ["records sent", "published", "answer read"]
         assert handle.status is TaskStatus.QUEUED
-        assert app.worker(concurrency=1).run_until_idle() == 2
+        assert app.worker(concurrency=1).run_until_idle() == 1
         assert handle.get(timeout=1) == 5
-    finally:
-        app.close()
 
 
 def test_a_failed_publish_undoes_the_queued_record_it_sent_first() -> None:
     steps: list[str] = []
-    app = _split_app(steps, fail_publish=True)
-    try:
-
-        @app.task
-        def add(x: int, y: int) -> int:
-            return x + y
-
-        app.kernel.loop.call(app.kernel.backends.connect())
-        app.kernel.loop.call(app.kernel.backends.declare("default"))
+    with _split_app(steps, fail_publish=True) as (app, add):
         with pytest.raises(BrokerError, match="broker went away"):
             add.delay(2, 3)
         assert steps == ["records sent", "published", "answer read"]
@@ -161,28 +159,16 @@ def test_a_failed_publish_undoes_the_queued_record_it_sent_first() -> None:
         # The record it sent is gone again, and nothing was queued.
         assert app.kernel.loop.call(store.get(store.sent[0])) is None
         assert app.worker(concurrency=1).run_until_idle() == 0
-    finally:
-        app.close()
 
 
 def test_a_record_not_written_after_the_publish_is_logged_and_the_task_still_runs(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     steps: list[str] = []
-    app = _split_app(steps, fail_answer=True)
-    try:
-
-        @app.task
-        def add(x: int, y: int) -> int:
-            return x + y
-
-        app.kernel.loop.call(app.kernel.backends.connect())
-        app.kernel.loop.call(app.kernel.backends.declare("default"))
+    with _split_app(steps, fail_answer=True) as (app, add):
         with caplog.at_level(logging.WARNING, logger="taskflow"):
             handle = add.delay(2, 3)
         assert "queued records not written" in caplog.text
         assert "the store went away" in caplog.text
         assert app.worker(concurrency=1).run_until_idle() == 1
         assert handle.get(timeout=1) == 5
-    finally:
-        app.close()
