@@ -158,13 +158,11 @@ local marks = ''
 local start = tonumber(ARGV[6 + nq] or '0') or 0
 if taken > 0 and taken <= start then
   local records = ARGV[7 + nq]
-  local final = {['"succeeded"'] = true, ['"failed"'] = true, ['"cancelled"'] = true,
-    ['"expired"'] = true}
   for i = 1, #out, 6 do
     local key = records .. out[i]
     local f = redis.call('HMGET', key, 'status', '_x')
     local expired = f[2] and tonumber(f[2]) ~= nil and tonumber(f[2]) <= NOW
-    if f[1] and not expired and not final[f[1]] then
+    if f[1] and not expired and not TERMINAL[f[1]] then
       redis.call('HSET', key, 'status', '"running"', 'started_at', NOW_TEXT)
       marks = marks .. 'r'
     else

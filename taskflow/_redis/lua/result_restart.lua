@@ -6,8 +6,6 @@
 -- ARGV: record key, now, field count, then field, value pairs.
 -- Returns the new record as a flat list, or nil (absent or not terminal: nothing written).
 local key, now = ARGV[1], tonumber(ARGV[2])
-local TERMINAL = {['"succeeded"'] = true, ['"failed"'] = true, ['"cancelled"'] = true,
-  ['"expired"'] = true}
 local expires = redis.call('HGET', key, '_x')
 if expires and tonumber(expires) <= now then
   redis.call('DEL', key)

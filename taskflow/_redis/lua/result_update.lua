@@ -3,8 +3,6 @@
 -- ARGV: record key, now, ttl seconds ('' = keep), done channel, id (JSON), field count,
 -- then field, value pairs. Returns the merged record as a flat list, or nil (terminal).
 local key, now, ttl, channel = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local TERMINAL = {['"succeeded"'] = true, ['"failed"'] = true, ['"cancelled"'] = true,
-  ['"expired"'] = true}
 local expires = redis.call('HGET', key, '_x')
 if expires and tonumber(expires) <= now then
   redis.call('DEL', key)
