@@ -28,6 +28,9 @@ class Backends:
         """True once both are connected (until :meth:`close`); read-only."""
         self.declared: set[str] = set()
         """The queues declared on this connection; read-only."""
+        self.records_linked = broker.link_records(results.record_location())
+        """Whether the broker marks the store's records running as it leases their
+        messages (``Broker.fetch_starting``); read-only."""
 
     async def connect(self) -> None:
         """Connect both (once; concurrent callers wait for the same attempt)."""

@@ -158,23 +158,16 @@ class Fetcher:
         self.poll_interval = poll_interval
         self.stall_timeout = stall_timeout
         self._refused: dict[str, None] = {}
-        self._starting = False  # the broker marks records running (open)
         self._limited: tuple[int, bool] = (-1, False)  # registry size, any task limited
         self._backoff = Backoff(rng)
         self._outage = Outage(f"worker {name}: fetch")
         self._unexpected = 0
 
-    def open(self) -> None:
-        """As the worker starts consuming: link the broker to the result store's records,
-        if it can mark them running as it leases their messages (``fetch_starting``)."""
-        kernel = self.kernel
-        self._starting = kernel.broker.link_records(kernel.results.record_location())
-
     def _start_count(self) -> int:
         """How many messages a fetch may take for the broker to mark their records running:
         the free slots, when every message taken then starts at once (nothing buffered
         ahead of it, and no task a rate or cluster-wide limit could hold back); else 0."""
-        if not self._starting or len(self.sched):
+        if not self.kernel.backends.records_linked or len(self.sched):
             return 0
         registry = self.kernel.registry
         size = len(registry)

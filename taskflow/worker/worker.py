@@ -301,7 +301,6 @@ class Worker(Service):
         for q in self.queues:
             await self.kernel.declare(q)
         self.window.open()
-        self.fetcher.open()
         self.executor.open()
         if self.executor.procs is not None:
             await self.executor.procs.open()
