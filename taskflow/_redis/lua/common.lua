@@ -22,8 +22,9 @@ end
 
 -- Strict priority (9 first), then FIFO: the sequence number breaks ties. Scores stay
 -- below 2^53, so doubles hold them exactly.
+local PRIORITY_STEP = 1099511627776 -- 2^40
 local function ready_score(priority)
-  return (9 - tonumber(priority)) * 1099511627776 + redis.call('INCR', SEQ)
+  return (9 - tonumber(priority)) * PRIORITY_STEP + redis.call('INCR', SEQ)
 end
 
 local function make_ready(id, queue, priority)
