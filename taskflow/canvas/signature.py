@@ -218,10 +218,11 @@ def prepare_signatures(kernel: Kernel, signatures: Iterable[Signature]) -> list[
     for sig in signatures:
         if not isinstance(sig, Signature):
             raise TypeError(f"enqueue_many takes signatures (task.s(...)), got {sig!r}")
-        check_call_options(sig.name, sig.options, SEND_OPTIONS)
-        task = registry.get(sig.name)
-        opts = attach_callbacks(kernel, sig.name, sig.options)
-        out.append(prepare(settings, sig.name, task, sig.args, sig.kwargs, opts=opts))
+        name, opts = sig.name, sig.options
+        if opts:  # most signatures of a batch carry no options: nothing to check
+            check_call_options(name, opts, SEND_OPTIONS)
+            opts = attach_callbacks(kernel, name, opts)
+        out.append(prepare(settings, name, registry.get(name), sig.args, sig.kwargs, opts=opts))
     return out
 
 
