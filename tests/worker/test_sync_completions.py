@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -22,6 +23,9 @@ class _CountingLoop:
 
     def create_future(self) -> asyncio.Future[Any]:
         return self.loop.create_future()
+
+    def call_soon(self, callback: Any, *args: Any) -> Any:
+        return self.loop.call_soon(callback, *args)
 
     def call_soon_threadsafe(self, callback: Any, *args: Any) -> Any:
         self.wakeups += 1
@@ -133,3 +137,70 @@ async def _threads_start_only_as_needed_up_to_the_size() -> None:
     for thread in threads.threads:
         thread.join(5)
     assert not any(t.is_alive() for t in threads.threads)
+
+
+def test_a_single_body_handed_to_an_idle_pool_is_started_before_the_loop_goes_on() -> None:
+    asyncio.run(_a_single_body_handed_to_an_idle_pool_is_started_before_the_loop_goes_on())
+
+
+async def _a_single_body_handed_to_an_idle_pool_is_started_before_the_loop_goes_on() -> None:
+    threads = BodyThreads(asyncio.get_running_loop(), 1, "test")
+    threads.handoff_wait = 30.0  # the hand-over, not its bound, is under test
+    assert await run_sync(threads, lambda: 1, (), {}, _ctx(1)) == 1  # one idle thread now
+    gate = threading.Event()
+    first = threads.submit(gate.wait, (), {}, _ctx(2))
+    await asyncio.sleep(0)  # the loop's next step hands the body over
+    # Started: too late to cancel. Without the hand-over the thread would still be
+    # waiting for the interpreter lock, and the run could be cancelled.
+    assert first.cancel() is False
+    assert threads.handed_over == 1
+    # A pool with a body running does not wait: its one thread is blocked in the first
+    # body, so a wait would last the whole bound.
+    sent = time.monotonic()
+    second = threads.submit(lambda: 2, (), {}, _ctx(3))
+    await asyncio.sleep(0)
+    assert time.monotonic() - sent < 10.0
+    gate.set()
+    assert await first.fut is True
+    assert await second.fut == 2
+    assert threads.handed_over == 1
+    threads.close()
+    for thread in threads.threads:
+        thread.join(5)
+
+
+def test_bodies_submitted_together_to_an_idle_pool_are_not_waited_for() -> None:
+    asyncio.run(_bodies_submitted_together_to_an_idle_pool_are_not_waited_for())
+
+
+async def _bodies_submitted_together_to_an_idle_pool_are_not_waited_for() -> None:
+    threads = BodyThreads(asyncio.get_running_loop(), 4, "test")
+    threads.handoff_wait = 30.0
+    gate = threading.Event()
+    warm = [threads.submit(gate.wait, (), {}, _ctx(i)) for i in range(4)]
+    gate.set()
+    assert [await run.fut for run in warm] == [True] * 4  # four idle threads now
+    assert threads.handed_over == 0
+    runs = [threads.submit(lambda i=i: i, (), {}, _ctx(i)) for i in range(3)]
+    assert [await run.fut for run in runs] == [0, 1, 2]
+    assert threads.handed_over == 0
+    threads.close()
+    for thread in threads.threads:
+        thread.join(5)
+
+
+def test_a_hand_over_past_its_bound_still_runs_the_body_once() -> None:
+    asyncio.run(_a_hand_over_past_its_bound_still_runs_the_body_once())
+
+
+async def _a_hand_over_past_its_bound_still_runs_the_body_once() -> None:
+    threads = BodyThreads(asyncio.get_running_loop(), 1, "test")
+    assert await run_sync(threads, lambda: 0, (), {}, _ctx(0)) == 0
+    threads.handoff_wait = 0.0  # the loop never waits: the thread takes the run later
+    ran: list[int] = []
+    for i in range(20):
+        assert await run_sync(threads, ran.append, (i,), {}, _ctx(i)) is None
+    assert ran == list(range(20))
+    threads.close()
+    for thread in threads.threads:
+        thread.join(5)
