@@ -93,3 +93,23 @@ def test_an_id_published_again_in_a_later_batch_replaces_the_first(url: str) -> 
             assert await _drain(broker, "qa") == [("k", b"k")]
 
     asyncio.run(main())
+
+
+def test_wake_up_tokens_are_capped_at_16_and_their_list_expires(url: str) -> None:
+    async def main() -> None:
+        async with connected(url) as broker:
+            client = broker._conn.client()  # noqa: SLF001
+            notify = broker.key("q", "qa", "notify")
+            await broker.publish([Message("one", "qa", b"x", 0)])
+            assert await client.llen(notify) == 1
+            assert 0 < await client.pttl(notify) <= 60000
+            await broker.publish([Message(f"m{i}", "qa", b"x", 0) for i in range(40)])
+            assert await client.llen(notify) == 16
+            await broker.publish([Message("late", "qa", b"x", 0)])
+            assert await client.llen(notify) == 16
+            assert 0 < await client.pttl(notify) <= 60000
+            # A fetch that leaves work behind keeps one token; taking the rest drops them.
+            await _drain(broker, "qa")
+            assert await client.exists(notify) == 0
+
+    asyncio.run(main())

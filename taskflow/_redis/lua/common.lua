@@ -32,13 +32,23 @@ local function make_ready(id, queue, priority)
   redis.call('ZADD', qkey(queue, 'ready'), ready_score(priority), id)
 end
 
+-- At most 16 tokens wait in a notify list (one per idle consumer is the point). One LPUSH
+-- pushes them; a list it creates gets its time to live, which later pushes leave as it is
+-- (tokens are only hints: a fetch looks at the queue itself).
+local WAKE_TOKENS = {'1', '1', '1', '1', '1', '1', '1', '1', '1', '1', '1', '1', '1', '1', '1', '1'}
 local function wake(queue, count)
   local key = qkey(queue, 'notify')
-  for _ = 1, math.min(count, 16) do
-    redis.call('LPUSH', key, '1')
+  local n = math.min(count, 16)
+  if n < 1 then
+    return
   end
-  redis.call('LTRIM', key, 0, 15)
-  redis.call('PEXPIRE', key, 60000)
+  local len = redis.call('LPUSH', key, unpack(WAKE_TOKENS, 1, n))
+  if len > 16 then
+    redis.call('LTRIM', key, 0, 15)
+  end
+  if len == n then
+    redis.call('PEXPIRE', key, 60000)
+  end
 end
 
 -- Wake idle fetchers when a delayed message becomes the earliest of its queue, so that
