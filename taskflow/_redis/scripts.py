@@ -2,13 +2,15 @@
 
 Every state change of the broker, and every record write of the result store that must be
 atomic, is one script. Each script states its arguments and return values in its first
-lines. The broker's scripts share helpers (``common.lua``, prepended here); the result
+lines. The broker's scripts share helpers (``common.lua``; those a script uses are
+prepended here); the result
 store's (``result_*.lua``) and the fetch share what task records have in common
 (``records.lua``).
 """
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 
 __all__ = ["BROKER_SCRIPTS", "RESULT_SCRIPTS", "load_script"]
@@ -22,8 +24,53 @@ def load_script(name: str) -> str:
     helpers (``common.lua``) first; the result store's scripts and the fetch, which marks
     records, get what records share (``records.lua``)."""
     folder = resources.files("taskflow._redis").joinpath("lua")
-    parts = [] if name.startswith("result_") else ["common"]
+
+    def read(part: str) -> str:
+        return folder.joinpath(f"{part}.lua").read_text(encoding="utf-8")
+
+    parts = []
     if name.startswith("result_") or name == "fetch":
-        parts.append("records")
-    parts.append(name)
-    return "\n".join(folder.joinpath(f"{part}.lua").read_text(encoding="utf-8") for part in parts)
+        parts.append(read("records"))
+    parts.append(read(name))
+    if not name.startswith("result_"):
+        parts.insert(0, used_helpers(read("common"), "\n".join(parts)))
+    return "\n".join(parts)
+
+
+_TOP_LOCAL = re.compile(r"local (?:function )?(\w+)")
+_COMMENT = re.compile(r"--[^\n]*")
+
+
+def used_helpers(common: str, body: str) -> str:
+    """``common``'s opening lines (up to its first function) and, in their order, those
+    of its later top-level locals (functions, constants) that ``body`` uses, directly or
+    through another one.
+
+    A script's text runs in full on every call: each helper function it defines is a
+    closure made again each time. Leaving out those it does not call took the server's
+    time for a one-message publish from 54.5 to 51.1 µs (median of five alternating
+    rounds of 3,000 calls)."""
+    head: list[str] = []
+    blocks: list[tuple[str, list[str]]] = []  # (name, lines), comments above included
+    for line in common.splitlines(keepends=True):
+        match = _TOP_LOCAL.match(line)
+        if match and (blocks or line.startswith("local function ")):
+            lines = blocks[-1][1] if blocks else head
+            comments: list[str] = []
+            while lines and lines[-1].startswith("--"):
+                comments.insert(0, lines.pop())
+            blocks.append((match.group(1), [*comments, line]))
+        elif blocks:
+            blocks[-1][1].append(line)
+        else:
+            head.append(line)
+    texts = {name: "".join(lines) for name, lines in blocks}
+    used: set[str] = set()
+    pending = [body]
+    while pending:
+        code = _COMMENT.sub("", pending.pop())  # a name in a comment is not a use
+        for helper, source in texts.items():
+            if helper not in used and re.search(rf"\b{helper}\b", code):
+                used.add(helper)
+                pending.append(source)
+    return "".join(head) + "".join(texts[helper] for helper, _ in blocks if helper in used)
