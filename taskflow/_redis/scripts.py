@@ -47,9 +47,7 @@ def used_helpers(common: str, body: str) -> str:
     through another one.
 
     A script's text runs in full on every call: each helper function it defines is a
-    closure made again each time. Leaving out those it does not call took the server's
-    time for a one-message publish from 54.5 to 51.1 µs (median of five alternating
-    rounds of 3,000 calls)."""
+    closure made again each time, and the publish calls four of the eleven."""
     head: list[str] = []
     blocks: list[tuple[str, list[str]]] = []  # (name, lines), comments above included
     for line in common.splitlines(keepends=True):

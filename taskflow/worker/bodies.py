@@ -167,7 +167,7 @@ class BodyThreads:
     :meth:`submit`, if it is still the only body, the loop waits (at most
     :attr:`handoff_wait` seconds, without the interpreter lock) for a thread to take it.
     Otherwise the woken thread would get the interpreter lock only when the loop next
-    blocks in a system call, after its next fetch and whatever else is ready: 0.3-0.5 ms
+    blocks in a system call, after its next fetch and whatever else is ready: 0.3-0.6 ms
     of a pickup. Several bodies at once (a drain) are not waited for: the loop has their
     outcomes and its next fetch to see to, and the threads start when it blocks.
     """
