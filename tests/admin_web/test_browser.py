@@ -1,7 +1,9 @@
 """The pages in headless Chromium (Debian's package, never a downloaded browser) against a
 real uvicorn server in a thread and a real ``taskflow worker`` process on one SQLite file.
 
-Saves a screenshot of every page to ``docs/admin/`` (shown in ``docs/admin.md``)."""
+Takes a screenshot of every page: into a temporary folder, or into the folder that
+``TASKFLOW_SCREENSHOTS`` names (``TASKFLOW_SCREENSHOTS=docs/admin`` refreshes the ones
+``docs/admin.md`` shows). A test run leaves the checkout as it was."""
 
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ from tests.integration.redis_helpers import ROOT
 from .browser_app import make_app
 
 CHROMIUM = "/usr/bin/chromium"
-SHOTS = ROOT / "docs" / "admin"
+SHOTS_ENV = "TASKFLOW_SCREENSHOTS"
+_shots: dict[str, Path] = {}  # "dir": where _shot writes, set per module run
 OPS = "browser-ops-token"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
@@ -113,9 +116,18 @@ def page(site: Site) -> Iterator[Any]:
             browser.close()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _shots_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    wanted = os.environ.get(SHOTS_ENV)
+    _shots["dir"] = ROOT / wanted if wanted else tmp_path_factory.mktemp("screenshots")
+    yield
+    _shots.clear()
+
+
 def _shot(page: Any, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    folder = _shots["dir"]
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
 
 
 def _login(page: Any, site: Site) -> None:
