@@ -226,7 +226,6 @@ class Settler:
         A record the broker marked running as it leased the message (and found not
         terminal) is not written again before the body: the rest of its fields follow
         in the background (:meth:`_complete_running`)."""
-        env = job.envelope
         if job.delivery.running_recorded and job.stores:
             self._complete_running(job)
             await self.announcer.started(job)
@@ -236,11 +235,7 @@ class Settler:
             {
                 "status": TaskStatus.RUNNING.value,
                 "started_at": self.clock.time(),
-                "attempts": job.attempt,
-                "worker": self.name,
-                "name": env.task,
-                "queue": env.queue,
-                "priority": env.priority,
+                **self._running_fields(job),
             },
             terminal=False,
         )
@@ -250,23 +245,27 @@ class Settler:
         await self.announcer.started(job)
         return True
 
-    def _complete_running(self, job: Job) -> None:
-        """The fields of a ``running`` record the broker did not write (it wrote the status
-        and ``started_at``): written with the outcome if the body returns within
-        :data:`_COMPLETE_AFTER`, else on their own then (best effort: never the status,
-        so a late write cannot undo an outcome). The body does not wait for them."""
+    def _running_fields(self, job: Job) -> dict[str, Any]:
+        """A ``running`` record's fields besides its status and ``started_at``."""
         env = job.envelope
-        changes = {
+        return {
             "attempts": job.attempt,
             "worker": self.name,
             "name": env.task,
             "queue": env.queue,
             "priority": env.priority,
         }
+
+    def _complete_running(self, job: Job) -> None:
+        """The fields of a ``running`` record the broker did not write (it wrote the status
+        and ``started_at``): written with the outcome if the body returns within
+        :data:`_COMPLETE_AFTER`, else on their own then (best effort: never the status,
+        so a late write cannot undo an outcome). The body does not wait for them."""
+        tid, changes = job.envelope.id, self._running_fields(job)
         handle = asyncio.get_running_loop().call_later(
-            _COMPLETE_AFTER, self._send_running, env.id, changes
+            _COMPLETE_AFTER, self._send_running, tid, changes
         )
-        self._unwritten[env.id] = (handle, changes)
+        self._unwritten[tid] = (handle, changes)
 
     def _send_running(self, task_id: str, changes: dict[str, Any]) -> None:
         self._unwritten.pop(task_id, None)
