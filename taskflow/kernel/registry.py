@@ -16,6 +16,9 @@ class TaskRegistry:
 
     def __init__(self) -> None:
         self._tasks: dict[str, TaskDef] = {}
+        self.version = 0
+        """Counts registrations (a task declared again counts too): what is derived from
+        the tasks is stale when it changed; read-only."""
 
     def add(self, task: TaskDef) -> None:
         """Register ``task``; the same function twice is fine, another one is not."""
@@ -26,6 +29,7 @@ class TaskRegistry:
                 f"{existing.fn.__module__}.{existing.fn.__qualname__}"
             )
         self._tasks[task.name] = task
+        self.version += 1
 
     def get(self, name: str) -> TaskDef | None:
         """The task, or None."""

@@ -158,7 +158,7 @@ class Fetcher:
         self.poll_interval = poll_interval
         self.stall_timeout = stall_timeout
         self._refused: dict[str, None] = {}
-        self._limited: tuple[int, bool] = (-1, False)  # registry size, any task limited
+        self._limited: tuple[int, bool] = (-1, False)  # registry version, any task limited
         self._backoff = Backoff(rng)
         self._outage = Outage(f"worker {name}: fetch")
         self._unexpected = 0
@@ -170,11 +170,10 @@ class Fetcher:
         if not self.kernel.backends.records_linked or len(self.sched):
             return 0
         registry = self.kernel.registry
-        size = len(registry)
-        if self._limited[0] != size:
+        if self._limited[0] != registry.version:
             tasks = [registry[name] for name in registry]
             limited = any(t.options.rate_limit is not None or has_cluster_limit(t) for t in tasks)
-            self._limited = (size, limited)
+            self._limited = (registry.version, limited)
         if self._limited[1]:
             return 0
         window = self.window

@@ -80,3 +80,26 @@ def test_a_task_with_a_rate_limit_turns_the_marks_off() -> None:
         assert broker.starts == [None]
     finally:
         app.close()
+
+
+def test_a_task_declared_again_with_a_rate_limit_turns_the_marks_off_for_a_running_worker() -> None:
+    broker = StartingBroker()
+    app = App("starting", broker=broker)
+
+    def body(i: int) -> None:
+        return None
+
+    noop = app.task(name="starting.noop", store_result=False)(body)
+    try:
+        worker = app.worker(concurrency=4)
+        noop.delay(0)
+        worker.run_until_idle()
+        assert broker.starts == [4]
+        # The same function, declared again with a limit: as many tasks as before.
+        app.task(name="starting.noop", store_result=False, rate_limit="1000/s")(body)
+        broker.starts.clear()
+        noop.delay(1)
+        worker.run_until_idle()
+        assert broker.starts == [None]
+    finally:
+        app.close()
