@@ -20,7 +20,7 @@ end
 -- with one ZADD per 1,000: per message, the script makes one call (HSET) and a share of
 -- an EXISTS and a ZADD, instead of five.
 local seq = redis.call('INCRBY', SEQ, n) - n
-local pending, pending_n = {}, {}
+local pending = {}
 local function add_pending()
   for q, pairs_ in pairs(pending) do
     local zkey = qkey(q, 'ready')
@@ -28,7 +28,7 @@ local function add_pending()
       redis.call('ZADD', zkey, unpack(pairs_, s, math.min(s + 1999, #pairs_)))
     end
   end
-  pending, pending_n = {}, {}
+  pending = {}
 end
 -- Ids are almost always new: one EXISTS over the batch's keys saves a call per message
 -- (an id twice in the batch is looked up at its second copy).
@@ -68,12 +68,9 @@ for i = 0, n - 1 do
     if list == nil then
       list = {}
       pending[q] = list
-      pending_n[q] = 0
     end
-    local k = pending_n[q]
-    list[k + 1] = (9 - tonumber(pri)) * PRIORITY_STEP + seq
-    list[k + 2] = id
-    pending_n[q] = k + 2
+    list[#list + 1] = (9 - tonumber(pri)) * PRIORITY_STEP + seq
+    list[#list + 1] = id
     woken[q] = (woken[q] or 0) + 1
   end
 end
