@@ -2,10 +2,9 @@
 
 Every state change of the broker, and every record write of the result store that must be
 atomic, is one script. Each script states its arguments and return values in its first
-lines. The broker's scripts share helpers (``common.lua``; those a script uses are
-prepended here); the result
-store's (``result_*.lua``) and the fetch share what task records have in common
-(``records.lua``).
+lines. The broker's scripts share helpers (``common.lua``: those a script calls are
+prepended here); the result store's scripts (``result_*.lua``) and the fetch share what
+task records have in common (``records.lua``).
 """
 
 from __future__ import annotations
