@@ -31,6 +31,14 @@ def shared_url(lease: float) -> tuple[str, str]:
     return f"redis://127.0.0.1:6379/0?prefix={prefix}&lease={lease}", prefix
 
 
+def fresh_url(lease: float) -> Iterator[str]:
+    """For a fixture: a URL on the shared server with a fresh prefix (``shared_url``);
+    every key under it is deleted afterwards."""
+    address, prefix = shared_url(lease)
+    yield address
+    drop_prefix(address, prefix)
+
+
 @asynccontextmanager
 async def connected(url: str) -> AsyncIterator[RedisBroker]:
     """A :class:`RedisBroker` on ``url``, connected, closed on the way out."""

@@ -12,16 +12,14 @@ from taskflow import App
 from taskflow.brokers.redis import RedisBroker
 from taskflow.errors import BrokerError, ConfigError, QueueFull
 from taskflow.results.redis import RedisResultStore
-from tests.integration.redis_helpers import drop_prefix, free_port, shared_url
+from tests.integration.redis_helpers import free_port, fresh_url
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def url() -> Iterator[str]:
-    address, prefix = shared_url(lease=5)
-    yield address
-    drop_prefix(address, prefix)
+    yield from fresh_url(lease=5)
 
 
 def test_a_task_round_trips_through_redis_with_its_result(url: str) -> None:

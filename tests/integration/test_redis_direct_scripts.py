@@ -16,16 +16,14 @@ import redis
 from taskflow.brokers.base import Message
 from taskflow.brokers.redis import RedisBroker
 from taskflow.errors import BrokerError
-from tests.integration.redis_helpers import connected, drop_prefix, private_redis, shared_url
+from tests.integration.redis_helpers import connected, fresh_url, private_redis
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def url() -> Iterator[str]:
-    address, prefix = shared_url(lease=30.0)
-    yield address
-    drop_prefix(address, prefix)
+    yield from fresh_url(lease=30.0)
 
 
 def _count_checkouts(broker: RedisBroker) -> list[int]:

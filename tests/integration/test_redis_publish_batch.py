@@ -13,16 +13,14 @@ import pytest
 
 from taskflow.brokers.base import Message
 from taskflow.brokers.redis import RedisBroker
-from tests.integration.redis_helpers import connected, drop_prefix, shared_url
+from tests.integration.redis_helpers import connected, fresh_url
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def url() -> Iterator[str]:
-    address, prefix = shared_url(lease=30.0)
-    yield address
-    drop_prefix(address, prefix)
+    yield from fresh_url(lease=30.0)
 
 
 async def _drain(broker: RedisBroker, queue: str) -> list[tuple[str, bytes]]:

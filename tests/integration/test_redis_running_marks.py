@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
@@ -18,16 +19,14 @@ from taskflow import App, TaskContext
 from taskflow.brokers.base import Message
 from taskflow.brokers.redis import RedisBroker
 from taskflow.results.redis import RedisResultStore
-from tests.integration.redis_helpers import drop_prefix, shared_url
+from tests.integration.redis_helpers import fresh_url
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def url() -> Iterator[str]:
-    address, prefix = shared_url(lease=5)
-    yield address
-    drop_prefix(address, prefix)
+    yield from fresh_url(lease=5)
 
 
 def _status(client: redis.Redis, store: RedisResultStore, task_id: str) -> Any:
@@ -116,12 +115,18 @@ def test_a_rate_limited_task_keeps_the_workers_own_running_write(url: str) -> No
         assert statuses == ["running", "succeeded"]
 
 
-async def _linked(url: str) -> tuple[RedisBroker, RedisResultStore]:
+@asynccontextmanager
+async def linked(url: str) -> AsyncIterator[tuple[RedisBroker, RedisResultStore]]:
+    """A connected broker and store on ``url``, the broker linked to the store's records."""
     broker, store = RedisBroker.from_url(url), RedisResultStore.from_url(url)
     await broker.connect()
     await store.connect()
-    assert broker.link_records(store.record_location())
-    return broker, store
+    try:
+        assert broker.link_records(store.record_location())
+        yield broker, store
+    finally:
+        await broker.close()
+        await store.close()
 
 
 async def _queue(broker: RedisBroker, store: RedisResultStore, *ids: str) -> None:
@@ -131,8 +136,7 @@ async def _queue(broker: RedisBroker, store: RedisResultStore, *ids: str) -> Non
 
 def test_a_fetch_marks_records_only_when_it_takes_at_most_start(url: str) -> None:
     async def main() -> None:
-        broker, store = await _linked(url)
-        try:
+        async with linked(url) as (broker, store):
             await _queue(broker, store, "a", "b")
             got = await broker.fetch_starting(["default"], 2, 0.0, start=1)
             assert [(d.id, d.running_recorded) for d in got] == [("a", False), ("b", False)]
@@ -144,17 +148,13 @@ def test_a_fetch_marks_records_only_when_it_takes_at_most_start(url: str) -> Non
             record = await store.get("a") or {}
             assert (record["status"], record["attempts"]) == ("running", 0)
             assert isinstance(record["started_at"], float)
-        finally:
-            await broker.close()
-            await store.close()
 
     asyncio.run(main())
 
 
 def test_a_marked_record_goes_back_to_queued_when_its_message_is_handed_back(url: str) -> None:
     async def main() -> None:
-        broker, store = await _linked(url)
-        try:
+        async with linked(url) as (broker, store):
             await _queue(broker, store, "a")
             (delivery,) = await broker.fetch_starting(["default"], 1, 0.0, start=1)
             assert delivery.running_recorded
@@ -162,17 +162,13 @@ def test_a_marked_record_goes_back_to_queued_when_its_message_is_handed_back(url
             assert (await store.get("a") or {})["status"] == "queued"
             (again,) = await broker.fetch(["default"], 1, 0.0)  # and the message is back
             assert (again.id, again.running_recorded) == ("a", False)
-        finally:
-            await broker.close()
-            await store.close()
 
     asyncio.run(main())
 
 
 def test_a_final_expired_or_missing_record_is_not_marked(url: str) -> None:
     async def main() -> None:
-        broker, store = await _linked(url)
-        try:
+        async with linked(url) as (broker, store):
             await store.create_many([("final", {"status": "cancelled"})], None)
             await store.create_many([("old", {"status": "queued"})], 0.5)
             await broker.publish([Message(i, "default", b"{}") for i in ("final", "old", "none")])
@@ -186,9 +182,6 @@ def test_a_final_expired_or_missing_record_is_not_marked(url: str) -> None:
             assert (await store.get("final") or {})["status"] == "cancelled"
             assert await store.get("old") is None
             assert await store.get("none") is None  # no record made for a task without one
-        finally:
-            await broker.close()
-            await store.close()
 
     asyncio.run(main())
 

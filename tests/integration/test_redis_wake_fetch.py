@@ -15,7 +15,7 @@ import pytest
 
 from taskflow.brokers.base import Message
 from taskflow.brokers.redis import RedisBroker
-from tests.integration.redis_helpers import connected, drop_prefix, shared_url
+from tests.integration.redis_helpers import connected, fresh_url
 
 pytestmark = pytest.mark.integration
 
@@ -24,9 +24,7 @@ LEASE = 30.0
 
 @pytest.fixture
 def url() -> Iterator[str]:
-    address, prefix = shared_url(lease=LEASE)
-    yield address
-    drop_prefix(address, prefix)
+    yield from fresh_url(lease=LEASE)
 
 
 async def _blocked_clients(broker: RedisBroker) -> int:
