@@ -36,6 +36,13 @@ def _ctx(i: int = 0) -> TaskContext:
     return TaskContext(id=f"t{i}", name="t", attempt=1)
 
 
+def _close(threads: BodyThreads) -> None:
+    """Close the pool and wait for its threads to end (none may leak into other tests)."""
+    threads.close()
+    for thread in threads.threads:
+        thread.join(5)
+
+
 def test_outcomes_finished_meanwhile_share_one_wakeup() -> None:
     asyncio.run(_outcomes_finished_meanwhile_share_one_wakeup())
 
@@ -66,9 +73,7 @@ async def _outcomes_finished_meanwhile_share_one_wakeup() -> None:
     before = counting.wakeups
     assert await threads.submit(lambda: "late", (), {}, _ctx(51)).fut == "late"
     assert counting.wakeups == before + 1
-    threads.close()
-    for thread in threads.threads:
-        thread.join(5)
+    _close(threads)
 
 
 def test_a_cancelled_waiter_does_not_stop_the_others() -> None:
@@ -86,9 +91,7 @@ async def _a_cancelled_waiter_does_not_stop_the_others() -> None:
     await first.finished()
     with pytest.raises(asyncio.CancelledError):
         await first.fut
-    threads.close()
-    for thread in threads.threads:
-        thread.join(5)
+    _close(threads)
 
 
 def test_a_body_cancelled_before_it_starts_never_runs() -> None:
@@ -111,9 +114,7 @@ async def _a_body_cancelled_before_it_starts_never_runs() -> None:
     follow = await run_sync(threads, lambda: "next", (), {}, _ctx(3))
     assert follow == "next"
     assert ran == []
-    threads.close()
-    for thread in threads.threads:
-        thread.join(5)
+    _close(threads)
 
 
 def test_threads_start_only_as_needed_up_to_the_size() -> None:
@@ -133,9 +134,7 @@ async def _threads_start_only_as_needed_up_to_the_size() -> None:
     assert len(threads.threads) == 3
     gate.set()
     assert await asyncio.gather(*waiting) == [True] * 5
-    threads.close()
-    for thread in threads.threads:
-        thread.join(5)
+    _close(threads)
     assert not any(t.is_alive() for t in threads.threads)
 
 
@@ -164,9 +163,7 @@ async def _a_single_body_handed_to_an_idle_pool_is_started_before_the_loop_goes_
     gate.set()
     assert await first.fut is True
     assert await second.fut == 2
-    threads.close()
-    for thread in threads.threads:
-        thread.join(5)
+    _close(threads)
 
 
 def test_bodies_submitted_together_to_an_idle_pool_are_not_waited_for() -> None:
@@ -184,9 +181,7 @@ async def _bodies_submitted_together_to_an_idle_pool_are_not_waited_for() -> Non
     runs = [threads.submit(lambda i=i: i, (), {}, _ctx(i)) for i in range(3)]
     assert [await run.fut for run in runs] == [0, 1, 2]
     assert threads.handed_over == 0
-    threads.close()
-    for thread in threads.threads:
-        thread.join(5)
+    _close(threads)
 
 
 def test_a_hand_over_past_its_bound_still_runs_the_body_once() -> None:
@@ -201,6 +196,4 @@ async def _a_hand_over_past_its_bound_still_runs_the_body_once() -> None:
     for i in range(20):
         assert await run_sync(threads, ran.append, (i,), {}, _ctx(i)) is None
     assert ran == list(range(20))
-    threads.close()
-    for thread in threads.threads:
-        thread.join(5)
+    _close(threads)
