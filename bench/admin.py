@@ -44,6 +44,7 @@ from typing import Any
 
 import redis
 
+from bench._keys import drop_keys
 from taskflow import App, codec
 from taskflow.brokers.base import BrokerAdmin, DeadLetter, Message
 from taskflow.message import Envelope
@@ -122,9 +123,7 @@ def _command_wall(
 def _drop(url: str, prefix: str) -> None:
     client = redis.Redis.from_url(url)
     try:
-        keys = list(client.scan_iter(match=f"{{{prefix}}}:*", count=10_000))
-        for start in range(0, len(keys), 10_000):
-            client.unlink(*keys[start : start + 10_000])
+        drop_keys(client, f"{{{prefix}}}:*")
     finally:
         client.close()
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import redis
 
+from bench._keys import drop_keys
 from taskflow import App, chord, group
 
 
@@ -103,8 +104,7 @@ def main() -> None:
         )
     finally:
         client = redis.Redis.from_url(args.url.split("?")[0])
-        for key in client.scan_iter(match=f"{{{prefix}}}:*", count=1000):
-            client.delete(key)
+        drop_keys(client, f"{{{prefix}}}:*")
         client.close()
 
 

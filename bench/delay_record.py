@@ -22,6 +22,7 @@ import uuid
 
 import redis
 
+from bench._keys import drop_keys
 from taskflow import App
 from taskflow.brokers.base import Message
 
@@ -66,8 +67,7 @@ def main() -> None:
                 medians[split].append(p50)
                 label = "send, publish, read (now)" if split else "record, then publish (before)"
                 print(f"{rnd + 1:>5}  {label:<34}{p10:8.0f}{p50:8.0f}", flush=True)
-                for key in client.scan_iter(match="*taskflow-delayrec*", count=1000):
-                    client.delete(key)
+                drop_keys(client, "*taskflow-delayrec*")
     finally:
         client.close()
         bench.close()

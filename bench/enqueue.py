@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 import redis
 
+from bench._keys import drop_keys
 from taskflow import App
 
 URL = os.environ.get("BENCH_URL", "redis://127.0.0.1:6379/15?prefix=taskflow-enqueue")
@@ -37,13 +38,6 @@ def _script_usec(client: redis.Redis) -> float:
     stats = client.info("commandstats")
     scripts = ("cmdstat_evalsha", "cmdstat_eval")
     return float(sum(v["usec"] for k, v in stats.items() if k in scripts))
-
-
-def _clear(client: redis.Redis, prefix: str) -> None:
-    for pattern in (f"{{{prefix}}}:*", f"{prefix}:*"):
-        keys = list(client.scan_iter(match=pattern, count=5000))
-        for i in range(0, len(keys), 5000):
-            client.unlink(*keys[i : i + 5000])
 
 
 def main() -> None:
@@ -87,7 +81,7 @@ def main() -> None:
             "delay() loop (stored)": loop(stored),
         }
         fire.delay()  # connect, load the scripts
-        _clear(client, prefix)
+        drop_keys(client, f"{{{prefix}}}:*", f"{prefix}:*")
         seen: dict[str, list[tuple[float, float, float]]] = {name: [] for name in modes}
         for _ in range(args.rounds):
             for name, run in modes.items():
@@ -99,7 +93,7 @@ def main() -> None:
                 cpu = time.process_time() - cpu
                 server = _script_usec(client) - server
                 seen[name].append((tasks / wall, cpu / tasks * 1e6, server / tasks))
-                _clear(client, prefix)
+                drop_keys(client, f"{{{prefix}}}:*", f"{prefix}:*")
     client.close()
 
     print(f"taskflow enqueue benchmark: {tasks:,} tasks x {args.rounds} rounds, {url}")

@@ -135,10 +135,10 @@ def _drop(url: str, prefix: str) -> None:
     if url.startswith("redis"):
         import redis
 
+        from bench._keys import drop_keys
+
         client = redis.Redis.from_url(url.split("?", 1)[0])
-        for pattern in (f"{{{prefix}}}:*", f"{prefix}:*"):
-            for key in client.scan_iter(match=pattern, count=1000):
-                client.delete(key)
+        drop_keys(client, f"{{{prefix}}}:*", f"{prefix}:*")
         client.close()
         return
     asyncio.run(_drop_nats(url, prefix))

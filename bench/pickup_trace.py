@@ -37,6 +37,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
+from bench._keys import drop_keys
 from taskflow import App
 
 _STEPS = (
@@ -175,8 +176,7 @@ def main() -> None:
             if subprocess.run(command, env=os.environ.copy(), check=False).returncode:
                 raise SystemExit("the producer failed")
     finally:
-        for key in client.scan_iter(match="*taskflow-trace*", count=1000):
-            client.delete(key)
+        drop_keys(client, "*taskflow-trace*")
         client.close()
         app.close()
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import redis
 
 from bench._drain import wait_drained
+from bench._keys import drop_keys
 from bench.redis_backend import _depth, _stop, _wait_consumers
 from taskflow import App
 
@@ -145,8 +146,7 @@ def main() -> None:
             startup, rate, cpu, server = drain(bench, url, options, args.tasks)
             print(f"{options:28}{startup:12.2f}{rate:10,.0f}{cpu:16.1f}{server:15.1f}", flush=True)
     finally:
-        for key in client.scan_iter(match="*taskflow-pools*", count=1000):
-            client.delete(key)
+        drop_keys(client, "*taskflow-pools*")
         client.close()
         bench.close()
 

@@ -37,6 +37,7 @@ from typing import Any
 import redis
 
 from bench._drain import wait_drained
+from bench._keys import drop_keys
 from taskflow import App
 
 URL = os.environ.get("BENCH_URL", "redis://127.0.0.1:6379/15?prefix=taskflow-bench")
@@ -200,8 +201,7 @@ def run(tasks: int, base_url: str, prefix: str, samples: int, slots: int) -> lis
                 )
             )
     finally:
-        for key in stamps.scan_iter(match=f"*{prefix}*", count=1000):
-            stamps.delete(key)
+        drop_keys(stamps, f"*{prefix}*")
         bench.close()
     return rows
 

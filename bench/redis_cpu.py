@@ -40,6 +40,7 @@ from typing import Any
 
 import redis
 
+from bench._keys import drop_keys
 from taskflow import App, Task
 
 URL = os.environ.get("BENCH_URL", "redis://127.0.0.1:6379/15?prefix=taskflow-cpu")
@@ -188,8 +189,7 @@ def main() -> None:
             enqueue(bench, task, client, args)
         drain(bench, task, url, client, args)
     finally:
-        for key in client.scan_iter(match=f"*{args.prefix}*", count=1000):
-            client.delete(key)
+        drop_keys(client, f"*{args.prefix}*")
         bench.close()
 
 
