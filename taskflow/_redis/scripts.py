@@ -9,6 +9,7 @@ task records have in common (``records.lua``).
 
 from __future__ import annotations
 
+import functools
 import re
 from importlib import resources
 
@@ -18,10 +19,13 @@ BROKER_SCRIPTS = ("publish", "fetch", "settle", "admin")
 RESULT_SCRIPTS = ("result_update", "result_value", "result_create", "result_restart")
 
 
+@functools.cache
 def load_script(name: str) -> str:
     """The text of a bundled Lua script, after what it shares: broker scripts get the
     helpers (``common.lua``) first; the result store's scripts and the fetch, which marks
-    records, get what records share (``records.lua``)."""
+    records, get what records share (``records.lua``). Read and assembled once per process
+    (every connection registers the scripts, and registers them again after a restart of
+    the server)."""
     folder = resources.files("taskflow._redis").joinpath("lua")
 
     def read(part: str) -> str:
@@ -38,6 +42,7 @@ def load_script(name: str) -> str:
 
 _TOP_LOCAL = re.compile(r"local (?:function )?(\w+)")
 _COMMENT = re.compile(r"--[^\n]*")
+_WORD = re.compile(r"\w+")
 
 
 def used_helpers(common: str, body: str) -> str:
@@ -65,9 +70,9 @@ def used_helpers(common: str, body: str) -> str:
     used: set[str] = set()
     pending = [body]
     while pending:
-        code = _COMMENT.sub("", pending.pop())  # a name in a comment is not a use
-        for helper, source in texts.items():
-            if helper not in used and re.search(rf"\b{helper}\b", code):
-                used.add(helper)
-                pending.append(source)
+        # The names the code uses (a name in a comment is not a use).
+        names = set(_WORD.findall(_COMMENT.sub("", pending.pop())))
+        for helper in names.intersection(texts).difference(used):
+            used.add(helper)
+            pending.append(texts[helper])
     return "".join(head) + "".join(texts[helper] for helper, _ in blocks if helper in used)
