@@ -35,14 +35,22 @@ end
 -- At most 16 tokens wait in a notify list (one per idle consumer is the point). One LPUSH
 -- pushes them; a list it creates gets its time to live, which later pushes leave as it is
 -- (tokens are only hints: a fetch looks at the queue itself).
-local WAKE_TOKENS = {'1', '1', '1', '1', '1', '1', '1', '1', '1', '1', '1', '1', '1', '1', '1', '1'}
 local function wake(queue, count)
   local key = qkey(queue, 'notify')
   local n = math.min(count, 16)
   if n < 1 then
     return
   end
-  local len = redis.call('LPUSH', key, unpack(WAKE_TOKENS, 1, n))
+  local len
+  if n == 1 then
+    len = redis.call('LPUSH', key, '1')
+  else
+    local tokens = {}
+    for i = 1, n do
+      tokens[i] = '1'
+    end
+    len = redis.call('LPUSH', key, unpack(tokens))
+  end
   if len > 16 then
     redis.call('LTRIM', key, 0, 15)
   end
