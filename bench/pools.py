@@ -16,7 +16,8 @@ Run from the project root (as a module, so ``import redis`` finds the library)::
 For each configuration, real ``taskflow worker`` processes start and subscribe (the time
 this takes is printed as start-up), the queue is paused, filled, then resumed, and the
 clock runs until every message was acked. Printed: the drain rate, and the CPU time per
-task of the worker processes with all their children (``/proc``) and of the Redis server.
+task of the worker processes with all their children (``/proc``), of the process pool's
+children among them (the rest is the workers' own loops), and of the Redis server.
 """
 
 from __future__ import annotations
@@ -60,8 +61,9 @@ app = build_app(URL)
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _tree_cpu(root: int) -> float:
-    """CPU seconds of ``root`` and every live descendant (``/proc``)."""
+def _tree_cpu(root: int) -> tuple[float, float]:
+    """CPU seconds of ``root`` and every live descendant, and of the process pool's
+    children among them (``/proc``)."""
     parents: dict[int, int] = {}
     cpu: dict[int, float] = {}
     for entry in os.listdir("/proc"):
@@ -75,14 +77,25 @@ def _tree_cpu(root: int) -> float:
         pid = int(entry)
         parents[pid] = int(fields[1])
         cpu[pid] = sum(int(v) for v in fields[11:15]) / _TICK
-    total = 0.0
+    total = children = 0.0
     for pid, seconds in cpu.items():
         walk = pid
         while walk not in (root, 0, 1) and walk in parents:
             walk = parents[walk]
         if walk == root:
             total += seconds
-    return total
+            if _is_child(pid):
+                children += seconds
+    return total, children
+
+
+def _is_child(pid: int) -> bool:
+    """Whether ``pid`` is a child process of the process pool."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return b"taskflow.worker._child" in cmdline.read()
+    except OSError:
+        return False
 
 
 def _redis_cpu(client: redis.Redis) -> float:
@@ -95,8 +108,11 @@ def _processes(options: str) -> int:
     return int(words[words.index("-P") + 1]) if "-P" in words else 1
 
 
-def drain(bench: App, url: str, options: str, tasks: int) -> tuple[float, float, float, float]:
-    """Start-up seconds, tasks per second, worker and Redis CPU microseconds per task."""
+def drain(
+    bench: App, url: str, options: str, tasks: int
+) -> tuple[float, float, float, float, float]:
+    """Start-up seconds, tasks per second, and CPU microseconds per task: of the worker
+    (all its processes), of the process pool's children among them, and of Redis."""
     env = {**os.environ, "BENCH_URL": url, "PYTHONPATH": str(ROOT)}
     command = [
         sys.executable, "-m", "taskflow.cli.main", "worker", "-A", "bench.pools:app",
@@ -113,15 +129,22 @@ def drain(bench: App, url: str, options: str, tasks: int) -> tuple[float, float,
         bench.kernel.call(bench.broker.pause("default"))  # type: ignore[attr-defined]
         for sent in range(0, tasks, 1000):
             bench.enqueue_many([task.s() for _ in range(min(1000, tasks - sent))])
-        cpu0, redis0 = _tree_cpu(proc.pid), _redis_cpu(client)
+        (cpu0, kids0), redis0 = _tree_cpu(proc.pid), _redis_cpu(client)
         began = time.perf_counter()
         bench.kernel.call(bench.broker.resume("default"))  # type: ignore[attr-defined]
         seconds = wait_drained(lambda: _depth(bench), began, tasks)
-        cpu, server = _tree_cpu(proc.pid) - cpu0, _redis_cpu(client) - redis0
+        (cpu, kids), server = _tree_cpu(proc.pid), _redis_cpu(client) - redis0
     finally:
         _stop([proc])
         client.close()
-    return startup, tasks / seconds, cpu / tasks * 1e6, server / tasks * 1e6
+    per_task = 1e6 / tasks
+    return (
+        startup,
+        tasks / seconds,
+        (cpu - cpu0) * per_task,
+        (kids - kids0) * per_task,
+        server * per_task,
+    )
 
 
 def main() -> None:
@@ -140,11 +163,12 @@ def main() -> None:
     bench.kernel.call(bench.kernel.connect())
     print(f"taskflow pools benchmark: {args.tasks:,} sync tasks (one INCR each), {args.url}")
     print(f"{'worker options':28}{'start-up s':>12}{'drain/s':>10}{'worker µs/task':>16}"
-          f"{'Redis µs/task':>15}")  # fmt: skip
+          f"{'of it children':>16}{'Redis µs/task':>15}")  # fmt: skip
     try:
         for options in args.configs:
-            startup, rate, cpu, server = drain(bench, url, options, args.tasks)
-            print(f"{options:28}{startup:12.2f}{rate:10,.0f}{cpu:16.1f}{server:15.1f}", flush=True)
+            startup, rate, cpu, kids, server = drain(bench, url, options, args.tasks)
+            print(f"{options:28}{startup:12.2f}{rate:10,.0f}{cpu:16.1f}{kids:16.1f}"
+                  f"{server:15.1f}", flush=True)  # fmt: skip
     finally:
         drop_keys(client, "*taskflow-pools*")
         client.close()

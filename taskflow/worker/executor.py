@@ -118,8 +118,8 @@ class Executor:
         if self.accepting:
             self.dispatch()
 
-    def _free_slot(self, job: Job) -> None:
-        self.window.finished(job)
+    def _free_slot(self, job: Job, ran: float) -> None:
+        self.window.finished(job, ran)
         if self.running.pop(job.envelope.id, None) is not None and self.accepting:
             self.dispatch()
 
@@ -225,11 +225,11 @@ class Executor:
         finally:
             job.in_user_code = False
             del self._attempts[key]
+            duration = self.clock.monotonic() - t0
             # The slot is for running task code: free it now, so the next task starts
             # while this one's outcome is written (its message still counts against the
             # prefetch window until it is acked).
-            self._free_slot(job)
-        duration = self.clock.monotonic() - t0
+            self._free_slot(job, duration)
         if isinstance(error, UndecodablePayload):
             await self.settler.failed(job, error, duration, reason="payload")
             return

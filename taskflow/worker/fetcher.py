@@ -42,6 +42,13 @@ log = logging.getLogger("taskflow.worker")
 _FATAL_FETCH_ERRORS: Final = 5
 # Task ids cancelled before their message arrived, remembered so that it is not run.
 _REFUSED_MAX: Final = 10_000
+# A window with a deeper buffer for short tasks (``Window.short_buffer``) uses it while the
+# bodies it ran took less than this on average (seconds), smoothed by ``_SMOOTHING``. A
+# body counts for at most ``_LONGEST`` seconds: a few short ones after a long one bring the
+# deeper buffer back, however long that one ran.
+SHORT_TASK: Final = 0.02
+_SMOOTHING: Final = 0.25
+_LONGEST: Final = 10 * SHORT_TASK
 
 
 class Window:
@@ -51,11 +58,28 @@ class Window:
     At most ``concurrency + buffer`` of them are not yet finished (buffered or running);
     those whose code has returned and whose outcome is being written count apart, so that
     the next fetch goes out while the previous batch settles, up to twice the window in all.
+
+    ``short_buffer``: a deeper buffer used while the bodies run short (under
+    :data:`SHORT_TASK` on average): each fetch then brings a batch instead of one message
+    per finished task, and a message held in it waits behind at most ``short_buffer``
+    short bodies. Long bodies bring the window back to ``buffer``, so that they do not
+    hold messages other workers could run.
     """
 
-    def __init__(self, concurrency: int, buffer: int, leases: LeaseKeeper) -> None:
+    def __init__(
+        self,
+        concurrency: int,
+        buffer: int,
+        leases: LeaseKeeper,
+        *,
+        short_buffer: int | None = None,
+    ) -> None:
         self.concurrency = concurrency
+        self.buffer = buffer
+        self.short_buffer = short_buffer
         self.size = concurrency + buffer
+        self.ran: float | None = None
+        """How long bodies ran, a moving average (seconds; kept with ``short_buffer``)."""
         self.jobs: dict[str, Job] = {}
         """The held jobs by task id."""
         self.settling = 0
@@ -89,14 +113,23 @@ class Window:
             return credits
         return credits if credits >= max(1, self.size // 2) else 0
 
-    def finished(self, job: Job) -> None:
-        """``job``'s code returned: its message now only waits for its outcome to be
-        written (room for the next fetch)."""
+    def finished(self, job: Job, ran: float | None = None) -> None:
+        """``job``'s code returned after ``ran`` seconds: its message now only waits for
+        its outcome to be written (room for the next fetch)."""
         if not job.settling and self.jobs.get(job.envelope.id) is job:
             job.settling = True
             self.settling += 1
+            if self.short_buffer is not None and ran is not None:
+                self._adapt(ran)
             if self._room is not None:
                 self._room.set()
+
+    def _adapt(self, ran: float) -> None:
+        ran = min(ran, _LONGEST)
+        average = ran if self.ran is None else self.ran + _SMOOTHING * (ran - self.ran)
+        self.ran = average
+        short = self.short_buffer if average < SHORT_TASK else None
+        self.size = self.concurrency + (self.buffer if short is None else short)
 
     def hold(self, job: Job) -> None:
         """``job`` was admitted."""

@@ -15,6 +15,7 @@ from taskflow import App, codec
 from taskflow.errors import ConfigError, TaskCancelled, TaskFailed
 from taskflow.message import Envelope
 from taskflow.worker import _child
+from taskflow.worker.fetcher import SHORT_TASK
 from taskflow.worker.procpool import locate_app
 from tests.cli.helpers import alive, pids, wait_for
 
@@ -167,6 +168,19 @@ def test_max_tasks_per_child_recycles_children_and_loses_nothing(pool_app: PoolA
     assert len(ran) == 100
     assert len(set(ran)) >= 10
     assert max(ran.count(pid) for pid in set(ran)) <= 10
+
+
+def test_short_bodies_deepen_the_process_pools_prefetch_buffer(pool_app: PoolApp) -> None:
+    app, tasks = pool_app
+    with app.worker(concurrency=2, pool="processes", app_path=APP_PATH) as worker:
+        assert worker.window.size == 2 + 1
+        results = [tasks["whoami"].delay(i) for i in range(12)]
+        for result in results:
+            result.get(timeout=10)
+        # The worker timed the bodies in its children (a round trip over their pipes).
+        assert worker.window.ran is not None
+        assert worker.window.ran < SHORT_TASK
+        assert worker.window.size == 2 + 4
 
 
 def test_max_memory_per_child_replaces_a_child_after_each_task_above_it(

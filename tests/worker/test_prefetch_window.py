@@ -7,10 +7,13 @@ import queue
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 from taskflow import App
 from taskflow.brokers.base import Delivery, FetchResult
 from taskflow.brokers.memory import MemoryBroker
+from taskflow.worker.fetcher import Window
 
 
 class AskingBroker(MemoryBroker):
@@ -186,3 +189,56 @@ def test_an_explicit_buffer_overrides_the_brokers_default(tmp_path: Path) -> Non
         assert App("window-one").worker(concurrency=1).prefetch_buffer == 1  # at least 1
     finally:
         app.close()
+
+
+class _Held:
+    """A held job as the window sees it."""
+
+    def __init__(self, task_id: str) -> None:
+        self.envelope = SimpleNamespace(id=task_id)
+        self.settling = False
+
+
+def _finish(window: Window, ran: float, count: int = 1) -> None:
+    """``count`` held jobs whose bodies ran ``ran`` seconds finish and are settled."""
+    for _ in range(count):
+        job: Any = _Held(f"j{len(window.jobs)}-{ran}")
+        window.hold(job)
+        window.finished(job, ran)
+        window.jobs.pop(job.envelope.id)
+        window.settling -= 1
+
+
+def test_a_process_pool_worker_buffers_deeper_while_its_bodies_run_short() -> None:
+    with App("window-processes") as app:
+        worker = app.worker(concurrency=2, pool="processes")
+        window = worker.window
+        assert worker.prefetch_buffer == 1  # the default until bodies are known to be short
+        assert worker.short_task_buffer == 4
+        assert window.size == 2 + 1
+
+        _finish(window, ran=0.002)
+        assert window.size == 2 + 4  # short bodies: a fetch brings a batch
+        # Two running, one buffered: the threads' window (3) would ask for nothing; the
+        # deeper one asks for three once half of it is free.
+        window.jobs = {f"h{i}": None for i in range(3)}  # type: ignore[misc]
+        assert window.credits() == 3
+        window.jobs = {}
+
+        _finish(window, ran=5.0)
+        assert window.size == 2 + 1  # a long body: nothing more is held behind it
+        _finish(window, ran=0.001, count=3)
+        assert window.size == 2 + 1  # one short body does not undo a long one at once
+        _finish(window, ran=0.001, count=10)
+        assert window.size == 2 + 4
+
+
+def test_the_deeper_buffer_is_only_for_the_process_pools_default() -> None:
+    with App("window-fixed") as app:
+        for worker in (
+            app.worker(concurrency=2),
+            app.worker(concurrency=2, pool="processes", prefetch_buffer=1),
+        ):
+            assert worker.short_task_buffer is None
+            _finish(worker.window, ran=0.001, count=5)
+            assert worker.window.size == 2 + 1
