@@ -120,16 +120,16 @@ class Window:
             job.settling = True
             self.settling += 1
             if self.short_buffer is not None and ran is not None:
-                self._adapt(ran)
+                self._adapt(ran, self.short_buffer)
             if self._room is not None:
                 self._room.set()
 
-    def _adapt(self, ran: float) -> None:
+    def _adapt(self, ran: float, short_buffer: int) -> None:
+        """Count a body that ran ``ran`` seconds, and size the window for the average."""
         ran = min(ran, _LONGEST)
         average = ran if self.ran is None else self.ran + _SMOOTHING * (ran - self.ran)
         self.ran = average
-        short = self.short_buffer if average < SHORT_TASK else None
-        self.size = self.concurrency + (self.buffer if short is None else short)
+        self.size = self.concurrency + (short_buffer if average < SHORT_TASK else self.buffer)
 
     def hold(self, job: Job) -> None:
         """``job`` was admitted."""
