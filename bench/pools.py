@@ -2,13 +2,15 @@
 
 Run from the project root (as a module, so ``import redis`` finds the library)::
 
-    python -m bench.pools [--tasks 20000] [--url redis://127.0.0.1:6379/15]
+    python -m bench.pools [--tasks 20000] [--url redis://127.0.0.1:6379/15] [--store]
                           [--configs "-c 8" "-P 2 -c 16" "-c 2 --pool processes"]
 
 ``--tasks``    sync tasks per drain (default 20,000); each body does one ``INCR`` on Redis,
                as in the shared peer harness
 ``--url``      Redis server and database (default DB 15); keys live under the prefix
                ``taskflow-pools`` and are deleted at the end
+``--store``    the tasks store their results (in Redis, beside the broker); by default
+               they are fire-and-forget, as in the peer harness's drain
 ``--configs``  ``taskflow worker`` options, one drain each (default: the thread pool in one
                process with 8 slots and in two with 16, the process pool with 2 and 4
                children)
@@ -48,14 +50,14 @@ def _incr() -> None:
     _counter.incr(COUNTER)
 
 
-def build_app(url: str) -> App:
-    """The benchmark app: one sync task, fire-and-forget."""
+def build_app(url: str, store: bool = False) -> App:
+    """The benchmark app: one sync task, fire-and-forget unless ``store``."""
     bench = App("pools", broker=url)
-    bench.task(name="pools.incr", store_result=False)(_incr)
+    bench.task(name="pools.incr", store_result=store)(_incr)
     return bench
 
 
-app = build_app(URL)
+app = build_app(URL, os.environ.get("BENCH_POOLS_STORE") == "1")
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -109,11 +111,16 @@ def _processes(options: str) -> int:
 
 
 def drain(
-    bench: App, url: str, options: str, tasks: int
+    bench: App, url: str, options: str, tasks: int, store: bool = False
 ) -> tuple[float, float, float, float, float]:
     """Start-up seconds, tasks per second, and CPU microseconds per task: of the worker
     (all its processes), of the process pool's children among them, and of Redis."""
-    env = {**os.environ, "BENCH_URL": url, "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "BENCH_URL": url,
+        "BENCH_POOLS_STORE": "1" if store else "0",
+        "PYTHONPATH": str(ROOT),
+    }
     command = [
         sys.executable, "-m", "taskflow.cli.main", "worker", "-A", "bench.pools:app",
         "--loglevel", "warning", *shlex.split(options),
@@ -151,6 +158,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--url", default="redis://127.0.0.1:6379/15")
+    parser.add_argument("--store", action="store_true")
     parser.add_argument(
         "--configs",
         nargs="+",
@@ -158,15 +166,16 @@ def main() -> None:
     )
     args = parser.parse_args()
     url = f"{args.url}?prefix=taskflow-pools"
-    bench = build_app(url)
+    bench = build_app(url, args.store)
     client = redis.Redis.from_url(args.url)
     bench.kernel.call(bench.kernel.connect())
-    print(f"taskflow pools benchmark: {args.tasks:,} sync tasks (one INCR each), {args.url}")
+    what = "one INCR each" + (", results stored" if args.store else "")
+    print(f"taskflow pools benchmark: {args.tasks:,} sync tasks ({what}), {args.url}")
     print(f"{'worker options':28}{'start-up s':>12}{'drain/s':>10}{'worker µs/task':>16}"
           f"{'of it children':>16}{'Redis µs/task':>15}")  # fmt: skip
     try:
         for options in args.configs:
-            startup, rate, cpu, kids, server = drain(bench, url, options, args.tasks)
+            startup, rate, cpu, kids, server = drain(bench, url, options, args.tasks, args.store)
             print(f"{options:28}{startup:12.2f}{rate:10,.0f}{cpu:16.1f}{kids:16.1f}"
                   f"{server:15.1f}", flush=True)  # fmt: skip
     finally:
