@@ -19,7 +19,8 @@ For each configuration, real ``taskflow worker`` processes start and subscribe (
 this takes is printed as start-up), the queue is paused, filled, then resumed, and the
 clock runs until every message was acked. Printed: the drain rate, and the CPU time per
 task of the worker processes with all their children (``/proc``), of the process pool's
-children among them (the rest is the workers' own loops), and of the Redis server.
+children among them (the rest is the workers' own loops), and of the Redis server; and
+how many Lua script calls (``EVALSHA``, pipelined or not) Redis ran per task.
 """
 
 from __future__ import annotations
@@ -100,6 +101,12 @@ def _is_child(pid: int) -> bool:
         return False
 
 
+def _script_calls(client: redis.Redis) -> int:
+    """``EVALSHA`` calls the server has run since its statistics were last reset."""
+    stats = client.info("commandstats").get("cmdstat_evalsha", {})
+    return int(stats.get("calls", 0))
+
+
 def _redis_cpu(client: redis.Redis) -> float:
     info = client.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
@@ -112,9 +119,10 @@ def _processes(options: str) -> int:
 
 def drain(
     bench: App, url: str, options: str, tasks: int, store: bool = False
-) -> tuple[float, float, float, float, float]:
-    """Start-up seconds, tasks per second, and CPU microseconds per task: of the worker
-    (all its processes), of the process pool's children among them, and of Redis."""
+) -> tuple[float, float, float, float, float, float]:
+    """Start-up seconds, tasks per second, CPU microseconds per task (of the worker, all
+    its processes; of the process pool's children among them; of Redis), and script
+    calls per task."""
     env = {
         **os.environ,
         "BENCH_URL": url,
@@ -137,10 +145,12 @@ def drain(
         for sent in range(0, tasks, 1000):
             bench.enqueue_many([task.s() for _ in range(min(1000, tasks - sent))])
         (cpu0, kids0), redis0 = _tree_cpu(proc.pid), _redis_cpu(client)
+        calls0 = _script_calls(client)
         began = time.perf_counter()
         bench.kernel.call(bench.broker.resume("default"))  # type: ignore[attr-defined]
         seconds = wait_drained(lambda: _depth(bench), began, tasks)
         (cpu, kids), server = _tree_cpu(proc.pid), _redis_cpu(client) - redis0
+        calls = _script_calls(client) - calls0
     finally:
         _stop([proc])
         client.close()
@@ -151,6 +161,7 @@ def drain(
         (cpu - cpu0) * per_task,
         (kids - kids0) * per_task,
         server * per_task,
+        calls / tasks,
     )
 
 
@@ -172,12 +183,14 @@ def main() -> None:
     what = "one INCR each" + (", results stored" if args.store else "")
     print(f"taskflow pools benchmark: {args.tasks:,} sync tasks ({what}), {args.url}")
     print(f"{'worker options':28}{'start-up s':>12}{'drain/s':>10}{'worker µs/task':>16}"
-          f"{'of it children':>16}{'Redis µs/task':>15}")  # fmt: skip
+          f"{'of it children':>16}{'Redis µs/task':>15}{'scripts/task':>14}")  # fmt: skip
     try:
         for options in args.configs:
-            startup, rate, cpu, kids, server = drain(bench, url, options, args.tasks, args.store)
+            startup, rate, cpu, kids, server, calls = drain(
+                bench, url, options, args.tasks, args.store
+            )
             print(f"{options:28}{startup:12.2f}{rate:10,.0f}{cpu:16.1f}{kids:16.1f}"
-                  f"{server:15.1f}", flush=True)  # fmt: skip
+                  f"{server:15.1f}{calls:14.2f}", flush=True)  # fmt: skip
     finally:
         drop_keys(client, "*taskflow-pools*")
         client.close()
