@@ -161,14 +161,18 @@ class RedisResultStore(ResultStore):
         """Merge ``changes`` atomically; None (nothing written) if the record is terminal.
 
         Updates made concurrently (a worker's slots finishing together) are coalesced
-        into one pipelined round trip; each stays its own atomic script call.
+        into one script call, which applies each of them whole, one after the other.
         """
         self._conn.client()
         return await self._updates.submit(self._update_args(task_id, changes, ttl))
 
     async def _send_updates(self, calls: list[list[Any]]) -> list[dict[str, Any] | None]:
-        """Updates made together: one pipelined round trip, each still its own script."""
-        return [self._decode(row) for row in await self._conn.run_many("result_update", calls)]
+        """Updates made together: one script call (each update applied whole)."""
+        args: list[Any] = [len(calls)]
+        for call in calls:
+            args += call
+        rows = await self._conn.run("result_update", args)
+        return [self._decode(row) for row in rows]
 
     async def restart(self, task_id: str, changes: Mapping[str, Any]) -> dict[str, Any] | None:
         """A new cycle of a terminal record, in one script (so exactly once)."""
@@ -262,12 +266,11 @@ class RedisResultStore(ResultStore):
     async def update_many(
         self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None
     ) -> list[dict[str, Any] | None]:
-        """Many updates in one pipelined round trip (each one still atomic)."""
+        """Many updates in one script call (each one applied whole)."""
         self._conn.client()
-        rows = await self._conn.run_many(
-            "result_update", [self._update_args(t, c, ttl) for t, c in items]
-        )
-        return [self._decode(row) for row in rows]
+        if not items:
+            return []
+        return await self._send_updates([self._update_args(t, c, ttl) for t, c in items])
 
     async def delete(self, task_id: str) -> bool:
         """Forget a record."""
