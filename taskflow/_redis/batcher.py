@@ -1,9 +1,10 @@
 """Micro-batching: concurrent calls of one event loop go to Redis together.
 
 A worker's slots finish at nearly the same time; their settles (broker) and record updates
-(result store) are each one script call, and sending them one round trip apiece would make
-the round trip the limit. The first call schedules a flush for the next turn of the loop;
-every call made until then joins the batch.
+(result store) would each be a script call of its own, and sending them one round trip
+apiece would make the round trip the limit. The first call schedules a flush for the next
+turn of the loop; every call made until then joins the batch, which both scripts take in
+one call.
 """
 
 from __future__ import annotations
