@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from taskflow._redis.batcher import BATCH
 from taskflow.results.redis import RedisResultStore
 from tests.integration.redis_helpers import fresh_url
 
@@ -50,6 +51,27 @@ def test_record_updates_made_together_are_one_script_call_and_each_applies_whole
             assert d == {"id": "d", "status": "running"}  # no record yet: made
             assert 0 < client.pttl(store.key("r", "b")) <= 60_000  # the terminal one's ttl
             assert client.pttl(store.key("r", "a")) == -1
+        finally:
+            client.close()
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_many_updates_go_in_calls_of_a_bounded_size(url: str) -> None:
+    async def main() -> None:
+        store = RedisResultStore.from_url(url)
+        await store.connect()
+        client = redis.Redis.from_url(url.split("?", 1)[0])
+        ids = [f"t{i}" for i in range(2 * BATCH + 1)]
+        try:
+            before = _script_calls(client)
+            rows = await store.update_many([(i, {"status": "cancelled"}) for i in ids], 60.0)
+            # Redis serves nobody else while a script runs: a purge of thousands of
+            # records is several calls, not one.
+            assert _script_calls(client) - before == 3
+            assert [row and row["status"] for row in rows] == ["cancelled"] * len(ids)
+            assert (await store.get(ids[-1]) or {})["status"] == "cancelled"
         finally:
             client.close()
             await store.close()

@@ -2,8 +2,9 @@
 -- (encoded by the client), so the script never re-encodes numbers or lists.
 -- ARGV: count, then per update: record key, now, ttl seconds ('' = keep), done channel,
 -- id (JSON), field count, then field, value pairs. Returns one entry per update: the
--- merged record as a flat list, or nil (terminal). Updates made together go in one call
--- (each is applied whole before the next; the call is atomic as a whole).
+-- merged record as a flat list, or nil (terminal). Updates made together go in one call,
+-- each applied whole before the next; an error ends the call with the updates before it
+-- applied (the callers retry, and a merge applied twice leaves the same record).
 local function update(b)
   local key, now, ttl, channel = ARGV[b], tonumber(ARGV[b + 1]), ARGV[b + 2], ARGV[b + 3]
   local expires = redis.call('HGET', key, '_x')
