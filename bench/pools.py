@@ -149,8 +149,8 @@ def drain(
         began = time.perf_counter()
         bench.kernel.call(bench.broker.resume("default"))  # type: ignore[attr-defined]
         seconds = wait_drained(lambda: _depth(bench), began, tasks)
-        (cpu, kids), server = _tree_cpu(proc.pid), _redis_cpu(client) - redis0
-        calls = _script_calls(client) - calls0
+        (cpu1, kids1), redis1 = _tree_cpu(proc.pid), _redis_cpu(client)
+        calls1 = _script_calls(client)
     finally:
         _stop([proc])
         client.close()
@@ -158,10 +158,10 @@ def drain(
     return (
         startup,
         tasks / seconds,
-        (cpu - cpu0) * per_task,
-        (kids - kids0) * per_task,
-        server * per_task,
-        calls / tasks,
+        (cpu1 - cpu0) * per_task,
+        (kids1 - kids0) * per_task,
+        (redis1 - redis0) * per_task,
+        (calls1 - calls0) / tasks,
     )
 
 

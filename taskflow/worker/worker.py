@@ -58,7 +58,7 @@ class Worker(Service):
     ``prefetch_buffer``: messages held beyond free slots (default ``concurrency // 2``,
     at least 1; ``2 * concurrency`` on SQLite, see ``Capabilities.fetch_buffer``; with
     ``pool="processes"`` and no ``prefetch_buffer`` given, ``2 * concurrency`` while the
-    bodies run under 20 ms on average: ``short_task_buffer``);
+    bodies run under 20 ms on average: ``window.short_buffer``);
     ``poll_interval``: the longest a fetch blocks before re-checking state.
     ``heartbeat``: seconds between the writes of this worker's entry to the result store
     (:mod:`.heartbeat`); ``heartbeat_retention``: how long an entry outlives its last write
@@ -117,13 +117,13 @@ class Worker(Service):
         self.leases = LeaseKeeper(self.name)
         # The process pool's loop hands every body to a child and back: with few slots, a
         # fetch per finished task would cost it more than the bodies (docs/design.md).
-        self.short_task_buffer = (
+        short_buffer = (
             max(self.prefetch_buffer, 2 * concurrency)
             if pool == "processes" and prefetch_buffer is None
             else None
         )
         self.window = Window(
-            concurrency, self.prefetch_buffer, self.leases, short_buffer=self.short_task_buffer
+            concurrency, self.prefetch_buffer, self.leases, short_buffer=short_buffer
         )
         sched = Scheduler(self.queues, kernel.settings.queue_weights, self.clock, concurrency)
         self.announcer = Announcer(kernel, self.bus, self.clock)

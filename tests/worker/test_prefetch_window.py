@@ -191,22 +191,15 @@ def test_an_explicit_buffer_overrides_the_brokers_default(tmp_path: Path) -> Non
         app.close()
 
 
-class _Held:
-    """A held job as the window sees it."""
-
-    def __init__(self, task_id: str) -> None:
-        self.envelope = SimpleNamespace(id=task_id)
-        self.settling = False
-
-
 def _finish(window: Window, ran: float, count: int = 1) -> None:
     """``count`` held jobs whose bodies ran ``ran`` seconds finish and are settled."""
-    for _ in range(count):
-        job: Any = _Held(f"j{len(window.jobs)}-{ran}")
+    for i in range(count):
+        job: Any = SimpleNamespace(
+            envelope=SimpleNamespace(id=f"j{i}-{ran}"), settling=False, delivery=None
+        )
         window.hold(job)
         window.finished(job, ran)
-        window.jobs.pop(job.envelope.id)
-        window.settling -= 1
+        window.release(job)
 
 
 def test_a_process_pool_worker_buffers_deeper_while_its_bodies_run_short() -> None:
@@ -214,7 +207,7 @@ def test_a_process_pool_worker_buffers_deeper_while_its_bodies_run_short() -> No
         worker = app.worker(concurrency=2, pool="processes")
         window = worker.window
         assert worker.prefetch_buffer == 1  # the default until bodies are known to be short
-        assert worker.short_task_buffer == 4
+        assert window.short_buffer == 4
         assert window.size == 2 + 1
 
         _finish(window, ran=0.002)
@@ -239,6 +232,6 @@ def test_the_deeper_buffer_is_only_for_the_process_pools_default() -> None:
             app.worker(concurrency=2),
             app.worker(concurrency=2, pool="processes", prefetch_buffer=1),
         ):
-            assert worker.short_task_buffer is None
+            assert worker.window.short_buffer is None
             _finish(worker.window, ran=0.001, count=5)
             assert worker.window.size == 2 + 1
