@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
@@ -205,10 +205,14 @@ async def _cause(url: str, timeout: float, options: Mapping[str, Any]) -> BaseEx
 @dataclass(frozen=True)
 class RecordKeys:
     """Where a Redis result store keeps task records: its server (client URL) and the key
-    prefix of a record (``{prefix}:r:``), for a broker that marks them running."""
+    prefix of a record (``{prefix}:r:``), for a broker that marks them running; and how
+    the store writes an update (``record_merge.lua``'s arguments) and reads its reply, for a
+    broker that writes an outcome with its ack."""
 
     client_url: str
     prefix: str
+    update_args: Callable[[str, Mapping[str, Any], float | None], list[Any]] = field(compare=False)
+    decode: Callable[[Any], dict[str, Any] | None] = field(compare=False)
 
 
 class Connection:

@@ -3,8 +3,9 @@
 Every state change of the broker, and every record write of the result store that must be
 atomic, is one script. Each script states its arguments and return values in its first
 lines. The broker's scripts share helpers (``common.lua``: those a script calls are
-prepended here); the result store's scripts (``result_*.lua``) and the fetch share what
-task records have in common (``records.lua``).
+prepended here); the result store's scripts (``result_*.lua``), the fetch and the settle
+share what task records have in common (``records.lua``), and the record updates and the
+settle (which writes an outcome with its ack) the merge of a record (``record_merge.lua``).
 """
 
 from __future__ import annotations
@@ -22,18 +23,20 @@ RESULT_SCRIPTS = ("result_update", "result_value", "result_create", "result_rest
 @functools.cache
 def load_script(name: str) -> str:
     """The text of a bundled Lua script, after what it shares: broker scripts get the
-    helpers (``common.lua``) first; the result store's scripts and the fetch, which marks
-    records, get what records share (``records.lua``). Read and assembled once per process
-    (every connection registers the scripts, and registers them again after a restart of
-    the server)."""
+    helpers (``common.lua``) first; the result store's scripts and the broker's that write
+    records get what records share (``records.lua``) and, to merge one,
+    ``record_merge.lua``. Read and assembled once per process (every connection registers
+    the scripts, and registers them again after a restart of the server)."""
     folder = resources.files("taskflow._redis").joinpath("lua")
 
     def read(part: str) -> str:
         return folder.joinpath(f"{part}.lua").read_text(encoding="utf-8")
 
     parts = []
-    if name.startswith("result_") or name == "fetch":
+    if name.startswith("result_") or name in ("fetch", "settle"):
         parts.append(read("records"))
+    if name in ("result_update", "settle"):
+        parts.append(read("record_merge"))
     parts.append(read(name))
     if not name.startswith("result_"):
         parts.insert(0, used_helpers(read("common"), "\n".join(parts)))

@@ -26,7 +26,7 @@ Semantics every broker implements:
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -133,7 +133,15 @@ class FetchResult(list["Delivery"]):
 class Delivery(abc.ABC):
     """One received message, leased to the receiver until settled."""
 
-    __slots__ = ("body", "delivery_count", "id", "priority", "queue", "running_recorded")
+    __slots__ = (
+        "body",
+        "delivery_count",
+        "id",
+        "priority",
+        "queue",
+        "records_linked",
+        "running_recorded",
+    )
 
     def __init__(
         self, id: str, queue: str, body: bytes, priority: int, delivery_count: int
@@ -146,6 +154,9 @@ class Delivery(abc.ABC):
         self.running_recorded = False
         """The broker marked the task's record running as it leased this delivery (see
         :meth:`Broker.fetch_starting`); handed back unstarted, it marks it queued again."""
+        self.records_linked = False
+        """:meth:`ack_recording` writes the task's outcome to the record in the result
+        store the broker was linked to (:meth:`Broker.link_records`) with the ack."""
 
     @property
     @abc.abstractmethod
@@ -155,6 +166,27 @@ class Delivery(abc.ABC):
     @abc.abstractmethod
     async def ack(self) -> bool:
         """Done: remove the message. False if the lease was lost."""
+
+    async def ack_recording(
+        self, task_id: str, changes: Mapping[str, Any], ttl: float | None
+    ) -> tuple[bool, bool]:
+        """Write ``changes`` to the record of ``task_id`` in the linked result store, as
+        ``ResultStore.update`` does, then :meth:`ack`, in one step (only where
+        :attr:`records_linked`): a worker that dies in between cannot leave an outcome
+        written and its message to be delivered again. Returns whether the record was
+        written (False: it was terminal, left as it was) and whether the ack held; the
+        record is written whether the ack holds or not."""
+        raise NotImplementedError(f"{type(self).__name__} writes no records")
+
+    async def write_record(
+        self, task_id: str, changes: Mapping[str, Any], ttl: float | None
+    ) -> bool:
+        """Write ``changes`` to the record of ``task_id`` in the linked result store, as
+        ``ResultStore.update`` does, in the same call as the settles made with it (only
+        where :attr:`records_linked`): a worker's next task marked running goes with the
+        previous one's outcome and ack. Returns whether it was written (False: the record
+        was terminal, left as it was)."""
+        raise NotImplementedError(f"{type(self).__name__} writes no records")
 
     @abc.abstractmethod
     async def nack(self, *, requeue: bool = True) -> bool:

@@ -33,7 +33,7 @@ methods it offers as its own.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import orjson
@@ -59,31 +59,36 @@ _DRAINED_FRESH = 10.0
 """How long a fetch that left its queues empty spares the next one its first look: well
 within the life of a wake-up token (60 s, ``common.lua``), which must still be there."""
 
-SettleItem = tuple[str, str, str, bytes | str, str, str]
-"""One settle, as ``settle.lua`` takes it: action, id, token and three arguments."""
+SettleItem = tuple[Any, ...]
+"""One settle, as ``settle.lua`` takes it: action, id, token and three arguments; for
+``done`` and ``record``, the record update's arguments follow."""
 
 
 class RedisDelivery(Delivery):
     """A leased delivery; every settle call is fenced by the lease token."""
 
-    __slots__ = ("_lease", "_record", "_settle", "_token")
+    __slots__ = ("_lease", "_linked", "_record", "_settle", "_token")
 
     def __init__(
         self,
-        settle: Callable[[SettleItem], Awaitable[bool]],
+        settle: Callable[[SettleItem], Awaitable[Any]],
         lease: float,
         row: Sequence[bytes],
         record: str = "",
+        linked: RecordKeys | None = None,
     ) -> None:
         """From one ``fetch`` reply row: id, queue, body, priority, delivery count, token;
-        ``record``: the task record's key if the fetch marked it running."""
+        ``record``: the task record's key if the fetch marked it running; ``linked``: the
+        result store the broker was linked to."""
         mid, queue, body, priority, count, token = row
         super().__init__(mid.decode(), queue.decode(), body, int(priority), int(count))
         self._settle = settle
         self._lease = lease
         self._token = token.decode()
         self._record = record
+        self._linked = linked
         self.running_recorded = bool(record)
+        self.records_linked = linked is not None
 
     @property
     def lease(self) -> float | None:
@@ -92,14 +97,55 @@ class RedisDelivery(Delivery):
 
     async def ack(self) -> bool:
         """Remove the message."""
-        return await self._settle(("ack", self.id, self._token, "", "", ""))
+        return bool(await self._settle(("ack", self.id, self._token, "", "", "")))
+
+    async def ack_recording(
+        self, task_id: str, changes: Mapping[str, Any], ttl: float | None
+    ) -> tuple[bool, bool]:
+        """Write the outcome to the linked store's record, then remove the message: one
+        item of the settle script (see ``Delivery.ack_recording``)."""
+        linked = self._linked
+        if linked is None:
+            raise NotImplementedError("this broker is not linked to a Redis result store")
+        item = (
+            "done",
+            self.id,
+            self._token,
+            "",
+            "",
+            "",
+            *linked.update_args(task_id, changes, ttl),
+        )
+        acked, written = await self._settle(item)
+        return bool(written), bool(acked)
+
+    async def write_record(
+        self, task_id: str, changes: Mapping[str, Any], ttl: float | None
+    ) -> bool:
+        """Write to the linked store's record: an item of the settle script, so that it
+        shares a call with the settles made with it (see ``Delivery.write_record``)."""
+        linked = self._linked
+        if linked is None:
+            raise NotImplementedError("this broker is not linked to a Redis result store")
+        item = (
+            "record",
+            self.id,
+            self._token,
+            "",
+            "",
+            "",
+            *linked.update_args(task_id, changes, ttl),
+        )
+        _, written = await self._settle(item)
+        return bool(written)
 
     async def nack(self, *, requeue: bool = True) -> bool:
         """Hand the message back uncounted, or drop it."""
         if not requeue:
-            return await self._settle(("ack", self.id, self._token, "", "", ""))
+            return bool(await self._settle(("ack", self.id, self._token, "", "", "")))
         # A record the fetch marked running goes back to queued with the message.
-        return await self._settle(("requeue", self.id, self._token, self._record, "", ""))
+        item = ("requeue", self.id, self._token, self._record, "", "")
+        return bool(await self._settle(item))
 
     async def retry(self, body: bytes, delay: float, *, max_deliveries: int = 1) -> bool:
         """Replace the message with ``body``, due in ``delay`` seconds (held in Redis)."""
@@ -111,15 +157,16 @@ class RedisDelivery(Delivery):
             repr(max(0.0, float(delay))),
             str(max(1, int(max_deliveries))),
         )
-        return await self._settle(item)
+        return bool(await self._settle(item))
 
     async def touch(self) -> bool:
         """Renew the lease."""
-        return await self._settle(("touch", self.id, self._token, "", "", ""))
+        return bool(await self._settle(("touch", self.id, self._token, "", "", "")))
 
     async def dead_letter(self, reason: str, error: str | None = None) -> bool:
         """Move the message to its queue's dead-letter list."""
-        return await self._settle(("dead", self.id, self._token, reason, error or "", ""))
+        item = ("dead", self.id, self._token, reason, error or "", "")
+        return bool(await self._settle(item))
 
 
 class RedisBroker(Broker, DelegatedAdmin):
@@ -187,7 +234,7 @@ class RedisBroker(Broker, DelegatedAdmin):
         self.lease = float(lease)
         self.connect_timeout = self._conn.connect_timeout
         self.clock: Clock = clock or SYSTEM_CLOCK
-        self._settles: Batcher[SettleItem, bool] = Batcher(self._send_settles)
+        self._settles: Batcher[SettleItem, Any] = Batcher(self._send_settles)
         self._settle = self._settles.submit
         self._waits = IdleWait(self._conn, self.clock)
         self._admin = RedisAdmin(self._conn, self._run)
@@ -199,6 +246,7 @@ class RedisBroker(Broker, DelegatedAdmin):
         self._drained: Drained | None = None  # what the last fetch left (see fetch)
         self._limiter = RedisLimiter(self._conn, self.lease)
         self._records = ""  # the linked result store's record key prefix (link_records)
+        self._linked: RecordKeys | None = None  # that store (link_records)
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> RedisBroker:
@@ -293,6 +341,7 @@ class RedisBroker(Broker, DelegatedAdmin):
         ):
             return False
         self._records = records.prefix
+        self._linked = records
         return True
 
     async def _fetch(
@@ -355,10 +404,11 @@ class RedisBroker(Broker, DelegatedAdmin):
                     text_id, queue.decode(), body, reason.decode(), error.decode(), now, int(count)
                 )
             )
-        settle, lease = self._settle, self.lease
+        settle, lease, linked = self._settle, self.lease, self._linked
         if not marks:
             return [
-                RedisDelivery(settle, lease, reply[i : i + 6]) for i in range(start, len(reply), 6)
+                RedisDelivery(settle, lease, reply[i : i + 6], "", linked)
+                for i in range(start, len(reply), 6)
             ], next_due
         records = self._records
         return [
@@ -367,6 +417,7 @@ class RedisBroker(Broker, DelegatedAdmin):
                 lease,
                 reply[i : i + 6],
                 records + reply[i].decode() if mark == 114 else "",  # b"r"
+                linked,
             )
             for mark, i in zip(marks, range(start, len(reply), 6), strict=True)
         ], next_due
@@ -376,12 +427,13 @@ class RedisBroker(Broker, DelegatedAdmin):
         return lost
 
     # -- settling --------------------------------------------------------------------
-    async def _send_settles(self, items: list[SettleItem]) -> list[bool]:
-        """Settles made together, in one script call (each fenced by its token)."""
+    async def _send_settles(self, items: list[SettleItem]) -> list[Any]:
+        """Settles made together, in one script call (each fenced by its token): 1/0 per
+        item, and for ``done`` and ``record`` [1/0, 1/0 whether the record was written]."""
         args: list[Any] = [repr(self.lease), len(items)]
         for item in items:
             args += item
-        return [bool(ok) for ok in await self._run("settle", args)]
+        return list(await self._run("settle", args))
 
     async def cancel(self, message_id: str, queue: str) -> bool:
         """Remove a ready or scheduled message; True if it was removed."""

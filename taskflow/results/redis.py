@@ -217,9 +217,9 @@ class RedisResultStore(ResultStore):
         return self.begin_create_many_blocking(items, ttl)()
 
     def record_location(self) -> RecordKeys:
-        """This store's server and record keys, for a Redis broker on the same server and
-        hash tag (``Broker.link_records``)."""
-        return RecordKeys(self._conn.client_url, self.key("r", ""))
+        """This store's server, record keys and update encoding, for a Redis broker on the
+        same server and hash tag (``Broker.link_records``)."""
+        return RecordKeys(self._conn.client_url, self.key("r", ""), self._update_args, self._decode)
 
     def begin_create_many_blocking(
         self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None
@@ -288,9 +288,11 @@ class RedisResultStore(ResultStore):
         deadline = None if timeout is None else loop.time() + timeout
         if self._listener is None:
             self._listener = DoneListener(self._conn.client(), self._conn.masked)
+        # Its own reference: a close() meanwhile drops the store's.
+        listener = self._listener
         channel = self.key("done", task_id).encode()
         while True:
-            fut = await self._listener.watch(channel)
+            fut = await listener.watch(channel)
             try:
                 record = await self.get(task_id)
                 if is_terminal(record):
@@ -303,7 +305,7 @@ class RedisResultStore(ResultStore):
                     async with asyncio.timeout(wait):
                         await asyncio.shield(fut)
             finally:
-                await self._listener.unwatch(channel, fut)
+                await listener.unwatch(channel, fut)
 
     # -- small values ----------------------------------------------------------------
     async def _value(self, key: str, action: str, arg: str, ttl: float | None) -> Any:

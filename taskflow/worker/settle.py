@@ -3,7 +3,9 @@ by one path.
 
 :meth:`Settler.apply` takes the same steps for each :class:`Transition`, in this order:
 
-1. write the task's record (ack after the outcome is durable);
+1. write the task's record (ack after the outcome is durable; where the broker writes the
+   store's records, an outcome whose message is acked goes with the ack in one call:
+   ``Delivery.ack_recording``);
 2. run the kernel's continuations for a terminal outcome (canvas advancement, which ``App``
    registers; the worker does not know what they are);
 3. act on the message: ack, dead-letter or publish the retry;
@@ -27,6 +29,7 @@ from typing import Any, TypeVar
 
 from .. import codec
 from .._waiters import within
+from ..brokers.base import Delivery
 from ..clock import Clock
 from ..errors import PayloadError, WorkerLost
 from ..kernel import Kernel
@@ -137,15 +140,29 @@ class Settler:
         error: dict[str, str] | None = None,
         duration: float | None = None,
         retry_in: float | None = None,
+        delivery: Delivery | None = None,
     ) -> bool:
         """Record ``changes`` (None: nothing to write), run the continuations, ``act()`` on
-        the message, count, announce.
+        the message, count, announce. ``delivery``: the message's, when ``act`` is its
+        ack.
 
         False, with nothing else done, if ``transition`` is not terminal and the record
         was terminal already (the caller settles it as :data:`SETTLED_BEFORE`).
         """
         status = transition.status
         env = subject.envelope
+        if (
+            delivery is not None
+            and delivery.records_linked
+            and changes is not None
+            and subject.stores
+            and not env.canvas
+        ):
+            # Nothing runs between the record and the ack (no continuations): one call.
+            written = await self._record_and_ack(env.id, delivery, changes)
+            if not written and status is TaskStatus.SUCCEEDED:
+                self.result_dropped(env, "record_final")
+            changes = act = None
         if changes is not None:
             written = await self._record(subject, changes, status.terminal)
             if not written and not status.terminal:
@@ -185,18 +202,39 @@ class Settler:
         """``step()``, retried while the backend is down."""
         return await persist(step, f"worker {self.name}: {what} of task {task_id}", self.rng)
 
-    async def _record(self, subject: Subject, changes: dict[str, Any], terminal: bool) -> bool:
-        """Write the record (if the task stores results); False if it was terminal."""
+    async def _record(
+        self,
+        subject: Subject,
+        changes: dict[str, Any],
+        terminal: bool,
+        delivery: Delivery | None = None,
+    ) -> bool:
+        """Write the record (if the task stores results); False if it was terminal. With
+        ``delivery`` linked to the store (``Delivery.records_linked``), the write shares
+        a call with the settles made with it."""
         if not subject.stores:
             return True
         ttl = self.kernel.settings.result_ttl if terminal else None
         tid = subject.envelope.id
         if self._unwritten:
             changes = {**self._take_unwritten(tid), **changes}
-        record = await self.durably(
-            lambda: self.kernel.results.update(tid, changes, ttl), "writing the record", tid
-        )
+        if delivery is not None and delivery.records_linked:
+            linked = delivery.write_record
+            return await self.durably(lambda: linked(tid, changes, ttl), "writing the record", tid)
+        update = self.kernel.results.update
+        record = await self.durably(lambda: update(tid, changes, ttl), "writing the record", tid)
         return record is not None
+
+    async def _record_and_ack(self, tid: str, delivery: Delivery, changes: dict[str, Any]) -> bool:
+        """Write a terminal outcome and ack its message in one call; False if the record
+        was terminal already (the message is acked all the same)."""
+        if self._unwritten:
+            changes = {**self._take_unwritten(tid), **changes}
+        ttl = self.kernel.settings.result_ttl
+        written, _ = await self.durably(
+            lambda: delivery.ack_recording(tid, changes, ttl), "writing the record", tid
+        )
+        return written
 
     async def _continue(self, subject: Subject, status: TaskStatus, encoded: Any) -> None:
         env = subject.envelope
@@ -238,6 +276,7 @@ class Settler:
                 **self._running_fields(job),
             },
             terminal=False,
+            delivery=job.delivery,
         )
         if not ok:
             await self._settled_before(job)
@@ -334,6 +373,7 @@ class Settler:
             encoded=encoded,
             result=value,
             duration=duration,
+            delivery=job.delivery,
         )
 
     async def failure(self, job: Job, verdict: RetryIn | Fail, duration: float) -> None:
@@ -415,12 +455,12 @@ class Settler:
     async def cancelled(self, job: Job) -> None:
         """Settle a cancelled task: record (if not already), ack, announce."""
         changes = {"status": TaskStatus.CANCELLED.value, "finished_at": self.clock.time()}
-        await self.apply(job, CANCELLED, changes, job.delivery.ack)
+        await self.apply(job, CANCELLED, changes, job.delivery.ack, delivery=job.delivery)
 
     async def expired(self, job: Job) -> None:
         """A task not started before ``expires`` never runs."""
         changes = {"status": TaskStatus.EXPIRED.value, "finished_at": self.clock.time()}
-        await self.apply(job, EXPIRED, changes, job.delivery.ack)
+        await self.apply(job, EXPIRED, changes, job.delivery.ack, delivery=job.delivery)
 
     # -- when settling is not possible -----------------------------------------------
     async def requeue(self, job: Job, started: bool = False) -> None:

@@ -1,43 +1,12 @@
--- Merge fields into task records unless they are terminal. Field values are JSON text
--- (encoded by the client), so the script never re-encodes numbers or lists.
--- ARGV: count, then per update: record key, now, ttl seconds ('' = keep), done channel,
--- id (JSON), field count, then field, value pairs. Returns one entry per update: the
+-- Merge fields into task records unless they are terminal (merge_record).
+-- ARGV: count, then per update what merge_record takes. Returns one entry per update: the
 -- merged record as a flat list, or nil (terminal). Updates made together go in one call,
 -- each applied whole before the next; an error ends the call with the updates before it
 -- applied (the callers retry, and a merge applied twice leaves the same record).
-local function update(b)
-  local key, now, ttl, channel = ARGV[b], tonumber(ARGV[b + 1]), ARGV[b + 2], ARGV[b + 3]
-  local expires = redis.call('HGET', key, '_x')
-  if expires and tonumber(expires) <= now then
-    redis.call('DEL', key)
-  end
-  local status = redis.call('HGET', key, 'status')
-  if status and TERMINAL[status] then
-    return false
-  end
-  if redis.call('EXISTS', key) == 0 then
-    redis.call('HSET', key, 'id', ARGV[b + 4])
-  end
-  local n = tonumber(ARGV[b + 5])
-  for i = 0, n - 1 do
-    redis.call('HSET', key, ARGV[b + 6 + i * 2], ARGV[b + 7 + i * 2])
-  end
-  if ttl ~= '' then
-    local seconds = tonumber(ttl)
-    redis.call('HSET', key, '_x', tostring(now + seconds))
-    redis.call('PEXPIRE', key, math.max(1, math.ceil(seconds * 1000)))
-  end
-  status = redis.call('HGET', key, 'status')
-  if status and TERMINAL[status] then
-    redis.call('PUBLISH', channel, '1')
-  end
-  return redis.call('HGETALL', key)
-end
-
 local out = {}
 local b = 2
 for u = 1, tonumber(ARGV[1]) do
-  out[u] = update(b)
-  b = b + 6 + 2 * tonumber(ARGV[b + 5])
+  out[u] = merge_record(b) and redis.call('HGETALL', ARGV[b])
+  b = b + merge_width(b)
 end
 return out

@@ -1,7 +1,12 @@
 -- Settle deliveries, fenced by their token. ARGV: prefix, now, lease, count, then per
 -- item: action, id, token, a1, a2, a3. Actions: touch, ack, requeue (a1 the task record's
 -- key when the fetch marked it running, else ''), retry (a1 body, a2 delay, a3
--- max_deliveries), dead (a1 reason, a2 error). Returns 1/0 per item.
+-- max_deliveries), dead (a1 reason, a2 error), and done: the task's outcome written to its
+-- record (merge_record's arguments follow the item), then an ack. Returns 1/0 per item;
+-- for done, {1/0, 1/0 whether the record was written (0: it was terminal)}. The record is
+-- written whether or not the lease still holds, as a separate write before the ack would
+-- be. And record: a record write alone (merge_record), which the store would make;
+-- returns {1, 1/0 whether it was written}.
 local lease = tonumber(ARGV[3])
 local n = tonumber(ARGV[4])
 local results = {}
@@ -48,10 +53,21 @@ local function settle(action, id, token, a1, a2, a3)
   return 1
 end
 
-for i = 0, n - 1 do
-  local b = 5 + i * 6
-  results[#results + 1] = settle(ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3],
-    ARGV[b + 4], ARGV[b + 5])
+local b = 5
+for i = 1, n do
+  local action = ARGV[b]
+  if action == 'done' then
+    local written = merge_record(b + 6) and 1 or 0
+    results[i] = {settle('ack', ARGV[b + 1], ARGV[b + 2]), written}
+    b = b + 6 + merge_width(b + 6)
+  elseif action == 'record' then
+    results[i] = {1, merge_record(b + 6) and 1 or 0}
+    b = b + 6 + merge_width(b + 6)
+  else
+    results[i] = settle(ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4],
+      ARGV[b + 5])
+    b = b + 6
+  end
 end
 for q, _ in pairs(woken) do
   wake(q, 1)

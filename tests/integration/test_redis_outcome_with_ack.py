@@ -1,0 +1,182 @@
+"""Where the Redis broker is linked to the Redis result store (one server, one hash tag),
+a worker writes a task's outcome and acks its message in one script call
+(``Delivery.ack_recording``), and its record writes share a call with the settles made
+with them (``Delivery.write_record``); a canvas task, whose continuations run between the
+outcome and the ack, keeps those two apart (real server)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import redis
+
+from taskflow import App, chain
+from taskflow.brokers.base import Message
+from taskflow.brokers.redis import RedisBroker
+from taskflow.results.redis import RedisResultStore
+from tests.integration.redis_helpers import fresh_url
+
+pytestmark = pytest.mark.integration
+
+_OUTCOME = {"status": "succeeded", "result": [1, 2], "finished_at": 1.5, "attempts": 1}
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    yield from fresh_url(lease=5)
+
+
+def _script_calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats").get("cmdstat_evalsha", {})
+    return int(stats.get("calls", 0))
+
+
+@asynccontextmanager
+async def linked(
+    url: str, *, link: bool = True
+) -> AsyncIterator[tuple[RedisBroker, RedisResultStore, redis.Redis]]:
+    broker, store = RedisBroker.from_url(url), RedisResultStore.from_url(url)
+    client = redis.Redis.from_url(url.split("?", 1)[0])
+    await broker.connect()
+    await store.connect()
+    try:
+        if link:
+            assert broker.link_records(store.record_location())
+        yield broker, store, client
+    finally:
+        client.close()
+        await broker.close()
+        await store.close()
+
+
+async def _queue(broker: RedisBroker, store: RedisResultStore, *ids: str) -> None:
+    await store.create_many([(i, {"status": "queued", "attempts": 0}) for i in ids], None)
+    await broker.publish([Message(i, "default", b"{}") for i in ids])
+
+
+def test_outcomes_and_their_acks_go_in_one_script_call_with_other_settles(url: str) -> None:
+    async def main() -> None:
+        async with linked(url) as (broker, store, client):
+            await _queue(broker, store, "a", "b", "c", "d")
+            a, b, c, d = await broker.fetch(["default"], 4, 0.0)
+            assert a.records_linked and b.records_linked
+            waiter = asyncio.ensure_future(store.wait("a", 30.0))
+            await asyncio.sleep(0.05)  # the waiter is subscribed
+            before = _script_calls(client)
+            (wrote_a, acked_a), (wrote_b, acked_b), touched, wrote_d = await asyncio.gather(
+                a.ack_recording("a", _OUTCOME, 60.0),
+                b.ack_recording("b", {"status": "cancelled", "finished_at": 2.0}, 60.0),
+                c.touch(),
+                d.write_record("d", {"status": "running", "worker": "w1"}, None),
+            )
+            assert _script_calls(client) - before == 1
+            assert (wrote_a, acked_a, wrote_b, acked_b, touched, wrote_d) == (True,) * 6
+            # The record write alone leaves its message leased, and its record without a
+            # time to live.
+            assert await store.get("d") == {
+                "id": "d",
+                "status": "running",
+                "attempts": 0,
+                "worker": "w1",
+            }
+            assert client.pttl(store.key("r", "d")) == -1
+            assert await store.get("a") == {"id": "a", "status": "queued", **_OUTCOME}
+            assert (await store.get("b") or {})["status"] == "cancelled"
+            assert 0 < client.pttl(store.key("r", "a")) <= 60_000  # the terminal record's ttl
+            # The messages are gone; the touched one is still leased.
+            assert not client.exists(broker.key("m", "a"), broker.key("m", "b"))
+            inflight = client.zrange(broker.key("q", "default", "inflight"), 0, -1)
+            assert sorted(inflight) == [b"c", b"d"]
+            # A waiter is woken by the write, not by its next re-read (ten seconds).
+            async with asyncio.timeout(3):
+                assert (await waiter or {})["status"] == "succeeded"
+
+    asyncio.run(main())
+
+
+def test_a_lost_lease_keeps_the_written_outcome_and_reports_the_ack_failed(url: str) -> None:
+    async def main() -> None:
+        async with linked(url) as (broker, store, client):
+            await _queue(broker, store, "a")
+            (old,) = await broker.fetch(["default"], 1, 0.0)
+            # Published again: the message is replaced and the old delivery fenced off.
+            await broker.publish([Message("a", "default", b"{}")])
+            written, acked = await old.ack_recording("a", _OUTCOME, 60.0)
+            assert (written, acked) == (True, False)
+            assert (await store.get("a") or {})["status"] == "succeeded"
+            # The new copy waits, untouched by the fenced ack.
+            (new,) = await broker.fetch(["default"], 1, 0.0)
+            assert new.id == "a"
+
+    asyncio.run(main())
+
+
+def test_a_terminal_record_is_left_as_it_is_and_its_message_acked(url: str) -> None:
+    async def main() -> None:
+        async with linked(url) as (broker, store, client):
+            await _queue(broker, store, "a")
+            (delivery,) = await broker.fetch(["default"], 1, 0.0)
+            assert await store.update("a", {"status": "cancelled"}, 60.0)
+            assert await delivery.write_record("a", {"status": "running"}, None) is False
+            assert await delivery.ack_recording("a", _OUTCOME, 60.0) == (False, True)
+            assert (await store.get("a") or {})["status"] == "cancelled"
+            assert not client.exists(broker.key("m", "a"))
+
+    asyncio.run(main())
+
+
+def test_an_unlinked_broker_writes_no_records(url: str) -> None:
+    async def main() -> None:
+        async with linked(url, link=False) as (broker, store, client):
+            await _queue(broker, store, "a")
+            (delivery,) = await broker.fetch(["default"], 1, 0.0)
+            assert not delivery.records_linked
+            with pytest.raises(NotImplementedError):
+                await delivery.ack_recording("a", _OUTCOME, 60.0)
+            with pytest.raises(NotImplementedError):
+                await delivery.write_record("a", {"status": "running"}, None)
+            assert (await store.get("a") or {})["status"] == "queued"
+            assert await delivery.ack()
+
+    asyncio.run(main())
+
+
+def _terminal_updates(app: App) -> list[tuple[str, Any]]:
+    """The terminal record writes the app's store is asked for, from now on."""
+    store = app.results
+    calls: list[tuple[str, Any]] = []
+    update = store.update
+
+    async def recording(task_id: str, changes: Any, ttl: float | None) -> Any:
+        if changes.get("status") in ("succeeded", "failed", "cancelled", "expired"):
+            calls.append((task_id, changes["status"]))
+        return await update(task_id, changes, ttl)
+
+    store.update = recording  # type: ignore[method-assign]
+    return calls
+
+
+def test_a_worker_writes_a_plain_outcome_with_its_ack_and_a_canvas_steps_apart(
+    url: str,
+) -> None:
+    with App("outcomes", broker=url) as app:
+
+        @app.task(name="outcomes.add")
+        def add(x: int, y: int = 1) -> int:
+            return x + y
+
+        calls = _terminal_updates(app)
+        with app.worker(concurrency=4):
+            plain = add.delay(1)
+            assert plain.get(timeout=10) == 2
+            flow = chain(add.s(1), add.s()).delay()
+            assert flow.get(timeout=10) == 3
+        # The plain task's outcome went with its ack; each step of the chain wrote its
+        # outcome on its own, before its continuation was sent and its message acked.
+        assert (plain.id, "succeeded") not in calls
+        assert sum(1 for _, status in calls if status == "succeeded") >= 2
+        assert plain.info().status.value == "succeeded"
