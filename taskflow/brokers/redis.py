@@ -104,19 +104,7 @@ class RedisDelivery(Delivery):
     ) -> tuple[bool, bool]:
         """Write the outcome to the linked store's record, then remove the message: one
         item of the settle script (see ``Delivery.ack_recording``)."""
-        linked = self._linked
-        if linked is None:
-            raise NotImplementedError("this broker is not linked to a Redis result store")
-        item = (
-            "done",
-            self.id,
-            self._token,
-            "",
-            "",
-            "",
-            *linked.update_args(task_id, changes, ttl),
-        )
-        acked, written = await self._settle(item)
+        acked, written = await self._with_record("done", task_id, changes, ttl)
         return bool(written), bool(acked)
 
     async def write_record(
@@ -124,20 +112,17 @@ class RedisDelivery(Delivery):
     ) -> bool:
         """Write to the linked store's record: an item of the settle script, so that it
         shares a call with the settles made with it (see ``Delivery.write_record``)."""
+        _, written = await self._with_record("record", task_id, changes, ttl)
+        return bool(written)
+
+    async def _with_record(
+        self, action: str, task_id: str, changes: Mapping[str, Any], ttl: float | None
+    ) -> Any:
         linked = self._linked
         if linked is None:
             raise NotImplementedError("this broker is not linked to a Redis result store")
-        item = (
-            "record",
-            self.id,
-            self._token,
-            "",
-            "",
-            "",
-            *linked.update_args(task_id, changes, ttl),
-        )
-        _, written = await self._settle(item)
-        return bool(written)
+        head = (action, self.id, self._token, "", "", "")
+        return await self._settle((*head, *linked.update_args(task_id, changes, ttl)))
 
     async def nack(self, *, requeue: bool = True) -> bool:
         """Hand the message back uncounted, or drop it."""

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from taskflow.brokers.base import Message
 from taskflow.brokers.redis import RedisBroker
+from taskflow.results.redis import RedisResultStore
 from tests.conftest import require_service
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +50,36 @@ async def connected(url: str) -> AsyncIterator[RedisBroker]:
         yield broker
     finally:
         await broker.close()
+
+
+@asynccontextmanager
+async def linked(
+    url: str, *, link: bool = True
+) -> AsyncIterator[tuple[RedisBroker, RedisResultStore]]:
+    """A connected broker and result store on ``url``, the broker linked to the store's
+    records (``Broker.link_records``) unless ``link`` is False."""
+    broker, store = RedisBroker.from_url(url), RedisResultStore.from_url(url)
+    await broker.connect()
+    await store.connect()
+    try:
+        if link:
+            assert broker.link_records(store.record_location())
+        yield broker, store
+    finally:
+        await broker.close()
+        await store.close()
+
+
+async def queue_with_records(broker: RedisBroker, store: RedisResultStore, *ids: str) -> None:
+    """Queued records and messages for ``ids`` on the default queue."""
+    await store.create_many([(i, {"status": "queued", "attempts": 0}) for i in ids], None)
+    await broker.publish([Message(i, "default", b"{}") for i in ids])
+
+
+def script_calls(client: redis.Redis) -> int:
+    """How many script calls (``EVALSHA``) the server has run."""
+    stats = client.info("commandstats").get("cmdstat_evalsha", {})
+    return int(stats.get("calls", 0))
 
 
 def drop_prefix(url: str, prefix: str) -> None:

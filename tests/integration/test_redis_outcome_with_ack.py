@@ -18,7 +18,7 @@ from taskflow import App, chain
 from taskflow.brokers.base import Message
 from taskflow.brokers.redis import RedisBroker
 from taskflow.results.redis import RedisResultStore
-from tests.integration.redis_helpers import fresh_url
+from tests.integration.redis_helpers import fresh_url, linked, queue_with_records, script_calls
 
 pytestmark = pytest.mark.integration
 
@@ -30,50 +30,34 @@ def url() -> Iterator[str]:
     yield from fresh_url(lease=5)
 
 
-def _script_calls(client: redis.Redis) -> int:
-    stats = client.info("commandstats").get("cmdstat_evalsha", {})
-    return int(stats.get("calls", 0))
-
-
 @asynccontextmanager
-async def linked(
+async def linked_with_client(
     url: str, *, link: bool = True
 ) -> AsyncIterator[tuple[RedisBroker, RedisResultStore, redis.Redis]]:
-    broker, store = RedisBroker.from_url(url), RedisResultStore.from_url(url)
     client = redis.Redis.from_url(url.split("?", 1)[0])
-    await broker.connect()
-    await store.connect()
     try:
-        if link:
-            assert broker.link_records(store.record_location())
-        yield broker, store, client
+        async with linked(url, link=link) as (broker, store):
+            yield broker, store, client
     finally:
         client.close()
-        await broker.close()
-        await store.close()
-
-
-async def _queue(broker: RedisBroker, store: RedisResultStore, *ids: str) -> None:
-    await store.create_many([(i, {"status": "queued", "attempts": 0}) for i in ids], None)
-    await broker.publish([Message(i, "default", b"{}") for i in ids])
 
 
 def test_outcomes_and_their_acks_go_in_one_script_call_with_other_settles(url: str) -> None:
     async def main() -> None:
-        async with linked(url) as (broker, store, client):
-            await _queue(broker, store, "a", "b", "c", "d")
+        async with linked_with_client(url) as (broker, store, client):
+            await queue_with_records(broker, store, "a", "b", "c", "d")
             a, b, c, d = await broker.fetch(["default"], 4, 0.0)
             assert a.records_linked and b.records_linked
             waiter = asyncio.ensure_future(store.wait("a", 30.0))
             await asyncio.sleep(0.05)  # the waiter is subscribed
-            before = _script_calls(client)
+            before = script_calls(client)
             (wrote_a, acked_a), (wrote_b, acked_b), touched, wrote_d = await asyncio.gather(
                 a.ack_recording("a", _OUTCOME, 60.0),
                 b.ack_recording("b", {"status": "cancelled", "finished_at": 2.0}, 60.0),
                 c.touch(),
                 d.write_record("d", {"status": "running", "worker": "w1"}, None),
             )
-            assert _script_calls(client) - before == 1
+            assert script_calls(client) - before == 1
             assert (wrote_a, acked_a, wrote_b, acked_b, touched, wrote_d) == (True,) * 6
             # The record write alone leaves its message leased, and its record without a
             # time to live.
@@ -100,8 +84,8 @@ def test_outcomes_and_their_acks_go_in_one_script_call_with_other_settles(url: s
 
 def test_a_lost_lease_keeps_the_written_outcome_and_reports_the_ack_failed(url: str) -> None:
     async def main() -> None:
-        async with linked(url) as (broker, store, client):
-            await _queue(broker, store, "a")
+        async with linked_with_client(url) as (broker, store, client):
+            await queue_with_records(broker, store, "a")
             (old,) = await broker.fetch(["default"], 1, 0.0)
             # Published again: the message is replaced and the old delivery fenced off.
             await broker.publish([Message("a", "default", b"{}")])
@@ -117,8 +101,8 @@ def test_a_lost_lease_keeps_the_written_outcome_and_reports_the_ack_failed(url: 
 
 def test_a_terminal_record_is_left_as_it_is_and_its_message_acked(url: str) -> None:
     async def main() -> None:
-        async with linked(url) as (broker, store, client):
-            await _queue(broker, store, "a")
+        async with linked_with_client(url) as (broker, store, client):
+            await queue_with_records(broker, store, "a")
             (delivery,) = await broker.fetch(["default"], 1, 0.0)
             assert await store.update("a", {"status": "cancelled"}, 60.0)
             assert await delivery.write_record("a", {"status": "running"}, None) is False
@@ -131,8 +115,8 @@ def test_a_terminal_record_is_left_as_it_is_and_its_message_acked(url: str) -> N
 
 def test_an_unlinked_broker_writes_no_records(url: str) -> None:
     async def main() -> None:
-        async with linked(url, link=False) as (broker, store, client):
-            await _queue(broker, store, "a")
+        async with linked_with_client(url, link=False) as (broker, store, client):
+            await queue_with_records(broker, store, "a")
             (delivery,) = await broker.fetch(["default"], 1, 0.0)
             assert not delivery.records_linked
             with pytest.raises(NotImplementedError):

@@ -11,7 +11,7 @@ import redis
 
 from taskflow._redis.batcher import BATCH
 from taskflow.results.redis import RedisResultStore
-from tests.integration.redis_helpers import fresh_url
+from tests.integration.redis_helpers import fresh_url, script_calls
 
 pytestmark = pytest.mark.integration
 
@@ -19,11 +19,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def url() -> Iterator[str]:
     yield from fresh_url(lease=5)
-
-
-def _script_calls(client: redis.Redis) -> int:
-    stats = client.info("commandstats").get("cmdstat_evalsha", {})
-    return int(stats.get("calls", 0))
 
 
 def test_record_updates_made_together_are_one_script_call_and_each_applies_whole(
@@ -36,14 +31,14 @@ def test_record_updates_made_together_are_one_script_call_and_each_applies_whole
         try:
             await store.create_many([(i, {"status": "queued", "attempts": 0}) for i in "abc"], None)
             assert await store.update("c", {"status": "succeeded", "result": 1}, 60.0)
-            before = _script_calls(client)
+            before = script_calls(client)
             a, b, c, d = await asyncio.gather(
                 store.update("a", {"status": "running", "attempts": 1}, None),
                 store.update("b", {"status": "succeeded", "result": [1, 2]}, 60.0),
                 store.update("c", {"status": "running"}, None),
                 store.update("d", {"status": "running"}, None),
             )
-            assert _script_calls(client) - before == 1
+            assert script_calls(client) - before == 1
             assert a is not None and (a["status"], a["attempts"]) == ("running", 1)
             assert b is not None and (b["status"], b["result"]) == ("succeeded", [1, 2])
             assert c is None  # terminal already: left as it was
@@ -65,11 +60,11 @@ def test_many_updates_go_in_calls_of_a_bounded_size(url: str) -> None:
         client = redis.Redis.from_url(url.split("?", 1)[0])
         ids = [f"t{i}" for i in range(2 * BATCH + 1)]
         try:
-            before = _script_calls(client)
+            before = script_calls(client)
             rows = await store.update_many([(i, {"status": "cancelled"}) for i in ids], 60.0)
             # Redis serves nobody else while a script runs: a purge of thousands of
             # records is several calls, not one.
-            assert _script_calls(client) - before == 3
+            assert script_calls(client) - before == 3
             assert [row and row["status"] for row in rows] == ["cancelled"] * len(ids)
             assert (await store.get(ids[-1]) or {})["status"] == "cancelled"
         finally:

@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -19,7 +18,7 @@ from taskflow import App, TaskContext
 from taskflow.brokers.base import Message
 from taskflow.brokers.redis import RedisBroker, RedisDelivery
 from taskflow.results.redis import RedisResultStore
-from tests.integration.redis_helpers import fresh_url
+from tests.integration.redis_helpers import fresh_url, linked, queue_with_records
 
 pytestmark = pytest.mark.integration
 
@@ -128,29 +127,10 @@ def test_a_rate_limited_task_keeps_the_workers_own_running_write(
         assert handle.info().status.value == "succeeded"
 
 
-@asynccontextmanager
-async def linked(url: str) -> AsyncIterator[tuple[RedisBroker, RedisResultStore]]:
-    """A connected broker and store on ``url``, the broker linked to the store's records."""
-    broker, store = RedisBroker.from_url(url), RedisResultStore.from_url(url)
-    await broker.connect()
-    await store.connect()
-    try:
-        assert broker.link_records(store.record_location())
-        yield broker, store
-    finally:
-        await broker.close()
-        await store.close()
-
-
-async def _queue(broker: RedisBroker, store: RedisResultStore, *ids: str) -> None:
-    await store.create_many([(i, {"status": "queued", "attempts": 0}) for i in ids], None)
-    await broker.publish([Message(i, "default", b"{}") for i in ids])
-
-
 def test_a_fetch_marks_records_only_when_it_takes_at_most_start(url: str) -> None:
     async def main() -> None:
         async with linked(url) as (broker, store):
-            await _queue(broker, store, "a", "b")
+            await queue_with_records(broker, store, "a", "b")
             got = await broker.fetch_starting(["default"], 2, 0.0, start=1)
             assert [(d.id, d.running_recorded) for d in got] == [("a", False), ("b", False)]
             assert [(await store.get(i) or {})["status"] for i in "ab"] == ["queued"] * 2
@@ -168,7 +148,7 @@ def test_a_fetch_marks_records_only_when_it_takes_at_most_start(url: str) -> Non
 def test_a_marked_record_goes_back_to_queued_when_its_message_is_handed_back(url: str) -> None:
     async def main() -> None:
         async with linked(url) as (broker, store):
-            await _queue(broker, store, "a")
+            await queue_with_records(broker, store, "a")
             (delivery,) = await broker.fetch_starting(["default"], 1, 0.0, start=1)
             assert delivery.running_recorded
             assert await delivery.nack(requeue=True)
