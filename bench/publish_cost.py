@@ -1,0 +1,92 @@
+"""Where the Redis server's time goes in the publish script of one ``delay()``.
+
+Run from the project root (as a module)::
+
+    python -m bench.publish_cost [--calls 4000] [--rounds 9] [--url redis://127.0.0.1:6379/13]
+
+Calls the publish script as the broker ships it, one message per call (what a plain
+``delay()`` sends), then copies of it with one more step taken out each time, and an empty
+script. Printed per variant: the server's time per call (``INFO commandstats``, the
+``EVALSHA`` time), the minimum and the median of the rounds. The differences between
+consecutive rows are what each step costs; the copies do not publish correctly, so the
+database (``--url``, DB 13 by default) is flushed before each round: use a database of
+its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import time
+
+import redis
+
+from taskflow._redis.scripts import load_script
+
+# Each step out of the shipped script, cumulatively: (label, text, replacement).
+STEPS = (
+    ("without the wake-up", "  wake(q, count)\n", ""),
+    (
+        "without the queue-limit look-up",
+        "local limit = redis.call('HGET', P .. ':limits', q)",
+        "local limit = nil",
+    ),
+    (
+        "without the look-up of an earlier copy",
+        "existing = existing + redis.call('EXISTS', unpack(keys, s, math.min(s + 1999, n)))",
+        "",
+    ),
+    (
+        "without the ready set's ZADD and the sequence's INCRBY",
+        "      redis.call('ZADD', zkey, unpack(pairs_, s, math.min(s + 1999, #pairs_)))",
+        "",
+    ),
+    ("(the INCRBY)", "local seq = redis.call('INCRBY', SEQ, n) - n", "local seq = 0"),
+    (
+        "without the message's hash (HSET)",
+        "redis.call('HSET', key, 'b', body, 'q', q, 'p', pri, 'md', maxd, 'dc', 0, 'st', 'r', "
+        "'tk', '')",
+        "",
+    ),
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
+    parser.add_argument("--calls", type=int, default=4000)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--url", default="redis://127.0.0.1:6379/13")
+    args = parser.parse_args()
+    client = redis.Redis.from_url(args.url)
+    ids = itertools.count()
+
+    def measure(label: str, text: str) -> None:
+        script = client.register_script(text)
+        per_call = []
+        for _ in range(args.rounds):
+            client.flushdb()
+            client.config_resetstat()
+            for _ in range(args.calls):
+                now = repr(time.time())
+                script(args=["{p}", now, 1, f"m{next(ids)}", "default", b"x" * 120, 0, "", 3])
+            stats = client.info("commandstats").get("cmdstat_evalsha", {})
+            per_call.append(stats.get("usec", 0) / args.calls)
+        print(f"{label:58s} {min(per_call):7.2f} {statistics.median(per_call):7.2f}")
+
+    print(f"publish script, one message per call, {args.calls:,} calls x {args.rounds} rounds")
+    print(f"{'variant':58s} {'min µs':>7s} {'median':>7s}")
+    text = load_script("publish")
+    measure("as shipped", text)
+    for label, old, new in STEPS:
+        if old not in text:
+            raise SystemExit(f"the publish script changed: cannot take out {label!r}")
+        text = text.replace(old, new)
+        measure(label, text)
+    measure("an empty script", "return {}")
+    client.flushdb()
+    client.close()
+
+
+if __name__ == "__main__":
+    main()
