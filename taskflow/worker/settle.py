@@ -45,6 +45,7 @@ __all__ = [
     "CANCELLED",
     "EXPIRED",
     "FAILED",
+    "FAILED_BEFORE",
     "LOST",
     "NOT_REGISTERED",
     "RETRIED",
@@ -103,6 +104,10 @@ SETTLED_BEFORE = Transition(TaskStatus.CANCELLED, Act.ACK, announced=False)
 """The record was terminal already (a redelivery after the outcome was written, or a retry
 of a task cancelled while it ran): ack it; "cancelled" tells the continuations to take the
 outcome from the stored record."""
+FAILED_BEFORE = Transition(TaskStatus.CANCELLED, Act.DEAD_LETTER, announced=False)
+"""The record says failed but the message is delivered again: its worker died between
+writing the failure and dead-lettering the message. It is dead-lettered now, so that an
+operator can see and replay it; "cancelled", as for :data:`SETTLED_BEFORE`."""
 
 
 class Settler:
@@ -340,12 +345,25 @@ class Settler:
 
     async def _settled_before(self, job: Job) -> None:
         """The record is terminal: cancelled meanwhile, or a redelivery of a task whose
-        outcome was written before its worker died (before the ack)."""
+        outcome was written before its worker died (before the ack, or before the
+        dead-lettering of a failure, which is done now)."""
         tid = job.envelope.id
         record = await self.durably(lambda: self.kernel.results.get(tid), "reading the record", tid)
         status = TaskStatus((record or {}).get("status", TaskStatus.CANCELLED.value))
         if status is TaskStatus.CANCELLED:
             await self.apply(job, CANCELLED, None, job.delivery.ack)
+            return
+        if status is TaskStatus.FAILED:
+            error = (record or {}).get("error") or {}
+            text = f"{error.get('type', 'Exception')}: {error.get('message', '')}"
+            await self.apply(
+                job, FAILED_BEFORE, None, lambda: job.delivery.dead_letter("failed", text)
+            )
+            log.warning(
+                "%s[%s] failed before its worker was lost; dead-lettered now",
+                job.envelope.task,
+                tid,
+            )
             return
         await self.apply(job, SETTLED_BEFORE, None, job.delivery.ack)
         log.info("%s[%s] already %s; not run again", job.envelope.task, tid, status.value)

@@ -174,3 +174,52 @@ def test_on_lost_and_max_deliveries_are_validated(app: App) -> None:
 
     with pytest.raises(ConfigError, match=r"App\('x'\): max_deliveries must be an integer >= 1"):
         App("x", max_deliveries=0)
+
+
+def test_a_failure_recorded_by_a_worker_that_died_before_dead_lettering_is_dead_lettered(
+    lost_app: App, clock: FakeClock
+) -> None:
+    ran: list[int] = []
+
+    @lost_app.task
+    def job() -> int:
+        ran.append(1)
+        return 1
+
+    result = job.delay()
+    _lease_and_die(lost_app, result.id)
+    # It wrote the failure, then died before moving the message to the dead letters.
+    failure = {"status": "failed", "error": {"type": "ValueError", "message": "bad input"}}
+    lost_app.kernel.call(lost_app.results.update(result.id, failure, 60.0))
+    clock.advance(LEASE + 1)
+    lost_app.worker(concurrency=1).run_until_idle()
+
+    assert ran == []  # not run again
+    (letter,) = lost_app.kernel.call(lost_app.broker.dead_letters("default"))
+    assert (letter.id, letter.reason) == (result.id, "failed")
+    assert letter.error == "ValueError: bad input"
+    with pytest.raises(TaskFailed):
+        result.get(timeout=1)
+
+
+def test_a_success_recorded_by_a_worker_that_died_before_its_ack_is_acked(
+    lost_app: App, clock: FakeClock
+) -> None:
+    ran: list[int] = []
+
+    @lost_app.task
+    def job() -> int:
+        ran.append(1)
+        return 1
+
+    result = job.delay()
+    _lease_and_die(lost_app, result.id)
+    done = {"status": "succeeded", "result": 7}
+    lost_app.kernel.call(lost_app.results.update(result.id, done, 60.0))
+    clock.advance(LEASE + 1)
+    lost_app.worker(concurrency=1).run_until_idle()
+
+    assert ran == []
+    assert _dead_reasons(lost_app) == []
+    assert lost_app.kernel.call(lost_app.broker.depth("default"))["ready"] == 0
+    assert result.get(timeout=1) == 7
