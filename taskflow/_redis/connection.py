@@ -206,13 +206,12 @@ async def _cause(url: str, timeout: float, options: Mapping[str, Any]) -> BaseEx
 class RecordKeys:
     """Where a Redis result store keeps task records: its server (client URL) and the key
     prefix of a record (``{prefix}:r:``), for a broker that marks them running; and how
-    the store writes an update (``record_merge.lua``'s arguments) and reads its reply, for a
-    broker that writes an outcome with its ack."""
+    the store encodes an update (``record_merge.lua``'s arguments), for a broker that
+    writes records with its settles."""
 
     client_url: str
     prefix: str
     update_args: Callable[[str, Mapping[str, Any], float | None], list[Any]] = field(compare=False)
-    decode: Callable[[Any], dict[str, Any] | None] = field(compare=False)
 
 
 class Connection:

@@ -155,8 +155,8 @@ class Delivery(abc.ABC):
         """The broker marked the task's record running as it leased this delivery (see
         :meth:`Broker.fetch_starting`); handed back unstarted, it marks it queued again."""
         self.records_linked = False
-        """:meth:`ack_recording` writes the task's outcome to the record in the result
-        store the broker was linked to (:meth:`Broker.link_records`) with the ack."""
+        """:meth:`ack_recording` and :meth:`write_record` write the task's record in the
+        result store the broker was linked to (:meth:`Broker.link_records`)."""
 
     @property
     @abc.abstractmethod

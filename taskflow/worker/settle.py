@@ -110,6 +110,11 @@ writing the failure and dead-lettering the message. It is dead-lettered now, so 
 operator can see and replay it; "cancelled", as for :data:`SETTLED_BEFORE`."""
 
 
+def _error_text(error: dict[str, Any]) -> str:
+    """A dead letter's error text from a record's ``error`` (``error_info``)."""
+    return f"{error.get('type', 'Exception')}: {error.get('message', '')}"
+
+
 class Settler:
     """Writes outcomes for one worker."""
 
@@ -160,6 +165,7 @@ class Settler:
             delivery is not None
             and delivery.records_linked
             and changes is not None
+            and status.terminal
             and subject.stores
             and not env.canvas
         ):
@@ -221,8 +227,7 @@ class Settler:
             return True
         ttl = self.kernel.settings.result_ttl if terminal else None
         tid = subject.envelope.id
-        if self._unwritten:
-            changes = {**self._take_unwritten(tid), **changes}
+        changes = self._with_unwritten(tid, changes)
         if delivery is not None and delivery.records_linked:
             linked = delivery.write_record
             return await self.durably(lambda: linked(tid, changes, ttl), "writing the record", tid)
@@ -233,8 +238,7 @@ class Settler:
     async def _record_and_ack(self, tid: str, delivery: Delivery, changes: dict[str, Any]) -> bool:
         """Write a terminal outcome and ack its message in one call; False if the record
         was terminal already (the message is acked all the same)."""
-        if self._unwritten:
-            changes = {**self._take_unwritten(tid), **changes}
+        changes = self._with_unwritten(tid, changes)
         ttl = self.kernel.settings.result_ttl
         written, _ = await self.durably(
             lambda: delivery.ack_recording(tid, changes, ttl), "writing the record", tid
@@ -325,6 +329,10 @@ class Settler:
         if exc is not None:
             log.debug("running record not completed (%s)", describe(exc))
 
+    def _with_unwritten(self, task_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """``changes`` after the running record's fields still to write for ``task_id``."""
+        return {**self._take_unwritten(task_id), **changes} if self._unwritten else changes
+
     def _take_unwritten(self, task_id: str) -> dict[str, Any]:
         """The running record's fields still to write for ``task_id`` (none: empty); they
         are now the caller's to write."""
@@ -354,8 +362,7 @@ class Settler:
             await self.apply(job, CANCELLED, None, job.delivery.ack)
             return
         if status is TaskStatus.FAILED:
-            error = (record or {}).get("error") or {}
-            text = f"{error.get('type', 'Exception')}: {error.get('message', '')}"
+            text = _error_text((record or {}).get("error") or {})
             await self.apply(
                 job, FAILED_BEFORE, None, lambda: job.delivery.dead_letter("failed", text)
             )
@@ -412,7 +419,7 @@ class Settler:
             "finished_at": self.clock.time(),
             "attempts": job.attempt,
         }
-        text = f"{error['type']}: {error['message']}"
+        text = _error_text(error)
         await self.apply(
             job,
             FAILED,

@@ -33,20 +33,21 @@ def _status(client: redis.Redis, store: RedisResultStore, task_id: str) -> Any:
     return None if raw is None else orjson.loads(raw)
 
 
-def _updates(app: App, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
-    """Every record update the app's store is asked for from now on, and every one a
-    delivery writes with its settles (``Delivery.write_record``)."""
+def _updates(app: App, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any], str]]:
+    """Every record update the app's store is asked for from now on (``"store"``), and
+    every one a delivery writes with its settles (``Delivery.write_record``,
+    ``"delivery"``)."""
     store = app.results
-    calls: list[tuple[str, dict[str, Any]]] = []
+    calls: list[tuple[str, dict[str, Any], str]] = []
     update = store.update
     write = RedisDelivery.write_record
 
     async def recording(task_id: str, changes: Any, ttl: float | None) -> Any:
-        calls.append((task_id, dict(changes)))
+        calls.append((task_id, dict(changes), "store"))
         return await update(task_id, changes, ttl)
 
     async def writing(self: RedisDelivery, task_id: str, changes: Any, ttl: Any) -> Any:
-        calls.append((task_id, dict(changes)))
+        calls.append((task_id, dict(changes), "delivery"))
         return await write(self, task_id, changes, ttl)
 
     store.update = recording  # type: ignore[method-assign]
@@ -121,9 +122,10 @@ def test_a_rate_limited_task_keeps_the_workers_own_running_write(
         with app.worker(concurrency=2):
             handle = limited.delay()
             assert handle.get(timeout=10) == 1
-        # The worker wrote "running" itself; the outcome went with the ack.
+        # The worker wrote "running" itself, with its settles; the outcome went with the ack.
         statuses = [c[1].get("status") for c in calls if c[0] == handle.id]
         assert statuses == ["running"]
+        assert [c[2] for c in calls if c[0] == handle.id] == ["delivery"]
         assert handle.info().status.value == "succeeded"
 
 

@@ -5,6 +5,7 @@ spending a retry, up to the app's ``max_deliveries``; then (or at once for a tas
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -176,22 +177,28 @@ def test_on_lost_and_max_deliveries_are_validated(app: App) -> None:
         App("x", max_deliveries=0)
 
 
-def test_a_failure_recorded_by_a_worker_that_died_before_dead_lettering_is_dead_lettered(
-    lost_app: App, clock: FakeClock
-) -> None:
+def _recorded_by_a_lost_worker(app: App, clock: FakeClock, outcome: dict[str, Any]) -> Any:
+    """A task whose worker wrote ``outcome`` to its record and died before settling the
+    message; its lease has run out. Returns the handle and the runs of its body since."""
     ran: list[int] = []
 
-    @lost_app.task
+    @app.task
     def job() -> int:
         ran.append(1)
         return 1
 
     result = job.delay()
-    _lease_and_die(lost_app, result.id)
-    # It wrote the failure, then died before moving the message to the dead letters.
-    failure = {"status": "failed", "error": {"type": "ValueError", "message": "bad input"}}
-    lost_app.kernel.call(lost_app.results.update(result.id, failure, 60.0))
+    _lease_and_die(app, result.id)
+    app.kernel.call(app.results.update(result.id, outcome, 60.0))
     clock.advance(LEASE + 1)
+    return result, ran
+
+
+def test_a_failure_recorded_by_a_worker_that_died_before_dead_lettering_is_dead_lettered(
+    lost_app: App, clock: FakeClock
+) -> None:
+    failure = {"status": "failed", "error": {"type": "ValueError", "message": "bad input"}}
+    result, ran = _recorded_by_a_lost_worker(lost_app, clock, failure)
     lost_app.worker(concurrency=1).run_until_idle()
 
     assert ran == []  # not run again
@@ -205,18 +212,7 @@ def test_a_failure_recorded_by_a_worker_that_died_before_dead_lettering_is_dead_
 def test_a_success_recorded_by_a_worker_that_died_before_its_ack_is_acked(
     lost_app: App, clock: FakeClock
 ) -> None:
-    ran: list[int] = []
-
-    @lost_app.task
-    def job() -> int:
-        ran.append(1)
-        return 1
-
-    result = job.delay()
-    _lease_and_die(lost_app, result.id)
-    done = {"status": "succeeded", "result": 7}
-    lost_app.kernel.call(lost_app.results.update(result.id, done, 60.0))
-    clock.advance(LEASE + 1)
+    result, ran = _recorded_by_a_lost_worker(lost_app, clock, {"status": "succeeded", "result": 7})
     lost_app.worker(concurrency=1).run_until_idle()
 
     assert ran == []

@@ -56,12 +56,10 @@ end
 local b = 5
 for i = 1, n do
   local action = ARGV[b]
-  if action == 'done' then
+  if action == 'done' or action == 'record' then
     local written = merge_record(b + 6) and 1 or 0
-    results[i] = {settle('ack', ARGV[b + 1], ARGV[b + 2]), written}
-    b = b + 6 + merge_width(b + 6)
-  elseif action == 'record' then
-    results[i] = {1, merge_record(b + 6) and 1 or 0}
+    local ok = action == 'record' and 1 or settle('ack', ARGV[b + 1], ARGV[b + 2])
+    results[i] = {ok, written}
     b = b + 6 + merge_width(b + 6)
   else
     results[i] = settle(ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4],
