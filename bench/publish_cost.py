@@ -5,12 +5,12 @@ Run from the project root (as a module)::
     python -m bench.publish_cost [--calls 4000] [--rounds 9] [--url redis://127.0.0.1:6379/13]
 
 Calls the publish script as the broker ships it, one message per call (what a plain
-``delay()`` sends), then copies of it with one more step taken out each time, and an empty
-script. Printed per variant: the server's time per call (``INFO commandstats``, the
-``EVALSHA`` time), the minimum and the median of the rounds. The differences between
-consecutive rows are what each step costs; the copies do not publish correctly, so the
-database (``--url``, DB 13 by default) is flushed before each round: use a database of
-its own.
+``delay()`` sends), then the same message through the batch's path, then copies of it
+with one more step taken out each time, and an empty script. Printed per variant: the
+server's time per call (``INFO commandstats``, the ``EVALSHA`` time), the minimum and the
+median of the rounds. The differences between consecutive rows are what each step costs;
+the copies do not publish correctly, so the database (``--url``, DB 13 by default) is
+flushed before each round: use a database of its own.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from taskflow._redis.scripts import load_script
 
 # Each step out of the shipped script, cumulatively: (label, text, replacement).
 STEPS = (
-    ("without the wake-up", "  wake(q, count)\n", ""),
+    ("without the wake-up", "    wake(q, 1)\n", ""),
     (
         "without the queue-limit look-up",
         "local limit = redis.call('HGET', P .. ':limits', q)",
@@ -34,19 +34,18 @@ STEPS = (
     ),
     (
         "without the look-up of an earlier copy",
-        "existing = existing + redis.call('EXISTS', unpack(keys, s, math.min(s + 1999, n)))",
-        "",
+        "local old = redis.call('HGET', key, 'q')",
+        "local old = nil",
     ),
     (
-        "without the ready set's ZADD and the sequence's INCRBY",
-        "      redis.call('ZADD', zkey, unpack(pairs_, s, math.min(s + 1999, #pairs_)))",
+        "without the ready set's ZADD and the sequence's INCR",
+        "    redis.call('ZADD', qkey(q, 'ready'), ready_score(pri), id)\n",
         "",
     ),
-    ("(the INCRBY)", "local seq = redis.call('INCRBY', SEQ, n) - n", "local seq = 0"),
     (
         "without the message's hash (HSET)",
-        "redis.call('HSET', key, 'b', body, 'q', q, 'p', pri, 'md', maxd, 'dc', 0, 'st', 'r', "
-        "'tk', '')",
+        "  redis.call('HSET', key, 'b', body, 'q', q, 'p', pri, 'md', maxd, 'dc', 0, 'st', 'r', "
+        "'tk', '')\n",
         "",
     ),
 )
@@ -78,6 +77,9 @@ def main() -> None:
     print(f"{'variant':58s} {'min µs':>7s} {'median':>7s}")
     text = load_script("publish")
     measure("as shipped", text)
+    if "if n == 1 then" not in text:
+        raise SystemExit("the publish script changed: no one-message path to compare")
+    measure("the batch's path for the one message", text.replace("if n == 1 then", "if false then"))
     for label, old, new in STEPS:
         if old not in text:
             raise SystemExit(f"the publish script changed: cannot take out {label!r}")

@@ -27,11 +27,29 @@ from redis.retry import Retry
 from .kept import RECONNECT, Kept
 from .scripts import load_script
 
+_pack_command: Callable[[tuple[Any, ...]], bytes] | None
+try:
+    from hiredis import pack_command as _pack_command
+except ImportError:  # pragma: no cover - hiredis comes with the redis extra
+    _pack_command = None
+
 __all__ = ["SyncScript"]
 
 _KEEP = 16
 """Most connections of the pool (of 64) that calls keep for the direct path: one per thread
 calling at the same time."""
+
+
+def _packed(conn: Any, command: tuple[Any, ...]) -> list[bytes]:
+    """``command`` packed by hiredis directly: the client's packer walks the arguments in
+    Python first (3-4 µs of a ``delay()``'s CPU time). What hiredis does not take (an
+    argument type it refuses, text it cannot encode) goes through the client's packer,
+    with its errors."""
+    if _pack_command is not None:
+        with contextlib.suppress(TypeError, ValueError):
+            return [_pack_command(command)]
+    packed: list[bytes] = conn.pack_command(*command)
+    return packed
 
 
 class SyncScript:
@@ -81,7 +99,7 @@ class SyncScript:
             reply = script(args=args)
             return lambda: reply
         try:
-            conn.send_command("EVALSHA", script.sha, 0, *args)
+            conn.send_packed_command(_packed(conn, ("EVALSHA", script.sha, 0, *args)))
         except RECONNECT:
             # The client's call retries these, as it would have done on its own.
             self._drop(conn)

@@ -32,29 +32,28 @@ local function make_ready(id, queue, priority)
   redis.call('ZADD', qkey(queue, 'ready'), ready_score(priority), id)
 end
 
--- At most 16 tokens wait in a notify list (one per idle consumer is the point). One LPUSH
--- pushes them; a list it creates gets its time to live, which later pushes leave as it is
--- (tokens are only hints: a fetch looks at the queue itself).
+-- At most 16 tokens wait in a notify list (one per idle consumer is the point). A list
+-- that holds 16 already (nobody took them: no consumer is idle) is left as it is, which
+-- spares a publish while the workers are busy, or none run, its push; otherwise one
+-- LPUSH pushes the tokens, and a list it creates gets its time to live, which later
+-- pushes leave as it is (tokens are only hints: a fetch looks at the queue itself).
 local function wake(queue, count)
   local key = qkey(queue, 'notify')
-  local n = math.min(count, 16)
+  local have = redis.call('LLEN', key)
+  local n = math.min(count, 16 - have)
   if n < 1 then
     return
   end
-  local len
   if n == 1 then
-    len = redis.call('LPUSH', key, '1')
+    redis.call('LPUSH', key, '1')
   else
     local tokens = {}
     for i = 1, n do
       tokens[i] = '1'
     end
-    len = redis.call('LPUSH', key, unpack(tokens))
+    redis.call('LPUSH', key, unpack(tokens))
   end
-  if len > 16 then
-    redis.call('LTRIM', key, 0, 15)
-  end
-  if len == n then
+  if have == 0 then
     redis.call('PEXPIRE', key, 60000)
   end
 end
