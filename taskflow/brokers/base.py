@@ -155,8 +155,9 @@ class Delivery(abc.ABC):
         """The broker marked the task's record running as it leased this delivery (see
         :meth:`Broker.fetch_starting`); handed back unstarted, it marks it queued again."""
         self.records_linked = False
-        """:meth:`ack_recording` and :meth:`write_record` write the task's record in the
-        result store the broker was linked to (:meth:`Broker.link_records`)."""
+        """:meth:`ack_recording`, :meth:`dead_letter_recording`, :meth:`retry_recording`
+        and :meth:`write_record` write the task's record in the result store the broker
+        was linked to (:meth:`Broker.link_records`)."""
 
     @property
     @abc.abstractmethod
@@ -176,6 +177,36 @@ class Delivery(abc.ABC):
         written and its message to be delivered again. Returns whether the record was
         written (False: it was terminal, left as it was) and whether the ack held; the
         record is written whether the ack holds or not."""
+        raise NotImplementedError(f"{type(self).__name__} writes no records")
+
+    async def dead_letter_recording(
+        self,
+        task_id: str,
+        changes: Mapping[str, Any],
+        ttl: float | None,
+        reason: str,
+        error: str | None = None,
+    ) -> tuple[bool, bool]:
+        """:meth:`ack_recording` with :meth:`dead_letter` in place of the ack: a failure
+        and its dead letter in one step. Returns whether the record was written and
+        whether the dead-lettering held; the message is dead-lettered whether the record
+        was written or not."""
+        raise NotImplementedError(f"{type(self).__name__} writes no records")
+
+    async def retry_recording(
+        self,
+        task_id: str,
+        changes: Mapping[str, Any],
+        body: bytes,
+        delay: float,
+        *,
+        max_deliveries: int = 1,
+    ) -> tuple[bool, bool]:
+        """:meth:`ack_recording` with :meth:`retry` in place of the ack, and the retry
+        made only if the record was written: a record that became terminal while the
+        task ran (cancelled) keeps its next attempt from being published. Returns whether
+        the record was written and whether the retry was made (False also when the lease
+        was lost)."""
         raise NotImplementedError(f"{type(self).__name__} writes no records")
 
     async def write_record(

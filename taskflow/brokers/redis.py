@@ -64,6 +64,11 @@ SettleItem = tuple[Any, ...]
 ``done`` and ``record``, the record update's arguments follow."""
 
 
+def _retry_args(body: bytes, delay: float, max_deliveries: int) -> tuple[bytes, str, str]:
+    """A retry item's arguments: the next attempt's body, its delay, its deliveries."""
+    return body, repr(max(0.0, float(delay))), str(max(1, int(max_deliveries)))
+
+
 class RedisDelivery(Delivery):
     """A leased delivery; every settle call is fenced by the lease token."""
 
@@ -107,6 +112,36 @@ class RedisDelivery(Delivery):
         acked, written = await self._with_record("done", task_id, changes, ttl)
         return bool(written), bool(acked)
 
+    async def dead_letter_recording(
+        self,
+        task_id: str,
+        changes: Mapping[str, Any],
+        ttl: float | None,
+        reason: str,
+        error: str | None = None,
+    ) -> tuple[bool, bool]:
+        """Write the failure to the linked store's record, then dead-letter the message:
+        one item of the settle script (see ``Delivery.dead_letter_recording``)."""
+        args = (reason, error or "", "")
+        dead, written = await self._with_record("done-dead", task_id, changes, ttl, args)
+        return bool(written), bool(dead)
+
+    async def retry_recording(
+        self,
+        task_id: str,
+        changes: Mapping[str, Any],
+        body: bytes,
+        delay: float,
+        *,
+        max_deliveries: int = 1,
+    ) -> tuple[bool, bool]:
+        """Write the retry to the linked store's record, then replace the message, if the
+        record was written: one item of the settle script (see
+        ``Delivery.retry_recording``)."""
+        args = _retry_args(body, delay, max_deliveries)
+        done, written = await self._with_record("done-retry", task_id, changes, None, args)
+        return bool(written), bool(done)
+
     async def write_record(
         self, task_id: str, changes: Mapping[str, Any], ttl: float | None
     ) -> bool:
@@ -116,12 +151,17 @@ class RedisDelivery(Delivery):
         return bool(written)
 
     async def _with_record(
-        self, action: str, task_id: str, changes: Mapping[str, Any], ttl: float | None
+        self,
+        action: str,
+        task_id: str,
+        changes: Mapping[str, Any],
+        ttl: float | None,
+        args: tuple[Any, Any, Any] = ("", "", ""),
     ) -> Any:
         linked = self._linked
         if linked is None:
             raise NotImplementedError("this broker is not linked to a Redis result store")
-        head = (action, self.id, self._token, "", "", "")
+        head = (action, self.id, self._token, *args)
         return await self._settle((*head, *linked.update_args(task_id, changes, ttl)))
 
     async def nack(self, *, requeue: bool = True) -> bool:
@@ -134,14 +174,7 @@ class RedisDelivery(Delivery):
 
     async def retry(self, body: bytes, delay: float, *, max_deliveries: int = 1) -> bool:
         """Replace the message with ``body``, due in ``delay`` seconds (held in Redis)."""
-        item = (
-            "retry",
-            self.id,
-            self._token,
-            body,
-            repr(max(0.0, float(delay))),
-            str(max(1, int(max_deliveries))),
-        )
+        item = ("retry", self.id, self._token, *_retry_args(body, delay, max_deliveries))
         return bool(await self._settle(item))
 
     async def touch(self) -> bool:

@@ -3,9 +3,9 @@ by one path.
 
 :meth:`Settler.apply` takes the same steps for each :class:`Transition`, in this order:
 
-1. write the task's record (ack after the outcome is durable; where the broker writes the
-   store's records, an outcome whose message is acked goes with the ack in one call:
-   ``Delivery.ack_recording``);
+1. write the task's record (act after the outcome is durable; where the broker writes the
+   store's records and no continuations run, the outcome goes with the act in one call:
+   ``Delivery.ack_recording``, ``dead_letter_recording``, ``retry_recording``);
 2. run the kernel's continuations for a terminal outcome (canvas advancement, which ``App``
    registers; the worker does not know what they are);
 3. act on the message: ack, dead-letter or publish the retry;
@@ -110,6 +110,25 @@ writing the failure and dead-lettering the message. It is dead-lettered now, so 
 operator can see and replay it; "cancelled", as for :data:`SETTLED_BEFORE`."""
 
 
+Recorded = Callable[[dict[str, Any], float | None], Awaitable[tuple[bool, bool]]]
+"""An act on a message with the task's record written in the same call (a linked
+delivery's ``ack_recording``, ``dead_letter_recording`` or ``retry_recording``): called
+with the record's changes and time to live; returns whether the record was written and
+whether the act held."""
+
+
+def recording(delivery: Delivery, recorded: Recorded) -> Recorded | None:
+    """``recorded`` where ``delivery`` writes the linked store's records, else None."""
+    return recorded if delivery.records_linked else None
+
+
+def _ack_recorded(job: Job) -> Recorded | None:
+    """The ack of ``job``'s message with its record written in the same call, where the
+    delivery is linked (:func:`recording`)."""
+    delivery, tid = job.delivery, job.envelope.id
+    return recording(delivery, lambda c, ttl: delivery.ack_recording(tid, c, ttl))
+
+
 def _error_text(error: dict[str, Any]) -> str:
     """A dead letter's error text from a record's ``error`` (``error_info``)."""
     return f"{error.get('type', 'Exception')}: {error.get('message', '')}"
@@ -150,27 +169,22 @@ class Settler:
         error: dict[str, str] | None = None,
         duration: float | None = None,
         retry_in: float | None = None,
-        delivery: Delivery | None = None,
+        recorded: Recorded | None = None,
     ) -> bool:
         """Record ``changes`` (None: nothing to write), run the continuations, ``act()`` on
-        the message, count, announce. ``delivery``: the message's, when ``act`` is its
-        ack.
+        the message, count, announce. ``recorded``: ``act`` with the record written in
+        the same call (:func:`recording`), used where nothing runs between the two.
 
         False, with nothing else done, if ``transition`` is not terminal and the record
         was terminal already (the caller settles it as :data:`SETTLED_BEFORE`).
         """
         status = transition.status
         env = subject.envelope
-        if (
-            delivery is not None
-            and delivery.records_linked
-            and changes is not None
-            and status.terminal
-            and subject.stores
-            and not env.canvas
-        ):
-            # Nothing runs between the record and the ack (no continuations): one call.
-            written = await self._record_and_ack(env.id, delivery, changes)
+        if recorded is not None and changes is not None and subject.stores and not env.canvas:
+            # Nothing runs between the record and the act (no continuations): one call.
+            written = await self._record_and_act(env.id, recorded, changes, transition)
+            if not written and not status.terminal:
+                return False
             if not written and status is TaskStatus.SUCCEEDED:
                 self.result_dropped(env, "record_final")
             changes = act = None
@@ -235,14 +249,15 @@ class Settler:
         record = await self.durably(lambda: update(tid, changes, ttl), "writing the record", tid)
         return record is not None
 
-    async def _record_and_ack(self, tid: str, delivery: Delivery, changes: dict[str, Any]) -> bool:
-        """Write a terminal outcome and ack its message in one call; False if the record
-        was terminal already (the message is acked all the same)."""
+    async def _record_and_act(
+        self, tid: str, recorded: Recorded, changes: dict[str, Any], transition: Transition
+    ) -> bool:
+        """Write an outcome and act on its message in one call; False if the record was
+        terminal already (the act then follows ``recorded``'s rule)."""
         changes = self._with_unwritten(tid, changes)
-        ttl = self.kernel.settings.result_ttl
-        written, _ = await self.durably(
-            lambda: delivery.ack_recording(tid, changes, ttl), "writing the record", tid
-        )
+        ttl = self.kernel.settings.result_ttl if transition.status.terminal else None
+        what = f"writing the record and {transition.act.value}"
+        written, _ = await self.durably(lambda: recorded(changes, ttl), what, tid)
         return written
 
     async def _continue(self, subject: Subject, status: TaskStatus, encoded: Any) -> None:
@@ -398,7 +413,7 @@ class Settler:
             encoded=encoded,
             result=value,
             duration=duration,
-            delivery=job.delivery,
+            recorded=_ack_recorded(job),
         )
 
     async def failure(self, job: Job, verdict: RetryIn | Fail, duration: float) -> None:
@@ -420,13 +435,20 @@ class Settler:
             "attempts": job.attempt,
         }
         text = _error_text(error)
+        delivery = job.delivery
         await self.apply(
             job,
             FAILED,
             changes,
-            lambda: job.delivery.dead_letter(reason, text),
+            lambda: delivery.dead_letter(reason, text),
             error=error,
             duration=duration,
+            recorded=recording(
+                delivery,
+                lambda c, ttl: delivery.dead_letter_recording(
+                    job.envelope.id, c, ttl, reason, text
+                ),
+            ),
         )
 
     async def worker_lost(self, job: Job) -> None:
@@ -465,14 +487,21 @@ class Settler:
         }
         # The next attempt gets a fresh budget of deliveries: lost ones never spend retries.
         budget = self.kernel.max_deliveries(env.task)
+        delivery = job.delivery
         published = await self.apply(
             job,
             RETRIED,
             changes,
-            lambda: job.delivery.retry(body, delay, max_deliveries=budget),
+            lambda: delivery.retry(body, delay, max_deliveries=budget),
             error=error,
             duration=duration,
             retry_in=delay,
+            recorded=recording(
+                delivery,
+                lambda c, _: delivery.retry_recording(
+                    job.envelope.id, c, body, delay, max_deliveries=budget
+                ),
+            ),
         )
         if not published:  # cancelled while it ran: do not come back
             await self.apply(job, SETTLED_BEFORE, None, job.delivery.ack)
@@ -480,12 +509,12 @@ class Settler:
     async def cancelled(self, job: Job) -> None:
         """Settle a cancelled task: record (if not already), ack, announce."""
         changes = {"status": TaskStatus.CANCELLED.value, "finished_at": self.clock.time()}
-        await self.apply(job, CANCELLED, changes, job.delivery.ack, delivery=job.delivery)
+        await self.apply(job, CANCELLED, changes, job.delivery.ack, recorded=_ack_recorded(job))
 
     async def expired(self, job: Job) -> None:
         """A task not started before ``expires`` never runs."""
         changes = {"status": TaskStatus.EXPIRED.value, "finished_at": self.clock.time()}
-        await self.apply(job, EXPIRED, changes, job.delivery.ack, delivery=job.delivery)
+        await self.apply(job, EXPIRED, changes, job.delivery.ack, recorded=_ack_recorded(job))
 
     # -- when settling is not possible -----------------------------------------------
     async def requeue(self, job: Job, started: bool = False) -> None:

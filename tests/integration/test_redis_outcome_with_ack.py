@@ -1,8 +1,9 @@
 """Where the Redis broker is linked to the Redis result store (one server, one hash tag),
-a worker writes a task's outcome and acks its message in one script call
-(``Delivery.ack_recording``), and its record writes share a call with the settles made
-with them (``Delivery.write_record``); a canvas task, whose continuations run between the
-outcome and the ack, keeps those two apart (real server)."""
+a worker writes a task's outcome and settles its message in one script call
+(``Delivery.ack_recording``, ``dead_letter_recording``, ``retry_recording``), and its
+record writes share a call with the settles made with them (``Delivery.write_record``); a
+canvas task, whose continuations run between the outcome and the settle, keeps those two
+apart (real server)."""
 
 from __future__ import annotations
 
@@ -113,6 +114,75 @@ def test_a_terminal_record_is_left_as_it_is_and_its_message_acked(url: str) -> N
     asyncio.run(main())
 
 
+_FAILURE = {
+    "status": "failed",
+    "error": {"type": "ValueError", "message": "boom"},
+    "finished_at": 1.5,
+    "attempts": 1,
+}
+
+
+def test_a_failure_goes_with_its_dead_letter_in_one_script_call(url: str) -> None:
+    async def main() -> None:
+        async with linked_with_client(url) as (broker, store, client):
+            await queue_with_records(broker, store, "a", "b")
+            a, b = await broker.fetch(["default"], 2, 0.0)
+            assert await store.update("b", {"status": "cancelled"}, 60.0)
+            before = script_calls(client)
+            failed, after_cancel = await asyncio.gather(
+                a.dead_letter_recording("a", _FAILURE, 60.0, "failed", "ValueError: boom"),
+                b.dead_letter_recording("b", _FAILURE, 60.0, "failed", "ValueError: boom"),
+            )
+            assert script_calls(client) - before == 1
+            # Written and dead-lettered; a terminal record is left as it was, and its
+            # message dead-lettered all the same.
+            assert failed == (True, True)
+            assert after_cancel == (False, True)
+            assert await store.get("a") == {"id": "a", "status": "queued", **_FAILURE}
+            assert 0 < client.pttl(store.key("r", "a")) <= 60_000
+            assert (await store.get("b") or {})["status"] == "cancelled"
+            letters = await broker.dead_letters("default")
+            assert [(d.id, d.reason, d.error) for d in letters] == [
+                ("a", "failed", "ValueError: boom"),
+                ("b", "failed", "ValueError: boom"),
+            ]
+
+    asyncio.run(main())
+
+
+def test_a_retry_goes_with_its_record_unless_the_record_is_final(url: str) -> None:
+    async def main() -> None:
+        async with linked_with_client(url) as (broker, store, client):
+            await queue_with_records(broker, store, "a", "b", "c")
+            a, b, c = await broker.fetch(["default"], 3, 0.0)
+            assert await store.update("b", {"status": "cancelled"}, 60.0)
+            await broker.publish([Message("c", "default", b"{}")])  # c's lease is fenced
+            retrying = {"status": "retrying", "error": _FAILURE["error"], "attempts": 1}
+            before = script_calls(client)
+            results = await asyncio.gather(
+                a.retry_recording("a", {**retrying, "eta": None}, b"next", 0.0, max_deliveries=3),
+                b.retry_recording("b", retrying, b"next", 0.0, max_deliveries=3),
+                c.retry_recording("c", retrying, b"next", 60.0, max_deliveries=3),
+            )
+            assert script_calls(client) - before == 1
+            assert results == [(True, True), (False, False), (True, False)]
+            # b: cancelled while it ran: not published again; still leased, for the
+            # worker to ack (as a task settled before).
+            assert (await store.get("b") or {})["status"] == "cancelled"
+            inflight = client.zrange(broker.key("q", "default", "inflight"), 0, -1)
+            assert inflight == [b"b"]
+            assert await b.ack()
+            # a: recorded as retrying (no time to live: not final) and due again now, with
+            # the next attempt's body; c: the copy published meanwhile is left as it was
+            # (the fence held).
+            assert (await store.get("a") or {})["status"] == "retrying"
+            assert client.pttl(store.key("r", "a")) == -1
+            again = await broker.fetch(["default"], 3, 0.0)
+            assert sorted((d.id, d.body) for d in again) == [("a", b"next"), ("c", b"{}")]
+
+    asyncio.run(main())
+
+
 def test_an_unlinked_broker_writes_no_records(url: str) -> None:
     async def main() -> None:
         async with linked_with_client(url, link=False) as (broker, store, client):
@@ -123,6 +193,10 @@ def test_an_unlinked_broker_writes_no_records(url: str) -> None:
                 await delivery.ack_recording("a", _OUTCOME, 60.0)
             with pytest.raises(NotImplementedError):
                 await delivery.write_record("a", {"status": "running"}, None)
+            with pytest.raises(NotImplementedError):
+                await delivery.dead_letter_recording("a", _FAILURE, 60.0, "failed")
+            with pytest.raises(NotImplementedError):
+                await delivery.retry_recording("a", {"status": "retrying"}, b"{}", 0.0)
             assert (await store.get("a") or {})["status"] == "queued"
             assert await delivery.ack()
 
@@ -130,13 +204,14 @@ def test_an_unlinked_broker_writes_no_records(url: str) -> None:
 
 
 def _terminal_updates(app: App) -> list[tuple[str, Any]]:
-    """The terminal record writes the app's store is asked for, from now on."""
+    """The outcomes (terminal, and retrying) the app's store is asked to write, from now
+    on."""
     store = app.results
     calls: list[tuple[str, Any]] = []
     update = store.update
 
     async def recording(task_id: str, changes: Any, ttl: float | None) -> Any:
-        if changes.get("status") in ("succeeded", "failed", "cancelled", "expired"):
+        if changes.get("status") in ("succeeded", "failed", "cancelled", "expired", "retrying"):
             calls.append((task_id, changes["status"]))
         return await update(task_id, changes, ttl)
 
@@ -164,3 +239,23 @@ def test_a_worker_writes_a_plain_outcome_with_its_ack_and_a_canvas_steps_apart(
         assert (plain.id, "succeeded") not in calls
         assert sum(1 for _, status in calls if status == "succeeded") >= 2
         assert plain.info().status.value == "succeeded"
+
+
+def test_a_worker_writes_a_retry_and_a_failure_with_their_settles(url: str) -> None:
+    with App("outcomes", broker=url) as app:
+
+        @app.task(name="outcomes.boom", retries=1, retry_backoff=0.0)
+        def boom() -> None:
+            raise ValueError("boom")
+
+        calls = _terminal_updates(app)
+        with app.worker(concurrency=2):
+            handle = boom.delay()
+            with pytest.raises(Exception, match="boom"):
+                handle.get(timeout=10)
+        # Neither the retry nor the failure was a record write of its own.
+        assert [c for c in calls if c[0] == handle.id] == []
+        info = handle.info()
+        assert (info.status.value, info.attempts) == ("failed", 2)
+        letters = app.admin.dead_letters("default")
+        assert [(d.task_id, d.reason) for d in letters.items] == [(handle.id, "failed")]

@@ -1,12 +1,14 @@
 -- Settle deliveries, fenced by their token. ARGV: prefix, now, lease, count, then per
 -- item: action, id, token, a1, a2, a3. Actions: touch, ack, requeue (a1 the task record's
 -- key when the fetch marked it running, else ''), retry (a1 body, a2 delay, a3
--- max_deliveries), dead (a1 reason, a2 error), and done: the task's outcome written to its
--- record (merge_record's arguments follow the item), then an ack. Returns 1/0 per item;
--- for done, {1/0, 1/0 whether the record was written (0: it was terminal)}. The record is
--- written whether or not the lease still holds, as a separate write before the ack would
--- be. And record: a record write alone (merge_record), which the store would make;
--- returns {1, 1/0 whether it was written}.
+-- max_deliveries), dead (a1 reason, a2 error). Returns 1/0 per item.
+-- Items that write the task's record first (merge_record's arguments follow the item),
+-- each returning {1/0 the settle held, 1/0 whether the record was written (0: it was
+-- terminal)}: done (then an ack), done-dead (then dead, with a1, a2), done-retry (then
+-- retry, with a1-a3, only if the record was written: a task whose record became final
+-- while it ran does not come back), and record (no settle; the item is {1, 1/0}). A
+-- record is written whether or not the lease still holds, as a separate write before
+-- the settle would be.
 local lease = tonumber(ARGV[3])
 local n = tonumber(ARGV[4])
 local results = {}
@@ -53,16 +55,24 @@ local function settle(action, id, token, a1, a2, a3)
   return 1
 end
 
+local AFTER_RECORD = {done = 'ack', ['done-dead'] = 'dead', ['done-retry'] = 'retry',
+  record = false}
 local b = 5
 for i = 1, n do
   local action = ARGV[b]
-  if action == 'done' or action == 'record' then
-    local written = merge_record(b + 6) and 1 or 0
-    local ok = action == 'record' and 1 or settle('ack', ARGV[b + 1], ARGV[b + 2])
-    results[i] = {ok, written}
+  local after = AFTER_RECORD[action]
+  if after ~= nil then
+    local written = merge_record(b + 6)
+    local ok = 1
+    if after == 'retry' and not written then
+      ok = 0
+    elseif after then
+      ok = settle(after, ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5])
+    end
+    results[i] = {ok, written and 1 or 0}
     b = b + 6 + merge_width(b + 6)
   else
-    results[i] = settle(ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4],
+    results[i] = settle(action, ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4],
       ARGV[b + 5])
     b = b + 6
   end
