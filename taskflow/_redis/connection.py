@@ -205,13 +205,18 @@ async def _cause(url: str, timeout: float, options: Mapping[str, Any]) -> BaseEx
 @dataclass(frozen=True)
 class RecordKeys:
     """Where a Redis result store keeps task records: its server (client URL) and the key
-    prefix of a record (``{prefix}:r:``), for a broker that marks them running; and how
-    the store encodes an update (``record_merge.lua``'s arguments), for a broker that
-    writes records with its settles."""
+    prefix of a record (``{prefix}:r:``), for a broker that marks them running; how the
+    store encodes an update (``record_merge.lua``'s arguments), for a broker that writes
+    records with its settles; and how it encodes the creation of records without a time
+    to live (``record_create.lua``'s), for a broker that creates the queued records with
+    its messages."""
 
     client_url: str
     prefix: str
     update_args: Callable[[str, Mapping[str, Any], float | None], list[Any]] = field(compare=False)
+    create_args: Callable[[Sequence[tuple[str, Mapping[str, Any]]]], list[Any]] = field(
+        compare=False
+    )
 
 
 class Connection:

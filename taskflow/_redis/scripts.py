@@ -4,8 +4,10 @@ Every state change of the broker, and every record write of the result store tha
 atomic, is one script. Each script states its arguments and return values in its first
 lines. The broker's scripts share helpers (``common.lua``: those a script calls are
 prepended here); the result store's scripts (``result_*.lua``), the fetch and the settle
-share what task records have in common (``records.lua``), and the record updates and the
-settle (which writes an outcome with its ack) the merge of a record (``record_merge.lua``).
+share what task records have in common (``records.lua``), the record updates and the
+settle (which writes an outcome with its ack) the merge of a record (``record_merge.lua``),
+and the record creates and the publish (which creates the queued records of a linked
+store with its messages) the create of a record (``record_create.lua``).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ RESULT_SCRIPTS = ("result_update", "result_value", "result_create", "result_rest
 def load_script(name: str) -> str:
     """The text of a bundled Lua script, after what it shares: broker scripts get the
     helpers (``common.lua``) first; the result store's scripts and the broker's that write
-    records get what records share (``records.lua``) and, to merge one,
-    ``record_merge.lua``. Read and assembled once per process (every connection registers
-    the scripts, and registers them again after a restart of the server)."""
+    records get what records share (``records.lua``), to merge one ``record_merge.lua``,
+    and to create one ``record_create.lua``. Read and assembled once per process (every
+    connection registers the scripts, and registers them again after a restart of the
+    server)."""
     folder = resources.files("taskflow._redis").joinpath("lua")
 
     def read(part: str) -> str:
@@ -37,6 +40,8 @@ def load_script(name: str) -> str:
         parts.append(read("records"))
     if name in ("result_update", "settle"):
         parts.append(read("record_merge"))
+    if name in ("result_create", "publish"):
+        parts.append(read("record_create"))
     parts.append(read(name))
     if not name.startswith("result_"):
         parts.insert(0, used_helpers(read("common"), "\n".join(parts)))

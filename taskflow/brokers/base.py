@@ -268,6 +268,23 @@ class Broker(abc.ABC):
         """Thread-safe synchronous publish (only if ``capabilities.blocking_publish``)."""
         raise NotImplementedError
 
+    async def publish_recording(
+        self, messages: Sequence[Message], records: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> None:
+        """:meth:`publish`, creating with the messages, in one step, the ``records``
+        (task id, fields) in the result store the broker was linked to
+        (:meth:`link_records`), as ``ResultStore.create_many`` does without a time to
+        live: a record that exists is left as it is. All or nothing with the messages
+        (QueueFull: neither). Only where :meth:`link_records` returned True."""
+        raise NotImplementedError(f"{type(self).__name__} writes no records")
+
+    def publish_recording_blocking(
+        self, messages: Sequence[Message], records: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> None:
+        """Thread-safe synchronous :meth:`publish_recording` (only where
+        ``capabilities.blocking_publish`` and :meth:`link_records` returned True)."""
+        raise NotImplementedError(f"{type(self).__name__} writes no records")
+
     @abc.abstractmethod
     async def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> FetchResult:
         """Receive up to ``max_messages``, taking queues in the given order; the result
@@ -284,8 +301,11 @@ class Broker(abc.ABC):
         return await self.fetch(queues, max_messages, timeout)
 
     def link_records(self, records: object | None) -> bool:
-        """Whether :meth:`fetch_starting` can mark the task records described by
-        ``records`` (``ResultStore.record_location()``) running. False by default."""
+        """Whether this broker can write the task records described by ``records``
+        (``ResultStore.record_location()``) with its own steps: create the queued ones
+        with their messages (:meth:`publish_recording`), mark them running as it leases
+        the messages (:meth:`fetch_starting`), write outcomes with the settles
+        (``Delivery.ack_recording`` and the rest). False by default."""
         return False
 
     async def cancel(self, message_id: str, queue: str) -> bool:

@@ -325,12 +325,42 @@ class RedisBroker(Broker, DelegatedAdmin):
     def publish_blocking(self, messages: Sequence[Message]) -> None:
         """Thread-safe synchronous :meth:`publish` on a separate (sync) connection pool,
         so that ``delay()`` from plain threads needs no hop onto the app's event loop."""
-        if not messages:
-            return
+        if messages:
+            self._publish_blocking(publish_args(messages), messages)
+
+    async def publish_recording(
+        self, messages: Sequence[Message], records: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> None:
+        """:meth:`publish`, the linked store's queued ``records`` created by the same
+        script call (see ``Broker.publish_recording``)."""
+        if messages:
+            check_size(messages, self._conn.masked)
+            args = self._with_records(messages, records)
+            check_published(await self._run("publish", args))
+
+    def publish_recording_blocking(
+        self, messages: Sequence[Message], records: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> None:
+        """:meth:`publish_blocking`, the linked store's queued ``records`` created by the
+        same script call (see ``Broker.publish_recording``)."""
+        if messages:
+            self._publish_blocking(self._with_records(messages, records), messages)
+
+    def _with_records(
+        self, messages: Sequence[Message], records: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> list[Any]:
+        linked = self._linked
+        if linked is None:
+            raise NotImplementedError("this broker is not linked to a Redis result store")
+        args = publish_args(messages)
+        if records:
+            args += linked.create_args(records)
+        return args
+
+    def _publish_blocking(self, args: list[Any], messages: Sequence[Message]) -> None:
         check_size(messages, self._conn.masked)
-        args = [self._conn.tag, repr(self.clock.time()), *publish_args(messages)]
         try:
-            reply = self._sync_publish(args)
+            reply = self._sync_publish([self._conn.tag, repr(self.clock.time()), *args])
         except (RedisError, OSError) as exc:
             raise self._conn.error(exc) from None
         check_published(reply)

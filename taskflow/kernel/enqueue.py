@@ -191,14 +191,20 @@ class Enqueuer:
         as in :meth:`run` (a failed publish undoes the records; records not written
         after the publish are logged, and the worker's own updates create them)."""
         finish: Callable[[], list[bool]] | None = None
-        if records and self._results.capabilities.atomic_create:
-            # As in run(): the queued records go out, then the messages, before the
-            # records' answer is read (one round trip of latency for the two).
-            finish = self._results.begin_create_many_blocking(records, None)
-        elif records:
-            self._results.create_many_blocking(records, None)
+        # A broker linked to the store creates the records with the messages: one call.
+        linked = bool(records) and self._backends.records_linked
+        if records and not linked:
+            if self._results.capabilities.atomic_create:
+                # As in run(): the queued records go out, then the messages, before the
+                # records' answer is read (one round trip of latency for the two).
+                finish = self._results.begin_create_many_blocking(records, None)
+            else:
+                self._results.create_many_blocking(records, None)
         try:
-            self._broker.publish_blocking(messages)
+            if linked:
+                self._broker.publish_recording_blocking(messages, records)
+            else:
+                self._broker.publish_blocking(messages)
         except BaseException:
             if finish is not None:
                 with contextlib.suppress(Exception):
@@ -247,6 +253,14 @@ class Enqueuer:
     async def _record_and_publish(
         self, envs: list[Envelope], records: Records, messages: list[Message]
     ) -> None:
+        if self._backends.records_linked:
+            # The broker creates the linked store's records with the messages: one call.
+            try:
+                await self._broker.publish_recording(messages, records)
+            except BaseException:
+                await self.undo(envs, records)
+                raise
+            return
         created, published = await asyncio.gather(
             self._results.create_many(records, None),
             self._broker.publish(messages),

@@ -219,7 +219,12 @@ class RedisResultStore(ResultStore):
     def record_location(self) -> RecordKeys:
         """This store's server, record keys and update encoding, for a Redis broker on the
         same server and hash tag (``Broker.link_records``)."""
-        return RecordKeys(self._conn.client_url, self.key("r", ""), self._update_args)
+        return RecordKeys(
+            self._conn.client_url,
+            self.key("r", ""),
+            self._update_args,
+            lambda items: self._create_args(items, None),
+        )
 
     def begin_create_many_blocking(
         self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None

@@ -1,7 +1,9 @@
 -- Publish all messages or none. ARGV: prefix, now, count, then per message:
--- id, queue, body, priority, eta ('' = now), max_deliveries.
--- Returns {} on success or {'full', queue, size, limit}.
+-- id, queue, body, priority, eta ('' = now), max_deliveries; then, from a broker linked
+-- to a result store, the queued records to create with them (what create_records takes).
+-- Returns {} on success or {'full', queue, size, limit} (nothing written).
 local n = tonumber(ARGV[3])
+local RECORDS = 4 + n * 6
 
 -- The refusal if `count` more messages would take queue q over its limit (nil if not).
 local function over_limit(q, count)
@@ -44,6 +46,9 @@ if n == 1 then
   if full then
     return full
   end
+  if ARGV[RECORDS] then
+    create_records(RECORDS)
+  end
   local key = mkey(id)
   local old = redis.call('HGET', key, 'q')
   if old then
@@ -66,6 +71,9 @@ for q, count in pairs(wanted) do
   if full then
     return full
   end
+end
+if ARGV[RECORDS] then
+  create_records(RECORDS)
 end
 -- One INCRBY reserves the batch's sequence numbers, and each queue's ready messages go in
 -- with one ZADD per 1,000: per message, the script makes one call (HSET) and a share of

@@ -6,28 +6,42 @@
 -- false (terminal: nothing written).
 local function merge_record(b)
   local key, now, ttl, channel = ARGV[b], tonumber(ARGV[b + 1]), ARGV[b + 2], ARGV[b + 3]
-  local expires = redis.call('HGET', key, '_x')
-  if expires and tonumber(expires) <= now then
+  local m = redis.call('HMGET', key, '_x', 'status', 'id')
+  if m[1] and tonumber(m[1]) <= now then
     redis.call('DEL', key)
+    m = {}
   end
-  local status = redis.call('HGET', key, 'status')
-  if status and TERMINAL[status] then
+  if m[2] and TERMINAL[m[2]] then
     return false
   end
-  if redis.call('EXISTS', key) == 0 then
-    redis.call('HSET', key, 'id', ARGV[b + 4])
+  -- One HSET for everything written (a call from a script costs more than a field): the
+  -- id of a record made here, the fields, the expiry time.
+  local fields = {}
+  if not m[3] then
+    fields[1], fields[2] = 'id', ARGV[b + 4]
   end
-  local n = tonumber(ARGV[b + 5])
-  for i = 0, n - 1 do
-    redis.call('HSET', key, ARGV[b + 6 + i * 2], ARGV[b + 7 + i * 2])
+  local final = false
+  for i = b + 6, b + 5 + 2 * tonumber(ARGV[b + 5]), 2 do
+    local field, value = ARGV[i], ARGV[i + 1]
+    fields[#fields + 1] = field
+    fields[#fields + 1] = value
+    if field == 'status' then
+      final = TERMINAL[value] == true
+    end
   end
-  if ttl ~= '' then
-    local seconds = tonumber(ttl)
-    redis.call('HSET', key, '_x', tostring(now + seconds))
+  local seconds = ttl ~= '' and tonumber(ttl)
+  if seconds then
+    fields[#fields + 1] = '_x'
+    fields[#fields + 1] = tostring(now + seconds)
+  end
+  if #fields > 0 then
+    redis.call('HSET', key, unpack(fields))
+  end
+  if seconds then
     redis.call('PEXPIRE', key, math.max(1, math.ceil(seconds * 1000)))
   end
-  status = redis.call('HGET', key, 'status')
-  if status and TERMINAL[status] then
+  -- The record was not terminal before: it is now if this write made it so.
+  if final then
     redis.call('PUBLISH', channel, '1')
   end
   return true
