@@ -2,7 +2,7 @@
 
 Run from the project root (as a module, so ``import redis`` finds the library)::
 
-    python -m bench.pools [--tasks 20000] [--url redis://127.0.0.1:6379/15] [--store]
+    python -m bench.pools [--tasks 20000] [--url redis://127.0.0.1:6379/15] [--store] [--fail]
                           [--configs "-c 8" "-P 2 -c 16" "-c 2 --pool processes"]
 
 ``--tasks``    sync tasks per drain (default 20,000); each body does one ``INCR`` on Redis,
@@ -11,6 +11,8 @@ Run from the project root (as a module, so ``import redis`` finds the library)::
                ``taskflow-pools`` and are deleted at the end
 ``--store``    the tasks store their results (in Redis, beside the broker); by default
                they are fire-and-forget, as in the peer harness's drain
+``--fail``     every body raises after its ``INCR`` (no retries): each task is recorded
+               failed (with ``--store``) and dead-lettered
 ``--configs``  ``taskflow worker`` options, one drain each (default: the thread pool in one
                process with 8 slots and in two with 16, the process pool with 2 and 4
                children)
@@ -51,14 +53,24 @@ def _incr() -> None:
     _counter.incr(COUNTER)
 
 
-def build_app(url: str, store: bool = False) -> App:
-    """The benchmark app: one sync task, fire-and-forget unless ``store``."""
+def _incr_and_fail() -> None:
+    """:func:`_incr`, then a failure."""
+    _counter.incr(COUNTER)
+    raise RuntimeError("failing on purpose")
+
+
+def build_app(url: str, store: bool = False, fail: bool = False) -> App:
+    """The benchmark app: one sync task, fire-and-forget unless ``store``, failing (no
+    retries) if ``fail``."""
     bench = App("pools", broker=url)
-    bench.task(name="pools.incr", store_result=store)(_incr)
+    body = _incr_and_fail if fail else _incr
+    bench.task(name="pools.incr", store_result=store, retries=0)(body)
     return bench
 
 
-app = build_app(URL, os.environ.get("BENCH_POOLS_STORE") == "1")
+app = build_app(
+    URL, os.environ.get("BENCH_POOLS_STORE") == "1", os.environ.get("BENCH_POOLS_FAIL") == "1"
+)
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -118,7 +130,7 @@ def _processes(options: str) -> int:
 
 
 def drain(
-    bench: App, url: str, options: str, tasks: int, store: bool = False
+    bench: App, url: str, options: str, tasks: int, store: bool = False, fail: bool = False
 ) -> tuple[float, float, float, float, float, float]:
     """Start-up seconds, tasks per second, CPU microseconds per task (of the worker, all
     its processes; of the process pool's children among them; of Redis), and script
@@ -127,6 +139,7 @@ def drain(
         **os.environ,
         "BENCH_URL": url,
         "BENCH_POOLS_STORE": "1" if store else "0",
+        "BENCH_POOLS_FAIL": "1" if fail else "0",
         "PYTHONPATH": str(ROOT),
     }
     command = [
@@ -170,6 +183,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--url", default="redis://127.0.0.1:6379/15")
     parser.add_argument("--store", action="store_true")
+    parser.add_argument("--fail", action="store_true")
     parser.add_argument(
         "--configs",
         nargs="+",
@@ -177,17 +191,18 @@ def main() -> None:
     )
     args = parser.parse_args()
     url = f"{args.url}?prefix=taskflow-pools"
-    bench = build_app(url, args.store)
+    bench = build_app(url, args.store, args.fail)
     client = redis.Redis.from_url(args.url)
     bench.kernel.call(bench.kernel.connect())
     what = "one INCR each" + (", results stored" if args.store else "")
+    what += ", each failing" if args.fail else ""
     print(f"taskflow pools benchmark: {args.tasks:,} sync tasks ({what}), {args.url}")
     print(f"{'worker options':28}{'start-up s':>12}{'drain/s':>10}{'worker µs/task':>16}"
           f"{'of it children':>16}{'Redis µs/task':>15}{'scripts/task':>14}")  # fmt: skip
     try:
         for options in args.configs:
             startup, rate, cpu, kids, server, calls = drain(
-                bench, url, options, args.tasks, args.store
+                bench, url, options, args.tasks, args.store, args.fail
             )
             print(f"{options:28}{startup:12.2f}{rate:10,.0f}{cpu:16.1f}{kids:16.1f}"
                   f"{server:15.1f}{calls:14.2f}", flush=True)  # fmt: skip

@@ -24,12 +24,12 @@ import struct
 import sys
 import threading
 import time
-import traceback
 from typing import Any
 
 from .. import codec
 from ..context import TaskContext, reset_current, set_current
 from ..errors import PayloadError, Reject, Retry
+from ..message import format_traceback
 
 _HEADER = struct.Struct(">I")
 _PR_SET_PDEATHSIG = 1
@@ -148,7 +148,7 @@ def _raised(exc: BaseException) -> tuple[Any, ...]:
     name = kind.__qualname__
     if kind.__module__ != "builtins":
         name = f"{kind.__module__}.{name}"
-    text = "".join(traceback.format_exception(exc))
+    text = format_traceback(exc)
     data: bytes | None = None
     if isinstance(exc, Exception | Retry | Reject):
         try:
