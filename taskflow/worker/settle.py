@@ -126,7 +126,9 @@ def _ack_recorded(job: Job) -> Recorded | None:
     """The ack of ``job``'s message with its record written in the same call, where the
     delivery is linked (:func:`recording`)."""
     delivery, tid = job.delivery, job.envelope.id
-    return recording(delivery, lambda c, ttl: delivery.ack_recording(tid, c, ttl))
+    if not delivery.records_linked:
+        return None  # the common case off Redis: no closure made per task
+    return lambda c, ttl: delivery.ack_recording(tid, c, ttl)
 
 
 def _error_text(error: dict[str, Any]) -> str:
