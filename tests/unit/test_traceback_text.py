@@ -43,6 +43,14 @@ def _suppressed() -> None:
         raise ValueError("no such key") from None
 
 
+def _noted() -> None:
+    try:
+        _lookup({}, "k")
+    except KeyError as exc:
+        exc.add_note("while looking up the task's settings")
+        raise
+
+
 def _caught(call: object) -> BaseException:
     try:
         call()  # type: ignore[operator]
@@ -51,7 +59,9 @@ def _caught(call: object) -> BaseException:
     raise AssertionError("it did not raise")
 
 
-@pytest.mark.parametrize("call", [lambda: _lookup({}, "k"), _wrapped, _while_handling, _suppressed])
+@pytest.mark.parametrize(
+    "call", [lambda: _lookup({}, "k"), _wrapped, _while_handling, _suppressed, _noted]
+)
 def test_the_text_is_the_standard_one_without_the_column_markers(call: object) -> None:
     exc = _caught(call)
     standard = "".join(traceback.format_exception(exc))
@@ -60,6 +70,7 @@ def test_the_text_is_the_standard_one_without_the_column_markers(call: object) -
     assert ours == _markers_removed(standard)
     assert "^" not in ours
     assert ("return values[key] + 1" in ours) is (call is not _suppressed)
+    assert ("while looking up the task's settings" in ours) is (call is _noted)
 
 
 def test_causes_and_contexts_come_first_with_their_notes() -> None:
