@@ -23,7 +23,7 @@ from .._tls import Security, explain, resolve, url_with
 from .._waiters import within
 from ..errors import BrokerError, ConfigError
 from ..urls import mask_url, parse_url
-from .kept import RECONNECT, Kept
+from .kept import RECONNECT, Kept, hiredis_packed
 from .scripts import load_script
 
 __all__ = [
@@ -42,40 +42,18 @@ _KEEP = 8
 """Most connections of a pool (of 64) that :meth:`Connection.run` keeps for its direct
 path: as many as its calls overlap (a worker's fetch, settles and record updates)."""
 
-_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
-try:
-    from hiredis import pack_command as _hiredis_pack
-except ImportError:  # pragma: no cover - hiredis is a dependency of the redis extra
-    _hiredis_pack = None
-
 
 class _CPacking:
-    """Packs commands with hiredis (C) instead of redis-py's asyncio packer.
-
-    The asyncio packer joins the growing buffer once per argument, so a command's cost
-    grows with the square of its argument count: a batch of twelve settles (76
-    arguments) takes about 40 µs to pack (`python -m bench.redis_pack`). hiredis packs the
-    same bytes in a few µs (the synchronous client already uses it). Anything it does
-    not take (a non-UTF-8 encoding, a command name with a space, an argument type it
-    refuses) goes through redis-py's packer as before, with its errors.
-    """
+    """Packs commands with hiredis (C) instead of redis-py's asyncio packer
+    (:func:`~.kept.hiredis_packed`); anything hiredis does not take goes through
+    redis-py's packer as before, with its errors."""
 
     encoder: Any
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        first = args[0] if args else None
-        if (
-            _hiredis_pack is not None
-            and isinstance(first, str)
-            and " " not in first
-            and self.encoder.encoding == "utf-8"
-            and self.encoder.encoding_errors == "strict"
-        ):
-            # hiredis refuses what redis-py refuses too (None, True): TypeError, and then
-            # redis-py's packer raises its own error for it.
-            with contextlib.suppress(TypeError, ValueError):
-                return [_hiredis_pack(args)]
-        packed: list[bytes] = super().pack_command(*args)  # type: ignore[misc]
+        packed = hiredis_packed(self.encoder, args)
+        if packed is None:
+            packed = super().pack_command(*args)  # type: ignore[misc]
         return packed
 
 

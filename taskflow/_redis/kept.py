@@ -7,22 +7,55 @@ retry wrapper, hooks) costs more CPU time than the round trip. :class:`Kept` is 
 share: which connections are kept and free, and how many are kept, within a limit that
 leaves the rest of the pool to the client's own calls. :data:`RECONNECT` names the errors
 after which a direct call drops its connection and goes through the client's call instead,
-which retries them.
+which retries them. :func:`hiredis_packed` is how both pack a command.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["RECONNECT", "Kept"]
+__all__ = ["RECONNECT", "Kept", "hiredis_packed"]
 
 RECONNECT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 C = TypeVar("C")
+
+_pack: Callable[[tuple[Any, ...]], bytes] | None
+try:
+    from hiredis import pack_command as _pack
+except ImportError:  # pragma: no cover - hiredis is a dependency of the redis extra
+    _pack = None
+
+
+def hiredis_packed(encoder: Any, command: tuple[Any, ...]) -> list[bytes] | None:
+    """``command`` packed by hiredis (C), for a connection with ``encoder``; None where
+    redis-py's packer must do it: hiredis not installed, an encoder other than strict
+    UTF-8 (hiredis encodes text so), a command name with a space (redis-py splits it), or
+    an argument hiredis refuses (None, True, text it cannot encode), for which redis-py's
+    packer raises its own error.
+
+    redis-py's asyncio packer joins the growing buffer once per argument (its cost grows
+    with the square of the argument count: about 40 µs for a settle batch of twelve), and
+    its synchronous one walks the arguments in Python before calling hiredis
+    (``python -m bench.redis_pack``)."""
+    first = command[0] if command else None
+    if (
+        _pack is None
+        or not isinstance(first, str)
+        or " " in first
+        or encoder.encoding != "utf-8"
+        or encoder.encoding_errors != "strict"
+    ):
+        return None
+    with contextlib.suppress(TypeError, ValueError):
+        return [_pack(command)]
+    return None
 
 
 class Kept(Generic[C]):

@@ -24,14 +24,8 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import NoScriptError, ResponseError
 from redis.retry import Retry
 
-from .kept import RECONNECT, Kept
+from .kept import RECONNECT, Kept, hiredis_packed
 from .scripts import load_script
-
-_pack_command: Callable[[tuple[Any, ...]], bytes] | None
-try:
-    from hiredis import pack_command as _pack_command
-except ImportError:  # pragma: no cover - hiredis comes with the redis extra
-    _pack_command = None
 
 __all__ = ["SyncScript"]
 
@@ -41,14 +35,11 @@ calling at the same time."""
 
 
 def _packed(conn: Any, command: tuple[Any, ...]) -> list[bytes]:
-    """``command`` packed by hiredis directly: the client's packer walks the arguments in
-    Python first (3-4 µs of a ``delay()``'s CPU time). What hiredis does not take (an
-    argument type it refuses, text it cannot encode) goes through the client's packer,
-    with its errors."""
-    if _pack_command is not None:
-        with contextlib.suppress(TypeError, ValueError):
-            return [_pack_command(command)]
-    packed: list[bytes] = conn.pack_command(*command)
+    """``command`` packed by hiredis directly (:func:`~.kept.hiredis_packed`): the
+    client's synchronous packer walks the arguments in Python first."""
+    packed = hiredis_packed(conn.encoder, command)
+    if packed is None:
+        packed = conn.pack_command(*command)
     return packed
 
 

@@ -68,3 +68,21 @@ def test_a_batch_round_trips_through_a_real_server() -> None:
             await client.aclose()
 
     asyncio.run(main())
+
+
+def test_the_synchronous_delay_path_packs_the_same_bytes_as_redis_py() -> None:
+    # delay()'s path calls hiredis directly (taskflow._redis.sync); what hiredis refuses
+    # goes through redis-py's synchronous packer, with its error.
+    from redis import connection as sync_connection
+
+    from taskflow._redis.sync import _packed
+
+    conn = sync_connection.Connection()
+    publish = ("EVALSHA", "a" * 40, 0, "{tf}", "1764600000.125", 1, "id", "default")
+    for command in (
+        (*publish, b"\x00\xffbody", 0, "", 3),
+        ("HSET", "h", "field", "ünïcode", "n", -3, "f", 2.5),
+    ):
+        assert _joined(_packed(conn, command)) == _joined(conn.pack_command(*command))
+    with pytest.raises(DataError):
+        _packed(conn, ("SET", "k", None))
