@@ -60,8 +60,9 @@ _DRAINED_FRESH = 10.0
 within the life of a wake-up token (60 s, ``common.lua``), which must still be there."""
 
 SettleItem = tuple[Any, ...]
-"""One settle, as ``settle.lua`` takes it: action, id, token and three arguments; for
-``done`` and ``record``, the record update's arguments follow."""
+"""One settle, as ``settle.lua`` takes it: action, id, token and three arguments; for the
+items that write a record (``done``, ``done-dead``, ``done-retry``, ``record``), the record
+update's arguments follow."""
 
 
 def _retry_args(body: bytes, delay: float, max_deliveries: int) -> tuple[bytes, str, str]:
@@ -263,8 +264,7 @@ class RedisBroker(Broker, DelegatedAdmin):
         self._lost: list[DeadLetter] = []
         self._drained: Drained | None = None  # what the last fetch left (see fetch)
         self._limiter = RedisLimiter(self._conn, self.lease)
-        self._records = ""  # the linked result store's record key prefix (link_records)
-        self._linked: RecordKeys | None = None  # that store (link_records)
+        self._linked: RecordKeys | None = None  # the linked result store (link_records)
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> RedisBroker:
@@ -319,8 +319,7 @@ class RedisBroker(Broker, DelegatedAdmin):
     async def publish(self, messages: Sequence[Message]) -> None:
         """Publish all of ``messages`` in one script call, or none (QueueFull)."""
         if messages:
-            check_size(messages, self._conn.masked)
-            check_published(await self._run("publish", publish_args(messages)))
+            await self._publish(publish_args(messages), messages)
 
     def publish_blocking(self, messages: Sequence[Message]) -> None:
         """Thread-safe synchronous :meth:`publish` on a separate (sync) connection pool,
@@ -334,9 +333,7 @@ class RedisBroker(Broker, DelegatedAdmin):
         """:meth:`publish`, the linked store's queued ``records`` created by the same
         script call (see ``Broker.publish_recording``)."""
         if messages:
-            check_size(messages, self._conn.masked)
-            args = self._with_records(messages, records)
-            check_published(await self._run("publish", args))
+            await self._publish(self._with_records(messages, records), messages)
 
     def publish_recording_blocking(
         self, messages: Sequence[Message], records: Sequence[tuple[str, Mapping[str, Any]]]
@@ -357,6 +354,10 @@ class RedisBroker(Broker, DelegatedAdmin):
             args += linked.create_args(records)
         return args
 
+    async def _publish(self, args: list[Any], messages: Sequence[Message]) -> None:
+        check_size(messages, self._conn.masked)
+        check_published(await self._run("publish", args))
+
     def _publish_blocking(self, args: list[Any], messages: Sequence[Message]) -> None:
         check_size(messages, self._conn.masked)
         try:
@@ -376,7 +377,8 @@ class RedisBroker(Broker, DelegatedAdmin):
         """:meth:`fetch`; if it takes at most ``start`` messages, the linked store's
         records of their tasks are marked running by the same script (one round trip
         less before each body: see ``Broker.fetch_starting``)."""
-        return await self._fetch(queues, max_messages, timeout, start if self._records else 0)
+        linked = self._linked is not None
+        return await self._fetch(queues, max_messages, timeout, start if linked else 0)
 
     def link_records(self, records: object | None) -> bool:
         """Mark the records of a Redis result store on this server running as their
@@ -388,7 +390,6 @@ class RedisBroker(Broker, DelegatedAdmin):
             and records.prefix.startswith(self._conn.tag + ":")
         ):
             return False
-        self._records = records.prefix
         self._linked = records
         return True
 
@@ -398,7 +399,8 @@ class RedisBroker(Broker, DelegatedAdmin):
         if max_messages <= 0 or not queues:
             return FetchResult((), self._take_lost())
         notify = [self.key("q", q, "notify") for q in queues]
-        marking = [start, self._records] if start > 0 else []
+        linked = self._linked
+        marking = [start, linked.prefix] if start > 0 and linked is not None else []
         after = None
         if self.clock is SYSTEM_CLOCK:
             # On the real clock, the fetch after a wake-up is sent with the wait itself
@@ -458,7 +460,7 @@ class RedisBroker(Broker, DelegatedAdmin):
                 RedisDelivery(settle, lease, reply[i : i + 6], "", linked)
                 for i in range(start, len(reply), 6)
             ], next_due
-        records = self._records
+        records = linked.prefix if linked is not None else ""
         return [
             RedisDelivery(
                 settle,
@@ -477,7 +479,7 @@ class RedisBroker(Broker, DelegatedAdmin):
     # -- settling --------------------------------------------------------------------
     async def _send_settles(self, items: list[SettleItem]) -> list[Any]:
         """Settles made together, in one script call (each fenced by its token): 1/0 per
-        item, and for ``done`` and ``record`` [1/0, 1/0 whether the record was written]."""
+        item, and for the items that write a record [1/0, 1/0 whether it was written]."""
         args: list[Any] = [repr(self.lease), len(items)]
         for item in items:
             args += item

@@ -117,18 +117,24 @@ with the record's changes and time to live; returns whether the record was writt
 whether the act held."""
 
 
-def recording(delivery: Delivery, recorded: Recorded) -> Recorded | None:
-    """``recorded`` where ``delivery`` writes the linked store's records, else None."""
-    return recorded if delivery.records_linked else None
-
-
-def _ack_recorded(job: Job) -> Recorded | None:
-    """The ack of ``job``'s message with its record written in the same call, where the
-    delivery is linked (:func:`recording`)."""
-    delivery, tid = job.delivery, job.envelope.id
+def recording(
+    job: Job, act: Callable[[Delivery, str, dict[str, Any], float | None], Awaitable[Any]]
+) -> Recorded | None:
+    """``act`` (called with the delivery, the task id, the record's changes and time to
+    live) as the :data:`Recorded` act of ``job``'s message, where its delivery writes the
+    linked store's records; else None, without making a closure (the common case off
+    Redis, once per task)."""
+    delivery = job.delivery
     if not delivery.records_linked:
-        return None  # the common case off Redis: no closure made per task
-    return lambda c, ttl: delivery.ack_recording(tid, c, ttl)
+        return None
+    tid = job.envelope.id
+    return lambda changes, ttl: act(delivery, tid, changes, ttl)
+
+
+def _ack_with(
+    delivery: Delivery, tid: str, changes: dict[str, Any], ttl: float | None
+) -> Awaitable[tuple[bool, bool]]:
+    return delivery.ack_recording(tid, changes, ttl)
 
 
 def _error_text(error: dict[str, Any]) -> str:
@@ -415,7 +421,7 @@ class Settler:
             encoded=encoded,
             result=value,
             duration=duration,
-            recorded=_ack_recorded(job),
+            recorded=recording(job, _ack_with),
         )
 
     async def failure(self, job: Job, verdict: RetryIn | Fail, duration: float) -> None:
@@ -437,19 +443,15 @@ class Settler:
             "attempts": job.attempt,
         }
         text = _error_text(error)
-        delivery = job.delivery
         await self.apply(
             job,
             FAILED,
             changes,
-            lambda: delivery.dead_letter(reason, text),
+            lambda: job.delivery.dead_letter(reason, text),
             error=error,
             duration=duration,
             recorded=recording(
-                delivery,
-                lambda c, ttl: delivery.dead_letter_recording(
-                    job.envelope.id, c, ttl, reason, text
-                ),
+                job, lambda d, tid, c, ttl: d.dead_letter_recording(tid, c, ttl, reason, text)
             ),
         )
 
@@ -489,20 +491,17 @@ class Settler:
         }
         # The next attempt gets a fresh budget of deliveries: lost ones never spend retries.
         budget = self.kernel.max_deliveries(env.task)
-        delivery = job.delivery
         published = await self.apply(
             job,
             RETRIED,
             changes,
-            lambda: delivery.retry(body, delay, max_deliveries=budget),
+            lambda: job.delivery.retry(body, delay, max_deliveries=budget),
             error=error,
             duration=duration,
             retry_in=delay,
             recorded=recording(
-                delivery,
-                lambda c, _: delivery.retry_recording(
-                    job.envelope.id, c, body, delay, max_deliveries=budget
-                ),
+                job,
+                lambda d, tid, c, _: d.retry_recording(tid, c, body, delay, max_deliveries=budget),
             ),
         )
         if not published:  # cancelled while it ran: do not come back
@@ -511,12 +510,16 @@ class Settler:
     async def cancelled(self, job: Job) -> None:
         """Settle a cancelled task: record (if not already), ack, announce."""
         changes = {"status": TaskStatus.CANCELLED.value, "finished_at": self.clock.time()}
-        await self.apply(job, CANCELLED, changes, job.delivery.ack, recorded=_ack_recorded(job))
+        await self.apply(
+            job, CANCELLED, changes, job.delivery.ack, recorded=recording(job, _ack_with)
+        )
 
     async def expired(self, job: Job) -> None:
         """A task not started before ``expires`` never runs."""
         changes = {"status": TaskStatus.EXPIRED.value, "finished_at": self.clock.time()}
-        await self.apply(job, EXPIRED, changes, job.delivery.ack, recorded=_ack_recorded(job))
+        await self.apply(
+            job, EXPIRED, changes, job.delivery.ack, recorded=recording(job, _ack_with)
+        )
 
     # -- when settling is not possible -----------------------------------------------
     async def requeue(self, job: Job, started: bool = False) -> None:
