@@ -17,6 +17,12 @@ worker stops) first wakes itself, reads what that fetch took and hands it back u
 the fetch may already have leased a message. A caller that knows its queues were left
 empty a moment ago (:class:`Drained`) starts with that wait instead of a fetch of its own: after
 a message is picked up, the next fetch does not take a round trip to find nothing.
+
+The pair is sent on a connection of the blocking pool kept for it, packed and read directly
+(as :meth:`~taskflow._redis.connection.Connection.run` sends scripts): the client's pipeline
+object, its checkout and its reply handling cost more CPU time than the two commands, on
+the path of every pickup by an idle worker. A connection error on that path drops the
+connection and goes through the client's pipeline instead, with its retries, as before.
 """
 
 from __future__ import annotations
@@ -29,9 +35,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import RedisError, ResponseError
 
 from .._redis.connection import Connection, redis_client
+from .._redis.kept import RECONNECT, Kept
 from ..clock import Clock
 from ..errors import BrokerError
 from .base import Delivery
@@ -45,6 +53,7 @@ time, None if nothing is held)."""
 _BLOCK_CHUNK = 5.0  # longest single BLPOP; the blocking socket's timeout is above it
 _RING_SLACK = 0.25  # a precise wait's server-side timeout, past its own timer
 _HAND_BACK_WAIT = 2.0  # a cancelled wait: how long to wait for the fetch sent with it
+_KEEP = 2  # connections of the blocking pool (of 4) kept for the wait-and-fetch pair
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,7 @@ class IdleWait:
         self._conn = conn
         self._clock = clock
         self._blocker: aioredis.Redis | None = None
+        self._kept: Kept[AbstractConnection] = Kept(_KEEP)
         self._rings: set[asyncio.Task[None]] = set()
 
     def open(self) -> None:
@@ -112,6 +122,7 @@ class IdleWait:
     async def close(self) -> None:
         """Close the blocking pool. Idempotent."""
         blocker, self._blocker = self._blocker, None
+        self._kept.reset()  # checked out of the pool, which disconnects them as it closes
         if blocker is not None:
             with contextlib.suppress(Exception):
                 await blocker.aclose()
@@ -214,19 +225,74 @@ class IdleWait:
     ) -> tuple[list[Delivery], float | None] | None:
         """``BLPOP`` on ``keys`` with ``after`` behind it, in one pipeline; cancelled, it
         hands back what the fetch took (:meth:`_hand_back`)."""
-        pipe = blocker.pipeline(transaction=False)
-        pipe.blpop(keys, timeout=round(wait, 3))
-        pipe.evalsha(after.sha, 0, *after.args)
-        sent = asyncio.ensure_future(pipe.execute(raise_on_error=False))
+        sent = asyncio.ensure_future(self._send_pair(blocker, keys, wait, after))
         try:
-            replies = await asyncio.shield(sent)
+            reply = await asyncio.shield(sent)
         except asyncio.CancelledError:
             await self._hand_back(own, sent, after)
             raise
-        reply = replies[1]
         if isinstance(reply, Exception):  # e.g. the server lost its scripts (a restart)
             return None
         return after.parse(reply)
+
+    async def _send_pair(
+        self, blocker: aioredis.Redis, keys: list[str], wait: float, after: FetchAfter
+    ) -> Any:
+        """Send the wait and the fetch together and read both replies: the fetch's reply,
+        or the error it answered with. On a kept connection directly when one is free (see
+        the module's notes), else through the client's pipeline."""
+        conn = self._kept.idle()
+        if conn is None:
+            conn = await self._keep(blocker)
+        if conn is None:
+            return await self._pipelined(blocker, keys, wait, after)
+        try:
+            packed = conn.pack_command("BLPOP", *keys, round(wait, 3))
+            packed += conn.pack_command("EVALSHA", after.sha, 0, *after.args)
+            await conn.send_packed_command(packed)
+            replies = [await _reply_or_error(conn), await _reply_or_error(conn)]
+        except RECONNECT:
+            await self._drop(blocker, conn)
+            return await self._pipelined(blocker, keys, wait, after)
+        except BaseException:
+            # Cancelled with a reply in flight: that connection cannot be used again.
+            await self._drop(blocker, conn)
+            raise
+        self._kept.give_back(conn)
+        return replies[1]
+
+    @staticmethod
+    async def _pipelined(
+        blocker: aioredis.Redis, keys: list[str], wait: float, after: FetchAfter
+    ) -> Any:
+        async with blocker.pipeline(transaction=False) as pipe:
+            pipe.blpop(keys, timeout=round(wait, 3))
+            pipe.evalsha(after.sha, 0, *after.args)
+            return (await pipe.execute(raise_on_error=False))[1]
+
+    async def _keep(self, blocker: aioredis.Redis) -> AbstractConnection | None:
+        """A connection of the blocking pool kept for :meth:`_send_pair`, or None (at most
+        :data:`_KEEP`: the client's own calls always find the rest)."""
+        if not self._kept.reserve():
+            return None
+        try:
+            pool: Any = blocker.connection_pool  # redis-py leaves get_connection untyped
+            conn: AbstractConnection = await pool.get_connection()
+        except Exception:
+            if blocker is self._blocker:
+                self._kept.forget()
+            return None  # the client's own pipeline meets the error, with its retries
+        if blocker is not self._blocker:  # closed (and maybe opened again) meanwhile
+            await self._drop(blocker, conn)
+            return None
+        return conn
+
+    async def _drop(self, blocker: aioredis.Redis, conn: AbstractConnection) -> None:
+        if blocker is self._blocker:
+            self._kept.forget()
+        with contextlib.suppress(Exception):
+            await conn.disconnect()
+            await blocker.connection_pool.release(conn)
 
     async def _hand_back(self, own: str, sent: asyncio.Future[Any], after: FetchAfter) -> None:
         """A wait with a fetch behind it was cancelled: end the wait (push its own key),
@@ -243,7 +309,7 @@ class IdleWait:
             return
         if sent.cancelled() or sent.exception() is not None:
             return
-        reply = sent.result()[1]
+        reply = sent.result()
         if isinstance(reply, Exception):
             return
         got, _ = after.parse(reply)
@@ -266,3 +332,12 @@ class IdleWait:
                 pipe.rpush(key, "1")
                 pipe.pexpire(key, 5000)
                 await pipe.execute()
+
+
+async def _reply_or_error(conn: AbstractConnection) -> Any:
+    """The next reply on ``conn``, or the error the server answered with (the connection
+    stays usable: the reply was read)."""
+    try:
+        return await conn.read_response()
+    except ResponseError as exc:
+        return exc

@@ -2,20 +2,24 @@
 it is leased in the same round trip, with a lease on the server's clock; a wait that is
 cancelled (the worker stops) gives back whatever that fetch took, uncounted. A fetch that
 follows one which left its queues empty starts with that wait (no round trip to find
-nothing), and still sees what became ready since and what falls due."""
+nothing), and still sees what became ready since and what falls due. The wait and its
+fetch go out on a connection kept for them (no pool checkout per wait), and fall back to
+the client's pipeline when that connection or the server's scripts are gone."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from taskflow.brokers.base import Message
 from taskflow.brokers.redis import RedisBroker
-from tests.integration.redis_helpers import connected, fresh_url
+from tests.integration.redis_helpers import connected, fresh_url, private_redis
 
 pytestmark = pytest.mark.integration
 
@@ -166,3 +170,78 @@ def test_a_lease_taken_by_the_fetch_that_emptied_the_queue_is_reclaimed_when_it_
             assert await again[0].ack()
 
     asyncio.run(main())
+
+
+def _count_wait_checkouts(broker: RedisBroker) -> list[int]:
+    """Counts the connections the waits take from their blocking pool."""
+    pool: Any = broker._waits._blocker.connection_pool  # noqa: SLF001
+    calls = [0]
+    checkout = pool.get_connection
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return await checkout(*args, **kwargs)
+
+    pool.get_connection = counted
+    return calls
+
+
+async def _pick_up(broker: RedisBroker, queue: str, mid: str) -> None:
+    """Publish ``mid`` to a fetch waiting on ``queue`` and take it (acked)."""
+    before = await _blocked_clients(broker)
+    waiting = asyncio.ensure_future(broker.fetch([queue], 10, 5.0))
+    await _until_blocked(broker, before)
+    await broker.publish([Message(mid, queue, b"body", 0)])
+    got = await asyncio.wait_for(waiting, 5.0)
+    assert [(d.id, d.delivery_count) for d in got] == [(mid, 1)]
+    assert await got[0].ack()
+
+
+def test_waits_one_after_another_take_one_connection_from_their_pool(url: str) -> None:
+    async def main() -> None:
+        async with connected(url) as broker:
+            await broker.publish([Message("m0", "kept", b"body", 0)])
+            first = await broker.fetch(["kept"], 10, 5.0)  # empties the queue
+            assert len(first) == 1 and await first[0].ack()
+            checkouts = _count_wait_checkouts(broker)
+            for i in range(1, 21):
+                await _pick_up(broker, "kept", f"m{i}")
+            assert checkouts == [1]
+
+    asyncio.run(main())
+
+
+def test_a_wait_survives_a_script_flush_and_its_connection_killed(tmp_path: Path) -> None:
+    with private_redis(tmp_path) as (port, _):
+
+        async def main() -> None:
+            async with connected(f"redis://127.0.0.1:{port}/0?prefix=waits&lease=30") as broker:
+                admin = redis.Redis(port=port)
+                try:
+                    await broker.publish([Message("m0", "q", b"body", 0)])
+                    first = await broker.fetch(["q"], 10, 5.0)
+                    assert len(first) == 1 and await first[0].ack()
+                    await _pick_up(broker, "q", "m1")  # the kept connection is open
+                    # The fetch behind the wait meets NOSCRIPT: the fetch after it takes m2.
+                    admin.script_flush()
+                    await _pick_up(broker, "q", "m2")
+                    # The kept connection killed while it waits: the client's pipeline,
+                    # on a new connection, waits again and takes m3.
+                    before = await _blocked_clients(broker)
+                    waiting = asyncio.ensure_future(broker.fetch(["q"], 10, 5.0))
+                    await _until_blocked(broker, before)
+                    assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+                    await broker.publish([Message("m3", "q", b"body", 0)])
+                    got = await asyncio.wait_for(waiting, 5.0)
+                    assert [(d.id, d.delivery_count) for d in got] == [("m3", 1)]
+                    assert await got[0].ack()
+                    assert await broker.depth("q") == {
+                        "ready": 0,
+                        "scheduled": 0,
+                        "inflight": 0,
+                        "dead": 0,
+                    }
+                finally:
+                    admin.close()
+
+        asyncio.run(main())
