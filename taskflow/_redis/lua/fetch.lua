@@ -56,12 +56,28 @@ local function reject(id, q, err)
     redis.call('HGET', mkey(id), 'dc') or '0')
 end
 
--- Remove the ids due by NOW (at most ``limit``) from the sorted set ``key``; return them.
-local function take_due(key, limit)
-  local ids = redis.call('ZRANGEBYSCORE', key, '-inf', NOW, 'LIMIT', 0, limit)
-  for _, id in ipairs(ids) do
-    redis.call('ZREM', key, id)
+-- Note the score ``due`` (a string, or nil for none) in next_due if it is the earliest.
+local function note(due)
+  if due ~= nil then
+    due = tonumber(due)
+    if next_due == nil or due < next_due then
+      next_due = due
+    end
   end
+end
+
+-- Remove the ids due by NOW (at most ``limit``) from the sorted set ``key`` and return
+-- them; the earliest score left is noted in next_due. Nothing due (the common case)
+-- costs one look at the set's first member.
+local function take_due(key, limit)
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if first[2] == nil or tonumber(first[2]) > NOW then
+    note(first[2])
+    return {}
+  end
+  local ids = redis.call('ZRANGEBYSCORE', key, '-inf', NOW, 'LIMIT', 0, limit)
+  redis.call('ZREM', key, unpack(ids))
+  note(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2])
   return ids
 end
 
@@ -93,32 +109,22 @@ local function promote(q)
   end
 end
 
-local function note_due(key)
-  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  if first[2] then
-    local due = tonumber(first[2])
-    if next_due == nil or due < next_due then
-      next_due = due
-    end
-  end
-end
-
 local out = {}
 local taken = 0
 local paused = P .. ':paused'
 for i = 1, nq do
   local q = ARGV[5 + i]
+  -- Each notes the earliest deadline or due time left in its set.
   reclaim(q)
   promote(q)
-  note_due(qkey(q, 'sched'))
-  note_due(qkey(q, 'inflight'))
   local ready = qkey(q, 'ready')
   if redis.call('SISMEMBER', paused, q) == 0 then
+    local emptied = false
     while taken < max do
-      local popped = redis.call('ZPOPMIN', ready, max - taken)
-      if #popped == 0 then
-        break
-      end
+      local want = max - taken
+      local popped = redis.call('ZPOPMIN', ready, want)
+      -- Fewer than asked for: the ready set is empty now (no second look, no ZCARD).
+      emptied = #popped < 2 * want
       for j = 1, #popped, 2 do
         local id = popped[j]
         local m, err = read(id, q)
@@ -138,11 +144,14 @@ for i = 1, nq do
           taken = taken + 1
         end
       end
+      if emptied then
+        break
+      end
     end
     -- Keep the wake-up tokens honest: one left for other idle consumers while work
     -- remains, none when the queue is empty (so nobody wakes for nothing).
     local notify = qkey(q, 'notify')
-    if redis.call('ZCARD', ready) > 0 then
+    if not emptied and redis.call('ZCARD', ready) > 0 then
       if redis.call('LLEN', notify) == 0 then
         wake(q, 1)
       end
