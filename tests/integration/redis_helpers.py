@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from taskflow._redis.scripts import BROKER_SCRIPTS, RESULT_SCRIPTS, load_script
 from taskflow.brokers.base import Message
 from taskflow.brokers.redis import RedisBroker
 from taskflow.results.redis import RedisResultStore
@@ -74,6 +75,22 @@ async def queue_with_records(broker: RedisBroker, store: RedisResultStore, *ids:
     """Queued records and messages for ``ids`` on the default queue."""
     await store.create_many([(i, {"status": "queued", "attempts": 0}) for i in ids], None)
     await broker.publish([Message(i, "default", b"{}") for i in ids])
+
+
+def private_url(data_dir: Path, lease: float) -> Iterator[str]:
+    """For a fixture whose tests count the server's commands (``INFO commandstats`` counts
+    every client's, so another test run on the shared server would be counted too): a URL
+    on a redis-server of the test's own (:func:`private_redis`), with the bundled scripts
+    loaded, as on a server that served them before (a script's first call on a new server
+    is answered NOSCRIPT, then loaded and called again: three calls counted)."""
+    with private_redis(data_dir, durable=False) as (port, _):
+        client = redis.Redis(port=port)
+        try:
+            for name in (*BROKER_SCRIPTS, *RESULT_SCRIPTS):
+                client.script_load(load_script(name))
+        finally:
+            client.close()
+        yield f"redis://127.0.0.1:{port}/0?prefix=tfit&lease={lease}"
 
 
 def script_calls(client: redis.Redis) -> int:
@@ -149,13 +166,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def private_redis(data_dir: Path) -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
-    """A redis-server of our own (so we may restart it); yields (port, [process])."""
+def private_redis(
+    data_dir: Path, *, durable: bool = True
+) -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
+    """A redis-server of our own (so we may restart it); yields (port, [process]).
+    ``durable``: with an fsync-always AOF (see :func:`start_redis`)."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed")
     port = free_port()
-    procs = [start_redis(port, data_dir)]
+    procs = [start_redis(port, data_dir, durable=durable)]
     try:
         yield port, procs
     finally:
@@ -165,9 +185,10 @@ def private_redis(data_dir: Path) -> Iterator[tuple[int, list[subprocess.Popen[b
                 proc.wait(10)
 
 
-def start_redis(port: int, data_dir: Path) -> subprocess.Popen[bytes]:
+def start_redis(port: int, data_dir: Path, *, durable: bool = True) -> subprocess.Popen[bytes]:
     """Start redis-server on ``port`` with an fsync-always AOF in ``data_dir`` (so a
-    restart keeps the data) and wait until it answers."""
+    restart keeps the data; ``durable=False``: nothing on disk) and wait until it
+    answers."""
     proc = subprocess.Popen(
         [
             "redis-server",
@@ -175,10 +196,7 @@ def start_redis(port: int, data_dir: Path) -> subprocess.Popen[bytes]:
             str(port),
             "--save",
             "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
+            *(("--appendonly", "yes", "--appendfsync", "always") if durable else ()),
             "--dir",
             str(data_dir),
             "--bind",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from taskflow import App, chain
 from taskflow.brokers.base import Message
 from taskflow.brokers.redis import RedisBroker
 from taskflow.results.redis import RedisResultStore
-from tests.integration.redis_helpers import fresh_url, linked, queue_with_records, script_calls
+from tests.integration.redis_helpers import linked, private_url, queue_with_records, script_calls
 
 pytestmark = pytest.mark.integration
 
@@ -27,8 +28,9 @@ _OUTCOME = {"status": "succeeded", "result": [1, 2], "finished_at": 1.5, "attemp
 
 
 @pytest.fixture
-def url() -> Iterator[str]:
-    yield from fresh_url(lease=5)
+def url(tmp_path: Path) -> Iterator[str]:
+    # A server of the test's own: the tests count its script calls.
+    yield from private_url(tmp_path, lease=5)
 
 
 @asynccontextmanager

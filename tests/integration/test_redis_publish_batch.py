@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,14 +17,15 @@ import redis
 from taskflow._redis.scripts import load_script
 from taskflow.brokers.base import Message
 from taskflow.brokers.redis import RedisBroker
-from tests.integration.redis_helpers import connected, fresh_url
+from tests.integration.redis_helpers import connected, private_url
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def url() -> Iterator[str]:
-    yield from fresh_url(lease=30.0)
+def url(tmp_path: Path) -> Iterator[str]:
+    # A server of the test's own: the tests count its script calls.
+    yield from private_url(tmp_path, lease=30.0)
 
 
 async def _drain(broker: RedisBroker, queue: str) -> list[tuple[str, bytes]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ import redis
 from taskflow import App
 from taskflow.brokers.base import Message
 from taskflow.errors import QueueFull
-from tests.integration.redis_helpers import fresh_url, linked, script_calls
+from tests.integration.redis_helpers import linked, private_url, script_calls
 
 pytestmark = pytest.mark.integration
 
@@ -23,8 +24,9 @@ _QUEUED = {"status": "queued", "attempts": 0, "task": "t", "queue": "default"}
 
 
 @pytest.fixture
-def url() -> Iterator[str]:
-    yield from fresh_url(lease=5)
+def url(tmp_path: Path) -> Iterator[str]:
+    # A server of the test's own: the tests count its script calls.
+    yield from private_url(tmp_path, lease=5)
 
 
 @pytest.fixture

@@ -5,20 +5,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
 from taskflow._redis.batcher import BATCH
 from taskflow.results.redis import RedisResultStore
-from tests.integration.redis_helpers import fresh_url, script_calls
+from tests.integration.redis_helpers import private_url, script_calls
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def url() -> Iterator[str]:
-    yield from fresh_url(lease=5)
+def url(tmp_path: Path) -> Iterator[str]:
+    # A server of the test's own: the tests count its script calls.
+    yield from private_url(tmp_path, lease=5)
 
 
 def test_record_updates_made_together_are_one_script_call_and_each_applies_whole(
