@@ -2,7 +2,7 @@
 
 Run from the project root (as a module)::
 
-    python -m bench.pickup_cost [--trips 2000] [--rounds 3] [--sync]
+    python -m bench.pickup_cost [--trips 2000] [--rounds 3] [--sync] [--slowlog]
                                 [--url redis://127.0.0.1:6379/15]
 
 A real ``taskflow worker`` process (8 slots) serves one task that stores its result (as
@@ -15,16 +15,24 @@ At this rate the three take turns on the CPUs: what one of them spends on a pick
 others may wait for.
 
 ``--sync`` times a plain ``def`` body (on the worker's threads), else ``async def``.
-Keys live under the prefix ``taskflow-pickup`` and are deleted at the end.
+``--slowlog`` adds a round of at most 1,500 trips with the server's slow log set to record
+every command (``CONFIG SET slowlog-log-slower-than 0``; the settings are put back after),
+and prints how long the server took per call of each script and command, p50 and mean, and
+how many of each a trip made: use a server nobody else uses. Keys live under the prefix
+``taskflow-pickup`` and are deleted at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import hashlib
 import os
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -33,7 +41,8 @@ import redis.asyncio as aioredis
 from bench._keys import drop_keys
 from bench.pools import _redis_cpu, _tree_cpu
 from bench.redis_backend import _stop, _wait_consumers
-from taskflow import App
+from taskflow import App, Task
+from taskflow._redis.scripts import BROKER_SCRIPTS, RESULT_SCRIPTS, load_script
 
 URL = os.environ.get("BENCH_URL", "redis://127.0.0.1:6379/15?prefix=taskflow-pickup")
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,14 +64,15 @@ async def _alat(i: int) -> None:
     await _asignal.lpush(_key(i), 1)
 
 
-def build_app(url: str, sync: bool) -> App:
-    """The benchmark app: one task that stores its result, sync or ``async def``."""
+def build_app(url: str, sync: bool) -> tuple[App, Task[[int], None]]:
+    """The benchmark app and its one task, which stores its result, sync or ``async def``."""
     bench = App("pickup", broker=url)
-    bench.task(name="pickup.lat")(_lat if sync else _alat)
-    return bench
+    if sync:
+        return bench, bench.task(name="pickup.lat")(_lat)
+    return bench, bench.task(name="pickup.lat")(_alat)
 
 
-app = build_app(URL, os.environ.get("BENCH_PICKUP_SYNC") == "1")
+app, _ = build_app(URL, os.environ.get("BENCH_PICKUP_SYNC") == "1")
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -70,17 +80,51 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _server_times(client: redis.Redis, trips: int, trip: Callable[[], float]) -> None:
+    """Make ``trips`` trips with every command in the server's slow log; print the server's
+    time per call of each script and command, and the calls per trip."""
+    names = {
+        hashlib.sha1(load_script(name).encode()).hexdigest(): name
+        for name in (*BROKER_SCRIPTS, *RESULT_SCRIPTS)
+    }
+    kept = client.config_get("slowlog-*")
+    client.config_set("slowlog-max-len", 20_000)
+    client.config_set("slowlog-log-slower-than", 0)
+    try:
+        client.slowlog_reset()
+        for _ in range(trips):
+            trip()
+        entries = client.slowlog_get(20_000)
+    finally:
+        client.config_set("slowlog-log-slower-than", str(kept["slowlog-log-slower-than"]))
+        client.config_set("slowlog-max-len", str(kept["slowlog-max-len"]))
+        client.slowlog_reset()
+    took: dict[str, list[int]] = collections.defaultdict(list)
+    for entry in entries:
+        words = entry["command"].split()
+        name = words[0].decode().lower()
+        if name in ("evalsha", "eval") and len(words) > 1:
+            name = f"{name} {names.get(words[1].decode(), 'other')}"
+        elif name in ("slowlog", "config"):
+            continue
+        took[name].append(int(entry["duration"]))
+    print(f"server time per call over {trips:,} trips (slow log, µs):")
+    print(f"{'command':24}{'per trip':>10}{'p50':>8}{'mean':>8}")
+    for name, times in sorted(took.items(), key=lambda kv: -sum(kv[1])):
+        print(f"{name:24}{len(times) / trips:10.2f}{statistics.median(times):8.1f}"
+              f"{statistics.fmean(times):8.1f}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("--trips", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sync", action="store_true")
+    parser.add_argument("--slowlog", action="store_true")
     parser.add_argument("--url", default="redis://127.0.0.1:6379/15")
     args = parser.parse_args()
     url = f"{args.url}?prefix=taskflow-pickup"
-    bench = build_app(url, args.sync)
-    task = bench.registry.get("pickup.lat")
-    assert task is not None
+    bench, task = build_app(url, args.sync)
     client = redis.Redis.from_url(args.url)
     env = {
         **os.environ,
@@ -125,6 +169,8 @@ def main() -> None:
             print(f"{n:5}{_pct(trips, 0.5):9.3f}{_pct(trips, 0.9):9.3f}{_pct(trips, 0.99):9.3f}"
                   f"{(producer1 - producer0) * per:13.0f}{(worker1 - worker0) * per:11.0f}"
                   f"{(redis1 - redis0) * per:10.0f}", flush=True)  # fmt: skip
+        if args.slowlog:
+            _server_times(client, min(args.trips, 1500), trip)
     finally:
         _stop([proc])
         drop_keys(client, "*taskflow-pickup*")
