@@ -15,7 +15,7 @@ At this rate the three take turns on the CPUs: what one of them spends on a pick
 others may wait for.
 
 ``--sync`` times a plain ``def`` body (on the worker's threads), else ``async def``.
-``--slowlog`` adds a round of at most 1,500 trips with the server's slow log set to record
+``--slowlog`` adds a round of at most 1,000 trips with the server's slow log set to record
 every command (``CONFIG SET slowlog-log-slower-than 0``; the settings are put back after),
 and prints how long the server took per call of each script and command, p50 and mean, and
 how many of each a trip made: use a server nobody else uses. Keys live under the prefix
@@ -88,13 +88,15 @@ def _server_times(client: redis.Redis, trips: int, trip: Callable[[], float]) ->
         for name in (*BROKER_SCRIPTS, *RESULT_SCRIPTS)
     }
     kept = client.config_get("slowlog-*")
-    client.config_set("slowlog-max-len", 20_000)
+    # About 35 entries a trip: the scripts and each command they run, the waits, the body's.
+    room = 50 * trips
+    client.config_set("slowlog-max-len", room)
     client.config_set("slowlog-log-slower-than", 0)
     try:
         client.slowlog_reset()
         for _ in range(trips):
             trip()
-        entries = client.slowlog_get(20_000)
+        entries = client.slowlog_get(room)
     finally:
         client.config_set("slowlog-log-slower-than", str(kept["slowlog-log-slower-than"]))
         client.config_set("slowlog-max-len", str(kept["slowlog-max-len"]))
@@ -170,7 +172,7 @@ def main() -> None:
                   f"{(producer1 - producer0) * per:13.0f}{(worker1 - worker0) * per:11.0f}"
                   f"{(redis1 - redis0) * per:10.0f}", flush=True)  # fmt: skip
         if args.slowlog:
-            _server_times(client, min(args.trips, 1500), trip)
+            _server_times(client, min(args.trips, 1000), trip)
     finally:
         _stop([proc])
         drop_keys(client, "*taskflow-pickup*")
