@@ -20,6 +20,7 @@ so they connect, stop and end the same way:
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import os
@@ -307,7 +308,16 @@ def serve(
     if not connect(kernel, control, connect_timeout):
         runner.stop_now()  # never started: marks it stopped
         return EXIT_OK
-    return run_foreground(runner, control, grace, supervisor_pid, end_process=end_process)
+    # What the imports, the app and the connections made lives as long as the process:
+    # moved out of the collector's generations, a full collection no longer walks it
+    # (tens of thousands of objects, a pause of milliseconds in the middle of whatever
+    # pickup meets it: python -m bench.gc_pause). Given back to the collector when the
+    # worker stops (a program may go on after ``App.run_worker``).
+    gc.freeze()
+    try:
+        return run_foreground(runner, control, grace, supervisor_pid, end_process=end_process)
+    finally:
+        gc.unfreeze()
 
 
 def run_worker(kernel: Kernel, runner: Runner, *, grace: float, connect_timeout: float) -> None:

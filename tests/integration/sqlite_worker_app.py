@@ -7,6 +7,7 @@ so tests can count runs.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 
@@ -39,3 +40,9 @@ def add(x: int, y: int) -> int:
     """Add two numbers."""
     note_run()
     return x + y
+
+
+@app.task(name="it.gc_frozen")
+def gc_frozen() -> int:
+    """How many objects the worker process moved out of the collector's generations."""
+    return gc.get_freeze_count()

@@ -46,6 +46,20 @@ def test_a_producer_and_two_worker_processes_share_one_file(tmp_path: Path) -> N
     assert worker.returncode == 0
 
 
+def test_a_worker_process_serves_with_what_its_start_up_made_frozen(tmp_path: Path) -> None:
+    # A full collection then walks only what was made since: the modules, the app and
+    # its connections (tens of thousands of objects) are frozen before the first task.
+    url = f"sqlite:///{tmp_path}/tasks.db?lease={LEASE}"
+    worker = start_worker(url, tmp_path / "runs.txt")
+    try:
+        with App("producer", broker=url) as app:
+            frozen = app.send_task("it.gc_frozen").get(timeout=30)
+        assert isinstance(frozen, int) and frozen > 10_000
+    finally:
+        stop(worker)
+    assert worker.returncode == 0
+
+
 def test_a_task_of_a_sigkilled_worker_is_delivered_again_to_another(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/tasks.db?lease={LEASE}"
     runs = tmp_path / "runs.txt"
