@@ -23,7 +23,7 @@ from .._tls import Security, explain, resolve, url_with
 from .._waiters import within
 from ..errors import BrokerError, ConfigError
 from ..urls import mask_url, parse_url
-from .kept import RECONNECT, Kept, hiredis_packed
+from .kept import RECONNECT, PoolKept, hiredis_packed
 from .scripts import load_script
 
 __all__ = [
@@ -250,7 +250,7 @@ class Connection:
         self._what = "broker" if role == "broker" else "result store"
         self._client: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
-        self._kept: Kept[AbstractConnection] = Kept(_KEEP)  # for run's direct path
+        self._kept = PoolKept(_KEEP, lambda: self._client)  # for run's direct path
 
     def key(self, *parts: str) -> str:
         """A key in this namespace (``{prefix}:a:b``)."""
@@ -312,7 +312,7 @@ class Connection:
         registered = self._scripts[script]
         conn = self._kept.idle()
         if conn is None:
-            conn = await self._keep(client)
+            conn = await self._kept.take(client)
         if conn is None:
             return await self._run_client(registered, args)
         try:
@@ -325,12 +325,12 @@ class Connection:
             self._kept.give_back(conn)
             raise self.error(exc) from None
         except RECONNECT:
-            await self._drop(client, conn)
+            await self._kept.drop(client, conn)
             return await self._run_client(registered, args)
         except BaseException:
             # Cancelled with a reply in flight: the client disconnected it, and it goes
             # back to the pool (which connects it again on its next use).
-            await self._drop(client, conn)
+            await self._kept.drop(client, conn)
             raise
         self._kept.give_back(conn)
         return reply
@@ -340,30 +340,6 @@ class Connection:
             return await registered(args=args)
         except (RedisError, OSError) as exc:
             raise self.error(exc) from None
-
-    async def _keep(self, client: aioredis.Redis) -> AbstractConnection | None:
-        """A connection of the pool kept for :meth:`run`'s direct path, or None: at most
-        :data:`_KEEP` are kept, so the client's own calls always find the rest."""
-        if not self._kept.reserve():
-            return None
-        try:
-            pool: Any = client.connection_pool  # redis-py leaves get_connection untyped
-            conn: AbstractConnection = await pool.get_connection()
-        except Exception:
-            if client is self._client:
-                self._kept.forget()
-            return None  # the client's own call meets the error, with its retries
-        if client is not self._client:  # closed (and maybe opened again) meanwhile
-            await self._drop(client, conn)
-            return None
-        return conn
-
-    async def _drop(self, client: aioredis.Redis, conn: AbstractConnection) -> None:
-        if client is self._client:
-            self._kept.forget()
-        with contextlib.suppress(Exception):
-            await conn.disconnect()
-            await client.connection_pool.release(conn)
 
     def sha(self, script: str) -> str:
         """The SHA1 of a registered script (for ``EVALSHA`` in a pipeline of one's own)."""

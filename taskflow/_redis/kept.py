@@ -7,7 +7,10 @@ retry wrapper, hooks) costs more CPU time than the round trip. :class:`Kept` is 
 share: which connections are kept and free, and how many are kept, within a limit that
 leaves the rest of the pool to the client's own calls. :data:`RECONNECT` names the errors
 after which a direct call drops its connection and goes through the client's call instead,
-which retries them. :func:`hiredis_packed` is how both pack a command.
+which retries them. :func:`hiredis_packed` is how both pack a command. :class:`PoolKept`
+adds what the asyncio paths (the script calls, and the wait of an idle fetch with the
+fetch behind it) share: taking a connection from a pool that may have been closed and
+opened again meanwhile, and dropping one.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["RECONNECT", "Kept", "hiredis_packed"]
+__all__ = ["RECONNECT", "Kept", "PoolKept", "hiredis_packed"]
 
 RECONNECT = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -99,3 +103,38 @@ class Kept(Generic[C]):
         with self._lock:
             idle, self._idle, self._count = self._idle, [], 0
         return idle
+
+
+class PoolKept(Kept[AbstractConnection]):
+    """:class:`Kept` connections of an asyncio client's pool, for an owner that may close
+    its client and open another (``current`` returns the owner's client now)."""
+
+    def __init__(self, limit: int, current: Callable[[], Any]) -> None:
+        super().__init__(limit)
+        self._current = current
+
+    async def take(self, client: Any) -> AbstractConnection | None:
+        """A connection of ``client``'s pool kept for the direct path, or None: at most
+        ``limit`` are kept, so the client's own calls always find the rest."""
+        if not self.reserve():
+            return None
+        try:
+            pool: Any = client.connection_pool  # redis-py leaves get_connection untyped
+            conn: AbstractConnection = await pool.get_connection()
+        except Exception:
+            if client is self._current():
+                self.forget()
+            return None  # the client's own call meets the error, with its retries
+        if client is not self._current():  # closed (and maybe opened again) meanwhile
+            await self.drop(client, conn)
+            return None
+        return conn
+
+    async def drop(self, client: Any, conn: AbstractConnection) -> None:
+        """Disconnect ``conn`` (a reply may be in flight on it) and give it back to
+        ``client``'s pool, kept no more."""
+        if client is self._current():
+            self.forget()
+        with contextlib.suppress(Exception):
+            await conn.disconnect()
+            await client.connection_pool.release(conn)

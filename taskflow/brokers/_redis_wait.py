@@ -39,7 +39,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError, ResponseError
 
 from .._redis.connection import Connection, redis_client
-from .._redis.kept import RECONNECT, Kept
+from .._redis.kept import RECONNECT, PoolKept
 from ..clock import Clock
 from ..errors import BrokerError
 from .base import Delivery
@@ -105,7 +105,7 @@ class IdleWait:
         self._conn = conn
         self._clock = clock
         self._blocker: aioredis.Redis | None = None
-        self._kept: Kept[AbstractConnection] = Kept(_KEEP)
+        self._kept = PoolKept(_KEEP, lambda: self._blocker)
         self._rings: set[asyncio.Task[None]] = set()
 
     def open(self) -> None:
@@ -243,7 +243,7 @@ class IdleWait:
         the module's notes), else through the client's pipeline."""
         conn = self._kept.idle()
         if conn is None:
-            conn = await self._keep(blocker)
+            conn = await self._kept.take(blocker)
         if conn is None:
             return await self._pipelined(blocker, keys, wait, after)
         try:
@@ -252,11 +252,11 @@ class IdleWait:
             await conn.send_packed_command(packed)
             replies = [await _reply_or_error(conn), await _reply_or_error(conn)]
         except RECONNECT:
-            await self._drop(blocker, conn)
+            await self._kept.drop(blocker, conn)
             return await self._pipelined(blocker, keys, wait, after)
         except BaseException:
             # Cancelled with a reply in flight: that connection cannot be used again.
-            await self._drop(blocker, conn)
+            await self._kept.drop(blocker, conn)
             raise
         self._kept.give_back(conn)
         return replies[1]
@@ -269,30 +269,6 @@ class IdleWait:
             pipe.blpop(keys, timeout=round(wait, 3))
             pipe.evalsha(after.sha, 0, *after.args)
             return (await pipe.execute(raise_on_error=False))[1]
-
-    async def _keep(self, blocker: aioredis.Redis) -> AbstractConnection | None:
-        """A connection of the blocking pool kept for :meth:`_send_pair`, or None (at most
-        :data:`_KEEP`: the client's own calls always find the rest)."""
-        if not self._kept.reserve():
-            return None
-        try:
-            pool: Any = blocker.connection_pool  # redis-py leaves get_connection untyped
-            conn: AbstractConnection = await pool.get_connection()
-        except Exception:
-            if blocker is self._blocker:
-                self._kept.forget()
-            return None  # the client's own pipeline meets the error, with its retries
-        if blocker is not self._blocker:  # closed (and maybe opened again) meanwhile
-            await self._drop(blocker, conn)
-            return None
-        return conn
-
-    async def _drop(self, blocker: aioredis.Redis, conn: AbstractConnection) -> None:
-        if blocker is self._blocker:
-            self._kept.forget()
-        with contextlib.suppress(Exception):
-            await conn.disconnect()
-            await blocker.connection_pool.release(conn)
 
     async def _hand_back(self, own: str, sent: asyncio.Future[Any], after: FetchAfter) -> None:
         """A wait with a fetch behind it was cancelled: end the wait (push its own key),

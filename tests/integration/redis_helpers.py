@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -91,6 +92,20 @@ def private_url(data_dir: Path, lease: float) -> Iterator[str]:
         finally:
             client.close()
         yield f"redis://127.0.0.1:{port}/0?prefix=tfit&lease={lease}"
+
+
+def count_checkouts(pool: Any) -> list[int]:
+    """Count the connections taken from the asyncio pool ``pool`` from now on (the list's
+    one item)."""
+    calls = [0]
+    checkout = pool.get_connection
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return await checkout(*args, **kwargs)
+
+    pool.get_connection = counted
+    return calls
 
 
 def script_calls(client: redis.Redis) -> int:

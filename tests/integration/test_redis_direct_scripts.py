@@ -16,7 +16,7 @@ import redis
 from taskflow.brokers.base import Message
 from taskflow.brokers.redis import RedisBroker
 from taskflow.errors import BrokerError
-from tests.integration.redis_helpers import connected, fresh_url, private_redis
+from tests.integration.redis_helpers import connected, count_checkouts, fresh_url, private_redis
 
 pytestmark = pytest.mark.integration
 
@@ -27,16 +27,7 @@ def url() -> Iterator[str]:
 
 
 def _count_checkouts(broker: RedisBroker) -> list[int]:
-    pool: Any = broker._conn.client().connection_pool  # noqa: SLF001
-    calls = [0]
-    checkout = pool.get_connection
-
-    async def counted(*args: Any, **kwargs: Any) -> Any:
-        calls[0] += 1
-        return await checkout(*args, **kwargs)
-
-    pool.get_connection = counted
-    return calls
+    return count_checkouts(broker._conn.client().connection_pool)  # noqa: SLF001
 
 
 def test_script_calls_one_after_another_take_one_connection_from_the_pool(url: str) -> None:

@@ -19,7 +19,12 @@ import redis
 
 from taskflow.brokers.base import Message
 from taskflow.brokers.redis import RedisBroker
-from tests.integration.redis_helpers import connected, fresh_url, private_redis
+from tests.integration.redis_helpers import (
+    connected,
+    count_checkouts,
+    fresh_url,
+    private_redis,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -174,16 +179,7 @@ def test_a_lease_taken_by_the_fetch_that_emptied_the_queue_is_reclaimed_when_it_
 
 def _count_wait_checkouts(broker: RedisBroker) -> list[int]:
     """Counts the connections the waits take from their blocking pool."""
-    pool: Any = broker._waits._blocker.connection_pool  # noqa: SLF001
-    calls = [0]
-    checkout = pool.get_connection
-
-    async def counted(*args: Any, **kwargs: Any) -> Any:
-        calls[0] += 1
-        return await checkout(*args, **kwargs)
-
-    pool.get_connection = counted
-    return calls
+    return count_checkouts(broker._waits._blocker.connection_pool)  # noqa: SLF001
 
 
 async def _pick_up(broker: RedisBroker, queue: str, mid: str) -> None:
