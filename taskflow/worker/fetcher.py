@@ -234,7 +234,10 @@ class Fetcher:
                 if got and len(got) < credits:
                     # The broker had no more: the next fetch most often only waits. Let the
                     # jobs just started take their first step (their ``running`` record
-                    # goes out) before it. A full batch goes straight on to the next fetch.
+                    # goes out), and a sync body handed to an idle thread start on it (a
+                    # step later: ``BodyThreads._hand_over``), before it. A full batch goes
+                    # straight on to the next fetch.
+                    await asyncio.sleep(0)
                     await asyncio.sleep(0)
                 if got or not until_idle:
                     continue
