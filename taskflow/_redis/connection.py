@@ -319,10 +319,12 @@ class Connection:
             await conn.send_command("EVALSHA", registered.sha, 0, *args)
             reply = await conn.read_response()
         except NoScriptError:  # a restarted server: the client's call loads it again
-            self._kept.give_back(conn)
+            if not self._kept.release(client, conn):
+                await self._kept.drop(client, conn)
             return await self._run_client(registered, args)
         except ResponseError as exc:  # the script's own error: the connection is fine
-            self._kept.give_back(conn)
+            if not self._kept.release(client, conn):
+                await self._kept.drop(client, conn)
             raise self.error(exc) from None
         except RECONNECT:
             await self._kept.drop(client, conn)
@@ -332,7 +334,8 @@ class Connection:
             # back to the pool (which connects it again on its next use).
             await self._kept.drop(client, conn)
             raise
-        self._kept.give_back(conn)
+        if not self._kept.release(client, conn):
+            await self._kept.drop(client, conn)
         return reply
 
     async def _run_client(self, registered: Any, args: Sequence[Any]) -> Any:

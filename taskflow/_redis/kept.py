@@ -130,6 +130,15 @@ class PoolKept(Kept[AbstractConnection]):
             return None
         return conn
 
+    def release(self, client: Any, conn: AbstractConnection) -> bool:
+        """``conn``, taken from ``client``'s pool, is free again: kept for the next call,
+        unless the owner closed that client meanwhile; False then, and the caller
+        :meth:`drop` s it (back to its pool), so that a reopened owner never gets it."""
+        if client is not self._current():
+            return False
+        self.give_back(conn)
+        return True
+
     async def drop(self, client: Any, conn: AbstractConnection) -> None:
         """Disconnect ``conn`` (a reply may be in flight on it) and give it back to
         ``client``'s pool, kept no more."""

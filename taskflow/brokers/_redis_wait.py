@@ -258,7 +258,8 @@ class IdleWait:
             # Cancelled with a reply in flight: that connection cannot be used again.
             await self._kept.drop(blocker, conn)
             raise
-        self._kept.give_back(conn)
+        if not self._kept.release(blocker, conn):
+            await self._kept.drop(blocker, conn)
         return replies[1]
 
     @staticmethod

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import redis
 
+from taskflow._redis.connection import redis_client
+from taskflow._redis.kept import PoolKept
 from taskflow.brokers.base import Message
 from taskflow.brokers.redis import RedisBroker
 from taskflow.errors import BrokerError
@@ -115,3 +117,28 @@ def test_script_calls_survive_a_script_flush_and_killed_connections(tmp_path: Pa
                 admin.close()
 
         asyncio.run(main())
+
+
+def test_a_connection_freed_after_its_client_was_closed_is_not_kept(url: str) -> None:
+    # A call in flight while its owner closes (and maybe opens again) gives its connection
+    # back afterwards: that connection belongs to the closed pool and must not be kept
+    # for the owner's next calls, nor counted against its limit.
+    async def main() -> None:
+        first = redis_client(url.split("?", 1)[0], 5.0, 5.0)
+        owner: dict[str, Any] = {"client": first}
+        kept = PoolKept(1, lambda: owner["client"])
+        conn = await kept.take(first)
+        assert conn is not None
+        assert kept.release(first, conn) and kept.idle() is conn  # the owner's own: kept
+        owner["client"] = second = redis_client(url.split("?", 1)[0], 5.0, 5.0)
+        kept.reset()  # the owner closed the first client and opened another
+        assert kept.release(first, conn) is False
+        await kept.drop(first, conn)
+        assert kept.idle() is None
+        again = await kept.take(second)  # the limit of one is free for the new client
+        assert again is not None and again is not conn
+        assert kept.release(second, again)
+        await first.aclose()
+        await second.aclose()
+
+    asyncio.run(main())
