@@ -197,14 +197,14 @@ def main() -> None:
     what = "one INCR each" + (", results stored" if args.store else "")
     what += ", each failing" if args.fail else ""
     print(f"taskflow pools benchmark: {args.tasks:,} sync tasks ({what}), {args.url}")
-    print(f"{'worker options':28}{'start-up s':>12}{'drain/s':>10}{'worker µs/task':>16}"
+    print(f"{'worker options':34}{'start-up s':>12}{'drain/s':>10}{'worker µs/task':>16}"
           f"{'of it children':>16}{'Redis µs/task':>15}{'scripts/task':>14}")  # fmt: skip
     try:
         for options in args.configs:
             startup, rate, cpu, kids, server, calls = drain(
                 bench, url, options, args.tasks, args.store, args.fail
             )
-            print(f"{options:28}{startup:12.2f}{rate:10,.0f}{cpu:16.1f}{kids:16.1f}"
+            print(f"{options:34}{startup:12.2f}{rate:10,.0f}{cpu:16.1f}{kids:16.1f}"
                   f"{server:15.1f}{calls:14.2f}", flush=True)  # fmt: skip
     finally:
         drop_keys(client, "*taskflow-pools*")

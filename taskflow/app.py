@@ -38,6 +38,7 @@ from .results.handle import AsyncResult
 from .task import Task, register
 from .urls import mask_url
 from .worker import Worker
+from .worker.affinity import check_choice
 from .worker.foreground import run_worker
 
 if TYPE_CHECKING:
@@ -266,6 +267,7 @@ class App:
         *,
         grace: float = 30.0,
         connect_timeout: float = 60.0,
+        cpu_affinity: str = "off",
         **options: Any,
     ) -> None:
         """Run a worker in the foreground until SIGTERM/SIGINT, like ``taskflow worker``.
@@ -274,9 +276,18 @@ class App:
         first signal stops gracefully (``grace`` seconds for running tasks), a second
         SIGINT stops now. Raises ``WorkerCrashed`` when a worker stage died. Task threads
         still running after the stop end the process (see ``docs/guide.md``).
+        ``cpu_affinity="auto"`` keeps the process's threads on one CPU of their own while
+        it runs (thread pool only; see "CPU affinity" in ``docs/guide.md``).
         """
+        affinity = check_choice(cpu_affinity, options.get("pool", "threads"))
         worker = self.worker(queues=queues, concurrency=concurrency, **options)
-        run_worker(self.kernel, worker, grace=grace, connect_timeout=connect_timeout)
+        run_worker(
+            self.kernel,
+            worker,
+            grace=grace,
+            connect_timeout=connect_timeout,
+            cpu_affinity=affinity,
+        )
 
     # -- periodic tasks --------------------------------------------------------------
     def periodic(self, **spec: Unpack[ScheduleSpec]) -> PeriodicDecorator:

@@ -24,6 +24,7 @@ import click
 from .. import __version__
 from ..app import App
 from ..errors import ConfigError, TaskflowError
+from ..worker.affinity import AFFINITY_CHOICES, check_choice
 from ..worker.foreground import serve
 from ..worker.signals import StopControl
 from .beat import beat, schedules, with_beat
@@ -76,6 +77,7 @@ class WorkerOptions:
     pool: str = "threads"
     max_tasks_per_child: int | None = None
     max_memory_per_child: float | None = None
+    cpu_affinity: str = "off"
 
     def child_command(self) -> list[str]:
         """The command a supervised worker process runs: this command with ``-P 1``."""
@@ -103,6 +105,8 @@ class WorkerOptions:
             command += ["--max-tasks-per-child", str(self.max_tasks_per_child)]
         if self.max_memory_per_child is not None:
             command += ["--max-memory-per-child", repr(self.max_memory_per_child)]
+        if self.cpu_affinity != "off":
+            command += ["--cpu-affinity", self.cpu_affinity]
         return command
 
 
@@ -195,6 +199,16 @@ def cli() -> None:
     metavar="MB",
     help="With --pool processes: replace a child whose resident memory exceeds MB after a task.",
 )
+@click.option(
+    "--cpu-affinity",
+    "cpu_affinity",
+    type=click.Choice(list(AFFINITY_CHOICES), case_sensitive=False),
+    default="off",
+    show_default=True,
+    envvar="TASKFLOW_CPU_AFFINITY",
+    help="auto: keep each worker process's threads on one CPU of its own (thread pool "
+    "only; faster sync bodies, see docs/guide.md).",
+)
 @click.pass_context
 def worker(  # noqa: PLR0917 -- click passes every option as an argument
     ctx: click.Context,
@@ -212,6 +226,7 @@ def worker(  # noqa: PLR0917 -- click passes every option as an argument
     pool: str,
     max_tasks_per_child: int | None,
     max_memory_per_child: float | None,
+    cpu_affinity: str,
 ) -> None:
     """Run a worker in the foreground until SIGTERM or SIGINT (twice: stop now)."""
     if not app_spec:
@@ -230,9 +245,18 @@ def worker(  # noqa: PLR0917 -- click passes every option as an argument
         pool.lower(),
         max_tasks_per_child,
         max_memory_per_child,
+        _affinity(cpu_affinity, pool),
     )
     code = _supervise(options, processes) if processes > 1 else _run_one(options)
     ctx.exit(code)
+
+
+def _affinity(choice: str, pool: str) -> str:
+    try:
+        return check_choice(choice, pool.lower())
+    except ValueError as exc:
+        text = str(exc).replace("cpu_affinity='auto'", "--cpu-affinity auto")
+        raise click.UsageError(text) from None
 
 
 def _split_queues(values: Sequence[str]) -> list[str]:
@@ -280,6 +304,7 @@ def _run_one(options: WorkerOptions) -> int:
                 connect_timeout=options.connect_timeout,
                 supervisor_pid=_supervisor_pid(),
                 end_process=True,
+                cpu_affinity=options.cpu_affinity,
             )
         except (ConfigError, ValueError) as exc:
             raise CliError(str(exc)) from None

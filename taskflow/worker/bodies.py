@@ -16,9 +16,9 @@ of a sync task.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
-import queue
 import threading
 from collections.abc import Callable
 from typing import Any, Final
@@ -158,18 +158,41 @@ class BodyRun:
         return True
 
 
+class _Slot:
+    """One thread of :class:`BodyThreads`: the run handed to it, and the lock it sleeps on
+    while it has none (held while the thread is idle; released to wake it)."""
+
+    __slots__ = ("run", "wake")
+
+    def __init__(self, run: BodyRun | None) -> None:
+        self.run = run
+        self.wake = threading.Lock()
+        self.wake.acquire()
+
+
 class BodyThreads:
     """The threads that run one worker's sync bodies (at most ``size``, started as needed).
 
     :meth:`submit` is called on the loop; outcomes come back to the loop in batches.
 
+    Each idle thread sleeps on a lock of its own, and a run goes to the thread that became
+    idle last (a stack): a worker that gets one task at a time keeps one thread busy and
+    wakes no other, where threads waiting on one shared queue would take turns (each
+    wake-up of a cold thread costs several context switches, and the interpreter lock
+    changing hands among them). A thread that finishes a body takes the next waiting run
+    without sleeping, and counts as idle before it hands its outcome to the loop, so that
+    a task that arrives in answer to that outcome finds it idle rather than starting
+    another thread. A new thread starts only when none is idle and fewer than ``size``
+    run.
+
     A single body handed to an idle pool is started at once: one step of the loop after
-    :meth:`submit`, if it is still the only body, the loop waits (at most
-    :attr:`handoff_wait` seconds, without the interpreter lock) for a thread to take it.
-    Otherwise the woken thread would get the interpreter lock only when the loop next
-    blocks in a system call, after its next fetch and whatever else is ready: 0.3-0.6 ms
-    of a pickup. Several bodies at once (a drain) are not waited for: the loop has their
-    outcomes and its next fetch to see to, and the threads start when it blocks.
+    :meth:`submit`, if it is still the only body running and the only one submitted in
+    that step, the loop waits (at most :attr:`handoff_wait` seconds, without the
+    interpreter lock) for its thread to take it. Otherwise the woken thread would get the
+    interpreter lock only when the loop next blocks in a system call, after its next fetch
+    and whatever else is ready: 0.3-0.6 ms of a pickup. Several bodies at once (a drain)
+    are not waited for: the loop has their outcomes and its next fetch to see to, and the
+    threads start when it blocks.
     """
 
     handoff_wait = 0.0005
@@ -178,13 +201,17 @@ class BodyThreads:
         self._loop = loop
         self._size = max(1, size)
         self._name = name
-        self._inbox: queue.SimpleQueue[BodyRun | None] = queue.SimpleQueue()
         self.threads: list[threading.Thread] = []
-        self._busy = 0  # submitted and not yet delivered (loop side only)
         self._lock = threading.Lock()
+        # Under ``_lock``: the idle threads (the last to become idle at the end), the runs
+        # waiting for a thread, the outcomes waiting for the loop.
+        self._idle: list[_Slot] = []
+        self._slots: list[_Slot] = []  # one per thread
+        self._pending: collections.deque[BodyRun] = collections.deque()
         self._ready: list[BodyRun] = []
         self._scheduled = False
         self._closed = False
+        self._last: BodyRun | None = None  # the run submitted last
         self.handed_over = 0  # bodies the loop waited for a thread to start (a test seam)
 
     def submit(
@@ -198,20 +225,42 @@ class BodyThreads:
         if self._closed:
             raise RuntimeError("the worker's threads are closed")
         run = BodyRun(fn, args, kwargs, ctx, self._loop.create_future())
-        idle = self._busy == 0 and bool(self.threads)
-        self._busy += 1
-        if self._busy > len(self.threads) and len(self.threads) < self._size:
-            self._start_thread()
-        self._inbox.put(run)
-        if idle:
+        slot: _Slot | None = None
+        start = False
+        with self._lock:
+            if self._idle:
+                slot = self._idle.pop()
+                slot.run = run
+                alone = len(self._idle) == len(self.threads) - 1
+            else:
+                # A thread that has returned from its body takes the next run without
+                # sleeping: a new thread would be a second one taking turns with it.
+                finishing = self._finishing()
+                if len(self.threads) < self._size and not finishing:
+                    start = True
+                    alone = False
+                else:
+                    self._pending.append(run)
+                    alone = finishing and len(self._idle) == len(self.threads) - 1
+        self._last = run
+        if slot is not None:
+            slot.wake.release()
+        elif start:
+            self._start_thread(run)
+        if alone:
             self._loop.call_soon(self._hand_over, run)
         return run
 
+    def _finishing(self) -> bool:
+        # Under ``_lock``: whether a thread has returned from its body and not yet taken
+        # the next run or gone idle.
+        return any(slot.run is not None and slot.run.state >= _DONE for slot in self._slots)
+
     def _hand_over(self, run: BodyRun) -> None:
-        # On the loop, one step after ``run`` was submitted to an idle pool: if it is still
+        # On the loop, one step after ``run`` was handed to an idle pool: if it is still
         # the only body, let its thread take it now (see the class's docstring).
-        if self._busy != 1:
-            return
+        if self._last is not run or len(self._idle) != len(self.threads) - 1:
+            return  # another body was submitted since, or another thread runs one
         handoff = threading.Lock()
         handoff.acquire()
         with run.lock:
@@ -221,39 +270,47 @@ class BodyThreads:
         if handoff.acquire(timeout=self.handoff_wait):
             self.handed_over += 1
 
-    def _start_thread(self) -> None:
+    def _start_thread(self, run: BodyRun) -> None:
+        slot = _Slot(run)
+        self._slots.append(slot)
         thread = threading.Thread(
-            target=self._serve, name=f"{self._name}_{len(self.threads)}", daemon=True
+            target=self._serve, args=(slot,), name=f"{self._name}_{len(self.threads)}", daemon=True
         )
         self.threads.append(thread)
         thread.start()
 
-    def _serve(self) -> None:
-        get, post = self._inbox.get, self._post
-        while True:
-            run = get()
-            if run is None:
-                return
-            if run.call():
-                post(run)
-
-    def _post(self, run: BodyRun) -> None:
-        # In a body's thread: hand the outcome to the loop, batched with any others that
-        # finished since the loop last took them.
-        with self._lock:
-            self._ready.append(run)
-            if self._scheduled:
-                return
-            self._scheduled = True
-        # A closed loop raises RuntimeError: nobody awaits the outcome any more.
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._deliver)
+    def _serve(self, slot: _Slot) -> None:
+        lock, pending, idle = self._lock, self._pending, self._idle
+        run = slot.run
+        while run is not None:
+            posted = run.call()
+            wake_loop = sleep = False
+            with lock:
+                if posted:
+                    # The outcome goes to the loop batched with any others that finished
+                    # since the loop last took them (one wake-up of the loop for all).
+                    self._ready.append(run)
+                    wake_loop = not self._scheduled
+                    self._scheduled = True
+                if pending:
+                    run = slot.run = pending.popleft()
+                else:
+                    run = slot.run = None
+                    if not self._closed:
+                        idle.append(slot)
+                        sleep = True
+            if wake_loop:
+                # A closed loop raises RuntimeError: nobody awaits the outcome any more.
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._deliver)
+            if sleep:
+                slot.wake.acquire()  # released by submit() (with a run) or close() (none)
+                run = slot.run
 
     def _deliver(self) -> None:
         with self._lock:
             ready, self._ready = self._ready, []
             self._scheduled = False
-        self._busy -= len(ready)
         for run in ready:
             fut = run.fut
             if not fut.done():  # else the awaiting task was cancelled
@@ -268,19 +325,22 @@ class BodyThreads:
 
     def cancelled(self, run: BodyRun) -> None:
         """On the loop: ``run`` was cancelled before it started (it frees its place)."""
-        self._busy -= 1
         waiters, run.waiters = run.waiters, None
         for waiter in waiters or ():
             if not waiter.done():
                 waiter.set_result(None)
 
     def close(self) -> None:
-        """Let every thread end once it is idle (a body still running is not waited for)."""
+        """Let every thread end once it is idle (a body still running is not waited for;
+        runs still waiting for a thread run first)."""
         if self._closed:
             return
-        self._closed = True
-        for _ in self.threads:
-            self._inbox.put(None)
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for slot in idle:
+            slot.run = None
+            slot.wake.release()
 
 
 async def run_sync(

@@ -33,6 +33,7 @@ from typing import NoReturn, Protocol
 
 from ..errors import BrokerError, WorkerCrashed, mask_url
 from ..kernel import Kernel
+from .affinity import pin_process
 from .signals import GRACEFUL, HARD, StopControl, signal_name
 
 __all__ = [
@@ -300,10 +301,13 @@ def serve(
     connect_timeout: float,
     supervisor_pid: int | None = None,
     end_process: bool = False,
+    cpu_affinity: str = "off",
 ) -> int:
     """Connect the app (see :func:`connect`), then :func:`run_foreground` ``runner``.
 
-    Returns the exit status: :data:`EXIT_OK` also when a stop signal came while connecting.
+    With ``cpu_affinity="auto"``, the process's threads are kept on one CPU of their own
+    while the worker runs (:mod:`.affinity`). Returns the exit status: :data:`EXIT_OK` also
+    when a stop signal came while connecting.
     """
     if not connect(kernel, control, connect_timeout):
         runner.stop_now()  # never started: marks it stopped
@@ -314,13 +318,23 @@ def serve(
     # pickup meets it: python -m bench.gc_pause). Given back to the collector when the
     # worker stops (a program may go on after ``App.run_worker``).
     gc.freeze()
+    claim = pin_process() if cpu_affinity == "auto" else None
     try:
         return run_foreground(runner, control, grace, supervisor_pid, end_process=end_process)
     finally:
+        if claim is not None:
+            claim.release()
         gc.unfreeze()
 
 
-def run_worker(kernel: Kernel, runner: Runner, *, grace: float, connect_timeout: float) -> None:
+def run_worker(
+    kernel: Kernel,
+    runner: Runner,
+    *,
+    grace: float,
+    connect_timeout: float,
+    cpu_affinity: str = "off",
+) -> None:
     """``App.run_worker``: :func:`serve` with the command line's signal handling.
 
     Raises :class:`BrokerError` when the broker stays unreachable and
@@ -334,6 +348,7 @@ def run_worker(kernel: Kernel, runner: Runner, *, grace: float, connect_timeout:
             grace=grace,
             connect_timeout=connect_timeout,
             end_process=True,
+            cpu_affinity=cpu_affinity,
         )
     if code == EXIT_CRASHED:
         fatal = runner.fatal

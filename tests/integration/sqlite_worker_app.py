@@ -42,6 +42,12 @@ def add(x: int, y: int) -> int:
     return x + y
 
 
+@app.task(name="it.cpus")
+def cpus() -> list[int]:
+    """The CPUs the body's thread may run on."""
+    return sorted(os.sched_getaffinity(0))
+
+
 @app.task(name="it.gc_frozen")
 def gc_frozen() -> int:
     """How many objects the worker process moved out of the collector's generations."""

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from taskflow.context import TaskContext
-from taskflow.worker.bodies import BodyThreads, run_sync
+from taskflow.worker.bodies import BodyRun, BodyThreads, run_sync
 
 
 class _CountingLoop:
@@ -196,4 +196,59 @@ async def _a_hand_over_past_its_bound_still_runs_the_body_once() -> None:
     for i in range(20):
         assert await run_sync(threads, ran.append, (i,), {}, _ctx(i)) is None
     assert ran == list(range(20))
+    _close(threads)
+
+
+def test_one_body_at_a_time_goes_to_the_thread_that_became_idle_last() -> None:
+    asyncio.run(_one_body_at_a_time_goes_to_the_thread_that_became_idle_last())
+
+
+async def _one_body_at_a_time_goes_to_the_thread_that_became_idle_last() -> None:
+    threads = BodyThreads(asyncio.get_running_loop(), 3, "test")
+    gates = [threading.Event() for _ in range(3)]
+    busy = [threads.submit(gate.wait, (), {}, _ctx(i)) for i, gate in enumerate(gates)]
+    assert len(threads.threads) == 3
+    for gate, run in zip(gates, busy, strict=True):  # idle one after the other
+        gate.set()
+        await run.fut
+    last = busy[-1]
+    assert last.ident is not None
+    # Threads taking turns would each wake (and be cold) in their turn; one serves them all.
+    ran = [await run_sync(threads, threading.get_ident, (), {}, _ctx(i)) for i in range(10)]
+    assert set(ran) == {last.ident}
+    assert len(threads.threads) == 3
+    _close(threads)
+
+
+def test_a_body_submitted_while_a_thread_finishes_waits_for_it_instead_of_a_new_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each thread, after a body returned, waits here before it takes the next run or goes
+    # idle: the moment in which a task sent in answer to the outcome may arrive.
+    finishing = threading.Event()
+    proceed = threading.Event()
+    call = BodyRun.call
+
+    def call_then_wait(run: BodyRun) -> bool:
+        ran = call(run)
+        finishing.set()
+        assert proceed.wait(10)
+        return ran
+
+    monkeypatch.setattr(BodyRun, "call", call_then_wait)
+    asyncio.run(_a_body_submitted_while_a_thread_finishes_waits_for_it(finishing, proceed))
+
+
+async def _a_body_submitted_while_a_thread_finishes_waits_for_it(
+    finishing: threading.Event, proceed: threading.Event
+) -> None:
+    threads = BodyThreads(asyncio.get_running_loop(), 4, "test")
+    threads.handoff_wait = 0.0
+    first = threads.submit(threading.get_ident, (), {}, _ctx(1))
+    assert finishing.wait(10) and first.done()
+    second = threads.submit(threading.get_ident, (), {}, _ctx(2))
+    assert len(threads.threads) == 1  # no second thread to take turns with the first
+    proceed.set()
+    assert await second.fut == await first.fut
+    assert len(threads.threads) == 1
     _close(threads)

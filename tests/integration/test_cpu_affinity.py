@@ -1,0 +1,108 @@
+"""``--cpu-affinity auto``: real worker processes keep their threads on one CPU of their
+own, the processes of ``-P 2`` on different ones; without it nothing is pinned."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from taskflow import App
+from tests.integration.redis_helpers import ROOT, stop, wait_until
+from tests.integration.sqlite_helpers import APP_SPEC, start_worker
+
+pytestmark = pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs Linux and at least two CPUs",
+)
+
+
+def thread_cpus(pid: int) -> dict[int, str]:
+    """Each thread of process ``pid`` and the CPUs it may run on (``Cpus_allowed_list``)."""
+    allowed: dict[int, str] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        except FileNotFoundError:
+            continue  # ended meanwhile
+        for line in status.splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                allowed[int(tid)] = line.split(":", 1)[1].strip()
+    return allowed
+
+
+def children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(word) for word in text.split()]
+
+
+def pinned_to(pid: int) -> str | None:
+    """The one CPU every thread of ``pid`` is pinned to, or None."""
+    cpus = set(thread_cpus(pid).values())
+    if len(cpus) == 1:
+        (only,) = cpus
+        if only.isdigit():
+            return only
+    return None
+
+
+def test_a_worker_with_auto_keeps_every_thread_on_one_cpu(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/tasks.db"
+    claims = {"XDG_RUNTIME_DIR": str(tmp_path)}
+    worker = start_worker(
+        url, tmp_path / "runs.txt", concurrency=4, options=["--cpu-affinity", "auto"], env=claims
+    )
+    try:
+        with App("producer", broker=url) as app:
+            body = app.send_task("it.cpus").get(timeout=30)
+        assert len(body) == 1  # the body's thread, started after the pin, inherited it
+        cpu = pinned_to(worker.pid)
+        assert cpu == str(body[0])
+        assert (tmp_path / f"taskflow-cpus-{os.getuid()}" / f"cpu-{cpu}.lock").exists()
+    finally:
+        stop(worker)
+    assert worker.returncode == 0
+
+
+def test_the_processes_of_one_supervisor_take_different_cpus(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/tasks.db"
+    claims = {"XDG_RUNTIME_DIR": str(tmp_path)}
+    worker = start_worker(
+        url, tmp_path / "runs.txt", processes=2, options=["--cpu-affinity", "auto"], env=claims
+    )
+    try:
+        wait_until(lambda: len(children(worker.pid)) == 2, 30, "two worker processes")
+        kids = children(worker.pid)
+        wait_until(lambda: all(pinned_to(kid) is not None for kid in kids), 30, "both pinned")
+        assert len({pinned_to(kid) for kid in kids}) == 2
+        assert pinned_to(worker.pid) is None  # the supervisor runs no tasks
+    finally:
+        stop(worker)
+    assert worker.returncode == 0
+
+
+def test_without_the_option_nothing_is_pinned(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/tasks.db"
+    worker = start_worker(url, tmp_path / "runs.txt", env={"XDG_RUNTIME_DIR": str(tmp_path)})
+    try:
+        with App("producer", broker=url) as app:
+            body = app.send_task("it.cpus").get(timeout=30)
+        assert body == sorted(os.sched_getaffinity(0))
+        assert pinned_to(worker.pid) is None
+        assert not (tmp_path / f"taskflow-cpus-{os.getuid()}").exists()
+    finally:
+        stop(worker)
+
+
+def test_auto_with_the_process_pool_is_refused_as_bad_usage(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "taskflow.cli.main", "worker", "-A", APP_SPEC]
+    command += ["--pool", "processes", "--cpu-affinity", "auto"]
+    env = {**os.environ, "TASKFLOW_BROKER_URL": f"sqlite:///{tmp_path}/t.db"}
+    done = subprocess.run(
+        command, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "--cpu-affinity auto applies to the thread pool only" in done.stderr

@@ -1,0 +1,69 @@
+"""Claiming a CPU for ``--cpu-affinity auto``: one process per CPU through lock files, a
+claim given up with its descriptor, a lock directory of the user's only."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from taskflow import App
+from taskflow.worker.affinity import check_choice, claim_cpu, claims_dir
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux only")
+
+
+def test_claims_take_different_cpus_until_none_is_left(tmp_path: Path) -> None:
+    first = claim_cpu({0, 1}, tmp_path, start=1)
+    second = claim_cpu({0, 1}, tmp_path, start=1)
+    assert first is not None and second is not None
+    assert (first.cpu, second.cpu) == (1, 0)  # the start first, then the next free one
+    assert claim_cpu({0, 1}, tmp_path) is None  # both held
+    first.release()
+    again = claim_cpu({0, 1}, tmp_path, start=0)
+    assert again is not None and again.cpu == 1  # given back with its descriptor
+    second.release()
+    again.release()
+
+
+def test_release_gives_the_threads_their_cpus_back(tmp_path: Path) -> None:
+    claim = claim_cpu({0}, tmp_path)
+    assert claim is not None
+    tid = os.getpid()  # the main thread, which runs the tests
+    allowed = os.sched_getaffinity(tid)
+    claim.before[tid] = allowed
+    os.sched_setaffinity(tid, {min(allowed)})
+    try:
+        claim.release()
+        assert os.sched_getaffinity(tid) == allowed
+    finally:
+        os.sched_setaffinity(tid, allowed)
+
+
+def test_the_lock_directory_is_private_and_refused_when_not_the_users(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    made = claims_dir()
+    assert made == tmp_path / f"taskflow-cpus-{os.getuid()}"
+    assert made.stat().st_mode & 0o777 == 0o700
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    made.rmdir()
+    made.symlink_to(other)  # planted by someone else in a shared directory
+    with pytest.raises(PermissionError, match="not a directory of this user's"):
+        claims_dir()
+
+
+def test_choices_are_checked_and_auto_is_refused_with_the_process_pool() -> None:
+    assert check_choice("AUTO", "threads") == "auto"
+    assert check_choice("off", "processes") == "off"
+    with pytest.raises(ValueError, match="one of off, auto, not 'always'"):
+        check_choice("always", "threads")
+    with pytest.raises(ValueError, match="thread pool only"):
+        check_choice("auto", "processes")
+    app = App("affinity", broker="memory://")
+    with pytest.raises(ValueError, match="thread pool only"):
+        app.run_worker(pool="processes", cpu_affinity="auto")
+    app.close()
