@@ -183,7 +183,8 @@ class BodyThreads:
     without sleeping, and counts as idle before it hands its outcome to the loop, so that
     a task that arrives in answer to that outcome finds it idle rather than starting
     another thread. A new thread starts only when none is idle and fewer than ``size``
-    run.
+    run. Runs submitted together wake one idle thread, which wakes the next as it takes
+    its run: woken all at once, the threads would contend for the interpreter lock.
 
     A single body handed to an idle pool is started at once: one step of the loop after
     :meth:`submit`, if it is still the only body running and the only one submitted in
@@ -207,6 +208,7 @@ class BodyThreads:
         # waiting for a thread, the outcomes waiting for the loop.
         self._idle: list[_Slot] = []
         self._slots: list[_Slot] = []  # one per thread
+        self._waking = False  # a thread was woken with a run and has not taken it yet
         self._pending: collections.deque[BodyRun] = collections.deque()
         self._ready: list[BodyRun] = []
         self._scheduled = False
@@ -228,10 +230,16 @@ class BodyThreads:
         slot: _Slot | None = None
         start = False
         with self._lock:
-            if self._idle:
+            if self._idle and not self._waking:
                 slot = self._idle.pop()
                 slot.run = run
+                self._waking = True
                 alone = len(self._idle) == len(self.threads) - 1
+            elif self._idle:
+                # A thread woken for a run has not taken it yet: it wakes the next one
+                # (see _chain), so that a burst does not wake every idle thread at once.
+                self._pending.append(run)
+                alone = False
             else:
                 # A thread that has returned from its body takes the next run without
                 # sleeping: a new thread would be a second one taking turns with it.
@@ -304,8 +312,22 @@ class BodyThreads:
                 with contextlib.suppress(RuntimeError):
                     self._loop.call_soon_threadsafe(self._deliver)
             if sleep:
-                slot.wake.acquire()  # released by submit() (with a run) or close() (none)
+                slot.wake.acquire()  # released with a run (submit, _chain) or none (close)
                 run = slot.run
+                if run is not None:
+                    self._chain()
+
+    def _chain(self) -> None:
+        # In a thread just woken with a run: wake the next idle thread if runs wait.
+        following: _Slot | None = None
+        with self._lock:
+            self._waking = False
+            if self._pending and self._idle:
+                following = self._idle.pop()
+                following.run = self._pending.popleft()
+                self._waking = True
+        if following is not None:
+            following.wake.release()
 
     def _deliver(self) -> None:
         with self._lock:

@@ -252,3 +252,25 @@ async def _a_body_submitted_while_a_thread_finishes_waits_for_it(
     assert await second.fut == await first.fut
     assert len(threads.threads) == 1
     _close(threads)
+
+
+def test_a_burst_wakes_one_idle_thread_which_wakes_the_next() -> None:
+    asyncio.run(_a_burst_wakes_one_idle_thread_which_wakes_the_next())
+
+
+async def _a_burst_wakes_one_idle_thread_which_wakes_the_next() -> None:
+    threads = BodyThreads(asyncio.get_running_loop(), 4, "test")
+    gate = threading.Event()
+    warm = [threads.submit(gate.wait, (), {}, _ctx(i)) for i in range(4)]
+    gate.set()
+    assert [await run.fut for run in warm] == [True] * 4  # four idle threads now
+    # Submitted in one step of the loop: one thread is woken, the others wait their turn
+    # (woken one by one as each woken thread takes its run), not all four at once.
+    runs = [threads.submit(lambda i=i: i, (), {}, _ctx(i)) for i in range(4)]
+    with threads._lock:  # noqa: SLF001 -- looked at before the woken threads get far
+        woken = 4 - len(threads._idle)  # noqa: SLF001
+        waiting = len(threads._pending)  # noqa: SLF001
+    assert woken + waiting == 4
+    assert waiting >= 2  # at most the first woken thread took its run and woke one more
+    assert [await run.fut for run in runs] == [0, 1, 2, 3]
+    _close(threads)
