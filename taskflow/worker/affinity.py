@@ -152,5 +152,9 @@ def pin_process() -> CpuClaim | None:
         except OSError:
             continue  # the thread ended meanwhile
         claim.before[tid] = before
+    if not claim.before:
+        claim.release()
+        log.warning("--cpu-affinity: no thread could be pinned; the worker is not pinned")
+        return None
     log.info("worker process %d pinned to CPU %d", os.getpid(), claim.cpu)
     return claim
