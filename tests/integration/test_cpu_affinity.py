@@ -49,12 +49,18 @@ def pinned_to(pid: int) -> str | None:
     return None
 
 
-def test_a_worker_with_auto_keeps_every_thread_on_one_cpu(tmp_path: Path) -> None:
+def start_pinned(tmp_path: Path, processes: int = 1) -> tuple[str, subprocess.Popen[bytes]]:
+    """A worker with ``--cpu-affinity auto``, its CPU claims in ``tmp_path`` (apart from
+    any other test's); returns the broker URL and the process."""
     url = f"sqlite:///{tmp_path}/tasks.db"
     claims = {"XDG_RUNTIME_DIR": str(tmp_path)}
-    worker = start_worker(
-        url, tmp_path / "runs.txt", concurrency=4, options=["--cpu-affinity", "auto"], env=claims
-    )
+    options = ["--cpu-affinity", "auto"]
+    worker = start_worker(url, tmp_path / "runs.txt", processes, 4, options=options, env=claims)
+    return url, worker
+
+
+def test_a_worker_with_auto_keeps_every_thread_on_one_cpu(tmp_path: Path) -> None:
+    url, worker = start_pinned(tmp_path)
     try:
         with App("producer", broker=url) as app:
             body = app.send_task("it.cpus").get(timeout=30)
@@ -68,11 +74,7 @@ def test_a_worker_with_auto_keeps_every_thread_on_one_cpu(tmp_path: Path) -> Non
 
 
 def test_the_processes_of_one_supervisor_take_different_cpus(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/tasks.db"
-    claims = {"XDG_RUNTIME_DIR": str(tmp_path)}
-    worker = start_worker(
-        url, tmp_path / "runs.txt", processes=2, options=["--cpu-affinity", "auto"], env=claims
-    )
+    _, worker = start_pinned(tmp_path, processes=2)
     try:
         wait_until(lambda: len(children(worker.pid)) == 2, 30, "two worker processes")
         kids = children(worker.pid)
