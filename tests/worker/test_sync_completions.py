@@ -4,6 +4,7 @@ task that awaits it; a body cancelled before it starts never runs."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from typing import Any
@@ -144,6 +145,7 @@ def test_a_single_body_handed_to_an_idle_pool_is_started_before_the_loop_goes_on
 
 async def _a_single_body_handed_to_an_idle_pool_is_started_before_the_loop_goes_on() -> None:
     threads = BodyThreads(asyncio.get_running_loop(), 1, "test")
+    threads.hand_over = True  # as on one CPU
     threads.handoff_wait = 30.0  # the hand-over, not its bound, is under test
     assert await run_sync(threads, lambda: 1, (), {}, _ctx(1)) == 1  # one idle thread now
     gate = threading.Event()
@@ -172,6 +174,7 @@ def test_bodies_submitted_together_to_an_idle_pool_are_not_waited_for() -> None:
 
 async def _bodies_submitted_together_to_an_idle_pool_are_not_waited_for() -> None:
     threads = BodyThreads(asyncio.get_running_loop(), 4, "test")
+    threads.hand_over = True
     threads.handoff_wait = 30.0
     gate = threading.Event()
     warm = [threads.submit(gate.wait, (), {}, _ctx(i)) for i in range(4)]
@@ -274,3 +277,32 @@ async def _a_burst_wakes_one_idle_thread_which_wakes_the_next() -> None:
     assert waiting >= 2  # at most the first woken thread took its run and woke one more
     assert [await run.fut for run in runs] == [0, 1, 2, 3]
     _close(threads)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux only")
+def test_the_hand_over_is_made_only_where_the_loop_runs_on_one_cpu() -> None:
+    seen: dict[str, bool] = {}
+
+    def pool_on(cpus: set[int], key: str) -> None:
+        os.sched_setaffinity(0, cpus)  # this thread's CPUs: the loop's, below
+
+        async def make() -> None:
+            threads = BodyThreads(asyncio.get_running_loop(), 1, "test")
+            seen[key] = threads.hand_over
+            if not threads.hand_over:  # a single body to an idle pool is not waited for
+                threads.handoff_wait = 30.0
+                for i in range(3):
+                    assert await run_sync(threads, lambda i=i: i, (), {}, _ctx(i)) == i
+                seen["waited"] = threads.handed_over > 0
+            _close(threads)
+
+        asyncio.run(make())
+
+    allowed = os.sched_getaffinity(0)
+    for cpus, key in (({min(allowed)}, "one"), (allowed, "all")):
+        thread = threading.Thread(target=pool_on, args=(cpus, key))
+        thread.start()
+        thread.join(30)
+    assert seen["one"] is True
+    assert seen["all"] is (len(allowed) == 1)
+    assert seen.get("waited", False) is False
