@@ -16,22 +16,38 @@ temporary directories.
 
 What it costs: the process's threads no longer run on several CPUs at once, which only
 code that releases the interpreter lock (C extensions, compression, hashing of large
-buffers) could do; and programs a task starts (``subprocess``) inherit the CPU. Such work
-belongs on the process pool (``--pool processes``), which this option does not apply to.
+buffers) could do. Such work belongs on the process pool (``--pool processes``), which this
+option does not apply to. Programs that a task starts do not inherit the CPU: an audit hook
+(``sys.addaudithook``) sees ``subprocess.Popen``, ``os.posix_spawn``, ``os.fork``,
+``os.system`` and the ``exec`` and ``spawn`` functions of :mod:`os` coming, and gives the
+calling thread the process's former CPUs before the child is made; a body's thread is
+pinned again before its next body, the loop's thread in the loop's next step.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
 import os
 import stat
+import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-__all__ = ["AFFINITY_CHOICES", "CpuClaim", "check_choice", "claim_cpu", "pin_process", "supported"]
+__all__ = [
+    "AFFINITY_CHOICES",
+    "CpuClaim",
+    "check_choice",
+    "claim_cpu",
+    "pin_process",
+    "repin_current_thread",
+    "supported",
+]
 
 AFFINITY_CHOICES = ("off", "auto")
 
@@ -74,15 +90,21 @@ def claims_dir() -> Path:
 
 @dataclass
 class CpuClaim:
-    """A CPU held by this process: its lock file's descriptor, and the CPUs each thread
-    was allowed before it was pinned (given back by :meth:`release`)."""
+    """A CPU held by this process: its lock file's descriptor, the CPUs each thread was
+    allowed before it was pinned (given back by :meth:`release`), the process's CPUs before
+    (what a program started by a task gets), and the threads unpinned to start one."""
 
     cpu: int
     fd: int
     before: dict[int, set[int]] = field(default_factory=dict)
+    allowed: set[int] = field(default_factory=set)
+    unpinned: set[int] = field(default_factory=set)
 
     def release(self) -> None:
         """Let the threads run on their former CPUs again, then give up the claim."""
+        global _active  # the one claim in force, read by the audit hook
+        if _active is self:
+            _active = None
         for tid, cpus in self.before.items():
             with contextlib.suppress(OSError):  # a thread that ended meanwhile
                 os.sched_setaffinity(tid, cpus)
@@ -90,6 +112,46 @@ class CpuClaim:
         if self.fd >= 0:
             os.close(self.fd)  # closing the descriptor drops the flock
             self.fd = -1
+
+
+# The claim in force in this process (None when it is not pinned), read by _audit.
+_active: CpuClaim | None = None
+_hooked = False
+# Audit events raised just before a child process is made (or the process replaced).
+_SPAWNS = frozenset(
+    {"subprocess.Popen", "os.posix_spawn", "os.fork", "os.forkpty", "os.system", "os.exec"}
+    | {"os.spawn", "pty.spawn"}
+)
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    # Called for every audited event of the process: return at once for the others.
+    claim = _active
+    if claim is None or event not in _SPAWNS:
+        return
+    try:
+        os.sched_setaffinity(0, claim.allowed)  # this thread: the child inherits it
+    except OSError:
+        return
+    claim.unpinned.add(threading.get_native_id())
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return  # a body's thread: pinned again before its next body
+    loop.call_soon(repin_current_thread)  # after the step that starts the child
+
+
+def repin_current_thread() -> None:
+    """Pin the calling thread again if it was unpinned to start a program (cheap when not:
+    a body's thread calls it before every body)."""
+    claim = _active
+    if claim is None or not claim.unpinned:
+        return
+    tid = threading.get_native_id()
+    if tid in claim.unpinned:
+        claim.unpinned.discard(tid)
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, {claim.cpu})
 
 
 def _current_cpu() -> int | None:
@@ -156,5 +218,11 @@ def pin_process() -> CpuClaim | None:
         claim.release()
         log.warning("--cpu-affinity: no thread could be pinned; the worker is not pinned")
         return None
+    global _active, _hooked  # one claim per process; one hook for good
+    claim.allowed = set(allowed)
+    _active = claim
+    if not _hooked:
+        sys.addaudithook(_audit)  # a hook cannot be removed: it idles once released
+        _hooked = True
     log.info("worker process %d pinned to CPU %d", os.getpid(), claim.cpu)
     return claim

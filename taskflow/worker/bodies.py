@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from ..context import TaskContext, reset_current, set_current
 from ..errors import TaskTimeout
+from .affinity import repin_current_thread
 
 __all__ = ["BodyRun", "BodyThreads", "Interrupted", "run_async", "run_sync"]
 
@@ -310,6 +311,7 @@ class BodyThreads:
         lock, pending, idle = self._lock, self._pending, self._idle
         run = slot.run
         while run is not None:
+            repin_current_thread()  # if the last body started a program (--cpu-affinity)
             posted = run.call()
             wake_loop = sleep = False
             with lock:

@@ -7,8 +7,10 @@ so tests can count runs.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
+import subprocess
 import time
 
 from taskflow import App, current_task
@@ -46,6 +48,28 @@ def add(x: int, y: int) -> int:
 def cpus() -> list[int]:
     """The CPUs the body's thread may run on."""
     return sorted(os.sched_getaffinity(0))
+
+
+@app.task(name="it.child_cpus")
+def child_cpus() -> str:
+    """The CPUs a program started by the body may run on (its ``Cpus_allowed_list``)."""
+    shown = subprocess.run(
+        ["grep", "Cpus_allowed_list", "/proc/self/status"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return shown.stdout.split(":", 1)[1].strip()
+
+
+@app.task(name="it.achild_cpus")
+async def achild_cpus() -> str:
+    """:func:`child_cpus` from a coroutine body, started from the loop's thread."""
+    proc = await asyncio.create_subprocess_exec(
+        "grep", "Cpus_allowed_list", "/proc/self/status", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    return out.decode().split(":", 1)[1].strip()
 
 
 @app.task(name="it.gc_frozen")

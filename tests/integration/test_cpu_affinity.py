@@ -73,6 +73,33 @@ def test_a_worker_with_auto_keeps_every_thread_on_one_cpu(tmp_path: Path) -> Non
     assert worker.returncode == 0
 
 
+def cpu_list(text: str) -> list[int]:
+    """``0-2,5`` as ``[0, 1, 2, 5]``."""
+    cpus: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        cpus += range(int(low), int(high or low) + 1)
+    return cpus
+
+
+def test_a_program_a_task_starts_gets_the_cpus_the_worker_had_before(tmp_path: Path) -> None:
+    url, worker = start_pinned(tmp_path)
+    try:
+        with App("producer", broker=url) as app:
+            child = app.send_task("it.child_cpus").get(timeout=30)
+            after = app.send_task("it.cpus").get(timeout=30)
+            from_loop = app.send_task("it.achild_cpus").get(timeout=30)
+            app.send_task("it.cpus").get(timeout=30)  # a step of the loop after the child
+        everywhere = sorted(os.sched_getaffinity(0))
+        assert cpu_list(child) == everywhere  # not the one CPU
+        assert cpu_list(from_loop) == everywhere
+        assert len(after) == 1  # the body's thread was pinned again before the next body
+        assert pinned_to(worker.pid) == str(after[0])  # the loop's thread too
+    finally:
+        stop(worker)
+    assert worker.returncode == 0
+
+
 def test_the_processes_of_one_supervisor_take_different_cpus(tmp_path: Path) -> None:
     _, worker = start_pinned(tmp_path, processes=2)
     try:
