@@ -7,9 +7,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 
+import pytest
+
 from taskflow import App
 from taskflow.brokers.base import FetchResult
 from taskflow.brokers.memory import MemoryBroker
+from taskflow.worker import bodies
 
 
 class RecordingBroker(MemoryBroker):
@@ -66,7 +69,11 @@ def test_jobs_of_a_fetch_start_before_the_next_fetch() -> None:
         app.close()
 
 
-def test_a_sync_body_handed_to_an_idle_thread_starts_before_the_next_fetch() -> None:
+def test_a_sync_body_handed_to_an_idle_thread_starts_before_the_next_fetch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The hand-over is made where the loop's thread runs on one CPU (BodyThreads): as here.
+    monkeypatch.setattr(bodies, "_on_one_cpu", lambda: True)
     events: list[str] = []
     broker = RecordingBroker(events)
     app = App("order-sync", broker=broker)
