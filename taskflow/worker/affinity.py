@@ -125,20 +125,19 @@ _SPAWNS = frozenset(
 
 
 def _audit(event: str, args: tuple[Any, ...]) -> None:
-    # Called for every audited event of the process: return at once for the others.
+    # Called for every audited event of the process: return at once for the others. An
+    # exception raised here would stop the program from starting: none may escape.
     claim = _active
     if claim is None or event not in _SPAWNS:
         return
     try:
         os.sched_setaffinity(0, claim.allowed)  # this thread: the child inherits it
-    except OSError:
-        return
-    claim.unpinned.add(threading.get_native_id())
-    try:
+        claim.unpinned.add(threading.get_native_id())
         loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return  # a body's thread: pinned again before its next body
-    loop.call_soon(repin_current_thread)  # after the step that starts the child
+    except Exception:  # a body's thread (no loop), or the call failed
+        return  # a body's thread is pinned again before its next body
+    with contextlib.suppress(Exception):
+        loop.call_soon(repin_current_thread)  # after the step that starts the child
 
 
 def repin_current_thread() -> None:
