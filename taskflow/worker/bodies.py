@@ -211,7 +211,8 @@ class BodyThreads:
     thread can run only while the loop waits. Where the threads may run on several CPUs,
     the woken thread starts on another CPU, and the loop waiting for it to take the run
     and then being woken in turn put two wake-ups across CPUs on the pickup's path: 0.66
-    ms at the median against 0.50 without the wait (``python -m bench.pickup_cost --sync``).
+    ms at the median against 0.47-0.50 without the wait (``python -m bench.pickup_cost
+    --sync``).
     """
 
     handoff_wait = 0.0005
@@ -260,16 +261,15 @@ class BodyThreads:
                 # (see _chain), so that a burst does not wake every idle thread at once.
                 self._pending.append(run)
                 alone = False
+            elif len(self.threads) < self._size and not self._finishing():
+                start = True
+                alone = False
             else:
-                # A thread that has returned from its body takes the next run without
-                # sleeping: a new thread would be a second one taking turns with it.
-                finishing = self._finishing()
-                if len(self.threads) < self._size and not finishing:
-                    start = True
-                    alone = False
-                else:
-                    self._pending.append(run)
-                    alone = finishing and len(self._idle) == len(self.threads) - 1
+                # Every thread runs a body, or one has returned from its body and takes
+                # this run without sleeping (a new thread would take turns with it). With
+                # one thread only, that one is the finishing one: hand the run over.
+                self._pending.append(run)
+                alone = len(self.threads) == 1 and self._finishing()
         self._last = run
         if slot is not None:
             slot.wake.release()
@@ -280,8 +280,8 @@ class BodyThreads:
         return run
 
     def _finishing(self) -> bool:
-        # Under ``_lock``: whether a thread has returned from its body and not yet taken
-        # the next run or gone idle.
+        # Under ``_lock``, with no thread idle: whether one has returned from its body and
+        # not yet taken the next run or gone idle. Not asked in a drain at full size.
         return any(slot.run is not None and slot.run.state >= _DONE for slot in self._slots)
 
     def _hand_over(self, run: BodyRun) -> None:
