@@ -253,10 +253,9 @@ def worker(  # noqa: PLR0917 -- click passes every option as an argument
 
 def _affinity(choice: str, pool: str) -> str:
     try:
-        return check_choice(choice, pool.lower())
+        return check_choice(choice, pool.lower(), "--cpu-affinity")
     except ValueError as exc:
-        text = str(exc).replace("cpu_affinity='auto'", "--cpu-affinity auto")
-        raise click.UsageError(text) from None
+        raise click.UsageError(str(exc)) from None
 
 
 def _split_queues(values: Sequence[str]) -> list[str]:

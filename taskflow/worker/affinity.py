@@ -54,16 +54,18 @@ AFFINITY_CHOICES = ("off", "auto")
 log = logging.getLogger("taskflow.worker")
 
 
-def check_choice(choice: str, pool: str) -> str:
+def check_choice(choice: str, pool: str, name: str = "cpu_affinity") -> str:
     """``choice`` in lower case; ValueError for an unknown one, or ``auto`` with the
-    process pool (its children would all inherit the one CPU)."""
+    process pool (its children would all inherit the one CPU). ``name`` is how the caller
+    spells the option: ``cpu_affinity`` (Python) or ``--cpu-affinity`` (command line)."""
     value = choice.lower()
     if value not in AFFINITY_CHOICES:
         choices = ", ".join(AFFINITY_CHOICES)
-        raise ValueError(f"cpu_affinity must be one of {choices}, not {choice!r}")
+        raise ValueError(f"{name} must be one of {choices}, not {choice!r}")
     if value == "auto" and pool != "threads":
+        auto = f"{name} auto" if name.startswith("--") else f"{name}='auto'"
         raise ValueError(
-            "cpu_affinity='auto' applies to the thread pool only: the process pool's children "
+            f"{auto} applies to the thread pool only: the process pool's children "
             "would all share the one CPU"
         )
     return value

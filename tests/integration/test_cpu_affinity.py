@@ -126,12 +126,25 @@ def test_without_the_option_nothing_is_pinned(tmp_path: Path) -> None:
         stop(worker)
 
 
-def test_auto_with_the_process_pool_is_refused_as_bad_usage(tmp_path: Path) -> None:
+def run_with_the_process_pool(tmp_path: Path, args: list[str], env: dict[str, str]) -> str:
+    """``taskflow worker --pool processes`` with ``args`` and ``env``: its stderr, once it
+    exited with status 2 (bad usage)."""
     command = [sys.executable, "-m", "taskflow.cli.main", "worker", "-A", APP_SPEC]
-    command += ["--pool", "processes", "--cpu-affinity", "auto"]
-    env = {**os.environ, "TASKFLOW_BROKER_URL": f"sqlite:///{tmp_path}/t.db"}
+    command += ["--pool", "processes", *args]
+    environ = {**os.environ, "TASKFLOW_BROKER_URL": f"sqlite:///{tmp_path}/t.db", **env}
     done = subprocess.run(
-        command, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        command, check=False, cwd=ROOT, env=environ, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 2
-    assert "--cpu-affinity auto applies to the thread pool only" in done.stderr
+    return done.stderr
+
+
+def test_auto_with_the_process_pool_is_refused_as_bad_usage(tmp_path: Path) -> None:
+    stderr = run_with_the_process_pool(tmp_path, ["--cpu-affinity", "auto"], {})
+    assert "--cpu-affinity auto applies to the thread pool only" in stderr
+
+
+def test_the_environment_variable_stands_in_for_the_option(tmp_path: Path) -> None:
+    # Read, and refused with the process pool as the option is.
+    stderr = run_with_the_process_pool(tmp_path, [], {"TASKFLOW_CPU_AFFINITY": "auto"})
+    assert "--cpu-affinity auto applies to the thread pool only" in stderr
