@@ -26,7 +26,7 @@ from typing import Any, Final
 
 from ..context import TaskContext, reset_current, set_current
 from ..errors import TaskTimeout
-from .affinity import repin_current_thread
+from .affinity import beside_supported, place_beside, repin_current_thread
 
 __all__ = ["BodyRun", "BodyThreads", "Interrupted", "run_async", "run_sync"]
 
@@ -171,14 +171,28 @@ def _on_one_cpu() -> bool:
         return False
 
 
+def _process_cpus() -> set[int]:
+    """The CPUs the process may run on (an empty set where unknown)."""
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    if getaffinity is None:
+        return set()
+    try:
+        return set(getaffinity(0))
+    except OSError:
+        return set()
+
+
 class _Slot:
     """One thread of :class:`BodyThreads`: the run handed to it, and the lock it sleeps on
     while it has none (held while the thread is idle; released to wake it)."""
 
-    __slots__ = ("run", "wake")
+    __slots__ = ("cpus", "run", "tid", "wake")
 
     def __init__(self, run: BodyRun | None) -> None:
         self.run = run
+        self.tid = 0  # the thread's native id, once it runs
+        # Woken on the loop's CPU (BodyThreads.beside): the CPUs it had before.
+        self.cpus: set[int] | None = None
         self.wake = threading.Lock()
         self.wake.acquire()
 
@@ -206,13 +220,14 @@ class BodyThreads:
     interpreter lock only when the loop next blocks in a system call, after its next fetch
     and whatever else is ready: 0.3-0.6 ms of a pickup. Several bodies at once (a drain)
     are not waited for: the loop has their outcomes and its next fetch to see to, and the
-    threads start when it blocks. The hand-over is made only where the loop's thread runs
-    on one CPU (``--cpu-affinity auto``, ``taskset``, a one-CPU container): there the
-    thread can run only while the loop waits. Where the threads may run on several CPUs,
-    the woken thread starts on another CPU, and the loop waiting for it to take the run
-    and then being woken in turn put two wake-ups across CPUs on the pickup's path: 0.66
-    ms at the median against 0.47-0.50 without the wait (``python -m bench.pickup_cost
-    --sync``).
+    threads start when it blocks. The hand-over needs the body's thread on the loop's CPU,
+    where it can run only while the loop waits: the whole process is on one CPU
+    (``--cpu-affinity auto``, ``taskset``, a one-CPU container), or else (:attr:`beside`,
+    where the platform allows) the single body's thread is woken on the CPU the loop's
+    thread runs on, and gives itself back its CPUs before the body starts
+    (:func:`~taskflow.worker.affinity.place_beside`). Woken on another CPU, as the system
+    would do, the thread and the loop wake each other across CPUs several times per task:
+    0.57-0.79 ms at the median against 0.47-0.51 (``python -m bench.pickup_cost --sync``).
     """
 
     handoff_wait = 0.0005
@@ -236,6 +251,9 @@ class BodyThreads:
         self.hand_over = _on_one_cpu()
         """Whether a single body is handed over (see above; a test seam too)."""
         self.handed_over = 0  # bodies the loop waited for a thread to start (a test seam)
+        self.beside = not self.hand_over and beside_supported(_process_cpus())
+        """Whether a single body is started on the loop's CPU (see above; a test seam)."""
+        self.placed = 0  # bodies started beside the loop (a test seam)
 
     def submit(
         self,
@@ -272,7 +290,13 @@ class BodyThreads:
                 alone = len(self.threads) == 1 and self._finishing()
         self._last = run
         if slot is not None:
-            slot.wake.release()
+            if alone and self.beside:
+                # Woken in the loop's next step, on the loop's CPU if it is still alone
+                # then (see _wake_alone): till then, the loop holds the interpreter lock.
+                self._loop.call_soon(self._wake_alone, slot, run)
+                alone = False
+            else:
+                slot.wake.release()
         elif start:
             self._start_thread(run)
         if alone and self.hand_over:
@@ -283,6 +307,18 @@ class BodyThreads:
         # Under ``_lock``, with no thread idle: whether one has returned from its body and
         # not yet taken the next run or gone idle. Not asked in a drain at full size.
         return any(slot.run is not None and slot.run.state >= _DONE for slot in self._slots)
+
+    def _wake_alone(self, slot: _Slot, run: BodyRun) -> None:
+        # On the loop, one step after ``run`` went to the idle ``slot``: if it is still the
+        # only body, wake the slot's thread on the loop's CPU and hand the run over;
+        # otherwise (a burst) wake it where the system will.
+        cpus = None
+        if self._last is run and len(self._idle) == len(self.threads) - 1:
+            slot.cpus = cpus = place_beside(slot.tid)
+        slot.wake.release()
+        if cpus is not None:
+            self.placed += 1
+            self._hand_over(run)
 
     def _hand_over(self, run: BodyRun) -> None:
         # On the loop, one step after ``run`` was handed to an idle pool: if it is still
@@ -309,8 +345,15 @@ class BodyThreads:
 
     def _serve(self, slot: _Slot) -> None:
         lock, pending, idle = self._lock, self._pending, self._idle
+        slot.tid = threading.get_native_id()
         run = slot.run
         while run is not None:
+            if slot.cpus is not None:
+                # Woken on the loop's CPU (see BodyThreads.beside): its CPUs back, before
+                # the body runs. It stays on that CPU until the system moves it.
+                cpus, slot.cpus = slot.cpus, None
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(0, cpus)
             repin_current_thread()  # if the last body started a program (--cpu-affinity)
             posted = run.call()
             wake_loop = sleep = False

@@ -3,8 +3,11 @@ task that awaits it; a body cancelled before it starts never runs."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -12,6 +15,8 @@ from typing import Any
 import pytest
 
 from taskflow.context import TaskContext
+from taskflow.worker import affinity, bodies
+from taskflow.worker.affinity import beside_supported
 from taskflow.worker.bodies import BodyRun, BodyThreads, run_sync
 
 
@@ -27,6 +32,9 @@ class _CountingLoop:
 
     def call_soon(self, callback: Any, *args: Any) -> Any:
         return self.loop.call_soon(callback, *args)
+
+    def call_later(self, delay: float, callback: Any, *args: Any) -> Any:
+        return self.loop.call_later(delay, callback, *args)
 
     def call_soon_threadsafe(self, callback: Any, *args: Any) -> Any:
         self.wakeups += 1
@@ -280,29 +288,114 @@ async def _a_burst_wakes_one_idle_thread_which_wakes_the_next() -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux only")
-def test_the_hand_over_is_made_only_where_the_loop_runs_on_one_cpu() -> None:
-    seen: dict[str, bool] = {}
+def test_the_hand_over_is_made_only_where_the_thread_wakes_on_the_loops_cpu() -> None:
+    seen: dict[str, Any] = {}
 
-    def pool_on(cpus: set[int], key: str) -> None:
+    def pool_on(cpus: set[int], key: str, beside: bool) -> None:
         os.sched_setaffinity(0, cpus)  # this thread's CPUs: the loop's, below
 
         async def make() -> None:
             threads = BodyThreads(asyncio.get_running_loop(), 1, "test")
             seen[key] = threads.hand_over
-            if not threads.hand_over:  # a single body to an idle pool is not waited for
+            threads.beside = beside and threads.beside
+            if not threads.hand_over:
                 threads.handoff_wait = 30.0
                 for i in range(3):
                     assert await run_sync(threads, lambda i=i: i, (), {}, _ctx(i)) == i
-                seen["waited"] = threads.handed_over > 0
+                # The first body started the thread; the next two found it idle.
+                seen[f"{key} waited"] = threads.handed_over
+                seen[f"{key} placed"] = threads.placed
             _close(threads)
 
         asyncio.run(make())
 
     allowed = os.sched_getaffinity(0)
-    for cpus, key in (({min(allowed)}, "one"), (allowed, "all")):
-        thread = threading.Thread(target=pool_on, args=(cpus, key))
+    for cpus, key, beside in (
+        ({min(allowed)}, "one", True),
+        (allowed, "all", False),
+        (allowed, "beside", True),
+    ):
+        thread = threading.Thread(target=pool_on, args=(cpus, key, beside))
         thread.start()
         thread.join(30)
     assert seen["one"] is True
     assert seen["all"] is (len(allowed) == 1)
-    assert seen.get("waited", False) is False
+    if len(allowed) > 1:
+        # On several CPUs, a woken thread would start on another one: no hand-over...
+        assert seen["all waited"] == 0
+        assert seen["all placed"] == 0
+        # ...unless it is woken on the loop's CPU (where the platform lets it be).
+        if beside_supported(allowed):
+            assert seen["beside placed"] == 2
+            assert seen["beside waited"] >= 1  # the thread may take a run on its own
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or not beside_supported(os.sched_getaffinity(0)),
+    reason="needs several CPUs that threads can choose among (Linux)",
+)
+def test_a_single_body_wakes_on_the_loops_cpu_and_runs_with_all_its_cpus(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    placed: list[tuple[int, set[int]]] = []
+    place, cpu_now = bodies.place_beside, affinity.current_cpu
+    chosen: list[int | None] = []
+
+    def current_cpu_noted() -> int | None:
+        chosen.append(cpu_now())
+        return chosen[-1]
+
+    def place_and_look(tid: int) -> set[int] | None:
+        chosen.clear()
+        before = place(tid)
+        # The CPU the loop's thread ran on as it placed the idle thread, and what that
+        # thread may run on now.
+        [cpu] = chosen
+        placed.append((-1 if cpu is None else cpu, os.sched_getaffinity(tid)))
+        return before
+
+    monkeypatch.setattr(affinity, "current_cpu", current_cpu_noted)
+    monkeypatch.setattr(bodies, "place_beside", place_and_look)
+    allowed = os.sched_getaffinity(0)
+    asyncio.run(_a_single_body_wakes_on_the_loops_cpu(placed, allowed))
+
+
+async def _a_single_body_wakes_on_the_loops_cpu(
+    placed: list[tuple[int, set[int]]], allowed: set[int]
+) -> None:
+    threads = BodyThreads(asyncio.get_running_loop(), 2, "test")
+    assert threads.beside
+    assert await run_sync(threads, lambda: 0, (), {}, _ctx(0)) == 0  # starts the thread
+    assert placed == []
+
+    def cpus_of_a_program() -> list[int]:
+        # What the body, and what it starts, run with: every CPU the thread had.
+        out = subprocess.run(
+            [sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return [sorted(os.sched_getaffinity(0)), *ast.literal_eval(out)]
+
+    seen = await run_sync(threads, cpus_of_a_program, (), {}, _ctx(1))
+    assert seen == [sorted(allowed), *sorted(allowed)]
+    assert threads.placed == 1
+    [(loop_cpu, woken_on)] = placed
+    assert woken_on == {loop_cpu}  # the idle thread was to wake on the loop's CPU
+    thread = threads.threads[0].native_id
+    assert thread is not None
+    assert os.sched_getaffinity(thread) == allowed  # and has its CPUs back
+    # Bodies submitted together are neither placed nor waited for.
+    handed_over = threads.handed_over
+    gate = threading.Barrier(2, timeout=10)
+
+    def together() -> list[int]:
+        gate.wait()  # both run at once
+        return sorted(os.sched_getaffinity(0))
+
+    both = [threads.submit(together, (), {}, _ctx(i)) for i in (2, 3)]
+    assert [await run.fut for run in both] == [sorted(allowed)] * 2
+    assert threads.handed_over == handed_over
+    assert threads.placed == 1
+    _close(threads)
