@@ -199,8 +199,8 @@ def place_beside(tid: int) -> set[int] | None:
     that is idle, i.e. another one; it then waits there for the lock, and the lock and the
     outcome go back and forth between the two CPUs (on a virtual machine, each crossing a
     wake-up of a virtual CPU). Woken on the waking thread's CPU, it runs as soon as that
-    thread waits, and stays there while it runs: a pickup of a sync task took 0.46-0.51
-    ms at the median against 0.57-0.79 without (``python -m bench.pickup_cost --sync``).
+    thread waits, and stays there while it runs: a pickup of a sync task took 0.43-0.45
+    ms at the median against 0.55-0.69 without (``python -m bench.pickup_cost --sync``).
     The body itself never runs with fewer CPUs: libraries it loads, and threads and
     programs it starts, see the CPUs the thread had.
     """

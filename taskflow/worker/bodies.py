@@ -223,11 +223,14 @@ class BodyThreads:
     threads start when it blocks. The hand-over needs the body's thread on the loop's CPU,
     where it can run only while the loop waits: the whole process is on one CPU
     (``--cpu-affinity auto``, ``taskset``, a one-CPU container), or else (:attr:`beside`,
-    where the platform allows) the single body's thread is woken on the CPU the loop's
-    thread runs on, and gives itself back its CPUs before the body starts
-    (:func:`~taskflow.worker.affinity.place_beside`). Woken on another CPU, as the system
-    would do, the thread and the loop wake each other across CPUs several times per task:
-    0.57-0.79 ms at the median against 0.47-0.51 (``python -m bench.pickup_cost --sync``).
+    where the platform allows) a body submitted ``single`` to an idle pool has its thread
+    woken on the CPU the loop's thread runs on, and the thread gives itself back its CPUs
+    before the body starts (:func:`~taskflow.worker.affinity.place_beside`). Woken on
+    another CPU, as the system would do, the thread and the loop wake each other across
+    CPUs several times per task: 0.55-0.69 ms at the median against 0.43-0.45 (``python -m
+    bench.pickup_cost --sync``). ``single`` comes from the executor (no other task under
+    way), which knows a burst from a lone task at the first body of the burst, where this
+    pool does not.
     """
 
     handoff_wait = 0.0005
@@ -261,8 +264,12 @@ class BodyThreads:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         ctx: TaskContext,
+        *,
+        single: bool = False,
     ) -> BodyRun:
-        """Queue a body; its outcome is set on ``run.fut`` on the loop."""
+        """Queue a body; its outcome is set on ``run.fut`` on the loop. ``single``: the
+        caller has no other task under way, so this body will be alone (it is then woken
+        on the loop's CPU, see :attr:`beside`), unless others arrive in the same step."""
         if self._closed:
             raise RuntimeError("the worker's threads are closed")
         run = BodyRun(fn, args, kwargs, ctx, self._loop.create_future())
@@ -290,13 +297,12 @@ class BodyThreads:
                 alone = len(self.threads) == 1 and self._finishing()
         self._last = run
         if slot is not None:
-            if alone and self.beside:
-                # Woken in the loop's next step, on the loop's CPU if it is still alone
-                # then (see _wake_alone): till then, the loop holds the interpreter lock.
-                self._loop.call_soon(self._wake_alone, slot, run)
-                alone = False
-            else:
-                slot.wake.release()
+            if alone and single and self.beside:
+                slot.cpus = place_beside(slot.tid)
+                if slot.cpus is not None:
+                    self.placed += 1
+                    self._loop.call_soon(self._hand_over, run)
+            slot.wake.release()
         elif start:
             self._start_thread(run)
         if alone and self.hand_over:
@@ -307,18 +313,6 @@ class BodyThreads:
         # Under ``_lock``, with no thread idle: whether one has returned from its body and
         # not yet taken the next run or gone idle. Not asked in a drain at full size.
         return any(slot.run is not None and slot.run.state >= _DONE for slot in self._slots)
-
-    def _wake_alone(self, slot: _Slot, run: BodyRun) -> None:
-        # On the loop, one step after ``run`` went to the idle ``slot``: if it is still the
-        # only body, wake the slot's thread on the loop's CPU and hand the run over;
-        # otherwise (a burst) wake it where the system will.
-        cpus = None
-        if self._last is run and len(self._idle) == len(self.threads) - 1:
-            slot.cpus = cpus = place_beside(slot.tid)
-        slot.wake.release()
-        if cpus is not None:
-            self.placed += 1
-            self._hand_over(run)
 
     def _hand_over(self, run: BodyRun) -> None:
         # On the loop, one step after ``run`` was handed to an idle pool: if it is still
@@ -437,15 +431,16 @@ async def run_sync(
     ctx: TaskContext,
     *,
     on_submit: Callable[[BodyRun], None] | None = None,
+    single: bool = False,
 ) -> Any:
     """Run ``fn`` on ``threads``; cancelling the awaiting task interrupts the thread.
 
     The deadline is the caller's (the worker's watchdog cancels at it, after setting
     ``ctx.cancelled`` with reason ``"timeout"``, so the thread gets :class:`TaskTimeout`).
     ``on_submit`` receives the run, which tells whether the body still runs after the
-    cancellation was reported.
+    cancellation was reported. ``single``: see :meth:`BodyThreads.submit`.
     """
-    run = threads.submit(fn, args, kwargs, ctx)
+    run = threads.submit(fn, args, kwargs, ctx, single=single)
     if on_submit is not None:
         on_submit(run)
     try:

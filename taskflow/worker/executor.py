@@ -251,7 +251,10 @@ class Executor:
         if self.procs is not None:
             return await self.procs.run(job, ctx)
         assert self._pool is not None
-        return await run_sync(self._pool, task.fn, args, kwargs, ctx, on_submit=job.set_body)
+        single = len(self.running) == 1  # no other task under way: its body runs alone
+        return await run_sync(
+            self._pool, task.fn, args, kwargs, ctx, on_submit=job.set_body, single=single
+        )
 
     async def _after_cancel(self, job: Job) -> None:
         task = asyncio.current_task()
