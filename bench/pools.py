@@ -3,7 +3,7 @@
 Run from the project root (as a module, so ``import redis`` finds the library)::
 
     python -m bench.pools [--tasks 20000] [--url redis://127.0.0.1:6379/15] [--store] [--fail]
-                          [--configs "-c 8" "-P 2 -c 16" "-c 2 --pool processes"]
+                          [--async-bodies] [--configs "-c 8" "-P 2 -c 16" "-c 2 --pool processes"]
 
 ``--tasks``    sync tasks per drain (default 20,000); each body does one ``INCR`` on Redis,
                as in the shared peer harness
@@ -13,6 +13,9 @@ Run from the project root (as a module, so ``import redis`` finds the library)::
                they are fire-and-forget, as in the peer harness's drain
 ``--fail``     every body raises after its ``INCR`` (no retries): each task is recorded
                failed (with ``--store``) and dead-lettered
+``--async-bodies``  ``async def`` bodies instead, each awaiting its ``INCR`` through
+               redis-py's asyncio client (as the peer harness's async configurations
+               do): for the drain of ``async def`` tasks and the CPU it takes
 ``--configs``  ``taskflow worker`` options, one drain each (default: the thread pool in one
                process with 8 slots and in two with 16, the process pool with 2 and 4
                children)
@@ -33,9 +36,12 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 
 from bench._drain import wait_drained
 from bench._keys import drop_keys
@@ -59,17 +65,41 @@ def _incr_and_fail() -> None:
     raise RuntimeError("failing on purpose")
 
 
-def build_app(url: str, store: bool = False, fail: bool = False) -> App:
-    """The benchmark app: one sync task, fire-and-forget unless ``store``, failing (no
-    retries) if ``fail``."""
+_acounter: aioredis.Redis | None = None
+
+
+async def _aincr() -> None:
+    """:func:`_incr` awaited, with one asyncio client per worker process."""
+    global _acounter  # made in the worker process, on its loop
+    if _acounter is None:
+        _acounter = aioredis.Redis.from_url(URL.split("?", 1)[0])
+    await _acounter.incr(COUNTER)
+
+
+async def _aincr_and_fail() -> None:
+    """:func:`_aincr`, then a failure."""
+    await _aincr()
+    raise RuntimeError("failing on purpose")
+
+
+def build_app(url: str, store: bool = False, fail: bool = False, aio: bool = False) -> App:
+    """The benchmark app: one task, sync unless ``aio``, fire-and-forget unless ``store``,
+    failing (no retries) if ``fail``."""
     bench = App("pools", broker=url)
-    body = _incr_and_fail if fail else _incr
+    bodies: dict[bool, Callable[[], Any]] = {
+        False: _incr_and_fail if fail else _incr,
+        True: _aincr_and_fail if fail else _aincr,
+    }
+    body = bodies[aio]
     bench.task(name="pools.incr", store_result=store, retries=0)(body)
     return bench
 
 
 app = build_app(
-    URL, os.environ.get("BENCH_POOLS_STORE") == "1", os.environ.get("BENCH_POOLS_FAIL") == "1"
+    URL,
+    os.environ.get("BENCH_POOLS_STORE") == "1",
+    os.environ.get("BENCH_POOLS_FAIL") == "1",
+    os.environ.get("BENCH_POOLS_ASYNC") == "1",
 )
 
 
@@ -130,7 +160,13 @@ def _processes(options: str) -> int:
 
 
 def drain(
-    bench: App, url: str, options: str, tasks: int, store: bool = False, fail: bool = False
+    bench: App,
+    url: str,
+    options: str,
+    tasks: int,
+    store: bool = False,
+    fail: bool = False,
+    aio: bool = False,
 ) -> tuple[float, float, float, float, float, float]:
     """Start-up seconds, tasks per second, CPU microseconds per task (of the worker, all
     its processes; of the process pool's children among them; of Redis), and script
@@ -140,6 +176,7 @@ def drain(
         "BENCH_URL": url,
         "BENCH_POOLS_STORE": "1" if store else "0",
         "BENCH_POOLS_FAIL": "1" if fail else "0",
+        "BENCH_POOLS_ASYNC": "1" if aio else "0",
         "PYTHONPATH": str(ROOT),
     }
     command = [
@@ -184,6 +221,7 @@ def main() -> None:
     parser.add_argument("--url", default="redis://127.0.0.1:6379/15")
     parser.add_argument("--store", action="store_true")
     parser.add_argument("--fail", action="store_true")
+    parser.add_argument("--async-bodies", action="store_true")
     parser.add_argument(
         "--configs",
         nargs="+",
@@ -191,18 +229,19 @@ def main() -> None:
     )
     args = parser.parse_args()
     url = f"{args.url}?prefix=taskflow-pools"
-    bench = build_app(url, args.store, args.fail)
+    bench = build_app(url, args.store, args.fail, args.async_bodies)
     client = redis.Redis.from_url(args.url)
     bench.kernel.call(bench.kernel.connect())
     what = "one INCR each" + (", results stored" if args.store else "")
     what += ", each failing" if args.fail else ""
-    print(f"taskflow pools benchmark: {args.tasks:,} sync tasks ({what}), {args.url}")
+    kind = "async def" if args.async_bodies else "sync"
+    print(f"taskflow pools benchmark: {args.tasks:,} {kind} tasks ({what}), {args.url}")
     print(f"{'worker options':34}{'start-up s':>12}{'drain/s':>10}{'worker µs/task':>16}"
           f"{'of it children':>16}{'Redis µs/task':>15}{'scripts/task':>14}")  # fmt: skip
     try:
         for options in args.configs:
             startup, rate, cpu, kids, server, calls = drain(
-                bench, url, options, args.tasks, args.store, args.fail
+                bench, url, options, args.tasks, args.store, args.fail, args.async_bodies
             )
             print(f"{options:34}{startup:12.2f}{rate:10,.0f}{cpu:16.1f}{kids:16.1f}"
                   f"{server:15.1f}{calls:14.2f}", flush=True)  # fmt: skip
