@@ -23,8 +23,8 @@ option does not apply to. Programs that a task starts do not inherit the CPU: an
 calling thread the process's former CPUs before the child is made; a body's thread is
 pinned again before its next body, the loop's thread in the loop's next step.
 
-Without the option, a body thread woken for a single task is still woken on the loop's
-CPU: see :func:`place_beside`.
+Without the option, an idle body thread is still woken on the CPU of the thread that
+wakes it (the loop's, as a rule): see :func:`place_beside`.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def repin_current_thread() -> None:
             os.sched_setaffinity(0, {claim.cpu})
 
 
-# --- waking a body's thread on the loop's CPU (the default) -------------------------------
+# --- waking a body's thread beside the thread that wakes it (the default) ----------------
 
 _getcpu: Callable[[], int] | None = None
 _getcpu_looked_up = False
@@ -190,19 +190,21 @@ def beside_supported(allowed: set[int]) -> bool:
 
 
 def place_beside(tid: int) -> set[int] | None:
-    """On the loop's thread: let the idle thread ``tid`` run only on the CPU the calling
-    thread runs on now, so that waking it does not start it on another CPU. Returns the
-    thread's CPUs before, which it gives itself back before it runs anything else; None
-    if nothing was done.
+    """Before waking the idle thread ``tid``: let it run only on the CPU the calling thread
+    runs on now, so that it does not wake on another CPU. Returns the thread's CPUs
+    before, which it gives itself back before it runs anything else; None if nothing was
+    done.
 
     Woken while the waking thread holds the interpreter lock, a thread is put on a CPU
     that is idle, i.e. another one; it then waits there for the lock, and the lock and the
     outcome go back and forth between the two CPUs (on a virtual machine, each crossing a
     wake-up of a virtual CPU). Woken on the waking thread's CPU, it runs as soon as that
-    thread waits, and stays there while it runs: a pickup of a sync task took 0.43-0.45
-    ms at the median against 0.55-0.69 without (``python -m bench.pickup_cost --sync``).
-    The body itself never runs with fewer CPUs: libraries it loads, and threads and
-    programs it starts, see the CPUs the thread had.
+    thread waits, and stays there unless the system moves it: a pickup of a sync task
+    took 0.43-0.45 ms at the median against 0.55-0.69 without (``python -m
+    bench.pickup_cost --sync``). The body itself never runs with fewer CPUs: libraries it
+    loads, and threads and programs it starts, see the CPUs the thread had. If another
+    process keeps that CPU busy, the woken thread waits for its turn there (the system
+    gives a waking thread one soon) before it can move.
     """
     cpu = current_cpu()
     if cpu is None:

@@ -222,15 +222,20 @@ class BodyThreads:
     are not waited for: the loop has their outcomes and its next fetch to see to, and the
     threads start when it blocks. The hand-over needs the body's thread on the loop's CPU,
     where it can run only while the loop waits: the whole process is on one CPU
-    (``--cpu-affinity auto``, ``taskset``, a one-CPU container), or else (:attr:`beside`,
-    where the platform allows) a body submitted ``single`` to an idle pool has its thread
-    woken on the CPU the loop's thread runs on, and the thread gives itself back its CPUs
-    before the body starts (:func:`~taskflow.worker.affinity.place_beside`). Woken on
-    another CPU, as the system would do, the thread and the loop wake each other across
-    CPUs several times per task: 0.55-0.69 ms at the median against 0.43-0.45 (``python -m
-    bench.pickup_cost --sync``). ``single`` comes from the executor (no other task under
-    way), which knows a burst from a lone task at the first body of the burst, where this
-    pool does not.
+    (``--cpu-affinity auto``, ``taskset``, a one-CPU container), or else the thread was
+    woken there (:attr:`beside`). It is made for a body submitted ``single`` (the executor
+    has no other task under way: it knows a burst from a lone task at the first body of
+    the burst, where this pool does not).
+
+    Where the platform allows (:attr:`beside`), an idle thread is woken on the CPU of the
+    thread that wakes it (the loop's, or for a burst the thread that woke before it), and
+    gives itself back its CPUs before it runs its body
+    (:func:`~taskflow.worker.affinity.place_beside`). Woken on another CPU, as the system
+    would do (the idle one), the thread and the loop hand the interpreter lock and the
+    outcome back and forth across CPUs; woken beside the loop, the threads stay near it
+    unless the system moves them. A sync pickup: 0.55-0.69 ms at the median against
+    0.43-0.45 (``python -m bench.pickup_cost --sync``); a drain of short sync bodies with 8
+    threads: about 3,600 against 4,200 tasks/s (``python -m bench.pools``).
     """
 
     handoff_wait = 0.0005
@@ -255,8 +260,9 @@ class BodyThreads:
         """Whether a single body is handed over (see above; a test seam too)."""
         self.handed_over = 0  # bodies the loop waited for a thread to start (a test seam)
         self.beside = not self.hand_over and beside_supported(_process_cpus())
-        """Whether a single body is started on the loop's CPU (see above; a test seam)."""
-        self.placed = 0  # bodies started beside the loop (a test seam)
+        """Whether an idle thread is woken on its waker's CPU (see above; a test seam)."""
+        self.placed = 0  # threads woken beside their waker (a test seam)
+        self._count_lock = threading.Lock()
 
     def submit(
         self,
@@ -297,10 +303,9 @@ class BodyThreads:
                 alone = len(self.threads) == 1 and self._finishing()
         self._last = run
         if slot is not None:
-            if alone and single and self.beside:
-                slot.cpus = place_beside(slot.tid)
-                if slot.cpus is not None:
-                    self.placed += 1
+            if self.beside:
+                self._place(slot)
+                if alone and single and slot.cpus is not None:
                     self._loop.call_soon(self._hand_over, run)
             slot.wake.release()
         elif start:
@@ -308,6 +313,14 @@ class BodyThreads:
         if alone and self.hand_over:
             self._loop.call_soon(self._hand_over, run)
         return run
+
+    def _place(self, slot: _Slot) -> None:
+        # Before waking the idle ``slot``: its thread is to wake on the caller's CPU (see
+        # ``beside``); it gives itself back its CPUs first thing (_serve).
+        slot.cpus = place_beside(slot.tid)
+        if slot.cpus is not None:
+            with self._count_lock:  # also called in the threads (_chain)
+                self.placed += 1
 
     def _finishing(self) -> bool:
         # Under ``_lock``, with no thread idle: whether one has returned from its body and
@@ -385,6 +398,8 @@ class BodyThreads:
                 following.run = self._pending.popleft()
                 self._waking = True
         if following is not None:
+            if self.beside:
+                self._place(following)  # on this thread's CPU, the loop's as a rule
             following.wake.release()
 
     def _deliver(self) -> None:

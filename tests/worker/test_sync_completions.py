@@ -335,41 +335,43 @@ def test_the_hand_over_is_made_only_where_the_thread_wakes_on_the_loops_cpu() ->
     not hasattr(os, "sched_setaffinity") or not beside_supported(os.sched_getaffinity(0)),
     reason="needs several CPUs that threads can choose among (Linux)",
 )
-def test_a_single_body_wakes_on_the_loops_cpu_and_runs_with_all_its_cpus(
+def test_idle_threads_wake_on_their_wakers_cpu_and_run_with_all_their_cpus(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Each placement: the CPU the waking thread ran on as it placed the idle thread, and
+    # what that thread may run on then.
     placed: list[tuple[int, set[int]]] = []
     place, cpu_now = bodies.place_beside, affinity.current_cpu
-    chosen: list[int | None] = []
+    chosen = threading.local()
+    noted = threading.Lock()
 
     def current_cpu_noted() -> int | None:
-        chosen.append(cpu_now())
-        return chosen[-1]
+        chosen.cpu = cpu_now()
+        return chosen.cpu  # type: ignore[no-any-return]
 
     def place_and_look(tid: int) -> set[int] | None:
-        chosen.clear()
+        chosen.cpu = None
         before = place(tid)
-        # The CPU the loop's thread ran on as it placed the idle thread, and what that
-        # thread may run on now.
-        [cpu] = chosen
-        placed.append((-1 if cpu is None else cpu, os.sched_getaffinity(tid)))
+        cpu = chosen.cpu
+        with noted:
+            placed.append((-1 if cpu is None else cpu, os.sched_getaffinity(tid)))
         return before
 
     monkeypatch.setattr(affinity, "current_cpu", current_cpu_noted)
     monkeypatch.setattr(bodies, "place_beside", place_and_look)
     allowed = os.sched_getaffinity(0)
-    asyncio.run(_a_single_body_wakes_on_the_loops_cpu(placed, allowed))
+    asyncio.run(_idle_threads_wake_on_their_wakers_cpu(placed, allowed))
+    assert placed  # every placement was on the waker's CPU
+    assert all(woken_on == {cpu} for cpu, woken_on in placed), placed
 
 
-async def _a_single_body_wakes_on_the_loops_cpu(
+async def _idle_threads_wake_on_their_wakers_cpu(
     placed: list[tuple[int, set[int]]], allowed: set[int]
 ) -> None:
-    threads = BodyThreads(asyncio.get_running_loop(), 2, "test")
+    threads = BodyThreads(asyncio.get_running_loop(), 3, "test")
     assert threads.beside
-    # The first body starts the thread; a body not said to be single is not placed.
     assert await run_sync(threads, lambda: 0, (), {}, _ctx(0), single=True) == 0
-    assert await run_sync(threads, lambda: 1, (), {}, _ctx(0)) == 1
-    assert placed == []
+    assert placed == [] and threads.placed == 0  # a new thread is not placed
 
     def cpus_of_a_program() -> list[int]:
         # What the body, and what it starts, run with: every CPU the thread had.
@@ -384,21 +386,24 @@ async def _a_single_body_wakes_on_the_loops_cpu(
     seen = await run_sync(threads, cpus_of_a_program, (), {}, _ctx(1), single=True)
     assert seen == [sorted(allowed), *sorted(allowed)]
     assert threads.placed == 1
-    [(loop_cpu, woken_on)] = placed
-    assert woken_on == {loop_cpu}  # the idle thread was to wake on the loop's CPU
     thread = threads.threads[0].native_id
     assert thread is not None
-    assert os.sched_getaffinity(thread) == allowed  # and has its CPUs back
-    # Bodies submitted together are neither placed nor waited for, even the first of
-    # them said to be single (another task arrived in the same step of the loop).
-    handed_over = threads.handed_over
-    gate = threading.Barrier(2, timeout=10)
+    assert os.sched_getaffinity(thread) == allowed  # and it has its CPUs back
+    # A burst to three idle threads: the loop wakes the first, each woken thread the
+    # next (see test_a_burst_wakes_one_idle_thread_which_wakes_the_next), each placed
+    # on its waker's CPU; every body runs with all the CPUs, none is waited for.
+    gate = threading.Barrier(3, timeout=10)
+    warm = [threads.submit(gate.wait, (), {}, _ctx(i)) for i in range(3)]
+    assert sorted([await run.fut for run in warm]) == [0, 1, 2]  # three idle threads
+    placed_before, handed_over = threads.placed, threads.handed_over
+    together = threading.Barrier(3, timeout=10)
 
-    def together() -> list[int]:
-        gate.wait()  # both run at once
+    def body() -> list[int]:
+        together.wait()  # the three run at once
         return sorted(os.sched_getaffinity(0))
 
-    both = [threads.submit(together, (), {}, _ctx(i), single=i == 2) for i in (2, 3)]
-    assert [await run.fut for run in both] == [sorted(allowed)] * 2
+    burst = [threads.submit(body, (), {}, _ctx(i), single=i == 0) for i in range(3)]
+    assert [await run.fut for run in burst] == [sorted(allowed)] * 3
+    assert threads.placed == placed_before + 3
     assert threads.handed_over == handed_over
     _close(threads)
