@@ -200,7 +200,7 @@ def place_beside(tid: int) -> set[int] | None:
     outcome go back and forth between the two CPUs (on a virtual machine, each crossing a
     wake-up of a virtual CPU). Woken on the waking thread's CPU, it runs as soon as that
     thread waits, and stays there unless the system moves it: a pickup of a sync task
-    took 0.43-0.45 ms at the median against 0.55-0.69 without (``python -m
+    took 0.43-0.48 ms at the median against 0.55-0.69 without (``python -m
     bench.pickup_cost --sync``). The body itself never runs with fewer CPUs: libraries it
     loads, and threads and programs it starts, see the CPUs the thread had. If another
     process keeps that CPU busy, the woken thread waits for its turn there (the system
