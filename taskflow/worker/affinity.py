@@ -207,7 +207,7 @@ def place_beside(tid: int) -> set[int] | None:
     gives a waking thread one soon) before it can move.
     """
     cpu = current_cpu()
-    if cpu is None:
+    if cpu is None or tid <= 0:  # 0 would be the calling thread itself
         return None
     try:
         before = os.sched_getaffinity(tid)

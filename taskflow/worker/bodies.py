@@ -316,7 +316,10 @@ class BodyThreads:
 
     def _place(self, slot: _Slot) -> None:
         # Before waking the idle ``slot``: its thread is to wake on the caller's CPU (see
-        # ``beside``); it gives itself back its CPUs first thing (_serve).
+        # ``beside``); it gives itself back its CPUs first thing (_serve). An idle slot's
+        # thread has run (its id is known); 0 would name the calling thread instead.
+        if not slot.tid:
+            return
         slot.cpus = place_beside(slot.tid)
         if slot.cpus is not None:
             with self._count_lock:  # also called in the threads (_chain)

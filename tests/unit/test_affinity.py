@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from taskflow import App
-from taskflow.worker.affinity import check_choice, claim_cpu, claims_dir
+from taskflow.worker.affinity import check_choice, claim_cpu, claims_dir, place_beside
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux only")
 
@@ -67,3 +67,10 @@ def test_choices_are_checked_and_auto_is_refused_with_the_process_pool() -> None
     with pytest.raises(ValueError, match="thread pool only"):
         app.run_worker(pool="processes", cpu_affinity="auto")
     app.close()
+
+
+def test_placing_a_thread_never_touches_the_calling_one() -> None:
+    # Thread id 0 means "the calling thread" to sched_setaffinity: refused, not applied.
+    before = os.sched_getaffinity(0)
+    assert place_beside(0) is None
+    assert os.sched_getaffinity(0) == before
