@@ -191,7 +191,7 @@ class _Slot:
     def __init__(self, run: BodyRun | None) -> None:
         self.run = run
         self.tid = 0  # the thread's native id, once it runs
-        # Woken on the loop's CPU (BodyThreads.beside): the CPUs it had before.
+        # Woken on its waker's CPU (BodyThreads.beside): the CPUs it had before.
         self.cpus: set[int] | None = None
         self.wake = threading.Lock()
         self.wake.acquire()
@@ -223,9 +223,11 @@ class BodyThreads:
     threads start when it blocks. The hand-over needs the body's thread on the loop's CPU,
     where it can run only while the loop waits: the whole process is on one CPU
     (``--cpu-affinity auto``, ``taskset``, a one-CPU container), or else the thread was
-    woken there (:attr:`beside`). It is made for a body submitted ``single`` (the executor
-    has no other task under way: it knows a burst from a lone task at the first body of
-    the burst, where this pool does not).
+    woken there (:attr:`beside`). There it is made for a body submitted ``single`` only
+    (the executor has no other task under way). The jobs of a batch reach their bodies
+    over several steps of the loop, so neither this pool at the first submit nor its
+    check a step later (:meth:`_hand_over`) can tell a lone body from the first of a
+    batch, and the loop waiting for each batch's first thread slows a drain.
 
     Where the platform allows (:attr:`beside`), an idle thread is woken on the CPU of the
     thread that wakes it (the loop's, or for a burst the thread that woke before it), and
@@ -274,8 +276,8 @@ class BodyThreads:
         single: bool = False,
     ) -> BodyRun:
         """Queue a body; its outcome is set on ``run.fut`` on the loop. ``single``: the
-        caller has no other task under way, so this body will be alone (it is then woken
-        on the loop's CPU, see :attr:`beside`), unless others arrive in the same step."""
+        caller has no other task under way, so the loop may wait for the body's thread to
+        take it (the hand-over, see above)."""
         if self._closed:
             raise RuntimeError("the worker's threads are closed")
         run = BodyRun(fn, args, kwargs, ctx, self._loop.create_future())
@@ -303,10 +305,8 @@ class BodyThreads:
                 alone = len(self.threads) == 1 and self._finishing()
         self._last = run
         if slot is not None:
-            if self.beside:
-                self._place(slot)
-                if alone and single and slot.cpus is not None:
-                    self._loop.call_soon(self._hand_over, run)
+            if self.beside and self._place(slot) and alone and single:
+                self._loop.call_soon(self._hand_over, run)  # it wakes on the loop's CPU
             slot.wake.release()
         elif start:
             self._start_thread(run)
@@ -314,16 +314,15 @@ class BodyThreads:
             self._loop.call_soon(self._hand_over, run)
         return run
 
-    def _place(self, slot: _Slot) -> None:
+    def _place(self, slot: _Slot) -> bool:
         # Before waking the idle ``slot``: its thread is to wake on the caller's CPU (see
-        # ``beside``); it gives itself back its CPUs first thing (_serve). An idle slot's
-        # thread has run (its id is known); 0 would name the calling thread instead.
-        if not slot.tid:
-            return
+        # ``beside``); it gives itself back its CPUs first thing (_serve). True if done.
         slot.cpus = place_beside(slot.tid)
-        if slot.cpus is not None:
-            with self._count_lock:  # also called in the threads (_chain)
-                self.placed += 1
+        if slot.cpus is None:
+            return False
+        with self._count_lock:  # also called in the threads (_chain)
+            self.placed += 1
+        return True
 
     def _finishing(self) -> bool:
         # Under ``_lock``, with no thread idle: whether one has returned from its body and
@@ -359,7 +358,7 @@ class BodyThreads:
         run = slot.run
         while run is not None:
             if slot.cpus is not None:
-                # Woken on the loop's CPU (see BodyThreads.beside): its CPUs back, before
+                # Woken on its waker's CPU (see BodyThreads.beside): its CPUs back, before
                 # the body runs. It stays on that CPU until the system moves it.
                 cpus, slot.cpus = slot.cpus, None
                 with contextlib.suppress(OSError):

@@ -372,6 +372,13 @@ async def _idle_threads_wake_on_their_wakers_cpu(
     assert threads.beside
     assert await run_sync(threads, lambda: 0, (), {}, _ctx(0), single=True) == 0
     assert placed == [] and threads.placed == 0  # a new thread is not placed
+    # A body the executor does not call single (other tasks under way, e.g. the rest of
+    # a batch still on their way to their bodies) is placed but not waited for.
+    threads.handoff_wait = 30.0
+    assert await run_sync(threads, lambda: 1, (), {}, _ctx(0)) == 1
+    assert threads.placed == 1 and threads.handed_over == 0
+    placed.clear()
+    threads.placed = 0
 
     def cpus_of_a_program() -> list[int]:
         # What the body, and what it starts, run with: every CPU the thread had.
