@@ -219,15 +219,6 @@ def place_beside(tid: int) -> set[int] | None:
     return before
 
 
-def _current_cpu() -> int | None:
-    """The CPU this process last ran on (``/proc/self/stat``, field 39)."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[36])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def claim_cpu(allowed: set[int], directory: Path, start: int | None = None) -> CpuClaim | None:
     """Take the lock of one CPU of ``allowed`` not held by another process, trying
     ``start`` first, then the rest in order; None if every one is held."""
@@ -260,7 +251,7 @@ def pin_process() -> CpuClaim | None:
     if len(allowed) < 2:
         return None  # nothing to choose: the process runs on one CPU already
     try:
-        claim = claim_cpu(allowed, claims_dir(), _current_cpu())
+        claim = claim_cpu(allowed, claims_dir(), current_cpu())
     except OSError as exc:
         log.warning("--cpu-affinity: cannot claim a CPU (%s); the worker is not pinned", exc)
         return None

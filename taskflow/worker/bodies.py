@@ -160,19 +160,8 @@ class BodyRun:
         return True
 
 
-def _on_one_cpu() -> bool:
-    """Whether the calling thread may run on one CPU only (False where unknown)."""
-    getaffinity = getattr(os, "sched_getaffinity", None)
-    if getaffinity is None:
-        return False
-    try:
-        return len(getaffinity(0)) == 1
-    except OSError:
-        return False
-
-
-def _process_cpus() -> set[int]:
-    """The CPUs the process may run on (an empty set where unknown)."""
+def _thread_cpus() -> set[int]:
+    """The CPUs the calling thread (the loop's) may run on; an empty set where unknown."""
     getaffinity = getattr(os, "sched_getaffinity", None)
     if getaffinity is None:
         return set()
@@ -180,6 +169,11 @@ def _process_cpus() -> set[int]:
         return set(getaffinity(0))
     except OSError:
         return set()
+
+
+def _on_one_cpu() -> bool:
+    """Whether the calling thread may run on one CPU only (False where unknown)."""
+    return len(_thread_cpus()) == 1
 
 
 class _Slot:
@@ -261,7 +255,7 @@ class BodyThreads:
         self.hand_over = _on_one_cpu()
         """Whether a single body is handed over (see above; a test seam too)."""
         self.handed_over = 0  # bodies the loop waited for a thread to start (a test seam)
-        self.beside = not self.hand_over and beside_supported(_process_cpus())
+        self.beside = not self.hand_over and beside_supported(_thread_cpus())
         """Whether an idle thread is woken on its waker's CPU (see above; a test seam)."""
         self.placed = 0  # threads woken beside their waker (a test seam)
         self._count_lock = threading.Lock()
