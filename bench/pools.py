@@ -1,4 +1,4 @@
-"""Benchmark of the two worker pools on sync bodies: threads against processes, on Redis.
+"""Drains of real workers on Redis: the two pools for sync bodies, or async def bodies.
 
 Run from the project root (as a module, so ``import redis`` finds the library)::
 
@@ -86,11 +86,9 @@ def build_app(url: str, store: bool = False, fail: bool = False, aio: bool = Fal
     """The benchmark app: one task, sync unless ``aio``, fire-and-forget unless ``store``,
     failing (no retries) if ``fail``."""
     bench = App("pools", broker=url)
-    bodies: dict[bool, Callable[[], Any]] = {
-        False: _incr_and_fail if fail else _incr,
-        True: _aincr_and_fail if fail else _aincr,
-    }
-    body = bodies[aio]
+    sync_body = _incr_and_fail if fail else _incr
+    async_body = _aincr_and_fail if fail else _aincr
+    body: Callable[[], Any] = async_body if aio else sync_body
     bench.task(name="pools.incr", store_result=store, retries=0)(body)
     return bench
 
