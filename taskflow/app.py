@@ -39,7 +39,7 @@ from .task import Task, register
 from .urls import mask_url
 from .worker import Worker
 from .worker.affinity import check_choice
-from .worker.foreground import run_worker
+from .worker.foreground import YOUNG_THRESHOLD, check_gc_threshold, run_worker
 
 if TYPE_CHECKING:
     # Imported by ``admin()``: a worker process never needs the operations API.
@@ -268,6 +268,7 @@ class App:
         grace: float = 30.0,
         connect_timeout: float = 60.0,
         cpu_affinity: str = "off",
+        gc_threshold: int = YOUNG_THRESHOLD,
         **options: Any,
     ) -> None:
         """Run a worker in the foreground until SIGTERM/SIGINT, like ``taskflow worker``.
@@ -278,8 +279,11 @@ class App:
         still running after the stop end the process (see ``docs/guide.md``).
         ``cpu_affinity="auto"`` keeps the process's threads on one CPU of their own while
         it runs (thread pool only; see "CPU affinity" in ``docs/guide.md``).
+        ``gc_threshold``: the garbage collector's first threshold while the worker runs
+        (0: as the program set it; see "The garbage collector" in ``docs/guide.md``).
         """
         affinity = check_choice(cpu_affinity, options.get("pool", "threads"))
+        young = check_gc_threshold(gc_threshold)
         worker = self.worker(queues=queues, concurrency=concurrency, **options)
         run_worker(
             self.kernel,
@@ -287,6 +291,7 @@ class App:
             grace=grace,
             connect_timeout=connect_timeout,
             cpu_affinity=affinity,
+            gc_threshold=young,
         )
 
     # -- periodic tasks --------------------------------------------------------------

@@ -25,7 +25,7 @@ from .. import __version__
 from ..app import App
 from ..errors import ConfigError, TaskflowError
 from ..worker.affinity import AFFINITY_CHOICES, check_choice
-from ..worker.foreground import serve
+from ..worker.foreground import YOUNG_THRESHOLD, serve
 from ..worker.signals import StopControl
 from .beat import beat, schedules, with_beat
 from .common import (
@@ -78,6 +78,7 @@ class WorkerOptions:
     max_tasks_per_child: int | None = None
     max_memory_per_child: float | None = None
     cpu_affinity: str = "off"
+    gc_threshold: int = YOUNG_THRESHOLD
 
     def child_command(self) -> list[str]:
         """The command a supervised worker process runs: this command with ``-P 1``."""
@@ -99,14 +100,19 @@ class WorkerOptions:
             command += ["--prefetch", str(self.prefetch)]
         if self.beat:
             command += ["--beat"]
-        if self.pool != "threads":
-            command += ["--pool", self.pool]
+        return command + self._pool_args()
+
+    def _pool_args(self) -> list[str]:
+        """The pool's options and the process's tuning, as given (defaults left out)."""
+        command = [] if self.pool == "threads" else ["--pool", self.pool]
         if self.max_tasks_per_child is not None:
             command += ["--max-tasks-per-child", str(self.max_tasks_per_child)]
         if self.max_memory_per_child is not None:
             command += ["--max-memory-per-child", repr(self.max_memory_per_child)]
         if self.cpu_affinity != "off":
             command += ["--cpu-affinity", self.cpu_affinity]
+        if self.gc_threshold != YOUNG_THRESHOLD:
+            command += ["--gc-threshold", str(self.gc_threshold)]
         return command
 
 
@@ -209,6 +215,18 @@ def cli() -> None:
     help="auto: keep each worker process's threads on one CPU of its own (thread pool "
     "only; faster sync bodies, see docs/guide.md).",
 )
+@click.option(
+    "--gc-threshold",
+    "gc_threshold",
+    type=click.IntRange(min=0),
+    default=YOUNG_THRESHOLD,
+    show_default=True,
+    envvar="TASKFLOW_GC_THRESHOLD",
+    metavar="N",
+    help="While serving, the garbage collector looks at its youngest objects once N more "
+    "were made than freed (Python's default: 700); 0: leave the collector as the app set "
+    "it (see docs/guide.md).",
+)
 @click.pass_context
 def worker(  # noqa: PLR0917 -- click passes every option as an argument
     ctx: click.Context,
@@ -227,6 +245,7 @@ def worker(  # noqa: PLR0917 -- click passes every option as an argument
     max_tasks_per_child: int | None,
     max_memory_per_child: float | None,
     cpu_affinity: str,
+    gc_threshold: int,
 ) -> None:
     """Run a worker in the foreground until SIGTERM or SIGINT (twice: stop now)."""
     if not app_spec:
@@ -246,6 +265,7 @@ def worker(  # noqa: PLR0917 -- click passes every option as an argument
         max_tasks_per_child,
         max_memory_per_child,
         _affinity(cpu_affinity, pool),
+        gc_threshold,
     )
     code = _supervise(options, processes) if processes > 1 else _run_one(options)
     ctx.exit(code)
@@ -304,6 +324,7 @@ def _run_one(options: WorkerOptions) -> int:
                 supervisor_pid=_supervisor_pid(),
                 end_process=True,
                 cpu_affinity=options.cpu_affinity,
+                gc_threshold=options.gc_threshold,
             )
         except (ConfigError, ValueError) as exc:
             raise CliError(str(exc)) from None

@@ -27,7 +27,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import NoReturn, Protocol
 
@@ -42,12 +42,15 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "IDLE_CHECK",
+    "YOUNG_THRESHOLD",
     "Runner",
+    "check_gc_threshold",
     "connect",
     "exit_process",
     "run_foreground",
     "run_worker",
     "serve",
+    "young_threshold",
 ]
 
 # The lines operators know from ``taskflow worker``, the same for ``App.run_worker``.
@@ -58,6 +61,10 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # could not run: the broker stayed unreachable, an operation failed
 EXIT_USAGE = 2  # bad usage or configuration
 EXIT_CRASHED = 70  # a worker stage died (EX_SOFTWARE in sysexits.h): restart me
+
+YOUNG_THRESHOLD = 10_000
+"""The garbage collector's first threshold while a foreground worker serves (Python's is
+700): see :func:`young_threshold`."""
 # How often the loop re-checks what no signal announces (a vanished supervisor, a crash).
 IDLE_CHECK = 0.5
 # Backoff between connection attempts: doubles from the first to the last value.
@@ -302,12 +309,14 @@ def serve(
     supervisor_pid: int | None = None,
     end_process: bool = False,
     cpu_affinity: str = "off",
+    gc_threshold: int = YOUNG_THRESHOLD,
 ) -> int:
     """Connect the app (see :func:`connect`), then :func:`run_foreground` ``runner``.
 
     With ``cpu_affinity="auto"``, the process's threads are kept on one CPU of their own
-    while the worker runs (:mod:`.affinity`). Returns the exit status: :data:`EXIT_OK` also
-    when a stop signal came while connecting.
+    while the worker runs (:mod:`.affinity`); the garbage collector's first threshold is
+    ``gc_threshold`` meanwhile (:func:`young_threshold`). Returns the exit status:
+    :data:`EXIT_OK` also when a stop signal came while connecting.
     """
     if not connect(kernel, control, connect_timeout):
         runner.stop_now()  # never started: marks it stopped
@@ -320,11 +329,41 @@ def serve(
     gc.freeze()
     claim = pin_process() if cpu_affinity == "auto" else None
     try:
-        return run_foreground(runner, control, grace, supervisor_pid, end_process=end_process)
+        with young_threshold(gc_threshold):
+            return run_foreground(runner, control, grace, supervisor_pid, end_process=end_process)
     finally:
         if claim is not None:
             claim.release()
         gc.unfreeze()
+
+
+def check_gc_threshold(value: object) -> int:
+    """``value`` as a ``gc_threshold`` (an integer, 0 or more); ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"gc_threshold must be an integer, 0 or more (got {value!r})")
+    return value
+
+
+@contextlib.contextmanager
+def young_threshold(objects: int) -> Iterator[None]:
+    """While inside, the garbage collector looks at its youngest generation once
+    ``objects`` more objects were made than freed (``gc.set_threshold``'s first value;
+    0 leaves the collector as it is); the thresholds before are put back after.
+
+    At Python's 700, a busy worker collects every few tasks (the objects of the tasks in
+    flight are more than 700) and finds nothing: the objects of a task are freed by their
+    reference counts when it ends. The collection only finds garbage that refers to
+    itself, which a task rarely leaves: at :data:`YOUNG_THRESHOLD` such garbage waits for
+    up to that many objects instead of 700."""
+    if objects <= 0:
+        yield
+        return
+    before = gc.get_threshold()
+    gc.set_threshold(objects, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
 
 
 def run_worker(
@@ -334,6 +373,7 @@ def run_worker(
     grace: float,
     connect_timeout: float,
     cpu_affinity: str = "off",
+    gc_threshold: int = YOUNG_THRESHOLD,
 ) -> None:
     """``App.run_worker``: :func:`serve` with the command line's signal handling.
 
@@ -349,6 +389,7 @@ def run_worker(
             connect_timeout=connect_timeout,
             end_process=True,
             cpu_affinity=cpu_affinity,
+            gc_threshold=gc_threshold,
         )
     if code == EXIT_CRASHED:
         fatal = runner.fatal

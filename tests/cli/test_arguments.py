@@ -94,6 +94,8 @@ def test_a_malformed_spec_is_a_usage_error(runner: CliRunner) -> None:
         ["--prefetch", "-1"],
         ["--grace", "-1"],
         ["--loglevel", "loud"],
+        ["--gc-threshold", "-1"],
+        ["--gc-threshold", "many"],
         ["--unknown"],
     ],
 )
@@ -171,3 +173,13 @@ def test_logging_the_program_configured_keeps_its_handlers_and_gets_the_level(
         assert logger.level == logging.DEBUG
 
     assert (list(logger.handlers), logger.level, logger.propagate) == before
+
+
+def test_a_supervised_process_gets_the_collector_threshold_it_was_given() -> None:
+    default = WorkerOptions("pkg.mod:app", [], 4, None, 30.0, "info").child_command()
+    assert "--gc-threshold" not in default  # the child's own default is the same
+
+    for given in (0, 2500):
+        options = WorkerOptions("pkg.mod:app", [], 4, None, 30.0, "info", gc_threshold=given)
+        command = options.child_command()
+        assert command[command.index("--gc-threshold") + 1] == str(given)

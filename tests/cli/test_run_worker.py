@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from taskflow import App
+from taskflow.worker.foreground import YOUNG_THRESHOLD
+
 from .helpers import pids, running, wait_for
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -34,6 +37,32 @@ def test_a_signal_stops_run_worker_gracefully_and_it_returns(
     assert f"INFO taskflow.cli: stopping gracefully ({signum.name})" in script.stderr
     assert "Traceback" not in script.stderr
     assert "KeyboardInterrupt" not in script.stderr
+
+
+@pytest.mark.parametrize(("given", "young"), [(None, YOUNG_THRESHOLD), ("2500", 2500), ("0", None)])
+def test_run_worker_serves_with_the_collector_threshold_asked_for_then_gives_it_back(
+    tmp_path: Path, given: str | None, young: int | None
+) -> None:
+    env = {} if given is None else {"TASKFLOW_TEST_GC": given}
+    with running([], tmp_path, command=SCRIPT, env=env) as script:
+        wait_for(lambda: pids(tmp_path, "touched") == {script.pid}, 10, "the worker's task")
+        script.signal(signal.SIGTERM)
+        assert script.wait(10) == 0
+
+    def thresholds(mark: str) -> list[int]:
+        return [int(n) for n in (tmp_path / mark).read_text().split()]
+
+    before = thresholds("gc-before")
+    serving = before if young is None else [young, *before[1:]]
+    assert thresholds("gc-serving") == serving
+    assert thresholds("gc-after") == before
+
+
+def test_gc_threshold_must_be_an_integer_of_0_or_more() -> None:
+    app = App("cli-run-worker-bad-gc")
+    for bad in (-1, 2.5, True, "700"):
+        with pytest.raises(ValueError, match=r"gc_threshold must be an integer, 0 or more"):
+            app.run_worker(gc_threshold=bad)
 
 
 def test_a_second_sigint_ends_the_program_while_a_sync_body_blocks(tmp_path: Path) -> None:

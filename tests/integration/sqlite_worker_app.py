@@ -76,3 +76,9 @@ async def achild_cpus() -> str:
 def gc_frozen() -> int:
     """How many objects the worker process moved out of the collector's generations."""
     return gc.get_freeze_count()
+
+
+@app.task(name="it.gc_threshold")
+def gc_threshold() -> list[int]:
+    """The worker process's garbage collector thresholds."""
+    return list(gc.get_threshold())

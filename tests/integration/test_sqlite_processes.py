@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from taskflow import App
+from taskflow.worker.foreground import YOUNG_THRESHOLD
 from tests.integration.redis_helpers import ROOT, stop, wait_until
 from tests.integration.sqlite_helpers import start_worker
 
@@ -58,6 +59,37 @@ def test_a_worker_process_serves_with_what_its_start_up_made_frozen(tmp_path: Pa
     finally:
         stop(worker)
     assert worker.returncode == 0
+
+
+def _interpreter_thresholds() -> list[int]:
+    shown = subprocess.run(
+        [sys.executable, "-c", "import gc; print(*gc.get_threshold())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [int(n) for n in shown.stdout.split()]
+
+
+@pytest.mark.parametrize(
+    ("options", "young"),
+    [([], YOUNG_THRESHOLD), (["--gc-threshold", "2500"], 2500), (["--gc-threshold", "0"], None)],
+)
+def test_worker_processes_serve_with_the_collector_threshold_asked_for(
+    tmp_path: Path, options: list[str], young: int | None
+) -> None:
+    # Two processes: the supervisor passes the option on to the worker processes.
+    url = f"sqlite:///{tmp_path}/tasks.db?lease={LEASE}"
+    worker = start_worker(url, tmp_path / "runs.txt", processes=2, options=options)
+    try:
+        with App("producer", broker=url) as app:
+            thresholds = app.send_task("it.gc_threshold").get(timeout=30)
+    finally:
+        stop(worker)
+    assert worker.returncode == 0
+    default = _interpreter_thresholds()
+    # 0: the interpreter's own, as the app left them; else only the first one changes.
+    assert thresholds == (default if young is None else [young, *default[1:]])
 
 
 def test_a_task_of_a_sigkilled_worker_is_delivered_again_to_another(tmp_path: Path) -> None:
