@@ -3,7 +3,8 @@
 Run from the project root (as a module, so ``import redis`` finds the library)::
 
     python -m bench.pools [--tasks 20000] [--url redis://127.0.0.1:6379/15] [--store] [--fail]
-                          [--async-bodies] [--configs "-c 8" "-P 2 -c 16" "-c 2 --pool processes"]
+                          [--async-bodies] [--threads]
+                          [--configs "-c 8" "-P 2 -c 16" "-c 2 --pool processes"]
 
 ``--tasks``    sync tasks per drain (default 20,000); each body does one ``INCR`` on Redis,
                as in the shared peer harness
@@ -19,6 +20,11 @@ Run from the project root (as a module, so ``import redis`` finds the library)::
 ``--configs``  ``taskflow worker`` options, one drain each (default: the thread pool in one
                process with 8 slots and in two with 16, the process pool with 2 and 4
                children)
+``--threads``  also split the workers' CPU time by thread: the threads that ran before the
+               drain (each process's event loop, its main thread; the process pool's
+               children) and those it started (the threads of sync bodies), each with
+               its voluntary context switches (a thread that waits: for a lock, the
+               interpreter's lock, a reply) per task
 
 For each configuration, real ``taskflow worker`` processes start and subscribe (the time
 this takes is printed as start-up), the queue is paused, filled, then resumed, and the
@@ -132,6 +138,62 @@ def _tree_cpu(root: int) -> tuple[float, float]:
     return total, children
 
 
+def _descendants(root: int) -> list[int]:
+    """``root`` and its live descendants (``/proc``)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parents[int(entry)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    tree = []
+    for pid in parents:
+        walk = pid
+        while walk not in (root, 0, 1) and walk in parents:
+            walk = parents[walk]
+        if walk == root:
+            tree.append(pid)
+    return tree
+
+
+def _thread_times(root: int) -> dict[int, tuple[float, int]]:
+    """CPU seconds and voluntary context switches of every thread of ``root`` and its
+    live descendants, by thread id."""
+    times: dict[int, tuple[float, int]] = {}
+    for pid in _descendants(root):
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{pid}/task/{tid}/status") as status:
+                    lines = status.read().splitlines()
+            except OSError:
+                continue
+            waits = next(int(ln.split()[1]) for ln in lines if ln.startswith("voluntary_"))
+            times[int(tid)] = ((int(fields[11]) + int(fields[12])) / _TICK, waits)
+    return times
+
+
+def _split(
+    before: dict[int, tuple[float, int]], after: dict[int, tuple[float, int]], tasks: int
+) -> tuple[float, float, float, float]:
+    """CPU µs and voluntary switches per task of the threads that ran before the drain,
+    then of those it started."""
+    old = [0.0, 0.0]
+    new = [0.0, 0.0]
+    for tid, (cpu, waits) in after.items():
+        side, start = (old, before[tid]) if tid in before else (new, (0.0, 0))
+        side[0] += cpu - start[0]
+        side[1] += waits - start[1]
+    return old[0] * 1e6 / tasks, old[1] / tasks, new[0] * 1e6 / tasks, new[1] / tasks
+
+
 def _is_child(pid: int) -> bool:
     """Whether ``pid`` is a child process of the process pool."""
     try:
@@ -165,10 +227,11 @@ def drain(
     store: bool = False,
     fail: bool = False,
     aio: bool = False,
-) -> tuple[float, float, float, float, float, float]:
+    threads: bool = False,
+) -> tuple[float, float, float, float, float, float, tuple[float, float, float, float] | None]:
     """Start-up seconds, tasks per second, CPU microseconds per task (of the worker, all
-    its processes; of the process pool's children among them; of Redis), and script
-    calls per task."""
+    its processes; of the process pool's children among them; of Redis), script calls
+    per task, and with ``threads`` the split by thread (:func:`_split`)."""
     env = {
         **os.environ,
         "BENCH_URL": url,
@@ -194,11 +257,13 @@ def drain(
             bench.enqueue_many([task.s() for _ in range(min(1000, tasks - sent))])
         (cpu0, kids0), redis0 = _tree_cpu(proc.pid), _redis_cpu(client)
         calls0 = _script_calls(client)
+        threads0 = _thread_times(proc.pid) if threads else {}
         began = time.perf_counter()
         bench.kernel.call(bench.broker.resume("default"))  # type: ignore[attr-defined]
         seconds = wait_drained(lambda: _depth(bench), began, tasks)
         (cpu1, kids1), redis1 = _tree_cpu(proc.pid), _redis_cpu(client)
         calls1 = _script_calls(client)
+        split = _split(threads0, _thread_times(proc.pid), tasks) if threads else None
     finally:
         _stop([proc])
         client.close()
@@ -210,6 +275,7 @@ def drain(
         (kids1 - kids0) * per_task,
         (redis1 - redis0) * per_task,
         (calls1 - calls0) / tasks,
+        split,
     )
 
 
@@ -220,6 +286,7 @@ def main() -> None:
     parser.add_argument("--store", action="store_true")
     parser.add_argument("--fail", action="store_true")
     parser.add_argument("--async-bodies", action="store_true")
+    parser.add_argument("--threads", action="store_true")
     parser.add_argument(
         "--configs",
         nargs="+",
@@ -238,11 +305,22 @@ def main() -> None:
           f"{'of it children':>16}{'Redis µs/task':>15}{'scripts/task':>14}")  # fmt: skip
     try:
         for options in args.configs:
-            startup, rate, cpu, kids, server, calls = drain(
-                bench, url, options, args.tasks, args.store, args.fail, args.async_bodies
+            startup, rate, cpu, kids, server, calls, split = drain(
+                bench,
+                url,
+                options,
+                args.tasks,
+                args.store,
+                args.fail,
+                args.async_bodies,
+                args.threads,
             )
             print(f"{options:34}{startup:12.2f}{rate:10,.0f}{cpu:16.1f}{kids:16.1f}"
                   f"{server:15.1f}{calls:14.2f}", flush=True)  # fmt: skip
+            if split is not None:
+                print(f"  threads before the drain: {split[0]:.1f} µs, {split[1]:.2f} waits per "
+                      f"task; started by it: {split[2]:.1f} µs, {split[3]:.2f} waits per task",
+                      flush=True)  # fmt: skip
     finally:
         drop_keys(client, "*taskflow-pools*")
         client.close()
