@@ -309,14 +309,16 @@ def serve(
     supervisor_pid: int | None = None,
     end_process: bool = False,
     cpu_affinity: str = "off",
-    gc_threshold: int = YOUNG_THRESHOLD,
+    gc_threshold: int = 0,
 ) -> int:
     """Connect the app (see :func:`connect`), then :func:`run_foreground` ``runner``.
 
     With ``cpu_affinity="auto"``, the process's threads are kept on one CPU of their own
     while the worker runs (:mod:`.affinity`); the garbage collector's first threshold is
-    ``gc_threshold`` meanwhile (:func:`young_threshold`). Returns the exit status:
-    :data:`EXIT_OK` also when a stop signal came while connecting.
+    ``gc_threshold`` meanwhile (:func:`young_threshold`; workers pass
+    :data:`YOUNG_THRESHOLD` by default, a beat leaves the collector alone: it makes few
+    objects). Returns the exit status: :data:`EXIT_OK` also when a stop signal came while
+    connecting.
     """
     if not connect(kernel, control, connect_timeout):
         runner.stop_now()  # never started: marks it stopped
