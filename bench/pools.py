@@ -30,8 +30,9 @@ For each configuration, real ``taskflow worker`` processes start and subscribe (
 this takes is printed as start-up), the queue is paused, filled, then resumed, and the
 clock runs until every message was acked. Printed: the drain rate, and the CPU time per
 task of the worker processes with all their children (``/proc``), of the process pool's
-children among them (the rest is the workers' own loops), and of the Redis server; and
-how many Lua script calls (``EVALSHA``, pipelined or not) Redis ran per task.
+children among them (the rest is the workers' own loops), and of the Redis server; how
+many Lua script calls (``EVALSHA``, pipelined or not) Redis ran per task; and the resident
+memory of the worker processes with their children as the drain ends.
 """
 
 from __future__ import annotations
@@ -194,6 +195,18 @@ def _split(
     return old[0] * 1e6 / tasks, old[1] / tasks, new[0] * 1e6 / tasks, new[1] / tasks
 
 
+def _tree_rss(root: int) -> float:
+    """Resident memory, in MB, of ``root`` and its live descendants (``/proc``)."""
+    pages = 0
+    for pid in _descendants(root):
+        try:
+            with open(f"/proc/{pid}/statm") as statm:
+                pages += int(statm.read().split()[1])
+        except OSError:
+            continue
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def _is_child(pid: int) -> bool:
     """Whether ``pid`` is a child process of the process pool."""
     try:
@@ -228,10 +241,13 @@ def drain(
     fail: bool = False,
     aio: bool = False,
     threads: bool = False,
-) -> tuple[float, float, float, float, float, float, tuple[float, float, float, float] | None]:
+) -> tuple[
+    float, float, float, float, float, float, float, tuple[float, float, float, float] | None
+]:
     """Start-up seconds, tasks per second, CPU microseconds per task (of the worker, all
     its processes; of the process pool's children among them; of Redis), script calls
-    per task, and with ``threads`` the split by thread (:func:`_split`)."""
+    per task, the workers' resident MB as the drain ends, and with ``threads`` the split
+    by thread (:func:`_split`)."""
     env = {
         **os.environ,
         "BENCH_URL": url,
@@ -263,6 +279,7 @@ def drain(
         seconds = wait_drained(lambda: _depth(bench), began, tasks)
         (cpu1, kids1), redis1 = _tree_cpu(proc.pid), _redis_cpu(client)
         calls1 = _script_calls(client)
+        rss = _tree_rss(proc.pid)
         split = _split(threads0, _thread_times(proc.pid), tasks) if threads else None
     finally:
         _stop([proc])
@@ -275,6 +292,7 @@ def drain(
         (kids1 - kids0) * per_task,
         (redis1 - redis0) * per_task,
         (calls1 - calls0) / tasks,
+        rss,
         split,
     )
 
@@ -302,10 +320,11 @@ def main() -> None:
     kind = "async def" if args.async_bodies else "sync"
     print(f"taskflow pools benchmark: {args.tasks:,} {kind} tasks ({what}), {args.url}")
     print(f"{'worker options':34}{'start-up s':>12}{'drain/s':>10}{'worker µs/task':>16}"
-          f"{'of it children':>16}{'Redis µs/task':>15}{'scripts/task':>14}")  # fmt: skip
+          f"{'of it children':>16}{'Redis µs/task':>15}{'scripts/task':>14}"
+          f"{'RSS MB':>8}")  # fmt: skip
     try:
         for options in args.configs:
-            startup, rate, cpu, kids, server, calls, split = drain(
+            startup, rate, cpu, kids, server, calls, rss, split = drain(
                 bench,
                 url,
                 options,
@@ -316,7 +335,7 @@ def main() -> None:
                 args.threads,
             )
             print(f"{options:34}{startup:12.2f}{rate:10,.0f}{cpu:16.1f}{kids:16.1f}"
-                  f"{server:15.1f}{calls:14.2f}", flush=True)  # fmt: skip
+                  f"{server:15.1f}{calls:14.2f}{rss:8.1f}", flush=True)  # fmt: skip
             if split is not None:
                 print(f"  threads before the drain: {split[0]:.1f} µs, {split[1]:.2f} waits per "
                       f"task; started by it: {split[2]:.1f} µs, {split[3]:.2f} waits per task",

@@ -5,7 +5,8 @@ holds (buffered, running, settling, or waiting out an outage while it is admitte
 renewed a third of its lease after it was taken, and every third of a lease after that.
 The deadlines are kept in one heap; the renewal task sleeps until the earliest one and is
 woken when a delivery with an earlier deadline arrives, so a new delivery never waits for
-a period computed from older ones.
+a period computed from older ones. The entries of settled deliveries are cleared out of the
+heap in passes, so that it holds about as many deliveries as the worker does.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ log = logging.getLogger("taskflow.worker")
 
 # A renewal that failed (the broker is briefly away) is tried again this soon, at most.
 _RETRY_AFTER = 1.0
+# Entries of dropped deliveries the heap may keep beyond twice the held ones (see drop).
+_SLACK = 256
 
 
 def check_hold(tasks: Iterable[TaskDef], broker: Broker, default_timeout: float | None) -> None:
@@ -80,6 +83,15 @@ class LeaseKeeper:
     def drop(self, delivery: Delivery) -> None:
         """Stop renewing ``delivery`` (settled, handed back, or left to expire)."""
         self._held.discard(delivery)
+        # Its entry would stay in the heap until it came due, a third of a lease later
+        # (10 s at the brokers' default), holding the delivery and its message: a worker
+        # settling thousands of tasks a second would keep tens of thousands. Once such
+        # entries outnumber the held deliveries (and a few hundred), they go, in one pass.
+        heap = self._heap
+        if len(heap) > _SLACK + 2 * len(self._held):
+            held = self._held
+            heap[:] = [entry for entry in heap if entry[2] in held]
+            heapq.heapify(heap)
 
     def _schedule(self, delivery: Delivery, due: float) -> None:
         earliest = self._heap[0][0] if self._heap else None

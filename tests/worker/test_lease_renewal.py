@@ -4,7 +4,9 @@ delivery was taken, however long the leases of older deliveries are."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import weakref
 
 import pytest
 
@@ -123,3 +125,42 @@ def test_a_failed_renewal_is_tried_again_soon_and_logged_once(
     assert [r.getMessage() for r in warnings] == [
         "worker w: lease renewal failed (BrokerError: broker briefly away); retrying with backoff"
     ]
+
+
+def test_settled_deliveries_are_not_kept_until_their_renewal_would_have_been_due() -> None:
+    # A worker settling thousands of tasks a second would otherwise keep every delivery
+    # (and its message) of the last third of a lease.
+    keeper = LeaseKeeper("w")
+    held = [Recorded(lease=30.0) for _ in range(50)]
+    for delivery in held:
+        keeper.hold(delivery, 0.0)
+    settled = []
+    for i in range(10_000):
+        delivery = Recorded(lease=30.0)
+        keeper.hold(delivery, float(i))
+        keeper.drop(delivery)
+        settled.append(weakref.ref(delivery))
+        del delivery
+    gc.collect()
+    alive = sum(ref() is not None for ref in settled)
+    assert alive <= 256 + 2 * len(held)
+    assert len(keeper) == len(held)
+
+
+def test_held_deliveries_are_renewed_after_the_settled_ones_were_cleared_out() -> None:
+    async def scenario() -> None:
+        keeper = LeaseKeeper("w")
+        loop = asyncio.get_running_loop()
+        held = [Recorded(lease=0.3) for _ in range(3)]
+        for delivery in held:
+            keeper.hold(delivery, loop.time())
+        for _ in range(2_000):  # enough to clear the heap out several times
+            settled = Recorded(lease=0.3)
+            keeper.hold(settled, loop.time())
+            keeper.drop(settled)
+        runner = asyncio.create_task(keeper.run())
+        for delivery in held:
+            await asyncio.wait_for(delivery.renewed.wait(), timeout=2.0)
+        await _stop(runner)
+
+    asyncio.run(scenario())
