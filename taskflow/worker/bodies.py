@@ -403,6 +403,8 @@ class BodyThreads:
             ready, self._ready = self._ready, []
             self._scheduled = False
         for run in ready:
+            if run is self._last:
+                self._last = None  # a finished run is no hand-over's: its task may go
             fut = run.fut
             if not fut.done():  # else the awaiting task was cancelled
                 if run.error is None:

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import traceback
 from typing import Any, Final
 
 from ..clock import Clock
@@ -230,13 +231,25 @@ class Executor:
             # while this one's outcome is written (its message still counts against the
             # prefetch window until it is acked).
             self._free_slot(job, duration)
-        if isinstance(error, UndecodablePayload):
-            await self.settler.failed(job, error, duration, reason="payload")
+        if error is None:
+            await self.settler.succeeded(job, value, duration)
             return
-        if error is not None:
-            await self.settler.failure(job, decide(job, error, self.rng), duration)
-            return
-        await self.settler.succeeded(job, value, duration)
+        try:
+            if isinstance(error, UndecodablePayload):
+                await self.settler.failed(job, error, duration, reason="payload")
+            else:
+                await self.settler.failure(job, decide(job, error, self.rng), duration)
+        finally:
+            # The error's traceback holds the frames the attempt went through, the body's
+            # with its arguments, in cycles with the error (through this frame's ``error``
+            # and ``job``, whose finished sync run holds the error too): left to the
+            # garbage collector, they would wait for its next pass (thousands of objects
+            # away: see foreground.young_threshold). Its outcome written, nothing needs
+            # them: the frames' variables and the run go now, and with them the cycles.
+            _clear_frames(error)
+            error = None
+            if job.body is not None and job.body.done():
+                job.body = None
 
     async def _invoke(self, ctx: TaskContext) -> Any:
         """The innermost step of the execute chain: the task's own function."""
@@ -365,6 +378,21 @@ class Executor:
             if loop.time() >= deadline:
                 break
             await asyncio.sleep(0.005)
+
+
+def _clear_frames(exc: BaseException) -> None:
+    """Drop the local variables of the frames in the tracebacks of ``exc`` and of the
+    exceptions it was raised from or during (frames still running keep theirs); the
+    tracebacks still say where each frame was."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        pending += (current.__cause__, current.__context__)
 
 
 def payload_error(task: str, exc: Exception) -> PayloadError:
