@@ -28,6 +28,8 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
+from bench._procs import server_cpu
+
 KEY = "taskflow-floor:done"
 
 
@@ -86,23 +88,18 @@ def floor(url: str, config: str, calls: int) -> tuple[float, float, float]:
         for _ in range(processes)
     ]
     client = redis.Redis.from_url(url)
-    server0 = _server_cpu(client)
+    server0 = server_cpu(client)
     for proc in procs:
         proc.start()
     results = [out.get(timeout=600) for _ in procs]
     for proc in procs:
         proc.join()
-    server = _server_cpu(client) - server0
+    server = server_cpu(client) - server0
     client.close()
     wall = max(r[0] for r in results)
     cpu = sum(r[1] for r in results)
     done = sum(r[2] for r in results)
     return done / wall, cpu / done * 1e6, server / done * 1e6
-
-
-def _server_cpu(client: redis.Redis) -> float:
-    info = client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ import redis
 import redis.asyncio as aioredis
 
 from bench._keys import drop_keys
-from bench.pools import _redis_cpu, _tree_cpu
+from bench._procs import server_cpu, tree_cpu
 from bench.redis_backend import _stop, _wait_consumers
 from taskflow import App, Task
 from taskflow._redis.scripts import BROKER_SCRIPTS, RESULT_SCRIPTS, load_script
@@ -165,11 +165,11 @@ def main() -> None:
         for _ in range(100):
             trip()
         for n in range(1, args.rounds + 1):
-            worker0, redis0 = _tree_cpu(proc.pid)[0], _redis_cpu(client)
+            worker0, redis0 = tree_cpu(proc.pid)[0], server_cpu(client)
             producer0 = time.process_time()
             trips = [trip() for _ in range(args.trips)]
             producer1 = time.process_time()
-            worker1, redis1 = _tree_cpu(proc.pid)[0], _redis_cpu(client)
+            worker1, redis1 = tree_cpu(proc.pid)[0], server_cpu(client)
             per = 1e6 / args.trips
             print(f"{n:5}{_pct(trips, 0.5):9.3f}{_pct(trips, 0.9):9.3f}{_pct(trips, 0.99):9.3f}"
                   f"{(producer1 - producer0) * per:13.0f}{(worker1 - worker0) * per:11.0f}"

@@ -44,6 +44,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ import redis.asyncio as aioredis
 
 from bench._drain import wait_drained
 from bench._keys import drop_keys
+from bench._procs import server_cpu, split, thread_times, tree_cpu, tree_rss
 from bench.redis_backend import _depth, _stop, _wait_consumers
 from taskflow import App
 
@@ -108,128 +110,32 @@ app = build_app(
 )
 
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _tree_cpu(root: int) -> tuple[float, float]:
-    """CPU seconds of ``root`` and every live descendant, and of the process pool's
-    children among them (``/proc``)."""
-    parents: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid = int(entry)
-        parents[pid] = int(fields[1])
-        cpu[pid] = sum(int(v) for v in fields[11:15]) / _TICK
-    total = children = 0.0
-    for pid, seconds in cpu.items():
-        walk = pid
-        while walk not in (root, 0, 1) and walk in parents:
-            walk = parents[walk]
-        if walk == root:
-            total += seconds
-            if _is_child(pid):
-                children += seconds
-    return total, children
-
-
-def _descendants(root: int) -> list[int]:
-    """``root`` and its live descendants (``/proc``)."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    parents[int(entry)] = int(stat.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-    tree = []
-    for pid in parents:
-        walk = pid
-        while walk not in (root, 0, 1) and walk in parents:
-            walk = parents[walk]
-        if walk == root:
-            tree.append(pid)
-    return tree
-
-
-def _thread_times(root: int) -> dict[int, tuple[float, int]]:
-    """CPU seconds and voluntary context switches of every thread of ``root`` and its
-    live descendants, by thread id."""
-    times: dict[int, tuple[float, int]] = {}
-    for pid in _descendants(root):
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/stat") as stat:
-                    fields = stat.read().rsplit(")", 1)[1].split()
-                with open(f"/proc/{pid}/task/{tid}/status") as status:
-                    lines = status.read().splitlines()
-            except OSError:
-                continue
-            waits = next(int(ln.split()[1]) for ln in lines if ln.startswith("voluntary_"))
-            times[int(tid)] = ((int(fields[11]) + int(fields[12])) / _TICK, waits)
-    return times
-
-
-def _split(
-    before: dict[int, tuple[float, int]], after: dict[int, tuple[float, int]], tasks: int
-) -> tuple[float, float, float, float]:
-    """CPU µs and voluntary switches per task of the threads that ran before the drain,
-    then of those it started."""
-    old = [0.0, 0.0]
-    new = [0.0, 0.0]
-    for tid, (cpu, waits) in after.items():
-        side, start = (old, before[tid]) if tid in before else (new, (0.0, 0))
-        side[0] += cpu - start[0]
-        side[1] += waits - start[1]
-    return old[0] * 1e6 / tasks, old[1] / tasks, new[0] * 1e6 / tasks, new[1] / tasks
-
-
-def _tree_rss(root: int) -> float:
-    """Resident memory, in MB, of ``root`` and its live descendants (``/proc``)."""
-    pages = 0
-    for pid in _descendants(root):
-        try:
-            with open(f"/proc/{pid}/statm") as statm:
-                pages += int(statm.read().split()[1])
-        except OSError:
-            continue
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _is_child(pid: int) -> bool:
-    """Whether ``pid`` is a child process of the process pool."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return b"taskflow.worker._child" in cmdline.read()
-    except OSError:
-        return False
-
-
 def _script_calls(client: redis.Redis) -> int:
     """``EVALSHA`` calls the server has run since its statistics were last reset."""
     stats = client.info("commandstats").get("cmdstat_evalsha", {})
     return int(stats.get("calls", 0))
 
 
-def _redis_cpu(client: redis.Redis) -> float:
-    info = client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
 def _processes(options: str) -> int:
     words = shlex.split(options)
     return int(words[words.index("-P") + 1]) if "-P" in words else 1
+
+
+@dataclass(frozen=True)
+class Drain:
+    """What one drain measured: its start-up, its rate, the CPU time per task (of the
+    worker, all its processes; of the process pool's children among them; of Redis),
+    the script calls per task, the workers' resident memory as it ended, and with
+    ``threads`` the split by thread (:func:`bench._procs.split`)."""
+
+    startup: float
+    rate: float
+    cpu: float
+    children: float
+    server: float
+    scripts: float
+    rss: float
+    threads: tuple[float, float, float, float] | None
 
 
 def drain(
@@ -241,13 +147,8 @@ def drain(
     fail: bool = False,
     aio: bool = False,
     threads: bool = False,
-) -> tuple[
-    float, float, float, float, float, float, float, tuple[float, float, float, float] | None
-]:
-    """Start-up seconds, tasks per second, CPU microseconds per task (of the worker, all
-    its processes; of the process pool's children among them; of Redis), script calls
-    per task, the workers' resident MB as the drain ends, and with ``threads`` the split
-    by thread (:func:`_split`)."""
+) -> Drain:
+    """Drain ``tasks`` tasks with ``taskflow worker`` started with ``options``."""
     env = {
         **os.environ,
         "BENCH_URL": url,
@@ -271,21 +172,21 @@ def drain(
         bench.kernel.call(bench.broker.pause("default"))  # type: ignore[attr-defined]
         for sent in range(0, tasks, 1000):
             bench.enqueue_many([task.s() for _ in range(min(1000, tasks - sent))])
-        (cpu0, kids0), redis0 = _tree_cpu(proc.pid), _redis_cpu(client)
+        (cpu0, kids0), redis0 = tree_cpu(proc.pid), server_cpu(client)
         calls0 = _script_calls(client)
-        threads0 = _thread_times(proc.pid) if threads else {}
+        threads0 = thread_times(proc.pid) if threads else {}
         began = time.perf_counter()
         bench.kernel.call(bench.broker.resume("default"))  # type: ignore[attr-defined]
         seconds = wait_drained(lambda: _depth(bench), began, tasks)
-        (cpu1, kids1), redis1 = _tree_cpu(proc.pid), _redis_cpu(client)
+        (cpu1, kids1), redis1 = tree_cpu(proc.pid), server_cpu(client)
         calls1 = _script_calls(client)
-        rss = _tree_rss(proc.pid)
-        split = _split(threads0, _thread_times(proc.pid), tasks) if threads else None
+        rss = tree_rss(proc.pid)
+        by_thread = split(threads0, thread_times(proc.pid), tasks) if threads else None
     finally:
         _stop([proc])
         client.close()
     per_task = 1e6 / tasks
-    return (
+    return Drain(
         startup,
         tasks / seconds,
         (cpu1 - cpu0) * per_task,
@@ -293,7 +194,7 @@ def drain(
         (redis1 - redis0) * per_task,
         (calls1 - calls0) / tasks,
         rss,
-        split,
+        by_thread,
     )
 
 
@@ -324,7 +225,7 @@ def main() -> None:
           f"{'RSS MB':>8}")  # fmt: skip
     try:
         for options in args.configs:
-            startup, rate, cpu, kids, server, calls, rss, split = drain(
+            d = drain(
                 bench,
                 url,
                 options,
@@ -334,12 +235,13 @@ def main() -> None:
                 args.async_bodies,
                 args.threads,
             )
-            print(f"{options:34}{startup:12.2f}{rate:10,.0f}{cpu:16.1f}{kids:16.1f}"
-                  f"{server:15.1f}{calls:14.2f}{rss:8.1f}", flush=True)  # fmt: skip
-            if split is not None:
-                print(f"  threads before the drain: {split[0]:.1f} µs, {split[1]:.2f} waits per "
-                      f"task; started by it: {split[2]:.1f} µs, {split[3]:.2f} waits per task",
-                      flush=True)  # fmt: skip
+            print(f"{options:34}{d.startup:12.2f}{d.rate:10,.0f}{d.cpu:16.1f}{d.children:16.1f}"
+                  f"{d.server:15.1f}{d.scripts:14.2f}{d.rss:8.1f}", flush=True)  # fmt: skip
+            if d.threads is not None:
+                before, waits, started, started_waits = d.threads
+                print(f"  threads before the drain: {before:.1f} µs, {waits:.2f} waits per "
+                      f"task; started by it: {started:.1f} µs, {started_waits:.2f} waits per "
+                      "task", flush=True)  # fmt: skip
     finally:
         drop_keys(client, "*taskflow-pools*")
         client.close()
