@@ -65,6 +65,7 @@ EXIT_CRASHED = 70  # a worker stage died (EX_SOFTWARE in sysexits.h): restart me
 YOUNG_THRESHOLD = 10_000
 """The garbage collector's first threshold while a foreground worker serves (Python's is
 700): see :func:`young_threshold`."""
+
 # How often the loop re-checks what no signal announces (a vanished supervisor, a crash).
 IDLE_CHECK = 0.5
 # Backoff between connection attempts: doubles from the first to the last value.
