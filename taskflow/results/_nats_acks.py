@@ -1,9 +1,12 @@
-"""Pipelined JetStream publishes for the NATS result store.
+"""Pipelined JetStream publishes and API requests for the NATS result store.
 
 ``JetStreamContext.publish_async`` would do, but nats-py (2.16) raises inside its reply
 handler on a 400 error (such as "wrong last sequence", the normal answer to a create of an
 existing key), so that future never resolves. Here every reply resolves its future with the
-raw reply message and the caller reads the outcome.
+raw reply message and the caller reads the outcome. The store's reads and compare-and-set
+writes of one record go the same way: one shared inbox, no per-request subscription, and
+the reply read as plain JSON (nats-py's ``KeyValue.get`` parses the stored message's
+headers with the e-mail parser and its time stamp, which the store does not use).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-__all__ = ["PubAcks", "reply_error"]
+__all__ = ["PubAcks", "reply_body", "reply_error"]
 
 
 class PubAcks:
@@ -31,9 +34,10 @@ class PubAcks:
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
 
     async def publish(
-        self, subject: str, data: bytes, headers: dict[str, str]
+        self, subject: str, data: bytes, headers: dict[str, str] | None = None
     ) -> asyncio.Future[Msg]:
-        """Send one message to a stream subject; the future gets the server's reply."""
+        """Send one message to a stream (or a request to the JetStream API); the future
+        gets the server's reply."""
         if self._sub is None:
             self._prefix = self._nc.new_inbox()
             self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
@@ -52,18 +56,27 @@ class PubAcks:
             fut.set_result(msg)
 
 
-def reply_error(msg: Msg) -> tuple[int, str] | None:
-    """``(err_code, description)`` of a failed publish reply, None for a stored message.
+def reply_body(msg: Msg) -> tuple[dict[str, Any], tuple[int, str] | None]:
+    """The JSON body of a JetStream reply (a publish's or an API call's) and its error:
+    ``(err_code, description)``, or None if the call succeeded.
 
     A status reply (no stream listening on the subject) counts as error code 503.
     """
     status = msg.headers.get("Status") if msg.headers and not msg.data else None
     if status is not None:
-        return 503, f"no stream answered (status {status})"
+        return {}, (503, f"no stream answered (status {status})")
     try:
-        error = json.loads(msg.data).get("error")
-    except (ValueError, AttributeError):
-        return 0, "unreadable publish acknowledgement"
+        body = json.loads(msg.data)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return {}, (0, "unreadable reply")
+    error = body.get("error")
     if not error:
-        return None
-    return int(error.get("err_code") or 0), str(error.get("description") or "")
+        return body, None
+    return body, (int(error.get("err_code") or 0), str(error.get("description") or ""))
+
+
+def reply_error(msg: Msg) -> tuple[int, str] | None:
+    """``(err_code, description)`` of a failed reply, None for a stored message."""
+    return reply_body(msg)[1]

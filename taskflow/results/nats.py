@@ -24,6 +24,7 @@ publishes no events otherwise.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import re
@@ -33,7 +34,7 @@ from typing import Any, ClassVar
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as RequestTimeout
-from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from .._nats.connection import Connection
@@ -42,7 +43,7 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BrokerError, ConfigError
 from ..urls import url_kwargs
 from . import _heartbeats_nats as heartbeats
-from ._nats_acks import PubAcks, reply_error
+from ._nats_acks import PubAcks, reply_body, reply_error
 from ._nats_janitor import Janitor, sweep
 from .base import ResultStore, StoreCapabilities, is_terminal, restarted
 
@@ -52,7 +53,9 @@ _KEY = re.compile(r"[-_=A-Za-z0-9]+")
 _TIMEOUT = 5.0
 _LISTENERS_TIMEOUT = 1.0  # a reader that is slower to answer still counts as one
 _BURST = 1000  # creates in flight at once
-_WRONG_LAST = (10071, 10164)  # JetStream error codes: the key's last revision was not 0
+_MINE = 10_000  # revisions of running records written here, to skip a read (_remember)
+_WRONG_LAST = (10071, 10164)  # JetStream error codes: the key's last revision was another
+_NO_MESSAGE = 10037  # JetStream error code of a get: no message for that subject
 
 
 def _key(kind: str, name: str) -> str:
@@ -121,11 +124,14 @@ class NatsResultStore(ResultStore):
         self.sweep_interval = sweep_interval
         self.clock: Clock = clock or SYSTEM_CLOCK
         self.bucket = f"TF_{stream_name(prefix)}_RESULTS"
+        self._get_api = f"$JS.API.STREAM.MSG.GET.KV_{self.bucket}"
         self.events_subject = f"{subject_token(prefix)}.events"
         self.listeners_subject = f"{self.events_subject}.listeners"
         self._acks: PubAcks | None = None
         self._kv: KeyValue | None = None
         self._janitor: Janitor | None = None
+        # Running records this store wrote last: key -> (revision, record); see _remember.
+        self._mine: dict[str, tuple[int, dict[str, Any]]] = {}
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None) -> NatsResultStore:
@@ -163,6 +169,7 @@ class NatsResultStore(ResultStore):
         if janitor is not None:
             await janitor.stop()
         self._acks, self._kv = None, None
+        self._mine.clear()
         await self._conn.close()
 
     async def sweep(self) -> int:
@@ -181,44 +188,63 @@ class NatsResultStore(ResultStore):
         return self._kv
 
     async def _call(self, coro: Any) -> Any:
-        # The KV's own errors are the store's to handle (absent key, lost compare-and-set).
-        return await self._conn.call(coro, keep=(NotFoundError, KeyWrongLastSequenceError))
+        # An absent key or bucket is the store's to handle.
+        return await self._conn.call(coro, keep=(NotFoundError,))
 
     # -- stored values with their own expiry -----------------------------------------
+    async def _ask(self, subject: str, data: bytes, headers: dict[str, str] | None) -> Msg:
+        """One request (a publish to the bucket, or a JetStream API call) and its reply,
+        within :data:`_TIMEOUT`; failures are BrokerError naming the URL."""
+        acks = self._pub_acks()
+
+        async def ask() -> Msg:
+            reply = await acks.publish(subject, data, headers)
+            try:
+                return await reply
+            finally:
+                reply.cancel()  # no-op once done; drops the slot of an abandoned request
+
+        result: Msg = await self._conn.call(ask(), _TIMEOUT)
+        return result
+
     async def _read(self, key: str) -> tuple[Any, int | None]:
-        """(value, revision): value None when absent or expired; revision None if absent."""
-        try:
-            entry = await self._call(self._bucket().get(key))
-        except NotFoundError:
-            return None, None
-        if not entry.value:
-            return None, entry.revision
-        stored = json.loads(entry.value)
+        """(value, revision): value None when absent, expired or deleted (a delete marker
+        has a revision); revision None if the key has no message at all."""
+        request = b'{"last_by_subj":"$KV.%s.%s"}' % (self.bucket.encode(), key.encode())
+        reply = await self._ask(self._get_api, request, None)
+        body, error = reply_body(reply)
+        if error is not None:
+            if error[0] == _NO_MESSAGE:
+                return None, None
+            raise BrokerError(f"NATS {self._conn.masked}: KV get: {error[1]} ({error[0]})")
+        message = body.get("message") or {}
+        revision = int(message["seq"])
+        data = message.get("data")
+        if not data:
+            return None, revision  # a delete or purge marker (or an empty value)
+        stored = json.loads(base64.b64decode(data))
         expires = stored.get("x")
         if expires is not None and expires <= self.clock.time():
-            return None, entry.revision
-        return stored.get("v"), entry.revision
+            return None, revision
+        return stored.get("v"), revision
 
     def _encode(self, value: Any, ttl: float | None) -> bytes:
         expires = None if ttl is None else self.clock.time() + ttl
         return json.dumps({"v": value, "x": expires}, separators=(",", ":")).encode()
 
-    async def _write(self, key: str, value: Any, ttl: float | None, revision: int | None) -> bool:
-        """Compare-and-set; False if someone else wrote first."""
-        data = self._encode(value, ttl)
-        kv = self._bucket()
-        try:
-            if revision is None:
-                await self._call(kv.create(key, data))
-            else:
-                await self._call(kv.update(key, data, last=revision))
-        except (KeyWrongLastSequenceError, NotFoundError):
-            return False
-        except BrokerError as exc:
-            if "wrong last sequence" in str(exc):
-                return False
-            raise
-        return True
+    async def _write(
+        self, key: str, value: Any, ttl: float | None, revision: int | None
+    ) -> int | None:
+        """Compare-and-set against ``revision`` (None: the key must have no message); the
+        new revision, or None if the key's last revision was another."""
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(revision or 0)}
+        reply = await self._ask(f"$KV.{self.bucket}.{key}", self._encode(value, ttl), headers)
+        body, error = reply_body(reply)
+        if error is not None:
+            if error[0] in _WRONG_LAST:
+                return None
+            raise BrokerError(f"NATS {self._conn.masked}: KV write: {error[1]} ({error[0]})")
+        return int(body["seq"])
 
     # -- records ---------------------------------------------------------------------
     async def get(self, task_id: str) -> dict[str, Any] | None:
@@ -235,14 +261,42 @@ class NatsResultStore(ResultStore):
     ) -> dict[str, Any] | None:
         """Merge with compare-and-set; None (nothing written) once the record is terminal."""
         key = _key("r", task_id)
+        mine = self._mine.pop(key, None)
+        if mine is not None:
+            # This store wrote the record last, as far as it knows: compare-and-set against
+            # that revision without reading it back. A revision names one write, so if it
+            # is still the key's last, the record is the one kept here; if another write
+            # came between, the set fails and the loop below reads what is there.
+            last, kept = mine
+            record = {**kept, **changes}
+            written = await self._write(key, record, ttl, last)
+            if written is not None:
+                self._remember(key, written, record, ttl)
+                return record
         while True:
             current, revision = await self._read(key)
             if is_terminal(current):
                 return None
             record = {"id": task_id} if current is None else dict(current)
             record.update(changes)
-            if await self._write(key, record, ttl, revision):
+            written = await self._write(key, record, ttl, revision)
+            if written is not None:
+                self._remember(key, written, record, ttl)
                 return record
+
+    def _remember(self, key: str, revision: int, record: dict[str, Any], ttl: float | None) -> None:
+        """Keep the revision of a ``running`` record this store just wrote, without an
+        expiry (one with an expiry is read, so that an expired one counts as absent): the
+        worker that runs the task writes it next (its progress, its outcome), and that
+        write then needs no read. Other records are not kept: their next write is seldom
+        this process's (a retry runs anywhere), and a retrying one carries its error. At
+        most :data:`_MINE` are kept, the oldest forgotten first."""
+        if ttl is not None or record.get("status") != "running":
+            return
+        mine = self._mine
+        if len(mine) >= _MINE:
+            del mine[next(iter(mine))]
+        mine[key] = (revision, dict(record))
 
     async def restart(self, task_id: str, changes: Mapping[str, Any]) -> dict[str, Any] | None:
         """A new cycle of a terminal record, by compare-and-set (so exactly once)."""
@@ -252,7 +306,7 @@ class NatsResultStore(ResultStore):
             if current is None or not is_terminal(current):
                 return None
             record = restarted(current, changes)
-            if await self._write(key, record, None, revision):
+            if await self._write(key, record, None, revision) is not None:
                 return record
 
     async def update_many(
@@ -331,13 +385,13 @@ class NatsResultStore(ResultStore):
     async def _create(self, task_id: str, record: Mapping[str, Any], ttl: float | None) -> bool:
         key = _key("r", task_id)
         while True:
-            if await self._write(key, {"id": task_id, **record}, ttl, None):
+            if await self._write(key, {"id": task_id, **record}, ttl, None) is not None:
                 return True
             current, revision = await self._read(key)
             if current is not None:
                 return False
             # Present only as an expired value or a delete marker: replace it by revision.
-            if await self._write(key, {"id": task_id, **record}, ttl, revision):
+            if await self._write(key, {"id": task_id, **record}, ttl, revision) is not None:
                 return True
 
     async def delete(self, task_id: str) -> bool:
@@ -391,7 +445,7 @@ class NatsResultStore(ResultStore):
             current, revision = await self._read(name)
             if current is not None:
                 return str(current)
-            if await self._write(name, value, ttl, revision):
+            if await self._write(name, value, ttl, revision) is not None:
                 return None
 
     async def get_value(self, key: str) -> str | None:
@@ -410,7 +464,7 @@ class NatsResultStore(ResultStore):
         while True:
             current, revision = await self._read(name)
             value = int(current or 0) + amount
-            if await self._write(name, value, ttl, revision):
+            if await self._write(name, value, ttl, revision) is not None:
                 return value
 
     # -- events ----------------------------------------------------------------------
