@@ -6,11 +6,19 @@ highest down with no-wait pulls (skipping levels known empty, see
 framing is malformed is dead-lettered ``undecodable``, one that ran out of deliveries
 ``worker_lost``; both are reported in ``FetchResult.lost``. With nothing to take it waits for an
 announcement, a due time or a lease end, whichever comes first.
+
+What a fetch pulls is leased to this process until it is acked, nak'ed or its ack wait
+runs out (the lease, 30 s for the delay consumer). So the pulls and what follows them run
+as a task of their own: a fetch cancelled meanwhile (a worker stopping, a stalled fetch)
+lets it finish, for up to :data:`SETTLE_ON_CANCEL` seconds, then hands back the deliveries
+it made. Cancelled in the middle, a delayed message would run up to 30 s late and a work
+message would come back only when its lease ran out, with a delivery spent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Sequence
@@ -25,9 +33,11 @@ from ._nats_delay import NatsDelays
 from ._nats_delivery import NatsDelivery
 from .base import Delivery
 
-__all__ = ["NatsFetcher"]
+__all__ = ["SETTLE_ON_CANCEL", "NatsFetcher"]
 
 log = logging.getLogger("taskflow.brokers.nats")
+
+SETTLE_ON_CANCEL = 2.0  # seconds a cancelled fetch still gives what it pulled
 
 
 class NatsFetcher:
@@ -49,13 +59,40 @@ class NatsFetcher:
         while True:
             waker = signals.waker()
             try:
-                got = await self._take(queues, max_messages)
+                got = await self._take_settled(queues, max_messages)
                 remaining = deadline - loop.time()
                 if got or remaining <= 0 or not self._core.conn.connected:
                     return got
                 await asyncio.wait([waker], timeout=min(remaining, self._delays.until_due()))
             finally:
                 signals.drop(waker)
+
+    async def _take_settled(self, queues: Sequence[str], limit: int) -> list[Delivery]:
+        """:meth:`_take`, finished even if the fetch is cancelled meanwhile (see above)."""
+        work = asyncio.ensure_future(self._take(queues, limit))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            try:
+                await asyncio.wait([work], timeout=SETTLE_ON_CANCEL)
+                if work.done() and not work.cancelled() and work.exception() is None:
+                    await self._hand_back(work.result())
+            finally:
+                work.cancel()
+                if work.done() and not work.cancelled():
+                    work.exception()  # retrieved: the fetch is cancelled either way
+            raise
+
+    @staticmethod
+    async def _hand_back(deliveries: Sequence[Delivery]) -> None:
+        """Put back, uncounted, what a cancelled fetch took (best effort: the lease is the
+        fallback)."""
+        if deliveries:
+            handing = asyncio.gather(
+                *(d.nack(requeue=True) for d in deliveries), return_exceptions=True
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(handing, SETTLE_ON_CANCEL)
 
     async def _take(self, queues: Sequence[str], limit: int) -> list[Delivery]:
         if limit <= 0:

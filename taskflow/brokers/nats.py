@@ -13,8 +13,11 @@ Layout, per app ``prefix`` (``P`` is its subject token, ``N`` its stream-name fo
   timer; a due one is republished to its work subject (deduplicated by the delay sequence)
   and acked. Retry backoff uses the same path. The fetcher that nak'ed remembers the due
   time and wakes for it; redeliveries another (possibly dead) worker nak'ed are picked up
-  by a cheap no-wait pull at least once a second. Trade-off: a scheduled message costs one
-  extra round trip per nak cycle and sits in the consumer's pending list. The alternative,
+  by a cheap no-wait pull at least once a second. A fetch cancelled after a pull (the
+  worker stopping) still settles what it pulled, for up to 2 s: left pending, a message
+  would wait out its consumer's ack wait (:mod:`._nats_fetch`). Trade-off: a scheduled
+  message costs one extra round trip per nak cycle and sits in the consumer's pending
+  list. The alternative,
   ``nak(delay)`` on the work message itself, would spend delivery attempts and hold a
   lease-sized slot in the work consumer. nats-server 2.12 has message schedules
   (``Nats-Schedule``) and 2.11 per-message TTLs; with them the delay stream collapses into
