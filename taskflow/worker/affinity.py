@@ -50,6 +50,7 @@ __all__ = [
     "beside_supported",
     "check_choice",
     "claim_cpu",
+    "command_line_default",
     "current_cpu",
     "pin_process",
     "place_beside",
@@ -77,6 +78,30 @@ def check_choice(choice: str, pool: str, name: str = "cpu_affinity") -> str:
             "would all share the one CPU"
         )
     return value
+
+
+def usable_cpus() -> int:
+    """How many CPUs this process may run on (``taskset``, cgroup cpusets), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def command_line_default(processes: int, pool: str) -> str:
+    """``taskflow worker``'s choice when ``--cpu-affinity`` is not given: ``auto`` where
+    it costs nothing, else ``off``.
+
+    It costs nothing where the worker runs at least as many processes (``-P N``) as there
+    are CPUs it may use, on the thread pool: every CPU then has a worker process, so
+    keeping each process on one CPU takes no CPU away from the worker as a whole (what it
+    loses, one process running C code on two CPUs at once, the other processes make up),
+    and the lock hand-overs between its threads stay on one CPU. With fewer processes than
+    CPUs a process's threads could use the CPUs no process has, and ``auto`` stays a
+    choice to make (``docs/guide.md``, "CPU affinity").
+    """
+    if pool.lower() != "threads" or not supported():
+        return "off"
+    return "auto" if processes >= usable_cpus() else "off"
 
 
 def supported() -> bool:

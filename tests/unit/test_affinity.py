@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from taskflow import App
-from taskflow.worker.affinity import check_choice, claim_cpu, claims_dir, place_beside
+from taskflow.worker import affinity
+from taskflow.worker.affinity import (
+    check_choice,
+    claim_cpu,
+    claims_dir,
+    command_line_default,
+    place_beside,
+)
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux only")
 
@@ -74,3 +81,36 @@ def test_placing_a_thread_never_touches_the_calling_one() -> None:
     before = os.sched_getaffinity(0)
     assert place_beside(0) is None
     assert os.sched_getaffinity(0) == before
+
+
+@pytest.mark.parametrize(
+    ("processes", "cpus", "pool", "supported", "chosen"),
+    [
+        (2, 2, "threads", True, "auto"),  # every CPU has a process
+        (3, 2, "threads", True, "auto"),
+        (1, 1, "threads", True, "auto"),
+        (1, 2, "threads", True, "off"),  # a CPU no process has: the threads may use it
+        (7, 8, "threads", True, "off"),
+        (2, 2, "processes", True, "off"),  # never with the process pool
+        (2, 2, "THREADS", True, "auto"),
+        (2, 2, "threads", False, "off"),  # a platform that cannot pin
+    ],
+)
+def test_the_command_line_pins_by_default_only_where_every_cpu_has_a_process(
+    monkeypatch: pytest.MonkeyPatch,
+    processes: int,
+    cpus: int,
+    pool: str,
+    supported: bool,
+    chosen: str,
+) -> None:
+    monkeypatch.setattr(affinity, "usable_cpus", lambda: cpus)
+    monkeypatch.setattr(affinity, "supported", lambda: supported)
+    assert command_line_default(processes, pool) == chosen
+
+
+def test_usable_cpus_are_those_the_process_may_run_on() -> None:
+    if hasattr(os, "sched_getaffinity"):
+        assert affinity.usable_cpus() == len(os.sched_getaffinity(0))
+    else:
+        assert affinity.usable_cpus() == (os.cpu_count() or 1)
