@@ -46,7 +46,9 @@ __all__ = [
     "TLS_OPTIONS",
     "Security",
     "explain",
+    "read_secret",
     "resolve",
+    "server_context",
     "url_with",
 ]
 
@@ -150,7 +152,9 @@ def _path(options: Mapping[str, Any], name: str, where: str) -> str | None:
     return str(path)
 
 
-def _read_secret(path: str, name: str, where: str) -> str:
+def read_secret(path: str, name: str, where: str) -> str:
+    """The secret on the one line of the file at ``path`` (a ConfigError naming ``where``,
+    the option ``name`` and the path, never the content, if it holds anything else)."""
     with open(path, encoding="utf-8", errors="strict") as handle:
         try:
             text = handle.read()
@@ -193,6 +197,22 @@ def _context(
     if not verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def server_context(cert: str, key: str | None, describe: str) -> ssl.SSLContext:
+    """A server's context holding the certificate ``cert`` and its key; a ConfigError
+    starting with ``describe`` (the options and files, never their content) if they are
+    not a PEM certificate and an unencrypted key (an encrypted one is refused, not asked
+    for on the terminal)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(certfile=cert, keyfile=key, password=_no_passphrase)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise ConfigError(
+            f"{describe}: not a PEM certificate and its unencrypted key ({reason})"
+        ) from None
     return context
 
 
@@ -281,9 +301,9 @@ def _credentials(
     if (url_password and (password_file or token_file)) or (url_user and token_file):
         raise ConfigError(f"{where}: the URL holds a secret and {given} gives one too: keep one")
     if password_file is not None:
-        return _read_secret(password_file, "password_file", where), None
+        return read_secret(password_file, "password_file", where), None
     if token_file is not None:
-        return None, _read_secret(token_file, "token_file", where)
+        return None, read_secret(token_file, "token_file", where)
     if url_password or role is None:
         return None, None
     password = _environ(ENV[f"{role}_password"])

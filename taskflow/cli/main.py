@@ -24,7 +24,7 @@ import click
 from .. import __version__
 from ..app import App
 from ..errors import ConfigError, TaskflowError
-from ..worker.affinity import AFFINITY_CHOICES, check_choice
+from ..worker.affinity import AFFINITY_CHOICES, check_choice, command_line_default
 from ..worker.foreground import YOUNG_THRESHOLD, serve
 from ..worker.signals import StopControl
 from .beat import beat, schedules, with_beat
@@ -37,6 +37,7 @@ from .common import (
     logging_setup,
 )
 from .loader import AppLoadError, check_module
+from .metrics_options import MetricsServing, metrics_options, metrics_serving
 from .operator import LazyGroup
 from .options import (
     APP_ENV,
@@ -73,7 +74,7 @@ class WorkerOptions:
     beat: bool = False
     connect_timeout: float = 60.0
     log_format: str = "text"
-    metrics_port: int | None = None
+    metrics: MetricsServing | None = None
     pool: str = "threads"
     max_tasks_per_child: int | None = None
     max_memory_per_child: float | None = None
@@ -92,7 +93,7 @@ class WorkerOptions:
         command += ["--loglevel", self.loglevel]
         if self.log_format != "text":
             command += ["--log-format", self.log_format]
-        if self.metrics_port is not None:
+        if self.metrics is not None:
             command += ["--metrics-port", "0"]  # a loopback port; the supervisor serves
         if self.queues:
             command += ["-Q", ",".join(self.queues)]
@@ -103,14 +104,15 @@ class WorkerOptions:
         return command + self._pool_args()
 
     def _pool_args(self) -> list[str]:
-        """The pool's options and the process's tuning, as given (defaults left out)."""
+        """The pool's options and the process's tuning, as given (defaults left out, but for
+        the CPU affinity, which is always given)."""
         command = [] if self.pool == "threads" else ["--pool", self.pool]
         if self.max_tasks_per_child is not None:
             command += ["--max-tasks-per-child", str(self.max_tasks_per_child)]
         if self.max_memory_per_child is not None:
             command += ["--max-memory-per-child", repr(self.max_memory_per_child)]
-        if self.cpu_affinity != "off":
-            command += ["--cpu-affinity", self.cpu_affinity]
+        # Always given: a child (-P 1) left to choose would choose for one process.
+        command += ["--cpu-affinity", self.cpu_affinity]
         if self.gc_threshold != YOUNG_THRESHOLD:
             command += ["--gc-threshold", str(self.gc_threshold)]
         return command
@@ -172,15 +174,7 @@ def cli() -> None:
 @connect_timeout_option
 @loglevel_option
 @log_format_option
-@click.option(
-    "--metrics-port",
-    "metrics_port",
-    type=click.IntRange(min=0, max=65535),
-    default=None,
-    metavar="PORT",
-    help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics (one port for all "
-    "processes; needs the otel extra).",
-)
+@metrics_options
 @click.option("--beat", "run_beat", is_flag=True, help="Also run a beat in each worker process.")
 @click.option(
     "--pool",
@@ -209,11 +203,11 @@ def cli() -> None:
     "--cpu-affinity",
     "cpu_affinity",
     type=click.Choice(list(AFFINITY_CHOICES), case_sensitive=False),
-    default="off",
-    show_default=True,
+    default=None,
     envvar="TASKFLOW_CPU_AFFINITY",
     help="auto: keep each worker process's threads on one CPU of its own (thread pool "
-    "only; faster sync bodies, see docs/guide.md).",
+    "only; faster sync bodies, see docs/guide.md).  [default: auto with -P N where N is "
+    "at least the CPUs the worker may use, else off]",
 )
 @click.option(
     "--gc-threshold",
@@ -240,11 +234,16 @@ def worker(  # noqa: PLR0917 -- click passes every option as an argument
     loglevel: str,
     log_format: str,
     metrics_port: int | None,
+    metrics_host: str,
+    metrics_token_file: str | None,
+    metrics_no_auth: bool,
+    metrics_tls_cert: str | None,
+    metrics_tls_key: str | None,
     run_beat: bool,
     pool: str,
     max_tasks_per_child: int | None,
     max_memory_per_child: float | None,
-    cpu_affinity: str,
+    cpu_affinity: str | None,
     gc_threshold: int,
 ) -> None:
     """Run a worker in the foreground until SIGTERM or SIGINT (twice: stop now)."""
@@ -260,18 +259,27 @@ def worker(  # noqa: PLR0917 -- click passes every option as an argument
         run_beat,
         connect_timeout,
         log_format.lower(),
-        metrics_port,
+        metrics_serving(
+            metrics_port,
+            metrics_host,
+            metrics_token_file,
+            metrics_no_auth,
+            metrics_tls_cert,
+            metrics_tls_key,
+        ),
         pool.lower(),
         max_tasks_per_child,
         max_memory_per_child,
-        _affinity(cpu_affinity, pool),
+        _affinity(cpu_affinity, pool, processes),
         gc_threshold,
     )
     code = _supervise(options, processes) if processes > 1 else _run_one(options)
     ctx.exit(code)
 
 
-def _affinity(choice: str, pool: str) -> str:
+def _affinity(choice: str | None, pool: str, processes: int) -> str:
+    if choice is None:
+        return command_line_default(processes, pool)
     try:
         return check_choice(choice, pool.lower(), "--cpu-affinity")
     except ValueError as exc:
@@ -298,7 +306,7 @@ def _run_one(options: WorkerOptions) -> int:
     with (
         logging_setup(options.loglevel, options.log_format, name) as configure_logging,
         StopControl() as control,
-        _metrics(options.metrics_port),
+        _metrics(options.metrics),
     ):
         app = load(options.spec)
         configure_logging()
@@ -351,7 +359,7 @@ def _supervise(options: WorkerOptions, processes: int) -> int:
     with ExitStack() as supervising:
         # The supervisor imports no user code: its logging is set up at once.
         supervising.enter_context(logging_setup(options.loglevel, options.log_format, None))()
-        env = supervising.enter_context(_metrics(options.metrics_port, supervisor=True))
+        env = supervising.enter_context(_metrics(options.metrics, supervisor=True))
         control = supervising.enter_context(StopControl(extra_wakeups=(signal.SIGCHLD,)))
 
         def run_forked() -> None:
@@ -370,10 +378,12 @@ _NEEDS_OTEL = "--metrics-port needs the otel extra: pip install 'taskflow-queue[
 
 
 @contextmanager
-def _metrics(port: int | None, *, supervisor: bool = False) -> Iterator[Mapping[str, str] | None]:
-    """Serve metrics on ``port`` (nothing without one): a worker's own, or with
+def _metrics(
+    serving: MetricsServing | None, *, supervisor: bool = False
+) -> Iterator[Mapping[str, str] | None]:
+    """Serve metrics as ``serving`` says (nothing without it): a worker's own, or with
     ``supervisor`` the merged ones of its processes, yielding the environment they need."""
-    if port is None:
+    if serving is None:
         yield None
         return
     try:
@@ -381,14 +391,17 @@ def _metrics(port: int | None, *, supervisor: bool = False) -> Iterator[Mapping[
         from .metrics import process_metrics, supervisor_metrics
     except ImportError:
         raise CliError(_NEEDS_OTEL) from None
-    start: Callable[[int], AbstractContextManager[Mapping[str, str] | None]] = (
+    start: Callable[[MetricsServing], AbstractContextManager[Mapping[str, str] | None]] = (
         supervisor_metrics if supervisor else process_metrics
     )
     with ExitStack() as stack:
         try:
-            env = stack.enter_context(start(port))
+            env = stack.enter_context(start(serving))
+        except ConfigError as exc:  # the TLS files
+            raise CliError(str(exc)) from None
         except OSError as exc:
-            raise CliRuntimeError(f"--metrics-port {port}: {exc.strerror or exc}") from None
+            where = f"--metrics-port {serving.port}"
+            raise CliRuntimeError(f"{where}: {exc.strerror or exc}") from None
         yield env
 
 

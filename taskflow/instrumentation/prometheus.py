@@ -7,12 +7,21 @@ one endpoint for all its processes: each process serves its own text on a loopba
 writes to a shared directory (:func:`register`), and the supervisor's endpoint merges them
 (:func:`gather`), adding the label ``process`` (the process's number, 1 to N, as in the
 supervisor's log lines).
+
+An endpoint binds to loopback unless told otherwise, can ask every scrape for a bearer
+token (``Authorization: Bearer <token>``, what Prometheus sends with ``authorization:
+credentials_file:``), and can serve HTTPS. The loopback endpoints of a supervisor's
+processes always ask for one: a random token the supervisor writes into the shared
+directory (readable by its user only), so another local user cannot read them.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
+import socket
+import ssl
 import threading
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
@@ -22,12 +31,24 @@ from typing import Any
 
 from opentelemetry.sdk.metrics.export import Gauge, Histogram, Metric, MetricsData, Sum
 
-__all__ = ["CONTENT_TYPE", "MetricsEndpoint", "gather", "register", "render"]
+__all__ = [
+    "CONTENT_TYPE",
+    "TOKEN_FILE",
+    "MetricsEndpoint",
+    "directory_token",
+    "gather",
+    "register",
+    "render",
+]
 
 log = logging.getLogger("taskflow.instrumentation")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _FETCH_TIMEOUT = 2.0
+# How long a scraper may take to send its request (and, on HTTPS, to shake hands).
+REQUEST_TIMEOUT = 10.0
+# In a supervisor's directory: the token its processes' loopback endpoints ask for.
+TOKEN_FILE = "token"
 
 
 def _escape(value: str) -> str:
@@ -93,10 +114,17 @@ def render(data: MetricsData | None) -> str:
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    timeout = REQUEST_TIMEOUT
 
     def do_GET(self) -> None:
         if self.path.split("?", 1)[0] != "/metrics":
             self.send_error(404)
+            return
+        if not self.server.authorized(self.headers.get("Authorization")):
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Bearer realm="taskflow metrics"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         try:
             body = self.server.source().encode()
@@ -117,16 +145,59 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], source: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        source: Callable[[], str],
+        token: str | None,
+        tls: ssl.SSLContext | None,
+    ) -> None:
         self.source = source
+        self._expected = f"Bearer {token}".encode() if token else None
+        self._tls = tls
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
+
+    def authorized(self, header: str | None) -> bool:
+        """Whether a request with this ``Authorization`` header may read the metrics."""
+        if self._expected is None:
+            return True
+        return header is not None and hmac.compare_digest(header.encode(), self._expected)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self._tls is None:
+            super().finish_request(request, client_address)
+            return
+        # On the request's own thread: a slow or broken TLS client holds only that thread.
+        request.settimeout(REQUEST_TIMEOUT)
+        try:
+            secured = self._tls.wrap_socket(request, server_side=True)
+        except OSError:  # not a TLS client, or gone (ssl.SSLError is an OSError)
+            return
+        try:
+            super().finish_request(secured, client_address)
+        finally:
+            secured.close()
 
 
 class MetricsEndpoint:
-    """``GET /metrics`` on ``host:port`` (port 0: any free one), from ``source()``."""
+    """``GET /metrics`` on ``host:port`` (port 0: any free one), from ``source()``.
 
-    def __init__(self, source: Callable[[], str], port: int, host: str = "0.0.0.0") -> None:
-        self._server = _Server((host, port), source)
+    With ``token`` every request must carry ``Authorization: Bearer <token>`` (401
+    otherwise); with ``tls`` (a server context holding the certificate) it is HTTPS.
+    """
+
+    def __init__(
+        self,
+        source: Callable[[], str],
+        port: int,
+        host: str = "127.0.0.1",
+        *,
+        token: str | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self._server = _Server((host, port), source, token, tls)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="taskflow-metrics", daemon=True
         )
@@ -151,11 +222,18 @@ def register(directory: str, index: str, port: int) -> None:
     os.replace(tmp, Path(directory) / f"{index}.port")
 
 
-def _fetch(port: int) -> str:
-    url = f"http://127.0.0.1:{port}/metrics"
-    with urllib.request.urlopen(url, timeout=_FETCH_TIMEOUT) as response:
+def _fetch(port: int, token: str) -> str:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=_FETCH_TIMEOUT) as response:
         text: str = response.read().decode()
         return text
+
+
+def directory_token(directory: str) -> str:
+    """The token of the loopback endpoints registered in a supervisor's ``directory``."""
+    return (Path(directory) / TOKEN_FILE).read_text().strip()
 
 
 def _with_label(sample: str, index: str) -> str:
@@ -171,10 +249,11 @@ def gather(directory: str) -> str:
     answer is left out)."""
     families: dict[str, list[str]] = {}
     current: list[str] = []
+    token = directory_token(directory)
     for path in sorted(Path(directory).glob("*.port")):
         index = path.stem
         try:
-            text = _fetch(int(path.read_text()))
+            text = _fetch(int(path.read_text()), token)
         except (OSError, ValueError):
             continue
         for line in text.splitlines():

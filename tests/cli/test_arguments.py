@@ -139,6 +139,8 @@ def test_a_supervised_process_runs_the_same_worker_with_one_process() -> None:
         "high,low",
         "--prefetch",
         "2",
+        "--cpu-affinity",
+        "off",
     ]
 
 

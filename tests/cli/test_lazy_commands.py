@@ -14,7 +14,16 @@ from taskflow.cli.operator import LAZY_COMMANDS
 # Modules only the operator, admin and gRPC commands use.
 NOT_FOR_A_WORKER = ("rich", "taskflow.operations", "taskflow.admin", "taskflow.grpc")
 # What ``taskflow worker`` needs of the command line.
-WORKER_MODULES = ("beat", "common", "loader", "main", "operator", "options", "supervisor")
+WORKER_MODULES = (
+    "beat",
+    "common",
+    "loader",
+    "main",
+    "metrics_options",
+    "operator",
+    "options",
+    "supervisor",
+)
 
 
 def test_the_command_line_imports_no_operator_command_until_one_runs() -> None:

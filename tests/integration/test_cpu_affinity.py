@@ -1,5 +1,6 @@
 """``--cpu-affinity auto``: real worker processes keep their threads on one CPU of their
-own, the processes of ``-P 2`` on different ones; without it nothing is pinned."""
+own, the processes of ``-P 2`` on different ones; without it nothing is pinned, unless
+``-P N`` gives every CPU a process (then ``auto`` is the default)."""
 
 from __future__ import annotations
 
@@ -49,14 +50,22 @@ def pinned_to(pid: int) -> str | None:
     return None
 
 
-def start_pinned(tmp_path: Path, processes: int = 1) -> tuple[str, subprocess.Popen[bytes]]:
-    """A worker with ``--cpu-affinity auto``, its CPU claims in ``tmp_path`` (apart from
-    any other test's); returns the broker URL and the process."""
+def start_pinned(
+    tmp_path: Path, processes: int = 1, options: tuple[str, ...] = ("--cpu-affinity", "auto")
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """A worker with ``options`` (``--cpu-affinity auto`` unless told others), its CPU
+    claims in ``tmp_path`` (apart from any other test's); returns the broker URL and the
+    process."""
     url = f"sqlite:///{tmp_path}/tasks.db"
     claims = {"XDG_RUNTIME_DIR": str(tmp_path)}
-    options = ["--cpu-affinity", "auto"]
     worker = start_worker(url, tmp_path / "runs.txt", processes, 4, options=options, env=claims)
     return url, worker
+
+
+def worker_processes(supervisor: subprocess.Popen[bytes], count: int) -> list[int]:
+    """The ``count`` worker processes of ``supervisor``, once it has them all."""
+    wait_until(lambda: len(children(supervisor.pid)) == count, 30, "the worker processes")
+    return children(supervisor.pid)
 
 
 def test_a_worker_with_auto_keeps_every_thread_on_one_cpu(tmp_path: Path) -> None:
@@ -103,8 +112,7 @@ def test_a_program_a_task_starts_gets_the_cpus_the_worker_had_before(tmp_path: P
 def test_the_processes_of_one_supervisor_take_different_cpus(tmp_path: Path) -> None:
     _, worker = start_pinned(tmp_path, processes=2)
     try:
-        wait_until(lambda: len(children(worker.pid)) == 2, 30, "two worker processes")
-        kids = children(worker.pid)
+        kids = worker_processes(worker, 2)
         wait_until(lambda: all(pinned_to(kid) is not None for kid in kids), 30, "both pinned")
         assert len({pinned_to(kid) for kid in kids}) == 2
         assert pinned_to(worker.pid) is None  # the supervisor runs no tasks
@@ -113,7 +121,34 @@ def test_the_processes_of_one_supervisor_take_different_cpus(tmp_path: Path) -> 
     assert worker.returncode == 0
 
 
-def test_without_the_option_nothing_is_pinned(tmp_path: Path) -> None:
+def test_as_many_processes_as_cpus_are_pinned_without_the_option(tmp_path: Path) -> None:
+    cpus = len(os.sched_getaffinity(0))
+    _, worker = start_pinned(tmp_path, cpus, options=())
+    try:
+        kids = worker_processes(worker, cpus)
+        wait_until(lambda: all(pinned_to(kid) is not None for kid in kids), 30, "all pinned")
+        assert len({pinned_to(kid) for kid in kids}) == cpus
+    finally:
+        stop(worker)
+    assert worker.returncode == 0
+
+
+def test_off_keeps_as_many_processes_as_cpus_unpinned(tmp_path: Path) -> None:
+    cpus = len(os.sched_getaffinity(0))
+    url, worker = start_pinned(tmp_path, cpus, options=("--cpu-affinity", "off"))
+    try:
+        kids = worker_processes(worker, cpus)
+        with App("producer", broker=url) as app:
+            body = app.send_task("it.cpus").get(timeout=30)
+        assert body == sorted(os.sched_getaffinity(0))
+        assert all(pinned_to(kid) is None for kid in kids)
+        assert not (tmp_path / f"taskflow-cpus-{os.getuid()}").exists()
+    finally:
+        stop(worker)
+    assert worker.returncode == 0
+
+
+def test_fewer_processes_than_cpus_are_not_pinned_without_the_option(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/tasks.db"
     worker = start_worker(url, tmp_path / "runs.txt", env={"XDG_RUNTIME_DIR": str(tmp_path)})
     try:
