@@ -28,7 +28,6 @@ import asyncio
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, TypeVar, cast
@@ -36,7 +35,7 @@ from typing import Any, ClassVar, TypeVar, cast
 from .._waiters import Waiters, wait_future
 from ..errors import BrokerError
 from .checkpoint import BACKSTOP, Checkpointer
-from .schema import open_database
+from .schema import busy, open_database, patiently
 from .wake import Waker
 
 __all__ = ["Connection", "Database", "Doorbell", "data_version", "sqlite_path"]
@@ -394,7 +393,7 @@ class Connection:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
-                if _busy(exc):
+                if busy(exc):
                     return False, None  # another process writes: wait on the thread
                 raise self._error(exc) from None
             result = self._within(fn, conn, args)
@@ -432,7 +431,7 @@ class Connection:
             try:
                 result = fn(conn, *args)
             except sqlite3.OperationalError as exc:
-                if not _busy(exc):
+                if not busy(exc):
                     raise self._error(exc) from None
                 result = self._guard(fn, conn, args)  # wrote nothing: again, patiently
             self._wrote(conn)
@@ -495,21 +494,9 @@ class Connection:
 
         The connection's own busy handler is off (``busy_timeout`` 0 after opening): it
         sleeps 1 ms, then 2, 5, 10 ms ..., far longer than a write here holds the lock."""
-        deadline: float | None = None
-        pause = _FIRST_RETRY
-        while True:
-            try:
-                return fn(*args)
-            except sqlite3.OperationalError as exc:
-                if not _busy(exc):
-                    raise
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + self.busy_timeout
-                elif now >= deadline:
-                    raise
-            time.sleep(pause)
-            pause = min(pause * 2, _LAST_RETRY)
+        return patiently(
+            fn, *args, busy_timeout=self.busy_timeout, first=_FIRST_RETRY, last=_LAST_RETRY
+        )
 
     # -- group commit (on the connection's thread) -----------------------------------
     def _drain(self) -> None:
@@ -637,12 +624,6 @@ class _Write:
 
 
 _Answer = tuple[_Write, bool, Any]
-
-
-def _busy(exc: sqlite3.OperationalError) -> bool:
-    """SQLITE_BUSY: another connection holds the lock."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return (code & 0xFF) == 5 if code is not None else "database is locked" in str(exc)
 
 
 def _fatal(exc: Exception) -> bool:

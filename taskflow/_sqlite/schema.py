@@ -19,8 +19,13 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ..errors import ConfigError
+
+T = TypeVar("T")
 
 __all__ = ["SCHEMA_VERSION", "open_database"]
 
@@ -163,7 +168,7 @@ def open_database(path: str, busy_timeout: float) -> sqlite3.Connection:
             if _is_not_a_database(exc):
                 raise _not_sqlite(path) from None
             raise
-        conn.execute("PRAGMA journal_mode = WAL")
+        _enter_wal(conn, busy_timeout)
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("BEGIN IMMEDIATE")
         # Another process may have created (or upgraded) it meanwhile.
@@ -189,6 +194,68 @@ def open_database(path: str, busy_timeout: float) -> sqlite3.Connection:
         _abandon(conn)
         raise
     return conn
+
+
+def _enter_wal(
+    conn: sqlite3.Connection,
+    busy_timeout: float,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Put the file in WAL mode (a no-op once it is), waiting up to ``busy_timeout``.
+
+    Changing the journal mode takes the file's exclusive lock, and SQLite answers "database
+    is locked" at once when another connection holds a lock meanwhile: it does not wait in
+    the busy handler for this statement. Processes that open a new file together (the
+    processes of ``taskflow worker -P N``) meet exactly that, so the change is tried again
+    (:func:`patiently`, pauses of 2 ms doubling up to 50 ms).
+    """
+    patiently(
+        conn.execute,
+        "PRAGMA journal_mode = WAL",
+        busy_timeout=busy_timeout,
+        first=0.002,
+        last=0.05,
+        clock=clock,
+        sleep=sleep,
+    )
+
+
+def busy(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY: another connection holds a lock the statement needs."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (code & 0xFF) == 5 if code is not None else "database is locked" in str(exc)
+
+
+def patiently(
+    fn: Callable[..., T],
+    *args: Any,
+    busy_timeout: float,
+    first: float,
+    last: float,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """``fn(*args)``, tried again while it fails :func:`busy`, after pauses from ``first``
+    seconds doubling up to ``last``, for ``busy_timeout`` seconds from the first failure:
+    the last pause is cut to end at that moment, one last try follows it, and its failure
+    is raised. Any other error at once."""
+    deadline: float | None = None
+    pause = first
+    while True:
+        try:
+            return fn(*args)
+        except sqlite3.OperationalError as exc:
+            if not busy(exc):
+                raise
+            now = clock()
+            if deadline is None:
+                deadline = now + busy_timeout
+            if now >= deadline:
+                raise
+        sleep(min(pause, deadline - now))
+        pause = min(pause * 2, last)
 
 
 def _abandon(conn: sqlite3.Connection) -> None:
