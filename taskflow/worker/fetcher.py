@@ -84,6 +84,8 @@ class Window:
         """The held jobs by task id."""
         self.settling = 0
         """How many held jobs have finished running and are writing their outcome."""
+        self.releases = 0
+        """How many held jobs were released so far (settled or handed back)."""
         self._leases = leases
         self._room: asyncio.Event | None = None
 
@@ -143,6 +145,7 @@ class Window:
             if job.settling:
                 job.settling = False
                 self.settling -= 1
+        self.releases += 1
         self._leases.drop(job.delivery)
         if self._room is not None:
             self._room.set()
@@ -221,6 +224,7 @@ class Fetcher:
         wait = 0.0 if until_idle else self.poll_interval
         while True:
             credits = self.window.credits()
+            releases = self.window.releases
             if credits > 0:
                 since = loop.time()  # a lease starts no earlier than the fetch that took it
                 got = await self._fetch(credits, wait)
@@ -244,12 +248,19 @@ class Fetcher:
             elif not until_idle:
                 await self.window.room()
                 continue
-            if await self._idle():
+            if await self._idle(releases):
                 return
 
-    async def _idle(self) -> bool:
+    async def _idle(self, releases: int) -> bool:
         """``until_idle``, once the broker had nothing more: True if nothing held can still
-        run now; else wait for what may change that and return False."""
+        run now; else wait for what may change that and return False.
+
+        ``releases``: the window's count of released jobs when the last fetch began. A job
+        released since may have made a message ready (a retry, a requeue) after the broker
+        took that look (a look on another connection than the settle's can be answered
+        before it): the broker is asked again rather than the worker called idle."""
+        if self.window.releases != releases:
+            return False
         if len(self.window) > len(self.sched):  # a job runs or writes its outcome
             await self.window.room()
             return False
