@@ -3,6 +3,7 @@ fails any test which leaks threads."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
@@ -31,6 +32,16 @@ def no_leaked_threads() -> Iterator[None]:
             return
         time.sleep(0.01)
     pytest.fail(f"test leaked threads: {[t.name for t in leaked]}")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def leaks_found_in_their_module() -> Iterator[None]:
+    """Collect the garbage a module's tests left: an unclosed socket or file caught in a
+    reference cycle (an exception's traceback holding it, say) then fails the module that
+    leaked it (``filterwarnings = error`` makes its ResourceWarning an error), rather than
+    whichever test of a later module the collector happens to run in."""
+    yield
+    gc.collect()
 
 
 # A URL whose password shows in clear (``scheme://user:secret@``), or a secret query value

@@ -217,6 +217,25 @@ def test_a_message_with_an_eta_is_held_until_it_is_due(
 
 
 ON_TIME = 0.05  # how late a message may arrive after its eta (p99 target of the guide)
+NEVER_LATER = 0.2  # no message at all later than this: a missed wake-up is a whole wait late
+SAMPLES = 50
+
+
+def assert_on_time(late: list[float]) -> None:
+    """The guide's target, checked as a percentile: of ``SAMPLES`` messages at most one
+    (2%, a scheduler hiccup on a loaded machine) may be later than ``ON_TIME``, and none
+    later than ``NEVER_LATER``."""
+    ordered = sorted(late)
+    assert len(ordered) == SAMPLES
+    assert ordered[-2] <= ON_TIME, f"more than one over {ON_TIME}s late: {ordered[-5:]}"
+    assert ordered[-1] <= NEVER_LATER, f"up to {ordered[-1]:.3f}s late: {ordered[-5:]}"
+
+
+def staggered() -> list[float]:
+    """``SAMPLES`` delays from 0.2 s, 10 ms apart, the latest first: each message sent is
+    due before every one sent before it, so a consumer already waiting for those must
+    wake earlier for it (and then once every 10 ms)."""
+    return [0.2 + 0.01 * i for i in reversed(range(SAMPLES))]
 
 
 async def lateness(broker: Broker, queue: str, due: dict[str, float], count: int) -> list[float]:
@@ -237,16 +256,15 @@ def test_messages_due_in_a_fraction_of_a_second_are_delivered_on_time(
 ) -> None:
     async def body() -> None:
         due: dict[str, float] = {}
-        waiting = asyncio.ensure_future(lateness(broker, queue, due, 20))
-        await asyncio.sleep(0.05)  # the consumer is idle, blocked in its fetch
-        for _ in range(20):
-            sent = msg(queue, eta=time.time() + 0.2)
+        waiting = asyncio.ensure_future(lateness(broker, queue, due, SAMPLES))
+        start = time.time()
+        for delay in staggered():
+            sent = msg(queue, eta=start + delay)
             due[sent.id] = sent.eta or 0.0
             await broker.publish([sent])
-            await asyncio.sleep(0.01)  # staggered: each eta is a new earliest one
         late = await asyncio.wait_for(waiting, 10.0)
         assert min(late) > -0.005, f"delivered {-min(late):.3f}s before its eta"
-        assert max(late) <= ON_TIME, f"up to {max(late):.3f}s late: {sorted(late)}"
+        assert_on_time(late)
 
     run(loop, body())
 
@@ -255,18 +273,16 @@ def test_a_retry_delayed_a_fraction_of_a_second_is_delivered_on_time(
     loop: asyncio.AbstractEventLoop, broker: Broker, queue: str
 ) -> None:
     async def body() -> None:
-        sent = [msg(queue, str(i)) for i in range(10)]
+        sent = [msg(queue, str(i)) for i in range(SAMPLES)]
         await broker.publish(sent)
-        held = await drain(broker, [queue], 10)
+        held = await drain(broker, [queue], SAMPLES)
         due: dict[str, float] = {}
-        waiting = asyncio.ensure_future(lateness(broker, queue, due, 10))
-        await asyncio.sleep(0.05)
-        for delivery in held:
-            due[delivery.id] = time.time() + 0.2
-            assert await delivery.retry(b"again", 0.2, max_deliveries=1)
-            await asyncio.sleep(0.01)
+        waiting = asyncio.ensure_future(lateness(broker, queue, due, SAMPLES))
+        for delivery, delay in zip(held, staggered(), strict=True):
+            due[delivery.id] = time.time() + delay
+            assert await delivery.retry(b"again", delay, max_deliveries=1)
         late = await asyncio.wait_for(waiting, 10.0)
-        assert max(late) <= ON_TIME, f"up to {max(late):.3f}s late: {sorted(late)}"
+        assert_on_time(late)
 
     run(loop, body())
 
@@ -486,9 +502,12 @@ def test_retry_replaces_the_body_delays_it_and_starts_a_fresh_count(
         sent = msg(queue, b"attempt-1", max_deliveries=1)
         await broker.publish([sent])
         first = await fetch_one(broker, queue)
+        retried = time.monotonic()
         assert await first.retry(b"attempt-2", 0.3, max_deliveries=2)
-        assert await broker.fetch([queue], 1, 0) == []  # delayed
-        second = await fetch_one(broker, queue, timeout=3.0)
+        early = await broker.fetch([queue], 1, 0)
+        if early:  # only if the retry and this look took the whole delay (a loaded machine)
+            assert time.monotonic() - retried >= 0.29, "delivered before its delay"
+        second = early[0] if early else await fetch_one(broker, queue, timeout=3.0)
         assert (second.id, second.body, second.delivery_count) == (sent.id, b"attempt-2", 1)
         # The new budget of two deliveries allows one redelivery after a lost lease.
         third = await fetch_one(broker, queue, timeout=3.0)

@@ -10,6 +10,7 @@ not after the fetch's own timeout, whichever thread moves the clock.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import uuid
 
 import pytest
@@ -23,12 +24,27 @@ SERVER_TIME = {"nats", "amqp"}
 CLOCKED = [name for name in sorted(BROKERS) if name not in SERVER_TIME]
 
 
+class WatchedClock(FakeClock):
+    """A fake clock that notes when a broker asks it how long to wait for a due time: the
+    fetch asking is about to wait (each broker listens for the clock's jumps before)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+    def real_timeout(self, seconds: float) -> float | None:
+        if not self.asked.done():
+            self.asked.set_result(None)
+        return super().real_timeout(seconds)
+
+
 async def _waiting_fetch_after_a_jump(
-    broker: Broker, clock: FakeClock, queue: str, from_thread: bool
+    broker: Broker, clock: WatchedClock, queue: str, from_thread: bool
 ) -> tuple[list[str], float]:
     loop = asyncio.get_running_loop()
+    clock.asked = concurrent.futures.Future()  # this fetch's question, not an earlier one
     fetch = asyncio.ensure_future(broker.fetch([queue], 1, 10.0))
-    await asyncio.sleep(0.3)
+    await asyncio.wait_for(asyncio.wrap_future(clock.asked), 10.0)
     assert not fetch.done(), "the message is not due yet: the fetch must wait"
     started = loop.time()
     if from_thread:
@@ -44,7 +60,7 @@ async def _waiting_fetch_after_a_jump(
 def test_a_waiting_fetch_takes_a_message_the_clock_made_due_at_once(
     loop: asyncio.AbstractEventLoop, backend: str, from_thread: bool
 ) -> None:
-    clock = FakeClock()
+    clock = WatchedClock()
     broker: Broker = run(loop, BROKERS[backend](clock, 30.0))
     run(loop, broker.connect())
     try:

@@ -20,7 +20,10 @@ from tests.conftest import require_service
 from tests.integration.redis_helpers import ROOT, drop_prefix, stop, wait_until
 
 APP_SPEC = "tests.limits.limits_app:app"
-LEASE = 2.0
+# Renewed every third of it: a worker whose process or machine stalls for two thirds of a
+# lease loses its permits and messages, as it should; 3 s leaves room for the stalls
+# of a loaded two-CPU machine.
+LEASE = 3.0
 
 
 @pytest.fixture(params=["redis", "sqlite"])

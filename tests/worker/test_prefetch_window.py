@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import queue
 import threading
 from collections.abc import Sequence
@@ -101,8 +102,7 @@ class SlowAck(Delivery):
 
     async def ack(self) -> bool:
         self.broker.pending_acks += 1
-        while not self.broker.acks_open.is_set():
-            await asyncio.sleep(0.002)
+        await asyncio.wrap_future(self.broker.acks_open)
         self.broker.pending_acks -= 1
         return await self.inner.ack()
 
@@ -124,9 +124,15 @@ class SlowSettleBroker(MemoryBroker):
 
     def __init__(self) -> None:
         super().__init__()
-        self.acks_open = threading.Event()
+        # Set from the test's thread; each ack awaits it on the worker's loop.
+        self.acks_open: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.pending_acks = 0
         self.fetched_while_settling = threading.Event()
+
+    def open_acks(self) -> None:
+        """Let every ack, waiting or to come, through."""
+        if not self.acks_open.done():
+            self.acks_open.set_result(None)
 
     async def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> FetchResult:
         if self.pending_acks >= 3 and max_messages > 0:
@@ -152,9 +158,9 @@ def test_the_next_batch_is_fetched_while_the_previous_one_settles() -> None:
             try:
                 assert broker.fetched_while_settling.wait(10)
             finally:
-                broker.acks_open.set()
+                broker.open_acks()
     finally:
-        broker.acks_open.set()
+        broker.open_acks()
         app.close()
 
 

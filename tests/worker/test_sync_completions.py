@@ -103,6 +103,33 @@ async def _a_cancelled_waiter_does_not_stop_the_others() -> None:
     _close(threads)
 
 
+class _Submitted:
+    """Counts the runs ``run_sync`` handed to the pool (its ``on_submit``)."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.runs: list[BodyRun] = []
+        self._done = asyncio.Event()
+
+    def note(self, run: BodyRun) -> None:
+        self.runs.append(run)
+        if len(self.runs) == self.expected:
+            self._done.set()
+
+    async def all(self) -> None:
+        """Until every expected run was submitted."""
+        await self._done.wait()
+
+
+async def _callbacks_run() -> None:
+    """Until the loop has run every callback scheduled before this call (it runs them in
+    the order they were scheduled)."""
+    loop = asyncio.get_running_loop()
+    reached = loop.create_future()
+    loop.call_soon(reached.set_result, None)
+    await reached
+
+
 def test_a_body_cancelled_before_it_starts_never_runs() -> None:
     asyncio.run(_a_body_cancelled_before_it_starts_never_runs())
 
@@ -111,9 +138,14 @@ async def _a_body_cancelled_before_it_starts_never_runs() -> None:
     threads = BodyThreads(asyncio.get_running_loop(), 1, "test")
     gate = threading.Event()
     ran: list[str] = []
-    blocker = asyncio.ensure_future(run_sync(threads, gate.wait, (), {}, _ctx(1)))
-    queued = asyncio.ensure_future(run_sync(threads, ran.append, ("late",), {}, _ctx(2)))
-    await asyncio.sleep(0)  # both submitted; the one thread is blocked in the first
+    submitted = _Submitted(2)
+    blocker = asyncio.ensure_future(
+        run_sync(threads, gate.wait, (), {}, _ctx(1), on_submit=submitted.note)
+    )
+    queued = asyncio.ensure_future(
+        run_sync(threads, ran.append, ("late",), {}, _ctx(2), on_submit=submitted.note)
+    )
+    await submitted.all()  # the one thread is blocked in the first
     queued.cancel()
     with pytest.raises(asyncio.CancelledError):
         await queued  # cancelled at once: it had not started, nothing to unwind
@@ -136,10 +168,14 @@ async def _threads_start_only_as_needed_up_to_the_size() -> None:
         assert await run_sync(threads, lambda i=i: i, (), {}, _ctx(i)) == i
     assert len(threads.threads) == 1
     gate = threading.Event()
+    submitted = _Submitted(5)
     waiting = [
-        asyncio.ensure_future(run_sync(threads, gate.wait, (), {}, _ctx(i))) for i in range(5)
+        asyncio.ensure_future(
+            run_sync(threads, gate.wait, (), {}, _ctx(i), on_submit=submitted.note)
+        )
+        for i in range(5)
     ]
-    await asyncio.sleep(0)
+    await submitted.all()
     assert len(threads.threads) == 3
     gate.set()
     assert await asyncio.gather(*waiting) == [True] * 5
@@ -158,7 +194,7 @@ async def _a_single_body_handed_to_an_idle_pool_is_started_before_the_loop_goes_
     assert await run_sync(threads, lambda: 1, (), {}, _ctx(1)) == 1  # one idle thread now
     gate = threading.Event()
     first = threads.submit(gate.wait, (), {}, _ctx(2))
-    await asyncio.sleep(0)  # the loop's next step hands the body over
+    await _callbacks_run()  # the hand-over was scheduled by the submit
     # Started: too late to cancel. Without the hand-over the thread would (most often)
     # still be waiting for the interpreter lock, and the run could be cancelled. The
     # thread may also have taken it on its own while the loop polled its selector.
@@ -168,7 +204,7 @@ async def _a_single_body_handed_to_an_idle_pool_is_started_before_the_loop_goes_
     # body, so a wait would last the whole bound.
     sent = time.monotonic()
     second = threads.submit(lambda: 2, (), {}, _ctx(3))
-    await asyncio.sleep(0)
+    await _callbacks_run()
     assert time.monotonic() - sent < 10.0
     gate.set()
     assert await first.fut is True
