@@ -66,6 +66,7 @@ methods the broker offers as its own) and :class:`~._nats_control.ControlLog`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -313,10 +314,10 @@ class NatsBroker(Broker, DelegatedAdmin):
         # together they bound any queue's depth from above. Only a queue that this bound
         # does not show to have room is counted exactly, by its ten consumers' info, each
         # a scan of the stream on 2.9 (docs/operations.md).
-        bound = 0
-        for stream in (self._core.work, self._core.delays):
-            info = await self._conn.api(f"STREAM.INFO.{stream}", {})
-            bound += int(info.get("state", {}).get("messages") or 0)
+        infos = await asyncio.gather(
+            *(self._conn.api(f"STREAM.INFO.{s}", {}) for s in (self._core.work, self._core.delays))
+        )
+        bound = sum(int(info.get("state", {}).get("messages") or 0) for info in infos)
         for queue, count in wanted.items():
             if bound + count <= self._limits[queue]:
                 continue

@@ -19,7 +19,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-__all__ = ["PubAcks", "reply_body", "reply_error"]
+__all__ = ["PubAcks", "reply_body"]
 
 
 class PubAcks:
@@ -75,8 +75,3 @@ def reply_body(msg: Msg) -> tuple[dict[str, Any], tuple[int, str] | None]:
     if not error:
         return body, None
     return body, (int(error.get("err_code") or 0), str(error.get("description") or ""))
-
-
-def reply_error(msg: Msg) -> tuple[int, str] | None:
-    """``(err_code, description)`` of a failed reply, None for a stored message."""
-    return reply_body(msg)[1]

@@ -43,7 +43,7 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BrokerError, ConfigError
 from ..urls import url_kwargs
 from . import _heartbeats_nats as heartbeats
-from ._nats_acks import PubAcks, reply_body, reply_error
+from ._nats_acks import PubAcks, reply_body
 from ._nats_janitor import Janitor, sweep
 from .base import ResultStore, StoreCapabilities, is_terminal, restarted
 
@@ -218,19 +218,23 @@ class NatsResultStore(ResultStore):
                 return None, None
             raise BrokerError(f"NATS {self._conn.masked}: KV get: {error[1]} ({error[0]})")
         message = body.get("message") or {}
-        revision = int(message["seq"])
         data = message.get("data")
-        if not data:
-            return None, revision  # a delete or purge marker (or an empty value)
-        stored = json.loads(base64.b64decode(data))
-        expires = stored.get("x")
-        if expires is not None and expires <= self.clock.time():
-            return None, revision
-        return stored.get("v"), revision
+        # No data: a delete or purge marker (or an empty value).
+        return self._decode(base64.b64decode(data) if data else None), int(message["seq"])
 
     def _encode(self, value: Any, ttl: float | None) -> bytes:
         expires = None if ttl is None else self.clock.time() + ttl
         return json.dumps({"v": value, "x": expires}, separators=(",", ":")).encode()
+
+    def _decode(self, data: bytes | None) -> Any:
+        """The value :meth:`_encode` stored, or None for no data or an expired value."""
+        if not data:
+            return None
+        stored = json.loads(data)
+        expires = stored.get("x")
+        if expires is not None and expires <= self.clock.time():
+            return None
+        return stored.get("v")
 
     async def _write(
         self, key: str, value: Any, ttl: float | None, revision: int | None
@@ -239,11 +243,16 @@ class NatsResultStore(ResultStore):
         new revision, or None if the key's last revision was another."""
         headers = {"Nats-Expected-Last-Subject-Sequence": str(revision or 0)}
         reply = await self._ask(f"$KV.{self.bucket}.{key}", self._encode(value, ttl), headers)
+        return self._written(reply, "write")
+
+    def _written(self, reply: Msg, what: str) -> int | None:
+        """The revision a compare-and-set's ``reply`` gives, None if the key's last revision
+        was another; any other error a BrokerError naming ``what`` and the URL."""
         body, error = reply_body(reply)
         if error is not None:
             if error[0] in _WRONG_LAST:
                 return None
-            raise BrokerError(f"NATS {self._conn.masked}: KV write: {error[1]} ({error[0]})")
+            raise BrokerError(f"NATS {self._conn.masked}: KV {what}: {error[1]} ({error[0]})")
         return int(body["seq"])
 
     # -- records ---------------------------------------------------------------------
@@ -372,15 +381,7 @@ class NatsResultStore(ResultStore):
         finally:
             for fut in futures:
                 fut.cancel()  # no-op once done; drops the reply slot of an abandoned one
-        return [self._created(reply) for reply in replies]
-
-    def _created(self, reply: Msg) -> bool:
-        error = reply_error(reply)
-        if error is None:
-            return True
-        if error[0] in _WRONG_LAST:
-            return False
-        raise BrokerError(f"NATS {self._conn.masked}: KV create: {error[1]} ({error[0]})")
+        return [self._written(reply, "create") is not None for reply in replies]
 
     async def _create(self, task_id: str, record: Mapping[str, Any], ttl: float | None) -> bool:
         key = _key("r", task_id)
@@ -428,13 +429,7 @@ class NatsResultStore(ResultStore):
                 await watcher.stop()
 
     def _decode_record(self, entry: Any) -> dict[str, Any] | None:
-        if entry is None or not entry.value:
-            return None
-        stored = json.loads(entry.value)
-        expires = stored.get("x")
-        if expires is not None and expires <= self.clock.time():
-            return None
-        value = stored.get("v")
+        value = None if entry is None else self._decode(entry.value)
         return dict(value) if isinstance(value, dict) else None
 
     # -- small values ----------------------------------------------------------------
