@@ -224,9 +224,10 @@ def place_beside(tid: int) -> set[int] | None:
     that is idle, i.e. another one; it then waits there for the lock, and the lock and the
     outcome go back and forth between the two CPUs (on a virtual machine, each crossing a
     wake-up of a virtual CPU). Woken on the waking thread's CPU, it runs as soon as that
-    thread waits, and stays there unless the system moves it: a pickup of a sync task
-    took 0.43-0.48 ms at the median against 0.55-0.69 without (``python -m
-    bench.pickup_cost --sync``). The body itself never runs with fewer CPUs: libraries it
+    thread waits, and stays there unless the system moves it: when this was added
+    (2026-12-03), a pickup of a sync task took 0.43-0.48 ms at the median against
+    0.55-0.69 without (``python -m bench.pickup_cost --sync``; ``docs/guide.md``, "CPU
+    affinity", has later figures). The body itself never runs with fewer CPUs: libraries it
     loads, and threads and programs it starts, see the CPUs the thread had. If another
     process keeps that CPU busy, the woken thread waits for its turn there (the system
     gives a waking thread one soon) before it can move.

@@ -229,9 +229,11 @@ class BodyThreads:
     (:func:`~taskflow.worker.affinity.place_beside`). Woken on another CPU, as the system
     would do (the idle one), the thread and the loop hand the interpreter lock and the
     outcome back and forth across CPUs; woken beside the loop, the threads stay near it
-    unless the system moves them. A sync pickup: 0.55-0.69 ms at the median against
-    0.43-0.48 (``python -m bench.pickup_cost --sync``); a drain of short sync bodies with 8
-    threads: about 3,800 against 4,200-4,500 tasks/s (``python -m bench.pools``).
+    unless the system moves them. When this was added (2026-12-03), a sync pickup: 0.55-0.69
+    ms at the median against 0.43-0.48 (``python -m bench.pickup_cost --sync``); a drain of
+    short sync bodies with 8 threads: about 3,800 against 4,200-4,500 tasks/s (``python -m
+    bench.pools``). The process on one CPU (``--cpu-affinity auto``) is faster still: see
+    ``docs/guide.md``, "CPU affinity".
     """
 
     handoff_wait = 0.0005
