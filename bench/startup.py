@@ -97,7 +97,7 @@ def start_once(url: str, config: str, queued: int, client: redis.Redis) -> float
     words = shlex.split(config)
     aio = bool(words) and words[0] == "async"
     options = words[1:] if aio else words
-    drop_keys(client, "taskflow-startup*")
+    drop_keys(client, "*taskflow-startup*")
     bench = build_app(url, aio)
     try:
         _fill(bench, queued)
@@ -155,7 +155,7 @@ def main() -> None:
                 seconds[config].append(start_once(url, config, args.queued, client))
             print(f"  run {run + 1} of {args.runs} done", file=sys.stderr, flush=True)
     finally:
-        drop_keys(client, "taskflow-startup*")
+        drop_keys(client, "*taskflow-startup*")
         client.close()
     print(f"{'worker options':32} {'median s':>9} {'fastest':>8} {'slowest':>8}")
     for config, values in seconds.items():
