@@ -5,7 +5,7 @@ Run from the project root (as a module)::
     python -m bench.gc_pause [--rounds 5]
 
 Imports what a ``taskflow worker`` process imports (the command line, the worker, a Redis
-app: ``bench.pools``), then times ``gc.collect()`` ``--rounds`` times; then freezes what
+app: ``bench._incr_app``), then times ``gc.collect()`` ``--rounds`` times; then freezes what
 exists (``gc.freeze()``, as the worker does once its app is connected) and times it again.
 Printed: the objects a full collection walks and those frozen, and the median and longest
 collection in milliseconds, each way. A full collection stops every thread of the
@@ -19,7 +19,7 @@ import gc
 import statistics
 import time
 
-import bench.pools  # noqa: F401  -- a Redis app, as a worker imports its app
+import bench._incr_app  # noqa: F401  -- a Redis app, as a worker imports its app
 import taskflow.cli.main
 import taskflow.worker.worker  # noqa: F401
 

@@ -43,71 +43,19 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import redis
-import redis.asyncio as aioredis
 
 from bench._drain import wait_drained
+from bench._incr_app import build_app, fill
 from bench._keys import drop_keys
 from bench._procs import server_cpu, split, thread_times, tree_cpu, tree_rss
 from bench.redis_backend import _depth, _stop, _wait_consumers
 from taskflow import App
 
-URL = os.environ.get("BENCH_URL", "redis://127.0.0.1:6379/15?prefix=taskflow-pools")
 ROOT = Path(__file__).resolve().parents[1]
-COUNTER = "taskflow-pools:done"
-_counter = redis.Redis.from_url(URL.split("?", 1)[0])
-
-
-def _incr() -> None:
-    """One blocking round trip to Redis, like the peer harness's no-op body."""
-    _counter.incr(COUNTER)
-
-
-def _incr_and_fail() -> None:
-    """:func:`_incr`, then a failure."""
-    _counter.incr(COUNTER)
-    raise RuntimeError("failing on purpose")
-
-
-_acounter: aioredis.Redis | None = None
-
-
-async def _aincr() -> None:
-    """:func:`_incr` awaited, with one asyncio client per worker process."""
-    global _acounter  # made in the worker process, on its loop
-    if _acounter is None:
-        _acounter = aioredis.Redis.from_url(URL.split("?", 1)[0])
-    await _acounter.incr(COUNTER)
-
-
-async def _aincr_and_fail() -> None:
-    """:func:`_aincr`, then a failure."""
-    await _aincr()
-    raise RuntimeError("failing on purpose")
-
-
-def build_app(url: str, store: bool = False, fail: bool = False, aio: bool = False) -> App:
-    """The benchmark app: one task, sync unless ``aio``, fire-and-forget unless ``store``,
-    failing (no retries) if ``fail``."""
-    bench = App("pools", broker=url)
-    sync_body = _incr_and_fail if fail else _incr
-    async_body = _aincr_and_fail if fail else _aincr
-    body: Callable[[], Any] = async_body if aio else sync_body
-    bench.task(name="pools.incr", store_result=store, retries=0)(body)
-    return bench
-
-
-app = build_app(
-    URL,
-    os.environ.get("BENCH_POOLS_STORE") == "1",
-    os.environ.get("BENCH_POOLS_FAIL") == "1",
-    os.environ.get("BENCH_POOLS_ASYNC") == "1",
-)
 
 
 def _script_calls(client: redis.Redis) -> int:
@@ -152,26 +100,23 @@ def drain(
     env = {
         **os.environ,
         "BENCH_URL": url,
-        "BENCH_POOLS_STORE": "1" if store else "0",
-        "BENCH_POOLS_FAIL": "1" if fail else "0",
-        "BENCH_POOLS_ASYNC": "1" if aio else "0",
+        "BENCH_STORE": "1" if store else "0",
+        "BENCH_FAIL": "1" if fail else "0",
+        "BENCH_ASYNC": "1" if aio else "0",
         "PYTHONPATH": str(ROOT),
     }
     command = [
-        sys.executable, "-m", "taskflow.cli.main", "worker", "-A", "bench.pools:app",
+        sys.executable, "-m", "taskflow.cli.main", "worker", "-A", "bench._incr_app:app",
         "--loglevel", "warning", *shlex.split(options),
     ]  # fmt: skip
     client = redis.Redis.from_url(url.split("?", 1)[0])
-    task = bench.registry.get("pools.incr")
-    assert task is not None
     started = time.perf_counter()
     proc = subprocess.Popen(command, cwd=ROOT, env=env)
     try:
         _wait_consumers(client, bench, _processes(options))
         startup = time.perf_counter() - started
         bench.kernel.call(bench.broker.pause("default"))  # type: ignore[attr-defined]
-        for sent in range(0, tasks, 1000):
-            bench.enqueue_many([task.s() for _ in range(min(1000, tasks - sent))])
+        fill(bench, tasks)
         (cpu0, kids0), redis0 = tree_cpu(proc.pid), server_cpu(client)
         calls0 = _script_calls(client)
         threads0 = thread_times(proc.pid) if threads else {}

@@ -17,7 +17,8 @@ Run from the project root (as a module, so ``import redis`` finds the library)::
 ``--import-runs``  runs of each import measurement (0: none)
 
 Each start: the queue is emptied and filled again, then the worker command (the
-``taskflow`` console script beside this Python, as users start it) is started and the
+``taskflow`` console script beside this Python, as users start it, with the app of
+``bench._incr_app``, which imports no more than a small app would) is started and the
 clock runs until the first body's ``INCR`` is seen (the counter is read every half
 millisecond), as the peer harness's drain counts its start-up. The worker is then stopped
 (SIGTERM). Printed per configuration: the median, the fastest and the slowest start.
@@ -43,77 +44,41 @@ import time
 from pathlib import Path
 
 import redis
-import redis.asyncio as aioredis
 
+from bench._incr_app import build_app, counter_key, fill
 from bench._keys import drop_keys
 from taskflow import App
 
-URL = os.environ.get("BENCH_URL", "redis://127.0.0.1:6379/15?prefix=taskflow-startup")
 ROOT = Path(__file__).resolve().parents[1]
-COUNTER = "taskflow-startup:done"
 CONFIGS = ["-c 8", "-P 2 -c 16", "async -c 8", "async -P 2 -c 64"]
-_counter = redis.Redis.from_url(URL.split("?", 1)[0])
-_acounter: aioredis.Redis | None = None
-
-
-def _incr() -> None:
-    """One blocking round trip to Redis, like the peer harness's no-op body."""
-    _counter.incr(COUNTER)
-
-
-async def _aincr() -> None:
-    """:func:`_incr` awaited, with one asyncio client per worker process."""
-    global _acounter  # made in the worker process, on its loop
-    if _acounter is None:
-        _acounter = aioredis.Redis.from_url(URL.split("?", 1)[0])
-    await _acounter.incr(COUNTER)
-
-
-def build_app(url: str, aio: bool) -> App:
-    """The benchmark app: one fire-and-forget task, ``async def`` if ``aio``."""
-    bench = App("startup", broker=url)
-    bench.task(name="startup.incr", store_result=False)(_aincr if aio else _incr)
-    return bench
-
-
-app = build_app(URL, os.environ.get("BENCH_STARTUP_ASYNC") == "1")
 
 
 def _command(options: list[str]) -> list[str]:
     script = Path(sys.executable).with_name("taskflow")
     head = [str(script)] if script.exists() else [sys.executable, "-m", "taskflow.cli.main"]
-    return [*head, "worker", "-A", "bench.startup:app", "--loglevel", "warning", *options]
+    return [*head, "worker", "-A", "bench._incr_app:app", "--loglevel", "warning", *options]
 
 
-def _fill(bench: App, queued: int) -> None:
-    task = bench.registry.get("startup.incr")
-    assert task is not None
-    for sent in range(0, queued, 1000):
-        bench.enqueue_many([task.s() for _ in range(min(1000, queued - sent))])
-
-
-def start_once(url: str, config: str, queued: int, client: redis.Redis) -> float:
-    """Seconds from starting the worker to its first body's ``INCR``."""
+def start_once(producer: App, url: str, config: str, queued: int, client: redis.Redis) -> float:
+    """Seconds from starting the worker on ``url`` (``producer``'s) to its first body's
+    ``INCR``."""
     words = shlex.split(config)
     aio = bool(words) and words[0] == "async"
     options = words[1:] if aio else words
+    counter = counter_key(url)
     drop_keys(client, "*taskflow-startup*")
-    bench = build_app(url, aio)
-    try:
-        _fill(bench, queued)
-    finally:
-        bench.close()
+    fill(producer, queued)
     env = {
         **os.environ,
         "BENCH_URL": url,
-        "BENCH_STARTUP_ASYNC": "1" if aio else "0",
+        "BENCH_ASYNC": "1" if aio else "0",
         "PYTHONPATH": str(ROOT),
     }
     started = time.perf_counter()
     proc = subprocess.Popen(_command([*options, "--grace", "5"]), cwd=ROOT, env=env)
     try:
         deadline = started + 60
-        while not client.get(COUNTER):
+        while not client.get(counter):
             if proc.poll() is not None:
                 raise SystemExit(f"the worker ({config}) exited with status {proc.returncode}")
             if time.perf_counter() > deadline:
@@ -145,18 +110,22 @@ def main() -> None:
     args = parser.parse_args()
     if args.runs < 1 or args.queued < 1 or args.import_runs < 0:
         parser.error("--runs and --queued must be at least 1, --import-runs at least 0")
+    # One producer for every start; what its task runs does not matter to it (the worker
+    # builds the app again, with sync or async def bodies as the configuration says).
     url = f"{args.url}?prefix=taskflow-startup"
+    producer = build_app(url)
     client = redis.Redis.from_url(args.url)
     print(f"taskflow worker start-up: {args.queued:,} tasks waiting, {args.url}", flush=True)
     seconds: dict[str, list[float]] = {config: [] for config in args.configs}
     try:
         for run in range(args.runs):
             for config in args.configs:
-                seconds[config].append(start_once(url, config, args.queued, client))
+                seconds[config].append(start_once(producer, url, config, args.queued, client))
             print(f"  run {run + 1} of {args.runs} done", file=sys.stderr, flush=True)
     finally:
         drop_keys(client, "*taskflow-startup*")
         client.close()
+        producer.close()
     print(f"{'worker options':32} {'median s':>9} {'fastest':>8} {'slowest':>8}")
     for config, values in seconds.items():
         print(f"{config:32} {statistics.median(values):9.3f} {min(values):8.3f} {max(values):8.3f}")
