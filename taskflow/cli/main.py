@@ -24,6 +24,7 @@ import click
 from .. import __version__
 from ..app import App
 from ..errors import ConfigError, TaskflowError
+from ..kernel import LOOP_CHOICES, LOOP_ENV, loop_kind
 from ..worker.affinity import AFFINITY_CHOICES, check_choice, command_line_default
 from ..worker.foreground import YOUNG_THRESHOLD, serve
 from ..worker.signals import StopControl
@@ -80,6 +81,7 @@ class WorkerOptions:
     max_memory_per_child: float | None = None
     cpu_affinity: str = "off"
     gc_threshold: int = YOUNG_THRESHOLD
+    loop: str = "auto"
 
     def child_command(self) -> list[str]:
         """The command a supervised worker process runs: this command with ``-P 1``."""
@@ -115,6 +117,8 @@ class WorkerOptions:
         command += ["--cpu-affinity", self.cpu_affinity]
         if self.gc_threshold != YOUNG_THRESHOLD:
             command += ["--gc-threshold", str(self.gc_threshold)]
+        if self.loop != "auto":
+            command += ["--loop", self.loop]
         return command
 
 
@@ -221,6 +225,16 @@ def cli() -> None:
     "were made than freed (Python's default: 700); 0: leave the collector as the app set "
     "it (see docs/guide.md).",
 )
+@click.option(
+    "--loop",
+    "event_loop",
+    type=click.Choice(list(LOOP_CHOICES), case_sensitive=False),
+    default="auto",
+    show_default=True,
+    envvar=LOOP_ENV,
+    help="The event loop: auto is uvloop where it is installed, else asyncio's own "
+    "(see docs/guide.md).",
+)
 @click.pass_context
 def worker(  # noqa: PLR0917 -- click passes every option as an argument
     ctx: click.Context,
@@ -245,10 +259,15 @@ def worker(  # noqa: PLR0917 -- click passes every option as an argument
     max_memory_per_child: float | None,
     cpu_affinity: str | None,
     gc_threshold: int,
+    event_loop: str,
 ) -> None:
     """Run a worker in the foreground until SIGTERM or SIGINT (twice: stop now)."""
     if not app_spec:
         raise CliError(f"no app given: pass -A MODULE[:ATTR] or set {APP_ENV}")
+    try:
+        loop_kind(event_loop)  # uvloop asked for and not installed: said before anything starts
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
     options = WorkerOptions(
         app_spec,
         _split_queues(queues),
@@ -272,6 +291,7 @@ def worker(  # noqa: PLR0917 -- click passes every option as an argument
         max_memory_per_child,
         _affinity(cpu_affinity, pool, processes),
         gc_threshold,
+        event_loop.lower(),
     )
     code = _supervise(options, processes) if processes > 1 else _run_one(options)
     ctx.exit(code)
@@ -312,6 +332,7 @@ def _run_one(options: WorkerOptions) -> int:
         configure_logging()
         _warn_if_in_process(app)
         try:
+            app.kernel.loop.use(options.loop)
             worker = app.worker(
                 queues=options.queues or None,
                 concurrency=options.concurrency,

@@ -9,7 +9,7 @@ from .backends import Backends
 from .enqueue import Enqueuer, Plan
 from .hooks import Hook, Hooks, run_hooks
 from .kernel import Continuation, Kernel
-from .loop import LoopThread
+from .loop import LOOP_CHOICES, LOOP_ENV, LoopThread, loop_kind
 from .prepare import (
     CALL_OPTIONS,
     SEND_OPTIONS,
@@ -29,6 +29,8 @@ from .taskdef import TaskDef
 
 __all__ = [
     "CALL_OPTIONS",
+    "LOOP_CHOICES",
+    "LOOP_ENV",
     "SEND_OPTIONS",
     "Backends",
     "CallOptions",
@@ -49,6 +51,7 @@ __all__ = [
     "TaskDef",
     "TaskRegistry",
     "check_call_options",
+    "loop_kind",
     "make_broker",
     "make_results",
     "message_for",

@@ -3,6 +3,11 @@
 Async clients (redis.asyncio, nats) are bound to the loop that created them, so every
 backend call of an App happens on this one loop. Synchronous callers (``delay()``,
 ``get()``) hand coroutines to it; embedded workers run on it too.
+
+Which event loop it is: uvloop's where uvloop is installed (a dependency of the package on
+CPython outside Windows), else asyncio's own; ``TASKFLOW_LOOP`` (``auto``, ``asyncio``,
+``uvloop``) or ``taskflow worker --loop`` choose (:func:`loop_kind`). Both run the same
+code: taskflow uses only what the asyncio API promises of a loop.
 """
 
 from __future__ import annotations
@@ -10,13 +15,27 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import importlib.util
+import logging
+import os
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from ..errors import TaskflowError
+from ..errors import ConfigError, TaskflowError
 
-__all__ = ["LoopThread"]
+__all__ = ["LOOP_CHOICES", "LOOP_ENV", "SUBPROCESS_EVENT", "LoopThread", "loop_kind"]
+
+log = logging.getLogger("taskflow.kernel")
+
+LOOP_ENV = "TASKFLOW_LOOP"
+"""The environment variable that chooses the event loop of the apps of a process."""
+LOOP_CHOICES = ("auto", "asyncio", "uvloop")
+"""What :data:`LOOP_ENV` and ``taskflow worker --loop`` accept."""
+SUBPROCESS_EVENT = "taskflow.subprocess"
+"""The audit event (``sys.audit``) uvloop's loop raises just before it starts a program
+(``asyncio.create_subprocess_exec``), with the program as its argument: uvloop makes the
+child in C, without the events Python raises before ``subprocess.Popen`` or ``os.fork``."""
 
 T = TypeVar("T")
 
@@ -31,14 +50,76 @@ async def _tracked(coro: Coroutine[Any, Any, T], running: list[asyncio.Task[Any]
     return await coro
 
 
-class LoopThread:
-    """A lazily started event-loop thread with thread-safe ``call``/``acall``."""
+def loop_kind(choice: str | None = None) -> str:
+    """The event loop ``choice`` names: ``"uvloop"`` or ``"asyncio"``.
 
-    def __init__(self, name: str) -> None:
+    ``None`` reads :data:`LOOP_ENV` (unset or empty: ``auto``). ``auto`` is uvloop where
+    it can be imported, else asyncio's loop. Raises :class:`ConfigError` for a choice
+    that is not one of :data:`LOOP_CHOICES` (naming where it came from) and for
+    ``uvloop`` where uvloop is not installed.
+    """
+    where = "--loop" if choice is not None else LOOP_ENV
+    if choice is None:
+        choice = os.environ.get(LOOP_ENV, "") or "auto"
+    kind = choice.strip().lower()
+    if kind not in LOOP_CHOICES:
+        raise ConfigError(f"{where} must be one of {', '.join(LOOP_CHOICES)} (got {choice!r})")
+    if kind == "asyncio":
+        return kind
+    if importlib.util.find_spec("uvloop") is not None:
+        return "uvloop"
+    if kind == "uvloop":
+        raise ConfigError(f"{where} asks for uvloop, which is not installed: pip install uvloop")
+    return "asyncio"
+
+
+def _new_loop(kind: str) -> tuple[asyncio.AbstractEventLoop, str]:
+    """A new event loop of ``kind`` (from :func:`loop_kind`) and the kind it is: asyncio's
+    when uvloop was found but cannot be imported (a broken install), with a warning."""
+    if kind == "uvloop":
+        try:
+            from ._uvloop import Loop  # only where uvloop is installed
+        except ImportError as exc:
+            log.warning("uvloop cannot be imported (%s); using asyncio's event loop", exc)
+        else:
+            return Loop(), kind
+    return asyncio.new_event_loop(), "asyncio"
+
+
+class LoopThread:
+    """A lazily started event-loop thread with thread-safe ``call``/``acall``.
+
+    ``kind`` (one of :data:`LOOP_CHOICES`; ``None``: what :data:`LOOP_ENV` says) is
+    resolved when the loop starts; :meth:`use` changes it until then.
+    """
+
+    def __init__(self, name: str, kind: str | None = None) -> None:
         self._name = name
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._choice = kind
+        self._kind: str | None = None
+
+    def use(self, kind: str) -> None:
+        """Run on the event loop ``kind`` (one of :data:`LOOP_CHOICES`) when the loop starts.
+
+        Raises :class:`ConfigError` for a bad or unavailable choice, and for a loop of
+        another kind that already runs (something called the app before).
+        """
+        wanted = loop_kind(kind)
+        with self._lock:
+            if self._kind is not None and self._kind != wanted:
+                raise ConfigError(
+                    f"the app's event loop ({self._kind}) already runs: the loop can only "
+                    f"be chosen ({wanted}) before the app makes its first call"
+                )
+            self._choice = kind
+
+    @property
+    def kind(self) -> str:
+        """``"uvloop"`` or ``"asyncio"``: the running loop's kind, else the one it would be."""
+        return self._kind or loop_kind(self._choice)
 
     @property
     def started(self) -> bool:
@@ -54,7 +135,7 @@ class LoopThread:
         with self._lock:
             if self._loop is None:
                 ready = threading.Event()
-                loop = asyncio.new_event_loop()
+                loop, self._kind = _new_loop(loop_kind(self._choice))
                 self._thread = threading.Thread(
                     target=self._run,
                     args=(loop, ready),
@@ -159,6 +240,7 @@ class LoopThread:
             loop, thread = self._loop, self._thread
             self._loop = None
             self._thread = None
+            self._kind = None
         if loop is None or thread is None:
             return
         if threading.current_thread() is thread:

@@ -19,7 +19,9 @@ code that releases the interpreter lock (C extensions, compression, hashing of l
 buffers) could do. Such work belongs on the process pool (``--pool processes``), which this
 option does not apply to. Programs that a task starts do not inherit the CPU: an audit hook
 (``sys.addaudithook``) sees ``subprocess.Popen``, ``os.posix_spawn``, ``os.fork``,
-``os.system`` and the ``exec`` and ``spawn`` functions of :mod:`os` coming, and gives the
+``os.system`` and the ``exec`` and ``spawn`` functions of :mod:`os` coming (and, on
+uvloop's loop, which makes a child in C, the event taskflow's loop raises first:
+:data:`~taskflow.kernel.loop.SUBPROCESS_EVENT`), and gives the
 calling thread the process's former CPUs before the child is made; a body's thread is
 pinned again before its next body, the loop's thread in the loop's next step.
 
@@ -43,6 +45,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..kernel.loop import SUBPROCESS_EVENT
 
 __all__ = [
     "AFFINITY_CHOICES",
@@ -155,7 +159,7 @@ _hooked = False
 # Audit events raised just before a child process is made (or the process replaced).
 _SPAWNS = frozenset(
     {"subprocess.Popen", "os.posix_spawn", "os.fork", "os.forkpty", "os.system", "os.exec"}
-    | {"os.spawn", "pty.spawn"}
+    | {"os.spawn", "pty.spawn", SUBPROCESS_EVENT}  # the last: uvloop's loop starts a program
 )
 
 

@@ -24,7 +24,7 @@ import signal
 import struct
 import subprocess
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any, Final
 
 from .. import codec
@@ -142,10 +142,13 @@ class _Child:
     """One child process and the two pipes to it."""
 
     def __init__(
-        self, proc: subprocess.Popen[bytes], reader: asyncio.StreamReader, out: Any
+        self, proc: subprocess.Popen[bytes], reader: asyncio.StreamReader, inp: Any, out: Any
     ) -> None:
         self.proc = proc
         self.reader = reader
+        # The transport of the child's replies: closed by end(), not by the end of its input
+        # (uvloop's pipe keeps itself open after that, as asyncio's own closes itself).
+        self.inp: asyncio.ReadTransport = inp
         self.out: asyncio.WriteTransport = out
         self.tasks = 0
 
@@ -171,7 +174,10 @@ class _Child:
         """Close the child's input (it exits when idle), give it ``wait`` seconds, then
         kill it; returns once it is reaped."""
         self.out.close()
-        await _reap(self.proc, wait)
+        try:
+            await _reap(self.proc, wait)
+        finally:
+            self.inp.close()
 
     def exit_text(self) -> str:
         return _exit_text(self.proc)
@@ -189,10 +195,10 @@ async def _reap(proc: subprocess.Popen[bytes], wait: float) -> None:
         await asyncio.sleep(0.005)
 
 
-async def _discard(proc: subprocess.Popen[bytes], child: _Child | None) -> None:
-    """Kill a child that did not start, and reap it."""
-    if child is not None:
-        child.out.close()
+async def _discard(proc: subprocess.Popen[bytes], pipes: Sequence[asyncio.BaseTransport]) -> None:
+    """Kill a child that did not start, close the ``pipes`` connected to it, and reap it."""
+    for pipe in pipes:
+        pipe.close()
     with contextlib.suppress(ProcessLookupError):
         proc.send_signal(signal.SIGKILL)
     await asyncio.shield(_reap(proc, _REAP_WAIT))
@@ -269,13 +275,16 @@ class ProcessPool:
             os.close(req_r)
             os.close(res_w)
         child: _Child | None = None
+        pipes: list[asyncio.BaseTransport] = []
         try:
             reader = asyncio.StreamReader(limit=2**20)
-            await loop.connect_read_pipe(
+            inp, _ = await loop.connect_read_pipe(
                 lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(res_r, "rb", 0)
             )
+            pipes.append(inp)
             out, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(req_w, "wb", 0))
-            child = _Child(proc, reader, out)
+            pipes.append(out)
+            child = _Child(proc, reader, inp, out)
             child.send(
                 {"app": self.app_path, "path": list(sys.path), "rss": self.max_rss is not None}
             )
@@ -283,10 +292,10 @@ class ProcessPool:
         except (TimeoutError, asyncio.IncompleteReadError):
             hello = ("error", f"the child process {_exit_text(proc)} before it was ready")
         except BaseException:
-            await _discard(proc, child)
+            await _discard(proc, pipes)
             raise
         if child is None or hello[0] != "ready":
-            await _discard(proc, child)
+            await _discard(proc, pipes)
             raise ConfigError(f"pool='processes': cannot load app {self.app_path}: {hello[1]}")
         return child
 

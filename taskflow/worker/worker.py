@@ -292,10 +292,11 @@ class Worker(Service):
         if ready is not None:
             ready.set_result(None)
             log.info(
-                "worker %s consuming %s (concurrency %d)",
+                "worker %s consuming %s (concurrency %d, event loop %s)",
                 self.name,
                 ",".join(self.queues),
                 self.concurrency,
+                self.kernel.loop.kind,
             )
         try:
             if until_idle:

@@ -96,6 +96,7 @@ def test_a_malformed_spec_is_a_usage_error(runner: CliRunner) -> None:
         ["--loglevel", "loud"],
         ["--gc-threshold", "-1"],
         ["--gc-threshold", "many"],
+        ["--loop", "trio"],
         ["--unknown"],
     ],
 )
@@ -185,3 +186,27 @@ def test_a_supervised_process_gets_the_collector_threshold_it_was_given() -> Non
         options = WorkerOptions("pkg.mod:app", [], 4, None, 30.0, "info", gc_threshold=given)
         command = options.child_command()
         assert command[command.index("--gc-threshold") + 1] == str(given)
+
+
+def test_a_supervised_process_gets_the_event_loop_it_was_given() -> None:
+    default = WorkerOptions("pkg.mod:app", [], 4, None, 30.0, "info").child_command()
+    assert "--loop" not in default  # auto: each process finds uvloop itself
+
+    for given in ("asyncio", "uvloop"):
+        command = WorkerOptions(
+            "pkg.mod:app", [], 4, None, 30.0, "info", loop=given
+        ).child_command()
+        assert command[command.index("--loop") + 1] == given
+
+
+def test_uvloop_asked_for_where_it_is_missing_fails_before_loading_the_app(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
+
+    result = runner.invoke(cli, ["worker", "-A", "no.such.module", "--loop", "uvloop"])
+
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "taskflow: error: --loop asks for uvloop, which is not installed: pip install uvloop\n"
+    )

@@ -63,11 +63,15 @@ def child_cpus() -> str:
 
 
 @app.task(name="it.achild_cpus")
-async def achild_cpus() -> str:
-    """:func:`child_cpus` from a coroutine body, started from the loop's thread."""
-    proc = await asyncio.create_subprocess_exec(
-        "grep", "Cpus_allowed_list", "/proc/self/status", stdout=asyncio.subprocess.PIPE
-    )
+async def achild_cpus(shell: bool = False) -> str:
+    """:func:`child_cpus` from a coroutine body, started from the loop's thread (through a
+    shell if ``shell``)."""
+    command = ("grep", "Cpus_allowed_list", "/proc/self/status")
+    pipe = asyncio.subprocess.PIPE
+    if shell:
+        proc = await asyncio.create_subprocess_shell(" ".join(command), stdout=pipe)
+    else:
+        proc = await asyncio.create_subprocess_exec(*command, stdout=pipe)
     out, _ = await proc.communicate()
     return out.decode().split(":", 1)[1].strip()
 
@@ -82,3 +86,12 @@ def gc_frozen() -> int:
 def gc_threshold() -> list[int]:
     """The worker process's garbage collector thresholds."""
     return list(gc.get_threshold())
+
+
+@app.task(name="it.event_loop")
+async def event_loop() -> str:
+    """The event loop the body runs on: ``uvloop`` or ``asyncio``."""
+    import uvloop  # noqa: PLC0415 -- only this task needs it
+
+    loop = asyncio.get_running_loop()
+    return "uvloop" if isinstance(loop, uvloop.Loop) else type(loop).__module__.split(".")[0]

@@ -92,6 +92,30 @@ def test_worker_processes_serve_with_the_collector_threshold_asked_for(
     assert thresholds == (default if young is None else [young, *default[1:]])
 
 
+@pytest.mark.parametrize(
+    ("options", "env", "module"),
+    [
+        ([], {}, "uvloop"),  # the default where uvloop is installed (it is a dependency)
+        (["--loop", "asyncio"], {}, "asyncio"),
+        ([], {"TASKFLOW_LOOP": "asyncio"}, "asyncio"),
+        (["--loop", "uvloop"], {"TASKFLOW_LOOP": "asyncio"}, "uvloop"),  # the option wins
+    ],
+)
+def test_worker_processes_run_their_bodies_on_the_event_loop_asked_for(
+    tmp_path: Path, options: list[str], env: dict[str, str], module: str
+) -> None:
+    # Two processes: the supervisor passes the choice on to the worker processes.
+    url = f"sqlite:///{tmp_path}/tasks.db?lease={LEASE}"
+    worker = start_worker(url, tmp_path / "runs.txt", processes=2, options=options, env=env)
+    try:
+        with App("producer", broker=url) as app:
+            kinds = [app.send_task("it.event_loop").get(timeout=30) for _ in range(4)]
+    finally:
+        stop(worker)
+    assert worker.returncode == 0
+    assert set(kinds) == {module}
+
+
 def test_a_task_of_a_sigkilled_worker_is_delivered_again_to_another(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/tasks.db?lease={LEASE}"
     runs = tmp_path / "runs.txt"
