@@ -5,7 +5,8 @@ Cluster slot):
 
 * ``P:q:<queue>:ready``    ZSET, score ``(9 - priority) * 2**40 + seq``: priority, then FIFO
 * ``P:q:<queue>:sched``    ZSET of delayed messages scored by due time (eta, retry backoff)
-* ``P:q:<queue>:inflight`` ZSET of leased messages scored by lease deadline
+* ``P:q:<queue>:inflight`` ZSET of leased messages scored by lease deadline (a lease of
+  10 s or more ends on a whole second, rounded up: see ``lease_deadline`` in common.lua)
 * ``P:q:<queue>:dead``     LIST of dead-lettered ids, oldest first, capped
 * ``P:q:<queue>:notify``   LIST of wake-up tokens an idle ``fetch`` blocks on (short TTL);
   pushed for a ready message, and for a delayed one that became the queue's earliest

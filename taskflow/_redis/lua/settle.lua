@@ -23,7 +23,7 @@ local function settle(action, id, token, a1, a2, a3)
   local q = m[3]
   local inflight = qkey(q, 'inflight')
   if action == 'touch' then
-    redis.call('ZADD', inflight, NOW + lease, id)
+    redis.call('ZADD', inflight, lease_deadline(lease), id)
     return 1
   end
   redis.call('ZREM', inflight, id)
