@@ -24,7 +24,14 @@ from typing import Any, TypeVar
 
 from ..errors import ConfigError, TaskflowError
 
-__all__ = ["LOOP_CHOICES", "LOOP_ENV", "SUBPROCESS_EVENT", "LoopThread", "loop_kind"]
+__all__ = [
+    "LOOP_CHOICES",
+    "LOOP_ENV",
+    "SUBPROCESS_EVENT",
+    "LoopThread",
+    "loop_kind",
+    "new_event_loop",
+]
 
 log = logging.getLogger("taskflow.kernel")
 
@@ -84,6 +91,13 @@ def _new_loop(kind: str) -> tuple[asyncio.AbstractEventLoop, str]:
         else:
             return Loop(), kind
     return asyncio.new_event_loop(), "asyncio"
+
+
+def new_event_loop(choice: str | None = None) -> asyncio.AbstractEventLoop:
+    """A new event loop of the kind ``choice`` names (:func:`loop_kind`; ``None``: what
+    :data:`LOOP_ENV` says), as an app's loop thread would make it."""
+    loop, _ = _new_loop(loop_kind(choice))
+    return loop
 
 
 class LoopThread:

@@ -38,6 +38,7 @@ import pytest
 from taskflow.brokers.base import Broker
 from taskflow.brokers.memory import MemoryBroker
 from taskflow.clock import Clock, FakeClock
+from taskflow.kernel.loop import new_event_loop
 from taskflow.results.base import ResultStore
 from taskflow.results.memory import MemoryResultStore
 
@@ -71,8 +72,9 @@ for _name in ("redis", "nats", "sqlite", "amqp"):
 
 @pytest.fixture
 def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """A fresh event loop per test (closed after)."""
-    lp = asyncio.new_event_loop()
+    """A fresh event loop per test (closed after), of the kind an app's loop would be:
+    uvloop's unless ``TASKFLOW_LOOP=asyncio`` (CI runs the suite both ways)."""
+    lp = new_event_loop()
     yield lp
     lp.run_until_complete(lp.shutdown_asyncgens())
     lp.run_until_complete(lp.shutdown_default_executor())

@@ -12,6 +12,7 @@ import uvloop
 from taskflow import App
 from taskflow.errors import ConfigError
 from taskflow.kernel import LOOP_ENV, LoopThread, loop_kind
+from taskflow.kernel.loop import new_event_loop
 from taskflow.testing import drain
 
 
@@ -101,3 +102,20 @@ def test_an_app_sends_and_its_worker_runs_on_either_loop(monkeypatch: pytest.Mon
             assert drain(app) == 1
             assert result.get(timeout=5) == [42, kind == "uvloop"]
             assert app.kernel.loop.kind == kind
+
+
+def test_new_event_loop_makes_the_loop_an_app_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The contract suite's loop comes from here, so that it runs on either loop.
+    for env, kind in (("", uvloop.Loop), ("asyncio", asyncio.BaseEventLoop)):
+        monkeypatch.setenv(LOOP_ENV, env)
+        loop = new_event_loop()
+        try:
+            assert isinstance(loop, kind)
+            assert loop.run_until_complete(asyncio.sleep(0, "ran")) == "ran"
+        finally:
+            loop.close()
+    loop = new_event_loop("asyncio")  # asked for: whatever the environment says
+    try:
+        assert not isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
