@@ -423,11 +423,7 @@ class RedisBroker(Broker, DelegatedAdmin):
         )
         if len(got) < max_messages:
             # Fewer than asked for: every queue it looked in was left with nothing ready.
-            # The messages it leased fall due at their lease deadline, which that fetch
-            # did not count (its successor would have).
-            if got:
-                deadline = self.clock.time() + self.lease
-                next_due = deadline if next_due is None else min(next_due, deadline)
+            # (``next_due`` counts the lease deadlines of what the fetch took.)
             self._drained = Drained(looked_in, next_due, self.clock.monotonic())
         return FetchResult(got, self._take_lost())
 

@@ -84,3 +84,24 @@ def test_a_rounded_lease_is_reclaimed_at_its_whole_second(urls: dict[float, str]
             await broker.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(("lease", "due"), [(30.0, 1_700_000_031.0), (2.5, START + 2.5)])
+def test_a_fetch_that_emptied_its_queues_waits_next_for_the_deadline_the_server_set(
+    urls: dict[float, str], lease: float, due: float
+) -> None:
+    # An idle fetcher's timer is set from this: a deadline before the server's would wake
+    # it for a fetch that finds nothing.
+    async def main() -> None:
+        broker = RedisBroker.from_url(urls[lease], clock=FakeClock(START))
+        await broker.connect()
+        try:
+            await broker.publish([Message("m1", "work", b"body", 0)])
+            assert len(await broker.fetch(["work"], 2, 0)) == 1
+            drained = broker._drained  # noqa: SLF001 -- what the next fetch starts from
+            assert drained is not None
+            assert drained.next_due == due == deadline(broker, urls[lease], "m1")
+        finally:
+            await broker.close()
+
+    asyncio.run(main())

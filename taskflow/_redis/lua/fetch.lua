@@ -8,8 +8,8 @@
 --          [id, queue, body, priority, delivery_count, token] * taken}; marks has one
 -- character per message taken ('r': its record was marked running; '-': not, because
 -- the record is missing, expired or final, or nothing was to be marked); next_due is the
--- earliest future schedule or lease deadline ('' if none) so an idle caller knows when
--- to look again; the dead ones were dead-lettered by this call: 'worker_lost' (reclaimed
+-- earliest future schedule or lease deadline ('' if none), those of the messages this
+-- call leased included, so an idle caller knows when to look again; the dead ones were dead-lettered by this call: 'worker_lost' (reclaimed
 -- past their delivery budget) or 'undecodable' (malformed framing, see common.lua).
 -- Nothing here can fail half-way: every message is checked before it is moved.
 local lease = tonumber(ARGV[3])
@@ -159,6 +159,9 @@ for i = 1, nq do
       redis.call('DEL', notify)
     end
   end
+end
+if taken > 0 then
+  note(lease_deadline(lease)) -- what this call leased falls due then, unless renewed
 end
 -- Mark the records running, as ``result_update.lua`` would merge the worker's own write:
 -- an expired record counts as missing (left for that script to delete), a final one is
