@@ -103,17 +103,17 @@ def new_event_loop(choice: str | None = None) -> asyncio.AbstractEventLoop:
 class LoopThread:
     """A lazily started event-loop thread with thread-safe ``call``/``acall``.
 
-    ``kind`` (one of :data:`LOOP_CHOICES`; ``None``: what :data:`LOOP_ENV` says) is
-    resolved when the loop starts; :meth:`use` changes it until then.
+    Its event loop is the one :data:`LOOP_ENV` names when the loop starts, unless
+    :meth:`use` chose another before.
     """
 
-    def __init__(self, name: str, kind: str | None = None) -> None:
+    def __init__(self, name: str) -> None:
         self._name = name
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._choice = kind
-        self._kind: str | None = None
+        self._choice: str | None = None  # what use() asked for; None: the environment's
+        self._kind: str | None = None  # the running loop's kind
 
     def use(self, kind: str) -> None:
         """Run on the event loop ``kind`` (one of :data:`LOOP_CHOICES`) when the loop starts.

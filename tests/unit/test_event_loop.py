@@ -57,7 +57,9 @@ def test_uvloop_asked_for_where_it_is_missing_is_a_config_error(no_uvloop: None)
 
 
 def test_asyncio_asked_for_runs_asyncios_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert not isinstance(running_loop(LoopThread("t", "asyncio")), uvloop.Loop)
+    thread = LoopThread("t")
+    thread.use("asyncio")
+    assert not isinstance(running_loop(thread), uvloop.Loop)
     monkeypatch.setenv(LOOP_ENV, "ASYNCIO")  # the environment's choice, in any case
     assert loop_kind() == "asyncio"
     assert not isinstance(running_loop(LoopThread("t")), uvloop.Loop)
