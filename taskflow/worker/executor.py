@@ -181,7 +181,8 @@ class Executor:
         finally:
             self.stats.processed += 1
             try:
-                if not job.adopted:  # an adopted body still runs: released when it returns
+                # An adopted body still runs: its permit is released when it returns.
+                if job.permit is not None and not job.adopted:
                     await self.gate.release(job)
             finally:
                 self._release(job)

@@ -36,6 +36,7 @@ class Job:
         "permit",
         "rated",
         "settling",
+        "stores",
         "task",
         "token",
     )
@@ -44,6 +45,8 @@ class Job:
         self.envelope = envelope
         self.delivery = delivery
         self.task = task
+        self.stores = task.options.store_result
+        """Whether the task's outcome is written to the result store."""
         # A delivery lost with its worker is delivered again as the same attempt: it does
         # not spend a retry (the broker bounds it by the message's max_deliveries).
         self.attempt = envelope.attempt
@@ -61,11 +64,6 @@ class Job:
         self.rated = False
         self.token = False
         self.permit: str | None = None
-
-    @property
-    def stores(self) -> bool:
-        """Whether the task's outcome is written to the result store."""
-        return self.task.options.store_result
 
     def set_body(self, body: BodyRun) -> None:
         """Note the run of this job's sync body in its thread."""

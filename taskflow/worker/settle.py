@@ -296,7 +296,10 @@ class Settler:
         A record the broker marked running as it leased the message (and found not
         terminal) is not written again before the body: the rest of its fields follow
         in the background (:meth:`_complete_running`)."""
-        if job.delivery.running_recorded and job.stores:
+        if not job.stores:  # no record to write
+            await self.announcer.started(job)
+            return True
+        if job.delivery.running_recorded:
             self._complete_running(job)
             await self.announcer.started(job)
             return True
@@ -407,12 +410,16 @@ class Settler:
                 self.result_dropped(job.envelope, "unencodable")
             await self.failed(job, exc, duration, reason="payload")
             return
-        changes = {
-            "status": TaskStatus.SUCCEEDED.value,
-            "result": encoded,
-            "finished_at": self.clock.time(),
-            "attempts": job.attempt,
-        }
+        changes = (
+            {
+                "status": TaskStatus.SUCCEEDED.value,
+                "result": encoded,
+                "finished_at": self.clock.time(),
+                "attempts": job.attempt,
+            }
+            if job.stores
+            else None  # no record to write
+        )
         await self.apply(
             job,
             SUCCEEDED,
@@ -421,7 +428,7 @@ class Settler:
             encoded=encoded,
             result=value,
             duration=duration,
-            recorded=recording(job, _ack_with),
+            recorded=recording(job, _ack_with) if job.stores else None,
         )
 
     async def failure(self, job: Job, verdict: RetryIn | Fail, duration: float) -> None:
