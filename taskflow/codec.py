@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import importlib
 import math
 from typing import Any
@@ -303,30 +304,51 @@ def decode_envelope(data: bytes) -> Envelope:
     if packed or not isinstance(data, bytes) or data.count(b"[") + data.count(b"{") > MAX_DEPTH:
         _check_depth(doc)
     # A field that is absent takes its default (which is valid): only those present are
-    # checked (one envelope is decoded per delivery).
-    get = doc.get
-    return Envelope(
-        id=doc["id"],
-        task=doc["task"],
-        queue=doc["queue"],
-        args=get("args", []),
-        kwargs=get("kwargs", {}),
-        priority=_integer(doc, "priority", 0, 0, 9) if "priority" in doc else 0,
-        created_at=_number(doc, "created_at", 0.0) or 0.0,
-        eta=_number(doc, "eta", None) if "eta" in doc else None,
-        expires=_number(doc, "expires", None) if "expires" in doc else None,
-        attempt=_integer(doc, "attempt", 1, 1, _I64_MAX - 1) if "attempt" in doc else 1,
-        max_retries=_integer(doc, "max_retries", 0, 0, _I64_MAX) if "max_retries" in doc else 0,
-        timeout=_positive(_number(doc, "timeout", None)) if "timeout" in doc else None,
-        idempotency_key=get("idempotency_key"),
-        correlation_id=get("correlation_id"),
-        parent_id=get("parent_id"),
-        root_id=get("root_id"),
-        headers=dict(doc["headers"]) if "headers" in doc else {},
-        canvas=get("canvas"),
-        content_type=get("content_type", JSON),
-        v=doc["v"],
-    )
+    # checked (one envelope is decoded per delivery). The document's known fields (as a
+    # rule all of them; an unknown one is ignored) become the envelope's, after the
+    # defaults, with the numbers checked and converted.
+    if not doc.keys() <= _FIELDS:
+        doc = {key: value for key, value in doc.items() if key in _FIELDS}
+    fields = {**_DEFAULTS, **doc}
+    if "args" not in doc:
+        fields["args"] = []
+    if "kwargs" not in doc:
+        fields["kwargs"] = {}
+    fields["headers"] = dict(doc["headers"]) if "headers" in doc else {}
+    fields["created_at"] = _number(doc, "created_at", 0.0) or 0.0
+    if not _CHECKED.isdisjoint(doc):
+        _numbers(doc, fields)
+    env = _new_envelope(Envelope)
+    _set(env, "__dict__", fields)
+    return env
+
+
+_FIELDS = frozenset(field.name for field in dataclasses.fields(Envelope))
+# Every field in its order, with its default; None where there is none to share: the
+# required fields (always present) and args, kwargs and headers (made for each envelope).
+_DEFAULTS = {
+    field.name: None if field.default is dataclasses.MISSING else field.default
+    for field in dataclasses.fields(Envelope)
+}
+_CHECKED = frozenset({"priority", "eta", "expires", "attempt", "max_retries", "timeout"})
+_new_envelope = object.__new__
+_set = object.__setattr__
+
+
+def _numbers(doc: dict[str, Any], fields: dict[str, Any]) -> None:
+    """Check the numbers of ``doc`` beside ``created_at`` into ``fields``."""
+    if "priority" in doc:
+        fields["priority"] = _integer(doc, "priority", 0, 0, 9)
+    if "eta" in doc:
+        fields["eta"] = _number(doc, "eta", None)
+    if "expires" in doc:
+        fields["expires"] = _number(doc, "expires", None)
+    if "attempt" in doc:
+        fields["attempt"] = _integer(doc, "attempt", 1, 1, _I64_MAX - 1)
+    if "max_retries" in doc:
+        fields["max_retries"] = _integer(doc, "max_retries", 0, 0, _I64_MAX)
+    if "timeout" in doc:
+        fields["timeout"] = _positive(_number(doc, "timeout", None))
 
 
 def _positive(timeout: float | None) -> float | None:

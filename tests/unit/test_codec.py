@@ -250,3 +250,38 @@ def test_an_envelope_is_frozen_and_replace_makes_a_changed_copy() -> None:
     nxt = env.replace(attempt=3, eta=None)
     assert (nxt.attempt, nxt.eta, env.attempt, env.eta) == (3, None, 2, 10.0)
     assert nxt.replace(attempt=2, eta=10.0) == env
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"x_future_field": [1, 2]}],  # an unknown field (protocol.md section 2: ignored)
+)
+def test_a_decoded_envelope_holds_exactly_what_the_constructor_would(
+    extra: dict[str, object],
+) -> None:
+    declared = [f.name for f in dataclasses.fields(Envelope)]
+    for env in (Envelope("t", "x", "q"), full_envelope()):
+        doc = {**orjson.loads(encode_envelope(env)), **extra}
+        decoded = decode_envelope(orjson.dumps(doc))
+        assert decoded == env
+        # the same fields in the same order, and nothing else (an unknown one is dropped)
+        assert list(vars(decoded)) == list(vars(env)) == declared
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            decoded.attempt = 5  # type: ignore[misc]
+
+
+def test_decoded_times_are_floats_and_absent_containers_are_never_shared() -> None:
+    body = f'{{"v": 1, {BASE}, "created_at": 3, "eta": 4, "expires": 5, "timeout": 6}}'.encode()
+    env = decode_envelope(body)
+    times = (env.created_at, env.eta, env.expires, env.timeout)
+    assert times == (3.0, 4.0, 5.0, 6.0)
+    assert all(type(t) is float for t in times)
+    bare = f'{{"v": 1, {BASE}}}'.encode()
+    one, two = decode_envelope(bare), decode_envelope(bare)
+    assert (one.args, one.kwargs, one.headers, one.created_at) == ([], {}, {}, 0.0)
+    assert one.args is not two.args
+    assert one.kwargs is not two.kwargs
+    assert one.headers is not two.headers
+    headers = {"h": "1"}
+    doc = {"v": 1, "id": "a", "task": "t", "queue": "q", "headers": headers}
+    assert decode_envelope(orjson.dumps(doc)).headers == headers
