@@ -41,6 +41,20 @@ local function lease_deadline(lease)
   return deadline
 end
 
+-- redis.call(command, [key,] values...) in as many calls as it takes: Lua unpacks at most
+-- a few thousand values at once. CHUNK is even, so that pairs (ZADD's) stay together.
+local CHUNK = 1000
+local function call_chunked(command, key, values)
+  for i = 1, #values, CHUNK do
+    local j = math.min(i + CHUNK - 1, #values)
+    if key then
+      redis.call(command, key, unpack(values, i, j))
+    else
+      redis.call(command, unpack(values, i, j))
+    end
+  end
+end
+
 local function make_ready(id, queue, priority)
   redis.call('HSET', mkey(id), 'st', 'r', 'tk', '')
   redis.call('ZADD', qkey(queue, 'ready'), ready_score(priority), id)

@@ -13,6 +13,7 @@
 -- past their delivery budget) or 'undecodable' (malformed framing, see common.lua).
 -- Nothing here can fail half-way: every message is checked before it is moved.
 local lease = tonumber(ARGV[3])
+local deadline = lease_deadline(lease) -- of every lease this call makes
 local max = tonumber(ARGV[4])
 local nq = tonumber(ARGV[5])
 local next_due = nil
@@ -125,6 +126,12 @@ for i = 1, nq do
       local popped = redis.call('ZPOPMIN', ready, want)
       -- Fewer than asked for: the ready set is empty now (no second look, no ZCARD).
       emptied = #popped < 2 * want
+      -- One INCRBY reserves a token for each message popped (one left unused by a
+      -- message that is gone or rejected is never used by anybody), and one ZADD puts
+      -- those leased into the inflight set: two calls a round instead of two a message.
+      local popped_n = #popped / 2
+      local seq = popped_n > 0 and redis.call('INCRBY', SEQ, popped_n) - popped_n or 0
+      local leased = {}
       for j = 1, #popped, 2 do
         local id = popped[j]
         local m, err = read(id, q)
@@ -132,9 +139,11 @@ for i = 1, nq do
           reject(id, q, err)
         elseif m then
           local dc = tonumber(m[3]) + 1
-          local token = tostring(redis.call('INCR', SEQ))
+          seq = seq + 1
+          local token = tostring(seq)
           redis.call('HSET', mkey(id), 'st', 'i', 'dc', dc, 'tk', token)
-          redis.call('ZADD', qkey(q, 'inflight'), lease_deadline(lease), id)
+          leased[#leased + 1] = deadline
+          leased[#leased + 1] = id
           out[#out + 1] = id
           out[#out + 1] = q
           out[#out + 1] = m[1]
@@ -144,6 +153,7 @@ for i = 1, nq do
           taken = taken + 1
         end
       end
+      call_chunked('ZADD', qkey(q, 'inflight'), leased)
       if emptied then
         break
       end
@@ -161,7 +171,7 @@ for i = 1, nq do
   end
 end
 if taken > 0 then
-  note(lease_deadline(lease)) -- what this call leased falls due then, unless renewed
+  note(deadline) -- what this call leased falls due then, unless renewed
 end
 -- Mark the records running, as ``result_update.lua`` would merge the worker's own write:
 -- an expired record counts as missing (left for that script to delete), a final one is

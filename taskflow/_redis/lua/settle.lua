@@ -13,8 +13,18 @@ local lease = tonumber(ARGV[3])
 local n = tonumber(ARGV[4])
 local results = {}
 local woken = {}
+-- The messages acked by this call: their inflight entries (by queue) and keys go at the
+-- end, in one ZREM per queue and one DEL, instead of two calls a message. Nothing else
+-- runs meanwhile (a script is atomic); a later item of this call for an acked message
+-- finds it gone, as it would once deleted.
+local acked = {}
+local acked_in = {}
+local acked_keys = {}
 
 local function settle(action, id, token, a1, a2, a3)
+  if acked[id] then
+    return 0
+  end
   local key = mkey(id)
   local m = redis.call('HMGET', key, 'st', 'tk', 'q', 'p', 'dc')
   if m[1] ~= 'i' or m[2] ~= token then
@@ -26,10 +36,19 @@ local function settle(action, id, token, a1, a2, a3)
     redis.call('ZADD', inflight, lease_deadline(lease), id)
     return 1
   end
-  redis.call('ZREM', inflight, id)
   if action == 'ack' then
-    redis.call('DEL', key)
-  elseif action == 'requeue' then
+    acked[id] = true
+    local ids = acked_in[q]
+    if ids == nil then
+      ids = {}
+      acked_in[q] = ids
+    end
+    ids[#ids + 1] = id
+    acked_keys[#acked_keys + 1] = key
+    return 1
+  end
+  redis.call('ZREM', inflight, id)
+  if action == 'requeue' then
     -- An unstarted message goes back without spending a delivery. (Fields were checked
     -- when it was fetched; the defaults only keep a hand-edited hash from failing here.)
     redis.call('HSET', key, 'dc', math.max(0, (int_in(m[5], 0) or 1) - 1))
@@ -77,6 +96,10 @@ for i = 1, n do
     b = b + 6
   end
 end
+for q, ids in pairs(acked_in) do
+  call_chunked('ZREM', qkey(q, 'inflight'), ids)
+end
+call_chunked('DEL', nil, acked_keys)
 for q, _ in pairs(woken) do
   wake(q, 1)
 end
