@@ -41,18 +41,21 @@ local function lease_deadline(lease)
   return deadline
 end
 
--- redis.call(command, [key,] values...) in as many calls as it takes: Lua unpacks at most
--- a few thousand values at once. CHUNK is even, so that pairs (ZADD's) stay together.
-local CHUNK = 1000
+-- redis.call(command, [key,] values...) in as many calls as it takes, and the sum of their
+-- (integer) replies: Lua unpacks at most a few thousand values at once. CHUNK is even, so
+-- that pairs (ZADD's) stay together.
+local CHUNK = 2000
 local function call_chunked(command, key, values)
+  local total = 0
   for i = 1, #values, CHUNK do
     local j = math.min(i + CHUNK - 1, #values)
     if key then
-      redis.call(command, key, unpack(values, i, j))
+      total = total + redis.call(command, key, unpack(values, i, j))
     else
-      redis.call(command, unpack(values, i, j))
+      total = total + redis.call(command, unpack(values, i, j))
     end
   end
+  return total
 end
 
 local function make_ready(id, queue, priority)

@@ -76,16 +76,13 @@ if ARGV[RECORDS] then
   create_records(RECORDS)
 end
 -- One INCRBY reserves the batch's sequence numbers, and each queue's ready messages go in
--- with one ZADD per 1,000: per message, the script makes one call (HSET) and a share of
--- an EXISTS and a ZADD, instead of five.
+-- with one ZADD per 1,000 messages (call_chunked): per message, the script makes one call
+-- (HSET) and a share of an EXISTS and a ZADD, instead of five.
 local seq = redis.call('INCRBY', SEQ, n) - n
 local pending = {}
 local function add_pending()
   for q, pairs_ in pairs(pending) do
-    local zkey = qkey(q, 'ready')
-    for s = 1, #pairs_, 2000 do
-      redis.call('ZADD', zkey, unpack(pairs_, s, math.min(s + 1999, #pairs_)))
-    end
+    call_chunked('ZADD', qkey(q, 'ready'), pairs_)
   end
   pending = {}
 end
@@ -95,10 +92,7 @@ local keys = {}
 for i = 0, n - 1 do
   keys[i + 1] = mkey(ARGV[4 + i * 6])
 end
-local existing = 0
-for s = 1, n, 2000 do
-  existing = existing + redis.call('EXISTS', unpack(keys, s, math.min(s + 1999, n)))
-end
+local existing = call_chunked('EXISTS', nil, keys)
 local woken, seen = {}, {}
 for i = 0, n - 1 do
   local base = 4 + i * 6

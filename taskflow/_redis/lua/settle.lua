@@ -31,11 +31,6 @@ local function settle(action, id, token, a1, a2, a3)
     return 0
   end
   local q = m[3]
-  local inflight = qkey(q, 'inflight')
-  if action == 'touch' then
-    redis.call('ZADD', inflight, lease_deadline(lease), id)
-    return 1
-  end
   if action == 'ack' then
     acked[id] = true
     local ids = acked_in[q]
@@ -45,6 +40,11 @@ local function settle(action, id, token, a1, a2, a3)
     end
     ids[#ids + 1] = id
     acked_keys[#acked_keys + 1] = key
+    return 1
+  end
+  local inflight = qkey(q, 'inflight')
+  if action == 'touch' then
+    redis.call('ZADD', inflight, lease_deadline(lease), id)
     return 1
   end
   redis.call('ZREM', inflight, id)
