@@ -121,11 +121,11 @@ def recording(
     job: Job, act: Callable[[Delivery, str, dict[str, Any], float | None], Awaitable[Any]]
 ) -> Recorded | None:
     """``act`` (called with the delivery, the task id, the record's changes and time to
-    live) as the :data:`Recorded` act of ``job``'s message, where its delivery writes the
-    linked store's records; else None, without making a closure (the common case off
-    Redis, once per task)."""
+    live) as the :data:`Recorded` act of ``job``'s message, where the task stores its
+    outcome and its delivery writes the linked store's records; else None, without making
+    a closure (every task off Redis, and every one that does not store its result)."""
     delivery = job.delivery
-    if not delivery.records_linked:
+    if not (job.stores and delivery.records_linked):
         return None
     tid = job.envelope.id
     return lambda changes, ttl: act(delivery, tid, changes, ttl)
@@ -181,14 +181,15 @@ class Settler:
     ) -> bool:
         """Record ``changes`` (None: nothing to write), run the continuations, ``act()`` on
         the message, count, announce. ``recorded``: ``act`` with the record written in
-        the same call (:func:`recording`), used where nothing runs between the two.
+        the same call (:func:`recording`, None where the task does not store its outcome),
+        used where nothing runs between the two.
 
         False, with nothing else done, if ``transition`` is not terminal and the record
         was terminal already (the caller settles it as :data:`SETTLED_BEFORE`).
         """
         status = transition.status
         env = subject.envelope
-        if recorded is not None and changes is not None and subject.stores and not env.canvas:
+        if recorded is not None and changes is not None and not env.canvas:
             # Nothing runs between the record and the act (no continuations): one call.
             written = await self._record_and_act(env.id, recorded, changes, transition)
             if not written and not status.terminal:
@@ -428,7 +429,7 @@ class Settler:
             encoded=encoded,
             result=value,
             duration=duration,
-            recorded=recording(job, _ack_with) if job.stores else None,
+            recorded=recording(job, _ack_with),
         )
 
     async def failure(self, job: Job, verdict: RetryIn | Fail, duration: float) -> None:
