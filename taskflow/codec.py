@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from .errors import PayloadError
-from .message import PROTOCOL_VERSION, Envelope
+from .message import PROTOCOL_VERSION, Envelope, envelope_of
 
 __all__ = [
     "JSON",
@@ -318,9 +318,7 @@ def decode_envelope(data: bytes) -> Envelope:
     fields["created_at"] = _number(doc, "created_at", 0.0) or 0.0
     if not _CHECKED.isdisjoint(doc):
         _numbers(doc, fields)
-    env = _new_envelope(Envelope)
-    _set(env, "__dict__", fields)
-    return env
+    return envelope_of(fields)
 
 
 _FIELDS = frozenset(field.name for field in dataclasses.fields(Envelope))
@@ -331,8 +329,6 @@ _DEFAULTS = {
     for field in dataclasses.fields(Envelope)
 }
 _CHECKED = frozenset({"priority", "eta", "expires", "attempt", "max_retries", "timeout"})
-_new_envelope = object.__new__
-_set = object.__setattr__
 
 
 def _numbers(doc: dict[str, Any], fields: dict[str, Any]) -> None:

@@ -12,7 +12,14 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PROTOCOL_VERSION", "TERMINAL_STATUSES", "Envelope", "TaskStatus", "error_info"]
+__all__ = [
+    "PROTOCOL_VERSION",
+    "TERMINAL_STATUSES",
+    "Envelope",
+    "TaskStatus",
+    "envelope_of",
+    "error_info",
+]
 
 PROTOCOL_VERSION = 1
 
@@ -135,6 +142,15 @@ class Envelope:
     def replace(self, **changes: Any) -> Envelope:
         """A copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)
+
+
+def envelope_of(fields: dict[str, Any]) -> Envelope:
+    """An envelope holding ``fields`` as they are: every field of :class:`Envelope`, in its
+    order, each already checked (the decoder's way to make one, without the constructor's
+    keyword call; ``tests/unit/test_codec.py`` checks what it makes)."""
+    env = object.__new__(Envelope)
+    _set(env, "__dict__", fields)
+    return env
 
 
 def error_info(exc: BaseException) -> dict[str, str]:
