@@ -13,27 +13,21 @@ import pytest
 import redis
 
 from taskflow.brokers.base import Message
-from tests.integration.redis_helpers import connected, drop_prefix, shared_url
+from tests.integration.redis_helpers import connected, fresh_url
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def url_prefix() -> Iterator[tuple[str, str]]:
-    url, prefix = shared_url(lease=30.0)
-    yield url, prefix
-    drop_prefix(url, prefix)
+def url() -> Iterator[str]:
+    yield from fresh_url(lease=30.0)
 
 
-def _keys(prefix: str, queue: str) -> tuple[redis.Redis, str]:
-    client = redis.Redis(host="127.0.0.1", port=6379, db=0)
-    return client, f"{{{prefix}}}:q:{queue}:inflight"
+def _client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url.split("?", 1)[0])
 
 
-def test_a_fetch_of_thousands_leases_each_message_once_with_a_token_of_its_own(
-    url_prefix: tuple[str, str],
-) -> None:
-    url, prefix = url_prefix
+def test_a_fetch_of_thousands_leases_each_message_once_with_a_token_of_its_own(url: str) -> None:
     count = 4500  # more values than Lua unpacks at once (about 8,000) for one ZADD
 
     async def main() -> None:
@@ -48,7 +42,7 @@ def test_a_fetch_of_thousands_leases_each_message_once_with_a_token_of_its_own(
             assert len({d.id for d in got}) == count
             tokens = [d._token for d in got]  # noqa: SLF001
             assert len(set(tokens)) == count and all(t.isdigit() for t in tokens)
-            client, inflight = _keys(prefix, "bulk")
+            client, inflight = _client(url), broker.key("q", "bulk", "inflight")
             assert client.zcard(inflight) == count
             assert (await broker.depth("bulk"))["ready"] == 1  # the one left behind
             # every lease is held, and every one settles (one settle call for all)
@@ -58,7 +52,7 @@ def test_a_fetch_of_thousands_leases_each_message_once_with_a_token_of_its_own(
             ]
             assert await broker._send_settles(args) == [1] * count  # noqa: SLF001
             assert client.zcard(inflight) == 0
-            assert not any(client.exists(f"{{{prefix}}}:m:{d.id}") for d in got[:50])
+            assert not any(client.exists(broker.key("m", d.id)) for d in got[:50])
             again = await broker.fetch(["bulk"], 10, 0.0)
             assert [d.id for d in again] == ["late"]
             assert again[0]._token not in tokens  # noqa: SLF001
@@ -67,11 +61,7 @@ def test_a_fetch_of_thousands_leases_each_message_once_with_a_token_of_its_own(
     asyncio.run(main())
 
 
-def test_an_acked_message_is_gone_for_the_later_items_of_its_settle_call(
-    url_prefix: tuple[str, str],
-) -> None:
-    url, prefix = url_prefix
-
+def test_an_acked_message_is_gone_for_the_later_items_of_its_settle_call(url: str) -> None:
     async def main() -> None:
         async with connected(url) as broker:
             await broker.publish([Message("a", "fence", b"x", 0), Message("b", "fence", b"y", 0)])
@@ -88,9 +78,9 @@ def test_an_acked_message_is_gone_for_the_later_items_of_its_settle_call(
                 ]
             )
             assert results == [1, 0, 0, 0, 1]
-            client, inflight = _keys(prefix, "fence")
+            client, inflight = _client(url), broker.key("q", "fence", "inflight")
             assert client.zrange(inflight, 0, -1) == [b"b"]
-            assert not client.exists(f"{{{prefix}}}:m:a")
+            assert not client.exists(broker.key("m", "a"))
             assert (await broker.depth("fence"))["ready"] == 0
             assert await b.ack()
             assert client.zcard(inflight) == 0
