@@ -112,7 +112,7 @@ class LoopThread:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._choice: str | None = None  # what use() asked for; None: the environment's
+        self._choice: str | None = None  # the kind use() chose; None: the environment's
         self._kind: str | None = None  # the running loop's kind
 
     def use(self, kind: str) -> None:
@@ -128,12 +128,12 @@ class LoopThread:
                     f"the app's event loop ({self._kind}) already runs: the loop can only "
                     f"be chosen ({wanted}) before the app makes its first call"
                 )
-            self._choice = kind
+            self._choice = wanted
 
     @property
     def kind(self) -> str:
         """``"uvloop"`` or ``"asyncio"``: the running loop's kind, else the one it would be."""
-        return self._kind or loop_kind(self._choice)
+        return self._kind or self._choice or loop_kind()
 
     @property
     def started(self) -> bool:
@@ -149,7 +149,7 @@ class LoopThread:
         with self._lock:
             if self._loop is None:
                 ready = threading.Event()
-                loop, self._kind = _new_loop(loop_kind(self._choice))
+                loop, self._kind = _new_loop(self._choice or loop_kind())
                 self._thread = threading.Thread(
                     target=self._run,
                     args=(loop, ready),
