@@ -181,7 +181,8 @@ class Executor:
         finally:
             self.stats.processed += 1
             try:
-                # An adopted body still runs: its permit is released when it returns.
+                # Most jobs hold no permit: the gate is not called for them. An adopted
+                # body still runs: its permit is released when it returns.
                 if job.permit is not None and not job.adopted:
                     await self.gate.release(job)
             finally:

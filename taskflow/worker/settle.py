@@ -297,26 +297,22 @@ class Settler:
         A record the broker marked running as it leased the message (and found not
         terminal) is not written again before the body: the rest of its fields follow
         in the background (:meth:`_complete_running`)."""
-        if not job.stores:  # no record to write
-            await self.announcer.started(job)
-            return True
-        if job.delivery.running_recorded:
+        if job.stores and job.delivery.running_recorded:
             self._complete_running(job)
-            await self.announcer.started(job)
-            return True
-        ok = await self._record(
-            job,
-            {
-                "status": TaskStatus.RUNNING.value,
-                "started_at": self.clock.time(),
-                **self._running_fields(job),
-            },
-            terminal=False,
-            delivery=job.delivery,
-        )
-        if not ok:
-            await self._settled_before(job)
-            return False
+        elif job.stores:
+            ok = await self._record(
+                job,
+                {
+                    "status": TaskStatus.RUNNING.value,
+                    "started_at": self.clock.time(),
+                    **self._running_fields(job),
+                },
+                terminal=False,
+                delivery=job.delivery,
+            )
+            if not ok:
+                await self._settled_before(job)
+                return False
         await self.announcer.started(job)
         return True
 
