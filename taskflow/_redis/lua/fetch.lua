@@ -9,8 +9,9 @@
 -- character per message taken ('r': its record was marked running; '-': not, because
 -- the record is missing, expired or final, or nothing was to be marked); next_due is the
 -- earliest future schedule or lease deadline ('' if none), those of the messages this
--- call leased included, so an idle caller knows when to look again; the dead ones were dead-lettered by this call: 'worker_lost' (reclaimed
--- past their delivery budget) or 'undecodable' (malformed framing, see common.lua).
+-- call leased included, so an idle caller knows when to look again; the dead ones were
+-- dead-lettered by this call: 'worker_lost' (reclaimed past their delivery budget) or
+-- 'undecodable' (malformed framing, see common.lua).
 -- Nothing here can fail half-way: every message is checked before it is moved.
 local lease = tonumber(ARGV[3])
 local deadline = lease_deadline(lease) -- of every lease this call makes

@@ -13,13 +13,12 @@ local lease = tonumber(ARGV[3])
 local n = tonumber(ARGV[4])
 local results = {}
 local woken = {}
--- The messages acked by this call: their inflight entries (by queue) and keys go at the
--- end, in one ZREM per queue and one DEL, instead of two calls a message. Nothing else
--- runs meanwhile (a script is atomic); a later item of this call for an acked message
--- finds it gone, as it would once deleted.
+-- The messages acked by this call (by id, and their ids by queue): their inflight entries
+-- and keys go at the end, in one ZREM per queue and one DEL, instead of two calls a
+-- message. Nothing else runs meanwhile (a script is atomic); a later item of this call
+-- for an acked message finds it gone, as it would once deleted.
 local acked = {}
 local acked_in = {}
-local acked_keys = {}
 
 local function settle(action, id, token, a1, a2, a3)
   if acked[id] then
@@ -39,7 +38,6 @@ local function settle(action, id, token, a1, a2, a3)
       acked_in[q] = ids
     end
     ids[#ids + 1] = id
-    acked_keys[#acked_keys + 1] = key
     return 1
   end
   local inflight = qkey(q, 'inflight')
@@ -96,8 +94,12 @@ for i = 1, n do
     b = b + 6
   end
 end
+local acked_keys = {}
 for q, ids in pairs(acked_in) do
   call_chunked('ZREM', qkey(q, 'inflight'), ids)
+  for _, id in ipairs(ids) do
+    acked_keys[#acked_keys + 1] = mkey(id)
+  end
 end
 call_chunked('DEL', nil, acked_keys)
 for q, _ in pairs(woken) do
