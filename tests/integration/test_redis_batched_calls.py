@@ -23,11 +23,16 @@ def url() -> Iterator[str]:
     yield from fresh_url(lease=30.0)
 
 
-def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url.split("?", 1)[0])
+@pytest.fixture
+def client(url: str) -> Iterator[redis.Redis]:
+    """A plain client of the broker's server, to look at its keys (closed after)."""
+    with redis.Redis.from_url(url.split("?", 1)[0]) as plain:
+        yield plain
 
 
-def test_a_fetch_of_thousands_leases_each_message_once_with_a_token_of_its_own(url: str) -> None:
+def test_a_fetch_of_thousands_leases_each_message_once_with_a_token_of_its_own(
+    url: str, client: redis.Redis
+) -> None:
     count = 4500  # more values than Lua unpacks at once (about 8,000) for one ZADD
 
     async def main() -> None:
@@ -42,7 +47,7 @@ def test_a_fetch_of_thousands_leases_each_message_once_with_a_token_of_its_own(u
             assert len({d.id for d in got}) == count
             tokens = [d._token for d in got]  # noqa: SLF001
             assert len(set(tokens)) == count and all(t.isdigit() for t in tokens)
-            client, inflight = _client(url), broker.key("q", "bulk", "inflight")
+            inflight = broker.key("q", "bulk", "inflight")
             assert client.zcard(inflight) == count
             assert (await broker.depth("bulk"))["ready"] == 1  # the one left behind
             # every lease is held, and every one settles (one settle call for all)
@@ -56,12 +61,13 @@ def test_a_fetch_of_thousands_leases_each_message_once_with_a_token_of_its_own(u
             again = await broker.fetch(["bulk"], 10, 0.0)
             assert [d.id for d in again] == ["late"]
             assert again[0]._token not in tokens  # noqa: SLF001
-            client.close()
 
     asyncio.run(main())
 
 
-def test_an_acked_message_is_gone_for_the_later_items_of_its_settle_call(url: str) -> None:
+def test_an_acked_message_is_gone_for_the_later_items_of_its_settle_call(
+    url: str, client: redis.Redis
+) -> None:
     async def main() -> None:
         async with connected(url) as broker:
             await broker.publish([Message("a", "fence", b"x", 0), Message("b", "fence", b"y", 0)])
@@ -78,12 +84,11 @@ def test_an_acked_message_is_gone_for_the_later_items_of_its_settle_call(url: st
                 ]
             )
             assert results == [1, 0, 0, 0, 1]
-            client, inflight = _client(url), broker.key("q", "fence", "inflight")
+            inflight = broker.key("q", "fence", "inflight")
             assert client.zrange(inflight, 0, -1) == [b"b"]
             assert not client.exists(broker.key("m", "a"))
             assert (await broker.depth("fence"))["ready"] == 0
             assert await b.ack()
             assert client.zcard(inflight) == 0
-            client.close()
 
     asyncio.run(main())
