@@ -297,10 +297,10 @@ class Settler:
         A record the broker marked running as it leased the message (and found not
         terminal) is not written again before the body: the rest of its fields follow
         in the background (:meth:`_complete_running`)."""
-        if job.stores and job.delivery.running_recorded:
-            self._complete_running(job)
-        elif job.stores:
-            ok = await self._record(
+        if job.stores:
+            if job.delivery.running_recorded:
+                self._complete_running(job)
+            elif not await self._record(
                 job,
                 {
                     "status": TaskStatus.RUNNING.value,
@@ -309,8 +309,7 @@ class Settler:
                 },
                 terminal=False,
                 delivery=job.delivery,
-            )
-            if not ok:
+            ):
                 await self._settled_before(job)
                 return False
         await self.announcer.started(job)
