@@ -13,10 +13,10 @@ local lease = tonumber(ARGV[3])
 local n = tonumber(ARGV[4])
 local results = {}
 local woken = {}
--- The messages acked by this call (by id, and their ids by queue): their inflight entries
--- and keys go at the end, in one ZREM per queue and one DEL, instead of two calls a
--- message. Nothing else runs meanwhile (a script is atomic); a later item of this call
--- for an acked message finds it gone, as it would once deleted.
+-- The messages acked by this call (their keys by id, and their ids by queue): their
+-- inflight entries and keys go at the end, in one ZREM per queue and one DEL, instead of
+-- two calls a message. Nothing else runs meanwhile (a script is atomic); a later item of
+-- this call for an acked message finds it gone, as it would once deleted.
 local acked = {}
 local acked_in = {}
 
@@ -31,7 +31,7 @@ local function settle(action, id, token, a1, a2, a3)
   end
   local q = m[3]
   if action == 'ack' then
-    acked[id] = true
+    acked[id] = key
     local ids = acked_in[q]
     if ids == nil then
       ids = {}
@@ -94,12 +94,12 @@ for i = 1, n do
     b = b + 6
   end
 end
-local acked_keys = {}
 for q, ids in pairs(acked_in) do
   call_chunked('ZREM', qkey(q, 'inflight'), ids)
-  for _, id in ipairs(ids) do
-    acked_keys[#acked_keys + 1] = mkey(id)
-  end
+end
+local acked_keys = {}
+for _, key in pairs(acked) do
+  acked_keys[#acked_keys + 1] = key
 end
 call_chunked('DEL', nil, acked_keys)
 for q, _ in pairs(woken) do
