@@ -5,9 +5,10 @@ Run from the project root (as a module)::
     python -m bench.script_cost [--messages 20000] [--batches 1 10 24] [--rounds 3]
                                 [--url redis://127.0.0.1:6379/13]
 
-For each batch size, ``--messages`` fire-and-forget messages are published
-(``enqueue_many``), taken by the broker's own ``fetch`` that many at a time, then acked
-that many at a time (the acks of one batch go out in one settle call, as a worker's do).
+For each batch size, ``--messages`` fire-and-forget messages of ``bench._incr_app``'s task
+are published (``fill``: ``enqueue_many``, 1,000 at a time), taken by the broker's own
+``fetch`` that many at a time, then acked that many at a time (the acks of one batch go
+out in one settle call, as a worker's do).
 No worker runs and nothing else should use the server: the figures are the server's.
 Printed per step and batch size, per message, medians of the rounds:
 
@@ -35,11 +36,12 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 
+from bench._incr_app import build_app, fill
 from bench._keys import drop_keys
+from bench._procs import server_cpu
 from taskflow import App
 from taskflow._redis.scripts import load_script
 from taskflow.brokers.base import Delivery
@@ -71,13 +73,12 @@ class Meter:
         self._before = self._read()
 
     def _read(self) -> tuple[float, int, int, int]:
-        cpu = self._client.info("cpu")
+        used = server_cpu(self._client)
         stats = self._client.info("commandstats")
         script = stats.get("cmdstat_evalsha", {"calls": 0, "usec": 0})
         commands = sum(
             int(v["usec"]) for k, v in stats.items() if k not in ("cmdstat_evalsha", "cmdstat_info")
         )
-        used = float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
         return used, int(script["calls"]), int(script["usec"]), commands
 
     def cost(self, messages: int) -> Cost:
@@ -103,11 +104,10 @@ async def _ack_all(deliveries: list[Delivery], batch: int) -> None:
             raise SystemExit("an ack did not hold: is a worker consuming this queue?")
 
 
-def one_round(app: App, client: redis.Redis, task: Any, messages: int, batch: int) -> list[Cost]:
+def one_round(app: App, client: redis.Redis, messages: int, batch: int) -> list[Cost]:
     """Publish, fetch and ack ``messages`` messages ``batch`` at a time: the fetch's and
     the settle's costs."""
-    for sent in range(0, messages, 1000):
-        app.enqueue_many([task.s() for _ in range(min(1000, messages - sent))])
+    fill(app, messages)
     try:
         meter = Meter(client)
         deliveries = app.kernel.call(_fetch_all(app, messages, batch))
@@ -153,12 +153,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.messages < 1 or args.rounds < 1 or min(args.batches) < 1:
         parser.error("--messages, --rounds and every batch size must be at least 1")
-    app = App("bench-scripts", broker=f"{args.url}?prefix={PREFIX}")
-
-    @app.task(name="bench.scripts.noop", store_result=False)
-    def noop() -> None:
-        """Never run: the messages are only fetched and acked."""
-
+    app = build_app(f"{args.url}?prefix={PREFIX}")  # its task never runs here
     client = redis.Redis.from_url(args.url.split("?", 1)[0])
     print(
         f"fetch and settle scripts: {args.messages:,} messages, medians of {args.rounds} rounds, "
@@ -171,9 +166,7 @@ def main() -> None:
         app.kernel.call(app.kernel.connect())
         drop_keys(client, f"*{PREFIX}*")
         for batch in args.batches:
-            rounds = [
-                one_round(app, client, noop, args.messages, batch) for _ in range(args.rounds)
-            ]
+            rounds = [one_round(app, client, args.messages, batch) for _ in range(args.rounds)]
             for step, name in enumerate(("fetch", "settle")):
                 m = median([r[step] for r in rounds])
                 print(
@@ -183,7 +176,8 @@ def main() -> None:
                 )
         print(f"per call        {'server':>9}{'script':>9}{'commands':>10}{'rest':>8}")
         empty = client.register_script("return 1")
-        fetch = client.register_script(load_script("fetch"))
+        text = load_script("fetch")
+        fetch = client.register_script(text)
         # The broker's arguments (see fetch.lua) for a queue nothing is published to.
         lease = repr(app.broker.lease)  # type: ignore[attr-defined]
         idle: list[str | int] = [f"{{{PREFIX}}}", "", lease, 10, 1, "idle"]
@@ -196,7 +190,6 @@ def main() -> None:
         per_call(client, "nothing ready", nothing_ready, 2000, args.rounds)
         # The fetch script's text up to its first step: the helpers and constants it defines
         # again on every call (Lua makes a closure of each function each time it runs).
-        text = load_script("fetch")
         if _FIRST_STEP not in text:
             raise SystemExit("the fetch script changed: its first step is not where it was")
         helpers = client.register_script(text.split(_FIRST_STEP, 1)[0] + "\nreturn 1")
