@@ -11,7 +11,16 @@ import os
 
 import redis
 
-__all__ = ["server_cpu", "split", "thread_times", "tree", "tree_cpu", "tree_rss"]
+__all__ = [
+    "idle_share",
+    "machine_idle",
+    "server_cpu",
+    "split",
+    "thread_times",
+    "tree",
+    "tree_cpu",
+    "tree_rss",
+]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -108,6 +117,26 @@ def server_cpu(client: redis.Redis) -> float:
     """CPU seconds the Redis server has used (user and system)."""
     info = client.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def machine_idle() -> tuple[int, int]:
+    """The machine's CPU time so far, idle and in all (clock ticks summed over its CPUs,
+    ``/proc/stat``); (0, 0) where there is no such file. Two readings give the share of
+    the CPUs that sat idle between them."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(word) for word in stat.readline().split()[1:]]
+    except OSError:
+        return 0, 0
+    # user nice system idle iowait irq softirq steal (guest time is counted in user)
+    return fields[3] + fields[4], sum(fields[:8])
+
+
+def idle_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of the CPUs' time that sat idle between two :func:`machine_idle` readings,
+    in percent (0 where unknown)."""
+    total = after[1] - before[1]
+    return 100.0 * (after[0] - before[0]) / total if total > 0 else 0.0
 
 
 def _is_child(pid: int) -> bool:

@@ -31,8 +31,10 @@ this takes is printed as start-up), the queue is paused, filled, then resumed, a
 clock runs until every message was acked. Printed: the drain rate, and the CPU time per
 task of the worker processes with all their children (``/proc``), of the process pool's
 children among them (the rest is the workers' own loops), and of the Redis server; how
-many Lua script calls (``EVALSHA``, pipelined or not) Redis ran per task; and the resident
-memory of the worker processes with their children as the drain ends.
+many Lua script calls (``EVALSHA``, pipelined or not) Redis ran per task; the resident
+memory of the worker processes with their children as the drain ends; and the share of
+the machine's CPU time that sat idle during the drain (``/proc/stat``, all CPUs: with the
+worker and Redis on one machine, time in which every thread waited).
 """
 
 from __future__ import annotations
@@ -51,7 +53,15 @@ import redis
 from bench._drain import wait_drained
 from bench._incr_app import build_app, fill
 from bench._keys import drop_keys
-from bench._procs import server_cpu, split, thread_times, tree_cpu, tree_rss
+from bench._procs import (
+    idle_share,
+    machine_idle,
+    server_cpu,
+    split,
+    thread_times,
+    tree_cpu,
+    tree_rss,
+)
 from bench.redis_backend import _depth, _stop, _wait_consumers
 from taskflow import App
 
@@ -73,8 +83,9 @@ def _processes(options: str) -> int:
 class Drain:
     """What one drain measured: its start-up, its rate, the CPU time per task (of the
     worker, all its processes; of the process pool's children among them; of Redis),
-    the script calls per task, the workers' resident memory as it ended, and with
-    ``threads`` the split by thread (:func:`bench._procs.split`)."""
+    the script calls per task, the workers' resident memory as it ended, with
+    ``threads`` the split by thread (:func:`bench._procs.split`), and the share of the
+    machine's CPU time that sat idle during the drain (percent)."""
 
     startup: float
     rate: float
@@ -84,6 +95,7 @@ class Drain:
     scripts: float
     rss: float
     threads: tuple[float, float, float, float] | None
+    idle: float
 
 
 def drain(
@@ -120,9 +132,11 @@ def drain(
         (cpu0, kids0), redis0 = tree_cpu(proc.pid), server_cpu(client)
         calls0 = _script_calls(client)
         threads0 = thread_times(proc.pid) if threads else {}
+        idle0 = machine_idle()
         began = time.perf_counter()
         bench.kernel.call(bench.broker.resume("default"))  # type: ignore[attr-defined]
         seconds = wait_drained(lambda: _depth(bench), began, tasks)
+        idle1 = machine_idle()
         (cpu1, kids1), redis1 = tree_cpu(proc.pid), server_cpu(client)
         calls1 = _script_calls(client)
         rss = tree_rss(proc.pid)
@@ -140,6 +154,7 @@ def drain(
         (calls1 - calls0) / tasks,
         rss,
         by_thread,
+        idle_share(idle0, idle1),
     )
 
 
@@ -167,7 +182,7 @@ def main() -> None:
     print(f"taskflow pools benchmark: {args.tasks:,} {kind} tasks ({what}), {args.url}")
     print(f"{'worker options':34}{'start-up s':>12}{'drain/s':>10}{'worker µs/task':>16}"
           f"{'of it children':>16}{'Redis µs/task':>15}{'scripts/task':>14}"
-          f"{'RSS MB':>8}")  # fmt: skip
+          f"{'RSS MB':>8}{'idle %':>8}")  # fmt: skip
     try:
         for options in args.configs:
             d = drain(
@@ -181,7 +196,8 @@ def main() -> None:
                 args.threads,
             )
             print(f"{options:34}{d.startup:12.2f}{d.rate:10,.0f}{d.cpu:16.1f}{d.children:16.1f}"
-                  f"{d.server:15.1f}{d.scripts:14.2f}{d.rss:8.1f}", flush=True)  # fmt: skip
+                  f"{d.server:15.1f}{d.scripts:14.2f}{d.rss:8.1f}{d.idle:8.1f}",
+                  flush=True)  # fmt: skip
             if d.threads is not None:
                 before, waits, started, started_waits = d.threads
                 print(f"  threads before the drain: {before:.1f} µs, {waits:.2f} waits per "

@@ -40,6 +40,7 @@ from .urls import mask_url
 from .worker import Worker
 from .worker.affinity import check_choice
 from .worker.foreground import YOUNG_THRESHOLD, check_gc_threshold, run_worker
+from .worker.scheduling import check_scheduling
 
 if TYPE_CHECKING:
     # Imported by ``admin()``: a worker process never needs the operations API.
@@ -268,6 +269,7 @@ class App:
         grace: float = 30.0,
         connect_timeout: float = 60.0,
         cpu_affinity: str = "off",
+        scheduling: str = "normal",
         gc_threshold: int = YOUNG_THRESHOLD,
         **options: Any,
     ) -> None:
@@ -279,10 +281,13 @@ class App:
         still running after the stop end the process (see ``docs/guide.md``).
         ``cpu_affinity="auto"`` keeps the process's threads on one CPU of their own while
         it runs (thread pool only; see "CPU affinity" in ``docs/guide.md``).
+        ``scheduling="batch"`` runs the process's threads under the system's batch policy
+        while it runs (Linux; see "Scheduling policy" in ``docs/guide.md``).
         ``gc_threshold``: the garbage collector's first threshold while the worker runs
         (0: as the program set it; see "The garbage collector" in ``docs/guide.md``).
         """
         affinity = check_choice(cpu_affinity, options.get("pool", "threads"))
+        policy = check_scheduling(scheduling)
         young = check_gc_threshold(gc_threshold)
         worker = self.worker(queues=queues, concurrency=concurrency, **options)
         run_worker(
@@ -291,6 +296,7 @@ class App:
             grace=grace,
             connect_timeout=connect_timeout,
             cpu_affinity=affinity,
+            scheduling=policy,
             gc_threshold=young,
         )
 

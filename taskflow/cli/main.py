@@ -27,6 +27,8 @@ from ..errors import ConfigError, TaskflowError
 from ..kernel import LOOP_CHOICES, LOOP_ENV, loop_kind
 from ..worker.affinity import AFFINITY_CHOICES, check_choice, command_line_default
 from ..worker.foreground import YOUNG_THRESHOLD, serve
+from ..worker.scheduling import SCHEDULING_CHOICES
+from ..worker.scheduling import command_line_default as scheduling_default
 from ..worker.signals import StopControl
 from .beat import beat, schedules, with_beat
 from .common import (
@@ -82,6 +84,7 @@ class WorkerOptions:
     cpu_affinity: str = "off"
     gc_threshold: int = YOUNG_THRESHOLD
     loop: str = "auto"
+    scheduling: str = "normal"
 
     def child_command(self) -> list[str]:
         """The command a supervised worker process runs: this command with ``-P 1``."""
@@ -115,6 +118,7 @@ class WorkerOptions:
             command += ["--max-memory-per-child", repr(self.max_memory_per_child)]
         # Always given: a child (-P 1) left to choose would choose for one process.
         command += ["--cpu-affinity", self.cpu_affinity]
+        command += ["--scheduling", self.scheduling]
         if self.gc_threshold != YOUNG_THRESHOLD:
             command += ["--gc-threshold", str(self.gc_threshold)]
         if self.loop != "auto":
@@ -214,6 +218,17 @@ def cli() -> None:
     "at least the CPUs the worker may use, else off]",
 )
 @click.option(
+    "--scheduling",
+    "scheduling",
+    type=click.Choice(list(SCHEDULING_CHOICES), case_sensitive=False),
+    default=None,
+    envvar="TASKFLOW_SCHEDULING",
+    help="batch: run the worker's threads under the system's batch scheduling policy "
+    "(SCHED_BATCH: woken threads do not pre-empt running ones; faster sync bodies, see "
+    "docs/guide.md); normal: the system's default.  [default: batch where the system "
+    "has it (Linux), else normal]",
+)
+@click.option(
     "--gc-threshold",
     "gc_threshold",
     type=click.IntRange(min=0),
@@ -258,6 +273,7 @@ def worker(  # noqa: PLR0917 -- click passes every option as an argument
     max_tasks_per_child: int | None,
     max_memory_per_child: float | None,
     cpu_affinity: str | None,
+    scheduling: str | None,
     gc_threshold: int,
     event_loop: str,
 ) -> None:
@@ -292,6 +308,7 @@ def worker(  # noqa: PLR0917 -- click passes every option as an argument
         _affinity(cpu_affinity, pool, processes),
         gc_threshold,
         event_loop.lower(),
+        scheduling.lower() if scheduling else scheduling_default(),
     )
     code = _supervise(options, processes) if processes > 1 else _run_one(options)
     ctx.exit(code)
@@ -353,6 +370,7 @@ def _run_one(options: WorkerOptions) -> int:
                 supervisor_pid=_supervisor_pid(),
                 end_process=True,
                 cpu_affinity=options.cpu_affinity,
+                scheduling=options.scheduling,
                 gc_threshold=options.gc_threshold,
             )
         except (ConfigError, ValueError) as exc:

@@ -34,6 +34,7 @@ from typing import NoReturn, Protocol
 from ..errors import BrokerError, WorkerCrashed, mask_url
 from ..kernel import Kernel
 from .affinity import pin_process
+from .scheduling import use_batch
 from .signals import GRACEFUL, HARD, StopControl, signal_name
 
 __all__ = [
@@ -310,13 +311,15 @@ def serve(
     supervisor_pid: int | None = None,
     end_process: bool = False,
     cpu_affinity: str = "off",
+    scheduling: str = "normal",
     gc_threshold: int = 0,
 ) -> int:
     """Connect the app (see :func:`connect`), then :func:`run_foreground` ``runner``.
 
     With ``cpu_affinity="auto"``, the process's threads are kept on one CPU of their own
-    while the worker runs (:mod:`.affinity`); the garbage collector's first threshold is
-    ``gc_threshold`` meanwhile (:func:`young_threshold`; workers pass
+    while the worker runs (:mod:`.affinity`); with ``scheduling="batch"`` they run under
+    the system's batch policy meanwhile (:mod:`.scheduling`). The garbage collector's
+    first threshold is ``gc_threshold`` meanwhile (:func:`young_threshold`; workers pass
     :data:`YOUNG_THRESHOLD` by default, a beat leaves the collector alone: it makes few
     objects). Returns the exit status: :data:`EXIT_OK` also when a stop signal came while
     connecting.
@@ -331,10 +334,13 @@ def serve(
     # worker stops (a program may go on after ``App.run_worker``).
     gc.freeze()
     claim = pin_process() if cpu_affinity == "auto" else None
+    batch = use_batch() if scheduling == "batch" else None
     try:
         with young_threshold(gc_threshold):
             return run_foreground(runner, control, grace, supervisor_pid, end_process=end_process)
     finally:
+        if batch is not None:
+            batch.release()
         if claim is not None:
             claim.release()
         gc.unfreeze()
@@ -376,6 +382,7 @@ def run_worker(
     grace: float,
     connect_timeout: float,
     cpu_affinity: str = "off",
+    scheduling: str = "normal",
     gc_threshold: int = YOUNG_THRESHOLD,
 ) -> None:
     """``App.run_worker``: :func:`serve` with the command line's signal handling.
@@ -392,6 +399,7 @@ def run_worker(
             connect_timeout=connect_timeout,
             end_process=True,
             cpu_affinity=cpu_affinity,
+            scheduling=scheduling,
             gc_threshold=gc_threshold,
         )
     if code == EXIT_CRASHED:

@@ -142,6 +142,8 @@ def test_a_supervised_process_runs_the_same_worker_with_one_process() -> None:
         "2",
         "--cpu-affinity",
         "off",
+        "--scheduling",
+        "normal",
     ]
 
 
@@ -186,6 +188,14 @@ def test_a_supervised_process_gets_the_collector_threshold_it_was_given() -> Non
         options = WorkerOptions("pkg.mod:app", [], 4, None, 30.0, "info", gc_threshold=given)
         command = options.child_command()
         assert command[command.index("--gc-threshold") + 1] == str(given)
+
+
+def test_a_supervised_process_gets_the_scheduling_policy_it_was_given() -> None:
+    for given in ("batch", "normal"):
+        command = WorkerOptions(
+            "pkg.mod:app", [], 4, None, 30.0, "info", scheduling=given
+        ).child_command()
+        assert command[command.index("--scheduling") + 1] == given
 
 
 def test_a_supervised_process_gets_the_event_loop_it_was_given() -> None:

@@ -50,6 +50,13 @@ def cpus() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
+@app.task(name="it.policies")
+def policies() -> dict[str, int]:
+    """The scheduling policy of the body's thread and of each thread of the worker."""
+    threads = {tid: os.sched_getscheduler(int(tid)) for tid in os.listdir("/proc/self/task")}
+    return {"body": os.sched_getscheduler(0), **threads}
+
+
 @app.task(name="it.child_cpus")
 def child_cpus() -> str:
     """The CPUs a program started by the body may run on (its ``Cpus_allowed_list``)."""
