@@ -116,6 +116,13 @@ def test_an_empty_queue_name_is_a_usage_error(runner: CliRunner) -> None:
     assert result.stderr == "taskflow: error: empty queue name in -Q 'a,,b'\n"
 
 
+def test_an_unknown_scheduling_policy_is_a_usage_error(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["worker", "-A", "x", "--scheduling", "fifo"])
+
+    assert result.exit_code == 2
+    assert "'fifo' is not one of 'batch', 'normal'" in result.stderr
+
+
 def test_a_supervised_process_runs_the_same_worker_with_one_process() -> None:
     options = WorkerOptions("pkg.mod:app", ["high", "low"], 4, 2, 12.5, "debug")
 

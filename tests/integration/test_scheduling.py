@@ -6,15 +6,13 @@ default."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from taskflow import App
-from tests.integration.redis_helpers import ROOT, stop, wait_until
-from tests.integration.sqlite_helpers import APP_SPEC, start_worker
+from tests.integration.redis_helpers import stop, wait_until
+from tests.integration.sqlite_helpers import start_worker
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux only")
 
@@ -85,19 +83,3 @@ def test_the_processes_of_a_supervisor_run_batch_and_the_supervisor_does_not(
     finally:
         stop(worker)
     assert worker.returncode == 0
-
-
-def test_an_unknown_policy_is_bad_usage(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "taskflow.cli.main", "worker", "-A", APP_SPEC]
-    environ = {**os.environ, "TASKFLOW_BROKER_URL": f"sqlite:///{tmp_path}/t.db"}
-    done = subprocess.run(
-        [*command, "--scheduling", "fifo"],
-        check=False,
-        cwd=ROOT,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 2
-    assert "'fifo' is not one of 'batch', 'normal'" in done.stderr
