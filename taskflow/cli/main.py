@@ -110,13 +110,14 @@ class WorkerOptions:
 
     def _pool_args(self) -> list[str]:
         """The pool's options and the process's tuning, as given (defaults left out, but for
-        the CPU affinity, which is always given)."""
+        the CPU affinity and the scheduling policy, which are always given)."""
         command = [] if self.pool == "threads" else ["--pool", self.pool]
         if self.max_tasks_per_child is not None:
             command += ["--max-tasks-per-child", str(self.max_tasks_per_child)]
         if self.max_memory_per_child is not None:
             command += ["--max-memory-per-child", repr(self.max_memory_per_child)]
-        # Always given: a child (-P 1) left to choose would choose for one process.
+        # Always given: a child (-P 1) left to choose would choose for one process. The
+        # scheduling policy too, as the supervisor chose it.
         command += ["--cpu-affinity", self.cpu_affinity]
         command += ["--scheduling", self.scheduling]
         if self.gc_threshold != YOUNG_THRESHOLD:

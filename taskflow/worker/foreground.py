@@ -334,8 +334,9 @@ def serve(
     # worker stops (a program may go on after ``App.run_worker``).
     gc.freeze()
     claim = pin_process() if cpu_affinity == "auto" else None
-    batch = use_batch() if scheduling == "batch" else None
+    batch = None
     try:
+        batch = use_batch() if scheduling == "batch" else None
         with young_threshold(gc_threshold):
             return run_foreground(runner, control, grace, supervisor_pid, end_process=end_process)
     finally:

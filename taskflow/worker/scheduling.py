@@ -105,4 +105,5 @@ def use_batch() -> BatchPolicy | None:
     if refused is not None and not policy.switched:
         log.warning("--scheduling batch: the policy cannot be set (%s); unchanged", refused)
         return None
+    log.info("worker process %d runs its threads under SCHED_BATCH", os.getpid())
     return policy

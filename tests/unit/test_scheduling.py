@@ -49,12 +49,16 @@ def policy_of_a_thread_started_now() -> int:
     return seen[0]
 
 
-def test_batch_puts_every_thread_under_it_and_release_gives_the_default_back() -> None:
+def test_batch_puts_every_thread_under_it_and_release_gives_the_default_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     main = threading.get_native_id()
     assert os.sched_getscheduler(main) == os.SCHED_OTHER
     with parked_thread() as other:
-        policy = use_batch()
+        with caplog.at_level(logging.INFO, "taskflow.worker"):
+            policy = use_batch()
         assert policy is not None
+        assert f"worker process {os.getpid()} runs its threads under SCHED_BATCH" in caplog.text
         try:
             assert os.sched_getscheduler(main) == os.SCHED_BATCH
             assert os.sched_getscheduler(other) == os.SCHED_BATCH
