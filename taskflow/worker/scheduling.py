@@ -34,6 +34,7 @@ __all__ = [
     "check_scheduling",
     "command_line_default",
     "supported",
+    "thread_ids",
     "use_batch",
 ]
 
@@ -81,17 +82,22 @@ class BatchPolicy:
         self.switched = []
 
 
+def thread_ids() -> list[int]:
+    """The system's ids of this process's threads (Linux)."""
+    return [int(name) for name in os.listdir("/proc/self/task")]
+
+
 def use_batch() -> BatchPolicy | None:
     """Put every thread of this process that runs under the default policy under
     ``SCHED_BATCH``; threads they start later inherit it. None, with the reason logged,
-    where the system has no such policy or no thread could be switched."""
+    where the system has no such policy or no thread was switched (each refused, or each
+    under another policy already)."""
     if not supported():
         log.info("--scheduling batch: not supported on this platform; the policy is unchanged")
         return None
     policy = BatchPolicy()
     refused: OSError | None = None
-    for name in os.listdir("/proc/self/task"):
-        tid = int(name)
+    for tid in thread_ids():
         try:
             if os.sched_getscheduler(tid) != os.SCHED_OTHER:
                 continue  # chosen by someone (chrt): theirs to keep
@@ -104,6 +110,9 @@ def use_batch() -> BatchPolicy | None:
         policy.switched.append(tid)
     if refused is not None and not policy.switched:
         log.warning("--scheduling batch: the policy cannot be set (%s); unchanged", refused)
+        return None
+    if not policy.switched:
+        log.info("--scheduling batch: the threads were given another policy; left as they are")
         return None
     log.info("worker process %d runs its threads under SCHED_BATCH", os.getpid())
     return policy

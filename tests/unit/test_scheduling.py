@@ -88,6 +88,22 @@ def test_a_thread_given_another_policy_keeps_it() -> None:
         assert os.sched_getscheduler(idle) == os.SCHED_IDLE
 
 
+def test_a_process_whose_threads_all_have_another_policy_is_left_as_it_is(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    main = threading.get_native_id()
+    monkeypatch.setattr(scheduling, "thread_ids", lambda: [main])  # whatever else runs here
+    os.sched_setscheduler(main, os.SCHED_IDLE, os.sched_param(0))
+    try:
+        with caplog.at_level(logging.INFO, "taskflow.worker"):
+            assert use_batch() is None
+        assert os.sched_getscheduler(main) == os.SCHED_IDLE
+        assert "the threads were given another policy; left as they are" in caplog.text
+        assert "runs its threads under SCHED_BATCH" not in caplog.text
+    finally:
+        os.sched_setscheduler(main, os.SCHED_OTHER, os.sched_param(0))
+
+
 def test_a_thread_that_ended_does_not_stop_the_release() -> None:
     with parked_thread() as gone:
         policy = use_batch()
