@@ -60,6 +60,7 @@ __all__ = [
     "place_beside",
     "repin_current_thread",
     "supported",
+    "thread_ids",
 ]
 
 AFFINITY_CHOICES = ("off", "auto")
@@ -111,6 +112,11 @@ def command_line_default(processes: int, pool: str) -> str:
 def supported() -> bool:
     """Whether this platform lets a process choose its CPUs (Linux)."""
     return hasattr(os, "sched_setaffinity") and Path("/proc/self/task").is_dir()
+
+
+def thread_ids() -> list[int]:
+    """The system's ids of this process's threads (``/proc/self/task``; Linux)."""
+    return [int(name) for name in os.listdir("/proc/self/task")]
 
 
 def claims_dir() -> Path:
@@ -292,8 +298,7 @@ def pin_process() -> CpuClaim | None:
             len(allowed),
         )
         return None
-    for name in os.listdir("/proc/self/task"):
-        tid = int(name)
+    for tid in thread_ids():
         try:
             before = os.sched_getaffinity(tid)
             os.sched_setaffinity(tid, {claim.cpu})

@@ -13,7 +13,7 @@ waiting for that server's replies. ``python -m bench.pools`` measures the differ
 (``docs/performance.md``, "Sync bodies under SCHED_BATCH").
 
 What it costs: a worker's thread woken while the CPU is busy waits for the running
-thread's time slice (a few milliseconds at most) instead of running at once; on an idle
+thread's time slice (a few milliseconds, as a rule) instead of running at once; on an idle
 CPU nothing changes. Threads with another policy than the default one (set with ``chrt``,
 say) are left as they are, and :meth:`BatchPolicy.release` gives each thread switched its
 former policy back. Programs a task starts, and the process pool's children, inherit the
@@ -28,13 +28,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .affinity import thread_ids
+
 __all__ = [
     "SCHEDULING_CHOICES",
     "BatchPolicy",
     "check_scheduling",
     "command_line_default",
     "supported",
-    "thread_ids",
     "use_batch",
 ]
 
@@ -58,13 +59,13 @@ def command_line_default() -> str:
     return "batch" if supported() else "normal"
 
 
-def check_scheduling(choice: object, name: str = "scheduling") -> str:
-    """``choice`` in lower case; ValueError for an unknown one. ``name`` is how the caller
-    spells the option: ``scheduling`` (Python) or ``--scheduling`` (command line)."""
+def check_scheduling(choice: object) -> str:
+    """``choice`` (``App.run_worker``'s ``scheduling``) in lower case; ValueError for an
+    unknown one. The command line checks its own (a ``click.Choice``)."""
     if isinstance(choice, str) and choice.lower() in SCHEDULING_CHOICES:
         return choice.lower()
     choices = ", ".join(SCHEDULING_CHOICES)
-    raise ValueError(f"{name} must be one of {choices}, not {choice!r}")
+    raise ValueError(f"scheduling must be one of {choices}, not {choice!r}")
 
 
 @dataclass
@@ -80,11 +81,6 @@ class BatchPolicy:
             with contextlib.suppress(OSError):  # a thread that ended meanwhile
                 os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
         self.switched = []
-
-
-def thread_ids() -> list[int]:
-    """The system's ids of this process's threads (Linux)."""
-    return [int(name) for name in os.listdir("/proc/self/task")]
 
 
 def use_batch() -> BatchPolicy | None:

@@ -141,11 +141,11 @@ def test_the_command_line_chooses_batch_where_the_system_has_it() -> None:
     assert command_line_default() == "batch"
 
 
-def test_choices_are_checked_and_named_as_the_caller_spells_them() -> None:
+def test_choices_are_checked_and_the_unknown_one_named() -> None:
     assert check_scheduling("BATCH") == "batch"
     assert check_scheduling("normal") == "normal"
-    with pytest.raises(ValueError, match="--scheduling must be one of batch, normal, not 'fast'"):
-        check_scheduling("fast", "--scheduling")
+    with pytest.raises(ValueError, match="scheduling must be one of batch, normal, not 'fast'"):
+        check_scheduling("fast")
     with pytest.raises(ValueError, match="scheduling must be one of batch, normal, not None"):
         check_scheduling(None)
 
