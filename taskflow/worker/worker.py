@@ -56,9 +56,9 @@ class Worker(Service):
     ``stall_timeout``: a fetch not answered within it is abandoned and started again
     (default ``max(10, 5 * poll_interval)`` seconds).
     ``prefetch_buffer``: messages held beyond free slots (default ``concurrency // 2``,
-    at least 1; ``2 * concurrency`` on SQLite, see ``Capabilities.fetch_buffer``; with
-    ``pool="processes"`` and no ``prefetch_buffer`` given, ``2 * concurrency`` while the
-    bodies run under 20 ms on average: ``window.short_buffer``);
+    at least 1; ``2 * concurrency`` on SQLite, see ``Capabilities.fetch_buffer``; with no
+    ``prefetch_buffer`` given, ``2 * concurrency`` while the bodies run under 20 ms on
+    average, on either pool: ``window.short_buffer``);
     ``poll_interval``: the longest a fetch blocks before re-checking state.
     ``heartbeat``: seconds between the writes of this worker's entry to the result store
     (:mod:`.heartbeat`); ``heartbeat_retention``: how long an entry outlives its last write
@@ -115,12 +115,10 @@ class Worker(Service):
         """This worker's finish events (:meth:`subscribe`)."""
         self.counts = WorkerStats()
         self.leases = LeaseKeeper(self.name)
-        # The process pool's loop hands every body to a child and back: with few slots, a
-        # fetch per finished task would cost it more than the bodies (docs/design.md).
+        # While the bodies run short, a deeper buffer makes each fetch a batch: a fetch per
+        # finished task or two would cost the loop more than the bodies (docs/design.md).
         short_buffer = (
-            max(self.prefetch_buffer, 2 * concurrency)
-            if pool == "processes" and prefetch_buffer is None
-            else None
+            max(self.prefetch_buffer, 2 * concurrency) if prefetch_buffer is None else None
         )
         self.window = Window(
             concurrency, self.prefetch_buffer, self.leases, short_buffer=short_buffer

@@ -11,6 +11,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from taskflow import App
 from taskflow.brokers.base import Delivery, FetchResult
 from taskflow.brokers.memory import MemoryBroker
@@ -208,9 +210,10 @@ def _finish(window: Window, ran: float, count: int = 1) -> None:
         window.release(job)
 
 
-def test_a_process_pool_worker_buffers_deeper_while_its_bodies_run_short() -> None:
-    with App("window-processes") as app:
-        worker = app.worker(concurrency=2, pool="processes")
+@pytest.mark.parametrize("pool", ["threads", "processes"])
+def test_a_worker_buffers_deeper_while_its_bodies_run_short(pool: str) -> None:
+    with App("window-short") as app:
+        worker = app.worker(concurrency=2, pool=pool)
         window = worker.window
         assert worker.prefetch_buffer == 1  # the default until bodies are known to be short
         assert window.short_buffer == 4
@@ -218,7 +221,7 @@ def test_a_process_pool_worker_buffers_deeper_while_its_bodies_run_short() -> No
 
         _finish(window, ran=0.002)
         assert window.size == 2 + 4  # short bodies: a fetch brings a batch
-        # Two running, one buffered: the threads' window (3) would ask for nothing; the
+        # Two running, one buffered: the fixed window (3) would ask for nothing; the
         # deeper one asks for three once half of it is free.
         window.jobs = {f"h{i}": None for i in range(3)}  # type: ignore[misc]
         assert window.credits() == 3
@@ -232,12 +235,28 @@ def test_a_process_pool_worker_buffers_deeper_while_its_bodies_run_short() -> No
         assert window.size == 2 + 4
 
 
-def test_the_deeper_buffer_is_only_for_the_process_pools_default() -> None:
+def test_the_deeper_buffer_is_only_for_the_default_buffer() -> None:
     with App("window-fixed") as app:
         for worker in (
-            app.worker(concurrency=2),
+            app.worker(concurrency=2, prefetch_buffer=1),
             app.worker(concurrency=2, pool="processes", prefetch_buffer=1),
         ):
             assert worker.window.short_buffer is None
             _finish(worker.window, ran=0.001, count=5)
             assert worker.window.size == 2 + 1
+
+
+def test_short_sync_bodies_deepen_a_thread_pool_workers_buffer() -> None:
+    # The durations come from the bodies the worker ran on its threads, not from a test.
+    with App("window-threads") as app:
+
+        @app.task
+        def quick(n: int) -> int:
+            return n
+
+        worker = app.worker(concurrency=2)
+        assert worker.window.size == 2 + 1
+        with worker:
+            assert [quick.delay(i).get(timeout=10) for i in range(12)] == list(range(12))
+            assert worker.window.ran is not None and worker.window.ran < 0.02
+            assert worker.window.size == 2 + 4
