@@ -35,6 +35,10 @@ log = logging.getLogger("taskflow.brokers.nats")
 API_TIMEOUT = 5.0
 """Seconds a client call or JetStream API request may take before it is an error."""
 
+CLOSE_STEP = 2.0
+"""Seconds each step of closing a connection may take (the drain, then the close): past
+it the step is given up, so that closing an app whose server stopped answering returns."""
+
 PENDING_SIZE = 2 * 1024 * 1024
 """Bytes the client buffers for its flusher; a publish that would pass this waits for the
 flusher to write (see :meth:`Connection.publish`)."""
@@ -276,15 +280,26 @@ class Connection:
 
     async def close(self, *, drain: bool = False) -> None:
         """Close the connection (after delivering what is in flight, with ``drain``).
-        Idempotent."""
+        Idempotent. Each step gets :data:`CLOSE_STEP` seconds: a server that stops
+        answering costs a close at most twice that, and a WARNING line."""
         nc, self._nc, self._js = self._nc, None, None
         if nc is None:
             return
-        if drain:
-            with contextlib.suppress(Exception):
-                await within(nc.drain(), 5.0)
-        with contextlib.suppress(Exception):
-            await within(nc.close(), 5.0)
+        # A server that does not answer a PING is not drained: nats-py's drain would hold
+        # on to the cancellation of its wait (see _bounded) and leave its tasks behind.
+        if drain and not (await _answers(nc) and await _bounded(nc.drain(), CLOSE_STEP)):
+            log.warning(
+                "NATS at %s: the server did not answer within %gs; closing the connection "
+                "without draining it (unacknowledged messages are delivered again)",
+                self.masked,
+                CLOSE_STEP,
+            )
+        if not await _bounded(nc.close(), CLOSE_STEP):
+            log.warning(
+                "NATS at %s: closing the connection took longer than %gs; left it to the client",
+                self.masked,
+                CLOSE_STEP,
+            )
 
     async def call(
         self,
@@ -340,3 +355,35 @@ class Connection:
                 raise NotFoundError(code=404, description=error.get("description"))
             raise BrokerError(f"NATS {self.masked}: {op}: {error.get('description')}")
         return resp
+
+
+async def _answers(nc: Client) -> bool:
+    """Whether the server answers a PING within :data:`CLOSE_STEP`."""
+    try:
+        await within(nc.flush(), CLOSE_STEP)
+    except Exception:  # a timeout, or the connection already closed or reconnecting
+        return False
+    return True
+
+
+async def _bounded(awaitable: Awaitable[Any], timeout: float) -> bool:
+    """Await ``awaitable`` for at most ``timeout`` seconds; True if it finished (an error it
+    raised is dropped: closing goes on). Unlike :func:`within`, this returns at the
+    deadline even when the awaited code holds on to the cancellation, as nats-py's drain
+    does while it waits for a server's answer: it is then cancelled and left behind."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+    task.add_done_callback(_consume)
+    return bool(done)
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    # Whatever became of it, it is nobody's error now (no "never retrieved" line).
+    if not task.cancelled():
+        task.exception()

@@ -15,8 +15,9 @@ redelivery runs the continuation again.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from ..brokers.base import Broker
 from ..eventbus import EventBus, TaskEvent
@@ -33,6 +34,11 @@ from .registry import TaskRegistry
 from .service import Services
 from .settings import Settings
 from .taskdef import TaskDef
+
+log = logging.getLogger("taskflow.kernel")
+
+CLOSE_TIMEOUT: Final = 10.0
+"""Seconds :meth:`Kernel.close` waits for the backends to close."""
 
 __all__ = ["Continuation", "Kernel"]
 
@@ -124,11 +130,21 @@ class Kernel:
         return self.lookup(lambda: self.results.wait(record_id, timeout))
 
     def close(self) -> None:
-        """Stop the services running on this kernel, close the backends and the loop."""
+        """Stop the services running on this kernel, close the backends and the loop.
+
+        Closing the backends may take :data:`CLOSE_TIMEOUT` seconds; past it (a server that
+        stopped answering), the kernel logs a WARNING and closes its loop anyway: closing
+        never raises for it, and what the backends still held is dropped with the loop."""
         self.services.stop_all()
         if self.loop.started:
             try:
-                self.loop.call(self.backends.close(), timeout=10)
+                self.loop.call(self.backends.close(), timeout=CLOSE_TIMEOUT)
+            except TimeoutError:
+                log.warning(
+                    "%r: closing the backends took longer than %gs; closed the rest anyway",
+                    self,
+                    CLOSE_TIMEOUT,
+                )
             finally:
                 self.loop.close()
 

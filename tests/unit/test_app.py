@@ -23,6 +23,7 @@ from taskflow import (
 )
 from taskflow.brokers import MemoryBroker, Message
 from taskflow.codec import decode_envelope
+from taskflow.kernel import kernel as kernel_module
 from taskflow.results import MemoryResultStore
 
 
@@ -178,6 +179,33 @@ def test_declaring_a_task_touches_no_backend() -> None:
 
     assert not app.kernel.loop.started
     app.close()
+
+
+class UnansweredClose(MemoryBroker):
+    """A broker whose close never finishes (its server stopped answering)."""
+
+    async def close(self) -> None:
+        await asyncio.Event().wait()
+
+
+def test_closing_an_app_whose_backend_does_not_answer_returns_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(kernel_module, "CLOSE_TIMEOUT", 0.2)
+    app = App("stuck", broker=UnansweredClose())
+
+    @app.task
+    def job() -> None: ...
+
+    job.delay()  # connects: the loop and the backends are up
+    thread = app.kernel.loop._thread
+    assert thread is not None and thread.is_alive()
+    with caplog.at_level("WARNING", logger="taskflow.kernel"):
+        app.close()  # no TimeoutError
+    assert "closing the backends took longer than 0.2s" in caplog.text
+    assert "stuck" in caplog.text  # names the app
+    assert not thread.is_alive()  # the loop's thread is gone all the same
+    assert not app.kernel.loop.started
 
 
 # -- sending -----------------------------------------------------------------------------

@@ -97,3 +97,30 @@ def test_publish_arms_no_timer_while_the_client_buffer_has_room(
     asyncio.run(body())
     assert roomy.sent == [("ack.1", b"", "")]
     assert full.sent == [("ack.2", b"x", "r")]
+
+
+def test_a_close_step_gives_up_at_its_deadline_even_when_the_step_holds_on() -> None:
+    # nats-py's drain catches the cancellation of its wait and carries on: a plain
+    # timeout (``within``) would wait for it; closing must not.
+    release = asyncio.Event()
+
+    async def holds_on() -> None:
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            await release.wait()  # swallows the cancellation, as nats-py's drain does
+
+    async def quick() -> None:
+        raise RuntimeError("closed already")  # an error is no reason to wait
+
+    async def main() -> tuple[bool, bool, float]:
+        started = time.monotonic()
+        gave_up = await nats_connection._bounded(holds_on(), 0.05)
+        took = time.monotonic() - started
+        finished = await nats_connection._bounded(quick(), 5.0)
+        release.set()  # let the step left behind end with the test
+        return gave_up, finished, took
+
+    gave_up, finished, took = asyncio.run(main())
+    assert gave_up is False and took < 1.0
+    assert finished is True
