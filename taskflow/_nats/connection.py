@@ -36,7 +36,7 @@ API_TIMEOUT = 5.0
 """Seconds a client call or JetStream API request may take before it is an error."""
 
 CLOSE_STEP = 2.0
-"""Seconds each step of closing a connection may take (the drain, then the close): past
+"""Seconds each step of closing a connection may take (a PING, the drain, the close): past
 it the step is given up, so that closing an app whose server stopped answering returns."""
 
 PENDING_SIZE = 2 * 1024 * 1024
@@ -280,8 +280,9 @@ class Connection:
 
     async def close(self, *, drain: bool = False) -> None:
         """Close the connection (after delivering what is in flight, with ``drain``).
-        Idempotent. Each step gets :data:`CLOSE_STEP` seconds: a server that stops
-        answering costs a close at most twice that, and a WARNING line."""
+        Idempotent. Each step (a PING before the drain, the drain, the close) gets
+        :data:`CLOSE_STEP` seconds: a server that stops answering costs a close at most
+        three times that, and a WARNING line."""
         nc, self._nc, self._js = self._nc, None, None
         if nc is None:
             return
