@@ -117,9 +117,9 @@ class Worker(Service):
         self.leases = LeaseKeeper(self.name)
         # While the bodies run short, a deeper buffer makes each fetch a batch: a fetch per
         # finished task or two would cost the loop more than the bodies (docs/design.md).
-        short_buffer = (
-            max(self.prefetch_buffer, 2 * concurrency) if prefetch_buffer is None else None
-        )
+        # None where the default is that deep already (SQLite): nothing to adapt then.
+        deeper = 2 * concurrency
+        short_buffer = deeper if prefetch_buffer is None and deeper > self.prefetch_buffer else None
         self.window = Window(
             concurrency, self.prefetch_buffer, self.leases, short_buffer=short_buffer
         )

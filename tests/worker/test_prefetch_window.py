@@ -246,6 +246,18 @@ def test_the_deeper_buffer_is_only_for_the_default_buffer() -> None:
             assert worker.window.size == 2 + 1
 
 
+def test_a_default_buffer_that_is_deep_already_does_not_adapt(tmp_path: Path) -> None:
+    # On SQLite the default buffer is twice the slots: long bodies do not shrink it.
+    app = App("window-sqlite-fixed", broker=f"sqlite:///{tmp_path}/q.db", results="memory://")
+    try:
+        window = app.worker(concurrency=2).window
+        assert window.short_buffer is None
+        _finish(window, ran=5.0)
+        assert window.size == 2 + 4
+    finally:
+        app.close()
+
+
 def test_short_sync_bodies_deepen_a_thread_pool_workers_buffer() -> None:
     # The durations come from the bodies the worker ran on its threads, not from a test.
     with App("window-threads") as app:
