@@ -51,9 +51,9 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import amqp  # type: ignore[import-untyped]
 from kombu import connection as _kombu_connection
@@ -103,6 +103,28 @@ _RECOVERABLE = (
     amqp.exceptions.ConnectionError,
     amqp.exceptions.RecoverableConnectionError,
 )
+
+_GONE = (OSError, amqp.exceptions.ConnectionError)
+"""What a step of closing raises when the connection no longer carries anything: a read
+or write that timed out, a broken socket, a connection the server closed."""
+
+
+@contextlib.contextmanager
+def _unless_gone() -> Iterator[None]:
+    """Skip a step of closing that fails, unless the connection is gone (re-raised)."""
+    try:
+        yield
+    except _GONE:
+        raise
+    except Exception:  # a refused step is skipped, as it always was
+        log.debug("AMQP: a step of closing failed", exc_info=True)
+
+
+CLOSE_STEP: Final = 2.0
+"""Seconds each step of closing waits for the server (cancelling the consumers, putting
+back a pushed message, the close handshake). A server that does not answer within it is
+left: the connection is closed without the rest, and the server puts back what it
+delivered on it when it sees the connection go."""
 
 
 class Disconnected(BrokerError):
@@ -229,6 +251,8 @@ class IoThread:
         self._wake_r, self._wake_w = -1, -1  # a pipe while the thread runs
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._abandoned = False
+        """Set where closing gave up on the server: no close handshake is tried."""
         self._retry_at = 0.0
         self._backoff = 0.1
         self.control_queue = ""
@@ -242,25 +266,52 @@ class IoThread:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._stopping = False
+        self._abandoned = False
         self._thread = threading.Thread(target=self._run, name="taskflow-amqp-io", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """Hand back what is held, close the connection and end the thread."""
+        """Hand back what is held, close the connection and end the thread, within
+        about ``2 * CLOSE_STEP`` seconds whatever the server does."""
         if self._thread is None:
             return
         fut: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._submit(lambda io: io.shutdown(), fut)
-        with contextlib.suppress(Exception):
-            fut.result(timeout=self.confirm_timeout + 5)
+        try:
+            fut.result(timeout=2 * CLOSE_STEP)
+        except concurrent.futures.TimeoutError:
+            # The thread is still in an earlier call (a publish waiting for its confirm)
+            # or in the hand-back: end what it waits for by closing the socket under it.
+            log.warning(
+                "AMQP broker %s: closing took longer than %.0fs; closing the connection "
+                "without handing back what it holds (the server puts it back)",
+                mask_url(self.shown),
+                2 * CLOSE_STEP,
+            )
+            self._stopping = True
+            self._cut()
+        except Exception:  # the thread failed the call: it still ends below
+            log.debug("AMQP broker: handing back on close failed", exc_info=True)
         self._stopping = True
         self._wake()
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=CLOSE_STEP + 1)
+        if self._thread.is_alive():
+            self._cut()
+            self._thread.join(timeout=1)
         self._thread = None
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._wake_r, self._wake_w = -1, -1
+
+    def _cut(self) -> None:
+        """Shut the socket down from another thread: a read or write blocked on it in the
+        I/O thread returns at once with an error."""
+        self._abandoned = True
+        sock = self._sock()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     @property
     def running(self) -> bool:
@@ -357,6 +408,8 @@ class IoThread:
                 if self.conn is None:
                     self._reconnect()
                 self._run_calls()
+                if self._stopping:
+                    break
                 self._tick()
                 self._flush_replies()  # the calls' results and the waiters served
                 self._wait_io()
@@ -367,7 +420,7 @@ class IoThread:
                 self._lost_connection(None)
             finally:
                 self._flush_replies()
-        self._close_connection()
+        self._close_connection(handshake=not self._abandoned)
         with self._lock:
             left, self._calls = list(self._calls), deque()
         for call in left:
@@ -391,6 +444,8 @@ class IoThread:
                 call.done(None, exc)
             else:
                 call.done(result, None)
+            if self._stopping:
+                return
 
     def _wait_io(self) -> None:
         timeout = min(1.0, self.heartbeat / 4)  # heartbeat_check runs at least that often
@@ -634,18 +689,38 @@ class IoThread:
         self._retry_at = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, 5.0)
 
-    def _close_connection(self) -> None:
+    def _close_connection(self, *, handshake: bool = False) -> None:
+        """Forget the connection and close its socket. With ``handshake`` (closing on
+        purpose) the server is asked first, within ``CLOSE_STEP`` seconds a read or write;
+        a lost connection is closed without asking: a server that stopped answering
+        would never answer that either."""
         conn, self.conn = self.conn, None
-        self._amqp = None
+        amqp_conn, self._amqp = self._amqp, None
         self.work = self.pub = self.admin = None
         self._consumers.clear()
         self._consumed.clear()
         self._prefetch.clear()
         self._held.clear()
         self._unacked.clear()
-        if conn is not None:
+        if conn is None:
+            return
+        if handshake and amqp_conn is not None and amqp_conn.transport is not None:
+            try:
+                amqp_conn.transport.sock.settimeout(CLOSE_STEP)
+                amqp_conn.close()
+            except Exception as exc:  # any failure: close without it
+                log.warning(
+                    "AMQP broker %s: the server did not answer the close within %.0fs "
+                    "(%s); closing the connection without it",
+                    mask_url(self.shown),
+                    CLOSE_STEP,
+                    type(exc).__name__,
+                )
+        if amqp_conn is not None:
             with contextlib.suppress(Exception):
-                conn.release()
+                amqp_conn.collect()  # the socket, with no handshake (none if closed above)
+        with contextlib.suppress(Exception):
+            conn.release()
 
     def require(self) -> None:
         """Raise :class:`Disconnected` while there is no connection."""
@@ -655,23 +730,54 @@ class IoThread:
             )
 
     def shutdown(self) -> None:
-        """Cancel consumers and put back what was received but never handed out."""
+        """Cancel consumers and put back what was received but never handed out, each
+        step within ``CLOSE_STEP`` seconds; the thread ends after this call. A server that
+        does not answer a step is left: the connection is closed without the rest."""
+        self._stopping = True
         for waiter in list(self._waiters):
             self._finish(waiter, [])
         if self.conn is None:
             return
+        sock = self._sock()
+        confirm_timeout = self.confirm_timeout
+        try:
+            if sock is not None:
+                sock.settimeout(CLOSE_STEP)  # every blocking read and write from here on
+            self.confirm_timeout = min(confirm_timeout, CLOSE_STEP)
+            self._hand_back()
+        except _GONE as exc:
+            held = sum(len(h) for h in self._held.values())
+            log.warning(
+                "AMQP broker %s: the server did not answer within %.0fs (%s); closing the "
+                "connection without handing back %d pushed message(s) (the server puts "
+                "them back, each counted as a lost delivery)",
+                mask_url(self.shown),
+                CLOSE_STEP,
+                type(exc).__name__,
+                held,
+            )
+            self._abandoned = True
+            self._close_connection()
+        finally:
+            self.confirm_timeout = confirm_timeout
+
+    def _hand_back(self) -> None:
+        """Cancel the consumers, read what they were pushed, put it back. A step that
+        fails on the channel is skipped; one that finds the connection gone raises."""
         for queue, tag in list(self._consumers.items()):
-            with contextlib.suppress(Exception):
+            with _unless_gone():
                 self.work.basic_cancel(tag)
             del self._consumers[queue]
         self._consumed.clear()
         self._prefetch.clear()
         with contextlib.suppress(Exception):
-            self.conn.drain_events(timeout=0.05)
+            self.conn.drain_events(timeout=0.05)  # nothing to read is a timeout here
         for held in self._held.values():
-            for raw in held:
-                with contextlib.suppress(Exception):
+            while held:
+                raw = held[0]
+                with _unless_gone():
                     self.republish(raw, self.count_of(raw) - 1)
+                held.popleft()
         self._held.clear()
 
     # -- topology --------------------------------------------------------------------

@@ -305,7 +305,10 @@ class KombuBroker(Broker, DelegatedAdmin):
         await asyncio.to_thread(self.io.start)
 
     async def close(self) -> None:
-        """Hand back unhanded messages, close the connection, end the thread. Idempotent."""
+        """Hand back unhanded messages, close the connection, end the thread. Idempotent.
+
+        Bounded: each step waits at most ``CLOSE_STEP`` seconds for the server, and a
+        server that does not answer is left (the connection closed without the rest)."""
         if self.io.running:
             await asyncio.to_thread(self.io.stop)
         self._notify_control()
