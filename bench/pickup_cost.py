@@ -3,7 +3,8 @@
 Run from the project root (as a module)::
 
     python -m bench.pickup_cost [--trips 2000] [--rounds 3] [--sync] [--slowlog]
-                                [--cpu-affinity auto] [--url redis://127.0.0.1:6379/15]
+                                [--cpu-affinity auto] [--scheduling batch|normal]
+                                [--url redis://127.0.0.1:6379/15]
 
 A real ``taskflow worker`` process (8 slots) serves one task that stores its result (as
 the peer harness's latency task does); this process sends one call at a time with
@@ -15,7 +16,8 @@ At this rate the three take turns on the CPUs: what one of them spends on a pick
 others may wait for.
 
 ``--sync`` times a plain ``def`` body (on the worker's threads), else ``async def``.
-``--cpu-affinity auto`` starts the worker with that option (its threads on one CPU).
+``--cpu-affinity auto`` starts the worker with that option (its threads on one CPU);
+``--scheduling`` with that one (by default the worker's own default, ``batch`` on Linux).
 ``--slowlog`` adds a round of at most 1,000 trips with the server's slow log set to record
 every command (``CONFIG SET slowlog-log-slower-than 0``; the settings are put back after),
 and prints how long the server took per call of each script and command, p50 and mean, and
@@ -125,6 +127,7 @@ def main() -> None:
     parser.add_argument("--sync", action="store_true")
     parser.add_argument("--slowlog", action="store_true")
     parser.add_argument("--cpu-affinity", choices=["off", "auto"], default="off")
+    parser.add_argument("--scheduling", choices=["batch", "normal"], default=None)
     parser.add_argument("--url", default="redis://127.0.0.1:6379/15")
     args = parser.parse_args()
     url = f"{args.url}?prefix=taskflow-pickup"
@@ -140,8 +143,11 @@ def main() -> None:
         sys.executable, "-m", "taskflow.cli.main", "worker", "-A", "bench.pickup_cost:app",
         "--loglevel", "warning", "-c", "8", "--cpu-affinity", args.cpu_affinity,
     ]  # fmt: skip
+    if args.scheduling is not None:
+        command += ["--scheduling", args.scheduling]
     body = "sync" if args.sync else "async def"
     body += ", --cpu-affinity auto" if args.cpu_affinity == "auto" else ""
+    body += f", --scheduling {args.scheduling}" if args.scheduling else ""
     print(f"taskflow pickup cost: {args.trips:,} trips x {args.rounds} rounds, {body} body, "
           f"{args.url}")  # fmt: skip
     print(f"{'round':>5}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"

@@ -747,14 +747,19 @@ class IoThread:
             self._hand_back()
         except _GONE as exc:
             held = sum(len(h) for h in self._held.values())
+            left = (
+                f"without handing back {held} pushed message(s) (the server puts them "
+                "back, each counted as a lost delivery)"
+                if held
+                else "without the rest of closing"
+            )
             log.warning(
                 "AMQP broker %s: the server did not answer within %.0fs (%s); closing the "
-                "connection without handing back %d pushed message(s) (the server puts "
-                "them back, each counted as a lost delivery)",
+                "connection %s",
                 mask_url(self.shown),
                 CLOSE_STEP,
                 type(exc).__name__,
-                held,
+                left,
             )
             self._abandoned = True
             self._close_connection()

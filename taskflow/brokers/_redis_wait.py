@@ -40,6 +40,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from .._redis.connection import Connection, redis_client
 from .._redis.kept import RECONNECT, PoolKept
+from .._waiters import within
 from ..clock import Clock
 from ..errors import BrokerError
 from .base import Delivery
@@ -276,8 +277,13 @@ class IdleWait:
         read what the fetch took and give it back uncounted. If the server does not
         answer in time, drop the connection: a message leased meanwhile comes back after
         its lease, as with a worker that died."""
-        await self._push_wake(own)
-        done, _ = await asyncio.wait({sent}, timeout=_HAND_BACK_WAIT)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _HAND_BACK_WAIT
+        # Bounded: on a server that stopped answering the client would retry the push
+        # (its socket timeout, six times) for a minute.
+        with contextlib.suppress(TimeoutError):
+            await within(self._push_wake(own), _HAND_BACK_WAIT)
+        done, _ = await asyncio.wait({sent}, timeout=max(0.0, deadline - loop.time()))
         if sent not in done:
             sent.cancel()
             blocker = self._blocker
@@ -292,7 +298,7 @@ class IdleWait:
         got, _ = after.parse(reply)
         for delivery in got:
             with contextlib.suppress(Exception):
-                await delivery.nack(requeue=True)
+                await within(delivery.nack(requeue=True), _HAND_BACK_WAIT)
 
     def _ring(self, key: str) -> None:
         task = asyncio.get_running_loop().create_task(self._push_wake(key))

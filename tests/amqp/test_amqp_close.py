@@ -2,7 +2,7 @@
 a connection found lost is given up at once rather than closed politely.
 
 The broker connects through a proxy that stops relaying while keeping every connection
-open (``tests/amqp/frozen_proxy.py``): to the client it looks like a server that hangs, or
+open (``tests/frozen_proxy.py``): to the client it looks like a server that hangs, or
 one that stopped reading under a resource alarm.
 """
 
@@ -22,8 +22,8 @@ from taskflow.brokers.base import Message
 from taskflow.brokers.kombu import KombuBroker
 from taskflow.errors import BrokerError
 from tests.amqp import amqp_helpers as h
-from tests.amqp.frozen_proxy import frozen_proxy
 from tests.contract.backend_amqp import delete_topology
+from tests.frozen_proxy import frozen_proxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
