@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
@@ -37,6 +37,32 @@ __all__ = [
 ]
 
 _NO_OPTIONS: Mapping[str, Any] = {}
+
+SEND_TIMEOUT: Final = 10.0
+"""Seconds a send (a publish, the records created with it) waits for the server's reply,
+plus what its size needs (:func:`send_timeout`). A server that stopped answering makes the
+send raise BrokerError instead of hanging the caller; what was sent may or may not be
+there (:func:`no_reply`)."""
+
+_SEND_PER_ITEM = 1e-4  # seconds a send may take per message (or record) beyond SEND_TIMEOUT
+_SEND_PER_BYTE = 1e-7  # and per byte of the bodies: a floor of 10 MB/s
+
+
+def send_timeout(items: int, size: int = 0) -> float:
+    """How long a send of ``items`` messages or records of ``size`` bytes in all may wait
+    for its reply: ``SEND_TIMEOUT`` plus 0.1 ms an item and 0.1 s a megabyte, so that a
+    large batch is never given up while the server works through it."""
+    return SEND_TIMEOUT + items * _SEND_PER_ITEM + size * _SEND_PER_BYTE
+
+
+def no_reply(masked: str, timeout: float, what: str) -> BrokerError:
+    """The BrokerError of a send the server did not answer within ``timeout`` seconds."""
+    return BrokerError(
+        f"redis at {masked}: no reply within {timeout:.0f}s; {what} may or may not have "
+        "been written (the server stopped answering, or the send was too large for its "
+        "bound)"
+    )
+
 
 _KEEP = 8
 """Most connections of a pool (of 64) that :meth:`Connection.run` keeps for its direct

@@ -21,9 +21,12 @@ from typing import Any
 
 from redis import BlockingConnectionPool, Redis
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from .connection import SEND_TIMEOUT
 from .kept import RECONNECT, Kept, hiredis_packed
 from .scripts import load_script
 
@@ -32,6 +35,13 @@ __all__ = ["SyncScript"]
 _KEEP = 16
 """Most connections of the pool (of 64) that calls keep for the direct path: one per thread
 calling at the same time."""
+
+_BACKSTOP = SEND_TIMEOUT
+"""The pool's socket timeout: bounds what cannot be given a timeout per call -- a new
+connection's handshake and the client's own path (a call while every kept connection is
+busy, or after a connection error), where a batch the server needs longer for than this
+would be given up. The direct path reads within it too, or within the caller's bound
+where that is longer (a large batch)."""
 
 
 def _packed(conn: Any, command: tuple[Any, ...]) -> list[bytes]:
@@ -69,18 +79,21 @@ class SyncScript:
         self._script: Any = None
         self._kept: Kept[Any] = Kept(_KEEP)
         self._pid = os.getpid()
+        self._socket_timeout = _BACKSTOP  # the pool's, set as it opens
 
-    def __call__(self, args: Sequence[Any]) -> Any:
-        """Run the script with ``args`` (its ARGV); thread-safe."""
-        return self.send(args)()
+    def __call__(self, args: Sequence[Any], timeout: float | None = None) -> Any:
+        """Run the script with ``args`` (its ARGV); thread-safe. See :meth:`send`."""
+        return self.send(args, timeout)()
 
-    def send(self, args: Sequence[Any]) -> Callable[[], Any]:
+    def send(self, args: Sequence[Any], timeout: float | None = None) -> Callable[[], Any]:
         """Send the script with ``args`` now; the call returned reads its reply (or raises
         its error) and must be made, once. In between, the caller may send on another
         connection: two scripts then cost one round trip of latency instead of two.
 
-        Where the direct path is not taken, the script runs here and the call returned
-        hands back its reply."""
+        ``timeout``: seconds the reply may take; past them the read raises the client's
+        ``TimeoutError`` (not retried: the script may have run). Where the direct path is
+        not taken, the script runs here, each read within the pool's ``_BACKSTOP``, and
+        the call returned hands back its reply."""
         script = self._script or self._open()
         conn = self._kept.idle()
         if conn is None:
@@ -99,12 +112,18 @@ class SyncScript:
         except BaseException:
             self._drop(conn)
             raise
-        return lambda: self._read(conn, script, args)
+        return lambda: self._read(conn, script, args, timeout)
 
-    def _read(self, conn: Any, script: Any, args: Sequence[Any]) -> Any:
+    def _read(self, conn: Any, script: Any, args: Sequence[Any], timeout: float | None) -> Any:
         kept = self._kept
         try:
-            reply = conn.read_response()
+            if timeout is None or timeout <= self._socket_timeout:
+                reply = conn.read_response()  # the socket's own timeout: no change to make
+            else:
+                reply = conn.read_response(timeout=timeout)
+        except RedisTimeoutError:  # no reply: the script may have run, so it is not sent again
+            self._drop(conn)
+            raise
         except NoScriptError:  # a restarted server: the client's call loads it again
             kept.give_back(conn)
             return script(args=args)
@@ -129,6 +148,9 @@ class SyncScript:
             return None
         try:
             return client.connection_pool.get_connection()
+        except RedisTimeoutError:  # a server that does not answer: no other path will do
+            self._kept.forget()
+            raise
         except Exception:
             self._kept.forget()
             return None
@@ -147,13 +169,21 @@ class SyncScript:
     def _open(self) -> Any:
         with self._lock:
             if self._script is None:
+                self._socket_timeout = _BACKSTOP
                 pool = BlockingConnectionPool.from_url(
                     self._url,
                     **self._options,
                     max_connections=64,
                     timeout=self._timeout,
                     socket_connect_timeout=self._timeout,
-                    retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 6),
+                    socket_timeout=self._socket_timeout,
+                    # Connection errors (a restart) are retried; a reply that does not
+                    # come is not: the script may have run.
+                    retry=Retry(
+                        ExponentialBackoff(cap=1.0, base=0.05),
+                        6,
+                        supported_errors=(RedisConnectionError,),
+                    ),
                     socket_keepalive=True,
                 )
                 self._client = Redis.from_pool(pool)

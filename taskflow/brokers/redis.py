@@ -39,11 +39,13 @@ from typing import Any, ClassVar
 
 import orjson
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._redis.batcher import Batcher
-from .._redis.connection import Connection, RecordKeys
+from .._redis.connection import Connection, RecordKeys, no_reply, send_timeout
 from .._redis.scripts import BROKER_SCRIPTS
 from .._redis.sync import SyncScript
+from .._waiters import within
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigError
 from ..urls import url_kwargs
@@ -357,12 +359,20 @@ class RedisBroker(Broker, DelegatedAdmin):
 
     async def _publish(self, args: list[Any], messages: Sequence[Message]) -> None:
         check_size(messages, self._conn.masked)
-        check_published(await self._run("publish", args))
+        timeout = _send_timeout(messages)
+        try:
+            reply = await within(self._run("publish", args), timeout)
+        except TimeoutError:
+            raise no_reply(self._conn.masked, timeout, "the messages") from None
+        check_published(reply)
 
     def _publish_blocking(self, args: list[Any], messages: Sequence[Message]) -> None:
         check_size(messages, self._conn.masked)
+        timeout = _send_timeout(messages)
         try:
-            reply = self._sync_publish([self._conn.tag, repr(self.clock.time()), *args])
+            reply = self._sync_publish([self._conn.tag, repr(self.clock.time()), *args], timeout)
+        except RedisTimeoutError:
+            raise no_reply(self._conn.masked, timeout, "the messages") from None
         except (RedisError, OSError) as exc:
             raise self._conn.error(exc) from None
         check_published(reply)
@@ -509,3 +519,7 @@ class RedisBroker(Broker, DelegatedAdmin):
         """Drop the current task's control cursor (a stopping worker calls this)."""
         if self._control is not None:
             self._control.forget()
+
+
+def _send_timeout(messages: Sequence[Message]) -> float:
+    return send_timeout(len(messages), sum(len(m.body) for m in messages))

@@ -17,9 +17,10 @@ import contextlib
 import logging
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Final
 
 from .. import codec
+from .._waiters import within
 from ..brokers.base import Message
 from ..errors import IdempotencyConflict, TaskflowError
 from ..eventbus import HookKind
@@ -36,6 +37,9 @@ from .settings import Settings
 __all__ = ["Enqueuer", "Plan", "continuing"]
 
 log = logging.getLogger("taskflow.app")
+
+UNDO_TIMEOUT: Final = 5.0
+"""Seconds :meth:`Enqueuer.undo` may take before it gives up and logs what is left."""
 
 continuing: ContextVar[Envelope | None] = ContextVar("taskflow_continuing", default=None)
 """The envelope of the finished task whose continuations are running (the worker sets it
@@ -218,7 +222,21 @@ class Enqueuer:
                 _records_not_written(exc)
 
     async def undo(self, envs: list[Envelope], records: Records) -> None:
-        """Forget the records and idempotency keys of a send that did not go out."""
+        """Forget the records and idempotency keys of a send that did not go out, within
+        ``UNDO_TIMEOUT`` seconds (the failure being undone is often a server that stopped
+        answering): what is left then is logged, and the send's own error is raised."""
+        try:
+            await within(self._forget(envs, records), UNDO_TIMEOUT)
+        except Exception as exc:
+            keys = [env.idempotency_key for env in envs if env.idempotency_key is not None]
+            log.warning(
+                "could not undo a failed send (%s): the queued record(s) of %s%s stay",
+                type(exc).__name__,
+                ", ".join(tid for tid, _ in records[:5]) or "no task",
+                f" and the idempotency key(s) {', '.join(keys[:5])}" if keys else "",
+            )
+
+    async def _forget(self, envs: list[Envelope], records: Records) -> None:
         for tid, _ in records:
             await self._results.delete(tid)
         for env in envs:

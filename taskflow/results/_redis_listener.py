@@ -18,6 +18,9 @@ from .._waiters import within
 
 __all__ = ["DoneListener"]
 
+_CONFIRM_TIMEOUT = 10.0
+"""Seconds a subscription waits for the server's confirmation (BrokerError after)."""
+
 
 class DoneListener:
     """One pub/sub connection shared by every waiter of a store."""
@@ -45,7 +48,10 @@ class DoneListener:
         confirm = self._confirm[channel] = asyncio.get_running_loop().create_future()
         try:
             await self._subscribe(channel)
-            await within(asyncio.shield(confirm), 10.0)
+            try:
+                await within(asyncio.shield(confirm), _CONFIRM_TIMEOUT)
+            except TimeoutError as exc:  # a server that stopped answering
+                raise broker_error(self._masked, exc) from None
         except BaseException:
             await self.unwatch(channel, fut)
             raise

@@ -22,9 +22,10 @@ from typing import Any, ClassVar
 
 import orjson
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._redis.batcher import BATCH, Batcher
-from .._redis.connection import Connection, RecordKeys
+from .._redis.connection import Connection, RecordKeys, no_reply, send_timeout
 from .._redis.scripts import RESULT_SCRIPTS
 from .._redis.sync import SyncScript
 from ..clock import SYSTEM_CLOCK, Clock
@@ -235,14 +236,17 @@ class RedisResultStore(ResultStore):
         self._conn.client()
         if not items:
             return list
+        timeout = send_timeout(len(items))
         try:
-            pending = self._sync_create.send(self._create_args(items, None))
+            pending = self._sync_create.send(self._create_args(items, None), timeout)
         except (RedisError, OSError) as exc:
             raise self._conn.error(exc) from None
 
         def finish() -> list[bool]:
             try:
                 written = pending()
+            except RedisTimeoutError:
+                raise no_reply(self._conn.masked, timeout, "the records") from None
             except (RedisError, OSError) as exc:
                 raise self._conn.error(exc) from None
             return [bool(w) for w in written]
@@ -288,7 +292,20 @@ class RedisResultStore(ResultStore):
         return bool(deleted) and record is not None
 
     async def wait(self, task_id: str, timeout: float | None) -> dict[str, Any] | None:
-        """Wait for a terminal record, woken by the terminal update's pub/sub notice."""
+        """Wait for a terminal record, woken by the terminal update's pub/sub notice; None
+        once ``timeout`` seconds passed, whether or not the server answered meanwhile."""
+        if timeout is None:
+            return await self._wait(task_id, None)
+        bound = asyncio.timeout(timeout)
+        try:
+            async with bound:
+                return await self._wait(task_id, timeout)
+        except TimeoutError:
+            if bound.expired():
+                return None
+            raise
+
+    async def _wait(self, task_id: str, timeout: float | None) -> dict[str, Any] | None:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         if self._listener is None:

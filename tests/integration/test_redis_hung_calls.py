@@ -1,0 +1,133 @@
+"""Calls to a Redis server that stopped answering end within their bounds.
+
+The app connects through a proxy that stops relaying while keeping every connection open
+(``tests/frozen_proxy.py``): to the client it looks like a server that hangs. Before, the
+synchronous publish (``delay()`` from a plain thread) and the asyncio one waited for the
+reply for good, and the caller with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import taskflow._redis.connection as redis_connection
+import taskflow._redis.sync as redis_sync
+import taskflow.kernel.enqueue as enqueue_module
+from taskflow import App
+from taskflow.errors import BrokerError, ResultTimeout
+from tests.frozen_proxy import FrozenProxy, frozen_proxy
+from tests.integration.redis_helpers import drop_prefix, shared_url
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SEND = 1.0  # SEND_TIMEOUT in these tests
+UNDO = 1.0  # UNDO_TIMEOUT
+
+
+@pytest.fixture
+def prefix(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setattr(redis_connection, "SEND_TIMEOUT", SEND)
+    monkeypatch.setattr(redis_sync, "_BACKSTOP", SEND)
+    monkeypatch.setattr(enqueue_module, "UNDO_TIMEOUT", UNDO)
+    url, name = shared_url(lease=30.0)
+    yield name
+    drop_prefix(url, name)
+
+
+@pytest.fixture
+def proxy() -> Iterator[FrozenProxy]:
+    with frozen_proxy(("127.0.0.1", 6379)) as running:
+        yield running
+
+
+def bounded(call: Callable[[], Any], limit: float) -> tuple[float, BaseException | None]:
+    """Run ``call`` in a thread; (seconds it took, what it raised). Fails the test if it
+    has not returned within ``limit`` seconds (the thread is left to the proxy's close)."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(limit)
+    assert not thread.is_alive(), f"still waiting after {limit}s"
+    return time.monotonic() - started, outcome[0]
+
+
+def test_delay_on_a_hung_server_raises_broker_error_within_its_bound(
+    prefix: str, proxy: FrozenProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = App("hung-send", broker=f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}")
+
+    @app.task(name="hung.noop")
+    def noop() -> None: ...
+
+    try:
+        noop.delay()  # connected, the publish script loaded
+        proxy.freeze()
+        with caplog.at_level(logging.WARNING, logger="taskflow.app"):
+            took, error = bounded(noop.delay, 20.0)
+    finally:
+        app.close()
+    assert isinstance(error, BrokerError)
+    assert f"127.0.0.1:{proxy.port}" in str(error)
+    assert "no reply within" in str(error) and "may or may not" in str(error)
+    # The publish's bound, then the undo of its record's bound (the server still hangs).
+    assert took < SEND + UNDO + 2.0
+    assert "could not undo a failed send" in caplog.text
+
+
+def test_an_async_send_on_a_hung_server_raises_broker_error_within_its_bound(
+    prefix: str, proxy: FrozenProxy
+) -> None:
+    app = App("hung-send", broker=f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}")
+
+    @app.task(name="hung.noop", store_result=False)
+    def noop() -> None: ...
+
+    async def send_twice() -> None:
+        await noop.adelay()
+        proxy.freeze()
+        await noop.adelay()
+
+    try:
+        took, error = bounded(lambda: asyncio.run(send_twice()), 20.0)
+    finally:
+        app.close()
+    assert isinstance(error, BrokerError)
+    assert "no reply within" in str(error)
+    assert took < SEND + 2.0
+
+
+def test_get_on_a_hung_server_raises_result_timeout_at_its_timeout(
+    prefix: str, proxy: FrozenProxy
+) -> None:
+    app = App("hung-get", broker=f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}")
+
+    @app.task(name="hung.noop")
+    def noop() -> None: ...
+
+    try:
+        result = noop.delay()  # no worker: it stays queued
+        proxy.freeze()
+        took, error = bounded(lambda: result.get(timeout=1.0), 20.0)
+    finally:
+        app.close()
+    # Before, its subscription waited 10 s for the server's confirmation and raised a bare
+    # TimeoutError.
+    assert isinstance(error, ResultTimeout)
+    assert took < 2.0
