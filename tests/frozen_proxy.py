@@ -74,12 +74,13 @@ class FrozenProxy:
     def _relay(self, client: socket.socket, server: socket.socket) -> None:
         peers = {client: server, server: client}
         while not self._closed.is_set():
+            if not self._thawed.is_set():
+                self._thawed.wait(0.05)  # frozen: leave what arrives unread (no spinning)
+                continue
             try:
                 readable, _, _ = select.select(list(peers), [], [], 0.05)
             except (OSError, ValueError):
                 return
-            if not self._thawed.is_set():
-                continue  # frozen: leave what arrived unread
             for sock in readable:
                 try:
                     data = sock.recv(65536)

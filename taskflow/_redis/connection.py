@@ -44,6 +44,11 @@ plus what its size needs (:func:`send_timeout`). A server that stopped answering
 send raise BrokerError instead of hanging the caller; what was sent may or may not be
 there (:func:`no_reply`)."""
 
+CALL_TIMEOUT: Final = 10.0
+"""Seconds a single command or pipeline (a record read, a heartbeat, an operator's
+look at a queue) waits for its reply before it raises BrokerError. Scripts that settle or
+fetch are not bounded by it: the worker bounds those itself (leases, stall checks)."""
+
 _SEND_PER_ITEM = 1e-4  # seconds a send may take per message (or record) beyond SEND_TIMEOUT
 _SEND_PER_BYTE = 1e-7  # and per byte of the bodies: a floor of 10 MB/s
 
@@ -317,9 +322,16 @@ class Connection:
         return broker_error(self.masked, exc)
 
     async def call(self, awaitable: Awaitable[Any]) -> Any:
-        """Await a client call; client errors become BrokerError."""
+        """Await a client call (a command or a pipeline, never a blocking one); client
+        errors become BrokerError, and so does a call the server does not answer within
+        ``CALL_TIMEOUT`` seconds."""
         try:
-            return await awaitable
+            return await within(awaitable, CALL_TIMEOUT)
+        except TimeoutError:
+            raise BrokerError(
+                f"redis at {self.masked}: no reply within {CALL_TIMEOUT:.0f}s (the server "
+                "stopped answering)"
+            ) from None
         except (RedisError, OSError) as exc:
             raise self.error(exc) from None
 

@@ -29,11 +29,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SEND = 1.0  # SEND_TIMEOUT in these tests
 UNDO = 1.0  # UNDO_TIMEOUT
+CALL = 1.0  # CALL_TIMEOUT
 
 
 @pytest.fixture
 def prefix(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setattr(redis_connection, "SEND_TIMEOUT", SEND)
+    monkeypatch.setattr(redis_connection, "CALL_TIMEOUT", CALL)
     monkeypatch.setattr(redis_sync, "_BACKSTOP", SEND)
     monkeypatch.setattr(enqueue_module, "UNDO_TIMEOUT", UNDO)
     url, name = shared_url(lease=30.0)
@@ -131,3 +133,23 @@ def test_get_on_a_hung_server_raises_result_timeout_at_its_timeout(
     # TimeoutError.
     assert isinstance(error, ResultTimeout)
     assert took < 2.0
+
+
+def test_status_on_a_hung_server_raises_broker_error_within_its_bound(
+    prefix: str, proxy: FrozenProxy
+) -> None:
+    app = App("hung-status", broker=f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}")
+
+    @app.task(name="hung.noop")
+    def noop() -> None: ...
+
+    try:
+        result = noop.delay()
+        assert result.status.value == "queued"
+        proxy.freeze()
+        took, error = bounded(lambda: result.status, 20.0)
+    finally:
+        app.close()
+    assert isinstance(error, BrokerError)  # before: no answer, and no end to the wait
+    assert f"127.0.0.1:{proxy.port}" in str(error) and "no reply within" in str(error)
+    assert took < CALL + 1.0
