@@ -328,12 +328,16 @@ class Connection:
         try:
             return await within(awaitable, CALL_TIMEOUT)
         except TimeoutError:
-            raise BrokerError(
-                f"redis at {self.masked}: no reply within {CALL_TIMEOUT:.0f}s (the server "
-                "stopped answering)"
-            ) from None
+            raise self.no_answer() from None
         except (RedisError, OSError) as exc:
             raise self.error(exc) from None
+
+    def no_answer(self) -> BrokerError:
+        """The BrokerError of a call not answered within ``CALL_TIMEOUT`` seconds."""
+        return BrokerError(
+            f"redis at {self.masked}: no reply within {CALL_TIMEOUT:.0f}s (the server "
+            "stopped answering)"
+        )
 
     async def run(self, script: str, args: Sequence[Any]) -> Any:
         """Run a registered script with ``args`` (its ARGV).

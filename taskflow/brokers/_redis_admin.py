@@ -12,7 +12,9 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from .._redis import connection
 from .._redis.connection import Connection
+from .._waiters import within
 from .base import BrokerAdmin, DeadLetter, Message, Waiting
 
 __all__ = ["RedisAdmin", "RunScript"]
@@ -34,7 +36,12 @@ class RedisAdmin(BrokerAdmin):
 
     async def depth(self, queue: str) -> dict[str, int]:
         """Counts of ``ready``, ``scheduled``, ``inflight`` and ``dead`` messages."""
-        ready, sched, inflight, dead = await self._run("admin", ["depth", queue])
+        try:
+            # Only reads: bounded like a single command (Connection.call).
+            reply = await within(self._run("admin", ["depth", queue]), connection.CALL_TIMEOUT)
+        except TimeoutError:
+            raise self._conn.no_answer() from None
+        ready, sched, inflight, dead = reply
         return {"ready": ready, "scheduled": sched, "inflight": inflight, "dead": dead}
 
     async def peek(self, queue: str, limit: int = 10) -> list[bytes]:

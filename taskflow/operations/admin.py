@@ -7,12 +7,14 @@ coroutine twin (``await app.admin.areplay(queue)``). Applied actions write an au
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import socket
 from collections.abc import Coroutine, Sequence
 from datetime import datetime
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Final, TypeVar
 
+from ..errors import BrokerError
 from ..kernel import Kernel
 from . import _cluster, _dead, _queues, _snapshot
 from ._context import Context
@@ -32,6 +34,14 @@ from .types import (
 __all__ = ["Admin", "default_actor"]
 
 T = TypeVar("T")
+
+READ_TIMEOUT: Final = 15.0
+"""Seconds an operation that only reads (``queues``, ``peek``, ``paused``, ``task``,
+``dead_letters``, ``workers``, ``stats``, ``audit``, ``reveal``) may take before it raises
+BrokerError: past it, a server has stopped answering. Above the Redis ``CALL_TIMEOUT``
+(10 s), so that a single call's error, which names its server, comes first. Operations
+that change something are not cut short (a purge or a replay of a large queue may take
+longer)."""
 
 
 def default_actor() -> str:
@@ -74,27 +84,48 @@ class Admin:
     async def _arun(self, coro: Coroutine[Any, Any, T]) -> T:
         return await self._kernel.acall(coro)
 
+    def _look(self, coro: Coroutine[Any, Any, T]) -> T:
+        """:meth:`_run` for an operation that only reads: bounded by ``READ_TIMEOUT``."""
+        return self._kernel.call(self._bounded(coro))
+
+    async def _alook(self, coro: Coroutine[Any, Any, T]) -> T:
+        return await self._kernel.acall(self._bounded(coro))
+
+    async def _bounded(self, coro: Coroutine[Any, Any, T]) -> T:
+        bound = asyncio.timeout(READ_TIMEOUT)
+        try:
+            async with bound:
+                return await coro
+        except TimeoutError:
+            if not bound.expired():
+                raise
+            kernel = self._kernel
+            raise BrokerError(
+                f"no answer within {READ_TIMEOUT:.0f}s from {kernel.broker!r} or "
+                f"{kernel.results!r}: a server stopped answering"
+            ) from None
+
     # -- queues ----------------------------------------------------------------------
     def queues(self) -> list[QueueInfo]:
         """Every queue the broker knows: ready, scheduled, running, dead, paused."""
-        return self._run(_queues.queues(self._ctx))
+        return self._look(_queues.queues(self._ctx))
 
     async def aqueues(self) -> list[QueueInfo]:
         """:meth:`queues` for async code."""
-        return await self._arun(_queues.queues(self._ctx))
+        return await self._alook(_queues.queues(self._ctx))
 
     def peek(
         self, queue: str, state: str = "ready", limit: int = 20, offset: int = 0
     ) -> list[TaskInfo]:
         """Tasks of ``queue`` in ``state`` (``ready`` in delivery order, ``scheduled``,
         ``running``, ``dead`` oldest first), without arguments and without removing them."""
-        return self._run(_queues.peek(self._ctx, queue, state, limit, offset))
+        return self._look(_queues.peek(self._ctx, queue, state, limit, offset))
 
     async def apeek(
         self, queue: str, state: str = "ready", limit: int = 20, offset: int = 0
     ) -> list[TaskInfo]:
         """:meth:`peek` for async code."""
-        return await self._arun(_queues.peek(self._ctx, queue, state, limit, offset))
+        return await self._alook(_queues.peek(self._ctx, queue, state, limit, offset))
 
     def pause(self, queue: str) -> None:
         """Stop delivering from ``queue`` (publishing still works)."""
@@ -114,11 +145,11 @@ class Admin:
 
     def paused(self) -> set[str]:
         """The queues paused now."""
-        return self._run(self._paused())
+        return self._look(self._paused())
 
     async def apaused(self) -> set[str]:
         """:meth:`paused` for async code."""
-        return await self._arun(self._paused())
+        return await self._alook(self._paused())
 
     async def _paused(self) -> set[str]:
         return await (await self._ctx.broker()).paused_queues()
@@ -138,11 +169,11 @@ class Admin:
     # -- tasks -----------------------------------------------------------------------
     def task(self, task_id: str) -> TaskInfo:
         """One task's record with its ``history``; NotFound if there is none."""
-        return self._run(_queues.task(self._ctx, task_id))
+        return self._look(_queues.task(self._ctx, task_id))
 
     async def atask(self, task_id: str) -> TaskInfo:
         """:meth:`task` for async code."""
-        return await self._arun(_queues.task(self._ctx, task_id))
+        return await self._alook(_queues.task(self._ctx, task_id))
 
     def cancel(self, task_id: str) -> bool:
         """Cancel a queued (never runs) or running (stopped) task; False if it had
@@ -188,7 +219,7 @@ class Admin:
         """One page of dead letters (all queues, or ``queue``), oldest first; pass
         ``page.next_cursor`` back as ``cursor`` for the next page."""
         filters = Filters.build(None, task, reason, since)
-        return self._run(_dead.dead_letters(self._ctx, queue, filters, limit, cursor))
+        return self._look(_dead.dead_letters(self._ctx, queue, filters, limit, cursor))
 
     async def adead_letters(
         self,
@@ -202,7 +233,7 @@ class Admin:
     ) -> Page[DeadLetter]:
         """:meth:`dead_letters` for async code."""
         filters = Filters.build(None, task, reason, since)
-        return await self._arun(_dead.dead_letters(self._ctx, queue, filters, limit, cursor))
+        return await self._alook(_dead.dead_letters(self._ctx, queue, filters, limit, cursor))
 
     def replay(
         self,
@@ -268,37 +299,37 @@ class Admin:
     # -- workers, stats, audit -------------------------------------------------------
     def workers(self) -> list[WorkerInfo]:
         """Workers from their heartbeats; ``state`` is ``lost`` after 3 silent intervals."""
-        return self._run(_cluster.workers(self._ctx))
+        return self._look(_cluster.workers(self._ctx))
 
     async def aworkers(self) -> list[WorkerInfo]:
         """:meth:`workers` for async code."""
-        return await self._arun(_cluster.workers(self._ctx))
+        return await self._alook(_cluster.workers(self._ctx))
 
     def stats(self) -> ClusterStats:
         """Per-queue and per-task counts, worker counter totals and rates."""
-        return self._run(_cluster.stats(self._ctx))
+        return self._look(_cluster.stats(self._ctx))
 
     async def astats(self) -> ClusterStats:
         """:meth:`stats` for async code."""
-        return await self._arun(_cluster.stats(self._ctx))
+        return await self._alook(_cluster.stats(self._ctx))
 
     def audit(self, limit: int = 100) -> list[AuditEntry]:
         """The newest ``limit`` audit entries, newest first."""
-        return self._run(_cluster.audit(self._ctx, limit))
+        return self._look(_cluster.audit(self._ctx, limit))
 
     async def aaudit(self, limit: int = 100) -> list[AuditEntry]:
         """:meth:`audit` for async code."""
-        return await self._arun(_cluster.audit(self._ctx, limit))
+        return await self._alook(_cluster.audit(self._ctx, limit))
 
     def reveal(self, task_id: str) -> dict[str, Any]:
         """The arguments of dead-lettered ``task_id`` (``id``, ``task``, ``args``,
         ``kwargs``), written to the audit trail as ``reveal``. Nothing else in this API
         shows a payload; raises NotFound when the task is not a dead letter."""
-        return self._run(_queues.reveal(self._ctx, task_id))
+        return self._look(_queues.reveal(self._ctx, task_id))
 
     async def areveal(self, task_id: str) -> dict[str, Any]:
         """:meth:`reveal` for async code."""
-        return await self._arun(_queues.reveal(self._ctx, task_id))
+        return await self._alook(_queues.reveal(self._ctx, task_id))
 
     def record(
         self,

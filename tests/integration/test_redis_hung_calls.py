@@ -20,6 +20,7 @@ import pytest
 import taskflow._redis.connection as redis_connection
 import taskflow._redis.sync as redis_sync
 import taskflow.kernel.enqueue as enqueue_module
+import taskflow.operations.admin as admin_module
 from taskflow import App
 from taskflow.errors import BrokerError, ResultTimeout
 from tests.frozen_proxy import FrozenProxy, frozen_proxy
@@ -30,6 +31,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SEND = 1.0  # SEND_TIMEOUT in these tests
 UNDO = 1.0  # UNDO_TIMEOUT
 CALL = 1.0  # CALL_TIMEOUT
+READ = 1.5  # the operations API's READ_TIMEOUT
 
 
 @pytest.fixture
@@ -38,6 +40,7 @@ def prefix(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setattr(redis_connection, "CALL_TIMEOUT", CALL)
     monkeypatch.setattr(redis_sync, "_BACKSTOP", SEND)
     monkeypatch.setattr(enqueue_module, "UNDO_TIMEOUT", UNDO)
+    monkeypatch.setattr(admin_module, "READ_TIMEOUT", READ)
     url, name = shared_url(lease=30.0)
     yield name
     drop_prefix(url, name)
@@ -153,3 +156,28 @@ def test_status_on_a_hung_server_raises_broker_error_within_its_bound(
     assert isinstance(error, BrokerError)  # before: no answer, and no end to the wait
     assert f"127.0.0.1:{proxy.port}" in str(error) and "no reply within" in str(error)
     assert took < CALL + 1.0
+
+
+def test_operator_reads_on_a_hung_server_raise_broker_error_within_their_bound(
+    prefix: str, proxy: FrozenProxy
+) -> None:
+    app = App("hung-admin", broker=f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}")
+
+    @app.task(name="hung.noop")
+    def noop() -> None: ...
+
+    try:
+        noop.delay()
+        assert [q.name for q in app.admin.queues()] == ["default"]
+        proxy.freeze()
+        outcomes = [
+            bounded(app.admin.queues, 20.0),
+            bounded(lambda: app.admin.peek("default"), 20.0),
+            bounded(app.admin.workers, 20.0),
+        ]
+    finally:
+        app.close()
+    for took, error in outcomes:  # before: each waited for good
+        assert isinstance(error, BrokerError), error
+        assert f"127.0.0.1:{proxy.port}" in str(error)
+        assert took < READ + 1.0

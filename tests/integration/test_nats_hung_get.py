@@ -1,0 +1,46 @@
+"""``get(timeout=...)`` on a NATS server that stopped answering keeps its timeout.
+
+Before, the wait first read the record with the client's own 5-second bound, so a
+``get(timeout=1)`` raised ``BrokerError`` after 5 seconds. The app connects through a proxy
+that stops relaying while keeping every connection open (``tests/frozen_proxy.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from taskflow import App
+from taskflow.errors import ResultTimeout
+from tests.frozen_proxy import frozen_proxy
+from tests.integration.nats_helpers import drop_prefix, shared_url
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    url, name = shared_url(lease=30.0)
+    yield name
+    drop_prefix(url, name)
+
+
+def test_get_on_a_hung_nats_server_raises_result_timeout_at_its_timeout(prefix: str) -> None:
+    with frozen_proxy(("127.0.0.1", 4222)) as proxy:
+        app = App("hung-nats", broker=f"nats://127.0.0.1:{proxy.port}?prefix={prefix}")
+
+        @app.task(name="hung.noop")
+        def noop() -> None: ...
+
+        try:
+            result = noop.delay()  # no worker: it stays queued
+            proxy.freeze()
+            started = time.monotonic()
+            with pytest.raises(ResultTimeout):
+                result.get(timeout=1.0)
+            took = time.monotonic() - started
+        finally:
+            app.close()
+    assert took < 2.0
