@@ -11,7 +11,7 @@ import threading
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-__all__ = ["Waiters", "wait_future", "within"]
+__all__ = ["Waiters", "by_deadline", "wait_future", "within"]
 
 T = TypeVar("T")
 
@@ -105,3 +105,19 @@ async def within(awaitable: Awaitable[T], timeout: float | None) -> T:
     """
     async with asyncio.timeout(timeout):
         return await awaitable
+
+
+async def by_deadline(awaitable: Awaitable[T], timeout: float | None) -> T | None:
+    """Await with a deadline that is an answer, not an error: None once ``timeout``
+    seconds passed, whatever the awaited code was waiting for (a server that stopped
+    answering, say). A ``TimeoutError`` the awaited code raises itself is raised as is."""
+    if timeout is None:
+        return await awaitable
+    bound = asyncio.timeout(timeout)
+    try:
+        async with bound:
+            return await awaitable
+    except TimeoutError:
+        if bound.expired():
+            return None
+        raise

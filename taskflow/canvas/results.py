@@ -203,7 +203,7 @@ class ChainResult(_CanvasResult):
     async def aget(self, timeout: float | None = None, *, propagate: bool = True) -> Any:
         """``get`` for async code."""
         kernel = self._kernel
-        record = await kernel.acall(kernel.results.wait(self.id, timeout))
+        record = await kernel.acall(kernel.await_result(self.id, timeout))
         if record is None:
             raise ResultTimeout(f"{self.kind} {self.id} did not finish within {timeout}s")
         return self._outcome(record, propagate)

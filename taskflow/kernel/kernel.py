@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Final, Protocol, TypeVar
 
+from .._waiters import by_deadline
 from ..brokers.base import Broker
 from ..eventbus import EventBus, TaskEvent
 from ..message import Envelope, TaskStatus
@@ -127,7 +128,12 @@ class Kernel:
         """Wait (push-based) until record ``record_id`` is terminal; None on timeout."""
         if self.results.capabilities.blocking and not self.loop.in_loop_thread():
             return self.results.wait_blocking(record_id, timeout)
-        return self.lookup(lambda: self.results.wait(record_id, timeout))
+        return self.lookup(lambda: self.await_result(record_id, timeout))
+
+    async def await_result(self, record_id: str, timeout: float | None) -> dict[str, Any] | None:
+        """:meth:`ResultStore.wait`, on the loop; None once ``timeout`` seconds passed,
+        also when a server that stopped answering holds the store's wait up."""
+        return await by_deadline(self.results.wait(record_id, timeout), timeout)
 
     def close(self) -> None:
         """Stop the services running on this kernel, close the backends and the loop.

@@ -7,13 +7,13 @@ coroutine twin (``await app.admin.areplay(queue)``). Applied actions write an au
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import socket
 from collections.abc import Coroutine, Sequence
 from datetime import datetime
 from typing import IO, Any, Final, TypeVar
 
+from .._waiters import by_deadline
 from ..errors import BrokerError
 from ..kernel import Kernel
 from . import _cluster, _dead, _queues, _snapshot
@@ -92,18 +92,14 @@ class Admin:
         return await self._kernel.acall(self._bounded(coro))
 
     async def _bounded(self, coro: Coroutine[Any, Any, T]) -> T:
-        bound = asyncio.timeout(READ_TIMEOUT)
-        try:
-            async with bound:
-                return await coro
-        except TimeoutError:
-            if not bound.expired():
-                raise
+        boxed = await by_deadline(_boxed(coro), READ_TIMEOUT)
+        if boxed is None:
             kernel = self._kernel
             raise BrokerError(
                 f"no answer within {READ_TIMEOUT:.0f}s from {kernel.broker!r} or "
                 f"{kernel.results!r}: a server stopped answering"
-            ) from None
+            )
+        return boxed[0]
 
     # -- queues ----------------------------------------------------------------------
     def queues(self) -> list[QueueInfo]:
@@ -395,3 +391,8 @@ class Admin:
     async def aimport_report(self, fp: IO[str], *, dry_run: bool = False) -> ImportReport:
         """:meth:`import_report` for async code."""
         return await self._arun(_snapshot.import_(self._ctx, fp, dry_run))
+
+
+async def _boxed(coro: Coroutine[Any, Any, T]) -> tuple[T]:
+    """``coro``'s value in a tuple, so that a deadline's None is not mistaken for it."""
+    return (await coro,)

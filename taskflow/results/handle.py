@@ -84,7 +84,7 @@ class AsyncResult(Generic[R]):
     async def aget(self, timeout: float | None = None, *, propagate: bool = True) -> R:
         """``get`` for async code."""
         kernel = self._kernel
-        record = await kernel.alookup(lambda: kernel.results.wait(self.id, timeout))
+        record = await kernel.alookup(lambda: kernel.await_result(self.id, timeout))
         return self._outcome(record, timeout, propagate)
 
     def _outcome(

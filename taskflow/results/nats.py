@@ -405,20 +405,7 @@ class NatsResultStore(ResultStore):
         return value is not None
 
     async def wait(self, task_id: str, timeout: float | None) -> dict[str, Any] | None:
-        """Watch the record's key until it is terminal (pushed by the server); None once
-        ``timeout`` seconds passed, whether or not the server answered meanwhile."""
-        if timeout is None:
-            return await self._wait(task_id, None)
-        bound = asyncio.timeout(timeout)
-        try:
-            async with bound:
-                return await self._wait(task_id, timeout)
-        except TimeoutError:
-            if bound.expired():
-                return None
-            raise
-
-    async def _wait(self, task_id: str, timeout: float | None) -> dict[str, Any] | None:
+        """Watch the record's key until it is terminal (pushed by the server)."""
         record = await self.get(task_id)
         if is_terminal(record):
             return record

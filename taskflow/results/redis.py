@@ -292,20 +292,7 @@ class RedisResultStore(ResultStore):
         return bool(deleted) and record is not None
 
     async def wait(self, task_id: str, timeout: float | None) -> dict[str, Any] | None:
-        """Wait for a terminal record, woken by the terminal update's pub/sub notice; None
-        once ``timeout`` seconds passed, whether or not the server answered meanwhile."""
-        if timeout is None:
-            return await self._wait(task_id, None)
-        bound = asyncio.timeout(timeout)
-        try:
-            async with bound:
-                return await self._wait(task_id, timeout)
-        except TimeoutError:
-            if bound.expired():
-                return None
-            raise
-
-    async def _wait(self, task_id: str, timeout: float | None) -> dict[str, Any] | None:
+        """Wait for a terminal record, woken by the terminal update's pub/sub notice."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         if self._listener is None:

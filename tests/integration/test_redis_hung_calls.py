@@ -52,6 +52,16 @@ def proxy() -> Iterator[FrozenProxy]:
         yield running
 
 
+@pytest.fixture
+def app(prefix: str, proxy: FrozenProxy) -> Iterator[App]:
+    """An app on the shared Redis through ``proxy``; closed after the test."""
+    hung = App("hung", broker=f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}")
+    try:
+        yield hung
+    finally:
+        hung.close()
+
+
 def bounded(call: Callable[[], Any], limit: float) -> tuple[float, BaseException | None]:
     """Run ``call`` in a thread; (seconds it took, what it raised). Fails the test if it
     has not returned within ``limit`` seconds (the thread is left to the proxy's close)."""
@@ -74,20 +84,15 @@ def bounded(call: Callable[[], Any], limit: float) -> tuple[float, BaseException
 
 
 def test_delay_on_a_hung_server_raises_broker_error_within_its_bound(
-    prefix: str, proxy: FrozenProxy, caplog: pytest.LogCaptureFixture
+    app: App, proxy: FrozenProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
-    app = App("hung-send", broker=f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}")
-
     @app.task(name="hung.noop")
     def noop() -> None: ...
 
-    try:
-        noop.delay()  # connected, the publish script loaded
-        proxy.freeze()
-        with caplog.at_level(logging.WARNING, logger="taskflow.app"):
-            took, error = bounded(noop.delay, 20.0)
-    finally:
-        app.close()
+    noop.delay()  # connected, the publish script loaded
+    proxy.freeze()
+    with caplog.at_level(logging.WARNING, logger="taskflow.app"):
+        took, error = bounded(noop.delay, 20.0)
     assert isinstance(error, BrokerError)
     assert f"127.0.0.1:{proxy.port}" in str(error)
     assert "no reply within" in str(error) and "may or may not" in str(error)
@@ -97,10 +102,8 @@ def test_delay_on_a_hung_server_raises_broker_error_within_its_bound(
 
 
 def test_an_async_send_on_a_hung_server_raises_broker_error_within_its_bound(
-    prefix: str, proxy: FrozenProxy
+    app: App, proxy: FrozenProxy
 ) -> None:
-    app = App("hung-send", broker=f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}")
-
     @app.task(name="hung.noop", store_result=False)
     def noop() -> None: ...
 
@@ -109,29 +112,21 @@ def test_an_async_send_on_a_hung_server_raises_broker_error_within_its_bound(
         proxy.freeze()
         await noop.adelay()
 
-    try:
-        took, error = bounded(lambda: asyncio.run(send_twice()), 20.0)
-    finally:
-        app.close()
+    took, error = bounded(lambda: asyncio.run(send_twice()), 20.0)
     assert isinstance(error, BrokerError)
     assert "no reply within" in str(error)
     assert took < SEND + 2.0
 
 
 def test_get_on_a_hung_server_raises_result_timeout_at_its_timeout(
-    prefix: str, proxy: FrozenProxy
+    app: App, proxy: FrozenProxy
 ) -> None:
-    app = App("hung-get", broker=f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}")
-
     @app.task(name="hung.noop")
     def noop() -> None: ...
 
-    try:
-        result = noop.delay()  # no worker: it stays queued
-        proxy.freeze()
-        took, error = bounded(lambda: result.get(timeout=1.0), 20.0)
-    finally:
-        app.close()
+    result = noop.delay()  # no worker: it stays queued
+    proxy.freeze()
+    took, error = bounded(lambda: result.get(timeout=1.0), 20.0)
     # Before, its subscription waited 10 s for the server's confirmation and raised a bare
     # TimeoutError.
     assert isinstance(error, ResultTimeout)
@@ -139,44 +134,34 @@ def test_get_on_a_hung_server_raises_result_timeout_at_its_timeout(
 
 
 def test_status_on_a_hung_server_raises_broker_error_within_its_bound(
-    prefix: str, proxy: FrozenProxy
+    app: App, proxy: FrozenProxy
 ) -> None:
-    app = App("hung-status", broker=f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}")
-
     @app.task(name="hung.noop")
     def noop() -> None: ...
 
-    try:
-        result = noop.delay()
-        assert result.status.value == "queued"
-        proxy.freeze()
-        took, error = bounded(lambda: result.status, 20.0)
-    finally:
-        app.close()
+    result = noop.delay()
+    assert result.status.value == "queued"
+    proxy.freeze()
+    took, error = bounded(lambda: result.status, 20.0)
     assert isinstance(error, BrokerError)  # before: no answer, and no end to the wait
     assert f"127.0.0.1:{proxy.port}" in str(error) and "no reply within" in str(error)
     assert took < CALL + 1.0
 
 
 def test_operator_reads_on_a_hung_server_raise_broker_error_within_their_bound(
-    prefix: str, proxy: FrozenProxy
+    app: App, proxy: FrozenProxy
 ) -> None:
-    app = App("hung-admin", broker=f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}")
-
     @app.task(name="hung.noop")
     def noop() -> None: ...
 
-    try:
-        noop.delay()
-        assert [q.name for q in app.admin.queues()] == ["default"]
-        proxy.freeze()
-        outcomes = [
-            bounded(app.admin.queues, 20.0),
-            bounded(lambda: app.admin.peek("default"), 20.0),
-            bounded(app.admin.workers, 20.0),
-        ]
-    finally:
-        app.close()
+    noop.delay()
+    assert [q.name for q in app.admin.queues()] == ["default"]
+    proxy.freeze()
+    outcomes = [
+        bounded(app.admin.queues, 20.0),
+        bounded(lambda: app.admin.peek("default"), 20.0),
+        bounded(app.admin.workers, 20.0),
+    ]
     for took, error in outcomes:  # before: each waited for good
         assert isinstance(error, BrokerError), error
         assert f"127.0.0.1:{proxy.port}" in str(error)
