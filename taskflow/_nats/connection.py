@@ -318,6 +318,10 @@ class Connection:
         except Exception as exc:
             if isinstance(exc, keep):
                 raise
+            if isinstance(exc, TimeoutError):  # this bound's or the client's own
+                raise BrokerError(
+                    f"NATS {self.masked}: no reply in time (the server stopped answering)"
+                ) from exc
             raise self._error(exc) from exc
 
     def _error(self, exc: Exception) -> BrokerError:

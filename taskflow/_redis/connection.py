@@ -386,6 +386,13 @@ class Connection:
         except (RedisError, OSError) as exc:
             raise self.error(exc) from None
 
+    async def ask(self, script: str, args: Sequence[Any]) -> Any:
+        """:meth:`run` bounded like :meth:`call`: for a script off the worker's fetch and
+        settle path (an operator's action, a record write), which must not wait for good on
+        a server that stopped answering. Past ``CALL_TIMEOUT`` the script may or may not
+        have run; the BrokerError says the server stopped answering."""
+        return await self.call(self.run(script, args))
+
     def sha(self, script: str) -> str:
         """The SHA1 of a registered script (for ``EVALSHA`` in a pipeline of one's own)."""
         sha: str = self._scripts[script].sha

@@ -1,7 +1,11 @@
 """Admin operations of the Redis broker (depth, peek, purge, pause, dead letters).
 
 Counting, purging and replaying are Lua (``admin.lua``) so they see one consistent state;
-peek and the dead-letter listing are plain pipelined reads.
+peek and the dead-letter listing are plain pipelined reads. Every call, script or read, is
+bounded like a single command (``Connection.call``): an operator's action on a server
+that stopped answering raises BrokerError after ``CALL_TIMEOUT`` instead of waiting for
+good. A script cut short that way may or may not have run. The one exception is
+:meth:`RedisAdmin.requeue`, whose answer a replay needs (see there).
 """
 
 from __future__ import annotations
@@ -10,11 +14,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from redis.exceptions import RedisError
-
-from .._redis import connection
 from .._redis.connection import Connection
-from .._waiters import within
 from .base import BrokerAdmin, DeadLetter, Message, Waiting
 
 __all__ = ["RedisAdmin", "RunScript"]
@@ -32,30 +32,27 @@ class RedisAdmin(BrokerAdmin):
     def __init__(self, conn: Connection, run: RunScript) -> None:
         """Operator actions in ``conn``'s namespace; ``run`` runs the broker's scripts."""
         self._conn = conn
-        self._run = run
+        self._run_script = run
+
+    async def _run(self, script: str, args: Sequence[Any]) -> Any:
+        return await self._conn.call(self._run_script(script, args))
 
     async def depth(self, queue: str) -> dict[str, int]:
         """Counts of ``ready``, ``scheduled``, ``inflight`` and ``dead`` messages."""
-        try:
-            # Only reads: bounded like a single command (Connection.call).
-            reply = await within(self._run("admin", ["depth", queue]), connection.CALL_TIMEOUT)
-        except TimeoutError:
-            raise self._conn.no_answer() from None
-        ready, sched, inflight, dead = reply
+        ready, sched, inflight, dead = await self._run("admin", ["depth", queue])
         return {"ready": ready, "scheduled": sched, "inflight": inflight, "dead": dead}
 
     async def peek(self, queue: str, limit: int = 10) -> list[bytes]:
         """Bodies of the next ready messages, in delivery order."""
         conn = self._conn
         r = conn.client()
-        try:
-            ids: list[Any] = await r.zrange(conn.key("q", queue, "ready"), 0, max(0, limit - 1))
-            async with r.pipeline(transaction=False) as pipe:
-                for i in ids:
-                    pipe.hget(conn.key("m", i.decode()), "b")
-                bodies: list[bytes | None] = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise conn.error(exc) from None
+        ids: list[Any] = await conn.call(
+            r.zrange(conn.key("q", queue, "ready"), 0, max(0, limit - 1))
+        )
+        async with r.pipeline(transaction=False) as pipe:
+            for i in ids:
+                pipe.hget(conn.key("m", i.decode()), "b")
+            bodies: list[bytes | None] = await conn.call(pipe.execute())
         return [b for b in bodies if b is not None]
 
     async def purge_ids(self, queue: str, *, scheduled: bool = True) -> list[str]:
@@ -84,13 +81,10 @@ class RedisAdmin(BrokerAdmin):
         conn = self._conn
         r = conn.client()
         key = conn.key("q", queue, "dead")
-        try:
-            async with r.pipeline(transaction=False) as pipe:
-                pipe.lrange(key, position, position + max(1, limit) - 1)
-                pipe.llen(key)
-                ids, total = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise conn.error(exc) from None
+        async with r.pipeline(transaction=False) as pipe:
+            pipe.lrange(key, position, position + max(1, limit) - 1)
+            pipe.llen(key)
+            ids, total = await conn.call(pipe.execute())
         rows = await self._dead_rows(queue, ids)
         end = position + len(ids)
         page = [(position + i, letter) for i, letter in rows]
@@ -99,15 +93,12 @@ class RedisAdmin(BrokerAdmin):
     async def _dead_rows(self, queue: str, ids: Sequence[bytes]) -> list[tuple[int, DeadLetter]]:
         conn = self._conn
         fields = ("b", "rs", "er", "ft", "dc", "p", "md", "st", "q")
-        try:
-            async with conn.client().pipeline(transaction=False) as pipe:
-                for i in ids:
-                    # Raw bytes: a hand-written id need not be UTF-8 (it was dead-lettered
-                    # as undecodable for that), and is shown escaped.
-                    pipe.hmget(conn.key("m", "").encode() + i, fields)
-                rows = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise conn.error(exc) from None
+        async with conn.client().pipeline(transaction=False) as pipe:
+            for i in ids:
+                # Raw bytes: a hand-written id need not be UTF-8 (it was dead-lettered as
+                # undecodable for that), and is shown escaped.
+                pipe.hmget(conn.key("m", "").encode() + i, fields)
+            rows = await conn.call(pipe.execute())
         return [
             (n, _dead_letter(i.decode(errors="backslashreplace"), queue, row))
             for n, (i, row) in enumerate(zip(ids, rows, strict=True))
@@ -147,26 +138,20 @@ class RedisAdmin(BrokerAdmin):
     async def present(self, queue: str, ids: Sequence[str]) -> set[str]:
         """Ids whose message (waiting, running or dead) belongs to ``queue``."""
         conn = self._conn
-        try:
-            async with conn.client().pipeline(transaction=False) as pipe:
-                for i in ids:
-                    pipe.hget(conn.key("m", i), "q")
-                owners = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise conn.error(exc) from None
+        async with conn.client().pipeline(transaction=False) as pipe:
+            for i in ids:
+                pipe.hget(conn.key("m", i), "q")
+            owners = await conn.call(pipe.execute())
         return {i for i, q in zip(ids, owners, strict=True) if q == queue.encode()}
 
     async def known_queues(self) -> list[str]:
         """Queues declared on this prefix (plus any with a bound or a pause flag)."""
         conn = self._conn
-        try:
-            async with conn.client().pipeline(transaction=False) as pipe:
-                pipe.smembers(conn.key("queues"))
-                pipe.hkeys(conn.key("limits"))
-                pipe.smembers(conn.key("paused"))
-                replies = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise conn.error(exc) from None
+        async with conn.client().pipeline(transaction=False) as pipe:
+            pipe.smembers(conn.key("queues"))
+            pipe.hkeys(conn.key("limits"))
+            pipe.smembers(conn.key("paused"))
+            replies = await conn.call(pipe.execute())
         return sorted({_text(q) for reply in replies for q in reply})
 
     async def paused_queues(self) -> set[str]:
@@ -183,16 +168,15 @@ class RedisAdmin(BrokerAdmin):
         conn = self._conn
         kind = {"ready": "ready", "scheduled": "sched", "running": "inflight"}[state]
         r = conn.client()
-        try:
-            window: list[Any] = await r.zrange(
+        window: list[Any] = await conn.call(
+            r.zrange(
                 conn.key("q", queue, kind), offset, offset + max(1, limit) - 1, withscores=True
             )
-            async with r.pipeline(transaction=False) as pipe:
-                for mid, _ in window:
-                    pipe.hmget(conn.key("m", "").encode() + mid, ("b", "p", "dc", "md"))
-                rows = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise conn.error(exc) from None
+        )
+        async with r.pipeline(transaction=False) as pipe:
+            for mid, _ in window:
+                pipe.hmget(conn.key("m", "").encode() + mid, ("b", "p", "dc", "md"))
+            rows = await conn.call(pipe.execute())
         return [
             Waiting(
                 mid.decode(errors="backslashreplace"),
@@ -224,7 +208,11 @@ class RedisAdmin(BrokerAdmin):
         args: list[Any] = ["requeue", queue]
         for m in messages:
             args += [m.id, m.body, m.priority, m.max_deliveries]
-        return [_text(i) for i in await self._run("admin", args)]
+        # Not bounded: the replay that sends these undoes its record restarts if this
+        # fails, and undoing them for messages a slow server moved after all would leave
+        # live messages with finished records, which workers settle without running. The
+        # answer is waited for (operations.md, "A server stopped answering").
+        return [_text(i) for i in await self._run_script("admin", args)]
 
 
 def _text(value: bytes | str) -> str:

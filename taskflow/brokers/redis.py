@@ -494,7 +494,7 @@ class RedisBroker(Broker, DelegatedAdmin):
 
     async def cancel(self, message_id: str, queue: str) -> bool:
         """Remove a ready or scheduled message; True if it was removed."""
-        return bool(await self._run("admin", ["cancel", queue, message_id]))
+        return bool(await self._conn.call(self._run("admin", ["cancel", queue, message_id])))
 
     # -- control channel -------------------------------------------------------------
     async def send_control(self, command: dict[str, Any]) -> None:

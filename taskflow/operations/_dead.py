@@ -9,8 +9,9 @@ Everything large is walked in pages and acted on in batches, never loaded whole.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from .. import codec
 from ..brokers.base import BrokerAdmin, Message
 from ..brokers.base import DeadLetter as BrokerDeadLetter
-from ..errors import ConfigError, PayloadError
+from ..errors import BrokerError, ConfigError, PayloadError
 from ..message import TaskStatus
 from ..results.base import HISTORY_FIELDS, is_terminal
 from ._context import Context, decode_cursor, encode_cursor, view
@@ -137,21 +138,23 @@ async def replay(
     """Run matching dead letters again (see :meth:`Admin.replay`)."""
     broker = await ctx.broker()
     report = _Report()
-    for name in await ctx.scope(queue):
-        async for batch in _walk(broker, name, filters):
-            if limit is not None:
-                batch = batch[: max(0, limit - report.matched)]
-            if not batch:
+    progress = _Partial(ctx, "replay", queue, "replayed", lambda: (report.done, report.replayed))
+    async with progress.unless(dry_run):
+        for name in await ctx.scope(queue):
+            async for batch in _walk(broker, name, filters):
+                if limit is not None:
+                    batch = batch[: max(0, limit - report.matched)]
+                if not batch:
+                    break
+                report.matched += len(batch)
+                if filters.ids is not None:
+                    report.seen.update(d.id for d in batch)
+                if dry_run:
+                    report.would(batch)
+                else:
+                    await _replay_batch(ctx, broker, name, batch, report)
+            if limit is not None and report.matched >= limit:
                 break
-            report.matched += len(batch)
-            if filters.ids is not None:
-                report.seen.update(d.id for d in batch)
-            if dry_run:
-                report.would(batch)
-            else:
-                await _replay_batch(ctx, broker, name, batch, report)
-        if limit is not None and report.matched >= limit:
-            break
     if filters.ids is not None:
         await _explain_missing(ctx, filters.ids, report)
     result = report.build(dry_run)
@@ -274,12 +277,14 @@ async def discard(ctx: Context, queue: str | None, filters: Filters, dry_run: bo
     broker = await ctx.broker()
     gone: list[str] = []
     count = 0
-    for name in await ctx.scope(queue):
-        async for batch in _walk(broker, name, filters):
-            ids = [d.id for d in batch]
-            removed = ids if dry_run else await broker.discard_dead(name, ids)
-            count += len(removed)
-            gone += removed[: _LISTED - len(gone)]
+    progress = _Partial(ctx, "discard", queue, "discarded", lambda: (gone, count))
+    async with progress.unless(dry_run):
+        for name in await ctx.scope(queue):
+            async for batch in _walk(broker, name, filters):
+                ids = [d.id for d in batch]
+                removed = ids if dry_run else await broker.discard_dead(name, ids)
+                count += len(removed)
+                gone += removed[: _LISTED - len(gone)]
     if not dry_run and count:
         await ctx.record("discard", queue or "*", gone, count=count)
     return count
@@ -295,6 +300,23 @@ async def retry(ctx: Context, task_ids: Sequence[str], dry_run: bool) -> ReplayR
     rep = _Report()
     rep.matched = len(ids)
     by_queue = await _retryable(ctx, ids, rep)
+    progress = _Partial(ctx, "retry", None, "sent again", lambda: (rep.done, rep.replayed))
+    async with progress.unless(dry_run):
+        await _retry_queues(ctx, broker, by_queue, rep, dry_run)
+    result = rep.build(dry_run)
+    if not dry_run and result.replayed:
+        await ctx.record("retry", "*", rep.done, count=result.replayed)
+    return result
+
+
+async def _retry_queues(
+    ctx: Context,
+    broker: BrokerAdmin,
+    by_queue: dict[str, list[str]],
+    rep: _Report,
+    dry_run: bool,
+) -> None:
+    """Send ``by_queue``'s tasks again from their dead letters, in batches (into ``rep``)."""
     for queue, wanted in by_queue.items():
         letters = await broker.dead_by_ids(queue, wanted)
         found = {d.id for d in letters}
@@ -311,10 +333,6 @@ async def retry(ctx: Context, task_ids: Sequence[str], dry_run: bool) -> ReplayR
                 rep.would(batch)
             else:
                 await _replay_batch(ctx, broker, queue, batch, rep)
-    result = rep.build(dry_run)
-    if not dry_run and result.replayed:
-        await ctx.record("retry", "*", rep.done, count=result.replayed)
-    return result
 
 
 async def _retryable(ctx: Context, ids: list[str], rep: _Report) -> dict[str, list[str]]:
@@ -341,14 +359,15 @@ async def purge(ctx: Context, queue: str, scheduled: bool, dry_run: bool) -> int
         return int(depth["ready"]) + (int(depth["scheduled"]) if scheduled else 0)
     total = 0
     listed: list[str] = []
-    while True:
-        ids = await broker.purge_batch(queue, scheduled=scheduled, limit=BATCH)
-        total += len(ids)
-        listed += ids[: _LISTED - len(listed)]
-        for start in range(0, len(ids), BATCH):  # one batch, or all at once (no batches)
-            await _close(ctx, ids[start : start + BATCH])
-        if len(ids) < BATCH:
-            break
+    async with _Partial(ctx, "purge", queue, "purged", lambda: (listed, total)):
+        while True:
+            ids = await broker.purge_batch(queue, scheduled=scheduled, limit=BATCH)
+            total += len(ids)
+            listed += ids[: _LISTED - len(listed)]
+            for start in range(0, len(ids), BATCH):  # one batch, or all at once (no batches)
+                await _close(ctx, ids[start : start + BATCH])
+            if len(ids) < BATCH:
+                break
     if total:
         await ctx.record("purge", queue, listed, count=total, details={"scheduled": scheduled})
     return total
@@ -371,3 +390,52 @@ async def _close(ctx: Context, ids: list[str]) -> None:
     ]
     if updates:
         await results.update_many(updates, ctx.kernel.settings.result_ttl)
+
+
+class _Partial:
+    """An action over many batches that a failure may stop part-way: a BrokerError raised
+    inside ``async with`` after ``progress()`` (ids listed, tasks done) counts something is
+    raised again saying how far the action got, once what it did is audited (with
+    ``details.incomplete``) if the store still answers. The step under way then may or may
+    not have taken effect (a server that stopped answering may still carry it out); running
+    the action again finishes it, and nothing is done twice."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        action: str,
+        queue: str | None,
+        what: str,
+        progress: Callable[[], tuple[list[str], int]],
+    ) -> None:
+        self._ctx = ctx
+        self._action = action
+        self._queue = queue
+        self._what = what
+        self._progress = progress
+
+    def unless(self, dry_run: bool) -> contextlib.AbstractAsyncContextManager[object]:
+        """This, or (a dry run, which changes nothing) a context that adds nothing."""
+        return contextlib.nullcontext() if dry_run else self
+
+    async def __aenter__(self) -> _Partial:
+        return self
+
+    async def __aexit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if not isinstance(exc, BrokerError):
+            return
+        ids, done = self._progress()
+        if not done:
+            return
+        action, target = self._action, self._queue or "*"
+        try:
+            await self._ctx.record(action, target, ids, count=done, details={"incomplete": True})
+            audited = "audited as incomplete"
+        except BrokerError:
+            audited = "not audited: the result store did not answer either"
+        where = f" of {self._queue!r}" if self._queue else ""
+        raise BrokerError(
+            f"{action}{where} stopped after {done:,} tasks {self._what} ({audited}); the "
+            f"step under way may or may not have taken effect, and running it again "
+            f"finishes it: {exc}"
+        ) from exc

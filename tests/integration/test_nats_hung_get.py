@@ -1,6 +1,7 @@
-"""``get(timeout=...)`` on a NATS server that stopped answering keeps its timeout.
+"""Calls to a NATS server that stopped answering: ``get(timeout=...)`` keeps its timeout,
+and an operator action raises an error that says what happened.
 
-Before, the wait first read the record with the client's own 5-second bound, so a
+Before, the wait for a result first read the record with the client's own 5-second bound, so a
 ``get(timeout=1)`` raised ``BrokerError`` after 5 seconds. The app connects through a proxy
 that stops relaying while keeping every connection open (``tests/frozen_proxy.py``).
 """
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from taskflow import App
-from taskflow.errors import ResultTimeout
+from taskflow.errors import BrokerError, ResultTimeout
 from tests.frozen_proxy import frozen_proxy
 from tests.integration.nats_helpers import drop_prefix, shared_url
 
@@ -44,3 +45,28 @@ def test_get_on_a_hung_nats_server_raises_result_timeout_at_its_timeout(prefix: 
         finally:
             app.close()
     assert took < 2.0
+
+
+def test_operator_actions_on_a_hung_nats_server_say_it_stopped_answering(prefix: str) -> None:
+    with frozen_proxy(("127.0.0.1", 4222)) as proxy:
+        app = App("hung-nats", broker=f"nats://127.0.0.1:{proxy.port}?prefix={prefix}")
+
+        @app.task(name="hung.noop")
+        def noop() -> None: ...
+
+        try:
+            noop.delay()
+            assert [q.name for q in app.admin.queues()] == ["default"]
+            proxy.freeze()
+            started = time.monotonic()
+            with pytest.raises(BrokerError) as caught:
+                app.admin.purge("default")
+            took = time.monotonic() - started
+        finally:
+            app.close()
+    # Before: "NATS nats://...: TimeoutError: " (an empty message after the type).
+    assert str(caught.value) == (
+        f"NATS nats://127.0.0.1:{proxy.port}?prefix={prefix}: no reply in time (the server "
+        "stopped answering)"
+    )
+    assert took < 7.0  # the client's API timeout (5 s)

@@ -166,3 +166,60 @@ def test_operator_reads_on_a_hung_server_raise_broker_error_within_their_bound(
         assert isinstance(error, BrokerError), error
         assert f"127.0.0.1:{proxy.port}" in str(error)
         assert took < READ + 1.0
+
+
+def test_operator_actions_on_a_hung_server_raise_broker_error_within_their_bound(
+    app: App, proxy: FrozenProxy
+) -> None:
+    @app.task(name="hung.noop")
+    def noop() -> None: ...
+
+    waiting = noop.delay()
+    assert [q.name for q in app.admin.queues()] == ["default"]
+    proxy.freeze()
+    actions = {
+        "pause": lambda: app.admin.pause("default"),
+        "resume": lambda: app.admin.resume("default"),
+        "purge": lambda: app.admin.purge("default"),
+        "replay": lambda: app.admin.replay("default"),
+        "discard": lambda: app.admin.discard("default"),
+        "cancel": lambda: app.admin.cancel(waiting.id),
+    }
+    for name, action in actions.items():  # before: all but cancel waited for good
+        took, error = bounded(action, 20.0)
+        assert isinstance(error, BrokerError), (name, error)
+        assert "no reply within" in str(error), (name, error)
+        assert f"127.0.0.1:{proxy.port}" in str(error), (name, error)
+        assert took < CALL + 1.0, (name, took)
+
+
+def test_the_broker_side_of_a_cancel_on_a_hung_server_is_bounded(
+    app: App, proxy: FrozenProxy
+) -> None:
+    @app.task(name="hung.noop")
+    def noop() -> None: ...
+
+    waiting = noop.delay()
+    broker = app.kernel.broker
+    proxy.freeze()
+    took, error = bounded(lambda: app.kernel.call(broker.cancel(waiting.id, "default")), 20.0)
+    assert isinstance(error, BrokerError) and "no reply within" in str(error)
+    assert took < CALL + 1.0
+
+
+def test_record_writes_on_a_hung_server_raise_broker_error_within_their_bound(
+    app: App, proxy: FrozenProxy
+) -> None:
+    results = app.kernel.results
+    app.kernel.call(app.kernel.connect())
+    app.kernel.call(results.create_many([("t-1", {"status": "queued"})], 60.0))
+    proxy.freeze()
+    writes = {
+        "update": lambda: app.kernel.call(results.update("t-1", {"status": "running"}, 60.0)),
+        "set_nx": lambda: app.kernel.call(results.set_nx("k", "v", 60.0)),
+        "create": lambda: app.kernel.call(results.create_many([("t-2", {})], 60.0)),
+    }
+    for name, write in writes.items():  # before: each waited for good
+        took, error = bounded(write, 20.0)
+        assert isinstance(error, BrokerError) and "no reply within" in str(error), (name, error)
+        assert took < CALL + 1.0, (name, took)

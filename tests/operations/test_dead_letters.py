@@ -4,11 +4,13 @@ backend (workers run in-process with ``run_until_idle``)."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
+import taskflow.operations._dead as dead_module
 from taskflow import App
-from taskflow.errors import NotFound, TaskCancelled
+from taskflow.errors import BrokerError, NotFound, TaskCancelled
 from taskflow.message import TaskStatus
 from taskflow.testing import drain
 
@@ -228,3 +230,103 @@ def test_record_audits_an_action_done_through_another_api(app: App) -> None:
     (entry,) = app.admin.audit()
     assert (entry.action, entry.target, entry.actor) == ("schedule_pause", "nightly", "dave")
     assert entry.details == {"why": "incident"}
+
+
+def _fails_after(broker: Any, method: str, calls: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``broker.<method>`` answers ``calls`` times, then raises BrokerError (a server that
+    stopped answering part-way through an action)."""
+    real = getattr(broker, method)
+    answered = 0
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        nonlocal answered
+        if answered >= calls:
+            raise BrokerError("the server stopped answering")
+        answered += 1
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(broker, method, failing)
+
+
+def test_a_purge_stopped_part_way_says_how_far_it_got_and_audits_that_much(
+    app: App, queue: str, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dead_module, "BATCH", 2)
+    task = noop(app, queue)
+    results = [task.delay(i) for i in range(5)]
+    _fails_after(app.kernel.broker, "purge_batch", 1, monkeypatch)
+    with pytest.raises(BrokerError) as caught:
+        app.admin.as_actor("alice").purge(queue)
+    # A broker that purges in batches (Redis) stopped after the first; the others purge a
+    # queue in one step, and failed at the look for more.
+    purged = [r.id for r in results if r.status is TaskStatus.CANCELLED]
+    assert len(purged) == (2 if backend == "redis" else 5)
+    message = str(caught.value)
+    assert (
+        f"purge of {queue!r} stopped after {len(purged)} tasks purged (audited as incomplete)"
+        in message
+    )
+    assert "may or may not have taken effect" in message
+    assert message.endswith("the server stopped answering")
+    [entry] = app.admin.audit()
+    assert (entry.action, entry.actor, entry.count, entry.details) == (
+        "purge",
+        "alice",
+        len(purged),
+        {"incomplete": True},
+    )
+    assert sorted(entry.ids) == sorted(purged)
+    monkeypatch.undo()
+    assert app.admin.purge(queue) == 5 - len(purged)  # running it again finishes it
+
+
+def test_a_replay_and_a_discard_stopped_part_way_say_how_far_they_got(
+    app: App, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dead_module, "BATCH", 2)
+    ids = _dead(app, queue, 5)
+    _fails_after(app.kernel.broker, "requeue", 1, monkeypatch)
+    with pytest.raises(BrokerError, match=r"replay of .* stopped after 2 tasks replayed \(audited"):
+        app.admin.replay(queue)
+    _fails_after(app.kernel.broker, "discard_dead", 1, monkeypatch)
+    with pytest.raises(BrokerError, match=r"discard of .* stopped after 2 tasks discarded \(aud"):
+        app.admin.discard(queue)
+    entries = app.admin.audit()
+    assert [(e.action, e.count, e.details) for e in entries] == [
+        ("discard", 2, {"incomplete": True}),
+        ("replay", 2, {"incomplete": True}),
+    ]
+    assert entries[1].ids == ids[:2]
+    # The letter whose requeue failed went back as it was (its record failed again).
+    assert [d.task_id for d in app.admin.dead_letters(queue).items] == ids[4:]
+
+
+def test_an_action_that_fails_before_doing_anything_raises_the_error_as_it_was(
+    app: App, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    noop(app, queue).delay()
+    _fails_after(app.kernel.broker, "purge_batch", 0, monkeypatch)
+    with pytest.raises(BrokerError, match="^the server stopped answering$"):
+        app.admin.purge(queue)
+    assert app.admin.audit() == []
+
+
+def test_a_retry_stopped_part_way_says_how_far_it_got(
+    app: App, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dead_module, "BATCH", 2)
+    ids = _dead(app, queue, 5)
+    _fails_after(app.kernel.broker, "requeue", 1, monkeypatch)
+    with pytest.raises(BrokerError, match=r"^retry stopped after 2 tasks sent again \(audited"):
+        app.admin.retry(ids)
+    [entry] = app.admin.audit()
+    assert (entry.action, entry.target, entry.ids, entry.details) == (
+        "retry",
+        "*",
+        ids[:2],
+        {"incomplete": True},
+    )
+    monkeypatch.undo()
+    report = app.admin.retry_report(ids)  # running it again finishes it
+    assert report.replayed == 3
+    assert set(report.skipped) == set(ids[:2])
