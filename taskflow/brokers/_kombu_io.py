@@ -255,6 +255,9 @@ class IoThread:
         """Set where closing gave up on the server: no close handshake is tried."""
         self._retry_at = 0.0
         self._backoff = 0.1
+        self.blocked: str | None = None
+        """Why the server stopped taking this connection's messages (its
+        ``connection.blocked``: a resource alarm), until it says it takes them again."""
         self.control_queue = ""
         self.used: set[str] = set()
         """Every task queue this instance declared (for cleanup in tests and tools)."""
@@ -629,6 +632,8 @@ class IoThread:
             ssl=self.ssl,
             transport_options={
                 "confirm_publish": False,
+                "on_blocked": self._on_blocked,
+                "on_unblocked": self._on_unblocked,
                 # Shown by ``rabbitmqctl list_connections client_properties``.
                 "client_properties": {
                     "connection_name": f"taskflow {self.names.prefix} pid {os.getpid()}"
@@ -646,6 +651,7 @@ class IoThread:
         self.conn = conn
         self._amqp = conn.connection
         self.gen += 1
+        self.blocked = None  # a new connection is told again if the alarm holds
         self.work = conn.channel()
         self.work.basic_qos(0, 1, False)
         self.pub = conn.channel()
@@ -661,6 +667,20 @@ class IoThread:
         self._declare_control()
         self._backoff = 0.1
         self._upkeep_at = 0.0  # consumers for the fetches waiting across the reconnect
+
+    def _on_blocked(self, reason: str | None = None) -> None:
+        # From py-amqp, on this thread, while it reads the server's frames.
+        self.blocked = str(reason or "no reason given")
+        log.warning(
+            "AMQP broker %s stopped taking messages: %s (a resource alarm on the server, "
+            "low on memory or disk); sends fail until it clears",
+            mask_url(self.shown),
+            self.blocked,
+        )
+
+    def _on_unblocked(self) -> None:
+        self.blocked = None
+        log.warning("AMQP broker %s takes messages again", mask_url(self.shown))
 
     def _reconnect(self) -> None:
         now = time.monotonic()
@@ -878,6 +898,13 @@ class IoThread:
     def confirm(
         self, routing_key: str, body: bytes, priority: int, headers: dict[str, Any], mid: str
     ) -> None:
+        if self.blocked is not None:
+            # Written now, it would wait in the server's socket buffer for the alarm to
+            # clear, and its confirm with it: refused at once, it is certainly not sent.
+            raise BrokerError(
+                f"AMQP broker {mask_url(self.shown)} is not taking messages: "
+                f"{self.blocked} (a resource alarm on the server); message {mid} was not sent"
+            )
         msg = amqp.Message(
             body,
             delivery_mode=2,
@@ -896,6 +923,15 @@ class IoThread:
             ) from None
         except (TimeoutError, socket.timeout) as exc:  # noqa: UP041
             # The broker's answer never came: the message may or may not be there.
+            if self.blocked is not None:
+                # Held by a resource alarm, not lost: the connection is kept (dropped, it
+                # would hand back every delivery it holds, to the same alarm).
+                raise BrokerError(
+                    f"AMQP broker {mask_url(self.shown)}: no publisher confirm within "
+                    f"{self.confirm_timeout}s for message {mid}, which may or may not have "
+                    f"been written: the server stopped taking messages ({self.blocked}, a "
+                    "resource alarm)"
+                ) from None
             raise OSError(f"no publisher confirm within {self.confirm_timeout}s") from exc
 
     def send(  # noqa: PLR0917 - one message's parts
