@@ -46,8 +46,10 @@ there (:func:`no_reply`)."""
 
 CALL_TIMEOUT: Final = 10.0
 """Seconds a single command or pipeline (a record read, a heartbeat, an operator's
-look at a queue) waits for its reply before it raises BrokerError. Scripts that settle or
-fetch are not bounded by it: the worker bounds those itself (leases, stall checks)."""
+look at a queue), or a script off the worker's fetch and settle path (an operator's
+action, a record write: :meth:`Connection.ask`), waits for its reply before it raises
+BrokerError. Scripts that settle or fetch are not bounded by it: the worker bounds those
+itself (leases, stall checks)."""
 
 _SEND_PER_ITEM = 1e-4  # seconds a send may take per message (or record) beyond SEND_TIMEOUT
 _SEND_PER_BYTE = 1e-7  # and per byte of the bodies: a floor of 10 MB/s
@@ -392,6 +394,18 @@ class Connection:
         a server that stopped answering. Past ``CALL_TIMEOUT`` the script may or may not
         have run; the BrokerError says the server stopped answering."""
         return await self.call(self.run(script, args))
+
+    async def send(
+        self, script: str, args: Sequence[Any], what: str, items: int, size: int = 0
+    ) -> Any:
+        """:meth:`run` for a send of ``items`` messages or records (``size`` bytes of
+        bodies): bounded by :func:`send_timeout`, past which :func:`no_reply` says
+        ``what`` may or may not have been written."""
+        timeout = send_timeout(items, size)
+        try:
+            return await within(self.run(script, args), timeout)
+        except TimeoutError:
+            raise no_reply(self.masked, timeout, what) from None
 
     def sha(self, script: str) -> str:
         """The SHA1 of a registered script (for ``EVALSHA`` in a pipeline of one's own)."""

@@ -2,10 +2,10 @@
 
 Counting, purging and replaying are Lua (``admin.lua``) so they see one consistent state;
 peek and the dead-letter listing are plain pipelined reads. Every call, script or read, is
-bounded like a single command (``Connection.call``): an operator's action on a server
-that stopped answering raises BrokerError after ``CALL_TIMEOUT`` instead of waiting for
-good. A script cut short that way may or may not have run. The one exception is
-:meth:`RedisAdmin.requeue`, whose answer a replay needs (see there).
+bounded like a single command (``Connection.call``, ``Connection.ask``): an operator's
+action on a server that stopped answering raises BrokerError after ``CALL_TIMEOUT``
+instead of waiting for good. A script cut short that way may or may not have run. The one
+exception is :meth:`RedisAdmin.requeue`, whose answer a replay needs (see there).
 """
 
 from __future__ import annotations
@@ -29,13 +29,12 @@ class RedisAdmin(BrokerAdmin):
     admin_backend = "redis"
     dead_positions_shift = True
 
-    def __init__(self, conn: Connection, run: RunScript) -> None:
-        """Operator actions in ``conn``'s namespace; ``run`` runs the broker's scripts."""
+    def __init__(self, conn: Connection, run: RunScript, wait: RunScript) -> None:
+        """Operator actions in ``conn``'s namespace; ``run`` runs the broker's scripts
+        within ``CALL_TIMEOUT``, ``wait`` without a bound (:meth:`requeue` only)."""
         self._conn = conn
-        self._run_script = run
-
-    async def _run(self, script: str, args: Sequence[Any]) -> Any:
-        return await self._conn.call(self._run_script(script, args))
+        self._run = run
+        self._wait = wait
 
     async def depth(self, queue: str) -> dict[str, int]:
         """Counts of ``ready``, ``scheduled``, ``inflight`` and ``dead`` messages."""
@@ -212,7 +211,7 @@ class RedisAdmin(BrokerAdmin):
         # fails, and undoing them for messages a slow server moved after all would leave
         # live messages with finished records, which workers settle without running. The
         # answer is waited for (operations.md, "A server stopped answering").
-        return [_text(i) for i in await self._run_script("admin", args)]
+        return [_text(i) for i in await self._wait("admin", args)]
 
 
 def _text(value: bytes | str) -> str:

@@ -45,7 +45,6 @@ from .._redis.batcher import Batcher
 from .._redis.connection import Connection, RecordKeys, no_reply, send_timeout
 from .._redis.scripts import BROKER_SCRIPTS
 from .._redis.sync import SyncScript
-from .._waiters import within
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigError
 from ..urls import url_kwargs
@@ -259,7 +258,7 @@ class RedisBroker(Broker, DelegatedAdmin):
         self._settles: Batcher[SettleItem, Any] = Batcher(self._send_settles)
         self._settle = self._settles.submit
         self._waits = IdleWait(self._conn, self.clock)
-        self._admin = RedisAdmin(self._conn, self._run)
+        self._admin = RedisAdmin(self._conn, self._ask, self._run)
         self._sync_publish = SyncScript(
             self._conn.client_url, self.connect_timeout, "publish", self._conn.client_options
         )
@@ -300,7 +299,14 @@ class RedisBroker(Broker, DelegatedAdmin):
         self._sync_publish.close()
 
     async def _run(self, script: str, args: Sequence[Any]) -> Any:
-        return await self._conn.run(script, [self._conn.tag, repr(self.clock.time()), *args])
+        return await self._conn.run(script, self._script_args(args))
+
+    async def _ask(self, script: str, args: Sequence[Any]) -> Any:
+        """:meth:`_run` within ``CALL_TIMEOUT`` (``Connection.ask``): off the worker's path."""
+        return await self._conn.ask(script, self._script_args(args))
+
+    def _script_args(self, args: Sequence[Any]) -> list[Any]:
+        return [self._conn.tag, repr(self.clock.time()), *args]
 
     async def declare(self, queue: str, *, max_length: int | None = None) -> None:
         """Record ``max_length`` and this broker's ``dead_letter_limit`` for ``queue``
@@ -359,18 +365,15 @@ class RedisBroker(Broker, DelegatedAdmin):
 
     async def _publish(self, args: list[Any], messages: Sequence[Message]) -> None:
         check_size(messages, self._conn.masked)
-        timeout = _send_timeout(messages)
-        try:
-            reply = await within(self._run("publish", args), timeout)
-        except TimeoutError:
-            raise no_reply(self._conn.masked, timeout, "the messages") from None
-        check_published(reply)
+        size = sum(len(m.body) for m in messages)
+        sent = self._script_args(args)
+        check_published(await self._conn.send("publish", sent, "the messages", len(messages), size))
 
     def _publish_blocking(self, args: list[Any], messages: Sequence[Message]) -> None:
         check_size(messages, self._conn.masked)
-        timeout = _send_timeout(messages)
+        timeout = send_timeout(len(messages), sum(len(m.body) for m in messages))
         try:
-            reply = self._sync_publish([self._conn.tag, repr(self.clock.time()), *args], timeout)
+            reply = self._sync_publish(self._script_args(args), timeout)
         except RedisTimeoutError:
             raise no_reply(self._conn.masked, timeout, "the messages") from None
         except (RedisError, OSError) as exc:
@@ -494,7 +497,7 @@ class RedisBroker(Broker, DelegatedAdmin):
 
     async def cancel(self, message_id: str, queue: str) -> bool:
         """Remove a ready or scheduled message; True if it was removed."""
-        return bool(await self._conn.call(self._run("admin", ["cancel", queue, message_id])))
+        return bool(await self._ask("admin", ["cancel", queue, message_id]))
 
     # -- control channel -------------------------------------------------------------
     async def send_control(self, command: dict[str, Any]) -> None:
@@ -519,7 +522,3 @@ class RedisBroker(Broker, DelegatedAdmin):
         """Drop the current task's control cursor (a stopping worker calls this)."""
         if self._control is not None:
             self._control.forget()
-
-
-def _send_timeout(messages: Sequence[Message]) -> float:
-    return send_timeout(len(messages), sum(len(m.body) for m in messages))

@@ -40,8 +40,9 @@ READ_TIMEOUT: Final = 15.0
 ``dead_letters``, ``workers``, ``stats``, ``audit``, ``reveal``) may take before it raises
 BrokerError: past it, a server has stopped answering. Above the Redis ``CALL_TIMEOUT``
 (10 s), so that a single call's error, which names its server, comes first. Operations
-that change something are not cut short (a purge or a replay of a large queue may take
-longer)."""
+that change something are not bounded as a whole (a purge or a replay of a large queue
+may take longer); each of their steps is, by the backend's own bound (docs/operations.md,
+"A server stopped answering")."""
 
 
 def default_actor() -> str:

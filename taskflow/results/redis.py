@@ -28,7 +28,6 @@ from .._redis.batcher import BATCH, Batcher
 from .._redis.connection import Connection, RecordKeys, no_reply, send_timeout
 from .._redis.scripts import RESULT_SCRIPTS
 from .._redis.sync import SyncScript
-from .._waiters import within
 from ..clock import SYSTEM_CLOCK, Clock
 from ..urls import url_kwargs
 from . import _heartbeats_redis as heartbeats
@@ -210,14 +209,8 @@ class RedisResultStore(ResultStore):
         self._conn.client()
         if not items:
             return []
-        # Bounded as the synchronous create is: a large batch may rightly take a while.
-        timeout = send_timeout(len(items))
-        try:
-            written = await within(
-                self._conn.run("result_create", self._create_args(items, ttl)), timeout
-            )
-        except TimeoutError:
-            raise no_reply(self._conn.masked, timeout, "the records") from None
+        args = self._create_args(items, ttl)
+        written = await self._conn.send("result_create", args, "the records", len(items))
         if ttl is not None:
             await self._conn.call(self._expire_many([t for t, _ in items], ttl))
         return [bool(w) for w in written]
