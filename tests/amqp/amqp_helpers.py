@@ -1,5 +1,5 @@
-"""Helpers for the RabbitMQ tests: URLs under a fresh prefix, worker subprocesses, and
-``rabbitmqctl`` to close a process's connections."""
+"""Helpers for the RabbitMQ tests: URLs under a fresh prefix, messages for queue ``q``,
+worker subprocesses, and ``rabbitmqctl`` to close a process's connections."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from taskflow.brokers.base import Message
 from tests.conftest import require_service
 from tests.contract.backend_amqp import delete_topology
 
@@ -20,6 +21,11 @@ ROOT = Path(__file__).resolve().parents[2]
 APP_SPEC = "tests.amqp.amqp_worker_app:app"
 AMQP = "amqp://guest:guest@127.0.0.1:5672"
 REDIS = "redis://127.0.0.1:6379/0"
+
+
+def msg(body: bytes = b"x") -> Message:
+    """A message for queue ``q`` under a fresh id."""
+    return Message(id=uuid.uuid4().hex, queue="q", body=body, max_deliveries=5)
 
 
 def shared_urls(lease: float = 30.0) -> tuple[str, str, str]:

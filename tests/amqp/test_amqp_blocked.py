@@ -14,28 +14,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from taskflow.brokers.base import Message
 from taskflow.brokers.kombu import KombuBroker
 from taskflow.errors import BrokerError
 from tests.amqp import amqp_helpers as h
-from tests.contract.backend_amqp import delete_topology
+from tests.amqp.amqp_helpers import msg
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CONFIRM = 2.0  # confirm_timeout in this test
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    h.require_service("rabbitmq", "127.0.0.1", 5672)
-    name = f"tfamqp{uuid.uuid4().hex[:10]}"
-    yield name
-    delete_topology(name, {"q"})
 
 
 @pytest.fixture
@@ -56,10 +46,6 @@ def alarm() -> Iterator[tuple[str, str]]:
             if h.rabbitmqctl("eval", "rabbit_alarm:get_alarms().").strip() == "[]":
                 break
             time.sleep(0.1)
-
-
-def msg() -> Message:
-    return Message(id=uuid.uuid4().hex, queue="q", body=b"x", max_deliveries=5)
 
 
 async def until(condition: object, what: str, limit: float = 15.0) -> None:

@@ -12,32 +12,17 @@ import asyncio
 import logging
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 
 import pytest
 
 from taskflow.brokers._kombu_io import CLOSE_STEP
-from taskflow.brokers.base import Message
 from taskflow.brokers.kombu import KombuBroker
 from taskflow.errors import BrokerError
 from tests.amqp import amqp_helpers as h
-from tests.contract.backend_amqp import delete_topology
+from tests.amqp.amqp_helpers import msg
 from tests.frozen_proxy import frozen_proxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    h.require_service("rabbitmq", "127.0.0.1", 5672)
-    name = f"tfamqp{uuid.uuid4().hex[:10]}"
-    yield name
-    delete_topology(name, {"q"})
-
-
-def msg(body: bytes = b"x") -> Message:
-    return Message(id=uuid.uuid4().hex, queue="q", body=body, max_deliveries=5)
 
 
 def io_threads() -> list[str]:

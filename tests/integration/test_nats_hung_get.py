@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from taskflow import App
+from taskflow import App, Task
 from taskflow.errors import BrokerError, ResultTimeout
-from tests.frozen_proxy import frozen_proxy
+from tests.frozen_proxy import FrozenProxy, frozen_proxy
 from tests.integration.nats_helpers import drop_prefix, shared_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -28,42 +28,54 @@ def prefix() -> Iterator[str]:
     drop_prefix(url, name)
 
 
-def test_get_on_a_hung_nats_server_raises_result_timeout_at_its_timeout(prefix: str) -> None:
-    with frozen_proxy(("127.0.0.1", 4222)) as proxy:
-        app = App("hung-nats", broker=f"nats://127.0.0.1:{proxy.port}?prefix={prefix}")
+@pytest.fixture
+def proxy() -> Iterator[FrozenProxy]:
+    with frozen_proxy(("127.0.0.1", 4222)) as running:
+        yield running
 
-        @app.task(name="hung.noop")
-        def noop() -> None: ...
 
-        try:
-            result = noop.delay()  # no worker: it stays queued
-            proxy.freeze()
-            started = time.monotonic()
-            with pytest.raises(ResultTimeout):
-                result.get(timeout=1.0)
-            took = time.monotonic() - started
-        finally:
-            app.close()
+@pytest.fixture
+def app(prefix: str, proxy: FrozenProxy) -> Iterator[App]:
+    """An app on the shared NATS server through ``proxy``; closed after the test."""
+    hung = App("hung-nats", broker=f"nats://127.0.0.1:{proxy.port}?prefix={prefix}")
+    try:
+        yield hung
+    finally:
+        hung.close()
+
+
+@pytest.fixture
+def noop(app: App) -> Task[[], None]:
+    """A task of ``app`` that does nothing (no worker runs it: what it sends stays)."""
+
+    @app.task(name="hung.noop")
+    def noop() -> None: ...
+
+    return noop
+
+
+def test_get_on_a_hung_nats_server_raises_result_timeout_at_its_timeout(
+    proxy: FrozenProxy, noop: Task[[], None]
+) -> None:
+    result = noop.delay()  # no worker: it stays queued
+    proxy.freeze()
+    started = time.monotonic()
+    with pytest.raises(ResultTimeout):
+        result.get(timeout=1.0)
+    took = time.monotonic() - started
     assert took < 2.0
 
 
-def test_operator_actions_on_a_hung_nats_server_say_it_stopped_answering(prefix: str) -> None:
-    with frozen_proxy(("127.0.0.1", 4222)) as proxy:
-        app = App("hung-nats", broker=f"nats://127.0.0.1:{proxy.port}?prefix={prefix}")
-
-        @app.task(name="hung.noop")
-        def noop() -> None: ...
-
-        try:
-            noop.delay()
-            assert [q.name for q in app.admin.queues()] == ["default"]
-            proxy.freeze()
-            started = time.monotonic()
-            with pytest.raises(BrokerError) as caught:
-                app.admin.purge("default")
-            took = time.monotonic() - started
-        finally:
-            app.close()
+def test_operator_actions_on_a_hung_nats_server_say_it_stopped_answering(
+    prefix: str, app: App, proxy: FrozenProxy, noop: Task[[], None]
+) -> None:
+    noop.delay()
+    assert [q.name for q in app.admin.queues()] == ["default"]
+    proxy.freeze()
+    started = time.monotonic()
+    with pytest.raises(BrokerError) as caught:
+        app.admin.purge("default")
+    took = time.monotonic() - started
     # Before: "NATS nats://...: TimeoutError: " (an empty message after the type).
     assert str(caught.value) == (
         f"NATS nats://127.0.0.1:{proxy.port}?prefix={prefix}: no reply in time (the server "

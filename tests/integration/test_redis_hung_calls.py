@@ -21,7 +21,7 @@ import taskflow._redis.connection as redis_connection
 import taskflow._redis.sync as redis_sync
 import taskflow.kernel.enqueue as enqueue_module
 import taskflow.operations.admin as admin_module
-from taskflow import App
+from taskflow import App, Task
 from taskflow.errors import BrokerError, ResultTimeout
 from tests.frozen_proxy import FrozenProxy, frozen_proxy
 from tests.integration.redis_helpers import drop_prefix, shared_url
@@ -62,6 +62,16 @@ def app(prefix: str, proxy: FrozenProxy) -> Iterator[App]:
         hung.close()
 
 
+@pytest.fixture
+def noop(app: App) -> Task[[], None]:
+    """A task of ``app`` that does nothing (no worker runs it: what it sends stays)."""
+
+    @app.task(name="hung.noop")
+    def noop() -> None: ...
+
+    return noop
+
+
 def bounded(call: Callable[[], Any], limit: float) -> tuple[float, BaseException | None]:
     """Run ``call`` in a thread; (seconds it took, what it raised). Fails the test if it
     has not returned within ``limit`` seconds (the thread is left to the proxy's close)."""
@@ -84,11 +94,8 @@ def bounded(call: Callable[[], Any], limit: float) -> tuple[float, BaseException
 
 
 def test_delay_on_a_hung_server_raises_broker_error_within_its_bound(
-    app: App, proxy: FrozenProxy, caplog: pytest.LogCaptureFixture
+    app: App, proxy: FrozenProxy, noop: Task[[], None], caplog: pytest.LogCaptureFixture
 ) -> None:
-    @app.task(name="hung.noop")
-    def noop() -> None: ...
-
     noop.delay()  # connected, the publish script loaded
     proxy.freeze()
     with caplog.at_level(logging.WARNING, logger="taskflow.app"):
@@ -119,11 +126,8 @@ def test_an_async_send_on_a_hung_server_raises_broker_error_within_its_bound(
 
 
 def test_get_on_a_hung_server_raises_result_timeout_at_its_timeout(
-    app: App, proxy: FrozenProxy
+    app: App, proxy: FrozenProxy, noop: Task[[], None]
 ) -> None:
-    @app.task(name="hung.noop")
-    def noop() -> None: ...
-
     result = noop.delay()  # no worker: it stays queued
     proxy.freeze()
     took, error = bounded(lambda: result.get(timeout=1.0), 20.0)
@@ -134,11 +138,8 @@ def test_get_on_a_hung_server_raises_result_timeout_at_its_timeout(
 
 
 def test_status_on_a_hung_server_raises_broker_error_within_its_bound(
-    app: App, proxy: FrozenProxy
+    app: App, proxy: FrozenProxy, noop: Task[[], None]
 ) -> None:
-    @app.task(name="hung.noop")
-    def noop() -> None: ...
-
     result = noop.delay()
     assert result.status.value == "queued"
     proxy.freeze()
@@ -149,11 +150,8 @@ def test_status_on_a_hung_server_raises_broker_error_within_its_bound(
 
 
 def test_operator_reads_on_a_hung_server_raise_broker_error_within_their_bound(
-    app: App, proxy: FrozenProxy
+    app: App, proxy: FrozenProxy, noop: Task[[], None]
 ) -> None:
-    @app.task(name="hung.noop")
-    def noop() -> None: ...
-
     noop.delay()
     assert [q.name for q in app.admin.queues()] == ["default"]
     proxy.freeze()
@@ -169,11 +167,8 @@ def test_operator_reads_on_a_hung_server_raise_broker_error_within_their_bound(
 
 
 def test_operator_actions_on_a_hung_server_raise_broker_error_within_their_bound(
-    app: App, proxy: FrozenProxy
+    app: App, proxy: FrozenProxy, noop: Task[[], None]
 ) -> None:
-    @app.task(name="hung.noop")
-    def noop() -> None: ...
-
     waiting = noop.delay()
     assert [q.name for q in app.admin.queues()] == ["default"]
     proxy.freeze()
@@ -194,11 +189,8 @@ def test_operator_actions_on_a_hung_server_raise_broker_error_within_their_bound
 
 
 def test_the_broker_side_of_a_cancel_on_a_hung_server_is_bounded(
-    app: App, proxy: FrozenProxy
+    app: App, proxy: FrozenProxy, noop: Task[[], None]
 ) -> None:
-    @app.task(name="hung.noop")
-    def noop() -> None: ...
-
     waiting = noop.delay()
     broker = app.kernel.broker
     proxy.freeze()
