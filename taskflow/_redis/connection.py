@@ -46,8 +46,8 @@ there (:func:`no_reply`)."""
 
 CALL_TIMEOUT: Final = 10.0
 """Seconds a single command or pipeline (a record read, a heartbeat, an operator's
-look at a queue), or a script off the worker's fetch and settle path (an operator's
-action, a record write: :meth:`Connection.ask`), waits for its reply before it raises
+look at a queue), or a script off the worker's path (an operator's action, a batch of
+record writes: :meth:`Connection.ask`), waits for its reply before it raises
 BrokerError. Scripts that settle or fetch are not bounded by it: the worker bounds those
 itself (leases, stall checks)."""
 
@@ -389,10 +389,10 @@ class Connection:
             raise self.error(exc) from None
 
     async def ask(self, script: str, args: Sequence[Any]) -> Any:
-        """:meth:`run` bounded like :meth:`call`: for a script off the worker's fetch and
-        settle path (an operator's action, a record write), which must not wait for good on
-        a server that stopped answering. Past ``CALL_TIMEOUT`` the script may or may not
-        have run; the BrokerError says the server stopped answering."""
+        """:meth:`run` bounded like :meth:`call`: for a script off the worker's path (an
+        operator's action, a batch of record writes), which must not wait for good on a
+        server that stopped answering. Past ``CALL_TIMEOUT`` the script may or may not have
+        run; the BrokerError says the server stopped answering."""
         return await self.call(self.run(script, args))
 
     async def send(

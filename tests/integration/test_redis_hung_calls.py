@@ -202,13 +202,17 @@ def test_the_broker_side_of_a_cancel_on_a_hung_server_is_bounded(
 def test_record_writes_on_a_hung_server_raise_broker_error_within_their_bound(
     app: App, proxy: FrozenProxy
 ) -> None:
+    # Those off the worker's path: its own (``update``, canvas values) go unbounded with
+    # its fetches and settles (see RedisResultStore._send_updates).
     results = app.kernel.results
     app.kernel.call(app.kernel.connect())
     app.kernel.call(results.create_many([("t-1", {"status": "queued"})], 60.0))
     proxy.freeze()
     writes = {
-        "update": lambda: app.kernel.call(results.update("t-1", {"status": "running"}, 60.0)),
-        "set_nx": lambda: app.kernel.call(results.set_nx("k", "v", 60.0)),
+        "update_many": lambda: app.kernel.call(
+            results.update_many([("t-1", {"status": "cancelled"})], 60.0)
+        ),
+        "delete": lambda: app.kernel.call(results.delete("t-1")),
         "create": lambda: app.kernel.call(results.create_many([("t-2", {})], 60.0)),
     }
     for name, write in writes.items():  # before: each waited for good
