@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from . import _kombu_topology as topo
 from ._kombu_io import IoThread, Raw
-from .base import BrokerAdmin, DeadLetter, Message, Waiting
+from .base import BrokerAdmin, DeadLetter, Message, RequeueStopped, Waiting
 
 __all__ = ["KombuAdmin"]
 
@@ -269,11 +269,14 @@ class KombuAdmin(BrokerAdmin):
         return await self._io.call(replay)
 
     async def requeue(self, queue: str, messages: Sequence[Message]) -> list[str]:
+        """Move dead letters back one at a time (send, then ack the dead letter): a
+        failure after the first raises :class:`RequeueStopped` with those sent; the
+        message under way keeps its dead letter."""
         by_id = {m.id: m for m in messages}
+        moved: list[str] = []  # filled on the I/O thread, read here after its answer
 
         def requeue(io: IoThread) -> list[str]:
             io.declare_queue(queue)
-            moved: list[str] = []
 
             def decide(raw: Raw) -> str:
                 m = by_id.get(raw.id)
@@ -289,7 +292,12 @@ class KombuAdmin(BrokerAdmin):
             _sweep(io, io.names.dead(queue), queue, decide, kind="dead")
             return moved
 
-        return await self._io.call(requeue)
+        try:
+            return await self._io.call(requeue)
+        except Exception as exc:
+            if moved:
+                raise RequeueStopped(str(exc), list(moved)) from exc
+            raise
 
     async def known_queues(self) -> list[str]:
         raise self.unsupported("list its queues (AMQP has no queue listing)")

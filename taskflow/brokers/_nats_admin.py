@@ -10,23 +10,35 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from nats.aio.msg import Msg
-from nats.js.errors import NotFoundError
+from nats.errors import ConnectionClosedError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
+from .._nats.connection import API_TIMEOUT
 from .._nats.framing import raw_headers
 from .._nats.names import stream_name, subject_token, untoken
 from ..errors import BrokerError
 from ._nats_core import LEVELS, NatsCore
-from .base import BrokerAdmin, DeadLetter, Message, Waiting
+from .base import BrokerAdmin, DeadLetter, Message, RequeueStopped, Waiting
 
 __all__ = ["PAUSE_CACHE", "NatsAdmin"]
 
 PAUSE_CACHE = 2.0  # seconds a pause flag read from KV is trusted
+_RESEND_PAUSE = 0.5  # seconds between sends of a publish that got no answer
+
+
+def _unanswered(cause: BaseException | None) -> bool:
+    """Whether a failed publish may be sent again: the server gave no answer (or, 503,
+    had no stream leader to answer with), not a refusal; and the client is still open."""
+    if isinstance(cause, ConnectionClosedError):
+        return False
+    return not isinstance(cause, APIError) or isinstance(cause, ServiceUnavailableError)
 
 
 class NatsAdmin(BrokerAdmin):
@@ -173,12 +185,21 @@ class NatsAdmin(BrokerAdmin):
                 "Tf-Max": str(dead.extra.get("max_deliveries", 1)),
             }
             subject = self._core.work_subject(queue, int(dead.extra.get("priority", 0)), dead.id)
-            await self._conn.call(js.publish(subject, dead.body, headers=headers))
+            send = functools.partial(js.publish, subject, dead.body, headers=headers)
+            try:
+                await self._resend(send)
+            except BrokerError:
+                await self._notify(queue, count)
+                raise
             await self._conn.api(f"STREAM.MSG.DELETE.{self._core.dlq}", {"seq": int(raw["seq"])})
             count += 1
-        if count:
-            await self._core.notify(False, {(queue, level) for level in LEVELS})
+        await self._notify(queue, count)
         return count
+
+    async def _notify(self, queue: str, sent: int) -> None:
+        """Wake the fetchers of ``queue`` if ``sent`` messages went back to it."""
+        if sent:
+            await self._core.notify(False, {(queue, level) for level in LEVELS})
 
     async def requeue(self, queue: str, messages: Sequence[Message]) -> list[str]:
         """Republish dead letters as ``messages`` (matched by id) and remove them.
@@ -186,6 +207,12 @@ class NatsAdmin(BrokerAdmin):
         The publish carries the dead letter's own ``Nats-Msg-Id``, so two replays of one
         dead letter inside the stream's duplicate window store one message; only the
         replay whose delete removed the dead letter reports the id.
+
+        Messages move one at a time: a failure after the first raises
+        :class:`RequeueStopped` with those sent. A publish without an answer is sent
+        again with the same id until the server answers, for as long as the duplicate
+        window lets a second copy be recognised (:meth:`_resend`); after that, the dead
+        letter stays.
         """
         wanted = {m.id: m for m in messages}
         if not wanted:
@@ -206,12 +233,40 @@ class NatsAdmin(BrokerAdmin):
                 continue
             headers = {"Nats-Msg-Id": f"{dead.id}.y{raw['seq']}", "Tf-Max": str(msg.max_deliveries)}
             subject = self._core.work_subject(queue, msg.priority, dead.id)
-            await self._conn.call(js.publish(subject, msg.body, headers=headers))
-            if await self._drop_dead(int(raw["seq"])):
+            send = functools.partial(js.publish, subject, msg.body, headers=headers)
+            try:
+                await self._resend(send)
+            except BrokerError as exc:
+                await self._notify(queue, len(moved))
+                raise RequeueStopped(str(exc), moved) from exc
+            try:
+                dropped = await self._drop_dead(int(raw["seq"]))
+            except BrokerError as exc:  # sent: live again, its dead letter maybe still there
+                await self._notify(queue, 1)
+                raise RequeueStopped(str(exc), [*moved, dead.id]) from exc
+            if dropped:
                 moved.append(dead.id)
-        if moved:
-            await self._core.notify(False, {(queue, level) for level in LEVELS})
+        await self._notify(queue, len(moved))
         return moved
+
+    async def _resend(self, publish: Callable[[], Awaitable[object]]) -> None:
+        """Run ``publish`` (one deduplicated JetStream publish) until the server answers.
+
+        A publish without an answer may have been stored. Sent again with the same
+        ``Nats-Msg-Id`` within the stream's duplicate window, it is stored at most once and
+        its answer says so; past the window, a second send could store a second copy, so
+        the last send starts before it closes. A definite refusal (the server answered
+        with an error) or a closed connection is raised at once.
+        """
+        window_ends = time.monotonic() + self._core.dedup_window - 2 * API_TIMEOUT
+        while True:
+            try:
+                await self._conn.call(publish())
+                return
+            except BrokerError as exc:
+                if not _unanswered(exc.__cause__) or time.monotonic() >= window_ends:
+                    raise
+            await asyncio.sleep(_RESEND_PAUSE)
 
     # -- operator listings ---------------------------------------------------------------
     async def known_queues(self) -> list[str]:

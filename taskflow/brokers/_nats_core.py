@@ -28,10 +28,14 @@ from ._nats_pull import Puller
 from ._nats_signals import Signals
 from .base import DeadLetter
 
-__all__ = ["LEVELS", "NatsCore"]
+__all__ = ["DEDUP_WINDOW", "LEVELS", "NatsCore"]
 
 LEVELS = range(9, -1, -1)
 """Priority levels in fetch order: strict priority means the highest level is pulled first."""
+
+DEDUP_WINDOW = 120.0
+"""Seconds of the streams' duplicate window when taskflow creates them: a publish sent
+again with the same ``Nats-Msg-Id`` within it is stored once."""
 
 _ERROR_ROOM = 4096  # bytes of error text a dead letter's Tf-Error header keeps
 
@@ -55,6 +59,8 @@ class NatsCore:
         self._declared: set[str] = set()
         self._consuming: set[str] = set()
         self._ack_waits: dict[str, float] = {}
+        # Seconds within which the work stream stores one message per ``Nats-Msg-Id``.
+        self.dedup_window = DEDUP_WINDOW
         self._lost: list[DeadLetter] = []
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -70,11 +76,12 @@ class NatsCore:
 
     # -- streams and consumers -------------------------------------------------------
     async def ensure_stream(self, name: str, subject: str, retention: str) -> None:
-        """Create the stream ``name`` over ``subject`` unless it exists."""
+        """Create the stream ``name`` over ``subject`` unless it exists (the work
+        stream's duplicate window, which may have been set by hand, is kept)."""
         try:
-            await self.conn.api(f"STREAM.INFO.{name}", {})
+            info = await self.conn.api(f"STREAM.INFO.{name}", {})
         except NotFoundError:
-            await self.conn.api(
+            info = await self.conn.api(
                 f"STREAM.CREATE.{name}",
                 {
                     "name": name,
@@ -82,10 +89,14 @@ class NatsCore:
                     "retention": retention,
                     "storage": "file",
                     "discard": "old",
-                    "duplicate_window": 120_000_000_000,
+                    "duplicate_window": int(DEDUP_WINDOW * 1e9),
                     "num_replicas": 1,
                 },
             )
+        if name == self.work:
+            window = (info.get("config") or {}).get("duplicate_window")
+            if window:
+                self.dedup_window = int(window) / 1e9
 
     async def ensure_consumer(
         self, stream: str, durable: str, subject: str, ack_wait: float, *, update: bool = True

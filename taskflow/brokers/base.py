@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..errors import Unsupported
+from ..errors import BrokerError, Unsupported
 from ..urls import mask_url
 from .limits import ClusterLimiter
 
@@ -42,8 +42,23 @@ __all__ = [
     "Delivery",
     "FetchResult",
     "Message",
+    "RequeueStopped",
     "Waiting",
 ]
+
+
+class RequeueStopped(BrokerError):
+    """A :meth:`BrokerAdmin.requeue` that failed after moving some of its messages.
+
+    ``sent`` are the ids whose message is live again (their dead letter removed, or, if
+    removing it failed, still there beside it); every other id of the call was not sent,
+    or its send got no answer and its dead letter is still there. The message is the
+    error that stopped it.
+    """
+
+    def __init__(self, message: str, sent: Sequence[str]) -> None:
+        super().__init__(message)
+        self.sent = tuple(sent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,6 +407,11 @@ class BrokerAdmin(abc.ABC):
         Each move is atomic and happens once: a message whose id is not (or no longer) a
         dead letter of ``queue`` is skipped, so concurrent replays never make a second
         live copy of one id. Returns the ids moved.
+
+        A broker that moves the messages one at a time and fails after the first raises
+        :class:`RequeueStopped` naming those it sent (their tasks are live again: the
+        caller must not take their restart back); a message whose send got no answer
+        keeps its dead letter.
         """
 
     async def purge_batch(self, queue: str, *, scheduled: bool, limit: int) -> list[str]:

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from .. import codec
-from ..brokers.base import BrokerAdmin, Message
+from ..brokers.base import BrokerAdmin, Message, RequeueStopped
 from ..brokers.base import DeadLetter as BrokerDeadLetter
 from ..errors import BrokerError, ConfigError, PayloadError
 from ..message import TaskStatus
@@ -224,18 +224,31 @@ async def _replay_batch(
     messages = [fresh_message(ctx, d, queue) for d in sendable]
     try:
         moved = set(await broker.requeue(queue, messages)) if messages else set()
-    except BaseException:
-        await asyncio.gather(*(undo_restart(ctx, tid, r) for tid, r in restarted.items()))
+    except RequeueStopped as exc:
+        # Those it sent are live tasks again: their restart stays (taken back, a worker
+        # would settle them without running them, and their dead letters are gone).
+        sent = set(exc.sent)
+        await _undo_restarts(ctx, {t: r for t, r in restarted.items() if t not in sent})
+        _count_replayed(rep, [d for d in sendable if d.id in sent])
         raise
-    undo = [(tid, r) for tid, r in restarted.items() if tid not in moved]
-    await asyncio.gather(*(undo_restart(ctx, tid, r) for tid, r in undo))
+    except BaseException:
+        await _undo_restarts(ctx, restarted)
+        raise
+    await _undo_restarts(ctx, {t: r for t, r in restarted.items() if t not in moved})
+    _count_replayed(rep, [d for d in sendable if d.id in moved])
     for d in sendable:
-        if d.id in moved:
-            rep.replayed += 1
-            if len(rep.done) < _LISTED:
-                rep.done.append(d.id)
-        else:
+        if d.id not in moved:
             rep.skip(d.id, "no longer a dead letter (replayed meanwhile or sent again)")
+
+
+def _count_replayed(rep: _Report, letters: Sequence[BrokerDeadLetter]) -> None:
+    rep.replayed += len(letters)
+    rep.done += [d.id for d in letters][: max(0, _LISTED - len(rep.done))]
+
+
+async def _undo_restarts(ctx: Context, restarted: dict[str, dict[str, Any]]) -> None:
+    """Take back the restarts of records whose dead letters did not move."""
+    await asyncio.gather(*(undo_restart(ctx, tid, r) for tid, r in restarted.items()))
 
 
 async def undo_restart(ctx: Context, task_id: str, record: dict[str, Any]) -> None:

@@ -21,7 +21,8 @@ import pytest
 from taskflow import App
 from taskflow.brokers import _kombu_topology as topo
 from taskflow.brokers import broker_from_url
-from taskflow.brokers.base import Message
+from taskflow.brokers._kombu_io import IoThread
+from taskflow.brokers.base import Message, RequeueStopped
 from taskflow.brokers.kombu import KombuBroker
 from taskflow.errors import BrokerError, ConfigError
 from tests.amqp import amqp_helpers as h
@@ -359,6 +360,46 @@ def test_no_x_death_header_survives_into_a_dead_letter_or_a_replay(
     headers = headers_of(topo.Names(prefix).work("q"))
     assert headers["tf-id"] and not [k for k in headers if k.startswith("x-")]
     assert "tf-reason" not in headers
+
+
+def test_a_requeue_stopped_part_way_names_what_it_sent_and_keeps_the_rest_dead(
+    loop: asyncio.AbstractEventLoop, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dead letters move back one at a time (send, then ack the dead letter): the replay
+    that called must learn which tasks are live again, or it takes their restart back
+    and a worker settles them without running them."""
+    broker = broker_on(loop, prefix)
+    real_send = IoThread.send
+    sends: list[str] = []
+
+    def send(self: IoThread, queue: str, mid: str, *args: Any, **kw: Any) -> None:
+        sends.append(mid)
+        if len(sends) == 2:
+            raise BrokerError("the server stopped answering")
+        real_send(self, queue, mid, *args, **kw)
+
+    async def body() -> None:
+        sent = [msg("q", f"b{i}".encode()) for i in range(3)]
+        await broker.publish(sent)
+        taken: list[Any] = []
+        while len(taken) < 3:
+            taken += await broker.fetch(["q"], 3, 5.0)
+        for delivery in taken:
+            assert await delivery.dead_letter("failed", "no")
+        monkeypatch.setattr(IoThread, "send", send)
+        again = [Message(m.id, "q", b"again") for m in sent]
+        with pytest.raises(RequeueStopped, match="stopped answering") as caught:
+            await broker.requeue("q", again)
+        monkeypatch.undo()
+        assert caught.value.sent == (sends[0],)
+        dead = await broker.dead_letters("q")
+        assert sorted(d.id for d in dead) == sorted(m.id for m in sent if m.id != sends[0])
+        (back,) = await broker.fetch(["q"], 3, 5.0)
+        assert (back.id, back.body) == (sends[0], b"again")
+        assert await back.ack()
+        await broker.close()
+
+    run(loop, body())
 
 
 def test_heartbeats_keep_an_idle_connection_open(
