@@ -15,11 +15,11 @@ process's own), page dead letters by a stable position, or import dead letters.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from . import _kombu_topology as topo
 from ._kombu_io import IoThread, Raw
-from .base import BrokerAdmin, DeadLetter, Message, RequeueStopped, Waiting
+from .base import BrokerAdmin, DeadLetter, Message, StoppedPartWay, Waiting
 
 __all__ = ["KombuAdmin"]
 
@@ -28,11 +28,22 @@ Decide = Callable[[Raw], str]
 
 _SWEEP_MAX = 100_000
 
+T = TypeVar("T")
 
-def _sweep(io: IoThread, name: str, queue: str, decide: Decide, *, kind: str) -> list[Raw]:
+
+def _sweep(
+    io: IoThread,
+    name: str,
+    queue: str,
+    decide: Decide,
+    *,
+    kind: str,
+    dropped: list[str] | None = None,
+) -> list[Raw]:
     """Take every message of the queue ``name`` (``kind``: ``work``, ``scheduled`` or
     ``dead``); put back those ``decide`` keeps (in order), drop the others; every message
-    taken, in order."""
+    taken, in order. The ids of those dropped are added to ``dropped`` one by one, so that
+    a caller knows them if the sweep fails part-way."""
     io.require()
     channel = io.conn.channel()
     taken: list[tuple[Raw, int]] = []
@@ -44,7 +55,8 @@ def _sweep(io: IoThread, name: str, queue: str, decide: Decide, *, kind: str) ->
             raw = _raw(queue, message)
             taken.append((raw, int(message.delivery_info["delivery_tag"])))
         for raw, tag in taken:
-            if decide(raw) != "keep":
+            drop = decide(raw) != "keep"
+            if drop:
                 pass
             elif kind == "dead":
                 headers = {k: v for k, v in raw.headers.items() if not k.startswith("x-")}
@@ -56,6 +68,8 @@ def _sweep(io: IoThread, name: str, queue: str, decide: Decide, *, kind: str) ->
                 headers = {k: v for k, v in raw.headers.items() if k in _KEPT}
                 io.send(queue, raw.id, raw.body, raw.priority, headers, due)
             channel.basic_ack(tag)
+            if drop and dropped is not None:
+                dropped.append(raw.id)
     finally:
         # Anything not acked (an error half-way) goes back to the queue with the channel.
         channel.close()
@@ -152,6 +166,10 @@ class KombuAdmin(BrokerAdmin):
         return await self._io.call(look)
 
     async def purge_ids(self, queue: str, *, scheduled: bool = True) -> list[str]:
+        """Sweep the queue's parts, dropping every message (a failure after the first
+        drop raises :class:`StoppedPartWay` with those dropped)."""
+        ids: list[str] = []  # filled on the I/O thread, read here after its answer
+
         def purge(io: IoThread) -> list[str]:
             io.declare_queue(queue)
             io.release(queue)
@@ -160,14 +178,22 @@ class KombuAdmin(BrokerAdmin):
                 # In the order messages move (see cancel), the work queue again at the end.
                 names += [io.names.level(queue, lv) for lv in io.levels(queue)]
                 names.append(io.names.work(queue))
-            ids: list[str] = []
             for name in names:
                 if io.count(name):
-                    drop = _sweep(io, name, queue, lambda _r: "drop", kind="work")
-                    ids += [raw.id for raw in drop]
+                    _sweep(io, name, queue, lambda _r: "drop", kind="work", dropped=ids)
             return ids
 
-        return await self._io.call(purge)
+        return await self._partly(purge, ids)
+
+    async def _partly(self, fn: Callable[[IoThread], T], done: list[str]) -> T:
+        """``fn`` on the I/O thread; if it fails after adding ids to ``done``, the error
+        is raised as :class:`StoppedPartWay` naming them."""
+        try:
+            return await self._io.call(fn)
+        except Exception as exc:
+            if done:
+                raise StoppedPartWay(str(exc), list(done)) from exc
+            raise
 
     async def cancel(self, message_id: str, queue: str) -> bool:
         """Remove one ready or scheduled message by id (a sweep of its queue's parts)."""
@@ -226,19 +252,21 @@ class KombuAdmin(BrokerAdmin):
 
     async def discard_dead(self, queue: str, ids: Sequence[str]) -> list[str]:
         wanted = set(ids)
+        gone: list[str] = []  # filled on the I/O thread, read here after its answer
 
         def discard(io: IoThread) -> list[str]:
             io.declare_queue(queue)
-            taken = _sweep(
+            _sweep(
                 io,
                 io.names.dead(queue),
                 queue,
                 lambda r: "drop" if r.id in wanted else "keep",
                 kind="dead",
+                dropped=gone,
             )
-            return [raw.id for raw in taken if raw.id in wanted]
+            return gone
 
-        return await self._io.call(discard)
+        return await self._partly(discard, gone)
 
     async def replay(self, queue: str, ids: Sequence[str] | None = None) -> int:
         wanted = None if ids is None else set(ids)
@@ -270,7 +298,7 @@ class KombuAdmin(BrokerAdmin):
 
     async def requeue(self, queue: str, messages: Sequence[Message]) -> list[str]:
         """Move dead letters back one at a time (send, then ack the dead letter): a
-        failure after the first raises :class:`RequeueStopped` with those sent; the
+        failure after the first raises :class:`StoppedPartWay` with those sent; the
         message under way keeps its dead letter."""
         by_id = {m.id: m for m in messages}
         moved: list[str] = []  # filled on the I/O thread, read here after its answer
@@ -292,12 +320,7 @@ class KombuAdmin(BrokerAdmin):
             _sweep(io, io.names.dead(queue), queue, decide, kind="dead")
             return moved
 
-        try:
-            return await self._io.call(requeue)
-        except Exception as exc:
-            if moved:
-                raise RequeueStopped(str(exc), list(moved)) from exc
-            raise
+        return await self._partly(requeue, moved)
 
     async def known_queues(self) -> list[str]:
         raise self.unsupported("list its queues (AMQP has no queue listing)")

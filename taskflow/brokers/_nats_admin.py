@@ -25,7 +25,7 @@ from .._nats.framing import raw_headers
 from .._nats.names import stream_name, subject_token, untoken
 from ..errors import BrokerError
 from ._nats_core import LEVELS, NatsCore
-from .base import BrokerAdmin, DeadLetter, Message, RequeueStopped, Waiting
+from .base import BrokerAdmin, DeadLetter, Message, StoppedPartWay, Waiting
 
 __all__ = ["PAUSE_CACHE", "NatsAdmin"]
 
@@ -96,31 +96,37 @@ class NatsAdmin(BrokerAdmin):
         return out
 
     async def purge_ids(self, queue: str, *, scheduled: bool = True) -> list[str]:
-        """Drop the queue's ready (and scheduled) messages; their ids."""
+        """Drop the queue's ready (and scheduled) messages, one at a time; their ids (a
+        failure after the first raises :class:`StoppedPartWay` with those dropped)."""
         await self._core.ensure_queue(queue)
         ids: list[str] = []
-        for level in LEVELS:
-            ids += await self._drain_level(queue, level)
-        if not scheduled:
-            return ids
-        later = await self._core.scan(
-            self._core.delays, f"{self._core.root}.d.{subject_token(queue)}.*", 1, 10_000_000
-        )
-        for raw in later:
-            if await self._core.delete(self._core.delays, int(raw["seq"]), "delay"):
-                ids.append(_id_of(str(raw["subject"])))
+        try:
+            for level in LEVELS:
+                await self._drain_level(queue, level, ids)
+            if not scheduled:
+                return ids
+            later = await self._core.scan(
+                self._core.delays, f"{self._core.root}.d.{subject_token(queue)}.*", 1, 10_000_000
+            )
+            for raw in later:
+                if await self._core.delete(self._core.delays, int(raw["seq"]), "delay"):
+                    ids.append(_id_of(str(raw["subject"])))
+        except BrokerError as exc:
+            if ids:
+                raise StoppedPartWay(str(exc), ids) from exc
+            raise
         return ids
 
-    async def _drain_level(self, queue: str, level: int) -> list[str]:
+    async def _drain_level(self, queue: str, level: int, ids: list[str]) -> None:
+        """Drop the ready messages of one level, adding their ids to ``ids``."""
         # Pull-and-ack rather than a filtered purge: see NatsCore.delete on 2.9's consumers.
-        ids: list[str] = []
         while True:
             msgs = await self._core.pull(self._core.work, self._core.consumer(queue, level), 256)
             for msg in msgs:
                 await self._core.ack(msg)
                 ids.append(_id_of(msg.subject))
             if len(msgs) < 256:
-                return ids
+                return
 
     async def _set_paused(self, queue: str, paused: bool) -> None:
         kv = await self._conn.call(
@@ -209,7 +215,7 @@ class NatsAdmin(BrokerAdmin):
         replay whose delete removed the dead letter reports the id.
 
         Messages move one at a time: a failure after the first raises
-        :class:`RequeueStopped` with those sent. A publish without an answer is sent
+        :class:`StoppedPartWay` with those sent. A publish without an answer is sent
         again with the same id until the server answers, for as long as the duplicate
         window lets a second copy be recognised (:meth:`_resend`); after that, the dead
         letter stays.
@@ -238,12 +244,12 @@ class NatsAdmin(BrokerAdmin):
                 await self._resend(send)
             except BrokerError as exc:
                 await self._notify(queue, len(moved))
-                raise RequeueStopped(str(exc), moved) from exc
+                raise StoppedPartWay(str(exc), moved) from exc
             try:
                 dropped = await self._drop_dead(int(raw["seq"]))
             except BrokerError as exc:  # sent: live again, its dead letter maybe still there
                 await self._notify(queue, 1)
-                raise RequeueStopped(str(exc), [*moved, dead.id]) from exc
+                raise StoppedPartWay(str(exc), [*moved, dead.id]) from exc
             if dropped:
                 moved.append(dead.id)
         await self._notify(queue, len(moved))
@@ -353,17 +359,23 @@ class NatsAdmin(BrokerAdmin):
         return [dead_letter_from_raw(raw, queue) for raw in raws if raw is not None]
 
     async def discard_dead(self, queue: str, ids: Sequence[str]) -> list[str]:
-        """Delete these dead letters by sequence."""
+        """Delete these dead letters by sequence, one at a time (a failure after the
+        first raises :class:`StoppedPartWay` with those deleted)."""
         core = self._core
         qt = subject_token(queue)
         gone: list[str] = []
-        for mid in dict.fromkeys(ids):
-            subject = f"{core.root}.dlq.{qt}.{subject_token(mid)}"
-            while (raw := await self._last(core.dlq, subject)) is not None:
-                if not await self._drop_dead(int(raw["seq"])):
-                    break
-                if mid not in gone:
-                    gone.append(mid)
+        try:
+            for mid in dict.fromkeys(ids):
+                subject = f"{core.root}.dlq.{qt}.{subject_token(mid)}"
+                while (raw := await self._last(core.dlq, subject)) is not None:
+                    if not await self._drop_dead(int(raw["seq"])):
+                        break
+                    if mid not in gone:
+                        gone.append(mid)
+        except BrokerError as exc:
+            if gone:
+                raise StoppedPartWay(str(exc), gone) from exc
+            raise
         return gone
 
     async def add_dead(self, letters: Sequence[DeadLetter]) -> None:

@@ -42,23 +42,25 @@ __all__ = [
     "Delivery",
     "FetchResult",
     "Message",
-    "RequeueStopped",
+    "StoppedPartWay",
     "Waiting",
 ]
 
 
-class RequeueStopped(BrokerError):
-    """A :meth:`BrokerAdmin.requeue` that failed after moving some of its messages.
+class StoppedPartWay(BrokerError):
+    """An action over many messages, made one at a time, that failed after some.
 
-    ``sent`` are the ids whose message is live again (their dead letter removed, or, if
-    removing it failed, still there beside it); every other id of the call was not sent,
-    or its send got no answer and its dead letter is still there. The message is the
-    error that stopped it.
+    ``done`` are the ids it had finished with: for :meth:`BrokerAdmin.requeue` those
+    whose message is live again (their dead letter removed, or, if removing it failed,
+    still there beside it); for ``purge_ids``/``purge_batch`` and ``discard_dead`` those
+    removed. The one under way when it failed is not among them: its outcome is unknown
+    (a purge's or a discard's message may be gone; a requeue's keeps its dead letter).
+    The message is the error that stopped it.
     """
 
-    def __init__(self, message: str, sent: Sequence[str]) -> None:
+    def __init__(self, message: str, done: Sequence[str]) -> None:
         super().__init__(message)
-        self.sent = tuple(sent)
+        self.done = tuple(done)
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,9 +411,10 @@ class BrokerAdmin(abc.ABC):
         live copy of one id. Returns the ids moved.
 
         A broker that moves the messages one at a time and fails after the first raises
-        :class:`RequeueStopped` naming those it sent (their tasks are live again: the
+        :class:`StoppedPartWay` naming those it sent (their tasks are live again: the
         caller must not take their restart back); a message whose send got no answer
-        keeps its dead letter.
+        keeps its dead letter. ``purge_ids``, ``purge_batch`` and ``discard_dead`` raise
+        it the same way, naming what they removed.
         """
 
     async def purge_batch(self, queue: str, *, scheduled: bool, limit: int) -> list[str]:

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from .. import codec
-from ..brokers.base import BrokerAdmin, Message, RequeueStopped
+from ..brokers.base import BrokerAdmin, Message, StoppedPartWay
 from ..brokers.base import DeadLetter as BrokerDeadLetter
 from ..errors import BrokerError, ConfigError, PayloadError
 from ..message import TaskStatus
@@ -224,10 +224,10 @@ async def _replay_batch(
     messages = [fresh_message(ctx, d, queue) for d in sendable]
     try:
         moved = set(await broker.requeue(queue, messages)) if messages else set()
-    except RequeueStopped as exc:
+    except StoppedPartWay as exc:
         # Those it sent are live tasks again: their restart stays (taken back, a worker
         # would settle them without running them, and their dead letters are gone).
-        sent = set(exc.sent)
+        sent = set(exc.done)
         await _undo_restarts(ctx, {t: r for t, r in restarted.items() if t not in sent})
         _count_replayed(rep, [d for d in sendable if d.id in sent])
         raise
@@ -295,9 +295,15 @@ async def discard(ctx: Context, queue: str | None, filters: Filters, dry_run: bo
         for name in await ctx.scope(queue):
             async for batch in _walk(broker, name, filters):
                 ids = [d.id for d in batch]
-                removed = ids if dry_run else await broker.discard_dead(name, ids)
-                count += len(removed)
-                gone += removed[: _LISTED - len(gone)]
+                removed: list[str] = []
+                try:
+                    removed = ids if dry_run else await broker.discard_dead(name, ids)
+                except StoppedPartWay as exc:
+                    removed = list(exc.done)
+                    raise
+                finally:
+                    count += len(removed)
+                    gone += removed[: _LISTED - len(gone)]
     if not dry_run and count:
         await ctx.record("discard", queue or "*", gone, count=count)
     return count
@@ -374,11 +380,19 @@ async def purge(ctx: Context, queue: str, scheduled: bool, dry_run: bool) -> int
     listed: list[str] = []
     async with _Partial(ctx, "purge", queue, "purged", lambda: (listed, total)):
         while True:
-            ids = await broker.purge_batch(queue, scheduled=scheduled, limit=BATCH)
+            try:
+                ids = await broker.purge_batch(queue, scheduled=scheduled, limit=BATCH)
+            except StoppedPartWay as exc:  # those dropped still have their records closed
+                ids = list(exc.done)
+                stopped: StoppedPartWay | None = exc
+            else:
+                stopped = None
             total += len(ids)
             listed += ids[: _LISTED - len(listed)]
             for start in range(0, len(ids), BATCH):  # one batch, or all at once (no batches)
                 await _close(ctx, ids[start : start + BATCH])
+            if stopped is not None:
+                raise stopped
             if len(ids) < BATCH:
                 break
     if total:

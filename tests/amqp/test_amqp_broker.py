@@ -22,7 +22,7 @@ from taskflow import App
 from taskflow.brokers import _kombu_topology as topo
 from taskflow.brokers import broker_from_url
 from taskflow.brokers._kombu_io import IoThread
-from taskflow.brokers.base import Message, RequeueStopped
+from taskflow.brokers.base import Message, StoppedPartWay
 from taskflow.brokers.kombu import KombuBroker
 from taskflow.errors import BrokerError, ConfigError
 from tests.amqp import amqp_helpers as h
@@ -193,9 +193,9 @@ def test_a_sweep_finds_a_scheduled_message_that_moves_on_while_it_runs(
     real = _kombu_admin._sweep
     moved: list[str] = []
 
-    def sweep(io: Any, name: str, queue: str, decide: Any, *, kind: str) -> Any:
+    def sweep(io: Any, name: str, queue: str, decide: Any, *, kind: str, **kw: Any) -> Any:
         if name == io.names.work(queue) or moved:
-            return real(io, name, queue, decide, kind=kind)
+            return real(io, name, queue, decide, kind=kind, **kw)
         # What RabbitMQ does when the message's level expires while the sweep runs: the
         # message leaves it for the work queue, or for the level of its next bit (here a
         # second from now: below the hour's level, which was swept first).
@@ -388,15 +388,44 @@ def test_a_requeue_stopped_part_way_names_what_it_sent_and_keeps_the_rest_dead(
             assert await delivery.dead_letter("failed", "no")
         monkeypatch.setattr(IoThread, "send", send)
         again = [Message(m.id, "q", b"again") for m in sent]
-        with pytest.raises(RequeueStopped, match="stopped answering") as caught:
+        with pytest.raises(StoppedPartWay, match="stopped answering") as caught:
             await broker.requeue("q", again)
         monkeypatch.undo()
-        assert caught.value.sent == (sends[0],)
+        assert caught.value.done == (sends[0],)
         dead = await broker.dead_letters("q")
         assert sorted(d.id for d in dead) == sorted(m.id for m in sent if m.id != sends[0])
         (back,) = await broker.fetch(["q"], 3, 5.0)
         assert (back.id, back.body) == (sends[0], b"again")
         assert await back.ack()
+        await broker.close()
+
+    run(loop, body())
+
+
+def test_a_purge_stopped_part_way_names_what_it_dropped_and_keeps_the_rest(
+    loop: asyncio.AbstractEventLoop, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A purge acks the messages it drops one at a time: the operator's purge must learn
+    which ones went, to close their records; the others go back to the queue."""
+    broker = broker_on(loop, prefix)
+    real_ack = amqp.Channel.basic_ack
+    acks: list[int] = []
+
+    def ack(self: amqp.Channel, tag: int, *args: Any, **kw: Any) -> Any:
+        acks.append(tag)
+        if len(acks) == 2:
+            raise BrokerError("the server stopped answering")
+        return real_ack(self, tag, *args, **kw)
+
+    async def body() -> None:
+        sent = [msg("q", f"b{i}".encode()) for i in range(3)]
+        await broker.publish(sent)
+        monkeypatch.setattr(amqp.Channel, "basic_ack", ack)
+        with pytest.raises(StoppedPartWay, match="stopped answering") as caught:
+            await broker.purge_ids("q")
+        monkeypatch.undo()
+        assert caught.value.done == (sent[0].id,)
+        assert sorted(await broker.purge_ids("q")) == sorted(m.id for m in sent[1:])
         await broker.close()
 
     run(loop, body())

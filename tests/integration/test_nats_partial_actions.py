@@ -1,11 +1,13 @@
-"""A replay on NATS sends its dead letters back one at a time; a failure part-way must
-neither lose what it sent nor send anything twice.
+"""Operator actions on NATS move messages one at a time; one that fails part-way must
+neither lose what it did nor do anything twice, and must say how far it got.
 
 Before, a replay whose publish failed at its second dead letter took back the restart of
 every record of the batch, the first's included: that task was live again with a record
 that said it had failed, a worker settled it without running it, and its dead letter was
 gone. A publish whose answer was lost raised as well, though the server had stored it.
-The server's side is real; the failures are made in the client's JetStream publish.
+A purge that failed part-way left the records of the messages it had dropped `queued`
+for good, and a purge or discard said it had done nothing. The server's side is real;
+the failures are made in the client.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from taskflow.errors import BrokerError
 from taskflow.message import TaskStatus
 from taskflow.testing import drain
 from tests.integration.nats_helpers import drop_prefix, shared_url
-from tests.operations.helpers import flaky
+from tests.operations.helpers import flaky, noop
 
 pytestmark = [pytest.mark.integration]
 
@@ -147,3 +149,53 @@ def test_a_replay_left_unanswered_for_the_duplicate_window_keeps_its_dead_letter
     assert app.admin.replay("rq").replayed == 1
     assert drain(app, ["rq"]) == 1
     assert len(task.attempts) == 2
+
+
+def _fails_from(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, calls: int) -> None:
+    """``owner.<name>`` answers ``calls`` times, then raises BrokerError."""
+    real = getattr(owner, name)
+    answered = 0
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        nonlocal answered
+        if answered >= calls:
+            raise BrokerError("the server stopped answering")
+        answered += 1
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, failing)
+
+
+def test_a_purge_stopped_part_way_closes_the_records_of_what_it_dropped(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = noop(app, "pq")
+    urgent = [task.apply_async(args=(i,), priority=9).id for i in range(2)]
+    later = [task.apply_async(args=(i,), priority=0).id for i in range(3)]
+    # The purge pulls one priority level at a time, highest first: the second pull fails.
+    _fails_from(monkeypatch, app.kernel.broker._core, "pull", 1)  # type: ignore[attr-defined]
+    with pytest.raises(BrokerError, match=r"purge of 'pq' stopped after 2 tasks purged \(aud"):
+        app.admin.purge("pq")
+    monkeypatch.undo()
+
+    assert [app.result(i).status for i in urgent] == [TaskStatus.CANCELLED] * 2
+    assert [app.result(i).status for i in later] == [TaskStatus.QUEUED] * 3
+    assert sorted(t.id for t in app.admin.peek("pq")) == sorted(later)
+    [entry] = app.admin.audit()
+    assert (entry.action, entry.count, sorted(entry.ids)) == ("purge", 2, sorted(urgent))
+    assert app.admin.purge("pq") == 3  # running it again finishes it
+
+
+def test_a_discard_stopped_part_way_says_how_many_it_discarded(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, ids = _dead(app, "rq", 3)
+    admin = app.kernel.broker._admin  # type: ignore[attr-defined]
+    _fails_from(monkeypatch, admin, "_drop_dead", 1)
+    with pytest.raises(BrokerError, match=r"discard of 'rq' stopped after 1 tasks discarded"):
+        app.admin.discard("rq")
+    monkeypatch.undo()
+
+    [entry] = app.admin.audit()
+    assert (entry.action, entry.count, entry.ids) == ("discard", 1, ids[:1])
+    assert [d.task_id for d in app.admin.dead_letters("rq").items] == ids[1:]
