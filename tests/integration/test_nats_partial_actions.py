@@ -28,7 +28,7 @@ from taskflow.errors import BrokerError
 from taskflow.message import TaskStatus
 from taskflow.testing import drain
 from tests.integration.nats_helpers import drop_prefix, shared_url
-from tests.operations.helpers import flaky, noop
+from tests.operations.helpers import fails_after, flaky, noop
 
 pytestmark = [pytest.mark.integration]
 
@@ -151,21 +151,6 @@ def test_a_replay_left_unanswered_for_the_duplicate_window_keeps_its_dead_letter
     assert len(task.attempts) == 2
 
 
-def _fails_from(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, calls: int) -> None:
-    """``owner.<name>`` answers ``calls`` times, then raises BrokerError."""
-    real = getattr(owner, name)
-    answered = 0
-
-    async def failing(*args: Any, **kwargs: Any) -> Any:
-        nonlocal answered
-        if answered >= calls:
-            raise BrokerError("the server stopped answering")
-        answered += 1
-        return await real(*args, **kwargs)
-
-    monkeypatch.setattr(owner, name, failing)
-
-
 def test_a_purge_stopped_part_way_closes_the_records_of_what_it_dropped(
     app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -173,7 +158,8 @@ def test_a_purge_stopped_part_way_closes_the_records_of_what_it_dropped(
     urgent = [task.apply_async(args=(i,), priority=9).id for i in range(2)]
     later = [task.apply_async(args=(i,), priority=0).id for i in range(3)]
     # The purge pulls one priority level at a time, highest first: the second pull fails.
-    _fails_from(monkeypatch, app.kernel.broker._core, "pull", 1)  # type: ignore[attr-defined]
+    core = app.kernel.broker._core  # type: ignore[attr-defined]
+    fails_after(core, "pull", 1, monkeypatch)
     with pytest.raises(BrokerError, match=r"purge of 'pq' stopped after 2 tasks purged \(aud"):
         app.admin.purge("pq")
     monkeypatch.undo()
@@ -191,7 +177,7 @@ def test_a_discard_stopped_part_way_says_how_many_it_discarded(
 ) -> None:
     _, ids = _dead(app, "rq", 3)
     admin = app.kernel.broker._admin  # type: ignore[attr-defined]
-    _fails_from(monkeypatch, admin, "_drop_dead", 1)
+    fails_after(admin, "_drop_dead", 1, monkeypatch)
     with pytest.raises(BrokerError, match=r"discard of 'rq' stopped after 1 tasks discarded"):
         app.admin.discard("rq")
     monkeypatch.undo()

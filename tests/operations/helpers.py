@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from taskflow import App
 from taskflow.context import TaskContext
+from taskflow.errors import BrokerError
 
 
 def flaky(app: App, queue: str, failures: int, retries: int = 0, name: str = "") -> Any:
@@ -33,3 +36,19 @@ def noop(app: App, queue: str, name: str = "") -> Any:
         return x
 
     return task
+
+
+def fails_after(broker: Any, method: str, calls: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``broker.<method>`` answers ``calls`` times, then raises BrokerError (a server that
+    stopped answering part-way through an action)."""
+    real = getattr(broker, method)
+    answered = 0
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        nonlocal answered
+        if answered >= calls:
+            raise BrokerError("the server stopped answering")
+        answered += 1
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(broker, method, failing)

@@ -4,7 +4,6 @@ backend (workers run in-process with ``run_until_idle``)."""
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import pytest
 
@@ -14,7 +13,7 @@ from taskflow.errors import BrokerError, NotFound, TaskCancelled
 from taskflow.message import TaskStatus
 from taskflow.testing import drain
 
-from .helpers import flaky, noop
+from .helpers import fails_after, flaky, noop
 
 
 def _dead(app: App, queue: str, count: int, name: str = "") -> list[str]:
@@ -232,29 +231,13 @@ def test_record_audits_an_action_done_through_another_api(app: App) -> None:
     assert entry.details == {"why": "incident"}
 
 
-def _fails_after(broker: Any, method: str, calls: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``broker.<method>`` answers ``calls`` times, then raises BrokerError (a server that
-    stopped answering part-way through an action)."""
-    real = getattr(broker, method)
-    answered = 0
-
-    async def failing(*args: Any, **kwargs: Any) -> Any:
-        nonlocal answered
-        if answered >= calls:
-            raise BrokerError("the server stopped answering")
-        answered += 1
-        return await real(*args, **kwargs)
-
-    monkeypatch.setattr(broker, method, failing)
-
-
 def test_a_purge_stopped_part_way_says_how_far_it_got_and_audits_that_much(
     app: App, queue: str, backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(dead_module, "BATCH", 2)
     task = noop(app, queue)
     results = [task.delay(i) for i in range(5)]
-    _fails_after(app.kernel.broker, "purge_batch", 1, monkeypatch)
+    fails_after(app.kernel.broker, "purge_batch", 1, monkeypatch)
     with pytest.raises(BrokerError) as caught:
         app.admin.as_actor("alice").purge(queue)
     # A broker that purges in batches (Redis) stopped after the first; the others purge a
@@ -285,10 +268,10 @@ def test_a_replay_and_a_discard_stopped_part_way_say_how_far_they_got(
 ) -> None:
     monkeypatch.setattr(dead_module, "BATCH", 2)
     ids = _dead(app, queue, 5)
-    _fails_after(app.kernel.broker, "requeue", 1, monkeypatch)
+    fails_after(app.kernel.broker, "requeue", 1, monkeypatch)
     with pytest.raises(BrokerError, match=r"replay of .* stopped after 2 tasks replayed \(audited"):
         app.admin.replay(queue)
-    _fails_after(app.kernel.broker, "discard_dead", 1, monkeypatch)
+    fails_after(app.kernel.broker, "discard_dead", 1, monkeypatch)
     with pytest.raises(BrokerError, match=r"discard of .* stopped after 2 tasks discarded \(aud"):
         app.admin.discard(queue)
     entries = app.admin.audit()
@@ -305,7 +288,7 @@ def test_an_action_that_fails_before_doing_anything_raises_the_error_as_it_was(
     app: App, queue: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     noop(app, queue).delay()
-    _fails_after(app.kernel.broker, "purge_batch", 0, monkeypatch)
+    fails_after(app.kernel.broker, "purge_batch", 0, monkeypatch)
     with pytest.raises(BrokerError, match="^the server stopped answering$"):
         app.admin.purge(queue)
     assert app.admin.audit() == []
@@ -316,7 +299,7 @@ def test_a_retry_stopped_part_way_says_how_far_it_got(
 ) -> None:
     monkeypatch.setattr(dead_module, "BATCH", 2)
     ids = _dead(app, queue, 5)
-    _fails_after(app.kernel.broker, "requeue", 1, monkeypatch)
+    fails_after(app.kernel.broker, "requeue", 1, monkeypatch)
     with pytest.raises(BrokerError, match=r"^retry stopped after 2 tasks sent again \(audited"):
         app.admin.retry(ids)
     [entry] = app.admin.audit()
