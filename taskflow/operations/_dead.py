@@ -138,7 +138,7 @@ async def replay(
     """Run matching dead letters again (see :meth:`Admin.replay`)."""
     broker = await ctx.broker()
     report = _Report()
-    progress = _Partial(ctx, "replay", queue, "replayed", lambda: (report.done, report.replayed))
+    progress = Partial(ctx, "replay", queue, "replayed", lambda: (report.done, report.replayed))
     async with progress.unless(dry_run):
         for name in await ctx.scope(queue):
             async for batch in _walk(broker, name, filters):
@@ -290,7 +290,7 @@ async def discard(ctx: Context, queue: str | None, filters: Filters, dry_run: bo
     broker = await ctx.broker()
     gone: list[str] = []
     count = 0
-    progress = _Partial(ctx, "discard", queue, "discarded", lambda: (gone, count))
+    progress = Partial(ctx, "discard", queue, "discarded", lambda: (gone, count))
     async with progress.unless(dry_run):
         for name in await ctx.scope(queue):
             async for batch in _walk(broker, name, filters):
@@ -319,7 +319,7 @@ async def retry(ctx: Context, task_ids: Sequence[str], dry_run: bool) -> ReplayR
     rep = _Report()
     rep.matched = len(ids)
     by_queue = await _retryable(ctx, ids, rep)
-    progress = _Partial(ctx, "retry", None, "sent again", lambda: (rep.done, rep.replayed))
+    progress = Partial(ctx, "retry", None, "sent again", lambda: (rep.done, rep.replayed))
     async with progress.unless(dry_run):
         await _retry_queues(ctx, broker, by_queue, rep, dry_run)
     result = rep.build(dry_run)
@@ -378,7 +378,7 @@ async def purge(ctx: Context, queue: str, scheduled: bool, dry_run: bool) -> int
         return int(depth["ready"]) + (int(depth["scheduled"]) if scheduled else 0)
     total = 0
     listed: list[str] = []
-    async with _Partial(ctx, "purge", queue, "purged", lambda: (listed, total)):
+    async with Partial(ctx, "purge", queue, "purged", lambda: (listed, total)):
         while True:
             try:
                 ids = await broker.purge_batch(queue, scheduled=scheduled, limit=BATCH)
@@ -419,7 +419,7 @@ async def _close(ctx: Context, ids: list[str]) -> None:
         await results.update_many(updates, ctx.kernel.settings.result_ttl)
 
 
-class _Partial:
+class Partial:
     """An action over many batches that a failure may stop part-way: a BrokerError raised
     inside ``async with`` after ``progress()`` (ids listed, tasks done) counts something is
     raised again saying how far the action got, once what it did is audited (with
@@ -445,7 +445,7 @@ class _Partial:
         """This, or (a dry run, which changes nothing) a context that adds nothing."""
         return contextlib.nullcontext() if dry_run else self
 
-    async def __aenter__(self) -> _Partial:
+    async def __aenter__(self) -> Partial:
         return self
 
     async def __aexit__(self, kind: object, exc: BaseException | None, tb: object) -> None:

@@ -19,6 +19,7 @@ from ..brokers.base import DeadLetter as BrokerDeadLetter
 from ..errors import ConfigError, PayloadError
 from ..results.base import is_terminal
 from ._context import Context
+from ._dead import Partial
 
 __all__ = ["EXPORTABLE", "ImportReport", "export", "import_"]
 
@@ -149,33 +150,65 @@ async def import_(ctx: Context, fp: IO[str], dry_run: bool) -> ImportReport:
     lines = list(_parse(fp, str(where)))
     broker = await ctx.broker()
     results = ctx.kernel.results
-    imported = skipped = 0
+    imported = skipped = written = 0
     done: list[str] = []
     known = set(await broker.known_queues())
-    for start in range(0, len(lines), _WINDOW):
-        chunk = lines[start : start + _WINDOW]
-        ids = [line["id"] for line in chunk]
-        records = await results.get_many(ids)
-        taken = {i for i, r in zip(ids, records, strict=True) if r is not None}
-        for queue in {line["queue"] for line in chunk}:
-            mine = [line["id"] for line in chunk if line["queue"] == queue]
-            if queue in known:
-                taken |= await broker.present(queue, mine)
-        fresh = [line for line in chunk if line["id"] not in taken]
-        skipped += len(chunk) - len(fresh)
-        imported += len(fresh)
-        if not dry_run and fresh:
-            await _write(ctx, broker, fresh)
-            done += [line["id"] for line in fresh][: 100 - len(done)]
+    progress = Partial(ctx, "import", None, "imported", lambda: (done, written))
+    async with progress.unless(dry_run):
+        for start in range(0, len(lines), _WINDOW):
+            chunk = lines[start : start + _WINDOW]
+            ids = [line["id"] for line in chunk]
+            records = await results.get_many(ids)
+            present: set[str] = set()
+            for queue in {line["queue"] for line in chunk}:
+                mine = [line["id"] for line in chunk if line["queue"] == queue]
+                if queue in known:
+                    present |= await broker.present(queue, mine)
+            fresh: list[dict[str, Any]] = []
+            kept: set[str] = set()  # ids whose record an earlier import of the line wrote
+            for line, record in zip(chunk, records, strict=True):
+                if line["id"] in present:
+                    continue
+                if record is not None:
+                    if not _written_from(line, record):
+                        continue
+                    kept.add(line["id"])
+                fresh.append(line)
+            skipped += len(chunk) - len(fresh)
+            imported += len(fresh)
+            if not dry_run and fresh:
+                await _write(ctx, broker, fresh, kept)
+                written += len(fresh)
+                done += [line["id"] for line in fresh][: 100 - len(done)]
     if not dry_run and imported:
         await ctx.record("import", "*", done, count=imported, details={"skipped": skipped})
     return ImportReport(imported, skipped, dry_run)
 
 
-async def _write(ctx: Context, broker: BrokerAdmin, lines: list[dict[str, Any]]) -> None:
+def _written_from(line: dict[str, Any], record: dict[str, Any]) -> bool:
+    """Whether ``record`` is the one importing ``line`` writes, as it was written: an
+    import stopped between the records and the messages left it without its message.
+    A record that has moved on since (another status or start) is another task's story,
+    and the line is skipped."""
+    written = line.get("record")
+    if not written:
+        return False
+    return all(record.get(k) == written.get(k) for k in ("status", "created_at", "attempts"))
+
+
+async def _write(
+    ctx: Context, broker: BrokerAdmin, lines: list[dict[str, Any]], kept: set[str]
+) -> None:
+    """Write ``lines``: their records (but those of ``kept``, there already), then their
+    messages and dead letters. The records go first: a worker that took a message whose
+    record was not yet written would find no record to update."""
     for queue in {line["queue"] for line in lines}:
         await ctx.kernel.declare(queue)
-    with_record = [(line["id"], line["record"]) for line in lines if line.get("record")]
+    with_record = [
+        (line["id"], line["record"])
+        for line in lines
+        if line.get("record") and line["id"] not in kept
+    ]
     # A finished record (a dead task's) expires like any other; a waiting one is live.
     finished = [(i, r) for i, r in with_record if is_terminal(r)]
     waiting_records = [(i, r) for i, r in with_record if not is_terminal(r)]

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
+import taskflow.operations._snapshot as snapshot_module
 from taskflow import App
-from taskflow.errors import ConfigError
+from taskflow.errors import BrokerError, ConfigError
 from taskflow.message import TaskStatus
 from taskflow.testing import drain
 
 from .conftest import NewApp
-from .helpers import flaky, noop
+from .helpers import fails_after, flaky, noop
 
 
 def _fill(app: App, queue: str) -> dict[str, str]:
@@ -89,6 +90,57 @@ def test_importing_twice_skips_the_ids_already_there(new_app: NewApp, queue: str
     assert (report.imported, report.skipped) == (0, 4)
     (info,) = target.admin.queues()
     assert (info.ready, info.scheduled, info.dead) == (2, 1, 1)
+
+
+@pytest.mark.parametrize("step", ["publish", "add_dead"])
+def test_an_import_stopped_part_way_is_finished_by_running_it_again(
+    new_app: NewApp, queue: str, step: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The records are written before the messages: an import stopped between the two
+    leaves records with no message, and running it again must write the messages rather
+    than skip those ids as already there (their tasks would never run)."""
+    source, target = new_app(), new_app()
+    ids = _fill(source, queue)
+    text = _export(source)
+    fails_after(target.kernel.broker, step, 0, monkeypatch)
+    with pytest.raises(BrokerError, match="the server stopped answering"):
+        target.admin.import_(io.StringIO(text))
+    monkeypatch.undo()
+
+    report = target.admin.import_report(io.StringIO(text))
+    assert (report.imported, report.skipped) == (
+        4 if step == "publish" else 1,
+        0 if step == "publish" else 3,
+    )
+    (info,) = target.admin.queues()
+    assert (info.ready, info.scheduled, info.dead) == (2, 1, 1)
+    assert target.result(ids["ready"]).status is TaskStatus.QUEUED
+    assert target.result(ids["dead"]).status is TaskStatus.FAILED
+    noop(target, queue, name="snap.noop")
+    assert drain(target, [queue]) == 2
+    assert target.result(ids["urgent"]).get(timeout=5) == 2
+    assert target.admin.import_report(io.StringIO(text)).imported == 0  # and once only
+
+
+def test_an_import_stopped_part_way_says_how_far_it_got_and_audits_that_much(
+    new_app: NewApp, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, target = new_app(), new_app()
+    _fill(source, queue)
+    text = _export(source)
+    monkeypatch.setattr(snapshot_module, "_WINDOW", 2)
+    fails_after(target.kernel.broker, "publish", 1, monkeypatch)
+    with pytest.raises(BrokerError, match=r"^import stopped after 2 tasks imported \(audited"):
+        target.admin.as_actor("alice").import_(io.StringIO(text))
+    [entry] = target.admin.audit()
+    assert (entry.action, entry.actor, entry.count, entry.details) == (
+        "import",
+        "alice",
+        2,
+        {"incomplete": True},
+    )
+    monkeypatch.undo()
+    assert target.admin.import_report(io.StringIO(text)).imported == 2  # the rest
 
 
 def test_a_redacted_export_has_no_bodies_and_cannot_be_imported(
