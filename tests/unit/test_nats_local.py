@@ -1,5 +1,6 @@
 """Parts of the NATS broker that need no server: the local lease fence and its lease ends,
-the numbers read from a pulled message's ack subject, and publishes without a timer."""
+the numbers read from a pulled message's ack subject, publishes without a timer, and which
+failed sends of a replay are sent again."""
 
 from __future__ import annotations
 
@@ -7,12 +8,17 @@ import asyncio
 import time
 from typing import Any
 
+import nats.errors
 import pytest
 from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError
+from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 
 from taskflow._nats import connection as nats_connection
 from taskflow._nats.connection import Connection
 from taskflow._nats.framing import delivery_numbers
+from taskflow.brokers import _nats_admin as nats_admin
+from taskflow.brokers._nats_admin import NatsAdmin
 from taskflow.brokers._nats_core import NatsCore
 from taskflow.errors import BrokerError
 
@@ -124,3 +130,34 @@ def test_a_close_step_gives_up_at_its_deadline_even_when_the_step_holds_on() -> 
     gave_up, finished, took = asyncio.run(main())
     assert gave_up is False and took < 1.0
     assert finished is True
+
+
+@pytest.mark.parametrize(
+    ("error", "sends"),
+    [
+        (nats.errors.TimeoutError(), 2),  # no answer: it may have been stored, send again
+        (ServiceUnavailableError(code=503), 2),  # no stream leader to answer yet
+        (NoStreamResponseError(), 2),  # JetStream not listening (a server starting)
+        (APIError(code=400, description="bad"), 1),  # an answer: not stored
+        (ConnectionClosedError(), 1),  # this client closed: no later send can go
+    ],
+)
+def test_a_replay_send_is_sent_again_only_when_the_server_gave_no_answer(
+    error: Exception, sends: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(nats_admin, "_RESEND_PAUSE", 0.0)
+    admin = NatsAdmin(_core())
+    calls: list[int] = []
+
+    async def publish() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise error
+        return "stored"
+
+    if sends == 1:
+        with pytest.raises(BrokerError):
+            asyncio.run(admin._resend(publish))
+    else:
+        asyncio.run(admin._resend(publish))
+    assert len(calls) == sends
