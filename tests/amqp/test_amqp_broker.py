@@ -431,6 +431,40 @@ def test_a_purge_stopped_part_way_names_what_it_dropped_and_keeps_the_rest(
     run(loop, body())
 
 
+def test_a_discard_stopped_part_way_names_what_it_discarded_and_keeps_the_rest(
+    loop: asyncio.AbstractEventLoop, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = broker_on(loop, prefix)
+    real_ack = amqp.Channel.basic_ack
+    acks: list[int] = []
+
+    def ack(self: amqp.Channel, tag: int, *args: Any, **kw: Any) -> Any:
+        acks.append(tag)
+        if len(acks) == 2:
+            raise BrokerError("the server stopped answering")
+        return real_ack(self, tag, *args, **kw)
+
+    async def body() -> None:
+        sent = [msg("q", f"b{i}".encode()) for i in range(3)]
+        await broker.publish(sent)
+        taken: list[Any] = []
+        while len(taken) < 3:
+            taken += await broker.fetch(["q"], 3, 5.0)
+        for delivery in taken:
+            assert await delivery.dead_letter("failed", "no")
+        first = (await broker.dead_letters("q"))[0].id
+        monkeypatch.setattr(amqp.Channel, "basic_ack", ack)
+        with pytest.raises(StoppedPartWay, match="stopped answering") as caught:
+            await broker.discard_dead("q", [m.id for m in sent])
+        monkeypatch.undo()
+        assert caught.value.done == (first,)
+        left = await broker.dead_letters("q")
+        assert sorted(d.id for d in left) == sorted(m.id for m in sent if m.id != first)
+        await broker.close()
+
+    run(loop, body())
+
+
 def test_heartbeats_keep_an_idle_connection_open(
     loop: asyncio.AbstractEventLoop, prefix: str
 ) -> None:
