@@ -15,11 +15,11 @@ process's own), page dead letters by a stable position, or import dead letters.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from . import _kombu_topology as topo
 from ._kombu_io import IoThread, Raw
-from .base import BrokerAdmin, DeadLetter, Message, StoppedPartWay, Waiting
+from .base import BrokerAdmin, DeadLetter, Message, Waiting, stopped_part_way
 
 __all__ = ["KombuAdmin"]
 
@@ -27,8 +27,6 @@ Decide = Callable[[Raw], str]
 """``"keep"`` or ``"drop"`` for each message a sweep takes."""
 
 _SWEEP_MAX = 100_000
-
-T = TypeVar("T")
 
 
 def _sweep(
@@ -55,25 +53,31 @@ def _sweep(
             raw = _raw(queue, message)
             taken.append((raw, int(message.delivery_info["delivery_tag"])))
         for raw, tag in taken:
-            drop = decide(raw) != "keep"
-            if drop:
-                pass
-            elif kind == "dead":
-                headers = {k: v for k, v in raw.headers.items() if not k.startswith("x-")}
-                io.confirm(name, raw.body, 0, headers, raw.id)
-            else:
-                due = None
-                if kind == "scheduled":
-                    due = int(raw.headers.get(topo.H_DUE, 0) or 0) / 1000
-                headers = {k: v for k, v in raw.headers.items() if k in _KEPT}
-                io.send(queue, raw.id, raw.body, raw.priority, headers, due)
+            keep = decide(raw) == "keep"
+            if keep:
+                _put_back(io, name, queue, raw, kind)
             channel.basic_ack(tag)
-            if drop and dropped is not None:
+            if not keep and dropped is not None:
                 dropped.append(raw.id)
     finally:
         # Anything not acked (an error half-way) goes back to the queue with the channel.
         channel.close()
     return [raw for raw, _ in taken]
+
+
+def _put_back(io: IoThread, name: str, queue: str, raw: Raw, kind: str) -> None:
+    """Publish a message a sweep of ``name`` took and keeps again: a dead letter to the
+    dead-letter queue as it was, a waiting one through ``queue``'s routing (a scheduled
+    one with what is left of its delay)."""
+    if kind == "dead":
+        headers = {k: v for k, v in raw.headers.items() if not k.startswith("x-")}
+        io.confirm(name, raw.body, 0, headers, raw.id)
+        return
+    due = None
+    if kind == "scheduled":
+        due = int(raw.headers.get(topo.H_DUE, 0) or 0) / 1000
+    headers = {k: v for k, v in raw.headers.items() if k in _KEPT}
+    io.send(queue, raw.id, raw.body, raw.priority, headers, due)
 
 
 _KEPT = frozenset({topo.H_ID, topo.H_MAX, topo.H_COUNT, topo.H_TASK})
@@ -183,17 +187,8 @@ class KombuAdmin(BrokerAdmin):
                     _sweep(io, name, queue, lambda _r: "drop", kind="work", dropped=ids)
             return ids
 
-        return await self._partly(purge, ids)
-
-    async def _partly(self, fn: Callable[[IoThread], T], done: list[str]) -> T:
-        """``fn`` on the I/O thread; if it fails after adding ids to ``done``, the error
-        is raised as :class:`StoppedPartWay` naming them."""
-        try:
-            return await self._io.call(fn)
-        except Exception as exc:
-            if done:
-                raise StoppedPartWay(str(exc), list(done)) from exc
-            raise
+        with stopped_part_way(ids):
+            return await self._io.call(purge)
 
     async def cancel(self, message_id: str, queue: str) -> bool:
         """Remove one ready or scheduled message by id (a sweep of its queue's parts)."""
@@ -266,7 +261,8 @@ class KombuAdmin(BrokerAdmin):
             )
             return gone
 
-        return await self._partly(discard, gone)
+        with stopped_part_way(gone):
+            return await self._io.call(discard)
 
     async def replay(self, queue: str, ids: Sequence[str] | None = None) -> int:
         wanted = None if ids is None else set(ids)
@@ -320,7 +316,8 @@ class KombuAdmin(BrokerAdmin):
             _sweep(io, io.names.dead(queue), queue, decide, kind="dead")
             return moved
 
-        return await self._partly(requeue, moved)
+        with stopped_part_way(moved):
+            return await self._io.call(requeue)
 
     async def known_queues(self) -> list[str]:
         raise self.unsupported("list its queues (AMQP has no queue listing)")

@@ -25,7 +25,7 @@ from .._nats.framing import raw_headers
 from .._nats.names import stream_name, subject_token, untoken
 from ..errors import BrokerError
 from ._nats_core import LEVELS, NatsCore
-from .base import BrokerAdmin, DeadLetter, Message, StoppedPartWay, Waiting
+from .base import BrokerAdmin, DeadLetter, Message, Waiting, stopped_part_way
 
 __all__ = ["PAUSE_CACHE", "NatsAdmin"]
 
@@ -100,7 +100,7 @@ class NatsAdmin(BrokerAdmin):
         failure after the first raises :class:`StoppedPartWay` with those dropped)."""
         await self._core.ensure_queue(queue)
         ids: list[str] = []
-        try:
+        with stopped_part_way(ids):
             for level in LEVELS:
                 await self._drain_level(queue, level, ids)
             if not scheduled:
@@ -111,10 +111,6 @@ class NatsAdmin(BrokerAdmin):
             for raw in later:
                 if await self._core.delete(self._core.delays, int(raw["seq"]), "delay"):
                     ids.append(_id_of(str(raw["subject"])))
-        except BrokerError as exc:
-            if ids:
-                raise StoppedPartWay(str(exc), ids) from exc
-            raise
         return ids
 
     async def _drain_level(self, queue: str, level: int, ids: list[str]) -> None:
@@ -180,32 +176,36 @@ class NatsAdmin(BrokerAdmin):
         """Republish dead letters (all, or ``ids``) with a fresh budget; remove them."""
         wanted = set(ids) if ids is not None else None
         raws = await self._dead_scan(queue, 1_000_000)
-        js = self._conn.client().jetstream()
         count = 0
-        for raw in raws:
-            dead = dead_letter_from_raw(raw, queue)
-            if wanted is not None and dead.id not in wanted:
-                continue
-            headers = {
-                "Nats-Msg-Id": f"{dead.id}.y{raw['seq']}",
-                "Tf-Max": str(dead.extra.get("max_deliveries", 1)),
-            }
-            subject = self._core.work_subject(queue, int(dead.extra.get("priority", 0)), dead.id)
-            send = functools.partial(js.publish, subject, dead.body, headers=headers)
-            try:
-                await self._resend(send)
-            except BrokerError:
-                await self._notify(queue, count)
-                raise
-            await self._conn.api(f"STREAM.MSG.DELETE.{self._core.dlq}", {"seq": int(raw["seq"])})
-            count += 1
-        await self._notify(queue, count)
+        try:
+            for raw in raws:
+                dead = dead_letter_from_raw(raw, queue)
+                if wanted is not None and dead.id not in wanted:
+                    continue
+                extra = dead.extra
+                again = Message(
+                    dead.id, queue, dead.body, extra["priority"], None, extra["max_deliveries"]
+                )
+                await self._send_back(queue, again, raw["seq"])
+                if await self._drop_dead(int(raw["seq"])):
+                    count += 1
+        finally:
+            await self._notify(queue, count)
         return count
 
     async def _notify(self, queue: str, sent: int) -> None:
         """Wake the fetchers of ``queue`` if ``sent`` messages went back to it."""
         if sent:
             await self._core.notify(False, {(queue, level) for level in LEVELS})
+
+    async def _send_back(self, queue: str, message: Message, seq: object) -> None:
+        """Publish ``message`` to its work subject in ``queue`` under the ``Nats-Msg-Id``
+        of the dead letter ``seq`` it comes from (see :meth:`requeue`), sent again while
+        it gets no answer (:meth:`_resend`)."""
+        headers = {"Nats-Msg-Id": f"{message.id}.y{seq}", "Tf-Max": str(message.max_deliveries)}
+        subject = self._core.work_subject(queue, message.priority, message.id)
+        js = self._conn.client().jetstream()
+        await self._resend(functools.partial(js.publish, subject, message.body, headers=headers))
 
     async def requeue(self, queue: str, messages: Sequence[Message]) -> list[str]:
         """Republish dead letters as ``messages`` (matched by id) and remove them.
@@ -228,31 +228,23 @@ class NatsAdmin(BrokerAdmin):
         raws = await asyncio.gather(
             *(self._last(core.dlq, f"{core.root}.dlq.{qt}.{subject_token(i)}") for i in wanted)
         )
-        js = self._conn.client().jetstream()
-        moved: list[str] = []
-        for raw in raws:
-            if raw is None:
-                continue
-            dead = dead_letter_from_raw(raw, queue)
-            msg = wanted.pop(dead.id, None)
-            if msg is None:
-                continue
-            headers = {"Nats-Msg-Id": f"{dead.id}.y{raw['seq']}", "Tf-Max": str(msg.max_deliveries)}
-            subject = self._core.work_subject(queue, msg.priority, dead.id)
-            send = functools.partial(js.publish, subject, msg.body, headers=headers)
-            try:
-                await self._resend(send)
-            except BrokerError as exc:
-                await self._notify(queue, len(moved))
-                raise StoppedPartWay(str(exc), moved) from exc
-            try:
-                dropped = await self._drop_dead(int(raw["seq"]))
-            except BrokerError as exc:  # sent: live again, its dead letter maybe still there
-                await self._notify(queue, 1)
-                raise StoppedPartWay(str(exc), [*moved, dead.id]) from exc
-            if dropped:
-                moved.append(dead.id)
-        await self._notify(queue, len(moved))
+        moved: list[str] = []  # live again: sent, and their dead letters removed
+        try:
+            with stopped_part_way(moved):
+                for raw in raws:
+                    if raw is None:
+                        continue
+                    dead = dead_letter_from_raw(raw, queue)
+                    msg = wanted.pop(dead.id, None)
+                    if msg is None:
+                        continue
+                    await self._send_back(queue, msg, raw["seq"])
+                    # Sent: live again, even if removing the dead letter fails now.
+                    moved.append(dead.id)
+                    if not await self._drop_dead(int(raw["seq"])):
+                        moved.pop()  # another replay moved it: this send was its message
+        finally:
+            await self._notify(queue, len(moved))
         return moved
 
     async def _resend(self, publish: Callable[[], Awaitable[object]]) -> None:
@@ -364,7 +356,7 @@ class NatsAdmin(BrokerAdmin):
         core = self._core
         qt = subject_token(queue)
         gone: list[str] = []
-        try:
+        with stopped_part_way(gone):
             for mid in dict.fromkeys(ids):
                 subject = f"{core.root}.dlq.{qt}.{subject_token(mid)}"
                 while (raw := await self._last(core.dlq, subject)) is not None:
@@ -372,10 +364,6 @@ class NatsAdmin(BrokerAdmin):
                         break
                     if mid not in gone:
                         gone.append(mid)
-        except BrokerError as exc:
-            if gone:
-                raise StoppedPartWay(str(exc), gone) from exc
-            raise
         return gone
 
     async def add_dead(self, letters: Sequence[DeadLetter]) -> None:

@@ -59,7 +59,8 @@ class NatsCore:
         self._declared: set[str] = set()
         self._consuming: set[str] = set()
         self._ack_waits: dict[str, float] = {}
-        # Seconds within which the work stream stores one message per ``Nats-Msg-Id``.
+        # Seconds within which the work stream stores one message per ``Nats-Msg-Id``
+        # (read from the stream when the broker connects).
         self.dedup_window = DEDUP_WINDOW
         self._lost: list[DeadLetter] = []
         self._background: set[asyncio.Task[Any]] = set()
@@ -75,9 +76,9 @@ class NatsCore:
         self._pullers.clear()
 
     # -- streams and consumers -------------------------------------------------------
-    async def ensure_stream(self, name: str, subject: str, retention: str) -> None:
-        """Create the stream ``name`` over ``subject`` unless it exists (the work
-        stream's duplicate window, which may have been set by hand, is kept)."""
+    async def ensure_stream(self, name: str, subject: str, retention: str) -> dict[str, Any]:
+        """Create the stream ``name`` over ``subject`` unless it exists; its config (as
+        created, or as found: it may have been changed by hand)."""
         try:
             info = await self.conn.api(f"STREAM.INFO.{name}", {})
         except NotFoundError:
@@ -93,10 +94,8 @@ class NatsCore:
                     "num_replicas": 1,
                 },
             )
-        if name == self.work:
-            window = (info.get("config") or {}).get("duplicate_window")
-            if window:
-                self.dedup_window = int(window) / 1e9
+        config: dict[str, Any] = info.get("config") or {}
+        return config
 
     async def ensure_consumer(
         self, stream: str, durable: str, subject: str, ack_wait: float, *, update: bool = True

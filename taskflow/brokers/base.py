@@ -26,7 +26,8 @@ Semantics every broker implements:
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -44,6 +45,7 @@ __all__ = [
     "Message",
     "StoppedPartWay",
     "Waiting",
+    "stopped_part_way",
 ]
 
 
@@ -61,6 +63,20 @@ class StoppedPartWay(BrokerError):
     def __init__(self, message: str, done: Sequence[str]) -> None:
         super().__init__(message)
         self.done = tuple(done)
+
+
+@contextlib.contextmanager
+def stopped_part_way(done: list[str]) -> Iterator[None]:
+    """Raise an error of the block as :class:`StoppedPartWay` naming ``done`` (the ids the
+    block adds as it finishes each) if it had finished any; raised as it is otherwise."""
+    try:
+        yield
+    except StoppedPartWay:
+        raise
+    except Exception as exc:
+        if done:
+            raise StoppedPartWay(str(exc), done) from exc
+        raise
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,7 +80,7 @@ from ..errors import BrokerError, ConfigError, PayloadError, QueueFull
 from ..urls import url_kwargs
 from ._nats_admin import NatsAdmin
 from ._nats_control import ControlLog
-from ._nats_core import NatsCore
+from ._nats_core import DEDUP_WINDOW, NatsCore
 from ._nats_delay import NatsDelays
 from ._nats_delivery import NatsDelivery
 from ._nats_fetch import NatsFetcher
@@ -209,7 +209,8 @@ class NatsBroker(Broker, DelegatedAdmin):
 
     async def _setup(self, nc: Client) -> None:
         core, root = self._core, self._core.root
-        await core.ensure_stream(core.work, f"{root}.q.>", "workqueue")
+        work = await core.ensure_stream(core.work, f"{root}.q.>", "workqueue")
+        core.dedup_window = int(work.get("duplicate_window") or DEDUP_WINDOW * 1e9) / 1e9
         await core.ensure_stream(core.delays, f"{root}.d.>", "workqueue")
         await core.ensure_stream(core.dlq, f"{root}.dlq.>", "limits")
         await core.ensure_consumer(core.delays, "delay", f"{root}.d.>", 30.0)

@@ -366,8 +366,9 @@ class RedisBroker(Broker, DelegatedAdmin):
     async def _publish(self, args: list[Any], messages: Sequence[Message]) -> None:
         check_size(messages, self._conn.masked)
         size = sum(len(m.body) for m in messages)
-        sent = self._script_args(args)
-        check_published(await self._conn.send("publish", sent, "the messages", len(messages), size))
+        script_args = self._script_args(args)
+        reply = await self._conn.send("publish", script_args, "the messages", len(messages), size)
+        check_published(reply)
 
     def _publish_blocking(self, args: list[Any], messages: Sequence[Message]) -> None:
         check_size(messages, self._conn.masked)

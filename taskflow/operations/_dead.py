@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -227,28 +227,31 @@ async def _replay_batch(
     except StoppedPartWay as exc:
         # Those it sent are live tasks again: their restart stays (taken back, a worker
         # would settle them without running them, and their dead letters are gone).
-        sent = set(exc.done)
-        await _undo_restarts(ctx, {t: r for t, r in restarted.items() if t not in sent})
-        _count_replayed(rep, [d for d in sendable if d.id in sent])
+        await _keep_moved(ctx, rep, restarted, sendable, set(exc.done))
         raise
     except BaseException:
-        await _undo_restarts(ctx, restarted)
+        await _keep_moved(ctx, rep, restarted, sendable, set())
         raise
-    await _undo_restarts(ctx, {t: r for t, r in restarted.items() if t not in moved})
-    _count_replayed(rep, [d for d in sendable if d.id in moved])
+    await _keep_moved(ctx, rep, restarted, sendable, moved)
     for d in sendable:
         if d.id not in moved:
             rep.skip(d.id, "no longer a dead letter (replayed meanwhile or sent again)")
 
 
-def _count_replayed(rep: _Report, letters: Sequence[BrokerDeadLetter]) -> None:
-    rep.replayed += len(letters)
-    rep.done += [d.id for d in letters][: max(0, _LISTED - len(rep.done))]
-
-
-async def _undo_restarts(ctx: Context, restarted: dict[str, dict[str, Any]]) -> None:
-    """Take back the restarts of records whose dead letters did not move."""
-    await asyncio.gather(*(undo_restart(ctx, tid, r) for tid, r in restarted.items()))
+async def _keep_moved(
+    ctx: Context,
+    rep: _Report,
+    restarted: dict[str, dict[str, Any]],
+    sendable: Sequence[BrokerDeadLetter],
+    moved: set[str],
+) -> None:
+    """Count the letters of ``sendable`` that ``moved``; take back the restarts of the
+    records whose letters did not."""
+    undo = [undo_restart(ctx, tid, r) for tid, r in restarted.items() if tid not in moved]
+    await asyncio.gather(*undo)
+    ids = [d.id for d in sendable if d.id in moved]
+    rep.replayed += len(ids)
+    rep.done += ids[: max(0, _LISTED - len(rep.done))]
 
 
 async def undo_restart(ctx: Context, task_id: str, record: dict[str, Any]) -> None:
@@ -295,15 +298,13 @@ async def discard(ctx: Context, queue: str | None, filters: Filters, dry_run: bo
         for name in await ctx.scope(queue):
             async for batch in _walk(broker, name, filters):
                 ids = [d.id for d in batch]
-                removed: list[str] = []
-                try:
-                    removed = ids if dry_run else await broker.discard_dead(name, ids)
-                except StoppedPartWay as exc:
-                    removed = list(exc.done)
-                    raise
-                finally:
-                    count += len(removed)
-                    gone += removed[: _LISTED - len(gone)]
+                removed, stopped = ids, None
+                if not dry_run:
+                    removed, stopped = await _done(broker.discard_dead(name, ids))
+                count += len(removed)
+                gone += removed[: _LISTED - len(gone)]
+                if stopped is not None:
+                    raise stopped
     if not dry_run and count:
         await ctx.record("discard", queue or "*", gone, count=count)
     return count
@@ -380,13 +381,8 @@ async def purge(ctx: Context, queue: str, scheduled: bool, dry_run: bool) -> int
     listed: list[str] = []
     async with Partial(ctx, "purge", queue, "purged", lambda: (listed, total)):
         while True:
-            try:
-                ids = await broker.purge_batch(queue, scheduled=scheduled, limit=BATCH)
-            except StoppedPartWay as exc:  # those dropped still have their records closed
-                ids = list(exc.done)
-                stopped: StoppedPartWay | None = exc
-            else:
-                stopped = None
+            # Stopped part-way, those it dropped still have their records closed.
+            ids, stopped = await _done(broker.purge_batch(queue, scheduled=scheduled, limit=BATCH))
             total += len(ids)
             listed += ids[: _LISTED - len(listed)]
             for start in range(0, len(ids), BATCH):  # one batch, or all at once (no batches)
@@ -398,6 +394,15 @@ async def purge(ctx: Context, queue: str, scheduled: bool, dry_run: bool) -> int
     if total:
         await ctx.record("purge", queue, listed, count=total, details={"scheduled": scheduled})
     return total
+
+
+async def _done(step: Awaitable[list[str]]) -> tuple[list[str], StoppedPartWay | None]:
+    """The ids a broker's step (a purge or discard batch) acted on, and the error that
+    stopped it part-way (None if it finished): what it did counts either way."""
+    try:
+        return await step, None
+    except StoppedPartWay as exc:
+        return list(exc.done), exc
 
 
 async def _close(ctx: Context, ids: list[str]) -> None:

@@ -150,39 +150,43 @@ async def import_(ctx: Context, fp: IO[str], dry_run: bool) -> ImportReport:
     lines = list(_parse(fp, str(where)))
     broker = await ctx.broker()
     results = ctx.kernel.results
-    imported = skipped = written = 0
+    imported = skipped = 0
     done: list[str] = []
     known = set(await broker.known_queues())
-    progress = Partial(ctx, "import", None, "imported", lambda: (done, written))
+    progress = Partial(ctx, "import", None, "imported", lambda: (done, imported))
     async with progress.unless(dry_run):
         for start in range(0, len(lines), _WINDOW):
             chunk = lines[start : start + _WINDOW]
-            ids = [line["id"] for line in chunk]
-            records = await results.get_many(ids)
+            records = await results.get_many([line["id"] for line in chunk])
             present: set[str] = set()
-            for queue in {line["queue"] for line in chunk}:
+            for queue in {line["queue"] for line in chunk} & known:
                 mine = [line["id"] for line in chunk if line["queue"] == queue]
-                if queue in known:
-                    present |= await broker.present(queue, mine)
-            fresh: list[dict[str, Any]] = []
-            kept: set[str] = set()  # ids whose record an earlier import of the line wrote
-            for line, record in zip(chunk, records, strict=True):
-                if line["id"] in present:
-                    continue
-                if record is not None:
-                    if not _written_from(line, record):
-                        continue
-                    kept.add(line["id"])
-                fresh.append(line)
+                present |= await broker.present(queue, mine)
+            fresh, kept = _to_write(chunk, records, present)
             skipped += len(chunk) - len(fresh)
-            imported += len(fresh)
             if not dry_run and fresh:
                 await _write(ctx, broker, fresh, kept)
-                written += len(fresh)
                 done += [line["id"] for line in fresh][: 100 - len(done)]
+            imported += len(fresh)
     if not dry_run and imported:
         await ctx.record("import", "*", done, count=imported, details={"skipped": skipped})
     return ImportReport(imported, skipped, dry_run)
+
+
+def _to_write(
+    chunk: list[dict[str, Any]], records: list[dict[str, Any] | None], present: set[str]
+) -> tuple[list[dict[str, Any]], set[str]]:
+    """The lines of ``chunk`` to write (neither a message in ``present`` nor a record of
+    another task's story), and the ids among them whose record is there already."""
+    fresh: list[dict[str, Any]] = []
+    kept: set[str] = set()
+    for line, record in zip(chunk, records, strict=True):
+        if line["id"] in present or (record is not None and not _written_from(line, record)):
+            continue
+        if record is not None:
+            kept.add(line["id"])
+        fresh.append(line)
+    return fresh, kept
 
 
 def _written_from(line: dict[str, Any], record: dict[str, Any]) -> bool:
