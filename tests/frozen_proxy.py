@@ -14,6 +14,8 @@ import socket
 import threading
 from collections.abc import Iterator
 
+from taskflow import App, Task
+
 
 class FrozenProxy:
     """Relays 127.0.0.1:``port`` to ``target`` until :meth:`freeze`."""
@@ -99,3 +101,22 @@ def frozen_proxy(target: tuple[str, int]) -> Iterator[FrozenProxy]:
         yield proxy
     finally:
         proxy.close()
+
+
+@contextlib.contextmanager
+def app_through(name: str, url: str) -> Iterator[App]:
+    """An app named ``name`` on ``url`` (a server behind a proxy); closed on exit."""
+    app = App(name, broker=url)
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+def noop_of(app: App) -> Task[[], None]:
+    """A task of ``app`` that does nothing (no worker runs it: what it sends stays)."""
+
+    @app.task(name="hung.noop")
+    def noop() -> None: ...
+
+    return noop

@@ -362,6 +362,36 @@ def test_no_x_death_header_survives_into_a_dead_letter_or_a_replay(
     assert "tf-reason" not in headers
 
 
+def _second_call_fails(
+    monkeypatch: pytest.MonkeyPatch, owner: type, name: str
+) -> list[tuple[Any, ...]]:
+    """``owner.<name>`` raises BrokerError at its second call (a server that stopped
+    answering part-way); the arguments of each call, in order."""
+    real = getattr(owner, name)
+    calls: list[tuple[Any, ...]] = []
+
+    def patched(self: Any, *args: Any, **kw: Any) -> Any:
+        calls.append(args)
+        if len(calls) == 2:
+            raise BrokerError("the server stopped answering")
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(owner, name, patched)
+    return calls
+
+
+async def _dead_lettered(broker: KombuBroker, count: int) -> list[Message]:
+    """``count`` messages published to ``q``, taken and dead-lettered."""
+    sent = [msg("q", f"b{i}".encode()) for i in range(count)]
+    await broker.publish(sent)
+    taken: list[Any] = []
+    while len(taken) < count:
+        taken += await broker.fetch(["q"], count, 5.0)
+    for delivery in taken:
+        assert await delivery.dead_letter("failed", "no")
+    return sent
+
+
 def test_a_requeue_stopped_part_way_names_what_it_sent_and_keeps_the_rest_dead(
     loop: asyncio.AbstractEventLoop, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -369,33 +399,20 @@ def test_a_requeue_stopped_part_way_names_what_it_sent_and_keeps_the_rest_dead(
     that called must learn which tasks are live again, or it takes their restart back
     and a worker settles them without running them."""
     broker = broker_on(loop, prefix)
-    real_send = IoThread.send
-    sends: list[str] = []
-
-    def send(self: IoThread, queue: str, mid: str, *args: Any, **kw: Any) -> None:
-        sends.append(mid)
-        if len(sends) == 2:
-            raise BrokerError("the server stopped answering")
-        real_send(self, queue, mid, *args, **kw)
 
     async def body() -> None:
-        sent = [msg("q", f"b{i}".encode()) for i in range(3)]
-        await broker.publish(sent)
-        taken: list[Any] = []
-        while len(taken) < 3:
-            taken += await broker.fetch(["q"], 3, 5.0)
-        for delivery in taken:
-            assert await delivery.dead_letter("failed", "no")
-        monkeypatch.setattr(IoThread, "send", send)
+        sent = await _dead_lettered(broker, 3)
+        sends = _second_call_fails(monkeypatch, IoThread, "send")  # (queue, id, ...)
         again = [Message(m.id, "q", b"again") for m in sent]
         with pytest.raises(StoppedPartWay, match="stopped answering") as caught:
             await broker.requeue("q", again)
         monkeypatch.undo()
-        assert caught.value.done == (sends[0],)
+        first = sends[0][1]
+        assert caught.value.done == (first,)
         dead = await broker.dead_letters("q")
-        assert sorted(d.id for d in dead) == sorted(m.id for m in sent if m.id != sends[0])
+        assert sorted(d.id for d in dead) == sorted(m.id for m in sent if m.id != first)
         (back,) = await broker.fetch(["q"], 3, 5.0)
-        assert (back.id, back.body) == (sends[0], b"again")
+        assert (back.id, back.body) == (first, b"again")
         assert await back.ack()
         await broker.close()
 
@@ -408,19 +425,11 @@ def test_a_purge_stopped_part_way_names_what_it_dropped_and_keeps_the_rest(
     """A purge acks the messages it drops one at a time: the operator's purge must learn
     which ones went, to close their records; the others go back to the queue."""
     broker = broker_on(loop, prefix)
-    real_ack = amqp.Channel.basic_ack
-    acks: list[int] = []
-
-    def ack(self: amqp.Channel, tag: int, *args: Any, **kw: Any) -> Any:
-        acks.append(tag)
-        if len(acks) == 2:
-            raise BrokerError("the server stopped answering")
-        return real_ack(self, tag, *args, **kw)
 
     async def body() -> None:
         sent = [msg("q", f"b{i}".encode()) for i in range(3)]
         await broker.publish(sent)
-        monkeypatch.setattr(amqp.Channel, "basic_ack", ack)
+        _second_call_fails(monkeypatch, amqp.Channel, "basic_ack")
         with pytest.raises(StoppedPartWay, match="stopped answering") as caught:
             await broker.purge_ids("q")
         monkeypatch.undo()
@@ -435,25 +444,11 @@ def test_a_discard_stopped_part_way_names_what_it_discarded_and_keeps_the_rest(
     loop: asyncio.AbstractEventLoop, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     broker = broker_on(loop, prefix)
-    real_ack = amqp.Channel.basic_ack
-    acks: list[int] = []
-
-    def ack(self: amqp.Channel, tag: int, *args: Any, **kw: Any) -> Any:
-        acks.append(tag)
-        if len(acks) == 2:
-            raise BrokerError("the server stopped answering")
-        return real_ack(self, tag, *args, **kw)
 
     async def body() -> None:
-        sent = [msg("q", f"b{i}".encode()) for i in range(3)]
-        await broker.publish(sent)
-        taken: list[Any] = []
-        while len(taken) < 3:
-            taken += await broker.fetch(["q"], 3, 5.0)
-        for delivery in taken:
-            assert await delivery.dead_letter("failed", "no")
+        sent = await _dead_lettered(broker, 3)
         first = (await broker.dead_letters("q"))[0].id
-        monkeypatch.setattr(amqp.Channel, "basic_ack", ack)
+        _second_call_fails(monkeypatch, amqp.Channel, "basic_ack")
         with pytest.raises(StoppedPartWay, match="stopped answering") as caught:
             await broker.discard_dead("q", [m.id for m in sent])
         monkeypatch.undo()

@@ -15,7 +15,7 @@ import pytest
 
 from taskflow import App, Task
 from taskflow.errors import BrokerError, ResultTimeout
-from tests.frozen_proxy import FrozenProxy, frozen_proxy
+from tests.frozen_proxy import FrozenProxy, app_through, frozen_proxy, noop_of
 from tests.integration.nats_helpers import drop_prefix, shared_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -37,21 +37,14 @@ def proxy() -> Iterator[FrozenProxy]:
 @pytest.fixture
 def app(prefix: str, proxy: FrozenProxy) -> Iterator[App]:
     """An app on the shared NATS server through ``proxy``; closed after the test."""
-    hung = App("hung-nats", broker=f"nats://127.0.0.1:{proxy.port}?prefix={prefix}")
-    try:
+    with app_through("hung-nats", f"nats://127.0.0.1:{proxy.port}?prefix={prefix}") as hung:
         yield hung
-    finally:
-        hung.close()
 
 
 @pytest.fixture
 def noop(app: App) -> Task[[], None]:
     """A task of ``app`` that does nothing (no worker runs it: what it sends stays)."""
-
-    @app.task(name="hung.noop")
-    def noop() -> None: ...
-
-    return noop
+    return noop_of(app)
 
 
 def test_get_on_a_hung_nats_server_raises_result_timeout_at_its_timeout(

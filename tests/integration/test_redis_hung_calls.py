@@ -23,7 +23,7 @@ import taskflow.kernel.enqueue as enqueue_module
 import taskflow.operations.admin as admin_module
 from taskflow import App, Task
 from taskflow.errors import BrokerError, ResultTimeout
-from tests.frozen_proxy import FrozenProxy, frozen_proxy
+from tests.frozen_proxy import FrozenProxy, app_through, frozen_proxy, noop_of
 from tests.integration.redis_helpers import drop_prefix, shared_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -55,21 +55,15 @@ def proxy() -> Iterator[FrozenProxy]:
 @pytest.fixture
 def app(prefix: str, proxy: FrozenProxy) -> Iterator[App]:
     """An app on the shared Redis through ``proxy``; closed after the test."""
-    hung = App("hung", broker=f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}")
-    try:
+    url = f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}"
+    with app_through("hung", url) as hung:
         yield hung
-    finally:
-        hung.close()
 
 
 @pytest.fixture
 def noop(app: App) -> Task[[], None]:
     """A task of ``app`` that does nothing (no worker runs it: what it sends stays)."""
-
-    @app.task(name="hung.noop")
-    def noop() -> None: ...
-
-    return noop
+    return noop_of(app)
 
 
 def bounded(call: Callable[[], Any], limit: float) -> tuple[float, BaseException | None]:
