@@ -26,7 +26,8 @@ RESULT_SCRIPTS = ("result_update", "result_value", "result_create", "result_rest
 def load_script(name: str) -> str:
     """The text of a bundled Lua script, after what it shares: broker scripts get the
     helpers (``common.lua``) first; the result store's scripts and the broker's that write
-    records get what records share (``records.lua``), to merge one ``record_merge.lua``,
+    records (the admin's purge closes them) get what records share (``records.lua``), to
+    merge one ``record_merge.lua``,
     and to create one ``record_create.lua``. Read and assembled once per process (every
     connection registers the scripts, and registers them again after a restart of the
     server)."""
@@ -36,9 +37,9 @@ def load_script(name: str) -> str:
         return folder.joinpath(f"{part}.lua").read_text(encoding="utf-8")
 
     parts = []
-    if name.startswith("result_") or name in ("fetch", "settle"):
+    if name.startswith("result_") or name in ("fetch", "settle", "admin"):
         parts.append(read("records"))
-    if name in ("result_update", "settle"):
+    if name in ("result_update", "settle", "admin"):
         parts.append(read("record_merge"))
     if name in ("result_create", "publish"):
         parts.append(read("record_create"))

@@ -11,10 +11,10 @@ exception is :meth:`RedisAdmin.requeue`, whose answer a replay needs (see there)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from .._redis.connection import Connection
+from .._redis.connection import Connection, RecordKeys
 from .base import BrokerAdmin, DeadLetter, Message, Waiting
 
 __all__ = ["RedisAdmin", "RunScript"]
@@ -35,6 +35,8 @@ class RedisAdmin(BrokerAdmin):
         self._conn = conn
         self._run = run
         self._wait = wait
+        self.linked: RecordKeys | None = None
+        """The result store the broker was linked to (``RedisBroker.link_records``)."""
 
     async def depth(self, queue: str) -> dict[str, int]:
         """Counts of ``ready``, ``scheduled``, ``inflight`` and ``dead`` messages."""
@@ -194,6 +196,26 @@ class RedisAdmin(BrokerAdmin):
     async def purge_batch(self, queue: str, *, scheduled: bool, limit: int) -> list[str]:
         """Drop up to ``limit`` ready (and scheduled) messages; their ids."""
         ids = await self._run("admin", ["purge_batch", queue, "1" if scheduled else "0", limit])
+        return [_text(i) for i in ids]
+
+    async def purge_batch_closing(
+        self,
+        queue: str,
+        *,
+        scheduled: bool,
+        limit: int,
+        changes: Mapping[str, Any],
+        ttl: float | None,
+    ) -> list[str]:
+        """:meth:`purge_batch`, closing the linked store's records of the ids dropped with
+        ``changes`` in the same script."""
+        linked = self.linked
+        if linked is None:
+            raise NotImplementedError("this broker is not linked to a Redis result store")
+        args = ["purge_batch", queue, "1" if scheduled else "0", limit]
+        # The store's own encoding of the update, for an empty id: the script appends
+        # each dropped id to the record key and the done channel.
+        ids = await self._run("admin", [*args, *linked.update_args("", changes, ttl)])
         return [_text(i) for i in ids]
 
     async def replay(self, queue: str, ids: Sequence[str] | None = None) -> int:

@@ -438,6 +438,23 @@ class BrokerAdmin(abc.ABC):
         returns fewer than ``limit``; a backend without batches drops them all at once."""
         return await self.purge_ids(queue, scheduled=scheduled)
 
+    async def purge_batch_closing(
+        self,
+        queue: str,
+        *,
+        scheduled: bool,
+        limit: int,
+        changes: Mapping[str, Any],
+        ttl: float | None,
+    ) -> list[str]:
+        """:meth:`purge_batch`, writing ``changes`` (with ``ttl``) to the linked result
+        store's records of the ids dropped in the same step, as ``ResultStore.update_many``
+        would: only records that exist and are not terminal. A purge whose answer is lost,
+        or whose caller fails before it closes the records, then leaves none of them
+        waiting for a message that is gone. Only where ``Broker.link_records`` returned
+        True."""
+        raise NotImplementedError("this broker does not write task records")
+
     async def known_queues(self) -> list[str]:
         """Every queue this broker knows (declared, or holding messages), sorted."""
         raise self.unsupported("list its queues")
@@ -516,6 +533,19 @@ class DelegatedAdmin(BrokerAdmin):
 
     async def purge_batch(self, queue: str, *, scheduled: bool, limit: int) -> list[str]:
         return await self._admin.purge_batch(queue, scheduled=scheduled, limit=limit)
+
+    async def purge_batch_closing(
+        self,
+        queue: str,
+        *,
+        scheduled: bool,
+        limit: int,
+        changes: Mapping[str, Any],
+        ttl: float | None,
+    ) -> list[str]:
+        return await self._admin.purge_batch_closing(
+            queue, scheduled=scheduled, limit=limit, changes=changes, ttl=ttl
+        )
 
     async def known_queues(self) -> list[str]:
         return await self._admin.known_queues()

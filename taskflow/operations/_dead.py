@@ -379,14 +379,26 @@ async def purge(ctx: Context, queue: str, scheduled: bool, dry_run: bool) -> int
         return int(depth["ready"]) + (int(depth["scheduled"]) if scheduled else 0)
     total = 0
     listed: list[str] = []
+    linked = ctx.kernel.backends.records_linked
     async with Partial(ctx, "purge", queue, "purged", lambda: (listed, total)):
         while True:
+            if linked:  # the broker closes the records with the messages it drops
+                step = broker.purge_batch_closing(
+                    queue,
+                    scheduled=scheduled,
+                    limit=BATCH,
+                    changes=_closed(ctx),
+                    ttl=ctx.kernel.settings.result_ttl,
+                )
+            else:
+                step = broker.purge_batch(queue, scheduled=scheduled, limit=BATCH)
             # Stopped part-way, those it dropped still have their records closed.
-            ids, stopped = await _done(broker.purge_batch(queue, scheduled=scheduled, limit=BATCH))
+            ids, stopped = await _done(step)
             total += len(ids)
             listed += ids[: _LISTED - len(listed)]
-            for start in range(0, len(ids), BATCH):  # one batch, or all at once (no batches)
-                await _close(ctx, ids[start : start + BATCH])
+            if not linked:
+                for start in range(0, len(ids), BATCH):  # one batch, or all at once
+                    await _close(ctx, ids[start : start + BATCH])
             if stopped is not None:
                 raise stopped
             if len(ids) < BATCH:
@@ -405,15 +417,20 @@ async def _done(step: Awaitable[list[str]]) -> tuple[list[str], StoppedPartWay |
         return list(exc.done), exc
 
 
-async def _close(ctx: Context, ids: list[str]) -> None:
-    """Close the records of purged ids as cancelled (reason ``purged``)."""
-    results = ctx.kernel.results
-    records = await results.get_many(ids)
-    closed = {
+def _closed(ctx: Context) -> dict[str, Any]:
+    """What a purge writes to the records of the tasks it dropped."""
+    return {
         "status": TaskStatus.CANCELLED.value,
         "reason": "purged",
         "finished_at": ctx.kernel.clock.time(),
     }
+
+
+async def _close(ctx: Context, ids: list[str]) -> None:
+    """Close the records of purged ids as cancelled (reason ``purged``)."""
+    results = ctx.kernel.results
+    records = await results.get_many(ids)
+    closed = _closed(ctx)
     # Only records that exist: a task that stores no result has none to close.
     updates = [
         (tid, closed)

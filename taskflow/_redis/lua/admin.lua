@@ -7,7 +7,10 @@
 -- bury then per letter: id, body, reason, error, failed_at, deliveries, priority,
 -- max_deliveries -> count filed (an id with a live message is left alone; the list
 -- keeps the queue's dead_letter_limit, if it has one);
--- purge_batch '1'|'0' limit -> up to limit ids dropped (call again until fewer come back).
+-- purge_batch '1'|'0' limit [record template] -> up to limit ids dropped (call again until
+-- fewer come back). With a template (merge_record's arguments for an empty id: the record
+-- key and done channel then end where an id goes), the linked store's record of each id
+-- dropped is closed with its fields in the same step, if it exists and is not terminal.
 local action, q = ARGV[3], ARGV[4]
 
 local function promote()
@@ -159,6 +162,11 @@ elseif action == 'purge_batch' then
         redis.call('DEL', mkey(id))
         dropped[#dropped + 1] = id
       end
+    end
+  end
+  if ARGV[7] then
+    for _, id in ipairs(dropped) do
+      write_record(ARGV[7] .. id, ARGV[10] .. id, nil, 7, false)
     end
   end
   return dropped

@@ -1,11 +1,16 @@
 -- Merge fields into a task record unless it is terminal (prepended to the result store's
--- record updates and to the broker's settle, which writes an outcome with its ack). Field
--- values are JSON text (encoded by the client), so the script never re-encodes numbers or
--- lists. ARGV from b: record key, now, ttl seconds ('' = keep), done channel, id (JSON),
--- field count, then field, value pairs (merge_width gives their number). Returns true, or
--- false (terminal: nothing written).
-local function merge_record(b)
-  local key, now, ttl, channel = ARGV[b], tonumber(ARGV[b + 1]), ARGV[b + 2], ARGV[b + 3]
+-- record updates, to the broker's settle, which writes an outcome with its ack, and to its
+-- admin script, whose purge closes the records of the messages it drops). Field values
+-- are JSON text (encoded by the client), so the script never re-encodes numbers or lists.
+-- ARGV from b: record key, now, ttl seconds ('' = keep), done channel, id (JSON), field
+-- count, then field, value pairs (merge_width gives their number).
+
+-- The merge into the record at key (done channel, id as JSON), taking now, ttl and the
+-- fields from ARGV at b as above (the key, channel and id there are not read). Where
+-- create is false, a record that does not exist stays so. Returns true, or false
+-- (terminal, or not there and not created: nothing written).
+local function write_record(key, channel, id, b, create)
+  local now, ttl = tonumber(ARGV[b + 1]), ARGV[b + 2]
   local m = redis.call('HMGET', key, '_x', 'status', 'id')
   if m[1] and tonumber(m[1]) <= now then
     redis.call('DEL', key)
@@ -14,11 +19,14 @@ local function merge_record(b)
   if m[2] and TERMINAL[m[2]] then
     return false
   end
+  if not create and not (m[2] or m[3]) then
+    return false
+  end
   -- One HSET for everything written (a call from a script costs more than a field): the
   -- id of a record made here, the fields, the expiry time.
   local fields = {}
   if not m[3] then
-    fields[1], fields[2] = 'id', ARGV[b + 4]
+    fields[1], fields[2] = 'id', id
   end
   local final = false
   for i = b + 6, b + 5 + 2 * tonumber(ARGV[b + 5]), 2 do
@@ -45,6 +53,12 @@ local function merge_record(b)
     redis.call('PUBLISH', channel, '1')
   end
   return true
+end
+
+-- The merge of ARGV at b into its record, made if it does not exist. Returns true, or
+-- false (terminal: nothing written).
+local function merge_record(b)
+  return write_record(ARGV[b], ARGV[b + 3], ARGV[b + 4], b, true)
 end
 
 local function merge_width(b)
