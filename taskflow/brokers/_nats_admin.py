@@ -18,6 +18,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError
+from nats.js.api import PubAck
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from .._nats.connection import API_TIMEOUT
@@ -186,8 +187,8 @@ class NatsAdmin(BrokerAdmin):
                 again = Message(
                     dead.id, queue, dead.body, extra["priority"], None, extra["max_deliveries"]
                 )
-                await self._send_back(queue, again, raw["seq"])
-                if await self._drop_dead(int(raw["seq"])):
+                fresh = await self._send_back(queue, again, raw["seq"])
+                if await self._drop_dead(int(raw["seq"])) and fresh:
                     count += 1
         finally:
             await self._notify(queue, count)
@@ -198,21 +199,29 @@ class NatsAdmin(BrokerAdmin):
         if sent:
             await self._core.notify(False, {(queue, level) for level in LEVELS})
 
-    async def _send_back(self, queue: str, message: Message, seq: object) -> None:
+    async def _send_back(self, queue: str, message: Message, seq: object) -> bool:
         """Publish ``message`` to its work subject in ``queue`` under the ``Nats-Msg-Id``
         of the dead letter ``seq`` it comes from (see :meth:`requeue`), sent again while
-        it gets no answer (:meth:`_resend`)."""
+        it gets no answer (:meth:`_resend`). False if an earlier call had sent it: the
+        server answered at the first try that it held that id already."""
         headers = {"Nats-Msg-Id": f"{message.id}.y{seq}", "Tf-Max": str(message.max_deliveries)}
         subject = self._core.work_subject(queue, message.priority, message.id)
         js = self._conn.client().jetstream()
-        await self._resend(functools.partial(js.publish, subject, message.body, headers=headers))
+        return await self._resend(
+            functools.partial(js.publish, subject, message.body, headers=headers)
+        )
 
     async def requeue(self, queue: str, messages: Sequence[Message]) -> list[str]:
         """Republish dead letters as ``messages`` (matched by id) and remove them.
 
         The publish carries the dead letter's own ``Nats-Msg-Id``, so two replays of one
         dead letter inside the stream's duplicate window store one message; only the
-        replay whose delete removed the dead letter reports the id.
+        replay whose delete removed the dead letter reports the id. A replay whose first
+        send the server answers as a duplicate (an earlier replay sent this letter, then
+        failed to remove it) removes the letter and does not report the id: that
+        message's task has run, or is waiting, under the earlier replay's record restart,
+        and this one's must be taken back (kept, it would say ``queued`` for a message
+        that is gone).
 
         Messages move one at a time: a failure after the first raises
         :class:`StoppedPartWay` with those sent. A publish without an answer is sent
@@ -238,7 +247,12 @@ class NatsAdmin(BrokerAdmin):
                     msg = wanted.pop(dead.id, None)
                     if msg is None:
                         continue
-                    await self._send_back(queue, msg, raw["seq"])
+                    if not await self._send_back(queue, msg, raw["seq"]):
+                        # An earlier replay sent this letter and failed to remove it: its
+                        # task ran then, or waits. The leftover letter goes; the id is
+                        # not reported, so the caller takes back its record's restart.
+                        await self._drop_dead(int(raw["seq"]))
+                        continue
                     # Sent: live again, even if removing the dead letter fails now.
                     moved.append(dead.id)
                     if not await self._drop_dead(int(raw["seq"])):
@@ -247,23 +261,28 @@ class NatsAdmin(BrokerAdmin):
             await self._notify(queue, len(moved))
         return moved
 
-    async def _resend(self, publish: Callable[[], Awaitable[object]]) -> None:
-        """Run ``publish`` (one deduplicated JetStream publish) until the server answers.
+    async def _resend(self, publish: Callable[[], Awaitable[PubAck]]) -> bool:
+        """Run ``publish`` (one deduplicated JetStream publish) until the server answers;
+        False if its first answer says it held the message id already (sent by an earlier
+        call, not by this one).
 
         A publish without an answer may have been stored. Sent again with the same
         ``Nats-Msg-Id`` within the stream's duplicate window, it is stored at most once and
-        its answer says so; past the window, a second send could store a second copy, so
-        the last send starts before it closes. A definite refusal (the server answered
-        with an error) or a closed connection is raised at once.
+        its answer says so (a duplicate then is this call's own send); past the window, a
+        second send could store a second copy, so the last send starts before it closes.
+        A definite refusal (the server answered with an error) or a closed connection is
+        raised at once.
         """
         window_ends = time.monotonic() + self._core.dedup_window - 2 * API_TIMEOUT
+        unanswered = False
         while True:
             try:
-                await self._conn.call(publish())
-                return
+                ack = await self._conn.call(publish())
+                return unanswered or not ack.duplicate
             except BrokerError as exc:
                 if not _unanswered(exc.__cause__) or time.monotonic() >= window_ends:
                     raise
+            unanswered = True
             await asyncio.sleep(_RESEND_PAUSE)
 
     # -- operator listings ---------------------------------------------------------------

@@ -185,3 +185,29 @@ def test_a_discard_stopped_part_way_says_how_many_it_discarded(
     [entry] = app.admin.audit()
     assert (entry.action, entry.count, entry.ids) == ("discard", 1, ids[:1])
     assert [d.task_id for d in app.admin.dead_letters("rq").items] == ids[1:]
+
+
+def test_a_second_replay_of_a_letter_whose_removal_failed_leaves_the_record_as_it_was(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task, [tid] = _dead(app, "rq", 1)
+    admin = app.kernel.broker._admin  # type: ignore[attr-defined]
+    # Sent back, then its dead letter could not be removed: the task is live again.
+    fails_after(admin, "_drop_dead", 0, monkeypatch)
+    with pytest.raises(BrokerError, match=r"replay of 'rq' stopped after 1 tasks replayed"):
+        app.admin.replay("rq")
+    monkeypatch.undo()
+    assert drain(app, ["rq"]) == 1
+    assert app.result(tid).status is TaskStatus.SUCCEEDED
+    assert [d.task_id for d in app.admin.dead_letters("rq").items] == [tid]  # left over
+
+    # Replayed again within the duplicate window, its send stores nothing new (the
+    # server holds that message id). Before, the replay counted it and left the record
+    # queued for a message that was gone: a caller waiting on it waited to its timeout.
+    report = app.admin.replay("rq")
+    assert report.replayed == 0
+    assert report.skipped == {tid: "no longer a dead letter (replayed meanwhile or sent again)"}
+    assert app.result(tid).status is TaskStatus.SUCCEEDED
+    assert app.admin.dead_letters("rq").items == []
+    assert drain(app, ["rq"]) == 0
+    assert len(task.attempts) == 2  # ran once per replay that sent it

@@ -12,6 +12,7 @@ import nats.errors
 import pytest
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError
+from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 
 from taskflow._nats import connection as nats_connection
@@ -149,15 +150,28 @@ def test_a_replay_send_is_sent_again_only_when_the_server_gave_no_answer(
     admin = NatsAdmin(_core())
     calls: list[int] = []
 
-    async def publish() -> str:
+    async def publish() -> PubAck:
         calls.append(1)
         if len(calls) == 1:
             raise error
-        return "stored"
+        # The first send may have been stored: the server says the second duplicates it.
+        return PubAck(stream="s", seq=1, duplicate=True)
 
     if sends == 1:
         with pytest.raises(BrokerError):
             asyncio.run(admin._resend(publish))
     else:
-        asyncio.run(admin._resend(publish))
+        assert asyncio.run(admin._resend(publish)) is True  # this call's own send
     assert len(calls) == sends
+
+
+@pytest.mark.parametrize("duplicate", [None, False, True])
+def test_a_replay_send_answered_at_once_as_a_duplicate_was_sent_by_an_earlier_call(
+    duplicate: bool | None,
+) -> None:
+    admin = NatsAdmin(_core())
+
+    async def publish() -> PubAck:
+        return PubAck(stream="s", seq=1, duplicate=duplicate)
+
+    assert asyncio.run(admin._resend(publish)) is (duplicate is not True)
