@@ -3,7 +3,7 @@
 Run from the project root (as a module, so ``import redis`` finds the library)::
 
     python -m bench.admin [--ready 1000000] [--dead 100000] [--replay 10000]
-                          [--dead-queues 1] [--repeats 50]
+                          [--dead-queues 1] [--repeats 50] [--purge 0]
                           [--url redis://127.0.0.1:6379/15] [--prefix taskflow-bench-admin]
 
 ``--ready``        ready messages in the queue ``bench-ready``
@@ -11,6 +11,9 @@ Run from the project root (as a module, so ``import redis`` finds the library)::
                    default), or spread evenly over ``--dead-queues`` other queues
 ``--replay``       dead letters replayed in the timed replay
 ``--repeats``      timed calls of ``queues()`` and ``dead_letters(limit=100)``
+``--purge``        then purge a queue of this many waiting tasks with their ``queued``
+                   records (``bench-purge``, filled like the ready queue, the records by
+                   ``ResultStore.create_many``); timed, in tasks per second
 ``--cli-repeats``  timed runs of ``taskflow queues`` and ``taskflow dlq list --limit 100``
                    as new processes (on the backlog, and on an empty prefix for the
                    start-up alone)
@@ -50,12 +53,30 @@ from taskflow.brokers.base import BrokerAdmin, DeadLetter, Message
 from taskflow.message import Envelope
 
 READY_QUEUE = "bench-ready"
+PURGE_QUEUE = "bench-purge"
 
 
 def _body(queue: str, task_id: str, now: float) -> bytes:
     return codec.encode_envelope(
         Envelope(id=task_id, task="bench.noop", queue=queue, created_at=now)
     )
+
+
+async def _fill_purge(app: App, count: int) -> None:
+    """``count`` waiting tasks of ``PURGE_QUEUE``, each with its ``queued`` record."""
+    kernel = app.kernel
+    await kernel.connect()
+    broker = kernel.broker
+    await kernel.declare(PURGE_QUEUE)
+    now = time.time()
+    record = {"status": "queued", "attempts": 0, "name": "bench.noop", "queue": PURGE_QUEUE}
+    for start in range(0, count, 5000):
+        batch = []
+        for _ in range(min(5000, count - start)):
+            tid = uuid.uuid4().hex
+            batch.append(Message(tid, PURGE_QUEUE, _body(PURGE_QUEUE, tid, now)))
+        await kernel.results.create_many([(m.id, record) for m in batch], None)
+        await broker.publish(batch)  # type: ignore[attr-defined]
 
 
 async def _fill(app: App, ready: int, dead: int, dead_queues: int) -> None:
@@ -136,6 +157,7 @@ def main() -> None:
     parser.add_argument("--dead-queues", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--cli-repeats", type=int, default=5)
+    parser.add_argument("--purge", type=int, default=0)
     parser.add_argument("--url", default="redis://127.0.0.1:6379/15")
     parser.add_argument("--prefix", default="taskflow-bench-admin")
     args = parser.parse_args()
@@ -166,6 +188,15 @@ def main() -> None:
         took = time.perf_counter() - start
         rate = report.replayed / took if took else 0.0
         print(f"replay({args.replay:,}):  {report.replayed:,} in {took:.2f} s = {rate:,.0f}/s")
+        if args.purge:
+            app.kernel.call(_fill_purge(app, args.purge))
+            start = time.perf_counter()
+            purged = adm.purge(PURGE_QUEUE)
+            took = time.perf_counter() - start
+            print(
+                f"purge({args.purge:,} with records):  {purged:,} in {took:.2f} s"
+                f" = {purged / took:,.0f}/s"
+            )
     finally:
         app.close()
         _drop(args.url, prefix)
