@@ -3,10 +3,11 @@
 Every state change of the broker, and every record write of the result store that must be
 atomic, is one script. Each script states its arguments and return values in its first
 lines. The broker's scripts share helpers (``common.lua``: those a script calls are
-prepended here); the result store's scripts (``result_*.lua``), the fetch and the settle
-share what task records have in common (``records.lua``), the record updates and the
-settle (which writes an outcome with its ack) the merge of a record (``record_merge.lua``),
-and the record creates and the publish (which creates the queued records of a linked
+prepended here); the result store's scripts (``result_*.lua``), the fetch, the settle and
+the admin share what task records have in common (``records.lua``), the record updates,
+the settle (which writes an outcome with its ack) and the admin (whose purge closes the
+records of what it drops) the merge of a record (``record_merge.lua``), and the record
+creates and the publish (which creates the queued records of a linked
 store with its messages) the create of a record (``record_create.lua``).
 """
 
@@ -27,10 +28,9 @@ def load_script(name: str) -> str:
     """The text of a bundled Lua script, after what it shares: broker scripts get the
     helpers (``common.lua``) first; the result store's scripts and the broker's that write
     records (the admin's purge closes them) get what records share (``records.lua``), to
-    merge one ``record_merge.lua``,
-    and to create one ``record_create.lua``. Read and assembled once per process (every
-    connection registers the scripts, and registers them again after a restart of the
-    server)."""
+    merge one ``record_merge.lua``, and to create one ``record_create.lua``. Read and
+    assembled once per process (every connection registers the scripts, and registers
+    them again after a restart of the server)."""
     folder = resources.files("taskflow._redis").joinpath("lua")
 
     def read(part: str) -> str:
