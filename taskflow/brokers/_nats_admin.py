@@ -26,12 +26,13 @@ from .._nats.framing import raw_headers
 from .._nats.names import stream_name, subject_token, untoken
 from ..errors import BrokerError
 from ._nats_core import LEVELS, NatsCore
-from .base import BrokerAdmin, DeadLetter, Message, Waiting, stopped_part_way
+from .base import BrokerAdmin, CloseIds, DeadLetter, Message, Waiting, stopped_part_way
 
 __all__ = ["PAUSE_CACHE", "NatsAdmin"]
 
 PAUSE_CACHE = 2.0  # seconds a pause flag read from KV is trusted
 _RESEND_PAUSE = 0.5  # seconds between sends of a publish that got no answer
+_GROUP = 256  # messages a purge takes, closes the records of, then drops, at a time
 
 
 def _unanswered(cause: BaseException | None) -> bool:
@@ -99,30 +100,65 @@ class NatsAdmin(BrokerAdmin):
     async def purge_ids(self, queue: str, *, scheduled: bool = True) -> list[str]:
         """Drop the queue's ready (and scheduled) messages, one at a time; their ids (a
         failure after the first raises :class:`StoppedPartWay` with those dropped)."""
+        return await self._purge(queue, scheduled, None)
+
+    async def purge_batch_before(
+        self, queue: str, *, scheduled: bool, limit: int, close: CloseIds
+    ) -> list[str]:
+        """:meth:`purge_ids`, with ``close(ids)`` done for each group of messages taken
+        (up to :data:`_GROUP`) before any of the group is dropped. A group whose ``close``
+        fails is handed back uncounted (``NatsCore.requeue_orphan``, or, if that fails
+        too, delivered again when its lease ends); ``limit`` does not apply (one call
+        drops them all)."""
+        return await self._purge(queue, scheduled, close)
+
+    async def _purge(self, queue: str, scheduled: bool, close: CloseIds | None) -> list[str]:
         await self._core.ensure_queue(queue)
         ids: list[str] = []
         with stopped_part_way(ids):
             for level in LEVELS:
-                await self._drain_level(queue, level, ids)
+                await self._drain_level(queue, level, ids, close)
             if not scheduled:
                 return ids
             later = await self._core.scan(
                 self._core.delays, f"{self._core.root}.d.{subject_token(queue)}.*", 1, 10_000_000
             )
-            for raw in later:
-                if await self._core.delete(self._core.delays, int(raw["seq"]), "delay"):
-                    ids.append(_id_of(str(raw["subject"])))
+            for start in range(0, len(later), _GROUP):
+                group = later[start : start + _GROUP]
+                if close is not None:  # nothing taken: a failure leaves the group as it is
+                    await close([_id_of(str(raw["subject"])) for raw in group])
+                for raw in group:
+                    if await self._core.delete(self._core.delays, int(raw["seq"]), "delay"):
+                        ids.append(_id_of(str(raw["subject"])))
         return ids
 
-    async def _drain_level(self, queue: str, level: int, ids: list[str]) -> None:
+    async def _drain_level(
+        self, queue: str, level: int, ids: list[str], close: CloseIds | None
+    ) -> None:
         """Drop the ready messages of one level, adding their ids to ``ids``."""
         # Pull-and-ack rather than a filtered purge: see NatsCore.delete on 2.9's consumers.
         while True:
-            msgs = await self._core.pull(self._core.work, self._core.consumer(queue, level), 256)
+            msgs = await self._core.pull(self._core.work, self._core.consumer(queue, level), _GROUP)
+            if close is not None and msgs:
+                try:
+                    await close([_id_of(msg.subject) for msg in msgs])
+                except Exception:
+                    await self._hand_back(msgs)
+                    raise
             for msg in msgs:
                 await self._core.ack(msg)
                 ids.append(_id_of(msg.subject))
-            if len(msgs) < 256:
+            if len(msgs) < _GROUP:
+                return
+
+    async def _hand_back(self, msgs: Sequence[Msg]) -> None:
+        """Give back, as they were, messages a purge took and will not drop. After the
+        first that fails (the server stopped answering), the rest come back when their
+        leases end."""
+        for msg in msgs:
+            try:
+                await self._conn.call(self._core.requeue_orphan(msg))
+            except Exception:
                 return
 
     async def _set_paused(self, queue: str, paused: bool) -> None:

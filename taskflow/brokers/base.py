@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -39,6 +39,7 @@ __all__ = [
     "Broker",
     "BrokerAdmin",
     "Capabilities",
+    "CloseIds",
     "DeadLetter",
     "Delivery",
     "FetchResult",
@@ -47,6 +48,10 @@ __all__ = [
     "Waiting",
     "stopped_part_way",
 ]
+
+
+CloseIds = Callable[[list[str]], Awaitable[None]]
+"""``close(ids)``: what a purge does to the task records of the messages it drops."""
 
 
 class StoppedPartWay(BrokerError):
@@ -438,6 +443,32 @@ class BrokerAdmin(abc.ABC):
         returns fewer than ``limit``; a backend without batches drops them all at once."""
         return await self.purge_ids(queue, scheduled=scheduled)
 
+    async def purge_batch_before(
+        self, queue: str, *, scheduled: bool, limit: int, close: CloseIds
+    ) -> list[str]:
+        """:meth:`purge_batch`, with ``close(ids)`` (the caller's closing of their task
+        records) done for the ids it drops. A broker that takes messages before it drops
+        them calls it before it drops any of a group: a ``close`` that fails then leaves
+        that group waiting, never dropped with records that still say ``queued``, and a
+        drop that fails after it leaves messages whose records say they finished, which
+        workers settle without running. By default the messages are dropped first and
+        ``close`` gets those dropped (a :class:`StoppedPartWay`'s ``done`` included); a
+        ``close`` that fails then raises :class:`StoppedPartWay` naming them all, their
+        records left as they were."""
+        stopped: StoppedPartWay | None = None
+        try:
+            ids = await self.purge_batch(queue, scheduled=scheduled, limit=limit)
+        except StoppedPartWay as exc:
+            ids, stopped = list(exc.done), exc
+        try:
+            await close(ids)
+        except BrokerError as exc:
+            # Dropped all the same (their records still say queued): counted as done.
+            raise StoppedPartWay(str(exc), ids) from exc
+        if stopped is not None:
+            raise stopped
+        return ids
+
     async def purge_batch_closing(
         self,
         queue: str,
@@ -533,6 +564,13 @@ class DelegatedAdmin(BrokerAdmin):
 
     async def purge_batch(self, queue: str, *, scheduled: bool, limit: int) -> list[str]:
         return await self._admin.purge_batch(queue, scheduled=scheduled, limit=limit)
+
+    async def purge_batch_before(
+        self, queue: str, *, scheduled: bool, limit: int, close: CloseIds
+    ) -> list[str]:
+        return await self._admin.purge_batch_before(
+            queue, scheduled=scheduled, limit=limit, close=close
+        )
 
     async def purge_batch_closing(
         self,

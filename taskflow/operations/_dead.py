@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -382,7 +383,10 @@ async def purge(ctx: Context, queue: str, scheduled: bool, dry_run: bool) -> int
     linked = ctx.kernel.backends.records_linked
     async with Partial(ctx, "purge", queue, "purged", lambda: (listed, total)):
         while True:
-            if linked:  # the broker closes the records with the messages it drops
+            # The records are closed with the messages dropped (Redis with its store on
+            # the same server), before a group is dropped (NATS), or after: a purge
+            # stopped part-way has closed those of what it dropped.
+            if linked:
                 step = broker.purge_batch_closing(
                     queue,
                     scheduled=scheduled,
@@ -391,14 +395,12 @@ async def purge(ctx: Context, queue: str, scheduled: bool, dry_run: bool) -> int
                     ttl=ctx.kernel.settings.result_ttl,
                 )
             else:
-                step = broker.purge_batch(queue, scheduled=scheduled, limit=BATCH)
-            # Stopped part-way, those it dropped still have their records closed.
+                step = broker.purge_batch_before(
+                    queue, scheduled=scheduled, limit=BATCH, close=functools.partial(_close, ctx)
+                )
             ids, stopped = await _done(step)
             total += len(ids)
             listed += ids[: _LISTED - len(listed)]
-            if not linked:
-                for start in range(0, len(ids), BATCH):  # one batch, or all at once
-                    await _close(ctx, ids[start : start + BATCH])
             if stopped is not None:
                 raise stopped
             if len(ids) < BATCH:
@@ -427,18 +429,20 @@ def _closed(ctx: Context) -> dict[str, Any]:
 
 
 async def _close(ctx: Context, ids: list[str]) -> None:
-    """Close the records of purged ids as cancelled (reason ``purged``)."""
+    """Close the records of purged ids as cancelled (reason ``purged``), in batches."""
     results = ctx.kernel.results
-    records = await results.get_many(ids)
     closed = _closed(ctx)
-    # Only records that exist: a task that stores no result has none to close.
-    updates = [
-        (tid, closed)
-        for tid, record in zip(ids, records, strict=True)
-        if record is not None and not is_terminal(record)
-    ]
-    if updates:
-        await results.update_many(updates, ctx.kernel.settings.result_ttl)
+    for start in range(0, len(ids), BATCH):  # a backend without batches purges all at once
+        batch = ids[start : start + BATCH]
+        records = await results.get_many(batch)
+        # Only records that exist: a task that stores no result has none to close.
+        updates = [
+            (tid, closed)
+            for tid, record in zip(batch, records, strict=True)
+            if record is not None and not is_terminal(record)
+        ]
+        if updates:
+            await results.update_many(updates, ctx.kernel.settings.result_ttl)
 
 
 class Partial:

@@ -211,3 +211,45 @@ def test_a_second_replay_of_a_letter_whose_removal_failed_leaves_the_record_as_i
     assert app.admin.dead_letters("rq").items == []
     assert drain(app, ["rq"]) == 0
     assert len(task.attempts) == 2  # ran once per replay that sent it
+
+
+def test_a_purge_whose_result_store_fails_drops_nothing_it_could_not_close(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = noop(app, "pq")
+    ids = [task.delay(i).id for i in range(5)]
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise BrokerError("the result store stopped answering")
+
+    # The key-value store is the same server as the stream: it may stop answering in
+    # between. Before, the messages were dropped first and their records stayed queued,
+    # with nothing left for a purge run again to find.
+    monkeypatch.setattr(app.kernel.results, "update_many", down)
+    with pytest.raises(BrokerError, match="^the result store stopped answering$"):
+        app.admin.purge("pq")
+    monkeypatch.undo()
+
+    assert [app.result(i).status for i in ids] == [TaskStatus.QUEUED] * 5
+    assert sorted(t.id for t in app.admin.peek("pq")) == sorted(ids)  # handed back at once
+    assert app.admin.audit() == []
+    assert app.admin.purge("pq") == 5  # running it again finishes it
+    assert [app.result(i).status for i in ids] == [TaskStatus.CANCELLED] * 5
+
+
+def test_tasks_a_failed_purge_handed_back_run_once(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = flaky(app, "pq", failures=0)
+    ids = [task.delay(i).id for i in range(3)]
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise BrokerError("the result store stopped answering")
+
+    monkeypatch.setattr(app.kernel.results, "update_many", down)
+    with pytest.raises(BrokerError):
+        app.admin.purge("pq")
+    monkeypatch.undo()
+    assert drain(app, ["pq"]) == 3
+    assert sorted(task.attempts) == [1, 1, 1]  # each once, its delivery not used up
+    assert [app.result(i).status for i in ids] == [TaskStatus.SUCCEEDED] * 3

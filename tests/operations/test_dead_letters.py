@@ -4,6 +4,7 @@ backend (workers run in-process with ``run_until_idle``)."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -313,3 +314,32 @@ def test_a_retry_stopped_part_way_says_how_far_it_got(
     report = app.admin.retry_report(ids)  # running it again finishes it
     assert report.replayed == 3
     assert set(report.skipped) == set(ids[:2])
+
+
+def test_a_purge_whose_result_store_fails_says_what_became_of_its_tasks(
+    app: App, queue: str, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = noop(app, queue)
+    results = [task.delay(i) for i in range(3)]
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise BrokerError("the result store stopped answering")
+
+    monkeypatch.setattr(app.kernel.results, "update_many", down)
+    if backend == "redis":  # closed by the script that drops the messages
+        assert app.admin.purge(queue) == 3
+        monkeypatch.undo()
+        assert [r.status for r in results] == [TaskStatus.CANCELLED] * 3
+    elif backend == "nats":  # closed before each group is dropped: nothing dropped
+        with pytest.raises(BrokerError, match="^the result store stopped answering$"):
+            app.admin.purge(queue)
+        monkeypatch.undo()
+        assert [r.status for r in results] == [TaskStatus.QUEUED] * 3
+        assert app.admin.purge(queue) == 3
+        assert [r.status for r in results] == [TaskStatus.CANCELLED] * 3
+    else:  # dropped first: the error counts them, their records still say queued
+        with pytest.raises(BrokerError, match=rf"purge of {queue!r} stopped after 3 tasks"):
+            app.admin.purge(queue)
+        monkeypatch.undo()
+        assert [r.status for r in results] == [TaskStatus.QUEUED] * 3
+        assert app.admin.peek(queue) == []
