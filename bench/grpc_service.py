@@ -21,8 +21,6 @@ port; the client is the synchronous grpcio client on one channel.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import os
 import re
 import signal
@@ -37,6 +35,7 @@ from pathlib import Path
 
 import grpc
 
+from bench._keys import drop_prefix
 from taskflow import App
 from taskflow.grpc import pb, pb_grpc
 
@@ -131,34 +130,6 @@ def _latency(client: pb_grpc.WorkerServiceStub, count: int) -> None:
     print(f"  p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {samples[-1] * 1000:.2f} ms")
 
 
-def _drop(url: str, prefix: str) -> None:
-    if url.startswith("redis"):
-        import redis
-
-        from bench._keys import drop_keys
-
-        client = redis.Redis.from_url(url.split("?", 1)[0])
-        drop_keys(client, f"{{{prefix}}}:*", f"{prefix}:*")
-        client.close()
-        return
-    asyncio.run(_drop_nats(url, prefix))
-
-
-async def _drop_nats(url: str, prefix: str) -> None:
-    import nats
-
-    nc = await nats.connect(url.split("?", 1)[0], connect_timeout=2)
-    try:
-        js = nc.jetstream()
-        names = [f"TF_{prefix}_{n}" for n in ("WORK", "DELAY", "DLQ")]
-        names += [f"KV_TF_{prefix}_{n}" for n in ("STATE", "RESULTS")]
-        for name in names:
-            with contextlib.suppress(Exception):
-                await js.delete_stream(name)
-    finally:
-        await nc.close()
-
-
 def main() -> None:
     """Parse the options, run both measurements, print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -193,7 +164,7 @@ def main() -> None:
             if worker is not None:
                 _stop(worker)
             _stop(server)
-            _drop(opts.url, prefix)
+            drop_prefix(opts.url, prefix)
 
 
 if __name__ == "__main__":

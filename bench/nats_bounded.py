@@ -17,17 +17,14 @@ Uses a prefix of its own on ``--url``'s server and deletes its streams afterward
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import statistics
 import time
 import uuid
 
-import nats
-
+from bench._keys import drop_prefix
 from taskflow import App
-from taskflow._nats.names import stream_name
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -46,23 +43,6 @@ def _cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return sum(int(v) for v in fields[11:13]) / _TICK
-
-
-def _drop(url: str, prefix: str) -> None:
-    async def drop() -> None:
-        nc = await nats.connect(url, connect_timeout=2)
-        try:
-            js = nc.jetstream()
-            token = stream_name(prefix)
-            names = [f"TF_{token}_{n}" for n in ("WORK", "DELAY", "DLQ")]
-            names += [f"KV_TF_{token}_{n}" for n in ("STATE", "RESULTS")]
-            for name in names:
-                with contextlib.suppress(Exception):
-                    await js.delete_stream(name)
-        finally:
-            await nc.close()
-
-    asyncio.run(drop())
 
 
 def main() -> None:
@@ -100,7 +80,7 @@ def main() -> None:
         elapsed, cpu = time.perf_counter() - began, _cpu(server) - cpu_before
     finally:
         app.close()
-        _drop(args.url, prefix)
+        drop_prefix(args.url, prefix)
     cuts = statistics.quantiles(latencies, n=100)
     print(
         f"delay() to an empty queue bounded at {args.bound:,}, {args.waiting:,} waiting "
