@@ -26,7 +26,15 @@ from .._nats.framing import raw_headers
 from .._nats.names import stream_name, subject_token, untoken
 from ..errors import BrokerError
 from ._nats_core import LEVELS, NatsCore
-from .base import BrokerAdmin, CloseIds, DeadLetter, Message, Waiting, stopped_part_way
+from .base import (
+    BrokerAdmin,
+    CloseIds,
+    DeadLetter,
+    Message,
+    RecordClose,
+    Waiting,
+    stopped_part_way,
+)
 
 __all__ = ["PAUSE_CACHE", "NatsAdmin"]
 
@@ -102,15 +110,15 @@ class NatsAdmin(BrokerAdmin):
         failure after the first raises :class:`StoppedPartWay` with those dropped)."""
         return await self._purge(queue, scheduled, None)
 
-    async def purge_batch_before(
-        self, queue: str, *, scheduled: bool, limit: int, close: CloseIds
+    async def purge_batch_closing(
+        self, queue: str, *, scheduled: bool, limit: int, closing: RecordClose
     ) -> list[str]:
-        """:meth:`purge_ids`, with ``close(ids)`` done for each group of messages taken
-        (up to :data:`_GROUP`) before any of the group is dropped. A group whose ``close``
-        fails is handed back uncounted (``NatsCore.requeue_orphan``, or, if that fails
-        too, delivered again when its lease ends); ``limit`` does not apply (one call
-        drops them all)."""
-        return await self._purge(queue, scheduled, close)
+        """:meth:`purge_ids`, with ``closing.close(ids)`` done for each group of messages
+        taken (up to :data:`_GROUP`) before any of the group is dropped. A group whose
+        ``close`` fails is handed back uncounted (``NatsCore.requeue_orphan``, or, if that
+        fails too, delivered again when its lease ends); ``limit`` does not apply (one
+        call drops them all)."""
+        return await self._purge(queue, scheduled, closing.close)
 
     async def _purge(self, queue: str, scheduled: bool, close: CloseIds | None) -> list[str]:
         await self._core.ensure_queue(queue)

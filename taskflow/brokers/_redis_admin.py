@@ -11,11 +11,11 @@ exception is :meth:`RedisAdmin.requeue`, whose answer a replay needs (see there)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .._redis.connection import Connection, RecordKeys
-from .base import BrokerAdmin, DeadLetter, Message, Waiting
+from .base import BrokerAdmin, DeadLetter, Message, RecordClose, Waiting
 
 __all__ = ["RedisAdmin", "RunScript"]
 
@@ -29,14 +29,21 @@ class RedisAdmin(BrokerAdmin):
     admin_backend = "redis"
     dead_positions_shift = True
 
-    def __init__(self, conn: Connection, run: RunScript, wait: RunScript) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        run: RunScript,
+        wait: RunScript,
+        linked: Callable[[], RecordKeys | None],
+    ) -> None:
         """Operator actions in ``conn``'s namespace; ``run`` runs the broker's scripts
-        within ``CALL_TIMEOUT``, ``wait`` without a bound (:meth:`requeue` only)."""
+        within ``CALL_TIMEOUT``, ``wait`` without a bound (:meth:`requeue` only);
+        ``linked()`` is the result store the broker was linked to, if any
+        (``RedisBroker.link_records``)."""
         self._conn = conn
         self._run = run
         self._wait = wait
-        self.linked: RecordKeys | None = None
-        """The result store the broker was linked to (``RedisBroker.link_records``)."""
+        self._linked = linked
 
     async def depth(self, queue: str) -> dict[str, int]:
         """Counts of ``ready``, ``scheduled``, ``inflight`` and ``dead`` messages."""
@@ -199,24 +206,21 @@ class RedisAdmin(BrokerAdmin):
         return [_text(i) for i in ids]
 
     async def purge_batch_closing(
-        self,
-        queue: str,
-        *,
-        scheduled: bool,
-        limit: int,
-        changes: Mapping[str, Any],
-        ttl: float | None,
+        self, queue: str, *, scheduled: bool, limit: int, closing: RecordClose
     ) -> list[str]:
-        """:meth:`purge_batch`, closing the linked store's records of the ids dropped with
-        ``changes`` in the same script."""
-        linked = self.linked
+        """:meth:`purge_batch`; with a linked result store, the script that drops the
+        messages writes ``closing.changes`` to their records, else they are closed after
+        (the default)."""
+        linked = self._linked()
         if linked is None:
-            raise NotImplementedError("this broker is not linked to a Redis result store")
-        args = ["purge_batch", queue, "1" if scheduled else "0", limit]
+            return await super().purge_batch_closing(
+                queue, scheduled=scheduled, limit=limit, closing=closing
+            )
         # The store's own encoding of the update, for an empty id: the script appends
         # each dropped id to the record key and the done channel.
-        ids = await self._run("admin", [*args, *linked.update_args("", changes, ttl)])
-        return [_text(i) for i in ids]
+        record = linked.update_args("", closing.changes, closing.ttl)
+        args = ["purge_batch", queue, "1" if scheduled else "0", limit, *record]
+        return [_text(i) for i in await self._run("admin", args)]
 
     async def replay(self, queue: str, ids: Sequence[str] | None = None) -> int:
         """Make dead letters ready again with a fresh delivery budget."""

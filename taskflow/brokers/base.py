@@ -44,6 +44,7 @@ __all__ = [
     "Delivery",
     "FetchResult",
     "Message",
+    "RecordClose",
     "StoppedPartWay",
     "Waiting",
     "stopped_part_way",
@@ -52,6 +53,18 @@ __all__ = [
 
 CloseIds = Callable[[list[str]], Awaitable[None]]
 """``close(ids)``: what a purge does to the task records of the messages it drops."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordClose:
+    """How a purge closes the task records of the messages it drops
+    (:meth:`BrokerAdmin.purge_batch_closing`): the fields written, with their time to live,
+    for a broker that writes its result store's records itself, and ``close(ids)``, which
+    writes them through the result store, for any other."""
+
+    changes: Mapping[str, Any]
+    ttl: float | None
+    close: CloseIds
 
 
 class StoppedPartWay(BrokerError):
@@ -443,48 +456,36 @@ class BrokerAdmin(abc.ABC):
         returns fewer than ``limit``; a backend without batches drops them all at once."""
         return await self.purge_ids(queue, scheduled=scheduled)
 
-    async def purge_batch_before(
-        self, queue: str, *, scheduled: bool, limit: int, close: CloseIds
+    async def purge_batch_closing(
+        self, queue: str, *, scheduled: bool, limit: int, closing: RecordClose
     ) -> list[str]:
-        """:meth:`purge_batch`, with ``close(ids)`` (the caller's closing of their task
-        records) done for the ids it drops. A broker that takes messages before it drops
-        them calls it before it drops any of a group: a ``close`` that fails then leaves
-        that group waiting, never dropped with records that still say ``queued``, and a
-        drop that fails after it leaves messages whose records say they finished, which
-        workers settle without running. By default the messages are dropped first and
-        ``close`` gets those dropped (a :class:`StoppedPartWay`'s ``done`` included); a
-        ``close`` that fails then raises :class:`StoppedPartWay` naming them all, their
-        records left as they were."""
+        """:meth:`purge_batch`, with the task records of the ids it drops closed as
+        ``closing`` says; what an operator's purge calls.
+
+        A broker that writes its result store's records in its own steps
+        (``Broker.link_records``) writes ``closing.changes`` in the step that drops the
+        messages: a purge whose answer is lost then leaves no record waiting for a message
+        that is gone. A broker that takes messages before it drops them calls
+        ``closing.close(ids)`` before it drops any of a group: a ``close`` that fails leaves
+        that group waiting, and a drop that fails after it leaves messages whose records
+        say they finished, which workers settle without running. By default the messages
+        are dropped first and ``close`` gets those dropped (a :class:`StoppedPartWay`'s
+        ``done`` included); a ``close`` that fails then raises :class:`StoppedPartWay`
+        naming them all, their records left as they were.
+        """
         stopped: StoppedPartWay | None = None
         try:
             ids = await self.purge_batch(queue, scheduled=scheduled, limit=limit)
         except StoppedPartWay as exc:
             ids, stopped = list(exc.done), exc
         try:
-            await close(ids)
+            await closing.close(ids)
         except BrokerError as exc:
             # Dropped all the same (their records still say queued): counted as done.
             raise StoppedPartWay(str(exc), ids) from exc
         if stopped is not None:
             raise stopped
         return ids
-
-    async def purge_batch_closing(
-        self,
-        queue: str,
-        *,
-        scheduled: bool,
-        limit: int,
-        changes: Mapping[str, Any],
-        ttl: float | None,
-    ) -> list[str]:
-        """:meth:`purge_batch`, writing ``changes`` (with ``ttl``) to the linked result
-        store's records of the ids dropped in the same step, as ``ResultStore.update_many``
-        would: only records that exist and are not terminal. A purge whose answer is lost,
-        or whose caller fails before it closes the records, then leaves none of them
-        waiting for a message that is gone. Only where ``Broker.link_records`` returned
-        True."""
-        raise NotImplementedError("this broker does not write task records")
 
     async def known_queues(self) -> list[str]:
         """Every queue this broker knows (declared, or holding messages), sorted."""
@@ -565,24 +566,11 @@ class DelegatedAdmin(BrokerAdmin):
     async def purge_batch(self, queue: str, *, scheduled: bool, limit: int) -> list[str]:
         return await self._admin.purge_batch(queue, scheduled=scheduled, limit=limit)
 
-    async def purge_batch_before(
-        self, queue: str, *, scheduled: bool, limit: int, close: CloseIds
-    ) -> list[str]:
-        return await self._admin.purge_batch_before(
-            queue, scheduled=scheduled, limit=limit, close=close
-        )
-
     async def purge_batch_closing(
-        self,
-        queue: str,
-        *,
-        scheduled: bool,
-        limit: int,
-        changes: Mapping[str, Any],
-        ttl: float | None,
+        self, queue: str, *, scheduled: bool, limit: int, closing: RecordClose
     ) -> list[str]:
         return await self._admin.purge_batch_closing(
-            queue, scheduled=scheduled, limit=limit, changes=changes, ttl=ttl
+            queue, scheduled=scheduled, limit=limit, closing=closing
         )
 
     async def known_queues(self) -> list[str]:

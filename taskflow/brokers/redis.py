@@ -258,7 +258,7 @@ class RedisBroker(Broker, DelegatedAdmin):
         self._settles: Batcher[SettleItem, Any] = Batcher(self._send_settles)
         self._settle = self._settles.submit
         self._waits = IdleWait(self._conn, self.clock)
-        self._admin = self._redis_admin = RedisAdmin(self._conn, self._ask, self._run)
+        self._admin = RedisAdmin(self._conn, self._ask, self._run, lambda: self._linked)
         self._sync_publish = SyncScript(
             self._conn.client_url, self.connect_timeout, "publish", self._conn.client_options
         )
@@ -405,7 +405,7 @@ class RedisBroker(Broker, DelegatedAdmin):
             and records.prefix.startswith(self._conn.tag + ":")
         ):
             return False
-        self._linked = self._redis_admin.linked = records
+        self._linked = records
         return True
 
     async def _fetch(

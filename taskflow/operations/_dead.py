@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from .. import codec
-from ..brokers.base import BrokerAdmin, Message, StoppedPartWay
+from ..brokers.base import BrokerAdmin, Message, RecordClose, StoppedPartWay
 from ..brokers.base import DeadLetter as BrokerDeadLetter
 from ..errors import BrokerError, ConfigError, PayloadError
 from ..message import TaskStatus
@@ -380,24 +380,20 @@ async def purge(ctx: Context, queue: str, scheduled: bool, dry_run: bool) -> int
         return int(depth["ready"]) + (int(depth["scheduled"]) if scheduled else 0)
     total = 0
     listed: list[str] = []
-    linked = ctx.kernel.backends.records_linked
+    changes = {
+        "status": TaskStatus.CANCELLED.value,
+        "reason": "purged",
+        "finished_at": ctx.kernel.clock.time(),
+    }
+    closing = RecordClose(
+        changes, ctx.kernel.settings.result_ttl, functools.partial(_close, ctx, changes)
+    )
     async with Partial(ctx, "purge", queue, "purged", lambda: (listed, total)):
         while True:
-            # The records are closed with the messages dropped (Redis with its store on
-            # the same server), before a group is dropped (NATS), or after: a purge
-            # stopped part-way has closed those of what it dropped.
-            if linked:
-                step = broker.purge_batch_closing(
-                    queue,
-                    scheduled=scheduled,
-                    limit=BATCH,
-                    changes=_closed(ctx),
-                    ttl=ctx.kernel.settings.result_ttl,
-                )
-            else:
-                step = broker.purge_batch_before(
-                    queue, scheduled=scheduled, limit=BATCH, close=functools.partial(_close, ctx)
-                )
+            # Stopped part-way, the broker has had the records of what it dropped closed.
+            step = broker.purge_batch_closing(
+                queue, scheduled=scheduled, limit=BATCH, closing=closing
+            )
             ids, stopped = await _done(step)
             total += len(ids)
             listed += ids[: _LISTED - len(listed)]
@@ -419,25 +415,16 @@ async def _done(step: Awaitable[list[str]]) -> tuple[list[str], StoppedPartWay |
         return list(exc.done), exc
 
 
-def _closed(ctx: Context) -> dict[str, Any]:
-    """What a purge writes to the records of the tasks it dropped."""
-    return {
-        "status": TaskStatus.CANCELLED.value,
-        "reason": "purged",
-        "finished_at": ctx.kernel.clock.time(),
-    }
-
-
-async def _close(ctx: Context, ids: list[str]) -> None:
-    """Close the records of purged ids as cancelled (reason ``purged``), in batches."""
+async def _close(ctx: Context, changes: dict[str, Any], ids: list[str]) -> None:
+    """Write ``changes`` (cancelled, reason ``purged``) to the records of purged ids that
+    have one and are not finished, in batches."""
     results = ctx.kernel.results
-    closed = _closed(ctx)
     for start in range(0, len(ids), BATCH):  # a backend without batches purges all at once
         batch = ids[start : start + BATCH]
         records = await results.get_many(batch)
         # Only records that exist: a task that stores no result has none to close.
         updates = [
-            (tid, closed)
+            (tid, changes)
             for tid, record in zip(batch, records, strict=True)
             if record is not None and not is_terminal(record)
         ]

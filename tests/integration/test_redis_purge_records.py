@@ -37,7 +37,7 @@ def _record(app: App, task_id: str) -> Any:
 def _answer_lost(app: App, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Each purge batch runs on the server, then its answer is lost: the caller gets the
     BrokerError of a call that had no reply in time. The list counts the batches run."""
-    admin = app.kernel.broker._redis_admin  # type: ignore[attr-defined]
+    admin = app.kernel.broker._admin  # type: ignore[attr-defined]
     real = admin._run
     ran = [0]
 

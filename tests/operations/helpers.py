@@ -38,14 +38,6 @@ def noop(app: App, queue: str, name: str = "") -> Any:
     return task
 
 
-def purge_step(app: App) -> str:
-    """The broker method a purge drops each batch with: the one that closes the records
-    too where the broker writes them (Redis with its result store on the same server),
-    else the one that has them closed around the drop."""
-    linked = app.kernel.backends.records_linked
-    return "purge_batch_closing" if linked else "purge_batch_before"
-
-
 def fails_after(broker: Any, method: str, calls: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """``broker.<method>`` answers ``calls`` times, then raises BrokerError (a server that
     stopped answering part-way through an action)."""

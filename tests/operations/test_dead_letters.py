@@ -14,7 +14,7 @@ from taskflow.errors import BrokerError, NotFound, TaskCancelled
 from taskflow.message import TaskStatus
 from taskflow.testing import drain
 
-from .helpers import fails_after, flaky, noop, purge_step
+from .helpers import fails_after, flaky, noop
 
 
 def _dead(app: App, queue: str, count: int, name: str = "") -> list[str]:
@@ -238,7 +238,7 @@ def test_a_purge_stopped_part_way_says_how_far_it_got_and_audits_that_much(
     monkeypatch.setattr(dead_module, "BATCH", 2)
     task = noop(app, queue)
     results = [task.delay(i) for i in range(5)]
-    fails_after(app.kernel.broker, purge_step(app), 1, monkeypatch)
+    fails_after(app.kernel.broker, "purge_batch_closing", 1, monkeypatch)
     with pytest.raises(BrokerError) as caught:
         app.admin.as_actor("alice").purge(queue)
     # A broker that purges in batches (Redis) stopped after the first; the others purge a
@@ -289,7 +289,7 @@ def test_an_action_that_fails_before_doing_anything_raises_the_error_as_it_was(
     app: App, queue: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     noop(app, queue).delay()
-    fails_after(app.kernel.broker, purge_step(app), 0, monkeypatch)
+    fails_after(app.kernel.broker, "purge_batch_closing", 0, monkeypatch)
     with pytest.raises(BrokerError, match="^the server stopped answering$"):
         app.admin.purge(queue)
     assert app.admin.audit() == []
