@@ -45,9 +45,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import redis
-
-from bench._keys import drop_keys
+from bench._keys import drop_prefix
 from taskflow import App, codec
 from taskflow.brokers.base import BrokerAdmin, DeadLetter, Message
 from taskflow.message import Envelope
@@ -141,14 +139,6 @@ def _command_wall(
     return statistics.median(times)
 
 
-def _drop(url: str, prefix: str) -> None:
-    client = redis.Redis.from_url(url)
-    try:
-        drop_keys(client, f"{{{prefix}}}:*")
-    finally:
-        client.close()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ready", type=int, default=1_000_000)
@@ -199,7 +189,7 @@ def main() -> None:
             )
     finally:
         app.close()
-        _drop(args.url, prefix)
+        drop_prefix(args.url, prefix)
 
 
 if __name__ == "__main__":

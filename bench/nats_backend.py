@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import signal
 import statistics
@@ -36,6 +35,7 @@ import nats
 from nats.aio.client import Client
 
 from bench._drain import wait_drained
+from bench._keys import drop_prefix
 from taskflow import App
 from taskflow._nats.names import stream_name
 
@@ -187,18 +187,6 @@ def pickup_latency(bench: App, url: str, samples: int, slots: int) -> tuple[floa
     return statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1]
 
 
-async def _drop(server: str, prefix: str) -> None:
-    nc = await nats.connect(server)
-    js = nc.jetstream()
-    for name in ("WORK", "DELAY", "DLQ"):
-        with contextlib.suppress(Exception):
-            await js.delete_stream(f"TF_{prefix}_{name}")
-    for bucket in ("STATE", "RESULTS"):
-        with contextlib.suppress(Exception):
-            await js.delete_stream(f"KV_TF_{prefix}_{bucket}")
-    await nc.close()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("--tasks", type=int, default=20_000)
@@ -243,7 +231,7 @@ def run(tasks: int, base_url: str, prefix: str, samples: int, slots: int) -> lis
         )
     finally:
         app.close()
-        asyncio.run(_drop(base_url, prefix))
+        drop_prefix(base_url, prefix)
     return rows
 
 
