@@ -1,4 +1,4 @@
-"""Where the Redis server's time goes in the fetch and settle scripts, per message.
+"""Where the Redis server's time goes in the fetch, settle and record scripts, per message.
 
 Run from the project root (as a module)::
 
@@ -8,7 +8,10 @@ Run from the project root (as a module)::
 For each batch size, ``--messages`` fire-and-forget messages of ``bench._incr_app``'s task
 are published (``fill``: ``enqueue_many``, 1,000 at a time), taken by the broker's own
 ``fetch`` that many at a time, then acked that many at a time (the acks of one batch go
-out in one settle call, as a worker's do).
+out in one settle call, as a worker's do). Then as many ``queued`` task records are
+written and, timed (``record``), given their outcome that many at a time through the
+result store's ``update_many`` (``result_update.lua``, whose merge the settle of a task
+that stores its result runs too).
 No worker runs and nothing else should use the server: the figures are the server's.
 Printed per step and batch size, per message, medians of the rounds:
 
@@ -34,6 +37,7 @@ import argparse
 import asyncio
 import statistics
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -104,10 +108,20 @@ async def _ack_all(deliveries: list[Delivery], batch: int) -> None:
             raise SystemExit("an ack did not hold: is a worker consuming this queue?")
 
 
+async def _finish_records(app: App, ids: list[str], batch: int) -> None:
+    results = app.kernel.results
+    done = {"status": "succeeded", "result": 1, "finished_at": time.time()}
+    for start in range(0, len(ids), batch):
+        await results.update_many([(i, done) for i in ids[start : start + batch]], 3600.0)
+
+
 def one_round(app: App, client: redis.Redis, messages: int, batch: int) -> list[Cost]:
-    """Publish, fetch and ack ``messages`` messages ``batch`` at a time: the fetch's and
-    the settle's costs."""
+    """Publish, fetch and ack ``messages`` messages ``batch`` at a time, then write the
+    outcome of as many queued records: the fetch's, the settle's and the record
+    updates' costs."""
     fill(app, messages)
+    ids = [uuid.uuid4().hex for _ in range(messages)]
+    queued = {"status": "queued", "attempts": 0, "name": "bench.noop"}
     try:
         meter = Meter(client)
         deliveries = app.kernel.call(_fetch_all(app, messages, batch))
@@ -115,9 +129,13 @@ def one_round(app: App, client: redis.Redis, messages: int, batch: int) -> list[
         meter = Meter(client)
         app.kernel.call(_ack_all(deliveries, batch))
         settle = meter.cost(messages)
+        app.kernel.call(app.kernel.results.create_many([(i, queued) for i in ids], 3600.0))
+        meter = Meter(client)
+        app.kernel.call(_finish_records(app, ids, batch))
+        record = meter.cost(messages)
     finally:
         drop_keys(client, f"*{PREFIX}*")
-    return [fetch, settle]
+    return [fetch, settle, record]
 
 
 def median(costs: list[Cost]) -> Cost:
@@ -156,8 +174,8 @@ def main() -> None:
     app = build_app(f"{args.url}?prefix={PREFIX}")  # its task never runs here
     client = redis.Redis.from_url(args.url.split("?", 1)[0])
     print(
-        f"fetch and settle scripts: {args.messages:,} messages, medians of {args.rounds} rounds, "
-        f"{args.url}; µs of the server per message"
+        f"fetch, settle and record scripts: {args.messages:,} messages, medians of "
+        f"{args.rounds} rounds, {args.url}; µs of the server per message"
     )
     print(
         f"{'step':8}{'batch':>7}{'calls':>8}{'server':>9}{'script':>9}{'commands':>10}{'rest':>8}"
@@ -167,7 +185,7 @@ def main() -> None:
         drop_keys(client, f"*{PREFIX}*")
         for batch in args.batches:
             rounds = [one_round(app, client, args.messages, batch) for _ in range(args.rounds)]
-            for step, name in enumerate(("fetch", "settle")):
+            for step, name in enumerate(("fetch", "settle", "record")):
                 m = median([r[step] for r in rounds])
                 print(
                     f"{name:8}{batch:7d}{m.calls:8.3f}{m.server:9.2f}{m.script:9.2f}"
