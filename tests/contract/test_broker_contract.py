@@ -59,6 +59,20 @@ def admin_of(broker: Broker) -> BrokerAdmin:
     return broker
 
 
+async def settled_depth(
+    admin: BrokerAdmin, queue: str, want: dict[str, int], limit: float = 5.0
+) -> dict[str, int]:
+    """``admin.depth(queue)`` once the counts named in ``want`` match it, or as it stands
+    after ``limit`` seconds. A settle is sent without waiting for an answer on NATS, and
+    the server counts it a moment later, so its counts are read until they agree."""
+    deadline = time.monotonic() + limit
+    while True:
+        depth = await admin.depth(queue)
+        if all(depth[k] == v for k, v in want.items()) or time.monotonic() > deadline:
+            return depth
+        await asyncio.sleep(0.01)
+
+
 # -- publish and fetch -----------------------------------------------------------------
 
 
@@ -315,7 +329,7 @@ def test_an_acked_message_is_gone(
         assert await got.ack()
         assert await broker.fetch([queue], 10, 0) == []
         if isinstance(broker, BrokerAdmin):
-            depth = await broker.depth(queue)
+            depth = await settled_depth(broker, queue, {"ready": 0, "inflight": 0, "dead": 0})
             assert (depth["ready"], depth["inflight"], depth["dead"]) == (0, 0, 0)
 
     run(loop, body())
@@ -698,8 +712,8 @@ def test_depth_counts_ready_scheduled_inflight_and_dead(
         assert await second.dead_letter("rejected")
         await broker.publish([msg(queue, str(i)) for i in range(3)])
         await broker.publish([msg(queue, eta=time.time() + 60)])
-        depth = await admin.depth(queue)
-        assert depth == {"ready": 3, "scheduled": 1, "inflight": 1, "dead": 1}
+        want = {"ready": 3, "scheduled": 1, "inflight": 1, "dead": 1}
+        assert await settled_depth(admin, queue, want) == want
         assert await first.ack()
 
     run(loop, body())
