@@ -16,6 +16,7 @@ Run from the project root (as a module, so that ``bench`` is importable)::
                (``pip install -e '.[bench]'``) and print the ratio taskflow / huey
 ``--huey-worker-type``  ``process`` (default) or ``thread``: Huey's workers
 ``--dir``      where the database files go (default: a temporary directory, removed)
+``--stored-only``  only the rows of tasks that store their results (taskflow only)
 
 The workload is the same for both: a synchronous no-op task, no result stored
 (``store_result=False``; Huey stores no ``None`` result), both databases in WAL mode with
@@ -137,8 +138,9 @@ class System:
     def send_stamp(self, path: Path) -> None:
         raise NotImplementedError
 
-    def send_many(self, count: int) -> None:
-        """``count`` no-ops in batches, or None when the system has no batch enqueue."""
+    def send_many(self, count: int, name: str = "bench.noop") -> None:
+        """``count`` tasks ``name`` in batches; NotImplementedError when the system has no
+        batch enqueue."""
         raise NotImplementedError
 
     def pending(self) -> int:
@@ -193,9 +195,9 @@ class Taskflow(System):
     def send_stamp(self, path: Path) -> None:
         self.task("bench.stamp").delay(str(path))
 
-    def send_many(self, count: int) -> None:
+    def send_many(self, count: int, name: str = "bench.noop") -> None:
         assert self.app is not None
-        noop = self.task("bench.noop")
+        noop = self.task(name)
         for start in range(0, count, BATCH):
             self.app.enqueue_many([noop.s() for _ in range(min(BATCH, count - start))])
 
@@ -258,7 +260,7 @@ class HueyPeer(System):
     def send_stamp(self, path: Path) -> None:
         self.tasks["bench.stamp"](str(path))
 
-    def send_many(self, count: int) -> None:
+    def send_many(self, count: int, name: str = "bench.noop") -> None:
         raise NotImplementedError
 
     def pending(self) -> int:
@@ -310,13 +312,13 @@ def enqueue_rate(system: System, tasks: int, send: Callable[[], None]) -> tuple[
     return tasks / elapsed, (time.process_time() - cpu) / tasks
 
 
-def drain_rate(system: System, tasks: int) -> float:
-    """No-ops per second drained by the worker processes from a filled file."""
+def drain_rate(system: System, tasks: int, name: str = "bench.noop") -> float:
+    """No-ops (``name``) per second drained by the worker processes from a filled file."""
     system.fresh()
     marks = system.directory / f"{system.name}-drain-{system.runs}.txt"
     system.send_stamp(marks)
     try:
-        system.send_many(tasks)
+        system.send_many(tasks, name)
     except NotImplementedError:
         for _ in range(tasks):
             system.send_noop()
@@ -367,6 +369,12 @@ def measure(system: System, args: argparse.Namespace) -> dict[str, tuple[float, 
     """Every measurement of ``system``: rates in tasks/s, latencies in seconds."""
     tasks = args.tasks
     rows: dict[str, tuple[float, ...]] = {}
+    workers = f"{system.processes} worker{'s' if system.processes != 1 else ''}"
+    if args.stored_only:
+        assert isinstance(system, Taskflow)
+        _stored_rows(system, tasks, workers, rows)
+        system.close()
+        return rows
 
     def loop() -> None:
         for _ in range(tasks):
@@ -379,17 +387,9 @@ def measure(system: System, args: argparse.Namespace) -> dict[str, tuple[float, 
         rows["enqueue, enqueue_many (batches of 1,000)"] = (
             enqueue_rate(system, tasks, lambda: system.send_many(tasks))[0],
         )
-
-        def stored_loop() -> None:
-            delay = system.task("bench.noop_stored").delay  # on the fresh file
-            for _ in range(tasks):
-                delay()
-
-        rows["enqueue, delay() loop, result stored (a queued record each)"] = (
-            enqueue_rate(system, tasks, stored_loop)[0],
-        )
-    workers = f"{system.processes} worker{'s' if system.processes != 1 else ''}"
     rows[f"drain, {workers} on one file"] = (drain_rate(system, tasks),)
+    if isinstance(system, Taskflow):
+        _stored_rows(system, tasks, workers, rows)
     rows["pickup latency p50 / p99, worker process"] = pickup_latency(
         system, args.samples, args.idle
     )
@@ -399,6 +399,25 @@ def measure(system: System, args: argparse.Namespace) -> dict[str, tuple[float, 
         )
     system.close()
     return rows
+
+
+def _stored_rows(
+    system: Taskflow, tasks: int, workers: str, rows: dict[str, tuple[float, ...]]
+) -> None:
+    """The rows of tasks that store their results (taskflow only): the queued record of
+    each ``delay()``, and the record's ``running`` and outcome writes of each task drained."""
+
+    def stored_loop() -> None:
+        delay = system.task("bench.noop_stored").delay  # on the fresh file
+        for _ in range(tasks):
+            delay()
+
+    rows["enqueue, delay() loop, result stored (a queued record each)"] = (
+        enqueue_rate(system, tasks, stored_loop)[0],
+    )
+    rows[f"drain, {workers} on one file, results stored"] = (
+        drain_rate(system, tasks, "bench.noop_stored"),
+    )
 
 
 def _show(values: tuple[float, ...] | None, latency: bool) -> str:
@@ -457,7 +476,10 @@ def main() -> None:
     parser.add_argument("--peer", choices=["huey"], default=None)
     parser.add_argument("--huey-worker-type", choices=["process", "thread"], default="process")
     parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument("--stored-only", action="store_true")
     args = parser.parse_args()
+    if args.stored_only and args.peer:
+        raise SystemExit("--stored-only measures taskflow alone: leave out --peer")
     if args.peer == "huey":
         try:
             import huey as _  # noqa: F401

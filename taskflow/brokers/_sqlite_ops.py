@@ -15,10 +15,11 @@ delivered again, or dead-lettered as ``worker_lost`` once ``max_deliveries`` ran
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._sqlite.connection import data_version
+from .._sqlite.records import RecordFile
 from ..errors import QueueFull
 from .base import DeadLetter, Message, Waiting
 
@@ -31,13 +32,16 @@ __all__ = [
     "declare",
     "depth",
     "insert",
+    "insert_recording",
     "insert_unbounded",
     "peek",
+    "purge_closing",
     "purge_ids",
     "reclaim",
     "requeue",
     "set_paused",
     "settle",
+    "settle_recording",
     "take",
 ]
 
@@ -101,6 +105,20 @@ def insert(conn: sqlite3.Connection, messages: Sequence[Message], now: float) ->
         conn.execute(_INSERT, rows[0])
     else:
         conn.executemany(_INSERT, rows)
+
+
+def insert_recording(
+    conn: sqlite3.Connection,
+    messages: Sequence[Message],
+    now: float,
+    records: RecordFile,
+    items: Sequence[tuple[str, Mapping[str, Any]]],
+) -> None:
+    """:func:`insert`, with the queued task records ``items`` created in the same
+    transaction (as ``ResultStore.create_many``, without a time to live): both or neither."""
+    insert(conn, messages, now)
+    if items:
+        records.create(conn, items, None, now)
 
 
 def insert_unbounded(conn: sqlite3.Connection, m: Message, now: float) -> bool:
@@ -243,6 +261,34 @@ def settle(
     return conn.execute(sql, args).rowcount == 1
 
 
+Recording = tuple[RecordFile, str, Mapping[str, Any], float | None]
+"""A task record's write in a settle: the store's writes, the task id, the changes and
+their time to live."""
+
+
+def settle_recording(
+    conn: sqlite3.Connection,
+    fence: tuple[str, int],
+    now: float,
+    act: tuple[str | None, dict[str, Any]],
+    recording: Recording,
+) -> tuple[list[dict[str, Any] | None], bool]:
+    """The task's record written, then ``act`` (:func:`settle`'s action and its extra
+    arguments; the action None: the record only) on the delivery, in one transaction. A
+    ``retry`` is made only if the record was written (a task whose record became terminal
+    while it ran does not come back). The merged record (``[None]``: it was terminal, left
+    as it was) and whether the action held; the record is written whether or not the
+    lease still holds."""
+    action, extra = act
+    records, task_id, changes, ttl = recording
+    merged = records.update(conn, [(task_id, changes)], ttl, now)
+    if action is None:
+        return merged, True
+    if action == "retry" and merged[0] is None:
+        return merged, False
+    return merged, settle(conn, fence, action, now, extra)
+
+
 def cancel(conn: sqlite3.Connection, mid: str, queue: str) -> bool:
     """Remove a ready or scheduled message."""
     sql = "DELETE FROM messages WHERE id = ? AND queue = ? AND state = 'waiting'"
@@ -295,6 +341,31 @@ def purge_ids(conn: sqlite3.Connection, queue: str, scheduled: bool, now: float)
     args: tuple[Any, ...] = (queue,) if scheduled else (queue, now)
     ids = [r[0] for r in conn.execute(f"SELECT id FROM messages WHERE {where}", args)]
     conn.execute(f"DELETE FROM messages WHERE {where}", args)
+    return ids
+
+
+def purge_closing(
+    conn: sqlite3.Connection,
+    queue: str,
+    batch: tuple[bool, int],
+    now: float,
+    close: tuple[RecordFile, Mapping[str, Any], float | None],
+) -> list[str]:
+    """Drop up to ``limit`` ready (and, with ``scheduled``, scheduled) messages, oldest
+    first (``batch``: the two), and close their task records in the same transaction
+    (``close``: the store's writes, the changes and their time to live; only records that
+    exist and are not terminal change); the ids dropped."""
+    scheduled, limit = batch
+    where = "queue = ? AND state = 'waiting'" + ("" if scheduled else " AND due <= ?")
+    args: tuple[Any, ...] = (queue,) if scheduled else (queue, now)
+    rows = conn.execute(
+        f"SELECT seq, id FROM messages WHERE {where} ORDER BY seq LIMIT ?", (*args, limit)
+    )
+    taken = rows.fetchall()
+    conn.executemany("DELETE FROM messages WHERE seq = ?", [(seq,) for seq, _ in taken])
+    ids = [str(mid) for _, mid in taken]
+    records, changes, ttl = close
+    records.close(conn, ids, changes, ttl, now)
     return ids
 
 

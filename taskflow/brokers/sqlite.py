@@ -21,20 +21,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import sqlite3
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from .._sqlite.connection import (
     CONTROL,
     FETCHING,
+    RESULTS,
     Database,
     Doorbell,
     data_version,
     sqlite_path,
 )
+from .._sqlite.records import RecordFile
 from ..clock import SYSTEM_CLOCK, Clock
 from ..urls import url_kwargs
 from . import _sqlite_ops as ops
@@ -47,6 +50,7 @@ from .base import (
     Delivery,
     FetchResult,
     Message,
+    RecordClose,
     Waiting,
 )
 
@@ -63,10 +67,11 @@ class SqliteDelivery(Delivery):
 
     __slots__ = ("_broker", "_token")
 
-    def __init__(self, broker: SqliteBroker, token: int, row: ops.Row) -> None:
+    def __init__(self, broker: SqliteBroker, token: int, row: ops.Row, linked: bool) -> None:
         super().__init__(*row)
         self._broker = broker
         self._token = token
+        self.records_linked = linked
 
     @property
     def lease(self) -> float | None:
@@ -94,6 +99,60 @@ class SqliteDelivery(Delivery):
     async def dead_letter(self, reason: str, error: str | None = None) -> bool:
         """Move to the dead-letter list."""
         return await self._broker.settle(self.id, self._token, "dead", reason=reason, error=error)
+
+    async def ack_recording(
+        self, task_id: str, changes: Mapping[str, Any], ttl: float | None
+    ) -> tuple[bool, bool]:
+        """Write the outcome to the linked store's record and remove the message, in one
+        transaction (see ``Delivery.ack_recording``)."""
+        return await self._broker.settle_recording(
+            self.id, self._token, "ack", (task_id, changes, ttl)
+        )
+
+    async def dead_letter_recording(
+        self,
+        task_id: str,
+        changes: Mapping[str, Any],
+        ttl: float | None,
+        reason: str,
+        error: str | None = None,
+    ) -> tuple[bool, bool]:
+        """Write the failure to the linked store's record and dead-letter the message, in
+        one transaction (see ``Delivery.dead_letter_recording``)."""
+        return await self._broker.settle_recording(
+            self.id, self._token, "dead", (task_id, changes, ttl), reason=reason, error=error
+        )
+
+    async def retry_recording(
+        self,
+        task_id: str,
+        changes: Mapping[str, Any],
+        body: bytes,
+        delay: float,
+        *,
+        max_deliveries: int = 1,
+    ) -> tuple[bool, bool]:
+        """Write the retry to the linked store's record and replace the message if the
+        record was written, in one transaction (see ``Delivery.retry_recording``)."""
+        return await self._broker.settle_recording(
+            self.id,
+            self._token,
+            "retry",
+            (task_id, changes, None),
+            body=body,
+            delay=delay,
+            max_deliveries=max_deliveries,
+        )
+
+    async def write_record(
+        self, task_id: str, changes: Mapping[str, Any], ttl: float | None
+    ) -> bool:
+        """Write to the linked store's record (see ``Delivery.write_record``): a
+        transaction of its own, committed with the writes queued meanwhile."""
+        written, _ = await self._broker.settle_recording(
+            self.id, self._token, None, (task_id, changes, ttl)
+        )
+        return written
 
 
 class SqliteBroker(Broker, BrokerAdmin):
@@ -124,6 +183,7 @@ class SqliteBroker(Broker, BrokerAdmin):
         self.lease = float(lease)
         self.clock: Clock = clock or SYSTEM_CLOCK
         self._db = Database(self.path, busy_timeout)
+        self._records: RecordFile | None = None  # the linked result store (link_records)
         # Control readers wake for control commands only, not for every commit.
         self._control_bell = Doorbell.of(self.path, "control")
         self._limiter = SqliteLimiter(self._db, self.lease, self.clock)
@@ -179,6 +239,45 @@ class SqliteBroker(Broker, BrokerAdmin):
             self._db.write_blocking(ops.insert, messages, now)
         self._db.wake_others()
 
+    async def publish_recording(
+        self, messages: Sequence[Message], records: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> None:
+        """:meth:`publish`, the linked store's queued ``records`` created in the same
+        transaction (see ``Broker.publish_recording``)."""
+        if messages:
+            linked = self._linked()
+            await self._db.write(ops.insert_recording, messages, self.clock.time(), linked, records)
+            self._db.wake_others()
+
+    def publish_recording_blocking(
+        self, messages: Sequence[Message], records: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> None:
+        """:meth:`publish_blocking`, the linked store's queued ``records`` created in the
+        same transaction, on the calling thread (see ``Broker.publish_recording``)."""
+        if messages:
+            linked = self._linked()
+            now = self.clock.time()
+            self._db.write_blocking(ops.insert_recording, messages, now, linked, records)
+            self._db.wake_others()
+
+    def link_records(self, records: object | None) -> bool:
+        """Write the records of an SQLite result store on this broker's file in the
+        transactions that publish and settle their messages: True if ``records``
+        (``SqliteResultStore.record_location()``) are in the same file."""
+        if not (
+            isinstance(records, RecordFile)
+            and os.path.abspath(records.path) == os.path.abspath(self.path)
+        ):
+            return False
+        self._records = records
+        return True
+
+    def _linked(self) -> RecordFile:
+        records = self._records
+        if records is None:
+            raise NotImplementedError("this broker is not linked to an SQLite result store")
+        return records
+
     # -- consuming -------------------------------------------------------------------
     async def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> FetchResult:
         """Take up to ``max_messages`` ready deliveries, waiting up to ``timeout``."""
@@ -195,7 +294,8 @@ class SqliteBroker(Broker, BrokerAdmin):
             self._lost.extend(lost)
             remaining = deadline - loop.time()
             if rows or remaining <= 0:
-                got = [SqliteDelivery(self, token, row) for row in rows]
+                linked = self._records is not None
+                got = [SqliteDelivery(self, token, row, linked) for row in rows]
                 found, self._lost = self._lost, []
                 return FetchResult(got, found)
             if next_due is not None:
@@ -218,6 +318,34 @@ class SqliteBroker(Broker, BrokerAdmin):
             self._db.wake_others()
         return settled
 
+    async def settle_recording(
+        self,
+        mid: str,
+        token: int,
+        action: str | None,
+        record: tuple[str, Mapping[str, Any], float | None],
+        **extra: Any,
+    ) -> tuple[bool, bool]:
+        """Write the task record ``record`` (its id, the changes, their time to live) to the
+        linked store and settle the delivery of ``mid`` with ``action`` (None: the record
+        only), in one transaction; whether the record was written (False: it was
+        terminal) and whether the settle held (see ``ops.settle_recording``)."""
+        linked = self._linked()
+        await linked.sweep_if_due()
+        extra["lease"] = self.lease
+        merged, settled = await self._db.write(
+            ops.settle_recording,
+            (mid, token),
+            self.clock.time(),
+            (action, extra),
+            (linked, *record),
+        )
+        if linked.finished(merged):
+            self._db.wake_others(RESULTS)  # a result.get() in another process may wait
+        if settled and action in _READY_AGAIN:
+            self._db.wake_others()
+        return merged[0] is not None, settled
+
     async def cancel(self, message_id: str, queue: str) -> bool:
         """Remove a ready or scheduled message."""
         removed: bool = await self._db.write(ops.cancel, message_id, queue)
@@ -237,6 +365,25 @@ class SqliteBroker(Broker, BrokerAdmin):
     async def purge_ids(self, queue: str, *, scheduled: bool = True) -> list[str]:
         """Drop ready (and scheduled) messages; their ids."""
         return await self._db.write(ops.purge_ids, queue, scheduled, self.clock.time())
+
+    async def purge_batch_closing(
+        self, queue: str, *, scheduled: bool, limit: int, closing: RecordClose
+    ) -> list[str]:
+        """:meth:`purge_batch`; where the broker is linked to the result store
+        (:meth:`link_records`), up to ``limit`` messages are dropped and their records
+        closed in one transaction (see ``BrokerAdmin.purge_batch_closing``)."""
+        linked = self._records
+        if linked is None:
+            return await super().purge_batch_closing(
+                queue, scheduled=scheduled, limit=limit, closing=closing
+            )
+        close = (linked, closing.changes, closing.ttl)
+        ids: list[str] = await self._db.write(
+            ops.purge_closing, queue, (scheduled, limit), self.clock.time(), close
+        )
+        if ids:
+            self._db.wake_others(RESULTS)  # a result.get() in another process may wait
+        return ids
 
     async def pause(self, queue: str) -> None:
         """Stop delivering from ``queue`` (in every process)."""

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from .._sqlite.connection import RESULTS, Database, data_version, sqlite_path
+from .._sqlite.records import RecordFile
 from ..clock import SYSTEM_CLOCK, Clock
 from ..urls import url_kwargs
 from . import _heartbeats_sqlite as heartbeats
@@ -86,6 +87,30 @@ def _create(
             _write(conn, task_id, {"id": task_id, **record}, None if ttl is None else now + ttl)
         out.append(fresh)
     return out
+
+
+def _close(
+    conn: sqlite3.Connection,
+    ids: Sequence[str],
+    changes: Mapping[str, Any],
+    ttl: float | None,
+    now: float,
+) -> int:
+    """``changes`` merged into the records of ``ids`` that exist and are not terminal (a
+    task without a record gets none; one that finished keeps its outcome)."""
+    closed = 0
+    expires = None if ttl is None else now + ttl
+    for task_id in ids:
+        record = _read(conn, task_id, now)
+        if record is None or is_terminal(record):
+            continue
+        _write(conn, task_id, {**record, **changes}, expires)
+        closed += 1
+    return closed
+
+
+def _finished(records: Sequence[Mapping[str, Any] | None]) -> bool:
+    return any(is_terminal(record) for record in records)
 
 
 def _value(conn: sqlite3.Connection, key: str, now: float) -> str | None:
@@ -173,11 +198,10 @@ class SqliteResultStore(ResultStore):
         self, items: Sequence[tuple[str, Mapping[str, Any]]], ttl: float | None
     ) -> list[dict[str, Any] | None]:
         """:meth:`update` for many records in one transaction."""
+        await self._sweep_if_due()
         now = self.clock.time()
-        if now >= self._next_sweep:
-            await self.sweep()
         records: list[dict[str, Any] | None] = await self._db.write(_update, list(items), ttl, now)
-        if any(is_terminal(record) for record in records):
+        if _finished(records):
             self._db.wake_others(RESULTS)  # a result.get() in another process may wait
         return records
 
@@ -233,6 +257,16 @@ class SqliteResultStore(ResultStore):
     async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
         """Atomic counter (across processes)."""
         return await self._db.write(_incr, key, amount, ttl, self.clock.time())
+
+    def record_location(self) -> RecordFile:
+        """This store's file and record writes, for an SQLite broker on the same file,
+        which then writes a task's record in the transaction that publishes or settles
+        its message (``Broker.link_records``)."""
+        return RecordFile(self.path, _update, _create, _close, _finished, self._sweep_if_due)
+
+    async def _sweep_if_due(self) -> None:
+        if self.clock.time() >= self._next_sweep:
+            await self.sweep()
 
     async def sweep(self) -> int:
         """Delete every expired record and value now; returns how many."""
