@@ -16,7 +16,8 @@ Run from the project root (as a module, so that ``bench`` is importable)::
                (``pip install -e '.[bench]'``) and print the ratio taskflow / huey
 ``--huey-worker-type``  ``process`` (default) or ``thread``: Huey's workers
 ``--dir``      where the database files go (default: a temporary directory, removed)
-``--stored-only``  only the rows of tasks that store their results (taskflow only)
+``--stored-only``  only the rows of tasks that store their results (taskflow only), with
+               the pickup latency of such a task
 
 The workload is the same for both: a synchronous no-op task, no result stored
 (``store_result=False``; Huey stores no ``None`` result), both databases in WAL mode with
@@ -84,6 +85,7 @@ def build_app(url: str) -> App:
     bench.task(name="bench.noop", store_result=False)(_noop)
     bench.task(name="bench.stamp", store_result=False)(_stamp)
     bench.task(name="bench.noop_stored")(_noop)  # taskflow only: its queued record too
+    bench.task(name="bench.stamp_stored")(_stamp)
     return bench
 
 
@@ -135,7 +137,7 @@ class System:
     def send_noop(self) -> None:
         raise NotImplementedError
 
-    def send_stamp(self, path: Path) -> None:
+    def send_stamp(self, path: Path, name: str = "bench.stamp") -> None:
         raise NotImplementedError
 
     def send_many(self, count: int, name: str = "bench.noop") -> None:
@@ -192,8 +194,8 @@ class Taskflow(System):
     def send_noop(self) -> None:
         self.task("bench.noop").delay()
 
-    def send_stamp(self, path: Path) -> None:
-        self.task("bench.stamp").delay(str(path))
+    def send_stamp(self, path: Path, name: str = "bench.stamp") -> None:
+        self.task(name).delay(str(path))
 
     def send_many(self, count: int, name: str = "bench.noop") -> None:
         assert self.app is not None
@@ -257,8 +259,8 @@ class HueyPeer(System):
     def send_noop(self) -> None:
         self.tasks["bench.noop"]()  # calling a huey task enqueues it
 
-    def send_stamp(self, path: Path) -> None:
-        self.tasks["bench.stamp"](str(path))
+    def send_stamp(self, path: Path, name: str = "bench.stamp") -> None:
+        self.tasks[name](str(path))
 
     def send_many(self, count: int, name: str = "bench.noop") -> None:
         raise NotImplementedError
@@ -334,13 +336,15 @@ def drain_rate(system: System, tasks: int, name: str = "bench.noop") -> float:
     return tasks / (last - first)
 
 
-def _latencies(system: System, samples: int, idle: float) -> tuple[float, float]:
+def _latencies(
+    system: System, samples: int, idle: float, name: str = "bench.stamp"
+) -> tuple[float, float]:
     marks = system.directory / f"{system.name}-latency-{system.runs}-{time.monotonic_ns()}.txt"
     latencies = []
     for i in range(samples + WARMUP):
         time.sleep(idle)  # idle: the worker waits for work
         sent = time.time()
-        system.send_stamp(marks)
+        system.send_stamp(marks, name)
         started = float(_wait_lines(marks, i + 1)[i])
         if i >= WARMUP:  # the first few warm the worker up
             latencies.append(started - sent)
@@ -348,12 +352,14 @@ def _latencies(system: System, samples: int, idle: float) -> tuple[float, float]
     return statistics.median(latencies), latencies[max(0, int(len(latencies) * 0.99) - 1)]
 
 
-def pickup_latency(system: System, samples: int, idle: float) -> tuple[float, float]:
+def pickup_latency(
+    system: System, samples: int, idle: float, name: str = "bench.stamp"
+) -> tuple[float, float]:
     """p50 and p99 seconds from ``delay()`` here to the body starting in a worker process."""
     system.fresh()
     proc = system.workers()
     try:
-        return _latencies(system, samples, idle)
+        return _latencies(system, samples, idle, name)
     finally:
         system.stop(proc)
 
@@ -373,6 +379,9 @@ def measure(system: System, args: argparse.Namespace) -> dict[str, tuple[float, 
     if args.stored_only:
         assert isinstance(system, Taskflow)
         _stored_rows(system, tasks, workers, rows)
+        rows["pickup latency p50 / p99, worker process, result stored"] = pickup_latency(
+            system, args.samples, args.idle, "bench.stamp_stored"
+        )
         system.close()
         return rows
 

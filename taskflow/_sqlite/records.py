@@ -32,6 +32,11 @@ class RecordFile:
       created (a record that exists is left as it is).
     * ``close(conn, ids, changes, ttl, now)``: ``changes`` merged into the records of
       ``ids`` that exist and are not terminal (a purge's); how many were.
+    * ``start(conn, ids, now)``: the records of ``ids`` that exist, have not expired and
+      are not terminal marked ``running`` (status and ``started_at``), as a worker would
+      before the body; whether each was.
+    * ``unstart(conn, task_id, now)``: a record ``start`` marked, whose message went back
+      unstarted, ``queued`` again (if it still says ``running``).
     * ``finished(records)``: whether any of the records ``update`` returned is terminal
       (then the writer wakes the processes waiting for results).
     * ``sweep_if_due()``: the store's periodic removal of expired entries, which its own
@@ -48,5 +53,7 @@ class RecordFile:
     close: Callable[
         [sqlite3.Connection, Sequence[str], Mapping[str, Any], float | None, float], int
     ] = field(compare=False)
+    start: Callable[[sqlite3.Connection, Sequence[str], float], list[bool]] = field(compare=False)
+    unstart: Callable[[sqlite3.Connection, str, float], None] = field(compare=False)
     finished: Callable[[Sequence[Mapping[str, Any] | None]], bool] = field(compare=False)
     sweep_if_due: Callable[[], Awaitable[None]] = field(compare=False)

@@ -39,10 +39,12 @@ __all__ = [
     "purge_ids",
     "reclaim",
     "requeue",
+    "requeue_started",
     "set_paused",
     "settle",
     "settle_recording",
     "take",
+    "take_starting",
 ]
 
 Row = tuple[str, str, bytes, int, int]
@@ -211,6 +213,23 @@ def take(
     return out, lost, _next_due(conn, queues, paused, now), data_version(conn)
 
 
+def take_starting(
+    conn: sqlite3.Connection,
+    queues: Sequence[str],
+    limit: int,
+    lease: tuple[float, float, int],
+    marking: tuple[RecordFile, int],
+) -> tuple[list[Row], list[DeadLetter], float | None, int, list[bool]]:
+    """:func:`take`, and, when it took at most ``start`` messages (``marking``: the
+    store's writes and ``start``), their task records marked ``running`` in the same
+    transaction (those that exist and are not terminal); whether each was."""
+    rows, lost, next_due, version = take(conn, queues, limit, lease)
+    records, start = marking
+    if not rows or len(rows) > start:
+        return rows, lost, next_due, version, [False] * len(rows)
+    return rows, lost, next_due, version, records.start(conn, [row[0] for row in rows], lease[0])
+
+
 def _next_due(
     conn: sqlite3.Connection, queues: Sequence[str], paused: set[str], now: float
 ) -> float | None:
@@ -287,6 +306,17 @@ def settle_recording(
     if action == "retry" and merged[0] is None:
         return merged, False
     return merged, settle(conn, fence, action, now, extra)
+
+
+def requeue_started(
+    conn: sqlite3.Connection, fence: tuple[str, int], now: float, records: RecordFile
+) -> bool:
+    """Hand back, uncounted, a delivery whose record the fetch marked ``running``, and mark
+    that record ``queued`` again, in one transaction (if the lease still holds)."""
+    held = settle(conn, fence, "requeue", now, {})
+    if held:
+        records.unstart(conn, fence[0], now)
+    return held
 
 
 def cancel(conn: sqlite3.Connection, mid: str, queue: str) -> bool:

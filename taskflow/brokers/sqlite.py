@@ -60,6 +60,7 @@ _CONTROL_KEEP = 3600.0  # seconds a control command stays in the file
 _CONTROL_CHECK = 0.02  # seconds between control reads while another process writes
 # Settle actions after which the message is waiting again (the fetchers are woken).
 _READY_AGAIN = frozenset({"requeue", "retry"})
+_UNMARKED: list[bool] = []  # a fetch that marked no record running
 
 
 class SqliteDelivery(Delivery):
@@ -67,11 +68,14 @@ class SqliteDelivery(Delivery):
 
     __slots__ = ("_broker", "_token")
 
-    def __init__(self, broker: SqliteBroker, token: int, row: ops.Row, linked: bool) -> None:
+    def __init__(
+        self, broker: SqliteBroker, token: int, row: ops.Row, linked: bool, running: bool
+    ) -> None:
         super().__init__(*row)
         self._broker = broker
         self._token = token
         self.records_linked = linked
+        self.running_recorded = running
 
     @property
     def lease(self) -> float | None:
@@ -83,7 +87,10 @@ class SqliteDelivery(Delivery):
         return await self._broker.settle(self.id, self._token, "ack")
 
     async def nack(self, *, requeue: bool = True) -> bool:
-        """Hand the message back uncounted (or drop it)."""
+        """Hand the message back uncounted (or drop it); a record the fetch marked
+        ``running`` says ``queued`` again, in the same transaction."""
+        if requeue and self.running_recorded:
+            return await self._broker.requeue_started(self.id, self._token)
         return await self._broker.settle(self.id, self._token, "requeue" if requeue else "ack")
 
     async def retry(self, body: bytes, delay: float, *, max_deliveries: int = 1) -> bool:
@@ -281,21 +288,45 @@ class SqliteBroker(Broker, BrokerAdmin):
     # -- consuming -------------------------------------------------------------------
     async def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> FetchResult:
         """Take up to ``max_messages`` ready deliveries, waiting up to ``timeout``."""
+        return await self._fetch(queues, max_messages, timeout, 0)
+
+    async def fetch_starting(
+        self, queues: Sequence[str], max_messages: int, timeout: float, start: int
+    ) -> FetchResult:
+        """:meth:`fetch`; where the broker is linked to the result store, a fetch that
+        takes at most ``start`` messages marks their records ``running`` in its
+        transaction (see ``Broker.fetch_starting``)."""
+        return await self._fetch(queues, max_messages, timeout, start)
+
+    async def _fetch(
+        self, queues: Sequence[str], max_messages: int, timeout: float, start: int
+    ) -> FetchResult:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
         write = self._db.write
+        records = self._records
+        linked = records is not None
+        marking = (records, start) if records is not None and start > 0 else None
         while True:
             rings = self._db.rings()
             token = secrets.randbits(62) or 1
-            now = self.clock.time()
-            rows, lost, next_due, version = await write(
-                ops.take, list(queues), max_messages, (now, self.lease, token)
-            )
+            lease = (self.clock.time(), self.lease, token)
+            if marking is None:
+                rows, lost, next_due, version = await write(
+                    ops.take, list(queues), max_messages, lease
+                )
+                marks = _UNMARKED
+            else:
+                rows, lost, next_due, version, marks = await write(
+                    ops.take_starting, list(queues), max_messages, lease, marking
+                )
             self._lost.extend(lost)
             remaining = deadline - loop.time()
             if rows or remaining <= 0:
-                linked = self._records is not None
-                got = [SqliteDelivery(self, token, row, linked) for row in rows]
+                got = [
+                    SqliteDelivery(self, token, row, linked, bool(marks and marks[i]))
+                    for i, row in enumerate(rows)
+                ]
                 found, self._lost = self._lost, []
                 return FetchResult(got, found)
             if next_due is not None:
@@ -307,6 +338,16 @@ class SqliteBroker(Broker, BrokerAdmin):
             # Woken: the take that follows is on the pickup's path. On this thread when the
             # connection is idle, it saves two thread hops.
             write = self._db.write_soon
+
+    async def requeue_started(self, mid: str, token: int) -> bool:
+        """Hand back the delivery of ``mid`` leased under ``token``, whose record the fetch
+        marked ``running``, and mark the record ``queued`` again, in one transaction."""
+        held: bool = await self._db.write(
+            ops.requeue_started, (mid, token), self.clock.time(), self._linked()
+        )
+        if held:
+            self._db.wake_others()
+        return held
 
     async def settle(self, mid: str, token: int, action: str, **extra: Any) -> bool:
         """Settle the delivery of ``mid`` leased under ``token`` (see :class:`SqliteDelivery`)."""

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from .._sqlite.connection import RESULTS, Database, data_version, sqlite_path
 from .._sqlite.records import RecordFile
 from ..clock import SYSTEM_CLOCK, Clock
+from ..message import TaskStatus
 from ..urls import url_kwargs
 from . import _heartbeats_sqlite as heartbeats
 from .base import ResultStore, StoreCapabilities, is_terminal, restarted
@@ -107,6 +108,33 @@ def _close(
         _write(conn, task_id, {**record, **changes}, expires)
         closed += 1
     return closed
+
+
+def _start(conn: sqlite3.Connection, ids: Sequence[str], now: float) -> list[bool]:
+    """Mark ``running`` the records of ``ids`` that exist and are not terminal (an expired
+    one counts as missing); whether each was."""
+    marked = []
+    for task_id in ids:
+        record = _read(conn, task_id, now)
+        fresh = record is not None and not is_terminal(record)
+        if record is not None and fresh:
+            record.update(status=TaskStatus.RUNNING.value, started_at=now)
+            _write_kept(conn, task_id, record)
+        marked.append(fresh)
+    return marked
+
+
+def _unstart(conn: sqlite3.Connection, task_id: str, now: float) -> None:
+    """A record :func:`_start` marked whose message went back unstarted: ``queued`` again."""
+    record = _read(conn, task_id, now)
+    if record is not None and record.get("status") == TaskStatus.RUNNING.value:
+        record["status"] = TaskStatus.QUEUED.value
+        _write_kept(conn, task_id, record)
+
+
+def _write_kept(conn: sqlite3.Connection, task_id: str, record: Mapping[str, Any]) -> None:
+    """Rewrite a record that is not terminal, keeping its expiry (none, as a rule)."""
+    conn.execute("UPDATE records SET data = ? WHERE id = ?", (json.dumps(record), task_id))
 
 
 def _finished(records: Sequence[Mapping[str, Any] | None]) -> bool:
@@ -262,7 +290,9 @@ class SqliteResultStore(ResultStore):
         """This store's file and record writes, for an SQLite broker on the same file,
         which then writes a task's record in the transaction that publishes or settles
         its message (``Broker.link_records``)."""
-        return RecordFile(self.path, _update, _create, _close, _finished, self._sweep_if_due)
+        return RecordFile(
+            self.path, _update, _create, _close, _start, _unstart, _finished, self._sweep_if_due
+        )
 
     async def _sweep_if_due(self) -> None:
         if self.clock.time() >= self._next_sweep:

@@ -196,6 +196,64 @@ def test_a_blocking_publish_creates_its_record_on_the_calling_thread(tmp_path: P
         assert app.kernel.call(broker.depth(QUEUE))["ready"] == 1
 
 
+# -- fetching ----------------------------------------------------------------------------
+
+
+def test_a_fetch_taking_no_more_than_it_starts_marks_their_records_running(
+    tmp_path: Path,
+) -> None:
+    async def body() -> None:
+        async with linked(tmp_path / "mark.db") as pair:
+            first, second, cancelled = await published(pair, 3)
+            await pair.store.update(cancelled, {"status": TaskStatus.CANCELLED.value}, 60.0)
+            fire_and_forget = uuid.uuid4().hex
+            await pair.broker.publish([message(fire_and_forget)])
+            got = await pair.broker.fetch_starting([QUEUE], 4, 1.0, 4)
+            marked = {d.id: d.running_recorded for d in got}
+            assert marked == {
+                first: True,
+                second: True,
+                cancelled: False,  # final: the worker finds it so and does not run it
+                fire_and_forget: False,  # no record to mark
+            }
+            for tid in (first, second):
+                record = await pair.store.get(tid)
+                assert record is not None and record["status"] == "running"
+                assert isinstance(record["started_at"], float)
+            assert await status(pair, cancelled) == "cancelled"
+            assert await pair.store.get(fire_and_forget) is None
+
+    run(body)
+
+
+def test_a_fetch_taking_more_than_it_starts_marks_nothing(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with linked(tmp_path / "nomark.db") as pair:
+            ids = await published(pair, 3)
+            got = await pair.broker.fetch_starting([QUEUE], 3, 1.0, 2)
+            assert [d.running_recorded for d in got] == [False] * 3
+            assert [await status(pair, tid) for tid in ids] == ["queued"] * 3
+
+    run(body)
+
+
+def test_a_marked_task_handed_back_unstarted_is_queued_again(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with linked(tmp_path / "back.db") as pair:
+            (tid,) = await published(pair)
+            (delivery,) = await pair.broker.fetch_starting([QUEUE], 1, 1.0, 1)
+            assert delivery.running_recorded and await status(pair, tid) == "running"
+            assert await delivery.nack(requeue=True)
+            assert await status(pair, tid) == "queued"
+            again = await leased(pair)  # uncounted: the same delivery count
+            assert (again.id, again.delivery_count, again.running_recorded) == (tid, 1, False)
+            # A stale hand-back (its lease lost) changes neither message nor record.
+            assert not await delivery.nack(requeue=True)
+            assert await status(pair, tid) == "queued"
+
+    run(body)
+
+
 # -- settling ----------------------------------------------------------------------------
 
 
