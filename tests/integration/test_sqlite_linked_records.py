@@ -132,6 +132,46 @@ def test_a_task_run_by_a_linked_worker_stores_its_result_and_leaves_no_message(
         assert (depth["ready"], depth["inflight"], depth["dead"]) == (0, 0, 0)
 
 
+def test_an_idle_linked_worker_starts_a_stored_task_on_the_record_its_fetch_marked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[tuple[str, str]] = []  # (task id, who wrote): the worker's record writes
+    write_record = SqliteDelivery.write_record
+
+    async def delivery_write(self: SqliteDelivery, task_id: str, changes: Any, ttl: Any) -> Any:
+        writes.append((task_id, "delivery"))
+        return await write_record(self, task_id, changes, ttl)
+
+    monkeypatch.setattr(SqliteDelivery, "write_record", delivery_write)
+    with App("marks", broker=f"sqlite:///{tmp_path / 'marks.db'}") as app:
+        update = app.results.update
+
+        async def store_write(task_id: str, changes: Any, ttl: float | None) -> Any:
+            writes.append((task_id, "store"))
+            return await update(task_id, changes, ttl)
+
+        monkeypatch.setattr(app.results, "update", store_write)
+        seen: dict[str, Any] = {}
+
+        @app.task(queue=QUEUE, bind=True)
+        def look(ctx: TaskContext, n: int) -> int:
+            record = app.kernel.call(app.results.get(ctx.id))
+            seen["status"] = None if record is None else record["status"]
+            seen["writes before the body"] = [w for w in writes if w[0] == ctx.id]
+            return n * 2
+
+        with app.worker([QUEUE], concurrency=4):
+            handle = look.delay(21)
+            assert handle.get(timeout=30) == 42
+        # The fetch marked the record running: the worker wrote nothing before the body,
+        # and the outcome went with the ack (ack_recording), not as a write of its own.
+        assert seen == {"status": "running", "writes before the body": []}
+        assert [w for w in writes if w[0] == handle.id] == []
+        info = handle.info()
+        assert (info.status.value, info.attempts) == ("succeeded", 1)
+        assert info.worker and info.started_at is not None
+
+
 # -- publishing --------------------------------------------------------------------------
 
 
