@@ -30,8 +30,8 @@ class RecordFile:
       (None for one that was terminal, left as it was).
     * ``create(conn, items, ttl, now)``: ``ResultStore.create_many``; whether each was
       created (a record that exists is left as it is).
-    * ``close(conn, ids, changes, ttl, now)``: ``changes`` merged into the records of
-      ``ids`` that exist and are not terminal (a purge's); how many were.
+    * ``close(conn, items, ttl, now)``: ``update`` of records that exist only (a
+      purge's: a task without a record gets none).
     * ``start(conn, ids, now)``: the records of ``ids`` that exist, have not expired and
       are not terminal marked ``running`` (status and ``started_at``), as a worker would
       before the body; whether each was.
@@ -51,7 +51,7 @@ class RecordFile:
         compare=False
     )
     close: Callable[
-        [sqlite3.Connection, Sequence[str], Mapping[str, Any], float | None, float], int
+        [sqlite3.Connection, Items, float | None, float], list[dict[str, Any] | None]
     ] = field(compare=False)
     start: Callable[[sqlite3.Connection, Sequence[str], float], list[bool]] = field(compare=False)
     unstart: Callable[[sqlite3.Connection, str, float], None] = field(compare=False)

@@ -218,16 +218,17 @@ def take_starting(
     queues: Sequence[str],
     limit: int,
     lease: tuple[float, float, int],
-    marking: tuple[RecordFile, int],
+    marking: tuple[RecordFile, int] | None,
 ) -> tuple[list[Row], list[DeadLetter], float | None, int, list[bool]]:
-    """:func:`take`, and, when it took at most ``start`` messages (``marking``: the
-    store's writes and ``start``), their task records marked ``running`` in the same
-    transaction (those that exist and are not terminal); whether each was."""
+    """:func:`take`, and, with ``marking`` (the store's writes and ``start``) when it took
+    at most ``start`` messages, their task records marked ``running`` in the same
+    transaction (those that exist and are not terminal); whether each was (an empty list:
+    none was looked at)."""
     rows, lost, next_due, version = take(conn, queues, limit, lease)
-    records, start = marking
-    if not rows or len(rows) > start:
-        return rows, lost, next_due, version, [False] * len(rows)
-    return rows, lost, next_due, version, records.start(conn, [row[0] for row in rows], lease[0])
+    if marking is None or not rows or len(rows) > marking[1]:
+        return rows, lost, next_due, version, []
+    marks = marking[0].start(conn, [row[0] for row in rows], lease[0])
+    return rows, lost, next_due, version, marks
 
 
 def _next_due(
@@ -367,8 +368,7 @@ def peek(conn: sqlite3.Connection, queue: str, limit: int, now: float) -> list[b
 
 def purge_ids(conn: sqlite3.Connection, queue: str, scheduled: bool, now: float) -> list[str]:
     """Drop ready (and scheduled) messages; their ids."""
-    where = "queue = ? AND state = 'waiting'" + ("" if scheduled else " AND due <= ?")
-    args: tuple[Any, ...] = (queue,) if scheduled else (queue, now)
+    where, args = _purgeable(queue, scheduled, now)
     ids = [r[0] for r in conn.execute(f"SELECT id FROM messages WHERE {where}", args)]
     conn.execute(f"DELETE FROM messages WHERE {where}", args)
     return ids
@@ -386,8 +386,7 @@ def purge_closing(
     (``close``: the store's writes, the changes and their time to live; only records that
     exist and are not terminal change); the ids dropped."""
     scheduled, limit = batch
-    where = "queue = ? AND state = 'waiting'" + ("" if scheduled else " AND due <= ?")
-    args: tuple[Any, ...] = (queue,) if scheduled else (queue, now)
+    where, args = _purgeable(queue, scheduled, now)
     rows = conn.execute(
         f"SELECT seq, id FROM messages WHERE {where} ORDER BY seq LIMIT ?", (*args, limit)
     )
@@ -395,8 +394,16 @@ def purge_closing(
     conn.executemany("DELETE FROM messages WHERE seq = ?", [(seq,) for seq, _ in taken])
     ids = [str(mid) for _, mid in taken]
     records, changes, ttl = close
-    records.close(conn, ids, changes, ttl, now)
+    records.close(conn, [(mid, changes) for mid in ids], ttl, now)
     return ids
+
+
+def _purgeable(queue: str, scheduled: bool, now: float) -> tuple[str, tuple[Any, ...]]:
+    """The ``WHERE`` clause, with its arguments, of the messages a purge drops: the ready
+    ones of ``queue`` (and, with ``scheduled``, those due later)."""
+    if scheduled:
+        return "queue = ? AND state = 'waiting'", (queue,)
+    return "queue = ? AND state = 'waiting' AND due <= ?", (queue, now)
 
 
 def dead_letters(conn: sqlite3.Connection, queue: str, limit: int) -> list[DeadLetter]:

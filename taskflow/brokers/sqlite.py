@@ -60,7 +60,6 @@ _CONTROL_KEEP = 3600.0  # seconds a control command stays in the file
 _CONTROL_CHECK = 0.02  # seconds between control reads while another process writes
 # Settle actions after which the message is waiting again (the fetchers are woken).
 _READY_AGAIN = frozenset({"requeue", "retry"})
-_UNMARKED: list[bool] = []  # a fetch that marked no record running
 
 
 class SqliteDelivery(Delivery):
@@ -311,21 +310,16 @@ class SqliteBroker(Broker, BrokerAdmin):
             rings = self._db.rings()
             token = secrets.randbits(62) or 1
             lease = (self.clock.time(), self.lease, token)
-            if marking is None:
-                rows, lost, next_due, version = await write(
-                    ops.take, list(queues), max_messages, lease
-                )
-                marks = _UNMARKED
-            else:
-                rows, lost, next_due, version, marks = await write(
-                    ops.take_starting, list(queues), max_messages, lease, marking
-                )
+            rows, lost, next_due, version, marks = await write(
+                ops.take_starting, list(queues), max_messages, lease, marking
+            )
             self._lost.extend(lost)
             remaining = deadline - loop.time()
             if rows or remaining <= 0:
+                marks = marks or [False] * len(rows)
                 got = [
-                    SqliteDelivery(self, token, row, linked, bool(marks and marks[i]))
-                    for i, row in enumerate(rows)
+                    SqliteDelivery(self, token, row, linked, marked)
+                    for row, marked in zip(rows, marks, strict=True)
                 ]
                 found, self._lost = self._lost, []
                 return FetchResult(got, found)

@@ -52,10 +52,34 @@ def _update(
     ttl: float | None,
     now: float,
 ) -> list[dict[str, Any] | None]:
+    return _merge(conn, items, ttl, now, create=True)
+
+
+def _close(
+    conn: sqlite3.Connection,
+    items: Sequence[tuple[str, Mapping[str, Any]]],
+    ttl: float | None,
+    now: float,
+) -> list[dict[str, Any] | None]:
+    """:func:`_update` of records that exist only (a purge's: a task without a record gets
+    none; one that finished keeps its outcome)."""
+    return _merge(conn, items, ttl, now, create=False)
+
+
+def _merge(
+    conn: sqlite3.Connection,
+    items: Sequence[tuple[str, Mapping[str, Any]]],
+    ttl: float | None,
+    now: float,
+    *,
+    create: bool,
+) -> list[dict[str, Any] | None]:
+    """Merge each item's changes into its record unless that is terminal (or, without
+    ``create``, missing): the merged records, None for those left as they were."""
     out: list[dict[str, Any] | None] = []
     for task_id, changes in items:
         record = _read(conn, task_id, now)
-        if is_terminal(record):
+        if is_terminal(record) or (record is None and not create):
             out.append(None)
             continue
         merged = {"id": task_id, **(record or {}), **changes}
@@ -90,37 +114,18 @@ def _create(
     return out
 
 
-def _close(
-    conn: sqlite3.Connection,
-    ids: Sequence[str],
-    changes: Mapping[str, Any],
-    ttl: float | None,
-    now: float,
-) -> int:
-    """``changes`` merged into the records of ``ids`` that exist and are not terminal (a
-    task without a record gets none; one that finished keeps its outcome)."""
-    closed = 0
-    expires = None if ttl is None else now + ttl
-    for task_id in ids:
-        record = _read(conn, task_id, now)
-        if record is None or is_terminal(record):
-            continue
-        _write(conn, task_id, {**record, **changes}, expires)
-        closed += 1
-    return closed
-
-
 def _start(conn: sqlite3.Connection, ids: Sequence[str], now: float) -> list[bool]:
     """Mark ``running`` the records of ``ids`` that exist and are not terminal (an expired
     one counts as missing); whether each was."""
     marked = []
     for task_id in ids:
         record = _read(conn, task_id, now)
-        fresh = record is not None and not is_terminal(record)
-        if record is not None and fresh:
-            record.update(status=TaskStatus.RUNNING.value, started_at=now)
-            _write_kept(conn, task_id, record)
-        marked.append(fresh)
+        if record is None or is_terminal(record):
+            marked.append(False)
+            continue
+        record.update(status=TaskStatus.RUNNING.value, started_at=now)
+        _write_kept(conn, task_id, record)
+        marked.append(True)
     return marked
 
 

@@ -34,6 +34,11 @@ class Failing(sqlite3.OperationalError):
     file)."""
 
 
+def failing_write(*args: Any) -> Any:
+    """A record write of the store's that fails inside the broker's transaction."""
+    raise Failing("disk I/O error")
+
+
 @dataclasses.dataclass
 class Pair:
     broker: SqliteBroker
@@ -209,11 +214,7 @@ def test_a_publish_whose_records_fail_stores_no_message(tmp_path: Path) -> None:
     async def body() -> None:
         async with linked(tmp_path / "nomsg.db") as pair:
             records = pair.store.record_location()
-
-            def create(*args: Any) -> list[bool]:
-                raise Failing("disk I/O error")
-
-            pair.broker.link_records(dataclasses.replace(records, create=create))
+            pair.broker.link_records(dataclasses.replace(records, create=failing_write))
             tid = uuid.uuid4().hex
             with pytest.raises(BrokerError, match="disk I/O error"):
                 await pair.broker.publish_recording([message(tid)], [(tid, QUEUED)])
@@ -422,13 +423,13 @@ def test_expired_records_are_swept_when_only_the_broker_writes(tmp_path: Path) -
 # -- purging -----------------------------------------------------------------------------
 
 
-async def _close_through_store(pair: Pair, ids: Sequence[str]) -> None:
+async def _close_through_store(ids: Sequence[str]) -> None:
     raise AssertionError("a linked purge closes the records in its own transaction")
 
 
-def _closing(pair: Pair) -> RecordClose:
+def _closing() -> RecordClose:
     changes: Mapping[str, Any] = {"status": TaskStatus.CANCELLED.value, "reason": "purged"}
-    return RecordClose(changes, 60.0, lambda ids: _close_through_store(pair, ids))
+    return RecordClose(changes, 60.0, _close_through_store)
 
 
 def test_a_purge_drops_messages_and_closes_their_records_in_batches(tmp_path: Path) -> None:
@@ -439,7 +440,7 @@ def test_a_purge_drops_messages_and_closes_their_records_in_batches(tmp_path: Pa
             await pair.broker.publish([message(fire_and_forget)])
             done = ids[-1]
             await pair.store.update(done, SUCCEEDED, 60.0)  # finished meanwhile
-            closing = _closing(pair)
+            closing = _closing()
             batches = []
             while True:
                 batch = await pair.broker.purge_batch_closing(
@@ -462,14 +463,10 @@ def test_a_purge_whose_records_fail_drops_nothing(tmp_path: Path) -> None:
         async with linked(tmp_path / "purgefail.db") as pair:
             ids = await published(pair, 3)
             records = pair.store.record_location()
-
-            def close(*args: Any) -> int:
-                raise Failing("disk I/O error")
-
-            pair.broker.link_records(dataclasses.replace(records, close=close))
+            pair.broker.link_records(dataclasses.replace(records, close=failing_write))
             with pytest.raises(BrokerError, match="disk I/O error"):
                 await pair.broker.purge_batch_closing(
-                    QUEUE, scheduled=True, limit=100, closing=_closing(pair)
+                    QUEUE, scheduled=True, limit=100, closing=_closing()
                 )
             # Nothing dropped, nothing closed: the purge can be made again.
             assert [await status(pair, tid) for tid in ids] == ["queued"] * 3
