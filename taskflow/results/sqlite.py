@@ -12,6 +12,7 @@ another process.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
@@ -51,28 +52,8 @@ def _update(
     items: Sequence[tuple[str, Mapping[str, Any]]],
     ttl: float | None,
     now: float,
-) -> list[dict[str, Any] | None]:
-    return _merge(conn, items, ttl, now, create=True)
-
-
-def _close(
-    conn: sqlite3.Connection,
-    items: Sequence[tuple[str, Mapping[str, Any]]],
-    ttl: float | None,
-    now: float,
-) -> list[dict[str, Any] | None]:
-    """:func:`_update` of records that exist only (a purge's: a task without a record gets
-    none; one that finished keeps its outcome)."""
-    return _merge(conn, items, ttl, now, create=False)
-
-
-def _merge(
-    conn: sqlite3.Connection,
-    items: Sequence[tuple[str, Mapping[str, Any]]],
-    ttl: float | None,
-    now: float,
     *,
-    create: bool,
+    create: bool = True,
 ) -> list[dict[str, Any] | None]:
     """Merge each item's changes into its record unless that is terminal (or, without
     ``create``, missing): the merged records, None for those left as they were."""
@@ -86,6 +67,11 @@ def _merge(
         _write(conn, task_id, merged, None if ttl is None else now + ttl)
         out.append(merged)
     return out
+
+
+# A purge's close: an update of records that exist only (a task without a record gets
+# none; one that finished keeps its outcome).
+_close = functools.partial(_update, create=False)
 
 
 def _restart(
