@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -119,7 +120,9 @@ def drain(
         time.sleep(0.5)  # let the worker settle into its idle wait
         spy = None
         if args.profile:
-            spy_cmd = ["py-spy", "record", "--pid", str(proc.pid), "--format", "raw"]
+            # py-spy installed beside this interpreter (a venv not activated) or on PATH.
+            spy_bin = shutil.which("py-spy", path=os.path.dirname(sys.executable)) or "py-spy"
+            spy_cmd = [spy_bin, "record", "--pid", str(proc.pid), "--format", "raw"]
             spy_cmd += ["--gil", "--nonblocking", "--rate", "500", "--output", args.profile]
             spy = subprocess.Popen(spy_cmd, stdout=subprocess.DEVNULL)
             time.sleep(1.0)

@@ -9,6 +9,7 @@ each own one; neither reaches into the other.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -37,6 +38,11 @@ __all__ = [
 ]
 
 _NO_OPTIONS: Mapping[str, Any] = {}
+
+log = logging.getLogger("taskflow.redis")
+
+_CHECKED: set[str] = set()
+"""The servers (client URLs) whose eviction policy this process has looked at."""
 
 SEND_TIMEOUT: Final = 10.0
 """Seconds a send (a publish, the records created with it) waits for the server's reply,
@@ -99,6 +105,10 @@ def _c_packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:
     if fast is None:
         fast = _PACKED[cls] = type(f"CPacking{cls.__name__}", (_CPacking, cls), {})
     return fast
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def check_prefix(prefix: str, where: str) -> str:
@@ -310,6 +320,48 @@ class Connection:
         )
         self._client = client
         self._scripts = {name: client.register_script(load_script(name)) for name in scripts}
+        if self.client_url not in _CHECKED:
+            _CHECKED.add(self.client_url)
+            await self._check_eviction(client)
+
+    async def _check_eviction(self, client: aioredis.Redis) -> None:
+        """Warn if the server may delete keys when it is full (``maxmemory-policy`` other
+        than ``noeviction``): it would drop queued tasks, their records or idempotency
+        keys, and nobody would be told. With ``noeviction`` a full server refuses writes
+        instead, and a send raises BrokerError. Once per server and process; a server that
+        does not let clients read its configuration (``CONFIG`` renamed or denied, as on
+        some managed services) is noted at INFO level."""
+        try:
+            reply = await within(client.config_get("maxmemory*"), self.connect_timeout)
+        except (RedisError, OSError, TimeoutError) as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+            log.info(
+                "redis %s at %s: could not read the server's maxmemory-policy (%s); it must "
+                "be noeviction, or a full server deletes queued tasks",
+                self._what,
+                self.masked,
+                reason or type(exc).__name__,
+            )
+            return
+        policy = _text(reply.get("maxmemory-policy", b"noeviction"))
+        if policy == "noeviction":
+            return
+        limit = _text(reply.get("maxmemory", b"0"))
+        when = (
+            "once it holds maxmemory (no limit is set now, but one can be set at any time)"
+            if limit == "0"
+            else f"once it holds maxmemory ({limit} bytes)"
+        )
+        log.warning(
+            "redis %s at %s: the server's maxmemory-policy is %s: %s it deletes keys to make "
+            "room, and queued tasks, their records and idempotency keys would vanish "
+            "without an error; set maxmemory-policy to "
+            "noeviction (a full server then refuses new tasks with an error instead)",
+            self._what,
+            self.masked,
+            policy,
+            when,
+        )
 
     async def close(self) -> None:
         """Close the pool. Idempotent."""

@@ -23,14 +23,15 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 
 @contextmanager
-def redis_server(port: int, password: str) -> Iterator[None]:
-    """A private redis-server on ``port`` that requires ``password``, stopped afterwards."""
+def redis_server(port: int, password: str, *options: str) -> Iterator[None]:
+    """A private redis-server on ``port`` that requires ``password``, stopped afterwards;
+    ``options``: more of its command line."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed")
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--save", "", "--appendonly", "no"]
-        + ["--daemonize", "no", "--requirepass", password],
+        + ["--daemonize", "no", "--requirepass", password, *options],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -91,6 +92,29 @@ def test_a_worker_started_before_its_broker_waits_for_it(tmp_path: Path) -> None
             worker.signal(signal.SIGTERM)
             assert worker.wait(10) == 0
     assert "WARNING taskflow.cli: cannot connect to" in worker.stderr
+    assert "hunter2" not in worker.stderr
+
+
+def test_a_worker_on_a_server_that_evicts_keys_says_so_when_it_starts(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"redis://:hunter2@127.0.0.1:{port}/0?prefix=tfclievict"
+    env = {"TASKFLOW_BROKER_URL": url}
+    with (
+        redis_server(port, "hunter2", "--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"),
+        running(["worker", "-A", "redisapp", "-c", "1"], tmp_path, env=env) as worker,
+    ):
+        wait_for(lambda: "maxmemory-policy" in worker.stderr, 15, "the warning")
+        with App("cli-client", broker=url) as client:
+            # The worker serves as before: the warning stops nothing.
+            assert client.send_task("cli.whoami", args=[0.0]).get(timeout=20) == worker.pid
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(10) == 0
+    masked = f"redis://:***@127.0.0.1:{port}/0?prefix=tfclievict"
+    assert (
+        f"WARNING taskflow.redis: redis broker at {masked}: the server's maxmemory-policy is "
+        "allkeys-lru: once it holds maxmemory (67108864 bytes) it deletes keys"
+    ) in worker.stderr
+    assert worker.stderr.count("maxmemory-policy is allkeys-lru") == 1
     assert "hunter2" not in worker.stderr
 
 
