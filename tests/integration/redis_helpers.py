@@ -134,9 +134,12 @@ def runs(url: str, prefix: str, task_id: str) -> list[int]:
         client.close()
 
 
-def start_worker(url: str, concurrency: int = 2) -> subprocess.Popen[bytes]:
-    """``taskflow worker`` for the integration app, in its own process."""
-    env = {**os.environ, "TASKFLOW_BROKER_URL": url, "PYTHONPATH": str(ROOT)}
+def start_worker(
+    url: str, concurrency: int = 2, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``taskflow worker`` for the integration app, in its own process (``env``: more of
+    its environment)."""
+    env = {**os.environ, "TASKFLOW_BROKER_URL": url, "PYTHONPATH": str(ROOT), **(env or {})}
     command = [
         sys.executable,
         "-m",
