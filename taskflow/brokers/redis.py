@@ -311,18 +311,33 @@ class RedisBroker(Broker, DelegatedAdmin):
     async def declare(self, queue: str, *, max_length: int | None = None) -> None:
         """Record ``max_length`` and this broker's ``dead_letter_limit`` for ``queue``
         (None removes a bound) and the queue's name (the operations API lists the declared
-        queues)."""
+        queues).
+
+        One round trip reads what is recorded, and only what differs is written: a queue
+        declared before, with the same bounds, costs no write. A worker (or a producer's
+        first send to a queue) then starts on a server that refuses writes because it
+        reached its ``maxmemory``, and waits for room like the workers already running,
+        instead of failing at once."""
         r = self._conn.client()
-        await self._conn.call(r.sadd(self.key("queues"), queue))
-        if max_length is None:
-            await self._conn.call(r.hdel(self.key("limits"), queue))
-        else:
-            await self._conn.call(r.hset(self.key("limits"), queue, str(int(max_length))))
-        if self.dead_letter_limit is None:
-            await self._conn.call(r.hdel(self.key("deadlimits"), queue))
-        else:
-            limit = str(self.dead_letter_limit)
-            await self._conn.call(r.hset(self.key("deadlimits"), queue, limit))
+        queues, limits, deadlimits = (
+            self.key("queues"),
+            self.key("limits"),
+            self.key("deadlimits"),
+        )
+        async with r.pipeline(transaction=False) as pipe:
+            pipe.sismember(queues, queue)
+            pipe.hget(limits, queue)
+            pipe.hget(deadlimits, queue)
+            known, limit_now, dead_now = await self._conn.call(pipe.execute())
+        limit = None if max_length is None else str(int(max_length))
+        dead = None if self.dead_letter_limit is None else str(self.dead_letter_limit)
+        if not known:
+            await self._conn.call(r.sadd(queues, queue))
+        for key, want, have in ((limits, limit, limit_now), (deadlimits, dead, dead_now)):
+            if want is None and have is not None:
+                await self._conn.call(r.hdel(key, queue))
+            elif want is not None and (have is None or have.decode() != want):
+                await self._conn.call(r.hset(key, queue, want))
 
     # -- publishing ------------------------------------------------------------------
     async def publish(self, messages: Sequence[Message]) -> None:

@@ -609,6 +609,29 @@ def test_a_bounded_queue_raises_queue_full_and_publishes_nothing_of_the_batch(
     run(loop, body())
 
 
+def test_declaring_a_queue_again_raises_lowers_or_lifts_its_bound(
+    loop: asyncio.AbstractEventLoop, broker: Broker, queue: str
+) -> None:
+    async def body() -> None:
+        await broker.declare(queue, max_length=1)
+        await broker.declare(queue, max_length=1)  # the same again changes nothing
+        await broker.publish([msg(queue, "a")])
+        with pytest.raises(QueueFull):
+            await broker.publish([msg(queue, "b")])
+        await broker.declare(queue, max_length=2)
+        await broker.publish([msg(queue, "b")])
+        with pytest.raises(QueueFull):
+            await broker.publish([msg(queue, "c")])
+        await broker.declare(queue)  # no bound
+        await broker.publish([msg(queue, "c"), msg(queue, "d")])
+        await broker.declare(queue, max_length=2)  # under what is queued: no more for now
+        with pytest.raises(QueueFull):
+            await broker.publish([msg(queue, "e")])
+        assert bodies(await drain(broker, [queue], 4)) == [b"a", b"b", b"c", b"d"]
+
+    run(loop, body())
+
+
 def test_a_batch_spanning_queues_is_refused_whole_when_one_queue_is_full(
     loop: asyncio.AbstractEventLoop, broker: Broker, queue: str
 ) -> None:

@@ -37,6 +37,7 @@ def test_a_full_server_refuses_sends_whole_and_workers_carry_on_once_it_has_room
         worker = start_worker(
             url, concurrency=4, env={"TASKFLOW_RUNS_URL": "redis://127.0.0.1:6379/0"}
         )
+        workers = [worker]
         inflight = f"{{{prefix}}}:q:default:inflight"
         try:
             with App("full-client", broker=url) as client:
@@ -62,6 +63,13 @@ def test_a_full_server_refuses_sends_whole_and_workers_carry_on_once_it_has_room
                 records = sum(1 for _ in server.scan_iter(match=f"{{{prefix}}}:r:*", count=1000))
                 assert records == len(sent)
 
+                # A worker started now, its queue known to the server already, starts
+                # (declaring the queue again writes nothing) and waits for room too.
+                late = start_worker(
+                    url, concurrency=4, env={"TASKFLOW_RUNS_URL": "redis://127.0.0.1:6379/0"}
+                )
+                workers.append(late)
+
                 # Resuming only removes a mark: a full server takes it, and the worker
                 # takes tasks it cannot start while the server has no room, nor renew
                 # their leases.
@@ -74,6 +82,7 @@ def test_a_full_server_refuses_sends_whole_and_workers_carry_on_once_it_has_room
 
                 wait_until(a_lease_ran_out, 20, "a lease to run out on the full server")
                 assert worker.poll() is None
+                assert late.poll() is None, "a worker started on the full server exited"
 
                 server.config_set("maxmemory", 0)
 
@@ -91,11 +100,12 @@ def test_a_full_server_refuses_sends_whole_and_workers_carry_on_once_it_has_room
                     pipe.llen(f"{prefix}:runs:{r.id}")
                 assert set(pipe.execute()) == {1}, "a task ran more than once"
                 assert client.admin.dead_letters("default").items == []
-                assert worker.poll() is None
+                assert [w.poll() for w in workers] == [None, None]
         finally:
-            stop(worker)
+            for each in workers:
+                stop(each)
             for key in runs_server.scan_iter(match=f"{prefix}:*", count=1000):
                 runs_server.delete(key)
             runs_server.close()
-        assert worker.returncode == 0
+        assert [w.returncode for w in workers] == [0, 0]
         server.close()
