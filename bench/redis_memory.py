@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
 from typing import Any
 
 import redis
 
 from bench._keys import drop_keys
-from taskflow import App, Signature
+from taskflow import App
 
 PREFIX = "taskflow-memory"
 
@@ -52,15 +51,14 @@ def _case(url: str, tasks: int, stored: bool, client: redis.Redis) -> dict[str, 
     def work(x: int) -> int:
         return x
 
-    make: Callable[[int], Signature] = work.s
     try:
-        app.enqueue_many([make(0)])  # connected, scripts loaded
+        app.enqueue_many([work.s(0)])  # connected, scripts loaded
         drop_keys(client, f"{{{PREFIX}}}:*")
         time.sleep(0.2)
         before = int(client.info("memory")["used_memory"])
         began = time.perf_counter()
         for start in range(0, tasks, 1000):
-            app.enqueue_many([make(i) for i in range(start, min(tasks, start + 1000))])
+            app.enqueue_many([work.s(i) for i in range(start, min(tasks, start + 1000))])
         took = time.perf_counter() - began
         after = int(client.info("memory")["used_memory"])
         message = next(client.scan_iter(match=f"{{{PREFIX}}}:m:*", count=1000))
@@ -98,7 +96,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     client = redis.Redis.from_url(args.url.split("?", 1)[0])
-    original = _text(client.config_get("hash-max-listpack-value")["hash-max-listpack-value"])
+    original = client.config_get("hash-max-listpack-value")["hash-max-listpack-value"]
     settings: list[int | None] = list(args.listpack_value) or [None]
     print(
         f"Redis memory per queued task: {args.tasks:,} tasks queued with enqueue_many, "

@@ -107,10 +107,6 @@ def _c_packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:
     return fast
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def check_prefix(prefix: str, where: str) -> str:
     """A key prefix: non-empty, without braces (they would break the hash tag)."""
     if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
@@ -343,10 +339,12 @@ class Connection:
                 reason or type(exc).__name__,
             )
             return
-        policy = _text(reply.get("maxmemory-policy", b"noeviction"))
+        # redis-py answers CONFIG GET with text (it decodes this reply whatever the
+        # client's decode_responses).
+        policy = reply.get("maxmemory-policy", "noeviction")
         if policy == "noeviction":
             return
-        limit = _text(reply.get("maxmemory", b"0"))
+        limit = reply.get("maxmemory", "0")
         when = (
             "once it holds maxmemory (no limit is set now, but one can be set at any time)"
             if limit == "0"

@@ -43,7 +43,7 @@ def test_a_full_server_refuses_sends_whole_and_workers_carry_on_once_it_has_room
             with App("full-client", broker=url) as client:
                 wait_until(client.admin.workers, 20, "the worker's heartbeat")
                 # The worker takes nothing while the server fills.
-                client.kernel.call(client.kernel.broker.pause("default"))
+                client.admin.pause("default")
                 server.config_set("maxmemory", int(server.info("memory")["used_memory"]) + ROOM)
 
                 sent = []
@@ -72,7 +72,8 @@ def test_a_full_server_refuses_sends_whole_and_workers_carry_on_once_it_has_room
 
                 # Resuming only removes a mark: a full server takes it, and the worker
                 # takes tasks it cannot start while the server has no room, nor renew
-                # their leases.
+                # their leases. (The broker's resume: the operations API's would then
+                # write its audit entry, which the full server refuses.)
                 client.kernel.call(client.kernel.broker.resume("default"))
                 wait_until(lambda: server.zcard(inflight) > 0, 20, "the worker to take tasks")
 
