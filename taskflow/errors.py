@@ -13,6 +13,7 @@ Every exception taskflow raises on purpose derives from :class:`TaskflowError`::
     ├── IdempotencyConflict    one idempotency key, different arguments
     ├── QueueFull              a bounded queue is at its limit; nothing was enqueued
     ├── BrokerError            connection / protocol problems (URL with password masked)
+    │   └── AuditNotWritten    an admin action took effect; its audit entry was refused
     ├── Unsupported            the backend cannot answer this operator question
     ├── TaskFailed             the task ran and failed; carries the remote error
     ├── TaskCancelled          the task was cancelled before or while running
@@ -30,6 +31,7 @@ from __future__ import annotations
 from ._masking import mask_url
 
 __all__ = [
+    "AuditNotWritten",
     "BrokerError",
     "ConfigError",
     "ControlFlow",
@@ -106,6 +108,22 @@ class QueueFull(TaskflowError):
 
 class BrokerError(TaskflowError):
     """A broker or result store could not be reached or answered wrongly."""
+
+
+class AuditNotWritten(BrokerError):
+    """An admin action took effect, but the result store refused its audit entry.
+
+    The action is not undone and must not simply be run again (a purge would drop what
+    arrived since): the message says what was done, and the entry is logged at ERROR on
+    the ``taskflow.audit`` logger instead. ``action``, ``target`` and ``count`` are the
+    entry's own fields.
+    """
+
+    def __init__(self, message: str, *, action: str, target: str, count: int) -> None:
+        super().__init__(message)
+        self.action = action
+        self.target = target
+        self.count = count
 
 
 class TaskFailed(TaskflowError):

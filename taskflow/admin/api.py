@@ -14,9 +14,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import __version__
-from ..errors import ConfigError, NotFound, Unsupported
+from ..errors import BrokerError, ConfigError, NotFound, Unsupported
 from .auth import Principal
-from .http import ApiError, error_response, json_body
+from .http import ApiError, backend_error, error_response, json_body
 from .service import AdminService
 from .views import MAX_LIMIT, decode_offset, encode_offset, jsonable, page_of, schedule_json
 
@@ -300,6 +300,9 @@ def guarded(svc: AdminService, endpoint: Endpoint) -> Callable[[Request], Awaita
             return error_response(request, 409, str(exc), "unsupported")
         except ConfigError as exc:
             return error_response(request, 422, str(exc))
+        except BrokerError as exc:
+            err = backend_error(exc)
+            return error_response(request, err.status, err.message, err.code)
         return JSONResponse(result, status_code=endpoint.status)
 
     return run

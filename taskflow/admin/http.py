@@ -18,10 +18,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..errors import AuditNotWritten, BrokerError
+
 __all__ = [
     "REQUEST_ID",
     "ApiError",
     "RequestIdMiddleware",
+    "backend_error",
     "error_response",
     "request_id",
 ]
@@ -47,6 +50,7 @@ CODES = {
     409: "conflict",
     422: "invalid",
     500: "internal",
+    503: "unavailable",
 }
 
 
@@ -58,6 +62,16 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.code = code or CODES.get(status, "error")
+
+
+def backend_error(exc: BrokerError) -> ApiError:
+    """A backend's error as the caller sees it: 503 ``unavailable`` with its message
+    (which masks passwords and holds no payload), or for an action that took effect but
+    whose audit entry was refused, 500 ``audit_not_written`` (not 503, which a client
+    may retry on its own: the action would be done twice)."""
+    if isinstance(exc, AuditNotWritten):
+        return ApiError(500, str(exc), "audit_not_written")
+    return ApiError(503, str(exc))
 
 
 def request_id(request: Request) -> str:

@@ -111,7 +111,12 @@ _QUERY: dict[str, dict[str, Any]] = {
     "reason": _STR,
     "since": _STR,
 }
-_ERRORS = {401: "No or a wrong bearer token", 404: "Not found", 422: "Invalid input"}
+_ERRORS = {
+    401: "No or a wrong bearer token",
+    404: "Not found",
+    422: "Invalid input",
+    503: "The broker or result store did not answer (code unavailable)",
+}
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -128,6 +133,10 @@ def _operation(e: Endpoint) -> dict[str, Any]:
     if e.changes:
         errors[403] = "The caller is read-only"
         errors[409] = "Conflicts with the current state, or unsupported by the backend"
+        errors[500] = (
+            "The action took effect, but its audit entry was refused (code "
+            "audit_not_written): do not send it again"
+        )
     op: dict[str, Any] = {
         "operationId": op_id,
         "summary": e.summary,

@@ -17,11 +17,11 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from ..errors import ConfigError, NotFound, Unsupported
+from ..errors import BrokerError, ConfigError, NotFound, Unsupported
 from ..urls import mask_url
 from .auth import Session, csrf_ok
 from .charts import throughput_svg
-from .http import ApiError
+from .http import ApiError, backend_error
 from .service import SESSION_COOKIE, AdminService
 from .views import schedule_json
 
@@ -106,6 +106,9 @@ def _page(svc: AdminService, view: Page) -> Callable[[Request], Awaitable[Respon
             status, message = 404, str(exc.args[0] if exc.args else exc)
         except (ConfigError, Unsupported) as exc:
             status, message = 422, str(exc)
+        except BrokerError as exc:
+            err = backend_error(exc)
+            status, message = err.status, err.message
         return _render(svc, request, "error.html", session, status=status, message=message)
 
     return run

@@ -21,7 +21,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from .. import codec
 from ..app import App
-from ..errors import BrokerError, IdempotencyConflict, NotFound, PayloadError, QueueFull
+from ..errors import (
+    AuditNotWritten,
+    BrokerError,
+    IdempotencyConflict,
+    NotFound,
+    PayloadError,
+    QueueFull,
+)
 from ..eventbus import TaskEvent
 from ..kernel.prepare import Prepared
 from ..kernel.taskdef import TaskDef
@@ -56,6 +63,9 @@ def _status(exc: BaseException) -> grpc.StatusCode | None:
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, QueueFull):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(exc, AuditNotWritten):
+        # The action took effect: not UNAVAILABLE, which clients retry on their own.
+        return grpc.StatusCode.INTERNAL
     if isinstance(exc, BrokerError):
         return grpc.StatusCode.UNAVAILABLE
     return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from .. import codec
 from ..brokers.base import BrokerAdmin
 from ..brokers.base import DeadLetter as BrokerDeadLetter
-from ..errors import ConfigError, PayloadError, UnknownQueue
+from ..errors import AuditNotWritten, BrokerError, ConfigError, PayloadError, UnknownQueue
 from ..kernel import Kernel
 from ..urls import mask_url
 from .types import DeadLetter
@@ -22,6 +23,8 @@ __all__ = ["AUDIT_IDS", "Context", "decode_cursor", "encode_cursor", "to_datetim
 
 AUDIT_IDS = 100
 """Ids an audit entry lists (its ``count`` says how many there were)."""
+
+audit_log = logging.getLogger("taskflow.audit")
 
 
 class Context:
@@ -67,19 +70,48 @@ class Context:
         *,
         count: int | None = None,
         details: dict[str, Any] | None = None,
+        before: bool = False,
     ) -> None:
-        """Write the audit entry of an applied action."""
+        """Write the audit entry of an applied action.
+
+        A store that refuses the entry (a full Redis, say) raises :class:`AuditNotWritten`,
+        which says that the action took effect, and the entry goes to the log instead: an
+        operator told only "error" would run a purge or a replay again. With ``before``
+        (an action done only once it is audited) the store's error is raised as it is."""
         await self.kernel.connect()
+        n = len(ids) if count is None else count
         entry = {
             "at": self.kernel.clock.time(),
             "actor": self.actor,
             "action": action,
             "target": target,
-            "count": len(ids) if count is None else count,
+            "count": n,
             "ids": list(ids[:AUDIT_IDS]),
             "details": details or {},
         }
-        await self.kernel.results.add_audit(entry, retention=self.kernel.settings.audit_retention)
+        try:
+            await self.kernel.results.add_audit(
+                entry, retention=self.kernel.settings.audit_retention
+            )
+        except BrokerError as exc:
+            if before:
+                raise
+            # Ids, names and counts only: an audit entry holds no arguments.
+            audit_log.error(
+                "audit entry not written (%s), logged here instead: %s",
+                exc,
+                json.dumps(entry, sort_keys=True, default=str),
+            )
+            where = "every queue" if target == "*" else f"queue {target!r}"
+            done = f" ({n:,} task{'' if n == 1 else 's'})" if n else ""
+            raise AuditNotWritten(
+                f"{action} on {where} took effect{done} and is not undone, but the result "
+                f"store refused its audit entry; the entry is in the log (taskflow.audit) "
+                f"instead: {exc}",
+                action=action,
+                target=target,
+                count=n,
+            ) from exc
 
 
 def to_datetime(value: float | None) -> datetime | None:

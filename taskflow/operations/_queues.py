@@ -9,7 +9,7 @@ from typing import Any
 from .. import codec
 from ..brokers.base import DeadLetter as BrokerDeadLetter
 from ..brokers.base import Waiting
-from ..errors import ConfigError, NotFound, PayloadError
+from ..errors import BrokerError, ConfigError, NotFound, PayloadError
 from ..results.base import TaskInfo as RecordInfo
 from ._context import Context, to_datetime
 from .types import QueueInfo, TaskInfo
@@ -203,5 +203,12 @@ async def reveal(ctx: Context, task_id: str) -> dict[str, Any]:
         env = codec.decode_envelope(letters[0].body)
     except PayloadError:
         raise PayloadError(f"the message of task {task_id!r} cannot be decoded") from None
-    await ctx.record("reveal", queue, [task_id])
+    try:
+        # Arguments are shown only once their showing is audited.
+        await ctx.record("reveal", queue, [task_id], before=True)
+    except BrokerError as exc:
+        raise BrokerError(
+            f"the arguments of task {task_id!r} are not shown: showing them is audited, and "
+            f"the result store refused the audit entry: {exc}"
+        ) from exc
     return {"id": task_id, "task": env.task, "args": list(env.args), "kwargs": dict(env.kwargs)}

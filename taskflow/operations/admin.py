@@ -2,7 +2,9 @@
 
 Every method works from any process (it connects on first use) and has an ``a``-prefixed
 coroutine twin (``await app.admin.areplay(queue)``). Applied actions write an audit entry
-(who, what, which ids, when); dry runs change nothing and write none.
+(who, what, which ids, when); dry runs change nothing and write none. An action whose
+entry the result store refuses has still taken effect: it raises ``AuditNotWritten``
+saying so, and the entry is logged on ``taskflow.audit`` instead.
 """
 
 from __future__ import annotations
@@ -337,7 +339,8 @@ class Admin:
         details: dict[str, Any] | None = None,
     ) -> None:
         """Write an audit entry for an action done through another API (for example a
-        schedule changed by a front end), as this admin's actor."""
+        schedule changed by a front end), as this admin's actor. ``AuditNotWritten`` if
+        the result store refuses it (the entry is logged instead)."""
         self._run(self._ctx.record(action, target, list(ids), details=details))
 
     async def arecord(

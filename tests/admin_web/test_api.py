@@ -10,6 +10,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from taskflow import App
+from taskflow.errors import BrokerError
 from taskflow.operations import Admin
 
 from .conftest import OPS, VIEWER, Seeded, auth, error_of
@@ -244,6 +245,36 @@ def test_errors_use_one_envelope_with_the_right_status(
     assert failed.status_code == 500
     error = error_of(failed)
     assert error["code"] == "internal" and "secret internals" not in error["message"]
+
+
+def test_a_backend_error_is_503_with_its_message_not_an_internal_error(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def down(self: Admin) -> Any:
+        raise BrokerError("redis://:***@10.0.0.7:6379/0 did not answer within 5 s")
+
+    monkeypatch.setattr(Admin, "aqueues", down)
+    response = client.get("/api/v1/queues", headers=auth(OPS))
+    assert response.status_code == 503
+    error = error_of(response)
+    assert error["code"] == "unavailable"
+    assert error["message"] == "redis://:***@10.0.0.7:6379/0 did not answer within 5 s"
+
+
+def test_an_action_whose_audit_is_refused_answers_that_it_took_effect(
+    client: TestClient, seeded: Seeded, admin_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def refused(entry: dict[str, Any], *, retention: float) -> None:
+        raise BrokerError("OOM command not allowed when used memory > 'maxmemory'")
+
+    monkeypatch.setattr(admin_app.kernel.results, "add_audit", refused)
+    response = client.post(f"/api/v1/queues/{seeded.queue}/pause", headers=auth(OPS))
+    # Not 503: a client retrying on its own would do the action twice.
+    assert response.status_code == 500
+    error = error_of(response)
+    assert error["code"] == "audit_not_written"
+    assert f"pause on queue {seeded.queue!r} took effect" in error["message"]
+    assert admin_app.admin.paused() == {seeded.queue}
 
 
 def test_request_ids_are_echoed_or_made(client: TestClient) -> None:

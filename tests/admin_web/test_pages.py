@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -13,7 +14,7 @@ from starlette.testclient import TestClient
 from taskflow import App
 from taskflow.admin import TokenStore, create_app
 from taskflow.cli.main import cli
-from taskflow.errors import ConfigError
+from taskflow.errors import BrokerError, ConfigError
 
 from .conftest import OPS, VIEWER, Seeded
 
@@ -96,6 +97,21 @@ def test_every_form_post_needs_the_sessions_csrf_token(
     assert ok.status_code == 303
     assert admin_app.admin.paused() == {seeded.queue}
     assert admin_app.admin.audit(limit=1)[0].actor == "ops"
+
+
+def test_a_form_action_whose_audit_is_refused_says_it_took_effect(
+    client: TestClient, seeded: Seeded, admin_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    csrf = login(client, OPS)
+
+    async def refused(entry: dict[str, Any], *, retention: float) -> None:
+        raise BrokerError("OOM command not allowed when used memory > 'maxmemory'")
+
+    monkeypatch.setattr(admin_app.kernel.results, "add_audit", refused)
+    page = client.post(f"/queues/{seeded.queue}/pause", data={"csrf": csrf})
+    assert page.status_code == 500
+    assert "took effect and is not undone" in page.text
+    assert admin_app.admin.paused() == {seeded.queue}
 
 
 def test_a_read_only_session_sees_pages_but_changes_nothing(

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
+import pytest
+
+from taskflow.errors import BrokerError
 from taskflow.message import TaskStatus
+from taskflow.results.sqlite import SqliteResultStore
 from taskflow.testing import drain
 from tests.cli_ops.apps.opsapp import OTHER, WORK
 from tests.cli_ops.conftest import Ops
@@ -114,6 +119,23 @@ def test_purge_of_an_unknown_queue_changes_nothing_and_fails(sqlite_ops: Ops) ->
     assert result.exit_code == 1
     assert "no queue 'nope'" in result.stderr
     assert _queue(sqlite_ops, WORK)["ready"] == 1
+
+
+def test_a_resume_whose_audit_is_refused_exits_1_saying_it_took_effect(
+    sqlite_ops: Ops, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sqlite_ops.app().send_task("ops.add", [1, 2])
+    assert sqlite_ops.run("pause", WORK).exit_code == 0
+
+    async def refused(self: Any, entry: dict[str, Any], *, retention: float) -> None:
+        raise BrokerError("database or disk is full")
+
+    monkeypatch.setattr(SqliteResultStore, "add_audit", refused)
+    result = sqlite_ops.run("resume", WORK)
+    assert result.exit_code == 1
+    assert f"resume on queue {WORK!r} took effect and is not undone" in result.output
+    assert "database or disk is full" in result.output
+    assert json.loads(sqlite_ops.run("paused", "--json").stdout) == []
 
 
 def test_pause_and_resume_a_queue(ops: Ops) -> None:

@@ -15,7 +15,7 @@ import pytest
 from taskflow import App
 from taskflow.brokers import MemoryBroker
 from taskflow.brokers.base import Message
-from taskflow.errors import ConfigError
+from taskflow.errors import BrokerError, ConfigError
 from taskflow.grpc import GrpcServer, PermissionDenied, Unauthenticated, pb, pb_grpc
 from tests.grpc.helpers import add
 
@@ -105,6 +105,41 @@ def test_the_auth_hook_decides_and_the_audit_names_the_caller() -> None:
     finally:
         app.close()
     assert seen[0] == ("/taskflow.v1.WorkerService/EnqueueTasks", "")
+
+
+def test_a_cancel_whose_audit_is_refused_is_internal_and_says_it_took_effect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def refused(entry: dict[str, Any], *, retention: float) -> None:
+        raise BrokerError("OOM command not allowed when used memory > 'maxmemory'")
+
+    async def scenario(app: App) -> None:
+        server = GrpcServer(app, port=0, insecure_no_auth=True)
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(server.address) as channel:
+                client = pb_grpc.WorkerServiceStub(channel)
+                sent = await client.EnqueueTasks(
+                    pb.EnqueueTasksRequest(tasks=[add(1, 2, countdown=600.0)])
+                )
+                (task_id,) = sent.ids
+                monkeypatch.setattr(app.kernel.results, "add_audit", refused)
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    await client.CancelTask(pb.CancelTaskRequest(id=task_id))
+                # Not UNAVAILABLE, which clients retry on their own.
+                assert failed.value.code() == grpc.StatusCode.INTERNAL
+                assert "cancel on queue 'default' took effect (1 task)" in str(
+                    failed.value.details()
+                )
+        finally:
+            await server.stop()
+        assert (await app.admin.atask(task_id)).state == "cancelled"
+
+    app = _app()
+    try:
+        _run(scenario(app))
+    finally:
+        app.close()
 
 
 def test_a_client_deadline_never_cancels_a_send_in_progress() -> None:

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from taskflow import App
-from taskflow.errors import BrokerError
+from taskflow.errors import AuditNotWritten, BrokerError
 from tests.conftest import require_service
 from tests.integration.redis_helpers import private_redis, start_worker, stop, wait_until
 
@@ -72,9 +72,11 @@ def test_a_full_server_refuses_sends_whole_and_workers_carry_on_once_it_has_room
 
                 # Resuming only removes a mark: a full server takes it, and the worker
                 # takes tasks it cannot start while the server has no room, nor renew
-                # their leases. (The broker's resume: the operations API's would then
-                # write its audit entry, which the full server refuses.)
-                client.kernel.call(client.kernel.broker.resume("default"))
+                # their leases. The audit entry is a write the full server refuses: the
+                # operator is told the resume took effect all the same.
+                with pytest.raises(AuditNotWritten, match="maxmemory") as unaudited:
+                    client.admin.as_actor("night-ops").resume("default")
+                assert "resume on queue 'default' took effect" in str(unaudited.value)
                 wait_until(lambda: server.zcard(inflight) > 0, 20, "the worker to take tasks")
 
                 def a_lease_ran_out() -> bool:
@@ -101,6 +103,8 @@ def test_a_full_server_refuses_sends_whole_and_workers_carry_on_once_it_has_room
                     pipe.llen(f"{prefix}:runs:{r.id}")
                 assert set(pipe.execute()) == {1}, "a task ran more than once"
                 assert client.admin.dead_letters("default").items == []
+                # The pause was audited; the refused resume was not (its entry was logged).
+                assert [e.action for e in client.admin.audit()] == ["pause"]
                 assert [w.poll() for w in workers] == [None, None]
         finally:
             for each in workers:
