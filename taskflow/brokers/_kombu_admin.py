@@ -14,12 +14,14 @@ process's own), page dead letters by a stable position, or import dead letters.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from . import _kombu_topology as topo
 from ._kombu_io import IoThread, Raw
-from .base import BrokerAdmin, DeadLetter, Message, Waiting, stopped_part_way
+from .base import BrokerAdmin, DeadLetter, Message, RecordClose, Waiting, stopped_part_way
 
 __all__ = ["KombuAdmin"]
 
@@ -27,6 +29,8 @@ Decide = Callable[[Raw], str]
 """``"keep"`` or ``"drop"`` for each message a sweep takes."""
 
 _SWEEP_MAX = 100_000
+_GROUP = 1_000
+"""Messages a purge takes, closes the records of, then drops, at a time."""
 
 
 def _sweep(
@@ -63,6 +67,49 @@ def _sweep(
         # Anything not acked (an error half-way) goes back to the queue with the channel.
         channel.close()
     return [raw for raw, _ in taken]
+
+
+class _Taken:
+    """Messages taken from one queue on a channel of their own and not acked yet: dropped
+    all at once (:meth:`drop`), or handed back as they were by closing the channel."""
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self.raws: list[Raw] = []
+        self.last_tag = 0
+
+    def drop(self, io: IoThread) -> list[str]:
+        """Ack them all (one ``basic.ack``), then close the channel; their ids."""
+        try:
+            if self.raws:
+                self.channel.basic_ack(self.last_tag, multiple=True)
+        finally:
+            self.channel.close()
+        return [raw.id for raw in self.raws]
+
+    def give_back(self, io: IoThread) -> None:
+        """Close the channel: RabbitMQ puts what it holds unacked back in its queue."""
+        self.channel.close()
+
+
+def _take(io: IoThread, name: str, queue: str, limit: int) -> _Taken | None:
+    """Up to ``limit`` messages of the queue ``name`` taken and held unacked (None for a
+    queue that is empty or does not exist)."""
+    io.require()
+    if not io.count(name):
+        return None
+    taken = _Taken(io.conn.channel())
+    try:
+        for _ in range(limit):
+            message = taken.channel.basic_get(name, no_ack=False)
+            if message is None:
+                break
+            taken.raws.append(_raw(queue, message))
+            taken.last_tag = int(message.delivery_info["delivery_tag"])
+    except BaseException:
+        taken.channel.close()
+        raise
+    return taken
 
 
 def _put_back(io: IoThread, name: str, queue: str, raw: Raw, kind: str) -> None:
@@ -189,6 +236,49 @@ class KombuAdmin(BrokerAdmin):
 
         with stopped_part_way(ids):
             return await self._io.call(purge)
+
+    async def purge_batch_closing(
+        self, queue: str, *, scheduled: bool, limit: int, closing: RecordClose
+    ) -> list[str]:
+        """:meth:`purge_ids`, in groups of up to :data:`_GROUP` messages taken and held
+        unacked while ``closing.close`` closes their records, then dropped: a group whose
+        ``close`` fails goes back to its queue as it was, and a drop that fails leaves
+        messages whose records say they finished, which workers settle without running
+        (``limit`` does not apply: one call drops them all)."""
+        ids: list[str] = []
+
+        def names(io: IoThread) -> list[str]:
+            io.declare_queue(queue)
+            io.release(queue)
+            out = [io.names.work(queue)]
+            if scheduled:
+                # In the order messages move (see cancel), the work queue again at the end.
+                out += [io.names.level(queue, lv) for lv in io.levels(queue)]
+                out.append(io.names.work(queue))
+            return out
+
+        with stopped_part_way(ids):
+            for name in await self._io.call(names):
+                take = functools.partial(_take, name=name, queue=queue, limit=_GROUP)
+                for _ in range(0, _SWEEP_MAX, _GROUP):
+                    taken = await self._io.call(take, orphan=self._give_back)
+                    if taken is None:
+                        break
+                    try:
+                        await closing.close([raw.id for raw in taken.raws])
+                    except BaseException:
+                        await self._io.call(taken.give_back)
+                        raise
+                    ids += await self._io.call(taken.drop)
+                    if len(taken.raws) < _GROUP:
+                        break
+        return ids
+
+    def _give_back(self, taken: _Taken | None) -> None:
+        """On the loop: a group taken for a purge cancelled meanwhile goes back (on the
+        I/O thread, which owns its channel)."""
+        if taken is not None:
+            self._io.post(asyncio.get_running_loop(), taken.give_back, lambda _r, _e: None)
 
     async def cancel(self, message_id: str, queue: str) -> bool:
         """Remove one ready or scheduled message by id (a sweep of its queue's parts)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ._memory_state import MemoryState, Stored
-from .base import BrokerAdmin, DeadLetter, Message, Waiting
+from .base import BrokerAdmin, DeadLetter, Message, RecordClose, Waiting
 
 __all__ = ["MemoryAdmin"]
 
@@ -65,6 +65,32 @@ class MemoryAdmin(BrokerAdmin):
             # left behind (with scheduled=False) are pushed there when due.
             q.heap.clear()
             return [stored.id for stored in doomed]
+
+    async def purge_batch_closing(
+        self, queue: str, *, scheduled: bool, limit: int, closing: RecordClose
+    ) -> list[str]:
+        """:meth:`purge_ids`, the records of the messages closed before any of them is
+        dropped (``limit`` does not apply: one call drops them all). A ``close`` that fails
+        leaves every message where it was; a message leased in between is not dropped,
+        and its worker, finding its record closed, does not run it."""
+        state = self._state
+        states = ("ready", "scheduled") if scheduled else ("ready",)
+        with state.lock:
+            state.promote(state.clock.time())
+            listed = [m for m in state.messages.values() if m.queue == queue and m.state in states]
+        if not listed:
+            return []
+        await closing.close([stored.id for stored in listed])
+        with state.lock:
+            q = state.queue(queue)
+            dropped: list[str] = []
+            for stored in listed:
+                # Still this message (not published again under its id) and still waiting.
+                if state.messages.get(stored.id) is stored and stored.state in states:
+                    del state.messages[stored.id]  # its heap entry is skipped as stale
+                    q.size -= 1
+                    dropped.append(stored.id)
+            return dropped
 
     async def pause(self, queue: str) -> None:
         """Stop delivering from ``queue``."""

@@ -209,17 +209,25 @@ class RedisAdmin(BrokerAdmin):
         self, queue: str, *, scheduled: bool, limit: int, closing: RecordClose
     ) -> list[str]:
         """:meth:`purge_batch`; with a linked result store, the script that drops the
-        messages writes ``closing.changes`` to their records, else they are closed after
-        (the default)."""
+        messages writes ``closing.changes`` to their records. Otherwise (a store
+        elsewhere) up to ``limit`` are listed, their records closed, and then those still
+        waiting dropped: a ``close`` that fails drops nothing, and a message leased in
+        between stays, its worker finding its record closed."""
         linked = self._linked()
+        flag = "1" if scheduled else "0"
         if linked is None:
-            return await super().purge_batch_closing(
-                queue, scheduled=scheduled, limit=limit, closing=closing
-            )
+            listed = [
+                _text(i) for i in await self._run("admin", ["purge_list", queue, flag, limit])
+            ]
+            if not listed:
+                return []
+            await closing.close(listed)
+            dropped = await self._run("admin", ["purge_listed", queue, flag, *listed])
+            return [_text(i) for i in dropped]
         # The store's own encoding of the update, for an empty id: the script appends
         # each dropped id to the record key and the done channel.
         record = linked.update_args("", closing.changes, closing.ttl)
-        args = ["purge_batch", queue, "1" if scheduled else "0", limit, *record]
+        args = ["purge_batch", queue, flag, limit, *record]
         return [_text(i) for i in await self._run("admin", args)]
 
     async def replay(self, queue: str, ids: Sequence[str] | None = None) -> int:

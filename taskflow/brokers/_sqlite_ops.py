@@ -398,6 +398,36 @@ def purge_closing(
     return ids
 
 
+def purgeable(
+    conn: sqlite3.Connection, queue: str, batch: tuple[bool, int], now: float
+) -> list[tuple[int, str]]:
+    """``(seq, id)`` of up to ``limit`` messages a purge would drop, oldest first
+    (``batch``: ``scheduled`` and ``limit``), nothing changed."""
+    scheduled, limit = batch
+    where, args = _purgeable(queue, scheduled, now)
+    rows = conn.execute(
+        f"SELECT seq, id FROM messages WHERE {where} ORDER BY seq LIMIT ?", (*args, limit)
+    )
+    return [(int(seq), str(mid)) for seq, mid in rows]
+
+
+def purge_listed(
+    conn: sqlite3.Connection,
+    queue: str,
+    listed: Sequence[tuple[int, str]],
+    scheduled: bool,
+    now: float,
+) -> list[str]:
+    """Drop the ``listed`` messages (from :func:`purgeable`) that a purge would still drop
+    (not leased since); the ids dropped."""
+    where, args = _purgeable(queue, scheduled, now)
+    dropped = []
+    for seq, mid in listed:
+        if conn.execute(f"DELETE FROM messages WHERE seq = ? AND {where}", (seq, *args)).rowcount:
+            dropped.append(mid)
+    return dropped
+
+
 def _purgeable(queue: str, scheduled: bool, now: float) -> tuple[str, tuple[Any, ...]]:
     """The ``WHERE`` clause, with its arguments, of the messages a purge drops: the ready
     ones of ``queue`` (and, with ``scheduled``, those due later)."""

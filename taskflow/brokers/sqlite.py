@@ -406,12 +406,21 @@ class SqliteBroker(Broker, BrokerAdmin):
     ) -> list[str]:
         """:meth:`purge_batch`; where the broker is linked to the result store
         (:meth:`link_records`), up to ``limit`` messages are dropped and their records
-        closed in one transaction (see ``BrokerAdmin.purge_batch_closing``)."""
+        closed in one transaction (see ``BrokerAdmin.purge_batch_closing``). Otherwise
+        (a store elsewhere) up to ``limit`` are listed, their records closed, and then
+        those still waiting dropped: a ``close`` that fails drops nothing, and a message
+        leased in between stays, its worker finding its record closed."""
         linked = self._records
         if linked is None:
-            return await super().purge_batch_closing(
-                queue, scheduled=scheduled, limit=limit, closing=closing
+            now = self.clock.time()
+            listed = await self._db.run(ops.purgeable, queue, (scheduled, limit), now)
+            if not listed:
+                return []
+            await closing.close([mid for _, mid in listed])
+            dropped: list[str] = await self._db.write(
+                ops.purge_listed, queue, listed, scheduled, self.clock.time()
             )
+            return dropped
         close = (linked, closing.changes, closing.ttl)
         ids: list[str] = await self._db.write(
             ops.purge_closing, queue, (scheduled, limit), self.clock.time(), close

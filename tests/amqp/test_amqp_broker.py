@@ -22,7 +22,7 @@ from taskflow import App
 from taskflow.brokers import _kombu_topology as topo
 from taskflow.brokers import broker_from_url
 from taskflow.brokers._kombu_io import IoThread
-from taskflow.brokers.base import Message, StoppedPartWay
+from taskflow.brokers.base import Message, RecordClose, StoppedPartWay
 from taskflow.brokers.kombu import KombuBroker
 from taskflow.errors import BrokerError, ConfigError
 from tests.amqp import amqp_helpers as h
@@ -435,6 +435,48 @@ def test_a_purge_stopped_part_way_names_what_it_dropped_and_keeps_the_rest(
         monkeypatch.undo()
         assert caught.value.done == (sent[0].id,)
         assert sorted(await broker.purge_ids("q")) == sorted(m.id for m in sent[1:])
+        await broker.close()
+
+    run(loop, body())
+
+
+def test_a_purge_closes_each_groups_records_before_it_drops_the_group(
+    loop: asyncio.AbstractEventLoop, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator's purge closes the records of what it takes before dropping it: a
+    close that fails drops nothing (the group goes back as it was), so no record is left
+    saying queued for a message that is gone."""
+    import taskflow.brokers._kombu_admin as kombu_admin
+
+    monkeypatch.setattr(kombu_admin, "_GROUP", 2)
+    broker = broker_on(loop, prefix)
+    closed: list[list[str]] = []
+    fail = True
+
+    async def close(ids: list[str]) -> None:
+        closed.append(list(ids))
+        if fail:
+            raise BrokerError("the result store stopped answering")
+
+    closing = RecordClose({"status": "cancelled"}, None, close)
+
+    async def body() -> None:
+        nonlocal fail
+        ready = [msg("q", f"r{i}".encode()) for i in range(3)]
+        later = msg("q", b"s", eta=time.time() + 3600)
+        await broker.publish([*ready, later])
+        with pytest.raises(BrokerError, match="result store stopped answering"):
+            await broker.purge_batch_closing("q", scheduled=True, limit=100, closing=closing)
+        assert closed == [[m.id for m in ready[:2]]]
+        # Nothing was dropped: every ready message is still there.
+        assert (await broker.depth("q"))["ready"] == 3
+        fail = False
+        closed.clear()
+        purged = await broker.purge_batch_closing("q", scheduled=True, limit=100, closing=closing)
+        assert sorted(purged) == sorted(m.id for m in [*ready, later])
+        assert sorted(i for group in closed for i in group) == sorted(purged)
+        assert all(len(group) <= 2 for group in closed)
+        assert await broker.purge_ids("q") == []
         await broker.close()
 
     run(loop, body())

@@ -16,8 +16,15 @@ from typing import Any
 
 import pytest
 
-from taskflow.brokers.base import Broker, BrokerAdmin, DeadLetter, Delivery, Message
-from taskflow.errors import QueueFull
+from taskflow.brokers.base import (
+    Broker,
+    BrokerAdmin,
+    DeadLetter,
+    Delivery,
+    Message,
+    RecordClose,
+)
+from taskflow.errors import BrokerError, QueueFull
 
 from .conftest import MakeBroker, run
 
@@ -720,6 +727,41 @@ def test_purge_drops_ready_and_scheduled_messages_and_counts_them(
         assert await broker.fetch([queue], 10, 0) == []
         assert await held.ack()
         assert await admin.purge(queue) == 0
+
+    run(loop, body())
+
+
+def test_an_operators_purge_closes_records_before_it_drops_their_messages(
+    loop: asyncio.AbstractEventLoop, broker: Broker, queue: str
+) -> None:
+    """A broker that does not write the result store's records itself hands a purge's ids
+    to ``closing.close`` before it drops them: a close that fails drops nothing, so no
+    record is left saying queued for a message that is gone."""
+    closed: list[str] = []
+    fail = True
+
+    async def close(ids: list[str]) -> None:
+        if fail:
+            raise BrokerError("the result store stopped answering")
+        closed.extend(ids)
+
+    closing = RecordClose({"status": "cancelled"}, None, close)
+
+    async def body() -> None:
+        nonlocal fail
+        admin = admin_of(broker)
+        sent = [msg(queue, str(i)) for i in range(3)]
+        later = msg(queue, eta=time.time() + 60)
+        await broker.publish([*sent, later])
+        with pytest.raises(BrokerError, match="result store stopped answering"):
+            await admin.purge_batch_closing(queue, scheduled=True, limit=1000, closing=closing)
+        want = {"ready": 3, "scheduled": 1, "inflight": 0, "dead": 0}
+        assert await settled_depth(admin, queue, want) == want
+        fail = False
+        purged = await admin.purge_batch_closing(queue, scheduled=True, limit=1000, closing=closing)
+        assert sorted(purged) == sorted(m.id for m in [*sent, later])
+        assert sorted(closed) == sorted(purged)
+        assert await broker.fetch([queue], 10, 0) == []
 
     run(loop, body())
 

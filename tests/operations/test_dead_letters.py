@@ -3,6 +3,7 @@ backend (workers run in-process with ``run_until_idle``)."""
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -13,6 +14,7 @@ from taskflow import App
 from taskflow.errors import BrokerError, NotFound, TaskCancelled
 from taskflow.message import TaskStatus
 from taskflow.testing import drain
+from tests.integration import redis_helpers
 
 from .helpers import fails_after, flaky, noop
 
@@ -331,16 +333,93 @@ def test_a_purge_whose_result_store_fails_says_what_became_of_its_tasks(
         assert app.admin.purge(queue) == 3
         monkeypatch.undo()
         assert [r.status for r in results] == [TaskStatus.CANCELLED] * 3
-    elif backend == "nats":  # closed before each group is dropped: nothing dropped
+    else:  # closed before each group is dropped: nothing dropped
         with pytest.raises(BrokerError, match="^the result store stopped answering$"):
             app.admin.purge(queue)
         monkeypatch.undo()
         assert [r.status for r in results] == [TaskStatus.QUEUED] * 3
+        assert len(app.admin.peek(queue)) == 3
         assert app.admin.purge(queue) == 3
         assert [r.status for r in results] == [TaskStatus.CANCELLED] * 3
-    else:  # dropped first: the error counts them, their records still say queued
-        with pytest.raises(BrokerError, match=rf"purge of {queue!r} stopped after 3 tasks"):
-            app.admin.purge(queue)
-        monkeypatch.undo()
-        assert [r.status for r in results] == [TaskStatus.QUEUED] * 3
-        assert app.admin.peek(queue) == []
+
+
+@pytest.fixture(params=["memory", "sqlite-two-files", "redis-store-elsewhere"])
+def unlinked_app(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
+    """An app whose broker does not write its result store's records itself: the memory
+    one, SQLite with its records in another file, and Redis with them in SQLite."""
+    cleanup = None
+    if request.param == "memory":
+        application = App("purge-mem", broker="memory://")
+    elif request.param == "sqlite-two-files":
+        application = App(
+            "purge-two",
+            broker=f"sqlite:///{tmp_path / 'broker.db'}",
+            results=f"sqlite:///{tmp_path / 'results.db'}",
+        )
+    else:
+        url, prefix = redis_helpers.shared_url(lease=30)
+        application = App("purge-redis", broker=url, results=f"sqlite:///{tmp_path / 'r.db'}")
+        cleanup = functools.partial(redis_helpers.drop_prefix, url, prefix)
+    yield application
+    application.close()
+    if cleanup is not None:
+        cleanup()
+
+
+def test_a_purge_that_cannot_close_records_drops_nothing(
+    unlinked_app: App, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The records are closed before the messages are dropped: a result store that fails
+    leaves no record saying queued for a message that is gone."""
+    app = unlinked_app
+    task = noop(app, queue)
+    results = [task.delay(i) for i in range(3)]
+    later = task.apply_async(args=(9,), countdown=3600)
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise BrokerError("the result store stopped answering")
+
+    monkeypatch.setattr(app.kernel.results, "update_many", down)
+    with pytest.raises(BrokerError, match="^the result store stopped answering$"):
+        app.admin.purge(queue, scheduled=True)
+    monkeypatch.undo()
+    assert [r.status for r in results] == [TaskStatus.QUEUED] * 3
+    assert later.status is TaskStatus.SCHEDULED
+    assert len(app.admin.peek(queue)) == 3
+    assert app.admin.purge(queue, scheduled=True) == 4
+    assert [r.status for r in [*results, later]] == [TaskStatus.CANCELLED] * 4
+    assert drain(app, [queue]) == 0
+
+
+def test_a_message_leased_while_a_purge_closes_its_record_is_not_run(
+    unlinked_app: App, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = unlinked_app
+    ran: list[int] = []
+
+    @app.task(name=f"counted.{queue}", queue=queue)
+    def counted(x: int) -> int:
+        ran.append(x)
+        return x
+
+    results = [counted.delay(i) for i in range(3)]
+    broker, store = app.kernel.broker, app.kernel.results
+    real = store.update_many
+    leased: list[Any] = []
+
+    async def close_while_a_worker_takes_one(*args: Any, **kwargs: Any) -> Any:
+        # A worker leases a message between the purge's look and its drop.
+        leased.extend(await broker.fetch([queue], 1, 0.0))
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "update_many", close_while_a_worker_takes_one)
+    purged = app.admin.purge(queue)
+    monkeypatch.undo()
+    assert len(leased) == 1 and purged == 2  # the leased one was not dropped
+    assert [r.status for r in results] == [TaskStatus.CANCELLED] * 3
+    # Handed back (its worker stopped): a worker settles it without running it.
+    assert app.kernel.call(leased[0].nack(requeue=True))
+    drain(app, [queue])
+    assert ran == []
+    assert app.admin.peek(queue) == []
+    assert [r.status for r in results] == [TaskStatus.CANCELLED] * 3

@@ -10,7 +10,10 @@
 -- purge_batch '1'|'0' limit [record template] -> up to limit ids dropped (call again until
 -- fewer come back). With a template (merge_record's arguments for an empty id: the record
 -- key and done channel then end where an id goes), the linked store's record of each id
--- dropped is closed with its fields in the same step, if it exists and is not terminal.
+-- dropped is closed with its fields in the same step, if it exists and is not terminal;
+-- purge_list '1'|'0' limit -> up to limit ids purge_batch would drop, nothing dropped;
+-- purge_listed '1'|'0' id... -> those of the ids still ready (or scheduled, with '1'),
+-- dropped: a purge whose store is elsewhere closes the records in between.
 local action, q = ARGV[3], ARGV[4]
 
 local function promote()
@@ -145,7 +148,7 @@ elseif action == 'bury' then
   -- The same bound as the broker's own dead-lettering (common.lua).
   trim_dead(q, dead)
   return count
-elseif action == 'purge_batch' then
+elseif action == 'purge_batch' or action == 'purge_list' then
   promote()
   local limit = tonumber(ARGV[6])
   local kinds = {'ready'}
@@ -153,20 +156,34 @@ elseif action == 'purge_batch' then
     kinds[2] = 'sched'
   end
   local dropped = {}
+  local drop = action == 'purge_batch'
   for _, kind in ipairs(kinds) do
     local key = qkey(q, kind)
     local room = limit - #dropped
     if room > 0 then
       for _, id in ipairs(redis.call('ZRANGE', key, 0, room - 1)) do
-        redis.call('ZREM', key, id)
-        redis.call('DEL', mkey(id))
+        if drop then
+          redis.call('ZREM', key, id)
+          redis.call('DEL', mkey(id))
+        end
         dropped[#dropped + 1] = id
       end
     end
   end
-  if ARGV[7] then
+  if ARGV[7] and drop then
     for _, id in ipairs(dropped) do
       write_record(ARGV[7] .. id, ARGV[10] .. id, nil, 7, false)
+    end
+  end
+  return dropped
+elseif action == 'purge_listed' then
+  local dropped = {}
+  for i = 6, #ARGV do
+    local id = ARGV[i]
+    if redis.call('ZREM', qkey(q, 'ready'), id) == 1
+        or (ARGV[5] == '1' and redis.call('ZREM', qkey(q, 'sched'), id) == 1) then
+      redis.call('DEL', mkey(id))
+      dropped[#dropped + 1] = id
     end
   end
   return dropped
