@@ -180,14 +180,14 @@ async def logout(request: Request, svc: AdminService) -> Response:
 
 # -- pages -----------------------------------------------------------------------------
 async def overview(svc: AdminService, request: Request, session: Session) -> Response:
-    queues, workers, totals = await svc.overview()
+    queues, workers, totals, alarms = await svc.overview()
     done = totals.get("succeeded", 0) + totals.get("failed", 0)
     failure_rate = totals.get("failed", 0) / done if done else 0.0
     chart = throughput_svg(svc.throughput.minutes(time.time()))
     alive = sum(1 for w in workers if w.state == "alive")
     return _render(svc, request, "overview.html", session, queues=queues, workers=workers,
                    alive=alive, lost=len(workers) - alive, failure_rate=failure_rate,
-                   chart=chart, totals=totals)  # fmt: skip
+                   chart=chart, totals=totals, alarms=alarms)  # fmt: skip
 
 
 async def queue_page(svc: AdminService, request: Request, session: Session) -> Response:

@@ -95,19 +95,22 @@ class AdminService:
         self.throughput.add(stats.at.timestamp(), stats.totals)
         return stats
 
-    async def overview(self) -> tuple[list[QueueInfo], list[WorkerInfo], dict[str, int]]:
-        """Queues, workers and the live workers' summed counters: the overview's data,
-        without the per-task dead-letter counts of :meth:`stats` (a scan of every dead
-        letter). Each read feeds the throughput chart too."""
+    async def overview(
+        self,
+    ) -> tuple[list[QueueInfo], list[WorkerInfo], dict[str, int], list[str]]:
+        """Queues, workers, the live workers' summed counters and the broker's alarms:
+        the overview's data, without the per-task dead-letter counts of :meth:`stats` (a
+        scan of every dead letter). Each read feeds the throughput chart too."""
         queues = await self.app.admin.aqueues()
         workers = await self.app.admin.aworkers()
+        alarms = await self.app.admin.aalarms()
         totals: dict[str, int] = {}
         for worker in workers:
             if worker.state == "alive":
                 for name, count in worker.counters.items():
                     totals[name] = totals.get(name, 0) + count
         self.throughput.add(time.time(), totals)
-        return queues, workers, totals
+        return queues, workers, totals, alarms
 
     async def schedules(self) -> list[ScheduleInfo]:
         """Every schedule, declared and stored, by name."""

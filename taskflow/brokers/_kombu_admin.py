@@ -19,6 +19,7 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
+from ..urls import mask_url
 from . import _kombu_topology as topo
 from ._kombu_io import IoThread, Raw
 from .base import BrokerAdmin, DeadLetter, Message, RecordClose, Waiting, stopped_part_way
@@ -279,6 +280,18 @@ class KombuAdmin(BrokerAdmin):
         I/O thread, which owns its channel)."""
         if taken is not None:
             self._io.post(asyncio.get_running_loop(), taken.give_back, lambda _r, _e: None)
+
+    async def alarms(self) -> list[str]:
+        """A resource alarm that blocks publishing, if the server has told this process's
+        connection of one (``connection.blocked``: RabbitMQ tells the connections that
+        publish, so a process that has sent nothing may not know)."""
+        blocked = self._io.blocked
+        if blocked is None:
+            return []
+        return [
+            f"rabbitmq at {mask_url(self._io.shown)}: the server blocks publishing "
+            f"({blocked}, a resource alarm): every send fails until it clears"
+        ]
 
     async def cancel(self, message_id: str, queue: str) -> bool:
         """Remove one ready or scheduled message by id (a sweep of its queue's parts)."""

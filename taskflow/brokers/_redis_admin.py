@@ -15,9 +15,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .._redis.connection import Connection, RecordKeys
+from ..errors import BrokerError
 from .base import BrokerAdmin, DeadLetter, Message, RecordClose, Waiting
 
-__all__ = ["RedisAdmin", "RunScript"]
+__all__ = ["MEMORY_ALARM", "RedisAdmin", "RunScript"]
+
+MEMORY_ALARM = 0.9
+"""The share of ``maxmemory`` in use from which :meth:`RedisAdmin.alarms` reports it."""
 
 RunScript = Callable[[str, Sequence[Any]], Awaitable[Any]]
 """``run(script, args)``: a broker script, given the prefix and the broker's time first."""
@@ -44,6 +48,43 @@ class RedisAdmin(BrokerAdmin):
         self._run = run
         self._wait = wait
         self._linked = linked
+
+    async def alarms(self) -> list[str]:
+        """From the server's ``INFO``: memory at :data:`MEMORY_ALARM` of its
+        ``maxmemory`` or more (full, it refuses new tasks and workers stall), a
+        ``maxmemory-policy`` that deletes keys when full (tasks would vanish), and a
+        failed background save (after one, Redis refuses every write by default). A
+        server that does not let ``INFO`` be read reports nothing."""
+        conn = self._conn
+        r = conn.client()
+        try:
+            memory = await conn.call(r.info("memory"))
+            persistence = await conn.call(r.info("persistence"))
+        except BrokerError:
+            return []
+        where = f"redis at {conn.masked}"
+        out: list[str] = []
+        used, limit = int(memory.get("used_memory", 0)), int(memory.get("maxmemory", 0))
+        policy = str(memory.get("maxmemory_policy", "noeviction"))
+        if limit and policy != "noeviction":
+            out.append(
+                f"{where}: its maxmemory-policy is {policy}: once full ({used:,} of "
+                f"{limit:,} bytes used now) it deletes keys, and queued tasks and their "
+                f"records vanish; set it to noeviction"
+            )
+        elif limit and used >= MEMORY_ALARM * limit:
+            out.append(
+                f"{where}: {min(used / limit, 1.0):.0%} of its maxmemory in use ({used:,} of "
+                f"{limit:,} bytes); full, it refuses new tasks and workers stall until it "
+                f"has room"
+            )
+        if persistence.get("rdb_last_bgsave_status") == "err":
+            out.append(
+                f"{where}: its last background save failed; with "
+                f"stop-writes-on-bgsave-error on (Redis's default) it refuses every write "
+                f"until a save succeeds"
+            )
+        return out
 
     async def depth(self, queue: str) -> dict[str, int]:
         """Counts of ``ready``, ``scheduled``, ``inflight`` and ``dead`` messages."""

@@ -491,6 +491,12 @@ class BrokerAdmin(abc.ABC):
         """Every queue this broker knows (declared, or holding messages), sorted."""
         raise self.unsupported("list its queues")
 
+    async def alarms(self) -> list[str]:
+        """What the server says now that stops or endangers delivery (a full server, a
+        resource alarm, a policy that deletes keys), one sentence each, naming the masked
+        URL; empty when all is well or the backend cannot tell."""
+        return []
+
     async def paused_queues(self) -> set[str]:
         """The queues paused now."""
         raise self.unsupported("list paused queues")
@@ -575,6 +581,9 @@ class DelegatedAdmin(BrokerAdmin):
 
     async def known_queues(self) -> list[str]:
         return await self._admin.known_queues()
+
+    async def alarms(self) -> list[str]:
+        return await self._admin.alarms()
 
     async def paused_queues(self) -> set[str]:
         return await self._admin.paused_queues()

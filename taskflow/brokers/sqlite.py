@@ -23,6 +23,7 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import sqlite3
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -159,6 +160,10 @@ class SqliteDelivery(Delivery):
             self.id, self._token, None, (task_id, changes, ttl)
         )
         return written
+
+
+LOW_DISK = 256 * 1024 * 1024
+"""Free bytes on the database's disk below which :meth:`SqliteBroker.alarms` says so."""
 
 
 class SqliteBroker(Broker, BrokerAdmin):
@@ -455,6 +460,20 @@ class SqliteBroker(Broker, BrokerAdmin):
         if requeued:
             self._db.wake_others()
         return requeued
+
+    async def alarms(self) -> list[str]:
+        """The disk that holds the database with less than :data:`LOW_DISK` bytes free:
+        full, every write fails (sends, settles, records)."""
+        try:
+            free = shutil.disk_usage(os.path.dirname(os.path.abspath(self.path))).free
+        except OSError:
+            return []
+        if free >= LOW_DISK:
+            return []
+        return [
+            f"sqlite at {self.path}: {free:,} bytes free on its disk; full, every write "
+            f"fails (sends, settles, records)"
+        ]
 
     async def known_queues(self) -> list[str]:
         """Declared queues and queues holding messages or dead letters."""

@@ -225,7 +225,8 @@ def _stats_view(stats: ClusterStats) -> RenderableType:
     ]
     qcols = ("QUEUE", "READY", "SCHEDULED", "RUNNING", "DEAD", "PAUSED")
     queue_table = Output.table(qcols, queue_rows, numeric=qcols[1:5])
-    parts: list[RenderableType] = [head, Text(""), queue_table]
+    parts: list[RenderableType] = [Text(f"ALARM  {a}", style="bold red") for a in stats.alarms]
+    parts += [head, Text(""), queue_table]
     if stats.tasks:
         tcols = ("TASK", "RUNNING", "DEAD")
         task_rows_ = [(t.task, t.running, t.dead) for t in stats.tasks]

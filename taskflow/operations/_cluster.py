@@ -11,7 +11,7 @@ from ._context import Context, to_datetime, view
 from ._queues import queues
 from .types import AuditEntry, ClusterStats, QueueStats, TaskStats, WorkerInfo
 
-__all__ = ["audit", "stats", "workers"]
+__all__ = ["alarms", "audit", "stats", "workers"]
 
 LOST_AFTER = 3
 """Heartbeat intervals without a heartbeat after which a worker is shown as lost."""
@@ -47,6 +47,11 @@ def _worker(entry: Mapping[str, Any], now: float) -> WorkerInfo:
     )
 
 
+async def alarms(ctx: Context) -> list[str]:
+    """What the broker's server reports that stops or endangers delivery."""
+    return await (await ctx.broker()).alarms()
+
+
 async def stats(ctx: Context) -> ClusterStats:
     """Queue counts, per-task counts and counter rates (see :class:`ClusterStats`)."""
     qs = await queues(ctx)
@@ -80,6 +85,7 @@ async def stats(ctx: Context) -> ClusterStats:
         rate_1m=rate_1m,
         rate_5m=rate_5m,
         dead_complete=complete,
+        alarms=await alarms(ctx),
     )
 
 

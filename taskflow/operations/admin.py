@@ -304,8 +304,20 @@ class Admin:
         """:meth:`workers` for async code."""
         return await self._alook(_cluster.workers(self._ctx))
 
+    def alarms(self) -> list[str]:
+        """What the broker's server says now that stops or endangers delivery, one
+        sentence each (empty when all is well): Redis at 90% or more of its
+        ``maxmemory``, set to evict keys, or refusing writes after a failed save;
+        RabbitMQ blocking publishers (a resource alarm); SQLite's disk nearly full."""
+        return self._look(_cluster.alarms(self._ctx))
+
+    async def aalarms(self) -> list[str]:
+        """:meth:`alarms` for async code."""
+        return await self._alook(_cluster.alarms(self._ctx))
+
     def stats(self) -> ClusterStats:
-        """Per-queue and per-task counts, worker counter totals and rates."""
+        """Per-queue and per-task counts, worker counter totals and rates, and the
+        broker's :meth:`alarms`."""
         return self._look(_cluster.stats(self._ctx))
 
     async def astats(self) -> ClusterStats:

@@ -165,6 +165,9 @@ class ClusterStats:
     dead_complete: bool = True
     """False when a queue had more dead letters than were counted per task (the per-task
     ``dead`` counts then cover the oldest 10,000 of each queue)."""
+    alarms: list[str] = field(default_factory=list)
+    """What the broker's server reports that stops or endangers delivery
+    (``Admin.alarms``); empty when all is well."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -277,6 +277,19 @@ def test_an_action_whose_audit_is_refused_answers_that_it_took_effect(
     assert admin_app.admin.paused() == {seeded.queue}
 
 
+def test_stats_carry_the_brokers_alarms(
+    client: TestClient, admin_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert client.get("/api/v1/stats", headers=auth(VIEWER)).json()["alarms"] == []
+
+    async def alarms() -> list[str]:
+        return ["rabbitmq at amqp://guest:***@mq:5672: the server blocks publishing"]
+
+    monkeypatch.setattr(admin_app.kernel.broker, "alarms", alarms)
+    body = client.get("/api/v1/stats", headers=auth(VIEWER)).json()
+    assert body["alarms"] == ["rabbitmq at amqp://guest:***@mq:5672: the server blocks publishing"]
+
+
 def test_request_ids_are_echoed_or_made(client: TestClient) -> None:
     given = client.get("/api/v1/queues", headers=auth(OPS) | {"X-Request-ID": "abc-123"})
     assert given.headers["X-Request-ID"] == "abc-123"

@@ -15,6 +15,7 @@ from taskflow import App
 from taskflow.admin import TokenStore, create_app
 from taskflow.cli.main import cli
 from taskflow.errors import BrokerError, ConfigError
+from taskflow.operations import Admin
 
 from .conftest import OPS, VIEWER, Seeded
 
@@ -112,6 +113,21 @@ def test_a_form_action_whose_audit_is_refused_says_it_took_effect(
     assert page.status_code == 500
     assert "took effect and is not undone" in page.text
     assert admin_app.admin.paused() == {seeded.queue}
+
+
+def test_the_overview_leads_with_the_brokers_alarms(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    login(client, VIEWER)
+    assert 'data-testid="alarms"' not in client.get("/").text
+
+    async def alarms(self: Any) -> list[str]:
+        return ["redis at redis://:***@cache:6379/0: 97% of its maxmemory in use"]
+
+    monkeypatch.setattr(Admin, "aalarms", alarms)
+    page = client.get("/").text
+    assert 'data-testid="alarms"' in page and 'role="alert"' in page
+    assert "97% of its maxmemory in use" in page
 
 
 def test_a_read_only_session_sees_pages_but_changes_nothing(

@@ -84,6 +84,8 @@ def test_sends_under_a_resource_alarm_fail_at_once_and_work_again_after_it(
                 assert "resource alarm" in str(exc)
                 unsure.append(held.id)
             await until(lambda: io.blocked is not None, "connection.blocked")
+            [alarm] = await broker.alarms()  # what app.admin.alarms() and stats() report
+            assert "the server blocks publishing" in alarm and "guest:***@" in alarm
             refused = msg()
             started = time.monotonic()
             with pytest.raises(BrokerError) as caught:
@@ -94,6 +96,7 @@ def test_sends_under_a_resource_alarm_fail_at_once_and_work_again_after_it(
             assert "guest:***@127.0.0.1" in str(caught.value)
             h.rabbitmqctl("set_vm_memory_high_watermark", clear_to)
             await until(lambda: io.blocked is None, "connection.unblocked")
+            assert await broker.alarms() == []
             after = msg()
             await broker.publish([after])
             sent.append(after.id)

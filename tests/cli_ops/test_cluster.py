@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import time
+import types
 from typing import Any
 
+import pytest
+
+import taskflow.brokers.sqlite as sqlite_broker
 from taskflow import App
 from tests.cli_ops.apps.opsapp import WORK
 from tests.cli_ops.conftest import Ops
@@ -76,6 +80,23 @@ def test_stats_reports_queue_depths_and_worker_counters(ops: Ops) -> None:
     table = ops.run("stats").stdout
     assert all(len(line) <= 80 for line in table.splitlines()), table
     assert "succeeded" in table and WORK in table
+
+
+def test_stats_leads_with_the_brokers_alarms(
+    sqlite_ops: Ops, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sqlite_ops.app().send_task("ops.add", [1, 2])
+    assert json.loads(sqlite_ops.run("stats", "--json").stdout)["alarms"] == []
+
+    def nearly_full(path: str) -> Any:
+        return types.SimpleNamespace(total=10**12, used=10**12 - 5_000_000, free=5_000_000)
+
+    monkeypatch.setattr(sqlite_broker.shutil, "disk_usage", nearly_full)
+    [alarm] = json.loads(sqlite_ops.run("stats", "--json").stdout)["alarms"]
+    assert "5,000,000 bytes free on its disk" in alarm
+    table = sqlite_ops.run("stats").stdout
+    assert table.split()[:3] == ["ALARM", "sqlite", "at"]
+    assert all(len(line) <= 80 for line in table.splitlines()), table
 
 
 def test_stats_watch_prints_a_bounded_number_of_rounds(sqlite_ops: Ops) -> None:
