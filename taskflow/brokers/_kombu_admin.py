@@ -113,6 +113,19 @@ def _take(io: IoThread, name: str, queue: str, limit: int) -> _Taken | None:
     return taken
 
 
+def _purged_parts(io: IoThread, queue: str, scheduled: bool) -> list[str]:
+    """The AMQP queues a purge of ``queue`` sweeps, in order, once this process's consumer
+    has handed back what it held: the work queue, and with ``scheduled`` the delay levels
+    in the order messages move (see ``KombuAdmin.cancel``), then the work queue again."""
+    io.declare_queue(queue)
+    io.release(queue)
+    names = [io.names.work(queue)]
+    if scheduled:
+        names += [io.names.level(queue, lv) for lv in io.levels(queue)]
+        names.append(io.names.work(queue))
+    return names
+
+
 def _put_back(io: IoThread, name: str, queue: str, raw: Raw, kind: str) -> None:
     """Publish a message a sweep of ``name`` took and keeps again: a dead letter to the
     dead-letter queue as it was, a waiting one through ``queue``'s routing (a scheduled
@@ -223,14 +236,7 @@ class KombuAdmin(BrokerAdmin):
         ids: list[str] = []  # filled on the I/O thread, read here after its answer
 
         def purge(io: IoThread) -> list[str]:
-            io.declare_queue(queue)
-            io.release(queue)
-            names = [io.names.work(queue)]
-            if scheduled:
-                # In the order messages move (see cancel), the work queue again at the end.
-                names += [io.names.level(queue, lv) for lv in io.levels(queue)]
-                names.append(io.names.work(queue))
-            for name in names:
+            for name in _purged_parts(io, queue, scheduled):
                 if io.count(name):
                     _sweep(io, name, queue, lambda _r: "drop", kind="work", dropped=ids)
             return ids
@@ -247,19 +253,9 @@ class KombuAdmin(BrokerAdmin):
         messages whose records say they finished, which workers settle without running
         (``limit`` does not apply: one call drops them all)."""
         ids: list[str] = []
-
-        def names(io: IoThread) -> list[str]:
-            io.declare_queue(queue)
-            io.release(queue)
-            out = [io.names.work(queue)]
-            if scheduled:
-                # In the order messages move (see cancel), the work queue again at the end.
-                out += [io.names.level(queue, lv) for lv in io.levels(queue)]
-                out.append(io.names.work(queue))
-            return out
-
+        parts = functools.partial(_purged_parts, queue=queue, scheduled=scheduled)
         with stopped_part_way(ids):
-            for name in await self._io.call(names):
+            for name in await self._io.call(parts):
                 take = functools.partial(_take, name=name, queue=queue, limit=_GROUP)
                 for _ in range(0, _SWEEP_MAX, _GROUP):
                     taken = await self._io.call(take, orphan=self._give_back)
