@@ -68,7 +68,9 @@ def queues(
 
         def render() -> tuple[Any, RenderableType]:
             infos = adm.queues()
-            return infos, _queue_table(infos)
+            if out.json:  # the list of queues, as before: alarms are in `stats --json`
+                return infos, _queue_table(infos)
+            return infos, Group(*_alarm_lines(adm.alarms()), _queue_table(infos))
 
         if watch is not None:
             out.watch(render, watch, watch_count)
@@ -213,6 +215,11 @@ def _counters_table(stats: ClusterStats) -> RenderableType:
     return Output.table(columns, rows, numeric=columns[1:])
 
 
+def _alarm_lines(alarms: list[str]) -> list[Text]:
+    """The broker's alarms, one line each, to lead a table (``app.admin.alarms()``)."""
+    return [Text(f"ALARM  {a}", style="bold red") for a in alarms]
+
+
 def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -225,8 +232,7 @@ def _stats_view(stats: ClusterStats) -> RenderableType:
     ]
     qcols = ("QUEUE", "READY", "SCHEDULED", "RUNNING", "DEAD", "PAUSED")
     queue_table = Output.table(qcols, queue_rows, numeric=qcols[1:5])
-    parts: list[RenderableType] = [Text(f"ALARM  {a}", style="bold red") for a in stats.alarms]
-    parts += [head, Text(""), queue_table]
+    parts: list[RenderableType] = [*_alarm_lines(stats.alarms), head, Text(""), queue_table]
     if stats.tasks:
         tcols = ("TASK", "RUNNING", "DEAD")
         task_rows_ = [(t.task, t.running, t.dead) for t in stats.tasks]

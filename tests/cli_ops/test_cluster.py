@@ -82,7 +82,7 @@ def test_stats_reports_queue_depths_and_worker_counters(ops: Ops) -> None:
     assert "succeeded" in table and WORK in table
 
 
-def test_stats_leads_with_the_brokers_alarms(
+def test_stats_and_queues_lead_with_the_brokers_alarms(
     sqlite_ops: Ops, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sqlite_ops.app().send_task("ops.add", [1, 2])
@@ -97,6 +97,10 @@ def test_stats_leads_with_the_brokers_alarms(
     table = sqlite_ops.run("stats").stdout
     assert table.split()[:3] == ["ALARM", "sqlite", "at"]
     assert all(len(line) <= 80 for line in table.splitlines()), table
+    # `taskflow queues`, an operator's first look, leads with them too; its JSON is the
+    # list of queues it always was.
+    assert sqlite_ops.run("queues").stdout.split()[:3] == ["ALARM", "sqlite", "at"]
+    assert isinstance(json.loads(sqlite_ops.run("queues", "--json").stdout), list)
 
 
 def test_stats_watch_prints_a_bounded_number_of_rounds(sqlite_ops: Ops) -> None:
