@@ -53,7 +53,8 @@ class RedisAdmin(BrokerAdmin):
         """From the server's ``INFO``: memory at :data:`MEMORY_ALARM` of its
         ``maxmemory`` or more (full, it refuses new tasks and workers stall), a
         ``maxmemory-policy`` that deletes keys when full (tasks would vanish), and a
-        failed background save (after one, Redis refuses every write by default). A
+        failed background save (after one, Redis with save points refuses every write by
+        default). A
         server that does not let ``INFO`` be read reports nothing."""
         conn = self._conn
         r = conn.client()
@@ -80,8 +81,8 @@ class RedisAdmin(BrokerAdmin):
             )
         if persistence.get("rdb_last_bgsave_status") == "err":
             out.append(
-                f"{where}: its last background save failed; with "
-                f"stop-writes-on-bgsave-error on (Redis's default) it refuses every write "
+                f"{where}: its last background save failed; with save points set and "
+                f"stop-writes-on-bgsave-error on (Redis's defaults) it refuses every write "
                 f"until a save succeeds"
             )
         return out
