@@ -472,7 +472,7 @@ class Partial:
             await self._ctx.record(action, target, ids, count=done, details={"incomplete": True})
             audited = "audited as incomplete"
         except BrokerError:
-            audited = "not audited: the result store did not answer either"
+            audited = "not audited: the result store refused the entry too; it is in the log"
         where = f" of {self._queue!r}" if self._queue else ""
         raise BrokerError(
             f"{action}{where} stopped after {done:,} tasks {self._what} ({audited}); the "

@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
+import taskflow.operations._dead as dead_module
 from taskflow import App
 from taskflow.errors import AuditNotWritten, BrokerError
 from taskflow.testing import drain
 
-from .helpers import flaky, noop
+from .helpers import fails_after, flaky, noop
 
 REFUSAL = "OOM command not allowed when used memory > 'maxmemory'"
 
@@ -100,3 +101,22 @@ def test_arguments_are_not_shown_when_their_showing_cannot_be_audited(
     assert REFUSAL in str(raised.value)
     assert "4242" not in str(raised.value)
     assert audit_lines(caplog) == []  # nothing was shown, so nothing is logged as done
+
+
+def test_a_purge_stopped_part_way_whose_audit_is_refused_logs_the_incomplete_entry(
+    app: App, queue: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(dead_module, "BATCH", 2)
+    task = noop(app, queue)
+    for i in range(5):
+        task.delay(i)
+    fails_after(app.kernel.broker, "purge_batch_closing", 1, monkeypatch)
+    refuse_audit(app, monkeypatch)
+    with caplog.at_level(logging.ERROR, logger="taskflow.audit"):
+        with pytest.raises(BrokerError, match=r"purge of .* stopped after \d+ tasks purged") as e:
+            app.admin.purge(queue)
+    assert "(not audited: the result store refused the entry too; it is in the log)" in str(e.value)
+    [line] = audit_lines(caplog)
+    logged = json.loads(line.getMessage().split("instead: ", 1)[1])
+    assert (logged["action"], logged["details"]) == ("purge", {"incomplete": True})
+    assert logged["count"] == len(logged["ids"]) > 0
