@@ -36,7 +36,7 @@ from .base import (
     stopped_part_way,
 )
 
-__all__ = ["PAUSE_CACHE", "NatsAdmin"]
+__all__ = ["PAUSE_CACHE", "STORAGE_ALARM", "NatsAdmin"]
 
 PAUSE_CACHE = 2.0  # seconds a pause flag read from KV is trusted
 _RESEND_PAUSE = 0.5  # seconds between sends of a publish that got no answer
@@ -51,6 +51,11 @@ def _unanswered(cause: BaseException | None) -> bool:
     return not isinstance(cause, APIError) or isinstance(cause, ServiceUnavailableError)
 
 
+STORAGE_ALARM = 0.9
+"""The share of the account's JetStream storage limit in use from which
+:meth:`NatsAdmin.alarms` reports it."""
+
+
 class NatsAdmin(BrokerAdmin):
     """The :class:`~taskflow.brokers.base.BrokerAdmin` methods on JetStream, and the
     pause flags every fetch reads (:meth:`is_paused`)."""
@@ -62,6 +67,30 @@ class NatsAdmin(BrokerAdmin):
         self._core = core
         self._conn = core.conn
         self._paused: dict[str, tuple[bool, float]] = {}
+
+    async def alarms(self) -> list[str]:
+        """The account's JetStream storage (file or memory) at :data:`STORAGE_ALARM` of
+        its limit or more: full, the server refuses new tasks. Only account limits can be
+        read by a client: a limit set for the whole server (``max_file_store``) is not
+        reported."""
+        try:
+            info = await self._conn.api("INFO", {})
+        except BrokerError:
+            return []
+        limits = info.get("limits") or {}
+        out: list[str] = []
+        for kind, used_key, limit_key in (
+            ("file", "storage", "max_storage"),
+            ("memory", "memory", "max_memory"),
+        ):
+            used, limit = int(info.get(used_key) or 0), int(limits.get(limit_key) or -1)
+            if limit > 0 and used >= STORAGE_ALARM * limit:
+                out.append(
+                    f"nats at {self._conn.masked}: {min(used / limit, 1.0):.0%} of the "
+                    f"account's JetStream {kind} storage in use ({used:,} of {limit:,} "
+                    f"bytes); full, it refuses new tasks"
+                )
+        return out
 
     async def _level_infos(self, queue: str) -> list[dict[str, Any]]:
         core = self._core

@@ -308,7 +308,8 @@ class Admin:
         """What the broker's server says now that stops or endangers delivery, one
         sentence each (empty when all is well): Redis at 90% or more of its
         ``maxmemory``, set to evict keys, or refusing writes after a failed save;
-        RabbitMQ blocking publishers (a resource alarm); SQLite's disk nearly full."""
+        RabbitMQ blocking publishers (a resource alarm); SQLite's disk nearly full; a NATS
+        account at 90% or more of its JetStream storage limit."""
         return self._look(_cluster.alarms(self._ctx))
 
     async def aalarms(self) -> list[str]:
