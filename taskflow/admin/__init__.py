@@ -79,7 +79,10 @@ def create_app(
         Route("/api/v1/openapi.json", openapi, methods=["GET"]),
         *api_routes(svc),
         *page_routes(svc),
-        Mount("/static", StaticFiles(directory=_STATIC), name="static"),
+        # follow_symlink: an editable install's package tree links each file to the
+        # source tree, outside the folder; the folder is the package's own, and a path that
+        # leaves it ("..") is refused all the same.
+        Mount("/static", StaticFiles(directory=_STATIC, follow_symlink=True), name="static"),
     ]
     web = Starlette(
         routes=routes,

@@ -130,6 +130,31 @@ def test_the_overview_leads_with_the_brokers_alarms(
     assert "97% of its maxmemory in use" in page
 
 
+def test_the_stylesheet_is_served_from_a_tree_of_links_and_nothing_outside_it(
+    admin_app: App, token_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An editable install links each package file to the source tree: the pages' own
+    files are served all the same, and a path out of the folder is not."""
+    import taskflow.admin as admin_package
+
+    real = admin_package._STATIC
+    links = tmp_path / "static"
+    links.mkdir()
+    for name in ("admin.css", "admin.js"):
+        (links / name).symlink_to(real / name)
+    (tmp_path / "secret.txt").write_text("not for the web")
+    monkeypatch.setattr(admin_package, "_STATIC", links)
+    web = create_app(admin_app, tokens=TokenStore.from_file(token_file))
+    with TestClient(web, base_url="http://127.0.0.1") as linked:
+        css = linked.get("/static/admin.css")
+        assert css.status_code == 200
+        assert css.content == (real / "admin.css").read_bytes()
+        assert linked.get("/static/admin.js").status_code == 200
+        for path in ("/static/../secret.txt", "/static/%2e%2e/secret.txt"):
+            response = linked.get(path)
+            assert response.status_code == 404 and b"not for the web" not in response.content
+
+
 def test_a_read_only_session_sees_pages_but_changes_nothing(
     client: TestClient, seeded: Seeded, admin_app: App
 ) -> None:
