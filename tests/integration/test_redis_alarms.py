@@ -94,18 +94,20 @@ def test_a_failed_background_save_is_an_alarm_while_writes_are_refused() -> None
     with private_redis(Path("/proc"), durable=False) as (port, _):
         server = redis.Redis(port=port)
         server.config_set("save", "3600 1")  # Redis's default save points
-        with App("alarms", broker=f"redis://127.0.0.1:{port}/0?prefix=tfalarm") as app:
-            assert app.admin.alarms() == []
-            server.bgsave()
-            wait_until(
-                lambda: server.info("persistence")["rdb_last_bgsave_status"] == "err",
-                10,
-                "the save to fail",
-            )
-            with pytest.raises(redis.ResponseError, match="MISCONF"):
-                server.set("k", str(time.time()))
-            [alarm] = app.admin.alarms()
-            assert "last background save failed" in alarm
-            assert "refuses every write" in alarm
-        server.config_set("save", "")  # else it refuses to stop without a final save
-        server.close()
+        try:
+            with App("alarms", broker=f"redis://127.0.0.1:{port}/0?prefix=tfalarm") as app:
+                assert app.admin.alarms() == []
+                server.bgsave()
+                wait_until(
+                    lambda: server.info("persistence")["rdb_last_bgsave_status"] == "err",
+                    10,
+                    "the save to fail",
+                )
+                with pytest.raises(redis.ResponseError, match="MISCONF"):
+                    server.set("k", str(time.time()))
+                [alarm] = app.admin.alarms()
+                assert "last background save failed" in alarm
+                assert "refuses every write" in alarm
+        finally:
+            server.config_set("save", "")  # else it will not stop without a final save
+            server.close()
