@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -122,8 +123,17 @@ def broker_error(masked: str, exc: BaseException, *, without_cert: bool = False)
     the client's certificate after the handshake and just closes the connection).
     """
     what = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
-    what = explain(what, without_cert=without_cert)
+    what = explain(_PIPELINE_NOTE.sub(_command_only, what), without_cert=without_cert)
     return BrokerError(f"redis at {masked}: {what}")
+
+
+# redis-py's note on a pipelined command's error, which quotes up to 100 characters of the
+# command: its arguments may be a task's, and an error message never shows them.
+_PIPELINE_NOTE = re.compile(r"Command # (\d+) \((\S*).*?\) of pipeline caused error: ", re.S)
+
+
+def _command_only(match: re.Match[str]) -> str:
+    return f"command {match.group(2)} (#{match.group(1)} of a pipeline) failed: "
 
 
 def client_options(security: Security) -> dict[str, Any]:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from taskflow import App
+from taskflow._redis.connection import broker_error
 from taskflow.brokers.redis import RedisBroker
 from taskflow.errors import BrokerError, ConfigError, QueueFull
 from taskflow.results.redis import RedisResultStore
@@ -86,6 +90,33 @@ def test_a_full_bounded_queue_refuses_the_whole_batch(url: str) -> None:
         broker = app.broker
         assert isinstance(broker, RedisBroker)
         assert app.kernel.call(broker.depth("default"))["ready"] == 2
+
+
+def test_a_failed_pipelined_command_is_named_without_its_arguments() -> None:
+    """redis-py quotes a failed pipelined command's arguments in its error; a BrokerError
+    names the command only (its arguments may be a task's)."""
+    key = f"tfpipe{uuid.uuid4().hex[:8]}"
+
+    async def fail() -> BaseException:
+        client = aioredis.Redis(port=6379)
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.set(key, "x")
+                pipe.hset(key, "card", "4111-1111-1111-1111")  # the wrong type: an error
+                await pipe.execute()
+        except redis.ResponseError as exc:
+            return exc
+        finally:
+            await client.delete(key)
+            await client.aclose()
+        raise AssertionError("the pipeline did not fail")
+
+    raw = asyncio.run(fail())
+    assert "4111-1111-1111-1111" in str(raw)  # what redis-py says
+    message = str(broker_error("redis://127.0.0.1:6379/0", raw))
+    assert "4111" not in message
+    assert message.startswith("redis at redis://127.0.0.1:6379/0: command HSET (#2 of a pipeline)")
+    assert "WRONGTYPE" in message
 
 
 def test_an_unreachable_server_raises_broker_error_naming_the_masked_url() -> None:

@@ -77,6 +77,8 @@ def test_a_full_server_refuses_sends_whole_and_workers_carry_on_once_it_has_room
                 with pytest.raises(AuditNotWritten, match="maxmemory") as unaudited:
                     client.admin.as_actor("night-ops").resume("default")
                 assert "resume on queue 'default' took effect" in str(unaudited.value)
+                # The refused write is named, not quoted (its arguments are the entry's).
+                assert "command ZADD (#1 of a pipeline) failed" in str(unaudited.value)
                 wait_until(lambda: server.zcard(inflight) > 0, 20, "the worker to take tasks")
 
                 def a_lease_ran_out() -> bool:
