@@ -53,10 +53,8 @@ class MemoryAdmin(BrokerAdmin):
     async def purge_ids(self, queue: str, *, scheduled: bool = True) -> list[str]:
         """Drop ready (and scheduled) messages; their ids."""
         state = self._state
-        states = ("ready", "scheduled") if scheduled else ("ready",)
         with state.lock:
-            state.promote(state.clock.time())  # a due message counts as ready
-            doomed = [m for m in state.messages.values() if m.queue == queue and m.state in states]
+            doomed = self._waiting(queue, scheduled)
             for stored in doomed:
                 del state.messages[stored.id]
             q = state.queue(queue)
@@ -74,13 +72,12 @@ class MemoryAdmin(BrokerAdmin):
         leaves every message where it was; a message leased in between is not dropped,
         and its worker, finding its record closed, does not run it."""
         state = self._state
-        states = ("ready", "scheduled") if scheduled else ("ready",)
         with state.lock:
-            state.promote(state.clock.time())
-            listed = [m for m in state.messages.values() if m.queue == queue and m.state in states]
+            listed = self._waiting(queue, scheduled)
         if not listed:
             return []
         await closing.close([stored.id for stored in listed])
+        states = _purged_states(scheduled)
         with state.lock:
             q = state.queue(queue)
             dropped: list[str] = []
@@ -91,6 +88,14 @@ class MemoryAdmin(BrokerAdmin):
                     q.size -= 1
                     dropped.append(stored.id)
             return dropped
+
+    def _waiting(self, queue: str, scheduled: bool) -> list[Stored]:
+        """Under the state's lock: the messages of ``queue`` a purge drops, due ones
+        counted as ready."""
+        state = self._state
+        state.promote(state.clock.time())
+        states = _purged_states(scheduled)
+        return [m for m in state.messages.values() if m.queue == queue and m.state in states]
 
     async def pause(self, queue: str) -> None:
         """Stop delivering from ``queue``."""
@@ -253,3 +258,8 @@ class MemoryAdmin(BrokerAdmin):
                 for i in ids
                 if i in dead or ((m := state.messages.get(i)) is not None and m.queue == queue)
             }
+
+
+def _purged_states(scheduled: bool) -> tuple[str, ...]:
+    """The states of the messages a purge drops."""
+    return ("ready", "scheduled") if scheduled else ("ready",)

@@ -27,6 +27,7 @@ from .._nats.names import stream_name, subject_token, untoken
 from ..errors import BrokerError
 from ._nats_core import LEVELS, NatsCore
 from .base import (
+    ALARM_SHARE,
     BrokerAdmin,
     CloseIds,
     DeadLetter,
@@ -36,7 +37,7 @@ from .base import (
     stopped_part_way,
 )
 
-__all__ = ["PAUSE_CACHE", "STORAGE_ALARM", "NatsAdmin"]
+__all__ = ["PAUSE_CACHE", "NatsAdmin"]
 
 PAUSE_CACHE = 2.0  # seconds a pause flag read from KV is trusted
 _RESEND_PAUSE = 0.5  # seconds between sends of a publish that got no answer
@@ -49,11 +50,6 @@ def _unanswered(cause: BaseException | None) -> bool:
     if isinstance(cause, ConnectionClosedError):
         return False
     return not isinstance(cause, APIError) or isinstance(cause, ServiceUnavailableError)
-
-
-STORAGE_ALARM = 0.9
-"""The share of the account's JetStream storage limit in use from which
-:meth:`NatsAdmin.alarms` reports it."""
 
 
 class NatsAdmin(BrokerAdmin):
@@ -69,7 +65,7 @@ class NatsAdmin(BrokerAdmin):
         self._paused: dict[str, tuple[bool, float]] = {}
 
     async def alarms(self) -> list[str]:
-        """The account's JetStream storage (file or memory) at :data:`STORAGE_ALARM` of
+        """The account's JetStream storage (file or memory) at ``ALARM_SHARE`` of
         its limit or more: full, the server refuses new tasks. Only account limits can be
         read by a client: a limit set for the whole server (``max_file_store``) is not
         reported."""
@@ -84,7 +80,7 @@ class NatsAdmin(BrokerAdmin):
             ("memory", "memory", "max_memory"),
         ):
             used, limit = int(info.get(used_key) or 0), int(limits.get(limit_key) or -1)
-            if limit > 0 and used >= STORAGE_ALARM * limit:
+            if limit > 0 and used >= ALARM_SHARE * limit:
                 out.append(
                     f"nats at {self._conn.masked}: {min(used / limit, 1.0):.0%} of the "
                     f"account's JetStream {kind} storage in use ({used:,} of {limit:,} "

@@ -16,12 +16,9 @@ from typing import Any
 
 from .._redis.connection import Connection, RecordKeys
 from ..errors import BrokerError
-from .base import BrokerAdmin, DeadLetter, Message, RecordClose, Waiting
+from .base import ALARM_SHARE, BrokerAdmin, DeadLetter, Message, RecordClose, Waiting
 
-__all__ = ["MEMORY_ALARM", "RedisAdmin", "RunScript"]
-
-MEMORY_ALARM = 0.9
-"""The share of ``maxmemory`` in use from which :meth:`RedisAdmin.alarms` reports it."""
+__all__ = ["RedisAdmin", "RunScript"]
 
 RunScript = Callable[[str, Sequence[Any]], Awaitable[Any]]
 """``run(script, args)``: a broker script, given the prefix and the broker's time first."""
@@ -50,17 +47,18 @@ class RedisAdmin(BrokerAdmin):
         self._linked = linked
 
     async def alarms(self) -> list[str]:
-        """From the server's ``INFO``: memory at :data:`MEMORY_ALARM` of its
-        ``maxmemory`` or more (full, it refuses new tasks and workers stall), a
-        ``maxmemory-policy`` that deletes keys when full (tasks would vanish), and a
-        failed background save (after one, Redis with save points refuses every write by
-        default). A
-        server that does not let ``INFO`` be read reports nothing."""
+        """From the server's ``INFO`` (two sections, one round trip): memory at
+        ``ALARM_SHARE`` of its ``maxmemory`` or more (full, it refuses new tasks and
+        workers stall), a ``maxmemory-policy`` that deletes keys when full (tasks would
+        vanish), and a failed background save (after one, Redis with save points refuses
+        every write by default). A server that does not let ``INFO`` be read reports
+        nothing."""
         conn = self._conn
-        r = conn.client()
         try:
-            memory = await conn.call(r.info("memory"))
-            persistence = await conn.call(r.info("persistence"))
+            async with conn.client().pipeline(transaction=False) as pipe:
+                pipe.info("memory")
+                pipe.info("persistence")
+                memory, persistence = await conn.call(pipe.execute())
         except BrokerError:
             return []
         where = f"redis at {conn.masked}"
@@ -73,7 +71,7 @@ class RedisAdmin(BrokerAdmin):
                 f"{limit:,} bytes used now) it deletes keys, and queued tasks and their "
                 f"records vanish; set it to noeviction"
             )
-        elif limit and used >= MEMORY_ALARM * limit:
+        elif limit and used >= ALARM_SHARE * limit:
             out.append(
                 f"{where}: {min(used / limit, 1.0):.0%} of its maxmemory in use ({used:,} of "
                 f"{limit:,} bytes); full, it refuses new tasks and workers stall until it "

@@ -385,14 +385,9 @@ def purge_closing(
     first (``batch``: the two), and close their task records in the same transaction
     (``close``: the store's writes, the changes and their time to live; only records that
     exist and are not terminal change); the ids dropped."""
-    scheduled, limit = batch
-    where, args = _purgeable(queue, scheduled, now)
-    rows = conn.execute(
-        f"SELECT seq, id FROM messages WHERE {where} ORDER BY seq LIMIT ?", (*args, limit)
-    )
-    taken = rows.fetchall()
+    taken = purgeable(conn, queue, batch, now)
     conn.executemany("DELETE FROM messages WHERE seq = ?", [(seq,) for seq, _ in taken])
-    ids = [str(mid) for _, mid in taken]
+    ids = [mid for _, mid in taken]
     records, changes, ttl = close
     records.close(conn, [(mid, changes) for mid in ids], ttl, now)
     return ids

@@ -29,13 +29,14 @@ import abc
 import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from ..errors import BrokerError, Unsupported
 from ..urls import mask_url
 from .limits import ClusterLimiter
 
 __all__ = [
+    "ALARM_SHARE",
     "Broker",
     "BrokerAdmin",
     "Capabilities",
@@ -386,6 +387,11 @@ class Broker(abc.ABC):
         return None
 
 
+ALARM_SHARE: Final = 0.9
+"""The share of a server's limit (Redis's ``maxmemory``, a NATS account's JetStream
+storage) in use from which :meth:`BrokerAdmin.alarms` reports it."""
+
+
 class BrokerAdmin(abc.ABC):
     """Operator actions, separate from the hot path.
 
@@ -494,7 +500,8 @@ class BrokerAdmin(abc.ABC):
     async def alarms(self) -> list[str]:
         """What the server says now that stops or endangers delivery (a full server, a
         resource alarm, a policy that deletes keys), one sentence each, naming the masked
-        URL; empty when all is well or the backend cannot tell."""
+        URL; empty when all is well or the backend cannot tell. A limit is reported from
+        :data:`ALARM_SHARE` of it in use, before the server refuses anything."""
         return []
 
     async def paused_queues(self) -> set[str]:

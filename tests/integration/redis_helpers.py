@@ -203,6 +203,31 @@ def private_redis(
                 proc.wait(10)
 
 
+@contextmanager
+def password_redis(data_dir: Path, password: str) -> Iterator[int]:
+    """A private redis-server (nothing on disk) that requires ``password``; yields its
+    port."""
+    with private_redis(data_dir, durable=False) as (port, _):
+        admin = redis.Redis(port=port)
+        admin.config_set("requirepass", password)
+        admin.close()
+        yield port
+
+
+@contextmanager
+def config_client(port: int, password: str, acl_user: str) -> Iterator[redis.Redis]:
+    """A client of a :func:`password_redis` server whose memory settings a test changes:
+    ``maxmemory`` and its policy are put back, and ``acl_user`` deleted, afterwards."""
+    client = redis.Redis(port=port, password=password)
+    try:
+        yield client
+    finally:
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", "0")
+        client.acl_deluser(acl_user)
+        client.close()
+
+
 def start_redis(port: int, data_dir: Path, *, durable: bool = True) -> subprocess.Popen[bytes]:
     """Start redis-server on ``port`` with an fsync-always AOF in ``data_dir`` (so a
     restart keeps the data; ``durable=False``: nothing on disk) and wait until it

@@ -11,9 +11,9 @@ import pytest
 import redis
 
 from taskflow import App
-from taskflow.brokers._redis_admin import MEMORY_ALARM
+from taskflow.brokers.base import ALARM_SHARE
 
-from .redis_helpers import private_redis, wait_until
+from .redis_helpers import config_client, password_redis, private_redis, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -22,21 +22,14 @@ PASSWORD = "hunter2-alarm"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    with private_redis(tmp_path_factory.mktemp("alarms"), durable=False) as (port, _):
-        admin = redis.Redis(port=port)
-        admin.config_set("requirepass", PASSWORD)
-        admin.close()
+    with password_redis(tmp_path_factory.mktemp("alarms"), PASSWORD) as port:
         yield port
 
 
 @pytest.fixture
 def admin(server: int) -> Iterator[redis.Redis]:
-    client = redis.Redis(port=server, password=PASSWORD)
-    yield client
-    client.config_set("maxmemory-policy", "noeviction")
-    client.config_set("maxmemory", "0")
-    client.acl_deluser("tfnoinfo")
-    client.close()
+    with config_client(server, PASSWORD, "tfnoinfo") as client:
+        yield client
 
 
 def app_on(port: int, user: str = "", password: str = PASSWORD) -> App:
@@ -55,7 +48,7 @@ def test_memory_near_maxmemory_is_an_alarm_before_the_server_refuses_tasks(
     with app_on(server) as app:
         app.admin.stats()  # connected: what its connections use counts
         used = int(admin.info("memory")["used_memory"])
-        admin.config_set("maxmemory", int(used / MEMORY_ALARM) + 200_000)  # under the mark
+        admin.config_set("maxmemory", int(used / ALARM_SHARE) + 200_000)  # under the mark
         assert app.admin.alarms() == []
         admin.config_set("maxmemory", int(used / 0.93))  # over it, not full
         [alarm] = app.admin.alarms()
