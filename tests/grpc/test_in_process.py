@@ -4,9 +4,10 @@ audit of its callers, and sends that outlive their client's deadline."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import threading
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -41,6 +42,28 @@ def _run(scenario: Coroutine[Any, Any, None]) -> None:
     gc.collect()
 
 
+@contextlib.asynccontextmanager
+async def _serving(
+    app: App, **options: Any
+) -> AsyncIterator[tuple[GrpcServer, pb_grpc.WorkerServiceStub]]:
+    """``app`` served in this process (a free port), and a client of it."""
+    server = GrpcServer(app, port=0, **options)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            yield server, pb_grpc.WorkerServiceStub(channel)
+    finally:
+        await server.stop()
+
+
+def _run_on(app: App, scenario: Callable[[App], Coroutine[Any, Any, None]]) -> None:
+    """Run ``scenario(app)``, then close the app."""
+    try:
+        _run(scenario(app))
+    finally:
+        app.close()
+
+
 def _app(broker: MemoryBroker | None = None) -> App:
     application = App("inproc", broker=broker or MemoryBroker())
 
@@ -73,37 +96,27 @@ def test_the_auth_hook_decides_and_the_audit_names_the_caller() -> None:
         return user
 
     async def scenario(app: App) -> None:
-        server = GrpcServer(app, port=0, auth=auth)
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(server.address) as channel:
-                client = pb_grpc.WorkerServiceStub(channel)
-                with pytest.raises(grpc.aio.AioRpcError) as nobody:
-                    await client.EnqueueTasks(pb.EnqueueTasksRequest(tasks=[add(1, 2)]))
-                assert nobody.value.code() == grpc.StatusCode.UNAUTHENTICATED
-                assert nobody.value.details() == "who are you?"
-                sent = await client.EnqueueTasks(
-                    pb.EnqueueTasksRequest(tasks=[add(1, 2, countdown=600.0)]),
-                    metadata=(("x-user", "dev"),),
-                )
-                (task_id,) = sent.ids
-                cancel = pb.CancelTaskRequest(id=task_id)
-                with pytest.raises(grpc.aio.AioRpcError) as denied:
-                    await client.CancelTask(cancel, metadata=(("x-user", "dev"),))
-                assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
-                done = await client.CancelTask(cancel, metadata=(("x-user", "ops"),))
-                assert done.cancelled
-        finally:
-            await server.stop()
+        async with _serving(app, auth=auth) as (_, client):
+            with pytest.raises(grpc.aio.AioRpcError) as nobody:
+                await client.EnqueueTasks(pb.EnqueueTasksRequest(tasks=[add(1, 2)]))
+            assert nobody.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert nobody.value.details() == "who are you?"
+            sent = await client.EnqueueTasks(
+                pb.EnqueueTasksRequest(tasks=[add(1, 2, countdown=600.0)]),
+                metadata=(("x-user", "dev"),),
+            )
+            (task_id,) = sent.ids
+            cancel = pb.CancelTaskRequest(id=task_id)
+            with pytest.raises(grpc.aio.AioRpcError) as denied:
+                await client.CancelTask(cancel, metadata=(("x-user", "dev"),))
+            assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            done = await client.CancelTask(cancel, metadata=(("x-user", "ops"),))
+            assert done.cancelled
         (entry,) = [e for e in await app.admin.aaudit() if e.action == "cancel"]
         assert entry.actor == "grpc:ops"
         assert entry.ids == [task_id]
 
-    app = _app()
-    try:
-        _run(scenario(app))
-    finally:
-        app.close()
+    _run_on(_app(), scenario)
     assert seen[0] == ("/taskflow.v1.WorkerService/EnqueueTasks", "")
 
 
@@ -114,57 +127,35 @@ def test_a_cancel_whose_audit_is_refused_is_internal_and_says_it_took_effect(
         raise BrokerError("OOM command not allowed when used memory > 'maxmemory'")
 
     async def scenario(app: App) -> None:
-        server = GrpcServer(app, port=0, insecure_no_auth=True)
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(server.address) as channel:
-                client = pb_grpc.WorkerServiceStub(channel)
-                sent = await client.EnqueueTasks(
-                    pb.EnqueueTasksRequest(tasks=[add(1, 2, countdown=600.0)])
-                )
-                (task_id,) = sent.ids
-                monkeypatch.setattr(app.kernel.results, "add_audit", refused)
-                with pytest.raises(grpc.aio.AioRpcError) as failed:
-                    await client.CancelTask(pb.CancelTaskRequest(id=task_id))
-                # Not UNAVAILABLE, which clients retry on their own.
-                assert failed.value.code() == grpc.StatusCode.INTERNAL
-                assert "cancel on queue 'default' took effect (1 task)" in str(
-                    failed.value.details()
-                )
-        finally:
-            await server.stop()
+        async with _serving(app, insecure_no_auth=True) as (_, client):
+            sent = await client.EnqueueTasks(
+                pb.EnqueueTasksRequest(tasks=[add(1, 2, countdown=600.0)])
+            )
+            (task_id,) = sent.ids
+            monkeypatch.setattr(app.kernel.results, "add_audit", refused)
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await client.CancelTask(pb.CancelTaskRequest(id=task_id))
+            # Not UNAVAILABLE, which clients retry on their own.
+            assert failed.value.code() == grpc.StatusCode.INTERNAL
+            assert "cancel on queue 'default' took effect (1 task)" in str(failed.value.details())
         assert (await app.admin.atask(task_id)).state == "cancelled"
 
-    app = _app()
-    try:
-        _run(scenario(app))
-    finally:
-        app.close()
+    _run_on(_app(), scenario)
 
 
 def test_a_client_deadline_never_cancels_a_send_in_progress() -> None:
     broker = GatedBroker()
 
     async def scenario(app: App) -> None:
-        server = GrpcServer(app, port=0, insecure_no_auth=True)
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(server.address) as channel:
-                client = pb_grpc.WorkerServiceStub(channel)
-                broker.gate.clear()
-                request = pb.EnqueueTasksRequest(tasks=[add(1, 2), add(3, 4)])
-                with pytest.raises(grpc.aio.AioRpcError) as late:
-                    await client.EnqueueTasks(request, timeout=0.3)
-                assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-                broker.gate.set()
-                await server.service.drain(10.0)
-        finally:
-            await server.stop()
+        async with _serving(app, insecure_no_auth=True) as (server, client):
+            broker.gate.clear()
+            request = pb.EnqueueTasksRequest(tasks=[add(1, 2), add(3, 4)])
+            with pytest.raises(grpc.aio.AioRpcError) as late:
+                await client.EnqueueTasks(request, timeout=0.3)
+            assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            broker.gate.set()
+            await server.service.drain(10.0)
         (queue,) = [q for q in await app.admin.aqueues() if q.name == "default"]
         assert queue.ready == 2
 
-    app = _app(broker)
-    try:
-        _run(scenario(app))
-    finally:
-        app.close()
+    _run_on(_app(broker), scenario)

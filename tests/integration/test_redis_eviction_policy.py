@@ -15,7 +15,7 @@ from taskflow._redis import connection
 from taskflow.brokers.redis import RedisBroker
 from taskflow.results.redis import RedisResultStore
 
-from .redis_helpers import private_redis
+from .redis_helpers import config_client, password_redis
 
 pytestmark = pytest.mark.integration
 
@@ -26,10 +26,7 @@ PASSWORD = "hunter2-evict"
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """A private redis-server that requires :data:`PASSWORD` (its configuration is changed
     by these tests); yields its port."""
-    with private_redis(tmp_path_factory.mktemp("evict"), durable=False) as (port, _):
-        admin = redis.Redis(port=port)
-        admin.config_set("requirepass", PASSWORD)
-        admin.close()
+    with password_redis(tmp_path_factory.mktemp("evict"), PASSWORD) as port:
         yield port
 
 
@@ -38,12 +35,8 @@ def admin(server: int, monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]
     """A client of :func:`server` whose configuration changes are undone afterwards; the
     process forgets which servers it has looked at (each test connects anew)."""
     monkeypatch.setattr(connection, "_CHECKED", set())
-    client = redis.Redis(port=server, password=PASSWORD)
-    yield client
-    client.config_set("maxmemory-policy", "noeviction")
-    client.config_set("maxmemory", "0")
-    client.acl_deluser("tfnoconfig")
-    client.close()
+    with config_client(server, PASSWORD, "tfnoconfig") as client:
+        yield client
 
 
 def url(port: int, user: str = "", password: str = PASSWORD) -> str:
