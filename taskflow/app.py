@@ -10,10 +10,10 @@ below this module imports it, so it imports the engines at module level.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Unpack, overload
 
-from .beat import Beat, PeriodicDecorator, PeriodicRegistry, Schedule, ScheduleSpec
 from .brokers.base import Broker
 from .canvas import (
     CanvasContinuation,
@@ -44,6 +44,7 @@ from .worker.scheduling import check_scheduling
 
 if TYPE_CHECKING:
     # Imported by ``admin()``: a worker process never needs the operations API.
+    from .beat import Beat, PeriodicDecorator, PeriodicRegistry, Schedule, ScheduleSpec
     from .operations import Admin
 
 __all__ = ["App"]
@@ -92,8 +93,15 @@ class App:
         self.kernel = Kernel(settings, built, make_results(name, results, built, settings.clock))
         """What the engines are built on: the seam for workers, beats and tests."""
         self.kernel.add_continuation(CanvasContinuation(self.kernel))
-        self.schedules = PeriodicRegistry(self.kernel)
+
+    @functools.cached_property
+    def schedules(self) -> PeriodicRegistry:
         """The app's periodic schedules, declared and stored (``taskflow schedules``)."""
+        # The beat's modules (cron, time zones) load with the first schedule, not with
+        # every worker and producer: python -m bench.startup.
+        from .beat import PeriodicRegistry
+
+        return PeriodicRegistry(self.kernel)
 
     def __repr__(self) -> str:
         # Never the raw URLs: they may carry a password or a token.
@@ -305,6 +313,8 @@ class App:
         """Decorator: register the function as a task (unless it is one) and run it on a
         ``cron`` expression (5 fields, or 6 with seconds first) or ``every`` N seconds;
         the options are :class:`~taskflow.beat.ScheduleSpec`'s."""
+        from .beat import PeriodicDecorator
+
         return PeriodicDecorator(self.schedules, spec)
 
     def add_periodic(
@@ -333,4 +343,6 @@ class App:
 
     def beat(self, **options: Any) -> Beat:
         """A beat for this app (``start()``/``stop()``, a context manager, or ``run()``)."""
+        from .beat import Beat
+
         return Beat(self.kernel, self.schedules, **options)

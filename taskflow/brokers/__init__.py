@@ -1,7 +1,7 @@
 """Brokers: ``MemoryBroker`` (built in), ``RedisBroker``, ``NatsBroker`` and ``KombuBroker``.
 
-Backends that need a client library are imported lazily, so ``import taskflow`` never
-imports redis or nats. The schemes and their classes are listed once, in
+Each is imported when first used, so ``import taskflow`` never imports redis or nats, and
+a worker on one backend loads no other. The schemes and their classes are listed once, in
 :data:`taskflow.urls.SCHEMES`.
 """
 
@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 from ..clock import Clock
 from ..urls import backend_from_url, scheme_class
 from .base import Broker, BrokerAdmin, Capabilities, DeadLetter, Delivery, Message
-from .memory import MemoryBroker
 
 if TYPE_CHECKING:
     from .kombu import KombuBroker
+    from .memory import MemoryBroker
     from .nats import NatsBroker
     from .redis import RedisBroker
 
@@ -33,7 +33,12 @@ __all__ = [
     "broker_from_url",
 ]
 
-_LAZY = {"RedisBroker": "redis", "NatsBroker": "nats", "KombuBroker": "amqp"}
+_LAZY = {
+    "MemoryBroker": "memory",
+    "RedisBroker": "redis",
+    "NatsBroker": "nats",
+    "KombuBroker": "amqp",
+}
 
 
 def broker_from_url(url: str, *, clock: Clock | None = None, label: str | None = None) -> Broker:

@@ -15,7 +15,6 @@ import importlib
 import importlib.util
 import os
 import sys
-import sysconfig
 import traceback
 from pathlib import Path
 from types import ModuleType
@@ -133,6 +132,8 @@ def _failing_statement(module_name: str, exc: BaseException) -> str | None:
 
 @functools.cache
 def _library_roots() -> tuple[Path, ...]:
+    import sysconfig  # only to explain a failed import
+
     paths = sysconfig.get_paths()
     roots = {Path(paths[key]).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib")}
     roots.add(Path(__file__).resolve().parents[1])  # taskflow itself

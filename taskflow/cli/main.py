@@ -26,11 +26,10 @@ from ..app import App
 from ..errors import ConfigError, TaskflowError
 from ..kernel import LOOP_CHOICES, LOOP_ENV, loop_kind
 from ..worker.affinity import AFFINITY_CHOICES, check_choice, command_line_default
-from ..worker.foreground import YOUNG_THRESHOLD, serve
+from ..worker.foreground import YOUNG_THRESHOLD, Runner, serve
 from ..worker.scheduling import SCHEDULING_CHOICES
 from ..worker.scheduling import command_line_default as scheduling_default
 from ..worker.signals import StopControl
-from .beat import beat, schedules, with_beat
 from .common import (
     LOG_FORMAT,
     CliError,
@@ -361,7 +360,11 @@ def _run_one(options: WorkerOptions) -> int:
                 max_memory_per_child=options.max_memory_per_child,
                 app_path=options.spec,
             )
-            runner = with_beat(worker, app.beat()) if options.beat else worker
+            runner: Runner = worker
+            if options.beat:
+                from .beat import with_beat  # the beat's modules only when it runs here
+
+                runner = with_beat(worker, app.beat())
             return serve(
                 app.kernel,
                 runner,
@@ -448,10 +451,6 @@ def _metrics(
 def _supervisor_pid() -> int | None:
     value = os.environ.get(SUPERVISOR_ENV, "")
     return int(value) if value.isdigit() else None
-
-
-cli.add_command(beat)
-cli.add_command(schedules)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

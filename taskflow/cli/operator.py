@@ -1,9 +1,10 @@
 """The commands of the ``taskflow`` group that are imported only when they run.
 
 The operator commands (API.md section 9), ``admin`` and ``grpc`` bring in rich, the
-operations API and their backends; ``taskflow worker`` uses none of them, so the group
-knows them by name and module and imports one when it is invoked (or listed by
-``--help``). A worker then starts without paying for their imports.
+operations API and their backends; ``beat`` and ``schedules`` bring in the beat's modules
+(cron expressions, time zones). ``taskflow worker`` uses none of them (the beat's only
+with ``--beat``), so the group knows them by name and module and imports one when it is
+invoked (or listed by ``--help``). A worker then starts without paying for their imports.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = ["LAZY_COMMANDS", "LazyGroup"]
 LAZY_COMMANDS: Mapping[str, str] = {
     "admin": ".admin_cmd:admin",
     "audit": ".ops:audit",
+    "beat": ".beat:beat",
     "dlq": ".dlq:dlq",
     "events": ".tasks:events",
     "grpc": ".grpc_cmd:grpc_command",
@@ -28,6 +30,7 @@ LAZY_COMMANDS: Mapping[str, str] = {
     "purge": ".ops:purge",
     "queues": ".ops:queues",
     "resume": ".ops:resume",
+    "schedules": ".beat:schedules",
     "send": ".tasks:send",
     "snapshot": ".snapshot:snapshot",
     "stats": ".ops:stats",

@@ -5,12 +5,14 @@ The schemes and their classes are listed once, in :data:`taskflow.urls.SCHEMES`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..clock import Clock
 from ..urls import backend_from_url, scheme_class
 from .base import ResultStore, StoreCapabilities, TaskInfo
-from .memory import MemoryResultStore
+
+if TYPE_CHECKING:
+    from .memory import MemoryResultStore
 
 __all__ = [
     "MemoryResultStore",
@@ -20,7 +22,7 @@ __all__ = [
     "results_from_url",
 ]
 
-_LAZY = {"RedisResultStore": "redis", "NatsResultStore": "nats"}
+_LAZY = {"MemoryResultStore": "memory", "RedisResultStore": "redis", "NatsResultStore": "nats"}
 
 
 def results_from_url(

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import pickle
 import signal
 import struct
 import subprocess
@@ -157,11 +156,15 @@ class _Child:
         return self.proc.pid
 
     def send(self, message: Any) -> None:
+        import pickle  # loaded with the first child, not by every worker (bench.startup)
+
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         self.out.write(_HEADER.pack(len(data)) + data)
 
     async def recv(self) -> Any:
         """The next message; IncompleteReadError once the child is gone."""
+        import pickle
+
         (size,) = _HEADER.unpack(await self.reader.readexactly(_HEADER.size))
         return pickle.loads(await self.reader.readexactly(size))  # our own child
 
@@ -452,6 +455,8 @@ def _outcome(job: Job, reply: tuple[Any, ...]) -> Any:
     _, data, type_name, message, text, _ = reply
     exc: BaseException = RemoteError(f"{type_name}: {message}")
     if data is not None:
+        import pickle
+
         with contextlib.suppress(Exception):
             exc = pickle.loads(data)  # our own child, checked it loads
     exc.__cause__ = _RemoteTraceback(text)
