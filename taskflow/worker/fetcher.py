@@ -198,6 +198,10 @@ class Fetcher:
         self._backoff = Backoff(rng)
         self._outage = Outage(f"worker {name}: fetch")
         self._unexpected = 0
+        self.undeclared: list[str] = []
+        """Queues the worker could not declare as it started: declared before the first
+        fetch, retried with backoff until the broker takes them (:meth:`_declared`)."""
+        self._declaring = Outage(f"worker {name}: declaring its queues")
 
     def _start_count(self) -> int:
         """How many messages a fetch may take for the broker to mark their records running:
@@ -223,6 +227,8 @@ class Fetcher:
         loop = asyncio.get_running_loop()
         wait = 0.0 if until_idle else self.poll_interval
         while True:
+            if self.undeclared and not await self._declared():
+                continue
             credits = self.window.credits()
             releases = self.window.releases
             if credits > 0:
@@ -273,6 +279,24 @@ class Fetcher:
         await asyncio.sleep(real)
         self.dispatch()
         return False
+
+    async def _declared(self) -> bool:
+        """Declare :attr:`undeclared`; False after a failure (logged once, backed off).
+
+        A server that refuses writes (Redis at its ``maxmemory``, a full disk) refuses
+        the one a queue it has never seen needs: the worker waits for room here, as it
+        waits for its fetches and leases, instead of exiting."""
+        try:
+            while self.undeclared:
+                await self.kernel.declare(self.undeclared[0])
+                del self.undeclared[0]
+        except TRANSIENT as exc:
+            self._declaring.failed(exc)
+            await asyncio.sleep(self._backoff.delay())
+            return False
+        self._declaring.recovered()
+        self._backoff.reset()
+        return True
 
     async def _fetch(self, credits: int, timeout: float) -> FetchResult | None:
         """One fetch; None after a failure (logged, backed off) or a stall (logged)."""

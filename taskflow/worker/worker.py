@@ -38,7 +38,7 @@ from .heartbeat import DEFAULT_INTERVAL, Heartbeat, checked_interval
 from .leases import LeaseKeeper
 from .procpool import ProcessPool, check_pool_options
 from .rejects import Rejects
-from .resilience import describe
+from .resilience import TRANSIENT, describe
 from .scheduler import Scheduler
 from .settle import Settler
 from .stats import WorkerStats
@@ -308,8 +308,21 @@ class Worker(Service):
 
     async def _open(self) -> None:
         await self.kernel.connect()
-        for q in self.queues:
-            await self.kernel.declare(q)
+        for i, q in enumerate(self.queues):
+            try:
+                await self.kernel.declare(q)
+            except TRANSIENT as exc:
+                # A queue the server has never seen needs a write, which a full server
+                # refuses: start all the same, and declare before the first fetch.
+                log.warning(
+                    "worker %s: cannot declare queue %r yet (%s); it starts and waits "
+                    "for the broker to take it before fetching",
+                    self.name,
+                    q,
+                    describe(exc),
+                )
+                self.fetcher.undeclared = list(self.queues[i:])
+                break
         self.window.open()
         self.executor.open()
         if self.executor.procs is not None:

@@ -135,10 +135,13 @@ def runs(url: str, prefix: str, task_id: str) -> list[int]:
 
 
 def start_worker(
-    url: str, concurrency: int = 2, env: dict[str, str] | None = None
+    url: str,
+    concurrency: int = 2,
+    env: dict[str, str] | None = None,
+    queues: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
     """``taskflow worker`` for the integration app, in its own process (``env``: more of
-    its environment)."""
+    its environment; ``queues``: its ``-Q``, else the default queue)."""
     env = {**os.environ, "TASKFLOW_BROKER_URL": url, "PYTHONPATH": str(ROOT), **(env or {})}
     command = [
         sys.executable,
@@ -151,6 +154,7 @@ def start_worker(
         str(concurrency),
         "--loglevel",
         "warning",
+        *(["-Q", ",".join(queues)] if queues else []),
     ]
     return subprocess.Popen(command, cwd=ROOT, env=env)
 

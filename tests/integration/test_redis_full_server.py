@@ -1,7 +1,8 @@
 """A Redis server that reaches its ``maxmemory`` with the ``noeviction`` policy: sends are
 refused whole, nothing queued is lost, and a worker that met the full server -- and lost
 its leases there, since renewing one is a write -- carries on once the server has room
-again, running every task once."""
+again, running every task once. A worker started on the full server waits too, also one
+for a queue the server has never seen (declaring it is a write)."""
 
 from __future__ import annotations
 
@@ -69,6 +70,15 @@ def test_a_full_server_refuses_sends_whole_and_workers_carry_on_once_it_has_room
                     url, concurrency=4, env={"TASKFLOW_RUNS_URL": "redis://127.0.0.1:6379/0"}
                 )
                 workers.append(late)
+                # One for a queue the server has never seen needs a write to declare it:
+                # it starts and waits for room all the same.
+                fresh = start_worker(
+                    url,
+                    concurrency=2,
+                    env={"TASKFLOW_RUNS_URL": "redis://127.0.0.1:6379/0"},
+                    queues=("fresh",),
+                )
+                workers.append(fresh)
 
                 # Resuming only removes a mark: a full server takes it, and the worker
                 # takes tasks it cannot start while the server has no room, nor renew
@@ -88,6 +98,8 @@ def test_a_full_server_refuses_sends_whole_and_workers_carry_on_once_it_has_room
                 wait_until(a_lease_ran_out, 20, "a lease to run out on the full server")
                 assert worker.poll() is None
                 assert late.poll() is None, "a worker started on the full server exited"
+                assert fresh.poll() is None, "a worker for a new queue exited on the full server"
+                assert not server.sismember(f"{{{prefix}}}:queues", "fresh")
 
                 server.config_set("maxmemory", 0)
 
@@ -98,6 +110,13 @@ def test_a_full_server_refuses_sends_whole_and_workers_carry_on_once_it_has_room
                     )
 
                 wait_until(all_ran, 60, "every task to run")
+                # The new queue's worker declared it once it could, and serves it.
+                wait_until(
+                    lambda: server.sismember(f"{{{prefix}}}:queues", "fresh"),
+                    30,
+                    "the new queue to be declared",
+                )
+                assert client.send_task("it.add", args=[20, 22], queue="fresh").get(30) == 42
                 assert [r.get(timeout=30) for r in sent[:5]] == [2 * i for i in range(5)]
                 assert sent[-1].get(timeout=30) == 2 * (len(sent) - 1)
                 pipe = runs_server.pipeline(transaction=False)
@@ -107,12 +126,12 @@ def test_a_full_server_refuses_sends_whole_and_workers_carry_on_once_it_has_room
                 assert client.admin.dead_letters("default").items == []
                 # The pause was audited; the refused resume was not (its entry was logged).
                 assert [e.action for e in client.admin.audit()] == ["pause"]
-                assert [w.poll() for w in workers] == [None, None]
+                assert [w.poll() for w in workers] == [None, None, None]
         finally:
             for each in workers:
                 stop(each)
             for key in runs_server.scan_iter(match=f"{prefix}:*", count=1000):
                 runs_server.delete(key)
             runs_server.close()
-        assert [w.returncode for w in workers] == [0, 0]
+        assert [w.returncode for w in workers] == [0, 0, 0]
         server.close()

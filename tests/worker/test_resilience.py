@@ -254,3 +254,52 @@ def test_a_broker_that_is_away_for_a_while_does_not_kill_the_fetch_stage(
         assert worker.fatal is None
         assert len(_outage_lines(caplog)) == 1
         assert "fetch succeeded after 6 failed attempts" in caplog.text
+
+
+class FullBroker(MemoryBroker):
+    """A broker that refuses the write a queue it has never seen needs while it is full
+    (Redis at its ``maxmemory``, a full disk)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.full = threading.Event()
+        self.full.set()
+        self.refusals = 0
+        self.refused_twice = threading.Event()  # as the worker started, and once more after
+        self.declared = threading.Event()
+
+    async def declare(self, queue: str, *, max_length: int | None = None) -> None:
+        if self.full.is_set():
+            self.refusals += 1
+            if self.refusals >= 2:
+                self.refused_twice.set()
+            raise BrokerError("command not allowed when used memory > 'maxmemory'")
+        await super().declare(queue, max_length=max_length)
+        self.declared.set()
+
+
+def test_a_worker_started_on_a_full_broker_waits_to_declare_its_queue_then_serves(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker = FullBroker()
+    app = App("full", broker=broker)
+
+    @app.task
+    def double(x: int) -> int:
+        return 2 * x
+
+    try:
+        with caplog.at_level(logging.INFO, logger="taskflow.worker"), running_worker(app):
+            # Started, not crashed: the refusal is logged and the worker waits for room.
+            assert broker.refused_twice.wait(WAIT)
+            assert not broker.declared.is_set()
+            broker.full.clear()
+            # Nothing was sent yet: the worker declares its queue itself once it can.
+            assert broker.declared.wait(WAIT), "the worker never declared its queue"
+            assert double.delay(21).get(timeout=WAIT) == 42
+    finally:
+        app.close()
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert any("cannot declare queue 'default' yet" in m and "maxmemory" in m for m in messages)
+    assert [m for m in messages if "declaring its queues failed" in m] != []
+    assert [m for m in messages if "declaring its queues succeeded after" in m] != []
