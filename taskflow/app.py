@@ -10,7 +10,7 @@ below this module imports it, so it imports the engines at module level.
 
 from __future__ import annotations
 
-import functools
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Unpack, overload
 
@@ -93,15 +93,23 @@ class App:
         self.kernel = Kernel(settings, built, make_results(name, results, built, settings.clock))
         """What the engines are built on: the seam for workers, beats and tests."""
         self.kernel.add_continuation(CanvasContinuation(self.kernel))
+        self._schedules: PeriodicRegistry | None = None
+        self._schedules_lock = threading.Lock()
 
-    @functools.cached_property
+    @property
     def schedules(self) -> PeriodicRegistry:
         """The app's periodic schedules, declared and stored (``taskflow schedules``)."""
-        # The beat's modules (cron, time zones) load with the first schedule, not with
-        # every worker and producer: python -m bench.startup.
-        from .beat import PeriodicRegistry
+        registry = self._schedules
+        if registry is None:
+            with self._schedules_lock:  # one registry, whichever thread asks first
+                registry = self._schedules
+                if registry is None:
+                    # The beat's modules (cron, time zones) load with the first schedule,
+                    # not with every worker and producer (python -m bench.startup_trace).
+                    from .beat import PeriodicRegistry
 
-        return PeriodicRegistry(self.kernel)
+                    registry = self._schedules = PeriodicRegistry(self.kernel)
+        return registry
 
     def __repr__(self) -> str:
         # Never the raw URLs: they may carry a password or a token.

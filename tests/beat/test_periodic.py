@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -261,3 +264,34 @@ def test_stored_schedules_need_json_safe_arguments(make_app: AppFactory) -> None
 
     with pytest.raises(ConfigError, match="JSON-safe"):
         app.add_periodic(at, every=5, name="at", args=(timedelta(seconds=1),), persist=True)
+
+
+def test_threads_asking_for_the_schedules_at_once_share_one_registry(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The registry is built on first use (a worker without schedules never loads the
+    # beat): threads that ask together must not each build one and lose what another
+    # declared in its own. A slow build widens the window a lock must close.
+    import taskflow.beat
+
+    built = []
+    real = taskflow.beat.PeriodicRegistry
+
+    def slow_registry(kernel: object) -> object:
+        built.append(kernel)
+        time.sleep(0.05)
+        return real(kernel)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(taskflow.beat, "PeriodicRegistry", slow_registry)
+    app = make_app()
+    start = threading.Barrier(6)
+
+    def ask() -> object:
+        start.wait(5)
+        return app.schedules
+
+    with ThreadPoolExecutor(6) as pool:
+        registries = list(pool.map(lambda _: ask(), range(6)))
+
+    assert len(built) == 1
+    assert all(r is registries[0] for r in registries)
