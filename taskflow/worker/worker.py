@@ -280,7 +280,7 @@ class Worker(Service):
     ) -> None:
         """Consume until stopped (``until_idle``: until idle), then stop in order."""
         try:
-            await self._open()
+            await self._open(until_idle)
             if not until_idle:
                 await self.heartbeat.beat()  # listed as soon as it is started
         except BaseException:
@@ -306,12 +306,14 @@ class Worker(Service):
             grace = 0.0 if until_idle else (self.grace or 0.0)
             await self._shutdown(stages, grace, final=not until_idle)
 
-    async def _open(self) -> None:
+    async def _open(self, until_idle: bool) -> None:
         await self.kernel.connect()
         for i, q in enumerate(self.queues):
             try:
                 await self.kernel.declare(q)
             except TRANSIENT as exc:
+                if until_idle:
+                    raise  # run_until_idle returns; it does not wait for the broker
                 # A queue the server has never seen needs a write, which a full server
                 # refuses: start all the same, and declare before the first fetch.
                 log.warning(

@@ -303,3 +303,19 @@ def test_a_worker_started_on_a_full_broker_waits_to_declare_its_queue_then_serve
     assert any("cannot declare queue 'default' yet" in m and "maxmemory" in m for m in messages)
     assert [m for m in messages if "declaring its queues failed" in m] != []
     assert [m for m in messages if "declaring its queues succeeded after" in m] != []
+
+
+def test_run_until_idle_on_a_full_broker_raises_rather_than_waiting() -> None:
+    # The test seam returns: it does not wait for the broker to take the queue.
+    broker = FullBroker()
+    app = App("full-idle", broker=broker)
+
+    @app.task
+    def double(x: int) -> int:
+        return 2 * x
+
+    try:
+        with pytest.raises(BrokerError, match="maxmemory"):
+            app.worker().run_until_idle()
+    finally:
+        app.close()
