@@ -43,7 +43,8 @@ from .worker.foreground import YOUNG_THRESHOLD, check_gc_threshold, run_worker
 from .worker.scheduling import check_scheduling
 
 if TYPE_CHECKING:
-    # Imported by ``admin()``: a worker process never needs the operations API.
+    # Imported where first used (``admin()``; ``schedules``, ``periodic()``, ``beat()``):
+    # a worker process needs neither the operations API nor, without schedules, the beat.
     from .beat import Beat, PeriodicDecorator, PeriodicRegistry, Schedule, ScheduleSpec
     from .operations import Admin
 
