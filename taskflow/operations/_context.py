@@ -71,13 +71,16 @@ class Context:
         count: int | None = None,
         details: dict[str, Any] | None = None,
         before: bool = False,
+        on_queue: bool = True,
     ) -> None:
         """Write the audit entry of an applied action.
 
         A store that refuses the entry (a full Redis, say) raises :class:`AuditNotWritten`,
         which says that the action took effect, and the entry goes to the log instead: an
         operator told only "error" would run a purge or a replay again. With ``before``
-        (an action done only once it is audited) the store's error is raised as it is."""
+        (an action done only once it is audited) the store's error is raised as it is.
+        ``on_queue``: ``target`` is a queue (``"*"``: every queue), as it is for the
+        operations API's own actions; else it is named as given (``Admin.record``)."""
         await self.kernel.connect()
         n = len(ids) if count is None else count
         entry = {
@@ -102,7 +105,10 @@ class Context:
                 exc,
                 json.dumps(entry, sort_keys=True, default=str),
             )
-            where = "every queue" if target == "*" else f"queue {target!r}"
+            if not on_queue:
+                where = repr(target)
+            else:
+                where = "every queue" if target == "*" else f"queue {target!r}"
             done = f" ({n:,} task{'' if n == 1 else 's'})" if n else ""
             raise AuditNotWritten(
                 f"{action} on {where} took effect{done} and is not undone, but the result "

@@ -354,7 +354,7 @@ class Admin:
         """Write an audit entry for an action done through another API (for example a
         schedule changed by a front end), as this admin's actor. ``AuditNotWritten`` if
         the result store refuses it (the entry is logged instead)."""
-        self._run(self._ctx.record(action, target, list(ids), details=details))
+        self._run(self._ctx.record(action, target, list(ids), details=details, on_queue=False))
 
     async def arecord(
         self,
@@ -365,7 +365,9 @@ class Admin:
         details: dict[str, Any] | None = None,
     ) -> None:
         """:meth:`record` for async code."""
-        await self._arun(self._ctx.record(action, target, list(ids), details=details))
+        await self._arun(
+            self._ctx.record(action, target, list(ids), details=details, on_queue=False)
+        )
 
     # -- snapshots -------------------------------------------------------------------
     def export(

@@ -120,3 +120,17 @@ def test_a_purge_stopped_part_way_whose_audit_is_refused_logs_the_incomplete_ent
     logged = json.loads(line.getMessage().split("instead: ", 1)[1])
     assert (logged["action"], logged["details"]) == ("purge", {"incomplete": True})
     assert logged["count"] == len(logged["ids"]) > 0
+
+
+def test_an_action_of_another_api_whose_audit_is_refused_names_its_target_as_given(
+    app: App, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A schedule paused through the admin web, say: its target is a schedule, not a queue.
+    refuse_audit(app, monkeypatch)
+    with caplog.at_level(logging.ERROR, logger="taskflow.audit"):
+        with pytest.raises(AuditNotWritten) as raised:
+            app.admin.as_actor("bob").record("schedule_pause", "nightly-report")
+    assert "schedule_pause on 'nightly-report' took effect and is not undone" in str(raised.value)
+    assert "queue" not in str(raised.value).split(" took effect")[0]
+    [line] = audit_lines(caplog)
+    assert json.loads(line.getMessage().split("instead: ", 1)[1])["target"] == "nightly-report"
