@@ -278,44 +278,42 @@ class FullBroker(MemoryBroker):
         self.declared.set()
 
 
+def _double(x: int) -> int:
+    return 2 * x
+
+
+@pytest.fixture
+def full_broker() -> FullBroker:
+    return FullBroker()
+
+
+@pytest.fixture
+def full_app(full_broker: FullBroker) -> Iterator[App]:
+    """An app on :class:`FullBroker` with one task, ``full.double``."""
+    application = App("full", broker=full_broker)
+    application.task(name="full.double")(_double)
+    yield application
+    application.close()
+
+
 def test_a_worker_started_on_a_full_broker_waits_to_declare_its_queue_then_serves(
-    caplog: pytest.LogCaptureFixture,
+    full_app: App, full_broker: FullBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
-    broker = FullBroker()
-    app = App("full", broker=broker)
-
-    @app.task
-    def double(x: int) -> int:
-        return 2 * x
-
-    try:
-        with caplog.at_level(logging.INFO, logger="taskflow.worker"), running_worker(app):
-            # Started, not crashed: the refusal is logged and the worker waits for room.
-            assert broker.refused_twice.wait(WAIT)
-            assert not broker.declared.is_set()
-            broker.full.clear()
-            # Nothing was sent yet: the worker declares its queue itself once it can.
-            assert broker.declared.wait(WAIT), "the worker never declared its queue"
-            assert double.delay(21).get(timeout=WAIT) == 42
-    finally:
-        app.close()
+    with caplog.at_level(logging.INFO, logger="taskflow.worker"), running_worker(full_app):
+        # Started, not crashed: the refusal is logged and the worker waits for room.
+        assert full_broker.refused_twice.wait(WAIT)
+        assert not full_broker.declared.is_set()
+        full_broker.full.clear()
+        # Nothing was sent yet: the worker declares its queue itself once it can.
+        assert full_broker.declared.wait(WAIT), "the worker never declared its queue"
+        assert full_app.send_task("full.double", args=(21,)).get(timeout=WAIT) == 42
     messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     assert any("cannot declare queue 'default' yet" in m and "maxmemory" in m for m in messages)
     assert [m for m in messages if "declaring its queues failed" in m] != []
     assert [m for m in messages if "declaring its queues succeeded after" in m] != []
 
 
-def test_run_until_idle_on_a_full_broker_raises_rather_than_waiting() -> None:
+def test_run_until_idle_on_a_full_broker_raises_rather_than_waiting(full_app: App) -> None:
     # The test seam returns: it does not wait for the broker to take the queue.
-    broker = FullBroker()
-    app = App("full-idle", broker=broker)
-
-    @app.task
-    def double(x: int) -> int:
-        return 2 * x
-
-    try:
-        with pytest.raises(BrokerError, match="maxmemory"):
-            app.worker().run_until_idle()
-    finally:
-        app.close()
+    with pytest.raises(BrokerError, match="maxmemory"):
+        full_app.worker().run_until_idle()
