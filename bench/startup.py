@@ -42,6 +42,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -53,10 +54,39 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["-c 8", "-P 2 -c 16", "async -c 8", "async -P 2 -c 64"]
 
 
+WORKER_ARGS = ("worker", "-A", "bench._incr_app:app", "--loglevel", "warning")
+"""``taskflow worker``'s arguments before the options, for the app of ``bench._incr_app``."""
+
+
 def _command(options: list[str]) -> list[str]:
     script = Path(sys.executable).with_name("taskflow")
     head = [str(script)] if script.exists() else [sys.executable, "-m", "taskflow.cli.main"]
-    return [*head, "worker", "-A", "bench._incr_app:app", "--loglevel", "warning", *options]
+    return [*head, *WORKER_ARGS, *options]
+
+
+def worker_env(url: str, aio: bool) -> dict[str, str]:
+    """The environment of a worker of ``bench._incr_app`` on ``url``."""
+    return {
+        **os.environ,
+        "BENCH_URL": url,
+        "BENCH_ASYNC": "1" if aio else "0",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+def wait_first_incr(
+    proc: subprocess.Popen[Any], client: redis.Redis, counter: str, what: str = "the worker"
+) -> None:
+    """Return once a body of the worker ``proc`` (``what``, in errors) has counted on
+    ``counter`` (read every half millisecond); SystemExit if it exits first or runs
+    nothing within 60 s."""
+    deadline = time.monotonic() + 60
+    while not client.get(counter):
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with status {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what} did not run a task within 60 s")
+        time.sleep(0.0005)
 
 
 def start_once(producer: App, url: str, config: str, queued: int, client: redis.Redis) -> float:
@@ -65,25 +95,13 @@ def start_once(producer: App, url: str, config: str, queued: int, client: redis.
     words = shlex.split(config)
     aio = bool(words) and words[0] == "async"
     options = words[1:] if aio else words
-    counter = counter_key(url)
     drop_keys(client, "*taskflow-startup*")
     fill(producer, queued)
-    env = {
-        **os.environ,
-        "BENCH_URL": url,
-        "BENCH_ASYNC": "1" if aio else "0",
-        "PYTHONPATH": str(ROOT),
-    }
+    env = worker_env(url, aio)
     started = time.perf_counter()
     proc = subprocess.Popen(_command([*options, "--grace", "5"]), cwd=ROOT, env=env)
     try:
-        deadline = started + 60
-        while not client.get(counter):
-            if proc.poll() is not None:
-                raise SystemExit(f"the worker ({config}) exited with status {proc.returncode}")
-            if time.perf_counter() > deadline:
-                raise SystemExit(f"the worker ({config}) did not run a task within 60 s")
-            time.sleep(0.0005)
+        wait_first_incr(proc, client, counter_key(url), f"the worker ({config})")
         return time.perf_counter() - started
     finally:
         proc.send_signal(signal.SIGTERM)

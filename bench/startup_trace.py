@@ -39,7 +39,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import redis
+
+    from taskflow import App
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = (
@@ -102,53 +107,34 @@ def _child(began: float, argv: list[str]) -> None:
     cli_main.main(argv)
 
 
-def trace_once(url: str, options: list[str], aio: bool, queued: int) -> dict[str, float]:
+def trace_once(
+    producer: App, client: redis.Redis, url: str, options: list[str], aio: bool, queued: int
+) -> dict[str, float]:
     """One start: each step's end in ms from starting the process (its first process)."""
     import signal
     import subprocess
 
-    import redis
-
-    from bench._incr_app import build_app, counter_key, fill
+    from bench._incr_app import counter_key, fill
     from bench._keys import drop_keys
+    from bench.startup import WORKER_ARGS, wait_first_incr, worker_env
 
-    client = redis.Redis.from_url(url.split("?", 1)[0])
-    producer = build_app(url)
+    drop_keys(client, "*taskflow-startup-trace*")
+    fill(producer, queued)
+    began = time.time()
+    wrapper = [sys.executable, "-m", "bench.startup_trace", "--child", repr(began)]
+    proc = subprocess.Popen(
+        [*wrapper, *WORKER_ARGS, *options],
+        cwd=ROOT,
+        env=worker_env(url, aio),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        drop_keys(client, "*taskflow-startup-trace*")
-        fill(producer, queued)
-        counter = counter_key(url)
-        env = {
-            **os.environ,
-            "BENCH_URL": url,
-            "BENCH_ASYNC": "1" if aio else "0",
-            "PYTHONPATH": str(ROOT),
-        }
-        args = ["worker", "-A", "bench._incr_app:app", "--loglevel", "warning", *options]
-        began = time.time()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.startup_trace", "--child", repr(began), *args],
-            cwd=ROOT,
-            env=env,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while not client.get(counter):
-                if proc.poll() is not None:
-                    raise SystemExit(f"the worker exited with status {proc.returncode}")
-                if time.monotonic() > deadline:
-                    raise SystemExit("the worker did not run a task within 60 s")
-                time.sleep(0.0005)
-            seen = (time.time() - began) * 1000.0
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=60)
+        wait_first_incr(proc, client, counter_key(url))
+        seen = (time.time() - began) * 1000.0
     finally:
-        drop_keys(client, "*taskflow-startup-trace*")
-        client.close()
-        producer.close()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
     ends: dict[str, float] = {"first INCR": seen}
     for line in err.splitlines():
         if line.startswith(_MARK):
@@ -178,10 +164,22 @@ def main() -> None:
     options = [*shlex.split(args.options), "--grace", "5"]
     body = "async def" if args.aio else "sync"
     print(f"worker start, step by step: {args.options} ({body} bodies), {args.runs} runs, ms")
+    import redis
+
+    from bench._incr_app import build_app
+    from bench._keys import drop_keys
+
+    client = redis.Redis.from_url(args.url)
+    producer = build_app(url)  # one producer for every run
     runs = []
-    for run in range(args.runs):
-        runs.append(trace_once(url, options, args.aio, args.queued))
-        print(f"  run {run + 1} of {args.runs} done", file=sys.stderr, flush=True)
+    try:
+        for run in range(args.runs):
+            runs.append(trace_once(producer, client, url, options, args.aio, args.queued))
+            print(f"  run {run + 1} of {args.runs} done", file=sys.stderr, flush=True)
+    finally:
+        drop_keys(client, "*taskflow-startup-trace*")
+        client.close()
+        producer.close()
     print(f"{'step':30} {'median':>8} {'fastest':>8} {'slowest':>8}")
     for step in STEPS:
         values = [r[step] for r in runs if step in r]
