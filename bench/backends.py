@@ -39,10 +39,11 @@ def main() -> None:
         labels += [label for label in rows if label not in labels]
     width = max(len(label) for label in labels)
     print(f"taskflow backends: {args.tasks:,} no-op tasks, {args.slots} slots per process")
-    print(f"  {'':<{width}}  {'redis':>22}  {'nats':>22}")
+    cell = max(22, *(len(v) for rows in results.values() for v in rows.values()))
+    print(f"  {'':<{width}}  {'redis':>{cell}}  {'nats':>{cell}}")
     for label in labels:
         cells = [results[name].get(label, "-") for name in ("redis", "nats")]
-        print(f"  {label:<{width}}  {cells[0]:>22}  {cells[1]:>22}")
+        print(f"  {label:<{width}}  {cells[0]:>{cell}}  {cells[1]:>{cell}}")
 
 
 if __name__ == "__main__":

@@ -4,13 +4,17 @@ Run from the project root (as a module)::
 
     python -m bench.nats_backend [--tasks 20000] [--url nats://127.0.0.1:4222]
                          [--prefix taskflow-bench] [--samples 200] [--slots 8]
+                         [--prefetch N] [--drains-only]
 
 The same workload as ``bench/redis.py``: no-op tasks, results in JetStream KV (stored) or
 not (fire and forget).
 
 * enqueue rate with a ``delay()`` loop and with ``enqueue_many`` (batches of 1,000);
 * drain rate with 1 worker process x ``--slots`` and with 2 processes: the queue is paused,
-  filled, then resumed, and the clock runs until every message was acked;
+  filled, then resumed, and the clock runs until every message was acked; beside it, the
+  CPU per task of the workers and (when it runs on this machine) of nats-server, in µs;
+  ``--prefetch`` starts the workers with that option (default: theirs);
+  ``--drains-only`` measures the drains alone;
 * pickup latency p50/p99: the time from sending to the task body starting, on an idle
   worker (the body publishes its start time on a core NATS subject).
 
@@ -36,6 +40,8 @@ from nats.aio.client import Client
 
 from bench._drain import wait_drained
 from bench._keys import drop_prefix
+from bench._procs import tree_cpu
+from bench.nats_records import server_cpu, server_pid
 from taskflow import App
 from taskflow._nats.names import stream_name
 
@@ -68,12 +74,14 @@ async def stamp(subject: str) -> None:
     await _nc.flush()
 
 
-def _worker(url: str, slots: int) -> subprocess.Popen[bytes]:
+def _worker(url: str, slots: int, prefetch: int | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ, "BENCH_URL": url, "PYTHONPATH": str(ROOT)}
     command = [
         sys.executable, "-m", "taskflow.cli.main", "worker", "-A", "bench.nats_backend:app",
         "-c", str(slots), "--loglevel", "warning",
     ]  # fmt: skip
+    if prefetch is not None:
+        command += ["--prefetch", str(prefetch)]
     return subprocess.Popen(command, cwd=ROOT, env=env)
 
 
@@ -134,9 +142,19 @@ def enqueue_rates(bench: App, tasks: int) -> list[tuple[str, float]]:
     return rows
 
 
-def drain_rate(bench: App, url: str, tasks: int, processes: int, slots: int, task: Any) -> float:
-    """Tasks per second drained by ``processes`` worker processes."""
-    procs = [_worker(url, slots) for _ in range(processes)]
+def drain_rate(
+    bench: App,
+    url: str,
+    tasks: int,
+    processes: int,
+    slots: int,
+    task: Any,
+    prefetch: int | None = None,
+) -> tuple[float, float, float | None]:
+    """Tasks per second drained by ``processes`` worker processes, and the CPU per task
+    of the workers and of nats-server (None when it does not run here), in µs."""
+    procs = [_worker(url, slots, prefetch) for _ in range(processes)]
+    server = server_pid()
     try:
         _warm(bench, processes)
         bench.kernel.call(bench.broker.pause("default"))  # type: ignore[attr-defined]
@@ -145,9 +163,14 @@ def drain_rate(bench: App, url: str, tasks: int, processes: int, slots: int, tas
         nc = bench.kernel.call(nats.connect(url.split("?", 1)[0]))
         try:
             stream = _work_stream(url)
+            workers0 = sum(tree_cpu(p.pid)[0] for p in procs)
+            server0 = server_cpu(server)
             started = time.perf_counter()
             bench.kernel.call(bench.broker.resume("default"))  # type: ignore[attr-defined]
-            return tasks / wait_drained(lambda: _left(bench, nc, stream), started, tasks)
+            took = wait_drained(lambda: _left(bench, nc, stream), started, tasks)
+            workers = (sum(tree_cpu(p.pid)[0] for p in procs) - workers0) / tasks * 1e6
+            on_server = (server_cpu(server) - server0) / tasks * 1e6
+            return tasks / took, workers, on_server if server is not None else None
         finally:
             bench.kernel.call(nc.close())
     finally:
@@ -194,15 +217,34 @@ def main() -> None:
     parser.add_argument("--prefix", default="taskflow-bench")
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument("--prefetch", type=int, default=None)
+    parser.add_argument("--drains-only", action="store_true")
     args = parser.parse_args()
-    rows = run(args.tasks, args.url, args.prefix, args.samples, args.slots)
+    rows = run(
+        args.tasks,
+        args.url,
+        args.prefix,
+        args.samples,
+        args.slots,
+        prefetch=args.prefetch,
+        drains_only=args.drains_only,
+    )
     width = max(len(label) for label, _ in rows)
     print(f"taskflow nats benchmark: {args.tasks:,} no-op tasks, {args.url}")
     for label, value in rows:
         print(f"  {label:<{width}}  {value}")
 
 
-def run(tasks: int, base_url: str, prefix: str, samples: int, slots: int) -> list[tuple[str, str]]:
+def run(
+    tasks: int,
+    base_url: str,
+    prefix: str,
+    samples: int,
+    slots: int,
+    *,
+    prefetch: int | None = None,
+    drains_only: bool = False,
+) -> list[tuple[str, str]]:
     """Every measurement, as (label, formatted value) rows."""
     url = f"{base_url}?prefix={prefix}"
     global app, URL
@@ -213,22 +255,29 @@ def run(tasks: int, base_url: str, prefix: str, samples: int, slots: int) -> lis
     rows: list[tuple[str, str]] = []
     app.kernel.call(app.kernel.connect())
     try:
-        for label, rate in enqueue_rates(app, tasks):
-            rows.append((label, f"{rate:,.0f} tasks/s"))
+        if not drains_only:
+            for label, rate in enqueue_rates(app, tasks):
+                rows.append((label, f"{rate:,.0f} tasks/s"))
         for label, name in (("stored", "bench.noop"), ("no result", "bench.noop_fire")):
             for processes in (1, 2):
                 task = app.registry.get(name)
-                rate = drain_rate(app, url, tasks, processes, slots, task)
+                rate, workers, server = drain_rate(
+                    app, url, tasks, processes, slots, task, prefetch
+                )
+                cpu = f"workers {workers:.0f} µs/task"
+                if server is not None:
+                    cpu += f", nats-server {server:.0f}"
                 rows.append(
                     (
                         f"drain {processes} proc x {slots} slots ({label})",
-                        f"{rate:,.0f} tasks/s",
+                        f"{rate:,.0f} tasks/s ({cpu})",
                     )
                 )
-        p50, p99 = pickup_latency(app, url, samples, slots)
-        rows.append(
-            ("pickup latency p50 / p99 (delay)", f"{p50 * 1000:.2f} ms / {p99 * 1000:.2f} ms")
-        )
+        if not drains_only:
+            p50, p99 = pickup_latency(app, url, samples, slots)
+            rows.append(
+                ("pickup latency p50 / p99 (delay)", f"{p50 * 1000:.2f} ms / {p99 * 1000:.2f} ms")
+            )
     finally:
         app.close()
         drop_prefix(base_url, prefix)

@@ -318,11 +318,16 @@ class Connection:
         except Exception as exc:
             if isinstance(exc, keep):
                 raise
-            if isinstance(exc, TimeoutError):  # this bound's or the client's own
-                raise BrokerError(
-                    f"NATS {self.masked}: no reply in time (the server stopped answering)"
-                ) from exc
-            raise self._error(exc) from exc
+            raise self.failure(exc) from exc
+
+    def failure(self, exc: Exception) -> BrokerError:
+        """The BrokerError naming the URL for a failed client call: a ``TimeoutError`` (a
+        bound's or the client's own) says the server stopped answering."""
+        if isinstance(exc, TimeoutError):
+            return BrokerError(
+                f"NATS {self.masked}: no reply in time (the server stopped answering)"
+            )
+        return self._error(exc)
 
     def _error(self, exc: Exception) -> BrokerError:
         return BrokerError(f"NATS {self.masked}: {type(exc).__name__}: {exc}")

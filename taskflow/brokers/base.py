@@ -132,6 +132,10 @@ class Capabilities:
     """A worker's default ``prefetch_buffer``, as a multiple of its concurrency (at least
     1): larger where a fetch costs more than a task takes to run, so that the next batch
     arrives before the slots run dry."""
+    short_fetch_buffer: int = 0
+    """While a worker's bodies run short (under 20 ms on average), its default buffer holds
+    at least this many messages (else twice its concurrency): more where a fetch takes
+    milliseconds, so that the next batch arrives before the held messages run out."""
 
 
 @dataclass(frozen=True, slots=True)

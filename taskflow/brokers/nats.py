@@ -103,7 +103,9 @@ class NatsBroker(Broker, DelegatedAdmin):
     (see ``docs/security.md``).
     """
 
-    capabilities: ClassVar[Capabilities] = Capabilities()
+    # A fetch is a pull request answered in a few milliseconds: while bodies run short, a
+    # worker holds enough that the next batch comes before its messages run out.
+    capabilities: ClassVar[Capabilities] = Capabilities(short_fetch_buffer=64)
     _admin: NatsAdmin
 
     def __init__(

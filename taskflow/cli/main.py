@@ -169,7 +169,7 @@ def cli() -> None:
     default=None,
     help=(
         "Messages held beyond free slots (default: concurrency // 2; 2 x concurrency on "
-        "SQLite, and on the process pool while bodies run under 20 ms on average)."
+        "SQLite, and while bodies run under 20 ms on average: then at least 64 on NATS)."
     ),
 )
 @click.option(

@@ -22,38 +22,103 @@ from nats.aio.msg import Msg
 __all__ = ["PubAcks", "reply_body"]
 
 
-class PubAcks:
-    """Publishes with a reply subject on one shared inbox; each returns a future reply."""
+SWEEP = 0.25
+"""How often the deadlines of the calls waiting for a reply are checked, in seconds: a reply
+that does not come fails its call between its timeout and that much later."""
 
-    def __init__(self, nc: Client) -> None:
-        """Use ``nc``; the inbox is subscribed on the first publish."""
+
+class PubAcks:
+    """Publishes with a reply subject on one shared inbox; each returns a future reply.
+
+    A future whose reply has not come ``timeout`` seconds after its publish fails with
+    ``TimeoutError``. One sweeper task checks every :data:`SWEEP` seconds while calls wait
+    (and ends when none does), instead of a timer armed and cancelled per call: for a
+    record's read or write, the timer, the extra coroutine around the call and a
+    done-callback per future were a tenth to a fifth of the client's CPU for the call
+    (``docs/performance.md``, "NATS: a deeper buffer for short bodies, and replies without
+    a timer each").
+    """
+
+    def __init__(self, nc: Client, timeout: float) -> None:
+        """Use ``nc``; call :meth:`open` (on the loop) before the first publish."""
         self._nc = nc
+        self._timeout = timeout
         self._sub: Any = None
         self._prefix = ""
         self._ids = itertools.count()
-        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        # token -> (the caller's future, the loop time its reply is due by)
+        self._waiting: dict[str, tuple[asyncio.Future[Msg], float]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self._closed: Exception | None = None
+
+    @property
+    def waiting(self) -> int:
+        """How many calls wait for their reply."""
+        return len(self._waiting)
+
+    @property
+    def sweeping(self) -> bool:
+        """Whether the sweeper task runs (only while calls wait, or just after)."""
+        return self._sweeper is not None
+
+    async def open(self) -> None:
+        """Subscribe the shared reply inbox."""
+        if self._sub is None:
+            self._prefix = self._nc.new_inbox()
+            self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
 
     async def publish(
         self, subject: str, data: bytes, headers: dict[str, str] | None = None
     ) -> asyncio.Future[Msg]:
         """Send one message to a stream (or a request to the JetStream API); the future
-        gets the server's reply."""
+        gets the server's reply, or ``TimeoutError`` once it is overdue."""
+        if self._closed is not None:
+            raise self._closed
         if self._sub is None:
-            self._prefix = self._nc.new_inbox()
-            self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
+            await self.open()
+        loop = asyncio.get_running_loop()
         token = f"{self._prefix}.{next(self._ids)}"
-        fut: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
-        self._waiting[token] = fut
-        # An abandoned (cancelled) future must not keep its slot until a reply that may
-        # never come.
-        fut.add_done_callback(lambda _: self._waiting.pop(token, None))
-        await self._nc.publish(subject, data, reply=token, headers=headers)
+        fut: asyncio.Future[Msg] = loop.create_future()
+        self._waiting[token] = (fut, loop.time() + self._timeout)
+        if self._sweeper is None:
+            self._sweeper = loop.create_task(self._sweep())
+        try:
+            await self._nc.publish(subject, data, reply=token, headers=headers)
+        except BaseException:
+            self._waiting.pop(token, None)
+            raise
         return fut
 
     async def _on_reply(self, msg: Msg) -> None:
-        fut = self._waiting.pop(msg.subject, None)
-        if fut is not None and not fut.done():
-            fut.set_result(msg)
+        waiting = self._waiting.pop(msg.subject, None)
+        if waiting is not None and not waiting[0].done():
+            waiting[0].set_result(msg)
+
+    async def _sweep(self) -> None:
+        # Fails the overdue futures and forgets the abandoned (cancelled) ones; ends once
+        # nothing waits (the next publish starts it again).
+        loop = asyncio.get_running_loop()
+        waiting = self._waiting
+        while waiting:
+            await asyncio.sleep(SWEEP)
+            now = loop.time()
+            for token in [t for t, (fut, due) in waiting.items() if due <= now or fut.done()]:
+                fut, _ = waiting.pop(token)
+                if not fut.done():
+                    fut.set_exception(TimeoutError())
+        self._sweeper = None
+
+    def close(self, error: Exception) -> None:
+        """No more publishes: each raises ``error``, and so does every call still waiting
+        (at once, rather than at its timeout)."""
+        self._closed = error
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+        waiting, self._waiting = self._waiting, {}
+        for fut, _ in waiting.values():
+            if not fut.done():
+                fut.set_exception(error)
 
 
 def reply_body(msg: Msg) -> tuple[dict[str, Any], tuple[int, str] | None]:

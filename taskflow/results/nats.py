@@ -147,9 +147,10 @@ class NatsResultStore(ResultStore):
         if self._conn.connected:
             return
         nc = await self._conn.open()
-        self._acks = PubAcks(nc)
+        self._acks = PubAcks(nc, _TIMEOUT)
         js = nc.jetstream()
         try:
+            await self._conn.call(self._acks.open())
             try:
                 self._kv = await self._call(js.key_value(self.bucket))
             except (BrokerError, NotFoundError):
@@ -168,9 +169,11 @@ class NatsResultStore(ResultStore):
         janitor, self._janitor = self._janitor, None
         if janitor is not None:
             await janitor.stop()
-        self._acks, self._kv = None, None
+        acks, self._acks, self._kv = self._acks, None, None
         self._mine.clear()
         await self._conn.close()
+        if acks is not None:  # what still waits for a reply will not get one
+            acks.close(BrokerError(f"NATS result store {self._conn.masked} was closed"))
 
     async def sweep(self) -> int:
         """Delete expired values and delete markers from the bucket now (the janitor's
@@ -194,18 +197,15 @@ class NatsResultStore(ResultStore):
     # -- stored values with their own expiry -----------------------------------------
     async def _ask(self, subject: str, data: bytes, headers: dict[str, str] | None) -> Msg:
         """One request (a publish to the bucket, or a JetStream API call) and its reply,
-        within :data:`_TIMEOUT`; failures are BrokerError naming the URL."""
-        acks = self._pub_acks()
-
-        async def ask() -> Msg:
-            reply = await acks.publish(subject, data, headers)
-            try:
-                return await reply
-            finally:
-                reply.cancel()  # no-op once done; drops the slot of an abandoned request
-
-        result: Msg = await self._conn.call(ask(), _TIMEOUT)
-        return result
+        within :data:`_TIMEOUT` (see :class:`PubAcks`); failures are BrokerError naming the
+        URL."""
+        try:
+            reply = await self._pub_acks().publish(subject, data, headers)
+            return await reply
+        except (BrokerError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise self._conn.failure(exc) from exc
 
     async def _read(self, key: str) -> tuple[Any, int | None]:
         """(value, revision): value None when absent, expired or deleted (a delete marker

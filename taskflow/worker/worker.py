@@ -58,7 +58,8 @@ class Worker(Service):
     ``prefetch_buffer``: messages held beyond free slots (default ``concurrency // 2``,
     at least 1; ``2 * concurrency`` on SQLite, see ``Capabilities.fetch_buffer``; with no
     ``prefetch_buffer`` given, ``2 * concurrency`` while the bodies run under 20 ms on
-    average, on either pool: ``window.short_buffer``);
+    average, on either pool, or the broker's ``Capabilities.short_fetch_buffer`` if more
+    (64 on NATS): ``window.short_buffer``);
     ``poll_interval``: the longest a fetch blocks before re-checking state.
     ``heartbeat``: seconds between the writes of this worker's entry to the result store
     (:mod:`.heartbeat`); ``heartbeat_retention``: how long an entry outlives its last write
@@ -118,7 +119,7 @@ class Worker(Service):
         # While the bodies run short, a deeper buffer makes each fetch a batch: a fetch per
         # finished task or two would cost the loop more than the bodies (docs/design.md).
         # None where the default is that deep already (SQLite): nothing to adapt then.
-        deeper = 2 * concurrency
+        deeper = max(2 * concurrency, kernel.broker.capabilities.short_fetch_buffer)
         short_buffer = deeper if prefetch_buffer is None and deeper > self.prefetch_buffer else None
         self.window = Window(
             concurrency, self.prefetch_buffer, self.leases, short_buffer=short_buffer

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import queue
 import threading
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,9 +15,11 @@ from typing import Any
 import pytest
 
 from taskflow import App
-from taskflow.brokers.base import Delivery, FetchResult
+from taskflow.brokers.base import Capabilities, Delivery, FetchResult
 from taskflow.brokers.memory import MemoryBroker
 from taskflow.worker.fetcher import Window
+from tests.conftest import require_service
+from tests.integration.nats_helpers import drop_prefix
 
 
 class AskingBroker(MemoryBroker):
@@ -244,6 +247,56 @@ def test_the_deeper_buffer_is_only_for_the_default_buffer() -> None:
             assert worker.window.short_buffer is None
             _finish(worker.window, ran=0.001, count=5)
             assert worker.window.size == 2 + 1
+
+
+class SlowFetchBroker(MemoryBroker):
+    """A broker whose fetch takes milliseconds: it asks for a deeper short buffer."""
+
+    capabilities = Capabilities(short_fetch_buffer=64)
+
+
+@pytest.mark.parametrize(("concurrency", "short"), [(2, 64), (8, 64), (40, 80)])
+def test_a_broker_whose_fetch_is_slow_gets_a_deeper_short_buffer(
+    concurrency: int, short: int
+) -> None:
+    # At least the broker's depth while bodies run short, and twice the slots if that is
+    # more; the buffer before bodies are known to be short is the usual one.
+    with App("window-slow-fetch", broker=SlowFetchBroker()) as app:
+        worker = app.worker(concurrency=concurrency)
+        window = worker.window
+        assert worker.prefetch_buffer == max(1, concurrency // 2)
+        assert window.short_buffer == short
+        _finish(window, ran=0.001, count=3)
+        assert window.size == concurrency + short
+        _finish(window, ran=5.0)
+        assert window.size == concurrency + worker.prefetch_buffer
+        # An explicit buffer is kept as given.
+        assert app.worker(concurrency=concurrency, prefetch_buffer=3).window.short_buffer is None
+
+
+@pytest.mark.integration
+def test_a_worker_on_nats_holds_64_messages_while_its_bodies_run_short() -> None:
+    # A NATS fetch is a pull request answered in milliseconds: twice 8 slots ran dry before
+    # the next batch came (docs/performance.md, "NATS: a deeper buffer for short bodies").
+    require_service("nats", "127.0.0.1", 4222)
+    prefix = f"tfwin{uuid.uuid4().hex[:10]}"
+    url = f"nats://127.0.0.1:4222?prefix={prefix}"
+    try:
+        with App("window-nats", broker=url) as app:
+
+            @app.task
+            async def quick(n: int) -> int:
+                return n
+
+            worker = app.worker(concurrency=8)
+            assert worker.window.size == 8 + 4
+            with worker:
+                results = [quick.delay(i) for i in range(20)]
+                assert [r.get(timeout=10) for r in results] == list(range(20))
+                assert worker.window.ran is not None and worker.window.ran < 0.02
+                assert worker.window.size == 8 + 64
+    finally:
+        drop_prefix(url, prefix)
 
 
 def test_a_default_buffer_that_is_deep_already_does_not_adapt(tmp_path: Path) -> None:
