@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from collections.abc import Callable
 from typing import Any
 
 from nats.aio.client import Client
@@ -49,7 +50,7 @@ class PubAcks:
         # token -> (the caller's future, the loop time its reply is due by)
         self._waiting: dict[str, tuple[asyncio.Future[Msg], float]] = {}
         self._sweeper: asyncio.Task[None] | None = None
-        self._closed: Exception | None = None
+        self._closed: Callable[[], Exception] | None = None
 
     @property
     def waiting(self) -> int:
@@ -73,7 +74,7 @@ class PubAcks:
         """Send one message to a stream (or a request to the JetStream API); the future
         gets the server's reply, or ``TimeoutError`` once it is overdue."""
         if self._closed is not None:
-            raise self._closed
+            raise self._closed()
         if self._sub is None:
             await self.open()
         loop = asyncio.get_running_loop()
@@ -108,8 +109,8 @@ class PubAcks:
                     fut.set_exception(TimeoutError())
         self._sweeper = None
 
-    def close(self, error: Exception) -> None:
-        """No more publishes: each raises ``error``, and so does every call still waiting
+    def close(self, error: Callable[[], Exception]) -> None:
+        """No more publishes: each raises ``error()``, and so does every call still waiting
         (at once, rather than at its timeout)."""
         self._closed = error
         sweeper, self._sweeper = self._sweeper, None
@@ -118,7 +119,7 @@ class PubAcks:
         waiting, self._waiting = self._waiting, {}
         for fut, _ in waiting.values():
             if not fut.done():
-                fut.set_exception(error)
+                fut.set_exception(error())
 
 
 def reply_body(msg: Msg) -> tuple[dict[str, Any], tuple[int, str] | None]:

@@ -173,7 +173,8 @@ class NatsResultStore(ResultStore):
         self._mine.clear()
         await self._conn.close()
         if acks is not None:  # what still waits for a reply will not get one
-            acks.close(BrokerError(f"NATS result store {self._conn.masked} was closed"))
+            masked = self._conn.masked
+            acks.close(lambda: BrokerError(f"NATS result store {masked} was closed"))
 
     async def sweep(self) -> int:
         """Delete expired values and delete markers from the bucket now (the janitor's

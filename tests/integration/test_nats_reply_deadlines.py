@@ -66,7 +66,7 @@ def test_a_call_whose_reply_does_not_come_fails_after_its_timeout(proxy: FrozenP
             assert TIMEOUT <= took < TIMEOUT + SWEEP + 0.5
             assert acks.waiting == 0
         finally:
-            acks.close(BrokerError("closed"))
+            acks.close(lambda: BrokerError("closed"))
             await nc.close()
 
     asyncio.run(body())
@@ -108,13 +108,15 @@ def test_closing_the_store_fails_a_call_that_waits_at_once(proxy: FrozenProxy) -
         proxy.freeze()
         call = asyncio.ensure_future(store.update("t1", {"status": "running"}, None))
         assert not await _until(call.done, within=0.2)  # it waits for a reply
+        acks = store._acks
+        assert acks is not None and acks.waiting == 1 and acks.sweeping
         started = time.monotonic()
         await store.close()
         closed = time.monotonic() - started
         with pytest.raises(BrokerError, match=r"^NATS result store .* was closed$"):
             await asyncio.wait_for(call, 1.0)
         assert time.monotonic() - started < closed + 0.5
-        assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+        assert acks.waiting == 0 and not acks.sweeping  # nothing of the store's left running
 
     try:
         asyncio.run(body())
