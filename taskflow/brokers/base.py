@@ -134,8 +134,8 @@ class Capabilities:
     arrives before the slots run dry."""
     short_fetch_buffer: int = 0
     """While a worker's bodies run short (under 20 ms on average), its default buffer holds
-    at least this many messages (else twice its concurrency): more where a fetch takes
-    milliseconds, so that the next batch arrives before the held messages run out."""
+    this many messages or twice its concurrency, whichever is more: more where a fetch
+    takes milliseconds, so that the next batch arrives before the held messages run out."""
 
 
 @dataclass(frozen=True, slots=True)
