@@ -13,7 +13,9 @@ import redis
 
 __all__ = [
     "idle_share",
+    "local_process",
     "machine_idle",
+    "process_cpu",
     "server_cpu",
     "split",
     "thread_times",
@@ -32,6 +34,26 @@ def _stat(path: str) -> list[str] | None:
             return stat.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
+
+
+def local_process(name: str) -> int | None:
+    """The pid of a process of this machine whose command name is ``name`` (a server the
+    benchmark measures, such as ``nats-server``), or None."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as comm:
+                    if comm.read().strip() == name:
+                        return int(entry)
+            except OSError:
+                continue
+    return None
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds of the process ``pid`` itself (0.0 once it is gone)."""
+    fields = _stat(f"/proc/{pid}/stat")
+    return 0.0 if fields is None else sum(int(v) for v in fields[11:13]) / _TICK
 
 
 def tree(root: int) -> dict[int, list[str]]:

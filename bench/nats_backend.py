@@ -40,8 +40,7 @@ from nats.aio.client import Client
 
 from bench._drain import wait_drained
 from bench._keys import drop_prefix
-from bench._procs import tree_cpu
-from bench.nats_records import server_cpu, server_pid
+from bench._procs import local_process, process_cpu, tree_cpu
 from taskflow import App
 from taskflow._nats.names import stream_name
 
@@ -154,7 +153,7 @@ def drain_rate(
     """Tasks per second drained by ``processes`` worker processes, and the CPU per task
     of the workers and of nats-server (None when it does not run here), in µs."""
     procs = [_worker(url, slots, prefetch) for _ in range(processes)]
-    server = server_pid()
+    server = local_process("nats-server")
     try:
         _warm(bench, processes)
         bench.kernel.call(bench.broker.pause("default"))  # type: ignore[attr-defined]
@@ -164,13 +163,14 @@ def drain_rate(
         try:
             stream = _work_stream(url)
             workers0 = sum(tree_cpu(p.pid)[0] for p in procs)
-            server0 = server_cpu(server)
+            server0 = 0.0 if server is None else process_cpu(server)
             started = time.perf_counter()
             bench.kernel.call(bench.broker.resume("default"))  # type: ignore[attr-defined]
             took = wait_drained(lambda: _left(bench, nc, stream), started, tasks)
             workers = (sum(tree_cpu(p.pid)[0] for p in procs) - workers0) / tasks * 1e6
-            on_server = (server_cpu(server) - server0) / tasks * 1e6
-            return tasks / took, workers, on_server if server is not None else None
+            if server is None:
+                return tasks / took, workers, None
+            return tasks / took, workers, (process_cpu(server) - server0) / tasks * 1e6
         finally:
             bench.kernel.call(nc.close())
     finally:

@@ -17,32 +17,13 @@ Uses a prefix of its own on ``--url``'s server and deletes its streams afterward
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import statistics
 import time
 import uuid
 
 from bench._keys import drop_prefix
+from bench._procs import local_process, process_cpu
 from taskflow import App
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _server_pid() -> int:
-    """The pid of the local nats-server (its CPU is read from ``/proc``)."""
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError), open(f"/proc/{entry}/comm") as comm:
-                if comm.read().strip() == "nats-server":
-                    return int(entry)
-    raise SystemExit("no local nats-server process found: its CPU cannot be read")
-
-
-def _cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return sum(int(v) for v in fields[11:13]) / _TICK
 
 
 def main() -> None:
@@ -66,18 +47,20 @@ def main() -> None:
     def filler() -> None:
         """Never runs: waits in the other queue."""
 
-    server = _server_pid()
+    server = local_process("nats-server")
+    if server is None:
+        raise SystemExit("no local nats-server process found: its CPU cannot be read")
     try:
         for start in range(0, args.waiting, 1000):
             app.enqueue_many([filler.s() for _ in range(min(1000, args.waiting - start))])
         bounded.delay()  # connected and warm
         latencies: list[float] = []
-        cpu_before, began = _cpu(server), time.perf_counter()
+        cpu_before, began = process_cpu(server), time.perf_counter()
         for _ in range(args.calls):
             sent = time.perf_counter()
             bounded.delay()
             latencies.append(time.perf_counter() - sent)
-        elapsed, cpu = time.perf_counter() - began, _cpu(server) - cpu_before
+        elapsed, cpu = time.perf_counter() - began, process_cpu(server) - cpu_before
     finally:
         app.close()
         drop_prefix(args.url, prefix)

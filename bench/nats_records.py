@@ -23,36 +23,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import time
 from collections.abc import Awaitable, Callable
 
 from bench._keys import drop_prefix
+from bench._procs import local_process, process_cpu
 from taskflow.results.nats import NatsResultStore
 
 PREFIX = "taskflow-records"
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def server_pid() -> int | None:
-    """The pid of a nats-server on this machine, or None."""
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/comm") as comm:
-                    if comm.read().strip() == "nats-server":
-                        return int(entry)
-            except OSError:
-                continue
-    return None
-
-
-def server_cpu(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 async def _timed(
@@ -68,13 +46,14 @@ async def _timed(
         async with gate:
             await call(i)
 
-    server0, client0, began = server_cpu(server), time.process_time(), time.perf_counter()
+    server0 = 0.0 if server is None else process_cpu(server)
+    client0, began = time.process_time(), time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(calls)))
     elapsed = time.perf_counter() - began
     client = (time.process_time() - client0) / calls * 1e6
     line = f"  {label:24}{calls / elapsed:10,.0f}/s{client:11.1f}"
     if server is not None:
-        line += f"{(server_cpu(server) - server0) / calls * 1e6:11.1f}"
+        line += f"{(process_cpu(server) - server0) / calls * 1e6:11.1f}"
     print(line, flush=True)
 
 
@@ -113,7 +92,7 @@ async def run(url: str, calls: int, concurrency: int, rounds: int) -> None:
     store = NatsResultStore(url, prefix=PREFIX, sweep_interval=None)
     await producer.connect()
     await store.connect()
-    server = server_pid()
+    server = local_process("nats-server")
     try:
         for n in range(1, rounds + 1):
             print(f"round {n}: {'call':24}{'rate':>12}{'client µs':>11}"
