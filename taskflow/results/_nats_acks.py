@@ -41,7 +41,8 @@ class PubAcks:
     """
 
     def __init__(self, nc: Client, timeout: float) -> None:
-        """Use ``nc``; call :meth:`open` (on the loop) before the first publish."""
+        """Use ``nc``; :meth:`open` (on the loop) subscribes the replies' inbox before the
+        first publish."""
         self._nc = nc
         self._timeout = timeout
         self._sub: Any = None
@@ -76,7 +77,7 @@ class PubAcks:
         if self._closed is not None:
             raise self._closed()
         if self._sub is None:
-            await self.open()
+            raise RuntimeError("PubAcks.open() was not called: no inbox for the replies")
         loop = asyncio.get_running_loop()
         token = f"{self._prefix}.{next(self._ids)}"
         fut: asyncio.Future[Msg] = loop.create_future()
