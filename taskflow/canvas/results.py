@@ -136,7 +136,9 @@ class GroupResult(_CanvasResult):
 
         Waits on each member in turn (push-based). Raises the first failing member's
         :class:`TaskFailed` (``propagate=False`` puts it in the list instead),
-        :class:`TaskCancelled`, or :class:`ResultTimeout` when ``timeout`` runs out.
+        :class:`TaskCancelled`, or :class:`ResultTimeout` when ``timeout`` runs out;
+        :class:`ConfigError` when it reaches a member declared ``store_result=False``
+        (:meth:`AsyncResult.get`).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         values: list[Any] = []

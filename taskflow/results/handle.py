@@ -9,7 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
 
-from ..errors import NotFound, PayloadError, ResultTimeout, TaskCancelled, TaskFailed
+from ..errors import (
+    ConfigError,
+    NotFound,
+    PayloadError,
+    ResultTimeout,
+    TaskCancelled,
+    TaskFailed,
+)
 from ..kernel import Kernel
 from ..message import TaskStatus
 from ..payload import decode_any
@@ -76,16 +83,32 @@ class AsyncResult(Generic[R]):
         """Wait for the outcome and return the value.
 
         Raises :class:`TaskFailed` (if ``propagate``), :class:`TaskCancelled`, or
-        :class:`ResultTimeout` when ``timeout`` seconds pass first.
+        :class:`ResultTimeout` when ``timeout`` seconds pass first; :class:`ConfigError`
+        at once for a task this process declares ``store_result=False``, whose outcome
+        no wait could see.
         """
+        self._check_stored()
         record = self._kernel.wait_result(self.id, timeout)
         return self._outcome(record, timeout, propagate)
 
     async def aget(self, timeout: float | None = None, *, propagate: bool = True) -> R:
         """``get`` for async code."""
+        self._check_stored()
         kernel = self._kernel
         record = await kernel.alookup(lambda: kernel.await_result(self.id, timeout))
         return self._outcome(record, timeout, propagate)
+
+    def _check_stored(self) -> None:
+        # A task declared here without a stored result: its worker writes no record, so a
+        # wait would end only at its timeout (or never). A task this process does not
+        # know (sent by name, declared elsewhere) is waited for as any other.
+        task = self._kernel.registry.get(self._name) if self._name else None
+        if task is not None and not task.options.store_result:
+            raise ConfigError(
+                f"{task.name}[{self.id}] is declared store_result=False: its outcome is not "
+                "stored, so get() has nothing to wait for (declare the task without "
+                "store_result=False to read its result)"
+            )
 
     def _outcome(
         self, record: Mapping[str, Any] | None, timeout: float | None, propagate: bool
