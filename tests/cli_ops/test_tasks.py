@@ -67,6 +67,20 @@ def test_send_wait_prints_the_result(sqlite_ops: Ops) -> None:
     assert len(failed.stderr.strip().splitlines()) == 1
 
 
+def test_send_wait_refuses_a_fire_and_forget_task_before_sending_it(sqlite_ops: Ops) -> None:
+    result = sqlite_ops.run("send", "ops.notify", "--args", "[1]", "--wait", "30")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "taskflow: error: --wait: task 'ops.notify' is declared store_result=False, so its "
+        "outcome is not stored and there is nothing to wait for; nothing was sent"
+    )
+    app = sqlite_ops.app()
+    assert sum(q.ready for q in app.admin.queues()) == 0  # nothing was sent
+    sent = sqlite_ops.run("send", "ops.notify", "--args", "[1]")  # without --wait: sent
+    assert sent.exit_code == 0, sent.output
+    assert sum(q.ready for q in app.admin.queues()) == 1
+
+
 def test_malformed_args_json_is_a_usage_error_with_its_position(sqlite_ops: Ops) -> None:
     result = sqlite_ops.run("send", "ops.add", "--args", "[1,\n 2,, 3]")
     assert result.exit_code == 2

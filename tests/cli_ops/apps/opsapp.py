@@ -24,6 +24,10 @@ def build(url: str | None = None) -> App:
     def boom(n: int) -> int:
         raise ValueError("upstream returned 503")
 
+    @application.task(name="ops.notify", queue=WORK, store_result=False)
+    def notify(n: int) -> int:
+        return n
+
     @application.task(name="ops.other", queue=OTHER)
     def other() -> None:
         return None
