@@ -187,8 +187,7 @@ def send(  # noqa: PLR0917 -- click passes every option as an argument
         if v is not None
     }
     with session(app_spec, as_json) as (app, out):
-        declared = app.registry.get(task_name)
-        if wait is not None and declared is not None and not declared.options.store_result:
+        if wait is not None and app.registry.unstored(task_name):
             raise CliError(
                 f"--wait: task {task_name!r} is declared store_result=False, so its outcome "
                 "is not stored and there is nothing to wait for; nothing was sent"

@@ -35,6 +35,13 @@ class TaskRegistry:
         """The task, or None."""
         return self._tasks.get(name)
 
+    def unstored(self, name: str | None) -> bool:
+        """Whether ``name`` is declared here with ``store_result=False``: its outcome is
+        never written, so no wait for it could end. False for a task not declared here
+        (another program's declaration decides)."""
+        task = self._tasks.get(name) if name else None
+        return task is not None and not task.options.store_result
+
     def __getitem__(self, name: str) -> TaskDef:
         try:
             return self._tasks[name]

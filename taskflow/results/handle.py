@@ -99,13 +99,10 @@ class AsyncResult(Generic[R]):
         return self._outcome(record, timeout, propagate)
 
     def _check_stored(self) -> None:
-        # A task declared here without a stored result: its worker writes no record, so a
-        # wait would end only at its timeout (or never). A task this process does not
-        # know (sent by name, declared elsewhere) is waited for as any other.
-        task = self._kernel.registry.get(self._name) if self._name else None
-        if task is not None and not task.options.store_result:
+        # Its worker writes no record, so a wait would end only at its timeout (or never).
+        if self._kernel.registry.unstored(self._name):
             raise ConfigError(
-                f"{task.name}[{self.id}] is declared store_result=False: its outcome is not "
+                f"{self._name}[{self.id}] is declared store_result=False: its outcome is not "
                 "stored, so get() has nothing to wait for (declare the task without "
                 "store_result=False to read its result)"
             )

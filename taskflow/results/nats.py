@@ -203,7 +203,7 @@ class NatsResultStore(ResultStore):
         try:
             reply = await self._pub_acks().publish(subject, data, headers)
             return await reply
-        except (BrokerError, asyncio.CancelledError):
+        except BrokerError:
             raise
         except Exception as exc:
             raise self._conn.failure(exc) from exc
