@@ -72,6 +72,27 @@ def test_a_call_whose_reply_does_not_come_fails_after_its_timeout(proxy: FrozenP
     asyncio.run(body())
 
 
+def test_an_abandoned_call_is_forgotten_at_the_next_sweep(proxy: FrozenProxy) -> None:
+    # A caller that gives up (its wait cancelled) must not keep its slot until the reply's
+    # due time, here far away.
+    async def body() -> None:
+        nc = await nats.connect(f"nats://127.0.0.1:{proxy.port}")
+        acks = PubAcks(nc, 60.0)
+        try:
+            await acks.open()
+            proxy.freeze()
+            pending = await acks.publish("$JS.API.INFO", b"")
+            assert acks.waiting == 1
+            pending.cancel()
+            assert await _until(lambda: acks.waiting == 0, within=5 * SWEEP)
+            assert await _until(lambda: not acks.sweeping, within=5 * SWEEP)
+        finally:
+            acks.close(lambda: BrokerError("closed"))
+            await nc.close()
+
+    asyncio.run(body())
+
+
 def test_a_record_read_on_a_hung_server_says_it_stopped_answering(
     proxy: FrozenProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
