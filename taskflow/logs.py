@@ -49,10 +49,16 @@ def default_worker_id() -> str:
 
 
 class TaskContextFilter(logging.Filter):
-    """Sets ``task_id`` and ``task_name`` on every record (None outside a task)."""
+    """Sets ``task_id`` and ``task_name`` on every record (None outside a task).
+
+    A record that carries them already keeps them: one a body logged in a child process
+    of the process pool comes to the worker with the ids of the task that logged it.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Annotate ``record``; never drops it."""
+        if "task_id" in record.__dict__:
+            return True
         ctx = current_task()
         record.task_id = ctx.id if ctx is not None else None
         record.task_name = ctx.name if ctx is not None else None

@@ -1,14 +1,19 @@
 """The child side of the process pool (:mod:`.procpool`): ``python -m taskflow.worker._child
-REQUEST_FD REPLY_FD``.
+REQUEST_FD REPLY_FD LOG_FD``.
 
-The worker sends, as length-prefixed pickles over two private pipes, first the app's
-``module:attr`` and its ``sys.path``, then one ``(message body, context fields)`` per task.
-The child imports the app, answers ``("ready", pid)``, and runs each task: it decodes the
-message with the codec and the arguments with the task's payload schema, calls the
-function with the task context set, and answers with the encoded result, the exception,
-or a payload error; each answer ends with the child's resident memory in bytes (0 when
-the worker sets no memory limit: it is not read then). It exits
-when the worker closes the request pipe, and also when the worker process is gone.
+The worker sends, as length-prefixed pickles over private pipes, first the app's
+``module:attr``, its ``sys.path`` and its logging levels, then one ``(message body, context
+fields)`` per task. The child imports the app, answers ``("ready", pid)``, and runs each
+task: it decodes the message with the codec and the arguments with the task's payload
+schema, calls the function with the task context set, and answers ``(outcome, rss, logged)``:
+the encoded result, the exception or a payload error; its resident memory in bytes (0
+when the worker sets no memory limit: it is not read then); and how many log records it
+has sent so far. It exits when the worker closes the request pipe, and also when the
+worker process is gone.
+
+Log records go to the worker on the third pipe (:class:`_Forward`, the only handler in the
+child): the worker's own logging configuration formats and writes them, as it does for a
+body on a thread, and the worker handles a body's records before its outcome.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib
+import logging
 import os
 import pickle
 import resource
@@ -27,7 +33,7 @@ import time
 from typing import Any
 
 from .. import codec
-from ..context import TaskContext, reset_current, set_current
+from ..context import TaskContext, current_task, reset_current, set_current
 from ..errors import PayloadError, Reject, Retry
 from ..message import format_traceback
 
@@ -56,7 +62,11 @@ def _recv(fd: int) -> Any:
 
 def _send(fd: int, message: Any) -> None:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    view = memoryview(_HEADER.pack(len(data)) + data)
+    _write(fd, _HEADER.pack(len(data)) + data)
+
+
+def _write(fd: int, data: bytes) -> None:
+    view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
 
@@ -87,6 +97,61 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, name="taskflow-parent-watch", daemon=True).start()
     if os.getppid() != parent:
         os._exit(1)
+
+
+class _Forward(logging.Handler):
+    """Sends each record, as a pickled dict, to the worker on ``fd``.
+
+    The message is formatted here (its arguments may not pickle, and may be gone later),
+    the traceback too; the record keeps the task id and name of the body that logged it.
+    ``sent`` counts the records sent (the worker waits for a body's before its outcome).
+    """
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(logging.NOTSET)
+        self.fd = fd
+        self.sent = 0
+        self._traceback = logging.Formatter()
+
+    def emit(self, record: logging.LogRecord) -> None:  # called with the handler's lock held
+        fields = dict(record.__dict__)
+        fields["msg"] = record.getMessage()
+        fields["args"] = None
+        if record.exc_info:
+            fields["exc_text"] = record.exc_text or self._traceback.formatException(record.exc_info)
+        fields["exc_info"] = None
+        if "task_id" not in fields:
+            ctx = current_task()
+            fields["task_id"] = ctx.id if ctx is not None else None
+            fields["task_name"] = ctx.name if ctx is not None else None
+        try:
+            data = pickle.dumps(fields, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # an extra= value that does not pickle: sent as its repr
+            plain = (str, int, float, bool, type(None))
+            data = pickle.dumps(
+                {k: v if isinstance(v, plain) else repr(v) for k, v in fields.items()},
+                protocol=pickle.HIGHEST_PROTOCOL,
+            )
+        with contextlib.suppress(OSError):  # the worker is gone: this process ends soon
+            _write(self.fd, _HEADER.pack(len(data)) + data)
+            self.sent += 1
+
+
+def _route_logs(forward: _Forward, levels: dict[str, Any]) -> None:
+    """Make ``forward`` the only handler, with the worker's levels: every record a logger
+    here lets through goes to the worker, whose own configuration writes it once."""
+    root = logging.getLogger()
+    loggers = [lg for lg in root.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    for logger in [root, *loggers]:
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
+    root.addHandler(forward)
+    root.setLevel(levels.get("root", logging.WARNING))
+    for name, level in levels.get("levels", {}).items():
+        logging.getLogger(name).setLevel(level)
+    for name in levels.get("disabled", ()):
+        logging.getLogger(name).disabled = True
 
 
 def _load_registry(spec: str) -> Any:
@@ -161,18 +226,24 @@ def _raised(exc: BaseException) -> tuple[Any, ...]:
 
 def main(argv: list[str]) -> int:
     """Serve the worker on the two pipes named in ``argv``."""
-    requests, replies = int(argv[1]), int(argv[2])
+    requests, replies, logs = int(argv[1]), int(argv[2]), int(argv[3])
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the worker decides when a child ends
     _die_with_parent()
     setup = _recv(requests)
     if setup is None:
         return 0
     sys.path[:] = setup["path"]
+    forward = _Forward(logs)
+    levels = setup.get("logging", {})
+    # Before the import too: what the app logs then goes to the worker, and a
+    # ``logging.basicConfig()`` in its module finds a handler and adds none.
+    _route_logs(forward, levels)
     try:
         registry = _load_registry(setup["app"])
     except BaseException as exc:  # reported to the worker, which says it
         _send(replies, ("error", f"{type(exc).__name__}: {exc}"))
         return 1
+    _route_logs(forward, levels)  # the app's module may have configured logging
     _send(replies, ("ready", os.getpid()))
     # Reading the resident memory costs a third of a no-op body: only for a memory limit.
     measure = setup.get("rss", True)
@@ -180,7 +251,8 @@ def main(argv: list[str]) -> int:
         request = _recv(requests)
         if request is None:
             return 0
-        _send(replies, (*_run(registry, *request), _rss() if measure else 0))
+        outcome = _run(registry, *request)
+        _send(replies, (outcome, _rss() if measure else 0, forward.sent))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ that dies on its own raises :class:`ChildLost` (the executor leaves the message 
 broker: a lost delivery); ``max_tasks_per_child`` / ``max_memory_per_child`` retire a child
 between tasks. A child that ends is replaced, unless the worker stops. Children run in
 their own process group and ignore SIGTERM (the worker decides when they end), and end
-when the worker process is gone. ``docs/guide.md`` (Pools) is the user's view.
+when the worker process is gone. What a child logs comes back on a pipe of its own and
+goes through the worker's logging configuration (:class:`_LogReader`), with the levels the
+worker had when the child started. ``docs/guide.md`` (Pools) is the user's view.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ _START_TIMEOUT: Final = 60.0
 # How long a retired child gets to exit after its pipe is closed, before SIGKILL.
 _EXIT_WAIT: Final = 1.0
 _REAP_WAIT: Final = 5.0
+# How long a body's outcome may wait for the log records it sent before it (they are in
+# the pipe already: this bounds only a worker whose loop is held up).
+_LOG_WAIT: Final = 1.0
 _STARTING: Final = "taskflow-child-start"
 _CONTEXT_FIELDS: Final = (
     "id",
@@ -138,17 +143,26 @@ def locate_app(kernel: Kernel, app_path: str | None) -> str:
 
 
 class _Child:
-    """One child process and the two pipes to it."""
+    """One child process and the three pipes to it."""
 
     def __init__(
-        self, proc: subprocess.Popen[bytes], reader: asyncio.StreamReader, inp: Any, out: Any
+        self,
+        proc: subprocess.Popen[bytes],
+        reader: asyncio.StreamReader,
+        inp: Any,
+        out: Any,
+        *,
+        logs: _LogReader,
+        log_pipe: Any,
     ) -> None:
         self.proc = proc
         self.reader = reader
-        # The transport of the child's replies: closed by end(), not by the end of its input
-        # (uvloop's pipe keeps itself open after that, as asyncio's own closes itself).
+        # The transports of the child's replies and logs: closed by end(), not by the end
+        # of their input (uvloop's pipe keeps itself open after that, asyncio's closes).
         self.inp: asyncio.ReadTransport = inp
         self.out: asyncio.WriteTransport = out
+        self.logs = logs
+        self.log_pipe: asyncio.ReadTransport = log_pipe
         self.tasks = 0
 
     @property
@@ -179,11 +193,95 @@ class _Child:
         self.out.close()
         try:
             await _reap(self.proc, wait)
+            # What it logged last (before a SIGKILL at a time limit, say) is in the pipe.
+            await self.logs.drained(_LOG_WAIT)
         finally:
             self.inp.close()
+            self.log_pipe.close()
 
     def exit_text(self) -> str:
         return _exit_text(self.proc)
+
+
+class _LogReader(asyncio.Protocol):
+    """Reads the log records a child sends (``_child._Forward``) and hands each to the
+    worker's logger of the same name, as if it had been logged here."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self.seen = 0
+        self._want = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._done = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        import pickle
+
+        buffer = self._buffer
+        buffer += data
+        while len(buffer) >= _HEADER.size:
+            end = _HEADER.size + _HEADER.unpack_from(buffer)[0]
+            if len(buffer) < end:
+                break
+            fields = pickle.loads(buffer[_HEADER.size : end])  # our own child
+            del buffer[:end]
+            self.seen += 1
+            _log_record(fields)
+        if self._waiter is not None and self.seen >= self._want:
+            self._wake()
+
+    def eof_received(self) -> None:
+        self._finish()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self._done.done():
+            self._done.set_result(None)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        self._waiter = None
+
+    async def caught_up(self, count: int, wait: float) -> None:
+        """Return once ``count`` records were handled (or the pipe ended, or ``wait``
+        seconds passed)."""
+        if self.seen >= count or self._done.done():
+            return
+        self._want = count
+        self._waiter = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._waiter), wait)
+
+    async def drained(self, wait: float) -> None:
+        """Return once the child's end of the pipe is closed and all read (or ``wait``)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._done), wait)
+
+
+def _log_record(fields: dict[str, Any]) -> None:
+    record = logging.makeLogRecord(fields)
+    logger = logging.getLogger(record.name)
+    if logger.isEnabledFor(record.levelno):
+        logger.handle(record)
+
+
+def _logging_levels() -> dict[str, Any]:
+    """The levels a child's loggers get: the worker's, as they are now."""
+    root = logging.getLogger()
+    loggers = [
+        (name, logger)
+        for name, logger in list(root.manager.loggerDict.items())
+        if isinstance(logger, logging.Logger)
+    ]
+    return {
+        "root": root.level,
+        "levels": {name: lg.level for name, lg in loggers if lg.level != logging.NOTSET},
+        "disabled": [name for name, lg in loggers if lg.disabled],
+    }
 
 
 async def _reap(proc: subprocess.Popen[bytes], wait: float) -> None:
@@ -263,23 +361,28 @@ class ProcessPool:
         loop = asyncio.get_running_loop()
         req_r, req_w = os.pipe()
         res_r, res_w = os.pipe()
+        log_r, log_w = os.pipe()
+        theirs = (req_r, res_w, log_w)
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "taskflow.worker._child", str(req_r), str(res_w)],
-                pass_fds=(req_r, res_w),
+                [sys.executable, "-m", "taskflow.worker._child", *map(str, theirs)],
+                pass_fds=theirs,
                 stdin=subprocess.DEVNULL,
                 process_group=0,
             )
         except BaseException:
-            os.close(req_w)
-            os.close(res_r)
+            for fd in (req_w, res_r, log_r):
+                os.close(fd)
             raise
         finally:
-            os.close(req_r)
-            os.close(res_w)
+            for fd in theirs:
+                os.close(fd)
         child: _Child | None = None
         pipes: list[asyncio.BaseTransport] = []
         try:
+            logs = _LogReader()
+            log_pipe, _ = await loop.connect_read_pipe(lambda: logs, os.fdopen(log_r, "rb", 0))
+            pipes.append(log_pipe)
             reader = asyncio.StreamReader(limit=2**20)
             inp, _ = await loop.connect_read_pipe(
                 lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(res_r, "rb", 0)
@@ -287,9 +390,14 @@ class ProcessPool:
             pipes.append(inp)
             out, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(req_w, "wb", 0))
             pipes.append(out)
-            child = _Child(proc, reader, inp, out)
+            child = _Child(proc, reader, inp, out, logs=logs, log_pipe=log_pipe)
             child.send(
-                {"app": self.app_path, "path": list(sys.path), "rss": self.max_rss is not None}
+                {
+                    "app": self.app_path,
+                    "path": list(sys.path),
+                    "rss": self.max_rss is not None,
+                    "logging": _logging_levels(),
+                }
             )
             hello = await asyncio.wait_for(child.recv(), _START_TIMEOUT)
         except (TimeoutError, asyncio.IncompleteReadError):
@@ -338,8 +446,10 @@ class ProcessPool:
         finally:
             if timer is not None:
                 timer.cancel()
-        await self._checkin(child, reply[-1], dead=bool(killed))
-        return _outcome(job, reply)
+        outcome, rss, logged = reply
+        await child.logs.caught_up(logged, _LOG_WAIT)  # the body's lines before its outcome
+        await self._checkin(child, rss, dead=bool(killed))
+        return _outcome(job, outcome)
 
     async def _acquire(self) -> _Child:
         assert self._cond is not None
@@ -446,13 +556,13 @@ def _kill(child: _Child, killed: list[bool]) -> None:
 
 
 def _outcome(job: Job, reply: tuple[Any, ...]) -> Any:
-    """The body's value from the child's reply, or its exception raised here."""
+    """The body's value from the child's outcome, or its exception raised here."""
     kind = reply[0]
     if kind == "ok":
         return job.task.schema.decode_result(codec.loads(reply[1]))
     if kind == "payload":
         raise UndecodablePayload(reply[1])
-    _, data, type_name, message, text, _ = reply
+    _, data, type_name, message, text = reply
     exc: BaseException = RemoteError(f"{type_name}: {message}")
     if data is not None:
         import pickle

@@ -8,7 +8,9 @@ Tasks that leave marks write ``<mark>-<pid>`` files in the directory they are gi
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 from taskflow import App, TaskContext
 
 app = App("pool-tests")
+log = logging.getLogger("pool.body")
 
 
 def mark(directory: str, name: str) -> None:
@@ -65,6 +68,34 @@ def fail(message: str) -> None:
     raise LookupError(message)
 
 
+def chatty(order: str) -> int:
+    """Log at three levels, once with a traceback, naming ``order``; return the pid."""
+    log.debug("checking %s", order)
+    log.info("charging %s", order, extra={"order": order})
+    try:
+        raise ValueError("card declined")
+    except ValueError:
+        log.exception("retrying %s", order)
+    return os.getpid()
+
+
+def log_later(message: str) -> int:
+    """Log ``message`` from a thread of the child 0.2 s after the body returned."""
+
+    def later() -> None:
+        time.sleep(0.2)
+        log.warning(message)
+
+    threading.Thread(target=later, daemon=True).start()
+    return os.getpid()
+
+
+def log_then_block(directory: str, seconds: float) -> None:
+    """Log a line, mark ``started``, then block in C for ``seconds``."""
+    log.warning("blocking for %ss", seconds)
+    sleep_in_c(directory, seconds)
+
+
 def declare(target: App) -> dict[str, Any]:
     """Register the tasks on ``target`` under fixed names; returns them by name."""
     return {
@@ -79,6 +110,11 @@ def declare(target: App) -> dict[str, Any]:
         "block_once": target.task(name="pool.block_once", bind=True)(block_once),
         "fail": target.task(name="pool.fail", retries=0)(fail),
         "crash": target.task(name="pool.crash", retries=3)(crash),
+        "chatty": target.task(name="pool.chatty")(chatty),
+        "log_later": target.task(name="pool.log_later")(log_later),
+        "log_then_block": target.task(name="pool.log_then_block", time_limit=1, retries=0)(
+            log_then_block
+        ),
     }
 
 

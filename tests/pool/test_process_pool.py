@@ -274,22 +274,24 @@ def test_a_child_reads_its_memory_only_for_a_memory_limit(limit: bool) -> None:
     # memory, which it reads (from /proc) only when the worker set a memory limit.
     req_r, req_w = os.pipe()
     res_r, res_w = os.pipe()
+    log_r, log_w = os.pipe()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "taskflow.worker._child", str(req_r), str(res_w)],
-        pass_fds=(req_r, res_w),
+        [sys.executable, "-m", "taskflow.worker._child", str(req_r), str(res_w), str(log_w)],
+        pass_fds=(req_r, res_w, log_w),
     )
-    os.close(req_r)
-    os.close(res_w)
+    for fd in (req_r, res_w, log_w):
+        os.close(fd)
     try:
         _child._send(req_w, {"app": APP_PATH, "path": list(sys.path), "rss": limit})
         assert _child._recv(res_r)[0] == "ready"
         env = Envelope(id="t-1", task="pool.whoami", queue="default", args=[7])
         fields = {"id": "t-1", "name": "pool.whoami", "attempt": 1, "retries": 0}
         _child._send(req_w, (codec.encode_envelope(env), fields))
-        kind, value, rss = _child._recv(res_r)
+        (kind, value), rss, _ = _child._recv(res_r)
         assert (kind, codec.loads(value)) == ("ok", proc.pid)
         assert (rss > 0) is limit
     finally:
         os.close(req_w)
         assert proc.wait(10) == 0  # a closed request pipe ends the child
         os.close(res_r)
+        os.close(log_r)

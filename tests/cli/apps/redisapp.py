@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -25,4 +26,11 @@ def hold() -> int:
     (Path(os.environ["TASKFLOW_TEST_DIR"]) / f"started-{os.getpid()}").write_text("")
     if os.environ.get("TASKFLOW_TEST_BLOCK"):
         time.sleep(60)
+    return os.getpid()
+
+
+@app.task(name="cli.chatty")
+def chatty(order: str) -> int:
+    """Log a line naming ``order`` through the app's own logger; say which process ran it."""
+    logging.getLogger("cliapp.body").info("charging %s", order)
     return os.getpid()
