@@ -10,6 +10,7 @@ through a benchmark module that imports it); the environment says how:
 ``BENCH_ASYNC``  ``1``: ``async def`` bodies
 ``BENCH_STORE``  ``1``: the tasks store their results (else fire-and-forget)
 ``BENCH_FAIL``   ``1``: every body raises after its ``INCR`` (no retries)
+``BENCH_LOG``    ``1``: every sync body logs one WARNING line after its ``INCR``
 
 It imports nothing a worker would not import for a small Redis app of its own, so that a
 benchmark of the worker's start-up measures the worker's.
@@ -17,6 +18,7 @@ benchmark of the worker's start-up measures the worker's.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +52,12 @@ def _incr() -> None:
     _counter.incr(_counter_key)
 
 
+def _incr_and_log() -> None:
+    """:func:`_incr`, then one log line."""
+    _incr()
+    logging.getLogger("bench.body").warning("counted in %s", _counter_key)
+
+
 def _incr_and_fail() -> None:
     """:func:`_incr`, then a failure."""
     _incr()
@@ -70,11 +78,13 @@ async def _aincr_and_fail() -> None:
     raise RuntimeError("failing on purpose")
 
 
-def build_app(url: str, store: bool = False, fail: bool = False, aio: bool = False) -> App:
+def build_app(
+    url: str, store: bool = False, fail: bool = False, aio: bool = False, log: bool = False
+) -> App:
     """The benchmark app: one task, sync unless ``aio``, fire-and-forget unless ``store``,
-    failing (no retries) if ``fail``."""
+    failing (no retries) if ``fail``, logging a line (sync bodies) if ``log``."""
     bench = App("bench", broker=url)
-    sync_body = _incr_and_fail if fail else _incr
+    sync_body = _incr_and_fail if fail else _incr_and_log if log else _incr
     async_body = _aincr_and_fail if fail else _aincr
     body: Callable[[], Any] = async_body if aio else sync_body
     bench.task(name=NAME, store_result=store, retries=0)(body)
@@ -94,4 +104,5 @@ app = build_app(
     os.environ.get("BENCH_STORE") == "1",
     os.environ.get("BENCH_FAIL") == "1",
     os.environ.get("BENCH_ASYNC") == "1",
+    os.environ.get("BENCH_LOG") == "1",
 )

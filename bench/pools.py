@@ -3,7 +3,7 @@
 Run from the project root (as a module, so ``import redis`` finds the library)::
 
     python -m bench.pools [--tasks 20000] [--url redis://127.0.0.1:6379/15] [--store] [--fail]
-                          [--async-bodies] [--threads]
+                          [--async-bodies] [--threads] [--log]
                           [--configs "-c 8" "-P 2 -c 16" "-c 2 --pool processes"]
 
 ``--tasks``    sync tasks per drain (default 20,000); each body does one ``INCR`` on Redis,
@@ -17,6 +17,9 @@ Run from the project root (as a module, so ``import redis`` finds the library)::
 ``--async-bodies``  ``async def`` bodies instead, each awaiting its ``INCR`` through
                redis-py's asyncio client (as the peer harness's async configurations
                do): for the drain of ``async def`` tasks and the CPU it takes
+``--log``      every sync body logs one WARNING line after its ``INCR``, which the workers
+               write as JSON (``--log-format json``) to /dev/null: what a log line costs on
+               each pool (on the process pool it crosses from the child to the worker)
 ``--configs``  ``taskflow worker`` options, one drain each (default: the thread pool in one
                process with 8 slots and in two with 16, the process pool with 2 and 4
                children)
@@ -107,6 +110,7 @@ def drain(
     fail: bool = False,
     aio: bool = False,
     threads: bool = False,
+    log: bool = False,
 ) -> Drain:
     """Drain ``tasks`` tasks with ``taskflow worker`` started with ``options``."""
     env = {
@@ -115,15 +119,18 @@ def drain(
         "BENCH_STORE": "1" if store else "0",
         "BENCH_FAIL": "1" if fail else "0",
         "BENCH_ASYNC": "1" if aio else "0",
+        "BENCH_LOG": "1" if log else "0",
         "PYTHONPATH": str(ROOT),
     }
     command = [
         sys.executable, "-m", "taskflow.cli.main", "worker", "-A", "bench._incr_app:app",
-        "--loglevel", "warning", *shlex.split(options),
+        "--loglevel", "warning", *(["--log-format", "json"] if log else []),
+        *shlex.split(options),
     ]  # fmt: skip
     client = redis.Redis.from_url(url.split("?", 1)[0])
     started = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=ROOT, env=env)
+    stderr = subprocess.DEVNULL if log else None
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stderr=stderr)
     try:
         _wait_consumers(client, bench, _processes(options))
         startup = time.perf_counter() - started
@@ -166,6 +173,7 @@ def main() -> None:
     parser.add_argument("--fail", action="store_true")
     parser.add_argument("--async-bodies", action="store_true")
     parser.add_argument("--threads", action="store_true")
+    parser.add_argument("--log", action="store_true")
     parser.add_argument(
         "--configs",
         nargs="+",
@@ -173,11 +181,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     url = f"{args.url}?prefix=taskflow-pools"
-    bench = build_app(url, args.store, args.fail, args.async_bodies)
+    bench = build_app(url, args.store, args.fail, args.async_bodies, args.log)
     client = redis.Redis.from_url(args.url)
     bench.kernel.call(bench.kernel.connect())
     what = "one INCR each" + (", results stored" if args.store else "")
     what += ", each failing" if args.fail else ""
+    what += ", each logging a line" if args.log else ""
     kind = "async def" if args.async_bodies else "sync"
     print(f"taskflow pools benchmark: {args.tasks:,} {kind} tasks ({what}), {args.url}")
     print(f"{'worker options':34}{'start-up s':>12}{'drain/s':>10}{'worker µs/task':>16}"
@@ -194,6 +203,7 @@ def main() -> None:
                 args.fail,
                 args.async_bodies,
                 args.threads,
+                args.log,
             )
             print(f"{options:34}{d.startup:12.2f}{d.rate:10,.0f}{d.cpu:16.1f}{d.children:16.1f}"
                   f"{d.server:15.1f}{d.scripts:14.2f}{d.rss:8.1f}{d.idle:8.1f}",
