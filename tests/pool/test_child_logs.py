@@ -18,12 +18,10 @@ import pytest
 from taskflow import App, codec
 from taskflow.errors import TaskFailed
 from taskflow.logs import TaskContextFilter
-from taskflow.message import Envelope
-from taskflow.worker import _child
 from tests.cli.helpers import running, wait_for
 from tests.integration.redis_helpers import drop_prefix, shared_url
 
-from .conftest import APP_PATH
+from .conftest import APP_PATH, driven_child
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX processes")
 
@@ -108,38 +106,18 @@ def test_a_child_sends_each_line_once_with_the_workers_levels_whatever_its_app_c
     # The child's side, driven directly, with an app module that calls
     # logging.basicConfig(level=DEBUG) when imported: the child writes nothing itself, and
     # the worker's root level (WARNING here) decides what is sent.
-    req_r, req_w = os.pipe()
-    res_r, res_w = os.pipe()
-    log_r, log_w = os.pipe()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "taskflow.worker._child", str(req_r), str(res_w), str(log_w)],
-        pass_fds=(req_r, res_w, log_w),
-        stderr=subprocess.PIPE,
-    )
-    for fd in (req_r, res_w, log_w):
-        os.close(fd)
-    try:
-        levels = {"root": logging.WARNING, "levels": {}, "disabled": []}
-        setup = {"app": "tests.pool.logapp:app", "path": sys.path, "rss": False}
-        _child._send(req_w, {**setup, "logging": levels})
-        assert _child._recv(res_r)[0] == "ready"
-        env = Envelope(id="t-1", task="logapp.say", queue="default", args=["hi"])
-        fields = {"id": "t-1", "name": "logapp.say", "attempt": 1, "retries": 0}
-        _child._send(req_w, (codec.encode_envelope(env), fields))
-        (kind, value), _, logged = _child._recv(res_r)
+    levels = {"root": logging.WARNING, "levels": {}, "disabled": []}
+    with driven_child(stderr=subprocess.PIPE) as child:
+        child.start("tests.pool.logapp:app", rss=False, logging=levels)
+        (kind, value), _, logged = child.run("logapp.say", "hi")
         assert (kind, codec.loads(value), logged) == ("ok", 2, 2)
-        sent = [_child._recv(log_r), _child._recv(log_r)]
-    finally:
-        os.close(req_w)
-        _, stderr = proc.communicate(timeout=10)
-        os.close(res_r)
-        os.close(log_r)
-    assert proc.returncode == 0
+        sent = [child.logged(), child.logged()]
+    assert child.status == 0
     assert [(r["msg"], r["task_id"]) for r in sent] == [
         ("logapp imported", None),
         ("warning hi", "t-1"),
     ]
-    assert stderr == b""  # nothing written twice, by a handler of the child's own
+    assert child.stderr == b""  # nothing written twice, by a handler of the child's own
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,14 +12,13 @@ import pytest
 
 from taskflow import App, codec
 from taskflow.errors import ConfigError, TaskCancelled, TaskFailed
-from taskflow.message import Envelope
-from taskflow.worker import _child, fetcher
+from taskflow.worker import fetcher
 from taskflow.worker.fetcher import SHORT_TASK
 from taskflow.worker.procpool import locate_app
 from tests.cli.helpers import alive, pids, wait_for
 
 from . import poolapp
-from .conftest import APP_PATH, children
+from .conftest import APP_PATH, children, driven_child
 from .poolapp import declare
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX processes")
@@ -272,26 +270,9 @@ def test_time_limit_must_be_a_positive_number() -> None:
 def test_a_child_reads_its_memory_only_for_a_memory_limit(limit: bool) -> None:
     # The child's side of the protocol, driven directly: its answers end with its resident
     # memory, which it reads (from /proc) only when the worker set a memory limit.
-    req_r, req_w = os.pipe()
-    res_r, res_w = os.pipe()
-    log_r, log_w = os.pipe()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "taskflow.worker._child", str(req_r), str(res_w), str(log_w)],
-        pass_fds=(req_r, res_w, log_w),
-    )
-    for fd in (req_r, res_w, log_w):
-        os.close(fd)
-    try:
-        _child._send(req_w, {"app": APP_PATH, "path": list(sys.path), "rss": limit})
-        assert _child._recv(res_r)[0] == "ready"
-        env = Envelope(id="t-1", task="pool.whoami", queue="default", args=[7])
-        fields = {"id": "t-1", "name": "pool.whoami", "attempt": 1, "retries": 0}
-        _child._send(req_w, (codec.encode_envelope(env), fields))
-        (kind, value), rss, _ = _child._recv(res_r)
-        assert (kind, codec.loads(value)) == ("ok", proc.pid)
+    with driven_child() as child:
+        child.start(APP_PATH, rss=limit)
+        (kind, value), rss, _ = child.run("pool.whoami", 7)
+        assert (kind, codec.loads(value)) == ("ok", child.proc.pid)
         assert (rss > 0) is limit
-    finally:
-        os.close(req_w)
-        assert proc.wait(10) == 0  # a closed request pipe ends the child
-        os.close(res_r)
-        os.close(log_r)
+    assert child.status == 0  # a closed request pipe ends the child
