@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import ctypes
 import os
 import threading
@@ -57,6 +58,7 @@ class BodyRun:
 
     __slots__ = (
         "args",
+        "context",
         "ctx",
         "error",
         "fn",
@@ -83,6 +85,10 @@ class BodyRun:
         self.args = args
         self.kwargs = kwargs
         self.ctx = ctx
+        # The context variables of the task that submits the run (what the execute
+        # middleware set, the attempt's span): the body runs in a copy of them, as
+        # ``asyncio.to_thread`` runs a function, and as an ``async def`` body sees them.
+        self.context = contextvars.copy_context()
         self.fut = fut  # the loop's future of the outcome (the awaiting task's)
         self.lock = threading.Lock()
         self.state = _QUEUED
@@ -143,9 +149,10 @@ class BodyRun:
             handoff.release()
         if not started:
             return False
-        token = set_current(self.ctx)
+        context = self.context
+        token = context.run(set_current, self.ctx)
         try:
-            self.value = self.fn(*self.args, **self.kwargs)
+            self.value = context.run(self.fn, *self.args, **self.kwargs)
         except BaseException as exc:
             self.error = exc
         finally:
@@ -156,7 +163,7 @@ class BodyRun:
                         # Withdraw an interrupt that arrived too late to land in the body.
                         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
             finally:
-                reset_current(token)
+                context.run(reset_current, token)
         return True
 
 

@@ -227,6 +227,28 @@ def test_a_task_sent_from_an_async_body_is_a_child_of_its_attempt(
     assert by_task[SpanKind.CONSUMER, "obs.leaf"].context.trace_id == attempt.context.trace_id
 
 
+def test_a_task_sent_from_a_sync_body_is_a_child_of_its_attempt(
+    exporter: InMemorySpanExporter, app: App
+) -> None:
+    @app.task(name="obs.leaf")
+    def leaf() -> None:
+        return None
+
+    @app.task(name="obs.parent")
+    def parent() -> None:
+        leaf.delay()  # on a thread of the worker: the attempt's span is current there too
+
+    parent.delay()
+    app.worker().run_until_idle()
+
+    spans = exporter.get_finished_spans()
+    by_task = {(s.kind, (s.attributes or {}).get("taskflow.task.name")): s for s in spans}
+    attempt = by_task[SpanKind.CONSUMER, "obs.parent"]
+    child_send = by_task[SpanKind.PRODUCER, "obs.leaf"]
+    assert child_send.parent is not None and child_send.parent.span_id == attempt.context.span_id
+    assert by_task[SpanKind.CONSUMER, "obs.leaf"].context.trace_id == attempt.context.trace_id
+
+
 def test_every_step_of_a_chain_is_sent_and_processed_in_spans(
     exporter: InMemorySpanExporter, app: App
 ) -> None:
