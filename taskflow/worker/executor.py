@@ -238,7 +238,10 @@ class Executor:
             return
         try:
             if isinstance(error, UndecodablePayload):
-                await self.settler.failed(job, error, duration, reason="payload")
+                # Recorded as on the thread pool: a PayloadError, not the pool's marker
+                # class, and without the worker's frames (the decoding ran in the child).
+                payload = PayloadError(str(error))
+                await self.settler.failed(job, payload, duration, reason="payload")
             else:
                 await self.settler.failure(job, decide(job, error, self.rng), duration)
         finally:

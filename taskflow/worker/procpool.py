@@ -84,8 +84,9 @@ class ChildLost(BaseException):  # a signal to the executor, not an error of the
 
 
 class UndecodablePayload(PayloadError):
-    """The child could not decode the arguments or encode the result (dead-lettered with
-    reason ``payload``, like the same error in the thread pool)."""
+    """The child could not decode the arguments or encode the result: the executor records
+    it as the :class:`~taskflow.errors.PayloadError` the thread pool records, and
+    dead-letters the message with reason ``payload``."""
 
 
 class RemoteError(Exception):

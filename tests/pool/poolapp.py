@@ -12,8 +12,12 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel
 
 from taskflow import App, TaskContext
 
@@ -96,6 +100,38 @@ def log_then_block(directory: str, seconds: float) -> None:
     sleep_in_c(directory, seconds)
 
 
+@dataclass
+class Order:
+    """A typed argument (a dataclass)."""
+
+    id: str
+    quantity: int
+
+
+class Receipt(BaseModel):
+    """A typed result (a pydantic model)."""
+
+    order_id: str
+    total: Decimal
+    argument_type: str
+    pid: int
+
+
+def charge(order: Order) -> Receipt:
+    """Price ``order``; say what type the argument arrived as and which process ran it."""
+    return Receipt(
+        order_id=order.id,
+        total=Decimal("2.50") * order.quantity,
+        argument_type=type(order).__qualname__,
+        pid=os.getpid(),
+    )
+
+
+def bad_result() -> Receipt:
+    """Return what the declared result type does not accept."""
+    return 42  # type: ignore[return-value]
+
+
 def declare(target: App) -> dict[str, Any]:
     """Register the tasks on ``target`` under fixed names; returns them by name."""
     return {
@@ -111,6 +147,8 @@ def declare(target: App) -> dict[str, Any]:
         "fail": target.task(name="pool.fail", retries=0)(fail),
         "crash": target.task(name="pool.crash", retries=3)(crash),
         "chatty": target.task(name="pool.chatty")(chatty),
+        "charge": target.task(name="pool.charge", retries=0)(charge),
+        "bad_result": target.task(name="pool.bad_result", retries=0)(bad_result),
         "log_later": target.task(name="pool.log_later")(log_later),
         "log_then_block": target.task(name="pool.log_then_block", time_limit=1, retries=0)(
             log_then_block
