@@ -215,7 +215,7 @@ def _raised(exc: BaseException) -> tuple[Any, ...]:
         name = f"{kind.__module__}.{name}"
     text = format_traceback(exc)
     data: bytes | None = None
-    if isinstance(exc, Exception | Retry | Reject):
+    if isinstance(exc, Exception | Retry | Reject | SystemExit | KeyboardInterrupt):
         try:
             data = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
             pickle.loads(data)  # our own bytes: checked that the worker can load them

@@ -223,7 +223,10 @@ class Executor:
         job.in_user_code = True
         try:
             value = await self._call(ctx)
-        except (Retry, Reject, Exception) as exc:
+        except (Retry, Reject, Exception, SystemExit, KeyboardInterrupt) as exc:
+            # A body that calls sys.exit() (argparse does, on bad arguments) or raises
+            # KeyboardInterrupt fails its attempt; it does not end the worker's loop. A
+            # signal never arrives here as KeyboardInterrupt: the worker handles SIGINT.
             error = exc
         finally:
             job.in_user_code = False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -132,6 +133,11 @@ def bad_result() -> Receipt:
     return 42  # type: ignore[return-value]
 
 
+def exits(code: int) -> None:
+    """Call ``sys.exit(code)`` in the body, as a command-line main() turned task would."""
+    sys.exit(code)
+
+
 def declare(target: App) -> dict[str, Any]:
     """Register the tasks on ``target`` under fixed names; returns them by name."""
     return {
@@ -147,6 +153,7 @@ def declare(target: App) -> dict[str, Any]:
         "fail": target.task(name="pool.fail", retries=0)(fail),
         "crash": target.task(name="pool.crash", retries=3)(crash),
         "chatty": target.task(name="pool.chatty")(chatty),
+        "exits": target.task(name="pool.exits", retries=2)(exits),
         "charge": target.task(name="pool.charge", retries=0)(charge),
         "bad_result": target.task(name="pool.bad_result", retries=0)(bad_result),
         "log_later": target.task(name="pool.log_later")(log_later),

@@ -60,6 +60,22 @@ def test_an_exception_in_a_child_fails_the_task_with_its_own_type_and_traceback(
     assert "raise LookupError(message)" in caught.value.traceback
 
 
+def test_sys_exit_in_a_child_fails_the_task_as_on_the_thread_pool_and_the_child_serves_on(
+    pool_app: PoolApp,
+) -> None:
+    app, tasks = pool_app
+    with app.worker(concurrency=1, pool="processes", app_path=APP_PATH):
+        result = tasks["exits"].delay(2)
+        with pytest.raises(TaskFailed) as caught:
+            result.get(timeout=10)
+        before = {p.pid for p in children()}
+        after = tasks["whoami"].delay(1).get(timeout=10)
+
+    assert (caught.value.exc_type, caught.value.message) == ("SystemExit", "2")
+    assert result.info().attempts == 1  # not retried, not a lost child
+    assert before == {after}  # the same child ran the next task
+
+
 def test_time_limit_kills_a_body_blocked_in_c_and_the_worker_keeps_serving(
     pool_app: PoolApp, tmp_path: Path
 ) -> None:
