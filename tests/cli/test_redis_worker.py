@@ -1,5 +1,5 @@
-"""``taskflow worker`` against real Redis servers: a hard stop that ends the process, and a
-worker that starts before its broker."""
+"""``taskflow worker`` against real Redis servers: a hard stop that ends the process, a
+body that calls ``sys.exit()``, and a worker that starts before its broker."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from taskflow import App
-from tests.integration.redis_helpers import free_port
+from taskflow.errors import TaskFailed
+from tests.integration.redis_helpers import drop_prefix, free_port, shared_url
 
 from .helpers import pids, run, running, wait_for
 
@@ -78,6 +79,31 @@ def test_a_second_sigint_ends_the_process_while_a_sync_body_blocks(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("pool", ["threads", "processes"])
+def test_a_body_that_calls_sys_exit_fails_its_task_and_the_worker_serves_on(
+    tmp_path: Path, pool: str
+) -> None:
+    url, prefix = shared_url(lease=30)
+    command = ["worker", "-A", "redisapp", "-c", "1", "--pool", pool]
+    try:
+        with (
+            App("exit-client", broker=url) as client,
+            running(command, tmp_path, env={"TASKFLOW_BROKER_URL": url}) as worker,
+        ):
+            failed = client.send_task("cli.quits", args=[2])
+            with pytest.raises(TaskFailed) as caught:
+                failed.get(timeout=20)
+            served = client.send_task("cli.whoami", args=[0]).get(timeout=20)
+            worker.signal(signal.SIGTERM)
+            assert worker.wait(10) == 0, worker.stderr
+            attempts = failed.info().attempts
+    finally:
+        drop_prefix(url, prefix)
+    assert (caught.value.exc_type, caught.value.message) == ("SystemExit", "2")
+    assert attempts == 1  # not retried: SystemExit is not an Exception of retry_on
+    assert served != worker.pid if pool == "processes" else served == worker.pid
+
+
 def test_a_worker_started_before_its_broker_waits_for_it(tmp_path: Path) -> None:
     port = free_port()
     url = f"redis://:hunter2@127.0.0.1:{port}/0?prefix=tfcliconnect"

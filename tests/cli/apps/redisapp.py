@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -34,3 +35,9 @@ def chatty(order: str) -> int:
     """Log a line naming ``order`` through the app's own logger; say which process ran it."""
     logging.getLogger("cliapp.body").info("charging %s", order)
     return os.getpid()
+
+
+@app.task(name="cli.quits", retries=2)
+def quits(code: int) -> None:
+    """Call ``sys.exit(code)``, as a command-line main() turned into a task would."""
+    sys.exit(code)
