@@ -228,6 +228,12 @@ class Executor:
             # KeyboardInterrupt fails its attempt; it does not end the worker's loop. A
             # signal never arrives here as KeyboardInterrupt: the worker handles SIGINT.
             error = exc
+        except asyncio.CancelledError as exc:
+            if not _raised_by_the_body(job):
+                raise  # cancelled by the worker: a stop, a timeout, a cancel (_after_cancel)
+            # The body's own, e.g. awaiting a future someone else cancelled: handed back,
+            # it would run again at once, for ever. It is the attempt's failure.
+            error = exc
         finally:
             job.in_user_code = False
             del self._attempts[key]
@@ -401,6 +407,13 @@ def _clear_frames(exc: BaseException) -> None:
         seen.add(id(current))
         traceback.clear_frames(current.__traceback__)
         pending += (current.__cause__, current.__context__)
+
+
+def _raised_by_the_body(job: Job) -> bool:
+    """Whether a CancelledError out of ``job``'s attempt came from its own code: the worker
+    did not cancel the attempt (no reason set, its task not being cancelled)."""
+    task = asyncio.current_task()
+    return job.cancel_reason is None and task is not None and task.cancelling() == 0
 
 
 def payload_error(task: str, exc: Exception) -> PayloadError:

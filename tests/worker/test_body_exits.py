@@ -1,9 +1,12 @@
-"""A body that calls ``sys.exit()`` or raises ``KeyboardInterrupt`` fails its attempt, like
-any error, and the worker goes on serving: it is the task's outcome, not the worker's."""
+"""A body that calls ``sys.exit()``, raises ``KeyboardInterrupt`` or a ``CancelledError`` of
+its own fails its attempt, like any error, and the worker goes on serving: it is the
+task's outcome, not the worker's."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -50,3 +53,35 @@ def test_keyboard_interrupt_raised_by_a_sync_body_fails_the_attempt(fake_app: Ap
     with pytest.raises(TaskFailed) as caught:
         result.get(timeout=1)
     assert caught.value.exc_type == "KeyboardInterrupt"
+
+
+async def _raises_cancelled_itself() -> None:
+    raise asyncio.CancelledError
+
+
+async def _awaits_a_future_cancelled_elsewhere() -> None:
+    future = asyncio.get_running_loop().create_future()
+    future.cancel()  # as a library might, for a call this body waits on
+    await future
+
+
+@pytest.mark.parametrize("body", [_raises_cancelled_itself, _awaits_a_future_cancelled_elsewhere])
+def test_a_cancelled_error_of_the_body_own_fails_its_attempt_once(
+    fake_app: App, body: Callable[[], Awaitable[None]]
+) -> None:
+    # No one cancelled the attempt: handing the message back would run it again at once,
+    # for ever (a hot loop of the same attempt).
+    runs: list[int] = []
+
+    async def counted() -> None:
+        runs.append(1)
+        await body()
+
+    task = fake_app.task(name="exits.cancelled", retries=2)(counted)
+    result = task.delay()
+    assert fake_app.worker(concurrency=1).run_until_idle() == 1
+
+    with pytest.raises(TaskFailed) as caught:
+        result.get(timeout=1)
+    assert caught.value.exc_type == "asyncio.exceptions.CancelledError"
+    assert (runs, result.info().attempts) == ([1], 1)
