@@ -19,6 +19,7 @@ __all__ = [
     "TaskStatus",
     "envelope_of",
     "error_info",
+    "error_message",
 ]
 
 PROTOCOL_VERSION = 1
@@ -163,9 +164,18 @@ def error_info(exc: BaseException) -> dict[str, str]:
     )
     return {
         "type": name,
-        "message": str(exc),
+        "message": error_message(exc),
         "traceback": format_traceback(exc),
     }
+
+
+def error_message(exc: BaseException) -> str:
+    """``str(exc)``, or a placeholder when the exception's ``__str__`` itself fails (as
+    ``traceback`` writes it): a failure that cannot be described is still recorded."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<exception str() failed: {type(exc).__name__}>"
 
 
 _CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"

@@ -40,7 +40,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from ..context import TaskContext
 from ..errors import Reject, Retry, TaskCancelled, TaskTimeout
 from ..kernel.enqueue import Plan, continuing
-from ..message import Envelope
+from ..message import Envelope, error_info
 from ..middleware import ExecuteNext
 from ._metrics import Metrics
 
@@ -157,7 +157,18 @@ _EMPTY = Context()
 
 
 def _fail(span: Span, exc: BaseException) -> None:
-    span.record_exception(exc)
+    try:
+        span.record_exception(exc)
+    except Exception:  # its __str__ fails (the SDK calls it): the event, without it
+        info = error_info(exc)
+        span.add_event(
+            "exception",
+            {
+                "exception.type": info["type"],
+                "exception.message": info["message"],
+                "exception.stacktrace": info["traceback"],
+            },
+        )
     span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
 
 

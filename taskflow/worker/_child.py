@@ -35,7 +35,7 @@ from typing import Any
 from .. import codec
 from ..context import TaskContext, current_task, reset_current, set_current
 from ..errors import PayloadError, Reject, Retry
-from ..message import format_traceback
+from ..message import error_message, format_traceback
 
 _HEADER = struct.Struct(">I")
 _PR_SET_PDEATHSIG = 1
@@ -221,7 +221,7 @@ def _raised(exc: BaseException) -> tuple[Any, ...]:
             pickle.loads(data)  # our own bytes: checked that the worker can load them
         except Exception:
             data = None
-    return ("raised", data, name, str(exc), text)
+    return ("raised", data, name, error_message(exc), text)
 
 
 def main(argv: list[str]) -> int:

@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from taskflow import App, Retry, TaskContext
 from taskflow.codec import decode_envelope
-from taskflow.errors import QueueFull
+from taskflow.errors import QueueFull, TaskFailed
 from taskflow.instrumentation import TaskflowInstrumentor
 from taskflow.instrumentation._tracing import Extractor
 
@@ -247,6 +247,30 @@ def test_a_task_sent_from_a_sync_body_is_a_child_of_its_attempt(
     child_send = by_task[SpanKind.PRODUCER, "obs.leaf"]
     assert child_send.parent is not None and child_send.parent.span_id == attempt.context.span_id
     assert by_task[SpanKind.CONSUMER, "obs.leaf"].context.trace_id == attempt.context.trace_id
+
+
+def test_an_exception_whose_str_fails_is_recorded_on_the_span_and_as_the_failure(
+    exporter: InMemorySpanExporter, app: App
+) -> None:
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no message")
+
+    @app.task(name="obs.unprintable", retries=0)
+    def unprintable() -> None:
+        raise Unprintable
+
+    result = unprintable.delay()
+    app.worker().run_until_idle()
+
+    with pytest.raises(TaskFailed) as caught:
+        result.get(timeout=1)
+    assert caught.value.exc_type.endswith("Unprintable")  # not the instrumentation's error
+    (attempt,) = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CONSUMER]
+    assert attempt.status.status_code == StatusCode.ERROR
+    (event,) = attempt.events
+    assert event.name == "exception"
+    assert (event.attributes or {})["exception.message"] == "<exception str() failed: Unprintable>"
 
 
 def test_every_step_of_a_chain_is_sent_and_processed_in_spans(

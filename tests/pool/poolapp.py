@@ -133,6 +133,18 @@ def bad_result() -> Receipt:
     return 42  # type: ignore[return-value]
 
 
+class Unprintable(Exception):
+    """An exception whose ``__str__`` fails."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no message")
+
+
+def unprintable() -> None:
+    """Raise :class:`Unprintable`."""
+    raise Unprintable
+
+
 def exits(code: int) -> None:
     """Call ``sys.exit(code)`` in the body, as a command-line main() turned task would."""
     sys.exit(code)
@@ -154,6 +166,7 @@ def declare(target: App) -> dict[str, Any]:
         "crash": target.task(name="pool.crash", retries=3)(crash),
         "chatty": target.task(name="pool.chatty")(chatty),
         "exits": target.task(name="pool.exits", retries=2)(exits),
+        "unprintable": target.task(name="pool.unprintable", retries=0)(unprintable),
         "charge": target.task(name="pool.charge", retries=0)(charge),
         "bad_result": target.task(name="pool.bad_result", retries=0)(bad_result),
         "log_later": target.task(name="pool.log_later")(log_later),

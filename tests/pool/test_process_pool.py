@@ -76,6 +76,17 @@ def test_sys_exit_in_a_child_fails_the_task_as_on_the_thread_pool_and_the_child_
     assert before == {after}  # the same child ran the next task
 
 
+def test_an_exception_whose_str_fails_in_a_child_is_recorded_as_the_tasks_failure(
+    pool_app: PoolApp,
+) -> None:
+    app, tasks = pool_app
+    with app.worker(concurrency=1, pool="processes", app_path=APP_PATH):
+        with pytest.raises(TaskFailed) as caught:
+            tasks["unprintable"].delay().get(timeout=10)
+    assert caught.value.exc_type == "tests.pool.poolapp.Unprintable"
+    assert caught.value.message == "<exception str() failed: Unprintable>"
+
+
 def test_time_limit_kills_a_body_blocked_in_c_and_the_worker_keeps_serving(
     pool_app: PoolApp, tmp_path: Path
 ) -> None:
