@@ -137,7 +137,7 @@ def _isolated_execute(mw: Middleware, call_next: ExecuteNext) -> ExecuteNext:
 
         try:
             return await mw.execute(ctx, nxt)
-        except Exception as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # sys.exit() in it too
             if outcome.done and exc is outcome.error:
                 raise  # the task's own failure, passed through
             log.exception("middleware %s failed in execute; ignored", type(mw).__name__)

@@ -67,7 +67,8 @@ async def run_hooks(kind: str, hooks: Iterable[Hook], event: TaskEvent) -> None:
             out = hook(event)
             if inspect.isawaitable(out):
                 await out
-        except Exception:
+        except (Exception, SystemExit, KeyboardInterrupt):  # a sys.exit() too: the worker's
+            # loop runs the hooks, and must not end with one
             log.exception(
                 "%s hook %r failed for task %s[%s]; ignored",
                 kind,

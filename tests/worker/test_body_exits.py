@@ -1,17 +1,21 @@
 """A body that calls ``sys.exit()``, raises ``KeyboardInterrupt`` or a ``CancelledError`` of
 its own fails its attempt, like any error, and the worker goes on serving: it is the
-task's outcome, not the worker's."""
+task's outcome, not the worker's. A hook or execute middleware that calls ``sys.exit()``
+is logged and ignored, as any that raises."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
-from taskflow import App
+from taskflow import App, TaskContext
 from taskflow.errors import TaskFailed
+from taskflow.middleware import ExecuteNext, Middleware
 
 
 @pytest.mark.parametrize("kind", ["def", "async def"])
@@ -85,3 +89,33 @@ def test_a_cancelled_error_of_the_body_own_fails_its_attempt_once(
         result.get(timeout=1)
     assert caught.value.exc_type == "asyncio.exceptions.CancelledError"
     assert (runs, result.info().attempts) == ([1], 1)
+
+
+class Quitting(Middleware):
+    """Execute middleware that calls ``sys.exit()`` before the task runs."""
+
+    async def execute(self, ctx: TaskContext, call_next: ExecuteNext) -> Any:
+        sys.exit(5)
+
+
+def test_a_hook_or_middleware_that_calls_sys_exit_is_logged_and_ignored(
+    fake_app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_app.add_middleware(Quitting())
+
+    @fake_app.hook("success")
+    def quitting_hook(event: Any) -> None:
+        sys.exit(6)
+
+    @fake_app.task(name="exits.fine")
+    def fine(n: int) -> int:
+        return n
+
+    first, second = fine.delay(1), fine.delay(2)
+    with caplog.at_level(logging.ERROR, logger="taskflow"):
+        assert fake_app.worker(concurrency=1).run_until_idle() == 2
+
+    assert (first.get(timeout=1), second.get(timeout=1)) == (1, 2)
+    logged = [r.getMessage() for r in caplog.records]
+    assert sum("middleware Quitting failed in execute; ignored" in m for m in logged) == 2
+    assert sum("success hook" in m and "quitting_hook" in m for m in logged) == 2
