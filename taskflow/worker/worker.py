@@ -41,6 +41,7 @@ from .rejects import Rejects
 from .resilience import TRANSIENT, describe
 from .scheduler import Scheduler
 from .settle import Settler
+from .stalls import StallWatch
 from .stats import WorkerStats
 
 __all__ = ["Worker"]
@@ -188,6 +189,20 @@ class Worker(Service):
             clock=self.clock,
         )
         """This worker's entry in the result store (``app.admin.workers()`` reads it)."""
+        self.stalls = StallWatch(self.name, self._in_their_code)
+        """Warns when the event loop stops turning (:mod:`.stalls`)."""
+
+    def _in_their_code(self) -> list[str]:
+        """``name[id] (kind)`` of every task in its own code now (for :class:`StallWatch`)."""
+        in_child = self.executor.procs is not None
+        found = []
+        for tid, job in list(self.executor.running.items()):
+            if job.in_user_code:
+                kind = "async def" if job.task.is_async else "def"
+                if in_child and not job.task.is_async:
+                    kind += ", in a child process"
+                found.append(f"{job.envelope.task}[{tid}] ({kind})")
+        return found
 
     def _running_tasks(self) -> list[tuple[str, str]]:
         """``(task id, task name)`` of every task running now (for the heartbeat)."""
@@ -338,6 +353,7 @@ class Worker(Service):
             stages.append(asyncio.create_task(stage(), name=f"taskflow-{name}"))
         if not until_idle:
             stages.append(asyncio.create_task(self.heartbeat.run(), name="taskflow-heartbeat"))
+            stages.append(asyncio.create_task(self.stalls.run(), name="taskflow-stall-watch"))
         for task in stages:
             task.add_done_callback(self._stage_ended)
         return stages
