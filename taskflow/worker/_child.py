@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib
+import inspect
 import logging
 import os
 import pickle
@@ -35,6 +36,7 @@ from typing import Any
 from .. import codec
 from ..context import TaskContext, current_task, reset_current, set_current
 from ..errors import PayloadError, Reject, Retry
+from ..kernel.taskdef import unawaited
 from ..message import error_message, format_traceback
 
 _HEADER = struct.Struct(">I")
@@ -194,6 +196,8 @@ def _run(registry: Any, body: bytes, fields: dict[str, Any]) -> tuple[Any, ...]:
         return _raised(exc)
     finally:
         reset_current(token)
+    if inspect.isawaitable(value):
+        return _raised(unawaited(env.task, value))
     try:
         encoded = codec.dumps(task.schema.encode_result(value))
     except Exception as exc:

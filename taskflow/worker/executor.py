@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import random
 import traceback
@@ -22,6 +23,7 @@ from ..clock import Clock
 from ..context import TaskContext
 from ..errors import ConfigError, PayloadError, Reject, Retry, TaskTimeout
 from ..kernel import Kernel
+from ..kernel.taskdef import unawaited
 from ..middleware import ExecuteNext
 from .bodies import BodyThreads, Interrupted, run_async, run_sync
 from .cluster_limits import ClusterGate
@@ -279,9 +281,12 @@ class Executor:
             return await self.procs.run(job, ctx)
         assert self._pool is not None
         single = len(self.running) == 1  # no other task under way: its body runs alone
-        return await run_sync(
+        value = await run_sync(
             self._pool, task.fn, args, kwargs, ctx, on_submit=job.set_body, single=single
         )
+        if inspect.isawaitable(value):
+            raise unawaited(task.name, value)
+        return value
 
     async def _after_cancel(self, job: Job) -> None:
         task = asyncio.current_task()

@@ -145,6 +145,15 @@ def unprintable() -> None:
     raise Unprintable
 
 
+async def _later() -> int:
+    return 1
+
+
+def forgot() -> Any:
+    """Return a coroutine instead of running it."""
+    return _later()
+
+
 def exits(code: int) -> None:
     """Call ``sys.exit(code)`` in the body, as a command-line main() turned task would."""
     sys.exit(code)
@@ -166,6 +175,7 @@ def declare(target: App) -> dict[str, Any]:
         "crash": target.task(name="pool.crash", retries=3)(crash),
         "chatty": target.task(name="pool.chatty")(chatty),
         "exits": target.task(name="pool.exits", retries=2)(exits),
+        "forgot": target.task(name="pool.forgot", retries=0)(forgot),
         "unprintable": target.task(name="pool.unprintable", retries=0)(unprintable),
         "charge": target.task(name="pool.charge", retries=0)(charge),
         "bad_result": target.task(name="pool.bad_result", retries=0)(bad_result),

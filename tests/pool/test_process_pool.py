@@ -87,6 +87,17 @@ def test_an_exception_whose_str_fails_in_a_child_is_recorded_as_the_tasks_failur
     assert caught.value.message == "<exception str() failed: Unprintable>"
 
 
+def test_a_body_in_a_child_that_returns_a_coroutine_fails_saying_it_never_ran(
+    pool_app: PoolApp,
+) -> None:
+    app, tasks = pool_app
+    with app.worker(concurrency=1, pool="processes", app_path=APP_PATH):
+        with pytest.raises(TaskFailed) as caught:
+            tasks["forgot"].delay().get(timeout=10)
+    assert caught.value.exc_type == "TypeError"
+    assert caught.value.message.startswith("pool.forgot: its function returned coroutine")
+
+
 def test_time_limit_kills_a_body_blocked_in_c_and_the_worker_keeps_serving(
     pool_app: PoolApp, tmp_path: Path
 ) -> None:
