@@ -192,6 +192,10 @@ def _run(registry: Any, body: bytes, fields: dict[str, Any]) -> tuple[Any, ...]:
     token = set_current(ctx)
     try:
         value = task.fn(*args, **kwargs)
+    except StopIteration as exc:  # as on the thread pool (worker/bodies.py)
+        error = RuntimeError("the task's body raised StopIteration")
+        error.__cause__ = exc
+        return _raised(error)
     except BaseException as exc:  # every outcome goes back to the worker
         return _raised(exc)
     finally:

@@ -153,6 +153,12 @@ class BodyRun:
         token = context.run(set_current, self.ctx)
         try:
             self.value = context.run(self.fn, *self.args, **self.kwargs)
+        except StopIteration as exc:
+            # A future refuses it (TypeError in the loop, the outcome never delivered): as
+            # Python does for a coroutine that raises it, a RuntimeError caused by it.
+            error = RuntimeError("the task's body raised StopIteration")
+            error.__cause__ = exc
+            self.error = error
         except BaseException as exc:
             self.error = exc
         finally:

@@ -154,6 +154,11 @@ def forgot() -> Any:
     return _later()
 
 
+def first_of(items: list[int]) -> int:
+    """The first item: ``StopIteration`` for an empty list (a common slip)."""
+    return next(iter(items))
+
+
 def exits(code: int) -> None:
     """Call ``sys.exit(code)`` in the body, as a command-line main() turned task would."""
     sys.exit(code)
@@ -176,6 +181,7 @@ def declare(target: App) -> dict[str, Any]:
         "chatty": target.task(name="pool.chatty")(chatty),
         "exits": target.task(name="pool.exits", retries=2)(exits),
         "forgot": target.task(name="pool.forgot", retries=0)(forgot),
+        "first_of": target.task(name="pool.first_of", retries=0)(first_of),
         "unprintable": target.task(name="pool.unprintable", retries=0)(unprintable),
         "charge": target.task(name="pool.charge", retries=0)(charge),
         "bad_result": target.task(name="pool.bad_result", retries=0)(bad_result),

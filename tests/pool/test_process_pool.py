@@ -98,6 +98,18 @@ def test_a_body_in_a_child_that_returns_a_coroutine_fails_saying_it_never_ran(
     assert caught.value.message.startswith("pool.forgot: its function returned coroutine")
 
 
+def test_stop_iteration_in_a_child_fails_the_task_as_on_the_thread_pool(pool_app: PoolApp) -> None:
+    app, tasks = pool_app
+    with app.worker(concurrency=1, pool="processes", app_path=APP_PATH):
+        with pytest.raises(TaskFailed) as caught:
+            tasks["first_of"].delay([]).get(timeout=10)
+    assert (caught.value.exc_type, caught.value.message) == (
+        "RuntimeError",
+        "the task's body raised StopIteration",
+    )
+    assert "return next(iter(items))" in caught.value.traceback
+
+
 def test_time_limit_kills_a_body_blocked_in_c_and_the_worker_keeps_serving(
     pool_app: PoolApp, tmp_path: Path
 ) -> None:

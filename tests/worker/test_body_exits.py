@@ -119,3 +119,27 @@ def test_a_hook_or_middleware_that_calls_sys_exit_is_logged_and_ignored(
     logged = [r.getMessage() for r in caplog.records]
     assert sum("middleware Quitting failed in execute; ignored" in m for m in logged) == 2
     assert sum("success hook" in m and "quitting_hook" in m for m in logged) == 2
+
+
+def test_stop_iteration_out_of_a_sync_body_fails_its_attempt(fake_app: App) -> None:
+    # A future refuses StopIteration: the outcome was never delivered, and the task held
+    # its slot (and its lease) for ever.
+    @fake_app.task(name="exits.first_of", retries=0)
+    def first_of(items: list[int]) -> int:
+        return next(iter(items))
+
+    @fake_app.task(name="exits.fine_too")
+    def fine_too() -> str:
+        return "served"
+
+    empty, after = first_of.delay([]), fine_too.delay()
+    assert fake_app.worker(concurrency=2).run_until_idle() == 2
+
+    with pytest.raises(TaskFailed) as caught:
+        empty.get(timeout=1)
+    assert (caught.value.exc_type, caught.value.message) == (
+        "RuntimeError",
+        "the task's body raised StopIteration",
+    )
+    assert "return next(iter(items))" in caught.value.traceback  # the cause, with its line
+    assert after.get(timeout=1) == "served"
