@@ -18,7 +18,7 @@ from ..options import TaskOptions
 from ..payload import PayloadSchema, build_schema
 from .hooks import Hook
 
-__all__ = ["TaskDef", "unawaited"]
+__all__ = ["TaskDef"]
 
 
 class TaskDef:
@@ -28,11 +28,7 @@ class TaskDef:
         self.fn = fn
         self.name = name
         self.options = options
-        # A coroutine function under a decorator that keeps ``functools.wraps`` (a plain
-        # ``def`` wrapper that returns the coroutine) is awaited on the loop too.
-        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-            inspect.unwrap(fn)
-        )
+        self.is_async = inspect.iscoroutinefunction(fn)
         self.schema: PayloadSchema = build_schema(fn, name, skip_first=options.bind)
         own = {
             HookKind.SUCCESS: options.on_success,
@@ -47,14 +43,3 @@ class TaskDef:
 
     def __repr__(self) -> str:
         return f"<TaskDef {self.name}>"
-
-
-def unawaited(task: str, value: Any) -> TypeError:
-    """The error of a ``def`` body that returned an awaitable (closed here: it never ran)."""
-    close = getattr(value, "close", None)
-    if inspect.iscoroutine(value) and close is not None:
-        close()  # no "never awaited" warning: the error says it
-    return TypeError(
-        f"{task}: its function returned {type(value).__name__} without running it: declare "
-        "it async def (a decorator on it keeps that with functools.wraps)"
-    )

@@ -36,7 +36,6 @@ from typing import Any
 from .. import codec
 from ..context import TaskContext, current_task, reset_current, set_current
 from ..errors import PayloadError, Reject, Retry
-from ..kernel.taskdef import unawaited
 from ..message import error_message, format_traceback
 
 _HEADER = struct.Struct(">I")
@@ -200,13 +199,31 @@ def _run(registry: Any, body: bytes, fields: dict[str, Any]) -> tuple[Any, ...]:
         return _raised(exc)
     finally:
         reset_current(token)
-    if inspect.isawaitable(value):
-        return _raised(unawaited(env.task, value))
+    if inspect.isawaitable(value):  # a decorated async def: it runs here, to its end
+        try:
+            value = _run_awaitable(value, ctx)
+        except BaseException as exc:
+            return _raised(exc)
     try:
         encoded = codec.dumps(task.schema.encode_result(value))
     except Exception as exc:
         return ("payload", _payload_text(env.task, exc, "result could not be encoded"))
     return ("ok", encoded)
+
+
+def _run_awaitable(awaitable: Any, ctx: TaskContext) -> Any:
+    """Run what a ``def`` wrapper returned (the coroutine of an async def) in an event
+    loop of this process, with the task context set."""
+    import asyncio  # only for such bodies: a child starts without it
+
+    async def run() -> Any:
+        token = set_current(ctx)
+        try:
+            return await awaitable
+        finally:
+            reset_current(token)
+
+    return asyncio.run(run())
 
 
 def _payload_text(task: str, exc: Exception, what: str) -> str:

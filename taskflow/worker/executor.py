@@ -23,7 +23,6 @@ from ..clock import Clock
 from ..context import TaskContext
 from ..errors import ConfigError, PayloadError, Reject, Retry, TaskTimeout
 from ..kernel import Kernel
-from ..kernel.taskdef import unawaited
 from ..middleware import ExecuteNext
 from .bodies import BodyThreads, Interrupted, run_async, run_sync
 from .cluster_limits import ClusterGate
@@ -285,7 +284,9 @@ class Executor:
             self._pool, task.fn, args, kwargs, ctx, on_submit=job.set_body, single=single
         )
         if inspect.isawaitable(value):
-            raise unawaited(task.name, value)
+            # A plain ``def`` wrapper (a decorator) returned the coroutine of an async def:
+            # it runs now, on the loop, as an async def body would.
+            return await run_async(_awaited, (value,), {}, ctx)
         return value
 
     async def _after_cancel(self, job: Job) -> None:
@@ -412,6 +413,10 @@ def _clear_frames(exc: BaseException) -> None:
         seen.add(id(current))
         traceback.clear_frames(current.__traceback__)
         pending += (current.__cause__, current.__context__)
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
 
 
 def _raised_by_the_body(job: Job) -> bool:

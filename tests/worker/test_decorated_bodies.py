@@ -1,18 +1,16 @@
-"""A coroutine function under a ``functools.wraps`` decorator runs as ``async def``; a
-``def`` body that returns a coroutine fails with an error that says so (it never ran)."""
+"""A ``def`` body that returns a coroutine (a decorator's plain wrapper around an ``async
+def``) has it run on the loop; a sync wrapper that runs a coroutine itself stays sync."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import gc
 import warnings
 from collections.abc import Callable
 from typing import Any
 
-import pytest
-
 from taskflow import App
-from taskflow.errors import TaskFailed
 
 
 def logged(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -45,20 +43,38 @@ async def _later(x: int) -> int:
     return x
 
 
-def test_a_def_body_that_returns_a_coroutine_fails_saying_it_never_ran(fake_app: App) -> None:
-    @fake_app.task(name="decorated.forgot", retries=0)
-    def forgot(x: int) -> Any:
-        return _later(x)  # not awaited: no decorator said this is a coroutine
+def test_a_def_body_that_returns_a_coroutine_has_it_run(fake_app: App) -> None:
+    @fake_app.task(name="decorated.returns_coroutine", retries=0)
+    def returns_coroutine(x: int) -> Any:
+        return _later(x)
 
-    result = forgot.delay(1)
+    result = returns_coroutine.delay(7)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)  # no "never awaited" left behind
+        warnings.simplefilter("error", RuntimeWarning)  # no "never awaited"
         assert fake_app.worker(concurrency=1).run_until_idle() == 1
         gc.collect()
 
-    with pytest.raises(TaskFailed) as caught:
-        result.get(timeout=1)
-    assert caught.value.exc_type == "TypeError"
-    assert caught.value.message.startswith(
-        "decorated.forgot: its function returned coroutine without running it: declare it async def"
-    )
+    assert result.get(timeout=1) == 7
+
+
+class RunsItself:
+    """A sync callable made from a coroutine function that runs it to its end itself (as
+    ``asgiref``'s ``async_to_sync`` does), with ``__wrapped__`` pointing at it."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        return asyncio.run(self.fn(*args))
+
+
+def test_a_sync_wrapper_of_a_coroutine_function_runs_on_a_thread(fake_app: App) -> None:
+    async def triple(x: int) -> int:
+        return 3 * x
+
+    task = fake_app.task(name="decorated.triple")(RunsItself(triple))
+    result = task.delay(5)
+    assert fake_app.worker(concurrency=1).run_until_idle() == 1
+
+    assert result.get(timeout=1) == 15  # called on a thread, where it may start a loop
