@@ -205,39 +205,21 @@ def test_the_instrumentor_is_registered_for_opentelemetry_instrument() -> None:
     assert entry.load() is TaskflowInstrumentor
 
 
-def test_a_task_sent_from_an_async_body_is_a_child_of_its_attempt(
-    exporter: InMemorySpanExporter, app: App
+@pytest.mark.parametrize("kind", ["async def", "def"])
+def test_a_task_sent_from_a_body_is_a_child_of_its_attempt(
+    exporter: InMemorySpanExporter, app: App, kind: str
 ) -> None:
     @app.task(name="obs.leaf")
     def leaf() -> None:
         return None
 
-    @app.task(name="obs.parent")
-    async def parent() -> None:
+    async def parent_async() -> None:
         await leaf.adelay()
 
-    parent.delay()
-    app.worker().run_until_idle()
-
-    spans = exporter.get_finished_spans()
-    by_task = {(s.kind, (s.attributes or {}).get("taskflow.task.name")): s for s in spans}
-    attempt = by_task[SpanKind.CONSUMER, "obs.parent"]
-    child_send = by_task[SpanKind.PRODUCER, "obs.leaf"]
-    assert child_send.parent is not None and child_send.parent.span_id == attempt.context.span_id
-    assert by_task[SpanKind.CONSUMER, "obs.leaf"].context.trace_id == attempt.context.trace_id
-
-
-def test_a_task_sent_from_a_sync_body_is_a_child_of_its_attempt(
-    exporter: InMemorySpanExporter, app: App
-) -> None:
-    @app.task(name="obs.leaf")
-    def leaf() -> None:
-        return None
-
-    @app.task(name="obs.parent")
-    def parent() -> None:
+    def parent_sync() -> None:
         leaf.delay()  # on a thread of the worker: the attempt's span is current there too
 
+    parent = app.task(name="obs.parent")(parent_async if kind == "async def" else parent_sync)
     parent.delay()
     app.worker().run_until_idle()
 
