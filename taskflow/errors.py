@@ -56,6 +56,20 @@ __all__ = [
 ]
 
 
+USER_CODE_ERRORS: tuple[type[BaseException], ...] = (Exception, SystemExit, KeyboardInterrupt)
+"""What user code run by a worker (a body, a hook, execute middleware) may raise that the
+worker takes as that code's failure rather than let it end the worker's loop: ``sys.exit()``
+and ``KeyboardInterrupt`` too, which a worker never gets from a signal (it handles SIGINT)."""
+
+
+def stop_iteration_error(exc: StopIteration) -> RuntimeError:
+    """What a body's ``StopIteration`` fails its task with: a ``RuntimeError`` caused by it,
+    as Python makes of one out of a coroutine (a future refuses ``StopIteration`` itself)."""
+    error = RuntimeError("the task's body raised StopIteration")
+    error.__cause__ = exc
+    return error
+
+
 class TaskflowError(Exception):
     """Base class of every error taskflow raises on purpose."""
 

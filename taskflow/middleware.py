@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, overload
 
 from .context import TaskContext
+from .errors import USER_CODE_ERRORS
 from .message import Envelope
 
 __all__ = ["EnqueueNext", "ExecuteNext", "Middleware", "MiddlewareStack"]
@@ -137,7 +138,7 @@ def _isolated_execute(mw: Middleware, call_next: ExecuteNext) -> ExecuteNext:
 
         try:
             return await mw.execute(ctx, nxt)
-        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # sys.exit() in it too
+        except USER_CODE_ERRORS as exc:  # sys.exit() in it too
             if outcome.done and exc is outcome.error:
                 raise  # the task's own failure, passed through
             log.exception("middleware %s failed in execute; ignored", type(mw).__name__)

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
+from ..errors import USER_CODE_ERRORS
 from ..eventbus import HOOK_KINDS, HookKind, TaskEvent
 
 __all__ = ["Hook", "Hooks", "OwnHooks", "run_hooks"]
@@ -67,8 +68,7 @@ async def run_hooks(kind: str, hooks: Iterable[Hook], event: TaskEvent) -> None:
             out = hook(event)
             if inspect.isawaitable(out):
                 await out
-        except (Exception, SystemExit, KeyboardInterrupt):  # a sys.exit() too: the worker's
-            # loop runs the hooks, and must not end with one
+        except USER_CODE_ERRORS:  # a sys.exit() too: the worker's loop runs the hooks
             log.exception(
                 "%s hook %r failed for task %s[%s]; ignored",
                 kind,

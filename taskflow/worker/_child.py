@@ -35,7 +35,7 @@ from typing import Any
 
 from .. import codec
 from ..context import TaskContext, current_task, reset_current, set_current
-from ..errors import PayloadError, Reject, Retry
+from ..errors import USER_CODE_ERRORS, PayloadError, Reject, Retry, stop_iteration_error
 from ..message import error_message, format_traceback
 
 _HEADER = struct.Struct(">I")
@@ -192,9 +192,7 @@ def _run(registry: Any, body: bytes, fields: dict[str, Any]) -> tuple[Any, ...]:
     try:
         value = task.fn(*args, **kwargs)
     except StopIteration as exc:  # as on the thread pool (worker/bodies.py)
-        error = RuntimeError("the task's body raised StopIteration")
-        error.__cause__ = exc
-        return _raised(error)
+        return _raised(stop_iteration_error(exc))
     except BaseException as exc:  # every outcome goes back to the worker
         return _raised(exc)
     finally:
@@ -240,7 +238,7 @@ def _raised(exc: BaseException) -> tuple[Any, ...]:
         name = f"{kind.__module__}.{name}"
     text = format_traceback(exc)
     data: bytes | None = None
-    if isinstance(exc, Exception | Retry | Reject | SystemExit | KeyboardInterrupt):
+    if isinstance(exc, (Retry, Reject, *USER_CODE_ERRORS)):
         try:
             data = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
             pickle.loads(data)  # our own bytes: checked that the worker can load them

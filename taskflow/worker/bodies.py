@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from ..context import TaskContext, reset_current, set_current
-from ..errors import TaskTimeout
+from ..errors import TaskTimeout, stop_iteration_error
 from .affinity import beside_supported, place_beside, repin_current_thread
 
 __all__ = ["BodyRun", "BodyThreads", "Interrupted", "run_async", "run_sync"]
@@ -153,12 +153,8 @@ class BodyRun:
         token = context.run(set_current, self.ctx)
         try:
             self.value = context.run(self.fn, *self.args, **self.kwargs)
-        except StopIteration as exc:
-            # A future refuses it (TypeError in the loop, the outcome never delivered): as
-            # Python does for a coroutine that raises it, a RuntimeError caused by it.
-            error = RuntimeError("the task's body raised StopIteration")
-            error.__cause__ = exc
-            self.error = error
+        except StopIteration as exc:  # a future refuses it: the outcome would be lost
+            self.error = stop_iteration_error(exc)
         except BaseException as exc:
             self.error = exc
         finally:

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from ..clock import Clock
 from ..context import TaskContext
-from ..errors import ConfigError, PayloadError, Reject, Retry, TaskTimeout
+from ..errors import USER_CODE_ERRORS, ConfigError, PayloadError, Reject, Retry, TaskTimeout
 from ..kernel import Kernel
 from ..middleware import ExecuteNext
 from .bodies import BodyThreads, Interrupted, run_async, run_sync
@@ -45,6 +45,10 @@ _SETTLE_WAIT: Final = 10.0
 _SETTLE_WAIT_HARD: Final = 1.0
 # How long a closing pool's idle threads get to end (bodies still running are not waited for).
 _POOL_EXIT: Final = 2.0
+
+
+# What ends an attempt as its outcome (a CancelledError only when the body raised it).
+_ATTEMPT_ERRORS: tuple[type[BaseException], ...] = (Retry, Reject, *USER_CODE_ERRORS)
 
 
 class Executor:
@@ -224,10 +228,7 @@ class Executor:
         job.in_user_code = True
         try:
             value = await self._call(ctx)
-        except (Retry, Reject, Exception, SystemExit, KeyboardInterrupt) as exc:
-            # A body that calls sys.exit() (argparse does, on bad arguments) or raises
-            # KeyboardInterrupt fails its attempt; it does not end the worker's loop. A
-            # signal never arrives here as KeyboardInterrupt: the worker handles SIGINT.
+        except _ATTEMPT_ERRORS as exc:  # sys.exit() too (argparse's, on bad arguments)
             error = exc
         except asyncio.CancelledError as exc:
             if not _raised_by_the_body(job):

@@ -83,10 +83,7 @@ class StallWatch:
                 self._report(time.monotonic() - last)
 
     def _report(self, stalled: float) -> None:
-        try:
-            running = ", ".join(self.running()) or "none"
-        except RuntimeError:  # the loop changed the jobs while they were read
-            running = "unknown"
+        running = ", ".join(self.running()) or "none"
         log.warning(
             "worker %s: its event loop has not turned for %.1f s (tasks in their own code: "
             "%s); meanwhile no lease is renewed, and a message held past its lease goes to "

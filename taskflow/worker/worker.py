@@ -193,7 +193,8 @@ class Worker(Service):
         """Warns when the event loop stops turning (:mod:`.stalls`)."""
 
     def _in_their_code(self) -> list[str]:
-        """``name[id] (kind)`` of every task in its own code now (for :class:`StallWatch`)."""
+        """``name[id] (kind)`` of every task in its own code now (for :class:`StallWatch`,
+        from its thread: ``list()`` copies the table in one step of the interpreter)."""
         in_child = self.executor.procs is not None
         found = []
         for tid, job in list(self.executor.running.items()):
