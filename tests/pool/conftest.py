@@ -22,6 +22,9 @@ from .poolapp import declare
 
 APP_PATH = "tests.pool.poolapp:app"
 
+PoolApp = tuple[App, dict[str, Any]]
+"""What :func:`pool_app` gives: the app and its tasks by name."""
+
 
 def children() -> list[psutil.Process]:
     """The live (not zombie) descendants of the test process."""

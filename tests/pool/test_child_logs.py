@@ -11,7 +11,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,11 +20,9 @@ from taskflow.logs import TaskContextFilter
 from tests.cli.helpers import running, wait_for
 from tests.integration.redis_helpers import drop_prefix, shared_url
 
-from .conftest import APP_PATH, driven_child
+from .conftest import APP_PATH, PoolApp, driven_child
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX processes")
-
-PoolApp = tuple[App, dict[str, Any]]
 
 
 class _Keep(logging.Handler):

@@ -7,20 +7,16 @@ import json
 import os
 import sys
 from decimal import Decimal
-from typing import Any
 
 import pytest
 
-from taskflow import App
 from taskflow.errors import TaskFailed
 from tests.typed.helpers import assert_dead_lettered_with_payload_error, publish_raw
 
-from .conftest import APP_PATH
+from .conftest import APP_PATH, PoolApp
 from .poolapp import Order, Receipt
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX processes")
-
-PoolApp = tuple[App, dict[str, Any]]
 
 
 def test_a_dataclass_argument_and_a_model_result_cross_to_the_child_and_back(

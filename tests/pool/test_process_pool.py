@@ -18,12 +18,10 @@ from taskflow.worker.procpool import locate_app
 from tests.cli.helpers import alive, pids, wait_for
 
 from . import poolapp
-from .conftest import APP_PATH, children, driven_child
+from .conftest import APP_PATH, PoolApp, children, driven_child
 from .poolapp import declare
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX processes")
-
-PoolApp = tuple[App, dict[str, Any]]
 
 
 def test_sync_bodies_run_in_child_processes_and_coroutines_stay_in_the_worker(
@@ -47,17 +45,39 @@ def test_sync_bodies_run_in_child_processes_and_coroutines_stay_in_the_worker(
     assert len(pool) == 2  # concurrency children, no more
 
 
-def test_an_exception_in_a_child_fails_the_task_with_its_own_type_and_traceback(
-    pool_app: PoolApp,
+@pytest.mark.parametrize(
+    ("task", "args", "exc_type", "message", "in_traceback"),
+    [
+        # Its own type and message, with the child's traceback.
+        ("fail", ["no such order"], "LookupError", "no such order", "raise LookupError(message)"),
+        # An exception whose __str__ fails is still the task's recorded failure.
+        (
+            "unprintable",
+            [],
+            "tests.pool.poolapp.Unprintable",
+            "<exception str() failed: Unprintable>",
+            "raise Unprintable",
+        ),
+        # StopIteration, as on the thread pool: a RuntimeError caused by it.
+        (
+            "first_of",
+            [[]],
+            "RuntimeError",
+            "the task's body raised StopIteration",
+            "return next(iter(items))",
+        ),
+    ],
+)
+def test_what_a_body_in_a_child_raises_fails_the_task_with_its_type_and_traceback(
+    pool_app: PoolApp, task: str, args: list[Any], exc_type: str, message: str, in_traceback: str
 ) -> None:
     app, tasks = pool_app
     with app.worker(concurrency=1, pool="processes", app_path=APP_PATH):
         with pytest.raises(TaskFailed) as caught:
-            tasks["fail"].delay("no such order").get(timeout=10)
-    assert caught.value.exc_type == "LookupError"
-    assert caught.value.message == "no such order"
+            tasks[task].delay(*args).get(timeout=10)
+    assert (caught.value.exc_type, caught.value.message) == (exc_type, message)
     assert "in the child process" in caught.value.traceback
-    assert "raise LookupError(message)" in caught.value.traceback
+    assert in_traceback in caught.value.traceback
 
 
 def test_sys_exit_in_a_child_fails_the_task_as_on_the_thread_pool_and_the_child_serves_on(
@@ -76,33 +96,10 @@ def test_sys_exit_in_a_child_fails_the_task_as_on_the_thread_pool_and_the_child_
     assert before == {after}  # the same child ran the next task
 
 
-def test_an_exception_whose_str_fails_in_a_child_is_recorded_as_the_tasks_failure(
-    pool_app: PoolApp,
-) -> None:
-    app, tasks = pool_app
-    with app.worker(concurrency=1, pool="processes", app_path=APP_PATH):
-        with pytest.raises(TaskFailed) as caught:
-            tasks["unprintable"].delay().get(timeout=10)
-    assert caught.value.exc_type == "tests.pool.poolapp.Unprintable"
-    assert caught.value.message == "<exception str() failed: Unprintable>"
-
-
 def test_a_body_in_a_child_that_returns_a_coroutine_has_it_run_there(pool_app: PoolApp) -> None:
     app, tasks = pool_app
     with app.worker(concurrency=1, pool="processes", app_path=APP_PATH):
         assert tasks["forgot"].delay().get(timeout=10) == 1
-
-
-def test_stop_iteration_in_a_child_fails_the_task_as_on_the_thread_pool(pool_app: PoolApp) -> None:
-    app, tasks = pool_app
-    with app.worker(concurrency=1, pool="processes", app_path=APP_PATH):
-        with pytest.raises(TaskFailed) as caught:
-            tasks["first_of"].delay([]).get(timeout=10)
-    assert (caught.value.exc_type, caught.value.message) == (
-        "RuntimeError",
-        "the task's body raised StopIteration",
-    )
-    assert "return next(iter(items))" in caught.value.traceback
 
 
 def test_time_limit_kills_a_body_blocked_in_c_and_the_worker_keeps_serving(
