@@ -28,6 +28,7 @@ from ..message import Envelope
 from ..middleware import ExecuteNext, MiddlewareStack
 from ..worker import Worker
 from ..worker.settle import Settler
+from ..worker.stalls import StallWatch
 from ._metrics import Metrics
 from ._tracing import Consumer, Extractor, Producer
 
@@ -65,6 +66,7 @@ class TaskflowInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self._producer, self._consumer, self._metrics = producer, consumer, measures
         self._patch(Worker, "__init__", _watched(Worker.__init__, measures))
         self._patch(Settler, "result_dropped", _dropped(Settler.result_dropped, measures))
+        self._patch(StallWatch, "stalled", _stalled(StallWatch.stalled, measures))
         self._patch(Enqueuer, "plan", _planned(Enqueuer.plan, producer))
         self._patch(Enqueuer, "run", _ran(Enqueuer.run, producer))
         self._patch(Enqueuer, "run_blocking", _ran_blocking(Enqueuer.run_blocking, producer))
@@ -136,6 +138,14 @@ def _dropped(original: Callable[[Settler, Envelope, str], None], measures: Metri
         measures.dropped(env.task, env.queue, reason)
 
     return result_dropped
+
+
+def _stalled(original: Callable[[StallWatch, float], None], measures: Metrics) -> Any:
+    def stalled(self: StallWatch, seconds: float) -> None:
+        original(self, seconds)
+        measures.stalled()
+
+    return stalled
 
 
 def _watched(original: Callable[..., None], measures: Metrics) -> Any:

@@ -11,6 +11,8 @@ the collection that reports them).
 ``queue`` and ``reason``. ``taskflow_queue_depth`` is an observable gauge read from the
 broker of every live worker in the process (``broker.depth``), labelled ``queue`` and
 ``state`` (``ready``, ``scheduled``, ``inflight``, ``dead``), when the metric reader collects.
+``taskflow_worker_loop_stalls_total`` counts the stalls of the workers' event loops in the
+process (each one a warning of :mod:`taskflow.worker.stalls`).
 """
 
 from __future__ import annotations
@@ -85,6 +87,11 @@ _COUNTS: dict[str, tuple[tuple[str, ...], str, bool]] = {
     "taskflow_tasks_cancelled_total": (_OUTCOME, "Attempts cancelled while running.", True),
     "taskflow_tasks_retried_total": (_OUTCOME, "Attempts that asked for a retry.", True),
     "taskflow_results_dropped_total": (_DROPPED, "Results that were not stored.", True),
+    "taskflow_worker_loop_stalls_total": (
+        (),
+        "Times a worker's event loop stopped turning long enough to warn.",
+        True,
+    ),
 }
 
 
@@ -97,6 +104,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._counts: dict[str, dict[tuple[str, ...], int]] = {name: {} for name in _COUNTS}
         self._running = self._counts["taskflow_tasks_running"]
+        self._counts["taskflow_worker_loop_stalls_total"][()] = 0  # reported from the start
         self._completed = self._counts["taskflow_tasks_completed_total"]
         # The attempts' starts and ends not applied yet (appended and taken without a lock).
         self._pending: deque[_Event] = deque()
@@ -206,6 +214,11 @@ class Metrics:
         """A result of ``task`` was not stored, for ``reason``."""
         if self.enabled:
             self._add("taskflow_results_dropped_total", (task, queue, reason))
+
+    def stalled(self) -> None:
+        """A worker's event loop stopped turning (:mod:`taskflow.worker.stalls`)."""
+        if self.enabled:
+            self._add("taskflow_worker_loop_stalls_total", ())
 
     def watch(self, worker: Any, kernel: Kernel, queues: Sequence[str]) -> None:
         """Report the depth of ``queues`` while ``worker`` lives."""

@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import importlib
 import inspect
+import io
 import logging
 import os
 import pickle
@@ -155,6 +156,18 @@ def _route_logs(forward: _Forward, levels: dict[str, Any]) -> None:
         logging.getLogger(name).disabled = True
 
 
+def _flush_each_line() -> None:
+    """Write what this process prints a line at a time, as to a terminal.
+
+    Written to a pipe or a file, standard output is block-buffered: a child that a time
+    limit, a cancel or ``stop_now()`` kills (``SIGKILL``, no chance to flush) would lose
+    the lines its body printed, and the worker's log would show them late or never.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True)
+
+
 def _load_registry(spec: str) -> Any:
     """The task registry of the app at ``module[:attr]`` (attr default ``app``)."""
     module_name, _, attr = spec.partition(":")
@@ -252,6 +265,7 @@ def main(argv: list[str]) -> int:
     requests, replies, logs = int(argv[1]), int(argv[2]), int(argv[3])
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the worker decides when a child ends
     _die_with_parent()
+    _flush_each_line()
     setup = _recv(requests)
     if setup is None:
         return 0

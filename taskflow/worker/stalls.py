@@ -9,7 +9,9 @@ tells which tasks were running when the loop stopped, while it is stopped.
 
 A stage of the worker ticks on the loop every :data:`TICK` seconds; a thread checks the
 ticks and, once the loop has missed them for :data:`STALL_AFTER` seconds, logs a warning
-naming the tasks in their own code, then one more line when the loop turns again.
+naming the tasks in their own code, then one more line when the loop turns again. Each
+stall counts once in the worker's ``loop_stalls`` counter (its heartbeat, ``taskflow
+stats``) and, instrumented, in ``taskflow_worker_loop_stalls_total``.
 """
 
 from __future__ import annotations
@@ -33,19 +35,21 @@ TICK: Final = 0.25
 
 class StallWatch:
     """The loop's ticks and the thread that watches them, for the worker ``name``;
-    ``running`` describes the tasks in their own code (called from the watching thread
-    while the loop is stopped)."""
+    ``running`` describes the tasks in their own code and ``counted`` counts a stall (both
+    called from the watching thread while the loop is stopped)."""
 
     def __init__(
         self,
         name: str,
         running: Callable[[], list[str]],
         *,
+        counted: Callable[[], None] = lambda: None,
         after: float = STALL_AFTER,
         tick: float = TICK,
     ) -> None:
         self.name = name
         self.running = running
+        self.counted = counted
         self.after = after
         self.tick = tick
         self._last = time.monotonic()
@@ -80,9 +84,11 @@ class StallWatch:
             last = self._last
             if self._since is None and time.monotonic() - last >= self.after:
                 self._since = last
-                self._report(time.monotonic() - last)
+                self.stalled(time.monotonic() - last)
 
-    def _report(self, stalled: float) -> None:
+    def stalled(self, seconds: float) -> None:
+        """The loop has not turned for ``seconds``: count the stall and say so."""
+        self.counted()
         running = ", ".join(self.running()) or "none"
         log.warning(
             "worker %s: its event loop has not turned for %.1f s (tasks in their own code: "
@@ -90,6 +96,6 @@ class StallWatch:
             "another worker: blocking calls belong in a def body (or asyncio.to_thread), not "
             "in an async def one",
             self.name,
-            stalled,
+            seconds,
             running,
         )

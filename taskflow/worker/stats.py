@@ -25,6 +25,8 @@ class WorkerStats:
     """Messages this worker moved to a dead-letter list (failed ones and undecodable ones)."""
     requeued: int = 0
     """Messages handed back to the broker uncounted (stopping)."""
+    loop_stalls: int = 0
+    """Times the event loop stopped turning long enough to warn (:mod:`.stalls`)."""
 
     def count(self, status: TaskStatus, dead_lettered: bool = False) -> None:
         """One message settled with ``status`` (and dead-lettered, if it was)."""

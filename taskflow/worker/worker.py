@@ -189,8 +189,11 @@ class Worker(Service):
             clock=self.clock,
         )
         """This worker's entry in the result store (``app.admin.workers()`` reads it)."""
-        self.stalls = StallWatch(self.name, self._in_their_code)
+        self.stalls = StallWatch(self.name, self._in_their_code, counted=self._count_stall)
         """Warns when the event loop stops turning (:mod:`.stalls`)."""
+
+    def _count_stall(self) -> None:
+        self.counts.loop_stalls += 1  # from the watching thread, the only one that writes it
 
     def _in_their_code(self) -> list[str]:
         """``name[id] (kind)`` of every task in its own code now (for :class:`StallWatch`,

@@ -24,6 +24,7 @@ NAMES = {
     "taskflow_tasks_retried_total",
     "taskflow_results_dropped_total",
     "taskflow_queue_depth",
+    "taskflow_worker_loop_stalls_total",
     "taskflow_task_latency_seconds",
     "taskflow_task_wait_seconds",
 }
@@ -114,6 +115,21 @@ def test_queue_depth_is_read_from_the_broker(telemetry: Telemetry, app: App) -> 
     worker.run_until_idle()
     depth = _points(telemetry.metrics)["taskflow_queue_depth"]
     assert _value(depth, queue="default", state="ready") == 0
+
+
+def test_a_stalled_event_loop_is_counted(telemetry: Telemetry, app: App) -> None:
+    @app.task(name="obs.blocks")
+    async def blocks(seconds: float) -> str:
+        time.sleep(seconds)  # a blocking call in an async def body stops the loop
+        return "done"
+
+    assert _value(_points(telemetry.metrics)["taskflow_worker_loop_stalls_total"]) == 0
+    worker = app.worker(concurrency=1)
+    worker.stalls.after, worker.stalls.tick = 0.3, 0.05  # quick enough for a test
+    with worker:
+        assert blocks.delay(1.0).get(timeout=10) == "done"
+
+    assert _value(_points(telemetry.metrics)["taskflow_worker_loop_stalls_total"]) == 1
 
 
 def test_results_that_are_not_stored_are_counted_by_reason(telemetry: Telemetry, app: App) -> None:

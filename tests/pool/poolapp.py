@@ -101,6 +101,12 @@ def log_then_block(directory: str, seconds: float) -> None:
     sleep_in_c(directory, seconds)
 
 
+def print_then_block(directory: str, seconds: float) -> None:
+    """Print a line (to standard output, not a logger), then block in C for ``seconds``."""
+    print(f"printed before blocking for {seconds}s")
+    sleep_in_c(directory, seconds)
+
+
 @dataclass
 class Order:
     """A typed argument (a dataclass)."""
@@ -185,6 +191,9 @@ def declare(target: App) -> dict[str, Any]:
         "unprintable": target.task(name="pool.unprintable", retries=0)(unprintable),
         "charge": target.task(name="pool.charge", retries=0)(charge),
         "bad_result": target.task(name="pool.bad_result", retries=0)(bad_result),
+        "print_then_block": target.task(name="pool.print_then_block", time_limit=1, retries=0)(
+            print_then_block
+        ),
         "log_later": target.task(name="pool.log_later")(log_later),
         "log_then_block": target.task(name="pool.log_then_block", time_limit=1, retries=0)(
             log_then_block

@@ -99,6 +99,25 @@ def test_what_a_body_logged_before_its_time_limit_is_not_lost(
     ]
 
 
+def test_what_a_body_printed_before_its_time_limit_reaches_the_workers_output(
+    pool_app: PoolApp,
+    capfd: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Standard output here is a file, not a terminal (as under systemd or docker): a child
+    # buffering it by blocks would lose the line when the time limit kills it.
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)  # as most deployments run
+    app, tasks = pool_app
+    with app.worker(concurrency=1, pool="processes", app_path=APP_PATH):
+        result = tasks["print_then_block"].delay(str(tmp_path), 30.0)
+        with pytest.raises(TaskFailed) as caught:
+            result.get(timeout=10)
+
+    assert caught.value.exc_type == "taskflow.errors.TaskTimeout"
+    assert "printed before blocking for 30.0s\n" in capfd.readouterr().out
+
+
 def test_a_child_sends_each_line_once_with_the_workers_levels_whatever_its_app_configured() -> None:
     # The child's side, driven directly, with an app module that calls
     # logging.basicConfig(level=DEBUG) when imported: the child writes nothing itself, and

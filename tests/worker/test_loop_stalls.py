@@ -1,5 +1,6 @@
 """The worker warns while its event loop stops turning, naming the tasks in their own
-code, and once more when it turns again; a blocking call in a thread is no stall."""
+code, and once more when it turns again, and counts the stall; a blocking call in a thread
+is no stall."""
 
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ def test_an_async_body_that_blocks_the_loop_is_named_while_it_blocks(
         assert result.get(timeout=10) == "done"
         wait_for(lambda: len(stall_lines(caplog)) == 2, 5, "the line when the loop turns again")
 
+        assert worker.stats()["loop_stalls"] == 1  # the counter its heartbeat carries
+
     stalled, turned = stall_lines(caplog)
     assert stalled.startswith(f"worker {worker.name}: its event loop has not turned for 0.")
     assert f"stalls.blocking[{result.id}] (async def)" in stalled
@@ -62,8 +65,9 @@ def test_a_sync_body_blocking_in_its_thread_is_no_stall(
         return "done"
 
     caplog.set_level(logging.WARNING, logger="taskflow.worker")
-    with watched(app.worker(concurrency=1), after=0.6):  # well below the body's 1 s
+    with watched(app.worker(concurrency=1), after=0.6) as worker:  # below the body's 1 s
         assert sleeping.delay(1.0).get(timeout=10) == "done"
+        assert worker.stats()["loop_stalls"] == 0
 
     assert stall_lines(caplog) == []
     assert "taskflow-stall-watch" not in [t.name for t in threading.enumerate()]  # stopped
