@@ -14,6 +14,9 @@ worker process is gone.
 Log records go to the worker on the third pipe (:class:`_Forward`, the only handler in the
 child): the worker's own logging configuration formats and writes them, as it does for a
 body on a thread, and the worker handles a body's records before its outcome.
+
+A process a body forks gets none of this (:func:`_forked`): not the pipes, not the log
+handler, and SIGTERM as Python's default, which the child itself does not take.
 """
 
 from __future__ import annotations
@@ -156,6 +159,36 @@ def _route_logs(forward: _Forward, levels: dict[str, Any]) -> None:
         logging.getLogger(name).disabled = True
 
 
+def _ignore(signum: int, frame: Any) -> None:
+    """The child's SIGTERM handler: nothing (see :func:`main`)."""
+
+
+def _hold_sigterm() -> None:
+    """Before a fork: a SIGTERM that reaches the new process before :func:`_forked` ran
+    waits (blocked) instead of meeting the handler it inherits, which ignores it."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
+def _release_sigterm() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+def _forked(forward: _Forward, pipes: tuple[int, ...]) -> None:
+    """In a process a body forks (``os.fork``, multiprocessing's ``fork``): leave the
+    worker's pipes to this child (a copy held open would keep the worker from seeing this
+    child end), log as a plain Python process does (to stderr, WARNING and above), and take
+    SIGTERM as a plain process does (``Process.terminate()`` ends it, also one sent while
+    it was being forked)."""
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the forking thread is main here
+    finally:
+        _release_sigterm()
+    logging.getLogger().removeHandler(forward)
+    for fd in pipes:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 def _flush_each_line() -> None:
     """Write what this process prints a line at a time, as to a terminal.
 
@@ -263,14 +296,22 @@ def _raised(exc: BaseException) -> tuple[Any, ...]:
 def main(argv: list[str]) -> int:
     """Serve the worker on the two pipes named in ``argv``."""
     requests, replies, logs = int(argv[1]), int(argv[2]), int(argv[3])
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the worker decides when a child ends
+    # The worker decides when a child ends: a SIGTERM to every process of the service
+    # (systemd's stop) is left to the worker. A handler that does nothing, not SIG_IGN,
+    # which the programs a body starts would inherit: their terminate() would do nothing.
+    signal.signal(signal.SIGTERM, _ignore)
     _die_with_parent()
     _flush_each_line()
+    forward = _Forward(logs)
+    os.register_at_fork(
+        before=_hold_sigterm,
+        after_in_parent=_release_sigterm,
+        after_in_child=lambda: _forked(forward, (requests, replies, logs)),
+    )
     setup = _recv(requests)
     if setup is None:
         return 0
     sys.path[:] = setup["path"]
-    forward = _Forward(logs)
     levels = setup.get("logging", {})
     # Before the import too: what the app logs then goes to the worker, and a
     # ``logging.basicConfig()`` in its module finds a handler and adds none.

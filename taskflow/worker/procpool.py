@@ -10,9 +10,10 @@ that dies on its own raises :class:`ChildLost` (the executor leaves the message 
 broker: a lost delivery); ``max_tasks_per_child`` / ``max_memory_per_child`` retire a child
 between tasks. A child that ends is replaced, unless the worker stops. Children run in
 their own process group and ignore SIGTERM (the worker decides when they end), and end
-when the worker process is gone. What a child logs comes back on a pipe of its own and
-goes through the worker's logging configuration (:class:`_LogReader`), with the levels the
-worker had when the child started. ``docs/guide.md`` (Pools) is the user's view.
+when the worker process is gone; a kill, and the end of a child, take its process group
+with it (what its bodies started and left running). What a child logs comes back on a pipe
+of its own and goes through the worker's logging configuration (:class:`_LogReader`), with
+the levels the worker had when the child started. ``docs/guide.md`` (Pools) is the user's view.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ _START_TIMEOUT: Final = 60.0
 # How long a retired child gets to exit after its pipe is closed, before SIGKILL.
 _EXIT_WAIT: Final = 1.0
 _REAP_WAIT: Final = 5.0
+# os.waitid, to see that a child exited without reaping it (Python 3.13 has it on macOS).
+_WAITID: Final = getattr(os, "waitid", None)
 # How long a body's outcome may wait for the log records it sent before it (they are in
 # the pipe already: this bounds only a worker whose loop is held up).
 _LOG_WAIT: Final = 1.0
@@ -184,9 +187,8 @@ class _Child:
         return pickle.loads(await self.reader.readexactly(size))  # our own child
 
     def kill(self) -> None:
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGKILL)
+        """SIGKILL the child and what its bodies started in its process group."""
+        _end_group(self.proc)
 
     async def end(self, wait: float) -> None:
         """Close the child's input (it exits when idle), give it ``wait`` seconds, then
@@ -286,28 +288,56 @@ def _logging_levels() -> dict[str, Any]:
 
 
 async def _reap(proc: subprocess.Popen[bytes], wait: float) -> None:
-    """Wait ``wait`` seconds for ``proc`` to exit, then SIGKILL it; return once reaped."""
+    """Wait ``wait`` seconds for ``proc`` to exit, then SIGKILL it; end what is left of its
+    process group (processes its bodies started and left running); return once reaped."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
-    while proc.poll() is None:
+    while _exit_status(proc) is None:
         if loop.time() >= deadline:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGKILL)
+            _end_group(proc)
             deadline = loop.time() + _REAP_WAIT
         await asyncio.sleep(0.005)
+    _end_group(proc)
+    proc.wait()  # it has exited: returns at once
+
+
+def _end_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process group that child ``proc`` leads: the child (if it still runs)
+    and every process its bodies started there, which would otherwise outlive the body.
+    Only while the child is not reaped: its pid, the group's id, cannot be reused until
+    then. A process started in a session of its own (``start_new_session=True``) is not in
+    the group, and is left alone."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _exit_status(proc: subprocess.Popen[bytes]) -> int | None:
+    """``proc``'s exit status as ``Popen.returncode`` gives it, or None while it runs;
+    where the system can tell (``waitid`` with ``WNOWAIT``), without reaping it, so that
+    its process group can still be ended (:func:`_end_group`)."""
+    if proc.returncode is not None or _WAITID is None:
+        return proc.poll()
+    try:
+        info = _WAITID(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:  # reaped by someone else
+        return proc.poll()
+    if info is None:
+        return None
+    status = int(info.si_status)
+    return status if info.si_code == os.CLD_EXITED else -status
 
 
 async def _discard(proc: subprocess.Popen[bytes], pipes: Sequence[asyncio.BaseTransport]) -> None:
     """Kill a child that did not start, close the ``pipes`` connected to it, and reap it."""
     for pipe in pipes:
         pipe.close()
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGKILL)
+    _end_group(proc)
     await asyncio.shield(_reap(proc, _REAP_WAIT))
 
 
 def _exit_text(proc: subprocess.Popen[bytes]) -> str:
-    code = proc.poll()
+    code = _exit_status(proc)
     if code is None:
         return "closed its pipe"
     if code < 0:
@@ -458,7 +488,7 @@ class ProcessPool:
             while True:
                 while self._idle:
                     child = self._idle.pop()
-                    if child.proc.poll() is None and not child.reader.at_eof():
+                    if _exit_status(child.proc) is None and not child.reader.at_eof():
                         return child
                     self._background_replace(child)  # died while idle: it ran nothing
                 if self._failure is not None:

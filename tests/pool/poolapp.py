@@ -9,7 +9,9 @@ Tasks that leave marks write ``<mark>-<pid>`` files in the directory they are gi
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -107,6 +109,53 @@ def print_then_block(directory: str, seconds: float) -> None:
     sleep_in_c(directory, seconds)
 
 
+def start_process(directory: str, how: str) -> int:
+    """Start a process that sleeps a minute, ``how``: ``"subprocess"`` (a program) or
+    ``"fork"`` (multiprocessing's fork); mark ``grandchild-<its pid>``; return its pid."""
+    if how == "subprocess":
+        pid = subprocess.Popen(["sleep", "60"]).pid
+    else:
+        process = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+        process.start()
+        pid = process.ident or 0
+    (Path(directory) / f"grandchild-{pid}").write_text("")
+    return pid
+
+
+def start_then_block(directory: str, how: str, seconds: float) -> None:
+    """Start a process (:func:`start_process`), then block in C for ``seconds``."""
+    start_process(directory, how)
+    sleep_in_c(directory, seconds)
+
+
+def start_then_crash(directory: str) -> None:
+    """Fork a process (:func:`start_process`), then end the child process at once."""
+    start_process(directory, "fork")
+    crash(directory)
+
+
+def terminate_what_it_starts() -> list[int | None]:
+    """Start a program and a forked process, ``terminate()`` both, and return their exit
+    statuses (``-15`` each when SIGTERM ended them)."""
+    program = subprocess.Popen(["sleep", "60"])
+    forked = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    forked.start()
+    program.terminate()
+    forked.terminate()
+    try:
+        program.wait(10)
+    except subprocess.TimeoutExpired:
+        program.kill()
+        program.wait()
+        return [None, None]
+    forked.join(10)
+    if forked.exitcode is None:
+        forked.kill()
+        forked.join()
+        return [program.returncode, None]
+    return [program.returncode, forked.exitcode]
+
+
 @dataclass
 class Order:
     """A typed argument (a dataclass)."""
@@ -193,6 +242,13 @@ def declare(target: App) -> dict[str, Any]:
         "bad_result": target.task(name="pool.bad_result", retries=0)(bad_result),
         "print_then_block": target.task(name="pool.print_then_block", time_limit=1, retries=0)(
             print_then_block
+        ),
+        "start_then_block": target.task(name="pool.start_then_block", time_limit=1, retries=0)(
+            start_then_block
+        ),
+        "start_then_crash": target.task(name="pool.start_then_crash", retries=3)(start_then_crash),
+        "terminate_what_it_starts": target.task(name="pool.terminate_what_it_starts", retries=0)(
+            terminate_what_it_starts
         ),
         "log_later": target.task(name="pool.log_later")(log_later),
         "log_then_block": target.task(name="pool.log_then_block", time_limit=1, retries=0)(
