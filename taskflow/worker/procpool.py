@@ -43,6 +43,7 @@ __all__ = [
     "UndecodablePayload",
     "check_pool_options",
     "locate_app",
+    "unenforced_time_limits",
 ]
 
 log = logging.getLogger("taskflow.worker")
@@ -120,6 +121,23 @@ def check_pool_options(
         raise ValueError(f"max_memory_per_child must be a positive number of MB, got {mem!r}")
     if pool == "threads" and (mtpc is not None or mem is not None):
         raise ValueError("max_tasks_per_child and max_memory_per_child need pool='processes'")
+
+
+def unenforced_time_limits(kernel: Kernel, queues: Sequence[str], processes: bool) -> list[str]:
+    """``name (kind)`` of each task declared for one of ``queues`` with a ``time_limit``
+    that a worker on this pool cannot enforce: an ``async def`` body (on any pool: only
+    its ``timeout`` ends it, by cancelling it), or a sync body on the thread pool."""
+    default = kernel.settings.default_queue
+    found = []
+    for name in kernel.registry:
+        task = kernel.registry[name]
+        if task.options.time_limit is None or (task.options.queue or default) not in queues:
+            continue
+        if task.is_async:
+            found.append(f"{name} (async def)")
+        elif not processes:
+            found.append(f"{name} (def, on the thread pool)")
+    return found
 
 
 def locate_app(kernel: Kernel, app_path: str | None) -> str:

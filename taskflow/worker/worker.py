@@ -36,7 +36,7 @@ from .executor import Executor
 from .fetcher import Fetcher, Window
 from .heartbeat import DEFAULT_INTERVAL, Heartbeat, checked_interval
 from .leases import LeaseKeeper
-from .procpool import ProcessPool, check_pool_options
+from .procpool import ProcessPool, check_pool_options, unenforced_time_limits
 from .rejects import Rejects
 from .resilience import TRANSIENT, describe
 from .scheduler import Scheduler
@@ -316,6 +316,7 @@ class Worker(Service):
                 self.concurrency,
                 self.kernel.loop.kind,
             )
+            self._warn_unenforced_limits()
         try:
             if until_idle:
                 await stages[0]  # the fetcher returns once idle
@@ -325,6 +326,21 @@ class Worker(Service):
             # run_until_idle hands back at once what it could not run; it has no grace.
             grace = 0.0 if until_idle else (self.grace or 0.0)
             await self._shutdown(stages, grace, final=not until_idle)
+
+    def _warn_unenforced_limits(self) -> None:
+        """Say which tasks' ``time_limit`` this worker cannot enforce: their bodies would
+        run past it with nothing said."""
+        unenforced = unenforced_time_limits(
+            self.kernel, self.queues, processes=self.executor.procs is not None
+        )
+        if unenforced:
+            log.warning(
+                "worker %s: the time_limit of %s is not enforced here: only a def body on "
+                "the process pool (--pool processes) is killed at its limit; their "
+                "timeout, if declared, still applies",
+                self.name,
+                ", ".join(unenforced),
+            )
 
     async def _open(self, until_idle: bool) -> None:
         await self.kernel.connect()
