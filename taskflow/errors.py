@@ -41,6 +41,7 @@ __all__ = [
     "NotRegistered",
     "PayloadError",
     "QueueFull",
+    "RecordTooLarge",
     "Reject",
     "ResultTimeout",
     "Retry",
@@ -110,6 +111,13 @@ class Unsupported(TaskflowError):
 
 class PayloadError(TaskflowError, TypeError):
     """A value does not fit its annotation (at enqueue, in the worker, or in ``get()``)."""
+
+
+class RecordTooLarge(PayloadError):
+    """A result store cannot hold a record this large (a NATS server's ``max_payload``).
+
+    A worker does not retry such a write: a task whose result is too large to store fails
+    with this error instead (its message dead-lettered with reason ``payload``)."""
 
 
 class IdempotencyConflict(TaskflowError):

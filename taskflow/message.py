@@ -164,9 +164,29 @@ def error_info(exc: BaseException) -> dict[str, str]:
     )
     return {
         "type": name,
-        "message": error_message(exc),
-        "traceback": format_traceback(exc),
+        "message": _cut(error_message(exc), MAX_ERROR_MESSAGE, keep_end=False),
+        "traceback": _cut(format_traceback(exc), MAX_TRACEBACK, keep_end=True),
     }
+
+
+MAX_ERROR_MESSAGE = 8_192
+"""Characters of an error's message a record keeps (the rest is cut, and the cut said)."""
+MAX_TRACEBACK = 32_768
+"""Characters of a traceback a record keeps: its first lines and its last, where the error
+was raised."""
+
+
+def _cut(text: str, limit: int, *, keep_end: bool) -> str:
+    """``text`` at most about ``limit`` characters long: its start, or (``keep_end``) its
+    first eighth and the rest from its end, with how much was left out in between."""
+    if len(text) <= limit:
+        return text
+    if not keep_end:
+        return f"{text[:limit]} [... {len(text) - limit:,} more characters]"
+    head = limit // 8
+    tail = limit - head
+    left_out = len(text) - head - tail
+    return f"{text[:head]}\n[... {left_out:,} characters left out ...]\n{text[-tail:]}"
 
 
 def error_message(exc: BaseException) -> str:

@@ -40,7 +40,7 @@ from nats.js.kv import KeyValue
 from .._nats.connection import Connection
 from .._nats.names import stream_name, subject_token
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import BrokerError, ConfigError
+from ..errors import BrokerError, ConfigError, RecordTooLarge
 from ..urls import url_kwargs
 from . import _heartbeats_nats as heartbeats
 from ._nats_acks import PubAcks, reply_body
@@ -56,11 +56,20 @@ _BURST = 1000  # creates in flight at once
 _MINE = 10_000  # revisions of running records written here, to skip a read (_remember)
 _WRONG_LAST = (10071, 10164)  # JetStream error codes: the key's last revision was another
 _NO_MESSAGE = 10037  # JetStream error code of a get: no message for that subject
+_HEADER_ROOM = 1024  # bytes of max_payload a value leaves for the headers of its write
 
 
 def _key(kind: str, name: str) -> str:
     """A valid KV key: plain names kept, others hex-encoded under their own kind."""
     return f"{kind}.{name}" if _KEY.fullmatch(name) else f"{kind}x.{name.encode().hex()}"
+
+
+def _described(key: str) -> str:
+    """``the record of task <id>`` for a record's key, ``the value <name>`` for another."""
+    kind, _, name = key.partition(".")
+    if kind.endswith("x"):
+        kind, name = kind[:-1], bytes.fromhex(name).decode(errors="replace")
+    return f"the record of task {name}" if kind == "r" else f"the value {name!r}"
 
 
 async def _answer(msg: Msg) -> None:
@@ -241,9 +250,19 @@ class NatsResultStore(ResultStore):
         self, key: str, value: Any, ttl: float | None, revision: int | None
     ) -> int | None:
         """Compare-and-set against ``revision`` (None: the key must have no message); the
-        new revision, or None if the key's last revision was another."""
+        new revision, or None if the key's last revision was another. RecordTooLarge,
+        nothing written, for a value the server would not take (it would refuse it on
+        every try)."""
+        data = self._encode(value, ttl)
+        limit = self._conn.client().max_payload - _HEADER_ROOM
+        if len(data) > limit:
+            raise RecordTooLarge(
+                f"{_described(key)} is {len(data):,} bytes encoded, over the {limit:,} a value "
+                f"may have in the NATS result store at {self._conn.masked} (the server's "
+                f"max_payload less {_HEADER_ROOM:,} for headers)"
+            )
         headers = {"Nats-Expected-Last-Subject-Sequence": str(revision or 0)}
-        reply = await self._ask(f"$KV.{self.bucket}.{key}", self._encode(value, ttl), headers)
+        reply = await self._ask(f"$KV.{self.bucket}.{key}", data, headers)
         return self._written(reply, "write")
 
     def _written(self, reply: Msg, what: str) -> int | None:

@@ -16,7 +16,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from ..errors import BrokerError
+from ..errors import BrokerError, PayloadError
 
 __all__ = ["TRANSIENT", "Backoff", "Outage", "cancel_swallowed", "describe", "persist"]
 
@@ -99,7 +99,9 @@ async def persist(
 
     :data:`TRANSIENT` errors (a backend that is down) are retried for as long as it takes;
     any other error up to ``unexpected`` more times (the first one is logged with its
-    traceback), then it propagates. Cancellation (the worker stopping) propagates at once.
+    traceback), then it propagates. Cancellation (the worker stopping) and a
+    :class:`~taskflow.errors.PayloadError` (a value the backend refuses, as it would on
+    every try) propagate at once.
     """
     outage: Outage | None = None
     backoff: Backoff | None = None
@@ -107,7 +109,7 @@ async def persist(
     while True:
         try:
             result = await step()
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, PayloadError):
             raise
         except Exception as exc:
             transient = isinstance(exc, TRANSIENT)

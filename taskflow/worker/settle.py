@@ -31,7 +31,7 @@ from .. import codec
 from .._waiters import within
 from ..brokers.base import Delivery
 from ..clock import Clock
-from ..errors import PayloadError, WorkerLost
+from ..errors import PayloadError, RecordTooLarge, WorkerLost
 from ..kernel import Kernel
 from ..kernel.enqueue import continuing
 from ..message import Envelope, TaskStatus, error_info
@@ -223,7 +223,8 @@ class Settler:
 
     def result_dropped(self, env: Envelope, reason: str) -> None:
         """A task that stores its result returned one that is not stored: ``reason`` is
-        ``"unencodable"`` (the value did not encode: the task fails instead) or
+        ``"unencodable"`` (the value did not encode: the task fails instead),
+        ``"too_large"`` (the result store cannot hold it: the task fails instead) or
         ``"record_final"`` (its record was final already, e.g. cancelled between the body's
         return and this write).
 
@@ -416,16 +417,20 @@ class Settler:
             if job.stores
             else None  # no record to write
         )
-        await self.apply(
-            job,
-            SUCCEEDED,
-            changes,
-            job.delivery.ack,
-            encoded=encoded,
-            result=value,
-            duration=duration,
-            recorded=recording(job, _ack_with),
-        )
+        try:
+            await self.apply(
+                job,
+                SUCCEEDED,
+                changes,
+                job.delivery.ack,
+                encoded=encoded,
+                result=value,
+                duration=duration,
+                recorded=recording(job, _ack_with),
+            )
+        except RecordTooLarge as exc:  # refused before anything was written or acked
+            self.result_dropped(job.envelope, "too_large")
+            await self.failed(job, exc, duration, reason="payload")
 
     async def failure(self, job: Job, verdict: RetryIn | Fail, duration: float) -> None:
         """Carry out the retry policy's verdict on a failed attempt."""

@@ -13,7 +13,8 @@ from taskflow import App
 from taskflow.brokers import _redis_publish
 from taskflow.brokers.base import Message
 from taskflow.brokers.nats import HEADER_ROOM, NatsBroker
-from taskflow.errors import PayloadError
+from taskflow.errors import PayloadError, TaskFailed
+from taskflow.message import MAX_ERROR_MESSAGE, MAX_TRACEBACK
 from tests.integration import nats_helpers, redis_helpers
 
 pytestmark = pytest.mark.integration
@@ -94,3 +95,51 @@ def test_a_message_over_the_redis_value_limit_is_refused_at_enqueue(
         assert app.kernel.call(app.broker.depth("default"))["ready"] == 0
         with app.worker(concurrency=1):
             assert blob.delay("v" * 100).get(timeout=10) == 100
+
+
+def test_a_result_too_large_for_the_nats_store_fails_its_task_at_once(nats_url: str) -> None:
+    # The store's write would be refused on every try: it used to be retried forever, the
+    # task left running and its message held by a worker that kept renewing its lease.
+    with App("sizes-results", broker=nats_url) as app:
+
+        @app.task(name="sizes.large", retries=3)
+        def large(size: int) -> str:
+            return "r" * size
+
+        with app.worker(concurrency=1) as worker:
+            result = large.delay(2 * 1024 * 1024)
+            with pytest.raises(TaskFailed) as caught:
+                result.get(timeout=10)
+            fits = large.delay(1000).get(timeout=10)
+            stats = worker.stats()
+
+        assert caught.value.exc_type == "taskflow.errors.RecordTooLarge"
+        assert f"the record of task {result.id} is 2,097," in caught.value.message
+        assert "max_payload" in caught.value.message and "rrrr" not in caught.value.message
+        assert result.info().attempts == 1  # not retried: it would not fit the next time
+        assert fits == "r" * 1000
+        assert (stats["failed"], stats["dead_lettered"], stats["buffered"]) == (1, 1, 0)
+        (dead,) = app.admin.dead_letters("default").items
+        assert (dead.task_id, dead.reason) == (result.id, "payload")
+
+
+@pytest.mark.parametrize("backend", ["nats", "redis"])
+def test_an_error_message_of_megabytes_is_cut_in_the_record(
+    backend: str, nats_url: str, redis_url: str
+) -> None:
+    size = 3 * 1024 * 1024
+    with App("sizes-errors", broker=nats_url if backend == "nats" else redis_url) as app:
+
+        @app.task(name="sizes.loud", retries=0)
+        def loud(n: int) -> None:
+            raise ValueError("e" * n)
+
+        with app.worker(concurrency=1):
+            result = loud.delay(size)
+            with pytest.raises(TaskFailed) as caught:
+                result.get(timeout=10)
+
+    cut = size - MAX_ERROR_MESSAGE
+    assert caught.value.message == "e" * MAX_ERROR_MESSAGE + f" [... {cut:,} more characters]"
+    assert len(caught.value.traceback) < MAX_TRACEBACK + 100
+    assert "in loud\n" in caught.value.traceback  # the frame that raised, kept

@@ -8,7 +8,7 @@ import traceback
 
 import pytest
 
-from taskflow.message import error_info, format_traceback
+from taskflow.message import MAX_ERROR_MESSAGE, MAX_TRACEBACK, error_info, format_traceback
 
 
 def _markers_removed(text: str) -> str:
@@ -105,3 +105,22 @@ def test_a_failure_s_record_carries_the_text() -> None:
     assert info["type"] == "RuntimeError"
     assert info["message"] == "lookup failed"
     assert info["traceback"] == format_traceback(exc)
+
+
+def _loud() -> None:
+    raise ValueError("x" * (MAX_TRACEBACK + 10_000))
+
+
+def test_a_long_message_and_traceback_are_cut_keeping_their_start_and_end() -> None:
+    exc = _caught(_loud)
+    full = format_traceback(exc)
+    info = error_info(exc)
+
+    cut = MAX_TRACEBACK + 10_000 - MAX_ERROR_MESSAGE
+    assert info["message"] == "x" * MAX_ERROR_MESSAGE + f" [... {cut:,} more characters]"
+    text = info["traceback"]
+    head, tail = MAX_TRACEBACK // 8, MAX_TRACEBACK - MAX_TRACEBACK // 8
+    assert text.startswith(full[:head]) and "in _loud\n" in text[:head]  # the frames
+    assert text.endswith(full[-tail:])  # the end, where the error is named
+    assert f"\n[... {len(full) - MAX_TRACEBACK:,} characters left out ...]\n" in text
+    assert len(text) < MAX_TRACEBACK + 100

@@ -18,7 +18,7 @@ import pytest
 from taskflow import App, BrokerError, TaskFailed, TaskStatus, codec
 from taskflow.brokers import MemoryBroker, Message
 from taskflow.brokers.base import Delivery
-from taskflow.errors import PayloadError, WorkerCrashed
+from taskflow.errors import PayloadError, RecordTooLarge, WorkerCrashed
 from taskflow.results.memory import MemoryResultStore
 from taskflow.testing import running_worker
 
@@ -189,6 +189,43 @@ def test_a_retry_that_cannot_be_encoded_fails_the_task_instead_of_leaving_it(
     assert info.value.exc_type == "ConnectionError"
     dead = app.kernel.call(app.broker.dead_letters("default"))
     assert [(d.id, d.reason) for d in dead] == [(result.id, "failed")]
+
+
+class SmallStore(MemoryResultStore):
+    """A result store that cannot hold a result over 100 characters (as a NATS server
+    refuses a value over its ``max_payload``)."""
+
+    async def update(
+        self, task_id: str, changes: dict[str, Any], ttl: float | None = None
+    ) -> dict[str, Any] | None:
+        if len(str(changes.get("result", ""))) > 100:
+            raise RecordTooLarge(f"the record of task {task_id} is too large for this store")
+        return await super().update(task_id, changes, ttl)
+
+
+def test_a_result_the_store_cannot_hold_fails_the_task_without_a_retried_write(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="taskflow.worker")
+    with App("small", broker=MemoryBroker(), results=SmallStore()) as small:
+
+        @small.task(name="small.text", retries=2)
+        def text(size: int) -> str:
+            return "t" * size
+
+        large, fits = text.delay(1000), text.delay(10)
+        small.worker().run_until_idle()
+
+        with pytest.raises(TaskFailed) as info:
+            large.get(timeout=WAIT)
+        assert info.value.exc_type == "taskflow.errors.RecordTooLarge"
+        assert large.info().attempts == 1
+        assert fits.get(timeout=WAIT) == "t" * 10
+        dead = small.kernel.call(small.broker.dead_letters("default"))
+        assert [(d.id, d.reason) for d in dead] == [(large.id, "payload")]
+    lines = [r.getMessage() for r in caplog.records]
+    assert f"small.text[{large.id}]: result not stored (too_large)" in lines
+    assert not [line for line in lines if "retrying" in line]  # refused once, not retried
 
 
 class BrokenFetch(MemoryBroker):
