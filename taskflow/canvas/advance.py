@@ -87,6 +87,9 @@ class _Batch:
         self.updates: list[tuple[str, dict[str, Any]]] = []
         self.prepared: list[Prepared] = []
         self.broken: list[tuple[Mapping[str, Any], list[Any], dict[str, str]]] = []
+        # The spec and frames of each prepared step, by task id: a step the broker
+        # refuses (too large for it) is failed with them, as a step that cannot be sent.
+        self.sources: dict[str, tuple[Mapping[str, Any], list[Any]]] = {}
 
 
 class Advancer:
@@ -158,18 +161,23 @@ class Advancer:
             if prev is not _NO_PREV and not spec["im"]:
                 args.insert(0, decode_typed(self.kernel.registry, prev))
             kwargs = {k: decode_any(v) for k, v in spec["kwargs"].items()}
-            batch.prepared.append(self.kernel.prepare(name, args, kwargs, opts))
+            prepared = self.kernel.prepare(name, args, kwargs, opts)
         except (PayloadError, ValueError, TypeError) as exc:
             # The step cannot even be sent (its parent's value does not fit its
             # parameters): it fails like a task would, and its canvas with it.
             batch.broken.append((spec, frames, error_info(exc)))
+            return
+        batch.prepared.append(prepared)
+        batch.sources[prepared.envelope.id] = (spec, frames)
 
     async def flush(self, batch: _Batch) -> None:
         """Write the batch's records, publish its tasks, fail the steps that could not go."""
         if batch.updates:
             await self.kernel.results.update_many(batch.updates, self.ttl)
         if batch.prepared:
-            await self._publish(batch.prepared)
+            for item, exc in await self._publish(batch.prepared):
+                spec, frames = batch.sources[item.envelope.id]
+                batch.broken.append((spec, frames, error_info(exc)))
         for spec, frames, error in batch.broken:
             await self.kernel.results.update(
                 spec["id"],
@@ -183,8 +191,11 @@ class Advancer:
             )
             await self.advance(frames, fail(spec["id"], FAILED, error))
 
-    async def _publish(self, prepared: list[Prepared]) -> None:
+    async def _publish(self, prepared: list[Prepared]) -> list[tuple[Prepared, PayloadError]]:
+        """Publish the steps; those the broker refuses for their size, with its error (they
+        are not sent, and never would be: the caller fails them)."""
         enqueuer = self.kernel.enqueuer
+        refused: list[tuple[Prepared, PayloadError]] = []
         try:
             await enqueuer.enqueue(prepared)
         except BrokerError:
@@ -193,23 +204,33 @@ class Advancer:
             # An IdempotencyConflict: only a replay recomputes a step's arguments; a task
             # that stores no result may have returned something else the second time. The
             # first publish stands. A taken id: the step was cancelled (its canvas's
-            # cancel() marked it) between this advance and its send; it stays unsent.
+            # cancel() marked it) between this advance and its send; it stays unsent. A
+            # PayloadError: a step too large for the broker (a chord's callback with all
+            # the results); the others go.
             for item in prepared:
-                await self._publish_one(item)
+                error = await self._publish_one(item)
+                if error is not None:
+                    refused.append((item, error))
         if self.replay:
-            await self._republish_missing(prepared)
+            sent = [item for item in prepared if not any(item is r for r, _ in refused)]
+            await self._republish_missing(sent)
+        return refused
 
-    async def _publish_one(self, item: Prepared) -> None:
+    async def _publish_one(self, item: Prepared) -> PayloadError | None:
+        """Publish one step; the PayloadError of a step the broker refuses for its size."""
         try:
             await self.kernel.enqueuer.enqueue([item])
         except IdempotencyConflict as exc:
             log.warning("canvas step %s was already sent (%s)", item.envelope.id, exc)
         except BrokerError:
             raise
+        except PayloadError as exc:
+            return exc
         except TaskflowError:
             if not is_terminal(await self.kernel.results.get(item.envelope.id)):
                 raise
             log.info("canvas step %s was cancelled before it was sent", item.envelope.id)
+        return None
 
     async def _republish_missing(self, prepared: list[Prepared]) -> None:
         """After a crash between claiming a step's idempotency key and writing its record,

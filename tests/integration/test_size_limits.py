@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from taskflow import App
+from taskflow import App, chord
 from taskflow.brokers import _redis_publish
 from taskflow.brokers.base import Message
 from taskflow.brokers.nats import HEADER_ROOM, NatsBroker
@@ -143,3 +144,40 @@ def test_an_error_message_of_megabytes_is_cut_in_the_record(
     assert caught.value.message == "e" * MAX_ERROR_MESSAGE + f" [... {cut:,} more characters]"
     assert len(caught.value.traceback) < MAX_TRACEBACK + 100
     assert "in loud\n" in caught.value.traceback  # the frame that raised, kept
+
+
+@pytest.mark.parametrize("shape", ["chord", "chain"])
+def test_a_canvas_step_too_large_for_nats_fails_its_canvas_at_once(
+    nats_url: str, shape: str
+) -> None:
+    # A chord's callback carries every result; a chain's next step its parent's. The
+    # broker refuses such a message on every try: it used to be retried with the whole
+    # continuation, each parent delivered again and again as if its worker were lost.
+    with App("sizes-canvas", broker=nats_url) as app:
+
+        @app.task(name="sizes.part")
+        def part(size: int) -> str:
+            return "p" * size
+
+        @app.task(name="sizes.total")
+        def total(parts: list[str]) -> int:
+            return sum(len(p) for p in parts)
+
+        @app.task(name="sizes.length")
+        def length(text: str) -> int:
+            return len(text)
+
+        with app.worker(concurrency=2) as worker:
+            if shape == "chord":
+                handle: Any = chord([part.s(400_000) for _ in range(4)], total.s()).apply_async()
+                parents = 4
+            else:
+                handle = (part.s(1_045_000) | length.s()).apply_async()
+                parents = 1
+            with pytest.raises(TaskFailed) as caught:
+                handle.get(timeout=10)
+            stats = worker.stats()
+
+    assert caught.value.exc_type == "taskflow.errors.PayloadError"
+    assert "max_payload" in caught.value.message and "pppp" not in caught.value.message
+    assert (stats["processed"], stats["succeeded"]) == (parents, parents)  # each ran once
