@@ -3,7 +3,7 @@ REQUEST_FD REPLY_FD LOG_FD``.
 
 The worker sends, as length-prefixed pickles over private pipes, first the app's
 ``module:attr``, its ``sys.path`` and its logging levels, then one ``(message body, context
-fields)`` per task. The child imports the app, answers ``("ready", pid)``, and runs each
+fields)`` per task. The child imports the app, answers ``("ready", pid, task names)``, and runs each
 task: it decodes the message with the codec and the arguments with the task's payload
 schema, calls the function with the task context set, and answers ``(outcome, rss, logged)``:
 the encoded result, the exception or a payload error; its resident memory in bytes (0
@@ -322,7 +322,7 @@ def main(argv: list[str]) -> int:
         _send(replies, ("error", f"{type(exc).__name__}: {exc}"))
         return 1
     _route_logs(forward, levels)  # the app's module may have configured logging
-    _send(replies, ("ready", os.getpid()))
+    _send(replies, ("ready", os.getpid(), list(registry)))
     # Reading the resident memory costs a third of a no-op body: only for a memory limit.
     measure = setup.get("rss", True)
     while True:

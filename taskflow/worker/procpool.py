@@ -388,6 +388,7 @@ class ProcessPool:
         self._failure: ConfigError | None = None
         self._open = False
         self._replacing = False  # whether a child that ends is replaced at once
+        self._compared = False  # the first child's tasks checked against the worker's
 
     async def open(self) -> None:
         """Start every child; ConfigError if the app cannot be located or imported."""
@@ -457,7 +458,26 @@ class ProcessPool:
         if child is None or hello[0] != "ready":
             await _discard(proc, pipes)
             raise ConfigError(f"pool='processes': cannot load app {self.app_path}: {hello[1]}")
+        if not self._compared:
+            self._compared = True
+            self._compare_tasks(set(hello[2]))
         return child
+
+    def _compare_tasks(self, known: set[str]) -> None:
+        """Warn about the sync tasks of the worker's app that the children's import of the
+        app does not declare: each attempt of theirs would fail (``LookupError``)."""
+        registry = self.kernel.registry
+        missing = [n for n in registry if not registry[n].is_async and n not in known]
+        if missing:
+            module = (self.app_path or "").partition(":")[0]
+            log.warning(
+                "pool='processes': the app the child processes import (%s) does not declare "
+                "%s, which this worker's app does: their bodies cannot run in a child, and "
+                "each attempt fails; declare them in %s or in a module it imports",
+                self.app_path,
+                ", ".join(missing),
+                module,
+            )
 
     # -- running a body ---------------------------------------------------------------
     async def run(self, job: Job, ctx: TaskContext) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -271,6 +272,37 @@ def test_stop_now_kills_the_children_and_returns_at_once(pool_app: PoolApp, tmp_
 def test_the_children_find_a_module_level_app_by_themselves() -> None:
     assert locate_app(poolapp.app.kernel, None) == APP_PATH
     assert locate_app(poolapp.app.kernel, "elsewhere:app") == "elsewhere:app"
+
+
+def test_a_task_the_childrens_app_does_not_declare_is_named_at_start(
+    pool_app: PoolApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Declared in the worker's process only (as in a script that adds tasks to an app it
+    # imports): the children import the app's module, which does not declare it.
+    app, _ = pool_app
+
+    @app.task(name="pool.only_here", retries=0)
+    def only_here() -> int:
+        return 1
+
+    @app.task(name="pool.async_only_here")
+    async def async_only_here() -> int:  # runs on the worker's loop: it needs no child
+        return 2
+
+    caplog.set_level(logging.WARNING, logger="taskflow.worker")
+    with app.worker(concurrency=1, pool="processes", app_path=APP_PATH):
+        with pytest.raises(TaskFailed) as caught:
+            only_here.delay().get(timeout=10)
+        assert async_only_here.delay().get(timeout=10) == 2
+
+    assert caught.value.exc_type == "LookupError"
+    assert "'pool.only_here' is not registered in the child's app" in caught.value.message
+    lines = [r.getMessage() for r in caplog.records if "does not declare" in r.getMessage()]
+    assert lines == [
+        f"pool='processes': the app the child processes import ({APP_PATH}) does not declare "
+        "pool.only_here, which this worker's app does: their bodies cannot run in a child, "
+        "and each attempt fails; declare them in tests.pool.poolapp or in a module it imports"
+    ]
 
 
 def test_an_app_the_children_cannot_import_is_a_config_error_at_start() -> None:
