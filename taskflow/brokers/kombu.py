@@ -33,6 +33,10 @@ dead-letter queue, and the delay levels.
   message: a nack is a :class:`~taskflow.errors.BrokerError`, and so is a confirm that
   does not come (the connection is then dropped and made again). Nothing is reported as
   sent that the broker did not confirm.
+* **Sizes** are checked before a publish: a body over ``max_message_size`` (the server's,
+  128 MiB by default as on RabbitMQ 3.8-3.13) less :data:`HEADER_ROOM` raises
+  :class:`~taskflow.errors.PayloadError` and nothing is published. RabbitMQ closes the
+  connection of a publish over its limit, which would drop every delivery it holds.
 * **Delays** (countdown, eta, retry backoff) are held by RabbitMQ, never in a worker's
   memory: a binary cascade of dead-letter TTL queues, level ``k`` holding ``2**k`` ms, a
   message going through the levels of the set bits of its remaining delay, routed by its
@@ -104,7 +108,7 @@ import orjson
 
 from .. import _tls
 from ..clock import Clock
-from ..errors import BrokerError, ConfigError
+from ..errors import BrokerError, ConfigError, PayloadError
 from ..urls import amqp_vhost, mask_url, parse_url, url_kwargs
 from . import _kombu_topology as topo
 from ._kombu_admin import KombuAdmin
@@ -119,13 +123,19 @@ from .base import (
     Message,
 )
 
-__all__ = ["KombuBroker", "KombuDelivery"]
+__all__ = ["HEADER_ROOM", "MAX_MESSAGE_SIZE", "KombuBroker", "KombuDelivery"]
 
 _CONTROL_KEPT = 5_000
 """Control commands kept for slow readers (the log is cut to this when twice as long)."""
 
 CONSUMER_TIMEOUT = 1800.0
 """RabbitMQ's default ``consumer_timeout`` (3.10, 3.12): 30 minutes."""
+
+MAX_MESSAGE_SIZE = 134_217_728
+"""RabbitMQ's default ``max_message_size`` from 3.8 to 3.13 (4.0 lowered it to 16 MiB)."""
+HEADER_ROOM = 65_536
+"""Bytes of ``max_message_size`` a body leaves for the headers a retry or a dead letter
+adds (the error text of a dead letter among them)."""
 
 
 class KombuDelivery(Delivery):
@@ -192,8 +202,10 @@ class KombuBroker(Broker, DelegatedAdmin):
     process hands it back.
     ``heartbeat``: AMQP heartbeat in seconds. ``confirm_timeout``: seconds to wait for a
     publisher confirm. ``consumer_timeout``: the server's ``consumer_timeout`` in seconds
-    (default 1800, RabbitMQ's default); ``lease`` must be shorter. TLS and credentials: the
-    options every backend takes (``tls_ca_file``, ``password_file``, ...).
+    (default 1800, RabbitMQ's default); ``lease`` must be shorter. ``max_message_size``:
+    the server's ``max_message_size`` in bytes (default 128 MiB; 16 MiB is RabbitMQ 4.0's
+    default). TLS and credentials: the options every backend takes (``tls_ca_file``,
+    ``password_file``, ...).
     """
 
     capabilities: ClassVar[Capabilities] = Capabilities(blocking_publish=True)
@@ -209,6 +221,7 @@ class KombuBroker(Broker, DelegatedAdmin):
         connect_timeout: float = 5.0,
         confirm_timeout: float = 10.0,
         consumer_timeout: float = CONSUMER_TIMEOUT,
+        max_message_size: int = MAX_MESSAGE_SIZE,
         tls_ca_file: str | None = None,
         tls_cert_file: str | None = None,
         tls_key_file: str | None = None,
@@ -232,6 +245,14 @@ class KombuBroker(Broker, DelegatedAdmin):
         ):
             if not isinstance(value, int | float) or not value > 0:
                 raise ConfigError(f"{where}: {name} must be a positive number of seconds")
+        if (
+            isinstance(max_message_size, bool)
+            or not isinstance(max_message_size, int)
+            or max_message_size <= HEADER_ROOM
+        ):
+            raise ConfigError(
+                f"{where}: max_message_size must be a number of bytes over {HEADER_ROOM:,}"
+            )
         if lease >= consumer_timeout:
             raise ConfigError(
                 f"{where}: lease ({lease}s) must be shorter than the server's "
@@ -259,6 +280,7 @@ class KombuBroker(Broker, DelegatedAdmin):
         self.prefix = prefix
         self.lease = float(lease)
         self.consumer_timeout = float(consumer_timeout)
+        self.max_message_size = max_message_size
         self.names = topo.Names(prefix)
         if vhost is None:
             vhost = amqp_vhost(parsed.path)
@@ -333,6 +355,7 @@ class KombuBroker(Broker, DelegatedAdmin):
         if not messages:
             return
         batch = list(messages)
+        self._check_size(batch)
         await self.io.call(lambda io: io.publish(batch))
 
     def publish_blocking(self, messages: Sequence[Message]) -> None:
@@ -340,7 +363,21 @@ class KombuBroker(Broker, DelegatedAdmin):
         if not messages:
             return
         batch = list(messages)
+        self._check_size(batch)
         self.io.call_blocking(lambda io: io.publish(batch), timeout=60.0)
+
+    def _check_size(self, messages: Sequence[Message]) -> None:
+        """Refuse (PayloadError, nothing published) a body the server would not take: it
+        would close the connection, and every delivery this process holds with it."""
+        limit = self.max_message_size - HEADER_ROOM
+        for msg in messages:
+            if len(msg.body) > limit:
+                raise PayloadError(
+                    f"task {msg.task or '?'}[{msg.id}]: the message is {len(msg.body):,} bytes, "
+                    f"over the {limit:,} a message may have on RabbitMQ at {mask_url(self.url)} "
+                    f"(max_message_size {self.max_message_size:,} less {HEADER_ROOM:,} for "
+                    "headers); nothing was enqueued"
+                )
 
     # -- receiving -------------------------------------------------------------------
     async def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> FetchResult:

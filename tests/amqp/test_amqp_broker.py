@@ -23,8 +23,8 @@ from taskflow.brokers import _kombu_topology as topo
 from taskflow.brokers import broker_from_url
 from taskflow.brokers._kombu_io import IoThread
 from taskflow.brokers.base import Message, RecordClose, StoppedPartWay
-from taskflow.brokers.kombu import KombuBroker
-from taskflow.errors import BrokerError, ConfigError
+from taskflow.brokers.kombu import HEADER_ROOM, MAX_MESSAGE_SIZE, KombuBroker
+from taskflow.errors import BrokerError, ConfigError, PayloadError
 from tests.amqp import amqp_helpers as h
 from tests.contract.backend_amqp import delete_topology
 
@@ -762,6 +762,35 @@ def test_an_app_without_results_runs_fire_and_forget_and_refuses_to_wait(prefix:
                 wait(timeout=1)
             assert 'results="redis://' in str(info.value)
             assert "***" in str(info.value) or "guest:guest" not in str(info.value)
+
+
+@pytest.mark.parametrize("limit", [None, 1_048_576])
+def test_a_message_over_max_message_size_is_refused_before_the_server_sees_it(
+    prefix: str, limit: int | None
+) -> None:
+    # RabbitMQ closes the connection of a publish over its max_message_size, and every
+    # delivery the process holds goes back to the queue with it: refused here instead.
+    query = f"prefix={prefix}" + ("" if limit is None else f"&max_message_size={limit}")
+    size = (limit or MAX_MESSAGE_SIZE) - HEADER_ROOM + 1  # the argument alone is over
+    with App("sizes", broker=f"{h.AMQP}?{query}") as app:
+
+        @app.task(name="q.size", queue="q", store_result=False)
+        def sized(data: str) -> int:
+            return len(data)
+
+        with pytest.raises(PayloadError) as info:
+            sized.delay("s" * size)
+        text = str(info.value)
+        assert "q.size" in text and f"over the {size - 1:,} a message may have" in text
+        assert "ssss" not in text
+        assert app.kernel.call(app.broker.depth("q"))["ready"] == 0
+        sized.delay("fits")  # on the same connection, which the server did not close
+        assert app.kernel.call(app.broker.depth("q"))["ready"] == 1
+
+
+def test_max_message_size_must_leave_room_for_headers() -> None:
+    with pytest.raises(ConfigError, match="max_message_size must be a number of bytes over"):
+        broker_from_url(f"{h.AMQP}?max_message_size=1000")
 
 
 def test_a_closed_broker_refuses_calls_and_connects_again(
