@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import PayloadError, QueueFull
-from .base import Message
+from ..errors import QueueFull
+from .base import Message, refuse_oversized
 
 __all__ = ["MAX_BODY", "check_published", "check_size", "publish_args"]
 
@@ -25,12 +25,7 @@ def publish_args(messages: Sequence[Message]) -> list[Any]:
 
 def check_size(messages: Sequence[Message], masked: str) -> None:
     """PayloadError (naming the task and the sizes) for a body Redis would refuse."""
-    for m in messages:
-        if len(m.body) > MAX_BODY:
-            raise PayloadError(
-                f"task {m.task or '?'}[{m.id}]: the message is {len(m.body):,} bytes, over "
-                f"the {MAX_BODY:,} a Redis value may have at {masked}; nothing was enqueued"
-            )
+    refuse_oversized(messages, MAX_BODY, f"a Redis value may have at {masked}")
 
 
 def check_published(reply: Any) -> None:

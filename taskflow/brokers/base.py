@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
-from ..errors import BrokerError, Unsupported
+from ..errors import BrokerError, PayloadError, Unsupported
 from ..urls import mask_url
 from .limits import ClusterLimiter
 
@@ -48,6 +48,7 @@ __all__ = [
     "RecordClose",
     "StoppedPartWay",
     "Waiting",
+    "refuse_oversized",
     "stopped_part_way",
 ]
 
@@ -82,6 +83,18 @@ class StoppedPartWay(BrokerError):
     def __init__(self, message: str, done: Sequence[str]) -> None:
         super().__init__(message)
         self.done = tuple(done)
+
+
+def refuse_oversized(messages: Sequence[Message], limit: int, where: str) -> None:
+    """PayloadError for the first body over ``limit`` bytes, naming its task and the sizes
+    (never the value), before anything is published; ``where`` completes "over the N
+    bytes ...": whose limit it is."""
+    for m in messages:
+        if len(m.body) > limit:
+            raise PayloadError(
+                f"task {m.task or '?'}[{m.id}]: the message is {len(m.body):,} bytes, over "
+                f"the {limit:,} {where}; nothing was enqueued"
+            )
 
 
 @contextlib.contextmanager

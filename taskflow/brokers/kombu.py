@@ -108,7 +108,7 @@ import orjson
 
 from .. import _tls
 from ..clock import Clock
-from ..errors import BrokerError, ConfigError, PayloadError
+from ..errors import BrokerError, ConfigError
 from ..urls import amqp_vhost, mask_url, parse_url, url_kwargs
 from . import _kombu_topology as topo
 from ._kombu_admin import KombuAdmin
@@ -121,6 +121,7 @@ from .base import (
     Delivery,
     FetchResult,
     Message,
+    refuse_oversized,
 )
 
 __all__ = ["HEADER_ROOM", "MAX_MESSAGE_SIZE", "KombuBroker", "KombuDelivery"]
@@ -369,15 +370,12 @@ class KombuBroker(Broker, DelegatedAdmin):
     def _check_size(self, messages: Sequence[Message]) -> None:
         """Refuse (PayloadError, nothing published) a body the server would not take: it
         would close the connection, and every delivery this process holds with it."""
-        limit = self.max_message_size - HEADER_ROOM
-        for msg in messages:
-            if len(msg.body) > limit:
-                raise PayloadError(
-                    f"task {msg.task or '?'}[{msg.id}]: the message is {len(msg.body):,} bytes, "
-                    f"over the {limit:,} a message may have on RabbitMQ at {mask_url(self.url)} "
-                    f"(max_message_size {self.max_message_size:,} less {HEADER_ROOM:,} for "
-                    "headers); nothing was enqueued"
-                )
+        refuse_oversized(
+            messages,
+            self.max_message_size - HEADER_ROOM,
+            f"a message may have on RabbitMQ at {mask_url(self.url)} (max_message_size "
+            f"{self.max_message_size:,} less {HEADER_ROOM:,} for headers)",
+        )
 
     # -- receiving -------------------------------------------------------------------
     async def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> FetchResult:

@@ -76,7 +76,7 @@ from nats.aio.client import Client
 from .._nats.connection import Connection
 from .._nats.names import subject_token, untoken
 from ..clock import Clock
-from ..errors import BrokerError, ConfigError, PayloadError, QueueFull
+from ..errors import BrokerError, ConfigError, QueueFull
 from ..urls import url_kwargs
 from ._nats_admin import NatsAdmin
 from ._nats_control import ControlLog
@@ -85,7 +85,7 @@ from ._nats_delay import NatsDelays
 from ._nats_delivery import NatsDelivery
 from ._nats_fetch import NatsFetcher
 from ._nats_limits import NatsLimiter
-from .base import Broker, Capabilities, DelegatedAdmin, FetchResult, Message
+from .base import Broker, Capabilities, DelegatedAdmin, FetchResult, Message, refuse_oversized
 
 __all__ = ["HEADER_ROOM", "NatsBroker", "NatsDelivery"]
 
@@ -295,15 +295,12 @@ class NatsBroker(Broker, DelegatedAdmin):
         The limit is the server's ``max_payload`` less ``HEADER_ROOM``, kept free for the
         headers a retry or a dead letter adds to the same body.
         """
-        limit = self._conn.client().max_payload - HEADER_ROOM
-        for msg in messages:
-            if len(msg.body) > limit:
-                raise PayloadError(
-                    f"task {msg.task or '?'}[{msg.id}]: the message is {len(msg.body):,} bytes, "
-                    f"over the {limit:,} a message may have on NATS at {self._conn.masked} "
-                    f"(the server's max_payload less {HEADER_ROOM:,} for headers); "
-                    "nothing was enqueued"
-                )
+        refuse_oversized(
+            messages,
+            self._conn.client().max_payload - HEADER_ROOM,
+            f"a message may have on NATS at {self._conn.masked} (the server's max_payload "
+            f"less {HEADER_ROOM:,} for headers)",
+        )
 
     async def _check_room(self, messages: Sequence[Message]) -> None:
         wanted: dict[str, int] = {}

@@ -98,13 +98,9 @@ def log_later(message: str) -> int:
 
 
 def log_then_block(directory: str, seconds: float) -> None:
-    """Log a line, mark ``started``, then block in C for ``seconds``."""
+    """Log a line, print one (to standard output, not a logger), mark ``started``, then
+    block in C for ``seconds``."""
     log.warning("blocking for %ss", seconds)
-    sleep_in_c(directory, seconds)
-
-
-def print_then_block(directory: str, seconds: float) -> None:
-    """Print a line (to standard output, not a logger), then block in C for ``seconds``."""
     print(f"printed before blocking for {seconds}s")
     sleep_in_c(directory, seconds)
 
@@ -240,9 +236,6 @@ def declare(target: App) -> dict[str, Any]:
         "unprintable": target.task(name="pool.unprintable", retries=0)(unprintable),
         "charge": target.task(name="pool.charge", retries=0)(charge),
         "bad_result": target.task(name="pool.bad_result", retries=0)(bad_result),
-        "print_then_block": target.task(name="pool.print_then_block", time_limit=1, retries=0)(
-            print_then_block
-        ),
         "start_then_block": target.task(name="pool.start_then_block", time_limit=1, retries=0)(
             start_then_block
         ),
