@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import math
 import re
@@ -101,6 +102,12 @@ def _check_nonneg(value: Any, task: str, option: str) -> float:
     return float(value)
 
 
+def _with_guess(name: str) -> str:
+    """``name``, with the option it is likely a misspelling of (``retires``: ``retries``)."""
+    close = difflib.get_close_matches(name, sorted(TASK_OPTION_NAMES), n=1, cutoff=0.75)
+    return f"{name} (did you mean {close[0]}?)" if close else name
+
+
 HookFn = Callable[[Any], Any]
 
 
@@ -134,7 +141,8 @@ class TaskOptions:
         """Validate ``raw`` decorator keywords; errors name the task and option."""
         unknown = sorted(set(raw) - TASK_OPTION_NAMES)
         if unknown:
-            raise ValueError(f"{task}: unknown task option(s): {', '.join(unknown)}")
+            named = ", ".join(_with_guess(name) for name in unknown)
+            raise ValueError(f"{task}: unknown task option(s): {named}")
         opts: dict[str, Any] = dict(raw)
         opts.pop("rate_burst", None)
         _check_scalars(task, raw, opts)

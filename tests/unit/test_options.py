@@ -152,3 +152,15 @@ def test_unknown_options_are_refused_by_send_task_and_signatures(app: App) -> No
         app.send_task("shop.job", colour="red")
     with pytest.raises(ValueError, match=r"shop\.job.*colour"):
         job.s().set(colour="red")
+
+
+def test_an_unknown_option_is_named_with_the_one_it_is_likely_a_misspelling_of() -> None:
+    with App("typos") as app, pytest.raises(ValueError) as info:
+
+        @app.task(name="shop.mail", retires=3, time_limt=5, colour="red")
+        def mail() -> None: ...
+
+    assert str(info.value) == (
+        "shop.mail: unknown task option(s): colour, retires (did you mean retries?), "
+        "time_limt (did you mean time_limit?)"
+    )
