@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "MAX_ERROR_MESSAGE",
+    "MAX_TRACEBACK",
     "PROTOCOL_VERSION",
     "TERMINAL_STATUSES",
     "Envelope",
@@ -154,6 +156,13 @@ def envelope_of(fields: dict[str, Any]) -> Envelope:
     return env
 
 
+MAX_ERROR_MESSAGE = 8_192
+"""Characters of an error's message a record keeps (the rest is cut, and the cut said)."""
+MAX_TRACEBACK = 32_768
+"""Characters of a traceback a record keeps: its first lines and its last, where the error
+was raised."""
+
+
 def error_info(exc: BaseException) -> dict[str, str]:
     """The error fields stored in a failed record."""
     kind = type(exc)
@@ -169,13 +178,6 @@ def error_info(exc: BaseException) -> dict[str, str]:
     }
 
 
-MAX_ERROR_MESSAGE = 8_192
-"""Characters of an error's message a record keeps (the rest is cut, and the cut said)."""
-MAX_TRACEBACK = 32_768
-"""Characters of a traceback a record keeps: its first lines and its last, where the error
-was raised."""
-
-
 def _cut(text: str, limit: int, *, keep_end: bool) -> str:
     """``text`` at most about ``limit`` characters long: its start, or (``keep_end``) its
     first eighth and the rest from its end, with how much was left out in between."""
@@ -184,9 +186,8 @@ def _cut(text: str, limit: int, *, keep_end: bool) -> str:
     if not keep_end:
         return f"{text[:limit]} [... {len(text) - limit:,} more characters]"
     head = limit // 8
-    tail = limit - head
-    left_out = len(text) - head - tail
-    return f"{text[:head]}\n[... {left_out:,} characters left out ...]\n{text[-tail:]}"
+    left_out = len(text) - limit
+    return f"{text[:head]}\n[... {left_out:,} characters left out ...]\n{text[-(limit - head) :]}"
 
 
 def error_message(exc: BaseException) -> str:

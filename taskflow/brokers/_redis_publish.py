@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import QueueFull
-from .base import Message, refuse_oversized
+from .base import Message
 
-__all__ = ["MAX_BODY", "check_published", "check_size", "publish_args"]
+__all__ = ["MAX_BODY", "check_published", "publish_args"]
 
 MAX_BODY = 512 * 1024 * 1024
 """Largest body: Redis' default ``proto-max-bulk-len`` (one string value)."""
@@ -21,11 +21,6 @@ def publish_args(messages: Sequence[Message]) -> list[Any]:
         eta = "" if m.eta is None else repr(float(m.eta))
         args += [m.id, m.queue, m.body, m.priority, eta, max(1, m.max_deliveries)]
     return args
-
-
-def check_size(messages: Sequence[Message], masked: str) -> None:
-    """PayloadError (naming the task and the sizes) for a body Redis would refuse."""
-    refuse_oversized(messages, MAX_BODY, f"a Redis value may have at {masked}")
 
 
 def check_published(reply: Any) -> None:

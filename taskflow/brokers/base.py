@@ -88,7 +88,7 @@ class StoppedPartWay(BrokerError):
 def refuse_oversized(messages: Sequence[Message], limit: int, where: str) -> None:
     """PayloadError for the first body over ``limit`` bytes, naming its task and the sizes
     (never the value), before anything is published; ``where`` completes "over the N
-    bytes ...": whose limit it is."""
+    bytes ...": whose limit it is (a broker builds it once: this runs on every send)."""
     for m in messages:
         if len(m.body) > limit:
             raise PayloadError(

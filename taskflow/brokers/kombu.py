@@ -282,6 +282,10 @@ class KombuBroker(Broker, DelegatedAdmin):
         self.lease = float(lease)
         self.consumer_timeout = float(consumer_timeout)
         self.max_message_size = max_message_size
+        self._too_large = (
+            f"a message may have on RabbitMQ at {mask_url(url)} (max_message_size "
+            f"{max_message_size:,} less {HEADER_ROOM:,} for headers)"
+        )
         self.names = topo.Names(prefix)
         if vhost is None:
             vhost = amqp_vhost(parsed.path)
@@ -370,12 +374,7 @@ class KombuBroker(Broker, DelegatedAdmin):
     def _check_size(self, messages: Sequence[Message]) -> None:
         """Refuse (PayloadError, nothing published) a body the server would not take: it
         would close the connection, and every delivery this process holds with it."""
-        refuse_oversized(
-            messages,
-            self.max_message_size - HEADER_ROOM,
-            f"a message may have on RabbitMQ at {mask_url(self.url)} (max_message_size "
-            f"{self.max_message_size:,} less {HEADER_ROOM:,} for headers)",
-        )
+        refuse_oversized(messages, self.max_message_size - HEADER_ROOM, self._too_large)
 
     # -- receiving -------------------------------------------------------------------
     async def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> FetchResult:

@@ -146,6 +146,10 @@ class NatsBroker(Broker, DelegatedAdmin):
         )
         if not prefix:
             raise ConfigError(f"{self._conn.masked}: prefix must not be empty")
+        self._too_large = (
+            f"a message may have on NATS at {self._conn.masked} (the server's max_payload "
+            f"less {HEADER_ROOM:,} for headers)"
+        )
         self.url = self._conn.url
         self.lease = float(lease)
         self.connect_timeout = self._conn.connect_timeout
@@ -295,12 +299,7 @@ class NatsBroker(Broker, DelegatedAdmin):
         The limit is the server's ``max_payload`` less ``HEADER_ROOM``, kept free for the
         headers a retry or a dead letter adds to the same body.
         """
-        refuse_oversized(
-            messages,
-            self._conn.client().max_payload - HEADER_ROOM,
-            f"a message may have on NATS at {self._conn.masked} (the server's max_payload "
-            f"less {HEADER_ROOM:,} for headers)",
-        )
+        refuse_oversized(messages, self._conn.client().max_payload - HEADER_ROOM, self._too_large)
 
     async def _check_room(self, messages: Sequence[Message]) -> None:
         wanted: dict[str, int] = {}

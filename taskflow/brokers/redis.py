@@ -51,9 +51,18 @@ from ..urls import url_kwargs
 from ._redis_admin import RedisAdmin
 from ._redis_control import ControlReader
 from ._redis_limits import RedisLimiter
-from ._redis_publish import check_published, check_size, publish_args
+from ._redis_publish import MAX_BODY, check_published, publish_args
 from ._redis_wait import Drained, FetchAfter, IdleWait
-from .base import Broker, Capabilities, DeadLetter, DelegatedAdmin, Delivery, FetchResult, Message
+from .base import (
+    Broker,
+    Capabilities,
+    DeadLetter,
+    DelegatedAdmin,
+    Delivery,
+    FetchResult,
+    Message,
+    refuse_oversized,
+)
 
 __all__ = ["RedisBroker", "RedisDelivery"]
 
@@ -238,6 +247,7 @@ class RedisBroker(Broker, DelegatedAdmin):
                 "token_file": token_file,
             },
         )
+        self._too_large = f"a Redis value may have at {self._conn.masked}"
         if not lease > 0:
             raise ConfigError(f"{self._conn.masked}: lease must be positive")
         if dead_letter_limit is not None and (
@@ -379,14 +389,14 @@ class RedisBroker(Broker, DelegatedAdmin):
         return args
 
     async def _publish(self, args: list[Any], messages: Sequence[Message]) -> None:
-        check_size(messages, self._conn.masked)
+        refuse_oversized(messages, MAX_BODY, self._too_large)
         size = sum(len(m.body) for m in messages)
         script_args = self._script_args(args)
         reply = await self._conn.send("publish", script_args, "the messages", len(messages), size)
         check_published(reply)
 
     def _publish_blocking(self, args: list[Any], messages: Sequence[Message]) -> None:
-        check_size(messages, self._conn.masked)
+        refuse_oversized(messages, MAX_BODY, self._too_large)
         timeout = send_timeout(len(messages), sum(len(m.body) for m in messages))
         try:
             reply = self._sync_publish(self._script_args(args), timeout)

@@ -212,8 +212,8 @@ class Advancer:
                 if error is not None:
                     refused.append((item, error))
         if self.replay:
-            sent = [item for item in prepared if not any(item is r for r, _ in refused)]
-            await self._republish_missing(sent)
+            unsent = {item.envelope.id for item, _ in refused}
+            await self._republish_missing([p for p in prepared if p.envelope.id not in unsent])
         return refused
 
     async def _publish_one(self, item: Prepared) -> PayloadError | None:

@@ -39,7 +39,7 @@ from typing import Any
 
 from .. import codec
 from ..context import TaskContext, current_task, reset_current, set_current
-from ..errors import USER_CODE_ERRORS, PayloadError, Reject, Retry, stop_iteration_error
+from ..errors import USER_CODE_ERRORS, PayloadError, stop_iteration_error
 from ..message import error_message, format_traceback
 
 _HEADER = struct.Struct(">I")
@@ -284,7 +284,7 @@ def _raised(exc: BaseException) -> tuple[Any, ...]:
         name = f"{kind.__module__}.{name}"
     text = format_traceback(exc)
     data: bytes | None = None
-    if isinstance(exc, (Retry, Reject, *USER_CODE_ERRORS)):
+    if isinstance(exc, USER_CODE_ERRORS):  # Retry and Reject among them
         try:
             data = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
             pickle.loads(data)  # our own bytes: checked that the worker can load them

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from ..clock import Clock
 from ..context import TaskContext
-from ..errors import USER_CODE_ERRORS, ConfigError, PayloadError, Reject, Retry, TaskTimeout
+from ..errors import USER_CODE_ERRORS, ConfigError, PayloadError, TaskTimeout
 from ..kernel import Kernel
 from ..middleware import ExecuteNext
 from .bodies import BodyThreads, Interrupted, run_async, run_sync
@@ -45,10 +45,6 @@ _SETTLE_WAIT: Final = 10.0
 _SETTLE_WAIT_HARD: Final = 1.0
 # How long a closing pool's idle threads get to end (bodies still running are not waited for).
 _POOL_EXIT: Final = 2.0
-
-
-# What ends an attempt as its outcome (a CancelledError only when the body raised it).
-_ATTEMPT_ERRORS: tuple[type[BaseException], ...] = (Retry, Reject, *USER_CODE_ERRORS)
 
 
 class Executor:
@@ -228,7 +224,7 @@ class Executor:
         job.in_user_code = True
         try:
             value = await self._call(ctx)
-        except _ATTEMPT_ERRORS as exc:  # sys.exit() too (argparse's, on bad arguments)
+        except USER_CODE_ERRORS as exc:  # Retry and Reject too; sys.exit() (argparse's)
             error = exc
         except asyncio.CancelledError as exc:
             if not _raised_by_the_body(job):

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from taskflow import App, chord
-from taskflow.brokers import _redis_publish
+from taskflow.brokers import redis as redis_broker
 from taskflow.brokers.base import Message
 from taskflow.brokers.nats import HEADER_ROOM, NatsBroker
 from taskflow.errors import PayloadError, TaskFailed
@@ -80,7 +80,7 @@ def test_a_nats_message_at_the_limit_can_still_be_dead_lettered_with_a_long_erro
 def test_a_message_over_the_redis_value_limit_is_refused_at_enqueue(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_redis_publish, "MAX_BODY", 4096)  # the real one is 512 MiB
+    monkeypatch.setattr(redis_broker, "MAX_BODY", 4096)  # the real one is 512 MiB
     with App("sizes", broker=redis_url) as app:
 
         @app.task(name="sizes.blob")
