@@ -1,4 +1,5 @@
-"""Masking the secrets of a URL, for every message, log line and ``repr`` that shows one.
+"""Masking the secrets of a URL, for every message, log line and ``repr`` that shows one;
+escaping text a message brought, for the log lines that show it.
 
 Below everything else (it imports nothing of taskflow), so that :mod:`taskflow.errors`
 and :mod:`taskflow.urls` both offer :func:`mask_url` without importing each other.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["mask_url"]
+__all__ = ["mask_url", "shown"]
 
 # Query options whose values are masked, by name. Options naming a file
 # (``password_file``, ``tls_key_file``) hold a path, not the secret: they stay readable.
@@ -56,3 +57,12 @@ def _mask_query(url: str) -> str:
         name, eq, _ = item.partition("=")
         items.append(f"{name}=***" if eq and _SECRET_QUERY.search(name) else item)
     return base + qmark + "&".join(items) + hashmark + fragment
+
+
+def shown(text: str) -> str:
+    """``text`` for a log line: as it is when printable, else with its control characters
+    escaped (``\\n``, ``\\x1b``), so that an id or name from the wire cannot forge a line
+    or send a terminal escape."""
+    if text.isprintable():
+        return text
+    return text.encode("unicode_escape").decode("ascii")

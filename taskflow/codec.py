@@ -247,9 +247,12 @@ def _check_names(doc: dict[str, Any]) -> None:
         value = doc.get(key)
         if type(value) is not str or not value:
             raise EnvelopeError(f"envelope field {key!r} must be a non-empty string")
-    queue = doc["queue"]
-    # Every whitespace character but the space is unprintable: most names skip the scan.
-    if not (queue.isprintable() and " " not in queue) and any(c.isspace() for c in queue):
+        # Names and ids go into log lines and broker headers: a control character in one
+        # forges a log line (a newline) or cannot be carried at all (a NATS header).
+        if not value.isprintable():
+            raise EnvelopeError(f"envelope field {key!r} must be printable text")
+    # Every whitespace character but the space is unprintable: only the space is left.
+    if " " in doc["queue"]:
         raise EnvelopeError("envelope field 'queue' must not contain whitespace")
 
 

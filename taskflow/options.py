@@ -221,9 +221,13 @@ def _check_on_lost(value: Any, task: str) -> str:
 
 
 def check_queue(value: Any, task: str) -> str:
-    """Validate a queue name: non-empty, without whitespace."""
-    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
-        raise ValueError(f"{task}: queue must be a non-empty name without spaces, got {value!r}")
+    """Validate a queue name: non-empty, printable, without whitespace."""
+    # Every whitespace character but the space is unprintable, as are control characters.
+    if not isinstance(value, str) or not value or not value.isprintable() or " " in value:
+        raise ValueError(
+            f"{task}: queue must be a non-empty name of printable characters without "
+            f"spaces, got {value!r}"
+        )
     return value
 
 

@@ -34,8 +34,10 @@ def register(
     if not callable(fn):
         raise TypeError(f"@app.task needs a function, got {fn!r}")
     task_name = name or f"{fn.__module__}.{fn.__qualname__}"
-    if not isinstance(task_name, str) or not task_name:
-        raise ValueError(f"task name must be a non-empty string, got {task_name!r}")
+    if not isinstance(task_name, str) or not task_name or not task_name.isprintable():
+        raise ValueError(
+            f"task name must be a non-empty string of printable characters, got {task_name!r}"
+        )
     task: Task[Any, Any] = Task(kernel, fn, task_name, TaskOptions.build(task_name, options))
     kernel.registry.add(task)
     return task

@@ -20,6 +20,7 @@ due). The header ``tf-a<level>`` of a message names where it goes after ``<level
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Final
 
 __all__ = [
@@ -39,6 +40,8 @@ TOP_MS: Final = 1 << LEVEL_BITS
 TOP_LEVELS: Final = 128
 """Top levels at most: delays up to 128 * 24.8 days, about 8.7 years."""
 MAX_DELAY_MS: Final = TOP_LEVELS * TOP_MS + TOP_MS - 1
+MAX_NAME_BYTES: Final = 255
+"""The longest queue name AMQP carries (a short string)."""
 
 # Header names (``tf-`` prefix; ``x-`` headers belong to RabbitMQ).
 H_ID: Final = "tf-id"
@@ -78,20 +81,20 @@ class Names:
         """Fanout exchange: control commands and pause/resume notices."""
 
     def work(self, queue: str) -> str:
-        return f"{self.prefix}.q.{queue}"
+        return _fit(f"{self.prefix}.q.", queue, "")
 
     def dead(self, queue: str) -> str:
-        return f"{self.prefix}.dead.{queue}"
+        return _fit(f"{self.prefix}.dead.", queue, "")
 
     def level(self, queue: str, level: str) -> str:
-        return f"{self.prefix}.delay.{queue}.{level}"
+        return _fit(f"{self.prefix}.delay.", queue, f".{level}")
 
     def after(self, level: str) -> str:
         return f"{self.prefix}.after.{level}"
 
     def paused_marker(self, queue: str) -> str:
         """A queue whose existence means ``queue`` is paused (survives restarts)."""
-        return f"{self.prefix}.paused.{queue}"
+        return _fit(f"{self.prefix}.paused.", queue, "")
 
     def route(self, queue: str, path: list[str]) -> tuple[str, dict[str, Any]]:
         """(routing key on the default exchange, routing headers) for ``path``."""
@@ -112,3 +115,13 @@ class Names:
             args = {"x-match": "all", H_QUEUE: queue, f"tf-a{here}": there}
             out.append((self.after(here), dest, args))
         return out
+
+
+def _fit(head: str, queue: str, tail: str) -> str:
+    """``head + queue + tail``, or with a hash of ``queue`` in its place where that name
+    is longer than AMQP carries. Only names the server refused are hashed, so no name that
+    worked before changes; messages carry the queue's own name in their headers."""
+    name = f"{head}{queue}{tail}"
+    if len(name.encode()) <= MAX_NAME_BYTES:
+        return name
+    return f"{head}={hashlib.sha1(queue.encode()).hexdigest()}{tail}"

@@ -125,7 +125,8 @@ class NatsCore:
 
     def consumer(self, queue: str, level: int) -> str:
         """The durable consumer of one priority level of ``queue``."""
-        return f"{stream_name(queue)}_p{level}"
+        suffix = f"_p{level}"
+        return stream_name(queue, room=len(suffix)) + suffix
 
     async def ensure_queue(self, queue: str, *, consume: bool = False) -> None:
         """Make sure the queue's consumers exist. The lease is their ack wait, shared by

@@ -110,6 +110,10 @@ def prepare(
         return _prepare_plain(settings, task, args, kwargs)
     if not isinstance(name, str) or not name:
         raise ValueError(f"a task name must be a non-empty string, got {type(name).__name__}")
+    if not name.isprintable():
+        # Names travel in logs and broker headers: a newline forges a log line, and NATS
+        # cannot carry it in a header at all.
+        raise ValueError(f"a task name must be printable text, got {name!r}")
     if "link" in opts or "link_error" in opts:
         # Callbacks are compiled into ``canvas`` by the canvas layer; never drop them here.
         raise ValueError(
@@ -243,6 +247,8 @@ def _task_id(name: str, value: Any) -> str:
         return str(value)
     if not isinstance(value, str) or not value:
         raise ValueError(f"{name}: task_id must be a non-empty string")
+    if not value.isprintable():
+        raise ValueError(f"{name}: task_id must be printable text (no control characters)")
     return value
 
 

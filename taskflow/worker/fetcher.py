@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Final
 
 from .. import codec
+from .._masking import shown
 from .._waiters import within
 from ..brokers.base import DeadLetter, Delivery, FetchResult
 from ..clock import Clock
@@ -382,7 +383,7 @@ class Fetcher:
                 log.warning(
                     "worker %s: could not record lost task %s (%s)",
                     self.name,
-                    dead.id,
+                    shown(dead.id),
                     describe(exc),
                 )
 

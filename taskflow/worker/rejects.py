@@ -15,6 +15,7 @@ import random
 from typing import Any
 
 from .. import codec
+from .._masking import shown
 from .._waiters import within
 from ..brokers.base import DeadLetter, Delivery
 from ..clock import Clock
@@ -76,7 +77,7 @@ class Rejects:
         reason = describe(exc) if isinstance(exc, PayloadError) else type(exc).__name__
         log.warning(
             "message %s on %s is not a valid envelope (%s); dead-lettered",
-            delivery.id,
+            shown(delivery.id),
             delivery.queue,
             reason,
         )
@@ -95,10 +96,10 @@ class Rejects:
                 _BEST_EFFORT,
             )
         except Exception as err:
-            log.warning("could not record the failure of %s: %s", delivery.id, describe(err))
+            log.warning("could not record the failure of %s: %s", shown(delivery.id), describe(err))
         await persist(
             lambda: delivery.dead_letter("undecodable", reason),
-            f"worker {self.name}: dead-lettering message {delivery.id}",
+            f"worker {self.name}: dead-lettering message {shown(delivery.id)}",
             self.rng,
         )
         self.stats.dead_lettered += 1
@@ -108,19 +109,19 @@ class Rejects:
         (``undecodable``) so that the fetcher goes on with the rest of the batch."""
         log.warning(
             "message %s on %s could not be admitted (%s); dead-lettered",
-            delivery.id,
+            shown(delivery.id),
             delivery.queue,
             describe(exc),
         )
         try:
             await persist(
                 lambda: delivery.dead_letter("undecodable", type(exc).__name__),
-                f"worker {self.name}: dead-lettering message {delivery.id}",
+                f"worker {self.name}: dead-lettering message {shown(delivery.id)}",
                 self.rng,
             )
             self.stats.dead_lettered += 1
         except Exception as again:
-            log.warning("could not dead-letter %s (%s)", delivery.id, describe(again))
+            log.warning("could not dead-letter %s (%s)", shown(delivery.id), describe(again))
 
     async def not_registered(self, delivery: Delivery, env: Envelope, exc: Exception) -> None:
         """A task name this worker does not know fails with NotRegistered."""
@@ -150,7 +151,7 @@ class Rejects:
         exc: Exception
         if dead.reason == "worker_lost":
             exc = WorkerLost(
-                f"the worker running task {dead.id} was lost on each of its "
+                f"the worker running task {shown(dead.id)} was lost on each of its "
                 f"{count or 'allowed'} deliveries"
             )
         else:
@@ -173,10 +174,15 @@ class Rejects:
         await self.settler.durably(
             lambda: self.kernel.results.update(dead.id, changes, self.kernel.settings.result_ttl),
             "writing the record",
-            dead.id,
+            shown(dead.id),
         )
         level = logging.ERROR if dead.reason == "worker_lost" else logging.WARNING
-        log.log(level, "message %s failed: dead-lettered by the broker as %s", dead.id, dead.reason)
+        log.log(
+            level,
+            "message %s failed: dead-lettered by the broker as %s",
+            shown(dead.id),
+            dead.reason,
+        )
         self.stats.count(TaskStatus.FAILED)
 
 

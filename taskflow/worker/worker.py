@@ -30,6 +30,7 @@ from ..clock import Clock
 from ..eventbus import EventBus, Subscription
 from ..kernel import Kernel, Service
 from ..kernel.service import RUNNING
+from ..options import check_queue
 from .announce import Announcer
 from .control import Control
 from .executor import Executor
@@ -476,6 +477,7 @@ def _checked(queues: Sequence[str], concurrency: int, prefetch_buffer: int | Non
     ):
         raise ValueError("worker prefetch_buffer must be a non-negative integer")
     checked = list(queues)
-    if not checked or not all(isinstance(q, str) and q for q in checked):
+    if not checked:
         raise ValueError(f"worker queues must be non-empty names, got {queues!r}")
-    return checked
+    # The names producers can send to: a worker on any other would wait for ever.
+    return [check_queue(q, "worker") for q in checked]

@@ -103,6 +103,36 @@ def test_a_published_message_comes_back_with_its_id_queue_body_and_priority(
     run(loop, body())
 
 
+@pytest.mark.parametrize(
+    "suffix",
+    [pytest.param("q" * 300, id="300-characters"), pytest.param(".ä/*>:{x}", id="punctuation")],
+)
+def test_any_printable_queue_name_without_spaces_is_a_queue(
+    loop: asyncio.AbstractEventLoop, broker: Broker, queue: str, suffix: str
+) -> None:
+    # Producers take such names (taskflow.options.check_queue): a broker that refused
+    # them, or took the message but could not consume it, would leave a task unrun.
+    name = f"{queue}-{suffix}"
+
+    async def body() -> None:
+        await broker.declare(name)
+        await broker.publish([msg(name, b"later", eta=time.time() + 0.2)])
+        await broker.publish([msg(name, b"high", priority=9), msg(name, b"low")])
+        got = await drain(broker, [name], 3, timeout=5.0)
+        assert bodies(got) == [b"high", b"low", b"later"]
+        assert {d.queue for d in got} == {name}
+        for delivery in got:
+            assert await delivery.ack()
+        if isinstance(broker, BrokerAdmin):
+            await broker.pause(name)
+            await broker.publish([msg(name, b"held")])
+            assert await broker.fetch([name], 10, 0.2) == []
+            await broker.resume(name)
+            assert bodies(await drain(broker, [name], 1, timeout=5.0)) == [b"held"]
+
+    run(loop, body())
+
+
 def test_publishing_an_empty_batch_does_nothing(
     loop: asyncio.AbstractEventLoop, broker: Broker, queue: str
 ) -> None:

@@ -164,6 +164,24 @@ def test_empty_names_and_a_queue_with_whitespace_are_undecodable(doc: dict[str, 
         decode_envelope(orjson.dumps(doc))
 
 
+@pytest.mark.parametrize("field", ["id", "task", "queue"])
+@pytest.mark.parametrize("text", ["a\nb", "a\rb", "a\x1b[31mb", "a\x00b", "a\u2028b"])
+def test_an_id_or_name_with_a_control_character_is_undecodable_and_not_quoted(
+    field: str, text: str
+) -> None:
+    # A newline in an id would forge a worker's log line; NATS cannot carry it in a header.
+    doc = {"v": 1, "id": "a", "task": "t", "queue": "q", field: text}
+    with pytest.raises(EnvelopeError, match=f"'{field}' must be printable") as info:
+        decode_envelope(orjson.dumps(doc))
+    assert text not in str(info.value)
+
+
+def test_ids_and_names_may_hold_any_printable_text() -> None:
+    doc = {"v": 1, "id": "order 42/ä.*>", "task": "shop.send mail", "queue": "emails.ä/*>"}
+    env = decode_envelope(orjson.dumps(doc))
+    assert (env.id, env.task, env.queue) == (doc["id"], doc["task"], doc["queue"])
+
+
 def test_the_documented_ranges_decode() -> None:
     body = (
         f'{{"v": 1, {BASE}, "attempt": 9223372036854775806, "max_retries": 9223372036854775807,'

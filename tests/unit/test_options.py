@@ -144,6 +144,37 @@ def test_a_bad_option_at_apply_async_names_the_task_and_option(
     assert app.kernel.call(app.broker.depth("default"))["ready"] == 0
 
 
+@pytest.mark.parametrize("text", ["a\nb", "a\tb", "a\x1b[2Jb", "a\x00b"])
+def test_a_control_character_in_a_task_id_queue_or_task_name_is_refused_at_the_call(
+    app: App, text: str
+) -> None:
+    # NATS took a task whose id held a newline and never delivered it; in a log line the
+    # newline forges a line. Nothing is sent.
+    @app.task(name="shop.job")
+    def job() -> None: ...
+
+    with pytest.raises(ValueError, match=r"shop\.job: task_id must be printable"):
+        job.apply_async(task_id=text)
+    with pytest.raises(ValueError, match=r"shop\.job: queue must be .*printable"):
+        job.apply_async(queue=text)
+    with pytest.raises(ValueError, match="task name must be printable"):
+        app.send_task(f"shop{text}job")
+    with pytest.raises(ValueError, match="printable"):
+        app.task(name=f"shop{text}other")(lambda: None)
+    with pytest.raises(ValueError, match="printable"):
+        app.worker(queues=[text])
+    assert app.kernel.call(app.broker.depth("default"))["ready"] == 0
+
+
+def test_ids_queues_and_names_may_hold_any_printable_text(app: App) -> None:
+    @app.task(name="shop.send mail/ä")
+    def job() -> None: ...
+
+    sent = job.apply_async(task_id="order 42/ä.*>", queue="emails.ä/*>")
+    assert sent.id == "order 42/ä.*>"
+    assert app.kernel.call(app.broker.depth("emails.ä/*>"))["ready"] == 1
+
+
 def test_unknown_options_are_refused_by_send_task_and_signatures(app: App) -> None:
     @app.task(name="shop.job")
     def job() -> None: ...

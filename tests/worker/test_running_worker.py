@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import pytest
 
 from taskflow import App, TaskCancelled, TaskContext, TaskEvent, TaskFailed, TaskStatus
@@ -342,3 +343,27 @@ def test_the_worker_keeps_running_after_an_unknown_task(app: App) -> None:
     assert info.value.exc_type.endswith("NotRegistered")
     reasons = {d.id: d.reason for d in app.kernel.call(app.broker.dead_letters("default"))}
     assert reasons == {"ghost": "not_registered", "junk": "undecodable"}
+
+
+def test_an_id_with_a_control_character_is_dead_lettered_and_logged_escaped(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Another producer's message: a newline in its id or name would forge a log line.
+    @app.task
+    def job() -> str:
+        return "fine"
+
+    forged = "x\n2026-01-01 ERROR forged line \x1b[2J"
+    doc = {"v": 1, "id": forged, "task": "nobody\nknows", "queue": "default"}
+    message = Message(forged, "default", orjson.dumps(doc))
+    with caplog.at_level("INFO", logger="taskflow"), app.worker(concurrency=1):
+        app.kernel.call(app.broker.publish([message]))
+        assert job.delay().get(timeout=WAIT) == "fine"
+        with pytest.raises(TaskFailed) as info:
+            app.result(forged).get(timeout=WAIT)
+    assert info.value.exc_type.endswith("EnvelopeError")
+    reasons = {d.id: d.reason for d in app.kernel.call(app.broker.dead_letters("default"))}
+    assert reasons == {forged: "undecodable"}
+    lines = [r.getMessage() for r in caplog.records]
+    assert not [line for line in lines if "\n" in line or "\x1b" in line]
+    assert any("x\\n2026-01-01 ERROR forged line \\x1b[2J" in line for line in lines)
