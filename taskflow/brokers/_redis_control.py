@@ -30,6 +30,7 @@ class ControlReader:
         self._pubsub: Any = None
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._releasing: set[asyncio.Task[None]] = set()
 
     async def _ensure(self) -> None:
         if self._task is not None and not self._task.done():
@@ -93,9 +94,30 @@ class ControlReader:
         return self._log[cursor - self._base :]
 
     def forget(self) -> None:
-        """Drop the current task's cursor (no error outside a task)."""
+        """Drop the current task's cursor (no error outside a task). The last reader to
+        leave ends the subscription: a stopped worker leaves no connection behind (the next
+        read subscribes again)."""
         with contextlib.suppress(RuntimeError):
             self._cursors.pop(id(asyncio.current_task()), None)
+            if not self._cursors and self._task is not None:
+                self._release(asyncio.get_running_loop())
+
+    def _release(self, loop: asyncio.AbstractEventLoop) -> None:
+        task, self._task = self._task, None
+        pubsub, self._pubsub = self._pubsub, None
+        if task is not None:
+            task.cancel()
+
+        async def released() -> None:
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)
+            if pubsub is not None:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+        closing = loop.create_task(released())
+        self._releasing.add(closing)
+        closing.add_done_callback(self._releasing.discard)
 
     async def close(self) -> None:
         """Stop listening and close the subscription."""
@@ -107,3 +129,5 @@ class ControlReader:
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()
             self._pubsub = None
+        if self._releasing:
+            await asyncio.gather(*self._releasing, return_exceptions=True)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,7 +14,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from taskflow import App
+from taskflow import App, TaskCancelled
 from taskflow._redis.connection import broker_error
 from taskflow.brokers.redis import RedisBroker
 from taskflow.errors import BrokerError, ConfigError, QueueFull
@@ -183,3 +186,66 @@ def test_dead_letters_are_all_kept_unless_a_limit_is_given(url: str) -> None:
 def test_a_bad_dead_letter_limit_is_a_config_error(value: str) -> None:
     with pytest.raises(ConfigError, match="dead_letter_limit"):
         App("bad", broker=f"redis://127.0.0.1:6379/0?dead_letter_limit={value}")
+
+
+def test_a_stopped_worker_leaves_no_control_subscription_and_the_next_one_subscribes(
+    url: str,
+) -> None:
+    # The subscription that carries cancel commands stayed open after an embedded worker
+    # stopped: one idle connection per app, and a "Task was destroyed" line at exit.
+    client = redis.Redis.from_url(url.partition("?")[0])
+    with App("ctl", broker=url) as app:
+        channel = app.kernel.call(_channel(app))
+
+        started = threading.Event()
+
+        @app.task
+        async def wait_for_cancel() -> None:
+            started.set()
+            await asyncio.sleep(60)
+
+        for _round in range(2):
+            started.clear()
+            with app.worker(concurrency=1):
+                running = wait_for_cancel.delay()
+                assert started.wait(10)
+                assert client.pubsub_numsub(channel) == [(channel.encode(), 1)]
+                assert running.cancel()
+                with pytest.raises(TaskCancelled):
+                    running.get(timeout=10)
+            deadline = time.monotonic() + 5
+            while client.pubsub_numsub(channel)[0][1] and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert client.pubsub_numsub(channel) == [(channel.encode(), 0)]
+
+
+async def _channel(app: App) -> str:
+    broker = app.broker
+    assert isinstance(broker, RedisBroker)
+    return broker.key("control")
+
+
+_UNCLOSED = """
+import sys
+from taskflow import App
+app = App("exit", broker=sys.argv[1])
+
+@app.task
+def add(x: int, y: int) -> int:
+    return x + y
+
+with app.worker(concurrency=2):
+    print(add.delay(2, 3).get(timeout=10))
+"""
+
+
+def test_a_script_that_never_closes_its_app_exits_without_asyncio_complaints(url: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _UNCLOSED, url],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout) == (0, "5\n"), done.stderr
+    assert "destroyed" not in done.stderr and "pending" not in done.stderr, done.stderr
