@@ -209,6 +209,10 @@ def test_a_stopped_worker_leaves_no_control_subscription_and_the_next_one_subscr
             with app.worker(concurrency=1):
                 running = wait_for_cancel.delay()
                 assert started.wait(10)
+                # The worker subscribes beside its first fetch: maybe after the task started.
+                deadline = time.monotonic() + 10
+                while not client.pubsub_numsub(channel)[0][1] and time.monotonic() < deadline:
+                    time.sleep(0.01)
                 assert client.pubsub_numsub(channel) == [(channel.encode(), 1)]
                 assert running.cancel()
                 with pytest.raises(TaskCancelled):
