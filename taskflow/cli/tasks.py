@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import sys
 from datetime import datetime
 from typing import Any
@@ -192,6 +193,10 @@ def send(  # noqa: PLR0917 -- click passes every option as an argument
                 f"--wait: task {task_name!r} is declared store_result=False, so its outcome "
                 "is not stored and there is nothing to wait for; nothing was sent"
             )
+        if len(app.registry) and task_name not in app.registry:
+            # Sending by name needs no declaration here, but an app that declares tasks
+            # and not this one most likely meets a typo: its workers would dead-letter it.
+            click.echo(f"taskflow send: warning: {unknown_task(app, task_name)}", err=True)
         try:
             result = app.send_task(task_name, args, kwargs, **options)
         except PayloadError as exc:  # the arguments do not fit the task: bad usage
@@ -215,6 +220,16 @@ def send(  # noqa: PLR0917 -- click passes every option as an argument
             out.emit({"id": result.id, "status": "succeeded", "result": value})
         else:
             out.line(repr(value))
+
+
+def unknown_task(app: Any, name: str) -> str:
+    """What to say of a send of ``name``, which ``app`` does not declare."""
+    close = difflib.get_close_matches(name, list(app.registry), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return (
+        f"task {name!r} is not declared in this app{hint}; sent anyway: a worker that does "
+        "not know it fails it with NotRegistered and dead-letters it"
+    )
 
 
 def _event_line(event: TaskEvent) -> str:

@@ -213,7 +213,9 @@ class Enqueuer:
             if finish is not None:
                 with contextlib.suppress(Exception):
                     finish()
-            self._loop.call(self.undo(envs, records))
+            # A linked send wrote its records in the messages' transaction, which failed
+            # whole: only idempotency keys (written before) are left to undo.
+            self._loop.call(self.undo(envs, [] if linked else records))
             raise
         if finish is not None:
             try:

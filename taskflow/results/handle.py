@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
 
+from ..context import current_task
 from ..errors import (
     ConfigError,
     NotFound,
@@ -111,7 +112,7 @@ class AsyncResult(Generic[R]):
         self, record: Mapping[str, Any] | None, timeout: float | None, propagate: bool
     ) -> R:
         if record is None:
-            raise ResultTimeout(f"task {self.id} did not finish within {timeout}s")
+            raise ResultTimeout(f"task {self.id} did not finish within {timeout}s{_inside()}")
         status = record.get("status")
         if status == TaskStatus.SUCCEEDED.value:
             return self._decode(record)  # type: ignore[no-any-return]
@@ -158,3 +159,15 @@ def failure(task_id: str, record: Mapping[str, Any], propagate: bool) -> Any:
     if propagate:
         raise exc
     return exc
+
+
+def _inside() -> str:
+    """What a wait that timed out inside a running task should add to its message."""
+    ctx = current_task()
+    if ctx is None:
+        return ""
+    return (
+        f" (waited inside task {ctx.name}[{ctx.id}], which holds its worker slot while it "
+        "waits: when every slot that could run the task waited on is held so, it cannot "
+        "start; see 'Waiting inside a task holds its slot' in docs/guide.md)"
+    )

@@ -21,6 +21,22 @@ def test_send_prints_the_id_of_a_task_a_worker_then_runs(ops: Ops) -> None:
     assert app.result(task_id).get(timeout=10) == 5
 
 
+def test_send_warns_of_a_task_the_app_does_not_declare_and_names_the_likely_one(
+    sqlite_ops: Ops,
+) -> None:
+    # A typo at 3 a.m. would otherwise be found later, as a NotRegistered dead letter.
+    result = sqlite_ops.run("send", "ops.ad", "--args", "[2, 3]")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip() == (
+        "taskflow send: warning: task 'ops.ad' is not declared in this app (did you mean "
+        "'ops.add'?); sent anyway: a worker that does not know it fails it with "
+        "NotRegistered and dead-letters it"
+    )
+    assert sqlite_ops.app().get_task(result.stdout.strip()).name == "ops.ad"
+    declared = sqlite_ops.run("send", "ops.add", "--args", "[2, 3]")
+    assert (declared.exit_code, declared.stderr) == (0, "")
+
+
 def test_send_with_options_as_json(sqlite_ops: Ops) -> None:
     result = sqlite_ops.run(
         "send",

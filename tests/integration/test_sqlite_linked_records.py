@@ -116,6 +116,34 @@ def test_an_app_links_its_records_when_broker_and_results_share_the_file(
         assert not app.kernel.backends.records_linked
 
 
+def test_a_send_refused_by_a_locked_file_wrote_nothing_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The records go in the messages' own transaction: a send the lock refused left no
+    # record, so there is nothing to undo (an undo, blocked by the same lock, used to log
+    # that the record of a task never sent "stays").
+    path = tmp_path / "locked.db"
+    with App("locked", broker=f"sqlite:///{path}?busy_timeout=0.2") as app:
+
+        @app.task(queue=QUEUE)
+        def job() -> None: ...
+
+        job.apply_async(task_id="sent")
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            with caplog.at_level("WARNING", logger="taskflow"), pytest.raises(BrokerError):
+                job.delay()
+        finally:
+            holder.execute("COMMIT")
+            holder.close()
+        assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
+        records = sqlite3.connect(path).execute("SELECT count(*) FROM records").fetchone()
+        assert records == (1,)
+        assert app.get_task("sent").status is TaskStatus.QUEUED
+        assert app.kernel.call(app.broker.depth(QUEUE))["ready"] == 1
+
+
 def test_a_task_run_by_a_linked_worker_stores_its_result_and_leaves_no_message(
     tmp_path: Path,
 ) -> None:

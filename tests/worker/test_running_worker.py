@@ -15,7 +15,15 @@ from typing import Any
 import orjson
 import pytest
 
-from taskflow import App, TaskCancelled, TaskContext, TaskEvent, TaskFailed, TaskStatus
+from taskflow import (
+    App,
+    ResultTimeout,
+    TaskCancelled,
+    TaskContext,
+    TaskEvent,
+    TaskFailed,
+    TaskStatus,
+)
 from taskflow.brokers import MemoryBroker, Message
 from taskflow.codec import encode_envelope
 from taskflow.message import Envelope
@@ -367,3 +375,33 @@ def test_an_id_with_a_control_character_is_dead_lettered_and_logged_escaped(
     lines = [r.getMessage() for r in caplog.records]
     assert not [line for line in lines if "\n" in line or "\x1b" in line]
     assert any("x\\n2026-01-01 ERROR forged line \\x1b[2J" in line for line in lines)
+
+
+def test_a_wait_that_timed_out_inside_a_task_says_the_waiting_task_holds_its_slot(
+    app: App,
+) -> None:
+    @app.task
+    def child() -> int:
+        return 1
+
+    @app.task(name="shop.parent")
+    def parent() -> int:
+        return child.delay().get(timeout=0.2) + 1
+
+    @app.task(name="shop.aparent")
+    async def aparent() -> int:
+        sent = await child.adelay()
+        return await sent.aget(timeout=0.2) + 1
+
+    with app.worker(concurrency=1):
+        for waiting in (parent, aparent):
+            with pytest.raises(TaskFailed) as info:
+                waiting.delay().get(timeout=WAIT)
+            assert info.value.exc_type.endswith("ResultTimeout")
+            assert f"waited inside task {waiting.name}[{info.value.task_id}]" in (
+                info.value.message
+            )
+            assert "holds its worker slot" in info.value.message
+    with pytest.raises(ResultTimeout) as outside:
+        app.result("nobody").get(timeout=0)
+    assert "inside" not in str(outside.value)
