@@ -909,7 +909,9 @@ class IoThread:
             body,
             delivery_mode=2,
             priority=priority,
-            message_id=mid,
+            # A short string: an id past 255 bytes travels in its tf-id header only (63
+            # characters are at most 252 bytes, so most ids skip the encoding).
+            message_id=mid if len(mid) <= 63 or len(mid.encode()) <= 255 else None,
             content_type="application/octet-stream",
             application_headers=headers,
         )

@@ -103,6 +103,21 @@ def test_a_published_message_comes_back_with_its_id_queue_body_and_priority(
     run(loop, body())
 
 
+def test_a_message_id_of_any_length_comes_back(
+    loop: asyncio.AbstractEventLoop, broker: Broker, queue: str
+) -> None:
+    # Producers take any printable task id (AMQP carries a message id of 255 bytes at most).
+    long_id = "order-" + "é" * 300
+
+    async def body() -> None:
+        await broker.publish([Message(id=long_id, queue=queue, body=b"x")])
+        got = await fetch_one(broker, queue)
+        assert got.id == long_id
+        assert await got.ack()
+
+    run(loop, body())
+
+
 @pytest.mark.parametrize(
     "suffix",
     [pytest.param("q" * 300, id="300-characters"), pytest.param(".ä/*>:{x}", id="punctuation")],
