@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -309,8 +310,19 @@ def guarded(svc: AdminService, endpoint: Endpoint) -> Callable[[Request], Awaita
 
 
 def api_routes(svc: AdminService) -> list[Route]:
-    """The API's routes, each guarded."""
+    """The API's routes, each guarded.
+
+    A queue name, task id or schedule name may hold a ``/`` (sent percent-encoded, it
+    reaches the router decoded): each parameter takes the rest of the path but for a
+    fixed suffix, and the routes with a suffix are tried first, so ``GET
+    /api/v1/queues/a/b/tasks`` lists the tasks of queue ``a/b``."""
+    ordered = sorted(ENDPOINTS, key=lambda e: "{" not in e.path or e.path.endswith("}"))
     return [
-        Route(e.path, guarded(svc, e), methods=[e.method], name=f"{e.method} {e.path}")
-        for e in ENDPOINTS
+        Route(
+            re.sub(r"{(\w+)}", r"{\1:path}", e.path),
+            guarded(svc, e),
+            methods=[e.method],
+            name=f"{e.method} {e.path}",
+        )
+        for e in ordered
     ]

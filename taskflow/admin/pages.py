@@ -365,22 +365,24 @@ def page_routes(svc: AdminService) -> list[Route]:
     async def logout_post(request: Request) -> Response:
         return await logout(request, svc)
 
+    # Queue names, task ids and schedule names may hold a "/": each takes the rest of the
+    # path but for the action after it (a GET of a page has none).
     return [
         Route("/login", login_get, methods=["GET"]),
         Route("/login", login_post, methods=["POST"]),
         Route("/logout", logout_post, methods=["POST"]),
         get("/", overview),
-        get("/queues/{queue}", queue_page),
-        post("/queues/{queue}/{action}", _action(svc, queue_action)),
-        get("/tasks/{task_id}", task_page),
-        post("/tasks/{task_id}/reveal", reveal_page),
-        post("/tasks/{task_id}/cancel", _action(svc, cancel_action)),
+        get("/queues/{queue:path}", queue_page),
+        post("/queues/{queue:path}/{action}", _action(svc, queue_action)),
+        get("/tasks/{task_id:path}", task_page),
+        post("/tasks/{task_id:path}/reveal", reveal_page),
+        post("/tasks/{task_id:path}/cancel", _action(svc, cancel_action)),
         get("/dead-letters", dead_page),
         get("/dead-letters/confirm", dead_confirm),
         post("/dead-letters", _action(svc, dead_action)),
         get("/schedules", schedules_page),
         post("/schedules", _action(svc, add_schedule)),
-        post("/schedules/{name}/{action}", _action(svc, schedule_action)),
+        post("/schedules/{name:path}/{action}", _action(svc, schedule_action)),
         get("/workers", workers_page),
         get("/audit", audit_page),
     ]

@@ -100,6 +100,22 @@ def test_every_form_post_needs_the_sessions_csrf_token(
     assert admin_app.admin.audit(limit=1)[0].actor == "ops"
 
 
+def test_pages_and_forms_of_a_queue_and_task_whose_names_hold_a_slash(
+    client: TestClient, seeded: Seeded, admin_app: App
+) -> None:
+    seeded.add.apply_async(args=(1, 2), queue="emails/high", task_id="order/42")
+    csrf = login(client, OPS)
+    overview = client.get("/").text
+    assert 'href="/queues/emails/high"' in overview
+    queue = client.get("/queues/emails/high")
+    assert queue.status_code == 200 and 'href="/tasks/order/42"' in queue.text
+    task = client.get("/tasks/order/42")
+    assert task.status_code == 200 and "emails/high" in task.text
+    paused = client.post("/queues/emails/high/pause", data={"csrf": csrf}, follow_redirects=False)
+    assert paused.status_code == 303
+    assert admin_app.admin.paused() == {"emails/high"}
+
+
 def test_a_form_action_whose_audit_is_refused_says_it_took_effect(
     client: TestClient, seeded: Seeded, admin_app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
