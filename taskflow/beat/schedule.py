@@ -105,6 +105,9 @@ class Schedule:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ConfigError(f"a schedule name must be a non-empty string, got {self.name!r}")
+        if not self.name.isprintable():
+            # Beats log their schedules by name: a newline would forge a log line.
+            raise ConfigError(f"a schedule name must be printable text, got {self.name!r}")
         try:
             self._check()
         except ConfigError as exc:

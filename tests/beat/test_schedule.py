@@ -225,6 +225,14 @@ def test_bad_schedules_are_refused_naming_the_schedule(
     assert isinstance(caught.value, ValueError)
 
 
+@pytest.mark.parametrize("name", ["night\nly", "night\x1b[2Jly", "nightly\r"])
+def test_a_schedule_name_with_a_control_character_is_refused(name: str) -> None:
+    # Beats log their schedules by name, and operators add them through the admin API.
+    with pytest.raises(ConfigError, match="schedule name must be printable text"):
+        Schedule(name, "t", every=5)
+    assert Schedule("night ly/ä", "t", every=5).name == "night ly/ä"
+
+
 def test_schedule_round_trips_through_its_stored_form() -> None:
     original = Schedule(
         "s",
