@@ -20,6 +20,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
+from .._masking import shown
 from ..clock import Clock
 from ..eventbus import EventBus, HookKind, TaskEvent, event_to_dict
 from ..kernel import Kernel, TaskDef
@@ -155,7 +156,9 @@ def _log_line(
     env = subject.envelope
     # "after" is how long the attempt ran; a retry's delay is said separately.
     took = "" if duration is None else f" after {duration * 1000:.1f}ms"
-    why = f": {error['type']}: {error['message'][:200]}" if error else ""
+    # The message may quote what the task was given: its control characters are escaped,
+    # so that it cannot forge a log line (the record keeps it whole).
+    why = f": {error['type']}: {shown(error['message'][:200])}" if error else ""
     if retry_in is None:
         log.log(
             level,

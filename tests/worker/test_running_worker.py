@@ -405,3 +405,22 @@ def test_a_wait_that_timed_out_inside_a_task_says_the_waiting_task_holds_its_slo
     with pytest.raises(ResultTimeout) as outside:
         app.result("nobody").get(timeout=0)
     assert "inside" not in str(outside.value)
+
+
+def test_a_failure_message_is_logged_on_one_line_and_recorded_whole(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An exception message often quotes what the task was given (a form field, say): in
+    # the worker's log line its newline would forge a line.
+    @app.task(name="shop.signup", retries=1, retry_backoff=0.0)
+    def signup(email: str) -> None:
+        raise ValueError(f"bad email {email!s}")
+
+    sent = "x\n2026-01-01 00:00:00 INFO taskflow.worker admin logged in"
+    with caplog.at_level("INFO", logger="taskflow"), app.worker(concurrency=1):
+        with pytest.raises(TaskFailed) as info:
+            signup.delay(sent).get(timeout=WAIT)
+    assert info.value.message == f"bad email {sent}"
+    lines = [r.getMessage() for r in caplog.records if "shop.signup[" in r.getMessage()]
+    assert len(lines) == 2  # the retry and the failure
+    assert all("\n" not in line and "bad email x\\n2026-01-01" in line for line in lines)
