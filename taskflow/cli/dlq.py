@@ -16,6 +16,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
+from .._masking import shown
 from ..operations import Admin, DeadLetter, ReplayReport
 from .common import CliError
 from .opscommon import APPLY_HINT, apply_option, ops_command, session
@@ -63,7 +64,7 @@ def _table(letters: list[DeadLetter]) -> Table:
     columns = ("ID / ERROR", "TASK", *queue, "REASON", "TRIES", "AGE")
     rows = [
         (
-            Text(d.task_id) + Text(f"\n  {d.error or '-'}", style="dim"),
+            Text(d.task_id) + Text(f"\n  {shown(d.error or '-')}", style="dim"),
             d.task or "?",
             *((d.queue,) if many_queues else ()),
             d.reason,

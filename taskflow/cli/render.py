@@ -32,6 +32,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from .._masking import shown
+
 __all__ = ["Output", "Step", "ago", "jsonable", "when"]
 
 
@@ -75,7 +77,9 @@ def when(value: datetime | float | None) -> str:
 def _cell(value: object) -> RenderableType:
     if value is None:
         return "-"
-    return value if isinstance(value, Text) else str(value)
+    # Cells show what tasks and producers wrote (an error's text quotes a task's
+    # arguments): control characters are escaped, or they would write to the terminal.
+    return value if isinstance(value, Text) else shown(str(value))
 
 
 def ago(value: datetime | float | None, now: float | None = None) -> str:

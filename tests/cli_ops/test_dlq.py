@@ -41,6 +41,29 @@ def test_dlq_list_shows_each_dead_letter_with_its_reason(ops: Ops) -> None:
     assert all(task_id in table.stdout for task_id in ids)
 
 
+def test_an_error_quoting_control_characters_cannot_write_to_the_operators_terminal(
+    sqlite_ops: Ops,
+) -> None:
+    # The error text is the task's (it may quote its arguments): an escape sequence in it
+    # would retitle or rewrite the operator's terminal, a newline forge a row.
+    app = sqlite_ops.app()
+    evil = "bad \x1b]0;owned\x07 \x1b[2J\rX\nFORGED row"
+
+    @app.task(name="ops.evil", queue=WORK)
+    def fails() -> None:
+        raise ValueError(evil)
+
+    sent = fails.delay()
+    assert drain(app, [WORK]) == 1
+    for args in (("dlq", "list"), ("task", "get", sent.id)):
+        shown = sqlite_ops.run(*args).stdout
+        assert "\x1b" not in shown and "\x07" not in shown and "\r" not in shown, args
+        assert not any(line.startswith("FORGED") for line in shown.splitlines()), args
+        assert "\\x1b]0;owned\\x07" in shown.replace("\n", ""), (args, shown)
+    as_json = json.loads(sqlite_ops.run("dlq", "list", "--json").stdout)
+    assert as_json["items"][0]["error"] == f"ValueError: {evil}"
+
+
 def test_dlq_list_since_takes_an_iso_time(sqlite_ops: Ops) -> None:
     _dead(sqlite_ops.app(), 1)
     assert _dead_ids(sqlite_ops)
