@@ -170,6 +170,7 @@ class Enqueuer:
     def run_blocking(self, plan: Plan) -> list[str]:
         """:meth:`run` for a synchronous caller: in the calling thread, without a hop onto
         the loop, when the plan allows; on the loop otherwise."""
+        self._loop.check_fork()  # the blocking path uses connections of its own
         if not plan.blocking:
             return self._loop.call(self.run(plan))
         envs = plan.envelopes

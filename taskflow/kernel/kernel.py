@@ -127,6 +127,7 @@ class Kernel:
     def wait_result(self, record_id: str, timeout: float | None) -> dict[str, Any] | None:
         """Wait (push-based) until record ``record_id`` is terminal; None on timeout."""
         if self.results.capabilities.blocking and not self.loop.in_loop_thread():
+            self.loop.check_fork()
             return self.results.wait_blocking(record_id, timeout)
         return self.lookup(lambda: self.await_result(record_id, timeout))
 

@@ -19,6 +19,7 @@ import importlib.util
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -100,11 +101,29 @@ def new_event_loop(choice: str | None = None) -> asyncio.AbstractEventLoop:
     return loop
 
 
+_STARTED: weakref.WeakSet[LoopThread] = weakref.WeakSet()
+"""The loop threads started in this process (for :func:`_after_fork_in_child`)."""
+
+
+def _after_fork_in_child() -> None:
+    # The child has none of the parent's threads: a started loop's thread is gone, and
+    # the app's connections belong to the parent. Calls must refuse, not hang.
+    parent = os.getppid()
+    for loop_thread in list(_STARTED):
+        if loop_thread.started:  # a closed app connects again, in either process
+            loop_thread.inherited(parent)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class LoopThread:
     """A lazily started event-loop thread with thread-safe ``call``/``acall``.
 
     Its event loop is the one :data:`LOOP_ENV` names when the loop starts, unless
-    :meth:`use` chose another before.
+    :meth:`use` chose another before. In a process forked after the loop started, every
+    call raises :class:`ConfigError` (:meth:`check_fork`).
     """
 
     def __init__(self, name: str) -> None:
@@ -114,6 +133,25 @@ class LoopThread:
         self._thread: threading.Thread | None = None
         self._choice: str | None = None  # the kind use() chose; None: the environment's
         self._kind: str | None = None  # the running loop's kind
+        self._forked_from: int | None = None  # the process this one forked from, when used
+
+    def inherited(self, parent: int) -> None:
+        """In a child forked from ``parent`` after this loop started: drop the loop (its
+        thread is not in this process) and refuse calls from now on."""
+        self._lock = threading.Lock()  # another thread of the parent may have held it
+        self._loop = None
+        self._thread = None
+        self._forked_from = parent
+
+    def check_fork(self) -> None:
+        """Raise :class:`ConfigError` in a process forked from one that used this app."""
+        if self._forked_from is not None:
+            raise ConfigError(
+                f"app {self._name!r} was used in process {self._forked_from} before this "
+                "process forked from it: its event loop and connections stay with that "
+                "process. Call app.close() before forking (the child and the parent then "
+                "connect again on their next call), or create the app after the fork"
+            )
 
     def use(self, kind: str) -> None:
         """Run on the event loop ``kind`` (one of :data:`LOOP_CHOICES`) when the loop starts.
@@ -146,6 +184,7 @@ class LoopThread:
         loop = self._loop
         if loop is not None:
             return loop
+        self.check_fork()
         with self._lock:
             if self._loop is None:
                 ready = threading.Event()
@@ -159,6 +198,7 @@ class LoopThread:
                 self._thread.start()
                 ready.wait()
                 self._loop = loop
+                _STARTED.add(self)
             return self._loop
 
     @staticmethod
