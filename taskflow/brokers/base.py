@@ -139,6 +139,9 @@ class Capabilities:
     """``dead_letter`` keeps the message in a per-queue dead-letter list."""
     blocking_publish: bool = False
     """``publish_blocking`` is thread-safe and needs no event loop."""
+    fork_safe: bool = False
+    """``publish_blocking`` opens connections of its own in a process forked from one
+    that used the broker (a ``delay()`` there is safe; the app's loop calls still refuse)."""
     control: bool = True
     """``send_control``/``control_messages`` reach every worker of the app."""
     fetch_buffer: float = 0.5

@@ -212,7 +212,8 @@ class RedisBroker(Broker, DelegatedAdmin):
     ``failed``); by default every dead letter is kept until it is replayed or discarded.
     """
 
-    capabilities: ClassVar[Capabilities] = Capabilities(blocking_publish=True)
+    # redis-py's synchronous pools notice a fork and connect again in the child.
+    capabilities: ClassVar[Capabilities] = Capabilities(blocking_publish=True, fork_safe=True)
 
     def __init__(
         self,

@@ -85,6 +85,9 @@ class Enqueuer:
         # What the backends can do from any thread never changes: decided once.
         self._publish_anywhere = self._broker.capabilities.blocking_publish
         self._record_anywhere = self._results.capabilities.blocking_create
+        self._fork_safe = (
+            self._broker.capabilities.fork_safe and self._results.capabilities.fork_safe
+        )
 
     # -- the plan ------------------------------------------------------------------------
     def plan(self, prepared: list[Prepared]) -> Plan:
@@ -170,7 +173,8 @@ class Enqueuer:
     def run_blocking(self, plan: Plan) -> list[str]:
         """:meth:`run` for a synchronous caller: in the calling thread, without a hop onto
         the loop, when the plan allows; on the loop otherwise."""
-        self._loop.check_fork()  # the blocking path uses connections of its own
+        if not self._fork_safe:
+            self._loop.check_fork()  # the blocking path would use the parent's connections
         if not plan.blocking:
             return self._loop.call(self.run(plan))
         envs = plan.envelopes

@@ -61,6 +61,9 @@ class StoreCapabilities:
     """``create_many_blocking`` may be called from any thread without the app's loop (a
     store with a synchronous connection of its own, or an in-process one): a blocking
     ``delay()`` of a task that stores its result then needs no hop onto the loop."""
+    fork_safe: bool = False
+    """Its blocking calls open connections of their own in a process forked from one that
+    used the store (see ``Capabilities.fork_safe`` of brokers)."""
 
 
 def restarted(record: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:

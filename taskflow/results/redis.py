@@ -46,7 +46,7 @@ class RedisResultStore(ResultStore):
     """
 
     capabilities: ClassVar[StoreCapabilities] = StoreCapabilities(
-        events=True, atomic_create=True, blocking_create=True
+        events=True, atomic_create=True, blocking_create=True, fork_safe=True
     )
 
     def __init__(

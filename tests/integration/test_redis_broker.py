@@ -20,6 +20,7 @@ from taskflow.brokers.redis import RedisBroker
 from taskflow.errors import BrokerError, ConfigError, QueueFull
 from taskflow.results.redis import RedisResultStore
 from tests.integration.redis_helpers import free_port, fresh_url
+from tests.unit.test_fork import in_child
 
 pytestmark = pytest.mark.integration
 
@@ -253,3 +254,30 @@ def test_a_script_that_never_closes_its_app_exits_without_asyncio_complaints(url
     )
     assert (done.returncode, done.stdout) == (0, "5\n"), done.stderr
     assert "destroyed" not in done.stderr and "pending" not in done.stderr, done.stderr
+
+
+def test_a_redis_app_used_before_a_fork_still_sends_from_the_child_and_refuses_loop_calls(
+    url: str,
+) -> None:
+    # A pre-forking web server's workers send fire-and-forget tasks: redis-py's own pools
+    # connect again in a child, so delay() works there; reads need the app's loop, which
+    # the child does not have.
+    with App("forked", broker=url) as app:
+
+        @app.task
+        def add(x: int, y: int) -> int:
+            return x + y
+
+        assert add.delay(1, 2).status.value == "queued"
+
+        def child() -> str:
+            sent = add.delay(3, 4)
+            try:
+                sent.status  # noqa: B018 -- the read is the point
+            except ConfigError as exc:
+                return f"{sent.id} {exc}"
+            return "read"
+
+        sent_id, _, refused = in_child(child).partition(" ")
+        assert refused.startswith("app 'forked' was used in process")
+        assert app.result(sent_id).status.value == "queued"  # the child's send went out
