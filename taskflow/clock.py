@@ -15,9 +15,24 @@ from __future__ import annotations
 import threading
 import time as _time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
-__all__ = ["SYSTEM_CLOCK", "Clock", "FakeClock", "SystemClock"]
+__all__ = ["SYSTEM_CLOCK", "Clock", "FakeClock", "SystemClock", "utc"]
+
+
+_LATEST = datetime.max.replace(tzinfo=UTC)
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+def utc(seconds: float) -> datetime:
+    """Epoch ``seconds`` as an aware UTC datetime. A time no datetime holds (past the year
+    9999, or before the year 1: another producer may write one) is shown as the nearest
+    one that does, instead of raising."""
+    try:
+        return datetime.fromtimestamp(seconds, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return _LATEST if seconds > 0 else _EARLIEST
 
 
 @runtime_checkable

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import contextvars
+import math
 import threading
 from dataclasses import dataclass, field
 
 from .errors import Retry
 
-__all__ = ["CancelEvent", "TaskContext", "current_task"]
+__all__ = ["MAX_DELAY", "CancelEvent", "TaskContext", "countdown_problem", "current_task"]
+
+MAX_DELAY = 100 * 365.25 * 86400.0
+"""The furthest ahead a task may be scheduled (a countdown, an eta, a retry's countdown):
+100 years, in seconds. Further is a mistake, and past the year 9999 no date can show it."""
 
 
 class CancelEvent:
@@ -91,8 +96,29 @@ class TaskContext:
 
     def retry(self, countdown: float | None = None, exc: BaseException | None = None) -> Retry:
         """Ask for a retry: raises :class:`~taskflow.errors.Retry` (typed as returning it
-        so that ``raise ctx.retry()`` also reads well)."""
+        so that ``raise ctx.retry()`` also reads well). A ``countdown`` that is not a finite
+        number of seconds from 0 to 100 years raises ``ValueError`` instead, failing the
+        attempt with it."""
+        problem = countdown_problem(countdown)
+        if problem:
+            raise ValueError(f"{self.name}: retry countdown {problem}")
         raise Retry(countdown=countdown, exc=exc)
+
+
+def countdown_problem(countdown: object) -> str:
+    """What is wrong with a retry's ``countdown`` (None: the backoff's), or ``""``."""
+    if countdown is None:
+        return ""
+    if (
+        isinstance(countdown, bool)
+        or not isinstance(countdown, int | float)
+        or not math.isfinite(countdown)
+        or countdown < 0
+    ):
+        return f"must be a finite, non-negative number of seconds, got {countdown!r}"
+    if countdown > MAX_DELAY:
+        return f"{countdown:g}s is more than 100 years ahead"
+    return ""
 
 
 def current_task() -> TaskContext | None:

@@ -17,6 +17,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
+from ..clock import utc
 from ..errors import BrokerError, ConfigError, NotFound, Unsupported
 from ..urls import mask_url
 from .auth import Session, csrf_ok
@@ -38,7 +39,7 @@ def _when(value: Any) -> str:
     if value is None or value == "":
         return "—"
     if isinstance(value, int | float):
-        value = datetime.fromtimestamp(value, tz=UTC)
+        value = utc(value)
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value)

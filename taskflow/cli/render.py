@@ -33,6 +33,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._masking import shown
+from ..clock import utc
 
 __all__ = ["Output", "Step", "ago", "jsonable", "when"]
 
@@ -68,7 +69,7 @@ def when(value: datetime | float | None) -> str:
     """A time for a table cell: ``YYYY-MM-DD HH:MM:SS`` in UTC, or ``-``."""
     if value is None:
         return "-"
-    moment = value if isinstance(value, datetime) else datetime.fromtimestamp(value, UTC)
+    moment = value if isinstance(value, datetime) else utc(value)
     if moment.tzinfo is not None:
         moment = moment.astimezone(UTC)
     return moment.strftime("%Y-%m-%d %H:%M:%S")

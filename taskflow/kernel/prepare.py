@@ -21,7 +21,7 @@ from typing import Any, TypedDict
 
 from .. import codec
 from ..brokers.base import Message
-from ..context import current_task
+from ..context import MAX_DELAY, current_task
 from ..errors import PayloadError
 from ..eventbus import TaskEvent
 from ..message import Envelope, TaskStatus
@@ -286,9 +286,14 @@ def _eta(name: str, opts: Mapping[str, Any], now: float) -> float | None:
             or countdown < 0
         ):
             raise ValueError(f"{name}: countdown must be a finite, non-negative number of seconds")
+        if countdown > MAX_DELAY:
+            raise ValueError(f"{name}: countdown {countdown:g}s is more than 100 years ahead")
         return now + float(countdown) if countdown > 0 else None
     if eta is not None:
-        return _aware_ts(name, "eta", eta)
+        at = _aware_ts(name, "eta", eta)
+        if at - now > MAX_DELAY:
+            raise ValueError(f"{name}: eta {eta.isoformat()} is more than 100 years ahead")
+        return at
     return None
 
 

@@ -8,12 +8,13 @@ import binascii
 import json
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from .. import codec
 from ..brokers.base import BrokerAdmin
 from ..brokers.base import DeadLetter as BrokerDeadLetter
+from ..clock import utc
 from ..errors import AuditNotWritten, BrokerError, ConfigError, PayloadError, UnknownQueue
 from ..kernel import Kernel
 from ..urls import mask_url
@@ -122,7 +123,7 @@ class Context:
 
 def to_datetime(value: float | None) -> datetime | None:
     """Epoch seconds as an aware UTC datetime (None and 0 stay None)."""
-    return datetime.fromtimestamp(float(value), tz=UTC) if value else None
+    return utc(float(value)) if value else None
 
 
 def view(letter: BrokerDeadLetter) -> DeadLetter:

@@ -16,9 +16,10 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, ClassVar
 
+from ..clock import utc
 from ..message import TERMINAL_STATUSES, TaskStatus
 from ..urls import mask_url
 
@@ -76,7 +77,7 @@ def restarted(record: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str
 
 
 def _ts(value: Any) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(float(value), tz=UTC)
+    return None if value is None else utc(float(value))
 
 
 @dataclass(frozen=True, slots=True)

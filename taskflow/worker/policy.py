@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from ..context import countdown_problem
 from ..errors import PayloadError, Reject, Retry, TaskTimeout
 from .scheduler import Job
 
@@ -44,6 +45,10 @@ def decide(job: Job, exc: BaseException, rng: random.Random | None = None) -> Re
         return Fail("rejected", exc)
     can_retry = job.attempt <= job.envelope.max_retries
     if isinstance(exc, Retry):
+        problem = countdown_problem(exc.countdown)
+        if problem:
+            # Raised as Retry(countdown=...) itself: a bug in the task, not a retry.
+            return Fail("failed", ValueError(f"{job.envelope.task}: retry countdown {problem}"))
         cause: BaseException = exc.exc or exc
         if not can_retry:
             return Fail("failed", cause)

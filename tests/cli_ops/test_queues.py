@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 
+from taskflow.brokers.base import Message
+from taskflow.codec import encode_envelope
 from taskflow.errors import BrokerError
-from taskflow.message import TaskStatus
+from taskflow.message import Envelope, TaskStatus
 from taskflow.results.sqlite import SqliteResultStore
 from taskflow.testing import drain
 from tests.cli_ops.apps.opsapp import OTHER, WORK
@@ -78,6 +80,23 @@ def test_inspect_lists_the_waiting_tasks_without_their_arguments(ops: Ops) -> No
     assert table.exit_code == 0
     assert all(len(line) <= 80 for line in table.stdout.splitlines()), table.stdout
     assert all(task_id in table.stdout for task_id in sent)
+
+
+def test_inspect_shows_a_task_due_past_the_year_9999_as_due_then(sqlite_ops: Ops) -> None:
+    # Another producer may write any finite eta (docs/protocol.md); the table and --json
+    # failed with "year 33715 is out of range".
+    app = sqlite_ops.app()
+    env = Envelope(id="far-away", task="ops.add", queue=WORK, args=[1, 2], eta=1e12)
+    far = Message("far-away", WORK, encode_envelope(env), eta=1e12)
+    app.kernel.call(app.kernel.backends.connect())
+    app.kernel.call(app.broker.declare(WORK))
+    app.kernel.call(app.broker.publish([far]))
+    table = sqlite_ops.run("inspect", WORK, "--state", "scheduled")
+    assert table.exit_code == 0, table.output
+    assert "far-away" in table.stdout
+    listed = sqlite_ops.run("inspect", WORK, "--state", "scheduled", "--json")
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.stdout)[0]["eta"].startswith("9999-12-31T23:59:59")
 
 
 def test_an_unknown_queue_fails_with_the_known_ones(sqlite_ops: Ops) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -173,6 +174,21 @@ def test_ids_queues_and_names_may_hold_any_printable_text(app: App) -> None:
     sent = job.apply_async(task_id="order 42/ä.*>", queue="emails.ä/*>")
     assert sent.id == "order 42/ä.*>"
     assert app.kernel.call(app.broker.depth("emails.ä/*>"))["ready"] == 1
+
+
+def test_a_task_scheduled_more_than_100_years_ahead_is_refused_at_the_call(app: App) -> None:
+    # Past the year 9999 no date can show it: `taskflow inspect` failed on such a task.
+    @app.task(name="shop.job")
+    def job() -> None: ...
+
+    century = 100 * 365.25 * 86400
+    with pytest.raises(ValueError, match=r"shop\.job: countdown 1e\+12s is more than 100"):
+        job.apply_async(countdown=1e12)
+    later = datetime.now(UTC) + timedelta(days=365.25 * 101)
+    with pytest.raises(ValueError, match=r"shop\.job: eta .* is more than 100 years ahead"):
+        job.apply_async(eta=later)
+    assert app.kernel.call(app.broker.depth("default"))["scheduled"] == 0
+    assert job.apply_async(countdown=century - 60).status.value == "scheduled"
 
 
 def test_unknown_options_are_refused_by_send_task_and_signatures(app: App) -> None:

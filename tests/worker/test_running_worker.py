@@ -424,3 +424,27 @@ def test_a_failure_message_is_logged_on_one_line_and_recorded_whole(
     lines = [r.getMessage() for r in caplog.records if "shop.signup[" in r.getMessage()]
     assert len(lines) == 2  # the retry and the failure
     assert all("\n" not in line and "bad email x\\n2026-01-01" in line for line in lines)
+
+
+@pytest.mark.parametrize("countdown", [float("inf"), float("nan"), -1.0, 1e300, "5"])
+def test_a_retry_with_a_countdown_that_is_no_delay_fails_the_task_naming_it(
+    app: App, countdown: Any
+) -> None:
+    # It used to be taken as given: an infinite or absurd one left the task retrying for
+    # ever (and past the year 9999 no date could show it); NaN retried at once.
+    from taskflow.errors import Retry
+
+    @app.task(name="shop.poll", bind=True, retries=1, retry_on=())
+    def poll(ctx: TaskContext) -> None:
+        ctx.retry(countdown=countdown)
+
+    @app.task(name="shop.poll_raw", retries=1)
+    def poll_raw() -> None:
+        raise Retry(countdown=countdown)
+
+    with app.worker(concurrency=2):
+        for task in (poll, poll_raw):
+            with pytest.raises(TaskFailed) as info:
+                task.delay().get(timeout=WAIT)
+            assert info.value.exc_type.endswith("ValueError")
+            assert info.value.message.startswith(f"{task.name}: retry countdown ")
