@@ -97,8 +97,8 @@ class TaskContext:
     def retry(self, countdown: float | None = None, exc: BaseException | None = None) -> Retry:
         """Ask for a retry: raises :class:`~taskflow.errors.Retry` (typed as returning it
         so that ``raise ctx.retry()`` also reads well). A ``countdown`` that is not a finite
-        number of seconds from 0 to 100 years raises ``ValueError`` instead, failing the
-        attempt with it."""
+        number of seconds up to 100 years raises ``ValueError`` instead, failing the attempt
+        with it; a negative one retries at once."""
         problem = countdown_problem(countdown)
         if problem:
             raise ValueError(f"{self.name}: retry countdown {problem}")
@@ -113,9 +113,9 @@ def countdown_problem(countdown: object) -> str:
         isinstance(countdown, bool)
         or not isinstance(countdown, int | float)
         or not math.isfinite(countdown)
-        or countdown < 0
     ):
-        return f"must be a finite, non-negative number of seconds, got {countdown!r}"
+        # Negative is fine: a time already past (``due - now``) retries at once.
+        return f"must be a finite number of seconds, got {countdown!r}"
     if countdown > MAX_DELAY:
         return f"{countdown:g}s is more than 100 years ahead"
     return ""

@@ -52,7 +52,7 @@ def decide(job: Job, exc: BaseException, rng: random.Random | None = None) -> Re
         cause: BaseException = exc.exc or exc
         if not can_retry:
             return Fail("failed", cause)
-        delay = exc.countdown if exc.countdown is not None else _backoff(job, rng)
+        delay = max(0.0, exc.countdown) if exc.countdown is not None else _backoff(job, rng)
         return RetryIn(delay, cause)
     retriable = isinstance(exc, (*job.task.options.retry_on, TaskTimeout))
     if can_retry and retriable and not isinstance(exc, PayloadError):
