@@ -103,6 +103,7 @@ class ControlReader:
                 self._release(asyncio.get_running_loop())
 
     def _release(self, loop: asyncio.AbstractEventLoop) -> None:
+        """End the subscription in the background (:meth:`close` awaits it)."""
         task, self._task = self._task, None
         pubsub, self._pubsub = self._pubsub, None
         if task is not None:
@@ -120,14 +121,8 @@ class ControlReader:
         closing.add_done_callback(self._releasing.discard)
 
     async def close(self) -> None:
-        """Stop listening and close the subscription."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.aclose()
-            self._pubsub = None
+        """Stop listening and close the subscription (and any a last reader left)."""
+        if self._task is not None or self._pubsub is not None:
+            self._release(asyncio.get_running_loop())
         if self._releasing:
             await asyncio.gather(*self._releasing, return_exceptions=True)
