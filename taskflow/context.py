@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import contextvars
-import math
 import threading
 from dataclasses import dataclass, field
 
 from .errors import Retry
 
-__all__ = ["MAX_DELAY", "CancelEvent", "TaskContext", "countdown_problem", "current_task"]
-
-MAX_DELAY = 100 * 365.25 * 86400.0
-"""The furthest ahead a task may be scheduled (a countdown, an eta, a retry's countdown):
-100 years, in seconds. Further is a mistake, and past the year 9999 no date can show it."""
+__all__ = ["CancelEvent", "TaskContext", "current_task"]
 
 
 class CancelEvent:
@@ -96,29 +91,9 @@ class TaskContext:
 
     def retry(self, countdown: float | None = None, exc: BaseException | None = None) -> Retry:
         """Ask for a retry: raises :class:`~taskflow.errors.Retry` (typed as returning it
-        so that ``raise ctx.retry()`` also reads well). A ``countdown`` that is not a finite
-        number of seconds up to 100 years raises ``ValueError`` instead, failing the attempt
-        with it; a negative one retries at once."""
-        problem = countdown_problem(countdown)
-        if problem:
-            raise ValueError(f"{self.name}: retry countdown {problem}")
+        so that ``raise ctx.retry()`` also reads well). The worker checks ``countdown``
+        (:func:`taskflow.options.countdown_problem`)."""
         raise Retry(countdown=countdown, exc=exc)
-
-
-def countdown_problem(countdown: object) -> str:
-    """What is wrong with a retry's ``countdown`` (None: the backoff's), or ``""``."""
-    if countdown is None:
-        return ""
-    if (
-        isinstance(countdown, bool)
-        or not isinstance(countdown, int | float)
-        or not math.isfinite(countdown)
-    ):
-        # Negative is fine: a time already past (``due - now``) retries at once.
-        return f"must be a finite number of seconds, got {countdown!r}"
-    if countdown > MAX_DELAY:
-        return f"{countdown:g}s is more than 100 years ahead"
-    return ""
 
 
 def current_task() -> TaskContext | None:

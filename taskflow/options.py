@@ -11,12 +11,14 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 __all__ = [
+    "MAX_DELAY",
     "TASK_OPTION_NAMES",
     "RateLimit",
     "TaskOptions",
     "check_priority",
     "check_queue",
     "check_timeout",
+    "countdown_problem",
     "parse_rate_limit",
 ]
 
@@ -100,6 +102,27 @@ def _check_nonneg(value: Any, task: str, option: str) -> float:
     ):
         raise ValueError(f"{task}: {option} must be a finite, non-negative number, got {value!r}")
     return float(value)
+
+
+MAX_DELAY = 100 * 365.25 * 86400.0
+"""The furthest ahead a task may be scheduled (a countdown, an eta, a retry's countdown):
+100 years, in seconds. Further is a mistake, and past the year 9999 no date can show it."""
+
+
+def countdown_problem(countdown: object) -> str:
+    """What is wrong with a ``countdown`` as a delay, or ``""`` (None is no countdown).
+    A negative one is a time already past: a retry runs at once (a send refuses it)."""
+    if countdown is None:
+        return ""
+    if (
+        isinstance(countdown, bool)
+        or not isinstance(countdown, int | float)
+        or not math.isfinite(countdown)
+    ):
+        return f"must be a finite number of seconds, got {countdown!r}"
+    if countdown > MAX_DELAY:
+        return f"{countdown:g}s is more than 100 years ahead"
+    return ""
 
 
 def _with_guess(name: str) -> str:

@@ -12,7 +12,6 @@ The enqueuer (:mod:`.enqueue`) takes the :class:`Prepared` sends from here to th
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import uuid
 from collections.abc import Mapping, Sequence
@@ -21,11 +20,19 @@ from typing import Any, TypedDict
 
 from .. import codec
 from ..brokers.base import Message
-from ..context import MAX_DELAY, current_task
+from ..context import current_task
 from ..errors import PayloadError
 from ..eventbus import TaskEvent
 from ..message import Envelope, TaskStatus
-from ..options import SERIALIZERS, TaskOptions, check_priority, check_queue, check_timeout
+from ..options import (
+    MAX_DELAY,
+    SERIALIZERS,
+    TaskOptions,
+    check_priority,
+    check_queue,
+    check_timeout,
+    countdown_problem,
+)
 from ..payload import encode_any
 from .settings import Settings
 from .taskdef import TaskDef
@@ -279,15 +286,9 @@ def _eta(name: str, opts: Mapping[str, Any], now: float) -> float | None:
     if countdown is not None and eta is not None:
         raise ValueError(f"{name}: give countdown or eta, not both")
     if countdown is not None:
-        if (
-            isinstance(countdown, bool)
-            or not isinstance(countdown, int | float)
-            or not math.isfinite(countdown)
-            or countdown < 0
-        ):
-            raise ValueError(f"{name}: countdown must be a finite, non-negative number of seconds")
-        if countdown > MAX_DELAY:
-            raise ValueError(f"{name}: countdown {countdown:g}s is more than 100 years ahead")
+        problem = countdown_problem(countdown) or ("is negative" if countdown < 0 else "")
+        if problem:
+            raise ValueError(f"{name}: countdown {problem}")
         return now + float(countdown) if countdown > 0 else None
     if eta is not None:
         at = _aware_ts(name, "eta", eta)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from ..context import countdown_problem
 from ..errors import PayloadError, Reject, Retry, TaskTimeout
+from ..options import countdown_problem
 from .scheduler import Job
 
 __all__ = ["Fail", "RetryIn", "backoff_delay", "decide"]
