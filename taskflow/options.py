@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .errors import ConfigError
+
 __all__ = [
     "MAX_DELAY",
     "TASK_OPTION_NAMES",
@@ -19,6 +21,7 @@ __all__ = [
     "check_queue",
     "check_timeout",
     "countdown_problem",
+    "name_list",
     "parse_rate_limit",
 ]
 
@@ -252,6 +255,14 @@ def check_queue(value: Any, task: str) -> str:
             f"spaces, got {value!r}"
         )
     return value
+
+
+def name_list(value: Any, what: str) -> list[str]:
+    """``value`` (an iterable of names) as a list; one string is refused, since iterating
+    it would give its letters (``queues="emails"`` read as seven one-letter queues)."""
+    if isinstance(value, str | bytes):
+        raise ConfigError(f"{what} must be a list of names, not one string: use [{value!r}]")
+    return list(value)
 
 
 def _check_retry_on(value: Any, task: str) -> tuple[type[BaseException], ...]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
@@ -17,6 +18,7 @@ from .. import codec
 from ..brokers.base import BrokerAdmin, Message, Waiting
 from ..brokers.base import DeadLetter as BrokerDeadLetter
 from ..errors import ConfigError, PayloadError
+from ..options import name_list
 from ..results.base import is_terminal
 from ._context import Context
 from ._dead import Partial
@@ -48,6 +50,16 @@ class ImportReport:
     dry_run: bool = False
 
 
+def _check_file(fp: Any, action: str, mode: str) -> None:
+    """Refuse a path where an open file is wanted: read as lines, a path's letters would
+    be taken for a snapshot's (``import_``), or fail on ``write`` (``export``)."""
+    if isinstance(fp, str | bytes | os.PathLike):
+        raise ConfigError(
+            f"{action} takes an open text file, not a path: "
+            f"with open({os.fsdecode(fp)!r}, {mode!r}) as fp: ..."
+        )
+
+
 # -- export ----------------------------------------------------------------------------
 async def export(
     ctx: Context,
@@ -57,11 +69,12 @@ async def export(
     redact: bool,
 ) -> int:
     """Write a snapshot of ``queues`` (all known by default) to ``fp``; how many tasks."""
+    _check_file(fp, "export", "w")
     bad = [s for s in states if s not in EXPORTABLE]
     if bad or isinstance(states, str):
         raise ConfigError(f"states must be among {', '.join(EXPORTABLE)}, got {states!r}")
     broker = await ctx.broker()
-    names = list(queues) if queues is not None else await broker.known_queues()
+    names = name_list(queues, "queues") if queues is not None else await broker.known_queues()
     for name in names:
         await ctx.check(name)
     header = {
@@ -146,6 +159,7 @@ def _line(
 # -- import ----------------------------------------------------------------------------
 async def import_(ctx: Context, fp: IO[str], dry_run: bool) -> ImportReport:
     """Check every line of ``fp``, then write the tasks whose ids are new."""
+    _check_file(fp, "import", "r")
     where = getattr(fp, "name", "snapshot")
     lines = list(_parse(fp, str(where)))
     broker = await ctx.broker()

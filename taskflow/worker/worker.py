@@ -30,7 +30,7 @@ from ..clock import Clock
 from ..eventbus import EventBus, Subscription
 from ..kernel import Kernel, Service
 from ..kernel.service import RUNNING
-from ..options import check_queue
+from ..options import check_queue, name_list
 from .announce import Announcer
 from .control import Control
 from .executor import Executor
@@ -476,7 +476,7 @@ def _checked(queues: Sequence[str], concurrency: int, prefetch_buffer: int | Non
         not isinstance(prefetch_buffer, int) or prefetch_buffer < 0
     ):
         raise ValueError("worker prefetch_buffer must be a non-negative integer")
-    checked = list(queues)
+    checked = name_list(queues, "worker queues")
     if not checked:
         raise ValueError(f"worker queues must be non-empty names, got {queues!r}")
     # The names producers can send to: a worker on any other would wait for ever.

@@ -188,3 +188,16 @@ def test_export_of_one_queue_and_state(app: App, queue: str) -> None:
     assert (line["id"], line["state"], line["task"]) == (ids["scheduled"], "scheduled", "snap.noop")
     assert line["eta"] is not None
     assert line["record"]["status"] == TaskStatus.SCHEDULED.value
+
+
+def test_a_path_or_one_queue_name_given_as_a_string_is_refused(app: App, queue: str) -> None:
+    # A path read as lines was taken for a snapshot ("line 1: not JSON"), and one queue
+    # name was taken for its letters ("no queue 'd'").
+    _fill(app, queue)
+    with pytest.raises(ConfigError, match=r"import takes an open text file, not a path"):
+        app.admin.import_("snapshot.jsonl")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"export takes an open text file, not a path"):
+        app.admin.export(Path("snapshot.jsonl"))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=rf"queues must be a list of names.*use \['{queue}'\]"):
+        _export(app, queues=queue)
+    assert app.admin.audit() == []

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from taskflow import App
+from taskflow.errors import ConfigError
 from taskflow.options import (
     RateLimit,
     TaskOptions,
@@ -174,6 +175,15 @@ def test_ids_queues_and_names_may_hold_any_printable_text(app: App) -> None:
     sent = job.apply_async(task_id="order 42/ä.*>", queue="emails.ä/*>")
     assert sent.id == "order 42/ä.*>"
     assert app.kernel.call(app.broker.depth("emails.ä/*>"))["ready"] == 1
+
+
+def test_a_worker_given_one_queue_name_as_a_string_refuses_it(app: App) -> None:
+    # Read letter by letter it listened on 'e', 'm', 'a', 'i', 'l', 's' and ran nothing.
+    with pytest.raises(ConfigError, match=r"worker queues must be a list of names.*\['emails'\]"):
+        app.worker(queues="emails")
+    with pytest.raises(ConfigError, match=r"worker queues must be a list of names"):
+        app.run_worker(queues="emails")
+    assert app.worker(queues=("emails",)).queues == ["emails"]
 
 
 def test_a_task_scheduled_more_than_100_years_ahead_is_refused_at_the_call(app: App) -> None:
