@@ -1,4 +1,5 @@
-"""Cross-thread wake-ups for in-process backends (memory broker and result store).
+"""Cross-thread wake-ups for in-process backends (memory broker and result store), and
+the limits of a caller's waits.
 
 A waiter is registered while the caller still holds its data lock, so a notification that
 happens between "checked, nothing there" and "started waiting" is never lost.
@@ -7,13 +8,30 @@ happens between "checked, nothing there" and "started waiting" is never lost.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from collections.abc import Awaitable
+from numbers import Real
 from typing import Any, TypeVar
 
-__all__ = ["Waiters", "by_deadline", "wait_future", "within"]
+__all__ = ["Waiters", "by_deadline", "wait_future", "wait_limit", "within"]
 
 T = TypeVar("T")
+
+
+def wait_limit(timeout: object, what: str = "timeout") -> float | None:
+    """A caller's ``timeout`` for a wait, in seconds: None (no limit) for None, for
+    infinity and for any span past what a thread can wait (``threading.TIMEOUT_MAX``,
+    about 292 years; a longer one raised ``OverflowError``); 0 for a negative one.
+    ``ValueError`` for NaN or a value that is not a number."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, Real) or math.isnan(timeout):
+        raise ValueError(f"{what} must be None or a number of seconds, got {timeout!r}")
+    seconds = float(timeout)
+    if seconds >= threading.TIMEOUT_MAX:
+        return None
+    return max(0.0, seconds)
 
 
 def _wake(fut: asyncio.Future[Any]) -> None:

@@ -6,6 +6,7 @@ import contextvars
 import threading
 from dataclasses import dataclass, field
 
+from ._waiters import wait_limit
 from .errors import Retry
 
 __all__ = ["CancelEvent", "TaskContext", "current_task"]
@@ -51,7 +52,7 @@ class CancelEvent:
                 if self._flag:
                     self._event.set()
             event = self._event
-        return event.wait(timeout)
+        return event.wait(wait_limit(timeout))
 
     def __bool__(self) -> bool:
         return self._flag

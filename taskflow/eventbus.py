@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from ._waiters import wait_limit
+
 __all__ = [
     "HOOK_KINDS",
     "EventBus",
@@ -115,7 +117,8 @@ class Subscription:
 
     def get(self, timeout: float | None = None) -> TaskEvent:
         """The next event; raises ``TimeoutError`` after ``timeout`` s or once closed."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        limit = wait_limit(timeout)
+        deadline = None if limit is None else time.monotonic() + limit
         with self._cond:
             while not self._buffer:
                 if self._closed:

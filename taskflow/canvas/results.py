@@ -6,6 +6,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, TypeAlias
 
+from .._waiters import wait_limit
 from ..errors import NotFound, ResultTimeout, TaskCancelled
 from ..kernel import Kernel
 from ..message import TaskStatus
@@ -140,7 +141,8 @@ class GroupResult(_CanvasResult):
         :class:`ConfigError` when it reaches a member declared ``store_result=False``
         (:meth:`AsyncResult.get`).
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        limit = wait_limit(timeout)
+        deadline = None if limit is None else time.monotonic() + limit
         values: list[Any] = []
         for child in self.children:
             try:

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Final, Protocol, TypeVar
 
-from .._waiters import by_deadline
+from .._waiters import by_deadline, wait_limit
 from ..brokers.base import Broker
 from ..eventbus import EventBus, TaskEvent
 from ..message import Envelope, TaskStatus
@@ -126,6 +126,7 @@ class Kernel:
 
     def wait_result(self, record_id: str, timeout: float | None) -> dict[str, Any] | None:
         """Wait (push-based) until record ``record_id`` is terminal; None on timeout."""
+        timeout = wait_limit(timeout)
         if self.results.capabilities.blocking and not self.loop.in_loop_thread():
             self.loop.check_fork()
             return self.results.wait_blocking(record_id, timeout)
@@ -134,6 +135,7 @@ class Kernel:
     async def await_result(self, record_id: str, timeout: float | None) -> dict[str, Any] | None:
         """:meth:`ResultStore.wait`, on the loop; None once ``timeout`` seconds passed,
         also when a server that stopped answering holds the store's wait up."""
+        timeout = wait_limit(timeout)
         return await by_deadline(self.results.wait(record_id, timeout), timeout)
 
     def close(self) -> None:

@@ -22,10 +22,12 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import math
 import threading
 from collections.abc import Iterator
 from typing import ClassVar, Protocol, Self
 
+from .._waiters import wait_limit
 from ..errors import TaskflowError, WorkerCrashed
 from .loop import LoopThread
 
@@ -140,7 +142,8 @@ class Service:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful stop (running work gets ``timeout`` seconds); returns once stopped."""
-        self._request_stop(timeout, hard=False)
+        limit = wait_limit(timeout)
+        self._request_stop(math.inf if limit is None else limit, hard=False)
         self._await_stopped(None)
 
     def stop_now(self) -> None:
