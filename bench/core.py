@@ -1,7 +1,7 @@
 """Core overhead benchmark: no-op tasks through the in-process memory path.
 
     python bench/core.py [--n 20000] [--runs 3] [--concurrency 64] [--queued 100000]
-                         [--threads]
+                         [--threads] [--hook none|sync|async]
 
 For sync and async no-op tasks with results stored, prints the enqueue rate
 (``enqueue_many`` in batches of 1,000), the drain rate of a started worker and the per-task
@@ -9,7 +9,9 @@ overhead in microseconds, each the median of ``--runs`` runs; then the resident 
 ``--queued`` tasks waiting in the memory broker (with their queued records). With
 ``--threads``, also where each drain's CPU time went, per task: the event loop's thread, the
 threads that run sync bodies, the rest of the process, and the voluntary context switches
-of all of them (read from ``/proc/self/task``; Linux only).
+of all of them (read from ``/proc/self/task``; Linux only). With ``--hook sync`` or
+``--hook async``, the app has one no-op ``success`` hook of that kind (a plain function
+runs on the hook threads, a coroutine on the loop).
 """
 
 from __future__ import annotations
@@ -34,8 +36,16 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def _make_app(kind: str) -> tuple[App, Callable[..., Any]]:
+def _make_app(kind: str, hook: str = "none") -> tuple[App, Callable[..., Any]]:
     app = App(f"bench-{kind}")
+    if hook == "sync":
+        app.hook("success")(lambda event: None)
+    elif hook == "async":
+
+        @app.hook("success")
+        async def on_success(event: Any) -> None:
+            return None
+
     if kind == "async":
 
         @app.task(name="bench.noop")
@@ -93,11 +103,15 @@ def _split(
 
 
 def one_run(
-    kind: str, n: int, concurrency: int, threads: list[dict[str, float]] | None = None
+    kind: str,
+    n: int,
+    concurrency: int,
+    threads: list[dict[str, float]] | None = None,
+    hook: str = "none",
 ) -> tuple[float, float]:
     """Returns (enqueue tasks/s, drain tasks/s); with ``threads``, appends the drain's
     CPU time per task by thread (see :func:`_split`)."""
-    app, task = _make_app(kind)
+    app, task = _make_app(kind, hook)
     sigs = [task.s() for _ in range(n)]
     t0 = time.perf_counter()
     for k in range(0, n, 1000):
@@ -138,16 +152,19 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--queued", type=int, default=100_000)
     parser.add_argument("--threads", action="store_true", help="CPU per task by thread")
+    parser.add_argument("--hook", choices=("none", "sync", "async"), default="none")
     args = parser.parse_args()
     print(
         f"memory broker + memory results, {args.n} no-op tasks, concurrency "
-        f"{args.concurrency}, median of {args.runs} runs"
+        f"{args.concurrency}, median of {args.runs} runs, success hook: {args.hook}"
     )
     print(f"{'body':<6} {'enqueue/s':>12} {'drain/s':>12} {'overhead µs':>12}")
     split: dict[str, list[dict[str, float]]] = {}
     for kind in ("async", "sync"):
         threads: list[dict[str, float]] | None = [] if args.threads else None
-        runs = [one_run(kind, args.n, args.concurrency, threads) for _ in range(args.runs)]
+        runs = [
+            one_run(kind, args.n, args.concurrency, threads, args.hook) for _ in range(args.runs)
+        ]
         enq = statistics.median(r[0] for r in runs)
         drain = statistics.median(r[1] for r in runs)
         print(f"{kind:<6} {enq:>12,.0f} {drain:>12,.0f} {1e6 / drain:>12.1f}")

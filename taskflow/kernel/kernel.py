@@ -16,6 +16,8 @@ redelivery runs the continuation again.
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Final, Protocol, TypeVar
 
@@ -78,6 +80,13 @@ class Kernel:
             registry=self.registry,
         )
         self._continuations: list[Continuation] = []
+        # An app dropped without close() (built per request, say) would keep its loop
+        # thread and connections for the process's life: once nothing refers to the
+        # kernel, they are closed. Not at the interpreter's exit, which ends them anyway.
+        self._abandoned = weakref.finalize(
+            self, _close_abandoned, repr(self), self.loop, self.backends, self.hooks
+        )
+        self._abandoned.atexit = False
 
     def __repr__(self) -> str:
         # Never the raw URLs: they may carry a password or a token.
@@ -145,17 +154,8 @@ class Kernel:
         stopped answering), the kernel logs a WARNING and closes its loop anyway: closing
         never raises for it, and what the backends still held is dropped with the loop."""
         self.services.stop_all()
-        if self.loop.started:
-            try:
-                self.loop.call(self.backends.close(), timeout=CLOSE_TIMEOUT)
-            except TimeoutError:
-                log.warning(
-                    "%r: closing the backends took longer than %gs; closed the rest anyway",
-                    self,
-                    CLOSE_TIMEOUT,
-                )
-            finally:
-                self.loop.close()
+        _close(repr(self), self.loop, self.backends)
+        self.hooks.close()
 
     # -- sending and taking back -------------------------------------------------------
     def prepare(
@@ -193,3 +193,35 @@ class Kernel:
         error propagates (the caller leaves the message to redelivery)."""
         for continuation in self._continuations:
             await continuation(envelope, status, encoded)
+
+
+def _close(name: str, loop: LoopThread, backends: Backends) -> None:
+    """Close ``backends`` on ``loop``, then the loop (at once if it never started)."""
+    if not loop.started:
+        return
+    try:
+        loop.call(backends.close(), timeout=CLOSE_TIMEOUT)
+    except TimeoutError:
+        log.warning(
+            "%s: closing the backends took longer than %gs; closed the rest anyway",
+            name,
+            CLOSE_TIMEOUT,
+        )
+    finally:
+        loop.close()
+
+
+def _close_abandoned(name: str, loop: LoopThread, backends: Backends, hooks: Hooks) -> None:
+    """A kernel that nothing refers to any more was not closed: close it, on a thread of
+    its own (the garbage collector may run this on the loop's own thread)."""
+    hooks.close()
+    if not loop.started:
+        return
+    log.warning(
+        "%s was dropped without close(): closing its connections and loop thread now "
+        "(call app.close(), or use the app as a context manager)",
+        name,
+    )
+    threading.Thread(
+        target=_close, args=(name, loop, backends), name="taskflow-close", daemon=True
+    ).start()

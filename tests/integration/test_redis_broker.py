@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import sys
 import threading
@@ -254,6 +255,28 @@ def test_a_script_that_never_closes_its_app_exits_without_asyncio_complaints(url
     )
     assert (done.returncode, done.stdout) == (0, "5\n"), done.stderr
     assert "destroyed" not in done.stderr and "pending" not in done.stderr, done.stderr
+
+
+def test_apps_dropped_without_close_leave_no_connection_behind(url: str) -> None:
+    # Built per request and never closed, each app kept its connections open for the
+    # process's life: a web process ran out of them.
+    def connections() -> int:
+        with redis.Redis.from_url(url.split("?", maxsplit=1)[0]) as client:
+            return len(client.client_list()) - 1
+
+    def handler(n: int) -> str:
+        app = App(f"request{n}", broker=url)
+        return app.send_task("shop.job", args=(n,)).id
+
+    gc.collect()
+    before = connections()
+    assert len({handler(n) for n in range(3)}) == 3
+    assert connections() >= before + 3  # each handler's app connected
+    gc.collect()
+    for thread in threading.enumerate():
+        if thread.name == "taskflow-close":
+            thread.join(10.0)
+    assert connections() <= before
 
 
 def test_a_redis_app_used_before_a_fork_still_sends_from_the_child_and_refuses_loop_calls(

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
+import logging
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -25,6 +29,7 @@ from taskflow.brokers import MemoryBroker, Message
 from taskflow.codec import decode_envelope
 from taskflow.kernel import kernel as kernel_module
 from taskflow.results import MemoryResultStore
+from taskflow.worker import Worker
 
 
 class CountingBroker(MemoryBroker):
@@ -482,3 +487,59 @@ def test_async_producers_enqueue_with_adelay_and_aapply_async(app: App) -> None:
     bodies = [decode_envelope(b) for b in queued_bodies(app)]
     assert [env.id for env in bodies] == [ids[1], ids[0], ids[2]]  # priority 9 first
     assert [env.args for env in bodies] == [[3, 4], [1, 2], [5, 6]]
+
+
+def _closers() -> None:
+    """Wait for the threads that close dropped apps."""
+    for thread in threading.enumerate():
+        if thread.name == "taskflow-close":
+            thread.join(10.0)
+
+
+def test_an_app_dropped_without_close_stops_its_loop_thread_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Built per request and never closed, each app kept a loop thread for the process's life.
+    gc.collect()
+    _closers()
+    before = set(threading.enumerate())
+
+    def handler(n: int) -> str:
+        app = App(f"request{n}")
+
+        @app.task(name="shop.job")
+        def job(x: int) -> int:
+            return x
+
+        return job.delay(n).id
+
+    with caplog.at_level(logging.WARNING, logger="taskflow.kernel"):
+        ids = [handler(n) for n in range(3)]
+        gc.collect()
+        _closers()
+    assert len(set(ids)) == 3
+    assert set(threading.enumerate()) - before == set()
+    dropped = [
+        r.getMessage() for r in caplog.records if "dropped without close()" in r.getMessage()
+    ]
+    assert len(dropped) == 3 and all("call app.close()" in m for m in dropped)
+
+
+def test_a_task_kept_after_its_app_is_dropped_still_sends() -> None:
+    # The task holds the app's kernel: only what nothing refers to is closed.
+    def declare() -> Any:
+        app = App("kept")
+
+        @app.task(name="shop.job")
+        def job(x: int) -> int:
+            return x
+
+        return job
+
+    job = declare()
+    gc.collect()
+    sent = job.delay(4)
+    gc.collect()
+    Worker(job.kernel, concurrency=1).run_until_idle()
+    assert sent.get(timeout=10) == 4
+    job.kernel.close()

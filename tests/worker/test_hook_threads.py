@@ -1,0 +1,157 @@
+"""Plain-function hooks run on the app's hook threads, off the worker's loop: a hook may
+block, send a follow-up task or wait for one, and holds up only its own task."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+
+import pytest
+
+from taskflow import App, TaskEvent
+
+WAIT = 10.0
+
+
+def test_a_sync_hook_may_send_a_follow_up_task_and_wait_for_it(app: App) -> None:
+    # On the loop, delay() in a hook raised "a blocking taskflow call was made from async
+    # code" (logged and ignored): the follow-up was never sent.
+    @app.task(name="shop.order")
+    def order(n: int) -> int:
+        return n
+
+    @app.task(name="shop.invoice")
+    def invoice(n: int) -> int:
+        return n * 10
+
+    follow_ups: queue.Queue[int] = queue.Queue()
+
+    @app.hook("success")
+    def send_invoice(event: TaskEvent) -> None:
+        if event.task_name == "shop.order":
+            follow_ups.put(invoice.delay(event.result).get(timeout=WAIT))
+
+    with app.worker(concurrency=2):
+        assert order.delay(4).get(timeout=WAIT) == 4
+        assert follow_ups.get(timeout=WAIT) == 40
+
+
+def test_a_blocked_sync_hook_holds_up_only_its_own_task(app: App) -> None:
+    # On the loop, a hook waiting on a slow server stopped every task of the worker, and
+    # the renewals of their leases.
+    release = threading.Event()
+    blocked = threading.Event()
+    threads: list[str] = []
+
+    @app.task(name="shop.slow")
+    def slow() -> str:
+        return "slow"
+
+    @app.task(name="shop.quick")
+    def quick() -> str:
+        return "quick"
+
+    @app.hook("start")
+    def audit(event: TaskEvent) -> None:
+        threads.append(threading.current_thread().name)
+        if event.task_name == "shop.slow":
+            blocked.set()
+            release.wait(WAIT)
+
+    held = slow.delay()
+    with app.worker(concurrency=2):
+        assert blocked.wait(WAIT)
+        assert quick.delay().get(timeout=WAIT) == "quick"
+        assert held.status.value in ("queued", "running")  # its start hook still runs
+        release.set()
+        assert held.get(timeout=WAIT) == "slow"
+    assert set(threads) == {"taskflow-hook"}
+
+
+def test_a_coroutine_hook_runs_on_the_loop(app: App) -> None:
+    loops: queue.Queue[bool] = queue.Queue()
+
+    @app.task
+    def job() -> None: ...
+
+    @app.hook("success")
+    async def on_loop(event: TaskEvent) -> None:
+        loops.put(asyncio.get_running_loop() is app.kernel.loop.loop)
+
+    with app.worker(concurrency=1):
+        job.delay().get(timeout=WAIT)
+        assert loops.get(timeout=WAIT) is True
+
+
+def test_hook_threads_start_as_needed_up_to_their_limit_and_are_daemons() -> None:
+    # Daemons: a hook stuck in a call that never returns must not keep the process alive.
+    from taskflow.kernel.hooks import HookThreads
+
+    pool = HookThreads(limit=2)
+    gate = threading.Event()
+    entered: queue.Queue[str] = queue.Queue()
+
+    def hook(event: object) -> str:
+        entered.put(threading.current_thread().name)
+        gate.wait(WAIT)
+        return "done"
+
+    async def main() -> list[object]:
+        futures = [pool.run(hook, None) for _ in range(3)]  # type: ignore[arg-type]
+        names = [entered.get(timeout=WAIT) for _ in range(2)]
+        assert entered.empty()  # the third waits for a thread: two is the limit
+        hook_threads = [t for t in threading.enumerate() if t.name == "taskflow-hook"]
+        assert len(hook_threads) == 2 and all(t.daemon for t in hook_threads)
+        assert names == ["taskflow-hook"] * 2
+        gate.set()
+        return list(await asyncio.gather(*futures))
+
+    try:
+        assert asyncio.run(main()) == ["done"] * 3
+    finally:
+        gate.set()
+        pool.close()
+        for thread in threading.enumerate():
+            if thread.name == "taskflow-hook":
+                thread.join(WAIT)
+
+
+def test_a_hook_that_raises_on_its_thread_is_logged_and_the_task_succeeds(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    @app.task(name="shop.job")
+    def job() -> int:
+        return 1
+
+    @app.hook("success")
+    def broken(event: TaskEvent) -> None:
+        raise SystemExit(3)
+
+    with app.worker(concurrency=1) as worker:
+        events = worker.subscribe()
+        assert job.delay().get(timeout=WAIT) == 1
+        assert events.get(timeout=WAIT).status == "succeeded"
+    said = [r.getMessage() for r in caplog.records]
+    assert any("success hook" in m and "shop.job" in m for m in said)
+
+
+def test_a_hook_that_raises_stop_iteration_on_its_thread_is_logged(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A future refuses StopIteration: handed over as is, the hook's wait never ended.
+    @app.task(name="shop.job")
+    def job() -> int:
+        return 1
+
+    @app.hook("success")
+    def exhausted(event: TaskEvent) -> None:
+        next(iter(()))
+
+    with app.worker(concurrency=1) as worker:
+        events = worker.subscribe()
+        assert job.delay().get(timeout=WAIT) == 1
+        assert events.get(timeout=WAIT).status == "succeeded"
+    logged = [r.exc_info[1] for r in caplog.records if r.exc_info and "hook" in r.getMessage()]
+    assert [type(e) for e in logged] == [RuntimeError]
+    assert isinstance(logged[0].__cause__, StopIteration)
