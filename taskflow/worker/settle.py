@@ -154,10 +154,14 @@ class Settler:
         name: str,
         clock: Clock,
         rng: random.Random,
+        settled: Callable[[Delivery], None] | None = None,
     ) -> None:
         self.kernel = kernel
         self.stats = stats
         self.announcer = announcer
+        self._settled = settled
+        """Told of each delivery settled here, before its hooks run (the worker's lease
+        keeper: a settled message's lease is not renewed while a slow hook runs)."""
         self.name = name
         self.clock = clock
         self.rng = rng
@@ -194,6 +198,7 @@ class Settler:
             written = await self._record_and_act(env.id, recorded, changes, transition)
             if not written and not status.terminal:
                 return False
+            self._lease_done(subject)
             if not written and status is TaskStatus.SUCCEEDED:
                 self.result_dropped(env, "record_final")
             changes = act = None
@@ -207,6 +212,7 @@ class Settler:
             await self._continue(subject, status, encoded)
         if act is not None:
             await self.durably(act, transition.act.value, env.id)
+            self._lease_done(subject)
         if transition.announced:
             self.stats.count(status, transition.act is Act.DEAD_LETTER)
             await self.announcer.announce(
@@ -220,6 +226,12 @@ class Settler:
                 level=transition.level,
             )
         return True
+
+    def _lease_done(self, subject: Subject) -> None:
+        """``subject``'s message was settled: its lease needs no more renewal."""
+        delivery: Delivery | None = getattr(subject, "delivery", None)
+        if delivery is not None and self._settled is not None:
+            self._settled(delivery)
 
     def result_dropped(self, env: Envelope, reason: str) -> None:
         """A task that stores its result returned one that is not stored: ``reason`` is

@@ -129,7 +129,13 @@ class Worker(Service):
         sched = Scheduler(self.queues, kernel.settings.queue_weights, self.clock, concurrency)
         self.announcer = Announcer(kernel, self.bus, self.clock)
         self.settler = Settler(
-            kernel, self.counts, self.announcer, name=self.name, clock=self.clock, rng=self.rng
+            kernel,
+            self.counts,
+            self.announcer,
+            name=self.name,
+            clock=self.clock,
+            rng=self.rng,
+            settled=self.leases.drop,
         )
         self.executor = Executor(
             kernel,

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+from typing import Any
 
 import pytest
 
 from taskflow import App, TaskEvent
+from taskflow.brokers import MemoryBroker
 
 WAIT = 10.0
 
@@ -155,3 +157,58 @@ def test_a_hook_that_raises_stop_iteration_on_its_thread_is_logged(
     logged = [r.exc_info[1] for r in caplog.records if r.exc_info and "hook" in r.getMessage()]
     assert [type(e) for e in logged] == [RuntimeError]
     assert isinstance(logged[0].__cause__, StopIteration)
+
+
+class TouchLog(MemoryBroker):
+    """A memory broker with short leases that reports each renewal: (message id, held)."""
+
+    def __init__(self) -> None:
+        super().__init__(lease=0.3)
+        self.touched: queue.Queue[tuple[str, bool]] = queue.Queue()
+
+    def _settle(self, mid: str, token: int, action: str, **kw: Any) -> bool:
+        done = super()._settle(mid, token, action, **kw)
+        if action == "touch":
+            self.touched.put((mid, done))
+        return done
+
+
+def test_a_message_settled_before_its_slow_hook_returns_is_not_renewed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Its lease was renewed while the hook ran: the broker answered that the message was
+    # no longer held, and the worker warned "the lease ran out; the broker delivers it
+    # again" about a task done and acknowledged.
+    broker = TouchLog()
+    with App("slow-hook", broker=broker) as app:
+        release = threading.Event()
+        in_hook = threading.Event()
+
+        @app.task(name="shop.quick")
+        def quick() -> int:
+            return 1
+
+        @app.task(name="shop.long")
+        def long() -> int:
+            release.wait(WAIT)
+            return 2
+
+        @app.hook("success")
+        def slow(event: TaskEvent) -> None:
+            if event.task_name == "shop.quick":
+                in_hook.set()
+                release.wait(WAIT)
+
+        held = long.delay()
+        done = quick.delay()
+        with app.worker(concurrency=2):
+            assert in_hook.wait(WAIT)
+            while not broker.touched.empty():  # renewals from before the ack
+                broker.touched.get_nowait()
+            # Three renewals of the running task: a third of a lease apart, so the other
+            # message would have been renewed meanwhile, were it still held.
+            renewed = [broker.touched.get(timeout=WAIT) for _ in range(3)]
+            release.set()
+            assert (held.get(timeout=WAIT), done.get(timeout=WAIT)) == (2, 1)
+    assert renewed == [(held.id, True)] * 3
+    assert "ran out before it was renewed" not in caplog.text
