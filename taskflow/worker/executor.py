@@ -290,6 +290,8 @@ class Executor:
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()  # handled here: later awaits in this task must not see it
+        if job.settled:  # stopped in its hooks: its message was settled already
+            return
         if job.cancel_reason == "timeout":
             timeout = job.envelope.timeout
             exc = TaskTimeout(
@@ -330,8 +332,19 @@ class Executor:
                     job.ctx.cancelled.set(reason)
                 job.handle.cancel()
                 handles.append(job.handle)
-        settling = [j.handle for j in self.window.jobs.values() if j.handle is not None]
-        handles += [h for h in settling if not h.done() and h not in handles]
+        settling = [j for j in self.window.jobs.values() if j.handle is not None]
+        # A settled job runs only its hooks now: a stop does not wait for them longer
+        # than its grace (a hook on a thread runs on; its end is not awaited).
+        hooked = [j.handle for j in settling if j.settled and not j.handle.done()]
+        for handle in hooked:
+            handle.cancel()
+        if hooked:
+            log.info(
+                "worker %s: stopping without waiting for the hooks of %d finished tasks",
+                self.settler.name,
+                len(hooked),
+            )
+        handles += [j.handle for j in settling if not j.handle.done() and j.handle not in handles]
         if not handles:
             return
         # Cancelled ones hand their message back; settling ones finish, unless an outage

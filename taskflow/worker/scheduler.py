@@ -35,6 +35,7 @@ class Job:
         "in_user_code",
         "permit",
         "rated",
+        "settled",
         "settling",
         "stores",
         "task",
@@ -55,6 +56,7 @@ class Job:
         self.handle: Any = None  # the asyncio task while running
         self.in_user_code = False  # True only while the task's own code runs
         self.settling = False  # its code returned; its outcome is being written
+        self.settled = False  # its message was settled: only its hooks and events remain
         # The run of a sync body in its thread, and whether the worker stopped while that
         # body still ran (it is handed back only once the body returns).
         self.body: BodyRun | None = None

@@ -228,10 +228,12 @@ class Settler:
         return True
 
     def _lease_done(self, subject: Subject) -> None:
-        """``subject``'s message was settled: its lease needs no more renewal."""
-        delivery: Delivery | None = getattr(subject, "delivery", None)
-        if delivery is not None and self._settled is not None:
-            self._settled(delivery)
+        """``subject``'s message was settled: its lease needs no more renewal, and a stop
+        need not wait for the rest (its hooks)."""
+        if isinstance(subject, Job):
+            subject.settled = True
+            if self._settled is not None:
+                self._settled(subject.delivery)
 
     def result_dropped(self, env: Envelope, reason: str) -> None:
         """A task that stores its result returned one that is not stored: ``reason`` is

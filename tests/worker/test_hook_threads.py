@@ -4,6 +4,7 @@ block, send a follow-up task or wait for one, and holds up only its own task."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 from typing import Any
@@ -212,3 +213,42 @@ def test_a_message_settled_before_its_slow_hook_returns_is_not_renewed(
             assert (held.get(timeout=WAIT), done.get(timeout=WAIT)) == (2, 1)
     assert renewed == [(held.id, True)] * 3
     assert "ran out before it was renewed" not in caplog.text
+
+
+def test_a_graceful_stop_does_not_wait_past_its_grace_for_a_finished_tasks_hook(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The job counted as still writing its outcome: the stop waited 10 s more for it.
+    broker = TouchLog()
+    with App("stop-in-hook", broker=broker) as app:
+        release = threading.Event()
+        in_hook = threading.Event()
+
+        @app.task(name="shop.job")
+        def job() -> int:
+            return 1
+
+        @app.hook("success")
+        def slow(event: TaskEvent) -> None:
+            in_hook.set()
+            release.wait(60)
+
+        done = job.delay()
+        worker = app.worker(concurrency=1).start()
+        try:
+            assert in_hook.wait(WAIT)
+            with caplog.at_level(logging.INFO, logger="taskflow.worker"):
+                stopper = threading.Thread(target=worker.stop, kwargs={"timeout": 0.1})
+                stopper.start()
+                stopper.join(5.0)
+                assert not stopper.is_alive()
+        finally:
+            release.set()
+        assert done.get(timeout=WAIT) == 1
+        assert app.kernel.call(broker.depth("default")) == {
+            "ready": 0,
+            "scheduled": 0,
+            "inflight": 0,
+            "dead": 0,
+        }
+    assert "stopping without waiting for the hooks of 1 finished tasks" in caplog.text
