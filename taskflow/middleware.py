@@ -8,6 +8,7 @@ outcome.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, overload
@@ -52,6 +53,13 @@ class MiddlewareStack(Sequence[Middleware]):
         """Add ``middleware`` innermost of those added so far."""
         if not isinstance(middleware, Middleware):
             raise TypeError("middleware must be a taskflow.middleware.Middleware")
+        if inspect.iscoroutinefunction(type(middleware).enqueue):
+            # Its coroutine would be taken for the envelope, and the send fail on it.
+            raise TypeError(
+                f"{type(middleware).__qualname__}.enqueue must be a plain function: it "
+                "runs in the sender's call and returns the envelope (no I/O); only "
+                "execute may be async def"
+            )
         self._items.append(middleware)
         self.enqueue = _chain_enqueue(self._items, _identity)
 

@@ -582,6 +582,25 @@ def test_raising_middleware_changes_no_outcome(fake_app: App, when: str) -> None
     assert middleware.calls == 2
 
 
+def test_an_async_enqueue_middleware_is_refused_when_added(fake_app: App) -> None:
+    # Its coroutine was taken for the envelope: every send then failed with
+    # "'coroutine' object has no attribute 'queue'".
+    class Stamp(Middleware):
+        async def enqueue(self, envelope: Envelope, call_next: Any) -> Envelope:  # type: ignore[override]
+            return call_next(envelope)  # type: ignore[no-any-return]
+
+    with pytest.raises(TypeError, match=r"Stamp\.enqueue must be a plain function"):
+        fake_app.add_middleware(Stamp())
+
+    @fake_app.task
+    def job() -> int:
+        return 1
+
+    result = job.delay()
+    fake_app.worker().run_until_idle()
+    assert result.get(timeout=1) == 1
+
+
 def test_middleware_wraps_execution_and_may_change_the_value(fake_app: App) -> None:
     order: list[str] = []
 
