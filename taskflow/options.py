@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import inspect
 import math
 import re
 from collections.abc import Callable
@@ -17,6 +18,7 @@ __all__ = [
     "TASK_OPTION_NAMES",
     "RateLimit",
     "TaskOptions",
+    "check_hook",
     "check_priority",
     "check_queue",
     "check_timeout",
@@ -183,8 +185,8 @@ class TaskOptions:
         if raw.get("time_limit") is not None:
             opts["time_limit"] = check_timeout(raw["time_limit"], task, "time_limit")
         for name in ("on_success", "on_failure", "on_retry", "on_start"):
-            if raw.get(name) is not None and not callable(raw[name]):
-                raise ValueError(f"{task}: {name} must be callable")
+            if raw.get(name) is not None:
+                check_hook(raw[name], f"{task}: {name}")
         return cls(**opts)
 
 
@@ -255,6 +257,24 @@ def check_queue(value: Any, task: str) -> str:
             f"spaces, got {value!r}"
         )
     return value
+
+
+def check_hook(hook: Any, what: str) -> None:
+    """Raise ValueError unless ``hook`` can be called with one event: a hook that cannot
+    would fail, logged and ignored, at every event."""
+    if not callable(hook):
+        raise ValueError(f"{what} must be callable, got {hook!r}")
+    try:
+        signature = inspect.signature(hook)
+    except (TypeError, ValueError):  # a builtin without one: taken as it is
+        return
+    try:
+        signature.bind(None)
+    except TypeError:
+        name = getattr(hook, "__qualname__", type(hook).__qualname__)
+        raise ValueError(
+            f"{what} must take one argument (the TaskEvent), got {name}{signature}"
+        ) from None
 
 
 def name_list(value: Any, what: str) -> list[str]:

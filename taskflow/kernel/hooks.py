@@ -24,6 +24,7 @@ from typing import Any, Final, Protocol
 
 from ..errors import USER_CODE_ERRORS
 from ..eventbus import HOOK_KINDS, HookKind, TaskEvent
+from ..options import check_hook
 
 __all__ = ["HOOK_THREADS", "Hook", "HookThreads", "Hooks", "OwnHooks", "run_hooks"]
 
@@ -137,8 +138,10 @@ class Hooks:
             raise ValueError(f"unknown hook kind {kind!r}; known: {', '.join(sorted(HOOK_KINDS))}")
 
     def add(self, kind: str, hook: Hook) -> None:
-        """Call ``hook`` for every event of ``kind``; raises ValueError for an unknown kind."""
+        """Call ``hook`` for every event of ``kind``; raises ValueError for an unknown kind
+        or for a hook that cannot be called with one event."""
         self.check(kind)
+        check_hook(hook, f"{kind} hook")
         self._by_kind[kind].append(hook)
 
     def __getitem__(self, kind: str) -> list[Hook]:

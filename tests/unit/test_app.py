@@ -458,6 +458,28 @@ def test_enqueue_many_is_all_or_nothing_on_a_full_queue() -> None:
         assert ready(app, "small") == 2
 
 
+@pytest.mark.parametrize(
+    ("hook", "why"),
+    [
+        (None, "must be callable, got None"),
+        ("audit", "must be callable, got 'audit'"),
+        (lambda: None, r"must take one argument \(the TaskEvent\), got .*<lambda>\(\)"),
+        (lambda event, extra: None, r"must take one argument .*\(event, extra\)"),
+    ],
+)
+def test_a_hook_that_cannot_take_an_event_is_refused_when_declared(
+    app: App, hook: object, why: str
+) -> None:
+    # Accepted, it failed (logged and ignored) at every event of every task.
+    with pytest.raises(ValueError, match=f"success hook {why}"):
+        app.hook("success")(hook)  # type: ignore[arg-type]
+    if hook is not None:  # on_failure=None declares no hook
+        with pytest.raises(ValueError, match=f"shop.job: on_failure {why}"):
+            app.task(name="shop.job", on_failure=hook)(lambda: None)
+    app.hook("success")(lambda event, extra=None: None)  # one argument given is enough
+    app.hook("finish")(print)  # a builtin without a signature is taken as it is
+
+
 def test_a_queued_hook_sees_each_enqueue(app: App) -> None:
     seen: list[tuple[str, str]] = []
     app.hook("queued")(lambda event: seen.append((event.kind, event.status)))
