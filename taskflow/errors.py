@@ -63,10 +63,11 @@ worker takes as that code's failure rather than let it end the worker's loop: ``
 and ``KeyboardInterrupt`` too, which a worker never gets from a signal (it handles SIGINT)."""
 
 
-def stop_iteration_error(exc: StopIteration) -> RuntimeError:
-    """What a body's ``StopIteration`` fails its task with: a ``RuntimeError`` caused by it,
-    as Python makes of one out of a coroutine (a future refuses ``StopIteration`` itself)."""
-    error = RuntimeError("the task's body raised StopIteration")
+def stop_iteration_error(exc: StopIteration, raiser: str = "the task's body") -> RuntimeError:
+    """What a body's (or a hook's: ``raiser``) ``StopIteration`` becomes: a
+    ``RuntimeError`` caused by it, as Python makes of one out of a coroutine (a future
+    refuses ``StopIteration`` itself)."""
+    error = RuntimeError(f"{raiser} raised StopIteration")
     error.__cause__ = exc
     return error
 

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Protocol
 
-from ..errors import USER_CODE_ERRORS
+from ..errors import USER_CODE_ERRORS, stop_iteration_error
 from ..eventbus import HOOK_KINDS, HookKind, TaskEvent
 from ..options import check_hook
 
@@ -90,9 +90,7 @@ class HookThreads:
             try:
                 outcome: tuple[bool, Any] = (True, context.run(hook, event))
             except StopIteration as exc:  # a future refuses StopIteration itself
-                error = RuntimeError("the hook raised StopIteration")
-                error.__cause__ = exc
-                outcome = (False, error)
+                outcome = (False, stop_iteration_error(exc, "the hook"))
             except BaseException as exc:  # handed to the loop, which logs it
                 outcome = (False, exc)
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile

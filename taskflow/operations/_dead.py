@@ -22,6 +22,7 @@ from ..brokers.base import BrokerAdmin, Message, RecordClose, StoppedPartWay
 from ..brokers.base import DeadLetter as BrokerDeadLetter
 from ..errors import BrokerError, ConfigError, PayloadError
 from ..message import TaskStatus
+from ..options import name_list
 from ..results.base import HISTORY_FIELDS, is_terminal
 from ._context import Context, decode_cursor, encode_cursor, view
 from .types import DeadLetter, Page, ReplayReport
@@ -53,10 +54,9 @@ class Filters:
         since: datetime | float | None,
     ) -> Filters:
         """Check and normalise the filter arguments."""
-        if isinstance(ids, str):
-            raise ConfigError("ids must be a list of task ids, not one string")
         when = since.timestamp() if isinstance(since, datetime) else since
-        return cls(None if ids is None else frozenset(ids), task, reason, when)
+        chosen = None if ids is None else frozenset(name_list(ids, "ids"))
+        return cls(chosen, task, reason, when)
 
     def match(self, letter: BrokerDeadLetter, shown: DeadLetter) -> bool:
         """Whether ``letter`` (seen as ``shown``) passes every filter."""
@@ -314,10 +314,8 @@ async def discard(ctx: Context, queue: str | None, filters: Filters, dry_run: bo
 # -- retry -----------------------------------------------------------------------------
 async def retry(ctx: Context, task_ids: Sequence[str], dry_run: bool) -> ReplayReport:
     """Send failed/cancelled tasks again under their ids (from their dead letters)."""
-    if isinstance(task_ids, str):
-        raise ConfigError("task_ids must be a list of task ids, not one string")
+    ids = list(dict.fromkeys(name_list(task_ids, "task_ids")))
     broker = await ctx.broker()
-    ids = list(dict.fromkeys(task_ids))
     rep = _Report()
     rep.matched = len(ids)
     by_queue = await _retryable(ctx, ids, rep)

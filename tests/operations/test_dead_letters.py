@@ -11,7 +11,7 @@ import pytest
 
 import taskflow.operations._dead as dead_module
 from taskflow import App
-from taskflow.errors import BrokerError, NotFound, TaskCancelled
+from taskflow.errors import BrokerError, ConfigError, NotFound, TaskCancelled
 from taskflow.message import TaskStatus
 from taskflow.testing import drain
 from tests.integration import redis_helpers
@@ -423,3 +423,12 @@ def test_a_message_leased_while_a_purge_closes_its_record_is_not_run(
     assert ran == []
     assert app.admin.peek(queue) == []
     assert [r.status for r in results] == [TaskStatus.CANCELLED] * 3
+
+
+def test_one_task_id_given_as_a_string_is_refused_naming_the_fix(app: App, queue: str) -> None:
+    # Read letter by letter it would name other tasks.
+    with pytest.raises(ConfigError, match=r"ids must be a list of names.*use \['abc'\]"):
+        app.admin.replay(queue, ids="abc")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"task_ids must be a list of names.*use \['abc'\]"):
+        app.admin.retry("abc")  # type: ignore[arg-type]
+    assert app.admin.audit() == []
