@@ -27,7 +27,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from .._waiters import wait_limit, within
+from .._waiters import within
 from ..clock import Clock
 from ..errors import IdempotencyConflict
 from ..kernel import Kernel, Service
@@ -131,9 +131,7 @@ class Beat(Service):
         Waits at most ``timeout`` seconds: a beat holds no work, so a tick held up by a
         store that is away need not hold up the caller (it stops after that tick).
         """
-        limit = wait_limit(timeout)
-        self._request_stop(math.inf if limit is None else limit, hard=False)
-        self._await_stopped(limit)
+        self._await_stopped(self._ask_stop(timeout))
 
     def stop_now(self) -> None:
         """Same as :meth:`stop`: a beat holds no running work."""

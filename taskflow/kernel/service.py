@@ -142,8 +142,7 @@ class Service:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful stop (running work gets ``timeout`` seconds); returns once stopped."""
-        limit = wait_limit(timeout)
-        self._request_stop(math.inf if limit is None else limit, hard=False)
+        self._ask_stop(timeout)
         self._await_stopped(None)
 
     def stop_now(self) -> None:
@@ -200,6 +199,13 @@ class Service:
         """Set when a hard stop follows a graceful one (on the loop)."""
         assert self._escalated is not None
         return self._escalated
+
+    def _ask_stop(self, timeout: float | None) -> float | None:
+        """Ask for a graceful stop giving running work ``timeout`` seconds (None or
+        infinity: no limit); returns that limit as :func:`wait_limit` reads it."""
+        limit = wait_limit(timeout)
+        self._request_stop(math.inf if limit is None else limit, hard=False)
+        return limit
 
     def _request_stop(self, grace: float, hard: bool) -> None:
         with self._lock:
