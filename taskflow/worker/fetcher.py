@@ -147,7 +147,8 @@ class Window:
                 job.settling = False
                 self.settling -= 1
         self.releases += 1
-        self._leases.drop(job.delivery)
+        if not job.settled:  # a settled one was dropped then (Settler._lease_done)
+            self._leases.drop(job.delivery)
         if self._room is not None:
             self._room.set()
 

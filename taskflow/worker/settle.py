@@ -154,14 +154,15 @@ class Settler:
         name: str,
         clock: Clock,
         rng: random.Random,
-        settled: Callable[[Delivery], None] | None = None,
+        settled: Callable[[Delivery], None],
     ) -> None:
         self.kernel = kernel
         self.stats = stats
         self.announcer = announcer
         self._settled = settled
-        """Told of each delivery settled here, before its hooks run (the worker's lease
-        keeper: a settled message's lease is not renewed while a slow hook runs)."""
+        """Told of each job's delivery settled here, before its hooks run (the worker's
+        lease keeper: a settled message's lease is not renewed while a slow hook runs; the
+        window's release then leaves it be)."""
         self.name = name
         self.clock = clock
         self.rng = rng
@@ -232,8 +233,7 @@ class Settler:
         need not wait for the rest (its hooks)."""
         if isinstance(subject, Job):
             subject.settled = True
-            if self._settled is not None:
-                self._settled(subject.delivery)
+            self._settled(subject.delivery)
 
     def result_dropped(self, env: Envelope, reason: str) -> None:
         """A task that stores its result returned one that is not stored: ``reason`` is

@@ -206,7 +206,7 @@ def _finish(window: Window, ran: float, count: int = 1) -> None:
     """``count`` held jobs whose bodies ran ``ran`` seconds finish and are settled."""
     for i in range(count):
         job: Any = SimpleNamespace(
-            envelope=SimpleNamespace(id=f"j{i}-{ran}"), settling=False, delivery=None
+            envelope=SimpleNamespace(id=f"j{i}-{ran}"), settling=False, settled=False, delivery=None
         )
         window.hold(job)
         window.finished(job, ran)
