@@ -4,9 +4,12 @@ block, send a follow-up task or wait for one, and holds up only its own task."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import queue
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -120,21 +123,28 @@ def test_hook_threads_start_as_needed_up_to_their_limit_and_are_daemons() -> Non
                 thread.join(WAIT)
 
 
-def test_a_hook_that_raises_on_its_thread_is_logged_and_the_task_succeeds(
-    app: App, caplog: pytest.LogCaptureFixture
-) -> None:
+def _succeeds_beside(app: App, hook: Any) -> None:
+    """Run a task with ``hook`` as its app's ``success`` hook: the task succeeds, and its
+    finish event still comes (the hook's failure ended the hook's wait)."""
+
     @app.task(name="shop.job")
     def job() -> int:
         return 1
 
-    @app.hook("success")
-    def broken(event: TaskEvent) -> None:
-        raise SystemExit(3)
-
+    app.hook("success")(hook)
     with app.worker(concurrency=1) as worker:
         events = worker.subscribe()
         assert job.delay().get(timeout=WAIT) == 1
         assert events.get(timeout=WAIT).status == "succeeded"
+
+
+def test_a_hook_that_raises_on_its_thread_is_logged_and_the_task_succeeds(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(event: TaskEvent) -> None:
+        raise SystemExit(3)
+
+    _succeeds_beside(app, broken)
     said = [r.getMessage() for r in caplog.records]
     assert any("success hook" in m and "shop.job" in m for m in said)
 
@@ -143,18 +153,10 @@ def test_a_hook_that_raises_stop_iteration_on_its_thread_is_logged(
     app: App, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A future refuses StopIteration: handed over as is, the hook's wait never ended.
-    @app.task(name="shop.job")
-    def job() -> int:
-        return 1
-
-    @app.hook("success")
     def exhausted(event: TaskEvent) -> None:
         next(iter(()))
 
-    with app.worker(concurrency=1) as worker:
-        events = worker.subscribe()
-        assert job.delay().get(timeout=WAIT) == 1
-        assert events.get(timeout=WAIT).status == "succeeded"
+    _succeeds_beside(app, exhausted)
     logged = [r.exc_info[1] for r in caplog.records if r.exc_info and "hook" in r.getMessage()]
     assert [type(e) for e in logged] == [RuntimeError]
     assert isinstance(logged[0].__cause__, StopIteration)
@@ -174,16 +176,43 @@ class TouchLog(MemoryBroker):
         return done
 
 
+@dataclasses.dataclass
+class SlowHook:
+    """An app on a :class:`TouchLog` broker whose ``success`` hook, for one task, says it
+    was entered and waits until released."""
+
+    app: App
+    broker: TouchLog
+    entered: threading.Event
+    release: threading.Event
+
+
+@contextlib.contextmanager
+def slow_success_hook(name: str, task_name: str) -> Iterator[SlowHook]:
+    broker = TouchLog()
+    with App(name, broker=broker) as app:
+        slow = SlowHook(app, broker, threading.Event(), threading.Event())
+
+        @app.hook("success")
+        def wait_for_release(event: TaskEvent) -> None:
+            if event.task_name == task_name:
+                slow.entered.set()
+                slow.release.wait(60)
+
+        try:
+            yield slow
+        finally:
+            slow.release.set()
+
+
 def test_a_message_settled_before_its_slow_hook_returns_is_not_renewed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Its lease was renewed while the hook ran: the broker answered that the message was
     # no longer held, and the worker warned "the lease ran out; the broker delivers it
     # again" about a task done and acknowledged.
-    broker = TouchLog()
-    with App("slow-hook", broker=broker) as app:
-        release = threading.Event()
-        in_hook = threading.Event()
+    with slow_success_hook("slow-hook", "shop.quick") as slow:
+        app, broker = slow.app, slow.broker
 
         @app.task(name="shop.quick")
         def quick() -> int:
@@ -191,25 +220,19 @@ def test_a_message_settled_before_its_slow_hook_returns_is_not_renewed(
 
         @app.task(name="shop.long")
         def long() -> int:
-            release.wait(WAIT)
+            slow.release.wait(WAIT)
             return 2
-
-        @app.hook("success")
-        def slow(event: TaskEvent) -> None:
-            if event.task_name == "shop.quick":
-                in_hook.set()
-                release.wait(WAIT)
 
         held = long.delay()
         done = quick.delay()
         with app.worker(concurrency=2):
-            assert in_hook.wait(WAIT)
+            assert slow.entered.wait(WAIT)
             while not broker.touched.empty():  # renewals from before the ack
                 broker.touched.get_nowait()
             # Three renewals of the running task: a third of a lease apart, so the other
             # message would have been renewed meanwhile, were it still held.
             renewed = [broker.touched.get(timeout=WAIT) for _ in range(3)]
-            release.set()
+            slow.release.set()
             assert (held.get(timeout=WAIT), done.get(timeout=WAIT)) == (2, 1)
     assert renewed == [(held.id, True)] * 3
     assert "ran out before it was renewed" not in caplog.text
@@ -219,33 +242,26 @@ def test_a_graceful_stop_does_not_wait_past_its_grace_for_a_finished_tasks_hook(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # The job counted as still writing its outcome: the stop waited 10 s more for it.
-    broker = TouchLog()
-    with App("stop-in-hook", broker=broker) as app:
-        release = threading.Event()
-        in_hook = threading.Event()
+    with slow_success_hook("stop-in-hook", "shop.job") as slow:
+        app = slow.app
 
         @app.task(name="shop.job")
         def job() -> int:
             return 1
 
-        @app.hook("success")
-        def slow(event: TaskEvent) -> None:
-            in_hook.set()
-            release.wait(60)
-
         done = job.delay()
         worker = app.worker(concurrency=1).start()
         try:
-            assert in_hook.wait(WAIT)
+            assert slow.entered.wait(WAIT)
             with caplog.at_level(logging.INFO, logger="taskflow.worker"):
                 stopper = threading.Thread(target=worker.stop, kwargs={"timeout": 0.1})
                 stopper.start()
                 stopper.join(5.0)
                 assert not stopper.is_alive()
         finally:
-            release.set()
+            slow.release.set()
         assert done.get(timeout=WAIT) == 1
-        assert app.kernel.call(broker.depth("default")) == {
+        assert app.kernel.call(slow.broker.depth("default")) == {
             "ready": 0,
             "scheduled": 0,
             "inflight": 0,
