@@ -33,6 +33,7 @@ from .kernel import SEND_OPTIONS, Kernel, Settings, check_call_options, make_bro
 from .kernel.hooks import Hook
 from .kernel.registry import TaskRegistry
 from .middleware import Middleware
+from .options import call_arguments
 from .results.base import ResultStore, TaskInfo
 from .results.handle import AsyncResult
 from .task import Task, register
@@ -221,7 +222,8 @@ class App:
         """Send a task by name (the function need not be importable here)."""
         check_call_options(name, options, SEND_OPTIONS)
         options = attach_callbacks(self.kernel, name, options)
-        prepared = self.kernel.prepare(name, tuple(args or ()), dict(kwargs or {}), options)
+        args, kwargs = call_arguments(args, kwargs, name)
+        prepared = self.kernel.prepare(name, args, kwargs, options)
         ids = self.kernel.enqueuer.enqueue_blocking([prepared])
         return AsyncResult(self.kernel, ids[0], name)
 

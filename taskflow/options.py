@@ -7,7 +7,7 @@ import importlib.util
 import inspect
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -283,6 +283,39 @@ def name_list(value: Any, what: str) -> list[str]:
     if isinstance(value, str | bytes):
         raise ConfigError(f"{what} must be a list of names, not one string: use [{value!r}]")
     return list(value)
+
+
+def call_arguments(args: Any, kwargs: Any, what: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A send's ``args`` (None, a list, a tuple or another iterable) and ``kwargs`` (None or
+    a mapping of names) as a tuple and a dict. A string, bytes, a mapping or a set as
+    ``args`` is refused: iterating it gives letters, keys or an arbitrary order
+    (``args=("hello")`` forgot its comma and would send five arguments)."""
+    if args is None:
+        positional: tuple[Any, ...] = ()
+    elif isinstance(args, tuple):
+        positional = args
+    elif isinstance(args, str | bytes | bytearray | memoryview | Mapping | Set) or not (
+        isinstance(args, Iterable)
+    ):
+        # Never the value itself: it is the task's payload.
+        one = "; one argument is written (value,)" if isinstance(args, str | bytes) else ""
+        raise TypeError(
+            f"{what}: args must be a list or tuple of positional arguments, "
+            f"got {type(args).__name__}{one}"
+        )
+    else:
+        positional = tuple(args)
+    if kwargs is None:
+        return positional, {}
+    if not isinstance(kwargs, Mapping):
+        raise TypeError(
+            f"{what}: kwargs must be a mapping of argument names, got {type(kwargs).__name__}"
+        )
+    named = dict(kwargs)
+    for key in named:
+        if not isinstance(key, str):
+            raise TypeError(f"{what}: kwargs' names must be strings, got {key!r}")
+    return positional, named
 
 
 def _check_retry_on(value: Any, task: str) -> tuple[type[BaseException], ...]:

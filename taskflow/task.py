@@ -16,7 +16,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, Unpack
 from .canvas.signature import Signature, attach_callbacks
 from .context import TaskContext
 from .kernel import CALL_OPTIONS, CallOptions, Kernel, TaskDef, prepare
-from .options import TaskOptions
+from .options import TaskOptions, call_arguments
 from .results.handle import AsyncResult
 
 __all__ = ["CALL_OPTIONS", "CallOptions", "Signature", "Task", "TaskSender", "register"]
@@ -114,7 +114,7 @@ class Task(TaskDef, Generic[P, R]):
         succeeded; ``link_error``: sent with its id once it failed for good.
         """
         opts = _given(self.name, unknown, locals())
-        return send(self, tuple(args or ()), dict(kwargs or {}), opts)
+        return send(self, *call_arguments(args, kwargs, self.name), opts)
 
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """``delay`` for async producers."""
@@ -141,7 +141,7 @@ class Task(TaskDef, Generic[P, R]):
     ) -> AsyncResult[R]:
         """``apply_async`` for async producers."""
         opts = _given(self.name, unknown, locals())
-        return await asend(self, tuple(args or ()), dict(kwargs or {}), opts)
+        return await asend(self, *call_arguments(args, kwargs, self.name), opts)
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature: this task with these arguments, to send later or compose."""

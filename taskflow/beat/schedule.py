@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
 from ..errors import ConfigError
-from ..options import check_priority, check_queue
+from ..options import call_arguments, check_priority, check_queue
 from .cron import MAX_STEPS, compile_cron, cron_next, zone
 
 __all__ = [
@@ -95,7 +95,7 @@ class Schedule:
     task: str
     cron: str | None = None
     every: float | None = None
-    args: tuple[Any, ...] = ()
+    args: Sequence[Any] = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     queue: str | None = None
     priority: int | None = None
@@ -110,12 +110,13 @@ class Schedule:
             raise ConfigError(f"a schedule name must be printable text, got {self.name!r}")
         try:
             self._check()
+            args, kwargs = call_arguments(self.args, self.kwargs, self.task)
         except ConfigError as exc:
             raise ConfigError(f"schedule {self.name!r}: {exc}") from None
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"schedule {self.name!r}: {exc}") from None
-        object.__setattr__(self, "args", tuple(self.args))
-        object.__setattr__(self, "kwargs", dict(self.kwargs))
+        object.__setattr__(self, "args", args)
+        object.__setattr__(self, "kwargs", kwargs)
 
     def _check(self) -> None:
         if not isinstance(self.task, str) or not self.task:
@@ -128,10 +129,6 @@ class Schedule:
             self._check_every()
         if self.missed not in MISSED_POLICIES:
             raise ValueError(f"missed must be 'once' or 'skip', got {self.missed!r}")
-        if not isinstance(self.args, Sequence) or isinstance(self.args, str | bytes):
-            raise ValueError(f"args must be a list or tuple, got {self.args!r}")
-        if not isinstance(self.kwargs, Mapping):
-            raise ValueError(f"kwargs must be a mapping, got {self.kwargs!r}")
         if self.queue is not None:
             check_queue(self.queue, "queue")
         if self.priority is not None:
@@ -179,8 +176,8 @@ class Schedule:
             task=task,
             cron=spec.get("cron"),
             every=every.total_seconds() if isinstance(every, timedelta) else every,
-            args=tuple(spec.get("args") or ()),
-            kwargs=dict(spec.get("kwargs") or {}),
+            args=spec.get("args", ()),
+            kwargs=spec.get("kwargs") or {},
             queue=spec.get("queue"),
             priority=spec.get("priority"),
             timezone=spec.get("timezone") or "UTC",
@@ -218,8 +215,8 @@ class Schedule:
             task=data["task"],
             cron=data.get("cron"),
             every=data.get("every"),
-            args=tuple(data.get("args") or ()),
-            kwargs=dict(data.get("kwargs") or {}),
+            args=data.get("args") or (),
+            kwargs=data.get("kwargs") or {},
             queue=data.get("queue"),
             priority=data.get("priority"),
             timezone=data.get("timezone") or "UTC",

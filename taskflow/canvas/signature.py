@@ -23,6 +23,7 @@ from ..kernel import (
     check_call_options,
     prepare,
 )
+from ..options import call_arguments
 from ..results.handle import AsyncResult
 from .compile import Compiler, Spec, apply
 from .results import ChainResult, ChordResult, GroupResult, ResultHandle
@@ -268,7 +269,8 @@ class Canvas:
         kernel = _kernel_of(app) if app is not None else self.kernel_of()
         if kernel is None:
             raise ValueError(f"{self!r} has no task to take an App from; pass app=")
-        node = self.partial(tuple(args or ()), dict(kwargs or {})) if args or kwargs else self
+        args, kwargs = call_arguments(args, kwargs, f"{type(self).__name__}.apply_async")
+        node = self.partial(args, kwargs) if args or kwargs else self
         return apply(kernel, node)
 
 

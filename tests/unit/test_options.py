@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from taskflow import App
+from taskflow import App, group
 from taskflow.errors import ConfigError
 from taskflow.options import (
     RateLimit,
@@ -221,3 +221,56 @@ def test_an_unknown_option_is_named_with_the_one_it_is_likely_a_misspelling_of()
         "shop.mail: unknown task option(s): colour, retires (did you mean retries?), "
         "time_limt (did you mean time_limit?)"
     )
+
+
+def test_a_string_or_mapping_given_as_args_is_refused_without_echoing_it(app: App) -> None:
+    # ``args=("secret-token")`` forgot its comma: it was sent as twelve one-letter arguments
+    # (a dict as its keys), and the task ran with them or failed on the worker.
+    @app.task(name="shop.job")
+    def job(*parts: str) -> str:
+        return "".join(parts)
+
+    for args in ["secret-token", b"secret-token", {"secret-token": 1}, {"secret-token"}]:
+        with pytest.raises(TypeError, match=r"shop\.job: args must be a list or tuple") as info:
+            job.apply_async(args)  # type: ignore[arg-type]
+        assert "secret" not in str(info.value)
+        with pytest.raises(TypeError, match=r"shop\.job: args must be a list or tuple"):
+            app.send_task("shop.job", args)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"group\.apply_async: args must be a list or"):
+            group(job.s("x")).apply_async(args)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"args must be a list or tuple"):
+            app.kernel.call(job.aapply_async(args))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"one argument is written \(value,\)"):
+        job.apply_async("secret-token")  # type: ignore[arg-type]
+    assert app.kernel.call(app.broker.depth("default"))["ready"] == 0
+    # Lists, tuples and other iterables (in their order) are arguments as before.
+    assert job.apply_async(["a", "b"]).id
+    assert job.apply_async(("a", "b")).id
+    assert app.send_task("shop.job", iter(["a", "b"])).id
+    assert app.kernel.call(app.broker.depth("default"))["ready"] == 3
+
+
+def test_kwargs_must_be_a_mapping_of_names(app: App) -> None:
+    @app.task(name="shop.job")
+    def job(colour: str = "red") -> str:
+        return colour
+
+    with pytest.raises(TypeError, match=r"shop\.job: kwargs must be a mapping .* got list"):
+        job.apply_async((), [("colour", "blue")])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"shop\.job: kwargs' names must be strings, got 1"):
+        app.send_task("shop.job", (), {1: "blue"})
+    assert app.kernel.call(app.broker.depth("default"))["ready"] == 0
+
+
+def test_a_schedule_given_one_string_as_args_is_refused(app: App) -> None:
+    @app.task(name="shop.report")
+    def report(*kinds: str) -> None: ...
+
+    with pytest.raises(ConfigError, match=r"schedule 'daily'.*args must be a list or tuple"):
+        app.add_periodic(report, every=60, name="daily", args="sales")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"schedule 'daily'.*kwargs must be a mapping"):
+        app.add_periodic(report, every=60, name="daily", kwargs=[("a", 1)])  # type: ignore[arg-type]
+    assert [s.schedule.name for s in app.schedules.list()] == []
+    app.add_periodic(report, every=60, name="daily", args=["sales"])
+    [info] = app.schedules.list()
+    assert info.schedule.args == ("sales",)
