@@ -51,6 +51,9 @@ class TokenStore:
         """Accept ``token`` as ``name`` (read-only or not)."""
         if not name or not token:
             raise ConfigError("a token needs a name and a non-empty secret")
+        if not name.isprintable():
+            # The name is the actor of the audit trail and its log lines.
+            raise ConfigError(f"a token's name must be printable text, got {name!r}")
         self._entries.append((_digest(token), Principal(name, read_only)))
 
     @classmethod
@@ -73,7 +76,10 @@ class TokenStore:
                     f"token file {str(path)!r} line {number}: expected name:token"
                     f" or name:token:{READ_ONLY}"
                 )
-            store.add(parts[0], parts[1], read_only=len(parts) == 3)
+            try:
+                store.add(parts[0], parts[1], read_only=len(parts) == 3)
+            except ConfigError as exc:
+                raise ConfigError(f"token file {str(path)!r} line {number}: {exc}") from None
         if not store:
             raise ConfigError(f"token file {str(path)!r} holds no token")
         return store

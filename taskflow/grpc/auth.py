@@ -1,7 +1,7 @@
 """Who may call the gRPC service: the auth hook and bearer tokens from a file.
 
-An auth hook is any callable ``auth(method, metadata) -> str`` given to
-:func:`taskflow.grpc.serve`. ``method`` is the full gRPC method name
+An auth hook is any callable ``auth(method, metadata) -> str`` (or an ``async def`` one)
+given to :func:`taskflow.grpc.serve`. ``method`` is the full gRPC method name
 (``/taskflow.v1.WorkerService/EnqueueTasks``), ``metadata`` the call's metadata with
 lower-case keys. It returns the caller's identity (logged and written to the audit log,
 so never a secret) or raises :class:`Unauthenticated` (no or unknown credentials) or
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +29,7 @@ __all__ = [
     "bearer_token",
 ]
 
-AuthHook = Callable[[str, Mapping[str, str]], str]
+AuthHook = Callable[[str, Mapping[str, str]], str | Awaitable[str]]
 """``auth(method, metadata) -> identity``; raises :class:`Unauthenticated` or
 :class:`PermissionDenied`."""
 

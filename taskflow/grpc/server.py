@@ -105,11 +105,24 @@ class _Gate(grpc.aio.ServerInterceptor):
             )
         return handler  # client streaming: WorkerService has none
 
-    def identify(self, method: str, metadata: Mapping[str, str]) -> str:
-        """The caller's identity; raises Unauthenticated / PermissionDenied."""
+    def identify(self, method: str, metadata: Mapping[str, str]) -> str | Awaitable[str]:
+        """The caller's identity (or an awaitable of it); raises Unauthenticated /
+        PermissionDenied."""
         if self.auth is None or method.startswith(_HEALTH):
             return "anonymous"
         return self.auth(method, metadata)
+
+
+def _identity_problem(identity: object) -> str:
+    """What is wrong with what an auth hook returned ('' if it is an identity)."""
+    if not isinstance(identity, str):
+        # A hook that forgot its ``return`` (or returns None to say no) must not let the
+        # call through as caller ``None``.
+        return f"returned {type(identity).__name__}"
+    if not identity or not identity.isprintable():
+        # The identity goes into the call's log line and the audit trail.
+        return "returned an empty text or one with control characters"
+    return ""
 
 
 class _Call:
@@ -158,14 +171,30 @@ class _Call:
 
     async def enter(self, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
-            self.identity = self.gate.identify(self.method, self.metadata)
+            identity: object = self.gate.identify(self.method, self.metadata)
+            if inspect.isawaitable(identity):
+                identity = await identity  # an ``async def`` hook
         except Unauthenticated as exc:
             self.log(grpc.StatusCode.UNAUTHENTICATED)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
         except PermissionDenied as exc:
             self.log(grpc.StatusCode.PERMISSION_DENIED)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except Exception as exc:
+            # Refused, never let through. Not the exception's text: a failed lookup's
+            # KeyError would carry the token.
+            await self.refuse(context, f"raised {type(exc).__name__}")
+        problem = _identity_problem(identity)
+        if problem:
+            await self.refuse(context, f"{problem}, not the caller's identity")
+        self.identity = str(identity)
         return caller.set(self.identity)
+
+    async def refuse(self, context: grpc.aio.ServicerContext[Any, Any], what: str) -> None:
+        """End the call: the auth hook named no caller."""
+        log.error("%s: the auth hook %s; the call is refused", self.method, what)
+        self.log(grpc.StatusCode.INTERNAL)
+        await context.abort(grpc.StatusCode.INTERNAL, "the server could not authenticate the call")
 
     def done(self, context: grpc.aio.ServicerContext[Any, Any], exc: BaseException | None) -> None:
         if isinstance(exc, asyncio.CancelledError):

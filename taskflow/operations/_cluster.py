@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from ._context import Context, to_datetime, view
+from ._context import Context, check_limit, to_datetime, view
 from ._queues import queues
 from .types import AuditEntry, ClusterStats, QueueStats, TaskStats, WorkerInfo
 
@@ -144,6 +144,7 @@ def _rate(
 
 async def audit(ctx: Context, limit: int) -> list[AuditEntry]:
     """The newest ``limit`` audit entries, newest first."""
+    check_limit(limit)
     await ctx.kernel.connect()
     out = []
     for e in await ctx.kernel.results.audit(limit):

@@ -20,7 +20,15 @@ from ..kernel import Kernel
 from ..urls import mask_url
 from .types import DeadLetter
 
-__all__ = ["AUDIT_IDS", "Context", "decode_cursor", "encode_cursor", "to_datetime", "view"]
+__all__ = [
+    "AUDIT_IDS",
+    "Context",
+    "check_limit",
+    "decode_cursor",
+    "encode_cursor",
+    "to_datetime",
+    "view",
+]
 
 AUDIT_IDS = 100
 """Ids an audit entry lists (its ``count`` says how many there were)."""
@@ -28,11 +36,22 @@ AUDIT_IDS = 100
 audit_log = logging.getLogger("taskflow.audit")
 
 
+def check_limit(limit: object) -> int:
+    """``limit`` of a listing: a whole number, at least 1."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ConfigError(f"limit must be a whole number, at least 1, got {limit!r}")
+    return limit
+
+
 class Context:
     """One admin's view of the app: kernel, actor, broker admin, audit."""
 
     def __init__(self, kernel: Kernel, actor: str) -> None:
         """Operations on ``kernel``'s backends, audited as done by ``actor``."""
+        if not isinstance(actor, str) or not actor or not actor.isprintable():
+            # The audit trail and its log lines name the actor: an empty one would record
+            # nobody, a newline would forge a line.
+            raise ConfigError(f"an actor must be non-empty printable text, got {actor!r}")
         self.kernel = kernel
         self.actor = actor
 

@@ -24,7 +24,7 @@ from ..errors import BrokerError, ConfigError, PayloadError
 from ..message import TaskStatus
 from ..options import name_list
 from ..results.base import HISTORY_FIELDS, is_terminal
-from ._context import Context, decode_cursor, encode_cursor, view
+from ._context import Context, check_limit, decode_cursor, encode_cursor, view
 from .types import DeadLetter, Page, ReplayReport
 
 __all__ = ["Filters", "dead_letters", "discard", "purge", "replay", "retry"]
@@ -73,8 +73,7 @@ async def dead_letters(
     ctx: Context, queue: str | None, filters: Filters, limit: int, cursor: str | None
 ) -> Page[DeadLetter]:
     """One page of matching dead letters, oldest first per queue, queues in name order."""
-    if limit < 1:
-        raise ConfigError(f"limit must be at least 1, got {limit}")
+    check_limit(limit)
     broker = await ctx.broker()
     queues = await ctx.scope(queue)
     start_queue, position = (queues[0] if queues else "", 0)

@@ -67,7 +67,7 @@ class Admin:
     def __init__(self, kernel: Kernel, *, actor: str | None = None) -> None:
         """Operations on ``kernel``'s backends, audited as ``actor`` (default ``user@host``)."""
         self._kernel = kernel
-        self._ctx = Context(kernel, actor or default_actor())
+        self._ctx = Context(kernel, default_actor() if actor is None else actor)
 
     def __repr__(self) -> str:
         return f"<Admin of {self._kernel!r} as {self.actor!r}>"

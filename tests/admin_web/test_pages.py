@@ -240,6 +240,11 @@ def test_token_file_format_and_hashing(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="line 2") as caught:
         TokenStore.from_file(path)
     assert "other" not in str(caught.value)
+    # The name is the audit trail's actor, and goes into log lines.
+    path.write_text("alice:s3cret\nb\tob:other\n")
+    with pytest.raises(ConfigError, match=r"line 2: a token's name must be printable") as caught:
+        TokenStore.from_file(path)
+    assert "other" not in str(caught.value)
 
 
 def test_the_command_refuses_to_serve_without_tokens(tmp_path: Path) -> None:

@@ -120,6 +120,59 @@ def test_the_auth_hook_decides_and_the_audit_names_the_caller() -> None:
     assert seen[0] == ("/taskflow.v1.WorkerService/EnqueueTasks", "")
 
 
+@pytest.mark.parametrize("answer", [None, "", "ops\nforged line", 5, "raise", "coroutine"])
+def test_an_auth_hook_that_names_no_caller_refuses_the_call(
+    answer: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A hook that forgot its ``return`` let every call through as caller None.
+    def auth(method: str, metadata: Mapping[str, str]) -> Any:
+        if answer == "raise":
+            raise KeyError("token-4f2a")  # a lookup of the caller's token that failed
+        if answer == "coroutine":
+            return asyncio.sleep(0)  # awaited: an async hook's answer, here None
+        return answer
+
+    async def scenario(app: App) -> None:
+        async with _serving(app, auth=auth) as (_, client):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await client.EnqueueTasks(pb.EnqueueTasksRequest(tasks=[add(1, 2)]))
+            assert refused.value.code() == grpc.StatusCode.INTERNAL
+            assert refused.value.details() == "the server could not authenticate the call"
+        assert [q.ready for q in await app.admin.aqueues()] in ([], [0])
+
+    with caplog.at_level("INFO", logger="taskflow.grpc"):
+        _run_on(_app(), scenario)
+    [error] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert error.startswith("/taskflow.v1.WorkerService/EnqueueTasks: the auth hook ")
+    assert error.endswith("; the call is refused")
+    assert "token-4f2a" not in caplog.text and "forged" not in caplog.text
+
+
+def test_an_async_auth_hook_is_awaited() -> None:
+    async def auth(method: str, metadata: Mapping[str, str]) -> str:
+        await asyncio.sleep(0)
+        if metadata.get("x-user") != "ops":
+            raise Unauthenticated("who are you?")
+        return "ops"
+
+    async def scenario(app: App) -> None:
+        async with _serving(app, auth=auth) as (_, client):
+            with pytest.raises(grpc.aio.AioRpcError) as nobody:
+                await client.EnqueueTasks(pb.EnqueueTasksRequest(tasks=[add(1, 2)]))
+            assert nobody.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            sent = await client.EnqueueTasks(
+                pb.EnqueueTasksRequest(tasks=[add(1, 2, countdown=600.0)]),
+                metadata=(("x-user", "ops"),),
+            )
+            await client.CancelTask(
+                pb.CancelTaskRequest(id=sent.ids[0]), metadata=(("x-user", "ops"),)
+            )
+        (entry,) = [e for e in await app.admin.aaudit() if e.action == "cancel"]
+        assert entry.actor == "grpc:ops"
+
+    _run_on(_app(), scenario)
+
+
 def test_a_cancel_whose_audit_is_refused_is_internal_and_says_it_took_effect(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

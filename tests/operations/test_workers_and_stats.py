@@ -6,8 +6,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from taskflow import App
 from taskflow.clock import FakeClock
+from taskflow.errors import ConfigError
 from taskflow.testing import drain, running_worker
 
 from .helpers import flaky, noop
@@ -119,3 +122,21 @@ def test_audit_entries_expire_after_the_apps_audit_retention() -> None:
         assert [e.action for e in app.admin.audit()] == ["resume", "pause"]
         clock.advance(31)
         assert [e.action for e in app.admin.audit()] == ["resume"]
+
+
+def test_the_audit_names_a_real_actor_and_listings_take_a_whole_limit() -> None:
+    with App("actors") as app:
+        noop(app, "q").delay()
+        # An empty actor recorded the process's user instead; a newline forged a line of
+        # the audit log.
+        for actor in ["", "ops\nforged", 5]:
+            with pytest.raises(ConfigError, match="an actor must be non-empty printable"):
+                app.admin.as_actor(actor)  # type: ignore[arg-type]
+        app.admin.as_actor("ops@example").pause("q")
+        assert [(e.actor, e.action) for e in app.admin.audit()] == [("ops@example", "pause")]
+        # audit(-1) answered [], audit("10") raised a TypeError from a comparison.
+        for limit in [0, -1, "10", 2.5, True]:
+            with pytest.raises(ConfigError, match="limit must be a whole number, at least 1"):
+                app.admin.audit(limit)  # type: ignore[arg-type]
+            with pytest.raises(ConfigError, match="limit must be a whole number, at least 1"):
+                app.admin.dead_letters(limit=limit)  # type: ignore[arg-type]
