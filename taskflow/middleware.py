@@ -103,10 +103,20 @@ def _isolated_enqueue(mw: Middleware, call_next: EnqueueNext) -> EnqueueNext:
             return out
 
         try:
-            return mw.enqueue(env, nxt)
+            out = mw.enqueue(env, nxt)
         except Exception:
             log.exception("middleware %s failed in enqueue; ignored", type(mw).__name__)
             return called[0] if called else call_next(env)
+        if isinstance(out, Envelope):
+            return out
+        # A missing ``return call_next(envelope)``: the send failed on None's ``queue``.
+        log.error(
+            "middleware %s: enqueue returned %s, not the envelope (return "
+            "call_next(envelope)); ignored",
+            type(mw).__name__,
+            type(out).__name__,
+        )
+        return called[0] if called else call_next(env)
 
     return step
 

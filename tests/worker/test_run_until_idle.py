@@ -601,6 +601,43 @@ def test_an_async_enqueue_middleware_is_refused_when_added(fake_app: App) -> Non
     assert result.get(timeout=1) == 1
 
 
+def test_an_enqueue_middleware_that_returns_no_envelope_is_logged_and_skipped(
+    fake_app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A missing ``return``: every send failed with "'NoneType' object has no attribute
+    # 'queue'". Now it is skipped like one that raises, and what the chain after it made
+    # of the envelope is sent.
+    class Forgot(Middleware):
+        def enqueue(self, envelope: Envelope, call_next: Any) -> Envelope:
+            call_next(envelope)
+            return None  # type: ignore[return-value]
+
+    class Tenant(Middleware):
+        def enqueue(self, envelope: Envelope, call_next: Any) -> Envelope:
+            envelope.headers["tenant"] = "acme"
+            return call_next(envelope)  # type: ignore[no-any-return]
+
+    fake_app.add_middleware(Forgot())
+    fake_app.add_middleware(Tenant())
+
+    @fake_app.task(bind=True)
+    def job(ctx: Any) -> str:
+        return str(ctx.headers["tenant"])
+
+    with caplog.at_level("ERROR", logger="taskflow.middleware"):
+        sent = [job.delay(), *fake_app.enqueue_many([job.s()])]
+    fake_app.worker().run_until_idle()
+    assert [r.get(timeout=1) for r in sent] == ["acme", "acme"]
+    assert (
+        caplog.messages
+        == [
+            "middleware Forgot: enqueue returned NoneType, not the envelope "
+            "(return call_next(envelope)); ignored"
+        ]
+        * 2
+    )
+
+
 def test_middleware_wraps_execution_and_may_change_the_value(fake_app: App) -> None:
     order: list[str] = []
 
