@@ -213,6 +213,12 @@ def _check_scalars(task: str, raw: dict[str, Any], opts: dict[str, Any]) -> None
         _check_serializer(raw["serializer"], task)
     if "on_lost" in raw:
         _check_on_lost(raw["on_lost"], task)
+    for name in ("retry_jitter", "store_result", "bind"):
+        # ``store_result="no"`` (a setting read from text) would be taken as true.
+        if name in raw and not isinstance(raw[name], bool):
+            raise ValueError(f"{task}: {name} must be True or False, got {raw[name]!r}")
+    if raw.get("rate_burst") is not None and raw.get("rate_limit") is None:
+        raise ValueError(f"{task}: rate_burst is the burst of a rate_limit; give rate_limit too")
 
 
 def _rate_limit(task: str, value: Any, burst: Any) -> RateLimit:

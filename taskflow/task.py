@@ -33,7 +33,7 @@ def register(
     """Make ``fn`` a task of ``kernel``'s app (``@app.task``, ``@app.periodic``)."""
     if not callable(fn):
         raise TypeError(f"@app.task needs a function, got {fn!r}")
-    task_name = name or f"{fn.__module__}.{fn.__qualname__}"
+    task_name = f"{fn.__module__}.{fn.__qualname__}" if name is None else name
     if not isinstance(task_name, str) or not task_name or not task_name.isprintable():
         raise ValueError(
             f"task name must be a non-empty string of printable characters, got {task_name!r}"

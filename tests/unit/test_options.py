@@ -99,6 +99,11 @@ def test_retry_on_accepts_one_class_or_a_tuple() -> None:
         ({"queue": "two words"}, "queue"),
         ({"on_success": 3}, "on_success"),
         ({"colour": "red"}, "colour"),
+        # Read from text, "no" was taken as true; a burst without a rate was ignored.
+        ({"store_result": "no"}, "store_result must be True or False"),
+        ({"retry_jitter": 0}, "retry_jitter must be True or False"),
+        ({"bind": "yes"}, "bind must be True or False"),
+        ({"rate_burst": 5}, "rate_burst is the burst of a rate_limit"),
     ],
 )
 def test_a_bad_option_at_declaration_names_the_task_and_option(
@@ -110,6 +115,15 @@ def test_a_bad_option_at_declaration_names_the_task_and_option(
         def job() -> None: ...
 
     assert "shop.job" not in app.registry
+
+
+def test_an_empty_task_name_is_refused_not_replaced_by_the_functions(app: App) -> None:
+    with pytest.raises(ValueError, match="task name must be a non-empty string"):
+
+        @app.task(name="")
+        def job() -> None: ...
+
+    assert list(app.registry) == []
 
 
 def test_a_bad_option_on_an_unnamed_task_names_the_function(app: App) -> None:
