@@ -174,6 +174,7 @@ class TaskOptions:
         opts: dict[str, Any] = dict(raw)
         opts.pop("rate_burst", None)
         _check_scalars(task, raw, opts)
+        _check_flags(task, raw)
         if raw.get("rate_limit") is not None:
             opts["rate_limit"] = _rate_limit(task, raw["rate_limit"], raw.get("rate_burst"))
         if raw.get("cluster_rate_limit") is not None:
@@ -213,6 +214,9 @@ def _check_scalars(task: str, raw: dict[str, Any], opts: dict[str, Any]) -> None
         _check_serializer(raw["serializer"], task)
     if "on_lost" in raw:
         _check_on_lost(raw["on_lost"], task)
+
+
+def _check_flags(task: str, raw: dict[str, Any]) -> None:
     for name in ("retry_jitter", "store_result", "bind"):
         # ``store_result="no"`` (a setting read from text) would be taken as true.
         if name in raw and not isinstance(raw[name], bool):

@@ -73,12 +73,33 @@ class Settings:
         audit_retention: float = 30 * 86400.0,
     ) -> Settings:
         """Check every setting; a bad one raises ``ConfigError`` naming the app."""
+        if not isinstance(name, str) or not name or not name.isprintable():
+            # It names the app's log lines, its beat's schedules and its cluster-wide
+            # limits on the broker: empty, two apps would share them; a newline would
+            # forge a log line.
+            raise ConfigError(f"an app name must be non-empty printable text, got {name!r}")
         where = f"App({name!r})"
-        queue = check_queue(default_queue, where)
-        weights = _check_weights(queue_weights, name)
-        timeout = check_timeout(default_timeout, where, "default_timeout")
+        if clock is not None and not isinstance(clock, Clock):
+            raise ConfigError(
+                f"{where}: clock must be a taskflow Clock, got {type(clock).__name__}"
+            )
+        for option, value in (("queue_weights", queue_weights), ("queue_limits", queue_limits)):
+            if value is not None and not isinstance(value, Mapping):
+                raise ConfigError(
+                    f"{where}: {option} must map queue names to numbers, got {type(value).__name__}"
+                )
+        try:
+            # These checks are shared with tasks' options, which raise ValueError.
+            queue = check_queue(default_queue, where)
+            timeout = check_timeout(default_timeout, where, "default_timeout")
+            ttl = check_timeout(result_ttl, where, "result_ttl")
+            retention = check_timeout(audit_retention, where, "audit_retention")
+            weights = _check_weights(queue_weights, name)
+        except ConfigError:
+            raise
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         retries = _check_retries(default_retries, name)
-        ttl = check_timeout(result_ttl, where, "result_ttl")
         most = _check_limit(max_queued, name, "max_queued")
         deliveries = _check_max_deliveries(max_deliveries, name)
         limits = {
@@ -96,8 +117,7 @@ class Settings:
             max_queued=most,
             max_deliveries=deliveries,
             queue_limits=MappingProxyType(limits),
-            audit_retention=check_timeout(audit_retention, where, "audit_retention")
-            or 30 * 86400.0,
+            audit_retention=retention or 30 * 86400.0,
         )
 
     def queue_limit(self, queue: str) -> int | None:

@@ -124,11 +124,23 @@ def test_a_malformed_url_is_a_config_error_never_leaking_the_password(url: str) 
         {"default_timeout": 0},
         {"result_ttl": -1.0},
         {"default_queue": ""},
+        # An AttributeError ('list' object has no attribute 'items') before.
+        {"queue_weights": ["q"]},
+        {"queue_limits": [("q", 3)]},
+        {"clock": 5},
     ],
 )
 def test_bad_app_settings_fail_at_construction(kwargs: dict[str, object]) -> None:
-    with pytest.raises(ValueError, match="bad"):
+    with pytest.raises(ConfigError, match="bad"):
         App("bad", **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["", "shop\nforged", 5, None])
+def test_an_app_name_is_non_empty_printable_text(name: object) -> None:
+    # It names the app's log lines, its beat's schedules and its cluster-wide limits; two
+    # apps named "" shared them.
+    with pytest.raises(ConfigError, match="an app name must be non-empty printable text"):
+        App(name)  # type: ignore[arg-type]
 
 
 # -- declaring -------------------------------------------------------------------------
