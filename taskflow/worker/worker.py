@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import os
 import random
 import socket
@@ -97,6 +98,10 @@ class Worker(Service):
         queues = _checked(queues or [kernel.settings.default_queue], concurrency, prefetch_buffer)
         check_pool_options(pool, max_tasks_per_child, max_memory_per_child)
         interval, retention = checked_interval(heartbeat, heartbeat_retention)
+        stall_timeout = _checked_waits(poll_interval, stall_timeout)
+        if name is not None and (not isinstance(name, str) or not name or not name.isprintable()):
+            # It names the worker in log lines, heartbeats and the leases it holds.
+            raise ValueError(f"worker name must be non-empty printable text, got {name!r}")
         super().__init__(
             name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}",
             kernel.loop,
@@ -111,7 +116,7 @@ class Worker(Service):
             else prefetch_buffer
         )
         self.poll_interval = poll_interval
-        self.stall_timeout = stall_timeout or max(10.0, 5 * poll_interval)
+        self.stall_timeout = stall_timeout
         self.clock = clock or kernel.clock
         self.rng = rng or random.Random()
         self.bus = EventBus()
@@ -485,5 +490,32 @@ def _checked(queues: Sequence[str], concurrency: int, prefetch_buffer: int | Non
     checked = name_list(queues, "worker queues")
     if not checked:
         raise ValueError(f"worker queues must be non-empty names, got {queues!r}")
-    # The names producers can send to: a worker on any other would wait for ever.
-    return [check_queue(q, "worker") for q in checked]
+    # The names producers can send to: a worker on any other would wait for ever. A name
+    # given twice is listened on once.
+    return list(dict.fromkeys(check_queue(q, "worker") for q in checked))
+
+
+def _checked_waits(poll_interval: float, stall_timeout: float | None) -> float:
+    """The stall timeout (its default for None), after checking both waits: a fetch
+    waiting 0 s would spin the loop (and on Redis a blocking wait of 0 waits for ever)."""
+    if (
+        isinstance(poll_interval, bool)
+        or not isinstance(poll_interval, int | float)
+        or not 0 < poll_interval < math.inf
+    ):
+        raise ValueError(
+            f"worker poll_interval must be a positive number of seconds, got {poll_interval!r}"
+        )
+    if stall_timeout is None:
+        return max(10.0, 5 * poll_interval)
+    if (
+        isinstance(stall_timeout, bool)
+        or not isinstance(stall_timeout, int | float)
+        or not poll_interval < stall_timeout < math.inf
+    ):
+        raise ValueError(
+            f"worker stall_timeout must be seconds longer than poll_interval "
+            f"({poll_interval!r} s), or every idle fetch would count as stalled; "
+            f"got {stall_timeout!r}"
+        )
+    return float(stall_timeout)

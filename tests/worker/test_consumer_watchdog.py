@@ -77,3 +77,29 @@ def test_a_stopping_worker_drops_its_control_position_from_the_reading_task() ->
         assert broker.forgotten_by and set(broker.forgotten_by) <= broker.readers
     finally:
         app.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        # A fetch waiting 0 s spun the loop; on Redis a blocking wait of 0 waits for ever.
+        ({"poll_interval": 0}, "poll_interval must be a positive number of seconds"),
+        ({"poll_interval": -1}, "poll_interval must be a positive number of seconds"),
+        ({"poll_interval": float("nan")}, "poll_interval must be a positive number"),
+        ({"poll_interval": "1"}, "poll_interval must be a positive number of seconds"),
+        # Shorter than a fetch's wait, every idle fetch was abandoned as stalled.
+        ({"stall_timeout": 0.5}, r"stall_timeout must be seconds longer than poll_interval"),
+        ({"stall_timeout": float("nan")}, "stall_timeout must be seconds longer"),
+        ({"name": ""}, "worker name must be non-empty printable text"),
+        ({"name": "w1\nforged"}, "worker name must be non-empty printable text"),
+    ],
+)
+def test_a_worker_refuses_waits_and_names_it_could_not_work_with(
+    options: dict[str, object], message: str
+) -> None:
+    with App("waits") as app:
+        with pytest.raises(ValueError, match=message):
+            app.worker(**options)
+        worker = app.worker(queues=["a", "b", "a"], poll_interval=0.5, stall_timeout=2)
+        assert (worker.queues, worker.stall_timeout) == (["a", "b"], 2.0)
+        assert app.worker(poll_interval=4).stall_timeout == 20.0
