@@ -496,8 +496,8 @@ def _checked(queues: Sequence[str], concurrency: int, prefetch_buffer: int | Non
 
 
 def _checked_waits(poll_interval: float, stall_timeout: float | None) -> float:
-    """The stall timeout (its default for None), after checking both waits: a fetch
-    waiting 0 s would spin the loop (and on Redis a blocking wait of 0 waits for ever)."""
+    """The stall timeout (its default for None), after checking both waits: with a fetch
+    waiting 0 s the fetch loop holds the event loop, and a task sent never runs."""
     if (
         isinstance(poll_interval, bool)
         or not isinstance(poll_interval, int | float)

@@ -82,7 +82,8 @@ def test_a_stopping_worker_drops_its_control_position_from_the_reading_task() ->
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        # A fetch waiting 0 s spun the loop; on Redis a blocking wait of 0 waits for ever.
+        # With a fetch waiting 0 s the fetch loop held the event loop: 100% CPU while
+        # idle, and a task sent never ran.
         ({"poll_interval": 0}, "poll_interval must be a positive number of seconds"),
         ({"poll_interval": -1}, "poll_interval must be a positive number of seconds"),
         ({"poll_interval": float("nan")}, "poll_interval must be a positive number"),
