@@ -33,7 +33,7 @@ from .kernel import SEND_OPTIONS, Kernel, Settings, check_call_options, make_bro
 from .kernel.hooks import Hook
 from .kernel.registry import TaskRegistry
 from .middleware import Middleware
-from .options import call_arguments
+from .options import call_arguments, check_task_id
 from .results.base import ResultStore, TaskInfo
 from .results.handle import AsyncResult
 from .task import Task, register
@@ -250,11 +250,11 @@ class App:
 
     def result(self, task_id: str) -> AsyncResult[Any]:
         """An :class:`AsyncResult` for a known id."""
-        return AsyncResult(self.kernel, task_id)
+        return AsyncResult(self.kernel, check_task_id(task_id, "app.result"))
 
     def get_task(self, task_id: str) -> TaskInfo:
         """The record of ``task_id``; raises NotFound."""
-        return AsyncResult(self.kernel, task_id).info()
+        return AsyncResult(self.kernel, check_task_id(task_id, "app.get_task")).info()
 
     def group_result(self, group_id: str) -> GroupResult:
         """The :class:`~taskflow.canvas.GroupResult` of a group; raises NotFound."""

@@ -7,6 +7,7 @@ import importlib.util
 import inspect
 import math
 import re
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass, fields
 from typing import Any
@@ -285,6 +286,19 @@ def check_hook(hook: Any, what: str) -> None:
         raise ValueError(
             f"{what} must take one argument (the TaskEvent), got {name}{signature}"
         ) from None
+
+
+def check_task_id(value: Any, what: str) -> str:
+    """A task id given by a caller: non-empty printable text (a ``uuid.UUID`` as its text);
+    ``ConfigError`` (a ``ValueError``) otherwise. Ids go into log lines and broker headers,
+    where a newline would forge a line."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{what}: task_id must be a non-empty string, got {value!r}")
+    if not value.isprintable():
+        raise ConfigError(f"{what}: task_id must be printable text (no control characters)")
+    return value
 
 
 def name_list(value: Any, what: str) -> list[str]:

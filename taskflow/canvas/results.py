@@ -10,6 +10,7 @@ from .._waiters import wait_limit
 from ..errors import NotFound, ResultTimeout, TaskCancelled
 from ..kernel import Kernel
 from ..message import TaskStatus
+from ..options import check_task_id
 from ..results.handle import AsyncResult, failure
 from .state import SUCCEEDED, decode_typed, slot_id
 
@@ -313,6 +314,7 @@ def chain_result(kernel: Kernel, chain_id: str) -> ChainResult:
 
 
 def _lookup(kernel: Kernel, canvas_id: str, kind: str) -> GroupResult | ChainResult:
+    canvas_id = check_task_id(canvas_id, f"app.{kind}_result")
     record = _record(kernel, canvas_id)
     if record is None or record.get("kind") != kind:
         raise NotFound(f"no {kind} with id {canvas_id}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypedDict
@@ -30,6 +29,7 @@ from ..options import (
     TaskOptions,
     check_priority,
     check_queue,
+    check_task_id,
     check_timeout,
     countdown_problem,
 )
@@ -250,13 +250,7 @@ def new_task_id() -> str:
 def _task_id(name: str, value: Any) -> str:
     if value is None:
         return new_task_id()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{name}: task_id must be a non-empty string")
-    if not value.isprintable():
-        raise ValueError(f"{name}: task_id must be printable text (no control characters)")
-    return value
+    return check_task_id(value, name)
 
 
 def _check_depth(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:

@@ -10,6 +10,7 @@ from .. import codec
 from ..brokers.base import DeadLetter as BrokerDeadLetter
 from ..brokers.base import Waiting
 from ..errors import BrokerError, ConfigError, NotFound, PayloadError
+from ..options import check_task_id
 from ..results.base import TaskInfo as RecordInfo
 from ._context import Context, to_datetime
 from .types import QueueInfo, TaskInfo
@@ -138,6 +139,7 @@ def _from_record(
 
 async def task(ctx: Context, task_id: str) -> TaskInfo:
     """One task's record (and where its message is): NotFound without a record."""
+    task_id = check_task_id(task_id, "admin.task")
     await ctx.kernel.connect()
     record = await ctx.kernel.results.get(task_id)
     if record is None:
@@ -162,6 +164,7 @@ async def task(ctx: Context, task_id: str) -> TaskInfo:
 
 async def cancel(ctx: Context, task_id: str) -> bool:
     """Cancel a queued or running task (NotFound for an id without a record)."""
+    task_id = check_task_id(task_id, "admin.cancel")
     await ctx.kernel.connect()
     record = await ctx.kernel.results.get(task_id)
     if record is None:
@@ -188,6 +191,7 @@ async def reveal(ctx: Context, task_id: str) -> dict[str, Any]:
     Only a dead letter's message can be read back: a queued or running task's message is
     the broker's to deliver, and a finished task's arguments are not kept.
     """
+    task_id = check_task_id(task_id, "admin.reveal")
     await ctx.kernel.connect()
     record = await ctx.kernel.results.get(task_id)
     if record is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -288,3 +289,31 @@ def test_a_schedule_given_one_string_as_args_is_refused(app: App) -> None:
     app.add_periodic(report, every=60, name="daily", args=["sales"])
     [info] = app.schedules.list()
     assert info.schedule.args == ("sales",)
+
+
+@pytest.mark.parametrize("task_id", ["", 5, "order\n42", None])
+def test_an_id_to_look_up_must_be_printable_text(app: App, task_id: object) -> None:
+    # app.result(5) gave a handle that waited for task 5 for ever; a newline in an id
+    # forges a line of the log that names it.
+    lookups = {
+        "app.result": app.result,
+        "app.get_task": app.get_task,
+        "app.group_result": app.group_result,
+        "app.chain_result": app.chain_result,
+        "admin.task": app.admin.task,
+        "admin.cancel": app.admin.cancel,
+        "admin.reveal": app.admin.reveal,
+    }
+    for what, lookup in lookups.items():
+        with pytest.raises(ConfigError, match=rf"{what}: task_id must be"):
+            lookup(task_id)  # type: ignore[operator]
+
+
+def test_a_uuid_is_an_id_as_its_text(app: App) -> None:
+    @app.task(name="shop.job")
+    def job() -> None: ...
+
+    chosen = uuid.uuid4()
+    sent = job.apply_async(task_id=chosen)  # type: ignore[arg-type]
+    assert app.result(chosen).id == sent.id == str(chosen)  # type: ignore[arg-type]
+    assert app.get_task(chosen).id == str(chosen)  # type: ignore[arg-type]
