@@ -92,14 +92,17 @@ class Compiler:
         *,
         callbacks: Mapping[str, Sequence[Node]] | None = None,
     ) -> tuple[Spec, ResultHandle]:
-        """One task's spec (checked against its parameters when it ignores its parent),
-        with its ``link``/``link_error`` ``callbacks`` compiled."""
+        """One task's spec (checked against its parameters: fully when it ignores its
+        parent, for what a parent's result cannot mend otherwise), with its
+        ``link``/``link_error`` ``callbacks`` compiled."""
         check_call_options(name, options, SEND_OPTIONS)
         opts = dict(options)
         task_id = str(opts.pop("task_id", None) or uuid.uuid4())
         task = self.kernel.registry.get(name)
         if task is not None and immutable:
             task.schema.bind_check(args, dict(kwargs))
+        elif task is not None:
+            task.schema.check_partial(args, kwargs)
         spec = {
             "k": "t",
             "id": task_id,

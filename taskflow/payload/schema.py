@@ -68,6 +68,16 @@ class PayloadSchema:
         """Raise :class:`PayloadError` unless ``args``/``kwargs`` bind to the signature."""
         self._bind(len(args), kwargs)
 
+    def check_partial(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        """Raise :class:`PayloadError` for what no positional arguments put in front of
+        ``args`` can mend (a chain step gets its parent's result first): too many
+        positional arguments, a keyword it does not take, or one ``args`` fills already."""
+        count = len(args)
+        if count > self._max_pos:
+            self._bind(count, kwargs)
+        if kwargs:
+            self._check_keywords(count, kwargs)
+
     def _bind(self, count: int, kwargs: Mapping[str, Any]) -> None:
         if count > self._max_pos:
             given = "was" if count == 1 else "were"

@@ -300,6 +300,28 @@ def test_arguments_that_cannot_wait_inside_a_canvas_are_rejected_when_applied(
         chain(t.square.s(1), t.due_day.si(Invoice(1, date(2024, 1, 1)))).apply_async()
 
 
+def test_arguments_no_parent_value_could_mend_are_rejected_when_applied(
+    capp: App, t: SimpleNamespace
+) -> None:
+    # A keyword the task does not take, or more positional arguments than it has, was sent
+    # and failed on the worker; ``square.s(2, pow=3).delay()`` was refused at once.
+    cases = [
+        (lambda: group(t.square.s(2, pow=3)), "square: got an unexpected keyword argument 'pow'"),
+        (lambda: chain(t.square.s(2), t.due_day.s(days=1)), "due_day: got an unexpected keyword"),
+        (lambda: chain(t.square.s(2), t.square.s(1, 2)), "square: takes 1 positional argument"),
+        (lambda: chord([t.square.s(1)], t.total.s(1, 2)), "total: takes 1 positional argument"),
+        (lambda: t.square.s(2).set(link=t.total.s(x=1)), "total: got an unexpected keyword"),
+    ]
+    for make, message in cases:
+        with pytest.raises(PayloadError, match=message):
+            make().apply_async()
+    assert capp.kernel.call(capp.broker.depth("default"))["ready"] == 0
+    # What a parent's value completes is still sent: due_day gets the invoice first.
+    result = chain(t.invoice.s(2), t.due_day.s(extra=1)).apply_async()
+    capp.worker().run_until_idle()
+    assert result.get(timeout=0) == 3
+
+
 def test_canvas_records_expire_with_the_result_ttl(
     capp: App, clock: FakeClock, t: SimpleNamespace
 ) -> None:
