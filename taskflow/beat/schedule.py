@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
 from ..errors import ConfigError
-from ..options import call_arguments, check_priority, check_queue
+from ..options import MAX_DELAY, call_arguments, check_priority, check_queue
 from .cron import MAX_STEPS, compile_cron, cron_next, zone
 
 __all__ = [
@@ -148,6 +148,10 @@ class Schedule:
                 f"every must be a positive number of seconds (at least "
                 f"0.001) or a timedelta, got {self.every!r}"
             )
+        if every > MAX_DELAY:
+            # As for a countdown: further is a mistake, and past the year 9999 no date
+            # can show its next run.
+            raise ValueError(f"every must be at most 100 years, got {every:g}s")
         if self.timezone != "UTC":
             raise ValueError("timezone applies to cron schedules only")
         object.__setattr__(self, "every", float(every))

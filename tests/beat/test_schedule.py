@@ -208,6 +208,10 @@ def test_fire_key_names_the_schedule_and_the_fire_time() -> None:
         ({"every": 0}, "every must be a positive"),
         ({"every": -5.0}, "every must be a positive"),
         ({"every": timedelta(0)}, "every must be a positive"),
+        # As a countdown: past the year 9999 no date can show its next run.
+        ({"every": 1e12}, r"every must be at most 100 years, got 1e\+12s"),
+        ({"every": timedelta(days=365.25 * 101)}, "every must be at most 100 years"),
+        ({"every": 5, "args": "sales"}, "args must be a list or tuple"),
         ({}, "exactly one of cron= or every="),
         ({"cron": "* * * * *", "every": 5}, "exactly one of cron= or every="),
         ({"cron": "* * * * *", "timezone": "Mars/Olympus"}, "unknown time zone"),
