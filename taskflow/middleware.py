@@ -51,6 +51,9 @@ class MiddlewareStack(Sequence[Middleware]):
 
     def add(self, middleware: Middleware) -> None:
         """Add ``middleware`` innermost of those added so far."""
+        if isinstance(middleware, type) and issubclass(middleware, Middleware):
+            name = middleware.__qualname__
+            raise TypeError(f"middleware must be an instance: add_middleware({name}()), not {name}")
         if not isinstance(middleware, Middleware):
             raise TypeError("middleware must be a taskflow.middleware.Middleware")
         if inspect.iscoroutinefunction(type(middleware).enqueue):

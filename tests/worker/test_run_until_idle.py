@@ -591,6 +591,8 @@ def test_an_async_enqueue_middleware_is_refused_when_added(fake_app: App) -> Non
 
     with pytest.raises(TypeError, match=r"Stamp\.enqueue must be a plain function"):
         fake_app.add_middleware(Stamp())
+    with pytest.raises(TypeError, match=r"must be an instance: add_middleware\(Middleware\(\)\)"):
+        fake_app.add_middleware(Middleware)  # type: ignore[arg-type]
 
     @fake_app.task
     def job() -> int:
