@@ -222,7 +222,23 @@ def _is_app(value: Any) -> bool:
         return False
 
 
-def _run(registry: Any, body: bytes, fields: dict[str, Any]) -> tuple[Any, ...]:
+def _run(
+    registry: Any, body: bytes, fields: dict[str, Any], trace: dict[str, str] | None = None
+) -> tuple[Any, ...]:
+    if not trace:
+        return _run_body(registry, body, fields)
+    try:
+        from opentelemetry import context, propagate
+    except ImportError:  # the worker's environment has it; this one need not
+        return _run_body(registry, body, fields)
+    token = context.attach(propagate.extract(trace))
+    try:
+        return _run_body(registry, body, fields)
+    finally:
+        context.detach(token)
+
+
+def _run_body(registry: Any, body: bytes, fields: dict[str, Any]) -> tuple[Any, ...]:
     env = codec.decode_envelope(body)
     task = registry.get(env.task)
     if task is None:

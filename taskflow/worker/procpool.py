@@ -490,7 +490,9 @@ class ProcessPool:
         limit = job.task.options.time_limit
         killed: list[bool] = []
         timer = None
-        child.send((job.delivery.body, {f: getattr(ctx, f) for f in _CONTEXT_FIELDS}))
+        fields = {f: getattr(ctx, f) for f in _CONTEXT_FIELDS}
+        trace = _trace_carrier()
+        child.send((job.delivery.body, fields, trace) if trace else (job.delivery.body, fields))
         if limit is not None:
             timer = asyncio.get_running_loop().call_later(limit, _kill, child, killed)
         try:
@@ -617,6 +619,18 @@ class ProcessPool:
         if self._cond is not None:
             async with self._cond:
                 self._cond.notify_all()
+
+
+def _trace_carrier() -> dict[str, str]:
+    """The current trace context as W3C headers (``traceparent``...), for the child to
+    run the body in: the attempt's span is the parent of what the body traces and sends.
+    Empty unless OpenTelemetry is in use in this process (its API imported)."""
+    propagate = sys.modules.get("opentelemetry.propagate")
+    if propagate is None:
+        return {}
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
 
 
 def _kill(child: _Child, killed: list[bool]) -> None:

@@ -395,3 +395,20 @@ def test_with_a_no_op_tracer_there_are_no_spans_and_the_metrics_still_count(app:
     assert labels == {**task, "status": "succeeded"} and completed.value == 1
     ((labels, latency),) = points["taskflow_task_latency_seconds"]
     assert labels == task and latency.count == 1
+
+
+def test_a_body_in_a_child_process_runs_in_its_attempts_span(
+    exporter: InMemorySpanExporter,
+) -> None:
+    # What the body traced or sent in the child started a trace of its own: the child had
+    # no context, the attempt's span stayed in the worker.
+    from tests.pool.conftest import APP_PATH
+    from tests.pool.poolapp import declare
+
+    with App("obs-pool") as app:
+        tasks = declare(app)
+        with app.worker(concurrency=1, pool="processes", app_path=APP_PATH):
+            trace_id, span_id = tasks["trace_parent"].delay().get(timeout=30)
+    (process,) = _kind(exporter.get_finished_spans(), SpanKind.CONSUMER)
+    assert trace_id == format(process.context.trace_id, "032x")
+    assert span_id == format(process.context.span_id, "016x")

@@ -215,6 +215,14 @@ def exits(code: int) -> None:
     sys.exit(code)
 
 
+def trace_parent() -> list[str]:
+    """The trace and span ids of the context the body runs in (hex; zeros for none)."""
+    from opentelemetry import trace
+
+    span = trace.get_current_span().get_span_context()
+    return [format(span.trace_id, "032x"), format(span.span_id, "016x")]
+
+
 def declare(target: App) -> dict[str, Any]:
     """Register the tasks on ``target`` under fixed names; returns them by name."""
     return {
@@ -244,6 +252,7 @@ def declare(target: App) -> dict[str, Any]:
             terminate_what_it_starts
         ),
         "log_later": target.task(name="pool.log_later")(log_later),
+        "trace_parent": target.task(name="pool.trace_parent", retries=0)(trace_parent),
         "log_then_block": target.task(name="pool.log_then_block", time_limit=1, retries=0)(
             log_then_block
         ),
