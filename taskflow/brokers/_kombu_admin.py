@@ -332,6 +332,21 @@ class KombuAdmin(BrokerAdmin):
     async def paused_queues(self) -> set[str]:
         raise self.unsupported("list paused queues (AMQP cannot list queues)")
 
+    async def paused_of(self, queues: Sequence[str]) -> set[str]:
+        def look(io: IoThread) -> set[str]:
+            io.require()
+            return {q for q in queues if io.exists(io.names.paused_marker(q))}
+
+        return await self._io.call(look)
+
+    async def has_queue(self, queue: str) -> bool:
+        # A passive declare of its work queue: what a send or a worker declares first.
+        def look(io: IoThread) -> bool:
+            io.require()
+            return io.exists(io.names.work(queue))
+
+        return await self._io.call(look)
+
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         def look(io: IoThread) -> list[DeadLetter]:
             io.declare_queue(queue)
@@ -339,6 +354,16 @@ class KombuAdmin(BrokerAdmin):
             return [_letter(queue, raw) for raw in taken[:limit]]
 
         return await self._io.call(look)
+
+    async def dead_page(
+        self, queue: str, position: int, limit: int
+    ) -> tuple[list[tuple[int, DeadLetter]], int | None]:
+        # AMQP reads a queue only from its head: each page is a sweep of the whole dead
+        # queue (up to _SWEEP_MAX), taken and put back in order.
+        letters = await self.dead_letters(queue, _SWEEP_MAX)
+        end = position + limit
+        page = list(enumerate(letters[position:end], position))
+        return page, end if end < len(letters) else None
 
     async def dead_by_ids(self, queue: str, ids: Sequence[str]) -> list[DeadLetter]:
         wanted = set(ids)

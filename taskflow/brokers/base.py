@@ -517,6 +517,15 @@ class BrokerAdmin(abc.ABC):
         """Every queue this broker knows (declared, or holding messages), sorted."""
         raise self.unsupported("list its queues")
 
+    async def has_queue(self, queue: str) -> bool:
+        """Whether this broker knows ``queue``; for a backend that cannot list its queues
+        (RabbitMQ), asked of that one queue."""
+        return queue in await self.known_queues()
+
+    async def paused_of(self, queues: Sequence[str]) -> set[str]:
+        """Which of ``queues`` are paused now."""
+        return set(queues) & await self.paused_queues()
+
     async def alarms(self) -> list[str]:
         """What the server says now that stops or endangers delivery (a full server, a
         resource alarm, a policy that deletes keys), one sentence each, naming the masked
@@ -608,6 +617,12 @@ class DelegatedAdmin(BrokerAdmin):
 
     async def known_queues(self) -> list[str]:
         return await self._admin.known_queues()
+
+    async def has_queue(self, queue: str) -> bool:
+        return await self._admin.has_queue(queue)
+
+    async def paused_of(self, queues: Sequence[str]) -> set[str]:
+        return await self._admin.paused_of(queues)
 
     async def alarms(self) -> list[str]:
         return await self._admin.alarms()

@@ -15,7 +15,14 @@ from .. import codec
 from ..brokers.base import BrokerAdmin
 from ..brokers.base import DeadLetter as BrokerDeadLetter
 from ..clock import utc
-from ..errors import AuditNotWritten, BrokerError, ConfigError, PayloadError, UnknownQueue
+from ..errors import (
+    AuditNotWritten,
+    BrokerError,
+    ConfigError,
+    PayloadError,
+    UnknownQueue,
+    Unsupported,
+)
 from ..kernel import Kernel
 from ..urls import mask_url
 from .types import DeadLetter
@@ -64,16 +71,35 @@ class Context:
         return broker
 
     async def queue_names(self) -> list[str]:
-        """The queues the broker knows, sorted."""
-        return await (await self.broker()).known_queues()
+        """The queues the broker knows, sorted. A broker that cannot list its queues
+        (RabbitMQ) is asked of each queue this app names (its default queue, its tasks',
+        the keys of its weights and limits) and each its live workers listen on."""
+        broker = await self.broker()
+        try:
+            return await broker.known_queues()
+        except Unsupported:
+            named = await self._named_queues()
+        return [q for q in sorted(named) if await broker.has_queue(q)]
+
+    async def _named_queues(self) -> set[str]:
+        settings = self.kernel.settings
+        named = {settings.default_queue, *settings.queue_weights, *settings.queue_limits}
+        registry = self.kernel.registry
+        named.update(q for q in (registry[name].options.queue for name in registry) if q)
+        for entry in await self.kernel.results.workers():
+            named.update(str(q) for q in entry.get("queues") or ())
+        return named
 
     async def check(self, queue: str) -> BrokerAdmin:
         """The broker, once ``queue`` is known to it (UnknownQueue otherwise)."""
         broker = await self.broker()
-        known = await broker.known_queues()
-        if queue not in known:
-            raise UnknownQueue(f"no queue {queue!r} (known: {', '.join(known) or 'none'})")
-        return broker
+        if await broker.has_queue(queue):
+            return broker
+        try:
+            known = f" (known: {', '.join(await broker.known_queues()) or 'none'})"
+        except Unsupported:
+            known = ""  # RabbitMQ: it was asked of this one queue
+        raise UnknownQueue(f"no queue {queue!r}{known}")
 
     async def scope(self, queue: str | None) -> list[str]:
         """``[queue]`` (checked), or every known queue when ``queue`` is None."""

@@ -29,9 +29,9 @@ _WHERE = {
 async def queues(ctx: Context) -> list[QueueInfo]:
     """Every known queue with its counts and pause flag."""
     broker = await ctx.broker()
-    names = await broker.known_queues()
+    names = await ctx.queue_names()
     depths = await broker.depths(names)
-    paused = await broker.paused_queues()
+    paused = await broker.paused_of(names)
     return [
         QueueInfo(
             name,

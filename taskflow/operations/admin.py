@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import IO, Any, Final, TypeVar
 
 from .._waiters import by_deadline
-from ..errors import BrokerError
+from ..errors import BrokerError, Unsupported
 from ..kernel import Kernel
 from . import _cluster, _dead, _queues, _snapshot
 from ._context import Context
@@ -151,7 +151,11 @@ class Admin:
         return await self._alook(self._paused())
 
     async def _paused(self) -> set[str]:
-        return await (await self._ctx.broker()).paused_queues()
+        broker = await self._ctx.broker()
+        try:
+            return await broker.paused_queues()
+        except Unsupported:  # RabbitMQ lists no queues: asked of each it has
+            return await broker.paused_of(await self._ctx.queue_names())
 
     def purge(self, queue: str, *, scheduled: bool = False, dry_run: bool = False) -> int:
         """Drop ``queue``'s ready messages (with ``scheduled`` also those due later).

@@ -730,6 +730,26 @@ def test_pause_stops_delivery_and_resume_starts_it_again(
     run(loop, body())
 
 
+def test_a_declared_queue_is_known_and_its_pause_is_seen(
+    loop: asyncio.AbstractEventLoop, broker: Broker, queue: str
+) -> None:
+    # What the operations API asks of each queue on a broker that cannot list them.
+    never = f"{queue}-never"
+
+    async def body() -> None:
+        admin = admin_of(broker)
+        await broker.declare(queue)  # as a sending app and a worker do
+        await broker.publish([msg(queue, b"x")])
+        assert await admin.has_queue(queue)
+        assert not await admin.has_queue(never)
+        await admin.pause(queue)
+        assert await admin.paused_of([queue, never]) == {queue}
+        await admin.resume(queue)
+        assert await admin.paused_of([queue, never]) == set()
+
+    run(loop, body())
+
+
 def test_pausing_one_queue_leaves_the_others_flowing(
     loop: asyncio.AbstractEventLoop, broker: Broker, queue: str
 ) -> None:
