@@ -82,7 +82,20 @@ def encode_envelope(env: Envelope) -> bytes:
     try:
         return orjson.dumps(doc)
     except TypeError as exc:
-        raise PayloadError(f"{env.task}: envelope is not JSON-serializable: {exc}") from None
+        raise PayloadError(_unencodable(env, exc)) from None
+
+
+def _unencodable(env: Envelope, exc: TypeError) -> str:
+    """What to say of an envelope JSON cannot carry: the argument that holds it (looked
+    for only now, on the error path), never its value."""
+    hint = " (send a larger integer as a str)" if "64-bit" in str(exc) else ""
+    named = [(f"argument {i + 1}", v) for i, v in enumerate(env.args)]
+    for where, value in [*named, *env.kwargs.items()]:
+        try:
+            orjson.dumps(value)
+        except TypeError:
+            return f"{env.task}({where}): not JSON-serializable: {exc}{hint}"
+    return f"{env.task}: envelope is not JSON-serializable: {exc}{hint}"
 
 
 def _optional(env: Envelope, doc: dict[str, Any]) -> None:

@@ -985,3 +985,28 @@ def _tree(depth: int) -> dict[str, Any]:
     for _ in range(depth):
         node = {"label": "n", "children": [node]}
     return node
+
+
+def test_an_integer_beyond_64_bits_names_the_argument_that_holds_it() -> None:
+    # It said "envelope is not JSON-serializable", naming no argument.
+    from taskflow import App
+
+    big = 2**70
+    with App("big-ints") as app:
+
+        @app.task(name="t.n")
+        def n(x: int, y: Any = None) -> None: ...
+
+        with pytest.raises(PayloadError) as first:
+            n.delay(big)
+        with pytest.raises(PayloadError) as keyword:
+            n.delay(1, y=[1, {"deep": big}])
+        with pytest.raises(PayloadError) as by_name:
+            app.send_task("t.other", (1, big))
+    assert str(first.value) == (
+        "t.n(argument 1): not JSON-serializable: Integer exceeds 64-bit range "
+        "(send a larger integer as a str)"
+    )
+    assert str(keyword.value).startswith("t.n(y): not JSON-serializable")
+    assert str(by_name.value).startswith("t.other(argument 2): not JSON-serializable")
+    assert str(big) not in str(first.value) + str(keyword.value) + str(by_name.value)
