@@ -19,7 +19,7 @@ from ..errors import (
     TaskFailed,
 )
 from ..kernel import Kernel
-from ..message import TaskStatus
+from ..message import TERMINAL_STATUSES, TaskStatus
 from ..payload import decode_any
 from .base import TaskInfo
 
@@ -136,8 +136,26 @@ class AsyncResult(Generic[R]):
         return bool(self._kernel.call(self._kernel.cancel(self.id)))
 
     def forget(self) -> None:
-        """Delete the stored record."""
-        self._kernel.lookup(lambda: self._kernel.results.delete(self.id))
+        """Delete the stored record of a finished task (nothing to do without one).
+        ``ConfigError`` for a task that has not finished: its worker would write the
+        record again as it runs it, and ``cancel()`` is what stops it."""
+        self._kernel.lookup(self._forget)
+
+    async def _forget(self) -> None:
+        results = self._kernel.results
+        record = await results.get(self.id)
+        if record is None:
+            return
+        status = record.get("status")
+        if status not in _TERMINAL:
+            raise ConfigError(
+                f"task {self.id} is {status}: forget() deletes the record of a finished "
+                "task (its worker would write it again); cancel() it first"
+            )
+        await results.delete(self.id)
+
+
+_TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)
 
 
 def failure(task_id: str, record: Mapping[str, Any], propagate: bool) -> Any:

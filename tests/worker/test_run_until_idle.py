@@ -29,6 +29,7 @@ from taskflow import (
 )
 from taskflow.brokers import Message
 from taskflow.codec import encode_envelope
+from taskflow.errors import ConfigError
 from taskflow.message import Envelope
 from taskflow.middleware import ExecuteNext
 from taskflow.results import MemoryResultStore
@@ -94,6 +95,26 @@ def test_weighted_fair_share_between_backlogged_queues(clock: FakeClock) -> None
 
 
 # -- results and the AsyncResult API ---------------------------------------------------
+def test_forget_refuses_a_task_that_has_not_finished(fake_app: App) -> None:
+    # Forgotten while queued, its record came back when it ran, without its created_at.
+    @fake_app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    queued, later = add.delay(1, 2), add.apply_async((3, 4), countdown=60)
+    for handle, status in [(queued, "queued"), (later, "scheduled")]:
+        with pytest.raises(ConfigError, match=rf"task {handle.id} is {status}: forget\(\)"):
+            handle.forget()
+    fake_app.worker().run_until_idle()
+    assert queued.info().created_at is not None
+    queued.forget()
+    assert queued.status is TaskStatus.PENDING
+    queued.forget()  # nothing left: nothing to do
+    assert later.cancel()
+    later.forget()
+    assert later.status is TaskStatus.PENDING
+
+
 def test_async_result_reports_a_success(fake_app: App) -> None:
     @fake_app.task
     def add(x: int, y: int) -> int:
