@@ -19,6 +19,7 @@ import inspect
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Protocol
 
@@ -34,6 +35,11 @@ Hook = Callable[[TaskEvent], Any]
 
 HOOK_THREADS: Final = 16
 """The most threads an app runs plain-function hooks on at once; more wait their turn."""
+
+SATURATED_AFTER: Final = 5.0
+"""Seconds a hook may wait for a thread before the wait is logged."""
+SATURATED_WARN_EVERY: Final = 60.0
+"""Seconds between two warnings that every hook thread is taken."""
 
 _Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", contextvars.Context, Hook, TaskEvent]
 
@@ -51,6 +57,7 @@ class HookThreads:
         self._threads = 0
         self._waiting = 0  # threads waiting for a job
         self._queued = 0  # jobs no thread took yet
+        self._warned = -SATURATED_WARN_EVERY  # monotonic time of the last warning
 
     def run(self, hook: Hook, event: TaskEvent) -> asyncio.Future[Any]:
         """On the loop: call ``hook(event)`` on a hook thread, in a copy of the caller's
@@ -59,13 +66,39 @@ class HookThreads:
         future: asyncio.Future[Any] = loop.create_future()
         with self._lock:
             self._queued += 1
-            start = self._queued > self._waiting and self._threads < self._limit
+            short = self._queued > self._waiting
+            start = short and self._threads < self._limit
             if start:
                 self._threads += 1
         self._jobs.put((loop, future, contextvars.copy_context(), hook, event))
         if start:
             threading.Thread(target=self._serve, name="taskflow-hook", daemon=True).start()
+        elif short:  # every thread is in a hook: a moment, or hooks that block
+            loop.call_later(SATURATED_AFTER, self._still_saturated, future, hook, event)
         return future
+
+    def _still_saturated(self, future: asyncio.Future[Any], hook: Hook, event: TaskEvent) -> None:
+        """On the loop, a while after a hook found every thread taken: if it still waits
+        and no thread has come free, say so (at most once a minute), since the tasks whose
+        hooks wait keep their slots."""
+        with self._lock:
+            saturated = self._queued > 0 and self._waiting == 0
+        now = time.monotonic()
+        if future.done() or not saturated or now - self._warned < SATURATED_WARN_EVERY:
+            return
+        self._warned = now
+        log.warning(
+            "hooks have waited %gs for a hook thread, all %d of which are in hooks: %d "
+            "wait (the %s hook %s of task %s[%s] among them); hooks that block for long, "
+            "or never return, hold their tasks' slots",
+            SATURATED_AFTER,
+            self._limit,
+            self._queued,
+            event.kind,
+            getattr(hook, "__qualname__", type(hook).__qualname__),
+            event.task_name,
+            event.task_id,
+        )
 
     def close(self) -> None:
         """Let the threads end: a waiting one at once, one in a hook when it returns (a

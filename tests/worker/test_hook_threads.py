@@ -123,6 +123,51 @@ def test_hook_threads_start_as_needed_up_to_their_limit_and_are_daemons() -> Non
                 thread.join(WAIT)
 
 
+def test_hooks_waiting_for_a_thread_are_logged_once_a_minute(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every thread stuck in a hook stalled the tasks whose hooks waited, and nothing said so.
+    from taskflow.kernel import hooks
+
+    monkeypatch.setattr(hooks, "SATURATED_AFTER", 0.0)  # checked on the next loop turn
+    pool = hooks.HookThreads(limit=1)
+    gate = threading.Event()
+    entered = threading.Event()
+
+    def stuck(event: object) -> None:
+        entered.set()
+        gate.wait(WAIT)
+
+    def page(event: object) -> None: ...
+
+    event = TaskEvent("success", "t-1", "shop.job", "default", "succeeded", 1)
+
+    async def main() -> None:
+        first = pool.run(stuck, event)
+        assert entered.wait(WAIT)
+        waiting = [pool.run(page, event) for _ in range(2)]
+        for _ in range(5):
+            await asyncio.sleep(0)  # turns of the loop, for the checks it scheduled
+        gate.set()
+        await asyncio.gather(first, *waiting)
+        pool.run(page, event)  # a thread is free now: no check, no warning
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    with caplog.at_level(logging.WARNING, logger="taskflow.middleware"):
+        try:
+            asyncio.run(main())
+        finally:
+            gate.set()
+            pool.close()
+    assert caplog.messages == [
+        "hooks have waited 0s for a hook thread, all 1 of which are in hooks: 2 wait (the "
+        "success hook test_hooks_waiting_for_a_thread_are_logged_once_a_minute.<locals>.page "
+        "of task shop.job[t-1] among them); hooks that block for long, or never return, hold "
+        "their tasks' slots"
+    ]
+
+
 def _succeeds_beside(app: App, hook: Any) -> None:
     """Run a task with ``hook`` as its app's ``success`` hook: the task succeeds, and its
     finish event still comes (the hook's failure ended the hook's wait)."""
