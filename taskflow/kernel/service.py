@@ -128,7 +128,11 @@ class Service:
         """Start in the background on the kernel's loop; returns once it is running."""
         with self._lock:
             if self._state != NEW:
-                raise TaskflowError(f"{self.kind} {self.name} was already started")
+                done = "already started" if self._state == RUNNING else "stopped"
+                raise TaskflowError(
+                    f"{self.kind} {self.name} was {done}: a {self.kind} runs once; make "
+                    f"another to run again"
+                )
             self._state = RUNNING
         ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._loop_thread.submit(self._main(ready))

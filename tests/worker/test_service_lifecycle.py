@@ -48,7 +48,8 @@ def test_a_worker_stopped_before_it_started_never_runs(app: App) -> None:
     worker = app.worker()
     worker.stop_now()
     assert worker.state == "stopped"
-    with pytest.raises(TaskflowError, match="already started"):
+    # It said "was already started" of a worker that never ran.
+    with pytest.raises(TaskflowError, match=r"was stopped: a worker runs once; make another"):
         worker.start()
 
 
