@@ -288,15 +288,17 @@ def check_hook(hook: Any, what: str) -> None:
         ) from None
 
 
-def check_task_id(value: Any, what: str) -> str:
-    """A task id given by a caller: non-empty printable text (a ``uuid.UUID`` as its text);
-    ``ConfigError`` (a ``ValueError``) otherwise. Ids go into log lines and broker headers,
-    where a newline would forge a line."""
+def check_task_id(value: Any, what: str, *, sending: bool = False) -> str:
+    """A task id given by a caller: a non-empty string (a ``uuid.UUID`` as its text);
+    ``ConfigError`` (a ``ValueError``) otherwise. One to send under must be printable too:
+    it goes into log lines and broker headers, where a newline would forge a line. One to
+    look up need not: another producer's message may have been recorded under such an id,
+    and its dead letter names it."""
     if isinstance(value, uuid.UUID):
         return str(value)
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{what}: task_id must be a non-empty string, got {value!r}")
-    if not value.isprintable():
+    if sending and not value.isprintable():
         raise ConfigError(f"{what}: task_id must be printable text (no control characters)")
     return value
 

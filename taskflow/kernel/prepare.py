@@ -250,7 +250,7 @@ def new_task_id() -> str:
 def _task_id(name: str, value: Any) -> str:
     if value is None:
         return new_task_id()
-    return check_task_id(value, name)
+    return check_task_id(value, name, sending=True)
 
 
 def _check_depth(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:

@@ -291,10 +291,11 @@ def test_a_schedule_given_one_string_as_args_is_refused(app: App) -> None:
     assert info.schedule.args == ("sales",)
 
 
-@pytest.mark.parametrize("task_id", ["", 5, "order\n42", None])
-def test_an_id_to_look_up_must_be_printable_text(app: App, task_id: object) -> None:
-    # app.result(5) gave a handle that waited for task 5 for ever; a newline in an id
-    # forges a line of the log that names it.
+@pytest.mark.parametrize("task_id", ["", 5, None])
+def test_an_id_to_look_up_must_be_a_string(app: App, task_id: object) -> None:
+    # app.result(5) gave a handle that waited for task 5 for ever. (A control character
+    # may be looked up: another producer's message can have been recorded under it; see
+    # tests/worker/test_running_worker.py.)
     lookups = {
         "app.result": app.result,
         "app.get_task": app.get_task,
