@@ -73,7 +73,7 @@ class Context:
     async def queue_names(self) -> list[str]:
         """The queues the broker knows, sorted. A broker that cannot list its queues
         (RabbitMQ) is asked of each queue this app names (its default queue, its tasks',
-        the keys of its weights and limits) and each its live workers listen on."""
+        the keys of its weights and limits) and each its workers listen on (their heartbeats)."""
         broker = await self.broker()
         try:
             return await broker.known_queues()
