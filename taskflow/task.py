@@ -15,7 +15,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, Unpack
 
 from .canvas.signature import Signature, attach_callbacks
 from .context import TaskContext
-from .kernel import CALL_OPTIONS, CallOptions, Kernel, TaskDef, prepare
+from .kernel import CALL_OPTIONS, CallOptions, Kernel, TaskDef, check_call_values, prepare
 from .options import TaskOptions, call_arguments
 from .results.handle import AsyncResult
 
@@ -84,7 +84,9 @@ class Task(TaskDef, Generic[P, R]):
         (``apply_async`` takes them as a plain tuple and dict, which it cannot check).
         """
         unknown = {k: v for k, v in options.items() if k not in CALL_OPTIONS}
-        return TaskSender(self, _given(self.name, unknown, options))
+        given = _given(self.name, unknown, options)
+        check_call_values(self.name, given, self.kernel.clock.time())  # where it is written
+        return TaskSender(self, given)
 
     # apply_async and aapply_async spell the CallOptions out as keywords (API.md shows them
     # with None defaults); they read them back through CALL_OPTIONS, derived from the

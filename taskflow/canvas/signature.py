@@ -21,6 +21,7 @@ from ..kernel import (
     Kernel,
     Prepared,
     check_call_options,
+    check_call_values,
     prepare,
 )
 from ..options import call_arguments
@@ -113,6 +114,7 @@ class Signature:
     def set(self, **options: Any) -> Signature:
         """A copy with call options (queue, priority, countdown, link, ...) added."""
         check_call_options(self.name, options, CALL_OPTIONS)
+        check_call_values(self.name, options, self.kernel.clock.time())
         split_callbacks(self.name, options)  # a link that is not a signature fails here
         return Signature(
             self.kernel,

@@ -44,6 +44,7 @@ __all__ = [
     "Prepared",
     "SendOptions",
     "check_call_options",
+    "check_call_values",
     "message_for",
     "new_task_id",
     "prepare",
@@ -290,6 +291,27 @@ def _eta(name: str, opts: Mapping[str, Any], now: float) -> float | None:
             raise ValueError(f"{name}: eta {eta.isoformat()} is more than 100 years ahead")
         return at
     return None
+
+
+def check_call_values(name: str, opts: Mapping[str, Any], now: float) -> None:
+    """Check the values of call options as a send of task ``name`` would, sending nothing
+    (a signature's ``set()``: a bad value fails where it is written, not where its canvas
+    is applied). An option set to None is left to the send."""
+    given = {k: v for k, v in opts.items() if v is not None}
+    if "queue" in given:
+        check_queue(given["queue"], name)
+    if "priority" in given:
+        check_priority(given["priority"], name)
+    if "retries" in given:
+        TaskOptions.build(name, {"retries": given["retries"]})
+    if "timeout" in given:
+        check_timeout(given["timeout"], name)
+    _eta(name, given, now)
+    _expires(name, given.get("expires"), now)
+    if "task_id" in given:
+        _task_id(name, given["task_id"])
+    _opt_str(name, "idempotency_key", given.get("idempotency_key"))
+    _headers(name, given.get("headers"))
 
 
 def _aware_ts(name: str, option: str, value: Any) -> float:

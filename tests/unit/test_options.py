@@ -226,6 +226,39 @@ def test_unknown_options_are_refused_by_send_task_and_signatures(app: App) -> No
         job.s().set(colour="red")
 
 
+@pytest.mark.parametrize(
+    ("options", "option"),
+    [
+        ({"priority": 11}, "priority must be an integer 0-9"),
+        ({"queue": "two words"}, "queue must be"),
+        ({"countdown": -1}, "countdown is negative"),
+        ({"countdown": 1, "eta": datetime.now(UTC)}, "give countdown or eta, not both"),
+        ({"eta": datetime(2030, 1, 1)}, "eta must be timezone-aware"),  # noqa: DTZ001
+        ({"expires": 0}, "expires must be positive"),
+        ({"retries": -1}, "retries must be"),
+        ({"timeout": math.nan}, "timeout must be positive"),
+        ({"task_id": "a\nb"}, "task_id must be printable"),
+        ({"headers": {"a": 1}}, "headers must map str to str"),
+        ({"idempotency_key": 5}, "idempotency_key must be a non-empty string"),
+    ],
+)
+def test_a_bad_option_value_is_refused_by_a_signatures_set_and_with_options(
+    app: App, options: dict[str, object], option: str
+) -> None:
+    # It was accepted there and refused only when the canvas holding it was applied.
+    @app.task(name="shop.job")
+    def job() -> None: ...
+
+    with pytest.raises(ValueError, match=rf"shop\.job: {option}"):
+        job.s().set(**options)
+    with pytest.raises(ValueError, match=rf"shop\.job: {option}"):
+        job.with_options(**options)  # type: ignore[arg-type]
+    assert job.s().set(priority=None, queue="emails").options == {
+        "priority": None,
+        "queue": "emails",
+    }
+
+
 def test_an_unknown_option_is_named_with_the_one_it_is_likely_a_misspelling_of() -> None:
     with App("typos") as app, pytest.raises(ValueError) as info:
 
