@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import struct
@@ -117,7 +118,9 @@ def check_pool_options(
     if mtpc is not None and (isinstance(mtpc, bool) or not isinstance(mtpc, int) or mtpc < 1):
         raise ValueError(f"max_tasks_per_child must be a positive integer, got {mtpc!r}")
     mem = max_memory_per_child
-    if mem is not None and (isinstance(mem, bool) or not isinstance(mem, int | float) or mem <= 0):
+    if mem is not None and (
+        isinstance(mem, bool) or not isinstance(mem, int | float) or not 0 < mem < math.inf
+    ):  # NaN compares false with every size: the limit would never recycle a child
         raise ValueError(f"max_memory_per_child must be a positive number of MB, got {mem!r}")
     if pool == "threads" and (mtpc is not None or mem is not None):
         raise ValueError("max_tasks_per_child and max_memory_per_child need pool='processes'")

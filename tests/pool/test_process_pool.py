@@ -325,6 +325,9 @@ def test_an_app_path_that_does_not_import_is_a_config_error_at_start() -> None:
         ({"pool": "forks"}, "pool must be 'threads' or 'processes'"),
         ({"pool": "processes", "max_tasks_per_child": 0}, "max_tasks_per_child must be"),
         ({"pool": "processes", "max_memory_per_child": -1}, "max_memory_per_child must be"),
+        # NaN compares false with every size: the limit never recycled a child.
+        ({"pool": "processes", "max_memory_per_child": float("nan")}, "max_memory_per_child must"),
+        ({"pool": "processes", "max_memory_per_child": float("inf")}, "max_memory_per_child must"),
         ({"max_tasks_per_child": 5}, "need pool='processes'"),
     ],
 )
