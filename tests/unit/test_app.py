@@ -137,8 +137,8 @@ def test_bad_app_settings_fail_at_construction(kwargs: dict[str, object]) -> Non
 
 @pytest.mark.parametrize("name", ["", "shop\nforged", 5, None])
 def test_an_app_name_is_non_empty_printable_text(name: object) -> None:
-    # It names the app's log lines, its beat's schedules and its cluster-wide limits; two
-    # apps named "" shared them.
+    # It names the app's log lines, its beat's schedules and its cluster-wide limits; ""
+    # and 5 were accepted, and a newline forged log lines.
     with pytest.raises(ConfigError, match="an app name must be non-empty printable text"):
         App(name)  # type: ignore[arg-type]
 

@@ -326,9 +326,9 @@ def test_a_schedule_given_one_string_as_args_is_refused(app: App) -> None:
 
 @pytest.mark.parametrize("task_id", ["", 5, None])
 def test_an_id_to_look_up_must_be_a_string(app: App, task_id: object) -> None:
-    # app.result(5) gave a handle that waited for task 5 for ever. (A control character
-    # may be looked up: another producer's message can have been recorded under it; see
-    # tests/worker/test_running_worker.py.)
+    # app.result(5) was accepted and reported a task that never existed as pending. (A
+    # control character may be looked up: another producer's message can have been
+    # recorded under it; see tests/worker/test_running_worker.py.)
     lookups = {
         "app.result": app.result,
         "app.get_task": app.get_task,
