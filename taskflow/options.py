@@ -20,6 +20,7 @@ __all__ = [
     "RateLimit",
     "TaskOptions",
     "check_hook",
+    "check_name",
     "check_priority",
     "check_queue",
     "check_timeout",
@@ -286,6 +287,15 @@ def check_hook(hook: Any, what: str) -> None:
         raise ValueError(
             f"{what} must take one argument (the TaskEvent), got {name}{signature}"
         ) from None
+
+
+def check_name(value: Any, what: str) -> str:
+    """``value`` if it is non-empty printable text, else ``ConfigError`` (a ``ValueError``)
+    naming ``what``: a name that goes into log lines, where a newline would forge a line,
+    and into keys, where an empty one would name nothing."""
+    if not isinstance(value, str) or not value or not value.isprintable():
+        raise ConfigError(f"{what} must be non-empty printable text, got {value!r}")
+    return value
 
 
 def check_task_id(value: Any, what: str, *, sending: bool = False) -> str:

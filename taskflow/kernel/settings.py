@@ -24,7 +24,7 @@ from typing import Any
 from ..brokers.base import Broker
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigError
-from ..options import check_queue, check_timeout
+from ..options import check_name, check_queue, check_timeout
 from ..results.base import ResultStore
 from ..urls import backend_from_url
 
@@ -73,11 +73,8 @@ class Settings:
         audit_retention: float = 30 * 86400.0,
     ) -> Settings:
         """Check every setting; a bad one raises ``ConfigError`` naming the app."""
-        if not isinstance(name, str) or not name or not name.isprintable():
-            # It names the app's log lines, its beat's schedules and its cluster-wide
-            # limits on the broker: empty, two apps would share them; a newline would
-            # forge a log line.
-            raise ConfigError(f"an app name must be non-empty printable text, got {name!r}")
+        # It names the app's log lines, its beat's schedules and its cluster-wide limits.
+        check_name(name, "an app name")
         where = f"App({name!r})"
         if clock is not None and not isinstance(clock, Clock):
             raise ConfigError(

@@ -24,6 +24,7 @@ from ..errors import (
     Unsupported,
 )
 from ..kernel import Kernel
+from ..options import check_name
 from ..urls import mask_url
 from .types import DeadLetter
 
@@ -55,12 +56,8 @@ class Context:
 
     def __init__(self, kernel: Kernel, actor: str) -> None:
         """Operations on ``kernel``'s backends, audited as done by ``actor``."""
-        if not isinstance(actor, str) or not actor or not actor.isprintable():
-            # The audit trail and its log lines name the actor: an empty one would record
-            # nobody, a newline would forge a line.
-            raise ConfigError(f"an actor must be non-empty printable text, got {actor!r}")
         self.kernel = kernel
-        self.actor = actor
+        self.actor = check_name(actor, "an actor")  # named by the audit trail and its log
 
     async def broker(self) -> BrokerAdmin:
         """The broker's admin side (connecting on first use)."""

@@ -31,7 +31,7 @@ from ..clock import Clock
 from ..eventbus import EventBus, Subscription
 from ..kernel import Kernel, Service
 from ..kernel.service import RUNNING
-from ..options import check_queue, name_list
+from ..options import check_name, check_queue, name_list
 from .announce import Announcer
 from .control import Control
 from .executor import Executor
@@ -99,9 +99,8 @@ class Worker(Service):
         check_pool_options(pool, max_tasks_per_child, max_memory_per_child)
         interval, retention = checked_interval(heartbeat, heartbeat_retention)
         stall_timeout = _checked_waits(poll_interval, stall_timeout)
-        if name is not None and (not isinstance(name, str) or not name or not name.isprintable()):
-            # It names the worker in log lines, heartbeats and the leases it holds.
-            raise ValueError(f"worker name must be non-empty printable text, got {name!r}")
+        if name is not None:  # it names the worker in log lines, heartbeats and leases
+            check_name(name, "worker name")
         super().__init__(
             name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}",
             kernel.loop,
