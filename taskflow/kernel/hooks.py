@@ -58,6 +58,7 @@ class HookThreads:
         self._waiting = 0  # threads waiting for a job
         self._queued = 0  # jobs no thread took yet
         self._warned = -SATURATED_WARN_EVERY  # monotonic time of the last warning
+        self._checking = False  # a check of the wait is scheduled (on the loop)
 
     def run(self, hook: Hook, event: TaskEvent) -> asyncio.Future[Any]:
         """On the loop: call ``hook(event)`` on a hook thread, in a copy of the caller's
@@ -73,18 +74,22 @@ class HookThreads:
         self._jobs.put((loop, future, contextvars.copy_context(), hook, event))
         if start:
             threading.Thread(target=self._serve, name="taskflow-hook", daemon=True).start()
-        elif short:  # every thread is in a hook: a moment, or hooks that block
-            loop.call_later(SATURATED_AFTER, self._still_saturated, future, hook, event)
+        elif short and not self._checking:
+            # Every thread is in a hook: for a moment, or in hooks that block. One check at
+            # a time: a timer for each waiting hook cost a busy worker several µs a task.
+            self._checking = True
+            loop.call_later(SATURATED_AFTER, self._still_saturated, hook, event)
         return future
 
-    def _still_saturated(self, future: asyncio.Future[Any], hook: Hook, event: TaskEvent) -> None:
-        """On the loop, a while after a hook found every thread taken: if it still waits
+    def _still_saturated(self, hook: Hook, event: TaskEvent) -> None:
+        """On the loop, a while after a hook found every thread taken: if hooks still wait
         and no thread has come free, say so (at most once a minute), since the tasks whose
         hooks wait keep their slots."""
+        self._checking = False
         with self._lock:
             saturated = self._queued > 0 and self._waiting == 0
         now = time.monotonic()
-        if future.done() or not saturated or now - self._warned < SATURATED_WARN_EVERY:
+        if not saturated or now - self._warned < SATURATED_WARN_EVERY:
             return
         self._warned = now
         log.warning(
