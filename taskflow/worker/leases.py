@@ -7,6 +7,13 @@ The deadlines are kept in one heap; the renewal task sleeps until the earliest o
 woken when a delivery with an earlier deadline arrives, so a new delivery never waits for
 a period computed from older ones. The entries of settled deliveries are cleared out of the
 heap in passes, so that it holds about as many deliveries as the worker does.
+
+The keeper also knows, per delivery, until when its lease is assured: two thirds of a lease
+after the last time it was confirmed (taken, or renewed), counted from before the call that
+confirmed it. A body starts only on a delivery whose lease is assured
+(:meth:`LeaseKeeper.assured`), else it is renewed first (:meth:`LeaseKeeper.renewed`); one
+whose renewals failed while the broker refused writes may have been delivered again to
+another worker meanwhile, and must not run here as well.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+import math
 from collections.abc import Iterable
 
 from ..brokers.base import Broker, Delivery
@@ -63,6 +71,8 @@ class LeaseKeeper:
         self._name = name
         self._heap: list[tuple[float, int, Delivery]] = []
         self._held: set[Delivery] = set()
+        # Loop time until which each held delivery's lease is assured (see the module).
+        self._assured: dict[Delivery, float] = {}
         self._seq = itertools.count()
         self._wake: asyncio.Event | None = None
         self._outage = Outage(f"worker {name}: lease renewal")
@@ -78,11 +88,28 @@ class LeaseKeeper:
         if not lease:
             return
         self._held.add(delivery)
+        self._assured[delivery] = since + 2 * lease / 3
         self._schedule(delivery, since + lease / 3)
+
+    def assured(self, delivery: Delivery) -> bool:
+        """Whether ``delivery``'s lease is known to hold for a third of a lease more (True
+        for a delivery without a lease, or one not held here)."""
+        until = self._assured.get(delivery)
+        return until is None or asyncio.get_running_loop().time() < until
+
+    def renewed(self, delivery: Delivery, since: float, held: bool) -> None:
+        """``delivery`` was renewed by a call made at loop time ``since`` (``held``: and
+        its lease held; False: it was lost, and is dropped)."""
+        if not held:
+            self.drop(delivery)
+        elif delivery in self._held:
+            lease = delivery.lease or 0.0
+            self._assured[delivery] = max(self._assured[delivery], since + 2 * lease / 3)
 
     def drop(self, delivery: Delivery) -> None:
         """Stop renewing ``delivery`` (settled, handed back, or left to expire)."""
         self._held.discard(delivery)
+        self._assured.pop(delivery, None)
         # Its entry would stay in the heap until it came due, a third of a lease later
         # (10 s at the brokers' default), holding the delivery and its message: a worker
         # settling thousands of tasks a second would keep tens of thousands. Once such
@@ -130,6 +157,7 @@ class LeaseKeeper:
     async def _renew(self, delivery: Delivery) -> None:
         lease = delivery.lease or 0.0
         loop = asyncio.get_running_loop()
+        since = loop.time()
         try:
             renewed = await delivery.touch()
         except asyncio.CancelledError:
@@ -143,6 +171,8 @@ class LeaseKeeper:
         if not renewed:
             # Too late: the broker has given it to somebody else; settling it is fenced.
             self._held.discard(delivery)
+            if delivery in self._assured:  # not dropped meanwhile: never assured again
+                self._assured[delivery] = -math.inf
             log.warning(
                 "worker %s: the lease of message %s ran out before it was renewed; "
                 "the broker delivers it again",
@@ -151,4 +181,5 @@ class LeaseKeeper:
             )
             return
         if delivery in self._held:
+            self._assured[delivery] = max(self._assured[delivery], since + 2 * lease / 3)
             self._schedule(delivery, loop.time() + lease / 3)

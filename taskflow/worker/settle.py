@@ -36,6 +36,7 @@ from ..kernel import Kernel
 from ..kernel.enqueue import continuing
 from ..message import Envelope, TaskStatus, error_info
 from .announce import Announcer, Subject
+from .leases import LeaseKeeper
 from .policy import Fail, RetryIn
 from .resilience import describe, persist
 from .scheduler import Job
@@ -154,15 +155,15 @@ class Settler:
         name: str,
         clock: Clock,
         rng: random.Random,
-        settled: Callable[[Delivery], None],
+        leases: LeaseKeeper,
     ) -> None:
         self.kernel = kernel
         self.stats = stats
         self.announcer = announcer
-        self._settled = settled
-        """Told of each job's delivery settled here, before its hooks run (the worker's
-        lease keeper: a settled message's lease is not renewed while a slow hook runs; the
-        window's release then leaves it be)."""
+        self._leases = leases
+        """Told of each job's delivery settled here, before its hooks run (a settled
+        message's lease is not renewed while a slow hook runs; the window's release then
+        leaves it be); asked, before a body starts, whether its lease still holds."""
         self.name = name
         self.clock = clock
         self.rng = rng
@@ -233,7 +234,7 @@ class Settler:
         need not wait for the rest (its hooks)."""
         if isinstance(subject, Job):
             subject.settled = True
-            self._settled(subject.delivery)
+            self._leases.drop(subject.delivery)
 
     def result_dropped(self, env: Envelope, reason: str) -> None:
         """A task that stores its result returned one that is not stored: ``reason`` is
@@ -307,11 +308,16 @@ class Settler:
 
     # -- a job's life ----------------------------------------------------------------
     async def started(self, job: Job) -> bool:
-        """Mark running; False (and the message settled) if the record is terminal.
+        """Mark running; False if the body is not to run: the record is terminal (the
+        message is settled), or the lease ran out before the body could start (the broker
+        has delivered it again, or will: see :meth:`_leased`).
 
         A record the broker marked running as it leased the message (and found not
         terminal) is not written again before the body: the rest of its fields follow
         in the background (:meth:`_complete_running`)."""
+        leases = self._leases
+        if not leases.assured(job.delivery) and not await self._leased(job):
+            return False
         if job.stores:
             if job.delivery.running_recorded:
                 self._complete_running(job)
@@ -327,6 +333,9 @@ class Settler:
             ):
                 await self._settled_before(job)
                 return False
+            # Writing the record may have waited out an outage, longer than the lease.
+            elif not leases.assured(job.delivery) and not await self._leased(job):
+                return False
         await self.announcer.started(job)
         return True
 
@@ -340,6 +349,26 @@ class Settler:
             "queue": env.queue,
             "priority": env.priority,
         }
+
+    async def _leased(self, job: Job) -> bool:
+        """Renew the lease of ``job``'s message, not known to hold any more (its renewals
+        failed: a broker that refused writes, e.g. a Redis server at its ``maxmemory``, or
+        was away); False if it was lost meanwhile. The broker then delivers the message
+        again, and may have already: the body is not run here, so that it runs once."""
+        delivery = job.delivery
+        env = job.envelope
+        since = asyncio.get_running_loop().time()
+        held = await self.durably(delivery.touch, "renewing the lease", env.id)
+        self._leases.renewed(delivery, since, held)
+        if not held:
+            log.warning(
+                "%s[%s]: the lease of its message ran out before the task started (delivery "
+                "%d); not run here, the broker delivers it again",
+                env.task,
+                env.id,
+                max(1, delivery.delivery_count),
+            )
+        return held
 
     def _complete_running(self, job: Job) -> None:
         """The fields of a ``running`` record the broker did not write (it wrote the status

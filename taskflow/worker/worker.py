@@ -139,7 +139,7 @@ class Worker(Service):
             name=self.name,
             clock=self.clock,
             rng=self.rng,
-            settled=self.leases.drop,
+            leases=self.leases,
         )
         self.executor = Executor(
             kernel,

@@ -164,3 +164,54 @@ def test_held_deliveries_are_renewed_after_the_settled_ones_were_cleared_out() -
         await _stop(runner)
 
     asyncio.run(scenario())
+
+
+class Lost(Recorded):
+    """A delivery whose lease was lost: the broker delivered it to another worker."""
+
+    async def touch(self) -> bool:
+        self.touches.append(asyncio.get_running_loop().time())
+        return False
+
+
+def test_a_lease_is_assured_for_two_thirds_of_it_after_it_was_taken_or_renewed() -> None:
+    async def scenario() -> None:
+        keeper = LeaseKeeper("w")
+        now = asyncio.get_running_loop().time()
+        fresh, stale = Recorded(lease=30.0), Recorded(lease=30.0)
+        keeper.hold(fresh, now - 19.0)  # 11 s of its 30 left: assured
+        keeper.hold(stale, now - 21.0)  # 9 s left: renewed before a body starts
+        assert keeper.assured(fresh)
+        assert not keeper.assured(stale)
+        keeper.renewed(stale, now, held=True)
+        assert keeper.assured(stale)
+        # A renewal made earlier than the last confirmation does not move it back.
+        keeper.renewed(stale, now - 25.0, held=True)
+        assert keeper.assured(stale)
+        # A delivery without a lease (RabbitMQ's) has nothing to renew.
+        assert keeper.assured(Recorded(lease=0.0))
+
+    asyncio.run(scenario())
+
+
+def test_a_lease_found_lost_by_its_renewal_is_never_assured_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        keeper = LeaseKeeper("w")
+        loop = asyncio.get_running_loop()
+        lost = Lost(lease=0.3)
+        keeper.hold(lost, loop.time())
+        assert keeper.assured(lost)
+        runner = asyncio.create_task(keeper.run())
+        while not lost.touches:  # its first renewal, a third of its lease after it was taken
+            await keeper.waiting.wait()
+            keeper.waiting.clear()
+        assert not keeper.assured(lost)
+        assert len(keeper) == 0
+        keeper.renewed(lost, loop.time(), held=False)
+        await _stop(runner)
+
+    with caplog.at_level(logging.WARNING, logger="taskflow.worker"):
+        asyncio.run(scenario())
+    assert "the lease of message m ran out before it was renewed" in caplog.text
