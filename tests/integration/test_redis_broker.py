@@ -264,14 +264,18 @@ def test_apps_dropped_without_close_leave_no_connection_behind(url: str) -> None
         with redis.Redis.from_url(url.split("?", maxsplit=1)[0]) as client:
             return len(client.client_list()) - 1
 
+    dropped: list[App] = []  # held only while their connections are counted
+
     def handler(n: int) -> str:
         app = App(f"request{n}", broker=url)
+        dropped.append(app)
         return app.send_task("shop.job", args=(n,)).id
 
     gc.collect()
     before = connections()
     assert len({handler(n) for n in range(3)}) == 3
     assert connections() >= before + 3  # each handler's app connected
+    dropped.clear()
     gc.collect()
     for thread in threading.enumerate():
         if thread.name == "taskflow-close":
