@@ -424,8 +424,8 @@ class Fetcher:
                 await self.settler.worker_lost(job)
                 return False
             log.warning(
-                "%s[%s] delivered again (delivery %d of attempt %d): the worker running it "
-                "was lost",
+                "%s[%s] delivered again (delivery %d of attempt %d): its lease ran out (the "
+                "worker that held it was lost, or could not renew it)",
                 env.task,
                 env.id,
                 delivery.delivery_count,

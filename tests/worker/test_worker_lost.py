@@ -4,6 +4,7 @@ spending a retry, up to the app's ``max_deliveries``; then (or at once for a tas
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,7 +47,7 @@ def _dead_reasons(app: App) -> list[str]:
 
 
 def test_a_task_without_retries_whose_worker_died_runs_again_as_the_same_attempt(
-    lost_app: App, clock: FakeClock
+    lost_app: App, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     seen: list[tuple[int, int]] = []
 
@@ -60,10 +61,16 @@ def test_a_task_without_retries_whose_worker_died_runs_again_as_the_same_attempt
     assert result.status is TaskStatus.RUNNING
 
     clock.advance(LEASE + 1)
-    assert lost_app.worker(concurrency=1).run_until_idle() == 1
+    with caplog.at_level(logging.WARNING, logger="taskflow.worker"):
+        assert lost_app.worker(concurrency=1).run_until_idle() == 1
 
     assert result.get(timeout=1) == 1
     assert seen == [(1, 2)]  # the retries are not spent; the delivery is counted
+    # Its worker may be alive, its renewals refused (a full Redis server): the line says so.
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{job.name}[{result.id}] delivered again (delivery 2 of attempt 1): its lease ran "
+        "out (the worker that held it was lost, or could not renew it)"
+    ]
     assert result.info().attempts == 1
     assert _dead_reasons(lost_app) == []
 
