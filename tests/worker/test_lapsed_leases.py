@@ -9,6 +9,7 @@ held the message would start it; only the one whose lease still holds does.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -28,16 +29,25 @@ LEASE = 0.5
 
 class FullBroker(MemoryBroker):
     """Refuses lease renewals while ``full`` is set, as a full Redis server does (but of
-    the messages in ``spared``)."""
+    the messages in ``spared``).
+
+    With ``one_each`` set, the worker is handed nothing more once it has taken a message
+    (until ``full`` is cleared), so that another worker takes it again once its lease has
+    run out: else the worker itself could take it again each time, until the broker
+    dead-lettered it as lost."""
 
     def __init__(self) -> None:
         super().__init__(lease=LEASE)
         self.full = threading.Event()
         self.spared: set[str] = set()
+        self.one_each = False
         self._settle_delivery = self._settle_unless_full
         self.delivered: dict[str, threading.Event] = {}
 
     async def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> FetchResult:
+        if self.one_each and self.delivered and self.full.is_set():
+            await asyncio.sleep(min(timeout, 0.05))  # as a fetch that found nothing waits
+            return FetchResult()
         got = await super().fetch(queues, max_messages, timeout)
         for delivery in got:
             self.delivered.setdefault(delivery.id, threading.Event()).set()
@@ -54,7 +64,7 @@ class FullBroker(MemoryBroker):
     def run_elsewhere(self, message_id: str) -> None:
         """Another worker takes the message again, once its lease has run out, and runs
         it (acks it)."""
-        got: list[Delivery] = self.kernel_call(self.fetch(["default"], 1, WAIT))
+        got: list[Delivery] = self.kernel_call(MemoryBroker.fetch(self, ["default"], 1, WAIT))
         assert [d.id for d in got] == [message_id], "the lease never ran out"
         # Delivered at least twice: the worker may have taken it again too.
         assert got[0].delivery_count >= 2
@@ -115,6 +125,7 @@ def test_a_task_whose_lease_ran_out_while_its_record_could_not_be_written_is_not
         return "done"
 
     broker.full.set()
+    broker.one_each = True
     store.down.set()
     result = job.delay()
     with running_worker(full_app):
