@@ -27,6 +27,7 @@ from ..brokers.base import DeadLetter, Delivery, FetchResult
 from ..clock import Clock
 from ..errors import NotRegistered
 from ..kernel import Kernel
+from ..message import Envelope
 from .cluster_limits import has_cluster_limit
 from .leases import LeaseKeeper
 from .rejects import Rejects
@@ -420,6 +421,8 @@ class Fetcher:
             await self.settler.expired(job)
             return False
         if delivery.delivery_count > 1:
+            if self._runs_here(env, delivery):
+                return True
             if task.options.on_lost == "fail":
                 await self.settler.worker_lost(job)
                 return False
@@ -433,6 +436,27 @@ class Fetcher:
             )
         self.window.hold(job)
         self.sched.push(job)
+        return True
+
+    def _runs_here(self, env: Envelope, delivery: Delivery) -> bool:
+        """Whether ``delivery`` is a redelivery of a message whose body runs here: its
+        renewals failed for a whole lease (the broker refused them, as a full Redis server
+        does, or was away) and the broker delivered it again, to this worker. The running
+        attempt then takes the new delivery, its lease and its settles, instead of the body
+        running a second time beside it (or after it, for a task with no record)."""
+        running = self.window.jobs.get(env.id)
+        if running is None or running.ctx is None or running.settling or running.settled:
+            return False  # not here, not started (it checks its lease first), or finished
+        self.leases.drop(running.delivery)
+        running.delivery = delivery
+        log.warning(
+            "%s[%s] delivered again (delivery %d of attempt %d) while its body runs here "
+            "(its lease ran out: its renewals failed); the running body settles it",
+            env.task,
+            env.id,
+            delivery.delivery_count,
+            env.attempt,
+        )
         return True
 
     # -- taking messages back --------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from taskflow import App, BrokerError
+from taskflow import App, BrokerError, TaskStatus
 from taskflow.brokers import MemoryBroker
 from taskflow.brokers.base import Delivery, FetchResult
 from taskflow.testing import running_worker
@@ -42,19 +42,23 @@ class FullBroker(MemoryBroker):
         self.spared: set[str] = set()
         self.one_each = False
         self._settle_delivery = self._settle_unless_full
-        self.delivered: dict[str, threading.Event] = {}
+        self.delivered: dict[tuple[str, int], threading.Event] = {}
 
     async def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> FetchResult:
-        if self.one_each and self.delivered and self.full.is_set():
+        taken = any(e.is_set() for e in self.delivered.values())
+        if self.one_each and self.full.is_set() and taken:
             await asyncio.sleep(min(timeout, 0.05))  # as a fetch that found nothing waits
             return FetchResult()
         got = await super().fetch(queues, max_messages, timeout)
         for delivery in got:
-            self.delivered.setdefault(delivery.id, threading.Event()).set()
+            key = (delivery.id, delivery.delivery_count)
+            self.delivered.setdefault(key, threading.Event()).set()
         return got
 
-    def wait_delivered(self, message_id: str) -> None:
-        assert self.delivered.setdefault(message_id, threading.Event()).wait(WAIT)
+    def wait_delivered(self, message_id: str, times: int = 1) -> None:
+        """Until the worker has taken ``message_id`` for the ``times``-th time."""
+        key = (message_id, times)
+        assert self.delivered.setdefault(key, threading.Event()).wait(WAIT)
 
     def _settle_unless_full(self, mid: str, token: int, action: str, **kw: Any) -> bool:
         if action == "touch" and self.full.is_set() and mid not in self.spared:
@@ -169,3 +173,38 @@ def test_a_task_waiting_for_a_slot_while_its_lease_ran_out_is_not_run(
         assert said.seen.wait(WAIT)
         assert ran == [], "the task ran twice"
     assert ran == []
+
+
+def test_a_task_delivered_again_to_the_worker_running_it_runs_once_and_is_settled(
+    full_app: App, broker: FullBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its renewals refused for a whole lease while the body runs, the message is delivered
+    # again, here: the running body takes the new delivery and settles it.
+    started = threading.Event()
+    finish = threading.Event()
+    ran: list[int] = []
+
+    @full_app.task(store_result=False)  # no record would stop a second run
+    def long() -> str:
+        ran.append(1)
+        started.set()
+        assert finish.wait(WAIT)
+        return "done"
+
+    with (
+        caplog.at_level(logging.WARNING, logger="taskflow.worker"),
+        running_worker(full_app, concurrency=2) as worker,
+    ):
+        events = worker.subscribe()
+        sent = long.delay()
+        assert started.wait(WAIT)
+        broker.full.set()
+        broker.wait_delivered(sent.id, times=2)  # to this worker, its only consumer
+        broker.full.clear()
+        finish.set()
+        finished = events.get(WAIT)  # announced once its message was settled
+        assert (finished.task_id, finished.status) == (sent.id, TaskStatus.SUCCEEDED.value)
+    assert ran == [1], "the task ran twice"
+    [queue] = full_app.admin.queues()
+    assert (queue.ready, queue.scheduled, queue.running, queue.dead) == (0, 0, 0, 0)
+    assert "while its body runs here" in caplog.text
