@@ -19,9 +19,9 @@ from ..errors import (
     TaskFailed,
 )
 from ..kernel import Kernel
-from ..message import TERMINAL_STATUSES, TaskStatus
+from ..message import TaskStatus
 from ..payload import decode_any
-from .base import TaskInfo
+from .base import TaskInfo, is_terminal
 
 __all__ = ["AsyncResult", "failure"]
 
@@ -146,16 +146,12 @@ class AsyncResult(Generic[R]):
         record = await results.get(self.id)
         if record is None:
             return
-        status = record.get("status")
-        if status not in _TERMINAL:
+        if not is_terminal(record):
             raise ConfigError(
-                f"task {self.id} is {status}: forget() deletes the record of a finished "
-                "task (its worker would write it again); cancel() it first"
+                f"task {self.id} is {record.get('status')}: forget() deletes the record of "
+                "a finished task (its worker would write it again); cancel() it first"
             )
         await results.delete(self.id)
-
-
-_TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)
 
 
 def failure(task_id: str, record: Mapping[str, Any], propagate: bool) -> Any:
