@@ -22,7 +22,6 @@ import asyncio
 import heapq
 import itertools
 import logging
-import math
 from collections.abc import Iterable
 
 from ..brokers.base import Broker, Delivery
@@ -70,9 +69,9 @@ class LeaseKeeper:
     def __init__(self, name: str) -> None:
         self._name = name
         self._heap: list[tuple[float, int, Delivery]] = []
-        self._held: set[Delivery] = set()
-        # Loop time until which each held delivery's lease is assured (see the module).
-        self._assured: dict[Delivery, float] = {}
+        # The held deliveries, each with the loop time until which its lease is assured
+        # (see the module).
+        self._held: dict[Delivery, float] = {}
         self._seq = itertools.count()
         self._wake: asyncio.Event | None = None
         self._outage = Outage(f"worker {name}: lease renewal")
@@ -87,15 +86,17 @@ class LeaseKeeper:
         lease = delivery.lease
         if not lease:
             return
-        self._held.add(delivery)
-        self._assured[delivery] = since + 2 * lease / 3
+        self._held[delivery] = since + 2 * lease / 3
         self._schedule(delivery, since + lease / 3)
 
     def assured(self, delivery: Delivery) -> bool:
         """Whether ``delivery``'s lease is known to hold for a third of a lease more (True
-        for a delivery without a lease, or one not held here)."""
-        until = self._assured.get(delivery)
-        return until is None or asyncio.get_running_loop().time() < until
+        for a delivery without a lease; False for one not held here any more, e.g. found
+        lost by its renewal)."""
+        until = self._held.get(delivery)
+        if until is None:
+            return not delivery.lease
+        return asyncio.get_running_loop().time() < until
 
     def renewed(self, delivery: Delivery, since: float, held: bool) -> None:
         """``delivery`` was renewed by a call made at loop time ``since`` (``held``: and
@@ -103,13 +104,15 @@ class LeaseKeeper:
         if not held:
             self.drop(delivery)
         elif delivery in self._held:
-            lease = delivery.lease or 0.0
-            self._assured[delivery] = max(self._assured[delivery], since + 2 * lease / 3)
+            self._assure(delivery, since)
+
+    def _assure(self, delivery: Delivery, since: float) -> None:
+        lease = delivery.lease or 0.0
+        self._held[delivery] = max(self._held[delivery], since + 2 * lease / 3)
 
     def drop(self, delivery: Delivery) -> None:
         """Stop renewing ``delivery`` (settled, handed back, or left to expire)."""
-        self._held.discard(delivery)
-        self._assured.pop(delivery, None)
+        self._held.pop(delivery, None)
         # Its entry would stay in the heap until it came due, a third of a lease later
         # (10 s at the brokers' default), holding the delivery and its message: a worker
         # settling thousands of tasks a second would keep tens of thousands. Once such
@@ -170,9 +173,7 @@ class LeaseKeeper:
         self._outage.recovered()
         if not renewed:
             # Too late: the broker has given it to somebody else; settling it is fenced.
-            self._held.discard(delivery)
-            if delivery in self._assured:  # not dropped meanwhile: never assured again
-                self._assured[delivery] = -math.inf
+            self._held.pop(delivery, None)  # never assured again
             log.warning(
                 "worker %s: the lease of message %s ran out before it was renewed; "
                 "the broker delivers it again",
@@ -181,5 +182,5 @@ class LeaseKeeper:
             )
             return
         if delivery in self._held:
-            self._assured[delivery] = max(self._assured[delivery], since + 2 * lease / 3)
+            self._assure(delivery, since)
             self._schedule(delivery, loop.time() + lease / 3)

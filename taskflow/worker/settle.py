@@ -315,27 +315,21 @@ class Settler:
         A record the broker marked running as it leased the message (and found not
         terminal) is not written again before the body: the rest of its fields follow
         in the background (:meth:`_complete_running`)."""
-        leases = self._leases
-        if not leases.assured(job.delivery) and not await self._leased(job):
-            return False
-        if job.stores:
-            if job.delivery.running_recorded:
-                self._complete_running(job)
-            elif not await self._record(
-                job,
-                {
-                    "status": TaskStatus.RUNNING.value,
-                    "started_at": self.clock.time(),
-                    **self._running_fields(job),
-                },
-                terminal=False,
-                delivery=job.delivery,
-            ):
+        delivery = job.delivery
+        if job.stores and not delivery.running_recorded:
+            changes = {
+                "status": TaskStatus.RUNNING.value,
+                "started_at": self.clock.time(),
+                **self._running_fields(job),
+            }
+            if not await self._record(job, changes, terminal=False, delivery=delivery):
                 await self._settled_before(job)
                 return False
-            # Writing the record may have waited out an outage, longer than the lease.
-            elif not leases.assured(job.delivery) and not await self._leased(job):
-                return False
+        # After the write, which may have waited out an outage longer than the lease.
+        if not self._leases.assured(delivery) and not await self._leased(job):
+            return False
+        if job.stores and delivery.running_recorded:
+            self._complete_running(job)
         await self.announcer.started(job)
         return True
 
