@@ -122,11 +122,21 @@ class Executor:
 
     def _free_slot(self, job: Job, ran: float) -> None:
         self.window.finished(job, ran)
-        if self.running.pop(job.envelope.id, None) is not None and self.accepting:
+        if self._vacate(job) and self.accepting:
             self.dispatch()
 
+    def _vacate(self, job: Job) -> bool:
+        """Take ``job`` out of its slot; False if it held none. Only ``job``'s own entry:
+        a job given up (its lease lost before it started) may leave after the redelivery
+        that replaced it took a slot under the same task id."""
+        tid = job.envelope.id
+        if self.running.get(tid) is job:
+            del self.running[tid]
+            return True
+        return False
+
     def _release(self, job: Job) -> None:
-        self.running.pop(job.envelope.id, None)
+        self._vacate(job)
         self.window.release(job)
         if self.accepting:
             self.dispatch()
@@ -149,14 +159,14 @@ class Executor:
                 task.uncancel()
             wait = -1.0
         except ConfigError as exc:  # registered after the worker started, not shareable
-            self.running.pop(job.envelope.id, None)
+            self._vacate(job)
             await self.settler.failed(job, exc, 0.0)
             self.stats.processed += 1
             self._release(job)
             return False
         if wait == 0.0 and self.accepting:
             return True
-        self.running.pop(job.envelope.id, None)
+        self._vacate(job)
         if wait > 0 and self.accepting:
             self.sched.defer(job, wait)
             self.window.wake()

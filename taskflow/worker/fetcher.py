@@ -439,23 +439,27 @@ class Fetcher:
         return True
 
     def _runs_here(self, env: Envelope, delivery: Delivery) -> bool:
-        """Whether ``delivery`` is a redelivery of a message whose body runs here: its
-        renewals failed for a whole lease (the broker refused them, as a full Redis server
-        does, or was away) and the broker delivered it again, to this worker. The running
-        attempt then takes the new delivery, its lease and its settles, instead of the body
-        running a second time beside it (or after it, for a task with no record)."""
-        running = self.window.jobs.get(env.id)
-        if running is None or running.ctx is None or running.settling or running.settled:
-            return False  # not here, not started (it checks its lease first), or finished
-        self.leases.drop(running.delivery)
-        running.delivery = delivery
+        """Whether ``delivery`` is a redelivery of a message held here, waiting for a slot
+        or running: its renewals failed for a whole lease (the broker refused them, as a
+        full Redis server does, or was away) and the broker delivered it again, to this
+        worker. The held job then takes the new delivery, its lease and its settles:
+        the body runs once, instead of a second time beside the first (or after it, for a
+        task with no record), and one job per task id keeps the worker's account of its
+        slots true."""
+        held = self.window.jobs.get(env.id)
+        if held is None or held.settling or held.settled or held.lapsed:
+            return False  # not here, finished, or given up (its lease was lost)
+        self.leases.drop(held.delivery)
+        held.delivery = delivery
+        where = "while its body runs here" if held.ctx is not None else "while it waits here"
         log.warning(
-            "%s[%s] delivered again (delivery %d of attempt %d) while its body runs here "
-            "(its lease ran out: its renewals failed); the running body settles it",
+            "%s[%s] delivered again (delivery %d of attempt %d) %s (its lease ran out: its "
+            "renewals failed); it runs once, on the new delivery",
             env.task,
             env.id,
             delivery.delivery_count,
             env.attempt,
+            where,
         )
         return True
 

@@ -325,7 +325,9 @@ class Settler:
             if not await self._record(job, changes, terminal=False, delivery=delivery):
                 await self._settled_before(job)
                 return False
-        # After the write, which may have waited out an outage longer than the lease.
+        # After the write, which may have waited out an outage longer than the lease (and
+        # on the delivery the job holds now: a redelivery to this worker meanwhile).
+        delivery = job.delivery
         if not self._leases.assured(delivery) and not await self._leased(job):
             return False
         if job.stores and delivery.running_recorded:
@@ -354,7 +356,11 @@ class Settler:
         since = asyncio.get_running_loop().time()
         held = await self.durably(delivery.touch, "renewing the lease", env.id)
         self._leases.renewed(delivery, since, held)
+        if not held and job.delivery is not delivery:
+            # Delivered again to this worker meanwhile: the job took the new delivery.
+            return self._leases.assured(job.delivery) or await self._leased(job)
         if not held:
+            job.lapsed = True
             log.warning(
                 "%s[%s]: the lease of its message ran out before the task started (delivery "
                 "%d); not run here, the broker delivers it again",

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
 
-from taskflow import App, BrokerError, TaskStatus
+from taskflow import App, BrokerError, TaskStatus, current_task
 from taskflow.brokers import MemoryBroker
 from taskflow.brokers.base import Delivery, FetchResult
 from taskflow.testing import running_worker
@@ -65,6 +66,17 @@ class FullBroker(MemoryBroker):
             raise BrokerError("command not allowed when used memory > 'maxmemory'")
         return self._settle(mid, token, action, **kw)
 
+    def wait_lease_over(self, message_id: str) -> None:
+        """Until the broker would deliver ``message_id`` again (its lease ran out)."""
+        deadline = time.monotonic() + WAIT
+        while True:
+            with self._state.lock:
+                stored = self._state.messages[message_id]
+                if stored.deadline <= self.clock.time():
+                    return
+            assert time.monotonic() < deadline, "the lease never ran out"
+            time.sleep(0.01)  # polls the broker's lease, which runs on its real clock
+
     def run_elsewhere(self, message_id: str) -> None:
         """Another worker takes the message again, once its lease has run out, and runs
         it (acks it)."""
@@ -92,7 +104,16 @@ class Said(logging.Handler):
 
 @pytest.fixture
 def said() -> Iterator[Said]:
-    handler = Said("ran out before the task started")
+    yield from _said("ran out before the task started")
+
+
+@pytest.fixture
+def renewing() -> Iterator[Said]:
+    yield from _said("renewing the lease of task")
+
+
+def _said(text: str) -> Iterator[Said]:
+    handler = Said(text)
     logger = logging.getLogger("taskflow.worker")
     logger.addHandler(handler)
     yield handler
@@ -208,3 +229,118 @@ def test_a_task_delivered_again_to_the_worker_running_it_runs_once_and_is_settle
     [queue] = full_app.admin.queues()
     assert (queue.ready, queue.scheduled, queue.running, queue.dead) == (0, 0, 0, 0)
     assert "while its body runs here" in caplog.text
+
+
+def test_a_task_delivered_again_while_it_waits_here_for_a_slot_runs_once_in_its_slot(
+    full_app: App, broker: FullBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its renewals refused for a whole lease while it waits in the worker's buffer, the
+    # message is delivered again, to this same worker: the waiting task takes the new
+    # delivery. Two jobs of one task id would share the worker's account of its slots: the
+    # one whose lease ran out, leaving, would take the other off it, and a further task
+    # would start beside it (concurrency + 1, the running task missing from the heartbeat).
+    go = threading.Event()
+    hold = threading.Event()
+    lock = threading.Lock()
+    bodies: list[str] = []  # every body started, in order
+    now: set[str] = set()  # the bodies running now
+    peak = [0]
+    two_running = threading.Event()
+
+    def body(name: str) -> None:
+        with lock:
+            bodies.append(name)
+            now.add(name)
+            peak[0] = max(peak[0], len(now))
+            if len(now) == 2 and "quick" in now:
+                two_running.set()
+        try:
+            assert hold.wait(WAIT)
+        finally:
+            with lock:
+                now.discard(name)
+
+    @full_app.task
+    def slow() -> None:
+        assert go.wait(WAIT)
+
+    @full_app.task
+    def quick() -> None:
+        body("quick")
+
+    @full_app.task
+    def filler(n: int) -> None:
+        body(f"filler-{n}")
+
+    try:
+        with (
+            caplog.at_level(logging.WARNING, logger="taskflow.worker"),
+            running_worker(full_app, concurrency=2, prefetch_buffer=4, heartbeat=0.05) as worker,
+        ):
+            broker.spared.update(slow.delay().id for _ in range(2))  # both slots, renewed
+            broker.full.set()
+            sent = quick.delay()
+            broker.wait_delivered(sent.id, times=2)  # to this worker again, still buffered
+            broker.full.clear()
+            broker.spared.update(filler.delay(n).id for n in range(2))
+            go.set()  # the slots free up: quick and a filler start
+            assert two_running.wait(WAIT)
+            seen = worker.heartbeat.beats
+            assert worker.heartbeat.wait_beats(seen + 2, WAIT)
+            [entry] = full_app.admin.workers()
+            with lock:
+                running, started = set(now), list(bodies)
+            hold.set()
+            assert sent.get(timeout=WAIT) is None
+    finally:
+        go.set()
+        hold.set()
+    assert started.count("quick") == 1, "the task ran twice"
+    assert peak[0] == 2, f"{peak[0]} bodies ran at once on 2 slots"
+    assert len(running) == 2 and sent.id in entry.running, (running, entry.running)
+    assert bodies.count("quick") == 1
+    [queue] = full_app.admin.queues()
+    assert (queue.ready, queue.scheduled, queue.running, queue.dead) == (0, 0, 0, 0)
+    assert "while it waits here" in caplog.text
+
+
+def test_a_task_delivered_again_while_it_renews_its_lease_to_start_runs_on_the_new_one(
+    full_app: App,
+    broker: FullBroker,
+    store: FlakyStore,
+    renewing: Said,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Its running record written only once its lease ran out, the task renews the lease
+    # before it starts; the broker refuses, and meanwhile delivers the message again, to
+    # this worker: the task starts on the new delivery, once, instead of giving up.
+    deliveries: list[int] = []
+
+    @full_app.task
+    def job() -> str:
+        ctx = current_task()
+        assert ctx is not None
+        deliveries.append(ctx.delivery)
+        return "done"
+
+    broker.full.set()
+    broker.one_each = True  # no second delivery until allowed
+    store.down.set()
+    sent = job.delay()
+    with (
+        caplog.at_level(logging.WARNING, logger="taskflow.worker"),
+        running_worker(full_app, concurrency=1),
+    ):
+        assert store.refused_some.wait(WAIT)  # taken; marking it running is refused
+        broker.wait_lease_over(sent.id)
+        store.down.clear()
+        assert renewing.seen.wait(WAIT)  # written; its renewal to start is refused
+        broker.one_each = False
+        broker.wait_delivered(sent.id, times=2)
+        broker.full.clear()
+        assert sent.get(timeout=WAIT) == "done"
+    assert deliveries == [2], "not run once, on the second delivery"
+    assert "while it waits here" in caplog.text
+    assert "ran out before the task started" not in caplog.text
+    [queue] = full_app.admin.queues()
+    assert (queue.ready, queue.scheduled, queue.running, queue.dead) == (0, 0, 0, 0)
