@@ -122,21 +122,29 @@ class Executor:
 
     def _free_slot(self, job: Job, ran: float) -> None:
         self.window.finished(job, ran)
-        if self._vacate(job) and self.accepting:
-            self.dispatch()
+        tid = job.envelope.id
+        held = self.running.pop(tid, None)
+        if held is job:
+            if self.accepting:
+                self.dispatch()
+        elif held is not None:
+            self.running[tid] = held  # another job's (see _vacate): it keeps its slot
 
     def _vacate(self, job: Job) -> bool:
-        """Take ``job`` out of its slot; False if it held none. Only ``job``'s own entry:
-        a job given up (its lease lost before it started) may leave after the redelivery
-        that replaced it took a slot under the same task id."""
+        """Take ``job`` out of its slot; False if it held none. Only ``job``'s own entry
+        leaves: a job given up (its lease lost before it started) may leave after the
+        redelivery that replaced it took a slot under the same task id."""
         tid = job.envelope.id
-        if self.running.get(tid) is job:
-            del self.running[tid]
+        held = self.running.pop(tid, None)
+        if held is job:
             return True
+        if held is not None:
+            self.running[tid] = held  # the other job's: it keeps its slot
         return False
 
     def _release(self, job: Job) -> None:
-        self._vacate(job)
+        if job.envelope.id in self.running:  # not once its body ran (_free_slot)
+            self._vacate(job)
         self.window.release(job)
         if self.accepting:
             self.dispatch()
