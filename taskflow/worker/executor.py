@@ -198,7 +198,8 @@ class Executor:
         except Exception as exc:  # settling kept failing (outages are waited out)
             self.settler.abandon(job, exc)
         finally:
-            self.stats.processed += 1
+            if not job.lapsed:  # else it was not run here: it ends on another delivery
+                self.stats.processed += 1
             try:
                 # Most jobs hold no permit: the gate is not called for them. An adopted
                 # body still runs: its permit is released when it returns.

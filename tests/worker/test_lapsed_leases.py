@@ -183,7 +183,7 @@ def test_a_task_waiting_for_a_slot_while_its_lease_ran_out_is_not_run(
         said.seen.set()  # either way, the worker is done with it
 
     broker.spared.add(slow.delay().id)  # it runs on, its lease renewed
-    with running_worker(full_app, concurrency=1, prefetch_buffer=1):
+    with running_worker(full_app, concurrency=1, prefetch_buffer=1) as worker:
         assert first_started.wait(WAIT)
         broker.full.set()
         sent = quick.delay()
@@ -194,6 +194,7 @@ def test_a_task_waiting_for_a_slot_while_its_lease_ran_out_is_not_run(
         assert said.seen.wait(WAIT)
         assert ran == [], "the task ran twice"
     assert ran == []
+    assert worker.stats()["processed"] == 1, "counted as processed where it did not run"
 
 
 def test_a_task_delivered_again_to_the_worker_running_it_runs_once_and_is_settled(
