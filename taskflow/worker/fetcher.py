@@ -449,6 +449,8 @@ class Fetcher:
         held = self.window.jobs.get(env.id)
         if held is None or held.settling or held.settled or held.lapsed:
             return False  # not here, finished, or given up (its lease was lost)
+        if held.delivery.body != delivery.body:
+            return False  # another message under its id (sent again meanwhile)
         self.leases.drop(held.delivery)
         held.delivery = delivery
         where = "while its body runs here" if held.ctx is not None else "while it waits here"

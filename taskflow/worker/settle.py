@@ -316,7 +316,8 @@ class Settler:
         terminal) is not written again before the body: the rest of its fields follow
         in the background (:meth:`_complete_running`)."""
         delivery = job.delivery
-        if job.stores and not delivery.running_recorded:
+        recorded = delivery.running_recorded  # by the broker, as it leased the message
+        if job.stores and not recorded:
             changes = {
                 "status": TaskStatus.RUNNING.value,
                 "started_at": self.clock.time(),
@@ -327,10 +328,9 @@ class Settler:
                 return False
         # After the write, which may have waited out an outage longer than the lease (and
         # on the delivery the job holds now: a redelivery to this worker meanwhile).
-        delivery = job.delivery
-        if not self._leases.assured(delivery) and not await self._leased(job):
+        if not self._leases.assured(job.delivery) and not await self._leased(job):
             return False
-        if job.stores and delivery.running_recorded:
+        if job.stores and recorded:  # its other fields follow
             self._complete_running(job)
         await self.announcer.started(job)
         return True
