@@ -194,11 +194,12 @@ class Executor:
         except asyncio.CancelledError:
             await self._after_cancel(job)
         except ChildLost as exc:  # its message comes back after its lease, counted as lost
+            job.lapsed = True  # the attempt goes on with that delivery
             log.warning("%s; it is delivered again after its lease", exc)
         except Exception as exc:  # settling kept failing (outages are waited out)
             self.settler.abandon(job, exc)
         finally:
-            if not job.lapsed:  # else it was not run here: it ends on another delivery
+            if not job.lapsed:  # else it did not end here: it ends on another delivery
                 self.stats.processed += 1
             try:
                 # Most jobs hold no permit: the gate is not called for them. An adopted

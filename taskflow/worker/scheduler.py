@@ -58,7 +58,9 @@ class Job:
         self.in_user_code = False  # True only while the task's own code runs
         self.settling = False  # its code returned; its outcome is being written
         self.settled = False  # its message was settled: only its hooks and events remain
-        self.lapsed = False  # its lease ran out before its body started: not run here
+        # Given up here: its attempt ends on the broker's next delivery (its lease ran out
+        # before its body started, or the child process running it died).
+        self.lapsed = False
         # The run of a sync body in its thread, and whether the worker stopped while that
         # body still ran (it is handed back only once the body returns).
         self.body: BodyRun | None = None

@@ -16,8 +16,8 @@ class WorkerStats:
 
     processed: int = 0
     """Attempts that ended here, whatever their outcome (run, cancelled or handed back);
-    not a message given up before it started because its lease had run out (its attempt
-    goes on with the broker's next delivery of it)."""
+    not a message given up before it started because its lease had run out, nor one whose
+    child process died (its attempt goes on with the broker's next delivery of it)."""
     succeeded: int = 0
     failed: int = 0
     retried: int = 0

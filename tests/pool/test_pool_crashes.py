@@ -28,7 +28,7 @@ def test_a_child_killed_from_outside_is_replaced_and_its_task_delivered_again(
     try:
         with App("pool-crash", broker=url) as app:
             tasks = declare(app)
-            with app.worker(concurrency=1, pool="processes", app_path=APP_PATH):
+            with app.worker(concurrency=1, pool="processes", app_path=APP_PATH) as worker:
                 result = tasks["block_once"].delay(str(tmp_path))
                 wait_for(lambda: bool(pids(tmp_path, "started")), 10, "the first run")
                 (first,) = pids(tmp_path, "started")
@@ -38,6 +38,8 @@ def test_a_child_killed_from_outside_is_replaced_and_its_task_delivered_again(
                 replacements = [p.pid for p in children()]
 
             assert result.info().attempts == 1
+            # Stopped: one attempt, ended once (the delivery lost with the child uncounted).
+            assert worker.stats()["processed"] == 1
     finally:
         drop_prefix(url, prefix)
     # Delivered again as the same attempt, one lost delivery counted, run to completion
