@@ -448,7 +448,7 @@ class Fetcher:
         slots true."""
         held = self.window.jobs.get(env.id)
         if held is None or held.settling or held.settled or held.lapsed:
-            return False  # not here, finished, or given up (its lease was lost)
+            return False  # not here, finished, or given up (lease lost, or child died)
         if held.delivery.body != delivery.body:
             return False  # another message under its id (sent again meanwhile)
         self.leases.drop(held.delivery)
