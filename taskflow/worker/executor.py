@@ -122,24 +122,20 @@ class Executor:
 
     def _free_slot(self, job: Job, ran: float) -> None:
         self.window.finished(job, ran)
-        tid = job.envelope.id
-        held = self.running.pop(tid, None)
-        if held is job:
+        running, tid = self.running, job.envelope.id
+        if running.get(tid) is job:  # _vacate, inline: a call here costs every task
+            del running[tid]
             if self.accepting:
                 self.dispatch()
-        elif held is not None:
-            self.running[tid] = held  # another job's (see _vacate): it keeps its slot
 
     def _vacate(self, job: Job) -> bool:
         """Take ``job`` out of its slot; False if it held none. Only ``job``'s own entry
         leaves: a job given up (its lease lost before it started) may leave after the
         redelivery that replaced it took a slot under the same task id."""
-        tid = job.envelope.id
-        held = self.running.pop(tid, None)
-        if held is job:
+        running, tid = self.running, job.envelope.id
+        if running.get(tid) is job:
+            del running[tid]
             return True
-        if held is not None:
-            self.running[tid] = held  # the other job's: it keeps its slot
         return False
 
     def _release(self, job: Job) -> None:
@@ -194,12 +190,12 @@ class Executor:
         except asyncio.CancelledError:
             await self._after_cancel(job)
         except ChildLost as exc:  # its message comes back after its lease, counted as lost
-            job.lapsed = True  # the attempt goes on with that delivery
+            job.given_up = True  # the attempt goes on with that delivery
             log.warning("%s; it is delivered again after its lease", exc)
         except Exception as exc:  # settling kept failing (outages are waited out)
             self.settler.abandon(job, exc)
         finally:
-            if not job.lapsed:  # else it did not end here: it ends on another delivery
+            if not job.given_up:  # else it did not end here: it ends on another delivery
                 self.stats.processed += 1
             try:
                 # Most jobs hold no permit: the gate is not called for them. An adopted

@@ -421,7 +421,7 @@ class Fetcher:
             await self.settler.expired(job)
             return False
         if delivery.delivery_count > 1:
-            if self._runs_here(env, delivery):
+            if self._held_here(env, delivery):
                 return True
             if task.options.on_lost == "fail":
                 await self.settler.worker_lost(job)
@@ -438,7 +438,7 @@ class Fetcher:
         self.sched.push(job)
         return True
 
-    def _runs_here(self, env: Envelope, delivery: Delivery) -> bool:
+    def _held_here(self, env: Envelope, delivery: Delivery) -> bool:
         """Whether ``delivery`` is a redelivery of a message held here, waiting for a slot
         or running: its renewals failed for a whole lease (the broker refused them, as a
         full Redis server does, or was away) and the broker delivered it again, to this
@@ -447,7 +447,7 @@ class Fetcher:
         task with no record), and one job per task id keeps the worker's account of its
         slots true."""
         held = self.window.jobs.get(env.id)
-        if held is None or held.settling or held.settled or held.lapsed:
+        if held is None or held.settling or held.settled or held.given_up:
             return False  # not here, finished, or given up (lease lost, or child died)
         if held.delivery.body != delivery.body:
             return False  # another message under its id (sent again meanwhile)

@@ -31,9 +31,9 @@ class Job:
         "ctx",
         "delivery",
         "envelope",
+        "given_up",
         "handle",
         "in_user_code",
-        "lapsed",
         "permit",
         "rated",
         "settled",
@@ -60,7 +60,7 @@ class Job:
         self.settled = False  # its message was settled: only its hooks and events remain
         # Given up here: its attempt ends on the broker's next delivery (its lease ran out
         # before its body started, or the child process running it died).
-        self.lapsed = False
+        self.given_up = False
         # The run of a sync body in its thread, and whether the worker stopped while that
         # body still ran (it is handed back only once the body returns).
         self.body: BodyRun | None = None

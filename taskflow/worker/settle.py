@@ -360,7 +360,7 @@ class Settler:
             # Delivered again to this worker meanwhile: the job took the new delivery.
             return self._leases.assured(job.delivery) or await self._leased(job)
         if not held:
-            job.lapsed = True
+            job.given_up = True
             log.warning(
                 "%s[%s]: the lease of its message ran out before the task started (delivery "
                 "%d); not run here, the broker delivers it again",

@@ -29,7 +29,7 @@ def admin_app(request: pytest.FixtureRequest) -> Iterator[App]:
     if request.param == "amqp":
         broker, results, prefix = amqp.shared_urls(lease=30)
         app = App(f"adm{prefix[-6:]}", broker=broker, results=results)
-    else:
+    else:  # the records live with the broker
         helpers = redis if request.param == "redis" else nats
         broker, prefix = helpers.shared_url(lease=30)
         app = App(f"adm{prefix[-6:]}", broker=broker)
@@ -39,7 +39,7 @@ def admin_app(request: pytest.FixtureRequest) -> Iterator[App]:
         queues = {app.registry[name].options.queue for name in app.registry} | {"default"}
         app.close()
         if request.param == "amqp":
-            amqp.drop(prefix, queues)
+            amqp.drop(prefix, queues)  # queues: RabbitMQ cannot list a prefix's own
         else:
             helpers.drop_prefix(broker, prefix)
 
