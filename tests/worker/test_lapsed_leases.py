@@ -77,6 +77,14 @@ class FullBroker(MemoryBroker):
             assert time.monotonic() < deadline, "the lease never ran out"
             time.sleep(0.01)  # polls the broker's lease, which runs on its real clock
 
+    def rewrite(self, message_id: str, old: bytes, new: bytes) -> None:
+        """Replace ``old`` by ``new`` in the message's body, as another message sent under
+        its id would (its next delivery carries the new body)."""
+        with self._state.lock:
+            stored = self._state.messages[message_id]
+            assert old in stored.body
+            stored.body = stored.body.replace(old, new)
+
     def run_elsewhere(self, message_id: str) -> None:
         """Another worker takes the message again, once its lease has run out, and runs
         it (acks it)."""
@@ -343,5 +351,42 @@ def test_a_task_delivered_again_while_it_renews_its_lease_to_start_runs_on_the_n
     assert deliveries == [2], "not run once, on the second delivery"
     assert "while it waits here" in caplog.text
     assert "ran out before the task started" not in caplog.text
+    [queue] = full_app.admin.queues()
+    assert (queue.ready, queue.scheduled, queue.running, queue.dead) == (0, 0, 0, 0)
+
+
+def test_another_message_under_a_held_task_id_is_not_taken_by_the_held_task(
+    full_app: App, broker: FullBroker
+) -> None:
+    # A redelivery is taken by the held job only if it is the same message: one sent again
+    # under the id meanwhile runs its own arguments, and the held job, its lease lost,
+    # leaves without taking the other's slot entry.
+    go = threading.Event()
+    ran: list[int] = []
+    done = threading.Event()
+
+    @full_app.task
+    def slow() -> None:
+        assert go.wait(WAIT)
+
+    @full_app.task(store_result=False)
+    def echo(n: int) -> None:
+        ran.append(n)
+        done.set()
+
+    broker.spared.add(slow.delay().id)  # it runs on, its lease renewed
+    try:
+        with running_worker(full_app, concurrency=1, prefetch_buffer=2):
+            broker.full.set()
+            sent = echo.delay(1)
+            broker.wait_delivered(sent.id)  # into the buffer, behind the slow one
+            broker.rewrite(sent.id, b'"args":[1]', b'"args":[2]')
+            broker.wait_delivered(sent.id, times=2)  # the other message, to this worker
+            broker.full.clear()
+            go.set()
+            assert done.wait(WAIT)
+    finally:
+        go.set()
+    assert ran == [2], "the held task ran in place of the other message"
     [queue] = full_app.admin.queues()
     assert (queue.ready, queue.scheduled, queue.running, queue.dead) == (0, 0, 0, 0)
