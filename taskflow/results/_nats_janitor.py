@@ -48,18 +48,35 @@ def _expired(entry: Any, now: float) -> bool:
 async def sweep(conn: Connection, kv: KeyValue, bucket: str, now: float) -> int:
     """Delete every value of ``kv`` (the bucket called ``bucket``) expired by ``now`` and
     every delete marker, now; how many."""
+    # The scan reads the latest entry of every key and ends at the bucket's last message as
+    # of now, or at an entry with nothing pending after it. The watcher's own marker for
+    # the end of the initial values does not say that: nats-py sends it at once when the
+    # consumer reports nothing pending and nothing has arrived yet, which is also the case
+    # while the server's first entries are still on their way (seen on a loaded machine:
+    # the marker came first, and the sweep removed nothing).
+    state = await _stream_state(conn, bucket)
+    if not state.get("messages"):
+        return 0
+    last = int(state.get("last_seq") or 0)
     watcher = await conn.call(kv.watch(">"))
     doomed: list[tuple[str, int]] = []
+    seen = 0
     try:
         while True:
             try:
                 entry = await watcher.updates(timeout=_READ_TIMEOUT)
             except nats.errors.TimeoutError:
                 raise BrokerError(f"NATS {conn.masked}: bucket scan stalled") from None
-            if entry is None:  # the initial values are done
+            if entry is None:  # the watcher's marker: maybe early (above)
+                if not seen and not (await _stream_state(conn, bucket)).get("messages"):
+                    break  # emptied meanwhile: nothing will come
+                continue
+            seen += 1
+            revision = entry.revision
+            if revision is not None and _expired(entry, now):
+                doomed.append((entry.key, int(revision)))
+            if (revision is not None and revision >= last) or entry.delta == 0:
                 break
-            if entry.revision is not None and _expired(entry, now):
-                doomed.append((entry.key, int(entry.revision)))
     finally:
         with contextlib.suppress(Exception):
             await watcher.stop()
@@ -67,6 +84,13 @@ async def sweep(conn: Connection, kv: KeyValue, bucket: str, now: float) -> int:
     for key, seq in doomed:
         removed += await _delete(conn, bucket, key, seq)
     return removed
+
+
+async def _stream_state(conn: Connection, bucket: str) -> dict[str, Any]:
+    """The state of the bucket's stream (``messages``, ``last_seq``...)."""
+    info = await conn.api(f"STREAM.INFO.KV_{bucket}", {})
+    state = info.get("state")
+    return state if isinstance(state, dict) else {}
 
 
 async def _delete(conn: Connection, bucket: str, key: str, seq: int) -> int:

@@ -5,6 +5,7 @@ failed sends of a replay are sent again."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -22,6 +23,7 @@ from taskflow.brokers import _nats_admin as nats_admin
 from taskflow.brokers._nats_admin import NatsAdmin
 from taskflow.brokers._nats_core import NatsCore
 from taskflow.errors import BrokerError
+from taskflow.results._nats_janitor import sweep
 
 
 def _core() -> NatsCore:
@@ -175,3 +177,101 @@ def test_a_replay_send_answered_at_once_as_a_duplicate_was_sent_by_an_earlier_ca
         return PubAck(stream="s", seq=1, duplicate=duplicate)
 
     assert asyncio.run(admin._resend(publish)) is (duplicate is not True)
+
+
+class _Entry:
+    def __init__(self, key: str, value: dict[str, Any] | None, revision: int, delta: int) -> None:
+        self.key = key
+        self.value = b"" if value is None else json.dumps(value).encode()
+        self.revision = revision
+        self.delta = delta
+        self.operation = "DEL" if value is None else None
+
+
+class _Watcher:
+    """A bucket watcher that hands out ``updates`` in order (None: the end marker)."""
+
+    def __init__(self, updates: list[_Entry | None]) -> None:
+        self._updates = list(updates)
+        self.stopped = False
+
+    async def updates(self, timeout: float | None = None) -> _Entry | None:
+        if not self._updates:
+            raise nats.errors.TimeoutError
+        return self._updates.pop(0)
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+class _Bucket:
+    def __init__(self, watcher: _Watcher) -> None:
+        self.watcher = watcher
+
+    async def watch(self, keys: str) -> _Watcher:
+        return self.watcher
+
+
+class _BucketConn:
+    """The calls the janitor's sweep makes: the stream's state, and purges."""
+
+    masked = "nats://127.0.0.1:4222"
+
+    def __init__(self, messages: int, last_seq: int) -> None:
+        self.state = {"messages": messages, "last_seq": last_seq}
+        self.purged: list[dict[str, Any]] = []
+
+    async def call(self, awaitable: Any) -> Any:
+        return await awaitable
+
+    async def api(self, op: str, payload: dict[str, Any]) -> dict[str, Any]:
+        assert op == "STREAM.INFO.KV_b"
+        return {"state": dict(self.state)}
+
+    def client(self) -> _BucketConn:
+        return self
+
+    async def request(self, subject: str, payload: bytes, timeout: float) -> Msg:
+        self.purged.append(json.loads(payload))
+        return Msg(_client=None, subject="", data=b'{"purged": 1}')  # type: ignore[arg-type]
+
+
+def test_the_result_janitor_reads_past_an_end_marker_that_comes_before_the_entries() -> None:
+    # nats-py's watcher sends its end-of-initial-values marker at once when the consumer
+    # reports nothing pending and nothing has arrived yet, which a loaded machine also
+    # sees while the entries are on their way: the sweep reads on to the bucket's last one.
+    expired = {"status": "succeeded", "x": 100.0}
+    entries: list[_Entry | None] = [
+        None,
+        _Entry("r.old", expired, 1, 3),
+        _Entry("r.live", {"status": "queued"}, 2, 2),
+        _Entry("r.gone", None, 4, 1),
+        _Entry("v.idem", {"x": 100.0}, 5, 0),
+    ]
+    watcher = _Watcher(entries)
+    conn = _BucketConn(messages=5, last_seq=5)
+    removed = asyncio.run(sweep(conn, _Bucket(watcher), "b", now=200.0))  # type: ignore[arg-type]
+    assert removed == 3
+    assert [p["filter"] for p in conn.purged] == ["$KV.b.r.old", "$KV.b.r.gone", "$KV.b.v.idem"]
+    assert [p["seq"] for p in conn.purged] == [2, 5, 6]  # each up to its own revision
+    assert watcher.stopped
+
+
+def test_the_result_janitor_stops_at_the_last_entry_as_the_scan_began() -> None:
+    # Entries written after the scan began come too; the scan ends at the bucket's last
+    # entry as it began (or at one with nothing pending after it), not at a timeout.
+    entries: list[_Entry | None] = [
+        _Entry("r.old", {"x": 100.0}, 3, 1),  # the last as the scan began
+        _Entry("r.new", {"x": 100.0}, 9, 0),  # written since: not read
+    ]
+    conn = _BucketConn(messages=2, last_seq=3)
+    removed = asyncio.run(sweep(conn, _Bucket(_Watcher(entries)), "b", now=200.0))  # type: ignore[arg-type]
+    assert removed == 1
+    assert [p["filter"] for p in conn.purged] == ["$KV.b.r.old"]
+
+
+def test_the_result_janitor_does_not_watch_an_empty_bucket() -> None:
+    conn = _BucketConn(messages=0, last_seq=7)
+    watcher = _Watcher([])  # a watch would wait out its read timeout
+    assert asyncio.run(sweep(conn, _Bucket(watcher), "b", now=200.0)) == 0  # type: ignore[arg-type]
+    assert not watcher.stopped
