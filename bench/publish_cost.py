@@ -8,12 +8,12 @@ Calls the publish script as the broker ships it, one message per call (what a pl
 ``delay()`` sends), the same with a body short enough for Redis's compact hash encoding
 (up to the default ``hash-max-listpack-value`` of 64 bytes; a real envelope is longer, so
 its message's hash is a table: this row bounds what keeping the body out of the hash could
-save, a layout that would write the body besides), then the same message through the batch's path, then copies of it with one more
-step taken out each time, and an empty script. Printed per variant: the server's time per
-call (``INFO commandstats``, the ``EVALSHA`` time), the minimum and the median of the
-rounds. The differences between consecutive rows are what each step costs; the copies do
-not publish correctly, so the database (``--url``, DB 13 by default) is
-flushed before each round: use a database of its own.
+save, a layout that would write the body besides), then the same message through the
+batch's path, then copies of it with one more step taken out each time, and an empty
+script. Printed per variant: the server's time per call (``INFO commandstats``, the
+``EVALSHA`` time), the minimum and the median of the rounds. The differences between
+consecutive rows are what each step costs; the copies do not publish correctly, so the
+database (``--url``, DB 13 by default) is flushed before each round: use a database of its own.
 """
 
 from __future__ import annotations

@@ -390,3 +390,48 @@ def test_another_message_under_a_held_task_id_is_not_taken_by_the_held_task(
     assert ran == [2], "the held task ran in place of the other message"
     [queue] = full_app.admin.queues()
     assert (queue.ready, queue.scheduled, queue.running, queue.dead) == (0, 0, 0, 0)
+
+
+def test_a_task_given_up_here_leaves_the_slots_of_another_message_under_its_id_as_they_are(
+    full_app: App, broker: FullBroker, said: Said
+) -> None:
+    # Two jobs under one task id: the first, its lease lost while it waited, and another
+    # message sent under the id meanwhile. Both take a slot; the first, finding its lease
+    # lost, gives up and leaves: only its own entry goes, and the worker's account of its
+    # slots (what the heartbeat lists) still holds the other while its body runs.
+    go = threading.Event()
+    hold = threading.Event()
+    running = threading.Event()
+    ran: list[int] = []
+
+    @full_app.task
+    def slow() -> None:
+        assert go.wait(WAIT)
+
+    @full_app.task(store_result=False)
+    def echo(n: int) -> None:
+        ran.append(n)
+        running.set()
+        assert hold.wait(WAIT)
+
+    broker.spared.update(slow.delay().id for _ in range(2))  # both slots, renewed
+    try:
+        with running_worker(full_app, concurrency=2, prefetch_buffer=4, heartbeat=0.05) as worker:
+            broker.full.set()
+            sent = echo.delay(1)
+            broker.wait_delivered(sent.id)  # into the buffer, behind the slow ones
+            broker.rewrite(sent.id, b'"args":[1]', b'"args":[2]')
+            broker.wait_delivered(sent.id, times=2)  # the other message, to this worker
+            broker.full.clear()
+            go.set()  # both slots free up: the two jobs of the id take them
+            assert running.wait(WAIT)
+            assert said.seen.wait(WAIT)  # the first gave up, and left
+            seen = worker.heartbeat.beats
+            assert worker.heartbeat.wait_beats(seen + 2, WAIT)
+            [entry] = full_app.admin.workers()
+            hold.set()
+    finally:
+        go.set()
+        hold.set()
+    assert ran == [2]
+    assert sent.id in entry.running, "a running task is missing from the heartbeat"
