@@ -49,11 +49,13 @@ async def sweep(conn: Connection, kv: KeyValue, bucket: str, now: float) -> int:
     """Delete every value of ``kv`` (the bucket called ``bucket``) expired by ``now`` and
     every delete marker, now; how many."""
     # The scan reads the latest entry of every key and ends at the bucket's last message as
-    # of now, or at an entry with nothing pending after it. The watcher's own marker for
-    # the end of the initial values does not say that: nats-py sends it at once when the
+    # of now. Neither the watcher's marker for the end of the initial values nor an entry
+    # with nothing pending after it says that: nats-py sends the marker at once when the
     # consumer reports nothing pending and nothing has arrived yet, which is also the case
     # while the server's first entries are still on their way (seen on a loaded machine:
-    # the marker came first, and the sweep removed nothing).
+    # the marker came first, and the sweep removed nothing), and an entry's count of those
+    # pending may reach zero under concurrent writes with more of the initial ones to come
+    # (nats-io/nats.py#842, #995).
     state = await _stream_state(conn, bucket)
     if not state.get("messages"):
         return 0
@@ -75,7 +77,7 @@ async def sweep(conn: Connection, kv: KeyValue, bucket: str, now: float) -> int:
             revision = entry.revision
             if revision is not None and _expired(entry, now):
                 doomed.append((entry.key, int(revision)))
-            if (revision is not None and revision >= last) or entry.delta == 0:
+            if revision is not None and revision >= last:
                 break
     finally:
         with contextlib.suppress(Exception):

@@ -257,9 +257,24 @@ def test_the_result_janitor_reads_past_an_end_marker_that_comes_before_the_entri
     assert watcher.stopped
 
 
+def test_the_result_janitor_reads_past_an_entry_with_nothing_pending_after_it() -> None:
+    # Under concurrent writes an entry's count of those still pending may reach zero with
+    # more of the bucket's entries to come: the scan goes on to the last one.
+    entries: list[_Entry | None] = [
+        _Entry("r.a", {"x": 100.0}, 1, 0),
+        None,
+        _Entry("r.b", {"x": 100.0}, 2, 1),
+        _Entry("r.c", {"x": 100.0}, 3, 0),
+    ]
+    conn = _BucketConn(messages=3, last_seq=3)
+    removed = asyncio.run(sweep(conn, _Bucket(_Watcher(entries)), "b", now=200.0))  # type: ignore[arg-type]
+    assert removed == 3
+    assert [p["filter"] for p in conn.purged] == ["$KV.b.r.a", "$KV.b.r.b", "$KV.b.r.c"]
+
+
 def test_the_result_janitor_stops_at_the_last_entry_as_the_scan_began() -> None:
     # Entries written after the scan began come too; the scan ends at the bucket's last
-    # entry as it began (or at one with nothing pending after it), not at a timeout.
+    # entry as it began, not at a timeout.
     entries: list[_Entry | None] = [
         _Entry("r.old", {"x": 100.0}, 3, 1),  # the last as the scan began
         _Entry("r.new", {"x": 100.0}, 9, 0),  # written since: not read
