@@ -55,29 +55,27 @@ async def sweep(conn: Connection, kv: KeyValue, bucket: str, now: float) -> int:
     # while the server's first entries are still on their way (seen on a loaded machine:
     # the marker came first, and the sweep removed nothing), and an entry's count of those
     # pending may reach zero under concurrent writes with more of the initial ones to come
-    # (nats-io/nats.py#842, #995).
-    state = await _stream_state(conn, bucket)
+    # (nats-io/nats.py#842, #995). Were that last message removed meanwhile (by another
+    # sweep: the lease makes it rare), the scan would stall; the round is skipped.
+    info = await conn.api(f"STREAM.INFO.KV_{bucket}", {})
+    state = info.get("state") or {}
     if not state.get("messages"):
         return 0
     last = int(state.get("last_seq") or 0)
     watcher = await conn.call(kv.watch(">"))
     doomed: list[tuple[str, int]] = []
-    seen = 0
     try:
         while True:
             try:
                 entry = await watcher.updates(timeout=_READ_TIMEOUT)
             except nats.errors.TimeoutError:
                 raise BrokerError(f"NATS {conn.masked}: bucket scan stalled") from None
-            if entry is None:  # the watcher's marker: maybe early (above)
-                if not seen and not (await _stream_state(conn, bucket)).get("messages"):
-                    break  # emptied meanwhile: nothing will come
+            if entry is None or entry.revision is None:  # the marker: maybe early (above)
                 continue
-            seen += 1
-            revision = entry.revision
-            if revision is not None and _expired(entry, now):
-                doomed.append((entry.key, int(revision)))
-            if revision is not None and revision >= last:
+            revision = int(entry.revision)
+            if _expired(entry, now):
+                doomed.append((entry.key, revision))
+            if revision >= last:
                 break
     finally:
         with contextlib.suppress(Exception):
@@ -86,13 +84,6 @@ async def sweep(conn: Connection, kv: KeyValue, bucket: str, now: float) -> int:
     for key, seq in doomed:
         removed += await _delete(conn, bucket, key, seq)
     return removed
-
-
-async def _stream_state(conn: Connection, bucket: str) -> dict[str, Any]:
-    """The state of the bucket's stream (``messages``, ``last_seq``...)."""
-    info = await conn.api(f"STREAM.INFO.KV_{bucket}", {})
-    state = info.get("state")
-    return state if isinstance(state, dict) else {}
 
 
 async def _delete(conn: Connection, bucket: str, key: str, seq: int) -> int:

@@ -188,12 +188,16 @@ class _Entry:
         self.operation = "DEL" if value is None else None
 
 
-class _Watcher:
-    """A bucket watcher that hands out ``updates`` in order (None: the end marker)."""
+class _Bucket:
+    """A KV bucket whose watcher hands out ``updates`` in order (None: the end marker)."""
 
     def __init__(self, updates: list[_Entry | None]) -> None:
         self._updates = list(updates)
-        self.stopped = False
+        self.watched = self.stopped = False
+
+    async def watch(self, keys: str) -> _Bucket:
+        self.watched = True
+        return self
 
     async def updates(self, timeout: float | None = None) -> _Entry | None:
         if not self._updates:
@@ -202,14 +206,6 @@ class _Watcher:
 
     async def stop(self) -> None:
         self.stopped = True
-
-
-class _Bucket:
-    def __init__(self, watcher: _Watcher) -> None:
-        self.watcher = watcher
-
-    async def watch(self, keys: str) -> _Watcher:
-        return self.watcher
 
 
 class _BucketConn:
@@ -226,7 +222,7 @@ class _BucketConn:
 
     async def api(self, op: str, payload: dict[str, Any]) -> dict[str, Any]:
         assert op == "STREAM.INFO.KV_b"
-        return {"state": dict(self.state)}
+        return {"state": self.state}
 
     def client(self) -> _BucketConn:
         return self
@@ -234,6 +230,15 @@ class _BucketConn:
     async def request(self, subject: str, payload: bytes, timeout: float) -> Msg:
         self.purged.append(json.loads(payload))
         return Msg(_client=None, subject="", data=b'{"purged": 1}')  # type: ignore[arg-type]
+
+
+def _sweep(
+    entries: list[_Entry | None], messages: int, last_seq: int
+) -> tuple[int, _BucketConn, _Bucket]:
+    """The janitor's sweep of bucket ``b`` at time 200; how many it removed, and the fakes."""
+    conn, bucket = _BucketConn(messages, last_seq), _Bucket(entries)
+    removed = asyncio.run(sweep(conn, bucket, "b", now=200.0))  # type: ignore[arg-type]
+    return removed, conn, bucket
 
 
 def test_the_result_janitor_reads_past_an_end_marker_that_comes_before_the_entries() -> None:
@@ -248,13 +253,11 @@ def test_the_result_janitor_reads_past_an_end_marker_that_comes_before_the_entri
         _Entry("r.gone", None, 4, 1),
         _Entry("v.idem", {"x": 100.0}, 5, 0),
     ]
-    watcher = _Watcher(entries)
-    conn = _BucketConn(messages=5, last_seq=5)
-    removed = asyncio.run(sweep(conn, _Bucket(watcher), "b", now=200.0))  # type: ignore[arg-type]
+    removed, conn, bucket = _sweep(entries, messages=5, last_seq=5)
     assert removed == 3
     assert [p["filter"] for p in conn.purged] == ["$KV.b.r.old", "$KV.b.r.gone", "$KV.b.v.idem"]
     assert [p["seq"] for p in conn.purged] == [2, 5, 6]  # each up to its own revision
-    assert watcher.stopped
+    assert bucket.stopped
 
 
 def test_the_result_janitor_reads_past_an_entry_with_nothing_pending_after_it() -> None:
@@ -266,8 +269,7 @@ def test_the_result_janitor_reads_past_an_entry_with_nothing_pending_after_it() 
         _Entry("r.b", {"x": 100.0}, 2, 1),
         _Entry("r.c", {"x": 100.0}, 3, 0),
     ]
-    conn = _BucketConn(messages=3, last_seq=3)
-    removed = asyncio.run(sweep(conn, _Bucket(_Watcher(entries)), "b", now=200.0))  # type: ignore[arg-type]
+    removed, conn, _ = _sweep(entries, messages=3, last_seq=3)
     assert removed == 3
     assert [p["filter"] for p in conn.purged] == ["$KV.b.r.a", "$KV.b.r.b", "$KV.b.r.c"]
 
@@ -279,14 +281,13 @@ def test_the_result_janitor_stops_at_the_last_entry_as_the_scan_began() -> None:
         _Entry("r.old", {"x": 100.0}, 3, 1),  # the last as the scan began
         _Entry("r.new", {"x": 100.0}, 9, 0),  # written since: not read
     ]
-    conn = _BucketConn(messages=2, last_seq=3)
-    removed = asyncio.run(sweep(conn, _Bucket(_Watcher(entries)), "b", now=200.0))  # type: ignore[arg-type]
+    removed, conn, _ = _sweep(entries, messages=2, last_seq=3)
     assert removed == 1
     assert [p["filter"] for p in conn.purged] == ["$KV.b.r.old"]
 
 
 def test_the_result_janitor_does_not_watch_an_empty_bucket() -> None:
-    conn = _BucketConn(messages=0, last_seq=7)
-    watcher = _Watcher([])  # a watch would wait out its read timeout
-    assert asyncio.run(sweep(conn, _Bucket(watcher), "b", now=200.0)) == 0  # type: ignore[arg-type]
-    assert not watcher.stopped
+    removed, _, bucket = _sweep([], messages=0, last_seq=7)  # a watch would time out
+    assert removed == 0
+    assert not bucket.watched
+    assert not bucket.stopped
