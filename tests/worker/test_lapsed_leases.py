@@ -13,12 +13,12 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
 
-from taskflow import App, BrokerError, TaskStatus, current_task
+from taskflow import App, AsyncResult, BrokerError, TaskStatus, current_task
 from taskflow.brokers import MemoryBroker
 from taskflow.brokers.base import Delivery, FetchResult
 from taskflow.testing import running_worker
@@ -84,6 +84,18 @@ class FullBroker(MemoryBroker):
             stored = self._state.messages[message_id]
             assert old in stored.body
             stored.body = stored.body.replace(old, new)
+
+    def send_another_under_its_id(self, send: Callable[[int], AsyncResult[Any]]) -> str:
+        """``send(1)`` while renewals are refused; once the worker has it, the message turns
+        into another sent under its id (with argument 2), which the broker delivers to the
+        worker again once the lease has run out; then renewals go through again. Its id."""
+        self.full.set()
+        sent = send(1)
+        self.wait_delivered(sent.id)  # into the worker's buffer
+        self.rewrite(sent.id, b'"args":[1]', b'"args":[2]')
+        self.wait_delivered(sent.id, times=2)  # the other message, to this worker
+        self.full.clear()
+        return sent.id
 
     def run_elsewhere(self, message_id: str) -> None:
         """Another worker takes the message again, once its lease has run out, and runs
@@ -377,12 +389,7 @@ def test_another_message_under_a_held_task_id_is_not_taken_by_the_held_task(
     broker.spared.add(slow.delay().id)  # it runs on, its lease renewed
     try:
         with running_worker(full_app, concurrency=1, prefetch_buffer=2):
-            broker.full.set()
-            sent = echo.delay(1)
-            broker.wait_delivered(sent.id)  # into the buffer, behind the slow one
-            broker.rewrite(sent.id, b'"args":[1]', b'"args":[2]')
-            broker.wait_delivered(sent.id, times=2)  # the other message, to this worker
-            broker.full.clear()
+            broker.send_another_under_its_id(echo.delay)  # buffered behind the slow one
             go.set()
             assert done.wait(WAIT)
     finally:
@@ -399,14 +406,26 @@ def test_a_task_given_up_here_leaves_the_slots_of_another_message_under_its_id_a
     # message sent under the id meanwhile. Both take a slot; the first, finding its lease
     # lost, gives up and leaves: only its own entry goes, and the worker's account of its
     # slots (what the heartbeat lists) still holds the other while its body runs.
-    go = threading.Event()
+    gate: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+    both_wait = threading.Event()
     hold = threading.Event()
     running = threading.Event()
     ran: list[int] = []
 
     @full_app.task
-    def slow() -> None:
-        assert go.wait(WAIT)
+    async def slow() -> None:
+        # Both on the worker's loop, on one event: set, it frees both slots in one turn of
+        # the loop, so that the two jobs of the id take them before either goes on.
+        if not gate:
+            gate.append((asyncio.get_running_loop(), asyncio.Event()))
+        else:
+            both_wait.set()
+        await gate[0][1].wait()
+
+    def free_both_slots() -> None:
+        if gate:
+            loop, event = gate[0]
+            loop.call_soon_threadsafe(event.set)
 
     @full_app.task(store_result=False)
     def echo(n: int) -> None:
@@ -417,13 +436,9 @@ def test_a_task_given_up_here_leaves_the_slots_of_another_message_under_its_id_a
     broker.spared.update(slow.delay().id for _ in range(2))  # both slots, renewed
     try:
         with running_worker(full_app, concurrency=2, prefetch_buffer=4, heartbeat=0.05) as worker:
-            broker.full.set()
-            sent = echo.delay(1)
-            broker.wait_delivered(sent.id)  # into the buffer, behind the slow ones
-            broker.rewrite(sent.id, b'"args":[1]', b'"args":[2]')
-            broker.wait_delivered(sent.id, times=2)  # the other message, to this worker
-            broker.full.clear()
-            go.set()  # both slots free up: the two jobs of the id take them
+            assert both_wait.wait(WAIT)
+            sent = broker.send_another_under_its_id(echo.delay)  # buffered behind the slow ones
+            free_both_slots()  # the two jobs of the id take them
             assert running.wait(WAIT)
             assert said.seen.wait(WAIT)  # the first gave up, and left
             seen = worker.heartbeat.beats
@@ -431,7 +446,7 @@ def test_a_task_given_up_here_leaves_the_slots_of_another_message_under_its_id_a
             [entry] = full_app.admin.workers()
             hold.set()
     finally:
-        go.set()
+        free_both_slots()
         hold.set()
     assert ran == [2]
-    assert sent.id in entry.running, "a running task is missing from the heartbeat"
+    assert sent in entry.running, "a running task is missing from the heartbeat"
