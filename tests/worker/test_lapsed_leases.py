@@ -450,3 +450,70 @@ def test_a_task_given_up_here_leaves_the_slots_of_another_message_under_its_id_a
         hold.set()
     assert ran == [2]
     assert sent in entry.running, "a running task is missing from the heartbeat"
+
+
+class MarkingBroker(FullBroker):
+    """Hands out each delivery after the first as the broker marked its task running as
+    it leased it (``Delivery.running_recorded``), as a broker linked to the result store
+    does on finding the record running (not terminal) when it delivers the message again."""
+
+    async def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> FetchResult:
+        got = await super().fetch(queues, max_messages, timeout)
+        for delivery in got:
+            delivery.running_recorded = delivery.delivery_count >= 2
+        return got
+
+
+class WritesStore(FlakyStore):
+    """Keeps the changes of every record write that went through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[dict[str, Any]] = []
+
+    async def update(
+        self, task_id: str, changes: dict[str, Any], ttl: float | None = None
+    ) -> dict[str, Any] | None:
+        record = await super().update(task_id, changes, ttl)
+        self.written.append(dict(changes))
+        return record
+
+
+def test_a_task_delivered_again_while_its_running_record_is_written_writes_its_fields_once() -> (
+    None
+):
+    # The worker marks the task running itself (the first delivery was not marked); the
+    # write waits out an outage longer than the lease, and meanwhile the message comes
+    # again, to this worker, marked running by the broker. The job takes the new delivery;
+    # its record's fields are those of the write it made, not to be completed again as for
+    # a delivery the broker marked.
+    broker, store = MarkingBroker(), WritesStore()
+    app = App("marked", broker=broker, results=store)
+    broker.kernel_call = app.kernel.call
+    deliveries: list[int] = []
+
+    @app.task
+    def job() -> str:
+        ctx = current_task()
+        assert ctx is not None
+        deliveries.append(ctx.delivery)
+        return "done"
+
+    try:
+        broker.full.set()
+        store.down.set()
+        sent = job.delay()
+        with running_worker(app, concurrency=1):
+            assert store.refused_some.wait(WAIT)  # taken; marking it running is refused
+            broker.wait_delivered(sent.id, times=2)  # to this worker again, marked
+            broker.full.clear()
+            store.down.clear()
+            assert sent.get(timeout=WAIT) == "done"
+        assert deliveries[0] >= 2 and len(deliveries) == 1
+        fields = [w for w in store.written if "worker" in w]
+        assert len(fields) == 1 and fields[0]["status"] == TaskStatus.RUNNING.value, (
+            "the running record's fields were written again",
+            store.written,
+        )
+    finally:
+        app.close()
