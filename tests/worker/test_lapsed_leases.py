@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from taskflow import App, AsyncResult, BrokerError, TaskStatus, current_task
+from taskflow import App, AsyncResult, BrokerError, Task, TaskStatus, current_task
 from taskflow.brokers import MemoryBroker
 from taskflow.brokers.base import Delivery, FetchResult
 from taskflow.testing import running_worker
@@ -35,13 +35,19 @@ class FullBroker(MemoryBroker):
     With ``one_each`` set, the worker is handed nothing more once it has taken a message
     (until ``full`` is cleared), so that another worker takes it again once its lease has
     run out: else the worker itself could take it again each time, until the broker
-    dead-lettered it as lost."""
+    dead-lettered it as lost.
+
+    With ``marks_again`` set, each delivery after the first comes as the broker marked its
+    task running as it leased it (``Delivery.running_recorded``), as a broker linked to the
+    result store does on finding the record running (not terminal) when it delivers the
+    message again."""
 
     def __init__(self) -> None:
         super().__init__(lease=LEASE)
         self.full = threading.Event()
         self.spared: set[str] = set()
         self.one_each = False
+        self.marks_again = False
         self._settle_delivery = self._settle_unless_full
         self.delivered: dict[tuple[str, int], threading.Event] = {}
 
@@ -54,6 +60,8 @@ class FullBroker(MemoryBroker):
         for delivery in got:
             key = (delivery.id, delivery.delivery_count)
             self.delivered.setdefault(key, threading.Event()).set()
+            if self.marks_again:
+                delivery.running_recorded = delivery.delivery_count >= 2
         return got
 
     def wait_delivered(self, message_id: str, times: int = 1) -> None:
@@ -145,13 +153,42 @@ def broker() -> FullBroker:
     return FullBroker()
 
 
-@pytest.fixture
-def store() -> FlakyStore:
-    return FlakyStore()
+class WritesStore(FlakyStore):
+    """Keeps the changes of every record write that went through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[dict[str, Any]] = []
+
+    async def update(
+        self, task_id: str, changes: dict[str, Any], ttl: float | None = None
+    ) -> dict[str, Any] | None:
+        record = await super().update(task_id, changes, ttl)
+        self.written.append(dict(changes))
+        return record
 
 
 @pytest.fixture
-def full_app(broker: FullBroker, store: FlakyStore) -> Iterator[App]:
+def store() -> WritesStore:
+    return WritesStore()
+
+
+def noting_deliveries(app: App) -> tuple[Task[[], str], list[int]]:
+    """A task of ``app`` that returns "done", and the delivery each of its runs was on."""
+    deliveries: list[int] = []
+
+    @app.task
+    def job() -> str:
+        ctx = current_task()
+        assert ctx is not None
+        deliveries.append(ctx.delivery)
+        return "done"
+
+    return job, deliveries
+
+
+@pytest.fixture
+def full_app(broker: FullBroker, store: WritesStore) -> Iterator[App]:
     application = App("lapsed", broker=broker, results=store)
     broker.kernel_call = application.kernel.call
     yield application
@@ -335,15 +372,7 @@ def test_a_task_delivered_again_while_it_renews_its_lease_to_start_runs_on_the_n
     # Its running record written only once its lease ran out, the task renews the lease
     # before it starts; the broker refuses, and meanwhile delivers the message again, to
     # this worker: the task starts on the new delivery, once, instead of giving up.
-    deliveries: list[int] = []
-
-    @full_app.task
-    def job() -> str:
-        ctx = current_task()
-        assert ctx is not None
-        deliveries.append(ctx.delivery)
-        return "done"
-
+    job, deliveries = noting_deliveries(full_app)
     broker.full.set()
     broker.one_each = True  # no second delivery until allowed
     store.down.set()
@@ -452,68 +481,28 @@ def test_a_task_given_up_here_leaves_the_slots_of_another_message_under_its_id_a
     assert sent in entry.running, "a running task is missing from the heartbeat"
 
 
-class MarkingBroker(FullBroker):
-    """Hands out each delivery after the first as the broker marked its task running as
-    it leased it (``Delivery.running_recorded``), as a broker linked to the result store
-    does on finding the record running (not terminal) when it delivers the message again."""
-
-    async def fetch(self, queues: Sequence[str], max_messages: int, timeout: float) -> FetchResult:
-        got = await super().fetch(queues, max_messages, timeout)
-        for delivery in got:
-            delivery.running_recorded = delivery.delivery_count >= 2
-        return got
-
-
-class WritesStore(FlakyStore):
-    """Keeps the changes of every record write that went through."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written: list[dict[str, Any]] = []
-
-    async def update(
-        self, task_id: str, changes: dict[str, Any], ttl: float | None = None
-    ) -> dict[str, Any] | None:
-        record = await super().update(task_id, changes, ttl)
-        self.written.append(dict(changes))
-        return record
-
-
-def test_a_task_delivered_again_while_its_running_record_is_written_writes_its_fields_once() -> (
-    None
-):
+def test_a_task_delivered_again_while_its_running_record_is_written_writes_its_fields_once(
+    full_app: App, broker: FullBroker, store: WritesStore
+) -> None:
     # The worker marks the task running itself (the first delivery was not marked); the
     # write waits out an outage longer than the lease, and meanwhile the message comes
     # again, to this worker, marked running by the broker. The job takes the new delivery;
     # its record's fields are those of the write it made, not to be completed again as for
     # a delivery the broker marked.
-    broker, store = MarkingBroker(), WritesStore()
-    app = App("marked", broker=broker, results=store)
-    broker.kernel_call = app.kernel.call
-    deliveries: list[int] = []
-
-    @app.task
-    def job() -> str:
-        ctx = current_task()
-        assert ctx is not None
-        deliveries.append(ctx.delivery)
-        return "done"
-
-    try:
-        broker.full.set()
-        store.down.set()
-        sent = job.delay()
-        with running_worker(app, concurrency=1):
-            assert store.refused_some.wait(WAIT)  # taken; marking it running is refused
-            broker.wait_delivered(sent.id, times=2)  # to this worker again, marked
-            broker.full.clear()
-            store.down.clear()
-            assert sent.get(timeout=WAIT) == "done"
-        assert deliveries[0] >= 2 and len(deliveries) == 1
-        fields = [w for w in store.written if "worker" in w]
-        assert len(fields) == 1 and fields[0]["status"] == TaskStatus.RUNNING.value, (
-            "the running record's fields were written again",
-            store.written,
-        )
-    finally:
-        app.close()
+    job, deliveries = noting_deliveries(full_app)
+    broker.marks_again = True
+    broker.full.set()
+    store.down.set()
+    sent = job.delay()
+    with running_worker(full_app, concurrency=1):
+        assert store.refused_some.wait(WAIT)  # taken; marking it running is refused
+        broker.wait_delivered(sent.id, times=2)  # to this worker again, marked
+        broker.full.clear()
+        store.down.clear()
+        assert sent.get(timeout=WAIT) == "done"
+    assert len(deliveries) == 1 and deliveries[0] >= 2, deliveries
+    fields = [w for w in store.written if "worker" in w]
+    assert len(fields) == 1 and fields[0]["status"] == TaskStatus.RUNNING.value, (
+        "the running record's fields were written again",
+        store.written,
+    )
