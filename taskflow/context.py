@@ -102,11 +102,11 @@ def current_task() -> TaskContext | None:
     return _current.get()
 
 
-def set_current(ctx: TaskContext | None) -> contextvars.Token[TaskContext | None]:
-    """Bind ``ctx`` as the current task (used by the worker)."""
-    return _current.set(ctx)
+# The context variable's own methods, not functions calling them: the worker binds and
+# unbinds the current task around every body.
+set_current = _current.set
+"""Bind a task's context as the current task (used by the worker); returns the token
+:func:`reset_current` takes."""
 
-
-def reset_current(token: contextvars.Token[TaskContext | None]) -> None:
-    """Undo :func:`set_current`."""
-    _current.reset(token)
+reset_current = _current.reset
+"""Undo :func:`set_current`."""

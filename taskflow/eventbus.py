@@ -165,6 +165,9 @@ class EventBus:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._subs: tuple[Subscription, ...] = ()
+        self.active = False
+        """True if anyone listens (an attribute, not a property: every task's outcome
+        asks)."""
 
     def subscribe(
         self, buffer: int = 100, drop: str = "newest", on_close: Callable[[], None] | None = None
@@ -173,17 +176,14 @@ class EventBus:
         sub = Subscription(self, buffer, drop, on_close)
         with self._lock:
             self._subs = (*self._subs, sub)
+            self.active = True
         return sub
 
     def remove(self, sub: Subscription) -> None:
         """Stop delivering to ``sub`` (what closing it does)."""
         with self._lock:
             self._subs = tuple(s for s in self._subs if s is not sub)
-
-    @property
-    def active(self) -> bool:
-        """True if anyone listens."""
-        return bool(self._subs)
+            self.active = bool(self._subs)
 
     def publish(self, event: TaskEvent) -> None:
         """Offer ``event`` to every subscriber (never blocks)."""

@@ -27,6 +27,9 @@ __all__ = [
 PROTOCOL_VERSION = 1
 
 
+_TERMINAL_VALUES = frozenset({"succeeded", "failed", "cancelled", "expired"})
+
+
 class TaskStatus(enum.StrEnum):
     """Where a task is in its life. Terminal statuses never change again."""
 
@@ -40,15 +43,15 @@ class TaskStatus(enum.StrEnum):
     CANCELLED = "cancelled"
     EXPIRED = "expired"
 
-    @property
-    def terminal(self) -> bool:
-        """True for succeeded, failed, cancelled and expired."""
-        return self in TERMINAL_STATUSES
+    terminal: bool
+    """True for succeeded, failed, cancelled and expired (a plain attribute, not a
+    property: the worker reads it several times per task)."""
+
+    def __init__(self, value: str) -> None:
+        self.terminal = value in _TERMINAL_VALUES
 
 
-TERMINAL_STATUSES = frozenset(
-    {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED}
-)
+TERMINAL_STATUSES = frozenset(s for s in TaskStatus if s.terminal)
 
 
 _set = object.__setattr__

@@ -110,7 +110,10 @@ class Announcer:
         kind = _HOOK[status]
         hooks = self.hooks
         wants_hooks = hooks.wants(kind, subject.task) or hooks.wants(_FINISH)
-        remote = status.terminal and await self.remote.wanted()
+        remote = False
+        if status.terminal:
+            known = self.remote.known()
+            remote = known if known is not None else await self.remote.wanted()
         if wants_hooks or self.bus.active or remote:
             env = subject.envelope
             event = TaskEvent(
@@ -212,8 +215,10 @@ class EventPublisher:
         self._inflight: set[asyncio.Task[None]] = set()
         self._refreshing: asyncio.Future[None] | None = None
 
-    async def wanted(self) -> bool:
-        """True if a finish event would reach somebody now."""
+    def known(self) -> bool | None:
+        """True if a finish event would reach somebody now; None while that is being
+        checked (:meth:`wanted` waits for the answer). Every finished task asks: the
+        answer is mostly known, and asking then makes no coroutine."""
         if not self._remote:
             return self.kernel.events.active
         now = time.monotonic()
@@ -221,7 +226,16 @@ class EventPublisher:
             self._checked = now
             self._refreshing = asyncio.ensure_future(self._refresh())
         if self._refreshing is not None and not self._refreshing.done():
-            await asyncio.shield(self._refreshing)  # concurrent callers share one check
+            return None
+        return self._listeners > 0
+
+    async def wanted(self) -> bool:
+        """True if a finish event would reach somebody now (after the check under way)."""
+        known = self.known()
+        if known is not None:
+            return known
+        assert self._refreshing is not None
+        await asyncio.shield(self._refreshing)  # concurrent callers share one check
         return self._listeners > 0
 
     def publish(self, event: TaskEvent, encoded_result: Any = None) -> None:

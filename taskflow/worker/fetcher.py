@@ -360,15 +360,15 @@ class Fetcher:
     async def _take(self, got: list[Delivery], since: float) -> None:
         for delivery in got:
             self.leases.hold(delivery, since)
-        pending = list(got)
+        at = 0
         try:
-            while pending:
-                await self.admit(pending[0])
-                pending.pop(0)
+            while at < len(got):
+                await self.admit(got[at])
+                at += 1
         except asyncio.CancelledError:
             # Stopping while a backend is away: hand back what was not admitted yet, so
             # it does not wait for its lease (best effort; the lease is the fallback).
-            for delivery in pending:
+            for delivery in got[at:]:
                 self.leases.drop(delivery)
                 with contextlib.suppress(Exception):
                     await within(delivery.nack(requeue=True), 1.0)

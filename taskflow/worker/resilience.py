@@ -94,6 +94,7 @@ async def persist(
     *,
     cap: float = 5.0,
     unexpected: int = 2,
+    failed: Exception | None = None,
 ) -> T:
     """Await ``step()`` until it succeeds.
 
@@ -101,33 +102,54 @@ async def persist(
     any other error up to ``unexpected`` more times (the first one is logged with its
     traceback), then it propagates. Cancellation (the worker stopping) and a
     :class:`~taskflow.errors.PayloadError` (a value the backend refuses, as it would on
-    every try) propagate at once.
+    every try) propagate at once. ``failed``: the error of a first try the caller made
+    itself (a fast path that makes no coroutine of this function while all is well),
+    handled as if this call had made it.
     """
-    outage: Outage | None = None
-    backoff: Backoff | None = None
-    surprises = 0
+    retries: _Retries | None = None
     while True:
-        try:
-            result = await step()
-        except (asyncio.CancelledError, PayloadError):
-            raise
-        except Exception as exc:
-            transient = isinstance(exc, TRANSIENT)
-            if not transient:
-                surprises += 1
-                if surprises > unexpected:
-                    raise
-                if surprises == 1:
-                    log.warning("%s failed unexpectedly; retrying", what, exc_info=exc)
-            if outage is None or backoff is None:
-                outage, backoff = Outage(what), Backoff(rng, cap=cap)
-            if transient:
-                outage.failed(exc)
-            await asyncio.sleep(backoff.delay())
-            continue
-        if outage is not None:
-            outage.recovered()
-        return result
+        if failed is None:
+            try:
+                result = await step()
+            except (asyncio.CancelledError, PayloadError):
+                raise
+            except Exception as exc:
+                failed = exc
+            else:
+                if retries is not None:
+                    retries.outage.recovered()
+                return result
+        if retries is None:
+            retries = _Retries(what, rng, cap, unexpected)
+        await retries.after(failed)
+        failed = None
+
+
+class _Retries:
+    """The failures of one :func:`persist` call so far."""
+
+    __slots__ = ("backoff", "outage", "surprises", "unexpected", "what")
+
+    def __init__(self, what: str, rng: random.Random, cap: float, unexpected: int) -> None:
+        self.what = what
+        self.outage = Outage(what)
+        self.backoff = Backoff(rng, cap=cap)
+        self.surprises = 0
+        self.unexpected = unexpected
+
+    async def after(self, exc: Exception) -> None:
+        """Note ``exc`` (an outage's first failure is logged, and the first unexpected
+        error), then wait out the backoff; raises ``exc`` if it is one unexpected error
+        too many."""
+        if isinstance(exc, TRANSIENT):
+            self.outage.failed(exc)
+        else:
+            self.surprises += 1
+            if self.surprises > self.unexpected:
+                raise exc
+            if self.surprises == 1:
+                log.warning("%s failed unexpectedly; retrying", self.what, exc_info=exc)
+        await asyncio.sleep(self.backoff.delay())
 
 
 def cancel_swallowed() -> bool:

@@ -132,12 +132,20 @@ class Scheduler:
 
     def pop(self) -> Job | None:
         """The next job allowed to run now, or None."""
-        self._release()
+        if self._throttled:
+            self._release()
+        queues, heaps = self.queues, self._heaps
         while True:
-            queue = self._pick([q for q in self.queues if self._heaps[q]])
-            if queue is None:
-                return None
-            _, _, job = heapq.heappop(self._heaps[queue])
+            if len(queues) == 1:  # most workers: no round robin to keep
+                heap = heaps[queues[0]]
+                if not heap:
+                    return None
+            else:
+                queue = self._pick([q for q in queues if heaps[q]])
+                if queue is None:
+                    return None
+                heap = heaps[queue]
+            _, _, job = heapq.heappop(heap)
             wait = self._gate(job)
             if wait > 0:
                 heapq.heappush(

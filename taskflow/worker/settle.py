@@ -24,7 +24,7 @@ import enum
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .. import codec
@@ -61,6 +61,11 @@ log = logging.getLogger("taskflow.worker")
 
 T = TypeVar("T")
 
+# The statuses a task's record takes on the way every task goes, as the plain strings a
+# record holds (``TaskStatus.X.value`` is a property call).
+_RUNNING = TaskStatus.RUNNING.value
+_SUCCEEDED = TaskStatus.SUCCEEDED.value
+
 # Best-effort writes while handing a message back (stopping) are bounded by this.
 _HAND_BACK_TIMEOUT = 1.0
 # A running record the broker marked gets its other fields with the outcome when the
@@ -88,6 +93,14 @@ class Transition:
     """Counted and announced (False: the outcome was settled and announced before)."""
     level: int = logging.INFO
     """The level of its log line."""
+    doing: str = field(init=False)
+    """What is done to the message (``act``'s value), for the log of an outage."""
+    doing_recorded: str = field(init=False)
+    """The same, done in one call with writing the record."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "doing", self.act.value)
+        object.__setattr__(self, "doing_recorded", f"writing the record and {self.act.value}")
 
 
 # The table. A transition that is not terminal (a retry) is applied only while the record
@@ -213,7 +226,7 @@ class Settler:
         if env.canvas and status.terminal:
             await self._continue(subject, status, encoded)
         if act is not None:
-            await self.durably(act, transition.act.value, env.id)
+            await self.durably(act, transition.doing, env.id)
             self._lease_done(subject)
         if transition.announced:
             self.stats.count(status, transition.act is Act.DEAD_LETTER)
@@ -249,8 +262,16 @@ class Settler:
         log.info("%s[%s]: result not stored (%s)", env.task, env.id, reason)
 
     async def durably(self, step: Callable[[], Awaitable[T]], what: str, task_id: str) -> T:
-        """``step()``, retried while the backend is down."""
-        return await persist(step, f"worker {self.name}: {what} of task {task_id}", self.rng)
+        """``step()``, retried while the backend is down (:func:`persist`, entered only
+        after a first try failed: a task makes two or three such steps)."""
+        try:
+            return await step()
+        except (asyncio.CancelledError, PayloadError):
+            raise
+        except Exception as exc:
+            failed = exc
+        what = f"worker {self.name}: {what} of task {task_id}"
+        return await persist(step, what, self.rng, failed=failed)
 
     async def _record(
         self,
@@ -266,7 +287,8 @@ class Settler:
             return True
         ttl = self.kernel.settings.result_ttl if terminal else None
         tid = subject.envelope.id
-        changes = self._with_unwritten(tid, changes)
+        if self._unwritten:
+            changes = self._with_unwritten(tid, changes)
         if delivery is not None and delivery.records_linked:
             linked = delivery.write_record
             return await self.durably(lambda: linked(tid, changes, ttl), "writing the record", tid)
@@ -279,9 +301,10 @@ class Settler:
     ) -> bool:
         """Write an outcome and act on its message in one call; False if the record was
         terminal already (the act then follows ``recorded``'s rule)."""
-        changes = self._with_unwritten(tid, changes)
+        if self._unwritten:
+            changes = self._with_unwritten(tid, changes)
         ttl = self.kernel.settings.result_ttl if transition.status.terminal else None
-        what = f"writing the record and {transition.act.value}"
+        what = transition.doing_recorded
         written, _ = await self.durably(lambda: recorded(changes, ttl), what, tid)
         return written
 
@@ -319,7 +342,7 @@ class Settler:
         recorded = delivery.running_recorded  # by the broker, as it leased the message
         if job.stores and not recorded:
             changes = {
-                "status": TaskStatus.RUNNING.value,
+                "status": _RUNNING,
                 "started_at": self.clock.time(),
                 **self._running_fields(job),
             }
@@ -396,8 +419,9 @@ class Settler:
             log.debug("running record not completed (%s)", describe(exc))
 
     def _with_unwritten(self, task_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-        """``changes`` after the running record's fields still to write for ``task_id``."""
-        return {**self._take_unwritten(task_id), **changes} if self._unwritten else changes
+        """``changes`` after the running record's fields still to write for ``task_id``
+        (asked only while some are: ``self._unwritten``)."""
+        return {**self._take_unwritten(task_id), **changes}
 
     def _take_unwritten(self, task_id: str) -> dict[str, Any]:
         """The running record's fields still to write for ``task_id`` (none: empty); they
@@ -452,7 +476,7 @@ class Settler:
             return
         changes = (
             {
-                "status": TaskStatus.SUCCEEDED.value,
+                "status": _SUCCEEDED,
                 "result": encoded,
                 "finished_at": self.clock.time(),
                 "attempts": job.attempt,

@@ -107,6 +107,77 @@ def test_a_task_whose_store_is_away_for_a_while_still_succeeds_once_it_is_back(
     assert flaky_app.kernel.call(flaky_app.broker.dead_letters("default")) == []
 
 
+class OddStore(MemoryResultStore):
+    """A result store whose next ``odd`` record writes fail with an error that is not a
+    backend being away (a bug, say): tried again a bounded number of times."""
+
+    def __init__(self, odd: int) -> None:
+        super().__init__()
+        self.odd = odd
+        self.writes = 0
+
+    async def update(
+        self, task_id: str, changes: dict[str, Any], ttl: float | None = None
+    ) -> dict[str, Any] | None:
+        self.writes += 1
+        if self.odd > 0:
+            self.odd -= 1
+            raise RuntimeError("unexpected")
+        return await super().update(task_id, changes, ttl)
+
+
+def _unexpected_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "failed unexpectedly" in r.getMessage()]
+
+
+def test_a_record_write_failing_unexpectedly_is_tried_again_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = OddStore(odd=2)  # the running write's first try, then its second
+    app = App("odd", broker=MemoryBroker(), results=store)
+    try:
+
+        @app.task
+        def job() -> str:
+            return "done"
+
+        result = job.delay()
+        writes_before = store.writes  # the queued record's
+        assert app.worker().run_until_idle() == 1
+        assert result.get(timeout=WAIT) == "done"
+        # Three tries of the running write (two failed), then the outcome's one.
+        assert store.writes - writes_before == 4
+        [line] = _unexpected_lines(caplog)  # the first one only, with its traceback
+        assert f"writing the record of task {result.id}" in line
+    finally:
+        app.close()
+
+
+def test_a_record_write_failing_unexpectedly_every_time_is_given_up_after_three_tries(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = OddStore(odd=1_000)
+    app = App("odd", broker=MemoryBroker(), results=store)
+    ran: list[int] = []
+    try:
+
+        @app.task
+        def job() -> str:
+            ran.append(1)
+            return "done"
+
+        result = job.delay()
+        writes_before = store.writes
+        app.worker().run_until_idle()
+        assert store.writes - writes_before == 3  # the running write: its try, two more
+        assert ran == []  # not run without its running record
+        assert len(_unexpected_lines(caplog)) == 1
+        [given_up] = [r for r in caplog.records if "internal error settling" in r.getMessage()]
+        assert given_up.levelno == logging.ERROR and result.id in given_up.getMessage()
+    finally:
+        app.close()
+
+
 @pytest.mark.parametrize(
     ("body", "why"),
     [
