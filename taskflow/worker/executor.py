@@ -80,6 +80,10 @@ class Executor:
         self._call: ExecuteNext = self._invoke
         self._attempts: dict[int, tuple[Job, tuple[Any, ...], dict[str, Any]]] = {}
         self._pool: BodyThreads | None = None
+        # The loop the worker consumes on, from open() to close(): asked once, not on
+        # every dispatch (``asyncio.get_running_loop`` checks the process id, a system
+        # call, each time).
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._watchdog = Watchdog(concurrency)
         self._orphans: set[asyncio.Task[None]] = set()
@@ -96,15 +100,14 @@ class Executor:
         self.gate.open(tasks, self.kernel.broker)
         check_hold(tasks, self.kernel.broker, self.kernel.settings.default_timeout)
         self._call = self.kernel.middleware.wrap_execute(self._invoke)
-        self._pool = BodyThreads(
-            asyncio.get_running_loop(), self.concurrency, f"taskflow-{self.kernel.settings.name}"
-        )
+        self._loop = loop = asyncio.get_running_loop()
+        self._pool = BodyThreads(loop, self.concurrency, f"taskflow-{self.kernel.settings.name}")
         self.accepting = True
 
     # -- slots -----------------------------------------------------------------------
     def dispatch(self) -> None:
         """Start jobs from the scheduler while slots are free."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         while len(self.running) < self.concurrency:
             job = self.sched.pop()
             if job is None:
@@ -125,7 +128,7 @@ class Executor:
         running, tid = self.running, job.envelope.id
         if running.get(tid) is job:  # _vacate, inline: a call here costs every task
             del running[tid]
-            if self.accepting:
+            if self.accepting and self.sched:  # else nothing waits to start
                 self.dispatch()
 
     def _vacate(self, job: Job) -> bool:
@@ -142,7 +145,9 @@ class Executor:
         if job.envelope.id in self.running:  # not once its body ran (_free_slot)
             self._vacate(job)
         self.window.release(job)
-        if self.accepting:
+        # Nothing to start unless a job waits and a slot is free (most often the job's
+        # own slot started the next one as its body returned: _free_slot).
+        if self.accepting and self.sched and len(self.running) < self.concurrency:
             self.dispatch()
 
     def _permit_released(self, task: str) -> None:
@@ -407,6 +412,7 @@ class Executor:
         """Stop the watchdog and close the pool; returns once its idle threads ended
         (a body that still runs, adopted, is not waited for)."""
         self.accepting = False
+        self._loop = None
         self._watchdog.close()
         await self.gate.close()
         if self._timer is not None:

@@ -74,6 +74,9 @@ class LeaseKeeper:
         self._held: dict[Delivery, float] = {}
         self._seq = itertools.count()
         self._wake: asyncio.Event | None = None
+        # The loop :meth:`run` runs on, while it does: every task's :meth:`assured` asks
+        # its time (``asyncio.get_running_loop`` is a system call each time).
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._outage = Outage(f"worker {name}: lease renewal")
         self.waiting = asyncio.Event()
         """Set while :meth:`run` waits for the next due renewal (a test seam)."""
@@ -96,7 +99,7 @@ class LeaseKeeper:
         until = self._held.get(delivery)
         if until is None:
             return not delivery.lease
-        return asyncio.get_running_loop().time() < until
+        return (self._loop or asyncio.get_running_loop()).time() < until
 
     def renewed(self, delivery: Delivery, since: float, held: bool) -> None:
         """``delivery`` was renewed by a call made at loop time ``since`` (``held``: and
@@ -131,7 +134,7 @@ class LeaseKeeper:
 
     async def run(self) -> None:
         """Renew leases as they come due, until cancelled."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         try:
             while True:
@@ -155,6 +158,7 @@ class LeaseKeeper:
                 self.waiting.clear()
         finally:
             self._wake = None
+            self._loop = None
             self.waiting.clear()
 
     async def _renew(self, delivery: Delivery) -> None:
