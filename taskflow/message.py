@@ -27,9 +27,6 @@ __all__ = [
 PROTOCOL_VERSION = 1
 
 
-_TERMINAL_VALUES = frozenset({"succeeded", "failed", "cancelled", "expired"})
-
-
 class TaskStatus(enum.StrEnum):
     """Where a task is in its life. Terminal statuses never change again."""
 
@@ -44,14 +41,16 @@ class TaskStatus(enum.StrEnum):
     EXPIRED = "expired"
 
     terminal: bool
-    """True for succeeded, failed, cancelled and expired (a plain attribute, not a
-    property: the worker reads it several times per task)."""
-
-    def __init__(self, value: str) -> None:
-        self.terminal = value in _TERMINAL_VALUES
+    """True for succeeded, failed, cancelled and expired (:data:`TERMINAL_STATUSES`; a
+    plain attribute, not a property: the worker reads it several times per task)."""
 
 
-TERMINAL_STATUSES = frozenset(s for s in TaskStatus if s.terminal)
+TERMINAL_STATUSES = frozenset(
+    {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.EXPIRED}
+)
+for _status in TaskStatus:
+    _status.terminal = _status in TERMINAL_STATUSES
+del _status
 
 
 _set = object.__setattr__

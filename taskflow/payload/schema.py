@@ -140,8 +140,6 @@ class PayloadSchema:
 
     def encode_result(self, value: Any) -> Any:
         """Validate and encode a return value against the return annotation."""
-        if type(value) in self._result.enc_fast:  # _convert's fast path, inline
-            return value
         return self._convert(self._result, value, "return", decode=False)
 
     def decode_result(self, value: Any) -> Any:

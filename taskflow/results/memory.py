@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from .._waiters import Waiters, wait_future
 from ..clock import SYSTEM_CLOCK, Clock
 from ..urls import url_kwargs
-from .base import TERMINAL_VALUES, ResultStore, StoreCapabilities, is_terminal, restarted
+from .base import ResultStore, StoreCapabilities, is_terminal, restarted
 
 __all__ = ["MemoryResultStore"]
 
@@ -96,7 +96,7 @@ class MemoryResultStore(ResultStore):
             record = self._live(task_id, now)
             if record is None:
                 record = {"id": task_id}
-            elif record.get("status") in TERMINAL_VALUES:  # is_terminal, inline
+            elif is_terminal(record):
                 return None
             else:
                 del self._records[task_id]  # re-inserted below: newest last
@@ -106,7 +106,7 @@ class MemoryResultStore(ResultStore):
                 self._expiry.pop(task_id, None)
             else:
                 self._expiry[task_id] = now + ttl
-            terminal = record.get("status") in TERMINAL_VALUES
+            terminal = is_terminal(record)
             waiters = self._waiters.pop(task_id, None) if terminal else None
             self._writes += 1
             if now >= self._next_sweep:

@@ -110,10 +110,11 @@ class Announcer:
         kind = _HOOK[status]
         hooks = self.hooks
         wants_hooks = hooks.wants(kind, subject.task) or hooks.wants(_FINISH)
-        remote = False
+        remote: bool | None = False
         if status.terminal:
-            known = self.remote.known()
-            remote = known if known is not None else await self.remote.wanted()
+            remote = self.remote.known()
+            if remote is None:  # a check of the app's listeners is under way
+                remote = await self.remote.wanted()
         if wants_hooks or self.bus.active or remote:
             env = subject.envelope
             event = TaskEvent(
@@ -217,8 +218,9 @@ class EventPublisher:
 
     def known(self) -> bool | None:
         """True if a finish event would reach somebody now; None while that is being
-        checked (:meth:`wanted` waits for the answer). Every finished task asks: the
-        answer is mostly known, and asking then makes no coroutine."""
+        checked (:meth:`wanted` waits for the answer). Starts that check when the last
+        one is older than ``_RECHECK``. Every finished task asks: the answer is mostly
+        known, and asking then makes no coroutine."""
         if not self._remote:
             return self.kernel.events.active
         now = time.monotonic()

@@ -18,7 +18,15 @@ from typing import TypeVar
 
 from ..errors import BrokerError, PayloadError
 
-__all__ = ["TRANSIENT", "Backoff", "Outage", "cancel_swallowed", "describe", "persist"]
+__all__ = [
+    "NOT_RETRIED",
+    "TRANSIENT",
+    "Backoff",
+    "Outage",
+    "cancel_swallowed",
+    "describe",
+    "persist",
+]
 
 log = logging.getLogger("taskflow.worker")
 
@@ -26,6 +34,10 @@ T = TypeVar("T")
 
 TRANSIENT: tuple[type[BaseException], ...] = (BrokerError, ConnectionError, TimeoutError, OSError)
 """Errors of a backend that is down or slow: worth trying again."""
+
+NOT_RETRIED: tuple[type[BaseException], ...] = (asyncio.CancelledError, PayloadError)
+"""What :func:`persist` (and a caller's first try before it) lets through at once: the
+worker stopping, and a value the backend refuses (it would on every try)."""
 
 
 def describe(exc: BaseException) -> str:
@@ -102,16 +114,16 @@ async def persist(
     any other error up to ``unexpected`` more times (the first one is logged with its
     traceback), then it propagates. Cancellation (the worker stopping) and a
     :class:`~taskflow.errors.PayloadError` (a value the backend refuses, as it would on
-    every try) propagate at once. ``failed``: the error of a first try the caller made
-    itself (a fast path that makes no coroutine of this function while all is well),
-    handled as if this call had made it.
+    every try) propagate at once (:data:`NOT_RETRIED`). ``failed``: the error of a first
+    try the caller made itself (a fast path that makes no coroutine of this function while
+    all is well), handled as if this call had made it.
     """
     retries: _Retries | None = None
     while True:
         if failed is None:
             try:
                 result = await step()
-            except (asyncio.CancelledError, PayloadError):
+            except NOT_RETRIED:
                 raise
             except Exception as exc:
                 failed = exc

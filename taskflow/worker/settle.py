@@ -24,7 +24,7 @@ import enum
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .. import codec
@@ -38,7 +38,7 @@ from ..message import Envelope, TaskStatus, error_info
 from .announce import Announcer, Subject
 from .leases import LeaseKeeper
 from .policy import Fail, RetryIn
-from .resilience import describe, persist
+from .resilience import NOT_RETRIED, describe, persist
 from .scheduler import Job
 from .stats import WorkerStats
 
@@ -73,8 +73,9 @@ _HAND_BACK_TIMEOUT = 1.0
 _COMPLETE_AFTER = 0.05
 
 
-class Act(enum.Enum):
-    """What is done to the message (the value names it in the log of an outage)."""
+class Act(enum.StrEnum):
+    """What is done to the message (the value names it in the log of an outage; a
+    string, so that it is that name)."""
 
     ACK = "acking"
     DEAD_LETTER = "dead-lettering"
@@ -93,14 +94,6 @@ class Transition:
     """Counted and announced (False: the outcome was settled and announced before)."""
     level: int = logging.INFO
     """The level of its log line."""
-    doing: str = field(init=False)
-    """What is done to the message (``act``'s value), for the log of an outage."""
-    doing_recorded: str = field(init=False)
-    """The same, done in one call with writing the record."""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "doing", self.act.value)
-        object.__setattr__(self, "doing_recorded", f"writing the record and {self.act.value}")
 
 
 # The table. A transition that is not terminal (a retry) is applied only while the record
@@ -226,7 +219,7 @@ class Settler:
         if env.canvas and status.terminal:
             await self._continue(subject, status, encoded)
         if act is not None:
-            await self.durably(act, transition.doing, env.id)
+            await self.durably(act, transition.act, env.id)
             self._lease_done(subject)
         if transition.announced:
             self.stats.count(status, transition.act is Act.DEAD_LETTER)
@@ -266,7 +259,7 @@ class Settler:
         after a first try failed: a task makes two or three such steps)."""
         try:
             return await step()
-        except (asyncio.CancelledError, PayloadError):
+        except NOT_RETRIED:
             raise
         except Exception as exc:
             failed = exc
@@ -304,7 +297,7 @@ class Settler:
         if self._unwritten:
             changes = self._with_unwritten(tid, changes)
         ttl = self.kernel.settings.result_ttl if transition.status.terminal else None
-        what = transition.doing_recorded
+        what = f"writing the record and {transition.act}"
         written, _ = await self.durably(lambda: recorded(changes, ttl), what, tid)
         return written
 

@@ -9,7 +9,7 @@ import inspect
 import orjson
 import pytest
 
-from taskflow import Envelope, PayloadError
+from taskflow import Envelope, PayloadError, TaskStatus
 from taskflow.codec import MAX_DEPTH, EnvelopeError, decode_envelope, encode_envelope
 from taskflow.message import PROTOCOL_VERSION
 
@@ -303,3 +303,13 @@ def test_decoded_times_are_floats_and_absent_containers_are_never_shared() -> No
     headers = {"h": "1"}
     doc = {"v": 1, "id": "a", "task": "t", "queue": "q", "headers": headers}
     assert decode_envelope(orjson.dumps(doc)).headers == headers
+
+
+def test_exactly_the_four_final_statuses_are_terminal() -> None:
+    assert {s.value for s in TaskStatus if s.terminal} == {
+        "succeeded",
+        "failed",
+        "cancelled",
+        "expired",
+    }
+    assert not TaskStatus("running").terminal and TaskStatus("failed").terminal

@@ -47,3 +47,33 @@ def test_a_task_lost_on_every_delivery_is_announced_to_the_apps_listeners(
         assert [e.task_id for e in failures] == [result.id]
         assert (finish.kind, finish.task_id, finish.status) == ("finish", result.id, "failed")
         assert finish.error is not None and finish.error["type"].endswith("WorkerLost")
+
+
+def test_subscriptions_opened_and_closed_between_tasks_get_exactly_the_events_after_them(
+    fake_app: App,
+) -> None:
+    @fake_app.task
+    def job(n: int) -> int:
+        return n
+
+    worker = fake_app.worker()
+    job.delay(1)
+    worker.run_until_idle()  # nobody listens: nothing is built for it
+    first = worker.subscribe()  # the bus now has a listener
+    second_id = job.delay(2).id
+    worker.run_until_idle()
+    second = worker.subscribe()
+    first.close()  # one of two closes: the other still listens
+    third_id = job.delay(3).id
+    worker.run_until_idle()
+    second.close()  # the last one closes: nobody listens again
+    job.delay(4)
+    worker.run_until_idle()
+    later = worker.subscribe()  # and a new one listens again
+    fifth_id = job.delay(5).id
+    worker.run_until_idle()
+
+    assert [e.task_id for e in first if e.kind == "finish"] == [second_id]
+    assert [e.task_id for e in second if e.kind == "finish"] == [third_id]
+    assert later.get(timeout=1).task_id == fifth_id
+    later.close()

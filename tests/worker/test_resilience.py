@@ -18,6 +18,7 @@ import pytest
 from taskflow import App, BrokerError, TaskFailed, TaskStatus, codec
 from taskflow.brokers import MemoryBroker, Message
 from taskflow.brokers.base import Delivery
+from taskflow.brokers.memory import MemoryDelivery
 from taskflow.errors import PayloadError, RecordTooLarge, WorkerCrashed
 from taskflow.results.memory import MemoryResultStore
 from taskflow.testing import running_worker
@@ -176,6 +177,33 @@ def test_a_record_write_failing_unexpectedly_every_time_is_given_up_after_three_
         assert given_up.levelno == logging.ERROR and result.id in given_up.getMessage()
     finally:
         app.close()
+
+
+def test_an_ack_failing_while_the_broker_is_away_is_retried_and_logged_by_its_name(
+    flaky_app: App, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    @flaky_app.task
+    def job() -> str:
+        return "done"
+
+    acks: list[str] = []
+    real_ack = MemoryDelivery.ack
+
+    async def ack(self: MemoryDelivery) -> bool:
+        acks.append(self.id)
+        if len(acks) == 1:
+            raise BrokerError("broker redis://***@mq:6379/0 is not reachable")
+        return await real_ack(self)
+
+    monkeypatch.setattr(MemoryDelivery, "ack", ack)
+    result = job.delay()
+    with caplog.at_level(logging.INFO, logger="taskflow.worker"):
+        assert flaky_app.worker().run_until_idle() == 1
+    assert result.get(timeout=WAIT) == "done"
+    assert acks == [result.id, result.id]  # tried again after the failure
+    # The outage's one line says what was being done, in words ("acking", not "Act.ACK").
+    [line] = _outage_lines(caplog)
+    assert f": acking of task {result.id} failed" in line
 
 
 @pytest.mark.parametrize(
