@@ -128,7 +128,7 @@ class Executor:
         running, tid = self.running, job.envelope.id
         if running.get(tid) is job:  # _vacate, inline: a call here costs every task
             del running[tid]
-            if self.accepting and self.sched:  # else nothing waits to start
+            if self.accepting:
                 self.dispatch()
 
     def _vacate(self, job: Job) -> bool:
@@ -145,9 +145,10 @@ class Executor:
         if job.envelope.id in self.running:  # not once its body ran (_free_slot)
             self._vacate(job)
         self.window.release(job)
-        # Nothing to start unless a job waits and a slot is free (most often the job's
-        # own slot started the next one as its body returned: _free_slot).
-        if self.accepting and self.sched and len(self.running) < self.concurrency:
+        # Nothing to start unless a slot is free and a job waits (most often the job's own
+        # slot started the next one as its body returned: _free_slot). The slots first:
+        # ``len(self.sched)`` is a call of Python code.
+        if self.accepting and len(self.running) < self.concurrency and self.sched:
             self.dispatch()
 
     def _permit_released(self, task: str) -> None:
