@@ -336,6 +336,31 @@ def test_a_waiting_retry_does_not_hold_the_only_slot(app: App) -> None:
     assert order == ["flaky-1", "other", "flaky-2"]
 
 
+def test_a_task_ended_before_its_body_frees_the_only_slot_for_the_next_at_once(
+    app: App,
+) -> None:
+    """A job that ends without running its body (its arguments do not decode) holds its
+    slot until its failure is written; as it lets go of its message, the next buffered
+    task starts, rather than when the worker's next fetch comes back (here the broker has
+    nothing more: that fetch waits out its 30 s poll)."""
+
+    @app.task
+    def job(n: int) -> int:
+        return n
+
+    env = Envelope(id="bad-args", task=job.name, queue="default", args=["seven"])
+    app.kernel.call(app.broker.publish([Message(env.id, "default", encode_envelope(env))]))
+    good = job.delay(7)  # behind it: both come in the worker's first fetch
+    with app.worker(concurrency=1, poll_interval=30.0):
+        began = time.monotonic()
+        assert good.get(timeout=WAIT) == 7
+        took = time.monotonic() - began
+        with pytest.raises(TaskFailed) as info:
+            app.result("bad-args").get(timeout=WAIT)
+    assert info.value.exc_type.endswith("PayloadError")
+    assert took < 5.0  # not the poll's 30 s
+
+
 def test_the_worker_keeps_running_after_an_unknown_task(app: App) -> None:
     @app.task
     def job() -> str:
