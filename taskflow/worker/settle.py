@@ -83,6 +83,11 @@ class Act(enum.StrEnum):
     NONE = "nothing"
 
 
+_WITH_RECORD = {act: f"writing the record and {act}" for act in Act}
+"""What an act done in one call with writing the record is called in an outage's log
+line (made once: the combined call is every stored task's last step)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Transition:
     """One way a message is settled."""
@@ -297,7 +302,7 @@ class Settler:
         if self._unwritten:
             changes = self._with_unwritten(tid, changes)
         ttl = self.kernel.settings.result_ttl if transition.status.terminal else None
-        what = f"writing the record and {transition.act}"
+        what = _WITH_RECORD[transition.act]
         written, _ = await self.durably(lambda: recorded(changes, ttl), what, tid)
         return written
 

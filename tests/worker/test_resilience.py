@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from taskflow import App, BrokerError, TaskFailed, TaskStatus, codec
 from taskflow.brokers import MemoryBroker, Message
 from taskflow.brokers.base import Delivery
 from taskflow.brokers.memory import MemoryDelivery
+from taskflow.brokers.sqlite import SqliteDelivery
 from taskflow.errors import PayloadError, RecordTooLarge, WorkerCrashed
 from taskflow.results.memory import MemoryResultStore
 from taskflow.testing import running_worker
@@ -204,6 +206,38 @@ def test_an_ack_failing_while_the_broker_is_away_is_retried_and_logged_by_its_na
     # The outage's one line says what was being done, in words ("acking", not "Act.ACK").
     [line] = _outage_lines(caplog)
     assert f": acking of task {result.id} failed" in line
+
+
+def test_an_outcome_written_with_its_ack_is_retried_and_logged_by_both_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On SQLite the record and the ack go in one call: its outage says both."""
+    app = App("linked", broker=f"sqlite:///{tmp_path}/q.db")
+
+    @app.task
+    def job() -> str:
+        return "done"
+
+    tries: list[str] = []
+    real = SqliteDelivery.ack_recording
+
+    async def ack_recording(self: SqliteDelivery, *args: Any) -> tuple[bool, bool]:
+        tries.append(self.id)
+        if len(tries) == 1:
+            raise BrokerError("database is locked")
+        return await real(self, *args)
+
+    monkeypatch.setattr(SqliteDelivery, "ack_recording", ack_recording)
+    try:
+        result = job.delay()
+        with caplog.at_level(logging.INFO, logger="taskflow.worker"):
+            assert app.worker().run_until_idle() == 1
+        assert result.get(timeout=WAIT) == "done"
+        assert tries == [result.id, result.id]  # the one call, tried again
+        [line] = _outage_lines(caplog)
+        assert f": writing the record and acking of task {result.id} failed" in line
+    finally:
+        app.close()
 
 
 @pytest.mark.parametrize(
