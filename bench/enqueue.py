@@ -87,28 +87,21 @@ def main() -> None:
 
             return run
 
-        if args.phases:
-            fire.delay()  # connect, load the scripts
-            drop_keys(client, f"{{{prefix}}}:*", f"{prefix}:*")
-            timed = [phases(app, fire, tasks, client) for _ in range(args.rounds)]
-            drop_keys(client, f"{{{prefix}}}:*", f"{prefix}:*")
-            client.close()
-            print(f"enqueue_many of fire-and-forget tasks, {tasks:,} tasks x {args.rounds}")
-            print(f"rounds in calls of 1,000, {url}; medians, µs per task")
-            for step in timed[0]:
-                print(f"  {step:40}{statistics.median(r[step] for r in timed):8.1f}")
-            return
-
+        fire.delay()  # connect, load the scripts
+        drop_keys(client, f"{{{prefix}}}:*", f"{prefix}:*")
         modes = {
             "enqueue_many (no result)": many(fire),
             "enqueue_many (stored)": many(stored),
             "delay() loop (no result)": loop(fire),
             "delay() loop (stored)": loop(stored),
         }
-        fire.delay()  # connect, load the scripts
-        drop_keys(client, f"{{{prefix}}}:*", f"{prefix}:*")
         seen: dict[str, list[tuple[float, float, float]]] = {name: [] for name in modes}
+        timed: list[dict[str, float]] = []
         for _ in range(args.rounds):
+            if args.phases:
+                timed.append(phases(app, fire, tasks, client))
+                drop_keys(client, f"{{{prefix}}}:*", f"{prefix}:*")
+                continue
             for name, run in modes.items():
                 server = _script_usec(client)
                 cpu = time.process_time()
@@ -121,6 +114,12 @@ def main() -> None:
                 drop_keys(client, f"{{{prefix}}}:*", f"{prefix}:*")
     client.close()
 
+    if args.phases:
+        print(f"enqueue_many of fire-and-forget tasks, {tasks:,} tasks x {args.rounds}")
+        print(f"rounds in calls of 1,000, {url}; medians, µs per task")
+        for step in timed[0]:
+            print(f"  {step:40}{statistics.median(r[step] for r in timed):8.1f}")
+        return
     print(f"taskflow enqueue benchmark: {tasks:,} tasks x {args.rounds} rounds, {url}")
     print(f"{'mode':28}{'median/s':>10}{'best/s':>10}{'CPU µs/task':>13}{'Redis µs/task':>15}")
     for name, rows in seen.items():
